@@ -1,0 +1,17 @@
+"""`avfusion predict`: Label one clip: prints label, confidence, top-5 and the attention weights."""
+
+from __future__ import annotations
+
+import sys
+
+from jobs._pending import pending_main
+
+DESCRIPTION = __doc__.split(": ", 1)[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return pending_main("predict", DESCRIPTION, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
