@@ -49,6 +49,7 @@ class SynthSpec:
     preset: str = "veryfast"
     pix_fmt: str = "yuv420p"
     audio_bitrate: int | None = None
+    rotation: int = 0  # display-matrix rotation, degrees counter-clockwise
 
     @property
     def fps_fraction(self) -> Fraction:
@@ -77,35 +78,43 @@ class SynthClip:
 # ----------------------------------------------------------------------------- content
 
 
+def _barcode_box(height: int, width: int) -> tuple[int, int, int, int]:
+    """Where the barcode sits: the top strip of the frame's central square, which any
+    short-side resize + centre crop keeps, so decoded model inputs stay readable."""
+    side = min(height, width)
+    y0, x0 = (height - side) // 2, (width - side) // 2
+    return y0, x0, max(2, side // 8), side // BARCODE_BITS
+
+
 def barcode_frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Frames whose top strip encodes the frame index in ``BARCODE_BITS`` black/white
-    cells (robust to lossy coding); below it a moving square on a colour gradient."""
+    """Frames whose barcode strip encodes the frame index in ``BARCODE_BITS``
+    black/white cells (robust to lossy coding); below it a moving square on a
+    colour gradient."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
     base = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1),
                      np.full_like(xx, int(rng.integers(40, 200)))], -1).astype(np.uint8)
     frames = np.repeat(base[None], n, axis=0)
-    strip = max(2, height // 8)
-    cell = width // BARCODE_BITS
+    y0, x0, strip, cell = _barcode_box(height, width)
     side = max(2, min(height, width) // 5)
     for i in range(n):
-        if cell >= 2:
-            bits = [(i >> b) & 1 for b in range(BARCODE_BITS)]
-            for b, bit in enumerate(bits):
-                frames[i, :strip, b * cell:(b + 1) * cell] = 255 * bit
         x = int((width - side) * (i % 50) / 49)
-        y = strip + (height - strip - side) // 2
+        y = y0 + strip + (min(height, width) - strip - side) // 2
         frames[i, y:y + side, x:x + side] = (255, 255, 255)
+        if cell >= 2:
+            for b in range(BARCODE_BITS):
+                frames[i, y0:y0 + strip, x0 + b * cell:x0 + (b + 1) * cell] = 255 * ((i >> b) & 1)
     return frames
 
 
 def read_frame_index(frame: np.ndarray) -> int:
-    """Inverse of ``barcode_frames``: the index encoded in an RGB frame's top strip."""
-    height, width = frame.shape[:2]
-    strip, cell = max(2, height // 8), width // BARCODE_BITS
+    """Inverse of ``barcode_frames``: the index in an RGB frame, either as encoded or
+    after a resize + centre crop to a square."""
+    y0, x0, strip, cell = _barcode_box(*frame.shape[:2])
     if cell < 2:
-        raise ValueError(f"frame {width}x{height} is too small to carry a barcode")
-    luma = frame[: strip, : cell * BARCODE_BITS].astype(np.float32).mean(axis=(0, 2))
+        raise ValueError(f"frame {frame.shape[1]}x{frame.shape[0]} is too small to carry a barcode")
+    region = frame[y0 + strip // 4: y0 + strip - strip // 4, x0: x0 + cell * BARCODE_BITS]
+    luma = region.astype(np.float32).mean(axis=(0, 2))
     cells = luma.reshape(BARCODE_BITS, cell)[:, cell // 4: cell - cell // 4].mean(axis=1)
     return int(sum(1 << b for b, v in enumerate(cells) if v > 127))
 
@@ -127,9 +136,12 @@ def tone_waveform(n: int, rate: int, channels: int, base_hz: float = 440.0, amp:
 
 
 def write_clip(path: str | Path, spec: SynthSpec, frames: np.ndarray | None = None,
-               waveform: np.ndarray | None = None, seed: int = 0) -> SynthClip:
+               waveform: np.ndarray | None = None, seed: int = 0,
+               frame_times: np.ndarray | None = None) -> SynthClip:
     """Encode ``frames``/``waveform`` (defaults: barcode frames, per-channel tones) into
-    ``path`` as ``spec`` says. Written under a temporary name, then renamed."""
+    ``path`` as ``spec`` says. ``frame_times`` (seconds, increasing) makes the video
+    variable-frame-rate with those exact timestamps (millisecond time base).
+    Written under a temporary name, then renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if spec.video_codec and frames is None:
@@ -141,6 +153,14 @@ def write_clip(path: str | Path, spec: SynthSpec, frames: np.ndarray | None = No
     if not spec.audio_codec:
         waveform = None
     fps = spec.fps_fraction
+    if frame_times is not None:
+        if frames is None or len(frame_times) != len(frames):
+            raise ValueError("frame_times needs one timestamp per frame")
+        video_tb = Fraction(1, 1000)
+        pts = np.round(np.asarray(frame_times) * 1000).astype(int)
+    else:
+        video_tb = 1 / fps
+        pts = np.arange(0 if frames is None else len(frames))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fmt = _CONTAINER_FORMATS.get(spec.container, spec.container)
     try:
@@ -154,35 +174,36 @@ def write_clip(path: str | Path, spec: SynthSpec, frames: np.ndarray | None = No
                     vstream.options = {"crf": str(spec.crf), "preset": spec.preset}
                 elif spec.video_codec in ("libvpx-vp9", "libvpx"):
                     vstream.options = {"crf": str(spec.crf + 10), "b": "0", "deadline": "realtime", "cpu-used": "8"}
-                vstream.codec_context.time_base = 1 / fps
+                vstream.codec_context.time_base = video_tb
+                if spec.rotation:
+                    vstream.set_display_rotation(spec.rotation)
             if waveform is not None:
                 astream = out.add_stream(spec.audio_codec, rate=spec.sample_rate,
                                          layout=_LAYOUTS[waveform.shape[0]])
                 astream.codec_context.time_base = Fraction(1, spec.sample_rate)
                 if spec.audio_bitrate:
                     astream.bit_rate = spec.audio_bitrate
-            _mux(out, vstream, astream, frames, waveform, spec)
+            _mux(out, vstream, astream, frames, waveform, spec, pts * video_tb, pts)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    times = (np.arange(len(frames)) / float(fps)) if frames is not None else np.zeros(0)
+    times = (pts * float(video_tb)) if frames is not None else np.zeros(0)
     return SynthClip(path, spec, frames, waveform, times)
 
 
-def _mux(out, vstream, astream, frames, waveform, spec: SynthSpec) -> None:
+def _mux(out, vstream, astream, frames, waveform, spec: SynthSpec, times, pts) -> None:
     """Interleave video and audio packets in time order (what real muxers produce).
     Audio goes in as float planar; PyAV converts to the encoder's sample format."""
     chunk = 1024
     n_v = 0 if frames is None else len(frames)
     n_a = 0 if waveform is None else waveform.shape[1]
-    fps = spec.fps_fraction
     vi = ai = 0
     while vi < n_v or ai < n_a:
-        v_time = vi / fps if vi < n_v else float("inf")
+        v_time = times[vi] if vi < n_v else float("inf")
         a_time = ai / spec.sample_rate if ai < n_a else float("inf")
         if v_time <= a_time:
             frame = av.VideoFrame.from_ndarray(frames[vi], format="rgb24")
-            frame.pts = vi
+            frame.pts = int(pts[vi])
             out.mux(vstream.encode(frame))
             vi += 1
         else:

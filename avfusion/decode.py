@@ -1,0 +1,257 @@
+"""Decode one clip window to the model's inputs: a 16 kHz mono waveform and N frames.
+
+Shared by preprocess (before sharding) and label (before the model), so both see
+exactly the same tensors. One forward pass over the window: a single seek to the
+keyframe before ``start``, then demux audio and video together; only the frames
+chosen for output are converted to RGB (conversion dominates the cost otherwise).
+PyAV's decoder and converter threads are set explicitly (``threads``) because inside
+Ray tasks and DataLoader workers "all cores" oversubscribes the machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from avfusion.config import ClipSpec
+from avfusion.probe import MediaError
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Caps that turn pathological inputs into a clear ``too_large`` error instead of
+    an exhausted worker."""
+
+    max_duration: float = 24 * 3600.0
+    max_pixels: int = 4096 * 2304
+    max_fps: float = 1000.0
+    min_side: int = 32  # smaller frames carry no usable picture
+    min_frames: int = 2  # a single frame is a still image, not a video
+    threads: int = 1
+    allow_missing_video: bool = False
+
+
+# Demuxers FFmpeg picks for still images, whatever the file extension says.
+_IMAGE_FORMATS = {"image2", "gif", "apng", "webp", "image2pipe"}
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Facts about the source and cheap quality signals, computed once at decode."""
+
+    duration: float | None  # whole file, seconds
+    window_start: float
+    audio_seconds: float  # real audio inside the window before padding
+    video_seconds: float  # time covered by decoded frames inside the window
+    has_audio: bool
+    has_video: bool
+    audio_rms: float
+    silent: bool
+    frozen: bool
+    frame_motion: float  # mean abs difference of consecutive sampled frames (0–255)
+    fps: float | None
+    width: int | None
+    height: int | None
+    rotation: int
+    video_codec: str | None
+    audio_codec: str | None
+    sample_rate: int | None
+    channels: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DecodedClip:
+    waveform: np.ndarray  # (spec.num_samples,) float32 in [-1, 1]
+    frames: np.ndarray  # (spec.num_frames, S, S, 3) uint8 RGB
+    quality: Quality
+
+
+SILENCE_RMS = 1e-4  # -80 dBFS
+FROZEN_MOTION = 0.5  # mean abs pixel change between sampled frames, 0–255 scale
+
+
+def frame_times(start: float, seconds: float, n: int) -> np.ndarray:
+    """Centres of ``n`` equal segments of the window: uniform, never the very first
+    (often black) or last (often cut) frame."""
+    return start + (np.arange(n) + 0.5) * seconds / n
+
+
+def _to_square_rgb(frame: av.VideoFrame, size: int, threads: int) -> np.ndarray:
+    """Resize the short side to ``size`` and centre-crop, honouring display rotation."""
+    rotation = int(frame.rotation or 0) % 360
+    w, h = frame.width, frame.height
+    dw, dh = (h, w) if rotation in (90, 270) else (w, h)  # displayed size
+    scale = size / min(dw, dh)
+    sw, sh = max(size, round(dw * scale)), max(size, round(dh * scale))
+    tw, th = (sh, sw) if rotation in (90, 270) else (sw, sh)
+    rgb = frame.reformat(width=tw, height=th, format="rgb24", interpolation="AREA", threads=threads).to_ndarray()
+    if rotation:
+        # FFmpeg's display matrix rotation is counter-clockwise.
+        rgb = np.rot90(rgb, k=rotation // 90)
+    y0, x0 = (rgb.shape[0] - size) // 2, (rgb.shape[1] - size) // 2
+    return np.ascontiguousarray(rgb[y0:y0 + size, x0:x0 + size])
+
+
+def decode_clip(path: str | Path, spec: ClipSpec, start: float = 0.0,
+                limits: DecodeLimits = DecodeLimits()) -> DecodedClip:
+    """Decode ``spec.clip_seconds`` from ``start``. Raises ``MediaError`` with a kind:
+    ``not_media``, ``no_streams``, ``no_video``, ``image_not_video``, ``too_large``,
+    ``too_small``, ``too_few_frames``, ``decode_error``, ``empty_window`` (nothing
+    decodable inside the window). A missing audio track is not an error: the
+    waveform is zeros and ``quality.has_audio`` is False."""
+    path = Path(path)
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise MediaError("not_media", f"{path.name}: {exc}") from exc
+    with container:
+        try:
+            return _decode(container, path, spec, start, limits)
+        except MediaError:
+            raise
+        except (av.FFmpegError, ValueError, RuntimeError, MemoryError) as exc:
+            raise MediaError("decode_error", f"{path.name}: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeLimits) -> DecodedClip:
+    vstream = container.streams.video[0] if container.streams.video else None
+    astream = container.streams.audio[0] if container.streams.audio else None
+    if vstream is None and astream is None:
+        raise MediaError("no_streams", f"{path.name} has no audio or video stream")
+    if vstream is None and not limits.allow_missing_video:
+        raise MediaError("no_video", f"{path.name} has no video stream (audio only)")
+    fmt = container.format.name
+    if fmt in _IMAGE_FORMATS or fmt.endswith("_pipe"):
+        raise MediaError("image_not_video", f"{path.name} is a still image ({fmt}), not a video")
+    duration = container.duration / av.time_base if container.duration else None
+    if duration is not None and duration > limits.max_duration:
+        raise MediaError("too_large", f"{path.name}: duration {duration:.0f} s exceeds {limits.max_duration:.0f} s")
+    fps = None
+    if vstream is not None:
+        cc = vstream.codec_context
+        if cc.width * cc.height > limits.max_pixels:
+            raise MediaError("too_large", f"{path.name}: {cc.width}x{cc.height} exceeds {limits.max_pixels} pixels")
+        if min(cc.width, cc.height) < limits.min_side:
+            raise MediaError("too_small", f"{path.name}: {cc.width}x{cc.height} is below {limits.min_side} px")
+        fps = float(vstream.average_rate) if vstream.average_rate else None
+        if fps and fps > limits.max_fps:
+            raise MediaError("too_large", f"{path.name}: {fps:.0f} fps exceeds {limits.max_fps:.0f}")
+        vstream.thread_type = "AUTO"
+        vstream.codec_context.thread_count = limits.threads
+    if astream is not None:
+        astream.codec_context.thread_count = limits.threads
+
+    window = spec.clip_seconds
+    if duration is not None:
+        if start >= duration:
+            raise MediaError("empty_window", f"{path.name}: start {start:.1f} s is past the end ({duration:.1f} s)")
+        window = min(window, duration - start)
+    targets = frame_times(start, window, spec.num_frames)
+    end = start + spec.clip_seconds
+    if start > 0:
+        container.seek(int(start * av.time_base), backward=True, any_frame=False)
+
+    chosen: list[tuple[float, av.VideoFrame] | None] = [None] * spec.num_frames
+    last_video_time = None
+    first_video_time = None
+    video_frames = 0
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate) if astream else None
+    audio_chunks: list[np.ndarray] = []
+    audio_have = 0
+    audio_first: float | None = None
+    need_audio = astream is not None
+    need_video = vstream is not None
+
+    streams = [s for s in (vstream, astream) if s is not None]
+    for packet in container.demux(*streams):
+        if not (need_audio or need_video):
+            break
+        if packet.stream is vstream and need_video:
+            for frame in packet.decode():
+                t = frame.time
+                if t is None:
+                    continue
+                if t >= end:
+                    need_video = False
+                    break
+                # Keep the nearest frame per target; frames before start still count
+                # as candidates for the first target (keyframe-aligned seeks).
+                for k, target in enumerate(targets):
+                    best = chosen[k]
+                    if best is None or abs(t - target) < abs(best[0] - target):
+                        chosen[k] = (t, frame)
+                if t >= start:
+                    first_video_time = t if first_video_time is None else first_video_time
+                    last_video_time = t
+                    video_frames += 1
+        elif packet.stream is astream and need_audio:
+            for frame in packet.decode():
+                for out in resampler.resample(frame):
+                    audio_first, audio_have = _take_audio(out, start, spec, audio_chunks, audio_first, audio_have)
+                if audio_have >= spec.num_samples:
+                    need_audio = False
+                    break
+    if need_audio and resampler is not None:
+        for out in resampler.resample(None):
+            audio_first, audio_have = _take_audio(out, start, spec, audio_chunks, audio_first, audio_have)
+
+    if vstream is not None and all(c is None for c in chosen):
+        raise MediaError("empty_window", f"{path.name}: no decodable video frame in [{start:.1f}, {end:.1f}) s")
+    if vstream is not None and video_frames < limits.min_frames:
+        raise MediaError("too_few_frames", f"{path.name}: {video_frames} frame(s) in the window, need {limits.min_frames}")
+    frames = (np.stack([_to_square_rgb(c[1], spec.frame_size, limits.threads) for c in chosen])
+              if vstream is not None else np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.uint8))
+
+    waveform = np.zeros(spec.num_samples, np.float32)
+    got = min(audio_have, spec.num_samples)
+    if audio_chunks:
+        joined = np.concatenate(audio_chunks)[:got]
+        waveform[:got] = np.clip(joined, -1.0, 1.0)
+    rms = float(np.sqrt(np.mean(waveform[:got] ** 2))) if got else 0.0
+    motion = float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean()) if len(frames) > 1 else 0.0
+    vcc = vstream.codec_context if vstream is not None else None
+    acc = astream.codec_context if astream is not None else None
+    frame_period = 1 / fps if fps else 0.0
+    quality = Quality(
+        duration=duration,
+        window_start=start,
+        audio_seconds=got / spec.sample_rate,
+        video_seconds=(last_video_time - first_video_time + frame_period) if first_video_time is not None else 0.0,
+        has_audio=astream is not None,
+        has_video=vstream is not None,
+        audio_rms=rms,
+        silent=rms < SILENCE_RMS,
+        frozen=vstream is not None and motion < FROZEN_MOTION,
+        frame_motion=motion,
+        fps=fps,
+        width=vcc.width if vcc else None,
+        height=vcc.height if vcc else None,
+        rotation=int(chosen[0][1].rotation or 0) % 360 if vstream is not None else 0,
+        video_codec=vcc.codec.canonical_name if vcc else None,
+        audio_codec=acc.codec.canonical_name if acc else None,
+        sample_rate=acc.sample_rate if acc else None,
+        channels=acc.channels if acc else None,
+    )
+    return DecodedClip(waveform, frames, quality)
+
+
+def _take_audio(frame: av.AudioFrame, start: float, spec: ClipSpec, chunks: list, first, have: int):
+    """Append the part of a resampled frame at or after ``start`` (the seek lands on
+    an earlier packet); returns updated (first sample time, samples held)."""
+    data = frame.to_ndarray().reshape(-1)
+    t = frame.time if frame.time is not None else (first if first is not None else start) + have / spec.sample_rate
+    if first is None:
+        skip = max(0, math.floor((start - t) * spec.sample_rate + 0.5))
+        if skip >= len(data):
+            return None, have
+        data = data[skip:]
+        first = t + skip / spec.sample_rate
+    chunks.append(data)
+    return first, have + len(data)
