@@ -62,6 +62,10 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: {value!r} matches none of {hint}")
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")

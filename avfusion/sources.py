@@ -9,6 +9,7 @@ are usually named on disk.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +67,117 @@ def read_vggsound_csv(path: str | Path) -> list[ClipRow]:
 def label_map(rows: list[ClipRow]) -> dict[str, int]:
     """Labels sorted by name → class index: stable across runs and machines."""
     return {label: i for i, label in enumerate(sorted({r.label for r in rows}))}
+
+
+# ----------------------------------------------------------------------------- tasks
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".3gp", ".ogv")
+YOUTUBE_URL = "https://www.youtube.com/watch?v={id}"
+
+
+@dataclass(frozen=True)
+class ClipTask:
+    """One clip to produce: where its media is and which window of it to keep."""
+
+    key: str
+    source: str  # URL, or a local path
+    start: float = 0.0
+    label: str | None = None
+    split: str | None = None
+    end: float | None = None  # None: start + the clip spec's length
+
+    @property
+    def is_remote(self) -> bool:
+        scheme = self.source.split("://", 1)[0] if "://" in self.source else ""
+        return scheme not in ("", "file")
+
+
+def tasks_from_vggsound(rows: list[ClipRow], url_template: str = YOUTUBE_URL) -> list[ClipTask]:
+    """``url_template`` gets ``{id}`` (and may use ``{start}``): the YouTube watch URL
+    by default, a loopback server in tests, a mirror for users who have one."""
+    return [ClipTask(r.key, url_template.format(id=r.youtube_id, start=r.start), float(r.start), r.label, r.split)
+            for r in rows]
+
+
+def read_url_list(path: str | Path) -> list[ClipTask]:
+    """A CSV (with header) or Parquet table with columns ``url`` and optionally ``id``,
+    ``start``, ``end``, ``label``, ``split``. Missing ``id`` → a hash of the URL."""
+    import hashlib
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    table = pq.read_table(path) if path.suffix == ".parquet" else pacsv.read_csv(path)
+    cols = set(table.column_names)
+    if "url" not in cols:
+        raise SourceError(f"{path}: needs a 'url' column, has {sorted(cols)}")
+    tasks, seen = [], set()
+    for i, row in enumerate(table.to_pylist(), start=1):
+        url = row["url"]
+        if not url:
+            raise SourceError(f"{path}: row {i} has an empty url")
+        start = float(row.get("start") or 0.0)
+        ident = row.get("id") or hashlib.sha1(url.encode()).hexdigest()[:16]
+        key = clip_key(str(ident), int(start))
+        if key in seen:
+            raise SourceError(f"{path}: row {i} repeats clip {key}")
+        seen.add(key)
+        end = row.get("end")
+        tasks.append(ClipTask(key, url, start, row.get("label"), row.get("split") or None,
+                              float(end) if end is not None else None))
+    return tasks
+
+
+def scan_folder(root: str | Path, labels_csv: str | Path | None = None, labels_from_dirs: bool = False,
+                extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> tuple[list[ClipTask], list[ClipRow]]:
+    """Video files under ``root`` (recursive, sorted, symlinks not followed into
+    directories) as tasks.
+
+    With a VGGSound-format ``labels_csv``, a file matches a row when its stem is
+    ``{id}_{start:06d}`` (already the clip: window starts at 0) or ``{id}`` (the full
+    video: window starts at ``start``). Returns the tasks and the CSV rows with no
+    file (to be recorded as failures, not silently dropped). Files matching no row
+    stay in, unlabelled. With ``labels_from_dirs`` the label is the first directory
+    under ``root``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"{root} is not a directory")
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        # A directory named like a video is reported, not skipped silently.
+        names = sorted(filenames + [d for d in dirnames if d.lower().endswith(extensions)])
+        files += [Path(dirpath) / n for n in names if n.lower().endswith(extensions)]
+    rows = read_vggsound_csv(labels_csv) if labels_csv else []
+    by_key = {r.key: r for r in rows}
+    by_id: dict[str, list[ClipRow]] = {}
+    for r in rows:
+        by_id.setdefault(r.youtube_id, []).append(r)
+    tasks, matched = [], set()
+    for path in sorted(files):
+        rel = path.relative_to(root)
+        stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+        if stem in by_key:
+            r = by_key[stem]
+            tasks.append(ClipTask(r.key, str(path), 0.0, r.label, r.split))
+            matched.add(r.key)
+        elif stem in by_id:
+            for r in by_id[stem]:
+                if r.key not in matched:
+                    tasks.append(ClipTask(r.key, str(path), float(r.start), r.label, r.split))
+                    matched.add(r.key)
+        else:
+            label = rel.parts[0] if labels_from_dirs and len(rel.parts) > 1 else None
+            key = str(rel.with_suffix("")) if path.suffix else str(rel)
+            tasks.append(ClipTask(key, str(path), 0.0, label, "train" if label else None))
+    missing = [r for r in rows if r.key not in matched]
+    return tasks, missing
+
+
+def filter_tasks(tasks: list[ClipTask], splits: list[str] | None = None, labels: list[str] | None = None,
+                 limit: int | None = None) -> list[ClipTask]:
+    """Keep the given splits and labels (all when None), then the first ``limit``."""
+    kept = [t for t in tasks if (not splits or t.split in splits) and (not labels or t.label in labels)]
+    return kept[:limit] if limit is not None else kept

@@ -1,16 +1,246 @@
-"""`avfusion preprocess`: VGGSound CSV / URL list / folder of videos → Ray tasks → yt-dlp section download → PyAV decode → WebDataset shards with per-shard stats, resumable."""
+"""`avfusion preprocess INPUT --out SHARDS`: clips → Ray tasks → WebDataset shards.
+
+INPUT is a VGGSound CSV (no header), a URL list (CSV with header or Parquet with a
+``url`` column), or a folder of videos. Work is split deterministically into
+shard-sized Ray tasks; each writes ``NNNNN.tar`` then ``NNNNN_stats.json``. Re-running
+the same command skips finished shards; ``--retry-failed`` re-attempts only clips
+whose last failure was transient (``--retry-all-failures``: every failure) into new
+shards. The run ends with ``manifest.json``, ``failures.parquet`` and a summary.
+"""
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import sys
+from collections import Counter
+from dataclasses import asdict, replace
+from pathlib import Path
 
-from jobs._pending import pending_main
+from avfusion import __version__
+from avfusion.config import ClipSpec, ConfigError, load_section, load_yaml
+from avfusion.decode import DecodeLimits
+from avfusion.download import DownloadConfig
+from avfusion.pipeline import PreprocessConfig, process_shard
+from avfusion.sources import (ClipTask, SourceError, filter_tasks, read_url_list, read_vggsound_csv, scan_folder,
+                              tasks_from_vggsound)
+from jobs._ray import ray_session
+from shards.manifest import (MANIFEST, Failure, ShardStats, build_manifest, fs_and_root, latest_failures,
+                             read_all_stats, write_failures_table, write_json_atomic, write_stats)
 
-DESCRIPTION = __doc__.split(": ", 1)[1]
+PLAN = "_plan.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avfusion preprocess", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("input", help="VGGSound CSV, URL list (.csv with header / .parquet), or a folder of videos")
+    p.add_argument("--out", required=True, help="shard folder: a local path or an fsspec URL (s3://…)")
+    p.add_argument("--input-kind", choices=["auto", "vggsound", "urls", "folder"], default="auto")
+    src = p.add_argument_group("selection")
+    src.add_argument("--labels", help="VGGSound-format CSV labelling a folder's files ({id}_{start:06d} or {id} stems)")
+    src.add_argument("--labels-from-dirs", action="store_true", help="label = first sub-folder name")
+    src.add_argument("--split", action="append", help="keep this split (repeatable)")
+    src.add_argument("--label", action="append", help="keep this label (repeatable)")
+    src.add_argument("--limit", type=int, help="keep the first N clips after filtering")
+    dl = p.add_argument_group("download (passed to yt-dlp)")
+    dl.add_argument("--url-template", help="URL for an id, with {id}; default the YouTube watch URL")
+    dl.add_argument("--cookies", help="cookies.txt for yt-dlp (YouTube's bot check)")
+    dl.add_argument("--proxy")
+    dl.add_argument("--rate-limit", help="max download rate per clip, e.g. 2M")
+    dl.add_argument("--sleep", type=float, help="seconds to sleep before each request")
+    dl.add_argument("--format", help="yt-dlp format selector")
+    dl.add_argument("--max-attempts", type=int, help="attempts per clip for transient errors (default 4)")
+    dl.add_argument("--yt-dlp-option", action="append", default=[], metavar="KEY=JSON",
+                    help="any other yt-dlp option, value as JSON (repeatable)")
+    run = p.add_argument_group("run")
+    run.add_argument("--config", help="YAML with clip:, download:, limits:, preprocess: sections")
+    run.add_argument("--frame-size", type=int, help="stored frame size in pixels (default 224)")
+    run.add_argument("--shard-size", type=int, help="clips per shard / Ray task (default 100)")
+    run.add_argument("--concurrency", type=int, help="Ray tasks in flight (default: cluster CPUs)")
+    run.add_argument("--threads", type=int, help="clips in flight inside one task (default 4)")
+    run.add_argument("--retry-failed", action="store_true", help="re-attempt clips whose last failure was transient")
+    run.add_argument("--retry-all-failures", action="store_true", help="with --retry-failed: permanent ones too")
+    run.add_argument("--address", help="Ray cluster address; default: embedded local Ray (or the job's cluster)")
+    run.add_argument("--num-cpus", type=int, help="CPUs for the embedded Ray")
+    return p
+
+
+def load_config(args) -> PreprocessConfig:
+    sections = load_yaml(args.config) if args.config else {}
+    clip = load_section(ClipSpec, args.config, "clip", frame_size=args.frame_size)
+    extra = dict((sections.get("download") or {}).get("extra") or {})
+    for item in args.yt_dlp_option:
+        key, _, value = item.partition("=")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
+    download = load_section(DownloadConfig, args.config, "download", url_template=args.url_template,
+                            cookies=args.cookies, proxy=args.proxy, rate_limit=args.rate_limit,
+                            sleep_seconds=args.sleep, format=args.format, max_attempts=args.max_attempts,
+                            extra=extra or None)
+    limits = load_section(DecodeLimits, args.config, "limits")
+    base = load_section(PreprocessConfig, None, "preprocess")
+    pre = sections.get("preprocess") or {}
+    return replace(base, clip=clip, download=download, limits=limits,
+                   shard_size=args.shard_size or pre.get("shard_size", base.shard_size),
+                   threads_per_task=args.threads or pre.get("threads_per_task", base.threads_per_task))
+
+
+def read_tasks(args, cfg: PreprocessConfig) -> tuple[list[ClipTask], list[Failure]]:
+    """The clip tasks, plus failures for CSV rows whose file is missing from a folder."""
+    path = Path(args.input)
+    kind = args.input_kind
+    if kind == "auto":
+        if path.is_dir():
+            kind = "folder"
+        elif path.suffix == ".parquet" or _has_url_header(path):
+            kind = "urls"
+        else:
+            kind = "vggsound"
+    missing: list[Failure] = []
+    if kind == "folder":
+        tasks, rows = scan_folder(path, args.labels, args.labels_from_dirs)
+        missing = [Failure(r.key, str(path), "missing_file", False, f"no file named {r.key}.* or {r.youtube_id}.*",
+                           0, r.label) for r in rows]
+    elif kind == "urls":
+        tasks = read_url_list(path)
+    else:
+        tasks = tasks_from_vggsound(read_vggsound_csv(path), cfg.download.url_template)
+    tasks = filter_tasks(tasks, args.split, args.label, args.limit)
+    keep = {t.key for t in tasks}
+    return tasks, [f for f in missing if (not args.split and not args.label) or f.key in keep]
+
+
+def _has_url_header(path: Path) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return "url" in [c.strip().lower() for c in f.readline().split(",")]
+
+
+def plan_shards(tasks: list[ClipTask], size: int, prefix: str = "") -> dict[str, list[ClipTask]]:
+    return {f"{prefix}{i // size:05d}": tasks[i:i + size] for i in range(0, len(tasks), size)}
+
+
+def _digest(tasks: list[ClipTask], cfg: PreprocessConfig) -> str:
+    h = hashlib.sha256(json.dumps([cfg.shard_size, asdict(cfg.clip)]).encode())
+    for t in tasks:
+        h.update(json.dumps(asdict(t), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def label_map_of(tasks: list[ClipTask]) -> dict[str, int]:
+    return {label: i for i, label in enumerate(sorted({t.label for t in tasks if t.label is not None}))}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return pending_main("preprocess", DESCRIPTION, argv)
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args)
+        tasks, missing = read_tasks(args, cfg)
+    except (ConfigError, SourceError, OSError) as exc:
+        print(f"avfusion preprocess: {exc}", file=sys.stderr)
+        return 2
+    fs, root = fs_and_root(args.out)
+    fs.makedirs(root, exist_ok=True)
+    for leftover in fs.glob(f"{root}/*.tmp-*"):  # uploads cut short by a killed run
+        fs.rm(leftover)
+    labels = label_map_of(tasks)
+    digest = _digest(tasks, cfg)
+    plan_path = f"{root}/{PLAN}"
+    if fs.exists(plan_path):
+        with fs.open(plan_path) as f:
+            previous = json.load(f)
+        if previous["digest"] != digest:
+            print(f"avfusion preprocess: {args.out} holds shards of a different clip list or shard size; "
+                  "use a new --out, or the same arguments to resume", file=sys.stderr)
+            return 2
+    else:
+        write_json_atomic(fs, plan_path, {"digest": digest, "clips": len(tasks), "shard_size": cfg.shard_size})
+
+    done = read_all_stats(fs, root)
+    if args.retry_failed:
+        shards, round_ = _retry_plan(fs, root, tasks, done, cfg, args.retry_all_failures)
+    else:
+        shards, round_ = plan_shards(tasks, cfg.shard_size), 0
+        if missing and "missing" not in done:
+            write_stats(fs, root, ShardStats("missing", "", len(missing), 0, len(missing), 0, 0.0, 0, [], missing))
+    todo = {name: ts for name, ts in shards.items() if name not in done}
+    print(f"{len(tasks)} clips, {len(shards)} shards ({len(shards) - len(todo)} already done), "
+          f"{len(labels)} labels → {args.out}")
+    if todo:
+        _run_on_ray(todo, cfg, labels, args, round_)
+    return _finish(fs, root, labels, cfg, args.out)
+
+
+def _retry_plan(fs, root, tasks, done, cfg, include_permanent):
+    """Shards for a retry round; an interrupted round is resumed with its own plan."""
+    rounds = sorted(fs.glob(f"{root}/_retry*.json"))
+    if rounds:
+        with fs.open(rounds[-1]) as f:
+            last = json.load(f)
+        if any(name not in done for name in last["shards"]):
+            by_key = {t.key: t for t in tasks}
+            return {name: [by_key[k] for k in keys] for name, keys in last["shards"].items()}, last["round"]
+    failures = latest_failures(done)
+    retry = {k for k, f in failures.items() if f.transient or include_permanent}
+    round_ = max([0] + [s.round for s in done.values()]) + 1
+    chosen = [t for t in tasks if t.key in retry]
+    shards = plan_shards(chosen, cfg.shard_size, prefix=f"r{round_:02d}-")
+    write_json_atomic(fs, f"{root}/_retry{round_:02d}.json",
+                      {"round": round_, "shards": {n: [t.key for t in ts] for n, ts in shards.items()}})
+    return shards, round_
+
+
+def _run_on_ray(todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels, args, round_: int) -> None:
+    import ray
+    from tqdm import tqdm
+
+    with ray_session(args.address, args.num_cpus):
+        # Worker death re-runs the whole shard: process_shard is idempotent.
+        remote = ray.remote(num_cpus=1, max_retries=3)(process_shard)
+        cfg_ref, labels_ref = ray.put(cfg), ray.put(labels)
+        limit = args.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        queue = list(todo.items())
+        running: dict = {}
+        with tqdm(total=sum(len(t) for t in todo.values()), desc="preprocess", unit="clip") as bar:
+            while queue or running:
+                while queue and len(running) < limit:
+                    name, tasks = queue.pop(0)
+                    running[remote.remote(name, tasks, cfg_ref, labels_ref, args.out, round_)] = (name, len(tasks))
+                ready, _ = ray.wait(list(running), num_returns=1)
+                for ref in ready:
+                    name, n = running.pop(ref)
+                    try:
+                        stats = ray.get(ref)
+                        bar.set_postfix(failed=stats.failed, refresh=False)
+                    except (ray.exceptions.RayError, OSError) as exc:
+                        # The shard stays without stats and is redone on the next run.
+                        tqdm.write(f"shard {name} did not finish ({type(exc).__name__}); re-run to resume it")
+                    bar.update(n)
+
+
+def _finish(fs, root: str, labels, cfg: PreprocessConfig, out: str) -> int:
+    done = read_all_stats(fs, root)
+    failures = latest_failures(done)
+    manifest = build_manifest({k: s for k, s in done.items() if s.tar}, labels,
+                              {"clip": asdict(cfg.clip), "shard_size": cfg.shard_size}, __version__)
+    write_json_atomic(fs, f"{root}/{MANIFEST}", manifest)
+    write_failures_table(fs, root, failures)
+    kinds = Counter((f.kind, f.transient) for f in failures.values())
+    seconds = sum(s.seconds for s in done.values())
+    print(f"\n{'shards':<24}{manifest['num_shards']:>10}")
+    print(f"{'samples':<24}{manifest['num_samples']:>10}   {dict(manifest['by_split'])}")
+    print(f"{'failed clips':<24}{len(failures):>10}")
+    for (kind, transient), n in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:<22}{n:>10}   {'transient: --retry-failed' if transient else 'permanent'}")
+    print(f"{'bytes':<24}{sum(s.bytes for s in done.values()):>10}")
+    print(f"{'task seconds':<24}{seconds:>10.1f}")
+    print(f"manifest: {out.rstrip('/')}/{MANIFEST}; failures: {out.rstrip('/')}/failures.parquet")
+    incomplete = [name for name in fs.glob(f"{root}/*.tar") if not fs.exists(name[:-4] + "_stats.json")]
+    return 1 if incomplete else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,189 @@
+"""Download only a clip's section with yt-dlp's Python API.
+
+yt-dlp hands section downloads to ffmpeg, which reads just the byte ranges it needs
+(the server must honour HTTP Range). ffmpeg comes from PATH, from
+``DownloadConfig.ffmpeg``, or from the ``imageio-ffmpeg`` wheel (linked as
+``ffmpeg`` in a private directory, since yt-dlp looks for that name).
+
+Errors are classified from yt-dlp's messages into permanent kinds (the clip will
+not come back by retrying: unavailable, private, removed, 404, geo, age, bot check)
+and transient ones (429, 5xx, timeouts, resets, truncated transfers). Transient
+errors are retried here with exponential backoff and jitter; yt-dlp's own retries
+are kept low so this loop is the one in control and ``attempts`` is honest.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from avfusion.config import ClipSpec
+from avfusion.sources import ClipTask
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Options users pass through to yt-dlp, and our retry policy."""
+
+    url_template: str = "https://www.youtube.com/watch?v={id}"
+    # Lowest format that still gives the frames we keep: ≤360p video + audio.
+    format: str = "bv*[height<=360][height>=224]+ba/b[height<=360][height>=224]/wv*+ba/w/b"
+    cookies: str | None = None  # cookies.txt path (YouTube's bot check needs one for bulk runs)
+    proxy: str | None = None
+    rate_limit: str | None = None  # bytes/s, e.g. "2M"
+    sleep_seconds: float = 0.0  # pause before each request, to stay under rate limits
+    socket_timeout: float = 30.0
+    max_attempts: int = 4
+    backoff_base: float = 2.0
+    backoff_max: float = 60.0
+    ffmpeg: str | None = None  # path to an ffmpeg binary; default PATH, then imageio-ffmpeg
+    extra: dict[str, Any] = field(default_factory=dict)  # any other yt-dlp option, verbatim
+
+
+class DownloadError(Exception):
+    def __init__(self, kind: str, transient: bool, message: str, attempts: int):
+        super().__init__(f"{kind}: {message}")
+        self.kind, self.transient, self.message, self.attempts = kind, transient, message, attempts
+
+
+# (kind, transient, pattern) — first match wins; checked against yt-dlp's message.
+_RULES: list[tuple[str, bool, re.Pattern]] = [
+    (kind, transient, re.compile(pattern, re.I))
+    for kind, transient, pattern in [
+        ("bot_check", False, r"confirm you.?re not a bot|sign in to confirm"),
+        ("age_restricted", False, r"confirm your age|age.restricted|inappropriate for some users"),
+        ("private", False, r"private video|video is private"),
+        ("geo_blocked", False, r"not (?:made this video )?available in your country|geo.?restrict"),
+        ("removed", False, r"has been removed|account .* terminated|no longer available|copyright claim"),
+        ("unavailable", False, r"video unavailable|this video is not available|members.only|premieres in"),
+        ("not_found", False, r"\b(?:404|410)\b|not found"),
+        ("forbidden", False, r"\b403\b|forbidden"),
+        ("rate_limited", True, r"\b429\b|too many requests"),
+        ("server_error", True, r"\b5\d\d\b|internal server error|bad gateway|service unavailable"),
+        ("timeout", True, r"timed? ?out|timeout"),
+        ("connection", True, r"connection (?:reset|refused|aborted)|remote end closed|broken pipe|"
+                              r"temporary failure in name resolution|network is unreachable|eof occurred"),
+        ("truncated", True, r"incomplete ?read|truncat|partial|premature|invalid data found|moov atom not found|"
+                             r"end of file|content-length"),
+        ("no_format", False, r"requested format is not available|no video formats found"),
+        ("unsupported_url", False, r"unsupported url"),
+    ]
+]
+
+
+def classify(message: str) -> tuple[str, bool]:
+    """yt-dlp/ffmpeg message → (kind, transient). Unknown messages are transient
+    ``download_error`` so ``--retry-failed`` gives them another chance."""
+    for kind, transient, pattern in _RULES:
+        if pattern.search(message):
+            return kind, transient
+    return "download_error", True
+
+
+_FFMPEG_DIR: str | None = None
+
+
+def ffmpeg_location(configured: str | None = None) -> str:
+    """A directory holding an executable named ``ffmpeg`` for yt-dlp."""
+    global _FFMPEG_DIR
+    if configured:
+        return configured
+    found = shutil.which("ffmpeg")
+    if found:
+        return str(Path(found).parent)
+    if _FFMPEG_DIR is None or not Path(_FFMPEG_DIR, "ffmpeg").exists():
+        import imageio_ffmpeg
+
+        binary = imageio_ffmpeg.get_ffmpeg_exe()
+        link_dir = tempfile.mkdtemp(prefix="avfusion-ffmpeg-")
+        os.symlink(binary, Path(link_dir, "ffmpeg"))
+        _FFMPEG_DIR = link_dir
+    return _FFMPEG_DIR
+
+
+def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) -> dict[str, Any]:
+    from yt_dlp.utils import download_range_func
+
+    opts: dict[str, Any] = {
+        "format": cfg.format,
+        "outtmpl": str(workdir / "clip.%(ext)s"),
+        "download_ranges": download_range_func(None, [(start, end)]),
+        "force_keyframes_at_cuts": False,  # we decode the window ourselves; no re-encode
+        "ffmpeg_location": ffmpeg_location(cfg.ffmpeg),
+        "socket_timeout": cfg.socket_timeout,
+        "retries": 0,
+        "fragment_retries": 0,
+        "extractor_retries": 0,
+        "quiet": True,
+        "no_warnings": True,
+        "noprogress": True,
+        "noplaylist": True,
+        "overwrites": True,
+        "cachedir": False,
+        "merge_output_format": "mkv",
+    }
+    if cfg.cookies:
+        opts["cookiefile"] = cfg.cookies
+    if cfg.proxy:
+        opts["proxy"] = cfg.proxy
+    if cfg.rate_limit:
+        from yt_dlp.utils import parse_bytes
+
+        opts["ratelimit"] = parse_bytes(cfg.rate_limit)
+    if cfg.sleep_seconds:
+        opts["sleep_interval_requests"] = cfg.sleep_seconds
+    opts.update(cfg.extra)
+    return opts
+
+
+def _attempt(url: str, opts: dict[str, Any], workdir: Path) -> Path:
+    import yt_dlp
+
+    for leftover in workdir.iterdir():
+        leftover.unlink()
+    try:
+        with yt_dlp.YoutubeDL(opts) as ydl:
+            ydl.download([url])
+    except yt_dlp.utils.YoutubeDLError as exc:
+        raise _Failed(str(exc)) from exc
+    outputs = [p for p in workdir.iterdir() if p.is_file() and not p.name.endswith((".part", ".ytdl", ".temp"))]
+    if not outputs:
+        raise _Failed("yt-dlp reported success but wrote no file (partial download)")
+    if outputs[0].stat().st_size == 0:
+        raise _Failed("yt-dlp wrote an empty file (truncated download)")
+    return outputs[0]
+
+
+class _Failed(Exception):
+    pass
+
+
+def download_section(task: ClipTask, clip: ClipSpec, cfg: DownloadConfig, workdir: Path,
+                     sleep=time.sleep) -> tuple[Path, int]:
+    """Fetch ``[task.start, task.end or start + clip_seconds]`` of ``task.source`` into
+    ``workdir``. Returns (file, attempts); raises ``DownloadError`` when the error is
+    permanent or transient attempts run out."""
+    end = task.end if task.end is not None else task.start + clip.clip_seconds
+    opts = ydl_options(cfg, task.start, end, workdir)
+    for attempt in range(1, cfg.max_attempts + 1):
+        try:
+            return _attempt(task.source, opts, workdir), attempt
+        except _Failed as exc:
+            message = _clean(str(exc))
+            kind, transient = classify(message)
+            if not transient or attempt == cfg.max_attempts:
+                raise DownloadError(kind, transient, message, attempt) from None
+            delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
+            sleep(delay * random.uniform(0.5, 1.0))  # full jitter keeps retries apart
+    raise AssertionError("unreachable")
+
+
+def _clean(message: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", message).replace("ERROR: ", "").strip()[:2000]

@@ -1,0 +1,116 @@
+"""The preprocess stages wired in one place: task → fetch → decode → encode → shard.
+
+``process_shard`` is what one Ray task runs (``jobs/preprocess.py`` distributes it);
+it holds no Ray code, so it runs and is tested in-process too. Every clip ends as a
+sample in the tar or as a classified ``Failure`` in the shard's stats; nothing is
+dropped, and the tar appears under its final name only when complete.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import traceback
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from avfusion import __version__
+from avfusion.config import ClipSpec
+from avfusion.decode import DecodeLimits, decode_clip
+from avfusion.download import DownloadConfig, DownloadError, download_section
+from avfusion.probe import MediaError
+from avfusion.sources import ClipTask
+from shards.manifest import Failure, ShardStats, fs_and_root, put_atomic, write_stats
+from shards.writer import Sample, encode_sample, write_tar
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    clip: ClipSpec = field(default_factory=ClipSpec)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    shard_size: int = 100
+    threads_per_task: int = 4  # clips in flight inside one Ray task (downloads overlap)
+
+
+def process_clip(task: ClipTask, cfg: PreprocessConfig, label_map: dict[str, int],
+                 workdir: Path) -> Sample | Failure:
+    """One clip through fetch → decode → encode; any failure comes back classified."""
+    attempts = 1
+    try:
+        if task.is_remote:
+            path, attempts, start = *download_section(task, cfg.clip, cfg.download, workdir), 0.0
+        else:
+            path, start = Path(task.source), task.start
+            if not path.is_file():
+                kind = "missing_file" if not path.exists() else "not_a_file"
+                raise MediaError(kind, f"{task.source} is {'missing' if kind == 'missing_file' else 'not a regular file'}")
+        clip = decode_clip(path, cfg.clip, start=start, limits=cfg.limits)
+    except DownloadError as exc:
+        return Failure(task.key, task.source, exc.kind, exc.transient, exc.message, exc.attempts, task.label)
+    except MediaError as exc:
+        return Failure(task.key, task.source, exc.kind, False, exc.message, attempts, task.label)
+    except Exception as exc:  # a bug or an unforeseen input: record it, keep the job alive
+        message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+        return Failure(task.key, task.source, "internal_error", True, message, attempts, task.label)
+    meta = {
+        "key": task.key,
+        "source": task.source,
+        "window_start": task.start,
+        "label": task.label,
+        "split": task.split,
+        "quality": clip.quality.to_dict(),
+        "clip": asdict(cfg.clip),
+        "attempts": attempts,
+        "version": __version__,
+    }
+    class_index = label_map.get(task.label, -1) if task.label is not None else -1
+    return encode_sample(task.key, clip.waveform, clip.frames, class_index, meta, cfg.clip.sample_rate)
+
+
+def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, label_map: dict[str, int],
+                  out_url: str, round_: int = 0) -> ShardStats:
+    """Produce ``{shard}.tar`` and then ``{shard}_stats.json`` under ``out_url``."""
+    t0 = time.time()
+    fs, root = fs_and_root(out_url)
+    keys: list[str] = []
+    failures: list[Failure] = []
+    by_class: dict[str, Counter] = {}
+    by_split: Counter = Counter()
+    with tempfile.TemporaryDirectory(prefix=f"avf-{shard}-") as tmp:
+        tmpdir = Path(tmp)
+
+        def run(item: tuple[int, ClipTask]) -> tuple[ClipTask, Sample | Failure]:
+            i, task = item
+            clip_dir = tmpdir / f"clip{i}"
+            clip_dir.mkdir()
+            try:
+                return task, process_clip(task, cfg, label_map, clip_dir)
+            finally:
+                for f in clip_dir.iterdir():  # downloads never outlive their clip
+                    f.unlink(missing_ok=True)
+
+        def samples():
+            with ThreadPoolExecutor(max_workers=cfg.threads_per_task) as pool:
+                for task, result in pool.map(run, enumerate(tasks)):
+                    counts = by_class.setdefault(task.label or "", Counter())
+                    if isinstance(result, Failure):
+                        failures.append(result)
+                        counts["failed"] += 1
+                        continue
+                    keys.append(task.key)
+                    counts["ok"] += 1
+                    by_split[task.split or ""] += 1
+                    yield result
+
+        local_tar = tmpdir / f"{shard}.tar"
+        size = write_tar(local_tar, samples())
+        put_atomic(fs, str(local_tar), f"{root}/{shard}.tar")
+    stats = ShardStats(shard=shard, tar=f"{shard}.tar", attempted=len(tasks), successes=len(keys),
+                       failed=len(failures), bytes=size, seconds=round(time.time() - t0, 3), round=round_,
+                       keys=keys, failures=failures, by_class={k: dict(v) for k, v in by_class.items()},
+                       by_split=dict(by_split))
+    write_stats(fs, root, stats)
+    return stats

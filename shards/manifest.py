@@ -1,0 +1,149 @@
+"""Per-shard stats (the resume marker), the dataset manifest and the failures table.
+
+``{shard}_stats.json`` is written after its tar is in place, so its presence means
+the shard is complete; a tar without stats is an interrupted shard and is redone.
+The manifest and ``failures.parquet`` are derived from all stats files at the end of
+every run, so they are always consistent with what is on disk, resumed or not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import fsspec
+
+STATS_SUFFIX = "_stats.json"
+MANIFEST = "manifest.json"
+FAILURES = "failures.parquet"
+
+
+@dataclass
+class Failure:
+    key: str
+    source: str
+    kind: str
+    transient: bool
+    message: str
+    attempts: int
+    label: str | None = None
+
+
+@dataclass
+class ShardStats:
+    shard: str
+    tar: str
+    attempted: int
+    successes: int
+    failed: int
+    bytes: int
+    seconds: float
+    round: int  # 0: first pass; n: the n-th --retry-failed
+    keys: list[str]
+    failures: list[Failure]
+    by_class: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_split: dict[str, int] = field(default_factory=dict)
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+    created: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ShardStats:
+        data = dict(data)
+        data["failures"] = [Failure(**f) for f in data["failures"]]
+        return cls(**data)
+
+
+def fs_and_root(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, root = fsspec.core.url_to_fs(url)
+    return fs, root.rstrip("/")
+
+
+def put_atomic(fs: fsspec.AbstractFileSystem, local_path: str, remote_path: str) -> None:
+    """Upload ``local_path`` to a temporary name beside ``remote_path``, then move it
+    into place: readers never see a partial file under the final name."""
+    tmp = f"{remote_path}.tmp-{os.getpid()}"
+    fs.put_file(local_path, tmp)
+    fs.mv(tmp, remote_path)
+
+
+def write_json_atomic(fs: fsspec.AbstractFileSystem, remote_path: str, data) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(data, f, indent=1, sort_keys=True, default=_default)
+    try:
+        put_atomic(fs, f.name, remote_path)
+    finally:
+        os.unlink(f.name)
+
+
+def _default(obj):
+    if hasattr(obj, "__dataclass_fields__"):
+        return asdict(obj)
+    raise TypeError(type(obj).__name__)
+
+
+def write_stats(fs, root: str, stats: ShardStats) -> None:
+    stats.created = stats.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stats.failures_by_kind = dict(Counter(f.kind for f in stats.failures))
+    write_json_atomic(fs, f"{root}/{stats.shard}{STATS_SUFFIX}", asdict(stats))
+
+
+def read_all_stats(fs, root: str) -> dict[str, ShardStats]:
+    """Every completed shard's stats, by shard name."""
+    out = {}
+    for path in sorted(fs.glob(f"{root}/*{STATS_SUFFIX}")):
+        with fs.open(path) as f:
+            stats = ShardStats.from_dict(json.load(f))
+        out[stats.shard] = stats
+    return out
+
+
+def latest_failures(all_stats: dict[str, ShardStats]) -> dict[str, Failure]:
+    """Each clip's most recent failure, for clips that never succeeded."""
+    ok = {k for s in all_stats.values() for k in s.keys}
+    last: dict[str, tuple[int, Failure]] = {}
+    for s in all_stats.values():
+        for f in s.failures:
+            if f.key not in ok and (f.key not in last or s.round >= last[f.key][0]):
+                last[f.key] = (s.round, f)
+    return {k: f for k, (_, f) in last.items()}
+
+
+def write_failures_table(fs, root: str, failures: dict[str, Failure]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = sorted((asdict(f) for f in failures.values()), key=lambda r: r["key"])
+    schema = pa.schema([("key", pa.string()), ("source", pa.string()), ("kind", pa.string()),
+                        ("transient", pa.bool_()), ("message", pa.string()), ("attempts", pa.int32()),
+                        ("label", pa.string())])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with tempfile.NamedTemporaryFile(suffix=".parquet", delete=False) as f:
+        pq.write_table(table, f.name)
+    try:
+        put_atomic(fs, f.name, f"{root}/{FAILURES}")
+    finally:
+        os.unlink(f.name)
+
+
+def build_manifest(all_stats: dict[str, ShardStats], label_map: dict[str, int], config: dict,
+                   version: str) -> dict:
+    shards = [{"tar": s.tar, "count": s.successes, "round": s.round, "bytes": s.bytes}
+              for s in sorted(all_stats.values(), key=lambda s: s.shard)]
+    by_split = Counter()
+    for s in all_stats.values():
+        by_split.update(s.by_split)
+    return {
+        "format": "avfusion-wds/1",
+        "code_version": version,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "num_samples": sum(s["count"] for s in shards),
+        "num_shards": len(shards),
+        "shards": shards,
+        "label_map": label_map,
+        "config": config,
+        "by_split": dict(by_split),
+    }

@@ -1,0 +1,34 @@
+"""Read samples back from shards (the training loader in ``avfusion`` builds on this)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
+
+@dataclass
+class DecodedSample:
+    key: str
+    waveform: np.ndarray  # (N,) float32
+    frames: np.ndarray  # (T, S, S, 3) uint8
+    class_index: int
+    meta: dict
+
+
+def frame_names(sample: dict) -> list[str]:
+    """The sample's frame members in temporal order (frame0.jpg, frame1.jpg, …)."""
+    names = [k for k in sample if k.startswith("frame") and k.endswith(".jpg")]
+    return sorted(names, key=lambda k: int(k[5:-4]))
+
+
+def decode_sample(sample: dict) -> DecodedSample:
+    """A raw WebDataset sample (member name → bytes) to arrays."""
+    waveform, _ = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
+    frames = np.stack([np.asarray(Image.open(io.BytesIO(sample[n])).convert("RGB")) for n in frame_names(sample)])
+    meta = json.loads(sample["json"])
+    return DecodedSample(sample["__key__"], waveform, frames, int(sample["cls"]), meta)
