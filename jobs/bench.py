@@ -1,16 +1,25 @@
-"""`avfusion bench`: Benchmarks (preprocess, train, robustness, label), each printing a ratio against a floor measured in the same run."""
+"""`avfusion bench NAME`: benchmarks, each printing a ratio against a floor measured in the same run.
+
+Names: preprocess (more arrive with train, robustness and label).
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import sys
 
-from jobs._pending import pending_main
-
-DESCRIPTION = __doc__.split(": ", 1)[1]
+BENCHES = {
+    "preprocess": "avfusion.bench.preprocess",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return pending_main("bench", DESCRIPTION, argv)
+    parser = argparse.ArgumentParser(prog="avfusion bench", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (NAME --help)")
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(BENCHES[args.name]).main(args.args) or 0)
 
 
 if __name__ == "__main__":

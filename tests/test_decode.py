@@ -146,3 +146,11 @@ def test_malformed_corpus_fails_with_the_right_kind(tmp_path):
             decode_clip(tmp_path / name, SPEC)
         got[name] = exc.value.kind
     assert got == expected
+
+
+def test_skip_nonref_keeps_frames_within_one_of_target(tmp_path):
+    clip = write_clip(tmp_path / "c.mp4", SynthSpec(fps=30, duration=10.0, width=320, height=180))
+    exact = _nearest(clip.frame_times, frame_times(0.0, 10.0, 8))
+    out = decode_clip(clip.path, SPEC, limits=DecodeLimits(skip_nonref=True))
+    got = [read_frame_index(f) for f in out.frames]
+    assert all(abs(g - e) <= 1 for g, e in zip(got, exact)), (got, exact)
