@@ -1,0 +1,119 @@
+"""Killed drivers and killed workers: the job resumes or completes, nothing lost or doubled."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from avfusion.synth import SynthSpec, write_clip
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    spec = SynthSpec(width=640, height=360, fps=30, duration=10.0)
+    for i in range(24):
+        write_clip(root / f"clip{i:02d}_000000.mp4", spec, seed=i)
+    return root
+
+
+def _start(args, env, out):
+    return subprocess.Popen(["avfusion", "preprocess", *args, "--out", str(out)], env=env,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _cleanup(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the job's own session: embedded Ray included
+    except ProcessLookupError:
+        pass
+
+
+def _keys(out: Path) -> list[str]:
+    return [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False)]
+
+
+def _wait_for(predicate, timeout, proc):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def test_driver_kill_then_resume_gives_the_uninterrupted_key_set(tmp_path, clips, cli_env):
+    args = [str(clips), "--shard-size", "2", "--frame-size", "64", "--concurrency", "1", "--num-cpus", "2"]
+    proc = _start(args, cli_env, tmp_path / "killed")
+    try:
+        started = _wait_for(lambda: len(list((tmp_path / "killed").glob("*_stats.json"))) >= 2, 120, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        _cleanup(proc)  # a task in flight may still land its shard until its worker dies
+    assert started, "the run ended before it could be killed"
+    time.sleep(0.5)
+    done_before = len(list((tmp_path / "killed").glob("*_stats.json")))
+    assert 2 <= done_before < 12, "kill must land mid-run"
+    assert not (tmp_path / "killed" / "manifest.json").exists()
+
+    resumed = subprocess.run(["avfusion", "preprocess", *args, "--out", str(tmp_path / "killed")], env=cli_env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert f"({done_before} already done)" in resumed.stdout
+    clean = subprocess.run(["avfusion", "preprocess", *args, "--out", str(tmp_path / "clean")], env=cli_env,
+                           capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0
+    killed_keys, clean_keys = _keys(tmp_path / "killed"), _keys(tmp_path / "clean")
+    assert len(killed_keys) == len(set(killed_keys)) == 24
+    assert sorted(killed_keys) == sorted(clean_keys)
+    leftovers = [p.name for p in (tmp_path / "killed").iterdir() if ".tmp" in p.name]
+    assert leftovers == []
+    for tar in (tmp_path / "killed").glob("*.tar"):
+        assert tar.with_name(tar.stem + "_stats.json").exists()
+
+
+def _task_workers(session: int) -> list[int]:
+    """PIDs in our job's session currently executing a process_shard task."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            if cmd.startswith("ray::process_shard") and os.getsid(int(entry.name)) == session:
+                pids.append(int(entry.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return pids
+
+
+def test_worker_kill_mid_task_is_retried_and_every_clip_lands(tmp_path, clips, cli_env):
+    out = tmp_path / "s"
+    proc = _start([str(clips), "--shard-size", "6", "--frame-size", "64", "--concurrency", "1", "--threads", "1",
+                   "--num-cpus", "2"], cli_env, out)
+    killed = []
+    try:
+        found = _wait_for(lambda: bool(_task_workers(proc.pid)), 120, proc)
+        if found:
+            victim = _task_workers(proc.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        _cleanup(proc)
+    assert killed, "no worker was caught mid-task"
+    assert proc.returncode == 0, output[-3000:]
+    keys = _keys(out)
+    assert len(keys) == len(set(keys)) == 24
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_samples"] == 24
