@@ -1,0 +1,252 @@
+"""One training loop for every launch path (single process, torchrun DDP, Ray Train).
+
+Reproducible by construction: each epoch's data pipeline and augmentation are seeded
+by (seed, epoch), and checkpoints carry the torch RNG state, so ``--resume`` after a
+crash continues to the same result as an uninterrupted run (on CPU, bit for bit).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from avfusion import __version__
+from avfusion.corruptions import Augment, AugmentConfig
+from avfusion.distributed import DistEnv
+from avfusion.model import FusionModel, ModelConfig, fusion_loss, warn_random_init
+from shards.loader import Dataset, loader, pipeline
+
+CHECKPOINT = "last.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    shards: str
+    out: str
+    modalities: str = "both"
+    epochs: int = 10
+    batch_size: int = 16
+    steps_per_epoch: int | None = None  # default: train samples / (batch × ranks), at least 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+    aux_weight: float = 0.3
+    embed_dim: int = 256
+    audio_width: int = 64
+    video_weights: str = "none"
+    dropout: float = 0.2
+    workers: int = 2
+    seed: int = 0
+    compile: bool = False
+    bf16: bool = True  # autocast on GPU only
+    train_split: str = "train"
+    val_split: str = "test"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> FusionModel:
+    model_cfg = ModelConfig(num_classes=num_classes, modalities=cfg.modalities, embed_dim=cfg.embed_dim,
+                            audio_width=cfg.audio_width, video_weights=cfg.video_weights, dropout=cfg.dropout)
+    warn_random_init(model_cfg)
+    return FusionModel(model_cfg)
+
+
+def _lr_lambda(total: int, warmup: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def save_atomic(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[FusionModel, dict]:
+    """The model and its checkpoint dict (label map, config) for evaluate/label/predict."""
+    ckpt = load_checkpoint(path)
+    model = FusionModel(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+@torch.no_grad()
+def evaluate(model, urls, cfg: TrainConfig, dist: DistEnv, split: str) -> dict:
+    """Loss, top-1/top-5 and mean attention on ``split``; each rank reads its share of
+    the shards and the sums are all-reduced (no per-batch collective, so uneven
+    shares cannot hang)."""
+    model.eval()
+    sums = [0.0] * 6  # n, loss, top1, top5, w_audio, w_video
+    for batch in loader(pipeline(urls, cfg.batch_size, split=split, train=False), cfg.workers):
+        batch = batch.to(dist.device)
+        labelled = batch.target >= 0
+        if not labelled.any():
+            continue
+        with _autocast(cfg, dist):
+            out = model(batch.waveform, batch.frames)
+        logits, target = out.logits.float()[labelled], batch.target[labelled]
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        sums[0] += len(target)
+        sums[1] += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+        sums[2] += (top5[:, 0] == target).sum().item()
+        sums[3] += (top5 == target[:, None]).any(dim=1).sum().item()
+        sums[4] += out.weights[labelled, 0].float().sum().item()
+        sums[5] += out.weights[labelled, 1].float().sum().item()
+    n, loss, top1, top5, wa, wv = dist.all_reduce_sum(sums)
+    model.train()
+    if n == 0:
+        return {"val_n": 0}
+    return {"val_n": int(n), "val_loss": loss / n, "val_top1": top1 / n, "val_top5": top5 / n,
+            "w_audio": wa / n, "w_video": wv / n}
+
+
+def _autocast(cfg: TrainConfig, dist: DistEnv):
+    enabled = cfg.bf16 and dist.device.type == "cuda"
+    return torch.autocast(device_type=dist.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train(cfg: TrainConfig, dist: DistEnv) -> dict:
+    """Train, evaluating and checkpointing every epoch; returns the last epoch's metrics."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    data = Dataset.open(cfg.shards)
+    n_train = data.count(cfg.train_split)
+    if n_train == 0:
+        raise ValueError(f"{cfg.shards} has no '{cfg.train_split}' samples")
+    steps = cfg.steps_per_epoch or max(1, n_train // (cfg.batch_size * dist.world))
+    total = steps * cfg.epochs
+    model = build_model(cfg, len(data.label_map)).to(dist.device)
+    if dist.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, int(cfg.warmup_fraction * total))))
+    start_epoch, step = 0, 0
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
+        torch.set_rng_state(ckpt["rng"])
+        if dist.is_main:
+            print(f"resumed from {ckpt_path} at epoch {start_epoch}, step {step}")
+    net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if dist.world > 1 else model
+    if cfg.compile:
+        net = torch.compile(net)
+    workers = max(1, cfg.workers)
+    per_worker = math.ceil(steps / workers)
+    metrics_path = out / "metrics.jsonl"
+    writer = _tensorboard(out) if dist.is_main else None
+    metrics: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0, seen, loss_sum = time.time(), 0, 0.0
+        seed = cfg.seed * 100_003 + epoch
+        ds = pipeline(data.urls, cfg.batch_size, split=cfg.train_split, train=True, seed=seed,
+                      augment=Augment(cfg.augment, seed), batches_per_epoch=per_worker)
+        bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not dist.is_main, leave=False)
+        for batch in islice(loader(ds, cfg.workers), steps):
+            batch = batch.to(dist.device)
+            with _autocast(cfg, dist):
+                output = net(batch.waveform, batch.frames)
+                loss = fusion_loss(output, batch.target, cfg.aux_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            seen += len(batch.keys)
+            loss_sum += loss.item() * len(batch.keys)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.close()
+        seconds = time.time() - t0
+        n, loss_total = dist.all_reduce_sum([seen, loss_sum])
+        metrics = {"epoch": epoch, "step": step, "train_loss": loss_total / max(n, 1),
+                   "lr": sched.get_last_lr()[0], "samples_per_s": n / max(seconds, 1e-9),
+                   **evaluate(model, data.urls, cfg, dist, cfg.val_split)}
+        if dist.is_main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            for k, v in metrics.items():
+                if writer is not None and isinstance(v, (int, float)) and k != "epoch":
+                    writer.add_scalar(k, v, epoch)
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+            save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "epoch": epoch, "step": step, "rng": torch.get_rng_state(),
+                         "model_config": asdict(model.cfg), "train_config": _plain(cfg),
+                         "label_map": data.label_map, "clip": data.manifest["config"]["clip"],
+                         "version": __version__}, ckpt_path)
+        dist.barrier()
+    if dist.is_main:
+        (out / "label_map.json").write_text(json.dumps(data.label_map, indent=1))
+        if writer is not None:
+            writer.close()
+        plot_curves(metrics_path, out / "curves.png")
+    return metrics
+
+
+def _plain(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def _tensorboard(out: Path):
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(out / "tb"))
+
+
+def plot_curves(metrics_path: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(epochs, [r["train_loss"] for r in rows], label="train")
+    axes[0].plot(epochs, [r.get("val_loss", float("nan")) for r in rows], label="val")
+    axes[0].set_title("loss")
+    axes[1].plot(epochs, [r.get("val_top1", float("nan")) for r in rows], label="top-1")
+    axes[1].plot(epochs, [r.get("val_top5", float("nan")) for r in rows], label="top-5")
+    axes[1].set_title("validation accuracy")
+    axes[2].plot(epochs, [r.get("w_audio", float("nan")) for r in rows], label="audio")
+    axes[2].plot(epochs, [r.get("w_video", float("nan")) for r in rows], label="video")
+    axes[2].set_title("mean attention")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,139 @@
+"""The training/evaluation input pipeline over shards, as an explicit list of stages.
+
+    shard list → (resample) → node split → worker split → tar → split filter → shuffle
+    → decode → augment → batch
+
+For training under DDP the shard list is *resampled* (each rank and worker draws
+shards with its own deterministic seed) and the epoch is cut to a fixed number of
+batches with ``with_epoch``, so every rank runs exactly the same number of steps
+whatever the shard sizes: an uneven rank would hang the gradient all-reduce.
+Evaluation reads each shard once (``split_by_node``), with no resampling.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import webdataset as wds
+from PIL import Image
+
+from shards.manifest import MANIFEST, fs_and_root
+from shards.reader import frame_names
+
+
+@dataclass
+class Batch:
+    waveform: torch.Tensor  # (B, N) float32
+    frames: torch.Tensor  # (B, T, S, S, 3) uint8
+    target: torch.Tensor  # (B,) int64, -1 when unlabelled
+    keys: list[str]
+
+    def to(self, device, non_blocking: bool = True) -> Batch:
+        return Batch(self.waveform.to(device, non_blocking=non_blocking),
+                     self.frames.to(device, non_blocking=non_blocking),
+                     self.target.to(device, non_blocking=non_blocking), self.keys)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A shard folder: its tar URLs and manifest (label map, clip spec, counts)."""
+
+    urls: list[str]
+    manifest: dict
+
+    @classmethod
+    def open(cls, root_url: str) -> Dataset:
+        fs, root = fs_and_root(root_url)
+        with fs.open(f"{root}/{MANIFEST}") as f:
+            manifest = json.load(f)
+        base = root_url.rstrip("/")
+        return cls([f"{base}/{s['tar']}" for s in manifest["shards"] if s["count"]], manifest)
+
+    @property
+    def label_map(self) -> dict[str, int]:
+        return self.manifest["label_map"]
+
+    def count(self, split: str | None) -> int:
+        if split is None:
+            return self.manifest["num_samples"]
+        return self.manifest["by_split"].get(split, 0)
+
+
+def _split_is(split: str | None) -> Callable[[dict], bool]:
+    def keep(sample: dict) -> bool:
+        return split is None or json.loads(sample["json"]).get("split") == split
+    return keep
+
+
+def decode(sample: dict) -> dict:
+    waveform, _ = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
+    frames = np.stack([np.asarray(Image.open(io.BytesIO(sample[n])).convert("RGB")) for n in frame_names(sample)])
+    return {"key": sample["__key__"], "waveform": waveform, "frames": frames, "target": int(sample["cls"])}
+
+
+def collate(samples: list[dict]) -> Batch:
+    return Batch(torch.from_numpy(np.stack([s["waveform"] for s in samples])),
+                 torch.from_numpy(np.stack([s["frames"] for s in samples])),
+                 torch.tensor([s["target"] for s in samples], dtype=torch.int64),
+                 [s["key"] for s in samples])
+
+
+def pipeline(urls: list[str], batch_size: int, *, split: str | None, train: bool, seed: int = 0,
+             shuffle_buffer: int = 256, augment: Callable[[dict], dict] | None = None,
+             batches_per_epoch: int | None = None) -> wds.DataPipeline:
+    """The stage list. ``train`` resamples shards and needs ``batches_per_epoch`` (per
+    data-loader worker: the caller divides by workers and ranks)."""
+    stages: list = []
+    if train:
+        stages += [wds.ResampledShards(urls, seed=seed, deterministic=True)]
+    else:
+        stages += [wds.SimpleShardList(urls), wds.split_by_node]
+    stages += [
+        wds.split_by_worker,
+        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        wds.select(_split_is(split)),
+    ]
+    if train and shuffle_buffer > 1:
+        stages += [wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 64), rng=_Rng(seed))]
+    stages += [wds.map(decode)]
+    if augment is not None:
+        stages += [wds.map(augment)]
+    stages += [wds.batched(batch_size, collation_fn=collate, partial=not train)]
+    ds = wds.DataPipeline(*stages)
+    if train:
+        if not batches_per_epoch:
+            raise ValueError("training pipelines need batches_per_epoch (resampled shards never end)")
+        ds = ds.with_epoch(batches_per_epoch)
+    return ds
+
+
+class _Rng:
+    """A ``random.Random`` whose seed includes the data-loader worker id, so workers
+    shuffle differently but reproducibly."""
+
+    def __new__(cls, seed: int):
+        import random
+
+        info = torch.utils.data.get_worker_info()
+        return random.Random(seed * 1000 + (info.id if info else 0))
+
+
+def loader(ds: wds.DataPipeline, workers: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False,
+                                       worker_init_fn=_worker_init if workers else None)
+
+
+def _worker_init(_: int) -> None:
+    # One thread per loader worker: N workers × all-cores would oversubscribe the CPUs.
+    torch.set_num_threads(1)
+
+
+def shard_urls(root: str | Path) -> list[str]:
+    return Dataset.open(str(root)).urls
