@@ -111,7 +111,9 @@ class VideoEncoder(nn.Module):
         """(B, T, H, W, 3) uint8 → (B, 512)."""
         b, t = frames.shape[:2]
         x = frames.reshape(b * t, *frames.shape[2:]).permute(0, 3, 1, 2).float()
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        x = (x - self.mean) / self.std
+        if x.is_cuda:  # channels_last speeds up cuDNN convolutions; on CPU it only costs copies
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x).view(b, t, -1).mean(dim=1)
 
 

@@ -147,6 +147,9 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, int(cfg.warmup_fraction * total))))
     start_epoch, step = 0, 0
     ckpt_path = out / CHECKPOINT
+    if dist.is_main:
+        for stale in out.glob(f".{CHECKPOINT}.*"):  # a save cut short by a kill
+            stale.unlink(missing_ok=True)
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["model"])
@@ -156,6 +159,7 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
         torch.set_rng_state(ckpt["rng"])
         if dist.is_main:
             print(f"resumed from {ckpt_path} at epoch {start_epoch}, step {step}")
+            _truncate_metrics(out / "metrics.jsonl", start_epoch)
     net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if dist.world > 1 else model
     if cfg.compile:
         net = torch.compile(net)
@@ -205,12 +209,35 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
                          "label_map": data.label_map, "clip": data.manifest["config"]["clip"],
                          "version": __version__}, ckpt_path)
         dist.barrier()
+    _write_rank_state(out, dist, model, step)
     if dist.is_main:
         (out / "label_map.json").write_text(json.dumps(data.label_map, indent=1))
         if writer is not None:
             writer.close()
         plot_curves(metrics_path, out / "curves.png")
     return metrics
+
+
+def _truncate_metrics(path: Path, start_epoch: int) -> None:
+    """Drop rows of epochs the checkpoint does not cover (a crash between logging an
+    epoch and checkpointing it), so a resumed run never logs an epoch twice."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line)["epoch"] < start_epoch]
+    if len(kept) != len(rows):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
+
+def _write_rank_state(out: Path, dist: DistEnv, model: torch.nn.Module, step: int) -> None:
+    """Each rank records its step count and a parameter checksum: after DDP they must
+    agree, and a mismatch is how a desynchronised rank shows itself."""
+    checksum = sum(p.detach().double().abs().sum().item() for p in model.parameters())
+    (out / "ranks").mkdir(exist_ok=True)
+    (out / "ranks" / f"rank{dist.rank}.json").write_text(json.dumps(
+        {"rank": dist.rank, "world": dist.world, "step": step, "param_checksum": checksum}))
 
 
 def _plain(cfg: TrainConfig) -> dict:

@@ -1,15 +1,30 @@
 """Ray set-up shared by the jobs: embedded local instance or an existing cluster.
 
-With no address, jobs start an embedded local Ray (no dashboard) and shut it down on
-exit; with ``--address`` (or inside ``ray job submit``, where Ray is already
+With no address, jobs start an embedded local Ray (no dashboard, loopback only) and
+shut it down on exit; with ``--address`` (or inside ``ray job submit``, where Ray is already
 initialised) they join the cluster. Token auth is Ray's default and is left on.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+
+# Ray rewrites 127.0.0.1 to the machine's routable address (so other nodes could
+# join); an embedded single-machine instance has no such need, so on Linux it
+# advertises another loopback address, which Ray keeps. macOS/Windows Ray already
+# stays on 127.0.0.1.
+EMBEDDED_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else None
+
+
+def embedded_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"num_cpus": num_cpus, "include_dashboard": False}
+    if EMBEDDED_NODE_IP:
+        kwargs["_node_ip_address"] = EMBEDDED_NODE_IP
+    return kwargs
 
 
 @contextmanager
@@ -22,7 +37,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(**embedded_init_kwargs(num_cpus))
     try:
         yield
     finally:

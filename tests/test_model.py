@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from avfusion.model import (AudioEncoder, FusionModel, ModalityAttention, ModelConfig, VideoEncoder, fusion_loss)
+
+
+def _inputs(b=3, n=32_000, t=4, s=64):
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(b, n, generator=g) * 2 - 1,
+            torch.randint(0, 256, (b, t, s, s, 3), generator=g, dtype=torch.uint8))
+
+
+def test_encoders_declare_their_output_size():
+    wave, frames = _inputs()
+    assert AudioEncoder(16)(wave).shape == (3, AudioEncoder(16).out_dim)
+    assert VideoEncoder()(frames).shape == (3, VideoEncoder.out_dim)
+    a, v = torch.randn(3, 8), torch.randn(3, 8)
+    fused, w = ModalityAttention(8, 8, 8)(a, v)
+    assert fused.shape == (3, 8) and w.shape == (3, 2)
+
+
+def test_fusion_outputs_and_attention_sum_to_one():
+    torch.manual_seed(0)
+    model = FusionModel(ModelConfig(num_classes=5, embed_dim=32, audio_width=16)).eval()
+    out = model(*_inputs())
+    assert out.logits.shape == (3, 5) and out.audio_logits.shape == (3, 5) and out.video_logits.shape == (3, 5)
+    assert torch.isfinite(out.logits).all()
+    torch.testing.assert_close(out.weights.sum(dim=1), torch.ones(3))
+    assert ((out.weights > 0) & (out.weights < 1)).all()
+    a, v = model.forward_features(*_inputs())
+    assert a.shape == v.shape == (3, 32)
+    torch.testing.assert_close(model.forward_head(a, v).logits, out.logits)
+
+
+def test_fused_weights_follow_the_formula():
+    att = ModalityAttention(4, 4, 4)
+    a, v = torch.randn(2, 4), torch.randn(2, 4)
+    fused, w = att(a, v)
+    scores = torch.cat([att.audio_score(a), att.video_score(v)], dim=1)
+    torch.testing.assert_close(w, torch.softmax(scores, dim=1))
+    torch.testing.assert_close(fused, w[:, :1] * a + w[:, 1:] * v)
+
+
+def test_gradient_reaches_both_encoders():
+    model = FusionModel(ModelConfig(num_classes=4, embed_dim=16, audio_width=8))
+    out = model(*_inputs(b=2))
+    fusion_loss(out, torch.tensor([1, 3]), aux_weight=0.3).backward()
+    for part in (model.audio, model.video, model.attention.audio_score, model.attention.video_score):
+        grads = [p.grad for p in part.parameters() if p.requires_grad]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("modality, weights", [("audio", [1.0, 0.0]), ("video", [0.0, 1.0])])
+def test_unimodal_baselines(modality, weights):
+    model = FusionModel(ModelConfig(num_classes=3, modalities=modality, embed_dim=16, audio_width=8)).eval()
+    wave, frames = _inputs(b=2)
+    out = model(wave if modality == "audio" else None, frames if modality == "video" else None)
+    assert out.logits.shape == (2, 3)
+    assert out.weights.tolist() == [weights, weights]
+    assert (model.audio is None) == (modality == "video") and (model.video is None) == (modality == "audio")
+
+
+def test_imagenet_weights_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="resnet18-f37072fd.pth"):
+        FusionModel(ModelConfig(num_classes=2, video_weights="imagenet"))
+
+
+def test_video_weights_from_a_file(tmp_path):
+    from torchvision.models import resnet18
+
+    state = resnet18(weights=None).state_dict()
+    torch.save(state, tmp_path / "r18.pth")
+    model = FusionModel(ModelConfig(num_classes=2, video_weights=str(tmp_path / "r18.pth")))
+    torch.testing.assert_close(model.video.backbone.conv1.weight, state["conv1.weight"])
+    torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not a ResNet-18"):
+        FusionModel(ModelConfig(num_classes=2, video_weights=str(tmp_path / "bad.pth")))
