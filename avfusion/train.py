@@ -95,12 +95,13 @@ def model_from_checkpoint(path: str | Path) -> tuple[FusionModel, dict]:
 
 
 @torch.no_grad()
-def evaluate(model, urls, cfg: TrainConfig, dist: DistEnv, split: str) -> dict:
-    """Loss, top-1/top-5 and mean attention on ``split``; each rank reads its share of
-    the shards and the sums are all-reduced (no per-batch collective, so uneven
-    shares cannot hang)."""
+def evaluate(model, urls, cfg: TrainConfig, dist: DistEnv, split: str, label_map: dict[str, int]) -> dict:
+    """Loss, top-1/top-5 and mean attention (overall and per class) on ``split``. Each
+    rank reads its share of the shards and the sums are all-reduced once at the end
+    (no per-batch collective, so uneven shares cannot hang)."""
     model.eval()
-    sums = [0.0] * 6  # n, loss, top1, top5, w_audio, w_video
+    c = len(label_map)
+    sums = torch.zeros(4 + 3 * c, dtype=torch.float64)  # n, loss, top1, top5 | per class: n, w_a, w_v
     for batch in loader(pipeline(urls, cfg.batch_size, split=split, train=False), cfg.workers):
         batch = batch.to(dist.device)
         labelled = batch.target >= 0
@@ -109,19 +110,27 @@ def evaluate(model, urls, cfg: TrainConfig, dist: DistEnv, split: str) -> dict:
         with _autocast(cfg, dist):
             out = model(batch.waveform, batch.frames)
         logits, target = out.logits.float()[labelled], batch.target[labelled]
+        weights = out.weights.float()[labelled].cpu().double()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         sums[0] += len(target)
         sums[1] += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
         sums[2] += (top5[:, 0] == target).sum().item()
         sums[3] += (top5 == target[:, None]).any(dim=1).sum().item()
-        sums[4] += out.weights[labelled, 0].float().sum().item()
-        sums[5] += out.weights[labelled, 1].float().sum().item()
-    n, loss, top1, top5, wa, wv = dist.all_reduce_sum(sums)
+        t = target.cpu()
+        sums[4:4 + c] += torch.bincount(t, minlength=c).double()
+        sums[4 + c:4 + 2 * c] += torch.zeros(c, dtype=torch.float64).index_add_(0, t, weights[:, 0])
+        sums[4 + 2 * c:] += torch.zeros(c, dtype=torch.float64).index_add_(0, t, weights[:, 1])
+    sums = torch.tensor(dist.all_reduce_sum(sums.tolist()), dtype=torch.float64)
     model.train()
+    n = sums[0].item()
     if n == 0:
         return {"val_n": 0}
-    return {"val_n": int(n), "val_loss": loss / n, "val_top1": top1 / n, "val_top5": top5 / n,
-            "w_audio": wa / n, "w_video": wv / n}
+    per_n, per_a = sums[4:4 + c], sums[4 + c:4 + 2 * c]
+    names = sorted(label_map, key=label_map.get)
+    return {"val_n": int(n), "val_loss": sums[1].item() / n, "val_top1": sums[2].item() / n,
+            "val_top5": sums[3].item() / n, "w_audio": per_a.sum().item() / n,
+            "w_video": sums[4 + 2 * c:].sum().item() / n,
+            "w_audio_by_class": {names[i]: per_a[i].item() / per_n[i].item() for i in range(c) if per_n[i] > 0}}
 
 
 def _autocast(cfg: TrainConfig, dist: DistEnv):
@@ -195,14 +204,15 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
         n, loss_total = dist.all_reduce_sum([seen, loss_sum])
         metrics = {"epoch": epoch, "step": step, "train_loss": loss_total / max(n, 1),
                    "lr": sched.get_last_lr()[0], "samples_per_s": n / max(seconds, 1e-9),
-                   **evaluate(model, data.urls, cfg, dist, cfg.val_split)}
+                   **evaluate(model, data.urls, cfg, dist, cfg.val_split, data.label_map)}
         if dist.is_main:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             for k, v in metrics.items():
                 if writer is not None and isinstance(v, (int, float)) and k != "epoch":
                     writer.add_scalar(k, v, epoch)
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                           if not isinstance(v, dict)))
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "epoch": epoch, "step": step, "rng": torch.get_rng_state(),
                          "model_config": asdict(model.cfg), "train_config": _plain(cfg),

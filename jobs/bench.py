@@ -1,6 +1,6 @@
 """`avfusion bench NAME`: benchmarks, each printing a ratio against a floor measured in the same run.
 
-Names: preprocess (more arrive with train, robustness and label).
+Names: preprocess, train (robustness and label arrive with their jobs).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 
 BENCHES = {
     "preprocess": "avfusion.bench.preprocess",
+    "train": "avfusion.bench.train",
 }
 
 

@@ -22,10 +22,9 @@ import numpy as np
 import soundfile as sf
 import torch
 import webdataset as wds
-from PIL import Image
 
 from shards.manifest import MANIFEST, fs_and_root
-from shards.reader import frame_names
+from shards.reader import rgb_from_jpeg, frame_names
 
 
 @dataclass
@@ -74,7 +73,7 @@ def _split_is(split: str | None) -> Callable[[dict], bool]:
 
 def decode(sample: dict) -> dict:
     waveform, _ = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
-    frames = np.stack([np.asarray(Image.open(io.BytesIO(sample[n])).convert("RGB")) for n in frame_names(sample)])
+    frames = np.stack([rgb_from_jpeg(sample[n]) for n in frame_names(sample)])
     return {"key": sample["__key__"], "waveform": waveform, "frames": frames, "target": int(sample["cls"])}
 
 

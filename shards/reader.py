@@ -20,6 +20,12 @@ class DecodedSample:
     meta: dict
 
 
+def rgb_from_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes → (H, W, 3) uint8; our frames are RGB already, so no conversion copy."""
+    image = Image.open(io.BytesIO(data))
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
 def frame_names(sample: dict) -> list[str]:
     """The sample's frame members in temporal order (frame0.jpg, frame1.jpg, …)."""
     names = [k for k in sample if k.startswith("frame") and k.endswith(".jpg")]
@@ -29,6 +35,6 @@ def frame_names(sample: dict) -> list[str]:
 def decode_sample(sample: dict) -> DecodedSample:
     """A raw WebDataset sample (member name → bytes) to arrays."""
     waveform, _ = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
-    frames = np.stack([np.asarray(Image.open(io.BytesIO(sample[n])).convert("RGB")) for n in frame_names(sample)])
+    frames = np.stack([rgb_from_jpeg(sample[n]) for n in frame_names(sample)])
     meta = json.loads(sample["json"])
     return DecodedSample(sample["__key__"], waveform, frames, int(sample["cls"]), meta)
