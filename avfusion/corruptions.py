@@ -95,6 +95,188 @@ def video_gaussian_noise(frames: np.ndarray, severity: int, rng: np.random.Gener
     return (np.clip(noisy, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+SHOT_PHOTONS = {1: 60, 2: 25, 3: 12, 4: 5, 5: 3}  # ImageNet-C shot_noise
+
+
+def shot_noise(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Poisson (photon) noise with 60, 25, 12, 5, 3 photons per unit (ImageNet-C)."""
+    lam = SHOT_PHOTONS[severity]
+    return (np.clip(rng.poisson(frames / 255.0 * lam) / lam, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+IMPULSE_AMOUNT = {1: 0.03, 2: 0.06, 3: 0.09, 4: 0.17, 5: 0.27}  # ImageNet-C impulse_noise
+
+
+def impulse_noise(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Salt-and-pepper noise on 3–27 % of pixel values (ImageNet-C)."""
+    out = frames.copy()
+    mask = rng.random(frames.shape) < IMPULSE_AMOUNT[severity]
+    out[mask] = np.where(rng.random(int(mask.sum())) < 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+DEFOCUS_RADIUS = {1: 3, 2: 4, 3: 6, 4: 8, 5: 10}  # px at 224²
+
+
+def defocus_blur(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Disc (out-of-focus) blur, radius 3–10 px at 224² (scaled to the frame size)."""
+    r = max(1, round(DEFOCUS_RADIUS[severity] * frames.shape[1] / 224))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return _filter2d(frames, ((xx ** 2 + yy ** 2) <= r * r).astype(np.float32))
+
+
+MOTION_LENGTH = {1: 6, 2: 10, 3: 15, 4: 20, 5: 28}  # px at 224²
+
+
+def motion_blur(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Linear motion blur along a random direction, 6–28 px long at 224²."""
+    length = max(2, round(MOTION_LENGTH[severity] * frames.shape[1] / 224))
+    angle = rng.uniform(0, np.pi)
+    kernel = np.zeros((length, length), np.float32)
+    c = (length - 1) / 2
+    for t in np.linspace(-c, c, 4 * length):
+        kernel[int(round(c + t * np.sin(angle))), int(round(c + t * np.cos(angle)))] = 1
+    return _filter2d(frames, kernel)
+
+
+ZOOM_MAX = {1: 1.06, 2: 1.11, 3: 1.16, 4: 1.21, 5: 1.26}
+
+
+def zoom_blur(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Average of centre zooms from 1× to 1.06–1.26× (ImageNet-C zoom_blur)."""
+    _, h, w, _ = frames.shape
+    acc = frames.astype(np.float32)
+    zooms = np.arange(1.01, ZOOM_MAX[severity], 0.02)
+    for z in zooms:
+        ys = np.clip(((np.arange(h) - h / 2) / z + h / 2).astype(int), 0, h - 1)
+        xs = np.clip(((np.arange(w) - w / 2) / z + w / 2).astype(int), 0, w - 1)
+        acc += frames[:, ys][:, :, xs]
+    return (acc / (len(zooms) + 1) + 0.5).astype(np.uint8)
+
+
+FOG_DENSITY = {1: 0.25, 2: 0.35, 3: 0.45, 4: 0.55, 5: 0.65}
+
+
+def fog(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Blend towards a smooth random bright haze (density 0.25–0.65) and lose contrast."""
+    _, h, w, _ = frames.shape
+    coarse = rng.random((max(2, h // 16), max(2, w // 16)))
+    haze = np.kron(coarse, np.ones((16, 16)))[:h, :w]
+    haze = _separable_blur(haze[None, :, :, None] * 255, _gaussian_kernel(max(1.0, h / 28)))[0, :, :, 0] / 255
+    d = FOG_DENSITY[severity] * (0.6 + 0.4 * haze)[None, :, :, None]
+    return ((1 - d) * frames + d * 220 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+BRIGHTNESS = {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4, 5: 0.5}
+CONTRAST = {1: 0.4, 2: 0.3, 3: 0.2, 4: 0.1, 5: 0.05}
+
+
+def brightness(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Add 0.1–0.5 of full scale to every pixel (washed-out, over-exposed)."""
+    return (frames.astype(np.float32) + 255 * BRIGHTNESS[severity]).clip(0, 255).astype(np.uint8)
+
+
+def contrast(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Scale deviations from each frame's mean by 0.4 down to 0.05 (ImageNet-C)."""
+    x = frames.astype(np.float32)
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    return ((x - mean) * CONTRAST[severity] + mean + 0.5).clip(0, 255).astype(np.uint8)
+
+
+PIXELATE = {1: 0.6, 2: 0.5, 3: 0.4, 4: 0.3, 5: 0.25}
+
+
+def pixelate(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Down-sample to 60–25 % of the size (box filter) and back up (nearest)."""
+    from PIL import Image
+
+    _, h, w, _ = frames.shape
+    small = (max(1, int(w * PIXELATE[severity])), max(1, int(h * PIXELATE[severity])))
+    return np.stack([np.asarray(Image.fromarray(f).resize(small, Image.Resampling.BOX)
+                                .resize((w, h), Image.Resampling.NEAREST)) for f in frames])
+
+
+JPEG_QUALITY = {1: 25, 2: 18, 3: 15, 4: 10, 5: 7}  # ImageNet-C jpeg_compression
+
+
+def jpeg(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Re-encode each frame as JPEG at quality 25 down to 7."""
+    import io
+
+    from PIL import Image
+
+    out = np.empty_like(frames)
+    for i, frame in enumerate(frames):
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="JPEG", quality=JPEG_QUALITY[severity])
+        out[i] = np.asarray(Image.open(buf).convert("RGB"))
+    return out
+
+
+def _filter2d(frames: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Normalised 2-D filter via FFT (edges reflected), per frame and channel."""
+    kernel = kernel / kernel.sum()
+    kh, kw = kernel.shape
+    ph, pw = kh // 2, kw // 2
+    x = np.pad(frames.astype(np.float32), ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)), mode="reflect")
+    h, w = x.shape[1], x.shape[2]
+    spec = np.fft.rfft2(x, axes=(1, 2)) * np.fft.rfft2(kernel, s=(h, w))[None, :, :, None]
+    full = np.fft.irfft2(spec, s=(h, w), axes=(1, 2))
+    out = full[:, kh - 1:, kw - 1:][:, : frames.shape[1], : frames.shape[2]]
+    return (out + 0.5).clip(0, 255).astype(np.uint8)
+
+
+LOWPASS_HZ = {1: 4000, 2: 2000, 3: 1000, 4: 500, 5: 250}
+
+
+def audio_lowpass(wave: np.ndarray, severity: int, rng: np.random.Generator, rate: int = 16_000) -> np.ndarray:
+    """Brick-wall low-pass at 4 kHz down to 250 Hz (a muffled microphone)."""
+    spec = np.fft.rfft(wave)
+    spec[int(LOWPASS_HZ[severity] * len(wave) / rate):] = 0
+    return np.fft.irfft(spec, n=len(wave)).astype(np.float32)
+
+
+CLIP_LEVEL = {1: 0.5, 2: 0.3, 3: 0.15, 4: 0.08, 5: 0.04}
+
+
+def audio_clipping(wave: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Hard clipping at 0.5 down to 0.04 of the clip's peak, renormalised (overdriven input)."""
+    peak = max(float(np.abs(wave).max()), 1e-6)
+    level = CLIP_LEVEL[severity] * peak
+    return (np.clip(wave, -level, level) / level * peak).astype(np.float32)
+
+
+_ENV_NOISE: dict[str, np.ndarray] = {}
+ENV_NOISE_SOURCES = {  # real recordings in the bundled sample set, looped as backgrounds
+    "traffic": "avf_car_01_000000.mp4",
+    "train": "avf_railroad_01_000000.mp4",
+}
+
+
+def environmental_noise(kind: str) -> np.ndarray:
+    """A real background recording (16 kHz mono) from the bundled sample set."""
+    if kind not in _ENV_NOISE:
+        from avfusion import sample_data
+        from avfusion.config import ClipSpec
+        from avfusion.decode import decode_clip
+
+        clip = decode_clip(sample_data.clips_dir() / ENV_NOISE_SOURCES[kind], ClipSpec(frame_size=32))
+        _ENV_NOISE[kind] = clip.waveform
+    return _ENV_NOISE[kind]
+
+
+def _mix_environment(kind: str):
+    def mix(wave: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+        noise = environmental_noise(kind)
+        start = int(rng.integers(0, len(noise)))
+        noise = np.resize(np.roll(noise, -start), wave.shape)
+        power = max(float(np.mean(wave ** 2)), 1e-4)
+        scale = np.sqrt(power / 10 ** (AUDIO_SNR_DB[severity] / 10) / max(float(np.mean(noise ** 2)), 1e-8))
+        return np.clip(wave + scale * noise, -1, 1).astype(np.float32)
+    mix.__doc__ = f"Real {kind} recording mixed in at SNR 20 … −5 dB."
+    return mix
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -114,6 +296,20 @@ CORRUPTIONS: dict[str, Corruption] = {c.name: c for c in [
     Corruption("drop_frames", "video", drop_frames, True),
     Corruption("gaussian_blur", "video", gaussian_blur, True),
     Corruption("video_gaussian_noise", "video", video_gaussian_noise, True),
+    Corruption("shot_noise", "video", shot_noise, True),
+    Corruption("impulse_noise", "video", impulse_noise, True),
+    Corruption("defocus_blur", "video", defocus_blur, True),
+    Corruption("motion_blur", "video", motion_blur, True),
+    Corruption("zoom_blur", "video", zoom_blur, True),
+    Corruption("fog", "video", fog, True),
+    Corruption("brightness", "video", brightness, True),
+    Corruption("contrast", "video", contrast, True),
+    Corruption("pixelate", "video", pixelate, True),
+    Corruption("jpeg", "video", jpeg, True),
+    Corruption("audio_lowpass", "audio", audio_lowpass, True),
+    Corruption("audio_clipping", "audio", audio_clipping, True),
+    Corruption("traffic_noise", "audio", _mix_environment("traffic"), True),
+    Corruption("train_noise", "audio", _mix_environment("train"), True),
 ]}
 
 

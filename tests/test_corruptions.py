@@ -1,0 +1,105 @@
+"""Each corruption changes its input as documented, deterministically, monotone in severity."""
+
+import numpy as np
+import pytest
+
+from avfusion.corruptions import (AUDIO_SNR_DB, CORRUPTIONS, LOWPASS_HZ, Augment, AugmentConfig, apply)
+from avfusion import sample_data
+from avfusion.config import ClipSpec
+from avfusion.decode import decode_clip
+from avfusion.synth import tone_waveform
+
+# Real photo frames (the bundled dog clip) and a quiet tone, so clipping to [-1, 1]
+# does not bend the measured SNRs.
+FRAMES = decode_clip(sample_data.clips_dir() / "avf_dog_01_000000.mp4", ClipSpec(frame_size=112)).frames
+WAVE = tone_waveform(160_000, 16_000, 1, amp=0.1)[0]
+GRADED = [n for n, c in CORRUPTIONS.items() if c.graded]
+
+
+def _run(name, severity, seed=0):
+    c = CORRUPTIONS[name]
+    return c.fn(WAVE if c.modality == "audio" else FRAMES, severity, np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_deterministic_and_shape_preserving(name):
+    a, b = _run(name, 3, seed=5), _run(name, 3, seed=5)
+    np.testing.assert_array_equal(a, b)
+    original = WAVE if CORRUPTIONS[name].modality == "audio" else FRAMES
+    assert a.shape == original.shape and a.dtype == original.dtype
+    assert not np.array_equal(a, original), f"{name} at severity 3 must change its input"
+
+
+@pytest.mark.parametrize("name", GRADED)
+def test_severity_is_monotone(name):
+    original = (WAVE if CORRUPTIONS[name].modality == "audio" else FRAMES).astype(np.float64)
+    distances = [np.abs(_run(name, s).astype(np.float64) - original).mean() for s in range(1, 6)]
+    assert all(b >= a * 0.98 for a, b in zip(distances, distances[1:])), distances
+    assert distances[-1] > distances[0] * 1.2, distances
+
+
+def test_missing_modality_conditions():
+    assert not _run("muted_audio", 1).any()
+    assert not _run("black_frames", 1).any()
+    frozen = _run("frozen_video", 1)
+    assert all(np.array_equal(f, FRAMES[0]) for f in frozen)
+    dropped = _run("drop_frames", 5)  # 6 of 8 dropped: 2 distinct source frames remain
+    sources = {next(i for i, f in enumerate(FRAMES) if np.array_equal(f, d)) for d in dropped}
+    assert len(sources) == 2
+
+
+@pytest.mark.parametrize("severity", [1, 3, 5])
+def test_audio_noise_hits_its_snr(severity):
+    noisy = _run("audio_gaussian_noise", severity)
+    noise = noisy - WAVE
+    snr = 10 * np.log10(np.mean(WAVE ** 2) / np.mean(noise ** 2))
+    assert snr == pytest.approx(AUDIO_SNR_DB[severity], abs=0.5)
+
+
+@pytest.mark.parametrize("name", ["traffic_noise", "train_noise"])
+def test_real_environmental_noise_is_mixed_at_snr(name):
+    noisy = _run(name, 3)
+    snr = 10 * np.log10(np.mean(WAVE ** 2) / np.mean((noisy - WAVE) ** 2))
+    assert snr == pytest.approx(AUDIO_SNR_DB[3], abs=1.0)
+
+
+def test_lowpass_removes_energy_above_cutoff():
+    mixed = (0.3 * np.sin(2 * np.pi * 300 * np.arange(16_000) / 16_000)
+             + 0.3 * np.sin(2 * np.pi * 3000 * np.arange(16_000) / 16_000)).astype(np.float32)
+    out = CORRUPTIONS["audio_lowpass"].fn(mixed, 3, np.random.default_rng(0))
+    spectrum = np.abs(np.fft.rfft(out))
+    assert LOWPASS_HZ[3] == 1000 and spectrum[3000] < 1e-3 * spectrum[300]
+
+
+def test_contrast_and_brightness_do_what_they_say():
+    assert _run("contrast", 5).std() < 0.1 * FRAMES.std()
+    assert _run("brightness", 5).mean() > FRAMES.mean() + 60
+
+
+def test_blur_removes_high_frequencies():
+    edges = lambda x: np.abs(np.diff(x.astype(np.float64), axis=2)).mean()
+    for name in ("gaussian_blur", "defocus_blur", "motion_blur", "zoom_blur"):
+        assert edges(_run(name, 5)) < 0.7 * edges(FRAMES), name
+
+
+def test_apply_returns_a_copy_with_one_modality_changed():
+    sample = {"waveform": WAVE, "frames": FRAMES, "target": 3}
+    out = apply("gaussian_blur", sample, 2, np.random.default_rng(0))
+    assert out["waveform"] is WAVE and out["target"] == 3 and out["frames"] is not FRAMES
+    with pytest.raises(ValueError):
+        apply("gaussian_blur", sample, 6, np.random.default_rng(0))
+
+
+def test_training_augmentation_corrupts_at_most_one_modality_and_can_be_disabled():
+    aug = Augment(AugmentConfig(p_audio=0.5, p_video=0.5, p_drop_frames=0.0), seed=0)
+    both = 0
+    for _ in range(200):
+        out = aug({"waveform": WAVE, "frames": FRAMES})
+        changed_a = not np.array_equal(out["waveform"], WAVE)
+        changed_v = not np.array_equal(out["frames"], FRAMES)
+        both += changed_a and changed_v
+        assert changed_a or changed_v  # p_audio + p_video = 1
+    assert both == 0
+    off = Augment(AugmentConfig(enabled=False))
+    sample = {"waveform": WAVE, "frames": FRAMES}
+    assert off(sample) is sample
