@@ -86,7 +86,7 @@ def collate(samples: list[dict]) -> Batch:
 
 def pipeline(urls: list[str], batch_size: int, *, split: str | None, train: bool, seed: int = 0,
              shuffle_buffer: int = 256, augment: Callable[[dict], dict] | None = None,
-             batches_per_epoch: int | None = None) -> wds.DataPipeline:
+             batches_per_epoch: int | None = None, collation_fn: Callable = collate) -> wds.DataPipeline:
     """The stage list. ``train`` resamples shards and needs ``batches_per_epoch`` (per
     data-loader worker: the caller divides by workers and ranks)."""
     stages: list = []
@@ -104,7 +104,7 @@ def pipeline(urls: list[str], batch_size: int, *, split: str | None, train: bool
     stages += [wds.map(decode)]
     if augment is not None:
         stages += [wds.map(augment)]
-    stages += [wds.batched(batch_size, collation_fn=collate, partial=not train)]
+    stages += [wds.batched(batch_size, collation_fn=collation_fn, partial=not train)]
     ds = wds.DataPipeline(*stages)
     if train:
         if not batches_per_epoch:

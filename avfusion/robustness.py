@@ -1,0 +1,196 @@
+"""Robustness evaluation: accuracy and attention of a model under each condition.
+
+A condition is a list of (corruption, severity); the empty list is clean input. Each
+clip is decoded once and corrupted per condition with a generator seeded by
+(seed, condition, clip key), so results do not depend on batching or order and the
+same clip is compared across conditions. Unimodal baselines are evaluated on the
+same corrupted inputs beside the fused model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avfusion.corruptions import CORRUPTIONS, apply
+
+PAIRS = (("muted_audio", "gaussian_blur"), ("audio_gaussian_noise", "video_gaussian_noise"),
+         ("traffic_noise", "fog"))
+
+
+@dataclass(frozen=True)
+class Condition:
+    corruptions: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def name(self) -> str:
+        if not self.corruptions:
+            return "normal"
+        return "+".join(n if not CORRUPTIONS[n].graded else f"{n}@{s}" for n, s in self.corruptions)
+
+    @classmethod
+    def parse(cls, text: str) -> Condition:
+        """``normal``, ``muted_audio``, ``gaussian_blur@3``, ``muted_audio+fog@2``."""
+        if text == "normal":
+            return cls()
+        parts = []
+        for item in text.split("+"):
+            name, _, sev = item.partition("@")
+            if name not in CORRUPTIONS:
+                raise ValueError(f"unknown corruption {name!r}; known: {sorted(CORRUPTIONS)}")
+            parts.append((name, int(sev) if sev else 3))
+        return cls(tuple(parts))
+
+
+def conditions(suite: str) -> list[Condition]:
+    """``default``: normal, missing modalities, everything at severity 3, three pairs;
+    ``full``: the same with every graded corruption at severities 1–5."""
+    severities = range(1, 6) if suite == "full" else (3,)
+    out = [Condition()]
+    out += [Condition(((n, 1),)) for n, c in CORRUPTIONS.items() if not c.graded]
+    out += [Condition(((n, s),)) for n, c in CORRUPTIONS.items() if c.graded for s in severities]
+    out += [Condition(((a, 3), (b, 3))) for a, b in PAIRS]
+    if suite not in ("default", "full"):
+        raise ValueError(f"suite must be default or full, got {suite!r}")
+    return out
+
+
+def corrupt(sample: dict, condition: Condition, seed: int) -> dict:
+    digest = hashlib.sha1(f"{seed}|{condition.name}|{sample['key']}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    for name, severity in condition.corruptions:
+        sample = apply(name, sample, severity, rng)
+    return sample
+
+
+@dataclass
+class Tally:
+    n: int = 0
+    top1: int = 0
+    top5: int = 0
+    w_audio: list[float] = field(default_factory=list)
+
+    def add(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> None:
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        self.n += len(target)
+        self.top1 += int((top5[:, 0] == target).sum())
+        self.top5 += int((top5 == target[:, None]).any(dim=1).sum())
+        if weights is not None:
+            self.w_audio += weights[:, 0].tolist()
+
+    def summary(self) -> dict:
+        out = {"n": self.n, "top1": self.top1 / max(self.n, 1), "top5": self.top5 / max(self.n, 1)}
+        if self.w_audio:
+            wa = np.asarray(self.w_audio)
+            out.update(w_audio=float(wa.mean()), w_video=float(1 - wa.mean()), w_audio_std=float(wa.std()))
+        return out
+
+
+def _as_numpy(sample: dict) -> dict:
+    """The DataLoader's default_convert turns arrays into tensors; corruptions take numpy."""
+    return {k: (v.numpy() if isinstance(v, torch.Tensor) and v.ndim else
+                int(v) if isinstance(v, torch.Tensor) else v) for k, v in sample.items()}
+
+
+@torch.no_grad()
+def evaluate(models: dict[str, torch.nn.Module], batches, conds: list[Condition], seed: int = 0,
+             device: torch.device = torch.device("cpu"), progress=None) -> dict[str, dict[str, dict]]:
+    """``batches`` yields lists of decoded samples (key, waveform, frames, target).
+    Returns {condition: {model name: summary}}; "fused" carries the attention."""
+    tallies = {c.name: {m: Tally() for m in models} for c in conds}
+    for samples in batches:
+        samples = [_as_numpy(s) for s in samples if int(s["target"]) >= 0]
+        if not samples:
+            continue
+        target = torch.tensor([s["target"] for s in samples])
+        for cond in conds:
+            corrupted = [corrupt(s, cond, seed) for s in samples]
+            wave = torch.from_numpy(np.stack([s["waveform"] for s in corrupted])).to(device)
+            frames = torch.from_numpy(np.stack([s["frames"] for s in corrupted])).to(device)
+            for name, model in models.items():
+                m = model.cfg.modalities
+                out = model(wave if m != "video" else None, frames if m != "audio" else None)
+                tallies[cond.name][name].add(out.logits.float().cpu(), target,
+                                             out.weights.float().cpu() if m == "both" else None)
+            if progress is not None:
+                progress.update(len(samples))
+    return {c: {m: t.summary() for m, t in by_model.items()} for c, by_model in tallies.items()}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def markdown_table(results: dict[str, dict[str, dict]]) -> str:
+    models = list(next(iter(results.values())))
+    head = ["condition", "w_audio", "w_video", *[f"top-1 {m}" for m in models], "top-5 fused"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cond, by_model in results.items():
+        fused = by_model["fused"]
+        cells = [cond, f"{fused.get('w_audio', float('nan')):.3f}", f"{fused.get('w_video', float('nan')):.3f}",
+                 *[f"{by_model[m]['top1']:.3f}" for m in models], f"{fused['top5']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict, out: Path, meta: dict) -> list[Path]:
+    """robustness.json, robustness.md and the three PNGs; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "robustness.json").write_text(json.dumps({"meta": meta, "conditions": results}, indent=1))
+    (out / "robustness.md").write_text(f"# Robustness: {meta.get('checkpoint', '')}\n\n"
+                                       f"{meta.get('n_clips', 0)} clips, split `{meta.get('split')}`, "
+                                       f"seed {meta.get('seed')}.\n\n" + markdown_table(results))
+    return [out / "robustness.json", out / "robustness.md", *plot(results, out)]
+
+
+def plot(results: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    singles = [c for c in results if "+" not in c and ("@" not in c or c.endswith("@3"))]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(singles)), 4))
+    wa = [results[c]["fused"].get("w_audio", np.nan) for c in singles]
+    x = np.arange(len(singles))
+    ax.bar(x, wa, label="w_audio", color="#d95f02")
+    ax.bar(x, [1 - v for v in wa], bottom=wa, label="w_video", color="#1b9e77")
+    ax.axhline(results["normal"]["fused"].get("w_audio", np.nan), color="k", lw=0.8, ls="--", label="normal w_audio")
+    ax.set_xticks(x, singles, rotation=70, ha="right", fontsize=8)
+    ax.set_ylabel("mean attention")
+    ax.set_title("Attention per condition (severity 3)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "attention_by_condition.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    graded = sorted({c.split("@")[0] for c in results if "@" in c and "+" not in c})
+    models = list(results["normal"])
+    for what, fname in (("top1", "accuracy_vs_severity.png"), ("w_audio", "attention_vs_severity.png")):
+        cols = 4
+        rows = max(1, -(-len(graded) // cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+        for ax, name in zip(axes.flat, graded):
+            sev = [s for s in range(1, 6) if f"{name}@{s}" in results]
+            for m in (models if what == "top1" else ["fused"]):
+                ys = [results["normal"][m].get(what, np.nan)] + [results[f"{name}@{s}"][m].get(what, np.nan) for s in sev]
+                ax.plot([0, *sev], ys, marker="o", label=m)
+            ax.set_title(name, fontsize=9)
+            ax.set_ylim(0, 1)
+            ax.set_xticks(range(0, 6))
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(graded):]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=7)
+        fig.suptitle("top-1 vs severity (0 = clean)" if what == "top1" else "w_audio vs severity (0 = clean)")
+        fig.tight_layout()
+        paths.append(out / fname)
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
