@@ -338,7 +338,9 @@ class AugmentConfig:
 
 
 AUDIO_TRAIN = ("muted_audio", "muted_audio", "audio_gaussian_noise")
-VIDEO_TRAIN = ("black_frames", "gaussian_blur", "gaussian_blur", "video_gaussian_noise", "frozen_video")
+# Missing modalities (mute, black) weigh most: they are what attention must learn to
+# route around; blur and noise at these severities often leave the picture usable.
+VIDEO_TRAIN = ("black_frames", "black_frames", "gaussian_blur", "video_gaussian_noise", "frozen_video")
 
 
 class Augment:

@@ -167,6 +167,7 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
     last_video_time = None
     first_video_time = None
     video_frames = 0
+    decoded = 0
     resampler = av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate) if astream else None
     audio_chunks: list[np.ndarray] = []
     audio_have = 0
@@ -180,9 +181,9 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
             break
         if packet.stream is vstream and need_video:
             for frame in packet.decode():
-                t = frame.time
-                if t is None:
-                    continue
+                # Elementary streams (raw .h264) carry no timestamps: count frames instead.
+                t = frame.time if frame.time is not None else decoded / (fps or 25.0)
+                decoded += 1
                 if t >= end:
                     need_video = False
                     break

@@ -1,6 +1,6 @@
 """`avfusion bench NAME`: benchmarks, each printing a ratio against a floor measured in the same run.
 
-Names: preprocess, train (robustness and label arrive with their jobs).
+Names: preprocess, train, robustness (label arrives with its job).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 BENCHES = {
     "preprocess": "avfusion.bench.preprocess",
     "train": "avfusion.bench.train",
+    "robustness": "avfusion.bench.robustness",
 }
 
 

@@ -1,16 +1,194 @@
-"""`avfusion label`: Batch-label a folder (or list) of videos into a Parquet dataset with predictions, top-k and attention weights."""
+"""`avfusion label INPUT OUT --checkpoint CKPT`: label videos into a Parquet dataset.
+
+INPUT is a folder (recursive), a text file listing paths, or an fsspec URL of a
+folder. On Ray Data: file list → decode in CPU tasks → model in an actor pool that
+loads the checkpoint once (a GPU each when --gpus-per-actor) → part files written
+atomically by the driver. Re-running with the same OUT skips files already labelled
+(same path, size and mtime). Every bad file becomes one row with an error class.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+import tempfile
+import uuid
+from collections import Counter
+from pathlib import Path
 
-from jobs._pending import pending_main
+from avfusion.sources import VIDEO_EXTENSIONS
 
-DESCRIPTION = __doc__.split(": ", 1)[1]
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avfusion label", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("input", help="folder, list file (one path per line), or fsspec URL of a folder")
+    p.add_argument("out", help="Parquet dataset folder (created; part files added on each run)")
+    p.add_argument("--checkpoint", required=True, help="model checkpoint (last.pt)")
+    p.add_argument("--windows", choices=["first", "all"], default="first",
+                   help="label the first clip window, or every window (one row each)")
+    p.add_argument("--extensions", default=",".join(e.lstrip(".") for e in VIDEO_EXTENSIONS),
+                   help="comma-separated file extensions to pick up in folders")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--actors", type=int, default=1, help="model actors (one model copy each)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--actor-memory-mb", type=int, default=1024, help="memory reserved per model actor")
+    p.add_argument("--decode-batch", type=int, default=4, help="files per decode task")
+    p.add_argument("--part-rows", type=int, default=256, help="rows per Parquet part file")
+    p.add_argument("--address", help="Ray cluster address; default: embedded local Ray (or the job's)")
+    p.add_argument("--num-cpus", type=int, help="CPUs for the embedded Ray")
+    return p
+
+
+def list_inputs(source: str, extensions: tuple[str, ...]) -> list[str]:
+    """Video paths under a folder (symlinks to files kept, directories not followed),
+    from a list file, or under an fsspec URL (downloaded on read by fsspec)."""
+    if "://" in source and not source.startswith("file://"):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(source)
+        return sorted(f"{fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol}://{p}"
+                      for p in fs.find(root) if p.lower().endswith(extensions))
+    path = Path(source.removeprefix("file://"))
+    if path.is_file():
+        return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{source} is neither a folder nor a list file")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        dirnames.sort()
+        names = filenames + [d for d in dirnames if d.lower().endswith(extensions)]
+        found += [os.path.join(dirpath, n) for n in names if n.lower().endswith(extensions)]
+    return sorted(found)
+
+
+def done_identities(out: Path) -> set[tuple[str, int, int]]:
+    import pyarrow.parquet as pq
+
+    parts = sorted(out.glob("part-*.parquet"))
+    if not parts:
+        return set()
+    table = pq.read_table(parts, columns=["path", "file_size", "mtime_ns"])
+    return set(zip(*(table.column(c).to_pylist() for c in ("path", "file_size", "mtime_ns"))))
+
+
+def _localise(paths: list[str]) -> list[str]:
+    """Remote URLs are fetched to a local temp dir (decoders need seekable files)."""
+    local = []
+    for p in paths:
+        if "://" in p and not p.startswith("file://"):
+            import fsspec
+
+            target = Path(tempfile.mkdtemp(prefix="avf-label-")) / Path(p).name
+            fsspec.open(p).fs.get(p, str(target))
+            local.append(str(target))
+        else:
+            local.append(p)
+    return local
 
 
 def main(argv: list[str] | None = None) -> int:
-    return pending_main("label", DESCRIPTION, argv)
+    args = build_parser().parse_args(argv)
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from avfusion.config import ClipSpec
+    from avfusion.label import DecodeRows, Predictor, file_identity, to_table
+    from avfusion.train import load_checkpoint
+    from jobs._ray import ray_session
+
+    exts = tuple("." + e.strip().lstrip(".").lower() for e in args.extensions.split(",") if e.strip())
+    try:
+        paths = list_inputs(args.input, exts)
+        clip = ClipSpec(**load_checkpoint(args.checkpoint)["clip"])
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"avfusion label: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".part-*"):  # a part cut short by a killed run
+        stale.unlink()
+    done = done_identities(out)
+    root = Path(args.input) if Path(args.input).is_dir() else None
+    items = []
+    for p in paths:
+        size, mtime = file_identity(p)
+        if (p, size, mtime) in done:
+            continue
+        key = os.path.relpath(p, root) if root else p
+        items.append({"path": p, "key": key, "file_size": size, "mtime_ns": mtime})
+    print(f"{len(paths)} files, {len(paths) - len(items)} already labelled in {out}, {len(items)} to label")
+    if items:
+        with ray_session(args.address, args.num_cpus):
+            import ray
+
+            ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // args.decode_batch))
+            ds = ds.map_batches(DecodeRows(clip, args.windows == "all"), batch_size=args.decode_batch, num_cpus=1,
+                                scheduling_strategy="SPREAD")  # decode fans out over the nodes
+            ds = ds.map_batches(Predictor, fn_constructor_kwargs={"checkpoint": str(args.checkpoint),
+                                                                  "top_k": args.top_k},
+                                batch_size=16, concurrency=args.actors, num_gpus=args.gpus_per_actor,
+                                num_cpus=0 if args.gpus_per_actor else 1,
+                                # Reserving the model's memory also keeps decode a separate
+                                # stage of CPU tasks (Ray fuses stages with equal resources).
+                                memory=args.actor_memory_mb * 2**20)
+            _write_parts(ds, out, args.part_rows, tqdm(total=len(items), desc="label", unit="file"))
+    table = pq.read_table(sorted(out.glob("part-*.parquet")))
+    _summary(table)
+    return 0
+
+
+def _write_parts(ds, out: Path, part_rows: int, bar) -> None:
+    """Write rows as part files of about ``part_rows`` rows, cut only where a file's
+    last window ends (so resume by file is exact), each under a temp name then renamed."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from avfusion.label import to_table
+
+    run = uuid.uuid4().hex[:8]
+    part = 0
+
+    def flush(table: pa.Table) -> None:
+        nonlocal part
+        if table.num_rows == 0:
+            return
+        tmp = out / f".part-{run}-{part:05d}.parquet"
+        pq.write_table(table, tmp)
+        os.replace(tmp, out / f"part-{run}-{part:05d}.parquet")
+        part += 1
+
+    buffer = None
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        table = to_table(batch)
+        buffer = table if buffer is None else pa.concat_tables([buffer, table])
+        bar.update(int(np.sum(batch["window_index"] == batch["window_count"] - 1)))
+        while buffer.num_rows >= part_rows:
+            index = np.asarray(buffer.column("window_index"))
+            count = np.asarray(buffer.column("window_count"))
+            ends = np.flatnonzero(index == count - 1) + 1  # row positions just after a complete file
+            cuts = ends[ends >= part_rows]
+            if not len(cuts):
+                break
+            flush(buffer.slice(0, int(cuts[0])))
+            buffer = buffer.slice(int(cuts[0]))
+    if buffer is not None:
+        flush(buffer)
+    bar.close()
+
+
+def _summary(table) -> None:
+    rows = table.to_pylist()
+    errors = Counter(r["error_class"] for r in rows if r["error_class"])
+    labels = Counter(r["predicted_label"] for r in rows if not r["error_class"])
+    print(f"\n{len(rows)} rows from {len({r['path'] for r in rows})} files; {sum(errors.values())} errors")
+    for label, n in labels.most_common(20):
+        print(f"  {label:<32}{n:>8}")
+    for kind, n in errors.most_common():
+        print(f"  error: {kind:<25}{n:>8}")
 
 
 if __name__ == "__main__":

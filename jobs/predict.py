@@ -1,16 +1,38 @@
-"""`avfusion predict`: Label one clip: prints label, confidence, top-5 and the attention weights."""
+"""`avfusion predict CLIP --checkpoint CKPT`: label one clip; prints the label,
+confidence, top-5 and the attention weights (``--json`` for the whole row)."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
-
-from jobs._pending import pending_main
-
-DESCRIPTION = __doc__.split(": ", 1)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return pending_main("predict", DESCRIPTION, argv)
+    p = argparse.ArgumentParser(prog="avfusion predict", description=__doc__.split(": ", 1)[1])
+    p.add_argument("clip", help="a video file")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print the full row as JSON")
+    args = p.parse_args(argv)
+    from avfusion.label import predict
+
+    try:
+        row = predict(args.clip, args.checkpoint, args.top_k)
+    except (OSError, KeyError) as exc:
+        print(f"avfusion predict: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(row, indent=1))
+        return 0 if not row["error_class"] else 1
+    if row["error_class"]:
+        print(f"{args.clip}: {row['error_class']}: {row['error_message']}", file=sys.stderr)
+        return 1
+    print(f"Predicted class: {row['predicted_label']} ({row['confidence']:.3f})")
+    print(f"Fusion attention [audio, video]: [{row['w_audio']:.3f}, {row['w_video']:.3f}]")
+    for label, prob in zip(row["topk_labels"], row["topk_probs"]):
+        print(f"  {prob:6.3f}  {label}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -51,3 +51,51 @@ def make_malformed_corpus(root: Path) -> dict[str, str]:
     write_clip(root / "tiny_16x16.mp4", SynthSpec(duration=1.0, width=16, height=16))
     expected["tiny_16x16.mp4"] = "too_small"
     return expected
+
+
+def make_label_corpus(root: Path) -> dict[str, str]:
+    """The label job's corpus: file name → expected ``error_class``, or ``"ok"`` for a
+    file it must label (it labels audio-only, 1-frame and tiny files, unlike preprocess)."""
+    import av
+
+    expected = make_malformed_corpus(root)
+    expected.update({"audio_only.mp4": "ok", "one_frame.mp4": "ok", "tiny_16x16.mp4": "ok"})
+    good = write_clip(root / "video_only.mp4", SynthSpec(audio_codec=None, duration=2.0, width=160, height=120))
+    expected["video_only.mp4"] = "ok"
+    data = bytearray(write_clip(root / "_c.mp4", SynthSpec(duration=2.0, width=160, height=120)).path.read_bytes())
+    (root / "_c.mp4").unlink()
+    middle = len(data) // 2
+    data[middle:middle + 2000] = bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8))
+    (root / "corrupt_middle.mp4").write_bytes(bytes(data))
+    expected["corrupt_middle.mp4"] = "ok|decode_error"
+    write_clip(root / "short_0.3s.mp4", SynthSpec(duration=0.3, width=160, height=120))
+    expected["short_0.3s.mp4"] = "ok"
+    write_clip(root / "uhd_4k.mp4", SynthSpec(duration=0.4, fps=10, width=3840, height=2160, audio_codec=None))
+    expected["uhd_4k.mp4"] = "ok"
+    write_clip(root / "long_tiny.mp4", SynthSpec(duration=25.0, fps=2, width=64, height=64, sample_rate=16_000))
+    expected["long_tiny.mp4"] = "ok"
+    write_clip(root / "hires_audio.mkv", SynthSpec(container="mkv", audio_codec="flac", sample_rate=96_000,
+                                                   channels=6, duration=1.0, width=96, height=96))
+    expected["hires_audio.mkv"] = "ok"
+    write_clip(root / "ünïcode name with spaces.mp4", SynthSpec(duration=1.0, width=96, height=96))
+    expected["ünïcode name with spaces.mp4"] = "ok"
+    for fmt, name in (("PNG", "png_as.mp4"), ("GIF", "gif_as.mp4")):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((48, 48, 3), 90, np.uint8)).save(buf, format=fmt)
+        (root / name).write_bytes(buf.getvalue())
+        expected[name] = "image_not_video"
+    with av.open(str(root / "raw.h264"), "w", format="h264") as out:  # an elementary stream, no container
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 96, "yuv420p"
+        for i in range(25):
+            frame = av.VideoFrame.from_ndarray(np.full((96, 96, 3), i * 8, np.uint8), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    expected["raw.h264"] = "ok"
+    (root / "dangling.mp4").symlink_to(root / "does_not_exist.mp4")
+    expected["dangling.mp4"] = "missing_file"
+    (root / "a_directory.mp4").mkdir()
+    expected["a_directory.mp4"] = "not_a_file"
+    (root / "linked.mp4").symlink_to(good.path)
+    expected["linked.mp4"] = "ok"
+    return expected

@@ -65,3 +65,30 @@ def print_table(title: str, rows: list[tuple], headers: tuple) -> None:
 
 def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def build_shards(clips_dir, labels_csv, out, clip, shard_size: int = 16, all_train: bool = False) -> str:
+    """Preprocess a labelled folder into shards in-process (no Ray: benchmarks measure
+    the model, not the cluster) and write the manifest."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    import fsspec
+
+    from avfusion.pipeline import PreprocessConfig, process_shard
+    from avfusion.sources import scan_folder
+    from shards.manifest import build_manifest, read_all_stats, write_json_atomic
+
+    tasks, _ = scan_folder(clips_dir, labels_csv)
+    if all_train:
+        tasks = [replace(t, split="train") for t in tasks]
+    labels = {lab: i for i, lab in enumerate(sorted({t.label for t in tasks if t.label}))}
+    cfg = PreprocessConfig(clip=clip, shard_size=shard_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(0, len(tasks), shard_size):
+        process_shard(f"{i // shard_size:05d}", tasks[i:i + shard_size], cfg, labels, str(out))
+    fs = fsspec.filesystem("file")
+    write_json_atomic(fs, str(out / "manifest.json"),
+                      build_manifest(read_all_stats(fs, str(out)), labels, {"clip": clip.__dict__}, "bench"))
+    return str(out)

@@ -22,34 +22,18 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from avfusion.bench.common import print_table
+from avfusion.bench.common import build_shards, print_table
 from shards.reader import rgb_from_jpeg
 
 
-def build_shards(folder: Path, clips: int, frame_size: int, seconds: float) -> str:
+def make_shards(folder: Path, clips: int, frame_size: int, seconds: float) -> str:
     from avfusion.config import ClipSpec
-    from avfusion.pipeline import PreprocessConfig, process_shard
-    from avfusion.sources import scan_folder
     from avfusion.synth import SynthSpec, make_class_conditional_set
-    from shards.manifest import build_manifest, read_all_stats, write_json_atomic
 
-    per_class = max(1, clips // 6)
-    make_class_conditional_set(folder / "clips", per_class, SynthSpec(width=320, height=240, duration=seconds,
-                                                                      fps=25, sample_rate=16_000))
-    tasks, _ = scan_folder(folder / "clips", folder / "clips" / "labels.csv")
-    tasks = [t.__class__(t.key, t.source, t.start, t.label, "train") for t in tasks]
-    labels = {lab: i for i, lab in enumerate(sorted({t.label for t in tasks}))}
-    cfg = PreprocessConfig(clip=ClipSpec(clip_seconds=seconds, frame_size=frame_size), shard_size=16)
-    out = folder / "shards"
-    out.mkdir()
-    for i in range(0, len(tasks), 16):
-        process_shard(f"{i // 16:05d}", tasks[i:i + 16], cfg, labels, str(out))
-    import fsspec
-
-    fs = fsspec.filesystem("file")
-    write_json_atomic(fs, str(out / "manifest.json"),
-                      build_manifest(read_all_stats(fs, str(out)), labels, {"clip": {}}, "bench"))
-    return str(out)
+    make_class_conditional_set(folder / "clips", max(1, clips // 6),
+                               SynthSpec(width=320, height=240, duration=seconds, fps=25, sample_rate=16_000))
+    return build_shards(folder / "clips", folder / "clips" / "labels.csv", folder / "shards",
+                        ClipSpec(clip_seconds=seconds, frame_size=frame_size), all_train=True)
 
 
 def bare_decode_rate(urls: list[str]) -> tuple[float, int]:
@@ -118,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.shards or build_shards(Path(tmp), args.clips, args.frame_size, args.seconds)
+        root = args.shards or make_shards(Path(tmp), args.clips, args.frame_size, args.seconds)
         data = Dataset.open(root)
         bare, n = bare_decode_rate(data.urls)
         ours, _ = reader_rate(data.urls, args.batch_size, 0)

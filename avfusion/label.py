@@ -1,0 +1,217 @@
+"""Label videos with a trained model: decode rows, predict rows, the Parquet schema.
+
+Ray-free: ``jobs/label.py`` runs ``decode_rows`` in Ray Data CPU tasks and
+``Predictor`` in an actor pool; ``predict`` below runs both in-process for one clip.
+A file that cannot be labelled still yields exactly one row, with ``error_class`` and
+``error_message`` set and the prediction columns null.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from avfusion.config import ClipSpec
+from avfusion.decode import DecodeLimits, decode_clip
+from avfusion.probe import MediaError, probe
+
+# Labelling is lenient where training is strict: an audio-only file is labelled from
+# its audio (black frames; attention should move to audio), one frame is a video.
+LABEL_LIMITS = DecodeLimits(allow_missing_video=True, min_frames=1, min_side=8)
+
+SCHEMA = pa.schema([
+    ("path", pa.string()), ("key", pa.string()), ("file_size", pa.int64()), ("mtime_ns", pa.int64()),
+    ("duration", pa.float64()), ("container", pa.string()), ("video_codec", pa.string()),
+    ("audio_codec", pa.string()), ("window_index", pa.int32()), ("window_count", pa.int32()),
+    ("window_start", pa.float64()), ("window_end", pa.float64()),
+    ("predicted_label", pa.string()), ("class_index", pa.int32()), ("confidence", pa.float32()),
+    ("topk_labels", pa.list_(pa.string())), ("topk_probs", pa.list_(pa.float32())),
+    ("w_audio", pa.float32()), ("w_video", pa.float32()),
+    ("audio_only_label", pa.string()), ("audio_only_confidence", pa.float32()),
+    ("video_only_label", pa.string()), ("video_only_confidence", pa.float32()),
+    ("silent_audio", pa.bool_()), ("no_audio_track", pa.bool_()), ("no_video_track", pa.bool_()),
+    ("frozen_video", pa.bool_()), ("model_id", pa.string()), ("checkpoint", pa.string()),
+    ("error_class", pa.string()), ("error_message", pa.string()), ("elapsed_ms", pa.float64()),
+])
+
+
+def model_id(checkpoint: str | Path) -> str:
+    """A short content hash of the checkpoint file: which model labelled a row."""
+    h = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def file_identity(path: str) -> tuple[int, int]:
+    """(size, mtime_ns) without following a dangling link into an error."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
+def _windows(duration: float | None, clip_seconds: float, every: bool) -> list[float]:
+    if not every or not duration or duration <= clip_seconds:
+        return [0.0]
+    return [float(s) for s in np.arange(0.0, duration - 1e-6, clip_seconds)]
+
+
+@dataclass
+class DecodeRows:
+    """Ray Data map_batches function: file rows → one row per clip window, with the
+    decoded tensors (zeros and an error for files that fail)."""
+
+    clip: ClipSpec
+    every_window: bool = False
+    limits: DecodeLimits = LABEL_LIMITS
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = []
+        for i, path in enumerate(batch["path"]):
+            rows += self.decode_file(str(path), str(batch["key"][i]), int(batch["file_size"][i]),
+                                     int(batch["mtime_ns"][i]))
+        return {k: np.stack([r[k] for r in rows]) if k in ("waveform", "frames") else np.array([r[k] for r in rows])
+                for k in rows[0]}
+
+    def decode_file(self, path: str, key: str, size: int, mtime: int) -> list[dict]:
+        t0 = time.perf_counter()
+        base = {"path": path, "key": key, "file_size": size, "mtime_ns": mtime, "duration": np.nan,
+                "container": "", "video_codec": "", "audio_codec": "", "error_class": "", "error_message": ""}
+        try:
+            if os.path.isdir(path):
+                raise MediaError("not_a_file", f"{Path(path).name} is a directory")
+            if not os.path.exists(path):
+                raise MediaError("missing_file", f"{path} does not exist (dangling link?)")
+            info = probe(path)
+            base.update(duration=info.duration or np.nan, container=info.container,
+                        video_codec=info.video_codec or "", audio_codec=info.audio_codec or "")
+            rows = []
+            starts = _windows(info.duration, self.clip.clip_seconds, self.every_window)
+            for wi, start in enumerate(starts):
+                clip = decode_clip(path, self.clip, start, self.limits)
+                q = clip.quality
+                rows.append({**base, "window_index": wi, "window_count": len(starts), "window_start": start,
+                             "window_end": start + min(self.clip.clip_seconds, max(q.audio_seconds, q.video_seconds)),
+                             "silent_audio": q.silent, "no_audio_track": not q.has_audio,
+                             "no_video_track": not q.has_video, "frozen_video": bool(q.frozen),
+                             "waveform": clip.waveform, "frames": clip.frames,
+                             "elapsed_ms": 0.0})
+            per = (time.perf_counter() - t0) * 1000 / len(rows)
+            for r in rows:
+                r["elapsed_ms"] = per
+            return rows
+        except MediaError as exc:
+            kind, message = exc.kind, exc.message
+        except Exception as exc:  # an input we did not foresee: one row, never a crash
+            kind, message = "internal_error", f"{type(exc).__name__}: {exc}"
+        return [{**base, "window_index": 0, "window_count": 1, "window_start": 0.0, "window_end": 0.0,
+                 "silent_audio": False, "no_audio_track": False, "no_video_track": False, "frozen_video": False,
+                 "waveform": np.zeros(self.clip.num_samples, np.float32),
+                 "frames": np.zeros((self.clip.num_frames, self.clip.frame_size, self.clip.frame_size, 3), np.uint8),
+                 "error_class": kind, "error_message": message[:2000],
+                 "elapsed_ms": (time.perf_counter() - t0) * 1000}]
+
+
+class Predictor:
+    """Ray Data actor: loads the checkpoint once, predicts decoded rows, drops tensors."""
+
+    def __init__(self, checkpoint: str, top_k: int = 5, device: str = "auto"):
+        from avfusion.train import model_from_checkpoint
+
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.model, ckpt = model_from_checkpoint(checkpoint)
+        self.model.to(self.device)
+        self.names = sorted(ckpt["label_map"], key=ckpt["label_map"].get)
+        self.top_k = min(top_k, len(self.names))
+        self.checkpoint, self.model_id = str(checkpoint), model_id(checkpoint)
+
+    @torch.no_grad()
+    def outputs(self, waveform: np.ndarray, frames: np.ndarray):
+        m = self.model.cfg.modalities
+        wave = torch.from_numpy(np.ascontiguousarray(waveform)).to(self.device) if m != "video" else None
+        vid = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device) if m != "audio" else None
+        return self.model(wave, vid)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["path"])
+        ok = np.array([not e for e in batch["error_class"]])
+        out = {k: v for k, v in batch.items() if k not in ("waveform", "frames")}
+        cols = {"predicted_label": [None] * n, "class_index": [None] * n, "confidence": [None] * n,
+                "topk_labels": [None] * n, "topk_probs": [None] * n, "w_audio": [None] * n, "w_video": [None] * n,
+                "audio_only_label": [None] * n, "audio_only_confidence": [None] * n,
+                "video_only_label": [None] * n, "video_only_confidence": [None] * n}
+        if ok.any():
+            idx = np.flatnonzero(ok)
+            res = self.outputs(batch["waveform"][idx], batch["frames"][idx])
+            probs = torch.softmax(res.logits.float(), dim=1).cpu()
+            top_p, top_i = probs.topk(self.top_k, dim=1)
+            aux = {name: (torch.softmax(logits.float(), dim=1).max(dim=1) if logits is not None else None)
+                   for name, logits in (("audio", res.audio_logits), ("video", res.video_logits))}
+            for j, row in enumerate(idx):
+                cols["predicted_label"][row] = self.names[int(top_i[j, 0])]
+                cols["class_index"][row] = int(top_i[j, 0])
+                cols["confidence"][row] = float(top_p[j, 0])
+                cols["topk_labels"][row] = [self.names[int(k)] for k in top_i[j]]
+                cols["topk_probs"][row] = [float(p) for p in top_p[j]]
+                cols["w_audio"][row], cols["w_video"][row] = (float(x) for x in res.weights[j].float().cpu())
+                for name, best in aux.items():
+                    if best is not None:
+                        cols[f"{name}_only_label"][row] = self.names[int(best.indices[j])]
+                        cols[f"{name}_only_confidence"][row] = float(best.values[j])
+        for k, v in cols.items():
+            arr = np.empty(n, dtype=object)
+            arr[:] = v
+            out[k] = arr
+        out["model_id"] = np.array([self.model_id] * n)
+        out["checkpoint"] = np.array([self.checkpoint] * n)
+        return out
+
+
+def to_table(batch: dict[str, np.ndarray]) -> pa.Table:
+    """Predictor output → a table in the documented schema (empty strings → null)."""
+    columns = {}
+    for field in SCHEMA:
+        values = list(batch[field.name])
+        if field.name in ("error_class", "error_message", "container", "video_codec", "audio_codec"):
+            values = [v if v else None for v in values]
+        if pa.types.is_list(field.type):
+            values = [None if v is None else list(v) for v in values]
+        columns[field.name] = pa.array([_py(v) for v in values], type=field.type)
+    return pa.table(columns, schema=SCHEMA)
+
+
+def _py(v):
+    """numpy scalars to Python; NaN to null (Ray returns None in numeric columns as NaN)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    if isinstance(v, list):
+        return [_py(x) for x in v]
+    return v
+
+
+def predict(path: str | Path, checkpoint: str | Path, top_k: int = 5) -> dict:
+    """Label one clip in-process (``avfusion predict``): the same rows the job writes."""
+    from avfusion.train import load_checkpoint
+
+    clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
+    size, mtime = file_identity(str(path))
+    rows = DecodeRows(clip).decode_file(str(path), Path(path).stem, size, mtime)
+    batch = {k: (np.stack([r[k] for r in rows]) if k in ("waveform", "frames") else np.array([r[k] for r in rows]))
+             for k in rows[0]}
+    return to_table(Predictor(str(checkpoint), top_k)(batch)).to_pylist()[0]

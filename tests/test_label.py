@@ -1,0 +1,137 @@
+"""The label job on Ray Data: Parquet read back with DuckDB, odd files, kill and resume."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+
+from avfusion.config import ClipSpec
+from avfusion.decode import decode_clip
+from avfusion.label import LABEL_LIMITS, SCHEMA
+from avfusion.synth import SynthSpec, make_class_conditional_set
+from avfusion.train import model_from_checkpoint
+from jobs import label as label_job
+from jobs import train as train_job
+from tests.corpus import make_label_corpus
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, synthetic_shards):
+    root = tmp_path_factory.mktemp("label_ckpt")
+    (root / "t.yaml").write_text("train:\n  embed_dim: 32\n  audio_width: 8\n  workers: 0\n  batch_size: 8\n")
+    assert train_job.main([str(synthetic_shards), "--out", str(root), "--config", str(root / "t.yaml"),
+                           "--epochs", "1", "--steps-per-epoch", "2"]) == 0
+    return root / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("label_clips")
+    make_class_conditional_set(root, per_class=3, spec=SynthSpec(width=64, height=64, duration=2.0, fps=8,
+                                                                   sample_rate=16_000))
+    return root
+
+
+def _rows(out):
+    return duckdb.sql(f"SELECT * FROM read_parquet('{out}/part-*.parquet')").fetchall(), \
+        [d[0] for d in duckdb.sql(f"SELECT * FROM read_parquet('{out}/part-*.parquet') LIMIT 0").description]
+
+
+def test_label_folder_matches_the_model_run_directly(tmp_path, clips, checkpoint, ray_local):
+    out = tmp_path / "labels"
+    assert label_job.main([str(clips), str(out), "--checkpoint", str(checkpoint), "--part-rows", "5"]) == 0
+    con = duckdb.connect()
+    table = f"read_parquet('{out}/part-*.parquet')"
+    assert [d[0] for d in con.sql(f"SELECT * FROM {table} LIMIT 0").description] == SCHEMA.names
+    assert con.execute(f"SELECT count(*), count(DISTINCT path) FROM {table}").fetchone() == (18, 18)
+    assert con.execute(f"SELECT count(*) FROM {table} WHERE error_class IS NOT NULL").fetchone()[0] == 0
+    assert con.execute(f"SELECT max(abs(w_audio + w_video - 1)) FROM {table}").fetchone()[0] < 1e-5
+    assert con.execute(f"SELECT min(len(topk_labels)), max(len(topk_probs)) FROM {table}").fetchone() == (5, 5)
+    assert len(list(out.glob("part-*.parquet"))) >= 2
+
+    model, ckpt = model_from_checkpoint(checkpoint)
+    names = sorted(ckpt["label_map"], key=ckpt["label_map"].get)
+    spec = ClipSpec(**ckpt["clip"])
+    rows = con.execute(f"SELECT path, predicted_label, confidence, w_audio FROM {table} ORDER BY path LIMIT 6").fetchall()
+    for path, label, confidence, w_audio in rows:
+        clip = decode_clip(path, spec, limits=LABEL_LIMITS)
+        with torch.no_grad():
+            direct = model(torch.from_numpy(clip.waveform)[None], torch.from_numpy(clip.frames)[None])
+        probs = torch.softmax(direct.logits, dim=1)[0]
+        assert label == names[int(probs.argmax())]
+        assert confidence == pytest.approx(float(probs.max()), abs=1e-5)
+        assert w_audio == pytest.approx(float(direct.weights[0, 0]), abs=1e-5)
+
+
+def test_odd_files_each_get_one_row(tmp_path, checkpoint, ray_local):
+    corpus = tmp_path / "corpus"
+    expected = make_label_corpus(corpus)
+    out = tmp_path / "labels"
+    assert label_job.main([str(corpus), str(out), "--checkpoint", str(checkpoint), "--extensions",
+                           "mp4,mkv,h264", "--windows", "all"]) == 0
+    rows = duckdb.sql(f"SELECT path, error_class, predicted_label, window_index, no_audio_track, no_video_track "
+                      f"FROM read_parquet('{out}/part-*.parquet')").fetchall()
+    by_file: dict[str, list] = {}
+    for path, error, label, window, no_audio, no_video in rows:
+        by_file.setdefault(Path(path).name, []).append((error, label, window, no_audio, no_video))
+    assert set(by_file) == set(expected)
+    for name, want in expected.items():
+        got = by_file[name]
+        outcomes = {"ok" if error is None else error for error, *_ in got}
+        assert outcomes <= set(want.split("|")), (name, got)
+        if name != "long_tiny.mp4":
+            assert len(got) == 1, (name, got)
+        if "ok" in outcomes:
+            assert all(label is not None for _, label, *_ in got)
+    seconds = torch.load(checkpoint, weights_only=True)["clip"]["clip_seconds"]  # 2 s clips here
+    windows = int(np.ceil(25.0 / seconds))
+    assert sorted(w for _, _, w, _, _ in by_file["long_tiny.mp4"]) == list(range(windows))
+    assert by_file["audio_only.mp4"][0][4] is True and by_file["video_only.mp4"][0][3] is True
+
+
+def test_kill_then_rerun_labels_every_file_once(tmp_path, clips, checkpoint, cli_env):
+    out = tmp_path / "labels"
+    args = ["avfusion", "label", str(clips), str(out), "--checkpoint", str(checkpoint), "--part-rows", "2",
+            "--decode-batch", "1", "--num-cpus", "2"]
+    proc = subprocess.Popen(args, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("part-*.parquet")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(duckdb.sql(f"SELECT * FROM read_parquet('{out}/part-*.parquet')").fetchall())
+    assert 0 < before < 18, "the kill must land mid-run"
+    rerun = subprocess.run(args, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{before} already labelled" in rerun.stdout
+    paths = [r[0] for r in duckdb.sql(f"SELECT path FROM read_parquet('{out}/part-*.parquet')").fetchall()]
+    assert len(paths) == len(set(paths)) == 18
+    assert not list(out.glob(".part-*"))
+
+
+def test_predict_prints_label_top5_and_attention(tmp_path, clips, checkpoint, cli_env):
+    import json
+
+    clip = sorted(clips.glob("*.mp4"))[0]
+    text = subprocess.run(["avfusion", "predict", str(clip), "--checkpoint", str(checkpoint)], env=cli_env,
+                          capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0, text.stderr[-2000:]
+    assert "Predicted class:" in text.stdout and "Fusion attention [audio, video]:" in text.stdout
+    assert len([line for line in text.stdout.splitlines() if line.startswith("  ")]) == 5
+    row = json.loads(subprocess.run(["avfusion", "predict", str(clip), "--checkpoint", str(checkpoint), "--json"],
+                                    env=cli_env, capture_output=True, text=True, timeout=120).stdout)
+    assert row["w_audio"] + row["w_video"] == pytest.approx(1.0, abs=1e-5) and row["error_class"] is None
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    failed = subprocess.run(["avfusion", "predict", str(bad), "--checkpoint", str(checkpoint)], env=cli_env,
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1 and "not_media" in failed.stderr
