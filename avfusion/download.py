@@ -70,6 +70,9 @@ _RULES: list[tuple[str, bool, re.Pattern]] = [
         ("timeout", True, r"timed? ?out|timeout"),
         ("connection", True, r"connection (?:reset|refused|aborted)|remote end closed|broken pipe|"
                               r"temporary failure in name resolution|network is unreachable|eof occurred"),
+        # ffmpeg reading the section died mid-stream (reset, truncated body, read error);
+        # yt-dlp does not pass ffmpeg's own message on, so these cannot be told apart.
+        ("stream_error", True, r"ffmpeg exited with code"),
         ("truncated", True, r"incomplete ?read|truncat|partial|premature|invalid data found|moov atom not found|"
                              r"end of file|content-length"),
         ("no_format", False, r"requested format is not available|no video formats found"),
@@ -91,21 +94,37 @@ _FFMPEG_DIR: str | None = None
 
 
 def ffmpeg_location(configured: str | None = None) -> str:
-    """A directory holding an executable named ``ffmpeg`` for yt-dlp."""
+    """A directory holding an executable named ``ffmpeg`` for yt-dlp, also put on this
+    process's PATH: yt-dlp decides whether a section download is possible with a PATH
+    lookup (``FFmpegFD.available()``) that ignores ``ffmpeg_location``."""
     global _FFMPEG_DIR
     if configured:
-        return configured
-    found = shutil.which("ffmpeg")
-    if found:
-        return str(Path(found).parent)
-    if _FFMPEG_DIR is None or not Path(_FFMPEG_DIR, "ffmpeg").exists():
-        import imageio_ffmpeg
+        directory = configured if os.path.isdir(configured) else str(Path(configured).parent)
+    elif shutil.which("ffmpeg"):
+        return str(Path(shutil.which("ffmpeg")).parent)
+    else:
+        if _FFMPEG_DIR is None or not Path(_FFMPEG_DIR, "ffmpeg").exists():
+            import imageio_ffmpeg
 
-        binary = imageio_ffmpeg.get_ffmpeg_exe()
-        link_dir = tempfile.mkdtemp(prefix="avfusion-ffmpeg-")
-        os.symlink(binary, Path(link_dir, "ffmpeg"))
-        _FFMPEG_DIR = link_dir
-    return _FFMPEG_DIR
+            link_dir = tempfile.mkdtemp(prefix="avfusion-ffmpeg-")
+            os.symlink(imageio_ffmpeg.get_ffmpeg_exe(), Path(link_dir, "ffmpeg"))
+            _FFMPEG_DIR = link_dir
+        directory = _FFMPEG_DIR
+    if directory not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = directory + os.pathsep + os.environ.get("PATH", "")
+    return directory
+
+
+class _QuietLogger:
+    """yt-dlp prints errors to stderr even when quiet; ours go to the failure record."""
+
+    def debug(self, msg: str) -> None:
+        pass
+
+    info = warning = debug
+
+    def error(self, msg: str) -> None:
+        pass
 
 
 def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) -> dict[str, Any]:
@@ -123,6 +142,7 @@ def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) ->
         "extractor_retries": 0,
         "quiet": True,
         "no_warnings": True,
+        "logger": _QuietLogger(),
         "noprogress": True,
         "noplaylist": True,
         "overwrites": True,

@@ -125,9 +125,11 @@ def plan_shards(tasks: list[ClipTask], size: int, prefix: str = "") -> dict[str,
 
 
 def _digest(tasks: list[ClipTask], cfg: PreprocessConfig) -> str:
+    """Identity of the plan: which clips (key, window, label, split), shard size and clip
+    spec. Not where they are fetched from: a mirror or proxy may change between runs."""
     h = hashlib.sha256(json.dumps([cfg.shard_size, asdict(cfg.clip)]).encode())
     for t in tasks:
-        h.update(json.dumps(asdict(t), sort_keys=True).encode())
+        h.update(json.dumps([t.key, t.start, t.end, t.label, t.split]).encode())
     return h.hexdigest()
 
 

@@ -1,0 +1,125 @@
+"""A loopback HTTP server for media that honours Range, with per-path faults.
+
+yt-dlp hands section downloads to ffmpeg, which seeks with Range requests: a server
+without Range support (``python -m http.server``) cannot be used. Faults reproduce
+what real hosts do: 404/403, 429 or 500 for the first N requests, a response slower
+than the client's timeout, a connection reset mid-body, a body shorter than its
+Content-Length. ``requests`` counts requests per path so tests can see retries.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class RangeServer:
+    def __init__(self, root: Path, host: str = "127.0.0.1"):
+        self.root = Path(root)
+        self.faults: dict[str, tuple[str, int]] = {}
+        self.requests: Counter = Counter()
+        self.ranges: dict[str, list[str]] = {}
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer((host, 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/{name}"
+
+    def set_fault(self, name: str, kind: str, count: int = 1) -> None:
+        """kind: 404, 403, 429_then_ok, 500_then_ok, slow, reset, truncated."""
+        self.faults[name] = (kind, count)
+
+    def __enter__(self) -> RangeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_HEAD(self):
+                self._serve(head=True)
+
+            def do_GET(self):
+                self._serve(head=False)
+
+            def _serve(self, head: bool) -> None:
+                name = self.path.lstrip("/").split("?")[0]
+                with server.lock:
+                    server.requests[name] += 1
+                    n = server.requests[name]
+                    server.ranges.setdefault(name, []).append(self.headers.get("Range", ""))
+                kind, count = server.faults.get(name, ("", 0))
+                if kind in ("404", "403"):
+                    return self._status(int(kind))
+                if kind in ("429_then_ok", "500_then_ok") and n <= count:
+                    return self._status(int(kind[:3]), {"Retry-After": "0"})
+                if kind == "slow":
+                    server.stopping.wait(5.0)
+                    return self._status(503)
+                path = server.root / name
+                if not path.is_file():
+                    return self._status(404)
+                data = path.read_bytes()
+                start, end, status = 0, len(data) - 1, 200
+                match = re.match(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
+                if match:
+                    if match.group(1):
+                        start = int(match.group(1))
+                        end = int(match.group(2)) if match.group(2) else len(data) - 1
+                    else:  # suffix range: the last N bytes
+                        start = max(0, len(data) - int(match.group(2)))
+                    if start >= len(data):
+                        return self._status(416, {"Content-Range": f"bytes */{len(data)}"})
+                    end, status = min(end, len(data) - 1), 206
+                body = data[start:end + 1]
+                self.send_response(status)
+                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Length", str(len(body)))
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                self.end_headers()
+                if head:
+                    return
+                if kind in ("reset", "truncated"):
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    if kind == "reset":  # RST instead of FIN
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # ffmpeg closes as soon as it has the bytes it wanted
+
+            def _status(self, code: int, headers: dict | None = None) -> None:
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        return Handler

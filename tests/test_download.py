@@ -1,0 +1,142 @@
+"""yt-dlp section downloads against a loopback server that honours Range, with faults."""
+
+import json
+import shutil
+
+import duckdb
+import pytest
+import webdataset as wds
+
+from avfusion.config import ClipSpec
+from avfusion.decode import decode_clip, frame_times
+from avfusion.download import DownloadConfig, DownloadError, classify, download_section
+from avfusion.sources import ClipTask
+from avfusion.synth import SynthSpec, read_frame_index, write_clip
+from jobs import preprocess
+from tests.range_server import RangeServer
+
+FAST = DownloadConfig(socket_timeout=1.0, max_attempts=2, backoff_base=0.05)
+
+
+@pytest.mark.parametrize("message, kind, transient", [
+    ("ERROR: [youtube] abc: Sign in to confirm you’re not a bot. Use --cookies", "bot_check", False),
+    ("ERROR: [youtube] abc: Video unavailable. This video has been removed by the uploader", "removed", False),
+    ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", "private", False),
+    ("ERROR: [youtube] abc: Video unavailable", "unavailable", False),
+    ("The uploader has not made this video available in your country", "geo_blocked", False),
+    ("Sign in to confirm your age. This video may be inappropriate for some users.", "bot_check", False),
+    ("Unable to download webpage: HTTP Error 404: Not Found", "not_found", False),
+    ("HTTP Error 403: Forbidden", "forbidden", False),
+    ("HTTP Error 429: Too Many Requests", "rate_limited", True),
+    ("HTTP Error 503: Service Unavailable", "server_error", True),
+    ("Read timed out. (read timeout=30)", "timeout", True),
+    ("[Errno 104] Connection reset by peer", "connection", True),
+    ("ffmpeg exited with code 187", "stream_error", True),
+    ("something nobody has seen before", "download_error", True),
+])
+def test_classification(message, kind, transient):
+    assert classify(message) == (kind, transient)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """12 s barcode clips under several names, served with faults."""
+    root = tmp_path_factory.mktemp("served")
+    write_clip(root / "ok1.mp4", SynthSpec(duration=12.0, fps=25, width=160, height=120))
+    for name in ("ok2", "f404", "f403", "f429", "f500", "slow", "reset", "trunc"):
+        shutil.copy(root / "ok1.mp4", root / f"{name}.mp4")
+    return root
+
+
+def _faults(server):
+    server.set_fault("f404.mp4", "404")
+    server.set_fault("f403.mp4", "403")
+    server.set_fault("f429.mp4", "429_then_ok", 1)
+    server.set_fault("f500.mp4", "500_then_ok", 1)
+    server.set_fault("slow.mp4", "slow")
+    server.set_fault("reset.mp4", "reset")
+    server.set_fault("trunc.mp4", "truncated")
+
+
+def test_section_download_fetches_only_the_window(tmp_path, served):
+    with RangeServer(served) as server:
+        path, attempts = download_section(ClipTask("ok1", server.url("ok1.mp4"), 5.0), ClipSpec(clip_seconds=4.0),
+                                          FAST, tmp_path)
+        ranges = server.ranges["ok1.mp4"]
+    assert attempts == 1
+    assert any(r.startswith("bytes=") and r != "bytes=0-" for r in ranges), ranges  # ffmpeg seeked
+    clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
+    expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
+    assert all(abs(read_frame_index(f) - e) <= 1 for f, e in zip(clip.frames, expected))
+    assert clip.quality.duration == pytest.approx(4.0, abs=0.2)  # the section, not the 12 s file
+
+
+@pytest.mark.parametrize("name, kind, transient, attempts", [
+    ("f404", "not_found", False, 1), ("f403", "forbidden", False, 1), ("slow", "timeout", True, 2),
+    ("reset", "stream_error", True, 2), ("trunc", "stream_error", True, 2),
+])
+def test_faults_are_classified_and_transient_ones_retried(tmp_path, served, name, kind, transient, attempts):
+    with RangeServer(served) as server:
+        _faults(server)
+        with pytest.raises(DownloadError) as exc:
+            download_section(ClipTask(name, server.url(f"{name}.mp4"), 0.0), ClipSpec(clip_seconds=4.0), FAST,
+                             tmp_path)
+    assert (exc.value.kind, exc.value.transient, exc.value.attempts) == (kind, transient, attempts)
+    assert not list(tmp_path.iterdir()), "no partial download left behind"
+
+
+def test_dead_host_is_a_transient_connection_failure(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    with pytest.raises(DownloadError) as exc:
+        download_section(ClipTask("x", f"http://127.0.0.1:{port}/x.mp4", 0.0), ClipSpec(clip_seconds=4.0), FAST,
+                         tmp_path)
+    assert exc.value.kind == "connection" and exc.value.transient
+
+
+@pytest.mark.slow
+def test_vggsound_csv_through_yt_dlp_then_retry_failed(tmp_path, served, ray_local, capsys):
+    csv = tmp_path / "vggsound.csv"
+    ids = ["ok1", "ok2", "f404", "f403", "f429", "f500", "slow", "reset", "trunc"]
+    csv.write_text("".join(f"{i},{2 if i == 'ok2' else 0},{'dog' if i.startswith('ok') else 'cat'},train\n"
+                           for i in ids))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("clip:\n  clip_seconds: 4.0\n  frame_size: 32\n"
+                   "download:\n  socket_timeout: 1.0\n  backoff_base: 0.05\n  max_attempts: 2\n")
+    out = tmp_path / "shards"
+    with RangeServer(served) as server:
+        _faults(server)
+        template = server.url("{id}.mp4")
+        args = [str(csv), "--out", str(out), "--config", str(cfg), "--url-template", template, "--shard-size", "3"]
+        assert preprocess.main(args) == 0
+        requests_429 = server.requests["f429.mp4"]
+    ok = {json.loads(s["json"])["key"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")),
+                                                              shardshuffle=False)}
+    assert ok == {"ok1_000000", "ok2_000002", "f429_000000", "f500_000000"}
+    assert requests_429 > 1
+    failures = {k: (kind, t, a) for k, kind, t, a in duckdb.sql(
+        f"SELECT key, kind, transient, attempts FROM '{out}/failures.parquet'").fetchall()}
+    assert failures == {"f404_000000": ("not_found", False, 1), "f403_000000": ("forbidden", False, 1),
+                        "slow_000000": ("timeout", True, 2), "reset_000000": ("stream_error", True, 2),
+                        "trunc_000000": ("stream_error", True, 2)}
+    assert len(ok) + len(failures) == len(ids), "every clip is a sample or a recorded failure"
+
+    # The hosts recover: --retry-failed re-attempts only the transient failures, in new shards.
+    with RangeServer(served) as server:
+        server.set_fault("f404.mp4", "404")
+        server.set_fault("f403.mp4", "403")
+        args[args.index("--url-template") + 1] = server.url("{id}.mp4")
+        capsys.readouterr()
+        assert preprocess.main([*args, "--retry-failed"]) == 0
+        assert server.requests["f404.mp4"] == 0 and server.requests["ok1.mp4"] == 0
+    assert "9 clips, 1 shards (0 already done)" in capsys.readouterr().out
+    keys = [json.loads(s["json"])["key"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")),
+                                                                 shardshuffle=False)]
+    assert len(keys) == len(set(keys)) == 7
+    assert {p.name for p in out.glob("r01-*.tar")} == {"r01-00000.tar"}
+    left = duckdb.sql(f"SELECT key, kind FROM '{out}/failures.parquet' ORDER BY key").fetchall()
+    assert left == [("f403_000000", "forbidden"), ("f404_000000", "not_found")]
+    assert json.loads((out / "manifest.json").read_text())["num_samples"] == 7
