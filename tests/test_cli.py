@@ -4,7 +4,6 @@ import pytest
 
 from jobs.cli import JOBS, main
 
-PENDING: list[str] = []
 
 
 def test_help_lists_every_job(cli_env):
@@ -27,9 +26,3 @@ def test_unknown_job_is_an_error(capsys):
         main(["nope"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("job", PENDING)
-def test_jobs_not_built_yet_say_so_and_fail(job, capsys):
-    assert main([job]) == 2
-    assert "not implemented yet" in capsys.readouterr().err

@@ -1,0 +1,93 @@
+"""Cluster files parse, point at real entry points whose parsers accept their arguments,
+and keep the security defaults; the local scripts start, run a job and stop a cluster."""
+
+import importlib
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+KUBERAY = sorted((REPO / "cluster" / "kuberay").glob("*.yaml"))
+
+
+def _check_entrypoint(command: str) -> None:
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "-m"] and argv[2].startswith("jobs.")
+    module = importlib.import_module(argv[2])
+    module.build_parser().parse_args(argv[3:])  # exits (fails the test) on a bad flag
+
+
+@pytest.mark.parametrize("path", KUBERAY, ids=[p.stem for p in KUBERAY])
+def test_kuberay_rayjobs(path):
+    doc = yaml.safe_load(path.read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
+    _check_entrypoint(doc["spec"]["entrypoint"])
+    assert yaml.safe_load(doc["spec"]["runtimeEnvYAML"])["env_vars"]["RAY_AUTH_MODE"] == "token"
+    assert "cookies" not in path.read_text().lower() or "secretName" in path.read_text()
+    assert {p.stem for p in KUBERAY} == {"preprocess", "train", "label"}
+
+
+def test_autoscaler_yaml():
+    doc = yaml.safe_load((REPO / "cluster" / "autoscaler.yaml").read_text())
+    assert {"head", "cpu_worker", "gpu_worker"} <= set(doc["available_node_types"])
+    head = " ".join(doc["head_start_ray_commands"])
+    assert "RAY_AUTH_MODE=token" in head and "--dashboard-host=127.0.0.1" in head
+    for line in (REPO / "cluster" / "autoscaler.yaml").read_text().splitlines():
+        if "ray job submit" in line and "-m jobs." in line:
+            assert "--working-dir" in line
+
+
+def test_submit_script_lines_parse():
+    text = (REPO / "cluster" / "local" / "submit.sh").read_text()
+    for job in ("preprocess", "train", "label"):
+        block = text.split(f"  {job})", 1)[1].split(";;", 1)[0].replace("\\\n", " ")
+        cmd = block.split(" -- ", 1)[1]
+        cmd = cmd.replace('"$PY"', "python").replace('"$OUT', '"/tmp/out').strip()
+        _check_entrypoint(cmd)
+
+
+@pytest.mark.slow
+def test_local_scripts_start_submit_stop(tmp_path, cli_env):
+    from tests.ray_cluster import free_port
+
+    import shutil
+    import tempfile
+
+    state = Path(tempfile.mkdtemp(prefix="avfc-", dir="/tmp"))  # short: Ray's unix socket paths
+    ports = {"AVFUSION_RAY_PORT": free_port(), "AVFUSION_DASHBOARD_PORT": free_port(),
+             "AVFUSION_CLIENT_PORT": free_port()}
+    env = dict(cli_env, RAY=str(Path(sys.executable).parent / "ray"), **{k: str(v) for k, v in ports.items()},
+               AVFUSION_OUT=str(tmp_path / "out"), AVFUSION_PYTHON=sys.executable)
+    env.pop("RAY_ADDRESS", None)
+    start = subprocess.run(["bash", "cluster/local/start.sh", str(state)], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=180)
+    try:
+        assert start.returncode == 0, start.stdout + start.stderr
+        env["RAY_ADDRESS"] = f"http://127.0.0.2:{ports['AVFUSION_DASHBOARD_PORT']}"
+        job = subprocess.run(["bash", "cluster/local/submit.sh", "preprocess"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
+        assert (tmp_path / "out" / "shards" / "manifest.json").exists()
+    finally:
+        groups = [int((state / f).read_text()) for f in ("head.pgid", "worker.pgid") if (state / f).exists()]
+        subprocess.run(["bash", "cluster/local/stop.sh", str(state)], cwd=REPO, env=env, timeout=60)
+        shutil.rmtree(state, ignore_errors=True)
+    assert groups and not _live_members(groups), "stop.sh must end every process it started"
+
+
+def _live_members(groups: list[int]) -> list[int]:
+    """PIDs still running in these process groups (zombies awaiting a reaper excluded)."""
+    live = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) in groups and fields[0] != "Z":
+                live.append(int(entry.name))
+    return live
