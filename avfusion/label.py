@@ -87,6 +87,22 @@ class DecodeRows:
                 for k in rows[0]}
 
     def decode_file(self, path: str, key: str, size: int, mtime: int) -> list[dict]:
+        if "://" in path and not path.startswith("file://"):
+            # Remote (s3://, gs://, …): decoders need a seekable local file; fetch it into
+            # this task's temp dir for the duration of the decode.
+            import tempfile
+
+            import fsspec
+
+            with tempfile.TemporaryDirectory(prefix="avf-label-") as tmp:
+                local = os.path.join(tmp, Path(path).name or "clip")
+                try:
+                    fsspec.core.url_to_fs(path)[0].get_file(path, local)
+                except Exception as exc:  # unreachable object store, missing object, …
+                    return [self._error_row(path, key, size, mtime, "fetch_error", f"{type(exc).__name__}: {exc}",
+                                            time.perf_counter())]
+                rows = self.decode_file(local, key, size, mtime)
+            return [{**r, "path": path} for r in rows]
         t0 = time.perf_counter()
         base = {"path": path, "key": key, "file_size": size, "mtime_ns": mtime, "duration": np.nan,
                 "container": "", "video_codec": "", "audio_codec": "", "error_class": "", "error_message": ""}
@@ -117,12 +133,16 @@ class DecodeRows:
             kind, message = exc.kind, exc.message
         except Exception as exc:  # an input we did not foresee: one row, never a crash
             kind, message = "internal_error", f"{type(exc).__name__}: {exc}"
-        return [{**base, "window_index": 0, "window_count": 1, "window_start": 0.0, "window_end": 0.0,
-                 "silent_audio": False, "no_audio_track": False, "no_video_track": False, "frozen_video": False,
-                 "waveform": np.zeros(self.clip.num_samples, np.float32),
-                 "frames": np.zeros((self.clip.num_frames, self.clip.frame_size, self.clip.frame_size, 3), np.uint8),
-                 "error_class": kind, "error_message": message[:2000],
-                 "elapsed_ms": (time.perf_counter() - t0) * 1000}]
+        return [self._error_row(path, key, size, mtime, kind, message, t0, base)]
+
+    def _error_row(self, path, key, size, mtime, kind: str, message: str, t0: float, base: dict | None = None) -> dict:
+        base = base or {"path": path, "key": key, "file_size": size, "mtime_ns": mtime, "duration": np.nan,
+                        "container": "", "video_codec": "", "audio_codec": ""}
+        return {**base, "window_index": 0, "window_count": 1, "window_start": 0.0, "window_end": 0.0,
+                "silent_audio": False, "no_audio_track": False, "no_video_track": False, "frozen_video": False,
+                "waveform": np.zeros(self.clip.num_samples, np.float32),
+                "frames": np.zeros((self.clip.num_frames, self.clip.frame_size, self.clip.frame_size, 3), np.uint8),
+                "error_class": kind, "error_message": message[:2000], "elapsed_ms": (time.perf_counter() - t0) * 1000}
 
 
 class Predictor:

@@ -124,7 +124,7 @@ def read_url_list(path: str | Path) -> list[ClipTask]:
             raise SourceError(f"{path}: row {i} repeats clip {key}")
         seen.add(key)
         end = row.get("end")
-        tasks.append(ClipTask(key, url, start, row.get("label"), row.get("split") or None,
+        tasks.append(ClipTask(key, url, start, row.get("label") or None, row.get("split") or None,
                               float(end) if end is not None else None))
     return tasks
 

@@ -1,6 +1,6 @@
 """`avfusion bench NAME`: benchmarks, each printing a ratio against a floor measured in the same run.
 
-Names: preprocess, train, robustness (label arrives with its job).
+Names: preprocess, train, robustness, label.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ BENCHES = {
     "preprocess": "avfusion.bench.preprocess",
     "train": "avfusion.bench.train",
     "robustness": "avfusion.bench.robustness",
+    "label": "avfusion.bench.label",
 }
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -72,21 +71,6 @@ def done_identities(out: Path) -> set[tuple[str, int, int]]:
         return set()
     table = pq.read_table(parts, columns=["path", "file_size", "mtime_ns"])
     return set(zip(*(table.column(c).to_pylist() for c in ("path", "file_size", "mtime_ns"))))
-
-
-def _localise(paths: list[str]) -> list[str]:
-    """Remote URLs are fetched to a local temp dir (decoders need seekable files)."""
-    local = []
-    for p in paths:
-        if "://" in p and not p.startswith("file://"):
-            import fsspec
-
-            target = Path(tempfile.mkdtemp(prefix="avf-label-")) / Path(p).name
-            fsspec.open(p).fs.get(p, str(target))
-            local.append(str(target))
-        else:
-            local.append(p)
-    return local
 
 
 def main(argv: list[str] | None = None) -> int:

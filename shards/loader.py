@@ -12,19 +12,17 @@ Evaluation reads each shard once (``split_by_node``), with no resampling.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import webdataset as wds
 
 from shards.manifest import MANIFEST, fs_and_root
-from shards.reader import rgb_from_jpeg, frame_names
+from shards.reader import decode_sample
 
 
 @dataclass
@@ -72,9 +70,8 @@ def _split_is(split: str | None) -> Callable[[dict], bool]:
 
 
 def decode(sample: dict) -> dict:
-    waveform, _ = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
-    frames = np.stack([rgb_from_jpeg(sample[n]) for n in frame_names(sample)])
-    return {"key": sample["__key__"], "waveform": waveform, "frames": frames, "target": int(sample["cls"])}
+    d = decode_sample(sample)
+    return {"key": d.key, "waveform": d.waveform, "frames": d.frames, "target": d.class_index}
 
 
 def collate(samples: list[dict]) -> Batch:

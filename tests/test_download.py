@@ -140,3 +140,29 @@ def test_vggsound_csv_through_yt_dlp_then_retry_failed(tmp_path, served, ray_loc
     left = duckdb.sql(f"SELECT key, kind FROM '{out}/failures.parquet' ORDER BY key").fetchall()
     assert left == [("f403_000000", "forbidden"), ("f404_000000", "not_found")]
     assert json.loads((out / "manifest.json").read_text())["num_samples"] == 7
+
+
+def test_user_options_reach_yt_dlp(tmp_path):
+    from avfusion.download import ydl_options
+
+    cfg = DownloadConfig(cookies="/secrets/cookies.txt", proxy="socks5://127.0.0.1:1080", rate_limit="2M",
+                         sleep_seconds=1.5, format="worst", extra={"geo_bypass": True, "retries": 7})
+    opts = ydl_options(cfg, 10.0, 20.0, tmp_path)
+    assert (opts["cookiefile"], opts["proxy"], opts["ratelimit"], opts["sleep_interval_requests"],
+            opts["format"]) == ("/secrets/cookies.txt", "socks5://127.0.0.1:1080", 2 * 1024 ** 2, 1.5, "worst")
+    assert opts["geo_bypass"] is True and opts["retries"] == 7  # extra options win, verbatim
+    assert list(opts["download_ranges"]({}, None)) == [{"start_time": 10.0, "end_time": 20.0}]
+
+
+def test_remote_inputs_are_fetched_for_labelling(tmp_path, served):
+    import fsspec
+
+    from avfusion.label import DecodeRows
+
+    mem = fsspec.filesystem("memory")
+    mem.pipe("/clips/ok1.mp4", (served / "ok1.mp4").read_bytes())
+    rows = DecodeRows(ClipSpec(clip_seconds=4.0, frame_size=32)).decode_file("memory://clips/ok1.mp4", "ok1", 1, 1)
+    assert rows[0]["path"] == "memory://clips/ok1.mp4" and rows[0]["error_class"] == ""
+    assert rows[0]["frames"].shape == (8, 32, 32, 3)
+    missing = DecodeRows(ClipSpec(frame_size=32)).decode_file("memory://clips/none.mp4", "x", 1, 1)
+    assert missing[0]["error_class"] == "fetch_error"
