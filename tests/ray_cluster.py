@@ -81,8 +81,15 @@ class LocalCluster:
         raise TimeoutError(f"{n} Ray nodes did not come up; see {self.temp_dir}")
 
     def submit(self, *entrypoint: str, working_dir: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return self.ray("job", "submit", "--address", self.dashboard, "--working-dir", working_dir, "--",
-                        *entrypoint, timeout=timeout)
+        """``ray job submit``; retried while the head's job agent is still starting (Ray
+        answers "No available agent to submit job, please try again later")."""
+        deadline = time.time() + 90
+        while True:
+            proc = self.ray("job", "submit", "--address", self.dashboard, "--working-dir", working_dir, "--",
+                            *entrypoint, timeout=timeout)
+            if "No available agent" not in proc.stdout + proc.stderr or time.time() > deadline:
+                return proc
+            time.sleep(3)
 
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -6,6 +6,21 @@ export RAY_AUTH_MODE=token
 ADDRESS=${RAY_ADDRESS:-http://127.0.0.2:8266}
 OUT=${AVFUSION_OUT:-/tmp/avfusion-cluster/out}   # shared storage on a real cluster (NFS, s3://)
 PY=${AVFUSION_PYTHON:-python}                     # the interpreter with avfusion installed on the nodes
+# Right after start.sh the head's job agent may still be starting; Ray then answers
+# "No available agent to submit job, please try again later", so retry that (90 s at most).
+ray() {
+  local log rc
+  log=$(mktemp)
+  for _ in $(seq 30); do
+    rc=0
+    command ray "$@" 2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
+    grep -q "No available agent" "$log" || break
+    sleep 3
+  done
+  rm -f "$log"
+  return "$rc"
+}
+
 case "${1:-}" in
   preprocess)
     ray job submit --address "$ADDRESS" --working-dir . -- \
