@@ -63,15 +63,22 @@ _RULES: list[tuple[str, bool, re.Pattern]] = [
         ("geo_blocked", False, r"not (?:made this video )?available in your country|geo.?restrict"),
         ("removed", False, r"has been removed|account .* terminated|no longer available|copyright claim"),
         ("unavailable", False, r"video unavailable|this video is not available|members.only|premieres in"),
-        ("not_found", False, r"\b(?:404|410)\b|not found"),
-        ("forbidden", False, r"\b403\b|forbidden"),
-        ("rate_limited", True, r"\b429\b|too many requests"),
-        ("server_error", True, r"\b5\d\d\b|internal server error|bad gateway|service unavailable"),
+        # On HTTP status, never a bare number: ids and ports in messages contain digits.
+        ("not_found", False, r"HTTP Error (?:404|410)|not found"),
+        ("forbidden", False, r"HTTP Error 403|forbidden"),
+        ("rate_limited", True, r"HTTP Error 429|too many requests"),
+        ("server_error", True, r"HTTP Error 5\d\d|internal server error|bad gateway|service unavailable"),
         ("timeout", True, r"timed? ?out|timeout"),
         ("connection", True, r"connection (?:reset|refused|aborted)|remote end closed|broken pipe|"
                               r"temporary failure in name resolution|network is unreachable|eof occurred"),
-        # ffmpeg reading the section died mid-stream (reset, truncated body, read error);
-        # yt-dlp does not pass ffmpeg's own message on, so these cannot be told apart.
+        # yt-dlp runs ffmpeg quietly, so its exit code (an AVERROR masked to 8 bits) is all
+        # we learn: 8 HTTP error, 146 timed out, 152 reset, 183 invalid data, 187 end of
+        # file. 183 means a cut transfer as often as a file that is not media, so it stays
+        # transient (bounded retries) rather than risk abandoning a recoverable clip.
+        ("server_error", True, r"ffmpeg exited with code 8\b"),
+        ("timeout", True, r"ffmpeg exited with code 146\b"),
+        ("connection", True, r"ffmpeg exited with code 152\b"),
+        ("truncated", True, r"ffmpeg exited with code (?:187|183) \(partial"),
         ("stream_error", True, r"ffmpeg exited with code"),
         ("truncated", True, r"incomplete ?read|truncat|partial|premature|invalid data found|moov atom not found|"
                              r"end of file|content-length"),
@@ -132,7 +139,10 @@ def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) ->
 
     opts: dict[str, Any] = {
         "format": cfg.format,
-        "outtmpl": str(workdir / "clip.%(ext)s"),
+        # Always mp4: its edit list hides the stream-copy pre-roll before the cut; mkv/webm
+        # output would start at the previous keyframe (the wrong window). A fixed name
+        # also avoids yt-dlp's "unknown format" path for extension-less URLs.
+        "outtmpl": str(workdir / "clip.mp4"),
         "download_ranges": download_range_func(None, [(start, end)]),
         "force_keyframes_at_cuts": False,  # we decode the window ourselves; no re-encode
         "ffmpeg_location": ffmpeg_location(cfg.ffmpeg),
@@ -147,7 +157,14 @@ def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) ->
         "noplaylist": True,
         "overwrites": True,
         "cachedir": False,
-        "merge_output_format": "mkv",
+        "merge_output_format": "mp4",
+        "external_downloader_args": {
+            # -rw_timeout: a stalled transfer fails instead of hanging; -xerror: a cut
+            # transfer fails instead of "succeeding" with a short clip.
+            "ffmpeg_i": ["-rw_timeout", str(int(cfg.socket_timeout * 1e6)), "-xerror"],
+            "ffmpeg_o": ["-f", "mp4"],
+        },
+        "file_access_retries": 0,
     }
     if cfg.cookies:
         opts["cookiefile"] = cfg.cookies
@@ -172,7 +189,8 @@ def _attempt(url: str, opts: dict[str, Any], workdir: Path) -> Path:
         with yt_dlp.YoutubeDL(opts) as ydl:
             ydl.download([url])
     except yt_dlp.utils.YoutubeDLError as exc:
-        raise _Failed(str(exc)) from exc
+        partial = any(p.name.endswith(".part") for p in workdir.iterdir())
+        raise _Failed(f"{exc}{' (partial file left)' if partial else ''}") from exc
     outputs = [p for p in workdir.iterdir() if p.is_file() and not p.name.endswith((".part", ".ytdl", ".temp"))]
     if not outputs:
         raise _Failed("yt-dlp reported success but wrote no file (partial download)")

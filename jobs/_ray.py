@@ -7,6 +7,7 @@ initialised) they join the cluster. Token auth is Ray's default and is left on.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +35,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield
         return
-    if address:
+    if address or os.environ.get("RAY_ADDRESS"):
+        # Inside `ray job submit` Ray exports RAY_ADDRESS: join that cluster as it is.
         ray.init(address=address)
     else:
         ray.init(**embedded_init_kwargs(num_cpus))

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=1, help="model actors (one model copy each)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
     p.add_argument("--actor-memory-mb", type=int, default=1024, help="memory reserved per model actor")
+    p.add_argument("--model-batch", type=int, default=16, help="clips per model forward pass")
     p.add_argument("--decode-batch", type=int, default=4, help="files per decode task")
     p.add_argument("--part-rows", type=int, default=256, help="rows per Parquet part file")
     p.add_argument("--address", help="Ray cluster address; default: embedded local Ray (or the job's)")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                                 scheduling_strategy="SPREAD")  # decode fans out over the nodes
             ds = ds.map_batches(Predictor, fn_constructor_kwargs={"checkpoint": str(args.checkpoint),
                                                                   "top_k": args.top_k},
-                                batch_size=16, concurrency=args.actors, num_gpus=args.gpus_per_actor,
+                                batch_size=args.model_batch, concurrency=args.actors, num_gpus=args.gpus_per_actor,
                                 num_cpus=0 if args.gpus_per_actor else 1,
                                 # Reserving the model's memory also keeps decode a separate
                                 # stage of CPU tasks (Ray fuses stages with equal resources).

@@ -1,6 +1,6 @@
 """A real Ray cluster on loopback for tests: a head and a worker node on one machine.
 
-Nodes bind to 127.0.0.2 (still loopback): Ray rewrites 127.0.0.1 to the machine's
+Nodes bind to 127.0.0.3 (still loopback): Ray rewrites 127.0.0.1 to the machine's
 routable address (``resolve_ip_for_localhost``) but leaves other loopback addresses
 alone, so every address it advertises stays on this machine. Token auth is on. Each
 ``ray start`` runs in its own session, and ``stop`` signals exactly those process
@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-HOST = "127.0.0.2"
+# Not 127.0.0.2: the embedded Ray of the in-process tests advertises that address, and
+# two Ray instances on one address collide on their agents' default ports.
+HOST = "127.0.0.3"
 
 
 def free_port(host: str = HOST) -> int:
@@ -47,8 +49,12 @@ class LocalCluster:
         return f"http://{HOST}:{self.dashboard_port}"
 
     def _ray_start(self, *args: str) -> None:
+        # Every node's dashboard agent defaults to port 52365 on all interfaces, so a
+        # second Ray on this machine (the embedded one of other tests, or our own
+        # worker node) would fail to start its agent: give each node a free one.
         proc = subprocess.Popen([str(BIN / "ray"), "start", "--disable-usage-stats", "--node-ip-address", HOST,
-                                 "--num-cpus", str(self.cpus), *args], env=self.env, start_new_session=True,
+                                 "--num-cpus", str(self.cpus), "--dashboard-agent-listen-port", str(free_port()),
+                                 *args], env=self.env, start_new_session=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.groups.append(proc.pid)  # its daemons stay in this process group after it exits
         out, _ = proc.communicate(timeout=120)

@@ -58,16 +58,18 @@ def test_local_scripts_start_submit_stop(tmp_path, cli_env):
     import tempfile
 
     state = Path(tempfile.mkdtemp(prefix="avfc-", dir="/tmp"))  # short: Ray's unix socket paths
-    ports = {"AVFUSION_RAY_PORT": free_port(), "AVFUSION_DASHBOARD_PORT": free_port(),
-             "AVFUSION_CLIENT_PORT": free_port()}
-    env = dict(cli_env, RAY=str(Path(sys.executable).parent / "ray"), **{k: str(v) for k, v in ports.items()},
+    ports = {"AVFUSION_RAY_PORT": free_port("127.0.0.4"), "AVFUSION_DASHBOARD_PORT": free_port("127.0.0.4"),
+             "AVFUSION_CLIENT_PORT": free_port("127.0.0.4"), "AVFUSION_HEAD_AGENT_PORT": free_port("127.0.0.4"),
+             "AVFUSION_WORKER_AGENT_PORT": free_port("127.0.0.4")}
+    env = dict(cli_env, RAY=str(Path(sys.executable).parent / "ray"), AVFUSION_RAY_HOST="127.0.0.4",
+               **{k: str(v) for k, v in ports.items()},
                AVFUSION_OUT=str(tmp_path / "out"), AVFUSION_PYTHON=sys.executable)
     env.pop("RAY_ADDRESS", None)
     start = subprocess.run(["bash", "cluster/local/start.sh", str(state)], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=180)
     try:
         assert start.returncode == 0, start.stdout + start.stderr
-        env["RAY_ADDRESS"] = f"http://127.0.0.2:{ports['AVFUSION_DASHBOARD_PORT']}"
+        env["RAY_ADDRESS"] = f"http://127.0.0.4:{ports['AVFUSION_DASHBOARD_PORT']}"
         job = subprocess.run(["bash", "cluster/local/submit.sh", "preprocess"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)
         assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]

@@ -31,7 +31,12 @@ FAST = DownloadConfig(socket_timeout=1.0, max_attempts=2, backoff_base=0.05)
     ("HTTP Error 503: Service Unavailable", "server_error", True),
     ("Read timed out. (read timeout=30)", "timeout", True),
     ("[Errno 104] Connection reset by peer", "connection", True),
+    ("ffmpeg exited with code 8", "server_error", True),
+    ("ffmpeg exited with code 146", "timeout", True),
+    ("ffmpeg exited with code 152", "connection", True),
+    ("ffmpeg exited with code 183 (partial file left)", "truncated", True),
     ("ffmpeg exited with code 187", "stream_error", True),
+    ("[generic] vid404abc: ffmpeg exited with code 183", "stream_error", True),  # digits in ids match no status
     ("something nobody has seen before", "download_error", True),
 ])
 def test_classification(message, kind, transient):
@@ -69,6 +74,21 @@ def test_section_download_fetches_only_the_window(tmp_path, served):
     expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
     assert all(abs(read_frame_index(f) - e) <= 1 for f, e in zip(clip.frames, expected))
     assert clip.quality.duration == pytest.approx(4.0, abs=0.2)  # the section, not the 12 s file
+
+
+def test_webm_source_gives_the_exact_window(tmp_path):
+    """Stream copy into webm/mkv would start at the keyframe before the cut; the mp4
+    output's edit list hides that pre-roll, for VP9/Opus sources too."""
+    write_clip(tmp_path / "src" / "v.webm", SynthSpec(container="webm", video_codec="libvpx-vp9",
+                                                      audio_codec="libopus", sample_rate=48_000, duration=12.0,
+                                                      fps=25, width=160, height=120))
+    with RangeServer(tmp_path / "src") as server:
+        path, _ = download_section(ClipTask("v", server.url("v.webm"), 5.0), ClipSpec(clip_seconds=4.0), FAST,
+                                   tmp_path / "work" if (tmp_path / "work").mkdir() is None else None)
+    clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
+    expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
+    got = [read_frame_index(f) for f in clip.frames]
+    assert all(abs(g - e) <= 1 for g, e in zip(got, expected)), (got, expected)
 
 
 @pytest.mark.parametrize("name, kind, transient, attempts", [

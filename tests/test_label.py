@@ -100,7 +100,7 @@ def test_odd_files_each_get_one_row(tmp_path, checkpoint, ray_local):
 def test_kill_then_rerun_labels_every_file_once(tmp_path, clips, checkpoint, cli_env):
     out = tmp_path / "labels"
     args = ["avfusion", "label", str(clips), str(out), "--checkpoint", str(checkpoint), "--part-rows", "2",
-            "--decode-batch", "1", "--num-cpus", "2"]
+            "--decode-batch", "1", "--model-batch", "2", "--num-cpus", "2"]
     proc = subprocess.Popen(args, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300

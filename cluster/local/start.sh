@@ -12,6 +12,9 @@ PORT=${AVFUSION_RAY_PORT:-6380}
 DASHBOARD_PORT=${AVFUSION_DASHBOARD_PORT:-8266}
 CLIENT_PORT=${AVFUSION_CLIENT_PORT:-10002}
 CPUS=${AVFUSION_CPUS_PER_NODE:-1}
+# Each node's dashboard agent needs its own port (Ray's default, 52365, is one per machine).
+HEAD_AGENT_PORT=${AVFUSION_HEAD_AGENT_PORT:-52366}
+WORKER_AGENT_PORT=${AVFUSION_WORKER_AGENT_PORT:-52367}
 export RAY_AUTH_MODE=token
 mkdir -p "$STATE"
 RAY=${RAY:-ray}
@@ -20,11 +23,12 @@ RAY=${RAY:-ray}
 # signals exactly these processes (never `ray stop`, which stops every Ray on the host).
 setsid "$RAY" start --head --disable-usage-stats --node-ip-address "$HOST" --port "$PORT" \
   --dashboard-host "$HOST" --dashboard-port "$DASHBOARD_PORT" --ray-client-server-port "$CLIENT_PORT" \
-  --num-cpus "$CPUS" --temp-dir "$STATE/ray" > "$STATE/head.log" 2>&1 &
+  --num-cpus "$CPUS" --dashboard-agent-listen-port "$HEAD_AGENT_PORT" --temp-dir "$STATE/ray" \
+  > "$STATE/head.log" 2>&1 &
 echo $! > "$STATE/head.pgid"
 wait $! || { cat "$STATE/head.log"; exit 1; }
 setsid "$RAY" start --disable-usage-stats --address "$HOST:$PORT" --node-ip-address "$HOST" \
-  --num-cpus "$CPUS" > "$STATE/worker.log" 2>&1 &
+  --num-cpus "$CPUS" --dashboard-agent-listen-port "$WORKER_AGENT_PORT" > "$STATE/worker.log" 2>&1 &
 echo $! > "$STATE/worker.pgid"
 wait $! || { cat "$STATE/worker.log"; exit 1; }
 
