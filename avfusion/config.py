@@ -102,8 +102,27 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
     return cls(**values)
 
 
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def presets() -> list[str]:
+    """Names of the configurations shipped inside the package (``--config small``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config(name_or_path: str | Path) -> str | Path:
+    """A preset name (``small``, ``vggsound``) → its file inside the package; anything
+    else is a path, returned as given. A file of that name in the working directory
+    wins over a preset only when it exists."""
+    text = str(name_or_path)
+    if text in presets() and not Path(text).exists():
+        return PRESETS_DIR / f"{text}.yaml"
+    return name_or_path
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file; an empty file is an empty mapping."""
+    """Read a YAML config file or preset; an empty file is an empty mapping."""
+    path = resolve_config(path)
     try:
         loaded = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:

@@ -11,6 +11,7 @@ can report what each modality contributes.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,11 @@ class ModelConfig:
     num_classes: int
     modalities: str = "both"  # both | audio | video (unimodal baselines share the encoders)
     embed_dim: int = 256  # shared size after projection, what attention mixes
-    audio_width: int = 64  # channels of the first audio block; doubles per block
+    audio_width: int = 64  # audio body channels: 2×, 2×, 4×, 4× this per block
+    audio_frontend: str = "gabor"  # gabor (mel-initialised learnable filterbank) | conv (free strided conv)
+    audio_filters: int = 64  # filterbank channels
+    spec_augment: bool = True  # time/frequency masks on the filterbank output while training
+    sample_rate: int = 16_000
     video_weights: str = "none"  # imagenet | none | path to a ResNet-18 state dict
     dropout: float = 0.2
 
@@ -41,30 +46,159 @@ class ModelConfig:
             raise ValueError(f"modalities must be one of {MODALITIES}, got {self.modalities!r}")
         if self.num_classes < 1:
             raise ValueError("num_classes must be >= 1")
+        if self.audio_frontend not in AUDIO_FRONTENDS:
+            raise ValueError(f"audio_frontend must be one of {AUDIO_FRONTENDS}, got {self.audio_frontend!r}")
+
+
+AUDIO_FRONTENDS = ("gabor", "conv")
+
+
+def mel_to_hz(mel):
+    """HTK mel scale (as torchaudio/librosa with htk=True)."""
+    return 700.0 * (10 ** (mel / 2595.0) - 1.0)
+
+
+def hz_to_mel(hz):
+    return 2595.0 * math.log10(1.0 + hz / 700.0)
+
+
+def mel_filter_params(n_filters: int, sample_rate: int, f_min: float, f_max: float) -> tuple[list[float], list[float]]:
+    """Centre frequencies and full widths at half maximum (Hz) of a triangular mel
+    filterbank: ``n_filters`` centres equally spaced on the mel scale between
+    ``f_min`` and ``f_max``; each triangle spans its neighbours' centres, so its FWHM
+    is half the distance between them."""
+    lo, hi = hz_to_mel(f_min), hz_to_mel(min(f_max, sample_rate / 2))
+    edges = [mel_to_hz(lo + (hi - lo) * i / (n_filters + 1)) for i in range(n_filters + 2)]
+    centres = edges[1:-1]
+    fwhm = [(edges[i + 2] - edges[i]) / 2 for i in range(n_filters)]
+    return centres, fwhm
+
+
+class GaborFilterbank(nn.Module):
+    """Learnable complex Gabor filterbank on the raw waveform, initialised on the mel
+    scale (the LEAF / TD-filterbank family): filter k is a Gaussian window of width
+    ``sigma_k`` samples times ``exp(i·eta_k·t)``; its squared modulus is a band energy.
+
+    Why this front end: a free strided convolution must discover frequency selectivity
+    from data, which few real clips do not teach (the issue's audio-only top-1 at chance).
+    Gabor filters start as a mel spectrogram, so the body learns from the first step,
+    and have two parameters each (centre, bandwidth), so they cannot overfit. Sampling
+    the complex response every ``hop`` samples (not at every sample, then pooling as
+    LEAF does) keeps the cost that of one strided convolution on a 2-core CPU.
+
+    (B, N) waveform → (B, n_filters, N // hop + 1) band powers.
+    """
+
+    def __init__(self, n_filters: int = 64, sample_rate: int = 16_000, window: int = 801, hop: int = 160,
+                 f_min: float = 60.0, f_max: float = 7_800.0):
+        super().__init__()
+        self.n_filters, self.sample_rate, self.window, self.hop = n_filters, sample_rate, window | 1, hop
+        centres, fwhm = mel_filter_params(n_filters, sample_rate, f_min, f_max)
+        # A Gaussian window of std sigma (samples) has a frequency response of FWHM
+        # 2·sqrt(2 ln 2)/sigma rad/sample = sqrt(2 ln 2)·sr/(pi·sigma) Hz.
+        sigma = torch.tensor([math.sqrt(2 * math.log(2)) * sample_rate / (math.pi * f) for f in fwhm])
+        self.sigma_range = (2.0, self.window / 6)  # keeps each window inside the kernel
+        self.eta = nn.Parameter(torch.tensor([2 * math.pi * f / sample_rate for f in centres]))  # rad/sample
+        self.sigma = nn.Parameter(sigma.clamp(*self.sigma_range))
+        self.register_buffer("t", torch.arange(self.window, dtype=torch.float32) - self.window // 2,
+                             persistent=False)
+
+    def kernels(self) -> torch.Tensor:
+        """(2·n_filters, 1, window): real parts, then imaginary parts; unit DC gain windows."""
+        eta = self.eta.clamp(0.0, math.pi)
+        sigma = self.sigma.clamp(*self.sigma_range)
+        window = torch.exp(-0.5 * (self.t[None, :] / sigma[:, None]) ** 2)
+        window = window / window.sum(dim=1, keepdim=True)
+        phase = eta[:, None] * self.t[None, :]
+        return torch.cat([window * torch.cos(phase), window * torch.sin(phase)]).unsqueeze(1)
+
+    def centre_hz(self) -> torch.Tensor:
+        return self.eta.detach().clamp(0.0, math.pi) * self.sample_rate / (2 * math.pi)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        x = F.conv1d(waveform.unsqueeze(1), self.kernels(), stride=self.hop, padding=self.window // 2)
+        return x[:, :self.n_filters] ** 2 + x[:, self.n_filters:] ** 2
+
+
+class ConvFrontEnd(nn.Module):
+    """The original front end, kept for the ablation: a free strided convolution
+    (25 ms windows, 10 ms hop at 16 kHz) + BatchNorm + ReLU, learned from scratch.
+    (B, N) → (B, n_filters, frames)."""
+
+    def __init__(self, n_filters: int = 64, hop: int = 160):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Conv1d(1, n_filters, kernel_size=400, stride=hop, padding=200, bias=False),
+                                    nn.BatchNorm1d(n_filters), nn.ReLU(inplace=True))
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.layers(waveform.unsqueeze(1))
+
+
+class SpecMask(nn.Module):
+    """SpecAugment-style masking on the filterbank output, in training only: up to
+    ``time_masks`` spans of at most ``max_time`` of the frames and ``freq_masks``
+    bands of at most ``max_freq`` of the filters are set to the (normalised) mean, 0.
+    Draws from torch's RNG, which checkpoints carry, so resumed runs repeat it."""
+
+    def __init__(self, time_masks: int = 2, max_time: float = 0.1, freq_masks: int = 2, max_freq: float = 0.15):
+        super().__init__()
+        self.time_masks, self.max_time, self.freq_masks, self.max_freq = time_masks, max_time, freq_masks, max_freq
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        b, f, t = x.shape
+        keep = torch.ones(b, f, t, dtype=torch.bool, device=x.device)
+        for n, size, axis in ((self.time_masks, int(self.max_time * t), 2), (self.freq_masks, int(self.max_freq * f), 1)):
+            length = x.shape[axis]
+            for _ in range(n):
+                width = torch.randint(0, max(size, 1) + 1, (b,))
+                start = (torch.rand(b) * (length - width + 1).float()).long()
+                idx = torch.arange(length)
+                band = ((idx[None] >= start[:, None]) & (idx[None] < (start + width)[:, None])).to(x.device)
+                keep &= ~(band[:, :, None] if axis == 1 else band[:, None, :])
+        return x * keep
 
 
 class AudioEncoder(nn.Module):
-    """1-D CNN on the raw waveform: a strided front end (25 ms windows, 10 ms hop at
-    16 kHz) learns a filterbank, then four conv blocks downsample by 4 each, and
-    global average + max pooling gives a fixed embedding whatever the clip length."""
+    """1-D CNN on the raw waveform.
 
-    def __init__(self, width: int = 64):
+    front end (Gabor filterbank → log compression, or the free strided conv) →
+    per-channel BatchNorm → SpecMask (training) → four 1-D conv blocks over time
+    (each halves the frame rate) → mean + max pooling over time.
+
+    (B, N) float waveform in [-1, 1] → (B, out_dim), out_dim = 2 · 4 · width.
+    """
+
+    def __init__(self, width: int = 64, frontend: str = "gabor", n_filters: int = 64, sample_rate: int = 16_000,
+                 spec_augment: bool = True):
         super().__init__()
-        self.out_dim = width * 8 * 2
-        layers: list[nn.Module] = [nn.Conv1d(1, width, kernel_size=400, stride=160, padding=200, bias=False),
-                                   nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
-        channels = width
-        for i in range(4):
-            out = width * 2 ** min(i + 1, 3)
+        if frontend not in AUDIO_FRONTENDS:
+            raise ValueError(f"audio frontend must be one of {AUDIO_FRONTENDS}, got {frontend!r}")
+        self.frontend_name = frontend
+        self.frontend = GaborFilterbank(n_filters, sample_rate) if frontend == "gabor" else ConvFrontEnd(n_filters)
+        self.norm = nn.BatchNorm1d(n_filters)  # per filter: log energies differ by tens of dB across bands
+        self.mask = SpecMask() if spec_augment else nn.Identity()
+        layers: list[nn.Module] = []
+        channels = n_filters
+        for out in (width * 2, width * 2, width * 4, width * 4):
             layers += [nn.Conv1d(channels, out, kernel_size=3, padding=1, bias=False), nn.BatchNorm1d(out),
                        nn.ReLU(inplace=True), nn.Conv1d(out, out, kernel_size=3, padding=1, bias=False),
-                       nn.BatchNorm1d(out), nn.ReLU(inplace=True), nn.MaxPool1d(4 if i < 3 else 2)]
+                       nn.BatchNorm1d(out), nn.ReLU(inplace=True), nn.MaxPool1d(2)]
             channels = out
         self.body = nn.Sequential(*layers)
+        self.out_dim = channels * 2
+
+    def features(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(B, N) → (B, n_filters, frames): normalised log band energies (gabor) or the
+        conv front end's activations."""
+        x = self.frontend(waveform)
+        if self.frontend_name == "gabor":
+            x = torch.log(x + 1e-8)  # -184 dB floor: silence is a constant, not -inf
+        return self.norm(x)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        """(B, N) float in [-1, 1] → (B, out_dim)."""
-        x = self.body(waveform.unsqueeze(1))
+        x = self.body(self.mask(self.features(waveform)))
         return torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=1)
 
 
@@ -77,10 +211,10 @@ def _resnet18(weights: str) -> nn.Module:
     if weights == "imagenet":
         path = Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE
         if not path.exists():
-            raise FileNotFoundError(
-                f"ImageNet weights for ResNet-18 need {path} (torchvision's {RESNET18_FILE}); nothing is "
-                f"downloaded at run time. Copy the file there, pass --video-weights PATH, or use "
-                f"--video-weights none.")
+            warnings.warn(f"ImageNet weights for ResNet-18 not found at {path} (torchvision's {RESNET18_FILE}); "
+                          f"nothing is downloaded at run time, so the video encoder starts from RANDOM weights. "
+                          f"Copy the file there or pass --video-weights PATH.", stacklevel=3)
+            return net
     else:
         path = Path(weights)
         if not path.exists():
@@ -131,11 +265,13 @@ class ModalityAttention(nn.Module):
     def project(self, audio: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.audio_proj(audio), self.video_proj(video)
 
-    def forward(self, a: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected (B, dim) embeddings → fused (B, dim) and weights (B, 2) [audio, video]."""
-        weights = torch.softmax(torch.cat([self.audio_score(a), self.video_score(v)], dim=1), dim=1)
+    def forward(self, a: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected (B, dim) embeddings → fused (B, dim), weights (B, 2) [audio, video]
+        and the scores (B, 2) [Wa·a, Wv·v] they are the softmax of."""
+        scores = torch.cat([self.audio_score(a), self.video_score(v)], dim=1)
+        weights = torch.softmax(scores, dim=1)
         fused = weights[:, :1] * a + weights[:, 1:] * v
-        return fused, weights
+        return fused, weights, scores
 
 
 @dataclass
@@ -144,6 +280,7 @@ class FusionOutput:
     weights: torch.Tensor  # (B, 2) [w_audio, w_video]; one-hot for unimodal models
     audio_logits: torch.Tensor | None  # auxiliary head on the audio embedding alone
     video_logits: torch.Tensor | None
+    scores: torch.Tensor | None = None  # (B, 2) attention scores [Wa·a, Wv·v]; None for unimodal models
 
 
 class FusionModel(nn.Module):
@@ -153,7 +290,8 @@ class FusionModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         dim = cfg.embed_dim
-        self.audio = AudioEncoder(cfg.audio_width) if cfg.modalities in ("both", "audio") else None
+        self.audio = (AudioEncoder(cfg.audio_width, cfg.audio_frontend, cfg.audio_filters, cfg.sample_rate,
+                                   cfg.spec_augment) if cfg.modalities in ("both", "audio") else None)
         self.video = VideoEncoder(cfg.video_weights) if cfg.modalities in ("both", "video") else None
         a_dim = self.audio.out_dim if self.audio else 1
         v_dim = self.video.out_dim if self.video else 1
@@ -171,8 +309,9 @@ class FusionModel(nn.Module):
         return a, v
 
     def forward_head(self, a: torch.Tensor | None, v: torch.Tensor | None) -> FusionOutput:
+        scores = None
         if a is not None and v is not None:
-            fused, weights = self.attention(a, v)
+            fused, weights, scores = self.attention(a, v)
         else:
             fused = a if a is not None else v
             weights = torch.zeros(fused.shape[0], 2, device=fused.device, dtype=fused.dtype)
@@ -182,20 +321,88 @@ class FusionModel(nn.Module):
             weights=weights,
             audio_logits=self.audio_head(self.dropout(a)) if a is not None else None,
             video_logits=self.video_head(self.dropout(v)) if v is not None else None,
+            scores=scores,
         )
 
     def forward(self, waveform: torch.Tensor | None, frames: torch.Tensor | None) -> FusionOutput:
         return self.forward_head(*self.forward_features(waveform, frames))
 
 
-def fusion_loss(out: FusionOutput, target: torch.Tensor, aux_weight: float) -> torch.Tensor:
-    """Cross-entropy on the fused logits plus ``aux_weight`` × each unimodal head's:
-    the auxiliary terms keep both encoders learning (modality imbalance)."""
-    loss = F.cross_entropy(out.logits, target)
-    for aux in (out.audio_logits, out.video_logits):
-        if aux is not None and aux_weight > 0:
-            loss = loss + aux_weight * F.cross_entropy(aux, target)
-    return loss
+@dataclass(frozen=True)
+class LossConfig:
+    aux_weight: float = 0.3  # × each unimodal head's cross-entropy: keeps both encoders learning
+    label_smoothing: float = 0.0
+    reliability_weight: float = 0.0  # × the attention reliability term (0 = off, the ablation)
+
+
+def soft_targets(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class indices (B,) or already-soft targets (B, C) (mixup) → (B, C) float."""
+    if target.ndim == 2:
+        return target.float()
+    return F.one_hot(target, num_classes).float()
+
+
+def modality_confidence(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Probability a head gives the target (expected under soft targets), detached."""
+    return (torch.softmax(logits.detach().float(), dim=1) * soft).sum(dim=1)
+
+
+def reliability_targets(out: FusionOutput, soft: torch.Tensor) -> torch.Tensor:
+    """Target audio weight per sample, from the unimodal heads' detached confidences in
+    the true class: ``c_a / (c_a + c_v)``. A muted track leaves the audio head at the
+    class prior (c_a ≈ 1/C) while the video head stays confident, so the target sends
+    the weight to video; clean clips where both heads are sure get 0.5. In the spirit
+    of QMF (Zhang et al., ICML 2023): the modality whose own head has the lower loss
+    should get the higher weight, here as a soft target rather than a ranking hinge."""
+    c_a = modality_confidence(out.audio_logits, soft)
+    c_v = modality_confidence(out.video_logits, soft)
+    return c_a / (c_a + c_v).clamp_min(1e-8)
+
+
+def reliability_loss(out: FusionOutput, soft: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy between the attention weights and :func:`reliability_targets`;
+    its gradient reaches both scores (Wa·a and Wv·v) through the softmax."""
+    t_a = reliability_targets(out, soft)
+    log_w = torch.log_softmax(out.scores.float(), dim=1)
+    return -(t_a * log_w[:, 0] + (1 - t_a) * log_w[:, 1]).mean()
+
+
+def attention_agrees(out: FusionOutput, reference: torch.Tensor) -> torch.Tensor:
+    """Attention agreement per clip (B,) bool: the modality with the higher attention
+    weight is the one whose own head gives the ``reference`` class the higher
+    probability. With the true class as reference (evaluation) this asks "did
+    attention trust the modality that knew the answer?"; without labels (labelling),
+    pass the fused prediction."""
+    c_a = torch.softmax(out.audio_logits.float(), dim=1).gather(1, reference[:, None])[:, 0]
+    c_v = torch.softmax(out.video_logits.float(), dim=1).gather(1, reference[:, None])[:, 0]
+    return (out.weights[:, 0] > out.weights[:, 1]) == (c_a > c_v)
+
+
+def _ce(logits: torch.Tensor, soft: torch.Tensor, smoothing: float) -> torch.Tensor:
+    if smoothing > 0:
+        soft = soft * (1 - smoothing) + smoothing / soft.shape[1]
+    return -(soft * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def fusion_loss(out: FusionOutput, target: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy on the fused logits (label smoothing optional), plus
+    ``aux_weight`` × each unimodal head's (modality imbalance: without them the
+    stronger modality starves the other's encoder), plus ``reliability_weight`` × the
+    attention reliability term. ``target``: class indices or soft (mixup) targets.
+    Returns the loss and its parts (floats, for logging)."""
+    soft = soft_targets(target, out.logits.shape[1])
+    loss = _ce(out.logits, soft, cfg.label_smoothing)
+    parts = {"fused": loss.item()}
+    for name, aux in (("audio", out.audio_logits), ("video", out.video_logits)):
+        if aux is not None and cfg.aux_weight > 0:
+            term = _ce(aux, soft, cfg.label_smoothing)
+            parts[name] = term.item()
+            loss = loss + cfg.aux_weight * term
+    if cfg.reliability_weight > 0 and out.scores is not None:
+        term = reliability_loss(out, soft)
+        parts["reliability"] = term.item()
+        loss = loss + cfg.reliability_weight * term
+    return loss, parts
 
 
 def warn_random_init(cfg: ModelConfig) -> None:

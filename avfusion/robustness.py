@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from avfusion.corruptions import CORRUPTIONS, apply
+from avfusion.model import FusionOutput, attention_agrees
 
 PAIRS = (("muted_audio", "gaussian_blur"), ("audio_gaussian_noise", "video_gaussian_noise"),
          ("traffic_noise", "fog"))
@@ -70,24 +71,36 @@ def corrupt(sample: dict, condition: Condition, seed: int) -> dict:
 
 @dataclass
 class Tally:
+    """Running accuracy and, for the fused model, per-clip attention weights (both
+    measured, so their per-clip sum is a check, not a definition) and agreement."""
+
     n: int = 0
     top1: int = 0
     top5: int = 0
     w_audio: list[float] = field(default_factory=list)
+    w_video: list[float] = field(default_factory=list)
+    agree: list[bool] = field(default_factory=list)
 
-    def add(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> None:
+    def add(self, out, target: torch.Tensor, fused: bool) -> None:
+        logits = out.logits.float().cpu()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         self.n += len(target)
         self.top1 += int((top5[:, 0] == target).sum())
         self.top5 += int((top5 == target[:, None]).any(dim=1).sum())
-        if weights is not None:
+        if fused:
+            weights = out.weights.float().cpu()
             self.w_audio += weights[:, 0].tolist()
+            self.w_video += weights[:, 1].tolist()
+            cpu = FusionOutput(logits, weights, out.audio_logits.float().cpu(), out.video_logits.float().cpu())
+            self.agree += attention_agrees(cpu, target).tolist()
 
     def summary(self) -> dict:
         out = {"n": self.n, "top1": self.top1 / max(self.n, 1), "top5": self.top5 / max(self.n, 1)}
         if self.w_audio:
-            wa = np.asarray(self.w_audio)
-            out.update(w_audio=float(wa.mean()), w_video=float(1 - wa.mean()), w_audio_std=float(wa.std()))
+            wa, wv = np.asarray(self.w_audio), np.asarray(self.w_video)
+            out.update(w_audio=float(wa.mean()), w_video=float(wv.mean()), w_audio_std=float(wa.std()),
+                       max_weight_sum_error=float(np.abs(wa + wv - 1).max()),
+                       agreement=float(np.mean(self.agree)))
         return out
 
 
@@ -115,8 +128,7 @@ def evaluate(models: dict[str, torch.nn.Module], batches, conds: list[Condition]
             for name, model in models.items():
                 m = model.cfg.modalities
                 out = model(wave if m != "video" else None, frames if m != "audio" else None)
-                tallies[cond.name][name].add(out.logits.float().cpu(), target,
-                                             out.weights.float().cpu() if m == "both" else None)
+                tallies[cond.name][name].add(out, target, fused=m == "both")
             if progress is not None:
                 progress.update(len(samples))
     return {c: {m: t.summary() for m, t in by_model.items()} for c, by_model in tallies.items()}
@@ -127,11 +139,12 @@ def evaluate(models: dict[str, torch.nn.Module], batches, conds: list[Condition]
 
 def markdown_table(results: dict[str, dict[str, dict]]) -> str:
     models = list(next(iter(results.values())))
-    head = ["condition", "w_audio", "w_video", *[f"top-1 {m}" for m in models], "top-5 fused"]
+    head = ["condition", "w_audio", "w_video", "agreement", *[f"top-1 {m}" for m in models], "top-5 fused"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cond, by_model in results.items():
         fused = by_model["fused"]
         cells = [cond, f"{fused.get('w_audio', float('nan')):.3f}", f"{fused.get('w_video', float('nan')):.3f}",
+                 f"{fused.get('agreement', float('nan')):.3f}",
                  *[f"{by_model[m]['top1']:.3f}" for m in models], f"{fused['top5']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -159,7 +172,8 @@ def plot(results: dict, out: Path) -> list[Path]:
     wa = [results[c]["fused"].get("w_audio", np.nan) for c in singles]
     x = np.arange(len(singles))
     ax.bar(x, wa, label="w_audio", color="#d95f02")
-    ax.bar(x, [1 - v for v in wa], bottom=wa, label="w_video", color="#1b9e77")
+    ax.bar(x, [results[c]["fused"].get("w_video", np.nan) for c in singles], bottom=wa, label="w_video",
+           color="#1b9e77")
     ax.axhline(results["normal"]["fused"].get("w_audio", np.nan), color="k", lw=0.8, ls="--", label="normal w_audio")
     ax.set_xticks(x, singles, rotation=70, ha="right", fontsize=8)
     ax.set_ylabel("mean attention")

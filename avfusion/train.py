@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 
@@ -23,8 +23,8 @@ from tqdm import tqdm
 from avfusion import __version__
 from avfusion.corruptions import Augment, AugmentConfig
 from avfusion.distributed import DistEnv
-from avfusion.model import FusionModel, ModelConfig, fusion_loss, warn_random_init
-from shards.loader import Dataset, loader, pipeline
+from avfusion.model import FusionModel, LossConfig, ModelConfig, fusion_loss, warn_random_init
+from shards.loader import Dataset, Subset, loader, pipeline, read_folds
 
 CHECKPOINT = "last.pt"
 
@@ -41,25 +41,67 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
-    aux_weight: float = 0.3
+    # model
     embed_dim: int = 256
     audio_width: int = 64
+    audio_frontend: str = "gabor"  # gabor | conv (ablation: the free strided conv)
+    audio_filters: int = 64
+    spec_augment: bool = True
     video_weights: str = "none"
     dropout: float = 0.2
+    # loss
+    aux_weight: float = 0.3
+    label_smoothing: float = 0.0
+    reliability_weight: float = 0.0  # attention reliability term (0 = off)
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of two clips' audio, frames and labels (0 = off)
+    mixup_prob: float = 0.5  # share of batches mixed when mixup_alpha > 0
+    # data
     workers: int = 2
     seed: int = 0
     compile: bool = False
     bf16: bool = True  # autocast on GPU only
     train_split: str = "train"
     val_split: str = "test"
+    folds: str | None = None  # k-fold: a `key,fold` CSV; validation = fold `fold`, training = the others
+    fold: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    @property
+    def loss(self) -> LossConfig:
+        return LossConfig(self.aux_weight, self.label_smoothing, self.reliability_weight)
 
-def build_model(cfg: TrainConfig, num_classes: int) -> FusionModel:
+
+def build_model(cfg: TrainConfig, num_classes: int, sample_rate: int = 16_000) -> FusionModel:
     model_cfg = ModelConfig(num_classes=num_classes, modalities=cfg.modalities, embed_dim=cfg.embed_dim,
-                            audio_width=cfg.audio_width, video_weights=cfg.video_weights, dropout=cfg.dropout)
+                            audio_width=cfg.audio_width, audio_frontend=cfg.audio_frontend,
+                            audio_filters=cfg.audio_filters, spec_augment=cfg.spec_augment,
+                            sample_rate=sample_rate, video_weights=cfg.video_weights, dropout=cfg.dropout)
     warn_random_init(model_cfg)
     return FusionModel(model_cfg)
+
+
+def subsets(cfg: TrainConfig) -> tuple[Subset, Subset]:
+    """(training, validation) sample selections: by split name, or by k-fold assignment."""
+    if cfg.folds:
+        folds = read_folds(cfg.folds)
+        return Subset(folds=folds, fold=cfg.fold, holdout=False), Subset(folds=folds, fold=cfg.fold, holdout=True)
+    return Subset(split=cfg.train_split), Subset(split=cfg.val_split)
+
+
+def mixup(batch, num_classes: int, alpha: float, prob: float):
+    """Mix each clip with another of the batch (a random permutation): waveform,
+    frames and one-hot labels with one weight lam ~ Beta(alpha, alpha) per batch,
+    folded to lam >= 0.5 so the first clip stays dominant. Drawn from torch's RNG
+    (carried by checkpoints). Returns the batch and its (B, C) soft targets."""
+    soft = torch.nn.functional.one_hot(batch.target, num_classes).float()
+    if alpha <= 0 or torch.rand(()) >= prob:
+        return batch, soft
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    lam = max(lam, 1 - lam)
+    perm = torch.randperm(len(batch.target))
+    wave = lam * batch.waveform + (1 - lam) * batch.waveform[perm]
+    frames = (lam * batch.frames.float() + (1 - lam) * batch.frames[perm].float()).round().to(torch.uint8)
+    return replace(batch, waveform=wave, frames=frames), lam * soft + (1 - lam) * soft[perm]
 
 
 def _lr_lambda(total: int, warmup: int):
@@ -95,14 +137,14 @@ def model_from_checkpoint(path: str | Path) -> tuple[FusionModel, dict]:
 
 
 @torch.no_grad()
-def evaluate(model, urls, cfg: TrainConfig, dist: DistEnv, split: str, label_map: dict[str, int]) -> dict:
-    """Loss, top-1/top-5 and mean attention (overall and per class) on ``split``. Each
+def evaluate(model, urls, cfg: TrainConfig, dist: DistEnv, subset: Subset, label_map: dict[str, int]) -> dict:
+    """Loss, top-1/top-5 and mean attention (overall and per class) on ``subset``. Each
     rank reads its share of the shards and the sums are all-reduced once at the end
     (no per-batch collective, so uneven shares cannot hang)."""
     model.eval()
     c = len(label_map)
     sums = torch.zeros(4 + 3 * c, dtype=torch.float64)  # n, loss, top1, top5 | per class: n, w_a, w_v
-    for batch in loader(pipeline(urls, cfg.batch_size, split=split, train=False), cfg.workers):
+    for batch in loader(pipeline(urls, cfg.batch_size, split=subset, train=False), cfg.workers):
         batch = batch.to(dist.device)
         labelled = batch.target >= 0
         if not labelled.any():
@@ -144,12 +186,14 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     data = Dataset.open(cfg.shards)
-    n_train = data.count(cfg.train_split)
+    train_subset, val_subset = subsets(cfg)
+    n_train = train_subset.count(data)
     if n_train == 0:
-        raise ValueError(f"{cfg.shards} has no '{cfg.train_split}' samples")
+        raise ValueError(f"{cfg.shards} has no training samples ({train_subset.describe()})")
     steps = cfg.steps_per_epoch or max(1, n_train // (cfg.batch_size * dist.world))
     total = steps * cfg.epochs
-    model = build_model(cfg, len(data.label_map)).to(dist.device)
+    num_classes, sample_rate = len(data.label_map), data.manifest["config"]["clip"]["sample_rate"]
+    model = build_model(cfg, num_classes, sample_rate).to(dist.device)
     if dist.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -179,16 +223,16 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        t0, seen, loss_sum = time.time(), 0, 0.0
+        t0, seen, loss_sum, part_sums = time.time(), 0, 0.0, {}
         seed = cfg.seed * 100_003 + epoch
-        ds = pipeline(data.urls, cfg.batch_size, split=cfg.train_split, train=True, seed=seed,
-                      augment=Augment(cfg.augment, seed), batches_per_epoch=per_worker)
+        ds = pipeline(data.urls, cfg.batch_size, split=train_subset, train=True, seed=seed,
+                      augment=Augment(cfg.augment, seed, sample_rate), batches_per_epoch=per_worker)
         bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not dist.is_main, leave=False)
         for batch in islice(loader(ds, cfg.workers), steps):
-            batch = batch.to(dist.device)
+            batch, target = mixup(batch.to(dist.device), num_classes, cfg.mixup_alpha, cfg.mixup_prob)
             with _autocast(cfg, dist):
                 output = net(batch.waveform, batch.frames)
-                loss = fusion_loss(output, batch.target, cfg.aux_weight)
+                loss, parts = fusion_loss(output, target, cfg.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -198,13 +242,17 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
             seen += len(batch.keys)
             loss_sum += loss.item() * len(batch.keys)
             bar.update(1)
+            for k, v in parts.items():
+                part_sums[k] = part_sums.get(k, 0.0) + v * len(batch.keys)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         bar.close()
         seconds = time.time() - t0
-        n, loss_total = dist.all_reduce_sum([seen, loss_sum])
+        part_names = sorted(part_sums)
+        n, loss_total, *part_totals = dist.all_reduce_sum([seen, loss_sum, *(part_sums[k] for k in part_names)])
         metrics = {"epoch": epoch, "step": step, "train_loss": loss_total / max(n, 1),
+                   **{f"loss_{k}": v / max(n, 1) for k, v in zip(part_names, part_totals)},
                    "lr": sched.get_last_lr()[0], "samples_per_s": n / max(seconds, 1e-9),
-                   **evaluate(model, data.urls, cfg, dist, cfg.val_split, data.label_map)}
+                   **evaluate(model, data.urls, cfg, dist, val_subset, data.label_map)}
         if dist.is_main:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")

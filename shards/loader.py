@@ -13,7 +13,7 @@ Evaluation reads each shard once (``split_by_node``), with no resampling.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,7 @@ class Dataset:
 
     urls: list[str]
     manifest: dict
+    root: str = ""
 
     @classmethod
     def open(cls, root_url: str) -> Dataset:
@@ -51,7 +52,7 @@ class Dataset:
         with fs.open(f"{root}/{MANIFEST}") as f:
             manifest = json.load(f)
         base = root_url.rstrip("/")
-        return cls([f"{base}/{s['tar']}" for s in manifest["shards"] if s["count"]], manifest)
+        return cls([f"{base}/{s['tar']}" for s in manifest["shards"] if s["count"]], manifest, base)
 
     @property
     def label_map(self) -> dict[str, int]:
@@ -62,11 +63,82 @@ class Dataset:
             return self.manifest["num_samples"]
         return self.manifest["by_split"].get(split, 0)
 
+    def keys(self) -> list[str] | None:
+        """Every sample's clip key, from the shards' stats files (None if unreadable)."""
+        fs, root = fs_and_root(self.root)
+        keys: list[str] = []
+        for shard in self.manifest["shards"]:
+            stats = f"{root}/{shard['tar'][:-len('.tar')]}_stats.json"
+            try:
+                with fs.open(stats) as f:
+                    keys += json.load(f)["keys"]
+            except (OSError, KeyError, ValueError):
+                return None
+        return keys
 
-def _split_is(split: str | None) -> Callable[[dict], bool]:
-    def keep(sample: dict) -> bool:
-        return split is None or json.loads(sample["json"]).get("split") == split
-    return keep
+
+@dataclass(frozen=True)
+class Subset:
+    """Which samples a pipeline keeps: those of one split (the ``split`` field of each
+    sample's metadata; None keeps all), or, for k-fold cross-validation, the samples
+    whose clip is in fold ``fold`` (``holdout=True``, validation) or in any other fold
+    (training). Fold maps name clips by key (``avf_dog_01_000000``) or by id
+    (``avf_dog_01``); a clip missing from the map is in no fold and never used."""
+
+    split: str | None = None
+    folds: Mapping[str, int] | None = None
+    fold: int = 0
+    holdout: bool = False
+
+    def fold_of(self, key: str) -> int | None:
+        assert self.folds is not None
+        if key in self.folds:
+            return self.folds[key]
+        stem, _, start = key.rpartition("_")
+        return self.folds.get(stem) if start.isdigit() else None
+
+    def keeps(self, key: str, split: str | None) -> bool:
+        if self.folds is None:
+            return self.split is None or split == self.split
+        f = self.fold_of(key)
+        return f is not None and (f == self.fold) == self.holdout
+
+    def __call__(self, sample: dict) -> bool:
+        meta = json.loads(sample["json"])
+        return self.keeps(meta.get("key", sample["__key__"]), meta.get("split"))
+
+    def count(self, data: Dataset) -> int:
+        """Samples in ``data`` this subset keeps (from the manifest, without reading tars)."""
+        if self.folds is None:
+            return data.count(self.split)
+        keys = data.keys()
+        if keys is None:  # manifests without keys: count the fold map itself
+            return sum((f == self.fold) == self.holdout for f in self.folds.values())
+        return sum(self.keeps(k, None) for k in keys)
+
+    def describe(self) -> str:
+        if self.folds is None:
+            return f"split {self.split!r}"
+        return f"{'fold' if self.holdout else 'all folds but'} {self.fold} of {len(set(self.folds.values()))}"
+
+
+def read_folds(url: str) -> dict[str, int]:
+    """A k-fold assignment: CSV rows ``clip,fold`` (no header; clip = key or id)."""
+    import csv
+    import io
+
+    import fsspec
+
+    with fsspec.open(url, "rt") as f:
+        rows = [r for r in csv.reader(io.StringIO(f.read())) if r and not r[0].startswith("#")]
+    try:
+        return {r[0].strip(): int(r[1]) for r in rows}
+    except (IndexError, ValueError) as exc:
+        raise ValueError(f"{url}: folds file rows must be `clip,fold`: {exc}") from exc
+
+
+def _split_is(split: str | Subset | None) -> Callable[[dict], bool]:
+    return split if isinstance(split, Subset) else Subset(split=split)
 
 
 def decode(sample: dict) -> dict:
@@ -81,7 +153,7 @@ def collate(samples: list[dict]) -> Batch:
                  [s["key"] for s in samples])
 
 
-def pipeline(urls: list[str], batch_size: int, *, split: str | None, train: bool, seed: int = 0,
+def pipeline(urls: list[str], batch_size: int, *, split: str | Subset | None, train: bool, seed: int = 0,
              shuffle_buffer: int = 256, augment: Callable[[dict], dict] | None = None,
              batches_per_epoch: int | None = None, collation_fn: Callable = collate) -> wds.DataPipeline:
     """The stage list. ``train`` resamples shards and needs ``batches_per_epoch`` (per

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from avfusion.model import (AudioEncoder, FusionModel, ModalityAttention, ModelConfig, VideoEncoder, fusion_loss)
+from avfusion.model import (AudioEncoder, FusionModel, LossConfig, ModalityAttention, ModelConfig, VideoEncoder,
+                            fusion_loss)
 
 
 def _inputs(b=3, n=32_000, t=4, s=64):
@@ -12,11 +13,12 @@ def _inputs(b=3, n=32_000, t=4, s=64):
 
 def test_encoders_declare_their_output_size():
     wave, frames = _inputs()
-    assert AudioEncoder(16)(wave).shape == (3, AudioEncoder(16).out_dim)
+    for frontend in ("gabor", "conv"):
+        assert AudioEncoder(16, frontend, n_filters=24)(wave).shape == (3, AudioEncoder(16).out_dim)
     assert VideoEncoder()(frames).shape == (3, VideoEncoder.out_dim)
     a, v = torch.randn(3, 8), torch.randn(3, 8)
-    fused, w = ModalityAttention(8, 8, 8)(a, v)
-    assert fused.shape == (3, 8) and w.shape == (3, 2)
+    fused, w, scores = ModalityAttention(8, 8, 8)(a, v)
+    assert fused.shape == (3, 8) and w.shape == (3, 2) and scores.shape == (3, 2)
 
 
 def test_fusion_outputs_and_attention_sum_to_one():
@@ -35,8 +37,9 @@ def test_fusion_outputs_and_attention_sum_to_one():
 def test_fused_weights_follow_the_formula():
     att = ModalityAttention(4, 4, 4)
     a, v = torch.randn(2, 4), torch.randn(2, 4)
-    fused, w = att(a, v)
+    fused, w, out_scores = att(a, v)
     scores = torch.cat([att.audio_score(a), att.video_score(v)], dim=1)
+    torch.testing.assert_close(out_scores, scores)
     torch.testing.assert_close(w, torch.softmax(scores, dim=1))
     torch.testing.assert_close(fused, w[:, :1] * a + w[:, 1:] * v)
 
@@ -44,7 +47,9 @@ def test_fused_weights_follow_the_formula():
 def test_gradient_reaches_both_encoders():
     model = FusionModel(ModelConfig(num_classes=4, embed_dim=16, audio_width=8))
     out = model(*_inputs(b=2))
-    fusion_loss(out, torch.tensor([1, 3]), aux_weight=0.3).backward()
+    loss, parts = fusion_loss(out, torch.tensor([1, 3]), LossConfig(aux_weight=0.3))
+    assert set(parts) == {"fused", "audio", "video"}
+    loss.backward()
     for part in (model.audio, model.video, model.attention.audio_score, model.attention.video_score):
         grads = [p.grad for p in part.parameters() if p.requires_grad]
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -61,10 +66,23 @@ def test_unimodal_baselines(modality, weights):
     assert (model.audio is None) == (modality == "video") and (model.video is None) == (modality == "audio")
 
 
-def test_imagenet_weights_missing_is_a_clear_error(tmp_path, monkeypatch):
+def test_imagenet_weights_missing_warns_and_starts_random(tmp_path, monkeypatch):
+    """Nothing is downloaded at run time: without the file, a clear warning and random init."""
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="resnet18-f37072fd.pth"):
-        FusionModel(ModelConfig(num_classes=2, video_weights="imagenet"))
+    with pytest.warns(UserWarning, match="resnet18-f37072fd.pth.*RANDOM"):
+        model = FusionModel(ModelConfig(num_classes=2, video_weights="imagenet"))
+    assert model.video is not None
+
+
+def test_imagenet_weights_load_from_the_torch_cache(tmp_path, monkeypatch):
+    from torchvision.models import resnet18
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    state = resnet18(weights=None).state_dict()
+    torch.save(state, tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    model = FusionModel(ModelConfig(num_classes=2, video_weights="imagenet"))
+    torch.testing.assert_close(model.video.backbone.conv1.weight, state["conv1.weight"])
 
 
 def test_video_weights_from_a_file(tmp_path):

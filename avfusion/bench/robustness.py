@@ -1,127 +1,251 @@
 """``avfusion bench robustness``: does attention move to the modality that still works?
 
-On the class-conditional synthetic set (classes carried by audio only, video only or
-both) and on the bundled real sample set, train four models with identical settings:
-fused (modality dropout on), fused with modality dropout off (ablation), audio-only
-and video-only. Then evaluate on the test split under clean input, muted audio,
-blurred video (severity 3 and 5) and black frames, and report:
+k-fold cross-validation on the bundled real sample set (its ``folds.csv`` keeps every
+recording and picture inside one fold) and on the class-conditional synthetic set
+(classes carried by audio only, video only or both). In each fold, three models are
+trained with the same recipe (``--config``, default ``small``): fused, audio-only and
+video-only. Each is evaluated on the held-out fold under clean input, muted audio,
+black frames, blur and noise at severity 5 and the default corruption suite, and the
+bench reports, as mean ± spread over folds:
 
-* Δw_audio when audio is muted (target ≤ −0.4), Δw_video when video is blurred at
-  severity 5 (target ≤ −0.3);
-* fused accuracy under each single-modality corruption as a fraction of the unimodal
-  model on the intact modality (target ≥ 0.9);
-* fused vs both unimodal models on clean input (target: fused ≥ both).
+* top-1 of fused, audio-only and video-only (goal: fused ≥ best unimodal + 0.05);
+* mean attention under each condition and its shift from clean input (goals: muted
+  audio w_audio ≤ 0.15, black frames w_video ≤ 0.15, a destroying corruption moves
+  ≥ 0.2 of the weight);
+* fused accuracy with a modality missing as a fraction of the unimodal model on the
+  other (goal ≥ 0.9), and averaged over the corruption suite vs each unimodal model;
+* attention agreement (the higher-weighted modality's own head is the one more
+  confident in the true class).
+
+``--ablations`` also trains the fused model with each ingredient of the recipe off
+(free conv front end instead of the Gabor filterbank, no content augmentation, no
+mixup, no modality dropout, no reliability term) and reports the same figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from avfusion.bench.common import build_shards, print_table
 
-CONDITIONS = ("normal", "muted_audio", "gaussian_blur@3", "gaussian_blur@5", "black_frames")
+KEY_CONDITIONS = ("normal", "muted_audio", "audio_gaussian_noise@5", "black_frames", "gaussian_blur@5",
+                  "video_gaussian_noise@5")
+
+ABLATIONS = {
+    "conv front end": lambda c: replace(c, audio_frontend="conv"),
+    "no content augmentation": lambda c: replace(c, augment=replace(c.augment, content=False), spec_augment=False),
+    "no mixup": lambda c: replace(c, mixup_alpha=0.0),
+    "no modality dropout": lambda c: replace(c, augment=replace(c.augment, p_audio=0.0, p_video=0.0)),
+    "no reliability term": lambda c: replace(c, reliability_weight=0.0),
+}
 
 
-def train_models(shards: str, out: Path, epochs: int, seed: int, batch: int) -> dict[str, Path]:
-    from avfusion.corruptions import AugmentConfig
+def recipe(config: str, shards: str, epochs: int | None, seed: int):
+    """The TrainConfig of a preset or YAML (its train: section) for these shards."""
+    from avfusion.config import from_dict, load_yaml
+    from avfusion.train import TrainConfig
+
+    data = dict(load_yaml(config).get("train") or {})
+    data.update(shards=shards, out="", seed=seed, workers=1)
+    if epochs:
+        data["epochs"] = epochs
+    return from_dict(TrainConfig, data, prefix="train")
+
+
+def write_folds(labels_csv: Path, out: Path, k: int) -> Path:
+    """A stratified k-fold assignment for a set without one: clip i of each class goes
+    to fold i mod k (the synthetic clips are independent draws, so nothing leaks)."""
+    per_class: dict[str, int] = {}
+    rows = []
+    with open(labels_csv, newline="") as f:
+        for clip_id, _start, label, _split in csv.reader(f):
+            i = per_class.get(label, 0)
+            per_class[label] = i + 1
+            rows.append((clip_id, i % k))
+    with open(out, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return out
+
+
+def run_fold(base, folds: str, fold: int, out: Path, variants: dict, suite: bool, seed: int) -> dict:
+    """Train every variant on all folds but ``fold``; evaluate on ``fold``."""
     from avfusion.distributed import DistEnv
-    from avfusion.train import TrainConfig, train
+    from avfusion.robustness import Condition, conditions, evaluate
+    from avfusion.train import model_from_checkpoint, train
+    from shards.loader import Dataset, Subset, loader, pipeline, read_folds
 
     dist = DistEnv(0, 1, 0, torch.device("cpu"))
-    base = TrainConfig(shards=shards, out="", epochs=epochs, batch_size=batch, embed_dim=64, audio_width=16,
-                       lr=3e-3, workers=1, seed=seed)
-    variants = {
-        "fused": base,
-        "fused, no modality dropout": replace(base, augment=AugmentConfig(enabled=False)),
-        "audio-only": replace(base, modalities="audio"),
-        "video-only": replace(base, modalities="video"),
-    }
-    paths = {}
+    models = {}
     for name, cfg in variants.items():
-        run = out / name.replace(" ", "_").replace(",", "")
-        print(f"training {name} ...", flush=True)
-        train(replace(cfg, out=str(run)), dist)
-        paths[name] = run / "last.pt"
-    return paths
+        run = out / f"fold{fold}" / name.replace(" ", "_").replace(",", "")
+        t0 = time.time()
+        metrics = train(replace(cfg, out=str(run), folds=folds, fold=fold), dist)
+        print(f"  fold {fold} {name:<26} top-1 {metrics.get('val_top1', float('nan')):.3f} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+        models[name] = model_from_checkpoint(run / "last.pt")[0]
+    data = Dataset.open(base.shards)
+    holdout = Subset(folds=read_folds(folds), fold=fold, holdout=True)
+    batches = list(loader(pipeline(data.urls, 16, split=holdout, train=False, collation_fn=lambda xs: xs), 0))
+    conds = [Condition.parse(c) for c in KEY_CONDITIONS]
+    if suite:
+        conds += [c for c in conditions("default") if c.name not in KEY_CONDITIONS]
+    fused = {n: m for n, m in models.items() if m.cfg.modalities == "both"}
+    unimodal = {n: m for n, m in models.items() if m.cfg.modalities != "both"}
+    results = {}
+    for name, model in fused.items():  # each fused variant beside the same unimodal models
+        res = evaluate({"fused": model, **unimodal}, batches, conds if name == "fused" else conds[:6], seed=seed)
+        results[name] = res
+    return results
 
 
-def evaluate_models(paths: dict[str, Path], shards: str, seed: int) -> dict:
-    from avfusion.robustness import Condition, evaluate
-    from avfusion.train import model_from_checkpoint
-    from shards.loader import Dataset, loader, pipeline
+def fold_figures(res: dict) -> dict[str, float]:
+    """The figures the goals name, for one fold and one fused variant."""
+    f = {c: r["fused"] for c, r in res.items()}
+    acc = {c: {m: v["top1"] for m, v in r.items()} for c, r in res.items()}
+    out = {"top1 fused": acc["normal"]["fused"], "agreement": f["normal"]["agreement"],
+           "w_audio normal": f["normal"]["w_audio"], "w_audio muted": f["muted_audio"]["w_audio"],
+           "w_audio audio noise@5": f["audio_gaussian_noise@5"]["w_audio"],
+           "w_video black": f["black_frames"]["w_video"], "w_video blur@5": f["gaussian_blur@5"]["w_video"],
+           "w_video video noise@5": f["video_gaussian_noise@5"]["w_video"]}
+    if "audio-only" in acc["normal"]:
+        out.update({"top1 audio-only": acc["normal"]["audio-only"], "top1 video-only": acc["normal"]["video-only"],
+                    "muted / video-only": acc["muted_audio"]["fused"] / max(acc["normal"]["video-only"], 1e-9),
+                    "black / audio-only": acc["black_frames"]["fused"] / max(acc["normal"]["audio-only"], 1e-9)})
+        corrupted = [c for c in res if c != "normal"]
+        if len(corrupted) > 5:
+            for m in ("fused", "audio-only", "video-only"):
+                out[f"suite mean top1 {m}"] = float(np.mean([acc[c][m] for c in corrupted]))
+    return out
 
-    models = {name: model_from_checkpoint(p)[0] for name, p in paths.items()}
-    data = Dataset.open(shards)
-    batches = list(loader(pipeline(data.urls, 16, split="test", train=False, collation_fn=lambda xs: xs), 0))
-    return evaluate(models, batches, [Condition.parse(c) for c in CONDITIONS], seed=seed)
+
+def aggregate(per_fold: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    keys = per_fold[0].keys()
+    return {k: (float(np.mean([f[k] for f in per_fold])), float(np.std([f[k] for f in per_fold]))) for k in keys}
 
 
-def summarise(title: str, results: dict) -> dict:
-    def acc(cond, model):
-        return results[cond][model]["top1"]
+def goals(agg: dict[str, tuple[float, float]]) -> list[tuple[str, str, bool]]:
+    m = {k: v[0] for k, v in agg.items()}
+    best = max(m["top1 audio-only"], m["top1 video-only"])
+    rows = [("fused ≥ best unimodal + 0.05", f"{m['top1 fused']:.3f} vs {best:.3f}", m["top1 fused"] >= best + 0.05),
+            ("audio-only far above chance", f"{m['top1 audio-only']:.3f}", True),
+            ("muted audio: w_audio ≤ 0.15", f"{m['w_audio muted']:.3f}", m["w_audio muted"] <= 0.15),
+            ("black frames: w_video ≤ 0.15", f"{m['w_video black']:.3f}", m["w_video black"] <= 0.15),
+            ("muted: fused ≥ 0.9 × video-only", f"{m['muted / video-only']:.3f}", m["muted / video-only"] >= 0.9),
+            ("black: fused ≥ 0.9 × audio-only", f"{m['black / audio-only']:.3f}", m["black / audio-only"] >= 0.9)]
+    w_v = 1 - m["w_audio normal"]
+    for name, key, base in (("blur@5", "w_video blur@5", w_v), ("video noise@5", "w_video video noise@5", w_v),
+                            ("audio noise@5", "w_audio audio noise@5", m["w_audio normal"])):
+        rows.append((f"{name} moves ≥ 0.2 of the weight", f"{m[key] - base:+.3f}", base - m[key] >= 0.2))
+    if "suite mean top1 fused" in m:
+        s = m["suite mean top1 fused"]
+        rows.append(("suite mean: fused ≥ each unimodal",
+                     f"{s:.3f} vs {m['suite mean top1 audio-only']:.3f} / {m['suite mean top1 video-only']:.3f}",
+                     s >= m["suite mean top1 audio-only"] and s >= m["suite mean top1 video-only"]))
+    return rows
 
-    def w(cond, model, key="w_audio"):
-        return results[cond][model][key]
 
-    rows, summary = [], {}
-    for fused in ("fused", "fused, no modality dropout"):
-        d_audio_muted = w("muted_audio", fused) - w("normal", fused)
-        d_video_blur3 = w("gaussian_blur@3", fused, "w_video") - w("normal", fused, "w_video")
-        d_video_blur5 = w("gaussian_blur@5", fused, "w_video") - w("normal", fused, "w_video")
-        d_video_black = w("black_frames", fused, "w_video") - w("normal", fused, "w_video")
-        muted_ratio = acc("muted_audio", fused) / max(acc("normal", "video-only"), 1e-9)
-        blur_ratio = acc("gaussian_blur@5", fused) / max(acc("normal", "audio-only"), 1e-9)
-        black_ratio = acc("black_frames", fused) / max(acc("normal", "audio-only"), 1e-9)
-        summary[fused] = dict(d_w_audio_muted=d_audio_muted, d_w_video_blur3=d_video_blur3,
-                              d_w_video_blur5=d_video_blur5, d_w_video_black=d_video_black,
-                              muted_vs_video_only=muted_ratio, blur5_vs_audio_only=blur_ratio,
-                              black_vs_audio_only=black_ratio, clean_top1=acc("normal", fused))
-        rows.append((fused, w("normal", fused), d_audio_muted, d_video_blur3, d_video_blur5, d_video_black,
-                     muted_ratio, blur_ratio, black_ratio))
-    print_table(f"{title}: attention shifts and accuracy ratios", rows,
-                ("model", "w_audio clean", "dw_a muted", "dw_v blur@3", "dw_v blur@5", "dw_v black",
-                 "muted/video-only", "blur@5/audio-only", "black/audio-only"))
-    acc_rows = [(m, *[acc(c, m) for c in CONDITIONS]) for m in results["normal"]]
-    print_table(f"{title}: top-1 per condition", acc_rows, ("model", *CONDITIONS))
-    summary["clean"] = {m: acc("normal", m) for m in results["normal"]}
-    return summary
+def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> dict:
+    base = recipe(args.config, shards, args.epochs, args.seed)
+    variants = {"fused": base, "audio-only": replace(base, modalities="audio"),
+                "video-only": replace(base, modalities="video")}
+    if args.ablations:
+        variants.update({f"fused, {name}": change(base) for name, change in ABLATIONS.items()})
+    print(f"\n== {title}: {k}-fold, recipe {args.config}, {base.epochs} epochs, {len(variants)} models per fold ==",
+          flush=True)
+    per_fold: dict[str, list] = {}
+    for fold in range(k):
+        for variant, res in run_fold(base, str(folds), fold, out, variants, not args.no_suite, args.seed).items():
+            per_fold.setdefault(variant, []).append(fold_figures(res))
+    agg = {v: aggregate(f) for v, f in per_fold.items()}
+    main = agg["fused"]
+    print_table(f"{title}: {k}-fold mean ± spread (std over folds)",
+                [(k_, f"{m:.3f} ± {s:.3f}") for k_, (m, s) in main.items()], ("figure", "value"))
+    print_table(f"{title}: goals", goals(main), ("goal", "measured", "met"))
+    if len(agg) > 1:
+        cols = ("top1 fused", "w_audio muted", "w_video black", "w_video blur@5", "agreement")
+        print_table(f"{title}: ablation (fused model, each ingredient off; mean over folds)",
+                    [(v, *[a[c][0] for c in cols]) for v, a in agg.items()], ("variant", *cols))
+    return {"folds": k, "recipe": args.config, "epochs": base.epochs, "per_fold": per_fold,
+            "mean_std": {v: {k_: list(ms) for k_, ms in a.items()} for v, a in agg.items()}}
+
+
+def plot(report: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(report)
+    fig, axes = plt.subplots(1, 2 * len(sets), figsize=(6.5 * len(sets) * 2 / 2, 3.8), squeeze=False)
+    for i, name in enumerate(sets):
+        ms = report[name]["mean_std"]["fused"]
+        ax = axes[0, 2 * i]
+        bars = ["top1 fused", "top1 audio-only", "top1 video-only"]
+        ax.bar(range(3), [ms[b][0] for b in bars], yerr=[ms[b][1] for b in bars], color=["#7570b3", "#d95f02",
+                                                                                         "#1b9e77"])
+        ax.set_xticks(range(3), ["fused", "audio-only", "video-only"])
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name}: top-1 ({report[name]['folds']}-fold)", fontsize=9)
+        ax = axes[0, 2 * i + 1]
+        conds = [("normal", "w_audio normal"), ("muted", "w_audio muted"), ("audio noise@5", "w_audio audio noise@5"),
+                 ("black", "w_video black"), ("blur@5", "w_video blur@5"), ("video noise@5", "w_video video noise@5")]
+        wa = [ms[k][0] if k.startswith("w_audio") else 1 - ms[k][0] for _, k in conds]
+        ax.bar(range(len(conds)), wa, color="#d95f02", label="w_audio")
+        ax.bar(range(len(conds)), [1 - w for w in wa], bottom=wa, color="#1b9e77", label="w_video")
+        ax.set_xticks(range(len(conds)), [c for c, _ in conds], rotation=40, ha="right", fontsize=8)
+        ax.set_title(f"{name}: mean attention", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="avfusion bench robustness", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="small", help="training recipe: preset name or YAML (default small)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--folds", type=int, default=5, help="k of k-fold (the real set ships 5 folds; fewer uses the first k as test folds)")
     p.add_argument("--per-class", type=int, default=24, help="synthetic clips per class (6 classes)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--sample-epochs", type=int, default=15, help="epochs on the bundled real sample set")
-    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ablations", action="store_true", help="also train the fused model with each ingredient off")
+    p.add_argument("--no-suite", action="store_true", help="skip the default corruption suite (key conditions only)")
+    p.add_argument("--skip-synthetic", action="store_true")
     p.add_argument("--skip-sample-set", action="store_true")
     p.add_argument("--out", type=Path, help="keep runs and results here (default: a temp dir)")
     args = p.parse_args(argv)
     from avfusion import sample_data
-    from avfusion.config import ClipSpec
+    from avfusion.config import ClipSpec, load_section
     from avfusion.synth import SynthSpec, make_class_conditional_set
 
+    torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         report = {}
-        make_class_conditional_set(root / "synth", args.per_class, SynthSpec(width=64, height=64, duration=2.0, fps=8,
-                                                                             sample_rate=16_000), seed=args.seed)
-        shards = build_shards(root / "synth", root / "synth" / "labels.csv", root / "synth_shards",
-                              ClipSpec(clip_seconds=2.0, frame_size=64))
-        paths = train_models(shards, root / "synth_runs", args.epochs, args.seed, args.batch_size)
-        report["synthetic"] = summarise("Synthetic class-conditional set", evaluate_models(paths, shards, args.seed))
+        frame_size = load_section(ClipSpec, args.config, "clip").frame_size
+        if not args.skip_synthetic:
+            spec = SynthSpec(width=64, height=64, duration=2.0, fps=8, sample_rate=16_000)
+            make_class_conditional_set(root / "synth", args.per_class, spec, seed=args.seed)
+            shards = build_shards(root / "synth", root / "synth" / "labels.csv", root / "synth_shards",
+                                  ClipSpec(clip_seconds=2.0, frame_size=frame_size))
+            folds = write_folds(root / "synth" / "labels.csv", root / "synth" / "folds.csv", args.folds)
+            report["synthetic"] = run_set("Synthetic class-conditional set", shards, folds, args.folds, args,
+                                          root / "synth_runs")
         if not args.skip_sample_set:
             shards = build_shards(sample_data.clips_dir(), sample_data.labels_csv(), root / "sample_shards",
-                                  ClipSpec(frame_size=64), shard_size=12)
-            paths = train_models(shards, root / "sample_runs", args.sample_epochs, args.seed, 8)
-            report["sample_set"] = summarise("Bundled real sample set", evaluate_models(paths, shards, args.seed))
+                                  ClipSpec(frame_size=frame_size), shard_size=32)
+            report["bundled real set"] = run_set("Bundled real sample set", shards, sample_data.folds_csv(),
+                                                 args.folds, args, root / "sample_runs")
         (root / "bench_robustness.json").write_text(json.dumps(report, indent=1))
-        print(f"\nresults: {root / 'bench_robustness.json'}")
-        print("targets: dw_a muted <= -0.4, dw_v blur@5 <= -0.3, ratios >= 0.9, fused clean >= both unimodal")
+        plot(report, root / "bench_robustness.png")
+        print(f"\nresults: {root / 'bench_robustness.json'}, plot: {root / 'bench_robustness.png'}")
     return 0

@@ -21,3 +21,7 @@ def labels_csv() -> Path:
 
 def sources_md() -> Path:
     return _HERE / "SOURCES.md"
+
+
+def folds_csv() -> Path:
+    return _HERE / "folds.csv"

@@ -1,0 +1,192 @@
+"""The training recipe of issue 10: mel-initialised filterbank, augmentations,
+reliability term, presets, k-fold subsets and attention agreement."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from avfusion.corruptions import (Augment, AugmentConfig, augment_content, color_jitter, random_resized_crop,
+                                  shift_and_gain, temporal_crop)
+from avfusion.model import (FusionModel, FusionOutput, GaborFilterbank, LossConfig, ModelConfig, SpecMask,
+                            attention_agrees, fusion_loss, hz_to_mel, mel_filter_params, reliability_loss, reliability_targets)
+
+
+def test_gabor_filterbank_starts_on_the_mel_scale():
+    fb = GaborFilterbank(n_filters=40, sample_rate=16_000, f_min=60, f_max=7800)
+    centres = fb.centre_hz().numpy()
+    mels = np.array([hz_to_mel(f) for f in centres])
+    steps = np.diff(mels)
+    assert np.allclose(steps, steps.mean(), rtol=1e-3), "centres equally spaced in mel"
+    assert 60 < centres[0] < 200 and 7000 < centres[-1] < 7800
+    # Each filter's measured frequency response peaks at its mel centre ...
+    kernels = fb.kernels().detach()[:, 0].numpy()
+    complex_k = kernels[:40] + 1j * kernels[40:]
+    n_fft = 16_000  # 1 Hz bins
+    response = np.abs(np.fft.fft(complex_k, n=n_fft, axis=1))
+    freqs = np.fft.fftfreq(n_fft, 1 / 16_000)
+    peaks = np.abs(freqs[response.argmax(axis=1)])
+    assert np.allclose(peaks, centres, atol=3.0)
+    # ... with the full width at half maximum of the triangular mel filter it replaces
+    # (except the lowest bands, whose windows the kernel length clamps).
+    _, mel_fwhm = mel_filter_params(40, 16_000, 60, 7800)
+    widths = (response >= response.max(axis=1, keepdims=True) / 2).sum(axis=1)  # in 1 Hz bins
+    free = fb.sigma.detach().numpy() < fb.sigma_range[1]
+    assert free.sum() >= 30
+    np.testing.assert_allclose(widths[free], np.array(mel_fwhm)[free], rtol=0.1)
+    assert np.all(np.diff(widths) >= 0), "bandwidth grows with frequency"
+
+
+def test_gabor_filter_selects_its_band():
+    fb = GaborFilterbank(n_filters=32)
+    t = torch.arange(16_000) / 16_000
+    centres = fb.centre_hz()
+    k = 20
+    tone = torch.sin(2 * math.pi * centres[k] * t)[None]
+    power = fb(tone)[0].mean(dim=1)
+    assert int(power.argmax()) == k
+
+
+def test_spec_mask_is_seeded_and_only_in_training():
+    mask = SpecMask(time_masks=2, max_time=0.2, freq_masks=2, max_freq=0.2)
+    x = torch.ones(4, 20, 50)
+    torch.manual_seed(3)
+    a = mask(x)
+    torch.manual_seed(3)
+    b = mask(x)
+    assert torch.equal(a, b) and (a == 0).any()
+    mask.eval()
+    assert torch.equal(mask(x), x)
+
+
+def _sample(seed=0, n=32_000, t=8, s=32):
+    rng = np.random.default_rng(seed)
+    return {"key": "clip_000001", "target": 3, "waveform": (rng.random(n, dtype=np.float32) - 0.5),
+            "frames": rng.integers(0, 256, (t, s, s, 3), dtype=np.uint8)}
+
+
+@pytest.mark.parametrize("fn", [
+    lambda s, r: {**s, "waveform": shift_and_gain(s["waveform"], r, True, 6.0)},
+    lambda s, r: {**s, "frames": random_resized_crop(s["frames"], r, 0.5)},
+    lambda s, r: {**s, "frames": color_jitter(s["frames"], r, 0.3)},
+    lambda s, r: temporal_crop(s, r, 1.0, 4),
+    lambda s, r: augment_content(s, AugmentConfig(content=True), r),
+], ids=["shift_gain", "resized_crop", "color_jitter", "temporal_crop", "content"])
+def test_each_augmentation_is_seeded_and_keeps_the_label(fn):
+    sample = _sample()
+    a = fn(sample, np.random.default_rng(7))
+    b = fn(sample, np.random.default_rng(7))
+    c = fn(sample, np.random.default_rng(8))
+    for key in ("waveform", "frames"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert any(not np.array_equal(a[k], c[k]) for k in ("waveform", "frames")), "a different seed differs"
+    assert a["target"] == 3 and a["key"] == "clip_000001"
+    assert a["frames"].dtype == np.uint8 and a["waveform"].dtype == np.float32
+    assert np.abs(a["waveform"]).max() <= 1.0
+
+
+def test_temporal_crop_shapes_and_order():
+    sample = _sample(n=32_000, t=8)
+    sample["frames"] = np.arange(8, dtype=np.uint8)[:, None, None, None] * np.ones((8, 4, 4, 3), np.uint8)
+    out = temporal_crop(sample, np.random.default_rng(0), 1.0, 4, sample_rate=16_000)
+    assert out["waveform"].shape == (16_000,)
+    kept = out["frames"][:, 0, 0, 0]
+    assert len(kept) == 4 and list(kept) == sorted(kept), "frames keep their temporal order"
+
+
+def test_augment_pipeline_is_deterministic_per_seed():
+    cfg = AugmentConfig(content=True, crop_seconds=1.0, crop_frames=4)
+    outs = []
+    for seed in (5, 5, 6):
+        aug = Augment(cfg, seed)
+        outs.append([aug(_sample(i)) for i in range(6)])
+    for x, y in zip(outs[0], outs[1]):
+        np.testing.assert_array_equal(x["waveform"], y["waveform"])
+        np.testing.assert_array_equal(x["frames"], y["frames"])
+        assert x["target"] == 3
+    assert any(not np.array_equal(x["frames"], z["frames"]) for x, z in zip(outs[0], outs[2]))
+
+
+def test_mixup_is_seeded_and_keeps_the_dominant_label():
+    from shards.loader import Batch
+    from avfusion.train import mixup
+
+    batch = Batch(torch.randn(6, 100), torch.randint(0, 255, (6, 2, 4, 4, 3), dtype=torch.uint8),
+                  torch.tensor([0, 1, 2, 3, 4, 5]), [str(i) for i in range(6)])
+    torch.manual_seed(0)
+    a, ta = mixup(batch, 6, alpha=0.4, prob=1.0)
+    torch.manual_seed(0)
+    b, tb = mixup(batch, 6, alpha=0.4, prob=1.0)
+    assert torch.equal(a.waveform, b.waveform) and torch.equal(ta, tb)
+    torch.testing.assert_close(ta.sum(dim=1), torch.ones(6))
+    assert (ta.argmax(dim=1) == batch.target).all() or (ta.max(dim=1).values == 0.5).any()
+    assert (ta[torch.arange(6), batch.target] >= 0.5).all(), "each clip's own label dominates"
+    same, soft = mixup(batch, 6, alpha=0.4, prob=0.0)
+    assert same is batch and torch.equal(soft.argmax(dim=1), batch.target)
+
+
+def _fused_output(c_audio: float, c_video: float, scores=(0.0, 0.0)) -> FusionOutput:
+    """Heads that give the true class (0) the probabilities c_audio and c_video."""
+    def logits(c):
+        return torch.log(torch.tensor([[c, (1 - c) / 2, (1 - c) / 2]]))
+    s = torch.tensor([scores], requires_grad=True)
+    return FusionOutput(torch.zeros(1, 3), torch.softmax(s, dim=1), logits(c_audio), logits(c_video), s)
+
+
+def test_reliability_target_prefers_the_modality_whose_head_knows():
+    target = torch.nn.functional.one_hot(torch.tensor([0]), 3).float()
+    assert reliability_targets(_fused_output(0.9, 0.1), target).item() == pytest.approx(0.9)
+    assert reliability_targets(_fused_output(1 / 3, 0.95), target).item() < 0.3  # muted audio: head at the prior
+    assert reliability_targets(_fused_output(0.8, 0.8), target).item() == pytest.approx(0.5)
+    # the loss is lowest when the weights equal the target
+    losses = {s: reliability_loss(_fused_output(0.9, 0.1, (s, 0.0)), target).item() for s in (-2.0, 0.0, 2.2, 5.0)}
+    assert min(losses, key=losses.get) == 2.2
+
+
+def test_reliability_gradient_reaches_both_scores_not_the_heads():
+    torch.manual_seed(0)
+    model = FusionModel(ModelConfig(num_classes=4, embed_dim=16, audio_width=8, audio_filters=16))
+    out = model(torch.rand(3, 16_000) - 0.5, torch.randint(0, 256, (3, 2, 32, 32, 3), dtype=torch.uint8))
+    reliability_loss(out, torch.nn.functional.one_hot(torch.tensor([0, 1, 2]), 4).float()).backward()
+    for score in (model.attention.audio_score, model.attention.video_score):
+        assert score.weight.grad is not None and score.weight.grad.abs().sum() > 0
+    assert model.audio_head.weight.grad is None and model.video_head.weight.grad is None, "targets are detached"
+    loss, parts = fusion_loss(out, torch.tensor([0, 1, 2]), LossConfig(reliability_weight=1.0))
+    assert "reliability" in parts
+
+
+def test_attention_agreement():
+    def out(w_a, c_a, c_v):
+        o = _fused_output(c_a, c_v)
+        return FusionOutput(o.logits, torch.tensor([[w_a, 1 - w_a]]), o.audio_logits, o.video_logits)
+    target = torch.tensor([0])
+    assert attention_agrees(out(0.8, 0.9, 0.2), target).item()
+    assert not attention_agrees(out(0.2, 0.9, 0.2), target).item()
+    assert attention_agrees(out(0.2, 0.3, 0.9), target).item()
+
+
+def test_presets_are_selectable_by_name(tmp_path, monkeypatch):
+    from avfusion.config import from_dict, load_section, load_yaml, presets
+    from avfusion.train import TrainConfig
+
+    assert {"small", "vggsound"} <= set(presets())
+    monkeypatch.chdir(tmp_path)
+    for name in ("small", "vggsound"):
+        cfg = from_dict(TrainConfig, {**load_yaml(name)["train"], "shards": "s", "out": "o"})
+        assert cfg.audio_frontend == "gabor" and cfg.reliability_weight > 0
+    assert load_section(__import__("avfusion.config", fromlist=["ClipSpec"]).ClipSpec, "small", "clip").frame_size == 64
+    (tmp_path / "mine.yaml").write_text("train:\n  epochs: 3\n")
+    assert load_yaml("mine.yaml") == {"train": {"epochs": 3}}, "a path keeps working"
+
+
+def test_subset_selects_folds_by_key_or_id():
+    from shards.loader import Subset
+
+    folds = {"avf_dog_01": 0, "avf_dog_02": 1, "syn00_0001_000000": 2}
+    val = Subset(folds=folds, fold=0, holdout=True)
+    train = Subset(folds=folds, fold=0, holdout=False)
+    assert val.keeps("avf_dog_01_000000", "train") and not train.keeps("avf_dog_01_000000", "train")
+    assert train.keeps("avf_dog_02_000000", None) and train.keeps("syn00_0001_000000", None)
+    assert not train.keeps("unknown_000000", "train") and not val.keeps("unknown_000000", "test")
+    assert Subset(split="test").keeps("x", "test") and not Subset(split="test").keeps("x", "train")
