@@ -333,6 +333,7 @@ class LossConfig:
     aux_weight: float = 0.3  # × each unimodal head's cross-entropy: keeps both encoders learning
     label_smoothing: float = 0.0
     reliability_weight: float = 0.0  # × the attention reliability term (0 = off, the ablation)
+    reliability_sharpness: float = 2.0  # γ in the target c_a^γ / (c_a^γ + c_v^γ)
 
 
 def soft_targets(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -347,22 +348,24 @@ def modality_confidence(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tenso
     return (torch.softmax(logits.detach().float(), dim=1) * soft).sum(dim=1)
 
 
-def reliability_targets(out: FusionOutput, soft: torch.Tensor) -> torch.Tensor:
+def reliability_targets(out: FusionOutput, soft: torch.Tensor, sharpness: float = 1.0) -> torch.Tensor:
     """Target audio weight per sample, from the unimodal heads' detached confidences in
-    the true class: ``c_a / (c_a + c_v)``. A muted track leaves the audio head at the
-    class prior (c_a ≈ 1/C) while the video head stays confident, so the target sends
-    the weight to video; clean clips where both heads are sure get 0.5. In the spirit
-    of QMF (Zhang et al., ICML 2023): the modality whose own head has the lower loss
-    should get the higher weight, here as a soft target rather than a ranking hinge."""
-    c_a = modality_confidence(out.audio_logits, soft)
-    c_v = modality_confidence(out.video_logits, soft)
-    return c_a / (c_a + c_v).clamp_min(1e-8)
+    the true class: ``c_a^γ / (c_a^γ + c_v^γ)`` (γ = ``sharpness``; equivalently a
+    softmax of the negated unimodal losses at temperature 1/γ). A muted track leaves
+    the audio head at the class prior (c_a ≈ 1/C) while the video head stays confident,
+    so the target sends the weight to video; clean clips where both heads are sure get
+    0.5. In the spirit of QMF (Zhang et al., ICML 2023): the modality whose own head has
+    the lower loss should get the higher weight, as a soft target rather than a hinge.
+    γ > 1 sharpens it: with γ = 1, c_a = 1/6 against c_v = 0.5 asks for only 0.25."""
+    c_a = modality_confidence(out.audio_logits, soft).clamp_min(1e-6) ** sharpness
+    c_v = modality_confidence(out.video_logits, soft).clamp_min(1e-6) ** sharpness
+    return c_a / (c_a + c_v)
 
 
-def reliability_loss(out: FusionOutput, soft: torch.Tensor) -> torch.Tensor:
+def reliability_loss(out: FusionOutput, soft: torch.Tensor, sharpness: float = 1.0) -> torch.Tensor:
     """Cross-entropy between the attention weights and :func:`reliability_targets`;
     its gradient reaches both scores (Wa·a and Wv·v) through the softmax."""
-    t_a = reliability_targets(out, soft)
+    t_a = reliability_targets(out, soft, sharpness)
     log_w = torch.log_softmax(out.scores.float(), dim=1)
     return -(t_a * log_w[:, 0] + (1 - t_a) * log_w[:, 1]).mean()
 
@@ -399,7 +402,7 @@ def fusion_loss(out: FusionOutput, target: torch.Tensor, cfg: LossConfig) -> tup
             parts[name] = term.item()
             loss = loss + cfg.aux_weight * term
     if cfg.reliability_weight > 0 and out.scores is not None:
-        term = reliability_loss(out, soft)
+        term = reliability_loss(out, soft, cfg.reliability_sharpness)
         parts["reliability"] = term.item()
         loss = loss + cfg.reliability_weight * term
     return loss, parts

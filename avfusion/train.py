@@ -53,6 +53,7 @@ class TrainConfig:
     aux_weight: float = 0.3
     label_smoothing: float = 0.0
     reliability_weight: float = 0.0  # attention reliability term (0 = off)
+    reliability_sharpness: float = 2.0  # γ of its target c_a^γ / (c_a^γ + c_v^γ)
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of two clips' audio, frames and labels (0 = off)
     mixup_prob: float = 0.5  # share of batches mixed when mixup_alpha > 0
     # data
@@ -68,7 +69,7 @@ class TrainConfig:
 
     @property
     def loss(self) -> LossConfig:
-        return LossConfig(self.aux_weight, self.label_smoothing, self.reliability_weight)
+        return LossConfig(self.aux_weight, self.label_smoothing, self.reliability_weight, self.reliability_sharpness)
 
 
 def build_model(cfg: TrainConfig, num_classes: int, sample_rate: int = 16_000) -> FusionModel:
@@ -185,6 +186,7 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    _cap_cpu_threads(cfg, dist)
     data = Dataset.open(cfg.shards)
     train_subset, val_subset = subsets(cfg)
     n_train = train_subset.count(data)
@@ -274,6 +276,19 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
             writer.close()
         plot_curves(metrics_path, out / "curves.png")
     return metrics
+
+
+def _cap_cpu_threads(cfg: TrainConfig, dist: DistEnv) -> None:
+    """On CPU, leave one core per data-loader worker: torch's default of one intra-op
+    thread per core plus the workers oversubscribes the machine, and oversubscribed
+    OpenMP threads wait on each other (on a busy 2-core machine a fused step took
+    several times longer with 2 threads + 1 worker than with 1 + 1). Launchers that chose
+    fewer (torchrun and Ray set one thread per process) are below the cap and untouched."""
+    if dist.device.type != "cpu":
+        return
+    cap = max(1, len(os.sched_getaffinity(0)) // dist.world - cfg.workers)
+    if torch.get_num_threads() > cap:
+        torch.set_num_threads(cap)
 
 
 def _truncate_metrics(path: Path, start_epoch: int) -> None:

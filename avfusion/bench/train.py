@@ -62,7 +62,7 @@ def reader_rate(urls: list[str], batch: int, workers: int) -> tuple[float, int]:
 
 
 def step_rate(model, opt, batches, device, bf16: bool, steps: int, warmup: int = 2) -> float:
-    from avfusion.model import fusion_loss
+    from avfusion.model import LossConfig, fusion_loss
 
     it = iter(batches)
     seen, t0 = 0, None
@@ -73,7 +73,7 @@ def step_rate(model, opt, batches, device, bf16: bool, steps: int, warmup: int =
             t0, seen = time.perf_counter(), 0
         b = next(it).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-            loss = fusion_loss(model(b.waveform, b.frames), b.target, 0.3)
+            loss, _ = fusion_loss(model(b.waveform, b.frames), b.target, LossConfig(reliability_weight=1.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
