@@ -143,8 +143,11 @@ def test_build_plan_reproduces_the_committed_tables():
     assert {p.clip_id: p.fold for p in plans} == sample_data.read_folds()
     assert {p.clip_id: p.label for p in plans} == {r.youtube_id: r.label for r in ROWS}
     sources = {r["clip_id"]: r for r in _sources()}
-    assert all(build.source_id(p.photo) == sources[p.clip_id]["photo"]
-               and build.source_id(p.sound) == sources[p.clip_id]["sound"] for p in plans)
+    for p in plans:
+        row = sources[p.clip_id]
+        assert (build.source_id(p.photo), build.source_id(p.sound)) == (row["photo"], row["sound"])
+        assert p.files() == (row["photo_file"], row["sound_file"])
+        assert row["photo_file"] in row["photo"].split("|") and row["sound_file"] in row["sound"].split("|")
 
 
 def test_bundle_readme_credits_are_parsed(tmp_path):

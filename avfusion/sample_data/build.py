@@ -319,6 +319,14 @@ class ClipPlan:
     sound: str | tuple[str, ...]
     seed: tuple[int, ...]
 
+    def files(self) -> tuple[str, str]:
+        """The photo file and recording file this clip is made from: for a source
+        shipped as several files, the first two draws of the clip's generator pick
+        one (``build`` makes the same draws, in the same order)."""
+        rng = np.random.default_rng(self.seed)
+        photos, sounds = _files(self.photo), _files(self.sound)
+        return photos[int(rng.integers(len(photos)))], sounds[int(rng.integers(len(sounds)))]
+
 
 def plan(seed: int = 2026, k: int = K_FOLDS, per_class: int = CLIPS_PER_CLASS) -> list[ClipPlan]:
     """Which photo and recording each clip uses, and its fold. Within a class the
@@ -338,7 +346,6 @@ def plan(seed: int = 2026, k: int = K_FOLDS, per_class: int = CLIPS_PER_CLASS) -
             for j in range(count):
                 photo, sound = pairs[j % len(pairs)]
                 number += 1
-                # a multi-file recording: take its parts in turn
                 plans.append(ClipPlan(f"avf_{cls.slug}_{number:02d}", cls.label, fold, photo, sound,
                                       (seed, ci, number)))
     return plans
@@ -356,6 +363,7 @@ def build(media: MediaRoot, out_dir: Path = HERE, seed: int = 2026) -> list[Clip
         rng = np.random.default_rng(p.seed)
         photo_file = _files(p.photo)[int(rng.integers(len(_files(p.photo))))]
         sound_file = _files(p.sound)[int(rng.integers(len(_files(p.sound))))]
+        assert (photo_file, sound_file) == p.files()
         photo = Image.open(io.BytesIO(media.read(photo_file)))
         if photo.mode in ("P", "PA", "RGBA", "LA"):  # cut-out photos on transparency: black backdrop
             photo = photo.convert("RGBA")
@@ -381,7 +389,8 @@ def _write_tables(out_dir: Path, plans: list[ClipPlan], media: MediaRoot) -> Non
         rows.append({"clip_id": p.clip_id, "label": p.label, "fold": p.fold,
                      "split": "test" if p.fold == 0 else "train",
                      "photo": source_id(p.photo), "photo_author": pa, "photo_licence": pl,
-                     "sound": source_id(p.sound), "sound_author": sa, "sound_licence": sl})
+                     "sound": source_id(p.sound), "sound_author": sa, "sound_licence": sl,
+                     "photo_file": p.files()[0], "sound_file": p.files()[1]})
     with open(out_dir / "sources.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
@@ -392,7 +401,8 @@ def _write_tables(out_dir: Path, plans: list[ClipPlan], media: MediaRoot) -> Non
         "",
         f"Built by `python -m avfusion.sample_data.build` from Debian bookworm's {versions}.",
         "Paths are under `/usr/share`; a path with `#` names a file inside a Qt `.rcc` bundle",
-        "(GCompris) or a `.zip` (0 A.D.); `a|b` is one recording shipped as two cuts. Authors",
+        "(GCompris) or a `.zip` (0 A.D.); `a + b` is one recording shipped as several cuts",
+        "(the clip uses one of them: `sources.csv` column `sound_file`). Authors",
         "and licences come from the packages' `debian/copyright` and, for GCompris photos, the",
         "per-file `README` inside each bundle. Each clip is an adaptation (crop, zoom, loop,",
         "re-encode) of its two sources and carries their licences. `sources.csv` holds the",
@@ -402,8 +412,9 @@ def _write_tables(out_dir: Path, plans: list[ClipPlan], media: MediaRoot) -> Non
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['clip_id']}_000000.mp4 | {r['fold']} | `{r['photo']}` | {r['photo_licence']} "
-                     f"({r['photo_author']}) | `{r['sound']}` | {r['sound_licence']} ({r['sound_author']}) |")
+        photo, sound = (" + ".join(f"`{f}`" for f in r[k].split("|")) for k in ("photo", "sound"))
+        lines.append(f"| {r['clip_id']}_000000.mp4 | {r['fold']} | {photo} | {r['photo_licence']} "
+                     f"({r['photo_author']}) | {sound} | {r['sound_licence']} ({r['sound_author']}) |")
     (out_dir / "SOURCES.md").write_text("\n".join(lines) + "\n")
 
 
