@@ -44,10 +44,13 @@ PACKAGES = {
     "wesnoth-1.16-data": "1:1.16.9-1",
     "lomiri-wallpapers-16.04": "20.04.0-2",
     "lomiri-wallpapers-20.04": "20.04.0-2",
+    "tuxpaint-data": "1:0.9.28-sdl2-1",
+    "mate-backgrounds": "1.26.0-1",
+    "plasma-workspace-wallpapers": "4:5.27.5-2",
 }
 WIDTH, HEIGHT, FPS, RATE, SECONDS = 160, 120, 15, 22_050, 10.0
 K_FOLDS = 5
-CLIPS_PER_CLASS = 50
+CLIPS_PER_CLASS = 38
 
 _RCC = "gcompris-qt/rcc/"
 _ERASE = _RCC + "erase.rcc#gcompris/src/activities/erase/resource/"
@@ -59,8 +62,13 @@ _SCRATCH = "scratch/Media/"
 _ZERO_AD = "games/0ad/mods/public/public.zip#audio/"
 _WESNOTH = "games/wesnoth/1.16/data/core/sounds/ambient/"
 _LOMIRI = "backgrounds/"
+_MATE = "backgrounds/mate/nature/"
+_PLASMA = "wallpapers/"
+_TUX = "tuxpaint/templates/"
 _DAY = _ZERO_AD + "ambient/dayscape/"
 _CON = _ZERO_AD + "resource/construction/"
+_LUMBER = _ZERO_AD + "resource/lumbering/"
+_STEPS = _ZERO_AD + "actor/human/movement/Footsteps/"
 
 # Licences the packages' copyright files state for whole trees (the per-file
 # READMEs inside GCompris bundles and the per-file stanzas below take precedence).
@@ -69,9 +77,24 @@ _TREE_LICENCES = (
     (_WESNOTH, "2003-2009 David White and the Wesnoth contributors", "GPL-2+"),
     (_SCRATCH, "2011 Massachusetts Institute of Technology (Scratch 1.4)", "CC-BY-SA-3.0"),
     (_RCC, "2000, 2008 Bruno Coudoin and others (GCompris)", "GPL-3+"),
+    (_TUX, "2002-2021 Bill Kendrick (Tux Paint)", "GPL-2+"),
 )
-# From lomiri-wallpapers-{16,20}.04's debian/copyright and GCompris' farm-animal credits.
+# From lomiri-wallpapers-{16,20}.04's and mate-backgrounds' debian/copyright, the
+# plasma wallpapers' metadata.json, and GCompris' farm-animal credits.
 _FILE_LICENCES = {
+    _LOMIRI + "picosdeeuropa_by_Aitzol_Berasategi.jpg": ("Aitzol Berasategi, 2018", "CC-BY-4.0"),
+    _LOMIRI + "aitzgorri_by_Aitzol_Berasategi.jpg": ("Aitzol Berasategi, 2018", "CC-BY-4.0"),
+    _LOMIRI + "Dragonfly_by_Bolly.jpg": ('"Bolly", 2018', "CC-BY-SA-4.0"),
+    _LOMIRI + "seeding_by_Clements_Engelhardt.jpg": ("Clemens Engelhardt, 2018", "CC0-1.0"),
+    _MATE + "Blinds.jpg": ("2008, Lennart Poettering, Andrea Cimitan", "GPL-2+"),
+    _MATE + "RainDrops.jpg": ('2008, "blackcombwhistler07"', "GPL-2+"),
+    _MATE + "LadyBird.jpg": ("2008, Charles Barbin", "GPL-2+"),
+    _MATE + "TwoWings.jpg": ("2008, Charles Barbin", "GPL-2+"),
+    _MATE + "GreenMeadow.jpg": ("2005, Timothy Schellhase; 2008, Lapo Calamandrei", "GPL-2+"),
+    _MATE + "Dune.jpg": ("2007, Marco Cogoni; 2008, Hylke Bons", "GPL-2+"),
+    _PLASMA + "Path/contents/images/1920x1080.jpg": ("Risto Saukonpää (KDE Plasma 'Path')", "LGPL-3"),
+    _PLASMA + "ColdRipple/contents/images/1920x1080.jpg": ("Risto Saukonpää (KDE Plasma 'Cold Ripple')", "LGPL-3"),
+    _PLASMA + "FallenLeaf/contents/images/1920x1080.jpg": ("Martin Klapetek (KDE Plasma 'Fallen Leaf')", "LGPL-3"),
     _LOMIRI + "life_by_Aitzol_Berasategi.jpg": ("Aitzol Berasategi, 2018", "CC-BY-4.0"),
     _LOMIRI + "Infinite-Sea_by_Aury88.jpg": ("2019, Aury88", "CC-BY-SA-3.0"),
     _LOMIRI + "Kleiber_by_Lukas_Baubkus.jpg": ("2021, Lukas Baubkus", "CC-BY-SA-3.0"),
@@ -111,37 +134,14 @@ CLASSES: tuple[SampleClass, ...] = (
         + (_SCRATCH + "Sounds/Animal/Bird.wav",),
     ),
     SampleClass(
-        "cattle mooing", "cattle",
-        photos=(_ERASE + "calf.webp", _FARM + "cow.webp", _SCRATCH + "Costumes/Animals/cow1.gif",
-                _WORLD + "bison.webp", _SCRATCH + "Costumes/Animals/buffalo1.gif"),
-        sounds=_seq(_ZERO_AD + "actor/fauna/animal/", " ".join(f"cattle_0{i}.ogg" for i in range(1, 8)))
-        + (_FARM + "cow.ogg",),
-    ),
-    SampleClass(
         "sea waves", "sea",
         photos=_seq(_SCRATCH + "Backgrounds/", "Nature/beach-malibu.jpg Nature/wave.jpg Outdoors/boardwalk.jpg "
                     "Outdoors/city-with-water.jpg")
-        + (_LOMIRI + "Infinite-Sea_by_Aury88.jpg",),
+        + (_LOMIRI + "Infinite-Sea_by_Aury88.jpg",)
+        + _seq(_TUX, "ocean_waves.jpg ocean_splash.jpg lighthouse.jpg"),
         sounds=_seq(_ZERO_AD + "ambient/water/", "wave_21.ogg wavecrash_21.ogg waverocky_21.ogg")
         + _seq(_ZERO_AD + "ambient/building/", "amb_port_10.ogg amb_port_11.ogg amb_port_12.ogg amb_port_20.ogg "
                "amb_port_21.ogg"),
-    ),
-    SampleClass(
-        "stream burbling", "stream",
-        photos=(_SCRATCH + "Backgrounds/Nature/water-and-rocks.jpg", _LOMIRI + "life_by_Aitzol_Berasategi.jpg")
-        + _seq(_RENEW, "dam1.webp dam4.webp dam5.webp"),
-        sounds=_seq(_ZERO_AD + "ambient/water/", "river_fast_21.ogg river_med_21.ogg river_raging_21.ogg "
-                    "river_slow_21.ogg waterfall_31.ogg")
-        + (_SCRATCH + "Sounds/Effects/WaterRunning.mp3",),
-    ),
-    SampleClass(
-        "wind noise", "wind",
-        photos=_seq(_RENEW, "windmill.webp windmill1.webp windmill3.webp windmill4.webp windmill5.webp "
-                    "windmill6.webp windmill7.webp windmill8.webp windmill9.webp windmill11.webp windmill12.webp "
-                    "windmill13.webp windmill14.webp windmill15.webp"),
-        sounds=_seq(_ZERO_AD + "ambient/weather/", "wind_11.ogg snowstorm_11.ogg windgust_11.ogg windstorm_11.ogg")
-        # windleaves_10/_11 correlate at 0.97 (see duplicate_pairs): one recording.
-        + (_seq(_ZERO_AD + "ambient/weather/", "windleaves_10.ogg windleaves_11.ogg"),),
     ),
     SampleClass(
         "hammering nails", "hammer",
@@ -149,6 +149,54 @@ CLASSES: tuple[SampleClass, ...] = (
         sounds=_seq(_CON, " ".join(f"con_wood_{i:02d}.ogg" for i in (1, 3, 5, 6, 7, 8, 9, 13, 14, 16)))
         # correlated files (see duplicate_pairs): treated as one recording
         + (_seq(_CON, " ".join(f"con_wood_{i:02d}.ogg" for i in (2, 4, 10, 11, 12, 15))),),
+    ),
+    SampleClass(
+        "chopping wood", "chop",
+        photos=_seq(_SCRATCH + "Backgrounds/Nature/", "forest.jpg tree.jpg")
+        + _seq(_TUX, "redwoods_above.jpg trees_above.jpg trees_at_dusk.jpg mossy_log.jpg mossy_bark.jpg "
+               "burnt_bark.jpg")
+        + (_PLASMA + "Path/contents/images/1920x1080.jpg",),
+        sounds=_seq(_LUMBER, " ".join(f"lumber_tree_{i:02d}.ogg" for i in (1, 7, 9, 12, 14, 16, 22, 23, 24, 25, 26)))
+        # correlated files (see duplicate_pairs; groups are connected components): one recording each
+        + (_seq(_LUMBER, " ".join(f"lumber_tree_{i:02d}.ogg" for i in (2, 3, 5, 6, 8, 10, 13, 15, 17, 18, 19, 20))),
+           _seq(_LUMBER, "lumber_tree_04.ogg lumber_tree_11.ogg lumber_tree_21.ogg")),
+    ),
+    SampleClass(
+        "pickaxe striking stone", "stone",
+        photos=_seq(_TUX, "rocks.jpg cliff.jpg mudstone.jpg")
+        + _seq(_SCRATCH + "Backgrounds/Nature/", "canyon.jpg grand-canyon.jpg garden-rock.jpg gravel-desert.jpg "
+               "hill.jpg")
+        + (_LOMIRI + "picosdeeuropa_by_Aitzol_Berasategi.jpg",),
+        sounds=_seq(_ZERO_AD + "resource/mining/", " ".join(f"mine_stone_{i:02d}.ogg" for i in range(1, 26))),
+    ),
+    SampleClass(
+        "footsteps", "steps",
+        photos=_seq(_SCRATCH + "Backgrounds/", "Nature/pathway.jpg Outdoors/driveway.jpg Outdoors/route66.jpg "
+                    "Outdoors/hallway_outdoors.jpg Outdoors/train-tracks1.jpg Outdoors/train-tracks2.jpg "
+                    "Outdoors/castle.jpg Outdoors/village.jpg")
+        + (_PLASMA + "ColdRipple/contents/images/1920x1080.jpg",),
+        sounds=_seq(_STEPS, "Foorstep_Sand_Running.ogg Foorstep_Sand_Walking.ogg Footstep_Grass_Running.ogg "
+                    "Footstep_Grass_Walking.ogg Footstep_Gravel_Running.ogg Footstep_Rock_Running.ogg")
+        # correlated files (see duplicate_pairs): one recording each
+        + (_seq(_STEPS, "Footstep_Gravel_Walking.ogg Footstep_Rock_Walking.ogg"),
+           _seq(_STEPS, "Footstep_Wood_Running.ogg Footstep_Wood_Walking.ogg"))
+        + _seq(_SCRATCH + "Sounds/Human/", "Footsteps-1.wav Footsteps-2.mp3"),
+    ),
+    SampleClass(
+        "rustling leaves", "leaves",
+        photos=_seq(_TUX, "sun_behind_leaves.jpg")
+        + _seq(_MATE, "Blinds.jpg RainDrops.jpg LadyBird.jpg TwoWings.jpg")
+        + (_LOMIRI + "Dragonfly_by_Bolly.jpg", _LOMIRI + "seeding_by_Clements_Engelhardt.jpg",
+           _PLASMA + "FallenLeaf/contents/images/1920x1080.jpg"),
+        sounds=_seq(_ZERO_AD + "resource/foraging/", " ".join(f"leaves_{i:02d}.ogg" for i in range(1, 12))),
+    ),
+    SampleClass(
+        "harvesting crops", "harvest",
+        photos=_seq(_SCRATCH + "Backgrounds/Outdoors/", "hay_field.jpg silos.jpg")
+        + _seq(_TUX, "corn_maze.jpg sheep.jpg")
+        + _seq(_MATE, "GreenMeadow.jpg Dune.jpg")
+        + (_LOMIRI + "aitzgorri_by_Aitzol_Berasategi.jpg", _TOOLS + "sickle.webp"),
+        sounds=_seq(_ZERO_AD + "resource/gathering/", " ".join(f"gather_field_{i:02d}.ogg" for i in range(1, 25))),
     ),
 )
 
@@ -403,8 +451,9 @@ def _write_tables(out_dir: Path, plans: list[ClipPlan], media: MediaRoot) -> Non
         "Paths are under `/usr/share`; a path with `#` names a file inside a Qt `.rcc` bundle",
         "(GCompris) or a `.zip` (0 A.D.); `a + b` is one recording shipped as several cuts",
         "(the clip uses one of them: `sources.csv` column `sound_file`). Authors",
-        "and licences come from the packages' `debian/copyright` and, for GCompris photos, the",
-        "per-file `README` inside each bundle. Each clip is an adaptation (crop, zoom, loop,",
+        "and licences come from the packages' `debian/copyright`, for GCompris photos the",
+        "per-file `README` inside each bundle, and for Plasma wallpapers their `metadata.json`.",
+        "Each clip is an adaptation (crop, zoom, loop,",
         "re-encode) of its two sources and carries their licences. `sources.csv` holds the",
         "same table for programs.",
         "",
