@@ -247,20 +247,21 @@ def audio_clipping(wave: np.ndarray, severity: int, rng: np.random.Generator) ->
 
 
 _ENV_NOISE: dict[str, np.ndarray] = {}
-ENV_NOISE_SOURCES = {  # real recordings in the bundled sample set, looped as backgrounds
+ENV_NOISE_SOURCES = {  # real recordings shipped beside (not inside) the sample set, looped as backgrounds
     "traffic": "avf_car_01_000000.mp4",
     "train": "avf_railroad_01_000000.mp4",
 }
 
 
 def environmental_noise(kind: str) -> np.ndarray:
-    """A real background recording (16 kHz mono) from the bundled sample set."""
+    """A real background recording (16 kHz mono) from ``sample_data/noise/``: not one
+    of the sample clips, so mixing it in does not leak evaluation data."""
     if kind not in _ENV_NOISE:
         from avfusion import sample_data
         from avfusion.config import ClipSpec
         from avfusion.decode import decode_clip
 
-        clip = decode_clip(sample_data.clips_dir() / ENV_NOISE_SOURCES[kind], ClipSpec(frame_size=32))
+        clip = decode_clip(sample_data.noise_dir() / ENV_NOISE_SOURCES[kind], ClipSpec(frame_size=32))
         _ENV_NOISE[kind] = clip.waveform
     return _ENV_NOISE[kind]
 

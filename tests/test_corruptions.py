@@ -11,7 +11,7 @@ from avfusion.synth import tone_waveform
 
 # Real photo frames (the bundled dog clip) and a quiet tone, so clipping to [-1, 1]
 # does not bend the measured SNRs.
-FRAMES = decode_clip(sample_data.clips_dir() / "avf_dog_01_000000.mp4", ClipSpec(frame_size=112)).frames
+FRAMES = decode_clip(sample_data.clips_dir() / "avf_bird_01_000000.mp4", ClipSpec(frame_size=112)).frames
 WAVE = tone_waveform(160_000, 16_000, 1, amp=0.1)[0]
 GRADED = [n for n, c in CORRUPTIONS.items() if c.graded]
 
