@@ -4,6 +4,8 @@ import subprocess
 import pyarrow.parquet as pq
 import pytest
 
+from avfusion import sample_data
+
 
 @pytest.mark.slow
 def test_demo_end_to_end_reduced(tmp_path, cli_env):
@@ -12,13 +14,16 @@ def test_demo_end_to_end_reduced(tmp_path, cli_env):
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     manifest = json.loads((out / "shards" / "manifest.json").read_text())
-    assert manifest["num_samples"] == 36 and len(manifest["label_map"]) == 9
+    labels_csv = sample_data.labels_csv().read_text().splitlines()
+    n_clips, n_test = len(labels_csv), sum(line.endswith(",test") for line in labels_csv)
+    assert manifest["num_samples"] == n_clips >= 300 and len(manifest["label_map"]) >= 8
     for modality in ("both", "audio", "video"):
         assert (out / "runs" / modality / "last.pt").exists()
     report = json.loads((out / "robustness" / "robustness.json").read_text())["conditions"]
     assert set(report["normal"]) == {"fused", "audio-only", "video-only"}
-    assert report["normal"]["fused"]["n"] == 9
+    assert report["normal"]["fused"]["n"] == n_test
     labels = pq.read_table(sorted((out / "labels").glob("part-*.parquet")))
-    assert labels.num_rows == 36 and labels.column("error_class").null_count == 36
-    for text in ("=== summary ===", "| muted_audio |", "First rows of labels/*.parquet:", "attention_by_condition.png"):
+    assert labels.num_rows == n_clips and labels.column("error_class").null_count == n_clips
+    for text in ("=== summary ===", "| muted audio |", "| black frames |", "avfusion bench robustness",
+                 "First rows of labels/*.parquet:", "attention_by_condition.png"):
         assert text in proc.stdout
