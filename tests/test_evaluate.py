@@ -40,7 +40,8 @@ def test_report_is_well_formed(tmp_path, checkpoints, synthetic_shards):
         assert set(by_model) == {"fused", "audio-only", "video-only"}
         fused = by_model["fused"]
         assert fused["n"] == 24
-        assert fused["w_audio"] + fused["w_video"] == pytest.approx(1.0)
+        assert fused["max_weight_sum_error"] < 1e-5, "each clip's w_audio + w_video is 1"
+        assert 0 <= fused["agreement"] <= 1
         assert 0 <= fused["top1"] <= fused["top5"] <= 1
         assert "w_audio" not in by_model["audio-only"]
     # A corruption of one modality cannot change the other modality's baseline.
@@ -78,3 +79,21 @@ def test_suites():
     assert {f"fog@{s}" for s in range(1, 6)} <= {c.name for c in full}
     assert len(full) > len(default)
     assert Condition.parse("muted_audio+fog@2").corruptions == (("muted_audio", 3), ("fog", 2))
+
+
+def test_tally_reports_both_weights_as_measured():
+    """w_video is the mean of the model's own video weights, never 1 - w_audio: a model
+    whose weights do not sum to one must show it."""
+    import torch
+
+    from avfusion.model import FusionOutput
+    from avfusion.robustness import Tally
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    tally = Tally()
+    tally.add(FusionOutput(logits, torch.tensor([[0.7, 0.3], [0.2, 0.5]]), logits, -logits), torch.tensor([0, 1]),
+              fused=True)
+    s = tally.summary()
+    assert s["w_audio"] == pytest.approx(0.45) and s["w_video"] == pytest.approx(0.4)
+    assert s["max_weight_sum_error"] == pytest.approx(0.3)
+    assert s["agreement"] == pytest.approx(0.5)  # clip 0: audio weighted and surer; clip 1: video weighted, audio surer
