@@ -307,9 +307,9 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
         if not decoded and corrupt:
             raise MediaError("decode_error", f"{path.name}: no video frame decodes ({corrupt} damaged packets)")
         raise MediaError("empty_window", f"{path.name}: no decodable video frame in [{start:.1f}, {end:.1f}) s")
+    if is_image and video_frames < 2:  # a GIF/APNG/WebP with one frame is a still image
+        raise MediaError("image_not_video", f"{path.name} is a still image ({fmt}), not a video")
     if vstream is not None and video_frames < limits.min_frames:
-        if is_image:
-            raise MediaError("image_not_video", f"{path.name} is a still image ({fmt}), not a video")
         raise MediaError("too_few_frames", f"{path.name}: {video_frames} frame(s) in the window, need {limits.min_frames}")
     frames = (np.stack([_to_square_rgb(c[1], spec.frame_size, limits.threads) for c in chosen])
               if vstream is not None else np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.uint8))
