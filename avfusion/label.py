@@ -37,7 +37,9 @@ LABEL_LIMITS = DecodeLimits(allow_missing_video=True, min_frames=1, min_side=8, 
                             allow_animated_images=True)
 
 # Row flags (the ``flags`` column): why a prediction is not the plain two-modality one.
-FLAGS = ("partial", "audio_only", "video_only", "video_undecodable")
+# ``truncated``: with --windows all, the file stopped decoding before its stated end; the
+# windows after this row have no row.
+FLAGS = ("partial", "audio_only", "video_only", "video_undecodable", "truncated")
 
 SCHEMA = pa.schema([
     ("path", pa.string()), ("key", pa.string()), ("file_size", pa.int64()), ("mtime_ns", pa.int64()),
@@ -131,7 +133,15 @@ class DecodeRows:
             rows = []
             starts = _windows(info.duration, self.clip.clip_seconds, self.every_window)
             for wi, start in enumerate(starts):
-                clip = decode_clip(path, self.clip, start, self.limits)
+                try:
+                    clip = decode_clip(path, self.clip, start, self.limits)
+                except MediaError as exc:
+                    if not rows or exc.kind not in ("empty_window", "decode_error", "too_few_frames"):
+                        raise
+                    # A cut or damaged file ends before its stated duration: keep the
+                    # windows that decoded, and say on the last that later ones are lost.
+                    rows[-1]["flags"] = ",".join(filter(None, [rows[-1]["flags"], "truncated"]))
+                    break
                 q = clip.quality
                 rows.append({**base, "window_index": wi, "window_count": len(starts), "window_start": start,
                              "window_end": start + min(self.clip.clip_seconds, max(q.audio_seconds, q.video_seconds)),
@@ -146,6 +156,7 @@ class DecodeRows:
             per = (time.perf_counter() - t0) * 1000 / len(rows)
             for r in rows:
                 r["elapsed_ms"] = per
+                r["window_count"] = len(rows)  # resume and part cuts count on the rows written
             return rows
         except MediaError as exc:
             kind, message = exc.kind, exc.message

@@ -215,3 +215,20 @@ def test_every_file_gets_its_best_answer(tmp_path, checkpoint_10s, ray_local, ca
     assert f"{len(skipped)} files skipped by the extension filter" in printed
     assert all(f"skipped: {corpus / n}" in printed for n in skipped), printed
     _assert_rows_equal_the_model(con, table, checkpoint_10s, expect_rows=len(media))
+
+
+def test_every_window_of_a_cut_file_keeps_the_windows_that_decode(tmp_path):
+    """--windows all on a file cut at 30 %: the windows before the cut are rows, the
+    last one flagged ``truncated``; no window turns the whole file into an error."""
+    from avfusion.label import DecodeRows, file_identity
+    from tests.corpus import make_salvage_corpus
+
+    make_salvage_corpus(tmp_path)
+    path = str(tmp_path / "cut_at_30pct.mp4")
+    rows = DecodeRows(ClipSpec(clip_seconds=1.0, frame_size=32), every_window=True).decode_file(
+        path, "cut", *file_identity(path))
+    assert 1 <= len(rows) < 10 and all(not r["error_class"] for r in rows), [r["error_message"] for r in rows]
+    assert [r["window_index"] for r in rows] == list(range(len(rows)))
+    assert all(r["window_count"] == len(rows) for r in rows)
+    assert "truncated" in rows[-1]["flags"] and all("truncated" not in r["flags"] for r in rows[:-1])
+    assert rows[-1]["window_end"] <= 6.0
