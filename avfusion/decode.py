@@ -254,6 +254,30 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
             corrupt += 1
             return []
 
+    def take_video(frame) -> bool:
+        """Consider one decoded frame; False once past the window."""
+        nonlocal decoded, tainted, first_video_time, last_video_time, video_frames
+        # Elementary streams (raw .h264) carry no timestamps: count frames instead.
+        t = frame.time if frame.time is not None else decoded / (fps or 25.0)
+        decoded += 1
+        if t >= end:
+            return False
+        if tainted and frame.key_frame:
+            tainted = False
+        if tainted:
+            return True
+        # Keep the nearest frame per target; frames before start still count
+        # as candidates for the first target (keyframe-aligned seeks).
+        for k, target in enumerate(targets):
+            best = chosen[k]
+            if best is None or abs(t - target) < abs(best[0] - target):
+                chosen[k] = (t, frame)
+        if t >= start:
+            first_video_time = t if first_video_time is None else first_video_time
+            last_video_time = t
+            video_frames += 1
+        return True
+
     streams = [s for s in (vstream, astream) if s is not None]
     for packet in _packets(container, streams, deadline, path, limits):
         if not (need_audio or need_video):
@@ -266,27 +290,9 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
                 # next keyframe are concealment guesses, neither chosen nor counted.
                 tainted = True
             for frame in frames_out:
-                if tainted and frame.key_frame:
-                    tainted = False
-                if tainted:
-                    decoded += 1
-                    continue
-                # Elementary streams (raw .h264) carry no timestamps: count frames instead.
-                t = frame.time if frame.time is not None else decoded / (fps or 25.0)
-                decoded += 1
-                if t >= end:
+                if not take_video(frame):
                     need_video = False
                     break
-                # Keep the nearest frame per target; frames before start still count
-                # as candidates for the first target (keyframe-aligned seeks).
-                for k, target in enumerate(targets):
-                    best = chosen[k]
-                    if best is None or abs(t - target) < abs(best[0] - target):
-                        chosen[k] = (t, frame)
-                if t >= start:
-                    first_video_time = t if first_video_time is None else first_video_time
-                    last_video_time = t
-                    video_frames += 1
         elif packet.stream is astream and need_audio:
             for frame in decode(packet):
                 audio.note_input(frame)
@@ -295,6 +301,13 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
                 if audio.full:
                     need_audio = False
                     break
+    if need_video:  # the demuxer may have stopped early (cut file): drain what the decoder holds
+        try:
+            for frame in vstream.codec_context.decode(None):
+                if not take_video(frame):
+                    break
+        except av.FFmpegError:  # already drained by the demuxer's own flush packet
+            pass
     if need_audio and resampler is not None:
         try:
             for out in resampler.resample(None):
