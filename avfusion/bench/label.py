@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from avfusion.bench.common import ACCOUNTING, print_table, python_cmd, run_measured
+from avfusion.bench.common import accounting, print_table, python_cmd, run_measured
 
 
 def make_folder(folder: Path, n: int, seconds: float) -> Path:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(f"Labelling 96x96 {args.seconds:g} s synthetic clips ({sizes['small']} and {sizes['large']} clips)",
                 rows, ("method", f"clips/s whole ({args.large})", "clips/s margin", "cpu_s/clip whole",
                        "cpu_s/clip margin", f"peak_PSS_MB ({args.small})", f"peak_PSS_MB ({args.large})"))
-    print(f"\nhow accounted: {ACCOUNTING}; 'margin' = ({args.large} - {args.small} clips) / (difference of the two "
+    print(f"\nhow accounted: {accounting()}; 'margin' = ({args.large} - {args.small} clips) / (difference of the two "
           f"runs' wall or CPU), each side's own start-up cancelling.")
     print(f"job / decode-only = {margin['job'] / margin['decode']:.2f}x at the margin "
           f"({rate['job'] / rate['decode']:.2f}x whole); job / naive = {margin['job'] / margin['naive']:.2f}x at the "

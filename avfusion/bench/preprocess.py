@@ -33,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from avfusion.bench.common import ACCOUNTING, print_table, python_cmd, run_measured
+from avfusion.bench.common import accounting, print_table, python_cmd, run_measured
 
 
 def make_clips(folder: Path, n: int, ffmpeg: str) -> list[Path]:
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                      job.max_rss_mb))
     print_table(f"CPU seconds per clip over {n} clips", rows,
                 ("method", "cpu_s/clip whole", "cpu_s/clip margin", "peak_PSS_MB (tree)"))
-    print(f"\nhow accounted: {ACCOUNTING}.")
+    print(f"\nhow accounted: {accounting()}.")
     print(f"start-up measured in this run and subtracted for 'margin': Python worker with 0 clips "
           f"{py_start.cpu_seconds:.2f} cpu_s; ffmpeg on a 1-frame clip {ff0:.3f} cpu_s per run"
           + (f"; Ray job on 1 clip {job1.cpu_seconds:.2f} cpu_s ({job1.wall_seconds:.1f} s wall)" if job1 else ""))
