@@ -8,7 +8,10 @@ summed PSS of the tree; wall from launch to the last process's exit):
 * (a) decode-only: the same Ray Data decode stage over the same files, nothing else;
 * (b) naive: the natural loop a user would write — one Python process, the model
   loaded once, then per clip: decode it, run the model on it, keep the row; Parquet
-  written at the end.
+  written at the end — with torch's default threads (all cores);
+* (c) the same loop with one torch thread, as Ray runs the job's model actor
+  (``OMP_NUM_THREADS=1`` for a 1-CPU actor): on a small, busy machine the default
+  threads mostly wait on each other, so (c) is the stronger baseline.
 
 Start-up is handled alike: every side runs at ``--small`` and ``--large`` clips, and
 besides the whole-run rate the table gives the rate at the margin,
@@ -72,11 +75,16 @@ def decode_only_worker(folder: str, checkpoint: str, cpus: int) -> None:
     assert n == len(items), (n, len(items))
 
 
-def naive_worker(folder: str, checkpoint: str, out: str) -> None:
-    """Child-process body: the natural per-clip loop, model loaded once."""
+def naive_worker(folder: str, checkpoint: str, out: str, threads: int = 0) -> None:
+    """Child-process body: the natural per-clip loop, model loaded once (``threads``:
+    torch intra-op threads, 0 = torch's default)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from avfusion.config import ClipSpec
     from avfusion.label import DecodeRows, Predictor, file_identity, to_table
@@ -100,8 +108,10 @@ def _sides(folder: Path, out: Path, checkpoint: Path, cpus: int, env: dict) -> d
                                      str(cpus)), env=env)
     out.mkdir(parents=True, exist_ok=True)
     naive = run_measured(python_cmd("avfusion.bench.label", "--naive-worker", str(folder), str(checkpoint),
-                                    str(out / "naive.parquet")), env=env)
-    return {"job": job, "decode": decode, "naive": naive}
+                                    str(out / "naive.parquet"), "0"), env=env)
+    naive1 = run_measured(python_cmd("avfusion.bench.label", "--naive-worker", str(folder), str(checkpoint),
+                                     str(out / "naive1.parquet"), "1"), env=env)
+    return {"job": job, "decode": decode, "naive": naive, "naive1": naive1}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,11 +138,15 @@ def main(argv: list[str] | None = None) -> int:
                 "large": _sides(large, root / "out_large", checkpoint, args.cpus, env)}
         print(f"(measured in {time.perf_counter() - t0:.0f} s)")
     sizes = {"small": args.small, "large": args.large}
+    import torch
+
+    torch_threads = torch.get_num_threads()
     names = {"job": f"the job (Ray Data, {args.cpus} CPUs)", "decode": "(a) decode-only, same Ray Data stage",
-             "naive": "(b) naive per-clip loop, model loaded once"}
+             "naive": f"(b) naive per-clip loop, model loaded once, torch {torch_threads} threads",
+             "naive1": "(c) the same naive loop, 1 torch thread"}
     rate, margin, cpu = {}, {}, {}
     rows = []
-    for side in ("job", "decode", "naive"):
+    for side in ("job", "decode", "naive", "naive1"):
         s, l_ = runs["small"][side], runs["large"][side]
         rate[side] = args.large / l_.wall_seconds
         dt = l_.wall_seconds - s.wall_seconds  # <= 0 when start-up noise swamps the extra clips
@@ -147,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
           f"runs' wall or CPU), each side's own start-up cancelling.")
     print(f"job / decode-only = {margin['job'] / margin['decode']:.2f}x at the margin "
           f"({rate['job'] / rate['decode']:.2f}x whole); job / naive = {margin['job'] / margin['naive']:.2f}x at the "
-          f"margin ({rate['job'] / rate['naive']:.2f}x whole); job tree peak PSS "
+          f"margin ({rate['job'] / rate['naive']:.2f}x whole); job / naive 1-thread = "
+          f"{margin['job'] / margin['naive1']:.2f}x at the margin ({rate['job'] / rate['naive1']:.2f}x whole); "
+          f"job tree peak PSS "
           f"{runs['small']['job'].max_rss_mb:.0f} MB at {args.small} clips vs {runs['large']['job'].max_rss_mb:.0f} MB "
           f"at {args.large}")
     return 0
@@ -158,6 +174,6 @@ if __name__ == "__main__":
         decode_only_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "--naive-worker":
-        naive_worker(sys.argv[2], sys.argv[3], sys.argv[4])
+        naive_worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]) if len(sys.argv) > 5 else 0)
         sys.exit(0)
     sys.exit(main())
