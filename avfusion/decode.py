@@ -6,11 +6,33 @@ keyframe before ``start``, then demux audio and video together; only the frames
 chosen for output are converted to RGB (conversion dominates the cost otherwise).
 PyAV's decoder and converter threads are set explicitly (``threads``) because inside
 Ray tasks and DataLoader workers "all cores" oversubscribes the machine.
+
+Salvage, not all-or-nothing: a packet the decoder rejects is skipped (counted in
+``quality.corrupt_packets``), a demuxer that stops early (a truncated download, an
+overwritten stretch) ends the read, and audio after a gap is placed at its own
+timestamp with silence in the gap. The window is then judged on what decoded:
+
+* ``covered_seconds`` = the seconds of the window the decoded content covers, the
+  smaller of audio and video when both are used (frames × frame period; real audio
+  samples, gaps excluded);
+* usable when ``covered_seconds >= min(limits.min_content_seconds, 0.5 × window)``
+  (1 s by default; half the window for shorter files), else ``decode_error`` or
+  ``empty_window`` — a second of both modalities is the least a 10 s clip model
+  (and a person listening) can still classify;
+* ``partial`` when ``covered_seconds < 0.9 × window`` (window = the clip length, cut
+  at the duration the header states).
+
+A video stream no decoder knows (an unknown codec tag) is ``unsupported_codec``,
+unless ``limits.allow_undecodable_video`` (label): then the file is treated as audio
+only and ``quality.video_undecodable`` says why. ``limits.deadline_seconds`` bounds
+the wall time of one decode (checked between packets, and in FFmpeg's I/O interrupt
+callback through ``av.open(timeout=...)``), so no file hangs a worker: ``decode_timeout``.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +55,12 @@ class DecodeLimits:
     min_frames: int = 2  # a single frame is a still image, not a video
     threads: int = 1
     allow_missing_video: bool = False
+    # Label: a video stream that cannot be decoded beside usable audio → audio only.
+    allow_undecodable_video: bool = False
+    # Label: animated GIF/APNG/WebP (two frames or more) are short videos, not stills.
+    allow_animated_images: bool = False
+    min_content_seconds: float = 1.0  # see the module docstring: what "usable" means
+    deadline_seconds: float = 120.0  # wall time for one decode; 10 s clips take < 2 s
     # Decode only reference frames: ~30 % less H.264 work, but a chosen frame may be
     # one frame away from its exact target. Off by default (exact positions).
     skip_nonref: bool = False
@@ -64,6 +92,10 @@ class Quality:
     audio_codec: str | None
     sample_rate: int | None
     channels: int | None
+    covered_seconds: float = 0.0  # seconds of the window with decoded content (see module doc)
+    partial: bool = False  # covered_seconds < 90 % of the window: salvaged from a damaged file
+    corrupt_packets: int = 0  # packets the decoders rejected and that were skipped
+    video_undecodable: bool = False  # a video stream exists but no decoder could read it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,32 +138,71 @@ def decode_clip(path: str | Path, spec: ClipSpec, start: float = 0.0,
                 limits: DecodeLimits = DecodeLimits()) -> DecodedClip:
     """Decode ``spec.clip_seconds`` from ``start``. Raises ``MediaError`` with a kind:
     ``not_media``, ``no_streams``, ``no_video``, ``image_not_video``, ``too_large``,
-    ``too_small``, ``too_few_frames``, ``decode_error``, ``empty_window`` (nothing
+    ``too_small``, ``too_few_frames``, ``unsupported_codec``, ``decode_timeout``,
+    ``decode_error`` (damaged beyond the usable threshold), ``empty_window`` (nothing
     decodable inside the window). A missing audio track is not an error: the
     waveform is zeros and ``quality.has_audio`` is False."""
     path = Path(path)
+    deadline = time.monotonic() + limits.deadline_seconds
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = av.open(str(path), metadata_errors="ignore", timeout=limits.deadline_seconds)
     except (av.FFmpegError, OSError, ValueError) as exc:
+        if time.monotonic() > deadline:
+            raise MediaError("decode_timeout", f"{path.name}: opening took over {limits.deadline_seconds:g} s") from exc
         raise MediaError("not_media", f"{path.name}: {exc}") from exc
     with container:
         try:
-            return _decode(container, path, spec, start, limits)
+            return _decode(container, path, spec, start, limits, deadline)
         except MediaError:
             raise
         except (av.FFmpegError, ValueError, RuntimeError, MemoryError) as exc:
+            if time.monotonic() > deadline:
+                raise MediaError("decode_timeout", f"{path.name}: over {limits.deadline_seconds:g} s") from exc
             raise MediaError("decode_error", f"{path.name}: {type(exc).__name__}: {exc}") from exc
 
 
-def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeLimits) -> DecodedClip:
+def _decodable(stream) -> bool:
+    """False for a stream whose codec FFmpeg does not know (no codec context/decoder)."""
+    cc = stream.codec_context
+    return cc is not None and getattr(cc, "codec", None) is not None
+
+
+def _packets(container, streams, deadline: float, path: Path, limits: DecodeLimits):
+    """Demux, ending quietly where the demuxer gives up (a truncated or overwritten
+    file reads as an early end), and raising ``decode_timeout`` past the deadline."""
+    it = container.demux(*streams)
+    while True:
+        if time.monotonic() > deadline:
+            raise MediaError("decode_timeout", f"{path.name}: decoding took over {limits.deadline_seconds:g} s")
+        try:
+            packet = next(it)
+        except StopIteration:
+            return
+        except (av.EOFError, av.InvalidDataError, OSError):
+            if time.monotonic() > deadline:
+                raise MediaError("decode_timeout", f"{path.name}: reading took over {limits.deadline_seconds:g} s")
+            return
+        yield packet
+
+
+def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeLimits,
+            deadline: float = math.inf) -> DecodedClip:
     vstream = container.streams.video[0] if container.streams.video else None
     astream = container.streams.audio[0] if container.streams.audio else None
+    if astream is not None and not _decodable(astream):
+        astream = None  # audio no decoder knows: treated like no audio track
+    video_undecodable = False
+    if vstream is not None and not _decodable(vstream):
+        if not (limits.allow_undecodable_video and astream is not None):
+            raise MediaError("unsupported_codec", f"{path.name}: FFmpeg has no decoder for the video stream's codec")
+        vstream, video_undecodable = None, True
     if vstream is None and astream is None:
-        raise MediaError("no_streams", f"{path.name} has no audio or video stream")
+        raise MediaError("no_streams", f"{path.name} has no decodable audio or video stream")
     if vstream is None and not limits.allow_missing_video:
         raise MediaError("no_video", f"{path.name} has no video stream (audio only)")
     fmt = container.format.name
-    if fmt in _IMAGE_FORMATS or fmt.endswith("_pipe"):
+    is_image = fmt in _IMAGE_FORMATS or fmt.endswith("_pipe")
+    if is_image and not (limits.allow_animated_images and fmt in ("gif", "apng", "webp")):
         raise MediaError("image_not_video", f"{path.name} is a still image ({fmt}), not a video")
     duration = container.duration / av.time_base if container.duration else None
     if duration is not None and duration > limits.max_duration:
@@ -168,68 +239,127 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
     first_video_time = None
     video_frames = 0
     decoded = 0
+    corrupt = 0
+    tainted = False
     resampler = av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate) if astream else None
-    audio_chunks: list[np.ndarray] = []
-    audio_have = 0
-    audio_first: float | None = None
+    audio = _AudioWindow(start, spec)
     need_audio = astream is not None
     need_video = vstream is not None
 
+    def decode(packet):
+        nonlocal corrupt
+        try:
+            return packet.decode()
+        except av.FFmpegError:  # a damaged packet (InvalidDataError, …): skip it, count it
+            corrupt += 1
+            return []
+
+    def take_video(frame) -> bool:
+        """Consider one decoded frame; False once past the window."""
+        nonlocal decoded, tainted, first_video_time, last_video_time, video_frames
+        # Elementary streams (raw .h264) carry no timestamps: count frames instead.
+        t = frame.time if frame.time is not None else decoded / (fps or 25.0)
+        decoded += 1
+        if t >= end:
+            return False
+        if tainted and frame.key_frame:
+            tainted = False
+        if tainted:
+            return True
+        # Keep the nearest frame per target; frames before start still count
+        # as candidates for the first target (keyframe-aligned seeks).
+        for k, target in enumerate(targets):
+            best = chosen[k]
+            if best is None or abs(t - target) < abs(best[0] - target):
+                chosen[k] = (t, frame)
+        if t >= start:
+            first_video_time = t if first_video_time is None else first_video_time
+            last_video_time = t
+            video_frames += 1
+        return True
+
     streams = [s for s in (vstream, astream) if s is not None]
-    for packet in container.demux(*streams):
+    for packet in _packets(container, streams, deadline, path, limits):
         if not (need_audio or need_video):
             break
         if packet.stream is vstream and need_video:
-            for frame in packet.decode():
-                # Elementary streams (raw .h264) carry no timestamps: count frames instead.
-                t = frame.time if frame.time is not None else decoded / (fps or 25.0)
-                decoded += 1
-                if t >= end:
+            before = corrupt
+            frames_out = decode(packet)
+            if corrupt > before:
+                # A lost packet breaks the references of what follows: frames up to the
+                # next keyframe are concealment guesses, neither chosen nor counted.
+                tainted = True
+            for frame in frames_out:
+                if not take_video(frame):
                     need_video = False
                     break
-                # Keep the nearest frame per target; frames before start still count
-                # as candidates for the first target (keyframe-aligned seeks).
-                for k, target in enumerate(targets):
-                    best = chosen[k]
-                    if best is None or abs(t - target) < abs(best[0] - target):
-                        chosen[k] = (t, frame)
-                if t >= start:
-                    first_video_time = t if first_video_time is None else first_video_time
-                    last_video_time = t
-                    video_frames += 1
         elif packet.stream is astream and need_audio:
-            for frame in packet.decode():
+            for frame in decode(packet):
+                audio.note_input(frame)
                 for out in resampler.resample(frame):
-                    audio_first, audio_have = _take_audio(out, start, spec, audio_chunks, audio_first, audio_have)
-                if audio_have >= spec.num_samples:
+                    audio.take(out)
+                if audio.full:
                     need_audio = False
                     break
+    if need_video:  # the demuxer may have stopped early (cut file): drain what the decoder holds
+        try:
+            for frame in vstream.codec_context.decode(None):
+                if not take_video(frame):
+                    break
+        except av.FFmpegError:  # already drained by the demuxer's own flush packet
+            pass
     if need_audio and resampler is not None:
-        for out in resampler.resample(None):
-            audio_first, audio_have = _take_audio(out, start, spec, audio_chunks, audio_first, audio_have)
+        try:
+            for out in resampler.resample(None):
+                audio.take(out)
+        except av.FFmpegError:
+            corrupt += 1
 
-    if vstream is not None and all(c is None for c in chosen):
+    has_video_content = vstream is not None and any(c is not None for c in chosen)
+    if vstream is not None and not has_video_content:
+        if not decoded and corrupt:
+            raise MediaError("decode_error", f"{path.name}: no video frame decodes ({corrupt} damaged packets)")
         raise MediaError("empty_window", f"{path.name}: no decodable video frame in [{start:.1f}, {end:.1f}) s")
+    if is_image and video_frames < 2:  # a GIF/APNG/WebP with one frame is a still image
+        raise MediaError("image_not_video", f"{path.name} is a still image ({fmt}), not a video")
     if vstream is not None and video_frames < limits.min_frames:
         raise MediaError("too_few_frames", f"{path.name}: {video_frames} frame(s) in the window, need {limits.min_frames}")
     frames = (np.stack([_to_square_rgb(c[1], spec.frame_size, limits.threads) for c in chosen])
               if vstream is not None else np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.uint8))
 
-    waveform = np.zeros(spec.num_samples, np.float32)
-    got = min(audio_have, spec.num_samples)
-    if audio_chunks:
-        joined = np.concatenate(audio_chunks)[:got]
-        waveform[:got] = np.clip(joined, -1.0, 1.0)
+    waveform, got, real = audio.result()
     rms = float(np.sqrt(np.mean(waveform[:got] ** 2))) if got else 0.0
     motion = float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean()) if len(frames) > 1 else 0.0
     vcc = vstream.codec_context if vstream is not None else None
     acc = astream.codec_context if astream is not None else None
     frame_period = 1 / fps if fps else 0.0
+    video_seconds = 0.0
+    if first_video_time is not None:
+        span = last_video_time - first_video_time + frame_period
+        # Frames actually decoded: a corrupt stretch between first and last is not covered.
+        video_seconds = min(span, video_frames * frame_period) if frame_period else span
+    audio_seconds = real / spec.sample_rate
+    if duration is None and (need_audio or need_video) and not corrupt:
+        # No stated duration (raw elementary streams) and the stream ended cleanly
+        # before the window did: the file is that short, not damaged.
+        content_end = max(got / spec.sample_rate, (last_video_time - start + frame_period)
+                          if last_video_time is not None else 0.0)
+        window = max(min(window, content_end), 1e-3)
+    used = ([audio_seconds] if astream is not None else []) + ([video_seconds] if vstream is not None else [])
+    if vstream is not None and video_frames < 2:
+        used[-1] = window  # a single frame (a still or 1 fps clip) stands for the window it spans
+    covered = min(min(used), window)
+    needed = min(limits.min_content_seconds, 0.5 * window)
+    if covered + 1e-6 < needed:
+        if corrupt or covered > 0:
+            raise MediaError("decode_error", f"{path.name}: only {covered:.2f} s of the {window:.2f} s window decode "
+                                             f"(need {needed:.2f} s; {corrupt} damaged packets)")
+        raise MediaError("empty_window", f"{path.name}: nothing decodable in [{start:.1f}, {end:.1f}) s")
     quality = Quality(
         duration=duration,
         window_start=start,
-        audio_seconds=got / spec.sample_rate,
-        video_seconds=(last_video_time - first_video_time + frame_period) if first_video_time is not None else 0.0,
+        audio_seconds=audio_seconds,
+        video_seconds=video_seconds,
         has_audio=astream is not None,
         has_video=vstream is not None,
         audio_rms=rms,
@@ -244,8 +374,55 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
         audio_codec=acc.codec.canonical_name if acc else None,
         sample_rate=acc.sample_rate if acc else None,
         channels=acc.channels if acc else None,
+        covered_seconds=round(covered, 3),
+        partial=covered < 0.9 * window,
+        corrupt_packets=corrupt,
+        video_undecodable=video_undecodable,
     )
     return DecodedClip(waveform, frames, quality)
+
+
+GAP_SECONDS = 0.05  # a jump in input audio timestamps larger than this is a hole (damage)
+
+
+class _AudioWindow:
+    """The window's waveform assembled from resampled frames. Contiguous while the
+    input is; after a hole in the input timestamps (skipped corrupt packets, an
+    overwritten stretch) it inserts silence so later audio stays at its own time."""
+
+    def __init__(self, start: float, spec: ClipSpec):
+        self.start, self.spec = start, spec
+        self.chunks: list[np.ndarray] = []
+        self.first: float | None = None
+        self.have = 0  # samples placed, gaps included
+        self.gaps = 0  # silent samples inserted for holes
+        self.next_in: float | None = None  # expected time of the next input frame
+
+    @property
+    def full(self) -> bool:
+        return self.have >= self.spec.num_samples
+
+    def note_input(self, frame: av.AudioFrame) -> None:
+        t = frame.time
+        if t is not None and frame.sample_rate:
+            if self.next_in is not None and self.first is not None and t - self.next_in > GAP_SECONDS:
+                gap = min(round((t - self.next_in) * self.spec.sample_rate), self.spec.num_samples - self.have)
+                if gap > 0:
+                    self.chunks.append(np.zeros(gap, np.float32))
+                    self.have += gap
+                    self.gaps += gap
+            self.next_in = t + frame.samples / frame.sample_rate
+
+    def take(self, frame: av.AudioFrame) -> None:
+        self.first, self.have = _take_audio(frame, self.start, self.spec, self.chunks, self.first, self.have)
+
+    def result(self) -> tuple[np.ndarray, int, int]:
+        """(waveform, samples placed, real samples) — padding after ``placed`` is zeros."""
+        waveform = np.zeros(self.spec.num_samples, np.float32)
+        got = min(self.have, self.spec.num_samples)
+        if self.chunks:
+            waveform[:got] = np.clip(np.concatenate(self.chunks)[:got], -1.0, 1.0)
+        return waveform, got, max(0, got - self.gaps)
 
 
 def _take_audio(frame: av.AudioFrame, start: float, spec: ClipSpec, chunks: list, first, have: int):

@@ -57,8 +57,9 @@ class DownloadError(Exception):
 _RULES: list[tuple[str, bool, re.Pattern]] = [
     (kind, transient, re.compile(pattern, re.I))
     for kind, transient, pattern in [
-        ("bot_check", False, r"confirm you.?re not a bot|sign in to confirm"),
+        # The age gate also says "Sign in to confirm …": it must match before the bot check.
         ("age_restricted", False, r"confirm your age|age.restricted|inappropriate for some users"),
+        ("bot_check", False, r"confirm you.?re not a bot|sign in to confirm"),
         ("private", False, r"private video|video is private"),
         ("geo_blocked", False, r"not (?:made this video )?available in your country|geo.?restrict"),
         ("removed", False, r"has been removed|account .* terminated|no longer available|copyright claim"),

@@ -4,6 +4,14 @@ Ray-free: ``jobs/label.py`` runs ``decode_rows`` in Ray Data CPU tasks and
 ``Predictor`` in an actor pool; ``predict`` below runs both in-process for one clip.
 A file that cannot be labelled still yields exactly one row, with ``error_class`` and
 ``error_message`` set and the prediction columns null.
+
+Every file gets its best answer: a damaged file is labelled from what decodes
+(``partial`` flag, ``covered_seconds``), and a file with one usable modality (audio
+files, an undecodable video stream beside good audio, GIFs, raw video streams, clips
+without audio) is predicted from that modality alone through the model's own
+unimodal path (``FusionModel.forward_head`` with the other embedding absent), flagged
+``audio_only`` / ``video_only`` — never from zero-filled stand-ins, which the model
+never saw in training.
 """
 
 from __future__ import annotations
@@ -22,9 +30,16 @@ from avfusion.config import ClipSpec
 from avfusion.decode import DecodeLimits, decode_clip
 from avfusion.probe import MediaError, probe
 
-# Labelling is lenient where training is strict: an audio-only file is labelled from
-# its audio (black frames; attention should move to audio), one frame is a video.
-LABEL_LIMITS = DecodeLimits(allow_missing_video=True, min_frames=1, min_side=8)
+# Labelling is lenient where training is strict: an audio-only file (or one whose video
+# no decoder knows) is labelled from its audio alone, one frame is a video, an animated
+# GIF is a short video.
+LABEL_LIMITS = DecodeLimits(allow_missing_video=True, min_frames=1, min_side=8, allow_undecodable_video=True,
+                            allow_animated_images=True)
+
+# Row flags (the ``flags`` column): why a prediction is not the plain two-modality one.
+# ``truncated``: with --windows all, the file stopped decoding before its stated end; the
+# windows after this row have no row.
+FLAGS = ("partial", "audio_only", "video_only", "video_undecodable", "truncated")
 
 SCHEMA = pa.schema([
     ("path", pa.string()), ("key", pa.string()), ("file_size", pa.int64()), ("mtime_ns", pa.int64()),
@@ -37,7 +52,8 @@ SCHEMA = pa.schema([
     ("audio_only_label", pa.string()), ("audio_only_confidence", pa.float32()),
     ("video_only_label", pa.string()), ("video_only_confidence", pa.float32()),
     ("silent_audio", pa.bool_()), ("no_audio_track", pa.bool_()), ("no_video_track", pa.bool_()),
-    ("frozen_video", pa.bool_()), ("model_id", pa.string()), ("checkpoint", pa.string()),
+    ("frozen_video", pa.bool_()), ("flags", pa.list_(pa.string())), ("covered_seconds", pa.float64()),
+    ("model_id", pa.string()), ("checkpoint", pa.string()),
     ("error_class", pa.string()), ("error_message", pa.string()), ("elapsed_ms", pa.float64()),
 ])
 
@@ -117,17 +133,30 @@ class DecodeRows:
             rows = []
             starts = _windows(info.duration, self.clip.clip_seconds, self.every_window)
             for wi, start in enumerate(starts):
-                clip = decode_clip(path, self.clip, start, self.limits)
+                try:
+                    clip = decode_clip(path, self.clip, start, self.limits)
+                except MediaError as exc:
+                    if not rows or exc.kind not in ("empty_window", "decode_error", "too_few_frames"):
+                        raise
+                    # A cut or damaged file ends before its stated duration: keep the
+                    # windows that decoded, and say on the last that later ones are lost.
+                    rows[-1]["flags"] = ",".join(filter(None, [rows[-1]["flags"], "truncated"]))
+                    break
                 q = clip.quality
                 rows.append({**base, "window_index": wi, "window_count": len(starts), "window_start": start,
                              "window_end": start + min(self.clip.clip_seconds, max(q.audio_seconds, q.video_seconds)),
                              "silent_audio": q.silent, "no_audio_track": not q.has_audio,
                              "no_video_track": not q.has_video, "frozen_video": bool(q.frozen),
+                             # Decode-side flags; Predictor adds the modality it used.
+                             "flags": ",".join(f for f, on in (("partial", q.partial),
+                                                               ("video_undecodable", q.video_undecodable)) if on),
+                             "covered_seconds": q.covered_seconds,
                              "waveform": clip.waveform, "frames": clip.frames,
                              "elapsed_ms": 0.0})
             per = (time.perf_counter() - t0) * 1000 / len(rows)
             for r in rows:
                 r["elapsed_ms"] = per
+                r["window_count"] = len(rows)  # resume and part cuts count on the rows written
             return rows
         except MediaError as exc:
             kind, message = exc.kind, exc.message
@@ -140,6 +169,7 @@ class DecodeRows:
                         "container": "", "video_codec": "", "audio_codec": ""}
         return {**base, "window_index": 0, "window_count": 1, "window_start": 0.0, "window_end": 0.0,
                 "silent_audio": False, "no_audio_track": False, "no_video_track": False, "frozen_video": False,
+                "flags": "", "covered_seconds": 0.0,
                 "waveform": np.zeros(self.clip.num_samples, np.float32),
                 "frames": np.zeros((self.clip.num_frames, self.clip.frame_size, self.clip.frame_size, 3), np.uint8),
                 "error_class": kind, "error_message": message[:2000], "elapsed_ms": (time.perf_counter() - t0) * 1000}
@@ -160,42 +190,70 @@ class Predictor:
         self.checkpoint, self.model_id = str(checkpoint), model_id(checkpoint)
 
     @torch.no_grad()
-    def outputs(self, waveform: np.ndarray, frames: np.ndarray):
-        m = self.model.cfg.modalities
-        wave = torch.from_numpy(np.ascontiguousarray(waveform)).to(self.device) if m != "video" else None
-        vid = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device) if m != "audio" else None
-        return self.model(wave, vid)
+    def outputs(self, waveform: np.ndarray | None, frames: np.ndarray | None):
+        """The model on a batch that has ``waveform``, ``frames`` or both (None: absent).
+        One modality goes through the model's unimodal head path (``forward_head``
+        with the other embedding None: weights one-hot, logits from that embedding)."""
+        model = self.model
+        a = v = None
+        if waveform is not None and model.audio is not None:
+            wave = torch.from_numpy(np.ascontiguousarray(waveform)).to(self.device)
+            a = model.attention.audio_proj(model.audio(wave))
+        if frames is not None and model.video is not None:
+            vid = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+            v = model.attention.video_proj(model.video(vid))
+        return model.forward_head(a, v)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["path"])
-        ok = np.array([not e for e in batch["error_class"]])
         out = {k: v for k, v in batch.items() if k not in ("waveform", "frames")}
+        errors = [str(e) if e else "" for e in batch["error_class"]]
+        messages = [str(m) if m else "" for m in batch["error_message"]]
+        flags = [[f for f in str(x).split(",") if f] if isinstance(x, str) else [] for x in batch["flags"]]
         cols = {"predicted_label": [None] * n, "class_index": [None] * n, "confidence": [None] * n,
                 "topk_labels": [None] * n, "topk_probs": [None] * n, "w_audio": [None] * n, "w_video": [None] * n,
                 "audio_only_label": [None] * n, "audio_only_confidence": [None] * n,
                 "video_only_label": [None] * n, "video_only_confidence": [None] * n}
-        if ok.any():
-            idx = np.flatnonzero(ok)
-            res = self.outputs(batch["waveform"][idx], batch["frames"][idx])
+        # Which modalities each row can use: what decoded and what the model has.
+        use_audio = np.array([not bool(x) for x in batch["no_audio_track"]]) & (self.model.audio is not None)
+        use_video = np.array([not bool(x) for x in batch["no_video_track"]]) & (self.model.video is not None)
+        ok = np.array([not e for e in errors])
+        for row in np.flatnonzero(ok & ~use_audio & ~use_video):
+            errors[row] = "no_usable_modality"
+            messages[row] = (f"the file has {'no audio' if batch['no_audio_track'][row] else 'audio'} and "
+                             f"{'no video' if batch['no_video_track'][row] else 'video'}; the model uses "
+                             f"{self.model.cfg.modalities}")
+            ok[row] = False
+        for ua, uv in ((True, True), (True, False), (False, True)):
+            idx = np.flatnonzero(ok & (use_audio == ua) & (use_video == uv))
+            if not len(idx):
+                continue
+            res = self.outputs(batch["waveform"][idx] if ua else None, batch["frames"][idx] if uv else None)
             probs = torch.softmax(res.logits.float(), dim=1).cpu()
             top_p, top_i = probs.topk(self.top_k, dim=1)
             aux = {name: (torch.softmax(logits.float(), dim=1).max(dim=1) if logits is not None else None)
                    for name, logits in (("audio", res.audio_logits), ("video", res.video_logits))}
+            weights = res.weights.float().cpu()
             for j, row in enumerate(idx):
                 cols["predicted_label"][row] = self.names[int(top_i[j, 0])]
                 cols["class_index"][row] = int(top_i[j, 0])
                 cols["confidence"][row] = float(top_p[j, 0])
                 cols["topk_labels"][row] = [self.names[int(k)] for k in top_i[j]]
                 cols["topk_probs"][row] = [float(p) for p in top_p[j]]
-                cols["w_audio"][row], cols["w_video"][row] = (float(x) for x in res.weights[j].float().cpu())
+                cols["w_audio"][row], cols["w_video"][row] = (float(x) for x in weights[j])
                 for name, best in aux.items():
                     if best is not None:
                         cols[f"{name}_only_label"][row] = self.names[int(best.indices[j])]
                         cols[f"{name}_only_confidence"][row] = float(best.values[j])
+                if not (ua and uv):
+                    flags[row].append("audio_only" if ua else "video_only")
         for k, v in cols.items():
             arr = np.empty(n, dtype=object)
             arr[:] = v
             out[k] = arr
+        out["error_class"] = np.array(errors)
+        out["error_message"] = np.array(messages)
+        out["flags"] = np.array([",".join(sorted(f)) for f in flags])
         out["model_id"] = np.array([self.model_id] * n)
         out["checkpoint"] = np.array([self.checkpoint] * n)
         return out
@@ -208,7 +266,9 @@ def to_table(batch: dict[str, np.ndarray]) -> pa.Table:
         values = list(batch[field.name])
         if field.name in ("error_class", "error_message", "container", "video_codec", "audio_codec"):
             values = [v if v else None for v in values]
-        if pa.types.is_list(field.type):
+        if field.name == "flags":  # carried as "a,b" through Ray (ragged lists do not batch)
+            values = [[f for f in str(v).split(",") if f] if isinstance(v, str) else list(v or []) for v in values]
+        elif pa.types.is_list(field.type):
             values = [None if v is None else list(v) for v in values]
         columns[field.name] = pa.array([_py(v) for v in values], type=field.type)
     return pa.table(columns, schema=SCHEMA)

@@ -51,20 +51,35 @@ def probe(path: str | Path) -> MediaInfo:
             if video is None and audio is None:
                 raise MediaError("no_streams", f"{path.name} has no audio or video stream")
             duration = container.duration / av.time_base if container.duration else None
+            vcc = video.codec_context if video else None  # None: a codec FFmpeg does not know
+            acc = audio.codec_context if audio else None
             return MediaInfo(
                 path=str(path),
                 size_bytes=size,
                 container=container.format.name,
                 duration=duration,
-                video_codec=video.codec_context.codec.canonical_name if video else None,
-                width=video.codec_context.width if video else None,
-                height=video.codec_context.height if video else None,
+                video_codec=_codec_name(video),
+                width=vcc.width if vcc else None,
+                height=vcc.height if vcc else None,
                 fps=float(video.average_rate) if video and video.average_rate else None,
-                audio_codec=audio.codec_context.codec.canonical_name if audio else None,
-                sample_rate=audio.codec_context.sample_rate if audio else None,
-                channels=audio.codec_context.channels if audio else None,
+                audio_codec=_codec_name(audio),
+                sample_rate=acc.sample_rate if acc else None,
+                channels=acc.channels if acc else None,
             )
     except MediaError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise MediaError("not_media", f"{path.name}: {exc}") from exc
+
+
+UNKNOWN_CODEC = "unknown"
+
+
+def _codec_name(stream) -> str | None:
+    """The stream's codec name; ``"unknown"`` for a stream whose codec FFmpeg cannot
+    identify (no codec context), so a probe never fails on what decode may skip."""
+    if stream is None:
+        return None
+    cc = stream.codec_context
+    codec = getattr(cc, "codec", None) if cc is not None else None
+    return codec.canonical_name if codec is not None else UNKNOWN_CODEC

@@ -5,6 +5,11 @@ folder. On Ray Data: file list → decode in CPU tasks → model in an actor poo
 loads the checkpoint once (a GPU each when --gpus-per-actor) → part files written
 atomically by the driver. Re-running with the same OUT skips files already labelled
 (same path, size and mtime). Every bad file becomes one row with an error class.
+
+Picked up by default: video files, audio files (wav, flac, mp3, m4a, ogg, opus),
+animated GIFs and raw H.264/H.265 streams; each is predicted from the modality it
+has (flags ``audio_only`` / ``video_only``). Everything else in the folder is counted
+as skipped in the summary; ``--list-skipped`` lists it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from pathlib import Path
 
 from avfusion.sources import VIDEO_EXTENSIONS
 
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus")
+# Animated images and elementary video streams: no container, still labelable video.
+OTHER_EXTENSIONS = (".gif", ".h264", ".264", ".h265", ".hevc")
+LABEL_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS + OTHER_EXTENSIONS
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avfusion label", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
@@ -28,8 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="model checkpoint (last.pt)")
     p.add_argument("--windows", choices=["first", "all"], default="first",
                    help="label the first clip window, or every window (one row each)")
-    p.add_argument("--extensions", default=",".join(e.lstrip(".") for e in VIDEO_EXTENSIONS),
-                   help="comma-separated file extensions to pick up in folders")
+    p.add_argument("--extensions", default=",".join(e.lstrip(".") for e in LABEL_EXTENSIONS),
+                   help="comma-separated file extensions to pick up in folders (default: video, audio, GIF, "
+                        "raw H.264/H.265)")
+    p.add_argument("--list-skipped", action="store_true",
+                   help="print every file the extension filter skipped (the summary counts them)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--actors", type=int, default=1, help="model actors (one model copy each)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
@@ -43,25 +56,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_inputs(source: str, extensions: tuple[str, ...]) -> list[str]:
-    """Video paths under a folder (symlinks to files kept, directories not followed),
+    """Media paths under a folder (symlinks to files kept, directories not followed),
     from a list file, or under an fsspec URL (downloaded on read by fsspec)."""
+    return scan_inputs(source, extensions)[0]
+
+
+def scan_inputs(source: str, extensions: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(paths to label, paths the extension filter skipped). A list file skips nothing:
+    it names exactly what to label."""
     if "://" in source and not source.startswith("file://"):
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(source)
-        return sorted(f"{fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol}://{p}"
-                      for p in fs.find(root) if p.lower().endswith(extensions))
+        proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+        every = sorted(f"{proto}://{p}" for p in fs.find(root))
+        return [p for p in every if p.lower().endswith(extensions)], [p for p in every
+                                                                       if not p.lower().endswith(extensions)]
     path = Path(source.removeprefix("file://"))
     if path.is_file():
-        return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        return [line.strip() for line in path.read_text().splitlines()
+                if line.strip() and not line.startswith("#")], []
     if not path.is_dir():
         raise FileNotFoundError(f"{source} is neither a folder nor a list file")
-    found = []
+    found, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
         dirnames.sort()
         names = filenames + [d for d in dirnames if d.lower().endswith(extensions)]
-        found += [os.path.join(dirpath, n) for n in names if n.lower().endswith(extensions)]
-    return sorted(found)
+        for n in names:
+            (found if n.lower().endswith(extensions) else skipped).append(os.path.join(dirpath, n))
+    return sorted(found), sorted(skipped)
 
 
 def done_identities(out: Path) -> set[tuple[str, int, int]]:
@@ -86,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     exts = tuple("." + e.strip().lstrip(".").lower() for e in args.extensions.split(",") if e.strip())
     try:
-        paths = list_inputs(args.input, exts)
+        paths, skipped = scan_inputs(args.input, exts)
         clip = ClipSpec(**load_checkpoint(args.checkpoint)["clip"])
     except (OSError, KeyError, ValueError) as exc:
         print(f"avfusion label: {exc}", file=sys.stderr)
@@ -104,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         key = os.path.relpath(p, root) if root else p
         items.append({"path": p, "key": key, "file_size": size, "mtime_ns": mtime})
-    print(f"{len(paths)} files, {len(paths) - len(items)} already labelled in {out}, {len(items)} to label")
+    print(f"{len(paths)} files, {len(paths) - len(items)} already labelled in {out}, {len(items)} to label; "
+          f"{len(skipped)} skipped by the extension filter")
+    if args.list_skipped:
+        for p in skipped:
+            print(f"  skipped: {p}")
     if items:
         with ray_session(args.address, args.num_cpus):
             import ray
@@ -121,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                                 memory=args.actor_memory_mb * 2**20)
             _write_parts(ds, out, args.part_rows, tqdm(total=len(items), desc="label", unit="file"))
     table = pq.read_table(sorted(out.glob("part-*.parquet")))
-    _summary(table)
+    _summary(table, skipped)
     return 0
 
 
@@ -165,15 +192,23 @@ def _write_parts(ds, out: Path, part_rows: int, bar) -> None:
     bar.close()
 
 
-def _summary(table) -> None:
+def _summary(table, skipped: list[str] = ()) -> None:
     rows = table.to_pylist()
     errors = Counter(r["error_class"] for r in rows if r["error_class"])
     labels = Counter(r["predicted_label"] for r in rows if not r["error_class"])
-    print(f"\n{len(rows)} rows from {len({r['path'] for r in rows})} files; {sum(errors.values())} errors")
+    flags = Counter(f for r in rows if not r["error_class"] for f in (r.get("flags") or []))
+    print(f"\n{len(rows)} rows from {len({r['path'] for r in rows})} files; {sum(errors.values())} errors; "
+          f"{len(skipped)} files skipped by the extension filter")
     for label, n in labels.most_common(20):
         print(f"  {label:<32}{n:>8}")
+    for flag, n in flags.most_common():
+        print(f"  flag: {flag:<26}{n:>8}")
     for kind, n in errors.most_common():
         print(f"  error: {kind:<25}{n:>8}")
+    if skipped:
+        by_ext = Counter(os.path.splitext(p)[1].lower() or "(none)" for p in skipped)
+        print("  skipped: " + ", ".join(f"{ext} {n}" for ext, n in by_ext.most_common())
+              + "  (--list-skipped lists them)")
 
 
 if __name__ == "__main__":

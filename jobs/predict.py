@@ -10,7 +10,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="avfusion predict", description=__doc__.split(": ", 1)[1])
-    p.add_argument("clip", help="a video file")
+    p.add_argument("clip", help="a video, audio or animated GIF file")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print the full row as JSON")
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"Predicted class: {row['predicted_label']} ({row['confidence']:.3f})")
     print(f"Fusion attention [audio, video]: [{row['w_audio']:.3f}, {row['w_video']:.3f}]")
+    if row["flags"]:  # e.g. audio_only (an audio file), partial (salvaged from a damaged file)
+        print(f"Flags: {', '.join(row['flags'])} (covered {row['covered_seconds']:.1f} s)")
     for label, prob in zip(row["topk_labels"], row["topk_probs"]):
         print(f"  {prob:6.3f}  {label}")
     return 0

@@ -99,3 +99,115 @@ def make_label_corpus(root: Path) -> dict[str, str]:
     (root / "linked.mp4").symlink_to(good.path)
     expected["linked.mp4"] = "ok"
     return expected
+
+
+# ----------------------------------------------------------------------------- salvage
+
+
+def faststart_copy(src: Path, dst: Path) -> Path:
+    """Remux ``src`` into an MP4 with its index (moov) first, as web/phone MP4s are:
+    then a cut or damaged tail still leaves a readable index."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4", options={"movflags": "faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is None:  # the demuxer's flush packets
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return dst
+
+
+def _write_gif(path: Path, n: int = 30, fps: int = 10, side: int = 64) -> None:
+    import av
+    from fractions import Fraction
+
+    from avfusion.synth import barcode_frames
+
+    with av.open(str(path), "w", format="gif") as out:
+        stream = out.add_stream("gif", rate=fps)
+        stream.width = stream.height = side
+        stream.pix_fmt = "rgb8"
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i, picture in enumerate(barcode_frames(n, side, side)):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+
+
+def _write_h264(path: Path, n: int = 50, side: int = 96) -> None:
+    import av
+
+    from avfusion.synth import barcode_frames
+
+    with av.open(str(path), "w", format="h264") as out:  # an elementary stream, no container
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = side, side, "yuv420p"
+        for picture in barcode_frames(n, side, side):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        out.mux(stream.encode(None))
+
+
+def make_salvage_corpus(root: Path, seconds: float = 10.0) -> dict[str, dict]:
+    """One file per case the label job must still answer, plus files its extension
+    filter skips. Returns name → expectation:
+
+    ``label``: ``None`` for a file the filter skips, else ``{"flags": set, "covered":
+    (lo, hi)}`` — the row must carry a prediction, exactly these flags and
+    ``covered_seconds`` within [lo, hi] (a 10 s window by default);
+    ``preprocess``: ``"ok"`` or the failure kind preprocess must classify.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    spec = SynthSpec(duration=seconds, width=160, height=120)
+    expected: dict[str, dict] = {}
+
+    # A video codec no decoder knows beside good MP3 audio: rename the Matroska codec
+    # ID of the H.264 track (same length, so every element size stays valid).
+    mkv = write_clip(root / "_mp3.tmp.mkv", SynthSpec(container="mkv", audio_codec="libmp3lame", duration=seconds,
+                                                      width=160, height=120)).path
+    data = mkv.read_bytes()
+    mkv.unlink()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1
+    (root / "unknown_video_codec.mkv").write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_QQQQQ/ISO/QQQ"))
+    expected["unknown_video_codec.mkv"] = {"label": {"flags": {"audio_only", "video_undecodable"},
+                                                     "covered": (seconds - 0.2, seconds)},
+                                           "preprocess": "unsupported_codec"}
+
+    src = write_clip(root / "_src.tmp.mp4", spec).path
+    good = faststart_copy(src, root / "_fs.tmp.mp4").read_bytes()
+    src.unlink()
+    (root / "_fs.tmp.mp4").unlink()
+    (root / "cut_at_30pct.mp4").write_bytes(good[: int(len(good) * 0.30)])
+    # What survives is what lies in the first 30 % of the bytes: some seconds, not all.
+    expected["cut_at_30pct.mp4"] = {"label": {"flags": {"partial"}, "covered": (1.0, 0.6 * seconds)},
+                                    "preprocess": "ok"}
+    damaged = bytearray(good)
+    n = int(len(good) * 0.15)
+    at = (len(good) - n) // 2
+    damaged[at:at + n] = np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8).tobytes()
+    (root / "middle_15pct_overwritten.mp4").write_bytes(bytes(damaged))
+    expected["middle_15pct_overwritten.mp4"] = {"label": {"flags": {"partial"},
+                                                          "covered": (0.2 * seconds, 0.9 * seconds)},
+                                                "preprocess": "ok"}
+
+    write_clip(root / "audio.m4a", SynthSpec(container="m4a", video_codec=None, duration=seconds))
+    expected["audio.m4a"] = {"label": {"flags": {"audio_only"}, "covered": (seconds - 0.1, seconds)},
+                             "preprocess": "no_video"}
+    write_clip(root / "audio.wav", SynthSpec(container="wav", video_codec=None, audio_codec="pcm_s16le",
+                                             duration=seconds))
+    expected["audio.wav"] = {"label": {"flags": {"audio_only"}, "covered": (seconds - 0.1, seconds)},
+                             "preprocess": "no_video"}
+    _write_gif(root / "animated.gif", n=30, fps=10)
+    expected["animated.gif"] = {"label": {"flags": {"video_only"}, "covered": (2.8, 3.0)},
+                                "preprocess": "image_not_video"}
+    _write_h264(root / "raw.h264", n=50)
+    expected["raw.h264"] = {"label": {"flags": {"video_only"}, "covered": (1.9, 2.0)}, "preprocess": "ok"}
+
+    # What the default extension filter skips: counted and listed, never labelled.
+    (root / "notes.txt").write_text("not media\n")
+    (root / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    expected["notes.txt"] = {"label": None, "preprocess": None}
+    expected["cover.jpg"] = {"label": None, "preprocess": None}
+    return expected

@@ -4,7 +4,10 @@ yt-dlp hands section downloads to ffmpeg, which seeks with Range requests: a ser
 without Range support (``python -m http.server``) cannot be used. Faults reproduce
 what real hosts do: 404/403, 429 or 500 for the first N requests, a response slower
 than the client's timeout, a connection reset mid-body, a body shorter than its
-Content-Length. ``requests`` counts requests per path so tests can see retries.
+Content-Length. ``requests`` counts requests per path so tests can see retries;
+``bytes_sent`` counts the body bytes the server got into each connection per path
+(written in 16 KiB chunks into a 64 KiB send buffer, so a client that stops reading
+early is charged at most about the buffer beyond what it took).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class RangeServer:
         self.faults: dict[str, tuple[str, int]] = {}
         self.requests: Counter = Counter()
         self.ranges: dict[str, list[str]] = {}
+        self.bytes_sent: Counter = Counter()
+        self.sent_by_request: dict[str, list[int]] = {}  # per path, body bytes per request in order
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer((host, 0), self._handler())
@@ -69,6 +74,8 @@ class RangeServer:
                     server.requests[name] += 1
                     n = server.requests[name]
                     server.ranges.setdefault(name, []).append(self.headers.get("Range", ""))
+                    server.sent_by_request.setdefault(name, []).append(0)
+                    request_index = len(server.sent_by_request[name]) - 1
                 kind, count = server.faults.get(name, ("", 0))
                 if kind in ("404", "403"):
                     return self._status(int(kind))
@@ -110,8 +117,16 @@ class RangeServer:
                     self.close_connection = True
                     self.connection.close()
                     return
+                # A small send buffer and chunked writes: what is counted is what the
+                # client could have read, not a whole file parked in kernel buffers.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
                 try:
-                    self.wfile.write(body)
+                    for i in range(0, len(body), 16 * 1024):
+                        chunk = body[i:i + 16 * 1024]
+                        self.wfile.write(chunk)
+                        with server.lock:
+                            server.bytes_sent[name] += len(chunk)
+                            server.sent_by_request[name][request_index] += len(chunk)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # ffmpeg closes as soon as it has the bytes it wanted
 

@@ -2,6 +2,7 @@
 and keep the security defaults; the local scripts start, run a job and stop a cluster."""
 
 import importlib
+import json
 import shlex
 import subprocess
 import sys
@@ -73,7 +74,14 @@ def test_local_scripts_start_submit_stop(tmp_path, cli_env):
         job = subprocess.run(["bash", "cluster/local/submit.sh", "preprocess"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)
         assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
-        assert (tmp_path / "out" / "shards" / "manifest.json").exists()
+        manifest = json.loads((tmp_path / "out" / "shards" / "manifest.json").read_text())
+        # Every labelled sample clip became a sample (the bundled clips all decode).
+        from avfusion.sources import scan_folder
+
+        tasks, _ = scan_folder(REPO / "avfusion/sample_data/clips", REPO / "avfusion/sample_data/labels.csv")
+        assert len(tasks) >= 30
+        assert manifest["num_samples"] == len(tasks) == sum(manifest["by_split"].values()), manifest["by_split"]
+        assert manifest["num_shards"] == -(-len(tasks) // 6)  # --shard-size 6 in submit.sh
     finally:
         groups = [int((state / f).read_text()) for f in ("head.pgid", "worker.pgid") if (state / f).exists()]
         subprocess.run(["bash", "cluster/local/stop.sh", str(state)], cwd=REPO, env=env, timeout=60)

@@ -154,3 +154,90 @@ def test_skip_nonref_keeps_frames_within_one_of_target(tmp_path):
     out = decode_clip(clip.path, SPEC, limits=DecodeLimits(skip_nonref=True))
     got = [read_frame_index(f) for f in out.frames]
     assert all(abs(g - e) <= 1 for g, e in zip(got, exact)), (got, exact)
+
+
+def _salvage_limits():
+    import dataclasses
+
+    from avfusion.label import LABEL_LIMITS
+
+    return dataclasses.replace(LABEL_LIMITS, allow_undecodable_video=True, allow_animated_images=True)
+
+
+def test_salvage_corpus_preprocess_kinds_and_label_coverage(tmp_path):
+    """Each damaged/awkward file decodes to what survives (label's limits) and, with
+    preprocess's strict limits, is either a sample or the expected classified failure."""
+    from tests.corpus import make_salvage_corpus
+
+    expected = make_salvage_corpus(tmp_path)
+    spec = ClipSpec(frame_size=64)
+    for name, want in expected.items():
+        if want["label"] is None:
+            continue
+        try:
+            decode_clip(tmp_path / name, spec)
+            got = "ok"
+        except MediaError as exc:
+            got = exc.kind
+        assert got == want["preprocess"], (name, got)
+        q = decode_clip(tmp_path / name, spec, limits=_salvage_limits()).quality
+        lo, hi = want["label"]["covered"]
+        assert lo <= q.covered_seconds <= hi, (name, q.covered_seconds)
+        assert q.partial == ("partial" in want["label"]["flags"]), (name, q)
+        assert q.video_undecodable == ("video_undecodable" in want["label"]["flags"]), name
+        assert q.has_video == ("audio_only" not in want["label"]["flags"]), name
+        assert q.has_audio == ("video_only" not in want["label"]["flags"]), name
+
+
+def test_overwritten_middle_keeps_frames_and_audio_at_their_times(tmp_path):
+    """Frames after the damaged stretch are the ones nearest their targets (by barcode)
+    and the audio after it is not pulled forward: the hole is silence."""
+    from tests.corpus import make_salvage_corpus
+
+    make_salvage_corpus(tmp_path)
+    out = decode_clip(tmp_path / "middle_15pct_overwritten.mp4", SPEC)
+    assert out.quality.corrupt_packets > 0 and out.quality.partial
+    # The synthetic H.264 has one keyframe (x264's 250-frame GOP): every frame after the
+    # hole lost its references, so only the clean frames before it are used (by barcode).
+    indices = [read_frame_index(f) for f in out.frames]
+    targets = frame_times(0.0, 10.0, 8) * 25
+    clean = round(out.quality.video_seconds * 25)
+    assert abs(indices[0] - targets[0]) <= 1 and indices == sorted(indices), indices
+    assert indices[-1] in (clean - 1, clean) and 2.0 <= out.quality.video_seconds <= 6.0, (indices, clean)
+    wave = out.waveform.reshape(-1, 1600)  # 0.1 s blocks
+    silent = np.flatnonzero(np.abs(wave).max(axis=1) < 1e-3)
+    assert len(silent) >= 5 and 30 <= silent.min() and silent.max() <= 70, silent  # the hole, mid-file
+    assert np.abs(wave[90:99]).max() > 0.1, "audio after the hole must stay at the end"
+
+
+def test_cut_file_yields_the_seconds_before_the_cut(tmp_path):
+    from tests.corpus import make_salvage_corpus
+
+    make_salvage_corpus(tmp_path)
+    out = decode_clip(tmp_path / "cut_at_30pct.mp4", SPEC)
+    q = out.quality
+    assert q.partial and 1.0 <= q.covered_seconds < 6.0
+    assert not out.waveform[int((q.audio_seconds + 0.05) * 16_000):].any(), "nothing invented after the cut"
+    last = read_frame_index(out.frames[-1])
+    assert last <= round(q.video_seconds * 25), (last, q.video_seconds)
+
+
+def test_too_little_content_is_an_error_not_a_sample(tmp_path):
+    from tests.corpus import faststart_copy
+
+    src = write_clip(tmp_path / "s.mp4", SynthSpec(duration=10.0, width=160, height=120)).path
+    data = faststart_copy(src, tmp_path / "fs.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: int(len(data) * 0.12)])  # well under a second survives
+    with pytest.raises(MediaError) as exc:
+        decode_clip(tmp_path / "cut.mp4", SPEC)
+    assert exc.value.kind in ("decode_error", "empty_window")
+    q = decode_clip(tmp_path / "cut.mp4", SPEC, limits=DecodeLimits(min_content_seconds=0.1)).quality
+    assert 0.1 <= q.covered_seconds < 1.0 and q.partial
+
+
+def test_deadline_turns_a_slow_decode_into_decode_timeout(tmp_path):
+    clip = write_clip(tmp_path / "c.mp4", SynthSpec(duration=10.0, width=320, height=240))
+    with pytest.raises(MediaError) as exc:
+        decode_clip(clip.path, SPEC, limits=DecodeLimits(deadline_seconds=0.02))
+    assert exc.value.kind == "decode_timeout"
+    assert decode_clip(clip.path, SPEC).quality.covered_seconds == pytest.approx(10.0, abs=0.05)

@@ -57,18 +57,55 @@ def test_label_folder_matches_the_model_run_directly(tmp_path, clips, checkpoint
     assert con.execute(f"SELECT min(len(topk_labels)), max(len(topk_probs)) FROM {table}").fetchone() == (5, 5)
     assert len(list(out.glob("part-*.parquet"))) >= 2
 
+    _assert_rows_equal_the_model(con, table, checkpoint, expect_rows=18)
+
+
+def _direct(model, waveform, frames):
+    """The model run directly on one decoded clip, through the path a row of that kind
+    must take: both encoders fused, or one encoder and ``forward_head`` alone."""
+    with torch.no_grad():
+        a = model.attention.audio_proj(model.audio(torch.from_numpy(waveform)[None])) if waveform is not None else None
+        v = model.attention.video_proj(model.video(torch.from_numpy(frames)[None])) if frames is not None else None
+        if a is not None and v is not None:
+            out = model(torch.from_numpy(waveform)[None], torch.from_numpy(frames)[None])
+            assert torch.allclose(out.logits, model.forward_head(a, v).logits)
+            return out
+        return model.forward_head(a, v)
+
+
+def _assert_rows_equal_the_model(con, table, checkpoint, expect_rows: int) -> None:
+    """EVERY labelled row equals the model run directly on the same decoded window: the
+    label, confidence, the whole top-k (labels and probabilities), both attention
+    weights, and both unimodal heads' labels and confidences (null where absent)."""
     model, ckpt = model_from_checkpoint(checkpoint)
     names = sorted(ckpt["label_map"], key=ckpt["label_map"].get)
     spec = ClipSpec(**ckpt["clip"])
-    rows = con.execute(f"SELECT path, predicted_label, confidence, w_audio FROM {table} ORDER BY path LIMIT 6").fetchall()
-    for path, label, confidence, w_audio in rows:
-        clip = decode_clip(path, spec, limits=LABEL_LIMITS)
-        with torch.no_grad():
-            direct = model(torch.from_numpy(clip.waveform)[None], torch.from_numpy(clip.frames)[None])
+    rows = con.execute(f"SELECT path, window_start, predicted_label, confidence, topk_labels, topk_probs, w_audio, "
+                       f"w_video, audio_only_label, audio_only_confidence, video_only_label, video_only_confidence, "
+                       f"flags FROM {table} WHERE error_class IS NULL ORDER BY path, window_start").fetchall()
+    assert len(rows) == expect_rows
+    for (path, start, label, confidence, topk_labels, topk_probs, w_audio, w_video, a_label, a_conf, v_label,
+         v_conf, flags) in rows:
+        clip = decode_clip(path, spec, start=start, limits=LABEL_LIMITS)
+        q = clip.quality
+        direct = _direct(model, clip.waveform if q.has_audio else None, clip.frames if q.has_video else None)
         probs = torch.softmax(direct.logits, dim=1)[0]
-        assert label == names[int(probs.argmax())]
-        assert confidence == pytest.approx(float(probs.max()), abs=1e-5)
-        assert w_audio == pytest.approx(float(direct.weights[0, 0]), abs=1e-5)
+        top_p, top_i = probs.topk(len(topk_labels))
+        assert label == names[int(top_i[0])], path
+        assert confidence == pytest.approx(float(top_p[0]), abs=1e-5), path
+        assert topk_labels == [names[int(i)] for i in top_i], path
+        assert topk_probs == pytest.approx([float(x) for x in top_p], abs=1e-5), path
+        assert (w_audio, w_video) == pytest.approx([float(x) for x in direct.weights[0]], abs=1e-5), path
+        for head, got_label, got_conf in ((direct.audio_logits, a_label, a_conf), (direct.video_logits, v_label,
+                                                                                   v_conf)):
+            if head is None:
+                assert got_label is None and got_conf is None, path
+            else:
+                hp = torch.softmax(head, dim=1)[0]
+                assert got_label == names[int(hp.argmax())], path
+                assert got_conf == pytest.approx(float(hp.max()), abs=1e-5), path
+        modality = {"audio_only"} if not q.has_video else ({"video_only"} if not q.has_audio else set())
+        assert set(flags) & {"audio_only", "video_only"} == modality, (path, flags)
 
 
 def test_odd_files_each_get_one_row(tmp_path, checkpoint, ray_local):
@@ -135,3 +172,63 @@ def test_predict_prints_label_top5_and_attention(tmp_path, clips, checkpoint, cl
     failed = subprocess.run(["avfusion", "predict", str(bad), "--checkpoint", str(checkpoint)], env=cli_env,
                             capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1 and "not_media" in failed.stderr
+
+
+@pytest.fixture(scope="module")
+def checkpoint_10s(checkpoint, tmp_path_factory):
+    """The trained checkpoint applied to 10 s windows: the encoders pool over time, so
+    the same weights take a longer window (the salvage corpus is made of 10 s files,
+    the length the damaged-file cases are defined on)."""
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["clip"] = {**ckpt["clip"], "clip_seconds": 10.0}
+    path = tmp_path_factory.mktemp("ckpt10") / "last.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_every_file_gets_its_best_answer(tmp_path, checkpoint_10s, ray_local, capsys):
+    """The salvage corpus, with the default extension filter: every media file gets a
+    row with a prediction, exactly its flags and plausible covered seconds; the rows
+    equal the model; the files the filter skips are counted and listed."""
+    from tests.corpus import make_salvage_corpus
+
+    corpus = tmp_path / "corpus"
+    expected = make_salvage_corpus(corpus)
+    out = tmp_path / "labels"
+    assert label_job.main([str(corpus), str(out), "--checkpoint", str(checkpoint_10s), "--list-skipped"]) == 0
+    printed = capsys.readouterr().out
+    con = duckdb.connect()
+    table = f"read_parquet('{out}/part-*.parquet')"
+    rows = con.execute(f"SELECT path, error_class, error_message, predicted_label, flags, covered_seconds "
+                       f"FROM {table}").fetchall()
+    got = {Path(r[0]).name: r for r in rows}
+    media = {n for n, want in expected.items() if want["label"] is not None}
+    assert set(got) == media and len(rows) == len(media)
+    for name in media:
+        _, error, message, label, flags, covered = got[name]
+        want = expected[name]["label"]
+        assert error is None and label is not None, (name, error, message)
+        assert set(flags) == want["flags"], (name, flags)
+        lo, hi = want["covered"]
+        assert lo <= covered <= hi, (name, covered)
+    skipped = sorted(n for n, want in expected.items() if want["label"] is None)
+    assert f"{len(skipped)} files skipped by the extension filter" in printed
+    assert all(f"skipped: {corpus / n}" in printed for n in skipped), printed
+    _assert_rows_equal_the_model(con, table, checkpoint_10s, expect_rows=len(media))
+
+
+def test_every_window_of_a_cut_file_keeps_the_windows_that_decode(tmp_path):
+    """--windows all on a file cut at 30 %: the windows before the cut are rows, the
+    last one flagged ``truncated``; no window turns the whole file into an error."""
+    from avfusion.label import DecodeRows, file_identity
+    from tests.corpus import make_salvage_corpus
+
+    make_salvage_corpus(tmp_path)
+    path = str(tmp_path / "cut_at_30pct.mp4")
+    rows = DecodeRows(ClipSpec(clip_seconds=1.0, frame_size=32), every_window=True).decode_file(
+        path, "cut", *file_identity(path))
+    assert 1 <= len(rows) < 10 and all(not r["error_class"] for r in rows), [r["error_message"] for r in rows]
+    assert [r["window_index"] for r in rows] == list(range(len(rows)))
+    assert all(r["window_count"] == len(rows) for r in rows)
+    assert "truncated" in rows[-1]["flags"] and all("truncated" not in r["flags"] for r in rows[:-1])
+    assert rows[-1]["window_end"] <= 6.0

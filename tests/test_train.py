@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from jobs import train as train_job
 
@@ -37,12 +38,16 @@ def test_torchrun_ddp_two_ranks_stay_in_step(tmp_path, synthetic_shards, small_t
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr",
                            "127.0.0.1", "--master_port", str(_free_port()), "-m", "jobs.train", str(synthetic_shards),
                            "--out", str(run), "--config", str(small_train_config), "--epochs", "2",
-                           "--batch-size", "8", "--steps-per-epoch", "3"],
+                           "--batch-size", "8"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     ranks = [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
-    assert ranks[0]["step"] == ranks[1]["step"] == 6
+    # No --steps-per-epoch: the epoch length comes from the manifest as in real runs, over
+    # shards of uneven size (10, …, 6); both ranks finish every epoch (no hang) in step.
+    steps = _derived_steps(synthetic_shards, batch=8, world=2)
+    assert steps >= 2
+    assert ranks[0]["step"] == ranks[1]["step"] == 2 * steps
     assert ranks[0]["param_checksum"] == pytest.approx(ranks[1]["param_checksum"], rel=1e-9)
     assert _metrics(run)[-1]["val_n"] == 24  # both ranks' evaluation shares summed
 
@@ -87,7 +92,57 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, synthetic_shards, s
     assert [m["step"] for m in b] == [m["step"] for m in a] == [3, 6, 9, 12]
     assert b[-1]["train_loss"] == pytest.approx(a[-1]["train_loss"], rel=1e-6)
     assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=1e-6)
+    # "Identical, bit for bit": every parameter and buffer, every optimizer state tensor,
+    # the scheduler and the RNG of the resumed run equal the uninterrupted run's.
+    ca, cb = (torch.load(run / "last.pt", weights_only=True) for run in (clean, killed))
+    assert ca["model"].keys() == cb["model"].keys()
+    for name, tensor in ca["model"].items():
+        assert torch.equal(tensor, cb["model"][name]), f"parameter {name} differs"
+    oa, ob = ca["optimizer"], cb["optimizer"]
+    assert oa["param_groups"] == ob["param_groups"]
+    n_params = len(oa["param_groups"][0]["params"])
+    assert sorted(oa["state"]) == sorted(ob["state"]) and len(oa["state"]) == n_params > 0
+    for index, state in oa["state"].items():
+        assert state.keys() == ob["state"][index].keys()
+        for key, value in state.items():
+            other = ob["state"][index][key]
+            assert torch.equal(value, other) if torch.is_tensor(value) else value == other, (index, key)
+    assert ca["scheduler"] == cb["scheduler"] and (ca["epoch"], ca["step"]) == (cb["epoch"], cb["step"]) == (3, 12)
+    assert torch.equal(ca["rng"], cb["rng"])
     assert not [p for p in killed.iterdir() if p.name.startswith(".last.pt")], "no temporary checkpoint left"
+
+
+def _derived_steps(shards, batch: int, world: int) -> int:
+    """Steps per epoch as ``avfusion.train.train`` derives them without --steps-per-epoch."""
+    manifest = json.loads((shards / "manifest.json").read_text())
+    return max(1, manifest["by_split"]["train"] // (batch * world))
+
+
+def test_uneven_shards_each_rank_ends_the_epoch_after_the_derived_batches(synthetic_shards, monkeypatch):
+    """Each rank's loader, read to its end, yields exactly the per-worker batch count
+    train derives (ceil(steps / workers) per worker) over uneven shards: the epoch ends
+    by ``with_epoch``, not by the caller cutting an endless stream (without it this
+    read hits the cap below instead of ending)."""
+    import math
+    from itertools import islice
+
+    from shards.loader import Dataset, loader, pipeline
+
+    data = Dataset.open(str(synthetic_shards))
+    sizes = [s["count"] for s in data.manifest["shards"] if s["count"]]
+    assert len(set(sizes)) > 1, f"shards must be uneven: {sizes}"
+    batch, world, workers = 8, 2, 2
+    steps = _derived_steps(synthetic_shards, batch, world)
+    per_worker = math.ceil(steps / workers)
+    counts = []
+    for rank in range(world):  # how torchrun tells webdataset the rank
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        ds = pipeline(data.urls, batch, split="train", train=True, seed=3, batches_per_epoch=per_worker)
+        got = list(islice(loader(ds, workers), per_worker * workers + 5))
+        assert all(len(b.keys) == batch for b in got), "training batches are full"
+        counts.append(len(got))
+    assert counts == [per_worker * workers] * world and per_worker * workers >= steps, counts
 
 
 def _free_port():

@@ -1,54 +1,206 @@
-"""Measuring helpers: CPU seconds and peak RSS of child processes, via ``os.wait4``."""
+"""Measuring helpers: CPU seconds and peak memory of a command's whole process tree.
+
+Both sides of every comparison are measured by ``run_measured``, the same way:
+
+* CPU = user + system seconds of *every* process the command starts, Ray's GCS,
+  raylet and worker processes included. Preferred: a cgroup-v1 ``cpuacct`` group
+  made for the command (``/sys/fs/cgroup/cpuacct``, writable when run as root), whose
+  ``cpuacct.usage`` counts every task that ever ran in it, however it ended.
+  Fallback: this process makes itself a child subreaper (``PR_SET_CHILD_SUBREAPER``)
+  and the figure is the growth of ``RUSAGE_CHILDREN`` once every descendant is
+  reaped — which misses the children of a parent that ignores ``SIGCHLD`` (Ray's
+  raylet reaps its workers that way), so Ray jobs are only fully counted by the
+  cgroup. Each run says which it used.
+* memory = the peak over time of the summed PSS of the live process tree (sampled
+  every 50 ms from ``/proc/PID/smaps_rollup``): proportional set size splits shared
+  pages (Ray's object store, mapped by every worker) among the processes sharing
+  them, so the sum is what the tree really holds; summed RSS would count them once per
+  process. The command's own peak RSS (``VmHWM``) is also kept.
+* wall = from launch to the last descendant's exit: start-up is inside every figure,
+  on both sides; callers that quote a per-clip cost "at the margin" take the
+  difference of two runs of different sizes, again on both sides.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import resource
+import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
+
+_METHODS: set[str] = set()
+
+
+def accounting() -> str:
+    """How the runs so far were measured, for the benchmark's printout."""
+    cpu = ("a cpuacct cgroup per command (every process that ran in it, Ray workers included)"
+           if _METHODS == {"cgroup"} else
+           "RUSAGE_CHILDREN of reaped descendants via a child subreaper (no writable cpuacct cgroup here: "
+           "children of a parent that ignores SIGCHLD, e.g. Ray workers, are missed)" if _METHODS == {"rusage"} else
+           f"mixed methods {sorted(_METHODS)}")
+    return (f"CPU = user+sys of every process in each command's tree, from {cpu}; memory = peak summed PSS of "
+            f"the tree (50 ms samples; shared pages split, not counted per process); wall and CPU include "
+            f"start-up, on both sides")
 
 
 @dataclass
 class Usage:
     cpu_seconds: float
     wall_seconds: float
-    max_rss_mb: float
+    max_rss_mb: float  # peak of the summed PSS of all processes of the command (see module doc)
+    root_rss_mb: float = 0.0  # peak RSS (VmHWM) of the command's own process
+    processes: int = 1  # distinct processes seen in the tree
 
 
-def _peak_rss_mb(pid: int, stop: threading.Event, out: list) -> None:
-    """Poll the child's own high-water mark (VmHWM). ``ru_maxrss`` cannot be used:
-    Linux carries the parent's peak into an exec'd child's figure."""
+def _subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, stack = [], [root]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            out.append(c)
+            stack.append(c)
+    return out
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _poll_memory(root: int, stop: threading.Event, out: dict) -> None:
+    """Peak of the summed PSS of this process's descendants (the command's tree: we
+    run one command at a time), and the command's own VmHWM."""
+    me = os.getpid()
     while not stop.is_set():
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        out[0] = max(out[0], int(line.split()[1]) / 1024)
-        except (OSError, ValueError):
-            return
-        stop.wait(0.002)
+        tree = _descendants(me)
+        out["pids"].update(tree)
+        out["sum"] = max(out["sum"], sum(_pss_kb(p) for p in tree) / 1024)
+        out["root"] = max(out["root"], _status_kb(root, "VmHWM:") / 1024)
+        stop.wait(0.05)
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> Usage:
-    """Run ``cmd`` to completion; its own user+sys CPU time and peak RSS (not ours)."""
-    import time
+CPUACCT = "/sys/fs/cgroup/cpuacct"
 
+
+def _make_cgroup() -> str | None:
+    path = f"{CPUACCT}/avfusion-bench-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        os.mkdir(path)
+        with open(f"{path}/cpuacct.usage") as f:
+            int(f.read())
+        return path
+    except (OSError, ValueError):
+        return None
+
+
+def _cgroup_pids(path: str) -> list[int]:
+    try:
+        with open(f"{path}/cgroup.procs") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def run_measured(cmd: list[str], env: dict | None = None, linger: float = 60.0) -> Usage:
+    """Run ``cmd`` to completion and account its whole process tree (see module doc).
+    Descendants still alive ``linger`` s after the command exits are ended (SIGTERM
+    to those PIDs) and still counted."""
+    _subreaper()
+    group = _make_cgroup()
+
+    def enter_group() -> None:  # in the child, before exec: it and all it starts are counted
+        with open(f"{group}/cgroup.procs", "w") as f:
+            f.write(str(os.getpid()))
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    peak, stop = [0.0], threading.Event()
-    poller = threading.Thread(target=_peak_rss_mb, args=(proc.pid, stop, peak), daemon=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=enter_group if group else None)
+    mem, stop = {"sum": 0.0, "root": 0.0, "pids": set()}, threading.Event()
+    poller = threading.Thread(target=_poll_memory, args=(proc.pid, stop, mem), daemon=True)
     poller.start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    status, deadline = None, None
+    while True:
+        try:
+            pid, st = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break  # no child left: the command and every descendant are reaped
+        if pid == proc.pid:
+            status, deadline = st, time.monotonic() + linger
+        if pid == 0:
+            if deadline is not None and time.monotonic() > deadline:
+                for p in set(_descendants(os.getpid())) | set(_cgroup_pids(group) if group else []):
+                    try:
+                        os.kill(p, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                deadline = time.monotonic() + 10
+            time.sleep(0.01)
+    while group and _cgroup_pids(group):  # processes that left our tree (re-parented elsewhere)
+        if deadline is not None and time.monotonic() > deadline + 10:
+            for p in _cgroup_pids(group):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.01)
+    wall = time.perf_counter() - t0
     stop.set()
     poller.join()
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    reader.join(timeout=5)
+    message = (err[0] if err else b"").decode(errors="replace")[-2000:]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else -1
     if proc.returncode != 0:
-        err = proc.stderr.read().decode(errors="replace")[-2000:]
-        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {err}")
-    proc.stderr.close()
-    return Usage(usage.ru_utime + usage.ru_stime, wall, peak[0])
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {message}")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    if group:
+        with open(f"{group}/cpuacct.usage") as f:
+            cpu = int(f.read()) / 1e9
+        os.rmdir(group)
+        _METHODS.add("cgroup")
+    else:
+        _METHODS.add("rusage")
+    return Usage(cpu, wall, mem["sum"], mem["root"], 1 + len(mem["pids"]))
 
 
 def python_cmd(module: str, *args: str) -> list[str]:
