@@ -28,6 +28,7 @@ import torch
 
 from avfusion.config import ClipSpec
 from avfusion.decode import DecodeLimits, decode_clip
+from avfusion.model import attention_agrees
 from avfusion.probe import MediaError, probe
 
 # Labelling is lenient where training is strict: an audio-only file (or one whose video
@@ -48,7 +49,7 @@ SCHEMA = pa.schema([
     ("window_start", pa.float64()), ("window_end", pa.float64()),
     ("predicted_label", pa.string()), ("class_index", pa.int32()), ("confidence", pa.float32()),
     ("topk_labels", pa.list_(pa.string())), ("topk_probs", pa.list_(pa.float32())),
-    ("w_audio", pa.float32()), ("w_video", pa.float32()),
+    ("w_audio", pa.float32()), ("w_video", pa.float32()), ("attention_agrees", pa.bool_()),
     ("audio_only_label", pa.string()), ("audio_only_confidence", pa.float32()),
     ("video_only_label", pa.string()), ("video_only_confidence", pa.float32()),
     ("silent_audio", pa.bool_()), ("no_audio_track", pa.bool_()), ("no_video_track", pa.bool_()),
@@ -212,6 +213,7 @@ class Predictor:
         flags = [[f for f in str(x).split(",") if f] if isinstance(x, str) else [] for x in batch["flags"]]
         cols = {"predicted_label": [None] * n, "class_index": [None] * n, "confidence": [None] * n,
                 "topk_labels": [None] * n, "topk_probs": [None] * n, "w_audio": [None] * n, "w_video": [None] * n,
+                "attention_agrees": [None] * n,
                 "audio_only_label": [None] * n, "audio_only_confidence": [None] * n,
                 "video_only_label": [None] * n, "video_only_confidence": [None] * n}
         # Which modalities each row can use: what decoded and what the model has.
@@ -234,6 +236,10 @@ class Predictor:
             aux = {name: (torch.softmax(logits.float(), dim=1).max(dim=1) if logits is not None else None)
                    for name, logits in (("audio", res.audio_logits), ("video", res.video_logits))}
             weights = res.weights.float().cpu()
+            # No ground truth here: agreement asks whether the higher-weighted modality's own
+            # head is the surer of the two about the fused prediction (null with one modality).
+            agrees = (attention_agrees(res, top_i[:, 0].to(res.logits.device)).cpu().tolist()
+                      if res.scores is not None else [None] * len(idx))
             for j, row in enumerate(idx):
                 cols["predicted_label"][row] = self.names[int(top_i[j, 0])]
                 cols["class_index"][row] = int(top_i[j, 0])
@@ -241,6 +247,7 @@ class Predictor:
                 cols["topk_labels"][row] = [self.names[int(k)] for k in top_i[j]]
                 cols["topk_probs"][row] = [float(p) for p in top_p[j]]
                 cols["w_audio"][row], cols["w_video"][row] = (float(x) for x in weights[j])
+                cols["attention_agrees"][row] = agrees[j]
                 for name, best in aux.items():
                     if best is not None:
                         cols[f"{name}_only_label"][row] = self.names[int(best.indices[j])]

@@ -14,6 +14,7 @@ import torch
 from avfusion.config import ClipSpec
 from avfusion.decode import decode_clip
 from avfusion.label import LABEL_LIMITS, SCHEMA
+from avfusion.model import attention_agrees
 from avfusion.synth import SynthSpec, make_class_conditional_set
 from avfusion.train import model_from_checkpoint
 from jobs import label as label_job
@@ -82,10 +83,11 @@ def _assert_rows_equal_the_model(con, table, checkpoint, expect_rows: int) -> No
     spec = ClipSpec(**ckpt["clip"])
     rows = con.execute(f"SELECT path, window_start, predicted_label, confidence, topk_labels, topk_probs, w_audio, "
                        f"w_video, audio_only_label, audio_only_confidence, video_only_label, video_only_confidence, "
-                       f"flags FROM {table} WHERE error_class IS NULL ORDER BY path, window_start").fetchall()
+                       f"flags, attention_agrees FROM {table} WHERE error_class IS NULL "
+                       f"ORDER BY path, window_start").fetchall()
     assert len(rows) == expect_rows
     for (path, start, label, confidence, topk_labels, topk_probs, w_audio, w_video, a_label, a_conf, v_label,
-         v_conf, flags) in rows:
+         v_conf, flags, agrees) in rows:
         clip = decode_clip(path, spec, start=start, limits=LABEL_LIMITS)
         q = clip.quality
         direct = _direct(model, clip.waveform if q.has_audio else None, clip.frames if q.has_video else None)
@@ -104,6 +106,10 @@ def _assert_rows_equal_the_model(con, table, checkpoint, expect_rows: int) -> No
                 hp = torch.softmax(head, dim=1)[0]
                 assert got_label == names[int(hp.argmax())], path
                 assert got_conf == pytest.approx(float(hp.max()), abs=1e-5), path
+        if direct.scores is None:
+            assert agrees is None, path
+        else:
+            assert agrees == bool(attention_agrees(direct, top_i[:1]).item()), path
         modality = {"audio_only"} if not q.has_video else ({"video_only"} if not q.has_audio else set())
         assert set(flags) & {"audio_only", "video_only"} == modality, (path, flags)
 
