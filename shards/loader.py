@@ -12,6 +12,7 @@ Evaluation reads each shard once (``split_by_node``), with no resampling.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from shards.manifest import MANIFEST, fs_and_root
+from avfusion import storage
+from shards.manifest import MANIFEST
 from shards.reader import decode_sample
 
 
@@ -47,11 +49,9 @@ class Dataset:
 
     @classmethod
     def open(cls, root_url: str) -> Dataset:
-        fs, root = fs_and_root(root_url)
-        with fs.open(f"{root}/{MANIFEST}") as f:
-            manifest = json.load(f)
-        base = root_url.rstrip("/")
-        return cls([f"{base}/{s['tar']}" for s in manifest["shards"] if s["count"]], manifest)
+        base = str(root_url).rstrip("/")
+        manifest = storage.read_json(storage.join(base, MANIFEST))
+        return cls([storage.join(base, s["tar"]) for s in manifest["shards"] if s["count"]], manifest)
 
     @property
     def label_map(self) -> dict[str, int]:
@@ -93,7 +93,8 @@ def pipeline(urls: list[str], batch_size: int, *, split: str | None, train: bool
         stages += [wds.SimpleShardList(urls), wds.split_by_node]
     stages += [
         wds.split_by_worker,
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        open_shards,
+        _expand_tars,
         wds.select(_split_is(split)),
     ]
     if train and shuffle_buffer > 1:
@@ -108,6 +109,34 @@ def pipeline(urls: list[str], batch_size: int, *, split: str | None, train: bool
             raise ValueError("training pipelines need batches_per_epoch (resampled shards never end)")
         ds = ds.with_epoch(batches_per_epoch)
     return ds
+
+
+class ShardReadError(RuntimeError):
+    """A shard could not be read after retries: the job stops and names it."""
+
+
+def open_shards(src, attempts: int = 4):
+    """WebDataset stage: each shard URL → its bytes, through ``avfusion.storage`` (local,
+    ``s3://``, ``gs://``, ``http(s)://``; webdataset's own opener knows no ``s3``).
+
+    The whole shard is read with retries before any sample is yielded, so a retry never
+    repeats samples; after the last attempt the job stops with an error naming the
+    shard. (``warn_and_continue`` would skip it silently, and with resampled shards a
+    shard that never opens makes an epoch that never ends.)"""
+    for sample in src:
+        url = sample["url"]
+        try:
+            data = storage.read_bytes_retry(url, attempts)
+        except OSError as exc:
+            raise ShardReadError(f"shard {url} cannot be read: {exc}") from exc
+        yield {"url": url, "__url__": url, "stream": io.BytesIO(data)}
+
+
+def _expand_tars(src):
+    """Tar members → samples; a corrupt tar raises (webdataset adds the shard URL)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    return group_by_keys(tar_file_expander(src))
 
 
 class _Rng:
