@@ -108,8 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     from avfusion.distributed import setup, teardown
     from avfusion.train import train
 
+    from shards.loader import ShardReadError
+
     try:
         train(cfg, setup(args.device))
+    except ShardReadError as exc:  # named, after retries: never a silent skip or spin
+        print(f"avfusion train: {exc}", file=sys.stderr)
+        return 1
     finally:
         teardown()
     return 0
