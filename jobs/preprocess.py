@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-all-failures", action="store_true", help="with --retry-failed: permanent ones too")
     run.add_argument("--address", help="Ray cluster address; default: embedded local Ray (or the job's cluster)")
     run.add_argument("--num-cpus", type=int, help="CPUs for the embedded Ray")
+    run.add_argument("--task-retries", type=int, default=3,
+                     help="Ray re-runs of a shard task whose worker died (default 3); after them its clips "
+                          "are recorded as task_failed")
     run.add_argument("--verbose", action="store_true", help="show Ray's own log lines")
     return p
 
@@ -201,7 +204,7 @@ def _run_on_ray(todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels, 
 
     with ray_session(args.address, args.num_cpus, verbose=args.verbose):
         # Worker death re-runs the whole shard: process_shard is idempotent.
-        remote = ray.remote(num_cpus=1, max_retries=3)(process_shard)
+        remote = ray.remote(num_cpus=1, max_retries=args.task_retries)(process_shard)
         cfg_ref, labels_ref = ray.put(cfg), ray.put(labels)
         limit = args.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
         queue = list(todo.items())
