@@ -47,6 +47,8 @@ def _quiet_ray_data(verbose: bool) -> None:
     ctx.print_on_execution_start = verbose
     for name in ("ray.data", "ray.train", "ray.tune", "ray"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    # Its one warning says the bars are off, which is our choice, not the user's problem.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 @contextmanager

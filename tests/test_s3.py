@@ -168,3 +168,28 @@ def test_unreadable_shard_stops_training_with_its_name(s3, bucket, s3_clips, tmp
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert f"{broken}/{manifest['shards'][0]['tar']}" in proc.stderr
     assert time.time() - t0 < 300
+
+
+def test_label_retries_rows_with_transient_errors(s3, bucket, s3_clips, tmp_path):
+    """A listed object that cannot be fetched gets a fetch_error row; the next run
+    labels it and replaces that row (one row per file, nothing duplicated)."""
+    run = f"{bucket}/run"
+    if not storage.exists(f"{run}/last.pt"):
+        pytest.skip("needs the checkpoint of test_every_job_reads_and_writes_s3")
+    late = f"{bucket}/late/{s3_clips[1]}.mp4"
+    listing = f"{bucket}/late-list.txt"
+    storage.write_text(listing, f"{bucket}/clips/{s3_clips[0]}.mp4\n{late}\n")
+    out = f"{bucket}/late-labels"
+    avfusion(s3, tmp_path, "label", listing, out, "--checkpoint", f"{run}/last.pt", "--num-cpus", "2")
+
+    def rows():
+        parts = storage.list_files(out, "part-*.parquet")
+        table = pq.read_table([storage.filesystem(p)[1] for p in parts],
+                              filesystem=storage.arrow_filesystem(parts[0])[0])
+        return sorted((r["path"], r["error_class"]) for r in table.to_pylist())
+
+    assert rows() == [(f"{bucket}/clips/{s3_clips[0]}.mp4", None), (late, "fetch_error")]
+    storage.write_bytes(late, storage.read_bytes(f"{bucket}/clips/{s3_clips[1]}.mp4"))
+    again = avfusion(s3, tmp_path, "label", listing, out, "--checkpoint", f"{run}/last.pt", "--num-cpus", "2")
+    assert "1 already labelled" in again.stdout and "1 to label" in again.stdout
+    assert rows() == [(f"{bucket}/clips/{s3_clips[0]}.mp4", None), (late, None)]
