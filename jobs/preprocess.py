@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(labels)} labels → {args.out}")
     if todo:
         _run_on_ray(todo, cfg, labels, args, round_)
-    return _finish(root, labels, cfg, args.out)
+    # Nothing ran: the stats just read are still all there is (20,000 GETs saved at scale).
+    return _finish(root, labels, cfg, args.out, None if todo else done)
 
 
 def _retry_plan(root, tasks, done, cfg, include_permanent):
@@ -241,8 +242,8 @@ def _record_task_failure(out: str, shard: str, tasks: list[ClipTask], round_: in
                                             by_class=by_class))
 
 
-def _finish(root: str, labels, cfg: PreprocessConfig, out: str) -> int:
-    done = read_all_stats(root)
+def _finish(root: str, labels, cfg: PreprocessConfig, out: str, done: dict | None = None) -> int:
+    done = read_all_stats(root) if done is None else done
     failures = latest_failures(done)
     # Tars without stats: a task that died after its upload, before its marker.
     stats_names = {s.shard for s in done.values()}

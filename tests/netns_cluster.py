@@ -180,3 +180,4 @@ class NetnsCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+

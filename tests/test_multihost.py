@@ -75,3 +75,4 @@ print(json.dumps({{'manifest': manifest, 'keys': keys, 'labels': table.column('k
     assert result["ckpt"] and result["ray_state"], "checkpoint and Ray Train state in S3"
     assert [json.loads(x)["epoch"] for x in result["metrics"].splitlines()] == [0]
     assert result["report"]["n_clips"] == result["manifest"]["by_split"]["test"] > 0
+
