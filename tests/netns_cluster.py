@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,6 +171,8 @@ class NetnsCluster:
         self._kill(every, signal.SIGKILL)
         for n in self.ns.values():
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        for d in self.temp.values():
+            shutil.rmtree(d, ignore_errors=True)
 
     def __enter__(self) -> NetnsCluster:
         try:
@@ -181,3 +184,38 @@ class NetnsCluster:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+
+def job_status(cluster: NetnsCluster, job_id: str) -> str:
+    out = cluster.run("head", str(BIN / "ray"), "job", "status", "--address", cluster.dashboard, job_id, timeout=60)
+    import re
+
+    # The CLI reports on stderr: "Job 'raysubmit_…' succeeded" / "failed" / "was stopped".
+    done = re.search(r"job '\S+' (succeeded|failed|was stopped)", (out.stdout + out.stderr).lower())
+    return {"succeeded": "SUCCEEDED", "failed": "FAILED", "was stopped": "STOPPED"}[done.group(1)] if done else "RUNNING"
+
+
+def submit_no_wait(cluster: NetnsCluster, *entrypoint: str) -> str:
+    deadline = time.time() + 90
+    while True:
+        proc = cluster.run("head", str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--no-wait",
+                           "--working-dir", str(REPO), "--", *entrypoint, timeout=120)
+        text = proc.stdout + proc.stderr
+        if "No available agent" not in text or time.time() > deadline:
+            break
+        time.sleep(3)
+    for word in text.replace("'", " ").split():
+        if word.startswith("raysubmit_"):
+            return word
+    raise RuntimeError(f"no job id in: {text[-2000:]}")
+
+
+def wait_job(cluster: NetnsCluster, job_id: str, timeout: float = 600) -> tuple[str, str]:
+    deadline = time.time() + timeout
+    state = "UNKNOWN"
+    while time.time() < deadline:
+        state = job_status(cluster, job_id)
+        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(2)
+    logs = cluster.run("head", str(BIN / "ray"), "job", "logs", "--address", cluster.dashboard, job_id, timeout=60)
+    return state, logs.stdout + logs.stderr
