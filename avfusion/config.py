@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from avfusion import storage
+
 T = TypeVar("T")
 
 
@@ -124,7 +126,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file or preset; an empty file is an empty mapping."""
     path = resolve_config(path)
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
+        loaded = yaml.safe_load(storage.read_text(str(path)))  # a local path or a URL
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     if loaded is None:

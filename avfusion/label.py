@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from avfusion import storage
 from avfusion.config import ClipSpec
 from avfusion.decode import DecodeLimits, decode_clip
 from avfusion.model import attention_agrees
@@ -62,22 +63,16 @@ SCHEMA = pa.schema([
 def model_id(checkpoint: str | Path) -> str:
     """A short content hash of the checkpoint file: which model labelled a row."""
     h = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
+    with storage.open(str(checkpoint), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
 
 
 def file_identity(path: str) -> tuple[int, int]:
-    """(size, mtime_ns) without following a dangling link into an error."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return -1, -1
-    return st.st_size, st.st_mtime_ns
+    """(size, mtime_ns) without following a dangling link into an error; an object's
+    size and LastModified for URLs (see ``storage.identity``)."""
+    return storage.identity(path)
 
 
 def _windows(duration: float | None, clip_seconds: float, every: bool) -> list[float]:
@@ -105,16 +100,14 @@ class DecodeRows:
 
     def decode_file(self, path: str, key: str, size: int, mtime: int) -> list[dict]:
         if "://" in path and not path.startswith("file://"):
-            # Remote (s3://, gs://, …): decoders need a seekable local file; fetch it into
-            # this task's temp dir for the duration of the decode.
+            # Remote (s3://, gs://, …): decoders need a seekable local file; this one file
+            # is fetched into this task's temp dir for the duration of the decode.
             import tempfile
 
-            import fsspec
-
             with tempfile.TemporaryDirectory(prefix="avf-label-") as tmp:
-                local = os.path.join(tmp, Path(path).name or "clip")
+                local = os.path.join(tmp, storage.basename(path) or "clip")
                 try:
-                    fsspec.core.url_to_fs(path)[0].get_file(path, local)
+                    storage.download(path, local)
                 except Exception as exc:  # unreachable object store, missing object, …
                     return [self._error_row(path, key, size, mtime, "fetch_error", f"{type(exc).__name__}: {exc}",
                                             time.perf_counter())]
@@ -298,7 +291,7 @@ def predict(path: str | Path, checkpoint: str | Path, top_k: int = 5) -> dict:
 
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
     size, mtime = file_identity(str(path))
-    rows = DecodeRows(clip).decode_file(str(path), Path(path).stem, size, mtime)
+    rows = DecodeRows(clip).decode_file(str(path), storage.basename(str(path)).rsplit(".", 1)[0], size, mtime)
     batch = {k: (np.stack([r[k] for r in rows]) if k in ("waveform", "frames") else np.array([r[k] for r in rows]))
              for k in rows[0]}
     return to_table(Predictor(str(checkpoint), top_k)(batch)).to_pylist()[0]

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avfusion import storage
+
 log = logging.getLogger(__name__)
 
 MODALITIES = ("both", "audio", "video")
@@ -216,10 +218,10 @@ def _resnet18(weights: str) -> nn.Module:
                           f"Copy the file there or pass --video-weights PATH.", stacklevel=3)
             return net
     else:
-        path = Path(weights)
-        if not path.exists():
+        path = weights  # a local path or a URL (s3://…)
+        if not storage.exists(path):
             raise FileNotFoundError(f"video weights file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = storage.load_torch(str(path))
     missing, unexpected = net.load_state_dict(state, strict=False)
     if [k for k in missing if not k.startswith("fc.")] or unexpected:
         raise ValueError(f"{path} is not a ResNet-18 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")

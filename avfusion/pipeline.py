@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from avfusion import __version__
+from avfusion import __version__, storage
 from avfusion.config import ClipSpec
 from avfusion.decode import DecodeLimits, decode_clip
 from avfusion.download import DownloadConfig, DownloadError, download_section
 from avfusion.probe import MediaError
 from avfusion.sources import ClipTask
-from shards.manifest import Failure, ShardStats, fs_and_root, put_atomic, write_stats
+from shards.manifest import Failure, ShardStats, write_stats
 from shards.writer import Sample, encode_sample, write_tar
 
 
@@ -42,6 +42,8 @@ def process_clip(task: ClipTask, cfg: PreprocessConfig, label_map: dict[str, int
     try:
         if task.is_remote:
             path, attempts, start = *download_section(task, cfg.clip, cfg.download, workdir), 0.0
+        elif task.in_storage:  # s3://…: fetched whole into this clip's workdir, decoded locally
+            path, start = _fetch(task, workdir), task.start
         else:
             path, start = Path(task.source), task.start
             if not path.is_file():
@@ -70,11 +72,22 @@ def process_clip(task: ClipTask, cfg: PreprocessConfig, label_map: dict[str, int
     return encode_sample(task.key, clip.waveform, clip.frames, class_index, meta, cfg.clip.sample_rate)
 
 
+def _fetch(task: ClipTask, workdir: Path) -> Path:
+    """Copy an object-store clip into ``workdir`` (PyAV needs a seekable local file);
+    a missing object is a permanent ``missing_file``, anything else is left to raise
+    (classified as a transient ``internal_error`` by the caller: retried next run)."""
+    if not storage.isfile(task.source):
+        raise MediaError("missing_file", f"{task.source} is missing")
+    local = workdir / (storage.basename(task.source) or "clip")
+    storage.download(task.source, str(local))
+    return local
+
+
 def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, label_map: dict[str, int],
                   out_url: str, round_: int = 0) -> ShardStats:
     """Produce ``{shard}.tar`` and then ``{shard}_stats.json`` under ``out_url``."""
     t0 = time.time()
-    fs, root = fs_and_root(out_url)
+    root = out_url.rstrip("/")
     keys: list[str] = []
     failures: list[Failure] = []
     by_class: dict[str, Counter] = {}
@@ -107,10 +120,10 @@ def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, labe
 
         local_tar = tmpdir / f"{shard}.tar"
         size = write_tar(local_tar, samples())
-        put_atomic(fs, str(local_tar), f"{root}/{shard}.tar")
+        storage.publish_file(str(local_tar), storage.join(root, f"{shard}.tar"))
     stats = ShardStats(shard=shard, tar=f"{shard}.tar", attempted=len(tasks), successes=len(keys),
                        failed=len(failures), bytes=size, seconds=round(time.time() - t0, 3), round=round_,
                        keys=keys, failures=failures, by_class={k: dict(v) for k, v in by_class.items()},
                        by_split=dict(by_split))
-    write_stats(fs, root, stats)
+    write_stats(root, stats)  # the marker, written after the tar is in place
     return stats

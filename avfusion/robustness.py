@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avfusion import storage
 from avfusion.corruptions import CORRUPTIONS, apply
 from avfusion.model import FusionOutput, attention_agrees
 
@@ -150,17 +151,19 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(results: dict, out: Path, meta: dict) -> list[Path]:
-    """robustness.json, robustness.md and the three PNGs; returns the paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "robustness.json").write_text(json.dumps({"meta": meta, "conditions": results}, indent=1))
-    (out / "robustness.md").write_text(f"# Robustness: {meta.get('checkpoint', '')}\n\n"
-                                       f"{meta.get('n_clips', 0)} clips, split `{meta.get('split')}`, "
-                                       f"seed {meta.get('seed')}.\n\n" + markdown_table(results))
-    return [out / "robustness.json", out / "robustness.md", *plot(results, out)]
+def write_report(results: dict, out: str | Path, meta: dict) -> list[str]:
+    """robustness.json, robustness.md and the three PNGs (local or URL); returns the paths."""
+    out = str(out)
+    storage.makedirs(out)
+    storage.write_text(storage.join(out, "robustness.json"), json.dumps({"meta": meta, "conditions": results},
+                                                                        indent=1))
+    storage.write_text(storage.join(out, "robustness.md"), f"# Robustness: {meta.get('checkpoint', '')}\n\n"
+                       f"{meta.get('n_clips', 0)} clips, split `{meta.get('split')}`, "
+                       f"seed {meta.get('seed')}.\n\n" + markdown_table(results))
+    return [storage.join(out, "robustness.json"), storage.join(out, "robustness.md"), *plot(results, out)]
 
 
-def plot(results: dict, out: Path) -> list[Path]:
+def plot(results: dict, out: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,8 +183,9 @@ def plot(results: dict, out: Path) -> list[Path]:
     ax.set_title("Attention per condition (severity 3)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append(out / "attention_by_condition.png")
-    fig.savefig(paths[-1], dpi=110)
+    paths.append(storage.join(out, "attention_by_condition.png"))
+    with storage.atomic_file(paths[-1]) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
     graded = sorted({c.split("@")[0] for c in results if "@" in c and "+" not in c})
@@ -204,7 +208,8 @@ def plot(results: dict, out: Path) -> list[Path]:
         axes.flat[0].legend(fontsize=7)
         fig.suptitle("top-1 vs severity (0 = clean)" if what == "top1" else "w_audio vs severity (0 = clean)")
         fig.tight_layout()
-        paths.append(out / fname)
-        fig.savefig(paths[-1], dpi=100)
+        paths.append(storage.join(out, fname))
+        with storage.atomic_file(paths[-1]) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
     return paths

@@ -20,7 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from avfusion import __version__
+from avfusion import __version__, storage
 from avfusion.corruptions import Augment, AugmentConfig
 from avfusion.distributed import DistEnv
 from avfusion.model import FusionModel, LossConfig, ModelConfig, fusion_loss, warn_random_init
@@ -114,19 +114,13 @@ def _lr_lambda(total: int, warmup: int):
     return f
 
 
-def save_atomic(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def save_atomic(obj, path: str) -> None:
+    """A checkpoint appears whole or not at all, locally or on an object store."""
+    storage.save_torch(obj, str(path))
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return storage.load_torch(str(path))
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[FusionModel, dict]:
@@ -183,8 +177,8 @@ def _autocast(cfg: TrainConfig, dist: DistEnv):
 
 def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     """Train, evaluating and checkpointing every epoch; returns the last epoch's metrics."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = cfg.out.rstrip("/")  # a local path or a URL (s3://…): see avfusion.storage
+    storage.makedirs(out)
     torch.manual_seed(cfg.seed)
     _cap_cpu_threads(cfg, dist)
     data = Dataset.open(cfg.shards)
@@ -201,11 +195,11 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, int(cfg.warmup_fraction * total))))
     start_epoch, step = 0, 0
-    ckpt_path = out / CHECKPOINT
+    ckpt_path = storage.join(out, CHECKPOINT)
     if dist.is_main:
-        for stale in out.glob(f".{CHECKPOINT}.*"):  # a save cut short by a kill
-            stale.unlink(missing_ok=True)
-    if ckpt_path.exists():
+        for stale in storage.list_files(out, f".{CHECKPOINT}.*"):  # a local save cut short by a kill
+            storage.remove(stale)
+    if storage.exists(ckpt_path):
         ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -214,13 +208,13 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
         torch.set_rng_state(ckpt["rng"])
         if dist.is_main:
             print(f"resumed from {ckpt_path} at epoch {start_epoch}, step {step}")
-            _truncate_metrics(out / "metrics.jsonl", start_epoch)
+            _truncate_metrics(storage.join(out, "metrics.jsonl"), start_epoch)
     net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if dist.world > 1 else model
     if cfg.compile:
         net = torch.compile(net)
     workers = max(1, cfg.workers)
     per_worker = math.ceil(steps / workers)
-    metrics_path = out / "metrics.jsonl"
+    metrics_path = storage.join(out, "metrics.jsonl")
     writer = _tensorboard(out) if dist.is_main else None
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -256,8 +250,7 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
                    "lr": sched.get_last_lr()[0], "samples_per_s": n / max(seconds, 1e-9),
                    **evaluate(model, data.urls, cfg, dist, val_subset, data.label_map)}
         if dist.is_main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            storage.append_text(metrics_path, json.dumps(metrics) + "\n")
             for k, v in metrics.items():
                 if writer is not None and isinstance(v, (int, float)) and k != "epoch":
                     writer.add_scalar(k, v, epoch)
@@ -271,10 +264,10 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
         dist.barrier()
     _write_rank_state(out, dist, model, step)
     if dist.is_main:
-        (out / "label_map.json").write_text(json.dumps(data.label_map, indent=1))
+        storage.write_json(storage.join(out, "label_map.json"), data.label_map)
         if writer is not None:
             writer.close()
-        plot_curves(metrics_path, out / "curves.png")
+        plot_curves(metrics_path, storage.join(out, "curves.png"))
     return metrics
 
 
@@ -291,45 +284,69 @@ def _cap_cpu_threads(cfg: TrainConfig, dist: DistEnv) -> None:
         torch.set_num_threads(cap)
 
 
-def _truncate_metrics(path: Path, start_epoch: int) -> None:
+def _truncate_metrics(path: str, start_epoch: int) -> None:
     """Drop rows of epochs the checkpoint does not cover (a crash between logging an
     epoch and checkpointing it), so a resumed run never logs an epoch twice."""
-    if not path.exists():
+    if not storage.exists(path):
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = [line for line in storage.read_text(path).splitlines() if line.strip()]
     kept = [line for line in rows if json.loads(line)["epoch"] < start_epoch]
     if len(kept) != len(rows):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        storage.write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _write_rank_state(out: Path, dist: DistEnv, model: torch.nn.Module, step: int) -> None:
+def _write_rank_state(out: str, dist: DistEnv, model: torch.nn.Module, step: int) -> None:
     """Each rank records its step count and a parameter checksum: after DDP they must
     agree, and a mismatch is how a desynchronised rank shows itself."""
     checksum = sum(p.detach().double().abs().sum().item() for p in model.parameters())
-    (out / "ranks").mkdir(exist_ok=True)
-    (out / "ranks" / f"rank{dist.rank}.json").write_text(json.dumps(
-        {"rank": dist.rank, "world": dist.world, "step": step, "param_checksum": checksum}))
+    storage.write_json(storage.join(out, "ranks", f"rank{dist.rank}.json"),
+                       {"rank": dist.rank, "world": dist.world, "step": step, "param_checksum": checksum})
 
 
 def _plain(cfg: TrainConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg)))
 
 
-def _tensorboard(out: Path):
+def _tensorboard(out: str):
+    """TensorBoard writes into ``out/tb``; for a URL it writes a local temp folder that is
+    uploaded to ``out/tb`` on every flush (tensorboardX cannot write to s3fs)."""
     from tensorboardX import SummaryWriter
 
-    return SummaryWriter(str(out / "tb"))
+    if storage.is_local(out):
+        return SummaryWriter(storage.join(out, "tb"))
+    return _UploadingWriter(tempfile.mkdtemp(prefix="avf-tb-"), storage.join(out, "tb"))
 
 
-def plot_curves(metrics_path: Path, png: Path) -> None:
+class _UploadingWriter:
+    """A SummaryWriter on a local temp folder whose files are mirrored to a URL."""
+
+    def __init__(self, local: str, url: str):
+        from tensorboardX import SummaryWriter
+
+        self.local, self.url, self.writer = local, url, SummaryWriter(local)
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        self.writer.add_scalar(*args, **kwargs)
+
+    def flush(self) -> None:
+        self.writer.flush()
+        storage.upload_tree(self.local, self.url)
+
+    def close(self) -> None:
+        self.writer.close()
+        storage.upload_tree(self.local, self.url)
+        import shutil
+
+        shutil.rmtree(self.local, ignore_errors=True)
+
+
+def plot_curves(metrics_path: str, png: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in storage.read_text(str(metrics_path)).splitlines() if line.strip()]
     if not rows:
         return
     epochs = [r["epoch"] for r in rows]
@@ -348,5 +365,6 @@ def plot_curves(metrics_path: Path, png: Path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    with storage.atomic_file(str(png)) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -7,6 +7,7 @@ initialised) they join the cluster. Token auth is Ray's default and is left on.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -28,18 +29,47 @@ def embedded_init_kwargs(num_cpus: int | None = None) -> dict[str, Any]:
     return kwargs
 
 
+def quiet_init_kwargs(verbose: bool, worker_output: bool = False) -> dict[str, Any]:
+    """What the user sees: our progress bars and summaries. Ray's INFO lines go to its
+    log files (``/tmp/ray/session_*/logs``) and only WARNING and above reach the
+    terminal, unless ``--verbose``. Worker stdout is forwarded only where our own code
+    prints there (Ray Train's rank 0 prints the epoch metrics)."""
+    return {"logging_level": logging.INFO if verbose else logging.WARNING,
+            "log_to_driver": verbose or worker_output}
+
+
+def _quiet_ray_data(verbose: bool) -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = verbose  # our tqdm bar counts files; Ray's per-operator bars are noise
+    ctx.enable_operator_progress_bars = verbose
+    ctx.print_on_execution_start = verbose
+    for name in ("ray.data", "ray.train", "ray.tune", "ray"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    # Its one warning says the bars are off, which is our choice, not the user's problem.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
 @contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+def ray_session(address: str | None = None, num_cpus: int | None = None, verbose: bool = False,
+                worker_output: bool = False, data: bool = False) -> Iterator[None]:
+    """``data``: the job uses Ray Data (its progress bars and INFO lines are quietened too)."""
     import ray
 
     if ray.is_initialized():
+        if data:
+            _quiet_ray_data(verbose)
         yield
         return
+    quiet = quiet_init_kwargs(verbose, worker_output)
     if address or os.environ.get("RAY_ADDRESS"):
         # Inside `ray job submit` Ray exports RAY_ADDRESS: join that cluster as it is.
-        ray.init(address=address)
+        ray.init(address=address, **quiet)
     else:
-        ray.init(**embedded_init_kwargs(num_cpus))
+        ray.init(**embedded_init_kwargs(num_cpus), **quiet)
+    if data:
+        _quiet_ray_data(verbose)
     try:
         yield
     finally:

@@ -1,6 +1,6 @@
 """`avfusion bench NAME`: benchmarks, each printing a ratio against a floor measured in the same run.
 
-Names: preprocess, train, robustness, label.
+Names: preprocess, train, robustness, label, scale.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ BENCHES = {
     "train": "avfusion.bench.train",
     "robustness": "avfusion.bench.robustness",
     "label": "avfusion.bench.label",
+    "scale": "avfusion.bench.scale",
 }
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from avfusion import sample_data
@@ -101,8 +100,8 @@ def _report(out: Path) -> None:
     print(f"Test split: {n} clips in {classes} classes (chance {1 / classes:.3f}), never sharing a recording or a "
           f"picture with training.\n")
     print(comparison(results))
-    print(f"\nThe full table (every corruption) is robustness/robustness.md. One split is noisy: for the "
-          f"k-fold table run\n  avfusion bench robustness --skip-synthetic")
+    print("\nThe full table (every corruption) is robustness/robustness.md. One split is noisy: for the "
+          "k-fold table run\n  avfusion bench robustness --skip-synthetic")
     table = pq.read_table(sorted((out / "labels").glob("part-*.parquet")),
                           columns=["key", "predicted_label", "confidence", "w_audio", "w_video", "error_class"])
     print("\nFirst rows of labels/*.parquet:")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _folder_batches(folder: str, labels: str, clip, label_map: dict, batch_size: int, workers: int):
+    from avfusion import storage
     from avfusion.decode import DecodeLimits, decode_clip
     from avfusion.probe import MediaError
     from avfusion.sources import scan_folder
@@ -45,7 +45,8 @@ def _folder_batches(folder: str, labels: str, clip, label_map: dict, batch_size:
 
     def load(task):
         try:
-            clip_data = decode_clip(task.source, clip, task.start, DecodeLimits(threads=1))
+            with storage.local_copy(task.source) as local:  # s3://… clips are fetched for PyAV
+                clip_data = decode_clip(local, clip, task.start, DecodeLimits(threads=1))
         except MediaError as exc:
             print(f"skipping {task.source}: {exc}", file=sys.stderr)
             return None
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(total=total * len(conds) if total else None, desc="evaluate", unit="clip") as bar:
         results = evaluate(models, batches, conds, seed=args.seed, progress=bar)
     n = results["normal"]["fused"]["n"]
-    paths = write_report(results, Path(args.out), {"checkpoint": args.checkpoint, "split": args.split,
+    paths = write_report(results, args.out, {"checkpoint": args.checkpoint, "split": args.split,
                                                    "seed": args.seed, "n_clips": n, "models": list(models),
                                                    "label_map": label_map})
     print(markdown_table(results))

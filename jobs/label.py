@@ -19,14 +19,17 @@ import os
 import sys
 import uuid
 from collections import Counter
-from pathlib import Path
 
+from avfusion import storage
 from avfusion.sources import VIDEO_EXTENSIONS
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus")
 # Animated images and elementary video streams: no container, still labelable video.
 OTHER_EXTENSIONS = (".gif", ".h264", ".264", ".h265", ".hevc")
 LABEL_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS + OTHER_EXTENSIONS
+# Row errors that say nothing about the file (the store or the worker failed): such a
+# row is relabelled on the next run, and replaced, not duplicated.
+TRANSIENT_ERRORS = frozenset({"fetch_error", "internal_error"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-rows", type=int, default=256, help="rows per Parquet part file")
     p.add_argument("--address", help="Ray cluster address; default: embedded local Ray (or the job's)")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded Ray")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own log lines and progress bars")
     return p
 
 
@@ -64,19 +68,18 @@ def list_inputs(source: str, extensions: tuple[str, ...]) -> list[str]:
 def scan_inputs(source: str, extensions: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """(paths to label, paths the extension filter skipped). A list file skips nothing:
     it names exactly what to label."""
-    if "://" in source and not source.startswith("file://"):
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(source)
-        proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
-        every = sorted(f"{proto}://{p}" for p in fs.find(root))
-        return [p for p in every if p.lower().endswith(extensions)], [p for p in every
-                                                                       if not p.lower().endswith(extensions)]
-    path = Path(source.removeprefix("file://"))
-    if path.is_file():
-        return [line.strip() for line in path.read_text().splitlines()
-                if line.strip() and not line.startswith("#")], []
-    if not path.is_dir():
+    if not storage.is_local(source):  # s3://, gs://, …: a fresh recursive listing
+        if storage.isfile(source):
+            return _list_file(source), []
+        every = storage.find(source)
+        if not every and not storage.isdir(source):
+            raise FileNotFoundError(f"{source} is neither a folder nor a list file")
+        return ([p for p in every if p.lower().endswith(extensions)],
+                [p for p in every if not p.lower().endswith(extensions)])
+    path = storage.local_path(source)
+    if os.path.isfile(path):
+        return _list_file(path), []
+    if not os.path.isdir(path):
         raise FileNotFoundError(f"{source} is neither a folder nor a list file")
     found, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
@@ -87,19 +90,66 @@ def scan_inputs(source: str, extensions: tuple[str, ...]) -> tuple[list[str], li
     return sorted(found), sorted(skipped)
 
 
-def done_identities(out: Path) -> set[tuple[str, int, int]]:
+def _list_file(url: str) -> list[str]:
+    return [line.strip() for line in storage.read_text(url).splitlines() if line.strip() and not line.startswith("#")]
+
+
+def read_parts(out: str, columns: list[str] | None = None):
+    """All part files of ``out`` (a fresh listing) as one table, or None."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parts = sorted(out.glob("part-*.parquet"))
-    if not parts:
+    tables = []
+    for url in storage.list_files(out, "part-*.parquet"):
+        with storage.open(url, "rb") as f:
+            tables.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(tables) if tables else None
+
+
+def done_identities(out: str) -> set[tuple[str, int, int]]:
+    """Files already labelled; rows with a transient error do not count (retried)."""
+    table = read_parts(out, ["path", "file_size", "mtime_ns", "error_class"])
+    if table is None:
         return set()
-    table = pq.read_table(parts, columns=["path", "file_size", "mtime_ns"])
-    return set(zip(*(table.column(c).to_pylist() for c in ("path", "file_size", "mtime_ns"))))
+    return {(p, s, m) for p, s, m, e in zip(*(table.column(c).to_pylist()
+                                              for c in ("path", "file_size", "mtime_ns", "error_class")))
+            if e not in TRANSIENT_ERRORS}
+
+
+def drop_superseded(out: str) -> int:
+    """Remove transient-error rows of files that have since been labelled (by a later
+    run), rewriting each affected part atomically; returns the rows dropped."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = read_parts(out, ["path", "error_class"])
+    if table is None:
+        return 0
+    rows = list(zip(table.column("path").to_pylist(), table.column("error_class").to_pylist()))
+    settled = {p for p, e in rows if e not in TRANSIENT_ERRORS}
+    stale = {p for p, e in rows if e in TRANSIENT_ERRORS and p in settled}
+    dropped = 0
+    for url in storage.list_files(out, "part-*.parquet"):
+        with storage.open(url, "rb") as f:
+            part = pq.read_table(f)
+        drop = pc.and_(pc.is_in(part.column("path"), value_set=pa_array(stale)),
+                       pc.is_in(pc.fill_null(part.column("error_class"), ""), value_set=pa_array(TRANSIENT_ERRORS)))
+        n = pc.sum(drop).as_py() or 0
+        if n:
+            with storage.atomic_file(url) as tmp:
+                pq.write_table(part.filter(pc.invert(drop)), tmp)
+            dropped += n
+    return dropped
+
+
+def pa_array(values) -> "pa.Array":
+    import pyarrow as pa
+
+    return pa.array(sorted(values), type=pa.string())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import pyarrow.parquet as pq
     from tqdm import tqdm
 
     from avfusion.config import ClipSpec
@@ -114,18 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, KeyError, ValueError) as exc:
         print(f"avfusion label: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".part-*"):  # a part cut short by a killed run
-        stale.unlink()
+    out = args.out.rstrip("/")
+    storage.makedirs(out)
+    for stale in storage.list_files(out, ".part-*"):  # a local part cut short by a killed run
+        storage.remove(stale)
+    drop_superseded(out)  # a killed run may have relabelled files without dropping their old rows
     done = done_identities(out)
-    root = Path(args.input) if Path(args.input).is_dir() else None
+    root = args.input.rstrip("/") if storage.isdir(args.input) else None
     items = []
     for p in paths:
         size, mtime = file_identity(p)
         if (p, size, mtime) in done:
             continue
-        key = os.path.relpath(p, root) if root else p
+        key = (os.path.relpath(p, root) if storage.is_local(root) else p[len(root) + 1:]) if root else p
         items.append({"path": p, "key": key, "file_size": size, "mtime_ns": mtime})
     print(f"{len(paths)} files, {len(paths) - len(items)} already labelled in {out}, {len(items)} to label; "
           f"{len(skipped)} skipped by the extension filter")
@@ -133,26 +184,31 @@ def main(argv: list[str] | None = None) -> int:
         for p in skipped:
             print(f"  skipped: {p}")
     if items:
-        with ray_session(args.address, args.num_cpus):
+        with ray_session(args.address, args.num_cpus, verbose=args.verbose, data=True):
             import ray
 
             ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // args.decode_batch))
-            ds = ds.map_batches(DecodeRows(clip, args.windows == "all"), batch_size=args.decode_batch, num_cpus=1,
-                                scheduling_strategy="SPREAD")  # decode fans out over the nodes
+            # Ray Data spreads tasks over the nodes by default: decode fans out.
+            ds = ds.map_batches(DecodeRows(clip, args.windows == "all"), batch_size=args.decode_batch, num_cpus=1)
             ds = ds.map_batches(Predictor, fn_constructor_kwargs={"checkpoint": str(args.checkpoint),
                                                                   "top_k": args.top_k},
-                                batch_size=args.model_batch, concurrency=args.actors, num_gpus=args.gpus_per_actor,
+                                batch_size=args.model_batch, compute=ray.data.ActorPoolStrategy(size=args.actors),
+                                num_gpus=args.gpus_per_actor,
                                 num_cpus=0 if args.gpus_per_actor else 1,
                                 # Reserving the model's memory also keeps decode a separate
                                 # stage of CPU tasks (Ray fuses stages with equal resources).
                                 memory=args.actor_memory_mb * 2**20)
             _write_parts(ds, out, args.part_rows, tqdm(total=len(items), desc="label", unit="file"))
-    table = pq.read_table(sorted(out.glob("part-*.parquet")))
+        drop_superseded(out)
+    table = read_parts(out)
+    if table is None:
+        print("no rows")
+        return 0
     _summary(table, skipped)
     return 0
 
 
-def _write_parts(ds, out: Path, part_rows: int, bar) -> None:
+def _write_parts(ds, out: str, part_rows: int, bar) -> None:
     """Write rows as part files of about ``part_rows`` rows, cut only where a file's
     last window ends (so resume by file is exact), each under a temp name then renamed."""
     import numpy as np
@@ -168,9 +224,8 @@ def _write_parts(ds, out: Path, part_rows: int, bar) -> None:
         nonlocal part
         if table.num_rows == 0:
             return
-        tmp = out / f".part-{run}-{part:05d}.parquet"
-        pq.write_table(table, tmp)
-        os.replace(tmp, out / f"part-{run}-{part:05d}.parquet")
+        with storage.atomic_file(storage.join(out, f"part-{run}-{part:05d}.parquet")) as tmp:
+            pq.write_table(table, tmp)
         part += 1
 
     buffer = None

@@ -16,9 +16,8 @@ import json
 import sys
 from collections import Counter
 from dataclasses import asdict, replace
-from pathlib import Path
 
-from avfusion import __version__
+from avfusion import __version__, storage
 from avfusion.config import ClipSpec, ConfigError, load_section, load_yaml
 from avfusion.decode import DecodeLimits
 from avfusion.download import DownloadConfig
@@ -26,10 +25,11 @@ from avfusion.pipeline import PreprocessConfig, process_shard
 from avfusion.sources import (ClipTask, SourceError, filter_tasks, read_url_list, read_vggsound_csv, scan_folder,
                               tasks_from_vggsound)
 from jobs._ray import ray_session
-from shards.manifest import (MANIFEST, Failure, ShardStats, build_manifest, fs_and_root, latest_failures,
+from shards.manifest import (MANIFEST, STATS_SUFFIX, Failure, ShardStats, build_manifest, latest_failures,
                              read_all_stats, write_failures_table, write_json_atomic, write_stats)
 
 PLAN = "_plan.json"
+TASK_FAILED = "task_failed"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-all-failures", action="store_true", help="with --retry-failed: permanent ones too")
     run.add_argument("--address", help="Ray cluster address; default: embedded local Ray (or the job's cluster)")
     run.add_argument("--num-cpus", type=int, help="CPUs for the embedded Ray")
+    run.add_argument("--task-retries", type=int, default=3,
+                     help="Ray re-runs of a shard task whose worker died (default 3); after them its clips "
+                          "are recorded as task_failed")
+    run.add_argument("--verbose", action="store_true", help="show Ray's own log lines")
     return p
 
 
@@ -92,19 +96,19 @@ def load_config(args) -> PreprocessConfig:
 
 def read_tasks(args, cfg: PreprocessConfig) -> tuple[list[ClipTask], list[Failure]]:
     """The clip tasks, plus failures for CSV rows whose file is missing from a folder."""
-    path = Path(args.input)
+    path = args.input
     kind = args.input_kind
     if kind == "auto":
-        if path.is_dir():
+        if storage.isdir(path):
             kind = "folder"
-        elif path.suffix == ".parquet" or _has_url_header(path):
+        elif path.endswith(".parquet") or _has_url_header(path):
             kind = "urls"
         else:
             kind = "vggsound"
     missing: list[Failure] = []
     if kind == "folder":
         tasks, rows = scan_folder(path, args.labels, args.labels_from_dirs)
-        missing = [Failure(r.key, str(path), "missing_file", False, f"no file named {r.key}.* or {r.youtube_id}.*",
+        missing = [Failure(r.key, path, "missing_file", False, f"no file named {r.key}.* or {r.youtube_id}.*",
                            0, r.label) for r in rows]
     elif kind == "urls":
         tasks = read_url_list(path)
@@ -115,8 +119,8 @@ def read_tasks(args, cfg: PreprocessConfig) -> tuple[list[ClipTask], list[Failur
     return tasks, [f for f in missing if (not args.split and not args.label) or f.key in keep]
 
 
-def _has_url_header(path: Path) -> bool:
-    with open(path, encoding="utf-8", errors="replace") as f:
+def _has_url_header(path: str) -> bool:
+    with storage.open(path, "r", encoding="utf-8", errors="replace") as f:
         return "url" in [c.strip().lower() for c in f.readline().split(",")]
 
 
@@ -145,44 +149,43 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SourceError, OSError) as exc:
         print(f"avfusion preprocess: {exc}", file=sys.stderr)
         return 2
-    fs, root = fs_and_root(args.out)
-    fs.makedirs(root, exist_ok=True)
-    for leftover in fs.glob(f"{root}/*.tmp-*"):  # uploads cut short by a killed run
-        fs.rm(leftover)
+    root = args.out.rstrip("/")
+    storage.makedirs(root)
+    for leftover in storage.list_files(root, "*.tmp-*"):  # local copies cut short by a killed run
+        storage.remove(leftover)
     labels = label_map_of(tasks)
     digest = _digest(tasks, cfg)
-    plan_path = f"{root}/{PLAN}"
-    if fs.exists(plan_path):
-        with fs.open(plan_path) as f:
-            previous = json.load(f)
+    plan_path = storage.join(root, PLAN)
+    if storage.exists(plan_path):
+        previous = storage.read_json(plan_path)
         if previous["digest"] != digest:
             print(f"avfusion preprocess: {args.out} holds shards of a different clip list or shard size; "
                   "use a new --out, or the same arguments to resume", file=sys.stderr)
             return 2
     else:
-        write_json_atomic(fs, plan_path, {"digest": digest, "clips": len(tasks), "shard_size": cfg.shard_size})
+        write_json_atomic(plan_path, {"digest": digest, "clips": len(tasks), "shard_size": cfg.shard_size})
 
-    done = read_all_stats(fs, root)
+    done = read_all_stats(root)
     if args.retry_failed:
-        shards, round_ = _retry_plan(fs, root, tasks, done, cfg, args.retry_all_failures)
+        shards, round_ = _retry_plan(root, tasks, done, cfg, args.retry_all_failures)
     else:
         shards, round_ = plan_shards(tasks, cfg.shard_size), 0
         if missing and "missing" not in done:
-            write_stats(fs, root, ShardStats("missing", "", len(missing), 0, len(missing), 0, 0.0, 0, [], missing))
+            write_stats(root, ShardStats("missing", "", len(missing), 0, len(missing), 0, 0.0, 0, [], missing))
     todo = {name: ts for name, ts in shards.items() if name not in done}
     print(f"{len(tasks)} clips, {len(shards)} shards ({len(shards) - len(todo)} already done), "
           f"{len(labels)} labels → {args.out}")
     if todo:
         _run_on_ray(todo, cfg, labels, args, round_)
-    return _finish(fs, root, labels, cfg, args.out)
+    # Nothing ran: the stats just read are still all there is (20,000 GETs saved at scale).
+    return _finish(root, labels, cfg, args.out, None if todo else done)
 
 
-def _retry_plan(fs, root, tasks, done, cfg, include_permanent):
+def _retry_plan(root, tasks, done, cfg, include_permanent):
     """Shards for a retry round; an interrupted round is resumed with its own plan."""
-    rounds = sorted(fs.glob(f"{root}/_retry*.json"))
+    rounds = storage.list_files(root, "_retry*.json")
     if rounds:
-        with fs.open(rounds[-1]) as f:
-            last = json.load(f)
+        last = storage.read_json(rounds[-1])
         if any(name not in done for name in last["shards"]):
             by_key = {t.key: t for t in tasks}
             return {name: [by_key[k] for k in keys] for name, keys in last["shards"].items()}, last["round"]
@@ -191,7 +194,7 @@ def _retry_plan(fs, root, tasks, done, cfg, include_permanent):
     round_ = max([0] + [s.round for s in done.values()]) + 1
     chosen = [t for t in tasks if t.key in retry]
     shards = plan_shards(chosen, cfg.shard_size, prefix=f"r{round_:02d}-")
-    write_json_atomic(fs, f"{root}/_retry{round_:02d}.json",
+    write_json_atomic(storage.join(root, f"_retry{round_:02d}.json"),
                       {"round": round_, "shards": {n: [t.key for t in ts] for n, ts in shards.items()}})
     return shards, round_
 
@@ -200,9 +203,9 @@ def _run_on_ray(todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels, 
     import ray
     from tqdm import tqdm
 
-    with ray_session(args.address, args.num_cpus):
+    with ray_session(args.address, args.num_cpus, verbose=args.verbose):
         # Worker death re-runs the whole shard: process_shard is idempotent.
-        remote = ray.remote(num_cpus=1, max_retries=3)(process_shard)
+        remote = ray.remote(num_cpus=1, max_retries=args.task_retries)(process_shard)
         cfg_ref, labels_ref = ray.put(cfg), ray.put(labels)
         limit = args.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
         queue = list(todo.items())
@@ -219,18 +222,40 @@ def _run_on_ray(todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels, 
                         stats = ray.get(ref)
                         bar.set_postfix(failed=stats.failed, refresh=False)
                     except (ray.exceptions.RayError, OSError) as exc:
-                        # The shard stays without stats and is redone on the next run.
-                        tqdm.write(f"shard {name} did not finish ({type(exc).__name__}); re-run to resume it")
+                        _record_task_failure(args.out, name, todo[name], round_, exc)
+                        tqdm.write(f"shard {name} failed after Ray's retries ({type(exc).__name__}); "
+                                   f"its {n} clips are recorded as {TASK_FAILED}")
                     bar.update(n)
 
 
-def _finish(fs, root: str, labels, cfg: PreprocessConfig, out: str) -> int:
-    done = read_all_stats(fs, root)
+def _record_task_failure(out: str, shard: str, tasks: list[ClipTask], round_: int, exc: BaseException) -> None:
+    """A shard whose Ray task failed after its retries (worker node lost, OOM, …) still
+    ends with stats: one transient ``task_failed`` row per clip and no tar, so every
+    clip is accounted for and ``--retry-failed`` redoes exactly these. A tar the task
+    may have uploaded before dying is left out of the manifest (its stats are these)."""
+    message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+    failures = [Failure(t.key, t.source, TASK_FAILED, True, message, 1, t.label) for t in tasks]
+    by_class: dict[str, dict[str, int]] = {}
+    for t in tasks:
+        by_class.setdefault(t.label or "", {"failed": 0})["failed"] += 1
+    write_stats(out.rstrip("/"), ShardStats(shard, "", len(tasks), 0, len(tasks), 0, 0.0, round_, [], failures,
+                                            by_class=by_class))
+
+
+def _finish(root: str, labels, cfg: PreprocessConfig, out: str, done: dict | None = None) -> int:
+    done = read_all_stats(root) if done is None else done
     failures = latest_failures(done)
+    # Tars without stats: a task that died after its upload, before its marker.
+    stats_names = {s.shard for s in done.values()}
+    orphans = sorted(storage.basename(t)[:-4] for t in storage.list_files(root, "*.tar")
+                     if storage.basename(t)[:-4] not in stats_names)
+    lost = sorted(f.key for f in failures.values() if f.kind == TASK_FAILED)
     manifest = build_manifest({k: s for k, s in done.items() if s.tar}, labels,
                               {"clip": asdict(cfg.clip), "shard_size": cfg.shard_size}, __version__)
-    write_json_atomic(fs, f"{root}/{MANIFEST}", manifest)
-    write_failures_table(fs, root, failures)
+    manifest["complete"] = not lost and not orphans
+    manifest["task_failed_clips"] = len(lost)
+    write_failures_table(root, failures)
+    write_json_atomic(storage.join(root, MANIFEST), manifest)  # last: it describes everything above
     kinds = Counter((f.kind, f.transient) for f in failures.values())
     seconds = sum(s.seconds for s in done.values())
     print(f"\n{'shards':<24}{manifest['num_shards']:>10}")
@@ -241,8 +266,17 @@ def _finish(fs, root: str, labels, cfg: PreprocessConfig, out: str) -> int:
     print(f"{'bytes':<24}{sum(s.bytes for s in done.values()):>10}")
     print(f"{'task seconds':<24}{seconds:>10.1f}")
     print(f"manifest: {out.rstrip('/')}/{MANIFEST}; failures: {out.rstrip('/')}/failures.parquet")
-    incomplete = [name for name in fs.glob(f"{root}/*.tar") if not fs.exists(name[:-4] + "_stats.json")]
-    return 1 if incomplete else 0
+    if lost or orphans:
+        redo = []
+        if orphans:
+            redo.append(f"{len(orphans)} unfinished shards ({', '.join(orphans[:3])}{', …' if len(orphans) > 3 else ''}):"
+                        " re-run the same command")
+        if lost:
+            redo.append(f"{len(lost)} clips whose Ray task failed after its retries ({TASK_FAILED}):"
+                        " re-run with --retry-failed")
+        print("INCOMPLETE: " + "; ".join(redo), file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
+from avfusion import storage
 from avfusion.config import ConfigError, from_dict, load_yaml
 
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-workers", type=int, help="train with Ray Train TorchTrainer on N workers")
     p.add_argument("--gpu", action="store_true", help="with --ray-workers: one GPU per worker")
     p.add_argument("--address", help="with --ray-workers: Ray cluster address (default: embedded or the job's)")
+    p.add_argument("--verbose", action="store_true", help="with --ray-workers: show Ray's own log lines")
     return p
 
 
@@ -68,18 +69,27 @@ def _ray_train_loop(config: dict) -> None:
     train(cfg, setup(config["device"], local_rank=ray.train.get_context().get_local_rank()))
 
 
+def _run_config(RunConfig, out: str):
+    """Ray Train's own state goes beside the run, through the same fsspec filesystem
+    (so an s3:// run needs no second set of credentials or endpoint)."""
+    if storage.is_local(out):
+        return RunConfig(storage_path=storage.join(out, "ray"), name="train")
+    arrow_fs, path = storage.arrow_filesystem(storage.join(out, "ray"))
+    return RunConfig(storage_path=path, storage_filesystem=arrow_fs, name="train")
+
+
 def run_ray_train(cfg, args) -> int:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from jobs._ray import ray_session
 
-    with ray_session(args.address):
+    with ray_session(args.address, verbose=args.verbose, worker_output=True):
         trainer = TorchTrainer(
             _ray_train_loop,
             train_loop_config={"train": dataclasses.asdict(cfg), "device": "cuda" if args.gpu else "cpu"},
             scaling_config=ScalingConfig(num_workers=args.ray_workers, use_gpu=args.gpu),
-            run_config=RunConfig(storage_path=str(Path(cfg.out, "ray").resolve()), name="train"),
+            run_config=_run_config(RunConfig, cfg.out),
         )
         trainer.fit()
     return 0
@@ -92,14 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"avfusion train: {exc}", file=sys.stderr)
         return 2
-    cfg = dataclasses.replace(cfg, out=str(Path(cfg.out).resolve()), shards=cfg.shards)
+    cfg = dataclasses.replace(cfg, out=storage.absolute(cfg.out), shards=storage.absolute(cfg.shards))
     if args.ray_workers:
         return run_ray_train(cfg, args)
     from avfusion.distributed import setup, teardown
     from avfusion.train import train
 
+    from shards.loader import ShardReadError
+
     try:
         train(cfg, setup(args.device))
+    except ShardReadError as exc:  # named, after retries: never a silent skip or spin
+        print(f"avfusion train: {exc}", file=sys.stderr)
+        return 1
     finally:
         teardown()
     return 0

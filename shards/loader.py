@@ -12,6 +12,7 @@ Evaluation reads each shard once (``split_by_node``), with no resampling.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from shards.manifest import MANIFEST, fs_and_root
+from avfusion import storage
+from shards.manifest import MANIFEST, STATS_SUFFIX
 from shards.reader import decode_sample
 
 
@@ -48,11 +50,9 @@ class Dataset:
 
     @classmethod
     def open(cls, root_url: str) -> Dataset:
-        fs, root = fs_and_root(root_url)
-        with fs.open(f"{root}/{MANIFEST}") as f:
-            manifest = json.load(f)
-        base = root_url.rstrip("/")
-        return cls([f"{base}/{s['tar']}" for s in manifest["shards"] if s["count"]], manifest, base)
+        base = str(root_url).rstrip("/")
+        manifest = storage.read_json(storage.join(base, MANIFEST))
+        return cls([storage.join(base, s["tar"]) for s in manifest["shards"] if s["count"]], manifest, base)
 
     @property
     def label_map(self) -> dict[str, int]:
@@ -65,13 +65,10 @@ class Dataset:
 
     def keys(self) -> list[str] | None:
         """Every sample's clip key, from the shards' stats files (None if unreadable)."""
-        fs, root = fs_and_root(self.root)
         keys: list[str] = []
         for shard in self.manifest["shards"]:
-            stats = f"{root}/{shard['tar'][:-len('.tar')]}_stats.json"
             try:
-                with fs.open(stats) as f:
-                    keys += json.load(f)["keys"]
+                keys += storage.read_json(storage.join(self.root, shard["tar"][:-len(".tar")] + STATS_SUFFIX))["keys"]
             except (OSError, KeyError, ValueError):
                 return None
         return keys
@@ -127,10 +124,7 @@ def read_folds(url: str) -> dict[str, int]:
     import csv
     import io
 
-    import fsspec
-
-    with fsspec.open(url, "rt") as f:
-        rows = [r for r in csv.reader(io.StringIO(f.read())) if r and not r[0].startswith("#")]
+    rows = [r for r in csv.reader(io.StringIO(storage.read_text(url))) if r and not r[0].startswith("#")]
     try:
         return {r[0].strip(): int(r[1]) for r in rows}
     except (IndexError, ValueError) as exc:
@@ -165,7 +159,8 @@ def pipeline(urls: list[str], batch_size: int, *, split: str | Subset | None, tr
         stages += [wds.SimpleShardList(urls), wds.split_by_node]
     stages += [
         wds.split_by_worker,
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        open_shards,
+        _expand_tars,
         wds.select(_split_is(split)),
     ]
     if train and shuffle_buffer > 1:
@@ -180,6 +175,34 @@ def pipeline(urls: list[str], batch_size: int, *, split: str | Subset | None, tr
             raise ValueError("training pipelines need batches_per_epoch (resampled shards never end)")
         ds = ds.with_epoch(batches_per_epoch)
     return ds
+
+
+class ShardReadError(RuntimeError):
+    """A shard could not be read after retries: the job stops and names it."""
+
+
+def open_shards(src, attempts: int = 4):
+    """WebDataset stage: each shard URL → its bytes, through ``avfusion.storage`` (local,
+    ``s3://``, ``gs://``, ``http(s)://``; webdataset's own opener knows no ``s3``).
+
+    The whole shard is read with retries before any sample is yielded, so a retry never
+    repeats samples; after the last attempt the job stops with an error naming the
+    shard. (``warn_and_continue`` would skip it silently, and with resampled shards a
+    shard that never opens makes an epoch that never ends.)"""
+    for sample in src:
+        url = sample["url"]
+        try:
+            data = storage.read_bytes_retry(url, attempts)
+        except OSError as exc:
+            raise ShardReadError(f"shard {url} cannot be read: {exc}") from exc
+        yield {"url": url, "__url__": url, "stream": io.BytesIO(data)}
+
+
+def _expand_tars(src):
+    """Tar members → samples; a corrupt tar raises (webdataset adds the shard URL)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    return group_by_keys(tar_file_expander(src))
 
 
 class _Rng:

@@ -117,3 +117,46 @@ def test_worker_kill_mid_task_is_retried_and_every_clip_lands(tmp_path, clips, c
     assert len(keys) == len(set(keys)) == 24
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_samples"] == 24
+
+
+def test_task_failed_after_retries_is_recorded_and_retried(tmp_path, clips, cli_env):
+    """A shard whose Ray task fails after its retries (here: none allowed, worker
+    killed) loses nothing in silence: one transient task_failed row per clip, a
+    non-zero exit with a one-line summary, a manifest marked incomplete; then
+    --retry-failed completes with exactly the uninterrupted key set."""
+    import duckdb
+
+    out = tmp_path / "s"
+    args = [str(clips), "--shard-size", "6", "--frame-size", "64", "--concurrency", "1", "--threads", "1",
+            "--num-cpus", "2", "--task-retries", "0"]
+    proc = _start(args, cli_env, out)
+    killed = []
+    try:
+        if _wait_for(lambda: bool(_task_workers(proc.pid)), 120, proc):
+            victim = _task_workers(proc.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        _cleanup(proc)
+    assert killed, "no worker was caught mid-task"
+    assert proc.returncode == 1, output[-3000:]
+    summary = [line for line in output.splitlines() if line.startswith("INCOMPLETE:")]
+    assert summary == ["INCOMPLETE: 6 clips whose Ray task failed after its retries (task_failed): "
+                       "re-run with --retry-failed"], output[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and manifest["task_failed_clips"] == 6
+    assert manifest["num_samples"] == 18
+    rows = duckdb.sql(f"SELECT key, kind, transient FROM '{out}/failures.parquet'").fetchall()
+    assert len(rows) == 6 and {(kind, t) for _, kind, t in rows} == {("task_failed", True)}
+
+    again = subprocess.run(["avfusion", "preprocess", *args, "--out", str(out), "--retry-failed"], env=cli_env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is True and manifest["num_samples"] == 24
+    listed = []
+    for s in manifest["shards"]:
+        listed += [x["__key__"] for x in wds.WebDataset(str(out / s["tar"]), shardshuffle=False)]
+    assert sorted(listed) == sorted(f"clip{i:02d}_000000" for i in range(24))
+    assert duckdb.sql(f"SELECT count(*) FROM '{out}/failures.parquet'").fetchall()[0][0] == 0

@@ -225,8 +225,6 @@ def build_shards(clips_dir, labels_csv, out, clip, shard_size: int = 16, all_tra
     from dataclasses import replace
     from pathlib import Path
 
-    import fsspec
-
     from avfusion.pipeline import PreprocessConfig, process_shard
     from avfusion.sources import scan_folder
     from shards.manifest import build_manifest, read_all_stats, write_json_atomic
@@ -240,7 +238,6 @@ def build_shards(clips_dir, labels_csv, out, clip, shard_size: int = 16, all_tra
     out.mkdir(parents=True, exist_ok=True)
     for i in range(0, len(tasks), shard_size):
         process_shard(f"{i // shard_size:05d}", tasks[i:i + shard_size], cfg, labels, str(out))
-    fs = fsspec.filesystem("file")
-    write_json_atomic(fs, str(out / "manifest.json"),
-                      build_manifest(read_all_stats(fs, str(out)), labels, {"clip": clip.__dict__}, "bench"))
+    write_json_atomic(str(out / "manifest.json"),
+                      build_manifest(read_all_stats(str(out)), labels, {"clip": clip.__dict__}, "bench"))
     return str(out)

@@ -1,0 +1,374 @@
+"""Every file the project reads or writes goes through here, addressed by URL.
+
+A Ray cluster (KubeRay, ``ray up``) shares no disk, so inputs, shards, checkpoints,
+metrics, reports and Parquet parts live in object storage as often as on a local disk.
+fsspec gives one interface for both; this module adds the three rules that make it
+correct on an object store:
+
+- **Fresh listings.** fsspec caches directory listings per filesystem instance (and
+  instances are shared within a process), so a listing made before Ray tasks wrote their
+  shards would hide them. Every ``list``/``glob``/``exists`` here invalidates the cache
+  first: a listing that decides correctness is never stale.
+- **Atomic publish.** A reader never sees a partial file under its final name. Locally:
+  write a temp file beside the target, then ``os.replace``. On an object store a PUT (or
+  a completed multipart upload) makes the whole object appear at once, so the object is
+  written whole under its final name; where an object is a *marker* for another
+  (stats after tar, manifest last) the caller writes the marker last.
+- **No local path from a URL.** ``Path("s3://b/k")`` silently becomes a local folder
+  named ``s3:``; here URLs stay strings, ``join`` keeps the scheme, and ``makedirs`` is a
+  no-op on object stores (they have no directories).
+
+Credentials and endpoints are configured the way every S3 tool is configured: the AWS
+variables, profiles and ``AWS_ENDPOINT_URL`` (MinIO, Ceph, R2, moto), which botocore
+reads itself; nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+import uuid
+from builtins import open as builtins_open
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+
+LOCAL_PROTOCOLS = ("file", "local")
+
+
+def scheme(url: str) -> str:
+    """``'s3'`` for ``s3://b/k``; ``''`` for a plain local path."""
+    url = str(url)
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def is_local(url: str) -> bool:
+    """True for a plain path or a ``file://`` URL."""
+    return scheme(url) in ("",) + LOCAL_PROTOCOLS
+
+
+def local_path(url: str) -> str:
+    """The filesystem path of a local URL (``file:///x`` → ``/x``)."""
+    url = str(url)
+    if not is_local(url):
+        raise ValueError(f"{url} is not a local path")
+    return url.split("://", 1)[1] if "://" in url else url
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``url`` and the path within it (no trailing slash)."""
+    fs, path = fsspec.core.url_to_fs(str(url))
+    return fs, path.rstrip("/") or path
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts, keeping a URL's scheme (``os.path.join`` for local paths)."""
+    base = str(base)
+    if is_local(base):
+        return os.path.join(base, *parts)
+    return posixpath.join(base.rstrip("/"), *(p.strip("/") for p in parts))
+
+
+def basename(url: str) -> str:
+    return posixpath.basename(str(url).rstrip("/"))
+
+
+def _url_of(fs: fsspec.AbstractFileSystem, path: str, like: str) -> str:
+    """A path returned by ``fs`` as a URL in the same style as ``like``."""
+    if is_local(like) and "://" not in str(like):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def _fresh(fs: fsspec.AbstractFileSystem, path: str | None = None) -> None:
+    # Invalidate everything: s3fs keys its cache by parent prefix, and a partial
+    # invalidation can leave a stale parent listing that hides new children.
+    fs.invalidate_cache()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    _fresh(fs, path)
+    return fs.exists(path)
+
+
+def isdir(url: str) -> bool:
+    fs, path = filesystem(url)
+    _fresh(fs, path)
+    return fs.isdir(path)
+
+
+def isfile(url: str) -> bool:
+    fs, path = filesystem(url)
+    _fresh(fs, path)
+    return fs.isfile(path)
+
+
+def info(url: str) -> dict[str, Any]:
+    fs, path = filesystem(url)
+    _fresh(fs, path)
+    return fs.info(path)
+
+
+def identity(url: str) -> tuple[int, int]:
+    """(size, mtime in ns) of a file: what resume-by-file compares. Object stores give
+    LastModified; a missing file is (-1, -1)."""
+    if is_local(url):
+        p = local_path(url)
+        try:
+            st = os.stat(p)
+        except OSError:
+            try:
+                st = os.lstat(p)
+            except OSError:
+                return -1, -1
+        return st.st_size, st.st_mtime_ns
+    try:
+        meta = info(url)
+    except (OSError, FileNotFoundError):
+        return -1, -1
+    modified = meta.get("LastModified") or meta.get("mtime") or meta.get("updated")
+    if hasattr(modified, "timestamp"):
+        ns = int(modified.timestamp() * 1e9)
+    elif isinstance(modified, (int, float)):
+        ns = int(modified * 1e9)
+    else:
+        ns = 0
+    return int(meta.get("size") or 0), ns
+
+
+def open(url: str, mode: str = "rb", **kwargs):  # noqa: A001 - the module's one opener
+    """Open for reading (streams from object stores). Writing goes through ``write_*``
+    or ``atomic_file`` so that nothing appears half-written."""
+    if any(c in mode for c in "wax+"):
+        raise ValueError("storage.open is for reading; use write_bytes/write_text/atomic_file to write")
+    fs, path = filesystem(url)
+    return fs.open(path, mode, **kwargs)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return fs.cat_file(path)
+
+
+def read_text(url: str, encoding: str = "utf-8") -> str:
+    return read_bytes(url).decode(encoding)
+
+
+def read_json(url: str) -> Any:
+    return json.loads(read_bytes(url))
+
+
+def read_bytes_retry(url: str, attempts: int = 4, base_delay: float = 0.5) -> bytes:
+    """``read_bytes`` with retries and exponential backoff: for shards on a busy object
+    store. After the last attempt the error names the URL (never a silent skip)."""
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            return read_bytes(url)
+        except FileNotFoundError as exc:  # not transient: stop now
+            raise StorageError(f"cannot read {url}: not found") from exc
+        except Exception as exc:  # noqa: BLE001 - network, throttling, server errors
+            last = exc
+            if attempt + 1 < attempts:
+                time.sleep(base_delay * 2**attempt)
+    raise StorageError(f"cannot read {url} after {attempts} attempts: {type(last).__name__}: {last}") from last
+
+
+def read_many(urls: list[str], chunk: int = 1000) -> Iterator[tuple[str, bytes]]:
+    """(url, content) for each URL, in order. On an object store the GETs of a chunk run
+    concurrently (fsspec's async ``cat``); locally files are read one by one."""
+    if not urls:
+        return
+    if is_local(urls[0]):
+        for url in urls:
+            with builtins_open(local_path(url), "rb") as f:
+                yield url, f.read()
+        return
+    fs, _ = filesystem(urls[0])
+    for i in range(0, len(urls), chunk):
+        part = urls[i:i + chunk]
+        paths = [filesystem(u)[1] for u in part]
+        got = fs.cat(paths, on_error="raise")
+        for url, path in zip(part, paths):
+            yield url, got[path]
+
+
+class StorageError(OSError):
+    """A file could not be read or written after retries; the message names it."""
+
+
+def list_files(url: str, pattern: str = "*") -> list[str]:
+    """Files directly under folder ``url`` matching ``pattern`` (sorted URLs), fresh."""
+    fs, path = filesystem(url)
+    _fresh(fs, path)
+    return sorted(_url_of(fs, p, url) for p in fs.glob(f"{path}/{pattern}"))
+
+
+def find(url: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """Every file under folder ``url`` (recursive, sorted URLs), optionally by suffix."""
+    fs, path = filesystem(url)
+    _fresh(fs, path)
+    found = fs.find(path)
+    if suffixes:
+        found = [p for p in found if p.lower().endswith(suffixes)]
+    return sorted(_url_of(fs, p, url) for p in found)
+
+
+def download(url: str, local_file: str) -> None:
+    """Copy ``url`` to the local path ``local_file`` (a local source is copied too)."""
+    if is_local(url):
+        shutil.copyfile(local_path(url), local_file)
+        return
+    fs, path = filesystem(url)
+    fs.get_file(path, local_file)
+
+
+@contextlib.contextmanager
+def local_copy(url: str, workdir: str | None = None) -> Iterator[str]:
+    """A local path with ``url``'s content for libraries that need a seekable file
+    (PyAV, torch hub); a local URL is yielded as it is, a remote one is fetched into a
+    temp dir removed on exit."""
+    if is_local(url):
+        yield local_path(url)
+        return
+    with tempfile.TemporaryDirectory(prefix="avf-fetch-", dir=workdir) as tmp:
+        local = os.path.join(tmp, basename(url) or "file")
+        download(url, local)
+        yield local
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def makedirs(url: str) -> None:
+    """Create a local folder (and parents); object stores have no folders: no-op."""
+    if is_local(url):
+        os.makedirs(local_path(url), exist_ok=True)
+
+
+def publish_file(local_file: str, url: str) -> None:
+    """Put ``local_file``'s content at ``url`` atomically (see module docstring)."""
+    if is_local(url):
+        target = local_path(url)
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copyfile(local_file, tmp)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    fs, path = filesystem(url)
+    fs.put_file(local_file, path)  # one PUT / multipart upload: appears whole or not at all
+    fs.invalidate_cache()
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` atomically."""
+    if is_local(url):
+        target = local_path(url)
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=f".{os.path.basename(target)}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    fs, path = filesystem(url)
+    fs.pipe_file(path, data)
+    fs.invalidate_cache()
+
+
+def write_text(url: str, text: str, encoding: str = "utf-8") -> None:
+    write_bytes(url, text.encode(encoding))
+
+
+def write_json(url: str, data: Any, **kwargs) -> None:
+    kwargs.setdefault("indent", 1)
+    write_text(url, json.dumps(data, **kwargs))
+
+
+def append_text(url: str, text: str) -> None:
+    """Append to a small log (metrics.jsonl). Object stores cannot append: the object is
+    rewritten whole, which keeps every version of it complete."""
+    previous = read_text(url) if exists(url) else ""
+    write_text(url, previous + text)
+
+
+@contextlib.contextmanager
+def atomic_file(url: str, suffix: str = "") -> Iterator[str]:
+    """Yield a local temp path to write (``pq.write_table``, ``savefig``, ``torch.save``);
+    on clean exit its content is published to ``url`` atomically, on error nothing is."""
+    fd, tmp = tempfile.mkstemp(suffix=suffix or os.path.splitext(basename(url))[1], prefix="avf-")
+    os.close(fd)
+    try:
+        yield tmp
+        publish_file(tmp, url)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def remove(url: str, missing_ok: bool = True) -> None:
+    fs, path = filesystem(url)
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+    fs.invalidate_cache()
+
+
+def upload_tree(local_dir: str, url: str) -> None:
+    """Mirror the files under ``local_dir`` to folder ``url`` (each file atomically):
+    for outputs a library insists on writing to a local folder (TensorBoard events)."""
+    for dirpath, _, filenames in os.walk(local_dir):
+        for name in filenames:
+            src = os.path.join(dirpath, name)
+            rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
+            publish_file(src, join(url, rel))
+
+
+def save_torch(obj: Any, url: str) -> None:
+    """``torch.save`` to ``url`` atomically (serialised in memory, written whole)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(url, buf.getvalue())
+
+
+def load_torch(url: str, map_location: str = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` from ``url``: checkpoints never run code."""
+    import torch
+
+    return torch.load(io.BytesIO(read_bytes(url)), map_location=map_location, weights_only=True)
+
+
+def arrow_filesystem(url: str):
+    """(pyarrow filesystem, path) for libraries that take one (Ray Train's
+    ``storage_filesystem``), backed by the same fsspec filesystem as everything else."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = filesystem(url)
+    return PyFileSystem(FSSpecHandler(fs)), path
+
+
+def absolute(url: str) -> str:
+    """A local path made absolute (Ray workers run elsewhere); URLs unchanged."""
+    return os.path.abspath(local_path(url)) if is_local(url) else str(url)

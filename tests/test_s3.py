@@ -1,0 +1,195 @@
+"""Object storage end to end against a real S3-compatible server on loopback.
+
+Every job runs as a user would run it: the ``avfusion`` command in a subprocess whose
+environment has only AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+set, inputs and outputs all ``s3://`` URLs, run from an empty working directory that
+must stay empty (a URL turned into a local path shows up there as a folder ``s3:``).
+"""
+
+import io
+import json
+import subprocess
+import tarfile
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from avfusion import storage
+from avfusion.synth import SynthSpec, make_class_conditional_set
+from tests.s3_server import S3Server, clean_env
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = S3Server().start()
+    server.apply_env()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def bucket(s3):
+    return s3.make_bucket("avf-e2e")
+
+
+@pytest.fixture(scope="module")
+def s3_clips(tmp_path_factory, bucket):
+    """18 labelled synthetic clips (6 classes) and their labels CSV, uploaded to S3."""
+    root = tmp_path_factory.mktemp("s3clips")
+    make_class_conditional_set(root, per_class=3, spec=SynthSpec(width=64, height=64, duration=2.0, fps=8,
+                                                                   sample_rate=16_000))
+    for p in sorted(root.glob("*.mp4")):
+        storage.publish_file(str(p), f"{bucket}/clips/{p.name}")
+    storage.publish_file(str(root / "labels.csv"), f"{bucket}/labels.csv")
+    storage.write_text(f"{bucket}/clip.yaml", "clip:\n  clip_seconds: 2.0\n  frame_size: 64\n")
+    storage.write_text(f"{bucket}/train.yaml", "train:\n  embed_dim: 32\n  audio_width: 8\n  workers: 1\n"
+                                               "  batch_size: 8\n")
+    return sorted(p.stem for p in root.glob("*.mp4"))
+
+
+def avfusion(s3, cwd, *args, timeout=600, check=True):
+    env = clean_env(s3)
+    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="token",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))  # this checkout's code
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([str(BIN / "avfusion"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"avfusion {' '.join(args)} → {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _no_url_paths(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.name.endswith(":") or p.name in ("s3:", "gs:", "s3", "gs")]
+
+
+def test_storage_listing_is_fresh_and_writes_are_atomic(s3, bucket, tmp_path):
+    folder = f"{bucket}/fresh"
+    storage.write_text(f"{folder}/a_stats.json", "{}")
+    assert [storage.basename(u) for u in storage.list_files(folder, "*_stats.json")] == ["a_stats.json"]
+    # Another process (as a Ray task would) adds an object; this process listed before.
+    code = ("from avfusion import storage; "
+            f"storage.write_text('{folder}/b_stats.json', '{{}}')")
+    subprocess.run([sys.executable, "-c", code], check=True, env=clean_env(s3), cwd=Path(__file__).parents[1])
+    assert [storage.basename(u) for u in storage.list_files(folder, "*_stats.json")] == ["a_stats.json",
+                                                                                        "b_stats.json"]
+    assert storage.exists(f"{folder}/b_stats.json")
+    with storage.atomic_file(f"{folder}/x.bin") as tmp:
+        Path(tmp).write_bytes(b"x" * 10)
+    assert storage.read_bytes(f"{folder}/x.bin") == b"x" * 10
+    with pytest.raises(RuntimeError):  # a failed write publishes nothing
+        with storage.atomic_file(f"{folder}/y.bin") as tmp:
+            Path(tmp).write_bytes(b"partial")
+            raise RuntimeError("writer died")
+    assert not storage.exists(f"{folder}/y.bin")
+    storage.makedirs(f"{bucket}/not/a/dir")  # no-op on object stores, no local folder either
+    assert storage.join("s3://b/x/", "y", "z.tar") == "s3://b/x/y/z.tar"
+    assert not _no_url_paths(Path.cwd()) and not _no_url_paths(tmp_path)
+
+
+def test_every_job_reads_and_writes_s3(s3, bucket, s3_clips, tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    shards, run = f"{bucket}/shards", f"{bucket}/run"
+
+    # preprocess: folder + labels CSV + config all in S3 → a correct manifest on the first run.
+    out = avfusion(s3, cwd, "preprocess", f"{bucket}/clips", "--labels", f"{bucket}/labels.csv", "--out", shards,
+                   "--config", f"{bucket}/clip.yaml", "--shard-size", "5", "--num-cpus", "2")
+    manifest = storage.read_json(f"{shards}/manifest.json")
+    assert manifest["num_samples"] == 18 and manifest["num_shards"] == 4, out.stdout
+    assert manifest["complete"] is True
+    keys = []
+    for s in manifest["shards"]:
+        with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(f"{shards}/{s['tar']}"))) as tar:
+            keys += [json.load(tar.extractfile(m))["key"] for m in tar.getmembers() if m.name.endswith(".json")]
+    assert sorted(keys) == s3_clips
+    assert "INFO" not in out.stdout + out.stderr, "Ray's INFO lines stay in its log files"
+
+    # train from S3 into S3, then resume from the S3 checkpoint.
+    avfusion(s3, cwd, "train", shards, "--out", run, "--config", f"{bucket}/train.yaml", "--epochs", "1",
+             "--steps-per-epoch", "2")
+    resumed = avfusion(s3, cwd, "train", shards, "--out", run, "--config", f"{bucket}/train.yaml", "--epochs", "2",
+                       "--steps-per-epoch", "2")
+    assert f"resumed from {run}/last.pt at epoch 1" in resumed.stdout
+    rows = [json.loads(x) for x in storage.read_text(f"{run}/metrics.jsonl").splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for name in ("last.pt", "label_map.json", "curves.png", "ranks/rank0.json"):
+        assert storage.exists(f"{run}/{name}"), name
+    assert storage.find(f"{run}/tb"), "TensorBoard events uploaded"
+
+    # evaluate: checkpoint and shards from S3, report to S3.
+    avfusion(s3, cwd, "evaluate", f"{run}/last.pt", "--shards", shards, "--split", "test", "--conditions",
+             "normal,muted_audio", "--out", f"{bucket}/report", "--workers", "1")
+    report = storage.read_json(f"{bucket}/report/robustness.json")
+    assert report["meta"]["n_clips"] == 6
+    assert storage.exists(f"{bucket}/report/attention_by_condition.png")
+
+    # label: lists the S3 folder, streams each file to its decode task, Parquet parts in S3.
+    avfusion(s3, cwd, "label", f"{bucket}/clips", f"{bucket}/labels", "--checkpoint", f"{run}/last.pt",
+             "--num-cpus", "2", "--part-rows", "7")
+    parts = storage.list_files(f"{bucket}/labels", "part-*.parquet")
+    assert len(parts) >= 2
+    table = pq.read_table([storage.filesystem(p)[1] for p in parts], filesystem=storage.arrow_filesystem(parts[0])[0])
+    assert sorted(table.column("key").to_pylist()) == [f"{k}.mp4" for k in s3_clips]
+    assert table.column("error_class").null_count == table.num_rows
+    again = avfusion(s3, cwd, "label", f"{bucket}/clips", f"{bucket}/labels", "--checkpoint", f"{run}/last.pt")
+    assert "18 already labelled" in again.stdout
+
+    # predict: one clip and the checkpoint from S3.
+    pred = avfusion(s3, cwd, "predict", f"{bucket}/clips/{s3_clips[0]}.mp4", "--checkpoint", f"{run}/last.pt",
+                    "--json")
+    assert json.loads(pred.stdout)["predicted_label"]
+
+    assert sorted(p.name for p in cwd.iterdir()) == [] or not _no_url_paths(cwd), _no_url_paths(cwd)
+    assert not _no_url_paths(cwd)
+
+
+def test_unreadable_shard_stops_training_with_its_name(s3, bucket, s3_clips, tmp_path):
+    """A shard listed in the manifest but gone from the store: retried, then a clear error
+    naming it, well within the timeout (webdataset's warn_and_continue spun forever)."""
+    shards = f"{bucket}/shards"
+    if not storage.exists(f"{shards}/manifest.json"):
+        pytest.skip("needs the shards of test_every_job_reads_and_writes_s3")
+    broken = f"{bucket}/broken"
+    manifest = storage.read_json(f"{shards}/manifest.json")
+    for s in manifest["shards"][1:]:
+        storage.write_bytes(f"{broken}/{s['tar']}", storage.read_bytes(f"{shards}/{s['tar']}"))
+    storage.write_json(f"{broken}/manifest.json", manifest)  # the first shard is missing
+    t0 = time.time()
+    proc = avfusion(s3, tmp_path, "train", broken, "--out", f"{bucket}/broken-run", "--config",
+                    f"{bucket}/train.yaml", "--epochs", "1", "--steps-per-epoch", "50", "--workers", "0",
+                    check=False, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"{broken}/{manifest['shards'][0]['tar']}" in proc.stderr
+    assert time.time() - t0 < 300
+
+
+def test_label_retries_rows_with_transient_errors(s3, bucket, s3_clips, tmp_path):
+    """A listed object that cannot be fetched gets a fetch_error row; the next run
+    labels it and replaces that row (one row per file, nothing duplicated)."""
+    run = f"{bucket}/run"
+    if not storage.exists(f"{run}/last.pt"):
+        pytest.skip("needs the checkpoint of test_every_job_reads_and_writes_s3")
+    late = f"{bucket}/late/{s3_clips[1]}.mp4"
+    listing = f"{bucket}/late-list.txt"
+    storage.write_text(listing, f"{bucket}/clips/{s3_clips[0]}.mp4\n{late}\n")
+    out = f"{bucket}/late-labels"
+    avfusion(s3, tmp_path, "label", listing, out, "--checkpoint", f"{run}/last.pt", "--num-cpus", "2")
+
+    def rows():
+        parts = storage.list_files(out, "part-*.parquet")
+        table = pq.read_table([storage.filesystem(p)[1] for p in parts],
+                              filesystem=storage.arrow_filesystem(parts[0])[0])
+        return sorted((r["path"], r["error_class"]) for r in table.to_pylist())
+
+    assert rows() == [(f"{bucket}/clips/{s3_clips[0]}.mp4", None), (late, "fetch_error")]
+    storage.write_bytes(late, storage.read_bytes(f"{bucket}/clips/{s3_clips[1]}.mp4"))
+    again = avfusion(s3, tmp_path, "label", listing, out, "--checkpoint", f"{run}/last.pt", "--num-cpus", "2")
+    assert "1 already labelled" in again.stdout and "1 to label" in again.stdout
+    assert rows() == [(f"{bucket}/clips/{s3_clips[0]}.mp4", None), (late, None)]
