@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
     p.add_argument("--config", default="small", help="training recipe: preset name or YAML (default small)")
     p.add_argument("--epochs", type=int, help="training epochs per model (default: the recipe's)")
+    p.add_argument("--conditions", help="evaluate only these conditions (comma-separated, e.g. "
+                                        "normal,muted_audio,black_frames); default: the whole default suite")
     p.add_argument("--address", help="Ray cluster address; default: embedded local Ray")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded Ray (default: all)")
     return p
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         _step("3/4 robustness: accuracy and attention under corruptions")
         rc = evaluate.main([str(runs / "both" / "last.pt"), "--shards", str(shards), "--out",
                             str(out / "robustness"), "--audio-baseline", str(runs / "audio" / "last.pt"),
-                            "--video-baseline", str(runs / "video" / "last.pt"), "--workers", "1"])
+                            "--video-baseline", str(runs / "video" / "last.pt"), "--workers", "1",
+                            *(["--conditions", args.conditions] if args.conditions else [])])
         if rc:
             return rc
         _step("4/4 label the sample folder into Parquet (Ray Data)")
