@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("shards", help="shard folder written by avfusion preprocess")
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics, plots")
-    p.add_argument("--config", help="YAML with a train: section (keys of TrainConfig)")
+    p.add_argument("--config", help="recipe: a preset name (small, vggsound) or a YAML path/URL with a train: section")
     p.add_argument("--modalities", choices=["both", "audio", "video"], help="fusion (both) or a unimodal baseline")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
