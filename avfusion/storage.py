@@ -257,18 +257,25 @@ def makedirs(url: str) -> None:
         os.makedirs(local_path(url), exist_ok=True)
 
 
+def _replace_local(target: str, fill) -> None:
+    """Write a local file atomically: ``fill(tmp)`` writes ``.NAME.tmp-XXXXXXXX`` beside
+    ``target``, which is then renamed over it. One temp naming for every local write, so
+    the resume clean-ups (``.last.pt.*``, ``.part-*``, ``*.tmp-*``) see what a kill left."""
+    folder, name = os.path.split(target)
+    os.makedirs(folder or ".", exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        fill(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def publish_file(local_file: str, url: str) -> None:
     """Put ``local_file``'s content at ``url`` atomically (see module docstring)."""
     if is_local(url):
-        target = local_path(url)
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            shutil.copyfile(local_file, tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _replace_local(local_path(url), lambda tmp: shutil.copyfile(local_file, tmp))
         return
     fs, path = filesystem(url)
     fs.put_file(local_file, path)  # one PUT / multipart upload: appears whole or not at all
@@ -278,16 +285,10 @@ def publish_file(local_file: str, url: str) -> None:
 def write_bytes(url: str, data: bytes) -> None:
     """Write ``data`` to ``url`` atomically."""
     if is_local(url):
-        target = local_path(url)
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=f".{os.path.basename(target)}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
+        def fill(tmp: str) -> None:
+            with builtins_open(tmp, "wb") as f:
                 f.write(data)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _replace_local(local_path(url), fill)
         return
     fs, path = filesystem(url)
     fs.pipe_file(path, data)
