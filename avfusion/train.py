@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -215,7 +217,7 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     workers = max(1, cfg.workers)
     per_worker = math.ceil(steps / workers)
     metrics_path = storage.join(out, "metrics.jsonl")
-    writer = _tensorboard(out) if dist.is_main else None
+    writer = ScalarLog(out) if dist.is_main else None
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -223,25 +225,24 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
         seed = cfg.seed * 100_003 + epoch
         ds = pipeline(data.urls, cfg.batch_size, split=train_subset, train=True, seed=seed,
                       augment=Augment(cfg.augment, seed, sample_rate), batches_per_epoch=per_worker)
-        bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not dist.is_main, leave=False)
-        for batch in islice(loader(ds, cfg.workers), steps):
-            batch, target = mixup(batch.to(dist.device), num_classes, cfg.mixup_alpha, cfg.mixup_prob)
-            with _autocast(cfg, dist):
-                output = net(batch.waveform, batch.frames)
-                loss, parts = fusion_loss(output, target, cfg.loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            seen += len(batch.keys)
-            loss_sum += loss.item() * len(batch.keys)
-            bar.update(1)
-            for k, v in parts.items():
-                part_sums[k] = part_sums.get(k, 0.0) + v * len(batch.keys)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        bar.close()
+        with tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not dist.is_main, leave=False) as bar:
+            for batch in islice(loader(ds, cfg.workers), steps):
+                batch, target = mixup(batch.to(dist.device), num_classes, cfg.mixup_alpha, cfg.mixup_prob)
+                with _autocast(cfg, dist):
+                    output = net(batch.waveform, batch.frames)
+                    loss, parts = fusion_loss(output, target, cfg.loss)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                step += 1
+                seen += len(batch.keys)
+                loss_sum += loss.item() * len(batch.keys)
+                bar.update(1)
+                for k, v in parts.items():
+                    part_sums[k] = part_sums.get(k, 0.0) + v * len(batch.keys)
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         seconds = time.time() - t0
         part_names = sorted(part_sums)
         n, loss_total, *part_totals = dist.all_reduce_sum([seen, loss_sum, *(part_sums[k] for k in part_names)])
@@ -254,6 +255,8 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
             for k, v in metrics.items():
                 if writer is not None and isinstance(v, (int, float)) and k != "epoch":
                     writer.add_scalar(k, v, epoch)
+            if writer is not None:
+                writer.flush()  # on a URL: the events reach the store every epoch, not only at the end
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
                            if not isinstance(v, dict)))
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -307,37 +310,42 @@ def _plain(cfg: TrainConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg)))
 
 
-def _tensorboard(out: str):
-    """TensorBoard writes into ``out/tb``; for a URL it writes a local temp folder that is
-    uploaded to ``out/tb`` on every flush (tensorboardX cannot write to s3fs)."""
-    from tensorboardX import SummaryWriter
+class ScalarLog:
+    """TensorBoard scalars in ``out/tb``, written synchronously and flushed every epoch.
 
-    if storage.is_local(out):
-        return SummaryWriter(storage.join(out, "tb"))
-    return _UploadingWriter(tempfile.mkdtemp(prefix="avf-tb-"), storage.join(out, "tb"))
+    tensorboardX's SummaryWriter hands events to a thread and its ``flush()`` does not wait
+    for that queue, so an epoch's "flushed" scalars could still be in memory when a job is
+    killed or the folder is uploaded (seen: the uploaded file held only its header). Its
+    record writer is used directly instead. For a URL the events file is written in a local
+    temp folder and uploaded whole at each flush (TensorBoard's writers cannot append to an
+    object store); the temp folder goes with the log, or at exit if training raised first."""
 
+    def __init__(self, out: str):
+        from tensorboardX.event_file_writer import EventsWriter
 
-class _UploadingWriter:
-    """A SummaryWriter on a local temp folder whose files are mirrored to a URL."""
+        self.url = storage.join(out, "tb")
+        self.remote = not storage.is_local(self.url)
+        self.local = tempfile.mkdtemp(prefix="avf-tb-") if self.remote else storage.local_path(self.url)
+        os.makedirs(self.local, exist_ok=True)
+        self.events = EventsWriter(os.path.join(self.local, "events"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.local, True) if self.remote else None
 
-    def __init__(self, local: str, url: str):
-        from tensorboardX import SummaryWriter
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
 
-        self.local, self.url, self.writer = local, url, SummaryWriter(local)
-
-    def add_scalar(self, *args, **kwargs) -> None:
-        self.writer.add_scalar(*args, **kwargs)
+        self.events.write_event(Event(wall_time=time.time(), step=step, summary=scalar(tag, value)))
 
     def flush(self) -> None:
-        self.writer.flush()
-        storage.upload_tree(self.local, self.url)
+        self.events.flush()
+        if self.remote:
+            storage.upload_tree(self.local, self.url)
 
     def close(self) -> None:
-        self.writer.close()
-        storage.upload_tree(self.local, self.url)
-        import shutil
-
-        shutil.rmtree(self.local, ignore_errors=True)
+        self.flush()
+        self.events.close()
+        if self._cleanup is not None:
+            self._cleanup()
 
 
 def plot_curves(metrics_path: str, png: str) -> None:

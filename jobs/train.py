@@ -91,8 +91,35 @@ def run_ray_train(cfg, args) -> int:
             scaling_config=ScalingConfig(num_workers=args.ray_workers, use_gpu=args.gpu),
             run_config=_run_config(RunConfig, cfg.out),
         )
-        trainer.fit()
+        try:
+            trainer.fit()
+            shard_error = None
+        except Exception as exc:  # Ray Train wraps a worker's error in its own
+            shard_error = _shard_error(exc)
+            if shard_error is None:
+                raise
+    if shard_error is not None:  # after Ray's shutdown, so its flushed logs do not follow ours
+        print(f"avfusion train: {shard_error.brief()}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _shard_error(exc: BaseException) -> ShardReadError | None:
+    """The ShardReadError behind a Ray Train failure, if that is what stopped it: Ray
+    Train reports a worker's exception as its own (``WorkerGroupError.worker_failures``,
+    or a cause chain), which would bury the one line that names the shard."""
+    from shards.loader import ShardReadError
+
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ShardReadError):
+            return e
+        todo += [e.__cause__, e.__context__, *getattr(e, "worker_failures", {}).values()]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(cfg, setup(args.device))
     except ShardReadError as exc:  # named, after retries: never a silent skip or spin
-        print(f"avfusion train: {exc}", file=sys.stderr)
+        print(f"avfusion train: {exc.brief()}", file=sys.stderr)
         return 1
     finally:
         teardown()

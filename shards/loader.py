@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,26 @@ def pipeline(urls: list[str], batch_size: int, *, split: str | Subset | None, tr
 class ShardReadError(RuntimeError):
     """A shard could not be read after retries: the job stops and names it."""
 
+    def brief(self) -> str:
+        """The one line naming the shard. A DataLoader worker's error is re-raised in the
+        main process with the worker's whole traceback as its message; keep its last line."""
+        lines = str(self).strip().splitlines() or [""]
+        tag = f"{type(self).__module__}.{type(self).__name__}: "
+        return next((line[len(tag):] for line in reversed(lines) if line.startswith(tag)), lines[-1])
+
+
+def _check_tar(url: str, data: bytes) -> None:
+    """A shard that arrives whole but is not a whole tar (cut short, overwritten) stops
+    the job naming it, before any of its samples is used: walking the member headers
+    costs nothing beside decoding, and tarfile's own error names only a BytesIO."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar:
+                if member.offset_data + member.size > len(data):
+                    raise tarfile.ReadError(f"member {member.name} runs past the end")
+    except tarfile.TarError as exc:
+        raise ShardReadError(f"shard {url} is not a readable tar ({len(data)} bytes): {exc}") from exc
+
 
 def open_shards(src, attempts: int = 4):
     """WebDataset stage: each shard URL → its bytes, through ``avfusion.storage`` (local,
@@ -195,6 +216,7 @@ def open_shards(src, attempts: int = 4):
             data = storage.read_bytes_retry(url, attempts)
         except OSError as exc:
             raise ShardReadError(f"shard {url} cannot be read: {exc}") from exc
+        _check_tar(url, data)
         yield {"url": url, "__url__": url, "stream": io.BytesIO(data)}
 
 

@@ -151,3 +151,26 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("launcher", ["single", "ray"])
+def test_a_cut_shard_stops_training_with_one_line_naming_it(tmp_path, synthetic_shards, small_train_config,
+                                                            cli_env, launcher):
+    """A shard cut short (a half-copied tar) is not a skipped shard or a tarfile trace from
+    deep in a DataLoader worker or a Ray Train worker: the job exits 1 and its last line
+    names the shard. The config's loader worker (workers: 1) is kept on purpose: torch
+    re-raises a worker's error with the worker's whole traceback as its message."""
+    import shutil
+
+    shards = tmp_path / "shards"
+    shutil.copytree(synthetic_shards, shards)
+    cut = shards / "00001.tar"
+    cut.write_bytes(cut.read_bytes()[:5000])
+    extra = ["--ray-workers", "2"] if launcher == "ray" else []
+    proc = subprocess.run(["avfusion", "train", str(shards), "--out", str(tmp_path / "run"), "--config",
+                           str(small_train_config), "--epochs", "1", "--batch-size", "8", "--steps-per-epoch", "20",
+                           *extra], env=cli_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"avfusion train: shard {cut} is not a readable tar (5000 bytes)"), proc.stderr[-3000:]
+    assert "\n" not in last and len(last) < 300
