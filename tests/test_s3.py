@@ -195,3 +195,47 @@ def test_label_retries_rows_with_transient_errors(s3, bucket, s3_clips, tmp_path
     again = avfusion(s3, tmp_path, "label", listing, out, "--checkpoint", f"{run}/last.pt", "--num-cpus", "2")
     assert "1 already labelled" in again.stdout and "1 to label" in again.stdout
     assert rows() == [(f"{bucket}/clips/{s3_clips[0]}.mp4", None), (late, None)]
+
+
+def test_tensorboard_events_reach_s3_every_epoch(s3, bucket, s3_clips, tmp_path):
+    """Events for a run in S3 are uploaded as each epoch ends, not once at the end: a
+    killed or still-running job shows its curves. Seen here while training still runs."""
+    shards, run = f"{bucket}/shards", f"{bucket}/tb-run"
+    if not storage.exists(f"{shards}/manifest.json"):
+        pytest.skip("needs the shards of test_every_job_reads_and_writes_s3")
+    env = clean_env(s3)
+    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([str(BIN / "avfusion"), "train", shards, "--out", run, "--config", f"{bucket}/train.yaml",
+                             "--epochs", "4", "--steps-per-epoch", "6"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not storage.find(f"{run}/tb") and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        events = storage.find(f"{run}/tb")
+        still_running = proc.poll() is None
+        assert events, proc.stderr.read()[-2000:] if proc.poll() is not None else "no events after 300 s"
+        epochs_done = len(storage.read_text(f"{run}/metrics.jsonl").splitlines())
+        assert still_running and epochs_done < 4, "events must arrive before the run ends"
+        steps = [e.step for e in _events(storage.read_bytes(events[0])) for v in e.summary.value
+                 if v.tag == "val_top1"]
+        assert steps and steps == list(range(len(steps))), "the first epochs' scalars are in the uploaded events"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _events(data: bytes) -> list:
+    """TensorBoard's record file: [length u64][crc u32][Event proto][crc u32] repeated."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    events, i = [], 0
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        event = Event()
+        event.ParseFromString(data[i + 12:i + 12 + n])
+        events.append(event)
+        i += 12 + n + 4
+    return events
