@@ -32,8 +32,10 @@ def free_port(host: str = HOST) -> int:
 
 
 class LocalCluster:
-    def __init__(self, cpus_per_node: int = 1, workers: int = 1):
-        self.cpus, self.workers = cpus_per_node, workers
+    def __init__(self, cpus_per_node: int = 1, workers: int = 1, gpus_per_node: int = 0):
+        """``gpus_per_node``: logical GPUs Ray advertises (no device behind them): for
+        entrypoints that ask for GPUs, whose code falls back to CPU where CUDA is absent."""
+        self.cpus, self.workers, self.gpus = cpus_per_node, workers, gpus_per_node
         self.temp_dir = tempfile.mkdtemp(prefix="avfray-", dir="/tmp")  # short: unix socket paths
         self.port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
         self.env = dict(os.environ, RAY_AUTH_MODE="token", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
@@ -53,7 +55,8 @@ class LocalCluster:
         # second Ray on this machine (the embedded one of other tests, or our own
         # worker node) would fail to start its agent: give each node a free one.
         proc = subprocess.Popen([str(BIN / "ray"), "start", "--disable-usage-stats", "--node-ip-address", HOST,
-                                 "--num-cpus", str(self.cpus), "--dashboard-agent-listen-port", str(free_port()),
+                                 "--num-cpus", str(self.cpus), "--num-gpus", str(self.gpus),
+                                 "--dashboard-agent-listen-port", str(free_port()),
                                  *args], env=self.env, start_new_session=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.groups.append(proc.pid)  # its daemons stay in this process group after it exits
