@@ -91,9 +91,11 @@ print(json.dumps({'keys': keys, 'complete': m['complete']}))
             again = cluster.submit(*lab)
             assert again.returncode == 0, again.stdout[-3000:]
         rows = json.loads(cluster.python("head", """
-import json, s3fs, pyarrow.parquet as pq
+import io, json, s3fs, pyarrow as pa, pyarrow.parquet as pq
 fs = s3fs.S3FileSystem()
-t = pq.read_table(sorted(fs.glob('avf-kill/labels/part-*.parquet')), filesystem=fs)
+# Parts fetched as bytes: pyarrow reading through s3fs could abort at interpreter exit
+# ("terminate called without an active exception") after the script had done its work.
+t = pa.concat_tables([pq.read_table(io.BytesIO(fs.cat_file(p))) for p in sorted(fs.glob('avf-kill/labels/part-*.parquet'))])
 print(json.dumps(list(zip(t.column('key').to_pylist(), t.column('error_class').to_pylist()))))
 """))
     assert sorted(k for k, _ in rows) == [f"{n}.mp4" for n in names], "every file exactly once"
