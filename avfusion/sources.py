@@ -115,12 +115,12 @@ def read_url_list(path: str | Path) -> list[ClipTask]:
     ``start``, ``end``, ``label``, ``split``. Missing ``id`` → a hash of the URL."""
     import hashlib
 
+    import pyarrow as pa
     import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
 
-    path = str(path)
-    with storage.open(path, "rb") as f:
-        table = pq.read_table(f) if path.endswith(".parquet") else pacsv.read_csv(f)
+    path = str(path)  # read as bytes: see storage.read_parquet
+    table = storage.read_parquet(path) if path.endswith(".parquet") else \
+        pacsv.read_csv(pa.BufferReader(storage.read_bytes(path)))
     cols = set(table.column_names)
     if "url" not in cols:
         raise SourceError(f"{path}: needs a 'url' column, has {sorted(cols)}")

@@ -97,12 +97,8 @@ def _list_file(url: str) -> list[str]:
 def read_parts(out: str, columns: list[str] | None = None):
     """All part files of ``out`` (a fresh listing) as one table, or None."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    tables = []
-    for url in storage.list_files(out, "part-*.parquet"):
-        with storage.open(url, "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
+    tables = [storage.read_parquet(url, columns) for url in storage.list_files(out, "part-*.parquet")]
     return pa.concat_tables(tables) if tables else None
 
 
@@ -130,8 +126,7 @@ def drop_superseded(out: str) -> int:
     stale = {p for p, e in rows if e in TRANSIENT_ERRORS and p in settled}
     dropped = 0
     for url in storage.list_files(out, "part-*.parquet"):
-        with storage.open(url, "rb") as f:
-            part = pq.read_table(f)
+        part = storage.read_parquet(url)
         drop = pc.and_(pc.is_in(part.column("path"), value_set=pa_array(stale)),
                        pc.is_in(pc.fill_null(part.column("error_class"), ""), value_set=pa_array(TRANSIENT_ERRORS)))
         n = pc.sum(drop).as_py() or 0
@@ -153,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from avfusion.config import ClipSpec
-    from avfusion.label import DecodeRows, Predictor, file_identity, to_table
+    from avfusion.label import DecodeRows, Predictor, file_identity
     from avfusion.train import load_checkpoint
     from jobs._ray import ray_session
 
