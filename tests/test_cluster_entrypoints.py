@@ -22,11 +22,13 @@ The label entrypoint runs exactly as written: the cluster advertises 4 logical G
 
 import csv
 import io
+import json
 import shlex
 import sys
+import tarfile
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 import yaml
 
@@ -122,7 +124,7 @@ def test_kuberay_and_autoscaler_entrypoints_against_s3(world):
     assert train[3] == shards, "train reads what preprocess wrote"
     submit(world, train + ["--epochs", "1", "--batch-size", "2"])
     assert storage.exists(f"{run}/last.pt") and storage.find(f"{run}/ray"), storage.find(run)
-    assert [r["epoch"] for r in map(_json, storage.read_text(f"{run}/metrics.jsonl").splitlines())] == [0]
+    assert [r["epoch"] for r in map(json.loads, storage.read_text(f"{run}/metrics.jsonl").splitlines())] == [0]
     ranks = [storage.read_json(f"{run}/ranks/rank{r}.json") for r in range(4)]
     assert {r["world"] for r in ranks} == {4}
 
@@ -135,7 +137,7 @@ def test_kuberay_and_autoscaler_entrypoints_against_s3(world):
         storage.publish_file(str(world["served"] / name), f"{incoming}/{name}")
     submit(world, label)
     parts = storage.list_files(labels, "part-*.parquet")
-    table = pq.read_table([storage.filesystem(p)[1] for p in parts], filesystem=storage.arrow_filesystem(parts[0])[0])
+    table = pa.concat_tables([storage.read_parquet(p) for p in parts])
     assert sorted(table.column("key").to_pylist()) == names
     assert table.column("error_class").null_count == table.num_rows == 4
     w = table.to_pandas()[["w_audio", "w_video"]].sum(axis=1)
@@ -151,15 +153,6 @@ def test_kuberay_and_autoscaler_entrypoints_against_s3(world):
     assert manifest["complete"] and manifest["num_samples"] == 8
 
 
-def _json(line: str):
-    import json
-
-    return json.loads(line)
-
-
 def _tar_keys(url: str) -> list[str]:
-    import json
-    import tarfile
-
     with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(url))) as tar:
         return [json.load(tar.extractfile(m))["key"] for m in tar.getmembers() if m.name.endswith(".json")]

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 
 from avfusion import storage
@@ -137,7 +137,7 @@ def test_every_job_reads_and_writes_s3(s3, bucket, s3_clips, tmp_path):
              "--num-cpus", "2", "--part-rows", "7")
     parts = storage.list_files(f"{bucket}/labels", "part-*.parquet")
     assert len(parts) >= 2
-    table = pq.read_table([storage.filesystem(p)[1] for p in parts], filesystem=storage.arrow_filesystem(parts[0])[0])
+    table = pa.concat_tables([storage.read_parquet(p) for p in parts])  # bytes: see storage.read_parquet
     assert sorted(table.column("key").to_pylist()) == [f"{k}.mp4" for k in s3_clips]
     assert table.column("error_class").null_count == table.num_rows
     again = avfusion(s3, cwd, "label", f"{bucket}/clips", f"{bucket}/labels", "--checkpoint", f"{run}/last.pt")
@@ -186,8 +186,7 @@ def test_label_retries_rows_with_transient_errors(s3, bucket, s3_clips, tmp_path
 
     def rows():
         parts = storage.list_files(out, "part-*.parquet")
-        table = pq.read_table([storage.filesystem(p)[1] for p in parts],
-                              filesystem=storage.arrow_filesystem(parts[0])[0])
+        table = pa.concat_tables([storage.read_parquet(p) for p in parts])
         return sorted((r["path"], r["error_class"]) for r in table.to_pylist())
 
     assert rows() == [(f"{bucket}/clips/{s3_clips[0]}.mp4", None), (late, "fetch_error")]
