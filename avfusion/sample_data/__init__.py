@@ -1,4 +1,4 @@
-"""The bundled real sample set: 304 ten-second clips in 8 classes (see README.md here).
+"""The bundled real sample set: 380 ten-second clips in 10 classes (see README.md here).
 
 ``clips_dir()`` and ``labels_csv()`` give its location inside the installed package,
 so ``avfusion demo`` needs no download. ``folds_csv()``/``read_folds()`` give the

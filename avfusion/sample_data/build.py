@@ -47,6 +47,9 @@ PACKAGES = {
     "tuxpaint-data": "1:0.9.28-sdl2-1",
     "mate-backgrounds": "1.26.0-1",
     "plasma-workspace-wallpapers": "4:5.27.5-2",
+    "megaglest-data": "3.13.0-3",
+    "redeclipse-data": "1.6.0-1",
+    "supertuxkart-data": "1.4+dfsg-2",
 }
 WIDTH, HEIGHT, FPS, RATE, SECONDS = 160, 120, 15, 22_050, 10.0
 K_FOLDS = 5
@@ -69,6 +72,12 @@ _DAY = _ZERO_AD + "ambient/dayscape/"
 _CON = _ZERO_AD + "resource/construction/"
 _LUMBER = _ZERO_AD + "resource/lumbering/"
 _STEPS = _ZERO_AD + "actor/human/movement/Footsteps/"
+_DETAILS = _RCC + "details.rcc#gcompris/src/activities/details/resource/image/"
+_WEATHER = _ZERO_AD + "ambient/weather/"
+_RIVER = _ZERO_AD + "ambient/water/"
+_MEGAGLEST = "games/megaglest/"
+_RE = "games/redeclipse/data/sounds/ambience/"
+_STK = "games/supertuxkart/data/sfx/"
 
 # Licences the packages' copyright files state for whole trees (the per-file
 # READMEs inside GCompris bundles and the per-file stanzas below take precedence).
@@ -78,6 +87,9 @@ _TREE_LICENCES = (
     (_SCRATCH, "2011 Massachusetts Institute of Technology (Scratch 1.4)", "CC-BY-SA-3.0"),
     (_RCC, "2000, 2008 Bruno Coudoin and others (GCompris)", "GPL-3+"),
     (_TUX, "2002-2021 Bill Kendrick (Tux Paint)", "GPL-2+"),
+    (_MEGAGLEST, "2001-2008 The Glest Team, 2008-2017 The MegaGlest Team (MegaGlest)", "CC-BY-SA-3.0"),
+    (_RE + "morph/", 'Slawek "Q009" Blauciak (Red Eclipse)', "CC-BY-3.0"),
+    (_RE, 'Quinton "quin" Reeves, Alex "blackshoe" Anguix (Red Eclipse)', "CC-BY-SA-3.0"),
 )
 # From lomiri-wallpapers-{16,20}.04's and mate-backgrounds' debian/copyright, the
 # plasma wallpapers' metadata.json, and GCompris' farm-animal credits.
@@ -100,6 +112,19 @@ _FILE_LICENCES = {
     _LOMIRI + "Kleiber_by_Lukas_Baubkus.jpg": ("2021, Lukas Baubkus", "CC-BY-SA-3.0"),
     _FARM + "cow.webp": ("Dohduhdah, Wikimedia Commons", "Public Domain"),
     _FARM + "owl.webp": ("Lepale, Wikimedia Commons", "CC0-1.0"),
+    # the details bundle's README lists its files without a Files: key
+    _DETAILS + "FanoeWindmill_background.webp": ("Cnyborg (photo, CC-BY-SA-3.0, Wikimedia Commons); GCompris "
+                                                 "adaptation 2000, 2008 Bruno Coudoin and others", "CC-BY-SA-4.0"),
+    # Red Eclipse's debian/copyright names the freesound recordists of these files.
+    _RE + "wind.ogg": ("Batuhan Bozkurt (freesound #17735)", "CC-BY-SA-3.0"),
+    _RE + "river.ogg": ('2005, Mike "Acclivity" (freesound #13553)', "CC-BY-SA-3.0"),
+    _RE + "creek.ogg": ('2005, Richard "RHumphries" Humphries (freesound)', "CC-BY-SA-3.0"),
+    _RE + "water.ogg": ('Paul Hertz "ignotus" (freesound #14779)', "CC-BY-SA-3.0"),
+    **{_RE + f"waterfall{n}.ogg": ('2007, Tim "Corsica_S" Kahn (freesound)', "CC-BY-SA-3.0")
+       for n in ("", "1", "2", "3", "_huge", "_medium", "_deep", "_indoor")},
+    # SuperTuxKart's debian/copyright, per file.
+    _STK + "river_loop.ogg": ("2012 Adam Newns (freesound Adam_N #166310)", "CC0-1.0"),
+    _STK + "waterfall_loop_2.ogg": ('2014 Leonard "VKProduktion" Graf (freesound #215711)', "CC0-1.0"),
 }
 
 
@@ -197,6 +222,35 @@ CLASSES: tuple[SampleClass, ...] = (
         + _seq(_MATE, "GreenMeadow.jpg Dune.jpg")
         + (_LOMIRI + "aitzgorri_by_Aitzol_Berasategi.jpg", _TOOLS + "sickle.webp"),
         sounds=_seq(_ZERO_AD + "resource/gathering/", " ".join(f"gather_field_{i:02d}.ogg" for i in range(1, 25))),
+    ),
+    SampleClass(
+        # Scene level, like chopping and stone: the photos show what the wind drives.
+        # windmill2 (a model mill) and windmill14 (windmill9's mill again) are left out.
+        "wind noise", "wind",
+        photos=_seq(_RENEW, "windmill.webp windmill1.webp windmill3.webp windmill4.webp windmill5.webp "
+                            "windmill6.webp windmill7.webp windmill8.webp windmill9.webp windmill11.webp "
+                            "windmill12.webp windmill13.webp windmill15.webp")
+        + (_DETAILS + "FanoeWindmill_background.webp",),
+        sounds=_seq(_WEATHER, "wind_11.ogg windgust_11.ogg windstorm_11.ogg snowstorm_11.ogg")
+        + _seq(_RE, "wind.ogg wastewind.ogg morph/wind1.ogg morph/stormwind.ogg")
+        # correlated files (see duplicate_pairs): one recording each
+        + (_seq(_WEATHER, "windleaves_10.ogg windleaves_11.ogg"),
+           _seq(_MEGAGLEST + "tilesets/", "winter/sounds/wind.ogg winter_forest/sounds/wind.ogg"),
+           _seq(_RE, "hollowwind.ogg blowwind.ogg")),
+    ),
+    SampleClass(
+        "stream burbling", "stream",
+        photos=(_LOMIRI + "life_by_Aitzol_Berasategi.jpg",)
+        + _seq(_SCRATCH + "Backgrounds/Nature/", "water-and-rocks.jpg lake.jpg")
+        + _seq(_RENEW, "dam1.webp dam2.webp dam3.webp dam4.webp dam5.webp"),
+        sounds=_seq(_RE, "river.ogg creek.ogg water.ogg")
+        + _seq(_STK, "river_loop.ogg waterfall_loop_2.ogg")
+        # correlated files (see duplicate_pairs): one recording each; Red Eclipse's eight
+        # waterfall files come from three freesound uploads by one recordist: counted once
+        + (_seq(_RIVER, "river_fast_21.ogg river_med_21.ogg river_slow_21.ogg"),
+           _seq(_RIVER, "river_raging_21.ogg waterfall_31.ogg"),
+           _seq(_RE, " ".join(f"waterfall{n}.ogg" for n in ("", "1", "2", "3", "_huge", "_medium", "_deep",
+                                                            "_indoor")))),
     ),
 )
 
@@ -399,15 +453,25 @@ def plan(seed: int = 2026, k: int = K_FOLDS, per_class: int = CLIPS_PER_CLASS) -
     return plans
 
 
-def build(media: MediaRoot, out_dir: Path = HERE, seed: int = 2026) -> list[ClipPlan]:
+def build(media: MediaRoot, out_dir: Path = HERE, seed: int = 2026, reuse: bool = False) -> list[ClipPlan]:
+    """Encode every planned clip and write the tables. ``reuse`` keeps a planned clip
+    already in ``out_dir/clips`` (a clip depends only on its plan, its seed and its two
+    sources, so adding a class re-encodes only that class's clips); clips no longer
+    planned are removed either way."""
     clips_dir = out_dir / "clips"
     clips_dir.mkdir(parents=True, exist_ok=True)
+    plans = plan(seed)
+    wanted = {f"{p.clip_id}_000000.mp4" for p in plans}
     for old in clips_dir.glob("*.mp4"):
-        old.unlink()
+        if not reuse or old.name not in wanted:
+            old.unlink()
     spec = SynthSpec(container="mp4", width=WIDTH, height=HEIGHT, fps=FPS, duration=SECONDS,
                      sample_rate=RATE, channels=1, crf=33, preset="slow", audio_bitrate=24_000)
-    plans = plan(seed)
-    for p in plans:
+    from tqdm import tqdm
+
+    for p in tqdm(plans, desc="clips", unit="clip"):
+        if reuse and (clips_dir / f"{p.clip_id}_000000.mp4").exists():
+            continue
         rng = np.random.default_rng(p.seed)
         photo_file = _files(p.photo)[int(rng.integers(len(_files(p.photo))))]
         sound_file = _files(p.sound)[int(rng.integers(len(_files(p.sound))))]
@@ -471,6 +535,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--media-root", type=Path, help="the packages' unpacked usr/share")
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--reuse-clips", action="store_true",
+                        help="keep planned clips already built (re-encode only new or changed classes)")
     parser.add_argument("--check-duplicates", action="store_true",
                         help="only list source files that look like copies of each other")
     args = parser.parse_args(argv)
@@ -481,10 +547,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{r:+.3f}  {a}  {b}")
         return
     if args.media_root:
-        plans = build(MediaRoot(args.media_root), args.out)
+        plans = build(MediaRoot(args.media_root), args.out, reuse=args.reuse_clips)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            plans = build(MediaRoot(fetch_media(Path(tmp))), args.out)
+            plans = build(MediaRoot(fetch_media(Path(tmp))), args.out, reuse=args.reuse_clips)
     size = sum(p.stat().st_size for p in (args.out / "clips").glob("*.mp4"))
     print(f"wrote {len(plans)} clips, {size / 1e6:.2f} MB, to {args.out}")
 
