@@ -10,7 +10,7 @@ from avfusion import sample_data
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_demo_end_to_end_reduced(tmp_path, cli_env):
-    """The whole demo on all 304 clips, with one epoch per model and the six conditions
+    """The whole demo on all 380 clips, with one epoch per model and the six conditions
     of its table (the default suite would add ~20 conditions of evaluation)."""
     out = tmp_path / "demo"
     conditions = "normal,muted_audio,audio_gaussian_noise@3,black_frames,gaussian_blur@3,video_gaussian_noise@3"

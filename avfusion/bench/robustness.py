@@ -56,7 +56,7 @@ def recipe(config: str, shards: str, epochs: int | None, seed: int):
     from avfusion.train import TrainConfig
 
     data = dict(load_yaml(config).get("train") or {})
-    data.update(shards=shards, out="", seed=seed, workers=1)
+    data.update(shards=shards, out="", seed=seed)
     if epochs:
         data["epochs"] = epochs
     return from_dict(TrainConfig, data, prefix="train")
