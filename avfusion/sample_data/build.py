@@ -31,6 +31,7 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from avfusion.sample_data.rcc import RccArchive
 from avfusion.synth import SynthSpec, quantize16, write_clip
@@ -78,6 +79,8 @@ _RIVER = _ZERO_AD + "ambient/water/"
 _MEGAGLEST = "games/megaglest/"
 _RE = "games/redeclipse/data/sounds/ambience/"
 _STK = "games/supertuxkart/data/sfx/"
+# Red Eclipse's waterfall ambiences: three freesound uploads by one recordist, one recording
+_RE_WATERFALLS = tuple(f"{_RE}waterfall{n}.ogg" for n in ("", "1", "2", "3", "_huge", "_medium", "_deep", "_indoor"))
 
 # Licences the packages' copyright files state for whole trees (the per-file
 # READMEs inside GCompris bundles and the per-file stanzas below take precedence).
@@ -120,8 +123,7 @@ _FILE_LICENCES = {
     _RE + "river.ogg": ('2005, Mike "Acclivity" (freesound #13553)', "CC-BY-SA-3.0"),
     _RE + "creek.ogg": ('2005, Richard "RHumphries" Humphries (freesound)', "CC-BY-SA-3.0"),
     _RE + "water.ogg": ('Paul Hertz "ignotus" (freesound #14779)', "CC-BY-SA-3.0"),
-    **{_RE + f"waterfall{n}.ogg": ('2007, Tim "Corsica_S" Kahn (freesound)', "CC-BY-SA-3.0")
-       for n in ("", "1", "2", "3", "_huge", "_medium", "_deep", "_indoor")},
+    **{f: ('2007, Tim "Corsica_S" Kahn (freesound)', "CC-BY-SA-3.0") for f in _RE_WATERFALLS},
     # SuperTuxKart's debian/copyright, per file.
     _STK + "river_loop.ogg": ("2012 Adam Newns (freesound Adam_N #166310)", "CC0-1.0"),
     _STK + "waterfall_loop_2.ogg": ('2014 Leonard "VKProduktion" Graf (freesound #215711)', "CC0-1.0"),
@@ -245,12 +247,10 @@ CLASSES: tuple[SampleClass, ...] = (
         + _seq(_RENEW, "dam1.webp dam2.webp dam3.webp dam4.webp dam5.webp"),
         sounds=_seq(_RE, "river.ogg creek.ogg water.ogg")
         + _seq(_STK, "river_loop.ogg waterfall_loop_2.ogg")
-        # correlated files (see duplicate_pairs): one recording each; Red Eclipse's eight
-        # waterfall files come from three freesound uploads by one recordist: counted once
+        # correlated files (see duplicate_pairs), and Red Eclipse's waterfalls: one recording each
         + (_seq(_RIVER, "river_fast_21.ogg river_med_21.ogg river_slow_21.ogg"),
            _seq(_RIVER, "river_raging_21.ogg waterfall_31.ogg"),
-           _seq(_RE, " ".join(f"waterfall{n}.ogg" for n in ("", "1", "2", "3", "_huge", "_medium", "_deep",
-                                                            "_indoor")))),
+           _RE_WATERFALLS),
     ),
 )
 
@@ -421,6 +421,11 @@ class ClipPlan:
     sound: str | tuple[str, ...]
     seed: tuple[int, ...]
 
+    @property
+    def file_name(self) -> str:
+        """Named like a downloaded VGGSound clip: ``{id}_{start:06d}.mp4``."""
+        return f"{self.clip_id}_000000.mp4"
+
     def files(self) -> tuple[str, str]:
         """The photo file and recording file this clip is made from: for a source
         shipped as several files, the first two draws of the clip's generator pick
@@ -461,16 +466,14 @@ def build(media: MediaRoot, out_dir: Path = HERE, seed: int = 2026, reuse: bool 
     clips_dir = out_dir / "clips"
     clips_dir.mkdir(parents=True, exist_ok=True)
     plans = plan(seed)
-    wanted = {f"{p.clip_id}_000000.mp4" for p in plans}
+    wanted = {p.file_name for p in plans}
     for old in clips_dir.glob("*.mp4"):
         if not reuse or old.name not in wanted:
             old.unlink()
     spec = SynthSpec(container="mp4", width=WIDTH, height=HEIGHT, fps=FPS, duration=SECONDS,
                      sample_rate=RATE, channels=1, crf=33, preset="slow", audio_bitrate=24_000)
-    from tqdm import tqdm
-
     for p in tqdm(plans, desc="clips", unit="clip"):
-        if reuse and (clips_dir / f"{p.clip_id}_000000.mp4").exists():
+        if reuse and (clips_dir / p.file_name).exists():
             continue
         rng = np.random.default_rng(p.seed)
         photo_file = _files(p.photo)[int(rng.integers(len(_files(p.photo))))]
@@ -483,7 +486,7 @@ def build(media: MediaRoot, out_dir: Path = HERE, seed: int = 2026, reuse: bool 
             photo = Image.alpha_composite(backdrop, photo)
         photo = photo.convert("RGB")
         sound = loop_to_length(decode_mono(media.read(sound_file), RATE), spec.num_samples, rng, RATE)
-        write_clip(clips_dir / f"{p.clip_id}_000000.mp4", spec,
+        write_clip(clips_dir / p.file_name, spec,
                    frames=ken_burns(photo, spec.num_frames, rng), waveform=quantize16(sound)[None])
     _write_tables(out_dir, plans, media)
     return plans
