@@ -305,9 +305,11 @@ class FusionModel(nn.Module):
 
     def forward_features(self, waveform: torch.Tensor | None, frames: torch.Tensor | None
                          ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Per-modality embeddings after projection, (B, embed_dim) each (None if unused)."""
-        a = self.attention.audio_proj(self.audio(waveform)) if self.audio else None
-        v = self.attention.video_proj(self.video(frames)) if self.video else None
+        """Per-modality embeddings after projection, (B, embed_dim) each. None where the
+        model has no such branch or the input is None (a file with one modality is
+        predicted from that one through ``forward_head``)."""
+        a = self.attention.audio_proj(self.audio(waveform)) if self.audio and waveform is not None else None
+        v = self.attention.video_proj(self.video(frames)) if self.video and frames is not None else None
         return a, v
 
     def forward_head(self, a: torch.Tensor | None, v: torch.Tensor | None) -> FusionOutput:
