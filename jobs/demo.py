@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from avfusion import sample_data
-from jobs._ray import ray_session
+from avfusion.executor.ray_tasks import ray_session
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     from avfusion.config import ClipSpec
     from avfusion.label import DecodeRows, Predictor, file_identity
     from avfusion.train import load_checkpoint
-    from jobs._ray import ray_session
+    from avfusion.executor.ray_tasks import ray_session
 
     exts = tuple("." + e.strip().lstrip(".").lower() for e in args.extensions.split(",") if e.strip())
     try:

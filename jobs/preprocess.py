@@ -6,30 +6,14 @@ shard-sized Ray tasks; each writes ``NNNNN.tar`` then ``NNNNN_stats.json``. Re-r
 the same command skips finished shards; ``--retry-failed`` re-attempts only clips
 whose last failure was transient (``--retry-all-failures``: every failure) into new
 shards. The run ends with ``manifest.json``, ``failures.parquet`` and a summary.
+``--executor local`` runs the shards in this process instead of on Ray.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
-from collections import Counter
-from dataclasses import asdict, replace
-
-from avfusion import __version__, storage
-from avfusion.config import ClipSpec, ConfigError, load_section, load_yaml
-from avfusion.decode import DecodeLimits
-from avfusion.download import DownloadConfig
-from avfusion.pipeline import PreprocessConfig, process_shard
-from avfusion.sources import (ClipTask, SourceError, filter_tasks, read_url_list, read_vggsound_csv, scan_folder,
-                              tasks_from_vggsound)
-from jobs._ray import ray_session
-from shards.manifest import (MANIFEST, STATS_SUFFIX, Failure, ShardStats, build_manifest, latest_failures,
-                             read_all_stats, write_failures_table, write_json_atomic, write_stats)
-
-PLAN = "_plan.json"
-TASK_FAILED = "task_failed"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,10 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Ray re-runs of a shard task whose worker died (default 3); after them its clips "
                           "are recorded as task_failed")
     run.add_argument("--verbose", action="store_true", help="show Ray's own log lines")
+    run.add_argument("--executor", choices=["ray", "local"], default="ray",
+                     help="ray (default): one Ray task per shard; local: shards in this process, "
+                          "--concurrency at a time (default 1)")
     return p
 
 
-def load_config(args) -> PreprocessConfig:
+def load_config(args):
+    """The ``PreprocessConfig``: YAML sections, then the command line's overrides."""
+    from dataclasses import replace
+
+    from avfusion.config import ClipSpec, load_section, load_yaml
+    from avfusion.decode import DecodeLimits
+    from avfusion.download import DownloadConfig
+    from avfusion.preprocess.shard import PreprocessConfig
+
     sections = load_yaml(args.config) if args.config else {}
     clip = load_section(ClipSpec, args.config, "clip", frame_size=args.frame_size)
     extra = dict((sections.get("download") or {}).get("extra") or {})
@@ -94,189 +89,43 @@ def load_config(args) -> PreprocessConfig:
                    threads_per_task=args.threads or pre.get("threads_per_task", base.threads_per_task))
 
 
-def read_tasks(args, cfg: PreprocessConfig) -> tuple[list[ClipTask], list[Failure]]:
-    """The clip tasks, plus failures for CSV rows whose file is missing from a folder."""
-    path = args.input
-    kind = args.input_kind
-    if kind == "auto":
-        if storage.isdir(path):
-            kind = "folder"
-        elif path.endswith(".parquet") or _has_url_header(path):
-            kind = "urls"
-        else:
-            kind = "vggsound"
-    missing: list[Failure] = []
-    if kind == "folder":
-        tasks, rows = scan_folder(path, args.labels, args.labels_from_dirs)
-        missing = [Failure(r.key, path, "missing_file", False, f"no file named {r.key}.* or {r.youtube_id}.*",
-                           0, r.label) for r in rows]
-    elif kind == "urls":
-        tasks = read_url_list(path)
-    else:
-        tasks = tasks_from_vggsound(read_vggsound_csv(path), cfg.download.url_template)
-    tasks = filter_tasks(tasks, args.split, args.label, args.limit)
-    keep = {t.key for t in tasks}
-    return tasks, [f for f in missing if (not args.split and not args.label) or f.key in keep]
+def job_of(args, cfg):
+    from avfusion.preprocess.run import PreprocessJob
+
+    return PreprocessJob(input=args.input, out=args.out, config=cfg, input_kind=args.input_kind, labels=args.labels,
+                         labels_from_dirs=args.labels_from_dirs, splits=tuple(args.split or ()),
+                         keep_labels=tuple(args.label or ()), limit=args.limit, retry_failed=args.retry_failed,
+                         retry_all_failures=args.retry_all_failures, task_retries=args.task_retries)
 
 
-def _has_url_header(path: str) -> bool:
-    with storage.open(path, "r", encoding="utf-8", errors="replace") as f:
-        return "url" in [c.strip().lower() for c in f.readline().split(",")]
+def executor_of(args):
+    if args.executor == "local":
+        from avfusion.executor import InProcessExecutor
 
+        return InProcessExecutor(args.concurrency or 1)
+    from avfusion.executor.ray_tasks import RayExecutor
 
-def plan_shards(tasks: list[ClipTask], size: int, prefix: str = "") -> dict[str, list[ClipTask]]:
-    return {f"{prefix}{i // size:05d}": tasks[i:i + size] for i in range(0, len(tasks), size)}
-
-
-def _digest(tasks: list[ClipTask], cfg: PreprocessConfig) -> str:
-    """Identity of the plan: which clips (key, window, label, split), shard size and clip
-    spec. Not where they are fetched from: a mirror or proxy may change between runs."""
-    h = hashlib.sha256(json.dumps([cfg.shard_size, asdict(cfg.clip)]).encode())
-    for t in tasks:
-        h.update(json.dumps([t.key, t.start, t.end, t.label, t.split]).encode())
-    return h.hexdigest()
-
-
-def label_map_of(tasks: list[ClipTask]) -> dict[str, int]:
-    return {label: i for i, label in enumerate(sorted({t.label for t in tasks if t.label is not None}))}
+    return RayExecutor(args.address, args.num_cpus, concurrency=args.concurrency, verbose=args.verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from avfusion.config import ConfigError
+    from avfusion.preprocess.run import PreprocessError, run_preprocess
+
     try:
-        cfg = load_config(args)
-        tasks, missing = read_tasks(args, cfg)
-    except (ConfigError, SourceError, OSError) as exc:
-        print(f"avfusion preprocess: {exc}", file=sys.stderr)
-        return 2
-    root = args.out.rstrip("/")
-    storage.makedirs(root)
-    for leftover in storage.list_files(root, "*.tmp-*"):  # local copies cut short by a killed run
-        storage.remove(leftover)
-    labels = label_map_of(tasks)
-    digest = _digest(tasks, cfg)
-    plan_path = storage.join(root, PLAN)
-    if storage.exists(plan_path):
-        previous = storage.read_json(plan_path)
-        if previous["digest"] != digest:
-            print(f"avfusion preprocess: {args.out} holds shards of a different clip list or shard size; "
-                  "use a new --out, or the same arguments to resume", file=sys.stderr)
-            return 2
-    else:
-        write_json_atomic(plan_path, {"digest": digest, "clips": len(tasks), "shard_size": cfg.shard_size})
-
-    done = read_all_stats(root)
-    if args.retry_failed:
-        shards, round_ = _retry_plan(root, tasks, done, cfg, args.retry_all_failures)
-    else:
-        shards, round_ = plan_shards(tasks, cfg.shard_size), 0
-        if missing and "missing" not in done:
-            write_stats(root, ShardStats("missing", "", len(missing), 0, len(missing), 0, 0.0, 0, [], missing))
-    todo = {name: ts for name, ts in shards.items() if name not in done}
-    print(f"{len(tasks)} clips, {len(shards)} shards ({len(shards) - len(todo)} already done), "
-          f"{len(labels)} labels → {args.out}")
-    if todo:
-        _run_on_ray(todo, cfg, labels, args, round_)
-    # Nothing ran: the stats just read are still all there is (20,000 GETs saved at scale).
-    return _finish(root, labels, cfg, args.out, None if todo else done)
+        job = job_of(args, load_config(args))
+    except (ConfigError, OSError) as exc:  # OSError: an unreadable --config
+        return _refused(exc)
+    try:
+        return run_preprocess(job, executor_of(args)).exit_code
+    except PreprocessError as exc:
+        return _refused(exc)
 
 
-def _retry_plan(root, tasks, done, cfg, include_permanent):
-    """Shards for a retry round; an interrupted round is resumed with its own plan."""
-    rounds = storage.list_files(root, "_retry*.json")
-    if rounds:
-        last = storage.read_json(rounds[-1])
-        if any(name not in done for name in last["shards"]):
-            by_key = {t.key: t for t in tasks}
-            return {name: [by_key[k] for k in keys] for name, keys in last["shards"].items()}, last["round"]
-    failures = latest_failures(done)
-    retry = {k for k, f in failures.items() if f.transient or include_permanent}
-    round_ = max([0] + [s.round for s in done.values()]) + 1
-    chosen = [t for t in tasks if t.key in retry]
-    shards = plan_shards(chosen, cfg.shard_size, prefix=f"r{round_:02d}-")
-    write_json_atomic(storage.join(root, f"_retry{round_:02d}.json"),
-                      {"round": round_, "shards": {n: [t.key for t in ts] for n, ts in shards.items()}})
-    return shards, round_
-
-
-def _run_on_ray(todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels, args, round_: int) -> None:
-    import ray
-    from tqdm import tqdm
-
-    with ray_session(args.address, args.num_cpus, verbose=args.verbose):
-        # Worker death re-runs the whole shard: process_shard is idempotent.
-        remote = ray.remote(num_cpus=1, max_retries=args.task_retries)(process_shard)
-        cfg_ref, labels_ref = ray.put(cfg), ray.put(labels)
-        limit = args.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        queue = list(todo.items())
-        running: dict = {}
-        with tqdm(total=sum(len(t) for t in todo.values()), desc="preprocess", unit="clip") as bar:
-            while queue or running:
-                while queue and len(running) < limit:
-                    name, tasks = queue.pop(0)
-                    running[remote.remote(name, tasks, cfg_ref, labels_ref, args.out, round_)] = (name, len(tasks))
-                ready, _ = ray.wait(list(running), num_returns=1)
-                for ref in ready:
-                    name, n = running.pop(ref)
-                    try:
-                        stats = ray.get(ref)
-                        bar.set_postfix(failed=stats.failed, refresh=False)
-                    except (ray.exceptions.RayError, OSError) as exc:
-                        _record_task_failure(args.out, name, todo[name], round_, exc)
-                        tqdm.write(f"shard {name} failed after Ray's retries ({type(exc).__name__}); "
-                                   f"its {n} clips are recorded as {TASK_FAILED}")
-                    bar.update(n)
-
-
-def _record_task_failure(out: str, shard: str, tasks: list[ClipTask], round_: int, exc: BaseException) -> None:
-    """A shard whose Ray task failed after its retries (worker node lost, OOM, …) still
-    ends with stats: one transient ``task_failed`` row per clip and no tar, so every
-    clip is accounted for and ``--retry-failed`` redoes exactly these. A tar the task
-    may have uploaded before dying is left out of the manifest (its stats are these)."""
-    message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
-    failures = [Failure(t.key, t.source, TASK_FAILED, True, message, 1, t.label) for t in tasks]
-    by_class: dict[str, dict[str, int]] = {}
-    for t in tasks:
-        by_class.setdefault(t.label or "", {"failed": 0})["failed"] += 1
-    write_stats(out.rstrip("/"), ShardStats(shard, "", len(tasks), 0, len(tasks), 0, 0.0, round_, [], failures,
-                                            by_class=by_class))
-
-
-def _finish(root: str, labels, cfg: PreprocessConfig, out: str, done: dict | None = None) -> int:
-    done = read_all_stats(root) if done is None else done
-    failures = latest_failures(done)
-    # Tars without stats: a task that died after its upload, before its marker.
-    stats_names = {s.shard for s in done.values()}
-    orphans = sorted(storage.basename(t)[:-4] for t in storage.list_files(root, "*.tar")
-                     if storage.basename(t)[:-4] not in stats_names)
-    lost = sorted(f.key for f in failures.values() if f.kind == TASK_FAILED)
-    manifest = build_manifest({k: s for k, s in done.items() if s.tar}, labels,
-                              {"clip": asdict(cfg.clip), "shard_size": cfg.shard_size}, __version__)
-    manifest["complete"] = not lost and not orphans
-    manifest["task_failed_clips"] = len(lost)
-    write_failures_table(root, failures)
-    write_json_atomic(storage.join(root, MANIFEST), manifest)  # last: it describes everything above
-    kinds = Counter((f.kind, f.transient) for f in failures.values())
-    seconds = sum(s.seconds for s in done.values())
-    print(f"\n{'shards':<24}{manifest['num_shards']:>10}")
-    print(f"{'samples':<24}{manifest['num_samples']:>10}   {dict(manifest['by_split'])}")
-    print(f"{'failed clips':<24}{len(failures):>10}")
-    for (kind, transient), n in sorted(kinds.items(), key=lambda kv: -kv[1]):
-        print(f"  {kind:<22}{n:>10}   {'transient: --retry-failed' if transient else 'permanent'}")
-    print(f"{'bytes':<24}{sum(s.bytes for s in done.values()):>10}")
-    print(f"{'task seconds':<24}{seconds:>10.1f}")
-    print(f"manifest: {out.rstrip('/')}/{MANIFEST}; failures: {out.rstrip('/')}/failures.parquet")
-    if lost or orphans:
-        redo = []
-        if orphans:
-            redo.append(f"{len(orphans)} unfinished shards ({', '.join(orphans[:3])}{', …' if len(orphans) > 3 else ''}):"
-                        " re-run the same command")
-        if lost:
-            redo.append(f"{len(lost)} clips whose Ray task failed after its retries ({TASK_FAILED}):"
-                        " re-run with --retry-failed")
-        print("INCOMPLETE: " + "; ".join(redo), file=sys.stderr)
-        return 1
-    return 0
+def _refused(exc: BaseException) -> int:
+    print(f"avfusion preprocess: {exc}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def run_ray_train(cfg, args) -> int:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs._ray import ray_session
+    from avfusion.executor.ray_tasks import ray_session
 
     with ray_session(args.address, verbose=args.verbose, worker_output=True):
         trainer = TorchTrainer(

@@ -21,7 +21,7 @@ def ray_local():
     """One embedded Ray for the in-process job tests (jobs reuse an initialised Ray)."""
     import ray
 
-    from jobs._ray import embedded_init_kwargs
+    from avfusion.executor.ray_tasks import embedded_init_kwargs
 
     ray.init(**embedded_init_kwargs(2), log_to_driver=False)
     yield

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from avfusion.bench.common import _make_cgroup, run_measured
+from jobs.bench.common import _make_cgroup, run_measured
 
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
 

@@ -5,7 +5,7 @@ import json
 import tarfile
 
 from avfusion.config import ClipSpec
-from avfusion.pipeline import PreprocessConfig, process_shard
+from avfusion.preprocess.shard import PreprocessConfig, process_shard
 from avfusion.sources import ClipTask
 from tests.corpus import make_salvage_corpus
 

@@ -198,7 +198,7 @@ def attention_shifts(tmp_path_factory, synthetic_shards):
     return the attention on its test clips: clean, muted audio, black frames."""
     from dataclasses import replace
 
-    from avfusion.bench.robustness import recipe
+    from jobs.bench.robustness import recipe
     from avfusion.distributed import DistEnv
     from avfusion.robustness import Condition, evaluate
     from avfusion.train import model_from_checkpoint, train
@@ -239,7 +239,7 @@ def test_bench_folds_keep_every_source_in_one_fold(tmp_path):
     import csv
 
     from avfusion import sample_data
-    from avfusion.bench.robustness import merge_folds, write_folds
+    from jobs.bench.robustness import merge_folds, write_folds
 
     shipped = sample_data.read_folds()
     merged = {c: int(f) for c, f in csv.reader(open(merge_folds(sample_data.folds_csv(), tmp_path / "f.csv", 3)))}

@@ -1,8 +1,10 @@
-"""Ray set-up shared by the jobs: embedded local instance or an existing cluster.
+"""Ray's one home in the library: the session set-up and the Ray executor.
 
-With no address, jobs start an embedded local Ray (no dashboard, loopback only) and
-shut it down on exit; with ``--address`` (or inside ``ray job submit``, where Ray is already
-initialised) they join the cluster. Token auth is Ray's default and is left on.
+``ray_session`` is shared by the jobs (label, train, demo) and ``RayExecutor``. With no
+address it starts an embedded local Ray (no dashboard, loopback only) and shuts it
+down on exit; with an address (or inside ``ray job submit``, where Ray is already
+initialised) it joins the cluster. Token auth is Ray's default and is left on. Ray is
+imported inside the functions, so importing this module costs nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from avfusion.executor import Executor
 
 
 # Ray rewrites 127.0.0.1 to the machine's routable address (so other nodes could
@@ -76,15 +80,87 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, verbose
         ray.shutdown()
 
 
-def as_completed(refs: list[Any], desc: str, unit: str = "clip") -> Iterator[Any]:
-    """Yield task results as they finish, with a tqdm bar over all of them."""
-    import ray
-    from tqdm import tqdm
+class RayExecutor(Executor):
+    """One Ray task per item (``num_cpus`` each), at most ``concurrency`` in flight
+    (default: the cluster's CPUs), each re-run up to ``retries`` times by Ray when its
+    worker dies. ``fn`` is put in the object store once, not once per task. Tasks are
+    named after ``fn`` (``ray::process_shard`` in ``ps`` and the dashboard).
 
-    pending = list(refs)
-    with tqdm(total=len(pending), desc=desc, unit=unit) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                yield ray.get(ref)
-                bar.update(1)
+    Entering starts or joins Ray (``ray_session``); leaving shuts down what it started.
+    """
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, *, concurrency: int | None = None,
+                 task_cpus: float = 1, verbose: bool = False) -> None:
+        self.address, self.num_cpus, self.verbose = address, num_cpus, verbose
+        self.concurrency, self.task_cpus = concurrency, task_cpus
+        self._session = None
+
+    def __enter__(self) -> RayExecutor:
+        self._session = ray_session(self.address, self.num_cpus, verbose=self.verbose)
+        self._session.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.__exit__(*exc_info)
+
+    def map_unordered(self, fn, items, *, retries=0):
+        import ray
+
+        remote = ray.remote(_apply).options(num_cpus=self.task_cpus, max_retries=retries, name=_name_of(fn))
+        fn_ref = ray.put(fn)
+        limit = self.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        queue = list(items)
+        running: dict = {}
+        while queue or running:
+            while queue and len(running) < limit:
+                item = queue.pop(0)
+                running[remote.remote(fn_ref, item)] = item
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                item = running.pop(ref)
+                try:
+                    yield item, ray.get(ref)
+                except (ray.exceptions.RayError, OSError) as exc:  # the task raised, or its worker was lost
+                    yield item, exc
+
+    def shared(self, name, cls, *args, **kwargs):
+        """A job-scoped named actor (``get_if_exists``: every caller of the same name in
+        this job gets the same one); it ends with the job's driver."""
+        import ray
+
+        handle = ray.remote(cls).options(name=name, get_if_exists=True, num_cpus=0).remote(*args, **kwargs)
+        return ActorProxy(handle)
+
+
+class ActorProxy:
+    """Synchronous method calls on an actor: ``proxy.acquire(n)`` is
+    ``ray.get(handle.acquire.remote(n))``. Picklable, so tasks can receive it."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+        remote_method = getattr(self._handle, method)
+
+        def call(*args, **kwargs):
+            import ray
+
+            return ray.get(remote_method.remote(*args, **kwargs))
+
+        return call
+
+    def __reduce__(self):
+        return ActorProxy, (self._handle,)
+
+
+def _apply(fn, item):
+    return fn(item)
+
+
+def _name_of(fn) -> str:
+    inner = getattr(fn, "func", fn)  # functools.partial
+    return getattr(inner, "__name__", None) or type(inner).__name__

@@ -1,7 +1,8 @@
 """The preprocess stages wired in one place: task → fetch → decode → encode → shard.
 
-``process_shard`` is what one Ray task runs (``jobs/preprocess.py`` distributes it);
-it holds no Ray code, so it runs and is tested in-process too. Every clip ends as a
+``process_shard`` is what one executor task runs (``avfusion.preprocess.run`` hands
+shards to an ``avfusion.executor.Executor``); it holds no Ray code, so it runs and is
+tested in-process too. Every clip ends as a
 sample in the tar or as a classified ``Failure`` in the shard's stats; nothing is
 dropped, and the tar appears under its final name only when complete.
 """

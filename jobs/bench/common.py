@@ -225,7 +225,7 @@ def build_shards(clips_dir, labels_csv, out, clip, shard_size: int = 16, all_tra
     from dataclasses import replace
     from pathlib import Path
 
-    from avfusion.pipeline import PreprocessConfig, process_shard
+    from avfusion.preprocess.shard import PreprocessConfig, process_shard
     from avfusion.sources import scan_folder
     from shards.manifest import build_manifest, read_all_stats, write_json_atomic
 

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from avfusion.bench.common import accounting, print_table, python_cmd, run_measured
+from jobs.bench.common import accounting, print_table, python_cmd, run_measured
 
 
 def make_folder(folder: Path, n: int, seconds: float) -> Path:
@@ -43,7 +43,7 @@ def make_folder(folder: Path, n: int, seconds: float) -> Path:
 def make_checkpoint(folder: Path, clips: Path, seconds: float) -> Path:
     import torch
 
-    from avfusion.bench.common import build_shards
+    from jobs.bench.common import build_shards
     from avfusion.config import ClipSpec
     from avfusion.distributed import DistEnv
     from avfusion.train import TrainConfig, train
@@ -63,7 +63,7 @@ def decode_only_worker(folder: str, checkpoint: str, cpus: int) -> None:
     from avfusion.config import ClipSpec
     from avfusion.label import DecodeRows, file_identity
     from avfusion.train import load_checkpoint
-    from jobs._ray import ray_session
+    from avfusion.executor.ray_tasks import ray_session
     from jobs.label import list_inputs
 
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
@@ -104,12 +104,12 @@ def naive_worker(folder: str, checkpoint: str, out: str, threads: int = 0) -> No
 def _sides(folder: Path, out: Path, checkpoint: Path, cpus: int, env: dict) -> dict:
     job = run_measured(python_cmd("jobs.label", str(folder), str(out / "job"), "--checkpoint", str(checkpoint),
                                   "--num-cpus", str(cpus)), env=env)
-    decode = run_measured(python_cmd("avfusion.bench.label", "--decode-only-worker", str(folder), str(checkpoint),
+    decode = run_measured(python_cmd("jobs.bench.label", "--decode-only-worker", str(folder), str(checkpoint),
                                      str(cpus)), env=env)
     out.mkdir(parents=True, exist_ok=True)
-    naive = run_measured(python_cmd("avfusion.bench.label", "--naive-worker", str(folder), str(checkpoint),
+    naive = run_measured(python_cmd("jobs.bench.label", "--naive-worker", str(folder), str(checkpoint),
                                     str(out / "naive.parquet"), "0"), env=env)
-    naive1 = run_measured(python_cmd("avfusion.bench.label", "--naive-worker", str(folder), str(checkpoint),
+    naive1 = run_measured(python_cmd("jobs.bench.label", "--naive-worker", str(folder), str(checkpoint),
                                      str(out / "naive1.parquet"), "1"), env=env)
     return {"job": job, "decode": decode, "naive": naive, "naive1": naive1}
 

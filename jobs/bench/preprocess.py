@@ -33,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from avfusion.bench.common import accounting, print_table, python_cmd, run_measured
+from jobs.bench.common import accounting, print_table, python_cmd, run_measured
 
 
 def make_clips(folder: Path, n: int, ffmpeg: str) -> list[Path]:
@@ -72,7 +72,7 @@ def ours_worker(paths: list[str], frame_size: int, skip_nonref: bool = False) ->
 
 
 def _ours(paths: list[str], frame_size: int, env: dict, skip_nonref: bool = False):
-    return run_measured(python_cmd("avfusion.bench.preprocess", "--worker", json.dumps(
+    return run_measured(python_cmd("jobs.bench.preprocess", "--worker", json.dumps(
         {"paths": paths, "frame_size": frame_size, "skip_nonref": skip_nonref})), env=env)
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avfusion.bench.common import build_shards, print_table
+from jobs.bench.common import build_shards, print_table
 
 KEY_CONDITIONS = ("normal", "muted_audio", "audio_gaussian_noise@5", "black_frames", "gaussian_blur@5",
                   "video_gaussian_noise@5")

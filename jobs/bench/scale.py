@@ -25,7 +25,7 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-from avfusion.bench.common import print_table, python_cmd, run_measured
+from jobs.bench.common import print_table, python_cmd, run_measured
 
 # Share of VGGSound clips that fail today and how, by (kind, transient): most are gone
 # from YouTube for good; a few percent are transient (throttling, timeouts).

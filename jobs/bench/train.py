@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from avfusion.bench.common import build_shards, print_table
+from jobs.bench.common import build_shards, print_table
 from shards.reader import rgb_from_jpeg
 
 

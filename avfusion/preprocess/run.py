@@ -1,0 +1,149 @@
+"""The preprocess run, wired in one place: read the input, plan, resume, run the
+shards through an executor, record what failed, finish.
+
+``run_preprocess(job, executor)`` is what ``avfusion preprocess`` calls; the executor
+decides where shards run (``InProcessExecutor`` here, ``RayExecutor`` on a cluster)
+and is entered only when a shard is left to do, so a finished run starts no Ray.
+Every clip ends accounted for: a sample, a classified failure from ``process_shard``,
+or, when a shard's task itself failed after its retries, a transient ``task_failed``
+row that ``--retry-failed`` redoes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+from avfusion import storage
+from avfusion.executor import Executor
+from avfusion.preprocess.plan import TASK_FAILED, PlanMismatch, check_plan, label_map_of, plan_shards, retry_plan
+from avfusion.preprocess.report import PreprocessResult, finish
+from avfusion.preprocess.shard import PreprocessConfig, process_shard
+from avfusion.sources import (ClipTask, SourceError, filter_tasks, read_url_list, read_vggsound_csv, scan_folder,
+                              tasks_from_vggsound)
+from shards.manifest import Failure, ShardStats, read_all_stats, write_stats
+
+INPUT_KINDS = ("auto", "vggsound", "urls", "folder")
+
+
+class PreprocessError(Exception):
+    """The run cannot start: unreadable input, or an output folder of another plan."""
+
+
+@dataclass(frozen=True)
+class PreprocessJob:
+    """What to preprocess and where to; how each clip is processed is ``config``."""
+    input: str  # VGGSound CSV, URL list (.csv with a url header / .parquet) or a folder of videos
+    out: str  # shard folder URL
+    config: PreprocessConfig = field(default_factory=PreprocessConfig)
+    input_kind: str = "auto"
+    labels: str | None = None  # VGGSound-format CSV labelling a folder's files
+    labels_from_dirs: bool = False
+    splits: tuple[str, ...] = ()  # keep only these (empty: all)
+    keep_labels: tuple[str, ...] = ()
+    limit: int | None = None
+    retry_failed: bool = False
+    retry_all_failures: bool = False
+    task_retries: int = 3  # executor re-runs of a shard whose worker died
+
+
+def input_kind(path: str) -> str:
+    if storage.isdir(path):
+        return "folder"
+    if path.endswith(".parquet") or _has_url_header(path):
+        return "urls"
+    return "vggsound"
+
+
+def _has_url_header(path: str) -> bool:
+    with storage.open(path, "r", encoding="utf-8", errors="replace") as f:
+        return "url" in [c.strip().lower() for c in f.readline().split(",")]
+
+
+def read_tasks(job: PreprocessJob) -> tuple[list[ClipTask], list[Failure]]:
+    """The clip tasks, plus failures for CSV rows whose file is missing from a folder."""
+    kind = input_kind(job.input) if job.input_kind == "auto" else job.input_kind
+    missing: list[Failure] = []
+    if kind == "folder":
+        tasks, rows = scan_folder(job.input, job.labels, job.labels_from_dirs)
+        missing = [Failure(r.key, job.input, "missing_file", False, f"no file named {r.key}.* or {r.youtube_id}.*",
+                           0, r.label) for r in rows]
+    elif kind == "urls":
+        tasks = read_url_list(job.input)
+    else:
+        tasks = tasks_from_vggsound(read_vggsound_csv(job.input), job.config.download.url_template)
+    tasks = filter_tasks(tasks, list(job.splits) or None, list(job.keep_labels) or None, job.limit)
+    keep = {t.key for t in tasks}
+    return tasks, [f for f in missing if (not job.splits and not job.keep_labels) or f.key in keep]
+
+
+def run_preprocess(job: PreprocessJob, executor: Executor) -> PreprocessResult:
+    """Resume or start the run ``job`` describes; ``PreprocessError`` if it cannot start."""
+    try:
+        tasks, missing = read_tasks(job)
+    except (SourceError, OSError) as exc:
+        raise PreprocessError(str(exc)) from exc
+    root, cfg = job.out.rstrip("/"), job.config
+    storage.makedirs(root)
+    for leftover in storage.list_files(root, "*.tmp-*"):  # local copies cut short by a killed run
+        storage.remove(leftover)
+    labels = label_map_of(tasks)
+    try:
+        check_plan(root, tasks, cfg)
+    except PlanMismatch as exc:
+        raise PreprocessError(str(exc)) from exc
+    done = read_all_stats(root)
+    if job.retry_failed:
+        shards, round_ = retry_plan(root, tasks, done, cfg, job.retry_all_failures)
+    else:
+        shards, round_ = plan_shards(tasks, cfg.shard_size), 0
+        if missing and "missing" not in done:
+            write_stats(root, ShardStats("missing", "", len(missing), 0, len(missing), 0, 0.0, 0, [], missing))
+    todo = {name: ts for name, ts in shards.items() if name not in done}
+    print(f"{len(tasks)} clips, {len(shards)} shards ({len(shards) - len(todo)} already done), "
+          f"{len(labels)} labels → {job.out}")
+    if todo:
+        with executor:
+            run_shards(executor, todo, cfg, labels, root, round_, job.task_retries)
+    # Nothing ran: the stats just read are still all there is.
+    return finish(root, labels, cfg, None if todo else done)
+
+
+def run_shards(executor: Executor, todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels: dict[str, int],
+               root: str, round_: int, retries: int) -> None:
+    """Every shard of ``todo`` through the executor, a progress bar over its clips; a
+    shard whose task failed gets its ``task_failed`` stats here."""
+    from tqdm import tqdm
+
+    fn = partial(process_shard_item, cfg=cfg, label_map=labels, out_url=root, round_=round_)
+    with tqdm(total=sum(len(t) for t in todo.values()), desc="preprocess", unit="clip") as bar:
+        for (name, tasks), result in executor.map_unordered(fn, list(todo.items()), retries=retries):
+            if isinstance(result, BaseException):
+                record_task_failure(root, name, tasks, round_, result)
+                tqdm.write(f"shard {name} failed after its task's retries ({type(result).__name__}); "
+                           f"its {len(tasks)} clips are recorded as {TASK_FAILED}")
+            else:
+                bar.set_postfix(failed=result.failed, refresh=False)
+            bar.update(len(tasks))
+
+
+def process_shard_item(item: tuple[str, list[ClipTask]], *, cfg: PreprocessConfig, label_map: dict[str, int],
+                       out_url: str, round_: int) -> ShardStats:
+    """``process_shard`` for one ``(name, tasks)`` item of the executor (Ray names the
+    task after it: ``ray::process_shard_item``). Idempotent, so a re-run is safe."""
+    name, tasks = item
+    return process_shard(name, tasks, cfg, label_map, out_url, round_)
+
+
+def record_task_failure(root: str, shard: str, tasks: list[ClipTask], round_: int, exc: BaseException) -> None:
+    """A shard whose task failed after its retries (worker node lost, OOM, …) still
+    ends with stats: one transient ``task_failed`` row per clip and no tar, so every
+    clip is accounted for and ``--retry-failed`` redoes exactly these. A tar the task
+    may have uploaded before dying is left out of the manifest (its stats are these)."""
+    message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+    failures = [Failure(t.key, t.source, TASK_FAILED, True, message, 1, t.label) for t in tasks]
+    by_class: dict[str, dict[str, int]] = {}
+    for t in tasks:
+        by_class.setdefault(t.label or "", {"failed": 0})["failed"] += 1
+    write_stats(root, ShardStats(shard, "", len(tasks), 0, len(tasks), 0, 0.0, round_, [], failures,
+                                 by_class=by_class))
