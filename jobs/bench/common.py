@@ -220,24 +220,34 @@ def _fmt(v) -> str:
 
 
 def build_shards(clips_dir, labels_csv, out, clip, shard_size: int = 16, all_train: bool = False) -> str:
-    """Preprocess a labelled folder into shards in-process (no Ray: benchmarks measure
-    the model, not the cluster) and write the manifest."""
-    from dataclasses import replace
+    """Preprocess a labelled folder into shards with the preprocess job's own run, on the
+    in-process executor (no Ray: benchmarks measure the model, not the cluster).
+    ``all_train``: every clip in the train split (the labels are rewritten beside ``out``)."""
     from pathlib import Path
 
-    from avfusion.preprocess.shard import PreprocessConfig, process_shard
-    from avfusion.sources import scan_folder
-    from shards.manifest import build_manifest, read_all_stats, write_json_atomic
+    from avfusion.executor import InProcessExecutor
+    from avfusion.preprocess.run import PreprocessJob, run_preprocess
+    from avfusion.preprocess.shard import PreprocessConfig
 
-    tasks, _ = scan_folder(clips_dir, labels_csv)
-    if all_train:
-        tasks = [replace(t, split="train") for t in tasks]
-    labels = {lab: i for i, lab in enumerate(sorted({t.label for t in tasks if t.label}))}
-    cfg = PreprocessConfig(clip=clip, shard_size=shard_size)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i in range(0, len(tasks), shard_size):
-        process_shard(f"{i // shard_size:05d}", tasks[i:i + shard_size], cfg, labels, str(out))
-    write_json_atomic(str(out / "manifest.json"),
-                      build_manifest(read_all_stats(str(out)), labels, {"clip": clip.__dict__}, "bench"))
+    if all_train:
+        labels_csv = _all_train(labels_csv, out.with_name(out.name + "_labels.csv"))
+    job = PreprocessJob(input=str(clips_dir), out=str(out), labels=str(labels_csv),
+                        config=PreprocessConfig(clip=clip, shard_size=shard_size))
+    if not run_preprocess(job, InProcessExecutor()).complete:
+        raise RuntimeError(f"preprocessing {clips_dir} into {out} left it incomplete")
     return str(out)
+
+
+def _all_train(labels_csv, dst) -> str:
+    import csv
+    import io
+
+    from avfusion import storage
+    from avfusion.sources import read_vggsound_csv
+
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows((r.youtube_id, r.start, r.label, "train")
+                                                     for r in read_vggsound_csv(str(labels_csv)))
+    storage.write_text(str(dst), text.getvalue())
+    return str(dst)

@@ -7,8 +7,8 @@ recordings) — synthetic barcodes compress to almost nothing and decode unreali
 fast. Each method runs as its own command, measured by ``run_measured`` (the CPU of
 its whole process tree, peak summed PSS):
 
-* ours: ``decode_clip`` + ``encode_sample`` (JPEG frames, FLAC audio), one thread,
-  all N clips in one Python process;
+* ours: the job's ``process_clip`` (``decode_clip`` + ``encode_sample``: JPEG frames,
+  FLAC audio), one thread, all N clips in one Python process;
 * floor: ``ffmpeg -threads 1 -i clip -f null -`` per clip (full decode of both
   streams, nothing written);
 * seed-style: per clip one ffmpeg for a 16 kHz mono WAV and one for 8 frames as JPEG,
@@ -60,15 +60,22 @@ def make_tiny(folder: Path, ffmpeg: str, src: Path) -> Path:
 
 
 def ours_worker(paths: list[str], frame_size: int, skip_nonref: bool = False) -> None:
-    """Child-process body: our per-clip work, sequentially (imports happen even for 0 clips)."""
-    from avfusion.config import ClipSpec
-    from avfusion.decode import DecodeLimits, decode_clip
-    from shards.writer import encode_sample
+    """Child-process body: the job's per-clip stage (``process_clip``: decode, JPEG/FLAC
+    encode) on local files, sequentially, one thread (imports happen even for 0 clips)."""
+    import tempfile
 
-    spec = ClipSpec(frame_size=frame_size)
-    for p in paths:
-        clip = decode_clip(p, spec, limits=DecodeLimits(threads=1, skip_nonref=skip_nonref))
-        encode_sample(Path(p).stem, clip.waveform, clip.frames, 0, {"k": 1}, spec.sample_rate)
+    from avfusion.config import ClipSpec
+    from avfusion.decode import DecodeLimits
+    from avfusion.preprocess.shard import PreprocessConfig, process_clip
+    from avfusion.sources import ClipTask
+    from shards.manifest import Failure
+
+    cfg = PreprocessConfig(clip=ClipSpec(frame_size=frame_size), limits=DecodeLimits(threads=1, skip_nonref=skip_nonref))
+    with tempfile.TemporaryDirectory() as workdir:
+        for p in paths:
+            result = process_clip(ClipTask(Path(p).stem, p), cfg, {}, Path(workdir))
+            if isinstance(result, Failure):  # a benchmark of failures would measure nothing
+                raise SystemExit(f"{p}: {result.kind}: {result.message}")
 
 
 def _ours(paths: list[str], frame_size: int, env: dict, skip_nonref: bool = False):
