@@ -253,3 +253,16 @@ def test_read_tasks_filters_and_reports_missing_rows(tmp_path, synth):
     tasks, missing = read_tasks(PreprocessJob(input=str(synth), out="", labels=str(labels),
                                               keep_labels=(kept_label,), limit=1))
     assert [t.label for t in tasks] == [kept_label] and missing == []
+
+
+def test_job_shell_runs_on_the_local_executor(tmp_path, synth, capsys):
+    from jobs import preprocess
+
+    args = [str(synth), "--labels", str(synth / "labels.csv"), "--out", str(tmp_path / "s"), "--executor", "local",
+            "--concurrency", "2", "--shard-size", "5", "--frame-size", "32", "--split", "test"]
+    assert preprocess.main(args) == 0
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["by_split"] == {"test": manifest["num_samples"]} and manifest["num_samples"] > 0
+    assert "already done" in capsys.readouterr().out
+    assert preprocess.main([*args[:-2], "--split", "train"]) == 2  # another clip list in the same folder
+    assert "different clip list" in capsys.readouterr().err

@@ -47,7 +47,8 @@ class Executor:
 
     def shared(self, name: str, cls: type, *args: Any, **kwargs: Any) -> Any:
         """One ``cls(*args, **kwargs)`` for the whole run, the same object for the same
-        name; the proxy it returns can be passed inside ``fn``'s items or closure."""
+        name; the proxy it returns can be passed inside ``fn``'s items or closure. Call
+        it inside ``with executor:`` (on Ray the actor lives in the session entered)."""
         raise NotImplementedError
 
 
