@@ -24,7 +24,7 @@ def test_job_submit_to_head_and_worker(tmp_path):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "succeeded" in proc.stdout + proc.stderr
         tasks = cluster.ray("list", "tasks", "--address", cluster.dashboard, "--format", "json",
-                            "--filter", "func_or_class_name=process_shard", "--limit", "100")
+                            "--filter", "name=process_shard_item", "--limit", "100")
         nodes_used = {t["node_id"] for t in json.loads(tasks.stdout)}
     assert len(nodes_used) == 2, "shards should run on both nodes"
     n_clips = len(sample_data.labels_csv().read_text().splitlines())
