@@ -14,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from avfusion import storage
-from avfusion.preprocess.shard import PreprocessConfig
 from avfusion.sources import ClipTask
 from shards.manifest import ShardStats, latest_failures, write_json_atomic
+
+if TYPE_CHECKING:  # the shard stage imports PyAV; planning and reporting need only the type
+    from avfusion.preprocess.shard import PreprocessConfig
 
 PLAN = "_plan.json"
 TASK_FAILED = "task_failed"  # the failure kind of every clip of a shard whose task itself failed

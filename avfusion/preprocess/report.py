@@ -12,12 +12,15 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from avfusion import __version__, storage
 from avfusion.preprocess.plan import TASK_FAILED
-from avfusion.preprocess.shard import PreprocessConfig
 from shards.manifest import (FAILURES, MANIFEST, Failure, ShardStats, build_manifest, latest_failures, read_all_stats,
                              write_failures_table, write_json_atomic)
+
+if TYPE_CHECKING:  # the shard stage imports PyAV; planning and reporting need only the type
+    from avfusion.preprocess.shard import PreprocessConfig
 
 
 @dataclass
