@@ -1,4 +1,5 @@
-# The two commands README.md opens with: `make demo` and `make test`.
+# The two commands README.md opens with: `make demo` and `make test`; `make test-fast` is the
+# contributor's inner loop.
 # Both create .venv and install avfusion into it (idempotent: re-runs only when
 # pyproject.toml changes).
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.avfusion-installed
 
-.PHONY: install demo test clean-venv
+.PHONY: install demo test test-fast clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: no Ray, servers or subprocesses (tests/conftest.py enforces it).
+test-fast: $(STAMP)
+	AVF_TEST_TIER=fast $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

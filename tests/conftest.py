@@ -1,10 +1,30 @@
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 BIN = Path(sys.executable).parent
+
+# The fast tier (`make test-fast`: AVF_TEST_TIER=fast, `-m "not slow"`) is what a
+# contributor runs while working: no Ray, no servers, no subprocesses. It is enforced,
+# not hoped for: in that tier starting a process or listening on a socket fails the
+# test, naming the marker it needs, so an unmarked heavy test cannot creep in.
+FAST_TIER = os.environ.get("AVF_TEST_TIER") == "fast"
+
+
+def _refuse(what: str):
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"the fast test tier starts no {what}: mark this test @pytest.mark.slow")
+    return refuse
+
+
+def pytest_configure(config):
+    if FAST_TIER:
+        subprocess.Popen._execute_child = _refuse("subprocess")  # type: ignore[method-assign]
+        socket.socket.listen = _refuse("server")  # type: ignore[method-assign]
 
 
 @pytest.fixture
