@@ -250,3 +250,41 @@ def test_bf16_rows_stay_close_to_fp32(tiny_checkpoint):
         assert set(got) == set(want)
         assert sum(got.values()) == pytest.approx(1.0, abs=1e-3)
         assert all(abs(got[k] - want[k]) < 0.05 for k in want)
+
+
+def test_a_rerun_with_everything_labelled_starts_no_executor(folder, tiny_checkpoint, tmp_path, capsys):
+    """The run's resume, end to end without Ray: files whose identity is in the parts
+    are not handed to the executor; a transient-error row is, and only it."""
+    from avfusion.label import file_identity
+    from avfusion.labelling import LabelConfig, label
+
+    found, _ = scan_inputs(str(folder), LABEL_EXTENSIONS)
+    out = tmp_path / "labels"
+    batch = _batch([(p, 0, 1, "") for p in found])
+    batch["file_size"] = np.array([file_identity(p)[0] for p in found])
+    batch["mtime_ns"] = np.array([file_identity(p)[1] for p in found])
+    write_parts([batch], str(out), part_rows=100)
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("nothing to label: no Ray session may start")
+
+    cfg = LabelConfig(input=str(folder), out=str(out), checkpoint=tiny_checkpoint)
+    assert label(cfg, no_session) == len(found)
+    assert f"{len(found)} files, {len(found)} already labelled" in capsys.readouterr().out
+
+    flaky = _batch([(found[0], 0, 1, "fetch_error")])
+    flaky["file_size"], flaky["mtime_ns"] = batch["file_size"][:1], batch["mtime_ns"][:1]
+    for url in storage.list_files(str(out), "part-*.parquet"):
+        storage.remove(url)
+    write_parts([flaky], str(out), part_rows=100)
+    write_parts([{k: v[1:] for k, v in batch.items()}], str(out), part_rows=100)
+    asked = []
+
+    def session(*args, **kwargs):
+        asked.append(kwargs)
+        raise RuntimeError("stop here: the executor would start")
+
+    with pytest.raises(RuntimeError):
+        label(cfg, session)
+    assert asked == [{"verbose": False, "data": True}]
+    assert f"{len(found)} files, {len(found) - 1} already labelled in {out}, 1 to label" in capsys.readouterr().out
