@@ -185,8 +185,23 @@ def _packets(container, streams, deadline: float, path: Path, limits: DecodeLimi
         yield packet
 
 
-def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeLimits,
-            deadline: float = math.inf) -> DecodedClip:
+@dataclass
+class _Streams:
+    """The streams one decode reads, with the container facts the checks need."""
+
+    video: av.VideoStream | None
+    audio: av.AudioStream | None
+    video_undecodable: bool  # a video stream exists but no decoder knows it (label: audio only)
+    fmt: str
+    is_image: bool
+    duration: float | None
+    fps: float | None
+
+
+def _select_streams(container, path: Path, limits: DecodeLimits) -> _Streams:
+    """The first video and audio stream, checked against ``limits`` (the errors that
+    need no decoding: no streams, a still image, too large or too small), with the
+    decoder threads set."""
     vstream = container.streams.video[0] if container.streams.video else None
     astream = container.streams.audio[0] if container.streams.audio else None
     if astream is not None and not _decodable(astream):
@@ -207,93 +222,101 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
     duration = container.duration / av.time_base if container.duration else None
     if duration is not None and duration > limits.max_duration:
         raise MediaError("too_large", f"{path.name}: duration {duration:.0f} s exceeds {limits.max_duration:.0f} s")
-    fps = None
-    if vstream is not None:
-        cc = vstream.codec_context
-        if cc.width * cc.height > limits.max_pixels:
-            raise MediaError("too_large", f"{path.name}: {cc.width}x{cc.height} exceeds {limits.max_pixels} pixels")
-        if min(cc.width, cc.height) < limits.min_side:
-            raise MediaError("too_small", f"{path.name}: {cc.width}x{cc.height} is below {limits.min_side} px")
-        fps = float(vstream.average_rate) if vstream.average_rate else None
-        if fps and fps > limits.max_fps:
-            raise MediaError("too_large", f"{path.name}: {fps:.0f} fps exceeds {limits.max_fps:.0f}")
-        vstream.thread_type = "AUTO"
-        vstream.codec_context.thread_count = limits.threads
-        if limits.skip_nonref:
-            vstream.codec_context.skip_frame = "NONREF"
+    fps = _check_video_stream(vstream, path, limits) if vstream is not None else None
     if astream is not None:
         astream.codec_context.thread_count = limits.threads
+    return _Streams(vstream, astream, video_undecodable, fmt, is_image, duration, fps)
 
+
+def _check_video_stream(vstream, path: Path, limits: DecodeLimits) -> float | None:
+    """Size and rate checks; sets the decoder threads. Returns the stream's fps."""
+    cc = vstream.codec_context
+    if cc.width * cc.height > limits.max_pixels:
+        raise MediaError("too_large", f"{path.name}: {cc.width}x{cc.height} exceeds {limits.max_pixels} pixels")
+    if min(cc.width, cc.height) < limits.min_side:
+        raise MediaError("too_small", f"{path.name}: {cc.width}x{cc.height} is below {limits.min_side} px")
+    fps = float(vstream.average_rate) if vstream.average_rate else None
+    if fps and fps > limits.max_fps:
+        raise MediaError("too_large", f"{path.name}: {fps:.0f} fps exceeds {limits.max_fps:.0f}")
+    vstream.thread_type = "AUTO"
+    cc.thread_count = limits.threads
+    if limits.skip_nonref:
+        cc.skip_frame = "NONREF"
+    return fps
+
+
+def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeLimits,
+            deadline: float = math.inf) -> DecodedClip:
+    """One window of an open container: pick the streams, read the packets once, then
+    judge what decoded (see the module docstring)."""
+    streams = _select_streams(container, path, limits)
     window = spec.clip_seconds
-    if duration is not None:
-        if start >= duration:
-            raise MediaError("empty_window", f"{path.name}: start {start:.1f} s is past the end ({duration:.1f} s)")
-        window = min(window, duration - start)
-    targets = frame_times(start, window, spec.num_frames)
+    if streams.duration is not None:
+        if start >= streams.duration:
+            raise MediaError("empty_window", f"{path.name}: start {start:.1f} s is past the end "
+                                             f"({streams.duration:.1f} s)")
+        window = min(window, streams.duration - start)
     end = start + spec.clip_seconds
     if start > 0:
         container.seek(int(start * av.time_base), backward=True, any_frame=False)
-
-    chosen: list[tuple[float, av.VideoFrame] | None] = [None] * spec.num_frames
-    last_video_time = None
-    first_video_time = None
-    video_frames = 0
-    decoded = 0
-    corrupt = 0
-    tainted = False
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate) if astream else None
+    video = (_VideoWindow(start, end, frame_times(start, window, spec.num_frames), streams.fps)
+             if streams.video is not None else None)
     audio = _AudioWindow(start, spec)
-    need_audio = astream is not None
-    need_video = vstream is not None
+    corrupt, ended_early = _read(container, streams, video, audio, spec, deadline, path, limits)
+    _check_frames(streams, video, corrupt, path, start, end, limits)
+    frames = (video.frames(spec.frame_size, limits.threads) if video is not None
+              else np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.uint8))
+    waveform, got, real = audio.result()
+    video_seconds = video.seconds() if video is not None else 0.0
+    audio_seconds = real / spec.sample_rate
+    if streams.duration is None and ended_early and not corrupt:
+        # No stated duration (raw elementary streams) and the stream ended cleanly
+        # before the window did: the file is that short, not damaged.
+        content_end = max(got / spec.sample_rate, video.content_end() if video is not None else 0.0)
+        window = max(min(window, content_end), 1e-3)
+    covered = _covered(streams, video, audio_seconds, video_seconds, window, corrupt, path, start, end, limits)
+    quality = _quality(streams, video, frames, waveform[:got], start, audio_seconds, video_seconds, covered, window,
+                       corrupt)
+    return DecodedClip(waveform, frames, quality)
 
-    def decode(packet):
-        nonlocal corrupt
+
+class _PacketDecoder:
+    """Decodes packets, skipping and counting the ones the decoder rejects."""
+
+    def __init__(self):
+        self.corrupt = 0
+
+    def __call__(self, packet) -> list:
         try:
             return packet.decode()
         except av.FFmpegError:  # a damaged packet (InvalidDataError, …): skip it, count it
-            corrupt += 1
+            self.corrupt += 1
             return []
 
-    def take_video(frame) -> bool:
-        """Consider one decoded frame; False once past the window."""
-        nonlocal decoded, tainted, first_video_time, last_video_time, video_frames
-        # Elementary streams (raw .h264) carry no timestamps: count frames instead.
-        t = frame.time if frame.time is not None else decoded / (fps or 25.0)
-        decoded += 1
-        if t >= end:
-            return False
-        if tainted and frame.key_frame:
-            tainted = False
-        if tainted:
-            return True
-        # Keep the nearest frame per target; frames before start still count
-        # as candidates for the first target (keyframe-aligned seeks).
-        for k, target in enumerate(targets):
-            best = chosen[k]
-            if best is None or abs(t - target) < abs(best[0] - target):
-                chosen[k] = (t, frame)
-        if t >= start:
-            first_video_time = t if first_video_time is None else first_video_time
-            last_video_time = t
-            video_frames += 1
-        return True
 
-    streams = [s for s in (vstream, astream) if s is not None]
-    for packet in _packets(container, streams, deadline, path, limits):
+def _read(container, streams: _Streams, video: _VideoWindow | None, audio: _AudioWindow, spec: ClipSpec,
+          deadline: float, path: Path, limits: DecodeLimits) -> tuple[int, bool]:
+    """One pass over the packets of both streams into the two windows, until both
+    are full. Returns (damaged packets, whether a stream ended before its window
+    was full)."""
+    decode = _PacketDecoder()
+    resampler = (av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate)
+                 if streams.audio is not None else None)
+    need_audio, need_video = streams.audio is not None, streams.video is not None
+    for packet in _packets(container, [s for s in (streams.video, streams.audio) if s is not None], deadline, path,
+                           limits):
         if not (need_audio or need_video):
             break
-        if packet.stream is vstream and need_video:
-            before = corrupt
+        if packet.stream is streams.video and need_video:
+            before = decode.corrupt
             frames_out = decode(packet)
-            if corrupt > before:
-                # A lost packet breaks the references of what follows: frames up to the
-                # next keyframe are concealment guesses, neither chosen nor counted.
-                tainted = True
+            if decode.corrupt > before:
+                video.damaged()
             for frame in frames_out:
-                if not take_video(frame):
+                if not video.take(frame):
                     need_video = False
                     break
-        elif packet.stream is astream and need_audio:
+        elif packet.stream is streams.audio and need_audio:
             for frame in decode(packet):
                 audio.note_input(frame)
                 for out in resampler.resample(frame):
@@ -303,8 +326,8 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
                     break
     if need_video:  # the demuxer may have stopped early (cut file): drain what the decoder holds
         try:
-            for frame in vstream.codec_context.decode(None):
-                if not take_video(frame):
+            for frame in streams.video.codec_context.decode(None):
+                if not video.take(frame):
                     break
         except av.FFmpegError:  # already drained by the demuxer's own flush packet
             pass
@@ -313,40 +336,30 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
             for out in resampler.resample(None):
                 audio.take(out)
         except av.FFmpegError:
-            corrupt += 1
+            decode.corrupt += 1
+    return decode.corrupt, need_audio or need_video
 
-    has_video_content = vstream is not None and any(c is not None for c in chosen)
-    if vstream is not None and not has_video_content:
-        if not decoded and corrupt:
+
+def _check_frames(streams: _Streams, video: _VideoWindow | None, corrupt: int, path: Path, start: float,
+                  end: float, limits: DecodeLimits) -> None:
+    """The video errors known once the packets are read: no frame, a still, too few."""
+    in_window = video.in_window if video is not None else 0
+    if video is not None and not video.has_content:
+        if not video.decoded and corrupt:
             raise MediaError("decode_error", f"{path.name}: no video frame decodes ({corrupt} damaged packets)")
         raise MediaError("empty_window", f"{path.name}: no decodable video frame in [{start:.1f}, {end:.1f}) s")
-    if is_image and video_frames < 2:  # a GIF/APNG/WebP with one frame is a still image
-        raise MediaError("image_not_video", f"{path.name} is a still image ({fmt}), not a video")
-    if vstream is not None and video_frames < limits.min_frames:
-        raise MediaError("too_few_frames", f"{path.name}: {video_frames} frame(s) in the window, need {limits.min_frames}")
-    frames = (np.stack([_to_square_rgb(c[1], spec.frame_size, limits.threads) for c in chosen])
-              if vstream is not None else np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.uint8))
+    if streams.is_image and in_window < 2:  # a GIF/APNG/WebP with one frame is a still image
+        raise MediaError("image_not_video", f"{path.name} is a still image ({streams.fmt}), not a video")
+    if video is not None and in_window < limits.min_frames:
+        raise MediaError("too_few_frames", f"{path.name}: {in_window} frame(s) in the window, need {limits.min_frames}")
 
-    waveform, got, real = audio.result()
-    rms = float(np.sqrt(np.mean(waveform[:got] ** 2))) if got else 0.0
-    motion = float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean()) if len(frames) > 1 else 0.0
-    vcc = vstream.codec_context if vstream is not None else None
-    acc = astream.codec_context if astream is not None else None
-    frame_period = 1 / fps if fps else 0.0
-    video_seconds = 0.0
-    if first_video_time is not None:
-        span = last_video_time - first_video_time + frame_period
-        # Frames actually decoded: a corrupt stretch between first and last is not covered.
-        video_seconds = min(span, video_frames * frame_period) if frame_period else span
-    audio_seconds = real / spec.sample_rate
-    if duration is None and (need_audio or need_video) and not corrupt:
-        # No stated duration (raw elementary streams) and the stream ended cleanly
-        # before the window did: the file is that short, not damaged.
-        content_end = max(got / spec.sample_rate, (last_video_time - start + frame_period)
-                          if last_video_time is not None else 0.0)
-        window = max(min(window, content_end), 1e-3)
-    used = ([audio_seconds] if astream is not None else []) + ([video_seconds] if vstream is not None else [])
-    if vstream is not None and video_frames < 2:
+
+def _covered(streams: _Streams, video: _VideoWindow | None, audio_seconds: float, video_seconds: float,
+             window: float, corrupt: int, path: Path, start: float, end: float, limits: DecodeLimits) -> float:
+    """Seconds of the window the decoded content covers (the smaller modality);
+    ``decode_error``/``empty_window`` below the usable threshold."""
+    used = ([audio_seconds] if streams.audio is not None else []) + ([video_seconds] if video is not None else [])
+    if video is not None and video.in_window < 2:
         used[-1] = window  # a single frame (a still or 1 fps clip) stands for the window it spans
     covered = min(min(used), window)
     needed = min(limits.min_content_seconds, 0.5 * window)
@@ -355,21 +368,32 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
             raise MediaError("decode_error", f"{path.name}: only {covered:.2f} s of the {window:.2f} s window decode "
                                              f"(need {needed:.2f} s; {corrupt} damaged packets)")
         raise MediaError("empty_window", f"{path.name}: nothing decodable in [{start:.1f}, {end:.1f}) s")
-    quality = Quality(
-        duration=duration,
+    return covered
+
+
+def _quality(streams: _Streams, video: _VideoWindow | None, frames: np.ndarray, placed: np.ndarray, start: float,
+             audio_seconds: float, video_seconds: float, covered: float, window: float, corrupt: int) -> Quality:
+    """The window's :class:`Quality` from what decoded (``placed``: the audio samples
+    placed, before the padding)."""
+    rms = float(np.sqrt(np.mean(placed ** 2))) if len(placed) else 0.0
+    motion = float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean()) if len(frames) > 1 else 0.0
+    vcc = streams.video.codec_context if streams.video is not None else None
+    acc = streams.audio.codec_context if streams.audio is not None else None
+    return Quality(
+        duration=streams.duration,
         window_start=start,
         audio_seconds=audio_seconds,
         video_seconds=video_seconds,
-        has_audio=astream is not None,
-        has_video=vstream is not None,
+        has_audio=streams.audio is not None,
+        has_video=video is not None,
         audio_rms=rms,
         silent=rms < SILENCE_RMS,
-        frozen=vstream is not None and motion < FROZEN_MOTION,
+        frozen=video is not None and motion < FROZEN_MOTION,
         frame_motion=motion,
-        fps=fps,
+        fps=streams.fps,
         width=vcc.width if vcc else None,
         height=vcc.height if vcc else None,
-        rotation=int(chosen[0][1].rotation or 0) % 360 if vstream is not None else 0,
+        rotation=video.rotation if video is not None else 0,
         video_codec=vcc.codec.canonical_name if vcc else None,
         audio_codec=acc.codec.canonical_name if acc else None,
         sample_rate=acc.sample_rate if acc else None,
@@ -377,9 +401,77 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
         covered_seconds=round(covered, 3),
         partial=covered < 0.9 * window,
         corrupt_packets=corrupt,
-        video_undecodable=video_undecodable,
+        video_undecodable=streams.video_undecodable,
     )
-    return DecodedClip(waveform, frames, quality)
+
+
+class _VideoWindow:
+    """The frames chosen for the window: for each target time the nearest decoded
+    frame, from frames seen in decode order. After a damaged packet the frames up to
+    the next keyframe are concealment guesses: neither chosen nor counted."""
+
+    def __init__(self, start: float, end: float, targets: np.ndarray, fps: float | None):
+        self.start, self.end, self.targets, self.fps = start, end, targets, fps
+        self.chosen: list[tuple[float, av.VideoFrame] | None] = [None] * len(targets)
+        self.decoded = 0  # frames the decoder gave, any time
+        self.in_window = 0  # frames at or after start (and before end)
+        self.first: float | None = None  # time of the first and last frame in the window
+        self.last: float | None = None
+        self.tainted = False
+
+    @property
+    def frame_period(self) -> float:
+        return 1 / self.fps if self.fps else 0.0
+
+    @property
+    def has_content(self) -> bool:
+        return any(c is not None for c in self.chosen)
+
+    @property
+    def rotation(self) -> int:
+        return int(self.chosen[0][1].rotation or 0) % 360
+
+    def damaged(self) -> None:
+        """A packet was lost: what follows references it until the next keyframe."""
+        self.tainted = True
+
+    def take(self, frame: av.VideoFrame) -> bool:
+        """Consider one decoded frame; False once past the window."""
+        # Elementary streams (raw .h264) carry no timestamps: count frames instead.
+        t = frame.time if frame.time is not None else self.decoded / (self.fps or 25.0)
+        self.decoded += 1
+        if t >= self.end:
+            return False
+        if self.tainted and frame.key_frame:
+            self.tainted = False
+        if self.tainted:
+            return True
+        # Keep the nearest frame per target; frames before start still count
+        # as candidates for the first target (keyframe-aligned seeks).
+        for k, target in enumerate(self.targets):
+            best = self.chosen[k]
+            if best is None or abs(t - target) < abs(best[0] - target):
+                self.chosen[k] = (t, frame)
+        if t >= self.start:
+            self.first = t if self.first is None else self.first
+            self.last = t
+            self.in_window += 1
+        return True
+
+    def seconds(self) -> float:
+        """Time the frames in the window cover; a corrupt stretch between the first and
+        the last frame is not covered (frames actually decoded)."""
+        if self.first is None:
+            return 0.0
+        span = self.last - self.first + self.frame_period
+        return min(span, self.in_window * self.frame_period) if self.frame_period else span
+
+    def content_end(self) -> float:
+        """Seconds from the window start to the end of the last frame (0 without one)."""
+        return self.last - self.start + self.frame_period if self.last is not None else 0.0
+
+    def frames(self, size: int, threads: int) -> np.ndarray:
+        return np.stack([_to_square_rgb(c[1], size, threads) for c in self.chosen])
 
 
 GAP_SECONDS = 0.05  # a jump in input audio timestamps larger than this is a hole (damage)

@@ -1,7 +1,8 @@
 """Label videos with a trained model: decode rows, predict rows, the Parquet schema.
 
-Ray-free: ``jobs/label.py`` runs ``decode_rows`` in Ray Data CPU tasks and
-``Predictor`` in an actor pool; ``predict`` below runs both in-process for one clip.
+Ray-free: ``avfusion/executor/ray_data.py`` runs ``DecodeRows`` in Ray Data CPU tasks
+and ``Predictor`` in an actor pool (the run around them, resume and part files, is
+``avfusion/labelling.py``); ``predict`` below runs both in-process for one clip.
 A file that cannot be labelled still yields exactly one row, with ``error_class`` and
 ``error_message`` set and the prediction columns null.
 
@@ -60,6 +61,11 @@ SCHEMA = pa.schema([
 ])
 
 
+PREDICTION_COLUMNS = ("predicted_label", "class_index", "confidence", "topk_labels", "topk_probs", "w_audio",
+                      "w_video", "attention_agrees", "audio_only_label", "audio_only_confidence",
+                      "video_only_label", "video_only_confidence")
+
+
 def model_id(checkpoint: str | Path) -> str:
     """A short content hash of the checkpoint file: which model labelled a row."""
     h = hashlib.sha256()
@@ -81,6 +87,12 @@ def _windows(duration: float | None, clip_seconds: float, every: bool) -> list[f
     return [float(s) for s in np.arange(0.0, duration - 1e-6, clip_seconds)]
 
 
+def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Decoded rows → one batch of numpy columns (tensors stacked), as Ray Data carries it."""
+    return {k: np.stack([r[k] for r in rows]) if k in ("waveform", "frames") else np.array([r[k] for r in rows])
+            for k in rows[0]}
+
+
 @dataclass
 class DecodeRows:
     """Ray Data map_batches function: file rows → one row per clip window, with the
@@ -95,8 +107,7 @@ class DecodeRows:
         for i, path in enumerate(batch["path"]):
             rows += self.decode_file(str(path), str(batch["key"][i]), int(batch["file_size"][i]),
                                      int(batch["mtime_ns"][i]))
-        return {k: np.stack([r[k] for r in rows]) if k in ("waveform", "frames") else np.array([r[k] for r in rows])
-                for k in rows[0]}
+        return rows_to_batch(rows)
 
     def decode_file(self, path: str, key: str, size: int, mtime: int) -> list[dict]:
         if "://" in path and not path.startswith("file://"):
@@ -170,13 +181,19 @@ class DecodeRows:
 
 
 class Predictor:
-    """Ray Data actor: loads the checkpoint once, predicts decoded rows, drops tensors."""
+    """Ray Data actor: loads the checkpoint once, predicts decoded rows, drops tensors.
 
-    def __init__(self, checkpoint: str, top_k: int = 5, device: str = "auto"):
+    ``gpus_assigned``: the GPUs the scheduler gave this actor (0: the CPU, whatever
+    CUDA shows; None outside a scheduler), see :func:`avfusion.device.choose_device`.
+    ``bf16``: autocast the model to bfloat16 (meant for CUDA; softmax stays fp32)."""
+
+    def __init__(self, checkpoint: str, top_k: int = 5, device: str = "auto", gpus_assigned: int | None = None,
+                 bf16: bool = False):
+        from avfusion.device import choose_device
         from avfusion.train import model_from_checkpoint
 
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
+        self.device = choose_device(device, gpus_assigned=gpus_assigned)
+        self.bf16 = bf16
         self.model, ckpt = model_from_checkpoint(checkpoint)
         self.model.to(self.device)
         self.names = sorted(ckpt["label_map"], key=ckpt["label_map"].get)
@@ -188,15 +205,30 @@ class Predictor:
         """The model on a batch that has ``waveform``, ``frames`` or both (None: absent).
         One modality goes through the model's unimodal head path (``forward_head``
         with the other embedding None: weights one-hot, logits from that embedding)."""
-        model = self.model
-        a = v = None
-        if waveform is not None and model.audio is not None:
-            wave = torch.from_numpy(np.ascontiguousarray(waveform)).to(self.device)
-            a = model.attention.audio_proj(model.audio(wave))
-        if frames is not None and model.video is not None:
-            vid = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-            v = model.attention.video_proj(model.video(vid))
-        return model.forward_head(a, v)
+        def tensor(x):
+            return None if x is None else torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model.forward_head(*self.model.forward_features(tensor(waveform), tensor(frames)))
+
+    @torch.no_grad()
+    def packed(self, waveform: np.ndarray | None, frames: np.ndarray | None) -> np.ndarray:
+        """Everything a row needs, computed on the model's device and brought to the host
+        in ONE transfer: (B, 2k + 7) float32 columns [top-k probs, top-k indices,
+        w_audio, w_video, audio head's best prob and index, video head's, agreement]
+        (NaN where absent; indices are exact in float32 below 2**24 classes)."""
+        res = self.outputs(waveform, frames)
+        probs = torch.softmax(res.logits.float(), dim=1)
+        top_p, top_i = probs.topk(self.top_k, dim=1)
+        cols = [top_p, top_i.float(), res.weights.float()]
+        nan = torch.full((len(probs), 2), float("nan"), device=probs.device)
+        for logits in (res.audio_logits, res.video_logits):
+            best = torch.softmax(logits.float(), dim=1).max(dim=1) if logits is not None else None
+            cols.append(torch.stack([best.values, best.indices.float()], dim=1) if best is not None else nan)
+        # No ground truth here: agreement asks whether the higher-weighted modality's own
+        # head is the surer of the two about the fused prediction (null with one modality).
+        cols.append(attention_agrees(res, top_i[:, 0]).float()[:, None] if res.scores is not None else nan[:, :1])
+        return torch.cat(cols, dim=1).cpu().numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["path"])
@@ -204,11 +236,7 @@ class Predictor:
         errors = [str(e) if e else "" for e in batch["error_class"]]
         messages = [str(m) if m else "" for m in batch["error_message"]]
         flags = [[f for f in str(x).split(",") if f] if isinstance(x, str) else [] for x in batch["flags"]]
-        cols = {"predicted_label": [None] * n, "class_index": [None] * n, "confidence": [None] * n,
-                "topk_labels": [None] * n, "topk_probs": [None] * n, "w_audio": [None] * n, "w_video": [None] * n,
-                "attention_agrees": [None] * n,
-                "audio_only_label": [None] * n, "audio_only_confidence": [None] * n,
-                "video_only_label": [None] * n, "video_only_confidence": [None] * n}
+        cols = {name: [None] * n for name in PREDICTION_COLUMNS}
         # Which modalities each row can use: what decoded and what the model has.
         use_audio = np.array([not bool(x) for x in batch["no_audio_track"]]) & (self.model.audio is not None)
         use_video = np.array([not bool(x) for x in batch["no_video_track"]]) & (self.model.video is not None)
@@ -223,28 +251,9 @@ class Predictor:
             idx = np.flatnonzero(ok & (use_audio == ua) & (use_video == uv))
             if not len(idx):
                 continue
-            res = self.outputs(batch["waveform"][idx] if ua else None, batch["frames"][idx] if uv else None)
-            probs = torch.softmax(res.logits.float(), dim=1).cpu()
-            top_p, top_i = probs.topk(self.top_k, dim=1)
-            aux = {name: (torch.softmax(logits.float(), dim=1).max(dim=1) if logits is not None else None)
-                   for name, logits in (("audio", res.audio_logits), ("video", res.video_logits))}
-            weights = res.weights.float().cpu()
-            # No ground truth here: agreement asks whether the higher-weighted modality's own
-            # head is the surer of the two about the fused prediction (null with one modality).
-            agrees = (attention_agrees(res, top_i[:, 0].to(res.logits.device)).cpu().tolist()
-                      if res.scores is not None else [None] * len(idx))
-            for j, row in enumerate(idx):
-                cols["predicted_label"][row] = self.names[int(top_i[j, 0])]
-                cols["class_index"][row] = int(top_i[j, 0])
-                cols["confidence"][row] = float(top_p[j, 0])
-                cols["topk_labels"][row] = [self.names[int(k)] for k in top_i[j]]
-                cols["topk_probs"][row] = [float(p) for p in top_p[j]]
-                cols["w_audio"][row], cols["w_video"][row] = (float(x) for x in weights[j])
-                cols["attention_agrees"][row] = agrees[j]
-                for name, best in aux.items():
-                    if best is not None:
-                        cols[f"{name}_only_label"][row] = self.names[int(best.indices[j])]
-                        cols[f"{name}_only_confidence"][row] = float(best.values[j])
+            packed = self.packed(batch["waveform"][idx] if ua else None, batch["frames"][idx] if uv else None)
+            for row, values in zip(idx, packed):
+                self._fill(cols, row, values)
                 if not (ua and uv):
                     flags[row].append("audio_only" if ua else "video_only")
         for k, v in cols.items():
@@ -257,6 +266,24 @@ class Predictor:
         out["model_id"] = np.array([self.model_id] * n)
         out["checkpoint"] = np.array([self.checkpoint] * n)
         return out
+
+    def _fill(self, cols: dict[str, list], row: int, values: np.ndarray) -> None:
+        """One row's prediction columns from its packed host values (see :meth:`packed`)."""
+        k = self.top_k
+        top_p, top_i = values[:k], values[k:2 * k].astype(int)
+        cols["predicted_label"][row] = self.names[top_i[0]]
+        cols["class_index"][row] = int(top_i[0])
+        cols["confidence"][row] = float(top_p[0])
+        cols["topk_labels"][row] = [self.names[i] for i in top_i]
+        cols["topk_probs"][row] = [float(p) for p in top_p]
+        cols["w_audio"][row], cols["w_video"][row] = float(values[2 * k]), float(values[2 * k + 1])
+        for j, name in enumerate(("audio", "video")):
+            prob, index = values[2 * k + 2 + 2 * j: 2 * k + 4 + 2 * j]
+            if not np.isnan(prob):
+                cols[f"{name}_only_label"][row] = self.names[int(index)]
+                cols[f"{name}_only_confidence"][row] = float(prob)
+        agrees = values[2 * k + 6]
+        cols["attention_agrees"][row] = None if np.isnan(agrees) else bool(agrees)
 
 
 def to_table(batch: dict[str, np.ndarray]) -> pa.Table:
@@ -292,6 +319,4 @@ def predict(path: str | Path, checkpoint: str | Path, top_k: int = 5) -> dict:
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
     size, mtime = file_identity(str(path))
     rows = DecodeRows(clip).decode_file(str(path), storage.basename(str(path)).rsplit(".", 1)[0], size, mtime)
-    batch = {k: (np.stack([r[k] for r in rows]) if k in ("waveform", "frames") else np.array([r[k] for r in rows]))
-             for k in rows[0]}
-    return to_table(Predictor(str(checkpoint), top_k)(batch)).to_pylist()[0]
+    return to_table(Predictor(str(checkpoint), top_k)(rows_to_batch(rows))).to_pylist()[0]

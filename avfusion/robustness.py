@@ -112,10 +112,17 @@ def _as_numpy(sample: dict) -> dict:
 
 
 @torch.no_grad()
-def evaluate(models: dict[str, torch.nn.Module], batches, conds: list[Condition], seed: int = 0,
-             device: torch.device = torch.device("cpu"), progress=None) -> dict[str, dict[str, dict]]:
+def evaluate_conditions(models: dict[str, torch.nn.Module], batches, conds: list[Condition], seed: int = 0,
+                        device: torch.device | str = "cpu", progress=None) -> dict[str, dict[str, dict]]:
     """``batches`` yields lists of decoded samples (key, waveform, frames, target).
-    Returns {condition: {model name: summary}}; "fused" carries the attention."""
+    Returns {condition: {model name: summary}}; "fused" carries the attention.
+
+    One path for every device: corruptions run on the host (numpy, seeded per clip),
+    then each condition's batch and the models are on ``device``; the tallies read
+    the outputs back."""
+    device = torch.device(device)
+    for model in models.values():
+        model.to(device)
     tallies = {c.name: {m: Tally() for m in models} for c in conds}
     for samples in batches:
         samples = [_as_numpy(s) for s in samples if int(s["target"]) >= 0]
@@ -133,6 +140,129 @@ def evaluate(models: dict[str, torch.nn.Module], batches, conds: list[Condition]
             if progress is not None:
                 progress.update(len(samples))
     return {c: {m: t.summary() for m, t in by_model.items()} for c, by_model in tallies.items()}
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def shard_batches(urls: list[str], split, batch_size: int, workers: int):
+    """Lists of decoded samples from shards (``split``: a split name or a ``Subset``),
+    in the order the shards hold them: the input of :func:`evaluate_conditions`."""
+    from shards.loader import loader, pipeline
+
+    return loader(pipeline(urls, batch_size, split=split, train=False, collation_fn=lambda xs: xs), workers)
+
+
+def folder_batches(folder: str, labels: str, clip, label_map: dict[str, int], batch_size: int, workers: int):
+    """Lists of decoded samples from a folder of videos labelled by a VGGSound-format
+    CSV (files whose label the model does not know are left out); ``workers`` threads
+    decode. A file that does not decode is reported on stderr and skipped."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from avfusion.decode import DecodeLimits, decode_clip
+    from avfusion.probe import MediaError
+    from avfusion.sources import scan_folder
+
+    tasks = [t for t in scan_folder(folder, labels)[0] if t.label in label_map]
+
+    def load(task):
+        try:
+            with storage.local_copy(task.source) as local:  # s3://… clips are fetched for PyAV
+                data = decode_clip(local, clip, task.start, DecodeLimits(threads=1))
+        except MediaError as exc:
+            print(f"skipping {task.source}: {exc}", file=sys.stderr)
+            return None
+        return {"key": task.key, "waveform": data.waveform, "frames": data.frames, "target": label_map[task.label]}
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        batch = []
+        for sample in pool.map(load, tasks):
+            if sample is not None:
+                batch.append(sample)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One robustness evaluation (``avfusion evaluate``'s flags): the fused checkpoint,
+    optional unimodal baselines, and either shards (``split``) or a labelled folder."""
+
+    checkpoint: str
+    shards: str | None = None
+    folder: str | None = None
+    labels: str | None = None
+    split: str = "test"
+    audio_baseline: str | None = None
+    video_baseline: str | None = None
+    suite: str = "default"
+    conditions: str | None = None  # comma-separated, instead of the suite
+    out: str = "robustness"
+    batch_size: int = 16
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+
+
+def load_models(cfg: EvalConfig) -> tuple[dict[str, torch.nn.Module], dict]:
+    """{"fused": model, "audio-only"/"video-only": baselines} and the fused checkpoint;
+    ValueError when the first is not fused or a baseline has another label map."""
+    from avfusion.train import model_from_checkpoint
+
+    model, ckpt = model_from_checkpoint(cfg.checkpoint)
+    if model.cfg.modalities != "both":
+        raise ValueError("the first checkpoint must be a fused (both-modality) model")
+    models = {"fused": model}
+    for name, path in (("audio-only", cfg.audio_baseline), ("video-only", cfg.video_baseline)):
+        if path:
+            baseline, bckpt = model_from_checkpoint(path)
+            if bckpt["label_map"] != ckpt["label_map"]:
+                raise ValueError(f"{path} was trained on a different label map than {cfg.checkpoint}")
+            models[name] = baseline
+    return models, ckpt
+
+
+def run(cfg: EvalConfig) -> dict[str, dict[str, dict]]:
+    """Evaluate, write the report under ``cfg.out``, print the table; returns the
+    results. Raises OSError/KeyError/ValueError on bad arguments before evaluating."""
+    from tqdm import tqdm
+
+    from avfusion.config import ClipSpec
+    from avfusion.device import choose_device
+    from shards.loader import Dataset
+
+    device = choose_device(cfg.device)
+    models, ckpt = load_models(cfg)
+    conds = ([Condition.parse(c.strip()) for c in cfg.conditions.split(",")] if cfg.conditions
+             else conditions(cfg.suite))
+    if Condition() not in conds:  # clean input is the reference every comparison needs
+        conds.insert(0, Condition())
+    label_map = ckpt["label_map"]
+    if cfg.shards:
+        data = Dataset.open(cfg.shards)
+        if data.label_map != label_map:
+            raise ValueError("the shards' label map differs from the checkpoint's")
+        total = data.count(cfg.split) * len(conds) or None
+        batches = shard_batches(data.urls, cfg.split, cfg.batch_size, cfg.workers)
+    else:
+        total = None
+        batches = folder_batches(cfg.folder, cfg.labels, ClipSpec(**ckpt["clip"]), label_map, cfg.batch_size,
+                                 cfg.workers)
+    with tqdm(total=total, desc="evaluate", unit="clip") as bar:
+        results = evaluate_conditions(models, batches, conds, seed=cfg.seed, device=device, progress=bar)
+    paths = write_report(results, cfg.out, {"checkpoint": cfg.checkpoint, "split": cfg.split, "seed": cfg.seed,
+                                            "n_clips": results["normal"]["fused"]["n"], "models": list(models),
+                                            "device": str(device), "label_map": label_map})
+    print(markdown_table(results))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return results
 
 
 # ----------------------------------------------------------------------------- report

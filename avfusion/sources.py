@@ -141,6 +141,34 @@ def read_url_list(path: str | Path) -> list[ClipTask]:
     return tasks
 
 
+def walk_folder(root: str, extensions: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(files under folder ``root`` whose name ends with one of ``extensions``, every
+    other file), each sorted: the one folder walk of preprocess, evaluate and label.
+
+    Local folders are walked without following symlinked directories (a symlink to a
+    file is kept); a directory named like a media file is returned as a file, so the
+    caller reports it instead of skipping it silently. An object-store folder is a
+    fresh recursive listing."""
+    if not storage.is_local(root):
+        every = storage.find(root)
+        return ([p for p in every if p.lower().endswith(extensions)],
+                [p for p in every if not p.lower().endswith(extensions)])
+    found, skipped = [], []
+    for dirpath, dirnames, filenames in os.walk(storage.local_path(root), followlinks=False):
+        dirnames.sort()
+        for name in filenames + [d for d in dirnames if d.lower().endswith(extensions)]:
+            (found if name.lower().endswith(extensions) else skipped).append(os.path.join(dirpath, name))
+    return sorted(found), sorted(skipped)
+
+
+def relative_path(root: str, path: str) -> str:
+    """``path`` (from :func:`walk_folder`) relative to ``root``, with ``/`` separators."""
+    root = str(root).rstrip("/")
+    if storage.is_local(root):
+        return Path(path).relative_to(storage.local_path(root)).as_posix()
+    return path[len(root) + 1:]
+
+
 def scan_folder(root: str | Path, labels_csv: str | Path | None = None, labels_from_dirs: bool = False,
                 extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> tuple[list[ClipTask], list[ClipRow]]:
     """Video files under ``root`` (recursive, sorted, symlinks not followed into
@@ -156,17 +184,8 @@ def scan_folder(root: str | Path, labels_csv: str | Path | None = None, labels_f
     root = str(root).rstrip("/") or str(root)
     if not storage.isdir(root):
         raise SourceError(f"{root} is not a directory")
-    files: list[tuple[str, PurePosixPath]] = []  # (path or URL, path relative to root)
-    if storage.is_local(root):
-        local_root = storage.local_path(root)
-        for dirpath, dirnames, filenames in os.walk(local_root, followlinks=False):
-            dirnames.sort()
-            # A directory named like a video is reported, not skipped silently.
-            names = sorted(filenames + [d for d in dirnames if d.lower().endswith(extensions)])
-            files += [(os.path.join(dirpath, n), PurePosixPath(Path(dirpath, n).relative_to(local_root).as_posix()))
-                      for n in names if n.lower().endswith(extensions)]
-    else:  # an object-store folder: a fresh recursive listing
-        files = [(url, PurePosixPath(url[len(root) + 1:])) for url in storage.find(root, extensions)]
+    found, _ = walk_folder(root, extensions)
+    files = [(path, PurePosixPath(relative_path(root, path))) for path in found]
     rows = read_vggsound_csv(labels_csv) if labels_csv else []
     by_key = {r.key: r for r in rows}
     by_id: dict[str, list[ClipRow]] = {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,39 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when present), cpu, cuda or cuda:N: where the models run")
     return p
-
-
-def _folder_batches(folder: str, labels: str, clip, label_map: dict, batch_size: int, workers: int):
-    from avfusion import storage
-    from avfusion.decode import DecodeLimits, decode_clip
-    from avfusion.probe import MediaError
-    from avfusion.sources import scan_folder
-
-    tasks, _ = scan_folder(folder, labels)
-    tasks = [t for t in tasks if t.label in label_map]
-
-    def load(task):
-        try:
-            with storage.local_copy(task.source) as local:  # s3://… clips are fetched for PyAV
-                clip_data = decode_clip(local, clip, task.start, DecodeLimits(threads=1))
-        except MediaError as exc:
-            print(f"skipping {task.source}: {exc}", file=sys.stderr)
-            return None
-        return {"key": task.key, "waveform": clip_data.waveform, "frames": clip_data.frames,
-                "target": label_map[task.label]}
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        batch = []
-        for sample in pool.map(load, tasks):
-            if sample is not None:
-                batch.append(sample)
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-    return len(tasks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,54 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.folder and not args.labels:
         print("avfusion evaluate: --folder needs --labels", file=sys.stderr)
         return 2
-    from tqdm import tqdm
+    from avfusion.robustness import EvalConfig, run
 
-    from avfusion.config import ClipSpec
-    from avfusion.robustness import Condition, conditions, evaluate, markdown_table, write_report
-    from avfusion.train import model_from_checkpoint
-    from shards.loader import Dataset, decode, loader, pipeline
-
+    cfg = EvalConfig(checkpoint=args.checkpoint, shards=args.shards, folder=args.folder, labels=args.labels,
+                     split=args.split, audio_baseline=args.audio_baseline, video_baseline=args.video_baseline,
+                     suite=args.suite, conditions=args.conditions, out=args.out, batch_size=args.batch_size,
+                     seed=args.seed, workers=args.workers, device=args.device)
     try:
-        model, ckpt = model_from_checkpoint(args.checkpoint)
-        models = {"fused": model}
-        for name, path in (("audio-only", args.audio_baseline), ("video-only", args.video_baseline)):
-            if path:
-                baseline, bckpt = model_from_checkpoint(path)
-                if bckpt["label_map"] != ckpt["label_map"]:
-                    raise ValueError(f"{path} was trained on a different label map than {args.checkpoint}")
-                models[name] = baseline
-        conds = ([Condition.parse(c.strip()) for c in args.conditions.split(",")] if args.conditions
-                 else conditions(args.suite))
-        if Condition() not in conds:  # clean input is the reference every comparison needs
-            conds.insert(0, Condition())
+        results = run(cfg)
     except (OSError, ValueError, KeyError) as exc:
         print(f"avfusion evaluate: {exc}", file=sys.stderr)
         return 2
-    if model.cfg.modalities != "both":
-        print("avfusion evaluate: the first checkpoint must be a fused (both-modality) model", file=sys.stderr)
-        return 2
-    label_map = ckpt["label_map"]
-    if args.shards:
-        data = Dataset.open(args.shards)
-        if data.label_map != label_map:
-            print("avfusion evaluate: the shards' label map differs from the checkpoint's", file=sys.stderr)
-            return 2
-        total = data.count(args.split)
-        batches = loader(pipeline(data.urls, args.batch_size, split=args.split, train=False,
-                                  collation_fn=lambda xs: xs), args.workers)
-    else:
-        total = None
-        batches = _folder_batches(args.folder, args.labels, ClipSpec(**ckpt["clip"]), label_map, args.batch_size,
-                                  args.workers)
-    with tqdm(total=total * len(conds) if total else None, desc="evaluate", unit="clip") as bar:
-        results = evaluate(models, batches, conds, seed=args.seed, progress=bar)
-    n = results["normal"]["fused"]["n"]
-    paths = write_report(results, args.out, {"checkpoint": args.checkpoint, "split": args.split,
-                                                   "seed": args.seed, "n_clips": n, "models": list(models),
-                                                   "label_map": label_map})
-    print(markdown_table(results))
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return 0 if n else 1
+    return 0 if results["normal"]["fused"]["n"] else 1
 
 
 if __name__ == "__main__":

@@ -97,3 +97,38 @@ def test_tally_reports_both_weights_as_measured():
     assert s["w_audio"] == pytest.approx(0.45) and s["w_video"] == pytest.approx(0.4)
     assert s["max_weight_sum_error"] == pytest.approx(0.3)
     assert s["agreement"] == pytest.approx(0.5)  # clip 0: audio weighted and surer; clip 1: video weighted, audio surer
+
+
+def test_device_cpu_runs_the_shared_path(tmp_path, checkpoints, synthetic_shards):
+    """``--device cpu`` and the default device run one code path: here (no GPU) the two
+    reports are identical, and the device used is recorded in the report."""
+    runs = []
+    for name, extra in (("auto", []), ("cpu", ["--device", "cpu"])):
+        assert evaluate_job.main([str(checkpoints["both"]), "--shards", str(synthetic_shards), "--conditions",
+                                  "muted_audio,fog@2", "--out", str(tmp_path / name), "--workers", "0",
+                                  "--audio-baseline", str(checkpoints["audio"]), *extra]) == 0
+        runs.append(json.loads((tmp_path / name / "robustness.json").read_text()))
+    assert runs[1]["meta"]["device"] == "cpu"
+    assert runs[0]["conditions"] == runs[1]["conditions"]
+    assert runs[1]["conditions"]["normal"]["fused"]["n"] == 24
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, checkpoints, synthetic_shards, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: cuda is a valid device here")
+    assert evaluate_job.main([str(checkpoints["both"]), "--shards", str(synthetic_shards), "--device", "cuda",
+                              "--out", str(tmp_path / "r")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_folder_of_labelled_videos(tmp_path, checkpoints, synthetic_shards):
+    """``--folder`` with a VGGSound-format CSV: every labelled clip decoded and scored."""
+    clips = synthetic_shards.parent / "clips"
+    labelled = [line for line in (clips / "labels.csv").read_text().splitlines() if line.strip()]
+    assert evaluate_job.main([str(checkpoints["both"]), "--folder", str(clips), "--labels", str(clips / "labels.csv"),
+                              "--conditions", "normal", "--out", str(tmp_path / "rob"), "--workers", "2",
+                              "--device", "cpu"]) == 0
+    results = json.loads((tmp_path / "rob" / "robustness.json").read_text())["conditions"]
+    assert results["normal"]["fused"]["n"] == len(labelled) == len(list(clips.glob("*.mp4")))

@@ -238,3 +238,32 @@ def test_every_window_of_a_cut_file_keeps_the_windows_that_decode(tmp_path):
     assert all(r["window_count"] == len(rows) for r in rows)
     assert "truncated" in rows[-1]["flags"] and all("truncated" not in r["flags"] for r in rows[:-1])
     assert rows[-1]["window_end"] <= 6.0
+
+
+def test_actors_given_no_gpu_label_on_the_cpu_where_cuda_is_visible(tmp_path, clips, checkpoint, cli_env):
+    """The whole job with CUDA made visible in every process, its Ray actors included
+    (a ``sitecustomize`` on the workers' path patches ``torch.cuda.is_available``, the
+    one allowed stand-in): with the default ``--gpus-per-actor 0`` the actors keep the
+    model on the CPU (a model sent to cuda here fails, there is no GPU) and the rows
+    equal the model."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('AVF_FAKE_CUDA'):\n"
+        "    import torch\n"
+        "    torch.cuda.is_available = lambda: True\n"
+        "    with open(os.environ['AVF_FAKE_CUDA'], 'a') as f:\n"
+        "        f.write(f'{os.getpid()}\\n')\n")
+    log = tmp_path / "patched.txt"
+    env = dict(cli_env, AVF_FAKE_CUDA=str(log),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(hook), cli_env.get("PYTHONPATH")])))
+    out = tmp_path / "labels"
+    run = subprocess.run(["avfusion", "label", str(clips), str(out), "--checkpoint", str(checkpoint),
+                          "--num-cpus", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(set(log.read_text().split())) >= 3, "the patch ran in the driver and the Ray workers"
+    con = duckdb.connect()
+    table = f"read_parquet('{out}/part-*.parquet')"
+    assert con.execute(f"SELECT count(*) FROM {table} WHERE error_class IS NULL").fetchone()[0] == 18
+    _assert_rows_equal_the_model(con, table, checkpoint, expect_rows=18)

@@ -1,4 +1,4 @@
-"""The training recipe of issue 10: mel-initialised filterbank, augmentations,
+"""The training recipe: mel-initialised filterbank, augmentations,
 reliability term, presets, k-fold subsets and attention agreement."""
 
 import math
@@ -200,7 +200,7 @@ def attention_shifts(tmp_path_factory, synthetic_shards):
 
     from jobs.bench.robustness import recipe
     from avfusion.distributed import DistEnv
-    from avfusion.robustness import Condition, evaluate
+    from avfusion.robustness import Condition, evaluate_conditions
     from avfusion.train import model_from_checkpoint, train
     from shards.loader import Dataset, loader, pipeline
 
@@ -210,7 +210,8 @@ def attention_shifts(tmp_path_factory, synthetic_shards):
     model = model_from_checkpoint(run / "last.pt")[0]
     data = Dataset.open(str(synthetic_shards))
     batches = list(loader(pipeline(data.urls, 16, split="test", train=False, collation_fn=lambda xs: xs), 0))
-    res = evaluate({"fused": model}, batches, [Condition.parse(c) for c in ("normal", "muted_audio", "black_frames")])
+    res = evaluate_conditions({"fused": model}, batches,
+                              [Condition.parse(c) for c in ("normal", "muted_audio", "black_frames")])
     out = {c: res[c]["fused"] for c in ("normal", "muted_audio", "black_frames")}
     for r in out.values():
         assert r["max_weight_sum_error"] < 1e-5

@@ -53,6 +53,28 @@ def s3_clips(tmp_path_factory, bucket):
     return sorted(p.stem for p in root.glob("*.mp4"))
 
 
+@pytest.fixture(scope="module")
+def s3_shards(s3, bucket, s3_clips, tmp_path_factory):
+    """The clips preprocessed by the command: folder, labels CSV and config all in S3,
+    shards written to S3. Returns the shards URL and the command's output."""
+    cwd = tmp_path_factory.mktemp("cwd_preprocess")
+    out = avfusion(s3, cwd, "preprocess", f"{bucket}/clips", "--labels", f"{bucket}/labels.csv", "--out",
+                   f"{bucket}/shards", "--config", f"{bucket}/clip.yaml", "--shard-size", "5", "--num-cpus", "2")
+    assert not _no_url_paths(cwd)
+    return f"{bucket}/shards", out
+
+
+@pytest.fixture(scope="module")
+def s3_run(s3, bucket, s3_shards, tmp_path_factory):
+    """One epoch trained by the command from the S3 shards into an S3 run folder."""
+    cwd = tmp_path_factory.mktemp("cwd_train")
+    run = f"{bucket}/run"
+    avfusion(s3, cwd, "train", s3_shards[0], "--out", run, "--config", f"{bucket}/train.yaml", "--epochs", "1",
+             "--steps-per-epoch", "2")
+    assert not _no_url_paths(cwd)
+    return run
+
+
 def avfusion(s3, cwd, *args, timeout=600, check=True):
     env = clean_env(s3)
     env.update(PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="token",
@@ -95,14 +117,12 @@ def test_storage_listing_is_fresh_and_writes_are_atomic(s3, bucket, tmp_path):
     assert not _no_url_paths(Path.cwd()) and not _no_url_paths(tmp_path)
 
 
-def test_every_job_reads_and_writes_s3(s3, bucket, s3_clips, tmp_path):
+def test_every_job_reads_and_writes_s3(s3, bucket, s3_clips, s3_shards, s3_run, tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    shards, run = f"{bucket}/shards", f"{bucket}/run"
+    (shards, out), run = s3_shards, s3_run
 
-    # preprocess: folder + labels CSV + config all in S3 → a correct manifest on the first run.
-    out = avfusion(s3, cwd, "preprocess", f"{bucket}/clips", "--labels", f"{bucket}/labels.csv", "--out", shards,
-                   "--config", f"{bucket}/clip.yaml", "--shard-size", "5", "--num-cpus", "2")
+    # preprocess (the fixture): folder + labels CSV + config all in S3 → a correct manifest on the first run.
     manifest = storage.read_json(f"{shards}/manifest.json")
     assert manifest["num_samples"] == 18 and manifest["num_shards"] == 4, out.stdout
     assert manifest["complete"] is True
@@ -113,9 +133,7 @@ def test_every_job_reads_and_writes_s3(s3, bucket, s3_clips, tmp_path):
     assert sorted(keys) == s3_clips
     assert "INFO" not in out.stdout + out.stderr, "Ray's INFO lines stay in its log files"
 
-    # train from S3 into S3, then resume from the S3 checkpoint.
-    avfusion(s3, cwd, "train", shards, "--out", run, "--config", f"{bucket}/train.yaml", "--epochs", "1",
-             "--steps-per-epoch", "2")
+    # train from S3 into S3 (the fixture: one epoch), then resume from the S3 checkpoint.
     resumed = avfusion(s3, cwd, "train", shards, "--out", run, "--config", f"{bucket}/train.yaml", "--epochs", "2",
                        "--steps-per-epoch", "2")
     assert f"resumed from {run}/last.pt at epoch 1" in resumed.stdout
@@ -152,12 +170,10 @@ def test_every_job_reads_and_writes_s3(s3, bucket, s3_clips, tmp_path):
     assert not _no_url_paths(cwd)
 
 
-def test_unreadable_shard_stops_training_with_its_name(s3, bucket, s3_clips, tmp_path):
+def test_unreadable_shard_stops_training_with_its_name(s3, bucket, s3_shards, tmp_path):
     """A shard listed in the manifest but gone from the store: retried, then a clear error
     naming it, well within the timeout (webdataset's warn_and_continue spun forever)."""
-    shards = f"{bucket}/shards"
-    if not storage.exists(f"{shards}/manifest.json"):
-        pytest.skip("needs the shards of test_every_job_reads_and_writes_s3")
+    shards = s3_shards[0]
     broken = f"{bucket}/broken"
     manifest = storage.read_json(f"{shards}/manifest.json")
     for s in manifest["shards"][1:]:
@@ -172,12 +188,10 @@ def test_unreadable_shard_stops_training_with_its_name(s3, bucket, s3_clips, tmp
     assert time.time() - t0 < 300
 
 
-def test_label_retries_rows_with_transient_errors(s3, bucket, s3_clips, tmp_path):
+def test_label_retries_rows_with_transient_errors(s3, bucket, s3_clips, s3_run, tmp_path):
     """A listed object that cannot be fetched gets a fetch_error row; the next run
     labels it and replaces that row (one row per file, nothing duplicated)."""
-    run = f"{bucket}/run"
-    if not storage.exists(f"{run}/last.pt"):
-        pytest.skip("needs the checkpoint of test_every_job_reads_and_writes_s3")
+    run = s3_run
     late = f"{bucket}/late/{s3_clips[1]}.mp4"
     listing = f"{bucket}/late-list.txt"
     storage.write_text(listing, f"{bucket}/clips/{s3_clips[0]}.mp4\n{late}\n")
@@ -196,12 +210,10 @@ def test_label_retries_rows_with_transient_errors(s3, bucket, s3_clips, tmp_path
     assert rows() == [(f"{bucket}/clips/{s3_clips[0]}.mp4", None), (late, None)]
 
 
-def test_tensorboard_events_reach_s3_every_epoch(s3, bucket, s3_clips, tmp_path):
+def test_tensorboard_events_reach_s3_every_epoch(s3, bucket, s3_shards, tmp_path):
     """Events for a run in S3 are uploaded as each epoch ends, not once at the end: a
     killed or still-running job shows its curves. Seen here while training still runs."""
-    shards, run = f"{bucket}/shards", f"{bucket}/tb-run"
-    if not storage.exists(f"{shards}/manifest.json"):
-        pytest.skip("needs the shards of test_every_job_reads_and_writes_s3")
+    shards, run = s3_shards[0], f"{bucket}/tb-run"
     env = clean_env(s3)
     env.update(PATH=f"{BIN}:{env.get('PATH', '')}", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.Popen([str(BIN / "avfusion"), "train", shards, "--out", run, "--config", f"{bucket}/train.yaml",

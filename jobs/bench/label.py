@@ -57,28 +57,25 @@ def make_checkpoint(folder: Path, clips: Path, seconds: float) -> Path:
 
 
 def decode_only_worker(folder: str, checkpoint: str, cpus: int) -> None:
-    """Child-process body: the label job's decode stage alone, on embedded Ray."""
-    import ray
-
+    """Child-process body: the label job's own decode stage alone, on embedded Ray."""
     from avfusion.config import ClipSpec
-    from avfusion.label import DecodeRows, file_identity
+    from avfusion.executor.ray_data import label_dataset
+    from avfusion.labelling import LabelConfig, build_items, list_inputs
     from avfusion.train import load_checkpoint
     from avfusion.executor.ray_tasks import ray_session
-    from jobs.label import list_inputs
 
+    cfg = LabelConfig(input=folder, out="", checkpoint=checkpoint)
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
-    paths = list_inputs(folder, (".mp4",))
-    items = [{"path": p, "key": p, "file_size": file_identity(p)[0], "mtime_ns": file_identity(p)[1]} for p in paths]
-    with ray_session(None, cpus):
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // 4))
-        n = ds.map_batches(DecodeRows(clip), batch_size=4, num_cpus=1).count()
+    items = build_items(list_inputs(folder, (".mp4",)), folder, done=set())
+    with ray_session(None, cpus, data=True):
+        n = label_dataset(items, clip, cfg, decode_only=True).count()
     assert n == len(items), (n, len(items))
 
 
 def naive_worker(folder: str, checkpoint: str, out: str, threads: int = 0) -> None:
     """Child-process body: the natural per-clip loop, model loaded once (``threads``:
-    torch intra-op threads, 0 = torch's default)."""
-    import numpy as np
+    torch intra-op threads, 0 = torch's default), through the job's own decode and
+    predict functions, one file per call."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
@@ -87,17 +84,16 @@ def naive_worker(folder: str, checkpoint: str, out: str, threads: int = 0) -> No
         torch.set_num_threads(threads)
 
     from avfusion.config import ClipSpec
-    from avfusion.label import DecodeRows, Predictor, file_identity, to_table
+    from avfusion.label import DecodeRows, Predictor, rows_to_batch, to_table
+    from avfusion.labelling import build_items, list_inputs
     from avfusion.train import load_checkpoint
 
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
     decoder, predictor = DecodeRows(clip), Predictor(checkpoint)
     tables = []
-    for path in sorted(Path(folder).glob("*.mp4")):
-        rows = decoder.decode_file(str(path), path.stem, *file_identity(str(path)))
-        batch = {k: (np.stack([r[k] for r in rows]) if k in ("waveform", "frames") else np.array([r[k] for r in rows]))
-                 for k in rows[0]}
-        tables.append(to_table(predictor(batch)))
+    for item in build_items(list_inputs(folder, (".mp4",)), folder, done=set()):
+        rows = decoder.decode_file(item["path"], item["key"], item["file_size"], item["mtime_ns"])
+        tables.append(to_table(predictor(rows_to_batch(rows))))
     pq.write_table(pa.concat_tables(tables), out)
 
 

@@ -126,20 +126,20 @@ def train_all(runs: dict[tuple[int, str], object], jobs: int) -> None:
 
 def evaluate_fold(shards: str, folds: str, fold: int, runs: dict[str, Path], suite: bool, seed: int) -> dict:
     """Evaluate each fused variant beside the unimodal models on the held-out fold."""
-    from avfusion.robustness import Condition, conditions, evaluate
+    from avfusion.robustness import Condition, conditions, evaluate_conditions, shard_batches
     from avfusion.train import model_from_checkpoint
-    from shards.loader import Dataset, Subset, loader, pipeline, read_folds
+    from shards.loader import Dataset, Subset, read_folds
 
     models = {name: model_from_checkpoint(Path(out) / "last.pt")[0] for name, out in runs.items()}
     data = Dataset.open(shards)
     holdout = Subset(folds=read_folds(folds), fold=fold, holdout=True)
-    batches = list(loader(pipeline(data.urls, 16, split=holdout, train=False, collation_fn=lambda xs: xs), 0))
+    batches = list(shard_batches(data.urls, holdout, 16, 0))
     conds = [Condition.parse(c) for c in KEY_CONDITIONS]
     if suite:
         conds += [c for c in conditions("default") if c.name not in KEY_CONDITIONS]
     unimodal = {n: m for n, m in models.items() if m.cfg.modalities != "both"}
-    return {name: evaluate({"fused": model, **unimodal}, batches,
-                           conds if name == "fused" else conds[:len(KEY_CONDITIONS)], seed=seed)
+    return {name: evaluate_conditions({"fused": model, **unimodal}, batches,
+                                      conds if name == "fused" else conds[:len(KEY_CONDITIONS)], seed=seed)
             for name, model in models.items() if model.cfg.modalities == "both"}
 
 

@@ -1,0 +1,254 @@
+"""The label job's orchestration: what to label, what is already done, and the parts.
+
+``avfusion/label.py`` is the work on one batch (decode rows, predict rows, the Parquet
+schema); this module is the run around it: scan the input, skip what an earlier run
+labelled (resume by path, size and mtime), hand the rest to an executor that yields
+labelled batches, write them as part files cut only where a file ends, and clean up
+rows that a later run superseded. Two modules because the batch work runs inside Ray
+Data workers and must stay small and picklable, while the run is driver-side
+bookkeeping. Ray-free: the Ray Data pipeline is one function in
+``avfusion/executor/ray_data.py``; :func:`write_parts` consumes any iterator of
+batches, so resume and part cutting are tested without Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from avfusion import storage
+from avfusion.sources import VIDEO_EXTENSIONS, relative_path, walk_folder
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus")
+# Animated images and elementary video streams: no container, still labelable video.
+OTHER_EXTENSIONS = (".gif", ".h264", ".264", ".h265", ".hevc")
+LABEL_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS + OTHER_EXTENSIONS
+# Row errors that say nothing about the file (the store or the worker failed): such a
+# row is relabelled on the next run, and replaced, not duplicated.
+TRANSIENT_ERRORS = frozenset({"fetch_error", "internal_error"})
+PARTS = "part-*.parquet"
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """One label run (``avfusion label``'s flags)."""
+
+    input: str
+    out: str
+    checkpoint: str
+    every_window: bool = False
+    extensions: tuple[str, ...] = LABEL_EXTENSIONS
+    list_skipped: bool = False
+    top_k: int = 5
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    actor_memory_mb: int = 1024
+    model_batch: int = 16
+    decode_batch: int = 4
+    part_rows: int = 256
+    bf16: bool = False
+    address: str | None = None
+    num_cpus: int | None = None
+    verbose: bool = False
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def scan_inputs(source: str, extensions: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(paths to label, paths the extension filter skipped) under a folder (local or
+    an fsspec URL; see :func:`avfusion.sources.walk_folder`) or from a list file. A
+    list file skips nothing: it names exactly what to label."""
+    if storage.isfile(source):
+        return _list_file(source), []
+    if not storage.isdir(source):
+        raise FileNotFoundError(f"{source} is neither a folder nor a list file")
+    return walk_folder(source.rstrip("/") or source, extensions)
+
+
+def list_inputs(source: str, extensions: tuple[str, ...]) -> list[str]:
+    """The paths :func:`scan_inputs` would label."""
+    return scan_inputs(source, extensions)[0]
+
+
+def _list_file(url: str) -> list[str]:
+    return [line.strip() for line in storage.read_text(url).splitlines() if line.strip() and not line.startswith("#")]
+
+
+def build_items(paths: list[str], root: str | None, done: set[tuple[str, int, int]]) -> list[dict]:
+    """The rows the executor gets: each path not in ``done`` with its identity (size,
+    mtime_ns) and its key (the path relative to ``root``, the folder scanned; the
+    path itself for a list file)."""
+    from avfusion.label import file_identity
+
+    items = []
+    for p in paths:
+        size, mtime = file_identity(p)
+        if (p, size, mtime) not in done:
+            items.append({"path": p, "key": relative_path(root, p) if root else p, "file_size": size,
+                          "mtime_ns": mtime})
+    return items
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def read_parts(out: str, columns: list[str] | None = None):
+    """All part files of ``out`` (a fresh listing) as one table, or None."""
+    import pyarrow as pa
+
+    tables = [storage.read_parquet(url, columns) for url in storage.list_files(out, PARTS)]
+    return pa.concat_tables(tables) if tables else None
+
+
+def done_identities(out: str) -> set[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of files already labelled; rows with a transient error
+    do not count (they are retried)."""
+    table = read_parts(out, ["path", "file_size", "mtime_ns", "error_class"])
+    if table is None:
+        return set()
+    return {(p, s, m) for p, s, m, e in zip(*(table.column(c).to_pylist()
+                                              for c in ("path", "file_size", "mtime_ns", "error_class")))
+            if e not in TRANSIENT_ERRORS}
+
+
+def drop_superseded(out: str) -> int:
+    """Remove transient-error rows of files that have since been labelled (by a later
+    run), rewriting each affected part atomically; returns the rows dropped."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = read_parts(out, ["path", "error_class"])
+    if table is None:
+        return 0
+    rows = list(zip(table.column("path").to_pylist(), table.column("error_class").to_pylist()))
+    settled = {p for p, e in rows if e not in TRANSIENT_ERRORS}
+    stale = pa.array(sorted({p for p, e in rows if e in TRANSIENT_ERRORS and p in settled}), type=pa.string())
+    transient = pa.array(sorted(TRANSIENT_ERRORS), type=pa.string())
+    dropped = 0
+    for url in storage.list_files(out, PARTS):
+        part = storage.read_parquet(url)
+        drop = pc.and_(pc.is_in(part.column("path"), value_set=stale),
+                       pc.is_in(pc.fill_null(part.column("error_class"), ""), value_set=transient))
+        n = pc.sum(drop).as_py() or 0
+        if n:
+            with storage.atomic_file(url) as tmp:
+                pq.write_table(part.filter(pc.invert(drop)), tmp)
+            dropped += n
+    return dropped
+
+
+def remove_partial_parts(out: str) -> None:
+    """Delete local part files a killed run left under their temporary name."""
+    for stale in storage.list_files(out, ".part-*"):
+        storage.remove(stale)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def write_parts(batches: Iterable[dict], out: str, part_rows: int, on_files: Callable[[int], None] | None = None
+                ) -> list[str]:
+    """Write labelled batches (Predictor output, numpy columns) as part files of about
+    ``part_rows`` rows, cut only where a file's last window ends (so resume by file is
+    exact), each under a temporary name then renamed. ``on_files(n)``: n more files
+    complete (the progress bar). Returns the part URLs written."""
+    import numpy as np
+    import pyarrow as pa
+
+    from avfusion.label import to_table
+
+    run, written, buffer = uuid.uuid4().hex[:8], [], None
+    for batch in batches:
+        table = to_table(batch)
+        buffer = table if buffer is None else pa.concat_tables([buffer, table])
+        if on_files is not None:
+            on_files(int(np.sum(np.asarray(batch["window_index"]) == np.asarray(batch["window_count"]) - 1)))
+        while buffer.num_rows >= part_rows:
+            ends = _file_ends(buffer)
+            cuts = ends[ends >= part_rows]
+            if not len(cuts):
+                break
+            written.append(_write_part(buffer.slice(0, int(cuts[0])), out, run, len(written)))
+            buffer = buffer.slice(int(cuts[0]))
+    if buffer is not None and buffer.num_rows:
+        written.append(_write_part(buffer, out, run, len(written)))
+    return written
+
+
+def _file_ends(table):
+    """Row positions just after a file's last window."""
+    import numpy as np
+
+    index = np.asarray(table.column("window_index"))
+    count = np.asarray(table.column("window_count"))
+    return np.flatnonzero(index == count - 1) + 1
+
+
+def _write_part(table, out: str, run: str, number: int) -> str:
+    import pyarrow.parquet as pq
+
+    url = storage.join(out, f"part-{run}-{number:05d}.parquet")
+    with storage.atomic_file(url) as tmp:
+        pq.write_table(table, tmp)
+    return url
+
+
+def summary(table, skipped: list[str] = ()) -> str:
+    """The run's closing lines: rows, files, top labels, flags, errors, skipped files."""
+    rows = table.to_pylist()
+    errors = Counter(r["error_class"] for r in rows if r["error_class"])
+    labels = Counter(r["predicted_label"] for r in rows if not r["error_class"])
+    flags = Counter(f for r in rows if not r["error_class"] for f in (r.get("flags") or []))
+    lines = [f"\n{len(rows)} rows from {len({r['path'] for r in rows})} files; {sum(errors.values())} errors; "
+             f"{len(skipped)} files skipped by the extension filter"]
+    lines += [f"  {label:<32}{n:>8}" for label, n in labels.most_common(20)]
+    lines += [f"  flag: {flag:<26}{n:>8}" for flag, n in flags.most_common()]
+    lines += [f"  error: {kind:<25}{n:>8}" for kind, n in errors.most_common()]
+    if skipped:
+        by_ext = Counter(os.path.splitext(p)[1].lower() or "(none)" for p in skipped)
+        lines.append("  skipped: " + ", ".join(f"{ext} {n}" for ext, n in by_ext.most_common())
+                     + "  (--list-skipped lists them)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def label(cfg: LabelConfig, session) -> int:
+    """Label ``cfg.input`` into ``cfg.out``; returns the number of rows in ``out``.
+
+    ``session``: the Ray session context factory ``(address, num_cpus, verbose=,
+    data=)`` the Ray Data pipeline runs in. Raises OSError/KeyError/ValueError for an
+    unreadable input or checkpoint (before anything is written)."""
+    from tqdm import tqdm
+
+    from avfusion.config import ClipSpec
+    from avfusion.train import load_checkpoint
+
+    paths, skipped = scan_inputs(cfg.input, cfg.extensions)
+    clip = ClipSpec(**load_checkpoint(cfg.checkpoint)["clip"])
+    out = cfg.out.rstrip("/")
+    storage.makedirs(out)
+    remove_partial_parts(out)
+    drop_superseded(out)  # a killed run may have relabelled files without dropping their old rows
+    items = build_items(paths, cfg.input.rstrip("/") if storage.isdir(cfg.input) else None, done_identities(out))
+    print(f"{len(paths)} files, {len(paths) - len(items)} already labelled in {out}, {len(items)} to label; "
+          f"{len(skipped)} skipped by the extension filter")
+    if cfg.list_skipped:
+        for p in skipped:
+            print(f"  skipped: {p}")
+    if items:
+        from avfusion.executor.ray_data import label_batches
+
+        with session(cfg.address, cfg.num_cpus, verbose=cfg.verbose, data=True), \
+                tqdm(total=len(items), desc="label", unit="file") as bar:
+            write_parts(label_batches(items, clip, cfg), out, cfg.part_rows, bar.update)
+        drop_superseded(out)
+    table = read_parts(out)
+    print(summary(table, skipped) if table is not None else "no rows")
+    return 0 if table is None else table.num_rows
