@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from avfusion.config import ClipSpec
     from avfusion.robustness import Condition, conditions, evaluate, markdown_table, write_report
     from avfusion.train import model_from_checkpoint
-    from shards.loader import Dataset, decode, loader, pipeline
+    from shards.loader import Dataset, data_loader, eval_stages
 
     try:
         model, ckpt = model_from_checkpoint(args.checkpoint)
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             print("avfusion evaluate: the shards' label map differs from the checkpoint's", file=sys.stderr)
             return 2
         total = data.count(args.split)
-        batches = loader(pipeline(data.urls, args.batch_size, split=args.split, train=False,
-                                  collation_fn=lambda xs: xs), args.workers)
+        batches = data_loader(eval_stages(data.urls, args.batch_size, split=args.split, compact_frames=False,
+                                          collation_fn=lambda xs: xs), args.workers)
     else:
         total = None
         batches = _folder_batches(args.folder, args.labels, ClipSpec(**ckpt["clip"]), label_map, args.batch_size,

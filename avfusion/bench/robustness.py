@@ -128,12 +128,13 @@ def evaluate_fold(shards: str, folds: str, fold: int, runs: dict[str, Path], sui
     """Evaluate each fused variant beside the unimodal models on the held-out fold."""
     from avfusion.robustness import Condition, conditions, evaluate
     from avfusion.train import model_from_checkpoint
-    from shards.loader import Dataset, Subset, loader, pipeline, read_folds
+    from shards.loader import Dataset, Subset, data_loader, eval_stages, read_folds
 
     models = {name: model_from_checkpoint(Path(out) / "last.pt")[0] for name, out in runs.items()}
     data = Dataset.open(shards)
     holdout = Subset(folds=read_folds(folds), fold=fold, holdout=True)
-    batches = list(loader(pipeline(data.urls, 16, split=holdout, train=False, collation_fn=lambda xs: xs), 0))
+    batches = list(data_loader(eval_stages(data.urls, 16, split=holdout, compact_frames=False,
+                                           collation_fn=lambda xs: xs), 0))
     conds = [Condition.parse(c) for c in KEY_CONDITIONS]
     if suite:
         conds += [c for c in conditions("default") if c.name not in KEY_CONDITIONS]
