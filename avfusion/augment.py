@@ -56,10 +56,9 @@ class BatchAugment:
         if cfg.enabled and 0 < cfg.crop_frames < t:
             index = torch.from_numpy(np.sort(rng.random((b, t)).argsort(axis=1)[:, :cfg.crop_frames], axis=1))
         batch = batch.to(device, frame_index=index)
-        wave, frames = batch.waveform, batch.frames
+        wave, x = batch.waveform, batch.frames.permute(0, 1, 4, 2, 3).float()  # (B, T, 3, H, W)
         if cfg.enabled:
             wave = _crop_wave(wave, rng, int(cfg.crop_seconds * self.sample_rate))
-            x = frames.permute(0, 1, 4, 2, 3).float()  # (B, T, 3, H, W)
             if cfg.content:
                 wave = shift_and_gain(wave, rng, cfg.shift, cfg.gain_db)
                 x = resized_crop_and_flip(x, rng, cfg.crop_scale, cfg.flip)
@@ -67,9 +66,12 @@ class BatchAugment:
                     x = color_jitter(x, rng, cfg.color_jitter)
             wave, x = modality_dropout(wave, x, rng, gen, cfg.p_audio, cfg.p_video)
             x = drop_frames(x, rng, cfg.p_drop_frames)
-            frames = _to_uint8(x)
-        batch = Batch(wave, frames, batch.target, batch.keys, worker=batch.worker)
-        return mixup(batch, self.num_classes, self.mixup_alpha, self.mixup_prob, rng)
+        soft = F.one_hot(batch.target, self.num_classes).float()
+        lam, perm = _mix_draw(rng, b, self.mixup_alpha, self.mixup_prob, device)
+        if perm is not None:  # blended before the one rounding to uint8
+            wave, x = lam * wave + (1 - lam) * wave[perm], x.mul_(lam).add_(x[perm], alpha=1 - lam)
+            soft = lam * soft + (1 - lam) * soft[perm]
+        return Batch(wave, _to_uint8(x), batch.target, batch.keys, worker=batch.worker), soft
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -111,26 +113,40 @@ def crop_boxes(rng: np.random.Generator, b: int, h: int, w: int, min_scale: floa
 
 
 def resized_crop_and_flip(x: torch.Tensor, rng: np.random.Generator, min_scale: float, flip: bool) -> torch.Tensor:
-    """One crop box per clip, resized back to H×W (bilinear), mirrored with p = 0.5:
-    both in one ``grid_sample`` whose affine map sends each output pixel centre to the
-    crop's (the half-pixel arithmetic of ``interpolate(align_corners=False)``)."""
+    """One crop box per clip, resized back to H×W (bilinear, the half-pixel arithmetic
+    and edge clamping of ``interpolate(align_corners=False)`` on the crop, as the
+    reference), mirrored with p = 0.5. Separable: rows then columns, each two gathers
+    and a lerp (an axis-aligned crop needs no 2-D ``grid_sample``)."""
     b, t, c, h, w = x.shape
     do_crop = min_scale < 1
     boxes = crop_boxes(rng, b, h, w, min_scale) if do_crop else np.tile([0, 0, w, h], (b, 1))
     mirror = rng.random(b) < 0.5 if flip else np.zeros(b, bool)
     if not do_crop and not mirror.any():
         return x
-    x0, y0, cw, ch = boxes.T.astype(np.float64)
-    theta = np.zeros((b, 2, 3))
-    theta[:, 0, 0] = np.where(mirror, -1, 1) * cw / w
-    theta[:, 0, 2] = (2 * x0 + cw) / w - 1
-    theta[:, 1, 1] = ch / h
-    theta[:, 1, 2] = (2 * y0 + ch) / h - 1
-    theta = _host(theta, x.device).repeat_interleave(t, dim=0)
-    grid = F.affine_grid(theta, [b * t, c, h, w], align_corners=False)
-    out = F.grid_sample(x.reshape(b * t, c, h, w), grid, mode="bilinear", padding_mode="border",
-                        align_corners=False)
-    return out.view(b, t, c, h, w)
+    x0, y0, cw, ch = boxes.T
+    rows = _lerp_index(y0, ch, h, np.zeros(b, bool))
+    cols = _lerp_index(x0, cw, w, mirror)
+    x = _resample(x, 3, *(_host(v, x.device, d) for v, d in zip(rows, (torch.int64, torch.int64, torch.float32))))
+    return _resample(x, 4, *(_host(v, x.device, d) for v, d in zip(cols, (torch.int64, torch.int64, torch.float32))))
+
+
+def _lerp_index(start: np.ndarray, size: np.ndarray, n: int, mirror: np.ndarray):
+    """(B, n) source indices i0, i1 and weights of output pixels 0..n-1 of each crop."""
+    j = np.arange(n)[None, :]
+    j = np.where(mirror[:, None], n - 1 - j, j)
+    src = np.clip((j + 0.5) * size[:, None] / n - 0.5, 0, size[:, None] - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, size[:, None] - 1)
+    return i0 + start[:, None], i1 + start[:, None], (src - i0).astype(np.float32)
+
+
+def _resample(x: torch.Tensor, dim: int, i0: torch.Tensor, i1: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+    shape = [x.shape[0]] + [1] * (x.dim() - 1)
+    shape[dim] = x.shape[dim]
+    out_shape = list(x.shape)
+    expand = lambda v: v.view(shape).expand(out_shape)  # noqa: E731
+    a = x.gather(dim, expand(i0))
+    return a.lerp_(x.gather(dim, expand(i1)), expand(frac))
 
 
 def color_jitter(x: torch.Tensor, rng: np.random.Generator, strength: float) -> torch.Tensor:
@@ -237,19 +253,26 @@ def drop_frames(x: torch.Tensor, rng: np.random.Generator, p: float) -> torch.Te
     return x[torch.arange(b, device=x.device)[:, None], idx]
 
 
+def _mix_draw(rng: np.random.Generator, b: int, alpha: float, prob: float, device):
+    """Mixup's draws: (lam >= 0.5, permutation) for this batch, or (1, None) unmixed."""
+    if alpha <= 0 or rng.random() >= prob:
+        return 1.0, None
+    lam = float(rng.beta(alpha, alpha))
+    return max(lam, 1 - lam), _host(rng.permutation(b), device, torch.int64)
+
+
 def mixup(batch: Batch, num_classes: int, alpha: float, prob: float,
           rng: np.random.Generator | None = None) -> tuple[Batch, torch.Tensor]:
     """Mix each clip with another of the batch (a random permutation): waveform,
     frames and one-hot labels with one weight lam ~ Beta(alpha, alpha) per batch,
     folded to lam >= 0.5 so the first clip stays dominant. Returns the batch and its
-    (B, C) soft targets; the hard ``target`` stays the dominant clip's label."""
-    rng = rng if rng is not None else np.random.default_rng()
+    (B, C) soft targets; the hard ``target`` stays the dominant clip's label.
+    (``BatchAugment`` draws the same way and blends its float frames instead.)"""
     soft = F.one_hot(batch.target, num_classes).float()
-    if alpha <= 0 or rng.random() >= prob:
+    lam, perm = _mix_draw(rng if rng is not None else np.random.default_rng(), len(batch.keys), alpha, prob,
+                          batch.target.device)
+    if perm is None:
         return batch, soft
-    lam = float(rng.beta(alpha, alpha))
-    lam = max(lam, 1 - lam)
-    perm = _host(rng.permutation(len(batch.keys)), batch.target.device, torch.int64)
     wave = lam * batch.waveform + (1 - lam) * batch.waveform[perm]
     frames = (lam * batch.frames.float() + (1 - lam) * batch.frames[perm].float()).round().to(torch.uint8)
     return Batch(wave, frames, batch.target, batch.keys, worker=batch.worker), lam * soft + (1 - lam) * soft[perm]

@@ -1,6 +1,6 @@
 """`avfusion bench NAME`: benchmarks, each printing a ratio against a floor measured in the same run.
 
-Names: preprocess, train, robustness, label, scale.
+Names: preprocess, train, loader, robustness, label, scale.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 BENCHES = {
     "preprocess": "avfusion.bench.preprocess",
     "train": "avfusion.bench.train",
+    "loader": "avfusion.bench.loader",
     "robustness": "avfusion.bench.robustness",
     "label": "avfusion.bench.label",
     "scale": "avfusion.bench.scale",
