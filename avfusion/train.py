@@ -1,8 +1,9 @@
 """One training loop for every launch path (single process, torchrun DDP, Ray Train).
 
 Reproducible by construction: the data stream is seeded by (seed, rank, loader worker,
-epoch) and each batch's augmentation by (seed, rank, worker, epoch, step), and checkpoints carry the torch RNG state, so ``--resume`` after a
-crash continues to the same result as an uninterrupted run (on CPU, bit for bit).
+epoch), each batch's augmentation by (seed, rank, worker, epoch, step), and checkpoints
+carry the torch RNG state, so ``--resume`` after a crash continues to the same result
+as an uninterrupted run (on CPU, bit for bit).
 """
 
 from __future__ import annotations

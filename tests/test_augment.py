@@ -122,7 +122,8 @@ def test_temporal_crops_keep_ordered_frames_and_a_contiguous_window(device):
     out, _ = A.BatchAugment(cfg, num_classes=7)(clips, device, 0, 0)
     assert out.frames.shape[1] == 2 and out.waveform.shape == (8, 800)
     for i in range(8):
-        picked = [next(j for j in range(6) if torch.equal(out.frames[i, k].cpu(), clips.frames[i, j])) for k in range(2)]
+        picked = [next(j for j in range(6) if torch.equal(out.frames[i, k].cpu(), clips.frames[i, j]))
+                  for k in range(2)]
         assert picked[0] < picked[1]
         w = clips.waveform[i].numpy()
         start = int(np.flatnonzero(np.isclose(w, out.waveform[i, 0].item()))[0])

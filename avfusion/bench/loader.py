@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"(margin of {small} vs {large} batches; {time.time() - t0:.0f} s)", rows, headers)
     top = max(sizes)
     loader_rate = 1 / cost[top, "new-loader"]
-    print(f"\nat {top}²: CPU per clip on the GPU path (loader only) = {cost[top, 'new-loader'] / cost[top, 'today']:.2f}x "
-          f"today's (goal <= 0.33x); cores per GPU at 1000 / 3000 clips/s: {1000 / loader_rate:.1f} / "
+    ratio = cost[top, "new-loader"] / cost[top, "today"]
+    print(f"\nat {top}²: CPU per clip on the GPU path (loader only) = {ratio:.2f}x today's (goal <= 0.33x); cores per GPU at 1000 / 3000 clips/s: {1000 / loader_rate:.1f} / "
           f"{3000 / loader_rate:.1f} (today: {1000 * cost[top, 'today']:.0f} / {3000 * cost[top, 'today']:.0f})")
     print(accounting())
     return 0
