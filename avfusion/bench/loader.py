@@ -13,9 +13,9 @@ user + sys of the whole process tree, so threads and workers count alike):
 * new, device=cuda (where present): the loader plus decode and augmentation on the
   GPU; its CPU figure is the host's share (launches, pinning, copies).
 
-Each path runs twice with different numbers of batches (the cheap paths 8x as many);
-the per-clip cost is the difference of the two runs' CPU over the difference in clips
-(start-up, and filling the shuffle buffer, cancel).
+Each path runs in pairs with different numbers of batches (the cheap paths 8x as
+many); the per-clip cost is the difference of a pair's CPU over the difference in
+clips (start-up, and filling the shuffle buffer, cancel), the median over pairs.
 The recipe is ``vggsound``'s augmentation (content on, modality dropout, mixup).
 """
 
@@ -116,16 +116,21 @@ def measure(path: str, shards: str, batches: int, batch_size: int) -> None:
         torch.cuda.synchronize()
 
 
-def per_clip_cpu(path: str, shards: str, batch_size: int, small: int, large: int) -> float:
-    """CPU seconds per clip at the margin between a run of ``small`` and ``large`` batches."""
+def per_clip_cpu(path: str, shards: str, batch_size: int, small: int, large: int, repeat: int = 1) -> float:
+    """CPU seconds per clip at the margin between runs of ``small`` and ``large``
+    batches, the median over ``repeat`` pairs (other processes on the machine make
+    single pairs noisy)."""
+    import statistics
+
     scale = CHEAP_RUNS if path in ("floor", "new-loader") else 1
     small, large = small * scale, large * scale
-    runs = []
-    for n in (small, large):
-        cmd = python_cmd(__spec__.name, "--measure", path, "--shards", shards, "--batches", str(n),
-                         "--batch-size", str(batch_size))
-        runs.append(run_measured(cmd).cpu_seconds)
-    return max(runs[1] - runs[0], 1e-9) / ((large - small) * batch_size)
+
+    def cpu(n: int) -> float:
+        return run_measured(python_cmd(__spec__.name, "--measure", path, "--shards", shards, "--batches", str(n),
+                                       "--batch-size", str(batch_size))).cpu_seconds
+
+    margins = [(cpu(large) - cpu(small)) / ((large - small) * batch_size) for _ in range(repeat)]
+    return max(statistics.median(margins), 1e-9)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=48, help="bundled clips per shard set")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--batches", default="2,6", help="the two run lengths, in batches")
+    p.add_argument("--repeat", type=int, default=3, help="run pairs per path (the median is kept)")
     p.add_argument("--shards", help="an existing shard folder per size, SIZE=PATH[,SIZE=PATH]")
     p.add_argument("--measure", choices=PATHS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -151,14 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         for size in (int(s) for s in args.sizes.split(",")):
             shards = given.get(str(size)) or make_shards(Path(tmp) / str(size), args.clips, size)
             for path in paths:
-                cost[size, path] = per_clip_cpu(path, shards, args.batch_size, small, large)
+                cost[size, path] = per_clip_cpu(path, shards, args.batch_size, small, large, args.repeat)
                 print(f"  {size}² {path:<10} {1000 * cost[size, path]:7.2f} ms CPU per clip", file=sys.stderr)
     sizes = sorted({s for s, _ in cost}, reverse=True)
     rows = [(path, *[v for s in sizes for v in (1000 * cost[s, path], 1 / cost[s, path],
                                                  cost[s, path] / cost[s, "today"])]) for path in paths]
     headers = ("path", *[h for s in sizes for h in (f"ms CPU/clip {s}²", f"clips/s/core {s}²", f"x today {s}²")])
-    print_table(f"Training input pipeline, vggsound augmentation, batch {args.batch_size} "
-                f"(margin of {small} vs {large} batches; {time.time() - t0:.0f} s)", rows, headers)
+    print_table(f"Training input pipeline, vggsound augmentation, batch {args.batch_size} (median margin of "
+                f"{args.repeat} pairs of {small} vs {large} batches; {time.time() - t0:.0f} s)", rows, headers)
     top = max(sizes)
     loader_rate = 1 / cost[top, "new-loader"]
     ratio = cost[top, "new-loader"] / cost[top, "today"]
