@@ -1,4 +1,5 @@
-"""Corruptions of decoded clips, shared by training augmentation and robustness eval.
+"""Corruptions of decoded clips: robustness evaluation, and the per-clip reference
+of training augmentation (``avfusion.augment`` runs it batched on the device).
 
 Each corruption is a pure function of (waveform or frames, severity 1–5, rng) on
 numpy arrays: float32 waveform in [-1, 1], uint8 frames (T, H, W, 3). Applying them
@@ -328,7 +329,8 @@ def apply(name: str, sample: dict, severity: int, rng: np.random.Generator) -> d
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Per-sample training augmentation, applied in the loader workers.
+    """Training augmentation: run batched on the training device by
+    ``avfusion.augment.BatchAugment``; ``Augment`` below is its per-clip reference.
 
     Two kinds, both keep the label: *content* augmentation (waveform shift and gain,
     random resized crop, flip and colour jitter of the frames) so few real clips go
@@ -418,7 +420,8 @@ def augment_content(sample: dict, cfg: AugmentConfig, rng: np.random.Generator) 
 
 
 class Augment:
-    """A picklable per-sample augmentation for the loader's ``augment`` stage.
+    """The per-clip numpy reference of ``avfusion.augment.BatchAugment`` (tests and
+    ``avfusion bench loader`` compare the two), usable as a loader ``augment`` stage.
     Deterministic: the generator is seeded by (seed, data-loader worker id)."""
 
     def __init__(self, cfg: AugmentConfig, seed: int = 0, sample_rate: int = 16_000):

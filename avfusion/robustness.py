@@ -148,9 +148,10 @@ def evaluate_conditions(models: dict[str, torch.nn.Module], batches, conds: list
 def shard_batches(urls: list[str], split, batch_size: int, workers: int):
     """Lists of decoded samples from shards (``split``: a split name or a ``Subset``),
     in the order the shards hold them: the input of :func:`evaluate_conditions`."""
-    from shards.loader import loader, pipeline
+    from shards.loader import data_loader, eval_stages
 
-    return loader(pipeline(urls, batch_size, split=split, train=False, collation_fn=lambda xs: xs), workers)
+    return data_loader(eval_stages(urls, batch_size, split=split, compact_frames=False, collation_fn=lambda xs: xs),
+                       workers)
 
 
 def folder_batches(folder: str, labels: str, clip, label_map: dict[str, int], batch_size: int, workers: int):

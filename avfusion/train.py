@@ -1,8 +1,9 @@
 """One training loop for every launch path (single process, torchrun DDP, Ray Train).
 
-Reproducible by construction: each epoch's data pipeline and augmentation are seeded
-by (seed, epoch), and checkpoints carry the torch RNG state, so ``--resume`` after a
-crash continues to the same result as an uninterrupted run (on CPU, bit for bit).
+Reproducible by construction: the data stream is seeded by (seed, rank, loader worker,
+epoch), each batch's augmentation by (seed, rank, worker, epoch, step), and checkpoints
+carry the torch RNG state, so ``--resume`` after a crash continues to the same result
+as an uninterrupted run (on CPU, bit for bit).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from avfusion import __version__, storage
-from avfusion.corruptions import Augment, AugmentConfig
+from avfusion.augment import BatchAugment
+from avfusion.corruptions import AugmentConfig
 from avfusion.distributed import DistEnv
 from avfusion.model import FusionModel, LossConfig, ModelConfig, fusion_loss, warn_random_init
-from shards.loader import Dataset, Subset, loader, pipeline, read_folds
+from shards.loader import Dataset, Subset, TrainStream, data_loader, eval_stages, loader_workers, read_folds
 
 CHECKPOINT = "last.pt"
 
@@ -59,7 +61,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of two clips' audio, frames and labels (0 = off)
     mixup_prob: float = 0.5  # share of batches mixed when mixup_alpha > 0
     # data
-    workers: int = 2
+    workers: int | str = 2  # loader workers per process, or "auto" (from the cores per rank)
     seed: int = 0
     compile: bool = False
     bf16: bool = True  # autocast on GPU only
@@ -89,22 +91,6 @@ def subsets(cfg: TrainConfig) -> tuple[Subset, Subset]:
         folds = read_folds(cfg.folds)
         return Subset(folds=folds, fold=cfg.fold, holdout=False), Subset(folds=folds, fold=cfg.fold, holdout=True)
     return Subset(split=cfg.train_split), Subset(split=cfg.val_split)
-
-
-def mixup(batch, num_classes: int, alpha: float, prob: float):
-    """Mix each clip with another of the batch (a random permutation): waveform,
-    frames and one-hot labels with one weight lam ~ Beta(alpha, alpha) per batch,
-    folded to lam >= 0.5 so the first clip stays dominant. Drawn from torch's RNG
-    (carried by checkpoints). Returns the batch and its (B, C) soft targets."""
-    soft = torch.nn.functional.one_hot(batch.target, num_classes).float()
-    if alpha <= 0 or torch.rand(()) >= prob:
-        return batch, soft
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    lam = max(lam, 1 - lam)
-    perm = torch.randperm(len(batch.target))
-    wave = lam * batch.waveform + (1 - lam) * batch.waveform[perm]
-    frames = (lam * batch.frames.float() + (1 - lam) * batch.frames[perm].float()).round().to(torch.uint8)
-    return replace(batch, waveform=wave, frames=frames), lam * soft + (1 - lam) * soft[perm]
 
 
 def _lr_lambda(total: int, warmup: int):
@@ -141,8 +127,8 @@ def evaluate(model, urls, cfg: TrainConfig, dist: DistEnv, subset: Subset, label
     model.eval()
     c = len(label_map)
     sums = torch.zeros(4 + 3 * c, dtype=torch.float64)  # n, loss, top1, top5 | per class: n, w_a, w_v
-    for batch in loader(pipeline(urls, cfg.batch_size, split=subset, train=False), cfg.workers):
-        batch = batch.to(dist.device)
+    for batch in data_loader(eval_stages(urls, cfg.batch_size, split=subset), cfg.workers, device=dist.device):
+        batch = batch.to(dist.device)  # JPEGs decoded on the device, no augmentation
         labelled = batch.target >= 0
         if not labelled.any():
             continue
@@ -182,6 +168,7 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     out = cfg.out.rstrip("/")  # a local path or a URL (s3://…): see avfusion.storage
     storage.makedirs(out)
     torch.manual_seed(cfg.seed)
+    cfg = replace(cfg, workers=loader_workers(cfg.workers, dist.device, _local_ranks(dist)))
     _cap_cpu_threads(cfg, dist)
     data = Dataset.open(cfg.shards)
     train_subset, val_subset = subsets(cfg)
@@ -214,20 +201,21 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if dist.world > 1 else model
     if cfg.compile:
         net = torch.compile(net)
-    workers = max(1, cfg.workers)
-    per_worker = math.ceil(steps / workers)
+    per_worker = math.ceil(steps / max(1, cfg.workers))
+    stream = TrainStream(data.urls, cfg.batch_size, split=train_subset, batches_per_epoch=per_worker, seed=cfg.seed,
+                         rank=dist.rank, start_epoch=start_epoch)
+    batches = data_loader(stream, cfg.workers, device=dist.device, persistent=True)  # one loader for all epochs
+    augment = BatchAugment(cfg.augment, num_classes=num_classes, seed=cfg.seed, rank=dist.rank,
+                           sample_rate=sample_rate, mixup_alpha=cfg.mixup_alpha, mixup_prob=cfg.mixup_prob)
     metrics_path = storage.join(out, "metrics.jsonl")
     writer = ScalarLog(out) if dist.is_main else None
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0, seen, loss_sum, part_sums = time.time(), 0, 0.0, {}
-        seed = cfg.seed * 100_003 + epoch
-        ds = pipeline(data.urls, cfg.batch_size, split=train_subset, train=True, seed=seed,
-                      augment=Augment(cfg.augment, seed, sample_rate), batches_per_epoch=per_worker)
         with tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not dist.is_main, leave=False) as bar:
-            for batch in islice(loader(ds, cfg.workers), steps):
-                batch, target = mixup(batch.to(dist.device), num_classes, cfg.mixup_alpha, cfg.mixup_prob)
+            for batch in islice(batches, steps):
+                batch, target = augment(batch, dist.device, epoch, step)  # decode + augment on the device
                 with _autocast(cfg, dist):
                     output = net(batch.waveform, batch.frames)
                     loss, parts = fusion_loss(output, target, cfg.loss)
@@ -272,6 +260,11 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
             writer.close()
         plot_curves(metrics_path, storage.join(out, "curves.png"))
     return metrics
+
+
+def _local_ranks(dist: DistEnv) -> int:
+    """Ranks sharing this host's cores (one per GPU here; every rank on a CPU host)."""
+    return min(dist.world, torch.cuda.device_count()) if dist.device.type == "cuda" else dist.world
 
 
 def _cap_cpu_threads(cfg: TrainConfig, dist: DistEnv) -> None:

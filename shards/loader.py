@@ -1,13 +1,15 @@
-"""The training/evaluation input pipeline over shards, as an explicit list of stages.
+"""The training/evaluation input pipeline over shards, as explicit stage lists.
 
-    shard list → (resample) → node split → worker split → tar → split filter → shuffle
-    → decode → augment → batch
+    training (``TrainStream``): resampled shards → tar → split filter → shuffle
+        → compact decode (FLAC only) → batch
+    evaluation (``eval_stages``): shard list → node split → worker split → tar
+        → split filter → compact decode → batch
 
-For training under DDP the shard list is *resampled* (each rank and worker draws
-shards with its own deterministic seed) and the epoch is cut to a fixed number of
-batches with ``with_epoch``, so every rank runs exactly the same number of steps
-whatever the shard sizes: an uneven rank would hang the gradient all-reduce.
-Evaluation reads each shard once (``split_by_node``), with no resampling.
+Batches leave the loader compact (16-bit PCM and JPEG bytes, pinned for a CUDA
+device) and are decoded where they are used: ``Batch.to(device)`` decodes the whole
+batch's JPEGs there in one call, and ``avfusion.augment`` augments the batch there.
+Under DDP every rank runs the same number of steps (resampled shards, a fixed number
+of batches per epoch); evaluation reads each shard once.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import io
 import json
 import tarfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+import os
+import random
+from dataclasses import dataclass, replace
+from itertools import islice
 
 import numpy as np
 import torch
@@ -25,20 +29,77 @@ import webdataset as wds
 
 from avfusion import storage
 from shards.manifest import MANIFEST, STATS_SUFFIX
-from shards.reader import decode_sample
+from shards.reader import decode_sample, frame_names
 
 
 @dataclass
 class Batch:
-    waveform: torch.Tensor  # (B, N) float32
-    frames: torch.Tensor  # (B, T, S, S, 3) uint8
+    """A batch as the loader ships it, compact, or as the model takes it, decoded.
+
+    Compact (from the loader): ``waveform`` is 16-bit PCM (B, N) int16 and the frames
+    are their JPEG bytes back to back in one uint8 buffer ``jpeg`` with ``jpeg_offsets``
+    (B*T+1), clip-major; ``frames`` is None. That is 4-10x fewer bytes to pin and copy
+    than decoded frames, and the decode happens where the batch goes: ``to(device)``
+    decodes all the batch's JPEGs in one ``torchvision.io.decode_jpeg`` call on that
+    device (nvJPEG on CUDA, libjpeg-turbo on the CPU). Decoded: ``waveform`` (B, N)
+    float32 in [-1, 1], ``frames`` (B, T, S, S, 3) uint8. ``worker`` is the loader
+    worker that built the batch (its augmentation seed)."""
+
+    waveform: torch.Tensor
+    frames: torch.Tensor | None
     target: torch.Tensor  # (B,) int64, -1 when unlabelled
     keys: list[str]
+    jpeg: torch.Tensor | None = None
+    jpeg_offsets: torch.Tensor | None = None
+    worker: int = 0
 
-    def to(self, device, non_blocking: bool = True) -> Batch:
-        return Batch(self.waveform.to(device, non_blocking=non_blocking),
-                     self.frames.to(device, non_blocking=non_blocking),
-                     self.target.to(device, non_blocking=non_blocking), self.keys)
+    @property
+    def n_frames(self) -> int:
+        if self.frames is not None:
+            return self.frames.shape[1]
+        return (len(self.jpeg_offsets) - 1) // max(1, len(self.keys))
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies, so ``to(device, non_blocking=True)`` really overlaps. The
+        DataLoader's pin thread calls this (it pins only objects that have the method).
+        Without an accelerator there is nothing to pin for: the batch is returned as is."""
+        if not torch.cuda.is_available():
+            return self
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return replace(self, waveform=pin(self.waveform), frames=pin(self.frames), target=pin(self.target),
+                       jpeg=pin(self.jpeg))
+
+    def to(self, device, non_blocking: bool = True, frame_index: torch.Tensor | None = None) -> Batch:
+        """The decoded batch on ``device``: audio as float, JPEGs decoded there.
+        ``frame_index`` (B, k) int64 on the CPU keeps only those frames of each clip,
+        in that order, and only those are decoded (temporal crops decode k of T)."""
+        device = torch.device(device)
+        wave = self.waveform.to(device, non_blocking=non_blocking)
+        if wave.dtype == torch.int16:
+            wave = wave.float().mul_(1 / 32768)
+        if self.frames is not None:
+            frames = self.frames.to(device, non_blocking=non_blocking)
+            if frame_index is not None:
+                frames = frames[torch.arange(len(frames), device=device)[:, None], frame_index.to(device)]
+        else:
+            frames = decode_frames(self.jpeg, self.jpeg_offsets, len(self.keys), device, frame_index)
+        return Batch(wave, frames, self.target.to(device, non_blocking=non_blocking), self.keys, worker=self.worker)
+
+
+def decode_frames(jpeg: torch.Tensor, offsets: torch.Tensor, clips: int, device: torch.device,
+                  frame_index: torch.Tensor | None = None) -> torch.Tensor:
+    """One batched ``decode_jpeg`` call (inputs stay on the CPU, as torchvision wants;
+    ``device`` is where they are decoded) → (B, k, H, W, 3) uint8, a channels-last view
+    of a contiguous (B, k, 3, H, W) tensor (what the model's per-frame conv reads)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    o = offsets.tolist()  # a CPU tensor: no device sync
+    t = (len(o) - 1) // max(1, clips)
+    picks = (range(clips * t) if frame_index is None else
+             [b * t + i for b, row in enumerate(frame_index.tolist()) for i in row])
+    images = decode_jpeg([jpeg[o[i]:o[i + 1]] for i in picks], mode=ImageReadMode.RGB, device=device)
+    frames = torch.stack(images)
+    return frames.view(clips, -1, *frames.shape[1:]).permute(0, 1, 3, 4, 2)
 
 
 @dataclass(frozen=True)
@@ -137,45 +198,113 @@ def _split_is(split: str | Subset | None) -> Callable[[dict], bool]:
 
 
 def decode(sample: dict) -> dict:
+    """Per-clip decode to numpy (PIL + soundfile): robustness evaluation corrupts
+    decoded arrays clip by clip, and the per-clip reference augmentation uses it."""
     d = decode_sample(sample)
     return {"key": d.key, "waveform": d.waveform, "frames": d.frames, "target": d.class_index}
 
 
+def compact(sample: dict) -> dict:
+    """The training/evaluation sample as it crosses to the main process: 16-bit PCM
+    (FLAC decode is the only decode done here) and the frames' JPEG bytes untouched."""
+    import soundfile as sf
+
+    wave, _ = sf.read(io.BytesIO(sample["flac"]), dtype="int16")
+    return {"key": sample["__key__"], "waveform": wave, "jpegs": [sample[n] for n in frame_names(sample)],
+            "target": int(sample["cls"])}
+
+
 def collate(samples: list[dict]) -> Batch:
+    """Decoded samples (``decode``) → a decoded Batch."""
     return Batch(torch.from_numpy(np.stack([s["waveform"] for s in samples])),
                  torch.from_numpy(np.stack([s["frames"] for s in samples])),
                  torch.tensor([s["target"] for s in samples], dtype=torch.int64),
-                 [s["key"] for s in samples])
+                 [s["key"] for s in samples], worker=_worker_id())
 
 
-def pipeline(urls: list[str], batch_size: int, *, split: str | Subset | None, train: bool, seed: int = 0,
-             shuffle_buffer: int = 256, augment: Callable[[dict], dict] | None = None,
-             batches_per_epoch: int | None = None, collation_fn: Callable = collate) -> wds.DataPipeline:
-    """The stage list. ``train`` resamples shards and needs ``batches_per_epoch`` (per
-    data-loader worker: the caller divides by workers and ranks)."""
-    stages: list = []
-    if train:
-        stages += [wds.ResampledShards(urls, seed=seed, deterministic=True)]
-    else:
-        stages += [wds.SimpleShardList(urls), wds.split_by_node]
-    stages += [
-        wds.split_by_worker,
-        open_shards,
-        _expand_tars,
-        wds.select(_split_is(split)),
-    ]
-    if train and shuffle_buffer > 1:
-        stages += [wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 64), rng=_Rng(seed))]
-    stages += [wds.map(decode)]
+def collate_compact(samples: list[dict]) -> Batch:
+    """Compact samples → a compact Batch (one JPEG buffer; see ``Batch``)."""
+    t = {len(s["jpegs"]) for s in samples}
+    if len(t) != 1:
+        raise ValueError(f"clips of one batch have different frame counts {sorted(t)}: {[s['key'] for s in samples]}")
+    jpegs = [j for s in samples for j in s["jpegs"]]
+    offsets = np.zeros(len(jpegs) + 1, np.int64)
+    np.cumsum([len(j) for j in jpegs], out=offsets[1:])
+    return Batch(torch.from_numpy(np.stack([s["waveform"] for s in samples])), None,
+                 torch.tensor([s["target"] for s in samples], dtype=torch.int64), [s["key"] for s in samples],
+                 jpeg=torch.frombuffer(bytearray(b"".join(jpegs)), dtype=torch.uint8),
+                 jpeg_offsets=torch.from_numpy(offsets), worker=_worker_id())
+
+
+def _worker_id() -> int:
+    info = torch.utils.data.get_worker_info()
+    return info.id if info else 0
+
+
+def seed_of(*parts: int) -> int:
+    """One 63-bit seed from several non-negative integers (seed, rank, worker, epoch…)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _sample_stages(split, decode_fn: Callable, augment: Callable | None, batch_size: int, partial: bool,
+                   collation_fn: Callable, shuffle=None) -> list:
+    stages: list = [wds.split_by_worker, open_shards, _expand_tars, wds.select(_split_is(split))]
+    if shuffle is not None:
+        stages += [shuffle]
+    stages += [wds.map(decode_fn)]
     if augment is not None:
         stages += [wds.map(augment)]
-    stages += [wds.batched(batch_size, collation_fn=collation_fn, partial=not train)]
-    ds = wds.DataPipeline(*stages)
-    if train:
+    return stages + [wds.batched(batch_size, collation_fn=collation_fn, partial=partial)]
+
+
+def eval_stages(urls: list[str], batch_size: int, *, split: str | Subset | None, compact_frames: bool = True,
+                collation_fn: Callable | None = None) -> wds.DataPipeline:
+    """Every sample of ``split`` once: shards split by node and worker, no shuffle.
+    Compact batches by default (decoded on the device by ``Batch.to``);
+    ``compact_frames=False`` decodes per clip in the workers (robustness evaluation)."""
+    fn, coll = (compact, collate_compact) if compact_frames else (decode, collate)
+    return wds.DataPipeline(wds.SimpleShardList(urls), wds.split_by_node,
+                            *_sample_stages(split, fn, None, batch_size, True, collation_fn or coll))
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """The training stage list; one iteration is one epoch of ``batches_per_epoch``
+    batches (per loader worker: the caller divides by workers and ranks).
+
+        resampled shards → worker split → tar → split filter → shuffle → decode → (augment) → batch
+
+    Shards are drawn with replacement, so every rank runs the same number of steps
+    whatever the shard sizes (an uneven rank would hang the gradient all-reduce). All
+    randomness is drawn from a ``random.Random`` made *inside* the worker, seeded by
+    (seed, rank, worker, epoch): workers and ranks read different streams, reproducibly.
+    The epoch is ``start_epoch`` plus the number of times this copy of the stream has
+    been iterated, so a persistent DataLoader (workers kept across epochs, each holding
+    its own copy) still moves every worker to the next epoch's seed, and a resumed run
+    passes the epoch it resumes at."""
+
+    def __init__(self, urls: list[str], batch_size: int, *, split: str | Subset | None, batches_per_epoch: int,
+                 seed: int = 0, rank: int = 0, start_epoch: int = 0, shuffle_buffer: int = 256,
+                 compact_frames: bool = True, augment: Callable[[dict], dict] | None = None,
+                 collation_fn: Callable | None = None):
         if not batches_per_epoch:
-            raise ValueError("training pipelines need batches_per_epoch (resampled shards never end)")
-        ds = ds.with_epoch(batches_per_epoch)
-    return ds
+            raise ValueError("training streams need batches_per_epoch (resampled shards never end)")
+        self.urls, self.batch_size, self.split, self.batches = list(urls), batch_size, split, batches_per_epoch
+        self.seed, self.rank, self.start_epoch, self.shuffle_buffer = seed, rank, start_epoch, shuffle_buffer
+        self.compact_frames, self.augment, self.collation_fn = compact_frames, augment, collation_fn
+        self._iterations = 0
+
+    def __iter__(self):
+        epoch = self.start_epoch + self._iterations
+        self._iterations += 1
+        rng = random.Random(seed_of(self.seed, self.rank, _worker_id(), epoch))
+        shuffle = (wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 64), rng=rng)
+                   if self.shuffle_buffer > 1 else None)
+        fn, coll = (compact, collate_compact) if self.compact_frames else (decode, collate)
+        shards = ({"url": rng.choice(self.urls)} for _ in iter(int, 1))
+        stages = _sample_stages(self.split, fn, self.augment, self.batch_size, False, self.collation_fn or coll,
+                                shuffle)
+        # resampled shards are already this worker's own: skip the worker split
+        return islice(wds.DataPipeline(lambda: shards, *stages[1:]).iterator(), self.batches)
 
 
 class ShardReadError(RuntimeError):
@@ -227,26 +356,32 @@ def _expand_tars(src):
     return group_by_keys(tar_file_expander(src))
 
 
-class _Rng:
-    """A ``random.Random`` whose seed includes the data-loader worker id, so workers
-    shuffle differently but reproducibly."""
+def loader_workers(requested: int | str, device: torch.device, local_ranks: int = 1) -> int:
+    """Loader worker processes per rank. ``"auto"``: the cores this process may use,
+    shared among the ranks of this host; with an accelerator all but one go to the
+    loader (the main process only feeds the device), on the CPU a quarter (the model
+    needs the rest)."""
+    if requested != "auto":
+        if isinstance(requested, str) or requested < 0:
+            raise ValueError(f"workers must be a count >= 0 or 'auto', got {requested!r}")
+        return requested
+    cores = max(1, len(os.sched_getaffinity(0)) // max(1, local_ranks))
+    return cores - 1 if device.type != "cpu" else cores // 4
 
-    def __new__(cls, seed: int):
-        import random
 
-        info = torch.utils.data.get_worker_info()
-        return random.Random(seed * 1000 + (info.id if info else 0))
-
-
-def loader(ds: wds.DataPipeline, workers: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False,
-                                       worker_init_fn=_worker_init if workers else None)
+def data_loader(ds, workers: int, *, device: torch.device | str = "cpu", persistent: bool = False,
+                prefetch: int = 4) -> torch.utils.data.DataLoader:
+    """The DataLoader over a stage list: batches are made in the stages (batch_size=None),
+    pinned when they go to a CUDA device, ``prefetch`` batches ahead per worker, and the
+    workers kept across iterations when ``persistent`` (a ``TrainStream`` then moves to
+    the next epoch on each iteration)."""
+    device = torch.device(device)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=workers, persistent_workers=persistent and workers > 0,
+        prefetch_factor=prefetch if workers else None, pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init if workers else None)
 
 
 def _worker_init(_: int) -> None:
     # One thread per loader worker: N workers × all-cores would oversubscribe the CPUs.
     torch.set_num_threads(1)
-
-
-def shard_urls(root: str | Path) -> list[str]:
-    return Dataset.open(str(root)).urls

@@ -1,4 +1,8 @@
-"""Read samples back from shards (the training loader in ``avfusion`` builds on this)."""
+"""Decode one shard sample to numpy arrays (PIL + soundfile), clip by clip.
+
+Used where clips are handled one at a time: robustness evaluation (corrupts decoded
+arrays), Ray Data readers of the shards, tests. The training and evaluation loader
+(``shards.loader``) ships JPEG bytes instead and decodes them in batches on the device."""
 
 from __future__ import annotations
 

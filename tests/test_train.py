@@ -126,7 +126,7 @@ def test_uneven_shards_each_rank_ends_the_epoch_after_the_derived_batches(synthe
     import math
     from itertools import islice
 
-    from shards.loader import Dataset, loader, pipeline
+    from shards.loader import Dataset, TrainStream, data_loader
 
     data = Dataset.open(str(synthetic_shards))
     sizes = [s["count"] for s in data.manifest["shards"] if s["count"]]
@@ -135,11 +135,9 @@ def test_uneven_shards_each_rank_ends_the_epoch_after_the_derived_batches(synthe
     steps = _derived_steps(synthetic_shards, batch, world)
     per_worker = math.ceil(steps / workers)
     counts = []
-    for rank in range(world):  # how torchrun tells webdataset the rank
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("WORLD_SIZE", str(world))
-        ds = pipeline(data.urls, batch, split="train", train=True, seed=3, batches_per_epoch=per_worker)
-        got = list(islice(loader(ds, workers), per_worker * workers + 5))
+    for rank in range(world):
+        ds = TrainStream(data.urls, batch, split="train", batches_per_epoch=per_worker, seed=3, rank=rank)
+        got = list(islice(data_loader(ds, workers), per_worker * workers + 5))
         assert all(len(b.keys) == batch for b in got), "training batches are full"
         counts.append(len(got))
     assert counts == [per_worker * workers] * world and per_worker * workers >= steps, counts

@@ -9,7 +9,6 @@ and which recording each clip was made from, and under which licences.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -43,6 +42,8 @@ def folds_csv() -> Path:
 def read_folds(path: str | Path | None = None) -> dict[str, int]:
     """``clip_id -> fold`` from ``folds.csv`` (no header: ``clip_id,fold``). Use fold
     ``f`` as the test set and the rest for training to cross-validate without any
-    shared recording or photograph between the two."""
-    with open(path or folds_csv(), newline="") as f:
-        return {row[0]: int(row[1]) for row in csv.reader(f) if row}
+    shared recording or photograph between the two. (The one folds reader is
+    ``shards.loader.read_folds``; this names the bundled file.)"""
+    from shards.loader import read_folds as read
+
+    return read(str(path or folds_csv()))

@@ -53,10 +53,10 @@ def bare_decode_rate(urls: list[str]) -> tuple[float, int]:
 
 
 def reader_rate(urls: list[str], batch: int, workers: int) -> tuple[float, int]:
-    from shards.loader import loader, pipeline
+    from shards.loader import data_loader, eval_stages
 
     t0, n = time.perf_counter(), 0
-    for b in loader(pipeline(urls, batch, split=None, train=False), workers):
+    for b in data_loader(eval_stages(urls, batch, split=None, compact_frames=False), workers):
         n += len(b.keys)
     return n / (time.perf_counter() - t0), n
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bf16", action="store_true")
     args = p.parse_args(argv)
     from avfusion.model import FusionModel, ModelConfig
-    from shards.loader import Batch, Dataset, loader, pipeline
+    from shards.loader import Batch, Dataset, TrainStream, data_loader
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             model = model.to(memory_format=torch.channels_last)
         net = torch.compile(model) if args.compile else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        first = next(iter(loader(pipeline(data.urls, args.batch_size, split=None, train=True, batches_per_epoch=1), 0)))
+        first = next(iter(data_loader(TrainStream(data.urls, args.batch_size, split=None, batches_per_epoch=1), 0)))
+        first = first.to("cpu")
         in_memory = Batch(first.waveform.to(device), first.frames.to(device), first.target.to(device), first.keys)
 
         def repeat():
@@ -122,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
         total = args.steps + 2
         per_worker = -(-total // max(1, args.workers))
-        from_shards = loader(pipeline(data.urls, args.batch_size, split=None, train=True, batches_per_epoch=per_worker),
-                             args.workers)
+        from_shards = data_loader(TrainStream(data.urls, args.batch_size, split=None, batches_per_epoch=per_worker,
+                                              compact_frames=False), args.workers, device=device)
         model_only = step_rate(net, opt, repeat(), device, not args.no_bf16, args.steps)
         full = step_rate(net, opt, islice(from_shards, total), device, not args.no_bf16, args.steps)
 
