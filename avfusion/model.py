@@ -10,6 +10,7 @@ can report what each modality contributes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -126,6 +127,13 @@ class GaborFilterbank(nn.Module):
         return x[:, :self.n_filters] ** 2 + x[:, self.n_filters:] ** 2
 
 
+def _no_autocast(device_type: str):
+    """Autocast off for this device (a no-op context where autocast does not exist: meta)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class ConvFrontEnd(nn.Module):
     """The original front end, kept for the ablation: a free strided convolution
     (25 ms windows, 10 ms hop at 16 kHz) + BatchNorm + ReLU, learned from scratch.
@@ -201,7 +209,7 @@ class AudioEncoder(nn.Module):
         conv front end's activations. Always fp32, also under autocast: the 801-tap
         filters' squared responses span tens of dB and their log in bf16 was off by up to
         ~1.9 nats in the top bands."""
-        with torch.autocast(device_type=waveform.device.type, enabled=False):
+        with _no_autocast(waveform.device.type):
             x = self.frontend(waveform.float())
             if self.frontend_name == "gabor":
                 x = torch.log(x + 1e-8)  # -184 dB floor: silence is a constant, not -inf

@@ -11,6 +11,7 @@ the device, and are read every ``log_every`` steps and at the end of the epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -203,8 +204,9 @@ def evaluate(model, urls, cfg: TrainConfig, dist: DistEnv, subset: Subset, label
 
 
 def _autocast(cfg: TrainConfig, dist: DistEnv):
-    enabled = cfg.bf16 and dist.device.type == "cuda"
-    return torch.autocast(device_type=dist.device.type, dtype=torch.bfloat16, enabled=enabled)
+    if not (cfg.bf16 and dist.device.type == "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
 
 def run(cfg: TrainConfig, device: str = "auto", *, rank: int = 0, world: int = 1, local_rank: int = 0) -> dict:
@@ -333,10 +335,7 @@ def train_epoch(r: Run, epoch: int) -> dict:
         for i, batch in enumerate(islice(loader(ds, cfg.workers), r.steps)):
             batch, target = prepare(batch, r)
             loss, parts = train_step(r, batch, target)
-            n = len(batch.keys)
-            seen += n
-            for k, v in {"loss": loss, **parts}.items():
-                sums[k] = sums.get(k, 0) + v * n
+            seen += accumulate(sums, loss, parts, len(batch.keys))
             bar.update(1)
             if (i + 1) % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}")
@@ -348,6 +347,13 @@ def train_epoch(r: Run, epoch: int) -> dict:
     return {"step": r.step, "train_loss": means.get("loss", float("nan")),
             **{f"loss_{k}": v for k, v in means.items() if k != "loss"},
             "lr": r.sched.get_last_lr()[0], "samples_per_s": n / max(time.time() - t0, 1e-9)}
+
+
+def accumulate(sums: dict[str, torch.Tensor], loss: torch.Tensor, parts: dict[str, torch.Tensor], n: int) -> int:
+    """Add a batch of ``n`` clips' loss and parts (× n) to the device-side sums; returns n."""
+    for k, v in {"loss": loss, **parts}.items():
+        sums[k] = sums[k] + v * n if k in sums else v * n
+    return n
 
 
 def train_step(r: Run, batch, target) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
