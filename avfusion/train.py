@@ -78,6 +78,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model.num_classes is not None:
             raise ConfigError("train.num_classes comes from the shards' label map; remove it from the recipe")
+        if self.log_every < 1:
+            raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
         if self.loss.reliability_weight > 0 and self.loss.aux_weight <= 0:
             raise ConfigError("train.reliability_weight > 0 needs aux_weight > 0: its targets come from the "
                               "auxiliary heads, which only aux_weight trains")
@@ -252,6 +254,7 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     storage.makedirs(out)
     r = build(cfg, dist)
     restore(r, out)
+    r.net = wrap(r.model, cfg, dist)
     writer = ScalarLog(out) if dist.is_main else None
     metrics: dict = {}
     for epoch in range(r.epoch, cfg.epochs):
@@ -271,7 +274,8 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
 
 
 def build(cfg: TrainConfig, dist: DistEnv) -> Run:
-    """Seeds, threads, data plan, model, optimizer and schedule of a fresh run."""
+    """Seeds, threads, data plan, model, optimizer and schedule of a fresh run (``net``
+    is the bare model until :func:`wrap`)."""
     torch.manual_seed(cfg.seed)
     _cap_cpu_threads(cfg, dist)
     if dist.device.type == "cuda":
@@ -288,11 +292,15 @@ def build(cfg: TrainConfig, dist: DistEnv) -> Run:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, int(cfg.warmup_fraction * total))))
+    return Run(cfg, dist, data, train_subset, val_subset, steps, model, model, opt, sched)
+
+
+def wrap(model: FusionModel, cfg: TrainConfig, dist: DistEnv) -> torch.nn.Module:
+    """The module the steps call: DDP across ranks (every parameter the model owns gets
+    a gradient, so no unused-parameter search), compiled with ``--compile``."""
     net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if dist.world > 1 \
         else model
-    if cfg.compile:
-        net = torch.compile(net)
-    return Run(cfg, dist, data, train_subset, val_subset, steps, model, net, opt, sched)
+    return torch.compile(net) if cfg.compile else net
 
 
 def restore(r: Run, out: str) -> None:
