@@ -198,8 +198,9 @@ def evaluate(model, urls, cfg: TrainConfig, dist: DistEnv, subset: Subset, label
         batch = batch.to(dist.device)
         with _autocast(cfg, dist):
             out = model(batch.waveform, batch.frames)
-        labelled = labelled.to(dist.device)
-        tally.add(out.logits[labelled], out.weights[labelled], batch.target[labelled])
+        rows = labelled.nonzero()[:, 0].to(dist.device)  # index_select: no mask sync on the device
+        pick = lambda t: t.index_select(0, rows)  # noqa: E731
+        tally.add(pick(out.logits), pick(out.weights), pick(batch.target))
     sums = dist.all_reduce_sum(tally.sums)
     model.train()
     return tally.summary(sorted(label_map, key=label_map.get), sums)
