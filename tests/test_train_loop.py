@@ -141,3 +141,19 @@ def test_train_config_composes_model_and_loss_from_flat_keys():
         from_dict(TrainConfig, {"shards": "s", "out": "o", "aux_weight": 0.0, "reliability_weight": 1.0})
     with pytest.raises(AttributeError):
         cfg.no_such_field  # noqa: B018
+
+
+def test_setup_takes_who_it_is_from_the_launcher_not_the_environment(monkeypatch):
+    """torchrun's variables are the job's to read: a library call told world 1 stays a
+    single process even inside a torchrun environment, and honours a GPU-less grant."""
+    import torch.distributed as tdist
+
+    from avfusion.distributed import setup
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # CUDA visible, none granted
+    dist = setup("auto", gpus_assigned=0)
+    assert (dist.rank, dist.world, dist.local_rank, dist.device.type) == (0, 1, 0, "cpu")
+    assert not tdist.is_initialized()
+    assert dist.all_reduce_sum(torch.tensor([1.0, 2.0])) == [1.0, 2.0]
