@@ -1,17 +1,20 @@
 """Distributed set-up in one place: single process, torchrun, or Ray Train.
 
-torchrun exports RANK/WORLD_SIZE/LOCAL_RANK and we initialise the process group;
-Ray Train initialises it itself and the job passes the local rank in. NCCL on GPU,
-gloo on CPU. The training loop only sees a ``DistEnv``.
+The launcher says who this process is: ``jobs/train.py`` reads torchrun's RANK /
+WORLD_SIZE / LOCAL_RANK, the Ray Train worker asks Ray (``avfusion.executor.ray_train``),
+and both pass rank, world and local rank in; this module reads no environment of its
+own. The device comes from ``avfusion.device.choose_device`` (or is Ray's own).
+NCCL on GPU, gloo on CPU. The training loop only sees a ``DistEnv``.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as tdist
+
+from avfusion.device import choose_device
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,13 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_reduce_sum(self, values: list[float]) -> list[float]:
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        tdist.all_reduce(t)
+    def all_reduce_sum(self, values: list[float] | torch.Tensor) -> list[float]:
+        """Sum over ranks of a vector of numbers (floats or a tensor on any device):
+        one collective and one host read, whatever the vector's length."""
+        t = torch.as_tensor(values, dtype=torch.float64)
+        if self.world > 1:
+            t = t.to(self.device)
+            tdist.all_reduce(t)
         return t.tolist()
 
     def barrier(self) -> None:
@@ -37,19 +42,22 @@ class DistEnv:
             tdist.barrier()
 
 
-def setup(device: str = "auto", local_rank: int | None = None) -> DistEnv:
-    """Join the process group if launched by torchrun or Ray Train; pick the device."""
-    if local_rank is None:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
+def setup(device: str | torch.device = "auto", *, rank: int = 0, world: int = 1, local_rank: int = 0,
+          gpus_assigned: int | None = None) -> DistEnv:
+    """Join the process group (unless the launcher already did, as Ray Train does) and
+    take the device: a ``torch.device`` as given, else ``choose_device`` of the request
+    with the local rank's GPU."""
+    dev = device if isinstance(device, torch.device) else choose_device(device, gpus_assigned=gpus_assigned,
+                                                                        index=local_rank)
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if not tdist.is_initialized() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        tdist.init_process_group("nccl" if use_cuda else "gloo")
-    if tdist.is_initialized():
-        return DistEnv(tdist.get_rank(), tdist.get_world_size(), local_rank, dev)
-    return DistEnv(0, 1, 0, dev)
+    if world > 1 and not tdist.is_initialized():
+        # env:// rendezvous: torchrun's MASTER_ADDR/MASTER_PORT, read by torch itself.
+        tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+    if tdist.is_initialized() and (tdist.get_rank(), tdist.get_world_size()) != (rank, world):
+        raise RuntimeError(f"the process group says rank {tdist.get_rank()} of {tdist.get_world_size()}, "
+                           f"the launcher rank {rank} of {world}")
+    return DistEnv(rank, world, local_rank, dev)
 
 
 def teardown() -> None:

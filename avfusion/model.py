@@ -10,6 +10,7 @@ can report what each modality contributes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -32,7 +33,10 @@ RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's IMAGENET1K_V1 file name
 
 @dataclass(frozen=True)
 class ModelConfig:
-    num_classes: int
+    """What a model is. ``num_classes``, ``sample_rate`` and ``aux_heads`` come from the
+    data and the loss, not from a recipe: training fills them in (``train.build_model``)."""
+
+    num_classes: int | None = None  # None: not known yet (a recipe's model section)
     modalities: str = "both"  # both | audio | video (unimodal baselines share the encoders)
     embed_dim: int = 256  # shared size after projection, what attention mixes
     audio_width: int = 64  # audio body channels: 2×, 2×, 4×, 4× this per block
@@ -42,11 +46,12 @@ class ModelConfig:
     sample_rate: int = 16_000
     video_weights: str = "none"  # imagenet | none | path to a ResNet-18 state dict
     dropout: float = 0.2
+    aux_heads: bool = True  # the unimodal auxiliary heads; built only where a loss trains them (DDP)
 
     def __post_init__(self) -> None:
         if self.modalities not in MODALITIES:
             raise ValueError(f"modalities must be one of {MODALITIES}, got {self.modalities!r}")
-        if self.num_classes < 1:
+        if self.num_classes is not None and self.num_classes < 1:
             raise ValueError("num_classes must be >= 1")
         if self.audio_frontend not in AUDIO_FRONTENDS:
             raise ValueError(f"audio_frontend must be one of {AUDIO_FRONTENDS}, got {self.audio_frontend!r}")
@@ -122,6 +127,13 @@ class GaborFilterbank(nn.Module):
         return x[:, :self.n_filters] ** 2 + x[:, self.n_filters:] ** 2
 
 
+def _no_autocast(device_type: str):
+    """Autocast off for this device (a no-op context where autocast does not exist: meta)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class ConvFrontEnd(nn.Module):
     """The original front end, kept for the ablation: a free strided convolution
     (25 ms windows, 10 ms hop at 16 kHz) + BatchNorm + ReLU, learned from scratch.
@@ -140,7 +152,8 @@ class SpecMask(nn.Module):
     """SpecAugment-style masking on the filterbank output, in training only: up to
     ``time_masks`` spans of at most ``max_time`` of the frames and ``freq_masks``
     bands of at most ``max_freq`` of the filters are set to the (normalised) mean, 0.
-    Draws from torch's RNG, which checkpoints carry, so resumed runs repeat it."""
+    Draws from torch's RNG of the input's device (the CPU's or the GPU's; checkpoints
+    carry both), so the masks are made where the data is and resumed runs repeat them."""
 
     def __init__(self, time_masks: int = 2, max_time: float = 0.1, freq_masks: int = 2, max_freq: float = 0.15):
         super().__init__()
@@ -154,10 +167,10 @@ class SpecMask(nn.Module):
         for n, size, axis in ((self.time_masks, int(self.max_time * t), 2), (self.freq_masks, int(self.max_freq * f), 1)):
             length = x.shape[axis]
             for _ in range(n):
-                width = torch.randint(0, max(size, 1) + 1, (b,))
-                start = (torch.rand(b) * (length - width + 1).float()).long()
-                idx = torch.arange(length)
-                band = ((idx[None] >= start[:, None]) & (idx[None] < (start + width)[:, None])).to(x.device)
+                width = torch.randint(0, max(size, 1) + 1, (b,), device=x.device)
+                start = (torch.rand(b, device=x.device) * (length - width + 1).float()).long()
+                idx = torch.arange(length, device=x.device)
+                band = (idx[None] >= start[:, None]) & (idx[None] < (start + width)[:, None])
                 keep &= ~(band[:, :, None] if axis == 1 else band[:, None, :])
         return x * keep
 
@@ -193,11 +206,14 @@ class AudioEncoder(nn.Module):
 
     def features(self, waveform: torch.Tensor) -> torch.Tensor:
         """(B, N) → (B, n_filters, frames): normalised log band energies (gabor) or the
-        conv front end's activations."""
-        x = self.frontend(waveform)
-        if self.frontend_name == "gabor":
-            x = torch.log(x + 1e-8)  # -184 dB floor: silence is a constant, not -inf
-        return self.norm(x)
+        conv front end's activations. Always fp32, also under autocast: the 801-tap
+        filters' squared responses span tens of dB and their log in bf16 was off by up to
+        ~1.9 nats in the top bands."""
+        with _no_autocast(waveform.device.type):
+            x = self.frontend(waveform.float())
+            if self.frontend_name == "gabor":
+                x = torch.log(x + 1e-8)  # -184 dB floor: silence is a constant, not -inf
+            return self.norm(x)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         x = self.body(self.mask(self.features(waveform)))
@@ -255,17 +271,22 @@ class VideoEncoder(nn.Module):
 
 class ModalityAttention(nn.Module):
     """Projects both embeddings to ``dim`` and weighs them with a softmax over one
-    learned score each: ``[w_a, w_v] = softmax([Wa·a, Wv·v])``."""
+    learned score each: ``[w_a, w_v] = softmax([Wa·a, Wv·v])``.
 
-    def __init__(self, audio_dim: int, video_dim: int, dim: int):
+    A unimodal model passes None for the branch it lacks: it gets that branch's
+    projection only and no score layers, so every parameter it owns gets a gradient
+    (DDP requires it) and no weights are dead."""
+
+    def __init__(self, audio_dim: int | None, video_dim: int | None, dim: int):
         super().__init__()
-        self.audio_proj = nn.Sequential(nn.Linear(audio_dim, dim), nn.LayerNorm(dim), nn.ReLU(inplace=True))
-        self.video_proj = nn.Sequential(nn.Linear(video_dim, dim), nn.LayerNorm(dim), nn.ReLU(inplace=True))
-        self.audio_score = nn.Linear(dim, 1)  # Wa
-        self.video_score = nn.Linear(dim, 1)  # Wv
 
-    def project(self, audio: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.audio_proj(audio), self.video_proj(video)
+        def proj(d):
+            return nn.Sequential(nn.Linear(d, dim), nn.LayerNorm(dim), nn.ReLU(inplace=True)) if d else None
+
+        self.audio_proj, self.video_proj = proj(audio_dim), proj(video_dim)
+        both = bool(audio_dim and video_dim)
+        self.audio_score = nn.Linear(dim, 1) if both else None  # Wa
+        self.video_score = nn.Linear(dim, 1) if both else None  # Wv
 
     def forward(self, a: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projected (B, dim) embeddings → fused (B, dim), weights (B, 2) [audio, video]
@@ -280,7 +301,7 @@ class ModalityAttention(nn.Module):
 class FusionOutput:
     logits: torch.Tensor  # (B, C) fused (or the unimodal model's) prediction
     weights: torch.Tensor  # (B, 2) [w_audio, w_video]; one-hot for unimodal models
-    audio_logits: torch.Tensor | None  # auxiliary head on the audio embedding alone
+    audio_logits: torch.Tensor | None  # auxiliary head on the audio embedding alone (None: no aux heads)
     video_logits: torch.Tensor | None
     scores: torch.Tensor | None = None  # (B, 2) attention scores [Wa·a, Wv·v]; None for unimodal models
 
@@ -290,18 +311,19 @@ class FusionModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.num_classes is None:
+            raise ValueError("ModelConfig.num_classes is not set (training takes it from the shards' label map)")
         self.cfg = cfg
         dim = cfg.embed_dim
         self.audio = (AudioEncoder(cfg.audio_width, cfg.audio_frontend, cfg.audio_filters, cfg.sample_rate,
                                    cfg.spec_augment) if cfg.modalities in ("both", "audio") else None)
         self.video = VideoEncoder(cfg.video_weights) if cfg.modalities in ("both", "video") else None
-        a_dim = self.audio.out_dim if self.audio else 1
-        v_dim = self.video.out_dim if self.video else 1
-        self.attention = ModalityAttention(a_dim, v_dim, dim)
+        self.attention = ModalityAttention(self.audio.out_dim if self.audio else None,
+                                           self.video.out_dim if self.video else None, dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(dim, cfg.num_classes)
-        self.audio_head = nn.Linear(dim, cfg.num_classes) if self.audio else None
-        self.video_head = nn.Linear(dim, cfg.num_classes) if self.video else None
+        self.audio_head = nn.Linear(dim, cfg.num_classes) if self.audio and cfg.aux_heads else None
+        self.video_head = nn.Linear(dim, cfg.num_classes) if self.video and cfg.aux_heads else None
 
     def forward_features(self, waveform: torch.Tensor | None, frames: torch.Tensor | None
                          ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -323,8 +345,8 @@ class FusionModel(nn.Module):
         return FusionOutput(
             logits=self.classifier(self.dropout(fused)),
             weights=weights,
-            audio_logits=self.audio_head(self.dropout(a)) if a is not None else None,
-            video_logits=self.video_head(self.dropout(v)) if v is not None else None,
+            audio_logits=self.audio_head(self.dropout(a)) if a is not None and self.audio_head else None,
+            video_logits=self.video_head(self.dropout(v)) if v is not None and self.video_head else None,
             scores=scores,
         )
 
@@ -391,23 +413,25 @@ def _ce(logits: torch.Tensor, soft: torch.Tensor, smoothing: float) -> torch.Ten
     return -(soft * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
-def fusion_loss(out: FusionOutput, target: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+def fusion_loss(out: FusionOutput, target: torch.Tensor, cfg: LossConfig
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy on the fused logits (label smoothing optional), plus
     ``aux_weight`` × each unimodal head's (modality imbalance: without them the
     stronger modality starves the other's encoder), plus ``reliability_weight`` × the
     attention reliability term. ``target``: class indices or soft (mixup) targets.
-    Returns the loss and its parts (floats, for logging)."""
+    Returns the loss and its parts: detached tensors on the loss's device, so a
+    training step never waits for the device (the loop reads them every N steps)."""
     soft = soft_targets(target, out.logits.shape[1])
     loss = _ce(out.logits, soft, cfg.label_smoothing)
-    parts = {"fused": loss.item()}
+    parts = {"fused": loss.detach()}
     for name, aux in (("audio", out.audio_logits), ("video", out.video_logits)):
         if aux is not None and cfg.aux_weight > 0:
             term = _ce(aux, soft, cfg.label_smoothing)
-            parts[name] = term.item()
+            parts[name] = term.detach()
             loss = loss + cfg.aux_weight * term
-    if cfg.reliability_weight > 0 and out.scores is not None:
+    if cfg.reliability_weight > 0 and out.scores is not None and out.audio_logits is not None:
         term = reliability_loss(out, soft, cfg.reliability_sharpness)
-        parts["reliability"] = term.item()
+        parts["reliability"] = term.detach()
         loss = loss + cfg.reliability_weight * term
     return loss, parts
 
@@ -416,3 +440,17 @@ def warn_random_init(cfg: ModelConfig) -> None:
     if cfg.modalities != "audio" and cfg.video_weights == "none":
         warnings.warn("ResNet-18 starts from random weights (--video-weights none): expect slower learning "
                       "than from ImageNet weights", stacklevel=2)
+
+
+# Modules an older checkpoint may hold that this model no longer builds: a unimodal
+# model's other-branch projection and score layers, heads a loss never trained.
+_UNBUILT_PREFIXES = ("attention.audio_proj.", "attention.video_proj.", "attention.audio_score.",
+                     "attention.video_score.", "audio_head.", "video_head.")
+
+
+def load_weights(model: FusionModel, state: dict) -> None:
+    """Strict load, except that weights of modules this model does not build are dropped
+    (checkpoints from before unimodal models and aux-free losses built only what they
+    use). Any other missing or unexpected key is still an error."""
+    own = model.state_dict().keys()
+    model.load_state_dict({k: v for k, v in state.items() if k in own or not k.startswith(_UNBUILT_PREFIXES)})

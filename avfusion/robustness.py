@@ -19,6 +19,7 @@ import torch
 
 from avfusion import storage
 from avfusion.corruptions import CORRUPTIONS, apply
+from avfusion.metrics import topk_hits
 from avfusion.model import FusionOutput, attention_agrees
 
 PAIRS = (("muted_audio", "gaussian_blur"), ("audio_gaussian_noise", "video_gaussian_noise"),
@@ -84,16 +85,17 @@ class Tally:
 
     def add(self, out, target: torch.Tensor, fused: bool) -> None:
         logits = out.logits.float().cpu()
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top1, top5 = topk_hits(logits, target).tolist()
         self.n += len(target)
-        self.top1 += int((top5[:, 0] == target).sum())
-        self.top5 += int((top5 == target[:, None]).any(dim=1).sum())
+        self.top1 += top1
+        self.top5 += top5
         if fused:
             weights = out.weights.float().cpu()
             self.w_audio += weights[:, 0].tolist()
             self.w_video += weights[:, 1].tolist()
-            cpu = FusionOutput(logits, weights, out.audio_logits.float().cpu(), out.video_logits.float().cpu())
-            self.agree += attention_agrees(cpu, target).tolist()
+            if out.audio_logits is not None:  # a model trained without aux heads has no agreement
+                cpu = FusionOutput(logits, weights, out.audio_logits.float().cpu(), out.video_logits.float().cpu())
+                self.agree += attention_agrees(cpu, target).tolist()
 
     def summary(self) -> dict:
         out = {"n": self.n, "top1": self.top1 / max(self.n, 1), "top5": self.top5 / max(self.n, 1)}
@@ -101,7 +103,7 @@ class Tally:
             wa, wv = np.asarray(self.w_audio), np.asarray(self.w_video)
             out.update(w_audio=float(wa.mean()), w_video=float(wv.mean()), w_audio_std=float(wa.std()),
                        max_weight_sum_error=float(np.abs(wa + wv - 1).max()),
-                       agreement=float(np.mean(self.agree)))
+                       agreement=float(np.mean(self.agree)) if self.agree else float("nan"))
         return out
 
 

@@ -2,12 +2,21 @@
 
 Reproducible by construction: the data stream is seeded by (seed, rank, loader worker,
 epoch), each batch's augmentation by (seed, rank, worker, epoch, step), and checkpoints
-carry the torch RNG state, so ``--resume`` after a crash continues to the same result
-as an uninterrupted run (on CPU, bit for bit).
+carry the torch RNG states (CPU, and the GPU's when training on one), so ``--resume``
+after a crash continues to the same result as an uninterrupted run (on CPU, bit for bit).
+
+The loader ships compact batches (int16 audio, JPEG bytes); the device decodes and
+augments them (``avfusion.augment.BatchAugment``), so the CPU work per clip is tar
+parsing and FLAC decoding.
+
+The hot loop never waits for the device: loss parts stay device tensors, summed on
+the device, and are read every ``log_every`` steps and at the end of the epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -18,26 +27,36 @@ import weakref
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from avfusion import __version__, storage
+from avfusion.config import ConfigError
 from avfusion.augment import BatchAugment
 from avfusion.corruptions import AugmentConfig
-from avfusion.distributed import DistEnv
-from avfusion.model import FusionModel, LossConfig, ModelConfig, fusion_loss, warn_random_init
+from avfusion.distributed import DistEnv, setup, teardown
+from avfusion.metrics import Tally
+from avfusion.model import FusionModel, LossConfig, ModelConfig, fusion_loss, load_weights, warn_random_init
 from shards.loader import Dataset, Subset, TrainStream, data_loader, eval_stages, loader_workers, read_folds
 
 CHECKPOINT = "last.pt"
+# ModelConfig fields that the shards and the loss decide, never a recipe.
+DERIVED_MODEL_KEYS = ("num_classes", "sample_rate", "aux_heads")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """A training run: the model (``ModelConfig``) and loss (``LossConfig``) it trains,
+    plus optimisation and data. YAML keeps its flat ``train:`` keys (``embed_dim:``,
+    ``aux_weight:``, …): ``migrate_keys`` files them under ``model`` / ``loss``, and
+    reading ``cfg.embed_dim`` reaches the composed config. Change a flat key with
+    :meth:`replace`."""
+
     shards: str
     out: str
-    modalities: str = "both"
     epochs: int = 10
     batch_size: int = 16
     steps_per_epoch: int | None = None  # default: train samples / (batch × ranks), at least 1
@@ -45,19 +64,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
-    # model
-    embed_dim: int = 256
-    audio_width: int = 64
-    audio_frontend: str = "gabor"  # gabor | conv (ablation: the free strided conv)
-    audio_filters: int = 64
-    spec_augment: bool = True
-    video_weights: str = "none"
-    dropout: float = 0.2
-    # loss
-    aux_weight: float = 0.3
-    label_smoothing: float = 0.0
-    reliability_weight: float = 0.0  # attention reliability term (0 = off)
-    reliability_sharpness: float = 2.0  # γ of its target c_a^γ / (c_a^γ + c_v^γ)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of two clips' audio, frames and labels (0 = off)
     mixup_prob: float = 0.5  # share of batches mixed when mixup_alpha > 0
     # data
@@ -65,22 +73,66 @@ class TrainConfig:
     seed: int = 0
     compile: bool = False
     bf16: bool = True  # autocast on GPU only
+    log_every: int = 50  # steps between host reads of the running loss (tqdm postfix)
     train_split: str = "train"
     val_split: str = "test"
     folds: str | None = None  # k-fold: a `key,fold` CSV; validation = fold `fold`, training = the others
     fold: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
-    @property
-    def loss(self) -> LossConfig:
-        return LossConfig(self.aux_weight, self.label_smoothing, self.reliability_weight, self.reliability_sharpness)
+    def __post_init__(self) -> None:
+        if self.model.num_classes is not None:
+            raise ConfigError("train.num_classes comes from the shards' label map; remove it from the recipe")
+        if self.log_every < 1:
+            raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
+        if self.loss.reliability_weight > 0 and self.loss.aux_weight <= 0:
+            raise ConfigError("train.reliability_weight > 0 needs aux_weight > 0: its targets come from the "
+                              "auxiliary heads, which only aux_weight trains")
+
+    @classmethod
+    def migrate_keys(cls, data: dict, prefix: str = "") -> dict:
+        """Flat recipe keys → nested ``model`` / ``loss`` mappings (called by ``config.from_dict``)."""
+        where = f"{prefix}." if prefix else ""
+        sections = {"model": {f.name for f in dataclasses.fields(ModelConfig)},
+                    "loss": {f.name for f in dataclasses.fields(LossConfig)}}
+        out = {k: v for k, v in data.items() if not any(k in names for names in sections.values())}
+        for section, names in sections.items():
+            flat = {k: v for k, v in data.items() if k in names}
+            if not flat:
+                continue
+            derived = sorted(set(flat) & set(DERIVED_MODEL_KEYS))
+            if derived:
+                raise ConfigError(f"{where}{derived[0]} is not a recipe key: training takes it from the shards "
+                                  f"and the loss")
+            if section in data:
+                raise ConfigError(f"{where}{section}: give its keys either flat or in the {section}: mapping, "
+                                  f"not both ({sorted(flat)})")
+            out[section] = flat
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        """Flat read access to the composed configs (``cfg.modalities``, ``cfg.aux_weight``)."""
+        if name.startswith("_") or name in ("model", "loss"):
+            raise AttributeError(name)
+        for part in (self.model, self.loss):
+            if hasattr(part, name):
+                return getattr(part, name)
+        raise AttributeError(f"TrainConfig has no field {name!r}")
+
+    def replace(self, **changes) -> TrainConfig:
+        """``dataclasses.replace`` that also takes the flat model / loss keys."""
+        nested = self.migrate_keys(changes)
+        for section in ("model", "loss"):
+            if isinstance(nested.get(section), dict):
+                nested[section] = replace(getattr(self, section), **nested[section])
+        return replace(self, **nested)
 
 
 def build_model(cfg: TrainConfig, num_classes: int, sample_rate: int = 16_000) -> FusionModel:
-    model_cfg = ModelConfig(num_classes=num_classes, modalities=cfg.modalities, embed_dim=cfg.embed_dim,
-                            audio_width=cfg.audio_width, audio_frontend=cfg.audio_frontend,
-                            audio_filters=cfg.audio_filters, spec_augment=cfg.spec_augment,
-                            sample_rate=sample_rate, video_weights=cfg.video_weights, dropout=cfg.dropout)
+    """Only the modules this run trains: aux heads only when a loss term uses them (DDP
+    requires every parameter to get a gradient)."""
+    model_cfg = replace(cfg.model, num_classes=num_classes, sample_rate=sample_rate,
+                        aux_heads=cfg.loss.aux_weight > 0)
     warn_random_init(model_cfg)
     return FusionModel(model_cfg)
 
@@ -91,6 +143,7 @@ def subsets(cfg: TrainConfig) -> tuple[Subset, Subset]:
         folds = read_folds(cfg.folds)
         return Subset(folds=folds, fold=cfg.fold, holdout=False), Subset(folds=folds, fold=cfg.fold, holdout=True)
     return Subset(split=cfg.train_split), Subset(split=cfg.val_split)
+
 
 
 def _lr_lambda(total: int, warmup: int):
@@ -112,10 +165,12 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[FusionModel, dict]:
-    """The model and its checkpoint dict (label map, config) for evaluate/label/predict."""
+    """The model and its checkpoint dict (label map, config) for evaluate/label/predict.
+    Self-contained: the checkpoint holds every weight, so the model is rebuilt without
+    the file training started its video encoder from (``video_weights`` none)."""
     ckpt = load_checkpoint(path)
-    model = FusionModel(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    model = FusionModel(ModelConfig(**{**ckpt["model_config"], "video_weights": "none"}))
+    load_weights(model, ckpt["model"])
     return model.eval(), ckpt
 
 
@@ -125,51 +180,102 @@ def evaluate(model, urls, cfg: TrainConfig, dist: DistEnv, subset: Subset, label
     rank reads its share of the shards and the sums are all-reduced once at the end
     (no per-batch collective, so uneven shares cannot hang)."""
     model.eval()
-    c = len(label_map)
-    sums = torch.zeros(4 + 3 * c, dtype=torch.float64)  # n, loss, top1, top5 | per class: n, w_a, w_v
+    tally = Tally(len(label_map), dist.device)
     for batch in data_loader(eval_stages(urls, cfg.batch_size, split=subset), cfg.workers, device=dist.device):
-        batch = batch.to(dist.device)  # JPEGs decoded on the device, no augmentation
-        labelled = batch.target >= 0
+        labelled = batch.target >= 0  # on the host, before the copy: no device sync
         if not labelled.any():
             continue
+        batch = batch.to(dist.device)  # JPEGs decoded on the device, no augmentation
         with _autocast(cfg, dist):
             out = model(batch.waveform, batch.frames)
-        logits, target = out.logits.float()[labelled], batch.target[labelled]
-        weights = out.weights.float()[labelled].cpu().double()
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        sums[0] += len(target)
-        sums[1] += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
-        sums[2] += (top5[:, 0] == target).sum().item()
-        sums[3] += (top5 == target[:, None]).any(dim=1).sum().item()
-        t = target.cpu()
-        sums[4:4 + c] += torch.bincount(t, minlength=c).double()
-        sums[4 + c:4 + 2 * c] += torch.zeros(c, dtype=torch.float64).index_add_(0, t, weights[:, 0])
-        sums[4 + 2 * c:] += torch.zeros(c, dtype=torch.float64).index_add_(0, t, weights[:, 1])
-    sums = torch.tensor(dist.all_reduce_sum(sums.tolist()), dtype=torch.float64)
+        rows = labelled.nonzero()[:, 0].to(dist.device)  # index_select: no mask sync on the device
+        pick = lambda t: t.index_select(0, rows)  # noqa: E731
+        tally.add(pick(out.logits), pick(out.weights), pick(batch.target))
+    sums = dist.all_reduce_sum(tally.sums)
     model.train()
-    n = sums[0].item()
-    if n == 0:
-        return {"val_n": 0}
-    per_n, per_a = sums[4:4 + c], sums[4 + c:4 + 2 * c]
-    names = sorted(label_map, key=label_map.get)
-    return {"val_n": int(n), "val_loss": sums[1].item() / n, "val_top1": sums[2].item() / n,
-            "val_top5": sums[3].item() / n, "w_audio": per_a.sum().item() / n,
-            "w_video": sums[4 + 2 * c:].sum().item() / n,
-            "w_audio_by_class": {names[i]: per_a[i].item() / per_n[i].item() for i in range(c) if per_n[i] > 0}}
+    return tally.summary(sorted(label_map, key=label_map.get), sums)
 
 
 def _autocast(cfg: TrainConfig, dist: DistEnv):
-    enabled = cfg.bf16 and dist.device.type == "cuda"
-    return torch.autocast(device_type=dist.device.type, dtype=torch.bfloat16, enabled=enabled)
+    if not (cfg.bf16 and dist.device.type == "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+
+
+def run(cfg: TrainConfig, device: str = "auto", *, rank: int = 0, world: int = 1, local_rank: int = 0) -> dict:
+    """Train in this process, joining a process group of ``world`` (torchrun's ranks,
+    which the job reads from the environment and passes in)."""
+    dist = setup(device, rank=rank, world=world, local_rank=local_rank)
+    try:
+        return train(cfg, dist)
+    finally:
+        teardown()
+
+
+@dataclass
+class Run:
+    """What an epoch needs: the data, the model (bare and as stepped: DDP/compiled),
+    its optimizer and schedule, where the run stands, and the step count per epoch."""
+
+    cfg: TrainConfig
+    dist: DistEnv
+    data: Dataset
+    train_subset: Subset
+    val_subset: Subset
+    steps: int
+    model: FusionModel
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    epoch: int = 0
+    step: int = 0
+    batches: Any = None  # the persistent training DataLoader (one for all epochs), from :func:`stream`
+    augment: BatchAugment | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.label_map)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.data.manifest["config"]["clip"]["sample_rate"]
 
 
 def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     """Train, evaluating and checkpointing every epoch; returns the last epoch's metrics."""
     out = cfg.out.rstrip("/")  # a local path or a URL (s3://…): see avfusion.storage
     storage.makedirs(out)
+    r = build(cfg, dist)
+    cfg = r.cfg  # loader workers resolved ("auto" → a count)
+    restore(r, out)
+    stream(r)
+    r.net = wrap(r.model, cfg, dist)
+    writer = ScalarLog(out) if dist.is_main else None
+    metrics: dict = {}
+    for epoch in range(r.epoch, cfg.epochs):
+        metrics = {"epoch": epoch, **train_epoch(r, epoch),
+                   **evaluate(r.model, r.data.urls, cfg, dist, r.val_subset, r.data.label_map)}
+        if dist.is_main:
+            log_epoch(out, metrics, writer)
+            save_checkpoint(r, epoch, storage.join(out, CHECKPOINT))
+        dist.barrier()
+    _write_rank_state(out, dist, r.model, r.step)
+    if dist.is_main:
+        storage.write_json(storage.join(out, "label_map.json"), r.data.label_map)
+        if writer is not None:
+            writer.close()
+        plot_curves(storage.join(out, "metrics.jsonl"), storage.join(out, "curves.png"))
+    return metrics
+
+
+def build(cfg: TrainConfig, dist: DistEnv) -> Run:
+    """Seeds, threads, data plan, model, optimizer and schedule of a fresh run (``net``
+    is the bare model until :func:`wrap`)."""
     torch.manual_seed(cfg.seed)
     cfg = replace(cfg, workers=loader_workers(cfg.workers, dist.device, _local_ranks(dist)))
     _cap_cpu_threads(cfg, dist)
+    if dist.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed clip shapes: the autotuned kernels are reused every step
     data = Dataset.open(cfg.shards)
     train_subset, val_subset = subsets(cfg)
     n_train = train_subset.count(data)
@@ -177,89 +283,127 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
         raise ValueError(f"{cfg.shards} has no training samples ({train_subset.describe()})")
     steps = cfg.steps_per_epoch or max(1, n_train // (cfg.batch_size * dist.world))
     total = steps * cfg.epochs
-    num_classes, sample_rate = len(data.label_map), data.manifest["config"]["clip"]["sample_rate"]
-    model = build_model(cfg, num_classes, sample_rate).to(dist.device)
+    model = build_model(cfg, len(data.label_map), data.manifest["config"]["clip"]["sample_rate"]).to(dist.device)
     if dist.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, int(cfg.warmup_fraction * total))))
-    start_epoch, step = 0, 0
+    return Run(cfg, dist, data, train_subset, val_subset, steps, model, model, opt, sched)
+
+
+def wrap(model: FusionModel, cfg: TrainConfig, dist: DistEnv) -> torch.nn.Module:
+    """The module the steps call: DDP across ranks (every parameter the model owns gets
+    a gradient, so no unused-parameter search), compiled with ``--compile``."""
+    net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if dist.world > 1 \
+        else model
+    return torch.compile(net) if cfg.compile else net
+
+
+def restore(r: Run, out: str) -> None:
+    """Continue from ``out/last.pt`` if there is one: weights, optimizer, schedule, RNGs."""
     ckpt_path = storage.join(out, CHECKPOINT)
-    if dist.is_main:
+    if r.dist.is_main:
         for stale in storage.list_files(out, f".{CHECKPOINT}.*"):  # a local save cut short by a kill
             storage.remove(stale)
-    if storage.exists(ckpt_path):
-        ckpt = load_checkpoint(ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
-        torch.set_rng_state(ckpt["rng"])
-        if dist.is_main:
-            print(f"resumed from {ckpt_path} at epoch {start_epoch}, step {step}")
-            _truncate_metrics(storage.join(out, "metrics.jsonl"), start_epoch)
-    net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if dist.world > 1 else model
-    if cfg.compile:
-        net = torch.compile(net)
-    per_worker = math.ceil(steps / max(1, cfg.workers))
-    stream = TrainStream(data.urls, cfg.batch_size, split=train_subset, batches_per_epoch=per_worker, seed=cfg.seed,
-                         rank=dist.rank, start_epoch=start_epoch)
-    batches = data_loader(stream, cfg.workers, device=dist.device, persistent=True)  # one loader for all epochs
-    augment = BatchAugment(cfg.augment, num_classes=num_classes, seed=cfg.seed, rank=dist.rank,
-                           sample_rate=sample_rate, mixup_alpha=cfg.mixup_alpha, mixup_prob=cfg.mixup_prob)
-    metrics_path = storage.join(out, "metrics.jsonl")
-    writer = ScalarLog(out) if dist.is_main else None
-    metrics: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        t0, seen, loss_sum, part_sums = time.time(), 0, 0.0, {}
-        with tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not dist.is_main, leave=False) as bar:
-            for batch in islice(batches, steps):
-                batch, target = augment(batch, dist.device, epoch, step)  # decode + augment on the device
-                with _autocast(cfg, dist):
-                    output = net(batch.waveform, batch.frames)
-                    loss, parts = fusion_loss(output, target, cfg.loss)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
-                step += 1
-                seen += len(batch.keys)
-                loss_sum += loss.item() * len(batch.keys)
-                bar.update(1)
-                for k, v in parts.items():
-                    part_sums[k] = part_sums.get(k, 0.0) + v * len(batch.keys)
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        seconds = time.time() - t0
-        part_names = sorted(part_sums)
-        n, loss_total, *part_totals = dist.all_reduce_sum([seen, loss_sum, *(part_sums[k] for k in part_names)])
-        metrics = {"epoch": epoch, "step": step, "train_loss": loss_total / max(n, 1),
-                   **{f"loss_{k}": v / max(n, 1) for k, v in zip(part_names, part_totals)},
-                   "lr": sched.get_last_lr()[0], "samples_per_s": n / max(seconds, 1e-9),
-                   **evaluate(model, data.urls, cfg, dist, val_subset, data.label_map)}
-        if dist.is_main:
-            storage.append_text(metrics_path, json.dumps(metrics) + "\n")
-            for k, v in metrics.items():
-                if writer is not None and isinstance(v, (int, float)) and k != "epoch":
-                    writer.add_scalar(k, v, epoch)
-            if writer is not None:
-                writer.flush()  # on a URL: the events reach the store every epoch, not only at the end
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
-                           if not isinstance(v, dict)))
-            save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "epoch": epoch, "step": step, "rng": torch.get_rng_state(),
-                         "model_config": asdict(model.cfg), "train_config": _plain(cfg),
-                         "label_map": data.label_map, "clip": data.manifest["config"]["clip"],
-                         "version": __version__}, ckpt_path)
-        dist.barrier()
-    _write_rank_state(out, dist, model, step)
-    if dist.is_main:
-        storage.write_json(storage.join(out, "label_map.json"), data.label_map)
-        if writer is not None:
-            writer.close()
-        plot_curves(metrics_path, storage.join(out, "curves.png"))
-    return metrics
+    if not storage.exists(ckpt_path):
+        return
+    ckpt = load_checkpoint(ckpt_path)
+    load_weights(r.model, ckpt["model"])
+    r.opt.load_state_dict(ckpt["optimizer"])
+    r.sched.load_state_dict(ckpt["scheduler"])
+    r.epoch, r.step = ckpt["epoch"] + 1, ckpt["step"]
+    torch.set_rng_state(ckpt["rng"])
+    if r.dist.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"], r.dist.device)
+    if r.dist.is_main:
+        print(f"resumed from {ckpt_path} at epoch {r.epoch}, step {r.step}")
+        _truncate_metrics(storage.join(out, "metrics.jsonl"), r.epoch)
+
+
+def stream(r: Run) -> None:
+    """One loader for the whole run, from the epoch it starts at: its workers persist
+    across epochs and each iteration of it is the next epoch's stream."""
+    cfg = r.cfg
+    per_worker = math.ceil(r.steps / max(1, cfg.workers))
+    train_stream = TrainStream(r.data.urls, cfg.batch_size, split=r.train_subset, batches_per_epoch=per_worker,
+                               seed=cfg.seed, rank=r.dist.rank, start_epoch=r.epoch)
+    r.batches = data_loader(train_stream, cfg.workers, device=r.dist.device, persistent=True)
+    r.augment = BatchAugment(cfg.augment, num_classes=r.num_classes, seed=cfg.seed, rank=r.dist.rank,
+                             sample_rate=r.sample_rate, mixup_alpha=cfg.mixup_alpha, mixup_prob=cfg.mixup_prob)
+
+
+def prepare(batch, r: Run, epoch: int):
+    """A loader batch → (decoded, augmented batch on the device, soft targets): the one
+    per-batch data step, seeded by (seed, rank, worker, epoch, step)."""
+    return r.augment(batch, r.dist.device, epoch, r.step)
+
+
+def train_epoch(r: Run, epoch: int) -> dict:
+    """One epoch of steps; the running sums stay on the device and are read every
+    ``log_every`` steps (progress bar) and once at the end (all-reduced over ranks)."""
+    cfg, dist = r.cfg, r.dist
+    r.model.train()
+    t0, seen, sums = time.time(), 0, {}
+    with tqdm(total=r.steps, desc=f"epoch {epoch}", unit="step", disable=not dist.is_main, leave=False) as bar:
+        for i, batch in enumerate(islice(r.batches, r.steps)):
+            batch, target = prepare(batch, r, epoch)
+            loss, parts = train_step(r, batch, target)
+            seen += accumulate(sums, loss, parts, len(batch.keys))
+            bar.update(1)
+            if (i + 1) % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}")
+    names = sorted(sums)
+    n, *totals = dist.all_reduce_sum(torch.stack([torch.tensor(float(seen), dtype=torch.float64, device=dist.device),
+                                                  *(sums[k].double() for k in names)]) if sums else [0.0])
+    n = max(n, 1)
+    means = dict(zip(names, (t / n for t in totals)))
+    return {"step": r.step, "train_loss": means.get("loss", float("nan")),
+            **{f"loss_{k}": v for k, v in means.items() if k != "loss"},
+            "lr": r.sched.get_last_lr()[0], "samples_per_s": n / max(time.time() - t0, 1e-9)}
+
+
+def accumulate(sums: dict[str, torch.Tensor], loss: torch.Tensor, parts: dict[str, torch.Tensor], n: int) -> int:
+    """Add a batch of ``n`` clips' loss and parts (× n) to the device-side sums; returns n."""
+    for k, v in {"loss": loss, **parts}.items():
+        sums[k] = sums[k] + v * n if k in sums else v * n
+    return n
+
+
+def train_step(r: Run, batch, target) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward, backward, clip, step: no host read, so the host can queue the next
+    step while the device works. Returns the detached loss and its parts."""
+    with _autocast(r.cfg, r.dist):
+        output = r.net(batch.waveform, batch.frames)
+        loss, parts = fusion_loss(output, target, r.cfg.loss)
+    r.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(r.model.parameters(), r.cfg.grad_clip)
+    r.opt.step()
+    r.sched.step()
+    r.step += 1
+    return loss.detach(), parts
+
+
+def log_epoch(out: str, metrics: dict, writer: ScalarLog | None) -> None:
+    """The epoch's row in metrics.jsonl, its TensorBoard scalars, and one printed line."""
+    storage.append_text(storage.join(out, "metrics.jsonl"), json.dumps(metrics) + "\n")
+    if writer is not None:
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and k != "epoch":
+                writer.add_scalar(k, v, metrics["epoch"])
+        writer.flush()  # on a URL: the events reach the store every epoch, not only at the end
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                   if not isinstance(v, dict)))
+
+
+def save_checkpoint(r: Run, epoch: int, path: str) -> None:
+    cuda = r.dist.device.type == "cuda"
+    save_atomic({"model": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
+                 "epoch": epoch, "step": r.step, "rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state(r.dist.device) if cuda else None,
+                 "model_config": asdict(r.model.cfg), "train_config": _plain(r.cfg),
+                 "label_map": r.data.label_map, "clip": r.data.manifest["config"]["clip"],
+                 "version": __version__}, path)
 
 
 def _local_ranks(dist: DistEnv) -> int:

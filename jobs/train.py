@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from avfusion import storage
@@ -58,70 +59,6 @@ def load_config(args):
     return cfg
 
 
-def _ray_train_loop(config: dict) -> None:
-    """Runs on each Ray Train worker; Ray has already set up the process group."""
-    import ray.train
-
-    from avfusion.distributed import setup
-    from avfusion.train import TrainConfig, train
-
-    cfg = from_dict(TrainConfig, config["train"])
-    train(cfg, setup(config["device"], local_rank=ray.train.get_context().get_local_rank()))
-
-
-def _run_config(RunConfig, out: str):
-    """Ray Train's own state goes beside the run, through the same fsspec filesystem
-    (so an s3:// run needs no second set of credentials or endpoint)."""
-    if storage.is_local(out):
-        return RunConfig(storage_path=storage.join(out, "ray"), name="train")
-    arrow_fs, path = storage.arrow_filesystem(storage.join(out, "ray"))
-    return RunConfig(storage_path=path, storage_filesystem=arrow_fs, name="train")
-
-
-def run_ray_train(cfg, args) -> int:
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from avfusion.executor.ray_tasks import ray_session
-
-    with ray_session(args.address, verbose=args.verbose, worker_output=True):
-        trainer = TorchTrainer(
-            _ray_train_loop,
-            train_loop_config={"train": dataclasses.asdict(cfg), "device": "cuda" if args.gpu else "cpu"},
-            scaling_config=ScalingConfig(num_workers=args.ray_workers, use_gpu=args.gpu),
-            run_config=_run_config(RunConfig, cfg.out),
-        )
-        try:
-            trainer.fit()
-            shard_error = None
-        except Exception as exc:  # Ray Train wraps a worker's error in its own
-            shard_error = _shard_error(exc)
-            if shard_error is None:
-                raise
-    if shard_error is not None:  # after Ray's shutdown, so its flushed logs do not follow ours
-        print(f"avfusion train: {shard_error.brief()}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _shard_error(exc: BaseException) -> ShardReadError | None:
-    """The ShardReadError behind a Ray Train failure, if that is what stopped it: Ray
-    Train reports a worker's exception as its own (``WorkerGroupError.worker_failures``,
-    or a cause chain), which would bury the one line that names the shard."""
-    from shards.loader import ShardReadError
-
-    seen, todo = set(), [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ShardReadError):
-            return e
-        todo += [e.__cause__, e.__context__, *getattr(e, "worker_failures", {}).values()]
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -130,21 +67,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avfusion train: {exc}", file=sys.stderr)
         return 2
     cfg = dataclasses.replace(cfg, out=storage.absolute(cfg.out), shards=storage.absolute(cfg.shards))
-    if args.ray_workers:
-        return run_ray_train(cfg, args)
-    from avfusion.distributed import setup, teardown
-    from avfusion.train import train
-
     from shards.loader import ShardReadError
 
     try:
-        train(cfg, setup(args.device))
+        if args.ray_workers:
+            _ray_fit(cfg, args)
+        else:
+            from avfusion.train import run
+
+            env = os.environ  # torchrun says who this process is; the library reads no environment
+            run(cfg, args.device, rank=int(env.get("RANK", 0)), world=int(env.get("WORLD_SIZE", 1)),
+                local_rank=int(env.get("LOCAL_RANK", 0)))
     except ShardReadError as exc:  # named, after retries: never a silent skip or spin
+        # (for Ray Train: after Ray's shutdown, so its flushed logs do not follow ours)
         print(f"avfusion train: {exc.brief()}", file=sys.stderr)
         return 1
-    finally:
-        teardown()
     return 0
+
+
+def _ray_fit(cfg, args) -> None:
+    """Ray Train inside a Ray session: the job's cluster (--address, RAY_ADDRESS) or an
+    embedded one with enough logical CPUs for the workers' reservations."""
+    from avfusion.executor import ray_train
+    from avfusion.executor.ray_tasks import ray_session
+
+    cpus = max(os.cpu_count() or 1, args.ray_workers * ray_train.cpus_per_worker(cfg))
+    with ray_session(args.address, num_cpus=cpus, verbose=args.verbose, worker_output=True):
+        ray_train.fit(cfg, args.ray_workers, use_gpu=args.gpu)
 
 
 if __name__ == "__main__":

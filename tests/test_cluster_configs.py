@@ -101,3 +101,30 @@ def _live_members(groups: list[int]) -> list[int]:
             if int(fields[2]) in groups and fields[0] != "Z":
                 live.append(int(entry.name))
     return live
+
+
+def test_kuberay_train_pods_have_shared_memory_for_their_loaders():
+    """A multi-worker DataLoader passes batches through /dev/shm (Docker's default is
+    64 MB): the train pods mount a memory emptyDir there, sized for every loader
+    worker's prefetched batches, and have the CPUs a Ray Train worker reserves."""
+    from avfusion.config import ClipSpec
+    from avfusion.executor.ray_train import cpus_per_worker
+    from jobs import train as train_job
+
+    doc = yaml.safe_load((REPO / "cluster" / "kuberay" / "train.yaml").read_text())
+    cfg = train_job.load_config(train_job.build_parser().parse_args(shlex.split(doc["spec"]["entrypoint"])[3:]))
+    clip = ClipSpec()  # the shards' default: 224², 8 frames, 10 s at 16 kHz
+    batch_bytes = cfg.batch_size * (clip.num_frames * clip.frame_size ** 2 * 3 + clip.num_samples * 4)
+    units = {"Mi": 2 ** 20, "Gi": 2 ** 30}
+    for group in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+        spec = group["template"]["spec"]
+        shm = [v for v in spec["volumes"] if v["name"] in {m["name"] for c in spec["containers"]
+                                                         for m in c.get("volumeMounts", [])
+                                                         if m["mountPath"] == "/dev/shm"}]
+        assert len(shm) == 1 and shm[0]["emptyDir"]["medium"] == "Memory", spec["volumes"]
+        size = shm[0]["emptyDir"]["sizeLimit"]
+        size = int(size[:-2]) * units[size[-2:]]
+        limits = spec["containers"][0]["resources"]["limits"]
+        assert size >= 2 * cfg.workers * batch_bytes, (size, cfg.workers, batch_bytes)  # 2 prefetched each
+        assert size <= int(limits["memory"][:-2]) * units[limits["memory"][-2:]] // 2
+        assert cpus_per_worker(cfg) <= int(limits["cpu"])

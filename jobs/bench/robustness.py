@@ -42,11 +42,11 @@ KEY_CONDITIONS = ("normal", "muted_audio", "audio_gaussian_noise@5", "black_fram
                   "video_gaussian_noise@5")
 
 ABLATIONS = {
-    "conv front end": lambda c: replace(c, audio_frontend="conv"),
-    "no content augmentation": lambda c: replace(c, augment=replace(c.augment, content=False), spec_augment=False),
-    "no mixup": lambda c: replace(c, mixup_alpha=0.0),
+    "conv front end": lambda c: c.replace(audio_frontend="conv"),
+    "no content augmentation": lambda c: c.replace(augment=replace(c.augment, content=False), spec_augment=False),
+    "no mixup": lambda c: c.replace(mixup_alpha=0.0),
     "no modality dropout": lambda c: replace(c, augment=replace(c.augment, p_audio=0.0, p_video=0.0)),
-    "no reliability term": lambda c: replace(c, reliability_weight=0.0),
+    "no reliability term": lambda c: c.replace(reliability_weight=0.0),
 }
 
 
@@ -192,8 +192,8 @@ def goals(agg: dict[str, tuple[float, float]], chance: float) -> list[tuple[str,
 
 def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> dict:
     base = recipe(args.config, shards, args.epochs, args.seed)
-    variants = {"fused": base, "audio-only": replace(base, modalities="audio"),
-                "video-only": replace(base, modalities="video")}
+    variants = {"fused": base, "audio-only": base.replace(modalities="audio"),
+                "video-only": base.replace(modalities="video")}
     ablation_folds = range(min(k, args.ablation_folds)) if args.ablations else range(0)
     runs = {(fold, name): replace(cfg, out=str(out / f"fold{fold}" / name), folds=str(folds), fold=fold)
             for fold in range(k) for name, cfg in variants.items()}
