@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 class RangeServer:
-    def __init__(self, root: Path, host: str = "127.0.0.1"):
+    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0):
         self.root = Path(root)
         self.faults: dict[str, tuple[str, int]] = {}
         self.requests: Counter = Counter()
@@ -42,13 +42,14 @@ class RangeServer:
         self.served_total = 0
         self.stopping = threading.Event()
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer((host, 0), self._handler())
+        self.httpd = ThreadingHTTPServer((host, port), self._handler())
         self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, address: None  # clients that hang up early
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def url(self, name: str) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/{name}"
+        return f"http://{host}/{name}" if port == 80 else f"http://{host}:{port}/{name}"
 
     def block(self, after: int, plan: list[tuple[int, int]]) -> None:
         """After ``after`` requests, answer the next requests per ``plan``: e.g.
