@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
+import shlex
 import sys
 from collections import Counter
 from dataclasses import asdict, replace
@@ -21,6 +23,7 @@ from avfusion import __version__, storage
 from avfusion.config import ClipSpec, ConfigError, load_section, load_yaml
 from avfusion.decode import DecodeLimits
 from avfusion.download import DownloadConfig
+from avfusion.governor import Governor, GovernorConfig, SourceBlocked
 from avfusion.pipeline import PreprocessConfig, process_shard
 from avfusion.sources import (ClipTask, SourceError, filter_tasks, read_url_list, read_vggsound_csv, scan_folder,
                               tasks_from_vggsound)
@@ -69,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Ray re-runs of a shard task whose worker died (default 3); after them its clips "
                           "are recorded as task_failed")
     run.add_argument("--verbose", action="store_true", help="show Ray's own log lines")
+    # --- download governor (issue 18) ---
+    gov = p.add_argument_group("download budget and blocks (one governor for the whole job)")
+    gov.add_argument("--downloads-per-hour", type=float,
+                     help="per node (default 300: YouTube's guest figure; the account's 2000/h caps all nodes "
+                          "when --cookies is given)")
+    gov.add_argument("--min-spacing", type=float, help="seconds between downloads on a node, +0-100%% jitter (default 5)")
+    gov.add_argument("--max-blocked", type=float,
+                     help="seconds a block may last before the job stops cleanly (default 3600; re-run to resume)")
+    gov.add_argument("--allow-no-solver", action="store_true",
+                     help="download from YouTube even without a JS runtime + challenge solver (formats go missing)")
     return p
 
 
@@ -87,11 +100,41 @@ def load_config(args) -> PreprocessConfig:
                             sleep_seconds=args.sleep, format=args.format, max_attempts=args.max_attempts,
                             extra=extra or None)
     limits = load_section(DecodeLimits, args.config, "limits")
+    governor = GovernorConfig.for_cookies(bool(download.cookies), **_governor_overrides(args))
     base = load_section(PreprocessConfig, None, "preprocess")
     pre = sections.get("preprocess") or {}
     return replace(base, clip=clip, download=download, limits=limits,
                    shard_size=args.shard_size or pre.get("shard_size", base.shard_size),
-                   threads_per_task=args.threads or pre.get("threads_per_task", base.threads_per_task))
+                   threads_per_task=args.threads or pre.get("threads_per_task", base.threads_per_task)), governor
+
+
+def _governor_overrides(args) -> dict:
+    """The YAML ``governor:`` section (any ``GovernorConfig`` field), then the flags."""
+    data = dict((load_yaml(args.config).get("governor") or {}) if args.config else {})
+    flags = {"per_node_per_hour": args.downloads_per_hour, "min_spacing": args.min_spacing,
+             "max_blocked": args.max_blocked}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return data
+
+
+def check_downloads(args, cfg: PreprocessConfig, tasks: list[ClipTask]) -> str | None:
+    """Before any download: options that would not take effect, and the JS runtime and
+    challenge solver YouTube needs (printed). Returns the error line, or None."""
+    from avfusion.download import js_runtime_report, preflight
+
+    if not any(t.is_remote for t in tasks):
+        return None
+    errors = preflight(cfg.download)
+    if errors:
+        return errors[0]
+    js = js_runtime_report(cfg.download.js_runtimes)
+    print(f"yt-dlp {js['yt_dlp']}: JS runtime {js['runtime'] or 'none'}"
+          f"{'' if js['supported'] else ' (unsupported)'}, challenge solver {js['solver'] or 'none'}")
+    youtube = any(re.search(r"(^|[./])(youtube\.com|youtu\.be)/", t.source) for t in tasks)
+    if youtube and not js["ok"] and not args.allow_no_solver:
+        return ("YouTube needs a JS runtime and the challenge solver: pip install 'yt-dlp[default,deno]' into "
+                "this environment (or pass --allow-no-solver to download what yt-dlp can without them)")
+    return None
 
 
 def read_tasks(args, cfg: PreprocessConfig) -> tuple[list[ClipTask], list[Failure]]:
@@ -144,10 +187,14 @@ def label_map_of(tasks: list[ClipTask]) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_config(args)
+        cfg, governor_cfg = load_config(args)
         tasks, missing = read_tasks(args, cfg)
     except (ConfigError, SourceError, OSError) as exc:
         print(f"avfusion preprocess: {exc}", file=sys.stderr)
+        return 2
+    refused = check_downloads(args, cfg, tasks)
+    if refused:
+        print(f"avfusion preprocess: {refused}", file=sys.stderr)
         return 2
     root = args.out.rstrip("/")
     storage.makedirs(root)
@@ -175,10 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     todo = {name: ts for name, ts in shards.items() if name not in done}
     print(f"{len(tasks)} clips, {len(shards)} shards ({len(shards) - len(todo)} already done), "
           f"{len(labels)} labels → {args.out}")
-    if todo:
-        _run_on_ray(todo, cfg, labels, args, round_)
+    downloads = _run_on_ray(todo, cfg, labels, args, round_, governor_cfg) if todo else None
     # Nothing ran: the stats just read are still all there is (20,000 GETs saved at scale).
-    return _finish(root, labels, cfg, args.out, None if todo else done)
+    code = _finish(root, labels, cfg, args.out, None if todo else done, downloads)
+    if downloads and downloads.get("stopped"):
+        command = " ".join(shlex.quote(a) for a in ["avfusion", "preprocess", *(argv if argv is not None else sys.argv[1:])])
+        print(f"STOPPED: the download source is blocked ({downloads['stopped']}) for longer than --max-blocked; "
+              f"finished shards are kept. Resume later with: {command}", file=sys.stderr)
+        return 3
+    return code
 
 
 def _retry_plan(root, tasks, done, cfg, include_permanent):
@@ -199,13 +251,17 @@ def _retry_plan(root, tasks, done, cfg, include_permanent):
     return shards, round_
 
 
-def _run_on_ray(todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels, args, round_: int) -> None:
+def _run_on_ray(todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels, args, round_: int,
+                governor_cfg: GovernorConfig) -> dict:
+    """Run the shards; returns the governor's stats (``stopped`` set when a block
+    outlasted --max-blocked: the remaining shards are then not started)."""
     import ray
     from tqdm import tqdm
 
     with ray_session(args.address, args.num_cpus, verbose=args.verbose):
         # Worker death re-runs the whole shard: process_shard is idempotent.
-        remote = ray.remote(num_cpus=1, max_retries=args.task_retries)(process_shard)
+        remote = ray.remote(num_cpus=1, max_retries=args.task_retries)(_shard_task)
+        governor = _ActorGovernor(ray.remote(Governor).options(num_cpus=0).remote(governor_cfg))
         cfg_ref, labels_ref = ray.put(cfg), ray.put(labels)
         limit = args.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
         queue = list(todo.items())
@@ -214,7 +270,8 @@ def _run_on_ray(todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels, 
             while queue or running:
                 while queue and len(running) < limit:
                     name, tasks = queue.pop(0)
-                    running[remote.remote(name, tasks, cfg_ref, labels_ref, args.out, round_)] = (name, len(tasks))
+                    ref = remote.remote(name, tasks, cfg_ref, labels_ref, args.out, round_, governor=governor)
+                    running[ref] = (name, len(tasks))
                 ready, _ = ray.wait(list(running), num_returns=1)
                 for ref in ready:
                     name, n = running.pop(ref)
@@ -222,10 +279,51 @@ def _run_on_ray(todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels, 
                         stats = ray.get(ref)
                         bar.set_postfix(failed=stats.failed, refresh=False)
                     except (ray.exceptions.RayError, OSError) as exc:
+                        if _is_blocked(exc):  # no stats: the shard is redone by a re-run
+                            queue.clear()
+                            continue
                         _record_task_failure(args.out, name, todo[name], round_, exc)
                         tqdm.write(f"shard {name} failed after Ray's retries ({type(exc).__name__}); "
                                    f"its {n} clips are recorded as {TASK_FAILED}")
                     bar.update(n)
+        return governor.stats()
+
+
+def _is_blocked(exc: BaseException) -> bool:
+    return isinstance(exc, SourceBlocked) or isinstance(getattr(exc, "cause", None), SourceBlocked)
+
+
+def _shard_task(*args, governor):
+    """``process_shard`` as one Ray task, downloading as the node it runs on."""
+    import ray
+
+    return process_shard(*args, governor=governor, node=ray.get_runtime_context().get_node_id()[:12])
+
+
+class _ActorGovernor:
+    """The job's one ``Governor``, hosted as a Ray actor; the same plain methods.
+    (Stands in until ``avfusion.executor``'s ``shared()`` hosts it.)"""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def acquire(self, node: str) -> tuple[str, float]:
+        import ray
+
+        return ray.get(self.handle.acquire.remote(node))
+
+    def report(self, node: str, kind: str | None) -> None:
+        self.handle.report.remote(node, kind)  # fire and forget: actor calls stay ordered
+
+    def stop_kind(self) -> str | None:
+        import ray
+
+        return ray.get(self.handle.stop_kind.remote())
+
+    def stats(self) -> dict:
+        import ray
+
+        return ray.get(self.handle.stats.remote())
 
 
 def _record_task_failure(out: str, shard: str, tasks: list[ClipTask], round_: int, exc: BaseException) -> None:
@@ -242,7 +340,8 @@ def _record_task_failure(out: str, shard: str, tasks: list[ClipTask], round_: in
                                             by_class=by_class))
 
 
-def _finish(root: str, labels, cfg: PreprocessConfig, out: str, done: dict | None = None) -> int:
+def _finish(root: str, labels, cfg: PreprocessConfig, out: str, done: dict | None = None,
+            downloads: dict | None = None) -> int:
     done = read_all_stats(root) if done is None else done
     failures = latest_failures(done)
     # Tars without stats: a task that died after its upload, before its marker.
@@ -252,7 +351,9 @@ def _finish(root: str, labels, cfg: PreprocessConfig, out: str, done: dict | Non
     lost = sorted(f.key for f in failures.values() if f.kind == TASK_FAILED)
     manifest = build_manifest({k: s for k, s in done.items() if s.tar}, labels,
                               {"clip": asdict(cfg.clip), "shard_size": cfg.shard_size}, __version__)
-    manifest["complete"] = not lost and not orphans
+    manifest["complete"] = not lost and not orphans and not (downloads or {}).get("stopped")
+    if downloads:  # this run's governor: grants, blocked seconds, cooldowns, downloads/hour
+        manifest["downloads"] = downloads
     manifest["task_failed_clips"] = len(lost)
     write_failures_table(root, failures)
     write_json_atomic(storage.join(root, MANIFEST), manifest)  # last: it describes everything above
@@ -265,6 +366,10 @@ def _finish(root: str, labels, cfg: PreprocessConfig, out: str, done: dict | Non
         print(f"  {kind:<22}{n:>10}   {'transient: --retry-failed' if transient else 'permanent'}")
     print(f"{'bytes':<24}{sum(s.bytes for s in done.values()):>10}")
     print(f"{'task seconds':<24}{seconds:>10.1f}")
+    if downloads:
+        print(f"{'downloads/hour':<24}{downloads['downloads_per_hour']:>10.1f}   "
+              f"blocked {downloads['blocked_seconds']:.0f} s, {downloads['cooldowns']} cooldowns, "
+              f"{downloads['probes']} probes {downloads['blocks'] or ''}")
     print(f"manifest: {out.rstrip('/')}/{MANIFEST}; failures: {out.rstrip('/')}/failures.parquet")
     if lost or orphans:
         redo = []

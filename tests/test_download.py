@@ -175,7 +175,8 @@ def test_vggsound_csv_through_yt_dlp_then_retry_failed(tmp_path, served, ray_loc
                            for i in ids))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("clip:\n  clip_seconds: 4.0\n  frame_size: 32\n"
-                   "download:\n  socket_timeout: 1.0\n  backoff_base: 0.05\n  max_attempts: 2\n")
+                   "download:\n  socket_timeout: 1.0\n  backoff_base: 0.05\n  max_attempts: 2\n"
+                   "governor:\n  min_spacing: 0.0\n  cooldown_start: 0.2\n  cooldown_max: 1.0\n")
     out = tmp_path / "shards"
     with RangeServer(served) as server:
         _faults(server)
@@ -189,7 +190,8 @@ def test_vggsound_csv_through_yt_dlp_then_retry_failed(tmp_path, served, ray_loc
     assert requests_429 > 1
     failures = {k: (kind, t, a) for k, kind, t, a in duckdb.sql(
         f"SELECT key, kind, transient, attempts FROM '{out}/failures.parquet'").fetchall()}
-    assert failures == {"f404_000000": ("not_found", False, 1), "f403_000000": ("forbidden", False, 1),
+    # A 403 is a (media host) block, never held against the clip: transient.
+    assert failures == {"f404_000000": ("not_found", False, 1), "f403_000000": ("blocked_forbidden", True, 2),
                         "slow_000000": ("timeout", True, 2), "reset_000000": ("stream_error", True, 2),
                         "trunc_000000": ("stream_error", True, 2)}
     assert len(ok) + len(failures) == len(ids), "every clip is a sample or a recorded failure"
@@ -202,13 +204,14 @@ def test_vggsound_csv_through_yt_dlp_then_retry_failed(tmp_path, served, ray_loc
         capsys.readouterr()
         assert preprocess.main([*args, "--retry-failed"]) == 0
         assert server.requests["f404.mp4"] == 0 and server.requests["ok1.mp4"] == 0
-    assert "9 clips, 1 shards (0 already done)" in capsys.readouterr().out
+        assert server.requests["f403.mp4"] > 0
+    assert "9 clips, 2 shards (0 already done)" in capsys.readouterr().out  # 4 transient failures
     keys = [json.loads(s["json"])["key"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")),
                                                                  shardshuffle=False)]
     assert len(keys) == len(set(keys)) == 7
-    assert {p.name for p in out.glob("r01-*.tar")} == {"r01-00000.tar"}
+    assert {p.name for p in out.glob("r01-*.tar")} == {"r01-00000.tar", "r01-00001.tar"}
     left = duckdb.sql(f"SELECT key, kind FROM '{out}/failures.parquet' ORDER BY key").fetchall()
-    assert left == [("f403_000000", "forbidden"), ("f404_000000", "not_found")]
+    assert left == [("f403_000000", "blocked_forbidden"), ("f404_000000", "not_found")]
     assert json.loads((out / "manifest.json").read_text())["num_samples"] == 7
 
 
