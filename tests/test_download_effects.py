@@ -24,7 +24,7 @@ FAST = DownloadConfig(socket_timeout=2.0, max_attempts=2, backoff_base=0.05)
 # ffmpeg sends a cookie with a domain only to a URL without an explicit port (it
 # matches the domain against "host:port"), as real media URLs are: the cookie test's
 # origin listens on port 80 of its own loopback address.
-COOKIE_HOST = "127.0.0.3"
+COOKIE_HOST = "127.0.0.5"  # not 127.0.0.3: tests/ray_cluster.py uses it
 COOKIES = ("# Netscape HTTP Cookie File\n"
            f"{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tSID\tsecret-session-42\n"
            ".youtube.com\tTRUE\t/\tTRUE\t2000000000\tLOGIN_INFO\tabc\n")
