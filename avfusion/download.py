@@ -245,7 +245,21 @@ def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLo
         raise _Failed("yt-dlp reported success but wrote no file (partial download)")
     if outputs[0].stat().st_size == 0:
         raise _Failed("yt-dlp wrote an empty file (truncated download)")
+    if not _has_packets(outputs[0]):
+        # ffmpeg answered by a 429/403 after its first read exits 0 with stream headers
+        # and no packets: the transfer was cut, the clip is not at fault.
+        raise _Failed("yt-dlp wrote a file without media packets (truncated download)")
     return outputs[0]
+
+
+def _has_packets(path: Path) -> bool:
+    import av
+
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            return any(s.frames > 0 for s in container.streams if s.type in ("audio", "video"))
+    except av.FFmpegError:
+        return True  # not media at all: decode classifies it (not_media), as before
 
 
 class _Failed(Exception):
