@@ -110,3 +110,32 @@ def test_governor_spacing_is_measured_at_the_origin(tmp_path, served):
     gaps = [b - a for a, b in zip(first, first[1:])]
     assert min(gaps) >= 0.38, gaps
     assert governor.stats()["grants"] == 4
+
+
+def test_preprocess_refuses_socks_and_rate_limit_before_any_download(tmp_path, served, capsys):
+    from jobs import preprocess
+
+    csv = tmp_path / "vggsound.csv"
+    csv.write_text("c0,0,dog,train\n")
+    with RangeServer(served) as server:
+        base = [str(csv), "--out", str(tmp_path / "out"), "--url-template", server.url("{id}.mp4")]
+        assert preprocess.main([*base, "--proxy", "socks5://127.0.0.1:1080"]) == 2
+        assert "socks5:// is not handed to ffmpeg" in capsys.readouterr().err
+        assert preprocess.main([*base, "--rate-limit", "2M"]) == 2
+        assert "--downloads-per-hour" in capsys.readouterr().err
+        assert server.log == []  # nothing was fetched
+
+
+def test_preprocess_stops_before_downloading_youtube_without_a_solver(tmp_path, capsys):
+    from jobs import preprocess
+
+    csv = tmp_path / "vggsound.csv"
+    csv.write_text("---g-f_I2yQ,1,people marching,test\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"download:\n  js_runtimes:\n    deno:\n      path: {tmp_path / 'no-deno'}\n")
+    assert preprocess.main([str(csv), "--out", str(tmp_path / "out"), "--config", str(cfg)]) == 2
+    captured = capsys.readouterr()
+    assert "JS runtime none" in captured.out
+    (line,) = [x for x in captured.err.splitlines() if x.strip()]
+    assert "pip install 'yt-dlp[default,deno]'" in line and "--allow-no-solver" in line
+    assert not (tmp_path / "out").exists()  # stopped before anything was planned or fetched
