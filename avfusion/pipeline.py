@@ -93,7 +93,8 @@ def _fetch(task: ClipTask, workdir: Path) -> Path:
 def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, label_map: dict[str, int],
                   out_url: str, round_: int = 0, governor=None, node: str | None = None) -> ShardStats:
     """Produce ``{shard}.tar`` and then ``{shard}_stats.json`` under ``out_url``.
-    Downloads go through ``governor`` (``avfusion.governor``) as ``node`` when given;
+    Downloads go through ``governor`` (``avfusion.governor``) as ``node`` (default: this
+    host's name: a block is of the address, which the host's tasks share) when given;
     ``SourceBlocked`` ends the shard without its stats, so a re-run redoes it."""
     node = node or socket.gethostname()
     t0 = time.time()

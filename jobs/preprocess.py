@@ -260,7 +260,8 @@ def _run_on_ray(todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels, 
 
     with ray_session(args.address, args.num_cpus, verbose=args.verbose):
         # Worker death re-runs the whole shard: process_shard is idempotent.
-        remote = ray.remote(num_cpus=1, max_retries=args.task_retries)(_shard_task)
+        # Each task downloads as its host (process_shard's default node): the source address.
+        remote = ray.remote(num_cpus=1, max_retries=args.task_retries)(process_shard)
         governor = _ActorGovernor(ray.remote(Governor).options(num_cpus=0).remote(governor_cfg))
         cfg_ref, labels_ref = ray.put(cfg), ray.put(labels)
         limit = args.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -291,13 +292,6 @@ def _run_on_ray(todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels, 
 
 def _is_blocked(exc: BaseException) -> bool:
     return isinstance(exc, SourceBlocked) or isinstance(getattr(exc, "cause", None), SourceBlocked)
-
-
-def _shard_task(*args, governor):
-    """``process_shard`` as one Ray task, downloading as the node it runs on."""
-    import ray
-
-    return process_shard(*args, governor=governor, node=ray.get_runtime_context().get_node_id()[:12])
 
 
 class _ActorGovernor:
