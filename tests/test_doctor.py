@@ -117,3 +117,18 @@ def test_storage_check_heads_the_bucket_of_a_real_s3_server():
         server.stop()
     assert "OK    output        bucket shards at http://" in ok.stdout, ok.stdout + ok.stderr
     assert "FAIL  output" in missing.stdout and missing.returncode == 1, missing.stdout
+
+
+@pytest.mark.slow
+def test_doctor_runs_the_node_checks_on_every_node_of_a_real_cluster():
+    from tests.ray_cluster import LocalCluster
+
+    with LocalCluster(cpus_per_node=1, workers=1) as cluster:
+        result = _doctor(sys.executable, "--address", cluster.address, env=cluster.env)
+    out = result.stdout
+    assert "[cluster]" in out and "2 alive nodes" in out, out + result.stderr[-3000:]
+    groups = out.split("[node ")[1:]
+    assert len(groups) == 2, out
+    for group in groups:  # each node ran its own checks
+        assert "OK    js solver" in group and "OK    section path" in group, group
+    assert result.returncode == 0, out
