@@ -19,8 +19,8 @@ def cluster_checks(address: str, checks_fn, opts) -> list[tuple[str, list]]:
     try:
         nodes = [n for n in ray.nodes() if n["Alive"]]
         total = ray.cluster_resources()
-        summary = ", ".join(f"{k} {v:g}" for k, v in sorted(total.items()) if k in ("CPU", "GPU", "memory")
-                            or k.startswith("accelerator"))
+        summary = ", ".join([f"{k} {v:g}" for k, v in sorted(total.items()) if k in ("CPU", "GPU")]
+                            + [f"memory {total.get('memory', 0) / 2 ** 30:.1f} GiB"])
         groups = [("cluster", [Check("ray", OK if nodes else FAIL, f"{len(nodes)} alive nodes at {address}: {summary}",
                                      "start workers (ray start --address=HEAD) or fix --address")])]
         task = ray.remote(num_cpus=0, max_retries=0)(checks_fn)
