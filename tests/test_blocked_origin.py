@@ -97,12 +97,14 @@ def test_an_over_long_block_stops_the_job_and_a_rerun_resumes_it(tmp_path, serve
     with RangeServer(served) as server:
         server.block(after=9, plan=[(429, 10 ** 6)])  # blocked for good after about three clips
         code = _run(tmp_path, server, out, max_blocked=2.0)
-        print("stopped run:", _timeline(server))
+        timeline = _timeline(server)
     err = capsys.readouterr().err
+    print("stopped run:", timeline)
     stop_line = next(line for line in err.splitlines() if line.startswith("STOPPED"))
     print(stop_line)
     assert code == 3 and "blocked_rate_limit" in stop_line and "Resume later with: avfusion preprocess" in stop_line
     manifest = json.loads((out / "manifest.json").read_text())
+    print("governor:", manifest["downloads"], "kept keys:", len(_keys(out)))
     assert manifest["complete"] is False and manifest["downloads"]["stopped"] == "blocked_rate_limit"
     kept = _keys(out)
     assert 0 < len(kept) < len(IDS), kept  # the finished shards are kept, the rest left undone
