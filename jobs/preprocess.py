@@ -52,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--url-template", help="URL for an id, with {id}; default the YouTube watch URL")
     dl.add_argument("--cookies", help="cookies.txt for yt-dlp (YouTube's bot check)")
     dl.add_argument("--proxy")
-    dl.add_argument("--rate-limit", help="max download rate per clip, e.g. 2M")
-    dl.add_argument("--sleep", type=float, help="seconds to sleep before each request")
+    dl.add_argument("--rate-limit", help="refused: ffmpeg (every section download) ignores it; use "
+                    "--downloads-per-hour and --min-spacing")
+    dl.add_argument("--sleep", type=float, help="seconds to sleep before each request (also the download "
+                    "spacing unless --min-spacing is given)")
     dl.add_argument("--format", help="yt-dlp format selector")
     dl.add_argument("--max-attempts", type=int, help="attempts per clip for transient errors (default 4)")
     dl.add_argument("--yt-dlp-option", action="append", default=[], metavar="KEY=JSON",
@@ -111,7 +113,10 @@ def load_config(args) -> PreprocessConfig:
 def _governor_overrides(args) -> dict:
     """The YAML ``governor:`` section (any ``GovernorConfig`` field), then the flags."""
     data = dict((load_yaml(args.config).get("governor") or {}) if args.config else {})
-    flags = {"per_node_per_hour": args.downloads_per_hour, "min_spacing": args.min_spacing,
+    # --sleep (yt-dlp's sleep_interval_requests skips a fresh instance's first request,
+    # and every attempt is a fresh instance) also sets the governor's spacing.
+    spacing = args.min_spacing if args.min_spacing is not None else args.sleep
+    flags = {"per_node_per_hour": args.downloads_per_hour, "min_spacing": spacing,
              "max_blocked": args.max_blocked}
     data.update({k: v for k, v in flags.items() if v is not None})
     return data
