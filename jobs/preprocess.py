@@ -267,7 +267,8 @@ def _run_on_ray(todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels, 
         # Worker death re-runs the whole shard: process_shard is idempotent.
         # Each task downloads as its host (process_shard's default node): the source address.
         remote = ray.remote(num_cpus=1, max_retries=args.task_retries)(process_shard)
-        governor = _ActorGovernor(ray.remote(Governor).options(num_cpus=0).remote(governor_cfg))
+        remote_input = any(t.is_remote for ts in todo.values() for t in ts)  # no downloads: no governor
+        governor = _ActorGovernor(ray.remote(Governor).options(num_cpus=0).remote(governor_cfg)) if remote_input else None
         cfg_ref, labels_ref = ray.put(cfg), ray.put(labels)
         limit = args.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
         queue = list(todo.items())
@@ -292,7 +293,7 @@ def _run_on_ray(todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels, 
                         tqdm.write(f"shard {name} failed after Ray's retries ({type(exc).__name__}); "
                                    f"its {n} clips are recorded as {TASK_FAILED}")
                     bar.update(n)
-        return governor.stats()
+        return governor.stats() if governor else None
 
 
 def _is_blocked(exc: BaseException) -> bool:
