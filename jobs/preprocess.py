@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 
@@ -33,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--url-template", help="URL for an id, with {id}; default the YouTube watch URL")
     dl.add_argument("--cookies", help="cookies.txt for yt-dlp (YouTube's bot check)")
     dl.add_argument("--proxy")
-    dl.add_argument("--rate-limit", help="max download rate per clip, e.g. 2M")
-    dl.add_argument("--sleep", type=float, help="seconds to sleep before each request")
+    dl.add_argument("--rate-limit", help="refused: ffmpeg (every section download) ignores it; use "
+                    "--downloads-per-hour and --min-spacing")
+    dl.add_argument("--sleep", type=float, help="seconds to sleep before each request (also the download "
+                    "spacing unless --min-spacing is given)")
     dl.add_argument("--format", help="yt-dlp format selector")
     dl.add_argument("--max-attempts", type=int, help="attempts per clip for transient errors (default 4)")
     dl.add_argument("--yt-dlp-option", action="append", default=[], metavar="KEY=JSON",
@@ -56,7 +59,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=["ray", "local"], default="ray",
                      help="ray (default): one Ray task per shard; local: shards in this process, "
                           "--concurrency at a time (default 1)")
+    gov = p.add_argument_group("download budget and blocks (one governor for the whole job)")
+    gov.add_argument("--downloads-per-hour", type=float,
+                     help="per node (default 300: YouTube's guest figure; the account's 2000/h caps all nodes "
+                          "when --cookies is given)")
+    gov.add_argument("--min-spacing", type=float, help="seconds between downloads on a node, +0-100%% jitter (default 5)")
+    gov.add_argument("--max-blocked", type=float,
+                     help="seconds a block may last before the job stops cleanly (default 3600; re-run to resume)")
+    gov.add_argument("--allow-no-solver", action="store_true",
+                     help="download from YouTube even without a JS runtime + challenge solver (formats go missing)")
     return p
+
+
+def governor_config(args, cookies: bool):
+    """The download governor's budget: defaults for a guest or an account (cookies), the
+    YAML ``governor:`` section (any ``GovernorConfig`` field), then the flags."""
+    from avfusion.config import load_yaml
+    from avfusion.governor import GovernorConfig
+
+    data = dict((load_yaml(args.config).get("governor") or {}) if args.config else {})
+    # --sleep (yt-dlp's sleep_interval_requests skips a fresh instance's first request,
+    # and every attempt is a fresh instance) also sets the governor's spacing.
+    spacing = args.min_spacing if args.min_spacing is not None else args.sleep
+    flags = {"per_node_per_hour": args.downloads_per_hour, "min_spacing": spacing, "max_blocked": args.max_blocked}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return GovernorConfig.for_cookies(cookies, **data)
 
 
 def load_config(args):
@@ -95,7 +122,9 @@ def job_of(args, cfg):
     return PreprocessJob(input=args.input, out=args.out, config=cfg, input_kind=args.input_kind, labels=args.labels,
                          labels_from_dirs=args.labels_from_dirs, splits=tuple(args.split or ()),
                          keep_labels=tuple(args.label or ()), limit=args.limit, retry_failed=args.retry_failed,
-                         retry_all_failures=args.retry_all_failures, task_retries=args.task_retries)
+                         retry_all_failures=args.retry_all_failures, task_retries=args.task_retries,
+                         governor=governor_config(args, bool(cfg.download.cookies)),
+                         allow_no_solver=args.allow_no_solver)
 
 
 def executor_of(args):
@@ -118,9 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:  # OSError: an unreadable --config
         return _refused(exc)
     try:
-        return run_preprocess(job, executor_of(args)).exit_code
+        result = run_preprocess(job, executor_of(args))
     except PreprocessError as exc:
         return _refused(exc)
+    if result.stopped:
+        command = " ".join(shlex.quote(a) for a in ["avfusion", "preprocess", *(sys.argv[1:] if argv is None else argv)])
+        print(f"STOPPED: the download source is blocked ({result.stopped}) for longer than --max-blocked; "
+              f"finished shards are kept. Resume later with: {command}", file=sys.stderr)
+    return result.exit_code
 
 
 def _refused(exc: BaseException) -> int:

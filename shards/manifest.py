@@ -29,6 +29,7 @@ class Failure:
     message: str
     attempts: int
     label: str | None = None
+    warnings: list[str] = field(default_factory=list)  # yt-dlp's warnings for this clip
 
 
 @dataclass(slots=True)

@@ -7,7 +7,12 @@ than the client's timeout, a connection reset mid-body, a body shorter than its
 Content-Length. ``requests`` counts requests per path so tests can see retries;
 ``bytes_sent`` counts the body bytes the server got into each connection per path
 (written in 16 KiB chunks into a 64 KiB send buffer, so a client that stops reading
-early is charged at most about the buffer beyond what it took).
+early is charged at most about the buffer beyond what it took). ``log`` records every
+request (time, path, peer address, headers) and ``bytes_by_peer`` the body bytes per
+client connection, so tests see cookies sent, spacing between downloads and which
+hosts (a proxy, or the client itself) fetched the media. ``block_after`` turns the
+origin into a blocked one after N requests: 429 with Retry-After, then 403, then
+healthy again (``block_plan``).
 """
 
 from __future__ import annotations
@@ -23,22 +28,43 @@ from pathlib import Path
 
 
 class RangeServer:
-    def __init__(self, root: Path, host: str = "127.0.0.1"):
+    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0):
         self.root = Path(root)
         self.faults: dict[str, tuple[str, int]] = {}
         self.requests: Counter = Counter()
         self.ranges: dict[str, list[str]] = {}
         self.bytes_sent: Counter = Counter()
         self.sent_by_request: dict[str, list[int]] = {}  # per path, body bytes per request in order
+        self.log: list[dict] = []  # {"t", "path", "peer", "headers"} per request
+        self.bytes_by_peer: Counter = Counter()  # body bytes per client (host, port)
+        self.block_plan: list[tuple[int, int]] = []  # [(status, n_requests)], applied in order
+        self.block_after: int | None = None
+        self.served_total = 0
         self.stopping = threading.Event()
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer((host, 0), self._handler())
+        self.httpd = ThreadingHTTPServer((host, port), self._handler())
         self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, address: None  # clients that hang up early
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def url(self, name: str) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/{name}"
+        return f"http://{host}/{name}" if port == 80 else f"http://{host}:{port}/{name}"
+
+    def block(self, after: int, plan: list[tuple[int, int]]) -> None:
+        """After ``after`` requests, answer the next requests per ``plan``: e.g.
+        ``[(429, 5), (403, 5)]`` = five 429s then five 403s, then healthy again."""
+        self.block_after, self.block_plan = after, list(plan)
+
+    def _blocked_status(self) -> int | None:
+        if self.block_after is None or self.served_total <= self.block_after:
+            return None
+        i = self.served_total - self.block_after
+        for status, n in self.block_plan:
+            if i <= n:
+                return status
+            i -= n
+        return None
 
     def set_fault(self, name: str, kind: str, count: int = 1) -> None:
         """kind: 404, 403, 429_then_ok, 500_then_ok, slow, reset, truncated."""
@@ -71,11 +97,17 @@ class RangeServer:
             def _serve(self, head: bool) -> None:
                 name = self.path.lstrip("/").split("?")[0]
                 with server.lock:
+                    server.served_total += 1
+                    blocked = server._blocked_status()
+                    server.log.append({"t": time.time(), "path": name, "peer": self.client_address[:2],
+                                       "headers": dict(self.headers.items()), "status": blocked})
                     server.requests[name] += 1
                     n = server.requests[name]
                     server.ranges.setdefault(name, []).append(self.headers.get("Range", ""))
                     server.sent_by_request.setdefault(name, []).append(0)
                     request_index = len(server.sent_by_request[name]) - 1
+                if blocked:
+                    return self._status(blocked, {"Retry-After": "1"} if blocked == 429 else None)
                 kind, count = server.faults.get(name, ("", 0))
                 if kind in ("404", "403"):
                     return self._status(int(kind))
@@ -127,6 +159,7 @@ class RangeServer:
                         with server.lock:
                             server.bytes_sent[name] += len(chunk)
                             server.sent_by_request[name][request_index] += len(chunk)
+                            server.bytes_by_peer[self.client_address[:2]] += len(chunk)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # ffmpeg closes as soon as it has the bytes it wanted
 

@@ -111,7 +111,7 @@ def test_kuberay_and_autoscaler_entrypoints_against_s3(world):
     csv_url, shards = pre[3], pre[pre.index("--out") + 1]
     world["s3"].make_bucket(bucket_of(csv_url))
     storage.write_text(csv_url, world["csv"])
-    assert "--sleep" in pre and "--rate-limit" in pre  # the politeness flags run as written
+    assert "--min-spacing" in pre and "--downloads-per-hour" in pre  # the politeness flags run as written
     submit(world, pre + source)
     manifest = storage.read_json(f"{shards}/manifest.json")
     assert manifest["complete"] and manifest["num_samples"] == len(world["rows"]) == 8, manifest

@@ -20,7 +20,24 @@ FAST = DownloadConfig(socket_timeout=1.0, max_attempts=2, backoff_base=0.05)
 
 
 @pytest.mark.parametrize("message, kind, transient", [
-    ("ERROR: [youtube] abc: Sign in to confirm you’re not a bot. Use --cookies", "bot_check", False),
+    # yt-dlp's wording (extractor/youtube/_video.py, _base.py) around YouTube's reasons.
+    ("ERROR: [youtube] abc: Sign in to confirm you’re not a bot. Use --cookies-from-browser or --cookies for "
+     "the authentication. See  https://github.com/yt-dlp/yt-dlp/wiki/FAQ#how-do-i-pass-cookies-to-youtube-dl  "
+     "for how to manually pass cookies", "blocked_bot_check", True),
+    ("ERROR: [youtube] abc: Sign in to confirm you're not a bot", "blocked_bot_check", True),
+    ("ERROR: [youtube] abc: Please sign in. YouTube is requiring a captcha challenge before playback",
+     "blocked_bot_check", True),
+    ("ERROR: [youtube] abc: This content isn't available, try again later. The current session has been "
+     "rate-limited by YouTube for up to an hour. It is recommended to use `-t sleep` to add a delay between "
+     "video requests", "blocked_session", True),
+    ("ERROR: [youtube] abc: This content isn’t available, try again later.", "blocked_session", True),
+    ("ERROR: unable to download video data: HTTP Error 403: Forbidden", "blocked_forbidden", True),
+    ("WARNING: [youtube] abc: web client https formats require a GVS PO Token which was not provided. "
+     "ERROR: HTTP Error 403: Forbidden", "blocked_forbidden", True),
+    ("ERROR: [youtube] abc: Unable to download API page: HTTP Error 429: Too Many Requests",
+     "blocked_rate_limit", True),
+    ("OSError: [Errno 30] Read-only file system: '/secrets/youtube/cookies.txt'", "local_io_error", True),
+    ("ERROR: [youtube] abc: Requested format is not available. Use --list-formats", "no_format", False),
     ("ERROR: [youtube] abc: Video unavailable. This video has been removed by the uploader", "removed", False),
     ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", "private", False),
     ("ERROR: [youtube] abc: Video unavailable", "unavailable", False),
@@ -29,8 +46,8 @@ FAST = DownloadConfig(socket_timeout=1.0, max_attempts=2, backoff_base=0.05)
      "age_restricted", False),
     ("ERROR: [youtube] abc: Sign in to confirm your age", "age_restricted", False),
     ("Unable to download webpage: HTTP Error 404: Not Found", "not_found", False),
-    ("HTTP Error 403: Forbidden", "forbidden", False),
-    ("HTTP Error 429: Too Many Requests", "rate_limited", True),
+    ("HTTP Error 403: Forbidden", "blocked_forbidden", True),
+    ("HTTP Error 429: Too Many Requests", "blocked_rate_limit", True),
     ("HTTP Error 503: Service Unavailable", "server_error", True),
     ("Read timed out. (read timeout=30)", "timeout", True),
     ("[Errno 104] Connection reset by peer", "connection", True),
@@ -43,7 +60,10 @@ FAST = DownloadConfig(socket_timeout=1.0, max_attempts=2, backoff_base=0.05)
     ("something nobody has seen before", "download_error", True),
 ])
 def test_classification(message, kind, transient):
+    from avfusion.governor import BLOCK_KINDS
+
     assert classify(message) == (kind, transient)
+    assert kind not in BLOCK_KINDS or transient, "a block is never held against the clip"
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +88,7 @@ def _faults(server):
 
 def test_section_download_fetches_only_the_window(tmp_path, served):
     with RangeServer(served) as server:
-        path, attempts = download_section(ClipTask("ok1", server.url("ok1.mp4"), 5.0), ClipSpec(clip_seconds=4.0),
+        path, attempts, _ = download_section(ClipTask("ok1", server.url("ok1.mp4"), 5.0), ClipSpec(clip_seconds=4.0),
                                           FAST, tmp_path)
         ranges = server.ranges["ok1.mp4"]
     assert attempts == 1
@@ -98,7 +118,7 @@ def test_section_of_a_faststart_mp4_fetches_a_fraction_of_its_bytes(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     with RangeServer(served) as server:
-        path, _ = download_section(ClipTask("long", server.url("long.mp4"), 25.0), ClipSpec(clip_seconds=10.0),
+        path, *_ = download_section(ClipTask("long", server.url("long.mp4"), 25.0), ClipSpec(clip_seconds=10.0),
                                    FAST, work)
         sent = server.bytes_sent["long.mp4"]
     assert sent < 0.40 * len(data), f"sent {sent} of {len(data)} bytes ({sent / len(data):.0%})"
@@ -113,7 +133,7 @@ def test_webm_source_gives_the_exact_window(tmp_path):
                                                       audio_codec="libopus", sample_rate=48_000, duration=12.0,
                                                       fps=25, width=160, height=120))
     with RangeServer(tmp_path / "src") as server:
-        path, _ = download_section(ClipTask("v", server.url("v.webm"), 5.0), ClipSpec(clip_seconds=4.0), FAST,
+        path, *_ = download_section(ClipTask("v", server.url("v.webm"), 5.0), ClipSpec(clip_seconds=4.0), FAST,
                                    tmp_path / "work" if (tmp_path / "work").mkdir() is None else None)
     clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
     expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
@@ -122,7 +142,7 @@ def test_webm_source_gives_the_exact_window(tmp_path):
 
 
 @pytest.mark.parametrize("name, kind, transient, attempts", [
-    ("f404", "not_found", False, 1), ("f403", "forbidden", False, 1), ("slow", "timeout", True, 2),
+    ("f404", "not_found", False, 1), ("f403", "blocked_forbidden", True, 2), ("slow", "timeout", True, 2),
     ("reset", "stream_error", True, 2), ("trunc", "stream_error", True, 2),
 ])
 def test_faults_are_classified_and_transient_ones_retried(tmp_path, served, name, kind, transient, attempts):
@@ -155,7 +175,8 @@ def test_vggsound_csv_through_yt_dlp_then_retry_failed(tmp_path, served, ray_loc
                            for i in ids))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("clip:\n  clip_seconds: 4.0\n  frame_size: 32\n"
-                   "download:\n  socket_timeout: 1.0\n  backoff_base: 0.05\n  max_attempts: 2\n")
+                   "download:\n  socket_timeout: 1.0\n  backoff_base: 0.05\n  max_attempts: 2\n"
+                   "governor:\n  min_spacing: 0.0\n  cooldown_start: 0.2\n  cooldown_max: 1.0\n")
     out = tmp_path / "shards"
     with RangeServer(served) as server:
         _faults(server)
@@ -169,7 +190,8 @@ def test_vggsound_csv_through_yt_dlp_then_retry_failed(tmp_path, served, ray_loc
     assert requests_429 > 1
     failures = {k: (kind, t, a) for k, kind, t, a in duckdb.sql(
         f"SELECT key, kind, transient, attempts FROM '{out}/failures.parquet'").fetchall()}
-    assert failures == {"f404_000000": ("not_found", False, 1), "f403_000000": ("forbidden", False, 1),
+    # A 403 is a (media host) block, never held against the clip: transient.
+    assert failures == {"f404_000000": ("not_found", False, 1), "f403_000000": ("blocked_forbidden", True, 2),
                         "slow_000000": ("timeout", True, 2), "reset_000000": ("stream_error", True, 2),
                         "trunc_000000": ("stream_error", True, 2)}
     assert len(ok) + len(failures) == len(ids), "every clip is a sample or a recorded failure"
@@ -182,26 +204,28 @@ def test_vggsound_csv_through_yt_dlp_then_retry_failed(tmp_path, served, ray_loc
         capsys.readouterr()
         assert preprocess.main([*args, "--retry-failed"]) == 0
         assert server.requests["f404.mp4"] == 0 and server.requests["ok1.mp4"] == 0
-    assert "9 clips, 1 shards (0 already done)" in capsys.readouterr().out
+        assert server.requests["f403.mp4"] > 0
+    assert "9 clips, 2 shards (0 already done)" in capsys.readouterr().out  # 4 transient failures
     keys = [json.loads(s["json"])["key"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")),
                                                                  shardshuffle=False)]
     assert len(keys) == len(set(keys)) == 7
-    assert {p.name for p in out.glob("r01-*.tar")} == {"r01-00000.tar"}
+    assert {p.name for p in out.glob("r01-*.tar")} == {"r01-00000.tar", "r01-00001.tar"}
     left = duckdb.sql(f"SELECT key, kind FROM '{out}/failures.parquet' ORDER BY key").fetchall()
-    assert left == [("f403_000000", "forbidden"), ("f404_000000", "not_found")]
+    assert left == [("f403_000000", "blocked_forbidden"), ("f404_000000", "not_found")]
     assert json.loads((out / "manifest.json").read_text())["num_samples"] == 7
 
 
-def test_user_options_reach_yt_dlp(tmp_path):
-    from avfusion.download import ydl_options
+def test_options_that_would_not_take_effect_are_refused():
+    """SOCKS proxies are not handed to ffmpeg and ffmpeg ignores yt-dlp's ratelimit:
+    both would silently do nothing for section downloads, so preflight refuses them."""
+    from avfusion.download import preflight
 
-    cfg = DownloadConfig(cookies="/secrets/cookies.txt", proxy="socks5://127.0.0.1:1080", rate_limit="2M",
-                         sleep_seconds=1.5, format="worst", extra={"geo_bypass": True, "retries": 7})
-    opts = ydl_options(cfg, 10.0, 20.0, tmp_path)
-    assert (opts["cookiefile"], opts["proxy"], opts["ratelimit"], opts["sleep_interval_requests"],
-            opts["format"]) == ("/secrets/cookies.txt", "socks5://127.0.0.1:1080", 2 * 1024 ** 2, 1.5, "worst")
-    assert opts["geo_bypass"] is True and opts["retries"] == 7  # extra options win, verbatim
-    assert list(opts["download_ranges"]({}, None)) == [{"start_time": 10.0, "end_time": 20.0}]
+    assert preflight(DownloadConfig(proxy="http://127.0.0.1:3128")) == []
+    assert preflight(DownloadConfig(proxy="https://proxy.example:443")) == []
+    (socks,) = preflight(DownloadConfig(proxy="socks5://127.0.0.1:1080"))
+    assert "socks5://" in socks and "bypass" in socks
+    (rate,) = preflight(DownloadConfig(rate_limit="2M"))
+    assert "--downloads-per-hour" in rate
 
 
 def test_remote_inputs_are_fetched_for_labelling(tmp_path, served):

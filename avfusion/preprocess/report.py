@@ -29,20 +29,22 @@ class PreprocessResult:
     failures: dict[str, Failure]  # each never-successful clip's latest failure, by key
     orphans: list[str]  # shards with a tar but no stats
     lost: list[str]  # keys of task_failed clips
+    stopped: str | None = None  # the block kind that stopped the run (outlasted max_blocked)
 
     @property
     def complete(self) -> bool:
-        return not self.lost and not self.orphans
+        return not self.lost and not self.orphans and not self.stopped
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.complete else 1
+        return 3 if self.stopped else (0 if self.complete else 1)
 
 
-def finish(root: str, labels: dict[str, int], cfg: PreprocessConfig,
-           done: dict[str, ShardStats] | None = None) -> PreprocessResult:
+def finish(root: str, labels: dict[str, int], cfg: PreprocessConfig, done: dict[str, ShardStats] | None = None,
+           downloads: dict | None = None) -> PreprocessResult:
     """Write ``failures.parquet`` and ``manifest.json`` and print the summary. ``done``:
-    the stats already read, when nothing ran since (20,000 GETs saved at scale)."""
+    the stats already read, when nothing ran since (20,000 GETs saved at scale);
+    ``downloads``: this run's governor stats (grants, blocked seconds, cooldowns)."""
     done = read_all_stats(root) if done is None else done
     failures = latest_failures(done)
     stats_names = {s.shard for s in done.values()}
@@ -51,8 +53,10 @@ def finish(root: str, labels: dict[str, int], cfg: PreprocessConfig,
     lost = sorted(f.key for f in failures.values() if f.kind == TASK_FAILED)
     manifest = build_manifest({k: s for k, s in done.items() if s.tar}, labels,
                               {"clip": asdict(cfg.clip), "shard_size": cfg.shard_size}, __version__)
-    result = PreprocessResult(manifest, failures, orphans, lost)
+    result = PreprocessResult(manifest, failures, orphans, lost, (downloads or {}).get("stopped"))
     manifest["complete"] = result.complete
+    if downloads:
+        manifest["downloads"] = downloads
     manifest["task_failed_clips"] = len(lost)
     write_failures_table(root, failures)
     write_json_atomic(storage.join(root, MANIFEST), manifest)  # last: it describes everything above
@@ -70,9 +74,14 @@ def print_summary(root: str, result: PreprocessResult, done: dict[str, ShardStat
         print(f"  {kind:<22}{n:>10}   {'transient: --retry-failed' if transient else 'permanent'}")
     print(f"{'bytes':<24}{sum(s.bytes for s in done.values()):>10}")
     print(f"{'task seconds':<24}{sum(s.seconds for s in done.values()):>10.1f}")
+    downloads = manifest.get("downloads")
+    if downloads:
+        print(f"{'downloads/hour':<24}{downloads['downloads_per_hour']:>10.1f}   "
+              f"blocked {downloads['blocked_seconds']:.0f} s, {downloads['cooldowns']} cooldowns, "
+              f"{downloads['probes']} probes {downloads['blocks'] or ''}")
     print(f"manifest: {root}/{MANIFEST}; failures: {root}/{FAILURES}")
-    if result.complete:
-        return
+    if result.complete or (result.stopped and not result.orphans and not result.lost):
+        return  # a stopped run says so itself (the job prints the STOPPED line)
     redo = []
     if result.orphans:
         names = ", ".join(result.orphans[:3]) + (", …" if len(result.orphans) > 3 else "")

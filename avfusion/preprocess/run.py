@@ -14,8 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 
+import re
+
 from avfusion import storage
 from avfusion.executor import Executor
+from avfusion.governor import Governor, GovernorConfig, SourceBlocked
 from avfusion.preprocess.plan import TASK_FAILED, PlanMismatch, check_plan, label_map_of, plan_shards, retry_plan
 from avfusion.preprocess.report import PreprocessResult, finish
 from avfusion.preprocess.shard import PreprocessConfig, process_shard
@@ -45,6 +48,8 @@ class PreprocessJob:
     retry_failed: bool = False
     retry_all_failures: bool = False
     task_retries: int = 3  # executor re-runs of a shard whose worker died
+    governor: GovernorConfig = field(default_factory=GovernorConfig)  # the download budget and block handling
+    allow_no_solver: bool = False  # download from YouTube without a JS runtime + challenge solver
 
 
 def input_kind(path: str) -> str:
@@ -83,6 +88,9 @@ def run_preprocess(job: PreprocessJob, executor: Executor) -> PreprocessResult:
         tasks, missing = read_tasks(job)
     except (SourceError, OSError) as exc:
         raise PreprocessError(str(exc)) from exc
+    refused = check_downloads(job, tasks)
+    if refused:
+        raise PreprocessError(refused)
     root, cfg = job.out.rstrip("/"), job.config
     storage.makedirs(root)
     for leftover in storage.list_files(root, "*.tmp-*"):  # local copies cut short by a killed run
@@ -102,22 +110,50 @@ def run_preprocess(job: PreprocessJob, executor: Executor) -> PreprocessResult:
     todo = {name: ts for name, ts in shards.items() if name not in done}
     print(f"{len(tasks)} clips, {len(shards)} shards ({len(shards) - len(todo)} already done), "
           f"{len(labels)} labels → {job.out}")
+    downloads = None
     if todo:
         with executor:
-            run_shards(executor, todo, cfg, labels, root, round_, job.task_retries)
+            downloads = run_shards(executor, todo, cfg, labels, root, round_, job.task_retries, job.governor)
     # Nothing ran: the stats just read are still all there is.
-    return finish(root, labels, cfg, None if todo else done)
+    return finish(root, labels, cfg, None if todo else done, downloads)
+
+
+def check_downloads(job: PreprocessJob, tasks: list[ClipTask]) -> str | None:
+    """Before any download: options that would not take effect (``preflight``), and the
+    JS runtime and challenge solver YouTube needs (printed). Returns the refusal, or None."""
+    from avfusion.download import js_runtime_report, preflight
+
+    if not any(t.is_remote for t in tasks):
+        return None
+    errors = preflight(job.config.download)
+    if errors:
+        return errors[0]
+    js = js_runtime_report(job.config.download.js_runtimes)
+    print(f"yt-dlp {js['yt_dlp']}: JS runtime {js['runtime'] or 'none'}"
+          f"{'' if js['supported'] else ' (unsupported)'}, challenge solver {js['solver'] or 'none'}")
+    youtube = any(re.search(r"(^|[./])(youtube\.com|youtu\.be)/", t.source) for t in tasks)
+    if youtube and not js["ok"] and not job.allow_no_solver:
+        return ("YouTube needs a JS runtime and the challenge solver: pip install 'yt-dlp[default,deno]' into "
+                "this environment (or pass --allow-no-solver to download what yt-dlp can without them)")
+    return None
 
 
 def run_shards(executor: Executor, todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels: dict[str, int],
-               root: str, round_: int, retries: int) -> None:
+               root: str, round_: int, retries: int, governor_cfg: GovernorConfig | None = None) -> dict | None:
     """Every shard of ``todo`` through the executor, a progress bar over its clips; a
-    shard whose task failed gets its ``task_failed`` stats here."""
+    shard whose task failed gets its ``task_failed`` stats here. Downloads share one
+    governor (a named actor on Ray); its stats come back, ``stopped`` naming the block
+    when one outlasted ``max_blocked`` (no further shard is started; the blocked ones
+    wrote no stats, so a re-run redoes them)."""
     from tqdm import tqdm
 
-    fn = partial(process_shard_item, cfg=cfg, label_map=labels, out_url=root, round_=round_)
+    remote = any(t.is_remote for ts in todo.values() for t in ts)  # nothing to download: no governor
+    governor = executor.shared("avfusion-download-governor", Governor, governor_cfg) if remote else None
+    fn = partial(process_shard_item, cfg=cfg, label_map=labels, out_url=root, round_=round_, governor=governor)
     with tqdm(total=sum(len(t) for t in todo.values()), desc="preprocess", unit="clip") as bar:
         for (name, tasks), result in executor.map_unordered(fn, list(todo.items()), retries=retries):
+            if _is_blocked(result):
+                break
             if isinstance(result, BaseException):
                 record_task_failure(root, name, tasks, round_, result)
                 tqdm.write(f"shard {name} failed after its task's retries ({type(result).__name__}); "
@@ -125,14 +161,20 @@ def run_shards(executor: Executor, todo: dict[str, list[ClipTask]], cfg: Preproc
             else:
                 bar.set_postfix(failed=result.failed, refresh=False)
             bar.update(len(tasks))
+    return governor.stats() if governor is not None else None
+
+
+def _is_blocked(result) -> bool:
+    """The governor stopped the job (in-process, or behind a Ray task error)."""
+    return isinstance(result, SourceBlocked) or isinstance(getattr(result, "cause", None), SourceBlocked)
 
 
 def process_shard_item(item: tuple[str, list[ClipTask]], *, cfg: PreprocessConfig, label_map: dict[str, int],
-                       out_url: str, round_: int) -> ShardStats:
+                       out_url: str, round_: int, governor=None) -> ShardStats:
     """``process_shard`` for one ``(name, tasks)`` item of the executor (Ray names the
     task after it: ``ray::process_shard_item``). Idempotent, so a re-run is safe."""
     name, tasks = item
-    return process_shard(name, tasks, cfg, label_map, out_url, round_)
+    return process_shard(name, tasks, cfg, label_map, out_url, round_, governor=governor)
 
 
 def record_task_failure(root: str, shard: str, tasks: list[ClipTask], round_: int, exc: BaseException) -> None:

@@ -9,6 +9,7 @@ dropped, and the tar appears under its final name only when complete.
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import time
 import traceback
@@ -21,6 +22,7 @@ from avfusion import __version__, storage
 from avfusion.config import ClipSpec
 from avfusion.decode import DecodeLimits, decode_clip
 from avfusion.download import DownloadConfig, DownloadError, download_section
+from avfusion.governor import SourceBlocked
 from avfusion.probe import MediaError
 from avfusion.sources import ClipTask
 from shards.manifest import Failure, ShardStats, write_stats
@@ -37,12 +39,14 @@ class PreprocessConfig:
 
 
 def process_clip(task: ClipTask, cfg: PreprocessConfig, label_map: dict[str, int],
-                 workdir: Path) -> Sample | Failure:
-    """One clip through fetch → decode → encode; any failure comes back classified."""
+                 workdir: Path, governor=None, node: str = "local") -> Sample | Failure:
+    """One clip through fetch → decode → encode; any failure comes back classified.
+    ``SourceBlocked`` (the governor stops the job) is not a clip's failure: it passes."""
     attempts = 1
     try:
         if task.is_remote:
-            path, attempts, start = *download_section(task, cfg.clip, cfg.download, workdir), 0.0
+            path, attempts, _ = download_section(task, cfg.clip, cfg.download, workdir, governor=governor, node=node)
+            start = 0.0
         elif task.in_storage:  # s3://…: fetched whole into this clip's workdir, decoded locally
             path, start = _fetch(task, workdir), task.start
         else:
@@ -52,7 +56,10 @@ def process_clip(task: ClipTask, cfg: PreprocessConfig, label_map: dict[str, int
                 raise MediaError(kind, f"{task.source} is {'missing' if kind == 'missing_file' else 'not a regular file'}")
         clip = decode_clip(path, cfg.clip, start=start, limits=cfg.limits)
     except DownloadError as exc:
-        return Failure(task.key, task.source, exc.kind, exc.transient, exc.message, exc.attempts, task.label)
+        return Failure(task.key, task.source, exc.kind, exc.transient, exc.message, exc.attempts, task.label,
+                       exc.warnings)
+    except SourceBlocked:
+        raise
     except MediaError as exc:
         return Failure(task.key, task.source, exc.kind, False, exc.message, attempts, task.label)
     except Exception as exc:  # a bug or an unforeseen input: record it, keep the job alive
@@ -85,8 +92,12 @@ def _fetch(task: ClipTask, workdir: Path) -> Path:
 
 
 def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, label_map: dict[str, int],
-                  out_url: str, round_: int = 0) -> ShardStats:
-    """Produce ``{shard}.tar`` and then ``{shard}_stats.json`` under ``out_url``."""
+                  out_url: str, round_: int = 0, governor=None, node: str | None = None) -> ShardStats:
+    """Produce ``{shard}.tar`` and then ``{shard}_stats.json`` under ``out_url``.
+    Downloads go through ``governor`` (``avfusion.governor``) as ``node`` (default: this
+    host's name: a block is of the address, which the host's tasks share) when given;
+    ``SourceBlocked`` ends the shard without its stats, so a re-run redoes it."""
+    node = node or socket.gethostname()
     t0 = time.time()
     root = out_url.rstrip("/")
     keys: list[str] = []
@@ -101,7 +112,7 @@ def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, labe
             clip_dir = tmpdir / f"clip{i}"
             clip_dir.mkdir()
             try:
-                return task, process_clip(task, cfg, label_map, clip_dir)
+                return task, process_clip(task, cfg, label_map, clip_dir, governor, node)
             finally:
                 for f in clip_dir.iterdir():  # downloads never outlive their clip
                     f.unlink(missing_ok=True)

@@ -1,0 +1,234 @@
+"""`avfusion doctor`: check what the jobs need before a long run, each line with its fix.
+
+Node-local checks (``local_checks``: ffmpeg and yt-dlp's section path, the JS runtime
+and challenge solver YouTube needs, the cookies file, the proxy scheme, GPUs, the
+ImageNet weights file) run here, or on every node of a Ray cluster (``--address``,
+one task per node, via ``avfusion.executor.ray_doctor``: nodes differ). The output
+URL's object store is checked once (credentials, endpoint, head of the bucket).
+Each check is OK, WARN (works, but worse than it could) or FAIL (a job would fail).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+YOUTUBE_LOGIN = ("SID", "__Secure-1PSID", "__Secure-3PSID", "LOGIN_INFO", "SAPISID")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        fix = f"\n      fix: {self.fix}" if self.fix and self.status != OK else ""
+        return f"{self.status:<4}  {self.name:<14}{self.detail}{fix}"
+
+
+@dataclass(frozen=True)
+class DoctorOptions:
+    ffmpeg: str | None = None
+    cookies: str | None = None
+    proxy: str | None = None
+    js_runtimes: dict | None = None
+    weights: str | None = None  # "imagenet" (torch hub cache) or a path/URL; None: skip
+    out: str | None = None
+    address: str | None = None
+
+
+def local_checks(opts: DoctorOptions) -> list[Check]:
+    """Everything that depends on the machine it runs on."""
+    checks = ffmpeg_checks(opts.ffmpeg) + [js_check(opts.js_runtimes)]
+    if opts.cookies:
+        checks += cookie_checks(opts.cookies)
+    checks.append(proxy_check(opts.proxy))
+    checks.append(gpu_check())
+    if opts.weights:
+        checks.append(weights_check(opts.weights))
+    return checks
+
+
+def ffmpeg_checks(configured: str | None = None) -> list[Check]:
+    """The binary yt-dlp will be handed, what sections need of it (https/tls inputs,
+    ``-rw_timeout``, ``-request_size``), and that yt-dlp takes its section path."""
+    from avfusion.download import ffmpeg_executable
+
+    fix = "install ffmpeg >= 4.4 with TLS (apt install ffmpeg), or pip install imageio-ffmpeg, or set download.ffmpeg"
+    try:
+        exe = ffmpeg_executable(configured)
+        version = _run([exe, "-hide_banner", "-version"]).splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError, ImportError) as exc:
+        return [Check("ffmpeg", FAIL, f"not runnable: {exc}", fix)]
+    checks = [Check("ffmpeg", OK, f"{version.split(' Copyright')[0]} at {exe}")]
+    protocols = _run([exe, "-hide_banner", "-protocols"]).split("Output:")[0].split()
+    missing = [p for p in ("http", "https", "tls") if p not in protocols]
+    checks.append(Check("ffmpeg proto", FAIL if missing else OK,
+                        f"missing input protocols: {', '.join(missing)}" if missing else "http, https, tls inputs",
+                        fix))
+    options = _run([exe, "-hide_banner", "-h", "protocol=http"]) + _run([exe, "-hide_banner", "-h", "full"])
+    lacking = [o for o in ("rw_timeout", "request_size") if f"-{o}" not in options]
+    checks.append(Check("ffmpeg opts", FAIL if "rw_timeout" in lacking else OK,
+                        f"lacks -{', -'.join(lacking)}" if lacking else "-rw_timeout, -request_size", fix))
+    checks.append(_section_path_check(exe))
+    return checks
+
+
+def _section_path_check(exe: str) -> Check:
+    from yt_dlp.downloader.external import FFmpegFD
+    from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
+
+    token = FFmpegPostProcessor._ffmpeg_location.set(exe)
+    try:
+        available = FFmpegFD.available()
+    finally:
+        FFmpegPostProcessor._ffmpeg_location.reset(token)
+    return Check("section path", OK if available else FAIL,
+                 "yt-dlp hands section downloads to this ffmpeg" if available
+                 else "yt-dlp would not use ffmpeg: every section download fails ('ffmpeg is not installed')",
+                 "point download.ffmpeg at a working ffmpeg binary")
+
+
+def js_check(js_runtimes: dict | None = None) -> Check:
+    from avfusion.download import js_runtime_report
+
+    js = js_runtime_report(js_runtimes)
+    detail = (f"runtime {js['runtime'] or 'none'} ({js['path'] or 'not found'}"
+              f"{'' if js['supported'] or not js['runtime'] else ', unsupported version'}), "
+              f"solver {js['solver'] or 'none'}; yt-dlp {js['yt_dlp']}")
+    return Check("js solver", OK if js["ok"] else FAIL, detail,
+                 "pip install 'yt-dlp[default,deno]' into this environment (YouTube's challenges need a JS "
+                 "runtime since yt-dlp 2025.11.12; without one formats go missing)")
+
+
+def cookie_checks(url: str) -> list[Check]:
+    """Readable, parseable (on a private copy: yt-dlp's jar is what we check), how many
+    YouTube cookies, login cookies present, expiry; whether its folder is writable."""
+    from yt_dlp.cookies import YoutubeDLCookieJar
+
+    from avfusion import storage
+
+    fix = ("export cookies.txt from a private window of a throwaway account (yt-dlp wiki, 'Exporting "
+           "YouTube cookies'), then close that window")
+    private = tempfile.mkdtemp(prefix="avf-doctor-")
+    try:
+        copy = os.path.join(private, "cookies.txt")
+        try:
+            storage.download(url, copy)
+        except Exception as exc:  # noqa: BLE001 - any reason the file cannot be read
+            return [Check("cookies", FAIL, f"{url} not readable: {type(exc).__name__}: {exc}", fix)]
+        jar = YoutubeDLCookieJar(copy)
+        try:
+            jar.load()
+        except Exception as exc:  # noqa: BLE001 - http.cookiejar.LoadError and friends
+            return [Check("cookies", FAIL, f"{url} is not a Netscape cookies.txt: {exc}", fix)]
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    yt = [c for c in jar if c.domain.lstrip(".").endswith("youtube.com")]
+    login = sorted({c.name for c in yt} & set(YOUTUBE_LOGIN))
+    expiries = [c.expires for c in yt if c.expires]
+    now = time.time()
+    if not yt:
+        status, detail = FAIL, f"{len(list(jar))} cookies, none for youtube.com"
+    elif not login:
+        status, detail = WARN, f"{len(yt)} YouTube cookies but no login cookie ({', '.join(YOUTUBE_LOGIN[:3])}…)"
+    else:
+        soonest = min(expiries) if expiries else None
+        status = FAIL if soonest and soonest < now else WARN if soonest and soonest < now + 7 * 86400 else OK
+        when = time.strftime("%Y-%m-%d", time.gmtime(soonest)) if soonest else "session only"
+        detail = f"{len(yt)} YouTube cookies, login {', '.join(login)}; first expiry {when}"
+    checks = [Check("cookies", status, detail, fix)]
+    if storage.is_local(url):
+        folder = os.path.dirname(os.path.abspath(storage.local_path(url)))
+        writable = os.access(folder, os.W_OK)
+        checks.append(Check("cookies dir", OK, f"{folder} is {'writable' if writable else 'read-only'}; "
+                            "not needed: each download works on a private copy"))
+    return checks
+
+
+def proxy_check(proxy: str | None) -> Check:
+    if not proxy:
+        return Check("proxy", OK, "none: downloads go out from each node's own address")
+    scheme = proxy.split("://", 1)[0].lower() if "://" in proxy else "http"
+    if scheme in ("http", "https"):
+        return Check("proxy", OK, f"{scheme}:// carries yt-dlp's requests and ffmpeg's media transfer")
+    return Check("proxy", FAIL, f"{scheme}:// is not handed to ffmpeg by yt-dlp: the media would go out directly",
+                 "use an http(s):// proxy (run privoxy or gost in front of a SOCKS proxy)")
+
+
+def gpu_check() -> Check:
+    try:
+        import torch
+    except ImportError as exc:
+        return Check("gpus", FAIL, f"torch not importable: {exc}", "pip install torch")
+    n = torch.cuda.device_count()
+    if not n:
+        return Check("gpus", WARN, "no CUDA device visible to torch: training and labelling run on CPU",
+                     "fine for preprocess; for training use a GPU node (CUDA_VISIBLE_DEVICES, the Ray GPU request)")
+    names = ", ".join(torch.cuda.get_device_name(i) for i in range(n))
+    return Check("gpus", OK, f"{n} visible to torch: {names}")
+
+
+def weights_check(weights: str) -> Check:
+    from avfusion import storage
+
+    if weights == "imagenet":
+        import torch
+
+        from avfusion.model import RESNET18_FILE
+
+        weights = os.path.join(torch.hub.get_dir(), "checkpoints", RESNET18_FILE)
+    ok = storage.exists(weights)
+    return Check("weights", OK if ok else WARN, f"{weights} {'present' if ok else 'missing'}",
+                 "copy torchvision's resnet18-f37072fd.pth there (nothing is downloaded at run time) or pass "
+                 "--video-weights PATH; without it the video encoder starts from random weights")
+
+
+def storage_check(out: str) -> Check:
+    """An object-store ``--out``: credentials found, endpoint answers, bucket exists."""
+    from avfusion import storage
+
+    if storage.is_local(out):
+        folder = storage.local_path(out)
+        while folder and not os.path.exists(folder):
+            folder = os.path.dirname(folder)
+        writable = os.access(folder or ".", os.W_OK)
+        return Check("output", OK if writable else FAIL, f"local {out} ({'writable' if writable else 'read-only'})",
+                     "choose a writable --out")
+    bucket = re.sub(r"^[a-z0-9]+://", "", out).split("/")[0]
+    root = f"{storage.scheme(out)}://{bucket}"
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "AWS default")
+    fix = "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or a profile) and AWS_ENDPOINT_URL for non-AWS stores"
+    try:
+        found = storage.exists(root)
+    except Exception as exc:  # noqa: BLE001 - no credentials, endpoint down, denied
+        return Check("output", FAIL, f"{root} at {endpoint}: {type(exc).__name__}: {str(exc)[:200]}", fix)
+    return Check("output", OK if found else FAIL,
+                 f"bucket {bucket} at {endpoint} {'answers' if found else 'does not exist'}", fix)
+
+
+def run(opts: DoctorOptions) -> tuple[list[tuple[str, list[Check]]], int]:
+    """All checks, grouped by where they ran; exit status 1 when any FAILed."""
+    groups: list[tuple[str, list[Check]]] = []
+    if opts.address:
+        from avfusion.executor.ray_doctor import cluster_checks
+
+        groups += cluster_checks(opts.address, local_checks, opts)
+    else:
+        groups.append(("this machine", local_checks(opts)))
+    if opts.out:
+        groups.append(("storage", [storage_check(opts.out)]))
+    failed = any(c.status == FAIL for _, checks in groups for c in checks)
+    return groups, 1 if failed else 0
+
+
+def _run(cmd: list[str]) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout

@@ -1,0 +1,210 @@
+"""One download budget and one block state for a whole preprocess job.
+
+YouTube limits a *source* (an IP address, a session, an account), not a clip: about
+300 videos an hour as a guest and about 2,000 with an account, 5-10 s apart (yt-dlp's
+wiki, "Extractors"). When it blocks ("Sign in to confirm you're not a bot", "This
+content isn't available, try again later", HTTP 429, media-host 403s) every further
+request from that source only prolongs the block. So every download attempt asks the
+governor first (``acquire``) and tells it how it went (``report``):
+
+- **Budget.** Per node: at most ``per_node_per_hour`` grants in any sliding hour and at
+  least ``min_spacing * (1 + jitter * U)`` seconds between two grants. Globally (the
+  account, when cookies are shared): ``global_per_hour`` and ``global_spacing``.
+- **Blocks.** A block signal pauses the node for a cooldown that doubles from
+  ``cooldown_start`` up to ``cooldown_max``; after it, exactly one probe is let
+  through. A probe that succeeds (or gets an answer that is not a block: a removed
+  video is YouTube talking to us) lifts the block; a probe that is blocked again
+  starts the next, longer cooldown. When every known node is blocked, nodes not yet
+  seen wait too (the block is then the account's, not an address's). A 403 counts as
+  a block only after ``forbidden_streak`` in a row (one 403 may be one video's).
+- **Stop.** When one block has lasted ``max_blocked`` seconds the governor answers
+  every caller ``stop``: the job ends cleanly and a re-run resumes it.
+
+The class is plain and thread-safe, with picklable arguments and results and no
+callbacks, so one instance can be hosted for the whole job behind a proxy (a named
+Ray actor on a cluster; see ``avfusion.executor``) or shared by threads in-process.
+Time is read inside (``clock``) or passed in (``now``) by tests.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+# Failure kinds (from ``avfusion.download.classify``) that say the source is blocked.
+BLOCK_KINDS = ("blocked_bot_check", "blocked_session", "blocked_rate_limit", "blocked_forbidden")
+
+GUEST_PER_HOUR = 300  # yt-dlp wiki: guest sessions
+ACCOUNT_PER_HOUR = 2000  # yt-dlp wiki: with an account's cookies
+
+
+class SourceBlocked(Exception):
+    """The block outlasted ``max_blocked``: the job must stop (and be re-run later)."""
+
+    def __init__(self, kind: str, blocked_seconds: float):
+        super().__init__(f"source blocked ({kind}) for {blocked_seconds:.0f} s")
+        self.kind, self.blocked_seconds = kind, blocked_seconds
+
+    def __reduce__(self):  # picklable across processes (Ray)
+        return SourceBlocked, (self.kind, self.blocked_seconds)
+
+
+@dataclass(frozen=True)
+class GovernorConfig:
+    per_node_per_hour: float = GUEST_PER_HOUR
+    global_per_hour: float | None = None  # None: no cap across nodes
+    min_spacing: float = 5.0  # seconds between grants on one node, before jitter
+    jitter: float = 1.0  # spacing * (1 + jitter * U[0, 1)): 5-10 s by default
+    global_spacing: float = 0.0
+    cooldown_start: float = 300.0
+    cooldown_max: float = 3600.0
+    max_blocked: float = 3600.0
+    forbidden_streak: int = 3
+    window: float = 3600.0  # the budget's sliding window (an hour; tests shrink it)
+
+    @classmethod
+    def for_cookies(cls, cookies: bool, **overrides) -> GovernorConfig:
+        """Defaults from the wiki's figures: with cookies the account is the limit."""
+        if cookies:
+            overrides.setdefault("global_per_hour", ACCOUNT_PER_HOUR)
+        return cls(**overrides)
+
+
+@dataclass
+class _Node:
+    grants: deque = field(default_factory=deque)
+    next_at: float = 0.0
+    blocked_kind: str | None = None
+    blocked_since: float | None = None
+    blocked_until: float = 0.0
+    level: int = 0
+    probing: bool = False
+    streak: dict = field(default_factory=dict)
+
+
+class Governor:
+    def __init__(self, cfg: GovernorConfig | None = None, clock=time.monotonic, seed: int | None = None):
+        self.cfg = cfg or GovernorConfig()
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._nodes: dict[str, _Node] = {}
+        self._grants: deque = deque()
+        self._next_global = 0.0
+        self._stopped: tuple[str, float] | None = None
+        self._start = clock()
+        self._stats = {"grants": 0, "probes": 0, "cooldowns": 0, "blocked_seconds": 0.0, "blocks": {}}
+
+    def acquire(self, node: str, now: float | None = None) -> tuple[str, float]:
+        """``("go", 0)``: download now; ``("wait", s)``: ask again in ``s`` seconds;
+        ``("stop", blocked_seconds)`` with the kind in ``stop_kind()``: stop the job."""
+        with self._lock:
+            now = self._clock() if now is None else now
+            if self._stopped:
+                return "stop", self._stopped[1]
+            n = self._nodes.setdefault(node, _Node())
+            wait = self._block_wait(node, n, now)
+            if wait is None:
+                return "stop", self._stopped[1]
+            if wait == 0.0 and n.blocked_kind:  # the cooldown is over: one probe
+                n.probing = True
+                self._stats["probes"] += 1
+                return self._grant(n, now)
+            if wait > 0:
+                return "wait", wait
+            wait = self._budget_wait(n, now)
+            if wait > 0:
+                return "wait", wait
+            return self._grant(n, now)
+
+    def report(self, node: str, kind: str | None, now: float | None = None) -> None:
+        """The outcome of a granted attempt: ``None`` on success, else its failure kind."""
+        with self._lock:
+            now = self._clock() if now is None else now
+            n = self._nodes.setdefault(node, _Node())
+            if kind in BLOCK_KINDS:
+                n.streak[kind] = n.streak.get(kind, 0) + 1
+                if kind != "blocked_forbidden" or n.streak[kind] >= self.cfg.forbidden_streak or n.probing:
+                    self._block(n, kind, now)
+                return
+            n.streak.clear()
+            if n.blocked_kind and (n.probing or kind is None):  # the probe got through
+                self._stats["blocked_seconds"] += now - n.blocked_since
+                n.blocked_kind, n.blocked_since, n.level, n.probing = None, None, 0, False
+
+    def stop_kind(self) -> str | None:
+        return self._stopped[0] if self._stopped else None
+
+    def stats(self, now: float | None = None) -> dict:
+        """Grants, probes, cooldowns, blocked seconds (finished and ongoing blocks),
+        block signals by kind, downloads per hour since the governor started."""
+        with self._lock:
+            now = self._clock() if now is None else now
+            out = {**self._stats, "blocks": dict(self._stats["blocks"])}
+            out["blocked_seconds"] += sum(now - n.blocked_since for n in self._nodes.values() if n.blocked_since)
+            out["blocked_seconds"] = round(out["blocked_seconds"], 3)
+            out["downloads_per_hour"] = round(out["grants"] * 3600.0 / max(now - self._start, 1e-9), 1)
+            out["blocked_nodes"] = sorted(k for k, n in self._nodes.items() if n.blocked_kind)
+            out["stopped"] = self.stop_kind()
+            return out
+
+    def _block(self, n: _Node, kind: str, now: float) -> None:
+        self._stats["blocks"][kind] = self._stats["blocks"].get(kind, 0) + 1
+        if n.blocked_kind and not n.probing and now < n.blocked_until:
+            return  # attempts granted before the block reporting late: same cooldown
+        n.level += 1
+        cooldown = min(self.cfg.cooldown_max, self.cfg.cooldown_start * 2 ** (n.level - 1))
+        n.blocked_kind, n.blocked_until, n.probing = kind, now + cooldown, False
+        n.blocked_since = n.blocked_since if n.blocked_since is not None else now
+        self._stats["cooldowns"] += 1
+
+    def _block_wait(self, name: str, n: _Node, now: float) -> float | None:
+        """Seconds this node must wait for a block to lift; 0 when it may go (or probe);
+        None when a block has lasted too long (the governor is then stopped)."""
+        for other in self._nodes.values():
+            if other.blocked_since is not None and now - other.blocked_since >= self.cfg.max_blocked:
+                self._stopped = (other.blocked_kind, now - other.blocked_since)
+                return None
+        if n.blocked_kind:
+            if n.probing:
+                return max(1.0, self.cfg.min_spacing)  # one probe at a time
+            return max(0.0, n.blocked_until - now)
+        others = [o for k, o in self._nodes.items() if k != name]
+        if not n.grants and others and all(o.blocked_kind for o in others):
+            return max(0.0, min(o.blocked_until for o in others) - now) or max(1.0, self.cfg.min_spacing)
+        return 0.0
+
+    def _budget_wait(self, n: _Node, now: float) -> float:
+        window = self.cfg.window
+        for q in (n.grants, self._grants):
+            while q and q[0] <= now - window:
+                q.popleft()
+        waits = [n.next_at - now, self._next_global - now]
+        if len(n.grants) >= self.cfg.per_node_per_hour * window / 3600.0:
+            waits.append(n.grants[0] + window - now)
+        if self.cfg.global_per_hour and len(self._grants) >= self.cfg.global_per_hour * window / 3600.0:
+            waits.append(self._grants[0] + window - now)
+        return max(0.0, *waits)
+
+    def _grant(self, n: _Node, now: float) -> tuple[str, float]:
+        n.grants.append(now)
+        self._grants.append(now)
+        n.next_at = now + self.cfg.min_spacing * (1 + self.cfg.jitter * self._rng.random())
+        self._next_global = now + self.cfg.global_spacing
+        self._stats["grants"] += 1
+        return "go", 0.0
+
+
+def wait_for_turn(governor, node: str, sleep=time.sleep, max_wait: float = 60.0) -> None:
+    """Block the calling thread until ``governor`` grants ``node`` a download; raise
+    ``SourceBlocked`` when it says stop. ``governor`` may be a proxy to a remote one."""
+    while True:
+        verdict, value = governor.acquire(node)
+        if verdict == "go":
+            return
+        if verdict == "stop":
+            raise SourceBlocked(governor.stop_kind() or "blocked", value)
+        sleep(min(value, max_wait))

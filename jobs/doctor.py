@@ -1,0 +1,42 @@
+"""`avfusion doctor`: check ffmpeg, the JS challenge solver, cookies, proxy, storage,
+GPUs and weights (here, or on every node of a Ray cluster with --address).
+
+Each line is OK, WARN or FAIL with the fix; the exit status is 1 when anything FAILs.
+Run it with the same --cookies/--proxy/--out you give preprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avfusion doctor", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    p.add_argument("--cookies", help="cookies.txt as given to preprocess (a path or URL)")
+    p.add_argument("--proxy", help="proxy URL as given to preprocess")
+    p.add_argument("--out", help="output URL as given to preprocess (s3://bucket/... is head-checked)")
+    p.add_argument("--ffmpeg", help="ffmpeg binary (default: PATH, then imageio-ffmpeg)")
+    p.add_argument("--video-weights", default="imagenet",
+                   help="'imagenet' (torch hub cache), a path/URL, or 'none' to skip (default imagenet)")
+    p.add_argument("--address", help="Ray cluster address: run the node checks on every node")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from avfusion.doctor import DoctorOptions, run
+
+    args = build_parser().parse_args(argv)
+    opts = DoctorOptions(ffmpeg=args.ffmpeg, cookies=args.cookies, proxy=args.proxy, out=args.out,
+                         weights=None if args.video_weights == "none" else args.video_weights, address=args.address)
+    groups, code = run(opts)
+    for where, checks in groups:
+        print(f"[{where}]")
+        for check in checks:
+            print(check.line())
+    print("doctor: " + ("FAIL: fix the lines marked FAIL before running a job" if code else "OK"))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

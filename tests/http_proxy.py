@@ -1,0 +1,98 @@
+"""A small threaded HTTP proxy for tests: CONNECT tunnels and absolute-URI forwarding.
+
+Its outgoing connections come from ``source_host`` (127.0.0.2 by default, a different
+loopback address from the clients'), so an origin can tell the proxy's connections
+from direct ones by peer address. ``requests`` lists what it forwarded (method and
+target) and ``bytes_in`` counts the bytes it relayed back to clients.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+from socketserver import BaseRequestHandler, ThreadingTCPServer
+from urllib.parse import urlsplit
+
+
+class HttpProxy:
+    def __init__(self, host: str = "127.0.0.1", source_host: str = "127.0.0.2"):
+        self.source_host = source_host
+        self.requests: list[tuple[str, str]] = []
+        self.bytes_in = 0
+        self.lock = threading.Lock()
+        ThreadingTCPServer.allow_reuse_address = True
+        self.server = ThreadingTCPServer((host, 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> HttpProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseRequestHandler):
+            def handle(self):
+                client = self.request
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = client.recv(65536)
+                    if not chunk:
+                        return
+                    head += chunk
+                line, _, rest = head.partition(b"\r\n")
+                method, target, version = line.decode("latin-1").split(" ", 2)
+                with proxy.lock:
+                    proxy.requests.append((method, target))
+                if method == "CONNECT":
+                    host, _, port = target.rpartition(":")
+                    upstream = self._connect(host, int(port))
+                    client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    leftover = head.split(b"\r\n\r\n", 1)[1]
+                else:
+                    parts = urlsplit(target)
+                    upstream = self._connect(parts.hostname, parts.port or 80)
+                    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                    headers = [h for h in rest.split(b"\r\n") if not h.lower().startswith(b"proxy-")]
+                    leftover = f"{method} {path} {version}\r\n".encode() + b"\r\n".join(headers)
+                try:
+                    if leftover:
+                        upstream.sendall(leftover)
+                    self._relay(client, upstream)
+                finally:
+                    upstream.close()
+
+            def _connect(self, host, port):
+                sock = socket.create_connection((host, port), source_address=(proxy.source_host, 0))
+                return sock
+
+            def _relay(self, client, upstream):
+                sockets = [client, upstream]
+                while True:
+                    readable, _, _ = select.select(sockets, [], [], 30)
+                    if not readable:
+                        return
+                    for s in readable:
+                        try:
+                            data = s.recv(65536)
+                        except OSError:
+                            return
+                        if not data:
+                            return
+                        (upstream if s is client else client).sendall(data)
+                        if s is upstream:
+                            with proxy.lock:
+                                proxy.bytes_in += len(data)
+
+        return Handler

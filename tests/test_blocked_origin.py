@@ -1,0 +1,124 @@
+"""A loopback origin that turns blocked (429 with Retry-After, then 403, then healthy)
+under the real preprocess job: the governor pauses and resumes, no failure is
+permanent, an over-long block stops the job cleanly, and re-runs end with exactly the
+key set of an uninterrupted run."""
+
+import json
+import shutil
+
+import duckdb
+import pytest
+import webdataset as wds
+
+from avfusion.synth import SynthSpec, write_clip
+from jobs import preprocess
+from tests.range_server import RangeServer
+
+IDS = [f"v{i}" for i in range(8)]
+GOVERNOR = ("governor:\n  min_spacing: 0.05\n  jitter: 0.5\n  cooldown_start: 0.3\n  cooldown_max: 1.0\n"
+            "  max_blocked: {max_blocked}\n  forbidden_streak: 2\n")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    write_clip(root / "v0.mp4", SynthSpec(duration=4.0, fps=10, width=96, height=72))
+    for i in IDS[1:]:
+        shutil.copy(root / "v0.mp4", root / f"{i}.mp4")
+    return root
+
+
+def _run(tmp_path, server, out, max_blocked=60.0, extra=()):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    csv = tmp_path / "vggsound.csv"
+    csv.write_text("".join(f"{i},0,{'dog' if int(i[1:]) % 2 else 'cat'},train\n" for i in IDS))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("clip:\n  clip_seconds: 2.0\n  frame_size: 32\n"
+                   "download:\n  socket_timeout: 2.0\n  backoff_base: 0.05\n  max_attempts: 3\n"
+                   + GOVERNOR.format(max_blocked=max_blocked))
+    args = [str(csv), "--out", str(out), "--config", str(cfg), "--url-template", server.url("{id}.mp4"),
+            "--shard-size", "2", "--threads", "2", "--concurrency", "2", *extra]
+    return preprocess.main(args)
+
+
+def _keys(out):
+    return sorted(json.loads(s["json"])["key"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")),
+                                                                       shardshuffle=False))
+
+
+def _failures(out):
+    return duckdb.sql(f"SELECT key, kind, transient FROM '{out}/failures.parquet' ORDER BY key").fetchall()
+
+
+def _timeline(server) -> str:
+    """Compressed request log: runs of (status) with counts, e.g. 200x6 429x4 403x4 200x18."""
+    runs: list[list] = []
+    for r in server.log:
+        status = r["status"] or 200
+        if runs and runs[-1][0] == status:
+            runs[-1][1] += 1
+        else:
+            runs.append([status, 1])
+    t0 = server.log[0]["t"]
+    return " ".join(f"{s}x{n}" for s, n in runs) + f" in {server.log[-1]['t'] - t0:.1f} s"
+
+
+@pytest.mark.slow
+def test_block_pauses_resumes_and_reruns_complete_the_key_set(tmp_path, served, ray_local, capsys):
+    with RangeServer(served) as server:
+        assert _run(tmp_path / "a", server, tmp_path / "clean") == 0
+    expected = _keys(tmp_path / "clean")
+    assert expected == [f"{i}_000000" for i in IDS]
+
+    with RangeServer(served) as server:
+        server.block(after=6, plan=[(429, 4), (403, 4)])
+        code = _run(tmp_path / "b", server, tmp_path / "blocked")
+        print("blocked run:", _timeline(server))
+    manifest = json.loads((tmp_path / "blocked" / "manifest.json").read_text())
+    downloads = manifest["downloads"]
+    print("governor:", downloads)
+    assert downloads["cooldowns"] >= 2 and downloads["probes"] >= 2 and downloads["blocked_seconds"] > 0.3
+    assert set(downloads["blocks"]) <= {"blocked_rate_limit", "blocked_forbidden"} and downloads["blocks"]
+    assert downloads["blocked_nodes"] == [] and downloads["stopped"] is None  # resumed by the end
+    failures = _failures(tmp_path / "blocked")
+    assert all(transient for _, _, transient in failures), failures  # no block is held against a clip
+    assert code == 0 and manifest["complete"]
+    if failures:  # clips whose attempts ran out during the block: --retry-failed redoes them
+        with RangeServer(served) as server:
+            assert _run(tmp_path / "b", server, tmp_path / "blocked", extra=["--retry-failed"]) == 0
+    assert _keys(tmp_path / "blocked") == expected
+    print(f"blocked run: {len(failures)} transient failures {sorted({k for _, k, _ in failures})}, "
+          f"final keys {len(_keys(tmp_path / 'blocked'))}")
+
+
+@pytest.mark.slow
+def test_an_over_long_block_stops_the_job_and_a_rerun_resumes_it(tmp_path, served, ray_local, capsys):
+    out = tmp_path / "shards"
+    with RangeServer(served) as server:
+        server.block(after=9, plan=[(429, 10 ** 6)])  # blocked for good after about three clips
+        code = _run(tmp_path, server, out, max_blocked=2.0)
+        timeline = _timeline(server)
+    err = capsys.readouterr().err
+    print("stopped run:", timeline)
+    stop_line = next(line for line in err.splitlines() if line.startswith("STOPPED"))
+    print(stop_line)
+    assert code == 3 and "blocked_rate_limit" in stop_line and "Resume later with: avfusion preprocess" in stop_line
+    manifest = json.loads((out / "manifest.json").read_text())
+    print("governor:", manifest["downloads"], "kept keys:", len(_keys(out)))
+    assert manifest["complete"] is False and manifest["downloads"]["stopped"] == "blocked_rate_limit"
+    kept = _keys(out)
+    assert 0 < len(kept) < len(IDS), kept  # the finished shards are kept, the rest left undone
+    assert all(transient for _, _, transient in _failures(out))
+    stats_files = sorted(p.name for p in out.glob("*_stats.json"))
+    assert len(stats_files) == manifest["num_shards"] < 4  # a stopped shard writes no stats
+
+    with RangeServer(served) as server:  # the block lifted: the same command resumes
+        assert _run(tmp_path, server, out) == 0
+        redone = {r["path"] for r in server.log}
+    done_before = {k.split("_")[0] + ".mp4" for k in kept}
+    assert not (redone & done_before), "finished shards are not downloaded again"
+    if _failures(out):
+        with RangeServer(served) as server:
+            assert _run(tmp_path, server, out, extra=["--retry-failed"]) == 0
+    assert _keys(out) == [f"{i}_000000" for i in IDS]
+    print(f"resumed: final keys {len(_keys(out))}")

@@ -1,0 +1,134 @@
+"""`avfusion doctor` on this machine, with the JS runtime hidden, and against real
+cookie files, a real S3 server and proxy URLs."""
+
+import os
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+
+from avfusion.doctor import FAIL, OK, WARN, cookie_checks, proxy_check
+from avfusion.download import js_runtime_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _doctor(python: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(env or os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([python, "-m", "jobs.doctor", "--video-weights", "none", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_yt_dlp_finds_a_supported_runtime_and_the_solver_in_our_venv():
+    js = js_runtime_report()
+    assert js["ok"] and js["supported"] and js["runtime"].startswith("deno ")
+    assert Path(js["path"]).parent == Path(sysconfig.get_path("scripts"))  # the venv's deno wheel, no PATH setup
+    assert js["solver"].startswith("yt-dlp-ejs ")
+
+
+def test_doctor_on_this_machine(tmp_path):
+    result = _doctor(sys.executable, "--out", str(tmp_path / "shards"))
+    lines = result.stdout.splitlines()
+    by_name = {line[6:20].strip(): line[:4].strip() for line in lines if line[:4].strip() in (OK, WARN, FAIL)}
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {k: by_name[k] for k in ("ffmpeg", "ffmpeg proto", "ffmpeg opts", "section path", "js solver",
+                                    "output")} == dict.fromkeys(("ffmpeg", "ffmpeg proto", "ffmpeg opts",
+                                                                  "section path", "js solver", "output"), OK)
+    assert lines[-1] == "doctor: OK"
+
+
+def test_doctor_fails_when_the_js_runtime_is_hidden(tmp_path):
+    """A venv whose scripts folder has no deno (same packages through a .pth) and a
+    PATH without one: yt-dlp's own check finds no runtime and doctor FAILs."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "main.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = "/usr/bin:/bin"
+    assert not any(Path(p, "deno").exists() for p in env["PATH"].split(":"))
+    result = _doctor(str(venv / "bin" / "python"), env=env)
+    js_line = next(line for line in result.stdout.splitlines() if "js solver" in line)
+    assert js_line.startswith(FAIL) and "runtime none" in js_line, result.stdout + result.stderr
+    assert "pip install 'yt-dlp[default,deno]'" in result.stdout
+    assert result.returncode == 1 and result.stdout.splitlines()[-1].startswith("doctor: FAIL")
+
+
+def _cookie_file(path: Path, rows: list[tuple[str, str, int]]) -> Path:
+    lines = ["# Netscape HTTP Cookie File"]
+    lines += [f"{domain}\tTRUE\t/\tTRUE\t{expires}\t{name}\tvalue" for domain, name, expires in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cookie_checks_against_real_files(tmp_path):
+    year = int(time.time()) + 365 * 86400
+    good = _cookie_file(tmp_path / "good.txt", [(".youtube.com", "SID", year), (".youtube.com", "PREF", year),
+                                               (".google.com", "NID", year)])
+    (check, folder) = cookie_checks(str(good))
+    assert check.status == OK and "2 YouTube cookies, login SID" in check.detail, check
+    assert folder.status == OK and "writable" in folder.detail and "not needed" in folder.detail
+
+    expired = _cookie_file(tmp_path / "old.txt", [(".youtube.com", "SID", int(time.time()) - 86400)])
+    assert cookie_checks(str(expired))[0].status == FAIL
+    guest = _cookie_file(tmp_path / "guest.txt", [(".youtube.com", "PREF", year)])
+    assert cookie_checks(str(guest))[0].status == WARN
+    other = _cookie_file(tmp_path / "other.txt", [(".example.com", "SID", year)])
+    assert cookie_checks(str(other))[0].status == FAIL
+    (tmp_path / "junk.txt").write_text("this is not a cookie file\n\x00\x01")
+    assert cookie_checks(str(tmp_path / "junk.txt"))[0].status == FAIL
+    assert cookie_checks(str(tmp_path / "absent.txt"))[0].status == FAIL
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+def test_cookie_folder_read_only_is_reported_as_not_needed(tmp_path):
+    from tests.test_download_effects import read_only_mount
+
+    folder = tmp_path / "secret"
+    folder.mkdir()
+    _cookie_file(folder / "cookies.txt", [(".youtube.com", "SID", int(time.time()) + 86400 * 30)])
+    with read_only_mount(folder) as ro:
+        check, where = cookie_checks(str(ro / "cookies.txt"))
+    assert check.status == OK and where.status == OK and "read-only" in where.detail
+
+
+def test_proxy_schemes():
+    assert proxy_check("http://127.0.0.1:3128").status == OK
+    assert proxy_check(None).status == OK
+    socks = proxy_check("socks5://127.0.0.1:1080")
+    assert socks.status == FAIL and "directly" in socks.detail
+
+
+def test_storage_check_heads_the_bucket_of_a_real_s3_server():
+    from tests.s3_server import S3Server, clean_env
+
+    server = S3Server().start()
+    try:
+        env = clean_env(server)
+        subprocess.run([sys.executable, "-c", "import fsspec; fsspec.filesystem('s3').mkdir('shards')"], env=env,
+                       check=True)
+        ok = _doctor(sys.executable, "--out", "s3://shards/vggsound", env=env)
+        missing = _doctor(sys.executable, "--out", "s3://nobucket/vggsound", env=env)
+    finally:
+        server.stop()
+    assert "OK    output        bucket shards at http://" in ok.stdout, ok.stdout + ok.stderr
+    assert "FAIL  output" in missing.stdout and missing.returncode == 1, missing.stdout
+
+
+@pytest.mark.slow
+def test_doctor_runs_the_node_checks_on_every_node_of_a_real_cluster():
+    from tests.ray_cluster import LocalCluster
+
+    with LocalCluster(cpus_per_node=1, workers=1) as cluster:
+        result = _doctor(sys.executable, "--address", cluster.address, env=cluster.env)
+    out = result.stdout
+    assert "[cluster]" in out and "2 alive nodes" in out, out + result.stderr[-3000:]
+    groups = out.split("[node ")[1:]
+    assert len(groups) == 2, out
+    for group in groups:  # each node ran its own checks
+        assert "OK    js solver" in group and "OK    section path" in group, group
+    assert result.returncode == 0, out

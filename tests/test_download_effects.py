@@ -1,0 +1,144 @@
+"""Pass-through options tested by their effect at a loopback origin: cookies from a
+read-only mount reach the server, an HTTP proxy carries all the media, the governor's
+spacing shows in the server's request times, SOCKS and --rate-limit are refused."""
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from avfusion.config import ClipSpec
+from avfusion.download import DownloadConfig, download_section
+from avfusion.governor import Governor, GovernorConfig
+from avfusion.pipeline import PreprocessConfig, process_shard
+from avfusion.sources import ClipTask
+from avfusion.synth import SynthSpec, write_clip
+from tests.http_proxy import HttpProxy
+from tests.range_server import RangeServer
+
+FAST = DownloadConfig(socket_timeout=2.0, max_attempts=2, backoff_base=0.05)
+# ffmpeg sends a cookie with a domain only to a URL without an explicit port (it
+# matches the domain against "host:port"), as real media URLs are: the cookie test's
+# origin listens on port 80 of its own loopback address.
+COOKIE_HOST = "127.0.0.5"  # not 127.0.0.3: tests/ray_cluster.py uses it
+COOKIES = ("# Netscape HTTP Cookie File\n"
+           f"{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tSID\tsecret-session-42\n"
+           ".youtube.com\tTRUE\t/\tTRUE\t2000000000\tLOGIN_INFO\tabc\n")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    write_clip(root / "c0.mp4", SynthSpec(duration=6.0, fps=10, width=96, height=72))
+    for i in range(1, 6):
+        shutil.copy(root / "c0.mp4", root / f"c{i}.mp4")
+    return root
+
+
+@contextlib.contextmanager
+def read_only_mount(folder: Path):
+    """``folder`` bind-mounted read-only at a sibling path (we run as root)."""
+    target = folder.parent / f"{folder.name}-ro"
+    target.mkdir()
+    subprocess.run(["mount", "--bind", str(folder), str(target)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(target)], check=True)
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+        target.rmdir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+def test_cookies_from_a_read_only_mount_reach_the_origin_and_stay_untouched(tmp_path, served):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "cookies.txt").write_text(COOKIES)
+    with read_only_mount(secret) as ro:
+        cookie_file = ro / "cookies.txt"
+        with pytest.raises(OSError):
+            cookie_file.write_text("x")  # the mount really is read-only
+        before = (hashlib.sha256(cookie_file.read_bytes()).hexdigest(), cookie_file.stat().st_mtime_ns)
+        cfg = PreprocessConfig(clip=ClipSpec(clip_seconds=3.0, frame_size=32),
+                               download=DownloadConfig(cookies=str(cookie_file), socket_timeout=2.0, max_attempts=1),
+                               shard_size=6, threads_per_task=3)
+        with RangeServer(served, host=COOKIE_HOST, port=80) as server:
+            tasks = [ClipTask(f"c{i}", server.url(f"c{i}.mp4"), 1.0) for i in range(6)]
+            stats = process_shard("00000", tasks, cfg, {}, str(tmp_path / "out"))
+            log = list(server.log)
+        after = (hashlib.sha256(cookie_file.read_bytes()).hexdigest(), cookie_file.stat().st_mtime_ns)
+    assert [f.message for f in stats.failures] == [] and stats.successes == 6
+    assert before == after
+    media = [r for r in log if r["headers"].get("Range")]  # ffmpeg's section reads
+    assert {r["path"] for r in media} == {f"c{i}.mp4" for i in range(6)}
+    assert all("SID=secret-session-42" in r["headers"].get("Cookie", "") for r in log), \
+        [r["headers"].get("Cookie") for r in log]
+    assert not any("LOGIN_INFO" in r["headers"].get("Cookie", "") for r in log)  # other domains' stay home
+
+
+def test_http_proxy_carries_all_media_traffic(tmp_path, served):
+    with RangeServer(served) as server, HttpProxy() as proxy:
+        cfg = DownloadConfig(proxy=proxy.url, socket_timeout=2.0, max_attempts=1)
+        path, attempts, _ = download_section(ClipTask("c1", server.url("c1.mp4"), 1.0),
+                                             ClipSpec(clip_seconds=3.0), cfg, tmp_path)
+        peers = set(server.bytes_by_peer)
+        log_peers = {r["peer"][0] for r in server.log}
+        served_bytes = sum(server.bytes_by_peer.values())
+        ranged = [r for r in server.log if r["headers"].get("Range")]
+    assert path.stat().st_size > 0 and ranged, "ffmpeg fetched the section"
+    assert log_peers == {"127.0.0.2"}, log_peers  # every request came from the proxy
+    assert {host for host, _ in peers} == {"127.0.0.2"}
+    # The origin counts what it pushed into the proxy's socket, the proxy what it relayed
+    # before ffmpeg hung up: both non-zero, and no other peer got a byte.
+    assert proxy.bytes_in > 0 and served_bytes > 0
+    assert any(target.endswith("/c1.mp4") for _, target in proxy.requests)
+
+
+def test_governor_spacing_is_measured_at_the_origin(tmp_path, served):
+    """4 clips on 4 threads, granted 1.0-1.5 s apart by the governor: the origin's first
+    request of each clip shows the spacing, give or take yt-dlp's start-up time (without
+    a governor the 4 threads fetch at once)."""
+    governor = Governor(GovernorConfig(min_spacing=1.0, jitter=0.5, per_node_per_hour=36000), seed=3)
+    cfg = PreprocessConfig(clip=ClipSpec(clip_seconds=2.0, frame_size=32),
+                           download=DownloadConfig(socket_timeout=2.0, max_attempts=1), threads_per_task=4)
+    with RangeServer(served) as server:
+        tasks = [ClipTask(f"c{i}", server.url(f"c{i}.mp4"), 0.0) for i in range(4)]
+        stats = process_shard("00000", tasks, cfg, {}, str(tmp_path / "out"), governor=governor, node="n1")
+        first = sorted(min(r["t"] for r in server.log if r["path"] == f"c{i}.mp4") for i in range(4))
+    assert stats.successes == 4
+    gaps = [b - a for a, b in zip(first, first[1:])]
+    assert min(gaps) >= 0.6 and sum(gaps) / len(gaps) >= 0.95, gaps
+    assert governor.stats()["grants"] == 4
+
+
+def test_preprocess_refuses_socks_and_rate_limit_before_any_download(tmp_path, served, capsys):
+    from jobs import preprocess
+
+    csv = tmp_path / "vggsound.csv"
+    csv.write_text("c0,0,dog,train\n")
+    with RangeServer(served) as server:
+        base = [str(csv), "--out", str(tmp_path / "out"), "--url-template", server.url("{id}.mp4")]
+        assert preprocess.main([*base, "--proxy", "socks5://127.0.0.1:1080"]) == 2
+        assert "socks5:// is not handed to ffmpeg" in capsys.readouterr().err
+        assert preprocess.main([*base, "--rate-limit", "2M"]) == 2
+        assert "--downloads-per-hour" in capsys.readouterr().err
+        assert server.log == []  # nothing was fetched
+
+
+def test_preprocess_stops_before_downloading_youtube_without_a_solver(tmp_path, capsys):
+    from jobs import preprocess
+
+    csv = tmp_path / "vggsound.csv"
+    csv.write_text("---g-f_I2yQ,1,people marching,test\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"download:\n  js_runtimes:\n    deno:\n      path: {tmp_path / 'no-deno'}\n")
+    assert preprocess.main([str(csv), "--out", str(tmp_path / "out"), "--config", str(cfg)]) == 2
+    captured = capsys.readouterr()
+    assert "JS runtime none" in captured.out
+    (line,) = [x for x in captured.err.splitlines() if x.strip()]
+    assert "pip install 'yt-dlp[default,deno]'" in line and "--allow-no-solver" in line
+    assert not (tmp_path / "out").exists()  # stopped before anything was planned or fetched

@@ -1,0 +1,111 @@
+"""The download governor: budget, spacing, block cooldowns, probes and the stop."""
+
+import pickle
+import threading
+
+import pytest
+
+from avfusion.governor import Governor, GovernorConfig, SourceBlocked, wait_for_turn
+
+CFG = GovernorConfig(per_node_per_hour=3600, min_spacing=2.0, jitter=0.5, cooldown_start=60.0,
+                     cooldown_max=240.0, max_blocked=1000.0)
+
+
+def test_spacing_with_jitter_per_node_and_independent_nodes():
+    g = Governor(CFG, seed=1)
+    assert g.acquire("a", now=0.0) == ("go", 0.0)
+    verdict, wait = g.acquire("a", now=0.5)
+    assert verdict == "wait" and 1.5 <= wait <= 2.5  # 2 s * (1 + 0.5 U) after the grant
+    assert g.acquire("b", now=0.5) == ("go", 0.0)  # another node has its own spacing
+    assert g.acquire("a", now=3.01) == ("go", 0.0)
+
+
+def test_hourly_budget_per_node_and_global():
+    g = Governor(GovernorConfig(per_node_per_hour=2, global_per_hour=3, min_spacing=0.0), seed=0)
+    assert [g.acquire("a", now=t)[0] for t in (0, 1, 2)] == ["go", "go", "wait"]
+    assert g.acquire("a", now=2)[1] == pytest.approx(3598)  # the first grant leaves the window
+    assert g.acquire("b", now=3)[0] == "go"
+    verdict, wait = g.acquire("c", now=4)  # the global budget (the account) is spent
+    assert verdict == "wait" and wait == pytest.approx(3596)
+    assert g.acquire("a", now=3600.5)[0] == "go"
+
+
+def test_block_pauses_the_node_then_one_probe_then_resume():
+    g = Governor(CFG, seed=0)
+    g.acquire("a", now=0.0)
+    g.acquire("b", now=0.0)
+    g.report("a", "blocked_bot_check", now=1.0)
+    verdict, wait = g.acquire("a", now=2.0)
+    assert verdict == "wait" and wait == pytest.approx(59.0)  # the first cooldown: 60 s
+    assert g.acquire("b", now=3.5)[0] == "go"  # another node is not blocked
+    assert g.acquire("a", now=61.0) == ("go", 0.0)  # the probe
+    assert g.acquire("a", now=61.5)[0] == "wait"  # one probe at a time
+    g.report("a", None, now=70.0)
+    assert g.acquire("a", now=75.0) == ("go", 0.0)  # resumed
+    stats = g.stats(now=75.0)
+    assert (stats["cooldowns"], stats["probes"], stats["blocked_seconds"]) == (1, 1, 69.0)
+    assert stats["blocks"] == {"blocked_bot_check": 1} and stats["blocked_nodes"] == []
+
+
+def test_cooldown_doubles_up_to_the_maximum_and_a_long_block_stops_the_job():
+    g = Governor(CFG, seed=0)
+    g.report("a", "blocked_session", now=0.0)
+    t, cooldowns = 0.0, []
+    while True:
+        verdict, wait = g.acquire("a", now=t)
+        if verdict == "stop":
+            break
+        if verdict == "wait":
+            cooldowns.append(wait) if wait > 5 else None
+            t += wait
+            continue
+        g.report("a", "blocked_session", now=t)  # every probe is blocked again
+    assert cooldowns[:4] == [60.0, 120.0, 240.0, 240.0]
+    assert g.stop_kind() == "blocked_session" and wait >= 1000.0
+    assert g.acquire("b", now=t)[0] == "stop"  # every caller is told to stop
+    with pytest.raises(SourceBlocked) as exc:
+        wait_for_turn(g, "b", sleep=lambda s: None)
+    assert exc.value.kind == "blocked_session"
+    assert pickle.loads(pickle.dumps(exc.value)).kind == "blocked_session"
+
+
+def test_when_all_nodes_are_blocked_new_nodes_wait_too():
+    g = Governor(CFG, seed=0)
+    g.acquire("a", now=0.0)
+    g.report("a", "blocked_rate_limit", now=0.0)
+    verdict, wait = g.acquire("new", now=10.0)
+    assert verdict == "wait" and wait == pytest.approx(50.0)
+
+
+def test_a_single_403_is_not_a_block_but_a_streak_is():
+    g = Governor(GovernorConfig(min_spacing=0.0, forbidden_streak=3), seed=0)
+    g.report("a", "blocked_forbidden", now=0.0)
+    g.report("a", "blocked_forbidden", now=1.0)
+    assert g.acquire("a", now=2.0)[0] == "go"
+    g.report("a", None, now=2.0)  # a success breaks the streak
+    for t in (3.0, 4.0):
+        g.report("a", "blocked_forbidden", now=t)
+    assert g.acquire("a", now=5.0)[0] == "go"
+    g.report("a", "blocked_forbidden", now=5.0)
+    assert g.acquire("a", now=6.0)[0] == "wait"
+
+
+def test_threads_share_one_governor_and_never_exceed_the_budget():
+    g = Governor(GovernorConfig(per_node_per_hour=3600 * 20, min_spacing=0.05, jitter=0.0), seed=0)
+    granted: list[float] = []
+    import time
+
+    def worker():
+        for _ in range(5):
+            wait_for_turn(g, "a")
+            granted.append(time.monotonic())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    granted.sort()
+    gaps = [b - a for a, b in zip(granted, granted[1:])]
+    assert len(granted) == 20 and min(gaps) >= 0.049, min(gaps)
+    assert g.stats()["grants"] == 20
