@@ -144,7 +144,3 @@ def load_section(cls: type[T], path: str | Path | None, section: str, **override
     data.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(cls, data, prefix=section)
 
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass as plain YAML/JSON-friendly data (for manifests and checkpoints)."""
-    return dataclasses.asdict(obj)

@@ -67,11 +67,6 @@ def read_vggsound_csv(path: str | Path) -> list[ClipRow]:
     return rows
 
 
-def label_map(rows: list[ClipRow]) -> dict[str, int]:
-    """Labels sorted by name → class index: stable across runs and machines."""
-    return {label: i for i, label in enumerate(sorted({r.label for r in rows}))}
-
-
 # ----------------------------------------------------------------------------- tasks
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".3gp", ".ogv")

@@ -15,16 +15,31 @@ BIN = Path(sys.executable).parent
 FAST_TIER = os.environ.get("AVF_TEST_TIER") == "fast"
 
 
-def _refuse(what: str):
-    def refuse(*args, **kwargs):
-        raise RuntimeError(f"the fast test tier starts no {what}: mark this test @pytest.mark.slow")
-    return refuse
+# ctypes.util.find_library (soundfile, av) asks these at import: not a test's process.
+_LIBRARY_LOOKUPS = {"ldconfig", "gcc", "cc", "ld", "objdump"}
 
 
-def pytest_configure(config):
-    if FAST_TIER:
-        subprocess.Popen._execute_child = _refuse("subprocess")  # type: ignore[method-assign]
-        socket.socket.listen = _refuse("server")  # type: ignore[method-assign]
+def _refused(what: str) -> RuntimeError:
+    return RuntimeError(f"the fast test tier starts no {what}: mark this test @pytest.mark.slow")
+
+
+def pytest_collection_finish(session):
+    """After collection (skip conditions may probe the machine), before any test."""
+    if not FAST_TIER:
+        return
+    execute_child = subprocess.Popen._execute_child
+
+    def guarded(self, args, *rest, **kwargs):
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        if os.path.basename(str(argv[0])) not in _LIBRARY_LOOKUPS:
+            raise _refused(f"subprocess ({argv[0]})")
+        return execute_child(self, args, *rest, **kwargs)
+
+    def listen(self, *args, **kwargs):
+        raise _refused("server")
+
+    subprocess.Popen._execute_child = guarded  # type: ignore[method-assign]
+    socket.socket.listen = listen  # type: ignore[method-assign]
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from jobs.cli import JOBS, main
 
 
 
+@pytest.mark.slow
 def test_help_lists_every_job(cli_env):
     out = subprocess.run(["avfusion", "--help"], env=cli_env, capture_output=True, text=True, check=True).stdout
     for job in ["preprocess", "train", "evaluate", "label", "predict", "bench", "demo", "synth"]:

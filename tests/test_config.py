@@ -1,6 +1,8 @@
+import dataclasses
+
 import pytest
 
-from avfusion.config import ClipSpec, ConfigError, from_dict, load_section, to_dict
+from avfusion.config import ClipSpec, ConfigError, from_dict, load_section
 
 
 def test_defaults_match_vggsound_protocol():
@@ -53,4 +55,4 @@ def test_non_mapping_file_is_rejected(tmp_path):
 
 def test_round_trip_through_dict():
     spec = ClipSpec(frame_size=96)
-    assert from_dict(ClipSpec, to_dict(spec)) == spec
+    assert from_dict(ClipSpec, dataclasses.asdict(spec)) == spec

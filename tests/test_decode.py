@@ -84,6 +84,7 @@ def test_variable_frame_rate_uses_real_timestamps(tmp_path):
     assert [read_frame_index(f) for f in out.frames] == _nearest(times, frame_times(0.0, 10.0, 8))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rotation", [0, 90, 180, 270])
 def test_rotation_matches_ffmpeg_autorotate(tmp_path, rotation):
     picture = np.zeros((1, 120, 160, 3), np.uint8)

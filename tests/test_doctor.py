@@ -23,6 +23,7 @@ def _doctor(python: str, *args: str, env: dict | None = None) -> subprocess.Comp
                           text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_yt_dlp_finds_a_supported_runtime_and_the_solver_in_our_venv():
     js = js_runtime_report()
     assert js["ok"] and js["supported"] and js["runtime"].startswith("deno ")
@@ -30,6 +31,7 @@ def test_yt_dlp_finds_a_supported_runtime_and_the_solver_in_our_venv():
     assert js["solver"].startswith("yt-dlp-ejs ")
 
 
+@pytest.mark.slow
 def test_doctor_on_this_machine(tmp_path):
     result = _doctor(sys.executable, "--out", str(tmp_path / "shards"))
     lines = result.stdout.splitlines()
@@ -41,6 +43,7 @@ def test_doctor_on_this_machine(tmp_path):
     assert lines[-1] == "doctor: OK"
 
 
+@pytest.mark.slow
 def test_doctor_fails_when_the_js_runtime_is_hidden(tmp_path):
     """A venv whose scripts folder has no deno (same packages through a .pth) and a
     PATH without one: yt-dlp's own check finds no runtime and doctor FAILs."""
@@ -84,6 +87,7 @@ def test_cookie_checks_against_real_files(tmp_path):
     assert cookie_checks(str(tmp_path / "absent.txt"))[0].status == FAIL
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
 def test_cookie_folder_read_only_is_reported_as_not_needed(tmp_path):
     from tests.test_download_effects import read_only_mount
@@ -103,6 +107,7 @@ def test_proxy_schemes():
     assert socks.status == FAIL and "directly" in socks.detail
 
 
+@pytest.mark.slow
 def test_storage_check_heads_the_bucket_of_a_real_s3_server():
     from tests.s3_server import S3Server, clean_env
 

@@ -86,6 +86,7 @@ def _faults(server):
     server.set_fault("trunc.mp4", "truncated")
 
 
+@pytest.mark.slow
 def test_section_download_fetches_only_the_window(tmp_path, served):
     with RangeServer(served) as server:
         path, attempts, _ = download_section(ClipTask("ok1", server.url("ok1.mp4"), 5.0), ClipSpec(clip_seconds=4.0),
@@ -99,6 +100,7 @@ def test_section_download_fetches_only_the_window(tmp_path, served):
     assert clip.quality.duration == pytest.approx(4.0, abs=0.2)  # the section, not the 12 s file
 
 
+@pytest.mark.slow
 def test_section_of_a_faststart_mp4_fetches_a_fraction_of_its_bytes(tmp_path):
     """10 s from a 60 s MP4 whose index is at the front (as web MP4s are): the bytes the
     server sends stay under 40 % of the file. A whole-file download sends 100 %; a
@@ -126,6 +128,7 @@ def test_section_of_a_faststart_mp4_fetches_a_fraction_of_its_bytes(tmp_path):
     assert clip.quality.duration == pytest.approx(10.0, abs=0.3)
 
 
+@pytest.mark.slow
 def test_webm_source_gives_the_exact_window(tmp_path):
     """Stream copy into webm/mkv would start at the keyframe before the cut; the mp4
     output's edit list hides that pre-roll, for VP9/Opus sources too."""
@@ -145,6 +148,7 @@ def test_webm_source_gives_the_exact_window(tmp_path):
     ("f404", "not_found", False, 1), ("f403", "blocked_forbidden", True, 2), ("slow", "timeout", True, 2),
     ("reset", "stream_error", True, 2), ("trunc", "stream_error", True, 2),
 ])
+@pytest.mark.slow
 def test_faults_are_classified_and_transient_ones_retried(tmp_path, served, name, kind, transient, attempts):
     with RangeServer(served) as server:
         _faults(server)
@@ -155,6 +159,7 @@ def test_faults_are_classified_and_transient_ones_retried(tmp_path, served, name
     assert not list(tmp_path.iterdir()), "no partial download left behind"
 
 
+@pytest.mark.slow
 def test_dead_host_is_a_transient_connection_failure(tmp_path):
     import socket
 

@@ -14,7 +14,7 @@ import pytest
 from avfusion.config import ClipSpec
 from avfusion.download import DownloadConfig, download_section
 from avfusion.governor import Governor, GovernorConfig
-from avfusion.pipeline import PreprocessConfig, process_shard
+from avfusion.preprocess.shard import PreprocessConfig, process_shard
 from avfusion.sources import ClipTask
 from avfusion.synth import SynthSpec, write_clip
 from tests.http_proxy import HttpProxy
@@ -53,6 +53,7 @@ def read_only_mount(folder: Path):
         target.rmdir()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
 def test_cookies_from_a_read_only_mount_reach_the_origin_and_stay_untouched(tmp_path, served):
     secret = tmp_path / "secret"
@@ -80,6 +81,7 @@ def test_cookies_from_a_read_only_mount_reach_the_origin_and_stay_untouched(tmp_
     assert not any("LOGIN_INFO" in r["headers"].get("Cookie", "") for r in log)  # other domains' stay home
 
 
+@pytest.mark.slow
 def test_http_proxy_carries_all_media_traffic(tmp_path, served):
     with RangeServer(served) as server, HttpProxy() as proxy:
         cfg = DownloadConfig(proxy=proxy.url, socket_timeout=2.0, max_attempts=1)
@@ -98,6 +100,7 @@ def test_http_proxy_carries_all_media_traffic(tmp_path, served):
     assert any(target.endswith("/c1.mp4") for _, target in proxy.requests)
 
 
+@pytest.mark.slow
 def test_governor_spacing_is_measured_at_the_origin(tmp_path, served):
     """4 clips on 4 threads, granted 1.0-1.5 s apart by the governor: the origin's first
     request of each clip shows the spacing, give or take yt-dlp's start-up time (without
@@ -115,6 +118,7 @@ def test_governor_spacing_is_measured_at_the_origin(tmp_path, served):
     assert governor.stats()["grants"] == 4
 
 
+@pytest.mark.slow
 def test_preprocess_refuses_socks_and_rate_limit_before_any_download(tmp_path, served, capsys):
     from jobs import preprocess
 
@@ -129,6 +133,7 @@ def test_preprocess_refuses_socks_and_rate_limit_before_any_download(tmp_path, s
         assert server.log == []  # nothing was fetched
 
 
+@pytest.mark.slow
 def test_preprocess_stops_before_downloading_youtube_without_a_solver(tmp_path, capsys):
     from jobs import preprocess
 

@@ -86,6 +86,7 @@ def _keys(urls, *, rank=0, workers=2, seed=5, start_epoch=0, epochs=1):
     return [[(b.worker, tuple(b.keys)) for b in dl] for _ in range(epochs)]
 
 
+@pytest.mark.slow
 def test_shuffle_is_seeded_per_rank_and_worker_inside_the_workers(tiny_shards):
     (a,) = _keys(tiny_shards)
     assert a == _keys(tiny_shards)[0], "same seed, same stream"
@@ -95,6 +96,7 @@ def test_shuffle_is_seeded_per_rank_and_worker_inside_the_workers(tiny_shards):
     assert _keys(tiny_shards, seed=6)[0] != a
 
 
+@pytest.mark.slow
 def test_persistent_workers_move_to_the_next_epoch_and_resume_at_it(tiny_shards):
     e0, e1 = _keys(tiny_shards, epochs=2)
     assert e0 != e1, "a persistent worker must not replay its first epoch"

@@ -1,6 +1,7 @@
 import pytest
 
-from avfusion.sources import ClipRow, SourceError, clip_key, label_map, read_vggsound_csv
+from avfusion.preprocess.plan import label_map_of
+from avfusion.sources import ClipRow, SourceError, clip_key, read_vggsound_csv, tasks_from_vggsound
 
 
 def test_reads_vggsound_quirks(tmp_path):
@@ -19,7 +20,8 @@ def test_reads_vggsound_quirks(tmp_path):
     ]
     assert rows[1].key == "glLQrEijrKg_000300"
     assert clip_key("---g-f_I2yQ", 1) == "---g-f_I2yQ_000001"
-    assert label_map(rows) == {"cattle, bovinae cowbell": 0, "dog barking": 1, "people marching": 2}
+    assert label_map_of(tasks_from_vggsound(rows)) == {"cattle, bovinae cowbell": 0, "dog barking": 1,
+                                                      "people marching": 2}
 
 
 @pytest.mark.parametrize(
