@@ -12,8 +12,9 @@ What only a real deployment has is supplied by arguments appended after the file
   not YouTube (yt-dlp still downloads only each section);
 - ``--cookies``: the YouTube cookies Secret is mounted at /secrets on a pod; here a
   cookies file in the test's temp folder;
-- train: ``--gpu`` is dropped and ``--epochs 1 --batch-size 2`` appended, since 30 epochs
-  of 64-clip batches at 224² on 4 workers do not fit a 2-core CI machine. Its
+- train: ``--gpu`` is dropped and ``--epochs 1 --batch-size 2 --workers 0`` appended, since
+  30 epochs of 64-clip batches at 224² on 4 workers, each reserving 7 CPUs for itself and
+  its loader workers, do not fit a 2-core CI machine. Its
   ``--ray-workers 4``, S3 input/output and ``--video-weights imagenet`` (no internet: a
   warning and random init) stay.
 The label entrypoint runs exactly as written: the cluster advertises 4 logical GPUs so
@@ -122,7 +123,9 @@ def test_kuberay_and_autoscaler_entrypoints_against_s3(world):
     train = without(kuberay_entrypoint("train"), "--gpu")
     run = train[train.index("--out") + 1]
     assert train[3] == shards, "train reads what preprocess wrote"
-    submit(world, train + ["--epochs", "1", "--batch-size", "2"])
+    # Each worker reserves 1 + its loader workers' CPUs (7 with the file's --workers 6, as
+    # its 8-CPU pods have); this one-machine cluster has 8 CPUs for all 4 workers.
+    submit(world, train + ["--epochs", "1", "--batch-size", "2", "--workers", "0"])
     assert storage.exists(f"{run}/last.pt") and storage.find(f"{run}/ray"), storage.find(run)
     assert [r["epoch"] for r in map(json.loads, storage.read_text(f"{run}/metrics.jsonl").splitlines())] == [0]
     ranks = [storage.read_json(f"{run}/ranks/rank{r}.json") for r in range(4)]

@@ -35,7 +35,7 @@ def test_two_nodes_share_one_governor(tmp_path):
                               str(cfg), "--url-template", server.url("{id}.mp4"), "--shard-size", "1",
                               working_dir=str(REPO))
         tasks = cluster.ray("list", "tasks", "--address", cluster.dashboard, "--format", "json",
-                            "--filter", "func_or_class_name=process_shard", "--limit", "100")
+                            "--filter", "name=process_shard_item", "--limit", "100")
         first = sorted(min(r["t"] for r in server.log if r["path"] == f"{i}.mp4") for i in ids)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len({t["node_id"] for t in json.loads(tasks.stdout)}) == 2, "shards ran on both nodes"

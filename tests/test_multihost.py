@@ -33,7 +33,7 @@ for p in sorted(pathlib.Path('{clips}').glob('*.mp4')):
     fs.put_file(str(p), 'avf-multihost/clips/' + p.name)
 fs.put_file('{clips}/labels.csv', 'avf-multihost/labels.csv')
 fs.pipe_file('avf-multihost/clip.yaml', b'clip:\\n  clip_seconds: 2.0\\n  frame_size: 64\\n')
-fs.pipe_file('avf-multihost/train.yaml', b'train:\\n  embed_dim: 32\\n  audio_width: 8\\n  workers: 1\\n  batch_size: 4\\n')
+fs.pipe_file('avf-multihost/train.yaml', b'train:\\n  embed_dim: 32\\n  audio_width: 8\\n  workers: 0\\n  batch_size: 4\\n')  # a worker reserves 1 + loader workers CPUs; nodes have 1
 """)
         steps = {
             "preprocess": [PY, "-m", "jobs.preprocess", f"{b}/clips", "--labels", f"{b}/labels.csv", "--out",
@@ -48,7 +48,7 @@ fs.pipe_file('avf-multihost/train.yaml', b'train:\\n  embed_dim: 32\\n  audio_wi
             proc = cluster.submit(*entrypoint)
             assert proc.returncode == 0, f"{name}:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
         tasks = cluster.run("head", str(cluster.env["PATH"].split(":")[0] + "/ray"), "list", "tasks", "--address",
-                            cluster.dashboard, "--format", "json", "--filter", "func_or_class_name=process_shard",
+                            cluster.dashboard, "--format", "json", "--filter", "name=process_shard_item",
                             "--limit", "100")
         nodes_used = {t["node_id"] for t in json.loads(tasks.stdout)}
         result = json.loads(cluster.python("head", f"""

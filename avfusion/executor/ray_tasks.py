@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -94,6 +95,7 @@ class RayExecutor(Executor):
         self.address, self.num_cpus, self.verbose = address, num_cpus, verbose
         self.concurrency, self.task_cpus = concurrency, task_cpus
         self._session = None
+        self._shared: dict[str, ActorProxy] = {}
 
     def __enter__(self) -> RayExecutor:
         self._session = ray_session(self.address, self.num_cpus, verbose=self.verbose)
@@ -101,6 +103,7 @@ class RayExecutor(Executor):
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self._shared.clear()  # the run's actors end with their last reference
         session, self._session = self._session, None
         if session is not None:
             session.__exit__(*exc_info)
@@ -126,12 +129,17 @@ class RayExecutor(Executor):
                     yield item, exc
 
     def shared(self, name, cls, *args, **kwargs):
-        """A job-scoped named actor (``get_if_exists``: every caller of the same name in
-        this job gets the same one); it ends with the job's driver."""
+        """A named actor for this run (the same proxy for the same name until the
+        executor is left). Each run gets a fresh actor under a unique name: reusing a
+        name across runs in one session (a retry round after the first run) could hand
+        back the previous run's actor while Ray is still ending it."""
         import ray
 
-        handle = ray.remote(cls).options(name=name, get_if_exists=True, num_cpus=0).remote(*args, **kwargs)
-        return ActorProxy(handle)
+        if name not in self._shared:
+            unique = f"{name}-{uuid.uuid4().hex[:8]}"
+            handle = ray.remote(cls).options(name=unique, num_cpus=0).remote(*args, **kwargs)
+            self._shared[name] = ActorProxy(handle)
+        return self._shared[name]
 
 
 class ActorProxy:

@@ -11,6 +11,7 @@ The caller opens the Ray session (``ray_session``) around :func:`fit`.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from avfusion import storage
 from avfusion.train import TrainConfig
@@ -40,8 +41,15 @@ def fit(cfg: TrainConfig, num_workers: int, use_gpu: bool = False) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    import ray
+
     cfg = resolve_workers(cfg, use_gpu)
     resources = {"CPU": 1 + cfg.workers, **({"GPU": 1} if use_gpu else {})}
+    have = ray.cluster_resources().get("CPU", 0)
+    if num_workers * resources["CPU"] > have:  # Ray Train would wait, silently, for the autoscaler
+        print(f"avfusion train: {num_workers} Ray Train workers × {resources['CPU']} CPUs (1 + {cfg.workers} "
+              f"loader workers each) > the cluster's {have:g} CPUs now: waiting for nodes to join "
+              "(lower --workers to fit)", file=sys.stderr, flush=True)
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"train": dataclasses.asdict(cfg)},
