@@ -116,17 +116,20 @@ class RayExecutor(Executor):
         limit = self.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
         queue = list(items)
         running: dict = {}
-        while queue or running:
-            while queue and len(running) < limit:
-                item = queue.pop(0)
-                running[remote.remote(fn_ref, item)] = item
-            ready, _ = ray.wait(list(running), num_returns=1)
-            for ref in ready:
-                item = running.pop(ref)
-                try:
-                    yield item, ray.get(ref)
-                except (ray.exceptions.RayError, OSError) as exc:  # the task raised, or its worker was lost
-                    yield item, exc
+        try:
+            while queue or running:
+                while queue and len(running) < limit:
+                    item = queue.pop(0)
+                    running[remote.remote(fn_ref, item)] = item
+                ready, _ = ray.wait(list(running), num_returns=1)
+                for ref in ready:
+                    item = running.pop(ref)
+                    try:
+                        yield item, ray.get(ref)
+                    except (ray.exceptions.RayError, OSError) as exc:  # the task raised, or its worker was lost
+                        yield item, exc
+        finally:
+            _drain(running)
 
     def shared(self, name, cls, *args, **kwargs):
         """A named actor for this run (the same proxy for the same name until the
@@ -163,6 +166,19 @@ class ActorProxy:
 
     def __reduce__(self):
         return ActorProxy, (self._handle,)
+
+
+def _drain(running: dict) -> None:
+    """The caller stopped early (a block stopped the job): let the tasks in flight end
+    before it reports, so no shard's stats land after the manifest, and read their
+    results, so Ray prints no "Unhandled error" for them."""
+    import ray
+
+    for ref in running:
+        try:
+            ray.get(ref)
+        except (ray.exceptions.RayError, OSError):
+            pass
 
 
 def _apply(fn, item):
