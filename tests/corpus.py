@@ -53,6 +53,20 @@ def make_malformed_corpus(root: Path) -> dict[str, str]:
     return expected
 
 
+def make_mixed_folder(tmp: Path, clips: Path) -> tuple[Path, Path, dict[str, str]]:
+    """A preprocess input: the good clips of ``clips`` (symlinked), the malformed corpus
+    under ``bad/``, and a labels CSV with one extra row whose file is missing. Returns
+    (folder, labels CSV, the malformed files' expected kinds)."""
+    data = tmp / "in"
+    data.mkdir()
+    for p in clips.glob("*.mp4"):
+        (data / p.name).symlink_to(p)
+    bad = make_malformed_corpus(data / "bad")
+    labels = tmp / "labels.csv"
+    labels.write_text((clips / "labels.csv").read_text() + "gone_clip,7,low hum,train\n")
+    return data, labels, bad
+
+
 def make_label_corpus(root: Path) -> dict[str, str]:
     """The label job's corpus: file name → expected ``error_class``, or ``"ok"`` for a
     file it must label (it labels audio-only, 1-frame and tiny files, unlike preprocess)."""

@@ -12,7 +12,7 @@ import webdataset as wds
 from avfusion.synth import SynthSpec, make_class_conditional_set, read_frame_index, write_clip
 from jobs import preprocess
 from shards.reader import decode_sample
-from tests.corpus import make_malformed_corpus
+from tests.corpus import make_mixed_folder
 
 pytestmark = pytest.mark.slow
 
@@ -31,13 +31,7 @@ def synth_folder(tmp_path_factory):
 
 
 def test_folder_with_labels_and_malformed_files(tmp_path, synth_folder, ray_local):
-    data = tmp_path / "in"
-    data.mkdir()
-    for p in synth_folder.glob("*.mp4"):
-        (data / p.name).symlink_to(p)
-    expected_bad = make_malformed_corpus(data / "bad")
-    labels = tmp_path / "labels.csv"
-    labels.write_text((synth_folder / "labels.csv").read_text() + "gone_clip,7,low hum,train\n")
+    data, labels, expected_bad = make_mixed_folder(tmp_path, synth_folder)
     out = tmp_path / "shards"
     rc = preprocess.main([str(data), "--labels", str(labels), "--out", str(out), "--shard-size", "5",
                           "--frame-size", "64", "--num-cpus", "2"])

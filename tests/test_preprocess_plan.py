@@ -17,7 +17,7 @@ from avfusion.preprocess.shard import PreprocessConfig
 from avfusion.sources import ClipTask
 from avfusion.synth import SynthSpec, make_class_conditional_set
 from shards.manifest import Failure, ShardStats, read_all_stats, write_stats
-from tests.corpus import make_malformed_corpus
+from tests.corpus import make_mixed_folder
 
 CLIP = ClipSpec(clip_seconds=2.0, frame_size=32)
 
@@ -173,13 +173,7 @@ def test_in_process_shared_object_is_one_per_name():
 # whole runs, in process ------------------------------------------------------------------
 
 def test_whole_run_in_process(tmp_path, synth, capsys):
-    data = tmp_path / "in"
-    data.mkdir()
-    for p in synth.glob("*.mp4"):
-        (data / p.name).symlink_to(p)
-    bad = make_malformed_corpus(data / "bad")
-    labels = tmp_path / "labels.csv"
-    labels.write_text((synth / "labels.csv").read_text() + "gone_clip,7,low hum,train\n")
+    data, labels, bad = make_mixed_folder(tmp_path, synth)
     job = PreprocessJob(input=str(data), out=str(tmp_path / "s"), labels=str(labels),
                         config=PreprocessConfig(clip=CLIP, shard_size=5, threads_per_task=2))
     result = run_preprocess(job, InProcessExecutor(2))
