@@ -326,7 +326,8 @@ def stream(r: Run) -> None:
     cfg = r.cfg
     per_worker = math.ceil(r.steps / max(1, cfg.workers))
     train_stream = TrainStream(r.data.urls, cfg.batch_size, split=r.train_subset, batches_per_epoch=per_worker,
-                               seed=cfg.seed, rank=r.dist.rank, start_epoch=r.epoch)
+                               seed=cfg.seed, rank=r.dist.rank, world=r.dist.world,
+                               start_epoch=r.epoch)
     r.batches = data_loader(train_stream, cfg.workers, device=r.dist.device, persistent=True)
     r.augment = BatchAugment(cfg.augment, num_classes=r.num_classes, seed=cfg.seed, rank=r.dist.rank,
                              sample_rate=r.sample_rate, mixup_alpha=cfg.mixup_alpha, mixup_prob=cfg.mixup_prob)

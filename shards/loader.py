@@ -1,6 +1,6 @@
 """The training/evaluation input pipeline over shards, as explicit stage lists.
 
-    training (``TrainStream``): resampled shards → tar → split filter → shuffle
+    training (``TrainStream``): dealt shards → tar → split filter → shuffle
         → compact decode (FLAC only) → batch
     evaluation (``eval_stages``): shard list → node split → worker split → tar
         → split filter → compact decode → batch
@@ -8,18 +8,19 @@
 Batches leave the loader compact (16-bit PCM and JPEG bytes, pinned for a CUDA
 device) and are decoded where they are used: ``Batch.to(device)`` decodes the whole
 batch's JPEGs there in one call, and ``avfusion.augment`` augments the batch there.
-Under DDP every rank runs the same number of steps (resampled shards, a fixed number
-of batches per epoch); evaluation reads each shard once.
+Under DDP every rank runs the same number of steps (an endless stream of dealt
+shards, a fixed number of batches per epoch); evaluation reads each shard once.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
-import tarfile
-from collections.abc import Callable, Mapping
 import os
 import random
+import tarfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from itertools import islice
 
@@ -271,40 +272,70 @@ class TrainStream(torch.utils.data.IterableDataset):
     """The training stage list; one iteration is one epoch of ``batches_per_epoch``
     batches (per loader worker: the caller divides by workers and ranks).
 
-        resampled shards → worker split → tar → split filter → shuffle → decode → (augment) → batch
+        dealt shards → tar → split filter → shuffle → decode → (augment) → batch
 
-    Shards are drawn with replacement, so every rank runs the same number of steps
-    whatever the shard sizes (an uneven rank would hang the gradient all-reduce). All
-    randomness is drawn from a ``random.Random`` made *inside* the worker, seeded by
-    (seed, rank, worker, epoch): workers and ranks read different streams, reproducibly.
-    The epoch is ``start_epoch`` plus the number of times this copy of the stream has
-    been iterated, so a persistent DataLoader (workers kept across epochs, each holding
-    its own copy) still moves every worker to the next epoch's seed, and a resumed run
+    Shards are *dealt*, not drawn: each pass is a permutation of all shards (seeded by
+    seed, epoch and pass, so every rank and worker sees the same one) dealt round-robin
+    to the ``world × workers`` consumers, and a consumer that has read its hand starts
+    the next pass. So an epoch reads every shard once before any twice, consumers never
+    share a shard within a pass, the shuffle buffer (which fills completely before it
+    yields) mixes the samples of one pass and empties at its end, and every rank still runs the same number of steps
+    whatever the shard sizes (the stream never ends; the epoch is cut at
+    ``batches_per_epoch``, so an uneven rank cannot hang the gradient all-reduce).
+    (Drawing shards with replacement, as before, left about half the shards of a small
+    set unread in each epoch, and shards written in label order then skewed the classes
+    an epoch saw.)
+
+    All randomness is drawn inside the worker, from generators seeded by (seed, rank,
+    worker, epoch): workers and ranks read different streams, reproducibly. The epoch
+    is ``start_epoch`` plus the number of times this copy of the stream has been
+    iterated, so a persistent DataLoader (workers kept across epochs, each holding its
+    own copy) still moves every worker to the next epoch's seed, and a resumed run
     passes the epoch it resumes at."""
 
     def __init__(self, urls: list[str], batch_size: int, *, split: str | Subset | None, batches_per_epoch: int,
-                 seed: int = 0, rank: int = 0, start_epoch: int = 0, shuffle_buffer: int = 256,
+                 seed: int = 0, rank: int = 0, world: int = 1, start_epoch: int = 0, shuffle_buffer: int = 256,
                  compact_frames: bool = True, augment: Callable[[dict], dict] | None = None,
                  collation_fn: Callable | None = None):
         if not batches_per_epoch:
-            raise ValueError("training streams need batches_per_epoch (resampled shards never end)")
+            raise ValueError("training streams need batches_per_epoch (the dealt shards never end)")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, world={world}), got {rank}")
         self.urls, self.batch_size, self.split, self.batches = list(urls), batch_size, split, batches_per_epoch
-        self.seed, self.rank, self.start_epoch, self.shuffle_buffer = seed, rank, start_epoch, shuffle_buffer
+        self.seed, self.rank, self.world, self.start_epoch = seed, rank, world, start_epoch
+        self.shuffle_buffer = shuffle_buffer
         self.compact_frames, self.augment, self.collation_fn = compact_frames, augment, collation_fn
         self._iterations = 0
 
     def __iter__(self):
         epoch = self.start_epoch + self._iterations
         self._iterations += 1
-        rng = random.Random(seed_of(self.seed, self.rank, _worker_id(), epoch))
-        shuffle = (wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 64), rng=rng)
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        rng = random.Random(seed_of(self.seed, self.rank, worker, epoch))
+        shuffle = (wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
                    if self.shuffle_buffer > 1 else None)
         fn, coll = (compact, collate_compact) if self.compact_frames else (decode, collate)
-        shards = ({"url": rng.choice(self.urls)} for _ in iter(int, 1))
-        stages = _sample_stages(self.split, fn, self.augment, self.batch_size, False, self.collation_fn or coll,
-                                shuffle)
-        # resampled shards are already this worker's own: skip the worker split
-        return islice(wds.DataPipeline(lambda: shards, *stages[1:]).iterator(), self.batches)
+        *per_sample, batch = _sample_stages(self.split, fn, self.augment, self.batch_size, False,
+                                            self.collation_fn or coll, shuffle)
+        hands = deal_shards(self.urls, self.seed, epoch, self.rank * workers + worker, self.world * workers)
+        # one pipeline per pass, so the shuffle buffer empties at the end of each pass and
+        # never mixes two; the dealt shards are already this worker's own: no worker split
+        samples = itertools.chain.from_iterable(
+            wds.DataPipeline(lambda hand=hand: ({"url": url} for url in hand), *per_sample[1:]).iterator()
+            for hand in hands)
+        return islice(batch(samples), self.batches)
+
+
+def deal_shards(urls: list[str], seed: int, epoch: int, consumer: int, consumers: int) -> Iterator[list[str]]:
+    """Consumer ``consumer`` of ``consumers``'s hands for one epoch, one per pass: pass p
+    permutes all shards with a generator seeded by (seed, epoch, p), the same for every
+    consumer, and hands this consumer every ``consumers``-th shard of it. With more
+    consumers than shards, an empty hand becomes one shard drawn at random."""
+    for p in itertools.count():
+        order = list(urls)
+        random.Random(seed_of(seed, epoch, p)).shuffle(order)
+        yield order[consumer::consumers] or [random.Random(seed_of(seed, epoch, p, consumer)).choice(urls)]
 
 
 class ShardReadError(RuntimeError):

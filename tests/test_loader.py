@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from shards.loader import (Batch, TrainStream, collate_compact, compact, data_loader, decode, eval_stages,
-                           loader_workers, read_folds)
+from shards.loader import (Batch, TrainStream, collate_compact, compact, data_loader, deal_shards, decode,
+                           eval_stages, loader_workers, read_folds)
 from shards.reader import decode_sample
 from shards.writer import encode_sample, write_tar
 
@@ -81,7 +81,8 @@ def test_batch_pins_through_the_dataloader_pin_function(tiny_shards):
 
 
 def _keys(urls, *, rank=0, workers=2, seed=5, start_epoch=0, epochs=1):
-    stream = TrainStream(urls, 4, split=None, batches_per_epoch=3, seed=seed, rank=rank, start_epoch=start_epoch)
+    stream = TrainStream(urls, 4, split=None, batches_per_epoch=3, seed=seed, rank=rank, world=2,
+                         start_epoch=start_epoch)
     dl = data_loader(stream, workers, persistent=True)
     return [[(b.worker, tuple(b.keys)) for b in dl] for _ in range(epochs)]
 
@@ -94,6 +95,29 @@ def test_shuffle_is_seeded_per_rank_and_worker_inside_the_workers(tiny_shards):
     assert len(by_worker[0]) == len(by_worker[1]) == 12 and by_worker[0] != by_worker[1], "workers differ"
     assert _keys(tiny_shards, rank=1)[0] != a, "ranks differ"
     assert _keys(tiny_shards, seed=6)[0] != a
+
+
+def test_an_epoch_reads_every_shard_once_before_any_twice_and_consumers_share_none():
+    """Shards are dealt from one permutation per pass: in each pass the consumers'
+    hands partition the shards; the next pass is a new permutation; more consumers than
+    shards still get shards."""
+    from itertools import islice
+
+    urls = [f"s{i}" for i in range(10)]
+    passes = [list(islice(deal_shards(urls, 7, 0, c, 3), 2)) for c in range(3)]  # 2 passes per consumer
+    assert [len(p[0]) for p in passes] == [4, 3, 3]
+    assert sorted(sum((p[0] for p in passes), [])) == sorted(urls), passes
+    assert sorted(sum((p[1] for p in passes), [])) == sorted(urls) and passes[0][1] != passes[0][0]
+    assert next(deal_shards(urls, 7, 1, 0, 3)) != passes[0][0], "epochs differ"
+    assert all(len(h) == 1 and h[0] in urls for h in islice(deal_shards(urls[:2], 7, 0, 4, 6), 3)), "empty hands"
+
+
+def test_an_epoch_of_the_train_stream_sees_each_clip_once(tiny_shards):
+    """One consumer, one epoch of exactly the set's size: every clip exactly once (drawing
+    shards with replacement left some unread and read others twice)."""
+    stream = TrainStream(tiny_shards, 4, split=None, batches_per_epoch=6, seed=1)
+    keys = [k for b in data_loader(stream, 0) for k in b.keys]
+    assert sorted(keys) == sorted(f"clip{s}{i}_000000" for s in range(4) for i in range(6))
 
 
 @pytest.mark.slow

@@ -136,7 +136,8 @@ def test_uneven_shards_each_rank_ends_the_epoch_after_the_derived_batches(synthe
     per_worker = math.ceil(steps / workers)
     counts = []
     for rank in range(world):
-        ds = TrainStream(data.urls, batch, split="train", batches_per_epoch=per_worker, seed=3, rank=rank)
+        ds = TrainStream(data.urls, batch, split="train", batches_per_epoch=per_worker, seed=3, rank=rank,
+                         world=world)
         got = list(islice(data_loader(ds, workers), per_worker * workers + 5))
         assert all(len(b.keys) == batch for b in got), "training batches are full"
         counts.append(len(got))
