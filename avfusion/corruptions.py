@@ -353,9 +353,9 @@ class AugmentConfig:
 
 
 AUDIO_TRAIN = ("muted_audio", "muted_audio", "audio_gaussian_noise")
-# Missing modalities (mute, black) weigh most: they are what attention must learn to
-# route around; blur and noise at these severities often leave the picture usable.
-VIDEO_TRAIN = ("black_frames", "black_frames", "gaussian_blur", "video_gaussian_noise", "frozen_video")
+# Dead streams (mute; black or frozen frames) weigh most: they are what attention must
+# learn to route around; blur and noise at these severities often leave the picture usable.
+VIDEO_TRAIN = ("black_frames", "black_frames", "frozen_video", "frozen_video", "gaussian_blur", "video_gaussian_noise")
 
 
 def shift_and_gain(wave: np.ndarray, rng: np.random.Generator, shift: bool, gain_db: float) -> np.ndarray:

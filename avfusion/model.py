@@ -6,6 +6,12 @@ its input and output sizes. ``forward_features`` returns the per-modality embedd
 can report what each modality contributes.
 
     [w_audio, w_video] = softmax([Wa·a, Wv·v]);  fused = w_audio·a + w_video·v
+
+Two choices make a dead stream cost little (README "Robustness results" ablates both):
+the scores may also read a few *evidence* features of each input (is there sound, is
+there a picture, does it move), and with ``shared_head`` one linear classifier serves
+the fused embedding and each modality's own, so ``logits = w_a·head(a) + w_v·head(v)``:
+a weight near 0 leaves exactly what the other modality's head says.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +54,8 @@ class ModelConfig:
     video_weights: str = "none"  # imagenet | none | path to a ResNet-18 state dict
     dropout: float = 0.2
     aux_heads: bool = True  # the unimodal auxiliary heads; built only where a loss trains them (DDP)
+    shared_head: bool = True  # the aux heads are the fused classifier itself: fused logits = Σ w_m · head(m)
+    evidence: bool = True  # the attention scores also read each encoder's signal-present features
 
     def __post_init__(self) -> None:
         if self.modalities not in MODALITIES:
@@ -215,9 +224,23 @@ class AudioEncoder(nn.Module):
                 x = torch.log(x + 1e-8)  # -184 dB floor: silence is a constant, not -inf
             return self.norm(x)
 
+    evidence_dim = 2
+
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         x = self.body(self.mask(self.features(waveform)))
         return torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=1)
+
+    @staticmethod
+    def evidence(waveform: torch.Tensor, hop: int = 160) -> torch.Tensor:
+        """(B, N) → (B, 2) detached: mean and spread over 10 ms frames of the frame
+        energy, in nats. A muted track sits at the floor (-18.4) with no spread,
+        whatever the encoder learned; what the attention score reads besides ``a``.
+        Unscaled on purpose: a live clip is ~10 nats above the floor, so the score can
+        learn to separate them within a few hundred steps of a small learning rate."""
+        with torch.no_grad(), _no_autocast(waveform.device.type):
+            n = waveform.shape[1] // hop * hop
+            energy = torch.log(waveform[:, :n].float().view(len(waveform), -1, hop).pow(2).mean(dim=2) + 1e-8)
+            return torch.stack([energy.mean(dim=1), energy.std(dim=1, unbiased=False)], dim=1)
 
 
 def _resnet18(weights: str) -> nn.Module:
@@ -259,14 +282,33 @@ class VideoEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
 
+    evidence_dim = 2
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, H, W, 3) uint8 → (B, 512)."""
+        return self.forward_frames(frames).mean(dim=1)
+
+    def forward_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W, 3) uint8 → (B, T, 512) per-frame features, before pooling."""
         b, t = frames.shape[:2]
         x = frames.reshape(b * t, *frames.shape[2:]).permute(0, 3, 1, 2).float()
         x = (x - self.mean) / self.std
         if x.is_cuda:  # channels_last speeds up cuDNN convolutions; on CPU it only costs copies
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x).view(b, t, -1).mean(dim=1)
+        return self.backbone(x).view(b, t, -1)
+
+    @staticmethod
+    def evidence(frames: torch.Tensor, per_frame: torch.Tensor) -> torch.Tensor:
+        """(B, 2) detached, in nats: the pixels' spread within a frame (a floor of -9.2
+        for a black or flat picture) and the per-frame features' spread over time
+        relative to their size (the floor for a frozen stream or a single picture).
+        Pooling over time hides both: a frozen clip's pooled features are those of one
+        live frame."""
+        with torch.no_grad(), _no_autocast(frames.device.type):
+            pixels = frames.float().flatten(2).std(dim=2, unbiased=False).mean(dim=1) / 64
+            f = per_frame.float()
+            motion = f.std(dim=1, unbiased=False).mean(dim=1) / (f.abs().mean(dim=(1, 2)) + 1e-6)
+            return torch.stack([torch.log(pixels + 1e-4), torch.log(motion + 1e-4)], dim=1)
 
 
 class ModalityAttention(nn.Module):
@@ -277,7 +319,8 @@ class ModalityAttention(nn.Module):
     projection only and no score layers, so every parameter it owns gets a gradient
     (DDP requires it) and no weights are dead."""
 
-    def __init__(self, audio_dim: int | None, video_dim: int | None, dim: int):
+    def __init__(self, audio_dim: int | None, video_dim: int | None, dim: int, audio_evidence: int = 0,
+                 video_evidence: int = 0):
         super().__init__()
 
         def proj(d):
@@ -285,13 +328,18 @@ class ModalityAttention(nn.Module):
 
         self.audio_proj, self.video_proj = proj(audio_dim), proj(video_dim)
         both = bool(audio_dim and video_dim)
-        self.audio_score = nn.Linear(dim, 1) if both else None  # Wa
-        self.video_score = nn.Linear(dim, 1) if both else None  # Wv
+        self.audio_score = nn.Linear(dim + audio_evidence, 1) if both else None  # Wa
+        self.video_score = nn.Linear(dim + video_evidence, 1) if both else None  # Wv
 
-    def forward(self, a: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, a: torch.Tensor, v: torch.Tensor, audio_evidence: torch.Tensor | None = None,
+                video_evidence: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projected (B, dim) embeddings → fused (B, dim), weights (B, 2) [audio, video]
-        and the scores (B, 2) [Wa·a, Wv·v] they are the softmax of."""
-        scores = torch.cat([self.audio_score(a), self.video_score(v)], dim=1)
+        and the scores (B, 2) [Wa·a, Wv·v] they are the softmax of. Where the scores
+        read evidence features, each score layer sees ``[a; evidence]`` (the weights
+        still mix ``a`` and ``v`` alone)."""
+        sa = a if audio_evidence is None else torch.cat([a, audio_evidence.to(a.dtype)], dim=1)
+        sv = v if video_evidence is None else torch.cat([v, video_evidence.to(v.dtype)], dim=1)
+        scores = torch.cat([self.audio_score(sa), self.video_score(sv)], dim=1)
         weights = torch.softmax(scores, dim=1)
         fused = weights[:, :1] * a + weights[:, 1:] * v
         return fused, weights, scores
@@ -306,6 +354,16 @@ class FusionOutput:
     scores: torch.Tensor | None = None  # (B, 2) attention scores [Wa·a, Wv·v]; None for unimodal models
 
 
+class Features(NamedTuple):
+    """What ``forward_features`` returns: the projected embeddings (B, embed_dim) and the
+    evidence features the attention scores read (B, 2) each; None where absent."""
+
+    a: torch.Tensor | None
+    v: torch.Tensor | None
+    audio_evidence: torch.Tensor | None = None
+    video_evidence: torch.Tensor | None = None
+
+
 class FusionModel(nn.Module):
     """Late fusion with modality attention, or a unimodal baseline from the same parts."""
 
@@ -318,35 +376,54 @@ class FusionModel(nn.Module):
         self.audio = (AudioEncoder(cfg.audio_width, cfg.audio_frontend, cfg.audio_filters, cfg.sample_rate,
                                    cfg.spec_augment) if cfg.modalities in ("both", "audio") else None)
         self.video = VideoEncoder(cfg.video_weights) if cfg.modalities in ("both", "video") else None
+        self.use_evidence = cfg.evidence and cfg.modalities == "both"
         self.attention = ModalityAttention(self.audio.out_dim if self.audio else None,
-                                           self.video.out_dim if self.video else None, dim)
+                                           self.video.out_dim if self.video else None, dim,
+                                           AudioEncoder.evidence_dim if self.use_evidence else 0,
+                                           VideoEncoder.evidence_dim if self.use_evidence else 0)
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(dim, cfg.num_classes)
-        self.audio_head = nn.Linear(dim, cfg.num_classes) if self.audio and cfg.aux_heads else None
-        self.video_head = nn.Linear(dim, cfg.num_classes) if self.video and cfg.aux_heads else None
+        own = cfg.aux_heads and not cfg.shared_head  # shared: the classifier is each modality's head too
+        self.audio_head = nn.Linear(dim, cfg.num_classes) if self.audio and own else None
+        self.video_head = nn.Linear(dim, cfg.num_classes) if self.video and own else None
 
-    def forward_features(self, waveform: torch.Tensor | None, frames: torch.Tensor | None
-                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Per-modality embeddings after projection, (B, embed_dim) each. None where the
-        model has no such branch or the input is None (a file with one modality is
-        predicted from that one through ``forward_head``)."""
-        a = self.attention.audio_proj(self.audio(waveform)) if self.audio and waveform is not None else None
-        v = self.attention.video_proj(self.video(frames)) if self.video and frames is not None else None
-        return a, v
+    def forward_features(self, waveform: torch.Tensor | None, frames: torch.Tensor | None) -> Features:
+        """Per-modality embeddings after projection, (B, embed_dim) each, and (fused
+        models with ``evidence``) the features the scores read. None where the model has
+        no such branch or the input is None (a file with one modality is predicted from
+        that one through ``forward_head``)."""
+        a = v = ea = ev = None
+        if self.audio and waveform is not None:
+            a = self.attention.audio_proj(self.audio(waveform))
+            ea = self.audio.evidence(waveform) if self.use_evidence else None
+        if self.video and frames is not None:
+            per_frame = self.video.forward_frames(frames)
+            v = self.attention.video_proj(per_frame.mean(dim=1))
+            ev = self.video.evidence(frames, per_frame) if self.use_evidence else None
+        return Features(a, v, ea, ev)
 
-    def forward_head(self, a: torch.Tensor | None, v: torch.Tensor | None) -> FusionOutput:
+    def _head(self, modality: str) -> nn.Module | None:
+        """A modality's own head (the aux head): the classifier itself when shared, in a
+        fused model trained with aux heads."""
+        if self.cfg.shared_head:
+            return self.classifier if self.cfg.aux_heads and self.cfg.modalities == "both" else None
+        return self.audio_head if modality == "audio" else self.video_head
+
+    def forward_head(self, a: torch.Tensor | None, v: torch.Tensor | None, audio_evidence: torch.Tensor | None = None,
+                     video_evidence: torch.Tensor | None = None) -> FusionOutput:
         scores = None
         if a is not None and v is not None:
-            fused, weights, scores = self.attention(a, v)
+            fused, weights, scores = self.attention(a, v, audio_evidence, video_evidence)
         else:
             fused = a if a is not None else v
             weights = torch.zeros(fused.shape[0], 2, device=fused.device, dtype=fused.dtype)
             weights[:, 0 if a is not None else 1] = 1.0
+        head_a, head_v = self._head("audio"), self._head("video")
         return FusionOutput(
             logits=self.classifier(self.dropout(fused)),
             weights=weights,
-            audio_logits=self.audio_head(self.dropout(a)) if a is not None and self.audio_head else None,
-            video_logits=self.video_head(self.dropout(v)) if v is not None and self.video_head else None,
+            audio_logits=head_a(self.dropout(a)) if a is not None and head_a is not None else None,
+            video_logits=head_v(self.dropout(v)) if v is not None and head_v is not None else None,
             scores=scores,
         )
 
@@ -360,6 +437,7 @@ class LossConfig:
     label_smoothing: float = 0.0
     reliability_weight: float = 0.0  # × the attention reliability term (0 = off, the ablation)
     reliability_sharpness: float = 2.0  # γ in the target c_a^γ / (c_a^γ + c_v^γ)
+    dead_weight: float = 0.0  # × the dead-modality term: all weight to the live stream where augmentation killed one
 
 
 def soft_targets(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -407,18 +485,33 @@ def attention_agrees(out: FusionOutput, reference: torch.Tensor) -> torch.Tensor
     return (out.weights[:, 0] > out.weights[:, 1]) == (c_a > c_v)
 
 
+def dead_modality_loss(out: FusionOutput, dead: torch.Tensor) -> torch.Tensor:
+    """``-log w_live`` for the clips whose audio or video the augmentation killed
+    (``dead`` (B, 2) bool [audio, video]: muted; black or frozen), averaged over the
+    batch (clips with both streams alive add 0). The reliability target alone asks a
+    dead stream for c_dead^γ / (c_dead^γ + c_live^γ), which is far from 0 when the live
+    stream is weak too (c_dead = 1/C against c_live = 2/C asks for 1/9 at γ = 3, 1/3 at
+    γ = 1); a dead stream carries no evidence at all, so its target is 0 whatever the
+    other knows (ModDrop's training with a known missing modality, as a target for the
+    attention instead of a zeroed input)."""
+    log_w = torch.log_softmax(out.scores.float(), dim=1)
+    live = dead.flip(1).float()  # the live stream of a clip whose other stream is dead
+    return -(live * log_w).sum(dim=1).mean()
+
+
 def _ce(logits: torch.Tensor, soft: torch.Tensor, smoothing: float) -> torch.Tensor:
     if smoothing > 0:
         soft = soft * (1 - smoothing) + smoothing / soft.shape[1]
     return -(soft * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
-def fusion_loss(out: FusionOutput, target: torch.Tensor, cfg: LossConfig
+def fusion_loss(out: FusionOutput, target: torch.Tensor, cfg: LossConfig, dead: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy on the fused logits (label smoothing optional), plus
     ``aux_weight`` × each unimodal head's (modality imbalance: without them the
     stronger modality starves the other's encoder), plus ``reliability_weight`` × the
-    attention reliability term. ``target``: class indices or soft (mixup) targets.
+    attention reliability term, plus ``dead_weight`` × the dead-modality term for the
+    clips ``dead`` marks. ``target``: class indices or soft (mixup) targets.
     Returns the loss and its parts: detached tensors on the loss's device, so a
     training step never waits for the device (the loop reads them every N steps)."""
     soft = soft_targets(target, out.logits.shape[1])
@@ -433,6 +526,10 @@ def fusion_loss(out: FusionOutput, target: torch.Tensor, cfg: LossConfig
         term = reliability_loss(out, soft, cfg.reliability_sharpness)
         parts["reliability"] = term.detach()
         loss = loss + cfg.reliability_weight * term
+    if cfg.dead_weight > 0 and out.scores is not None and dead is not None:
+        term = dead_modality_loss(out, dead)
+        parts["dead"] = term.detach()
+        loss = loss + cfg.dead_weight * term
     return loss, parts
 
 
@@ -441,6 +538,9 @@ def warn_random_init(cfg: ModelConfig) -> None:
         warnings.warn("ResNet-18 starts from random weights (--video-weights none): expect slower learning "
                       "than from ImageNet weights", stacklevel=2)
 
+
+# What a checkpoint written before these ModelConfig fields existed was trained with.
+LEGACY_MODEL_DEFAULTS = {"shared_head": False, "evidence": False}
 
 # Modules an older checkpoint may hold that this model no longer builds: a unimodal
 # model's other-branch projection and score layers, heads a loss never trained.

@@ -39,7 +39,8 @@ from avfusion.augment import BatchAugment
 from avfusion.corruptions import AugmentConfig
 from avfusion.distributed import DistEnv, setup, teardown
 from avfusion.metrics import Tally
-from avfusion.model import FusionModel, LossConfig, ModelConfig, fusion_loss, load_weights, warn_random_init
+from avfusion.model import (LEGACY_MODEL_DEFAULTS, FusionModel, LossConfig, ModelConfig, fusion_loss, load_weights,
+                            warn_random_init)
 from shards.loader import Dataset, Subset, TrainStream, data_loader, eval_stages, loader_workers, read_folds
 
 CHECKPOINT = "last.pt"
@@ -169,7 +170,7 @@ def model_from_checkpoint(path: str | Path) -> tuple[FusionModel, dict]:
     Self-contained: the checkpoint holds every weight, so the model is rebuilt without
     the file training started its video encoder from (``video_weights`` none)."""
     ckpt = load_checkpoint(path)
-    model = FusionModel(ModelConfig(**{**ckpt["model_config"], "video_weights": "none"}))
+    model = FusionModel(ModelConfig(**{**LEGACY_MODEL_DEFAULTS, **ckpt["model_config"], "video_weights": "none"}))
     load_weights(model, ckpt["model"])
     return model.eval(), ckpt
 
@@ -375,7 +376,7 @@ def train_step(r: Run, batch, target) -> tuple[torch.Tensor, dict[str, torch.Ten
     step while the device works. Returns the detached loss and its parts."""
     with _autocast(r.cfg, r.dist):
         output = r.net(batch.waveform, batch.frames)
-        loss, parts = fusion_loss(output, target, r.cfg.loss)
+        loss, parts = fusion_loss(output, target, r.cfg.loss, batch.dead)
     r.opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(r.model.parameters(), r.cfg.grad_clip)

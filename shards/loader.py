@@ -53,6 +53,7 @@ class Batch:
     jpeg: torch.Tensor | None = None
     jpeg_offsets: torch.Tensor | None = None
     worker: int = 0
+    dead: torch.Tensor | None = None  # (B, 2) bool [audio, video]: streams training augmentation killed
 
     @property
     def n_frames(self) -> int:

@@ -92,13 +92,20 @@ def test_modality_dropout_rates_match_the_reference_and_labels_are_kept(device):
                    for w, f in zip(clips.waveform, clips.frames)]
     ref = _dropout_counts(np.stack([s["waveform"] for s in ref_samples]), np.stack([s["frames"] for s in ref_samples]),
                           clips.frames.numpy())
-    expected = (0.3 * 2 / 3, 0.3 * 2 / 5, 0.3 / 5)  # mute 2 of 3 audio picks, black 2 of 5, frozen 1 of 5
+    expected = (0.3 * 2 / 3, 0.3 * 2 / 6, 0.3 * 2 / 6)  # mute 2 of 3 audio picks, black 2 of 6, frozen 2 of 6
     for o, r, e in zip(ours, ref, expected):
         tol = 4 * np.sqrt(e * (1 - e) / 600)
         assert abs(o - e) < tol and abs(r - e) < tol, (ours, ref, expected)
     both = (np.abs(out.waveform.cpu().numpy() - clips.waveform.numpy()).max(1) > 0) & \
         (out.frames.cpu().numpy() != clips.frames.numpy()).reshape(600, -1).any(1)
     assert not both.any(), "at most one modality of a clip is dropped"
+    wave, frames = out.waveform.cpu().numpy(), out.frames.cpu().numpy()
+    muted = np.abs(wave).max(1) == 0
+    black = frames.reshape(600, -1).max(1) == 0
+    frozen = (frames == frames[:, :1]).reshape(600, -1).all(1) & ~black
+    dead = out.dead.cpu().numpy()
+    assert (dead[:, 0] == muted).all() and (dead[:, 1] == (black | frozen)).all(), "dead marks muted, black, frozen"
+    assert dead[:, 0].sum() > 0 and dead[:, 1].sum() > 0
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -145,6 +152,18 @@ def test_deterministic_under_a_seed_and_different_across_ranks_workers_epochs_st
     assert all(torch.equal(a, b) for a, b in zip(base, run()))
     for other in (run(rank=1), run(worker=1), run(epoch=1), run(step=1)):
         assert not torch.equal(base[0], other[0])
+
+
+def test_a_dead_stream_mixed_with_a_live_clip_is_not_dead():
+    """Mixup blends a muted clip with another clip's sound: that audio is evidence of the
+    other label, so only a stream dead in both clips stays marked dead."""
+    cfg = AugmentConfig(p_audio=0.5, p_video=0.0, p_drop_frames=0.0)
+    aug = A.BatchAugment(cfg, num_classes=7, seed=0, mixup_alpha=1.0, mixup_prob=1.0)
+    clips = _clips(64, t=2, s=16, n=400)
+    out, _ = aug(clips, "cpu", epoch=0, step=0)
+    silent = np.abs(out.waveform.numpy()).max(1) == 0
+    assert (out.dead[:, 0].numpy() == silent).all() and 0 < silent.sum() < 64
+    assert not out.dead[:, 1].any()
 
 
 def test_mixup_keeps_the_dominant_label():

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.slow
 
 TINY = ("train:\n  embed_dim: 16\n  audio_width: 8\n  audio_filters: 16\n  workers: 0\n  batch_size: 8\n"
         "  lr: 0.003\n  warmup_fraction: 0.5\n")
-VARIANTS = {"fused": [], "audio": ["--modalities", "audio"], "video": ["--modalities", "video"], "aux0": []}
+VARIANTS = {"fused": [], "audio": ["--modalities", "audio"], "video": ["--modalities", "video"], "aux0": [],
+            "separate_heads": []}
+EXTRA = {"aux0": "  aux_weight: 0.0\n", "separate_heads": "  shared_head: false\n"}
 
 
 def _metrics(run):
@@ -41,7 +43,7 @@ def test_torchrun_and_ray_train_match_one_process(tmp_path, synthetic_shards, cl
     from avfusion.train import TrainConfig
 
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(TINY + ("  aux_weight: 0.0\n" if variant == "aux0" else ""))
+    recipe.write_text(TINY + EXTRA.get(variant, ""))
     args = [str(synthetic_shards), "--config", str(recipe), "--epochs", "2", "--steps-per-epoch", "2",
             "--seed", "3", *VARIANTS[variant]]
     single, ddp, ray_run = tmp_path / "single", tmp_path / "torchrun", tmp_path / "ray"
@@ -72,7 +74,8 @@ def test_torchrun_and_ray_train_match_one_process(tmp_path, synthetic_shards, cl
 
     ckpt = torch.load(ddp / "last.pt", weights_only=True)
     keys = set(ckpt["model"])
-    assert any(k.startswith("attention.audio_score") for k in keys) == (variant in ("fused", "aux0"))
-    assert any(k.startswith("audio_head") or k.startswith("video_head") for k in keys) == (variant != "aux0")
+    assert any(k.startswith("attention.audio_score") for k in keys) == (variant in ("fused", "aux0", "separate_heads"))
+    # the fused classifier is each modality's head unless the recipe asks for separate ones
+    assert any(k.startswith("audio_head") or k.startswith("video_head") for k in keys) == (variant == "separate_heads")
     other = {"audio": "attention.video_proj", "video": "attention.audio_proj"}.get(variant)
     assert other is None or not any(k.startswith(other) for k in keys), "a unimodal model owns no other branch"

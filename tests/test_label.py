@@ -65,11 +65,14 @@ def _direct(model, waveform, frames):
     """The model run directly on one decoded clip, through the path a row of that kind
     must take: both encoders fused, or one encoder and ``forward_head`` alone."""
     with torch.no_grad():
-        a = model.attention.audio_proj(model.audio(torch.from_numpy(waveform)[None])) if waveform is not None else None
-        v = model.attention.video_proj(model.video(torch.from_numpy(frames)[None])) if frames is not None else None
+        wave = torch.from_numpy(waveform)[None] if waveform is not None else None
+        pics = torch.from_numpy(frames)[None] if frames is not None else None
+        a = model.attention.audio_proj(model.audio(wave)) if wave is not None else None
+        v = model.attention.video_proj(model.video(pics)) if pics is not None else None
         if a is not None and v is not None:
-            out = model(torch.from_numpy(waveform)[None], torch.from_numpy(frames)[None])
-            assert torch.allclose(out.logits, model.forward_head(a, v).logits)
+            out = model(wave, pics)
+            evidence = (model.audio.evidence(wave), model.video.evidence(pics, model.video.forward_frames(pics)))
+            assert torch.allclose(out.logits, model.forward_head(a, v, *evidence).logits)
             return out
         return model.forward_head(a, v)
 

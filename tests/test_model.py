@@ -29,9 +29,51 @@ def test_fusion_outputs_and_attention_sum_to_one():
     assert torch.isfinite(out.logits).all()
     torch.testing.assert_close(out.weights.sum(dim=1), torch.ones(3))
     assert ((out.weights > 0) & (out.weights < 1)).all()
-    a, v = model.forward_features(*_inputs())
-    assert a.shape == v.shape == (3, 32)
-    torch.testing.assert_close(model.forward_head(a, v).logits, out.logits)
+    feats = model.forward_features(*_inputs())
+    assert feats.a.shape == feats.v.shape == (3, 32)
+    assert feats.audio_evidence.shape == feats.video_evidence.shape == (3, 2)
+    torch.testing.assert_close(model.forward_head(*feats).logits, out.logits)
+
+
+def test_a_shared_head_makes_the_fused_logits_the_weighted_sum_of_the_modalities():
+    """With ``shared_head`` one classifier serves all three: logits = w_a·head(a) +
+    w_v·head(v) exactly (it is linear and the weights sum to 1), so a weight near 0
+    leaves exactly the other modality's prediction."""
+    torch.manual_seed(0)
+    model = FusionModel(ModelConfig(num_classes=5, embed_dim=32, audio_width=16)).eval()
+    assert model.audio_head is None and model.video_head is None
+    out = model(*_inputs())
+    w = out.weights
+    torch.testing.assert_close(out.logits, w[:, :1] * out.audio_logits + w[:, 1:] * out.video_logits)
+    separate = FusionModel(ModelConfig(num_classes=5, embed_dim=32, audio_width=16, shared_head=False)).eval()
+    out = separate(*_inputs())
+    assert separate.audio_head is not None
+    assert not torch.allclose(out.logits, out.weights[:, :1] * out.audio_logits + out.weights[:, 1:] * out.video_logits)
+
+
+def test_evidence_features_tell_dead_streams_from_live_ones():
+    """Muted audio sits at the energy floor with no spread; black frames have no pixel
+    spread; a frozen stream no spread over time, while its pooled features equal a live
+    frame's. The scores read these, so a dead stream is recognisable whatever the
+    encoder learned."""
+    from avfusion.model import AudioEncoder, VideoEncoder
+
+    wave, frames = _inputs()
+    live_a = AudioEncoder.evidence(wave)
+    muted = AudioEncoder.evidence(torch.zeros_like(wave))
+    assert (muted[:, 0] < live_a[:, 0] - 0.5).all() and (muted[:, 1] == 0).all()
+    enc = VideoEncoder().eval()
+    frozen = frames[:, :1].expand_as(frames).contiguous()
+    black = torch.zeros_like(frames)
+    with torch.no_grad():
+        ev = {name: enc.evidence(f, enc.forward_frames(f)) for name, f in
+              (("live", frames), ("frozen", frozen), ("black", black))}
+    assert (ev["black"][:, 0] < ev["live"][:, 0] - 0.5).all()
+    assert (ev["frozen"][:, 1] < ev["live"][:, 1] - 0.5).all()
+    on = FusionModel(ModelConfig(num_classes=5, embed_dim=32, audio_width=16))
+    off = FusionModel(ModelConfig(num_classes=5, embed_dim=32, audio_width=16, evidence=False))
+    assert on.attention.audio_score.in_features == 34 and off.attention.audio_score.in_features == 32
+    assert off.forward_features(wave, frames).video_evidence is None
 
 
 def test_fused_weights_follow_the_formula():

@@ -144,7 +144,7 @@ def test_reliability_target_prefers_the_modality_whose_head_knows():
 
 def test_reliability_gradient_reaches_both_scores_not_the_heads():
     torch.manual_seed(0)
-    model = FusionModel(ModelConfig(num_classes=4, embed_dim=16, audio_width=8, audio_filters=16))
+    model = FusionModel(ModelConfig(num_classes=4, embed_dim=16, audio_width=8, audio_filters=16, shared_head=False))
     out = model(torch.rand(3, 16_000) - 0.5, torch.randint(0, 256, (3, 2, 32, 32, 3), dtype=torch.uint8))
     reliability_loss(out, torch.nn.functional.one_hot(torch.tensor([0, 1, 2]), 4).float()).backward()
     for score in (model.attention.audio_score, model.attention.video_score):
@@ -152,6 +152,29 @@ def test_reliability_gradient_reaches_both_scores_not_the_heads():
     assert model.audio_head.weight.grad is None and model.video_head.weight.grad is None, "targets are detached"
     loss, parts = fusion_loss(out, torch.tensor([0, 1, 2]), LossConfig(reliability_weight=1.0))
     assert "reliability" in parts
+
+
+def test_the_dead_modality_term_pushes_the_dead_stream_s_score_down():
+    """Its gradient reaches both scores (and the evidence weights they read), lowers the
+    dead stream's score against the live one's, and leaves the classifier alone; clips
+    with both streams alive add nothing; off (weight 0) it is not in the loss."""
+    from avfusion.model import dead_modality_loss
+
+    torch.manual_seed(0)
+    model = FusionModel(ModelConfig(num_classes=4, embed_dim=16, audio_width=8, audio_filters=16))
+    out = model(torch.rand(3, 16_000) - 0.5, torch.randint(0, 256, (3, 2, 32, 32, 3), dtype=torch.uint8))
+    dead = torch.tensor([[True, False], [False, True], [False, False]])  # muted; black; both alive
+    loss = dead_modality_loss(out, dead)
+    (g,) = torch.autograd.grad(loss, out.scores, retain_graph=True)
+    loss.backward()
+    for score in (model.attention.audio_score, model.attention.video_score):
+        assert score.weight.grad[0, -2:].abs().sum() > 0, "the evidence columns get a gradient"
+    assert g[0, 0] > 0 > g[0, 1] and g[1, 1] > 0 > g[1, 0], "descent lowers the dead stream's score"
+    assert (g[2] == 0).all() and model.classifier.weight.grad is None
+    _, parts = fusion_loss(out, torch.tensor([0, 1, 2]), LossConfig(), dead)
+    assert "dead" not in parts
+    _, parts = fusion_loss(out, torch.tensor([0, 1, 2]), LossConfig(dead_weight=1.0), dead)
+    assert parts["dead"] > 0
 
 
 def test_attention_agreement():
@@ -191,30 +214,61 @@ def test_subset_selects_folds_by_key_or_id():
 
 
 @pytest.fixture(scope="module")
-def attention_shifts(tmp_path_factory, synthetic_shards):
-    """Train the fused model with the small recipe on the synthetic set (fixed seed) and
-    return the attention on its test clips: clean, muted audio, black frames."""
+def trained_fused(tmp_path_factory, synthetic_shards):
+    """The fused model trained with the small recipe on the synthetic set (fixed seed),
+    its label map and the decoded test clips."""
     from dataclasses import replace
 
     from jobs.bench.robustness import recipe
     from avfusion.distributed import DistEnv
-    from avfusion.robustness import Condition, evaluate_conditions
     from avfusion.train import model_from_checkpoint, train
     from shards.loader import Dataset, data_loader, eval_stages
 
     run = tmp_path_factory.mktemp("attention") / "run"
     cfg = replace(recipe("small", str(synthetic_shards), epochs=25, seed=0), out=str(run))
     train(cfg, DistEnv(0, 1, 0, torch.device("cpu")))
-    model = model_from_checkpoint(run / "last.pt")[0]
+    model, ckpt = model_from_checkpoint(run / "last.pt")
     data = Dataset.open(str(synthetic_shards))
     batches = list(data_loader(eval_stages(data.urls, 16, split="test", compact_frames=False,
                                            collation_fn=lambda xs: xs), 0))
+    return model, ckpt["label_map"], batches
+
+
+@pytest.fixture(scope="module")
+def attention_shifts(trained_fused):
+    """The attention on the synthetic test clips: clean, muted audio, black frames."""
+    from avfusion.robustness import Condition, evaluate_conditions
+
+    model, _, batches = trained_fused
     res = evaluate_conditions({"fused": model}, batches,
                               [Condition.parse(c) for c in ("normal", "muted_audio", "black_frames")])
     out = {c: res[c]["fused"] for c in ("normal", "muted_audio", "black_frames")}
     for r in out.values():
         assert r["max_weight_sum_error"] < 1e-5
     return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("carrier,dead", [("audio", "black_frames"), ("audio", "frozen_video"),
+                                          ("video", "muted_audio")])
+def test_with_one_stream_dead_the_fused_prediction_is_the_live_stream_s_own(trained_fused, carrier, dead):
+    """Classes carried by one modality only, the other stream dead: the fused model
+    predicts what the live stream's own head predicts on most clips, and gives the dead
+    stream little weight."""
+    from avfusion.robustness import Condition, corrupt
+    from avfusion.synth import DEFAULT_CLASSES
+
+    model, label_map, batches = trained_fused
+    classes = {label_map[c.name] for c in DEFAULT_CLASSES if c.informative == carrier}
+    samples = [corrupt(s, Condition.parse(dead), 0) for b in batches for s in b if int(s["target"]) in classes]
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.stack([s["waveform"] for s in samples])),
+                    torch.from_numpy(np.stack([s["frames"] for s in samples])))
+    own = out.audio_logits if carrier == "audio" else out.video_logits
+    same = (out.logits.argmax(1) == own.argmax(1)).float().mean().item()
+    w_dead = out.weights[:, 1 if carrier == "audio" else 0].mean().item()
+    print(f"{dead} on {carrier}-carried clips: fused = {carrier} head on {same:.2f}, dead stream's weight {w_dead:.3f}")
+    assert len(samples) >= 8 and same >= 0.75 and w_dead <= 0.3, (same, w_dead)
 
 
 @pytest.mark.slow

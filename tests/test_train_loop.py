@@ -19,6 +19,7 @@ class Batch:
         self.waveform = torch.randn(b, 8_000, device=device)
         self.frames = torch.randint(0, 256, (b, 2, 32, 32, 3), dtype=torch.uint8, device=device)
         self.keys = [f"k{i}" for i in range(b)]
+        self.dead = torch.tensor([[True, False], [False, True]] + [[False, False]] * (b - 2), device=device)
 
 
 def _run_on(device, **changes) -> Run:
@@ -102,9 +103,11 @@ def test_unbuilt_modules_are_not_in_the_model():
     assert no_aux.audio_head is None and no_aux.video_head is None
     out = no_aux(torch.rand(2, 8_000), torch.randint(0, 256, (2, 1, 32, 32, 3), dtype=torch.uint8))
     assert out.audio_logits is None and out.scores is not None
-    fused = FusionModel(ModelConfig(num_classes=3, embed_dim=8, audio_width=4))
+    fused = FusionModel(ModelConfig(num_classes=3, embed_dim=8, audio_width=4, shared_head=False))
     assert {"attention.audio_score.weight", "audio_head.weight", "attention.video_proj.0.weight"} <= \
         set(fused.state_dict()), "a fused model's checkpoint keys are unchanged"
+    shared = FusionModel(ModelConfig(num_classes=3, embed_dim=8, audio_width=4))
+    assert not [k for k in shared.state_dict() if k.startswith(("audio_head", "video_head"))], "the head is shared"
 
 
 def test_an_older_unimodal_checkpoint_still_loads():
