@@ -263,23 +263,50 @@ def run(cfg: EvalConfig) -> dict[str, dict[str, dict]]:
     paths = write_report(results, cfg.out, {"checkpoint": cfg.checkpoint, "split": cfg.split, "seed": cfg.seed,
                                             "n_clips": results["normal"]["fused"]["n"], "models": list(models),
                                             "device": str(device), "label_map": label_map})
-    print(markdown_table(results))
+    print(markdown_table(results, 1 / len(label_map)))
     print("wrote " + ", ".join(str(p) for p in paths))
     return results
 
 
 # ----------------------------------------------------------------------------- report
 
+DESTROYS, HARMLESS = 0.25, 0.75  # share of a modality's evidence left: below, it is gone; above, it is intact
 
-def markdown_table(results: dict[str, dict[str, dict]]) -> str:
+
+def evidence_left(results: dict[str, dict[str, dict]], chance: float) -> dict[str, tuple[float, str]]:
+    """Which corruptions matter, measured: for each single-corruption condition, the
+    share of its modality's class evidence it leaves, read off the unimodal baseline on
+    that modality, ``(top1 - chance) / (top1 clean - chance)``, and a verdict: *destroys*
+    (< 0.25), *degrades*, or *harmless* (> 0.75; e.g. blur sized for 224² frames on 64²
+    ones). A condition is left out when its baseline is missing or was at chance on
+    clean input (nothing to lose)."""
+    out = {}
+    for cond, by_model in results.items():
+        if cond == "normal" or "+" in cond:
+            continue
+        baseline = f"{CORRUPTIONS[cond.split('@')[0]].modality}-only"
+        if baseline not in by_model or results["normal"][baseline]["top1"] - chance < 0.05:
+            continue
+        left = (by_model[baseline]["top1"] - chance) / (results["normal"][baseline]["top1"] - chance)
+        out[cond] = (left, "destroys" if left < DESTROYS else "harmless" if left > HARMLESS else "degrades")
+    return out
+
+
+def markdown_table(results: dict[str, dict[str, dict]], chance: float | None = None) -> str:
+    """One row per condition; with ``chance`` and a baseline on the corrupted modality,
+    also the share of that modality's evidence the corruption leaves (:func:`evidence_left`)."""
     models = list(next(iter(results.values())))
-    head = ["condition", "w_audio", "w_video", "agreement", *[f"top-1 {m}" for m in models], "top-5 fused"]
+    left = evidence_left(results, chance) if chance is not None else {}
+    head = ["condition", "w_audio", "w_video", "agreement", *[f"top-1 {m}" for m in models], "top-5 fused",
+            *(["evidence left (unimodal)"] if left else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cond, by_model in results.items():
         fused = by_model["fused"]
         cells = [cond, f"{fused.get('w_audio', float('nan')):.3f}", f"{fused.get('w_video', float('nan')):.3f}",
                  f"{fused.get('agreement', float('nan')):.3f}",
                  *[f"{by_model[m]['top1']:.3f}" for m in models], f"{fused['top5']:.3f}"]
+        if left:
+            cells.append(f"{left[cond][0]:.2f} {left[cond][1]}" if cond in left else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -292,8 +319,12 @@ def write_report(results: dict, out: str | Path, meta: dict) -> list[str]:
                                                                         indent=1))
     storage.write_text(storage.join(out, "robustness.md"), f"# Robustness: {meta.get('checkpoint', '')}\n\n"
                        f"{meta.get('n_clips', 0)} clips, split `{meta.get('split')}`, "
-                       f"seed {meta.get('seed')}.\n\n" + markdown_table(results))
+                       f"seed {meta.get('seed')}.\n\n" + markdown_table(results, _chance(meta)))
     return [storage.join(out, "robustness.json"), storage.join(out, "robustness.md"), *plot(results, out)]
+
+
+def _chance(meta: dict) -> float | None:
+    return 1 / len(meta["label_map"]) if meta.get("label_map") else None
 
 
 def plot(results: dict, out: str) -> list[str]:

@@ -93,6 +93,15 @@ def comparison(results: dict) -> str:
     return "\n".join(lines)
 
 
+def held_out_rows(rows: list[dict], labels_csv: Path) -> list[dict]:
+    """The label rows of test-split clips, each with its true label (``true_label``)."""
+    from avfusion.sources import read_vggsound_csv
+
+    truth = {r.key: r for r in read_vggsound_csv(labels_csv) if r.split == "test"}
+    return [{**row, "true_label": truth[Path(row["key"]).stem].label} for row in rows
+            if Path(row["key"]).stem in truth]
+
+
 def _report(out: Path) -> None:
     import pyarrow.parquet as pq
 
@@ -107,10 +116,17 @@ def _report(out: Path) -> None:
           "k-fold table run\n  avfusion bench robustness --skip-synthetic")
     table = pq.read_table(sorted((out / "labels").glob("part-*.parquet")),
                           columns=["key", "predicted_label", "confidence", "w_audio", "w_video", "error_class"])
-    print("\nFirst rows of labels/*.parquet:")
-    for row in table.slice(0, 5).to_pylist():
-        print(f"  {row['key']:<22} {row['predicted_label'] or row['error_class']:<28} "
-              f"conf {row['confidence'] or 0:.2f}  [audio {row['w_audio'] or 0:.2f}, video {row['w_video'] or 0:.2f}]")
+    rows = held_out_rows(table.to_pylist(), sample_data.labels_csv())
+    right = sum(r["predicted_label"] == r["true_label"] for r in rows)
+    print(f"\nlabels/*.parquet labels the whole sample folder; its {len(rows)} held-out clips (the test split, "
+          f"never trained on); eight across the classes:")
+    for row in rows[::max(1, len(rows) // 8)][:8]:  # spread over the classes (rows are in key order)
+        mark = "ok " if row["predicted_label"] == row["true_label"] else "-- "
+        print(f"  {mark}{row['key']:<24} true {row['true_label']:<26} predicted "
+              f"{row['predicted_label'] or row['error_class']:<26} conf {row['confidence'] or 0:.2f}  "
+              f"[audio {row['w_audio'] or 0:.2f}, video {row['w_video'] or 0:.2f}]")
+    print(f"Held-out accuracy of the Parquet labels: {right}/{len(rows)} = {right / max(len(rows), 1):.3f} "
+          f"(chance {1 / classes:.3f})")
     print("\nPlots:")
     for png in sorted(out.rglob("*.png")):
         print(f"  {png}")

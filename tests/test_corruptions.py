@@ -103,3 +103,29 @@ def test_training_augmentation_corrupts_at_most_one_modality_and_can_be_disabled
     off = Augment(AugmentConfig(enabled=False))
     sample = {"waveform": WAVE, "frames": FRAMES}
     assert off(sample) is sample
+
+
+def test_the_report_marks_which_corruptions_destroy_a_modality_s_evidence():
+    """Read off the unimodal baseline on the corrupted modality: at chance → destroys;
+    as good as clean → harmless; between → degrades. No baseline, or a baseline at
+    chance on clean input, → no verdict."""
+    from avfusion.robustness import evidence_left, markdown_table
+
+    def row(fused, audio, video):
+        return {"fused": {"top1": fused, "top5": 1.0, "w_audio": 0.5, "w_video": 0.5, "agreement": 1.0},
+                "audio-only": {"top1": audio, "top5": 1.0}, "video-only": {"top1": video, "top5": 1.0}}
+
+    results = {"normal": row(0.6, 0.5, 0.3), "muted_audio": row(0.3, 0.1, 0.3),
+               "gaussian_blur@5": row(0.6, 0.5, 0.29), "video_gaussian_noise@5": row(0.5, 0.5, 0.2),
+               "muted_audio+gaussian_blur@3": row(0.1, 0.1, 0.1)}
+    left = evidence_left(results, chance=0.1)
+    assert left["muted_audio"] == (0.0, "destroys")
+    assert left["gaussian_blur@5"][1] == "harmless" and left["video_gaussian_noise@5"][1] == "degrades"
+    assert "muted_audio+gaussian_blur@3" not in left and "normal" not in left
+    table = markdown_table(results, chance=0.1)
+    assert "evidence left (unimodal)" in table and "| 0.00 destroys |" in table
+    no_video = {c: {m: v for m, v in r.items() if m != "video-only"} for c, r in results.items()}
+    assert set(evidence_left(no_video, 0.1)) == {"muted_audio"}
+    at_chance = {**results, "normal": row(0.6, 0.5, 0.12)}
+    assert set(evidence_left(at_chance, 0.1)) == {"muted_audio"}
+    assert "evidence left" not in markdown_table(results)

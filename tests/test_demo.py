@@ -1,3 +1,4 @@
+import csv
 import json
 import subprocess
 
@@ -30,5 +31,12 @@ def test_demo_end_to_end_reduced(tmp_path, cli_env):
     labels = pq.read_table(sorted((out / "labels").glob("part-*.parquet")))
     assert labels.num_rows == n_clips and labels.column("error_class").null_count == n_clips
     for text in ("=== summary ===", "| muted audio |", "| black frames |", "avfusion bench robustness",
-                 "First rows of labels/*.parquet:", "attention_by_condition.png"):
+                 f"its {n_test} held-out clips", "attention_by_condition.png"):
         assert text in proc.stdout
+    # the printed accuracy is the Parquet rows' own, over every held-out clip
+    truth = {clip: label for clip, _, label, split in csv.reader(labels_csv) if split == "test"}
+    rows = [r for r in labels.to_pylist() if r["key"].rsplit("_", 1)[0] in truth]  # key: avf_dog_01_000000.mp4
+    right = sum(r["predicted_label"] == truth[r["key"].rsplit("_", 1)[0]] for r in rows)
+    assert len(rows) == n_test and f"Held-out accuracy of the Parquet labels: {right}/{n_test} =" in proc.stdout
+    shown = [line for line in proc.stdout.splitlines() if line.startswith(("  ok ", "  -- "))]
+    assert len(shown) == 8 and all(" true " in line and " predicted " in line for line in shown)

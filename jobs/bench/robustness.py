@@ -38,8 +38,10 @@ import torch
 
 from jobs.bench.common import build_shards, print_table
 
-KEY_CONDITIONS = ("normal", "muted_audio", "audio_gaussian_noise@5", "black_frames", "gaussian_blur@5",
-                  "video_gaussian_noise@5")
+KEY_CONDITIONS = ("normal", "muted_audio", "audio_gaussian_noise@5", "black_frames", "frozen_video",
+                  "gaussian_blur@5", "video_gaussian_noise@5")
+# severities swept for the evidence table (which corruptions destroy a modality's evidence)
+SWEEP = tuple(f"{n}@{s}" for n in ("gaussian_blur", "video_gaussian_noise", "audio_gaussian_noise") for s in (1, 3))
 
 ABLATIONS = {
     "conv front end": lambda c: c.replace(audio_frontend="conv"),
@@ -47,7 +49,11 @@ ABLATIONS = {
     "no mixup": lambda c: c.replace(mixup_alpha=0.0),
     "no modality dropout": lambda c: replace(c, augment=replace(c.augment, p_audio=0.0, p_video=0.0)),
     "no reliability term": lambda c: c.replace(reliability_weight=0.0),
+    "no dead-modality term": lambda c: c.replace(dead_weight=0.0),
+    "separate heads": lambda c: c.replace(shared_head=False),
+    "no evidence features": lambda c: c.replace(evidence=False),
 }
+NEW_INGREDIENTS = ("no dead-modality term", "separate heads", "no evidence features", "no reliability term")
 
 
 def recipe(config: str, shards: str, epochs: int | None, seed: int):
@@ -137,6 +143,7 @@ def evaluate_fold(shards: str, folds: str, fold: int, runs: dict[str, Path], sui
     conds = [Condition.parse(c) for c in KEY_CONDITIONS]
     if suite:
         conds += [c for c in conditions("default") if c.name not in KEY_CONDITIONS]
+        conds += [Condition.parse(c) for c in SWEEP if c not in {c.name for c in conds}]
     unimodal = {n: m for n, m in models.items() if m.cfg.modalities != "both"}
     return {name: evaluate_conditions({"fused": model, **unimodal}, batches,
                                       conds if name == "fused" else conds[:len(KEY_CONDITIONS)], seed=seed)
@@ -150,14 +157,18 @@ def fold_figures(res: dict) -> dict[str, float]:
     out = {"top1 fused": acc["normal"]["fused"], "agreement": f["normal"]["agreement"],
            "w_audio normal": f["normal"]["w_audio"], "w_audio muted": f["muted_audio"]["w_audio"],
            "w_audio audio noise@5": f["audio_gaussian_noise@5"]["w_audio"],
-           "w_video black": f["black_frames"]["w_video"], "w_video blur@5": f["gaussian_blur@5"]["w_video"],
+           "w_video black": f["black_frames"]["w_video"], "w_video frozen": f["frozen_video"]["w_video"],
+           "w_video blur@5": f["gaussian_blur@5"]["w_video"],
            "w_video video noise@5": f["video_gaussian_noise@5"]["w_video"]}
     if "audio-only" in acc["normal"]:
         out.update({"top1 audio-only": acc["normal"]["audio-only"], "top1 video-only": acc["normal"]["video-only"],
                     "muted / video-only": acc["muted_audio"]["fused"] / max(acc["normal"]["video-only"], 1e-9),
-                    "black / audio-only": acc["black_frames"]["fused"] / max(acc["normal"]["audio-only"], 1e-9)})
-        corrupted = [c for c in res if c != "normal"]
-        if len(corrupted) > 5:
+                    "black / audio-only": acc["black_frames"]["fused"] / max(acc["normal"]["audio-only"], 1e-9),
+                    "frozen / audio-only": acc["frozen_video"]["fused"] / max(acc["normal"]["audio-only"], 1e-9),
+                    "top1 fused muted": acc["muted_audio"]["fused"], "top1 fused black": acc["black_frames"]["fused"],
+                    "top1 fused frozen": acc["frozen_video"]["fused"]})
+        corrupted = [c for c in res if c != "normal" and not c.endswith("@1")]  # @1: the sweep's extra rows
+        if len(corrupted) > len(KEY_CONDITIONS):
             for m in ("fused", "audio-only", "video-only"):
                 out[f"suite mean top1 {m}"] = float(np.mean([acc[c][m] for c in corrupted]))
     return out
@@ -176,8 +187,11 @@ def goals(agg: dict[str, tuple[float, float]], chance: float) -> list[tuple[str,
              m["top1 audio-only"] >= 2 * chance),
             ("muted audio: w_audio ≤ 0.15", f"{m['w_audio muted']:.3f}", m["w_audio muted"] <= 0.15),
             ("black frames: w_video ≤ 0.15", f"{m['w_video black']:.3f}", m["w_video black"] <= 0.15),
-            ("muted: fused ≥ 0.9 × video-only", f"{m['muted / video-only']:.3f}", m["muted / video-only"] >= 0.9),
-            ("black: fused ≥ 0.9 × audio-only", f"{m['black / audio-only']:.3f}", m["black / audio-only"] >= 0.9)]
+            ("frozen video: w_video ≤ 0.15", f"{m['w_video frozen']:.3f}", m["w_video frozen"] <= 0.15),
+            ("muted: fused ≥ 0.95 × video-only", f"{m['muted / video-only']:.3f}", m["muted / video-only"] >= 0.95),
+            ("black: fused ≥ 0.95 × audio-only", f"{m['black / audio-only']:.3f}", m["black / audio-only"] >= 0.95),
+            ("frozen: fused ≥ 0.95 × audio-only", f"{m['frozen / audio-only']:.3f}",
+             m["frozen / audio-only"] >= 0.95)]
     w_v = 1 - m["w_audio normal"]
     for name, key, base in (("blur@5", "w_video blur@5", w_v), ("video noise@5", "w_video video noise@5", w_v),
                             ("audio noise@5", "w_audio audio noise@5", m["w_audio normal"])):
@@ -190,6 +204,18 @@ def goals(agg: dict[str, tuple[float, float]], chance: float) -> list[tuple[str,
     return rows
 
 
+def evidence_rows(evidence: dict[str, list[float]]) -> list[tuple[str, str, str]]:
+    """The evidence table, most destructive first: mean ± std over folds and a verdict."""
+    from avfusion.robustness import DESTROYS, HARMLESS
+
+    rows = []
+    for cond, values in sorted(evidence.items(), key=lambda kv: np.mean(kv[1])):
+        m = float(np.mean(values))
+        verdict = "destroys" if m < DESTROYS else "harmless" if m > HARMLESS else "degrades"
+        rows.append((cond, f"{m:.2f} ± {np.std(values):.2f}", verdict))
+    return rows
+
+
 def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> dict:
     base = recipe(args.config, shards, args.epochs, args.seed)
     variants = {"fused": base, "audio-only": base.replace(modalities="audio"),
@@ -199,29 +225,41 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
             for fold in range(k) for name, cfg in variants.items()}
     runs.update({(fold, f"fused, {name}"): replace(change(base), out=str(out / f"fold{fold}" / name.replace(" ", "_")),
                                                     folds=str(folds), fold=fold)
-                 for fold in ablation_folds for name, change in ABLATIONS.items()})
+                 for fold in ablation_folds for name, change in ABLATIONS.items()
+                 if args.ablation_set == "all" or name in NEW_INGREDIENTS})
     print(f"\n== {title}: {k}-fold, recipe {args.config}, {base.epochs} epochs, {len(runs)} training runs, "
           f"{args.jobs} at a time ==", flush=True)
     train_all(runs, args.jobs)
+    from avfusion.robustness import evidence_left
+    from shards.loader import Dataset
+
+    chance = 1 / len(Dataset.open(shards).label_map)
     per_fold: dict[str, list] = {}
+    evidence: dict[str, list[float]] = {}
     for fold in range(k):
         fold_runs = {name: cfg.out for (f, name), cfg in runs.items() if f == fold}
         for variant, res in evaluate_fold(shards, str(folds), fold, fold_runs, not args.no_suite, args.seed).items():
             per_fold.setdefault(variant, []).append(fold_figures(res))
+            if variant == "fused":
+                for cond, (left, _) in evidence_left(res, chance).items():
+                    evidence.setdefault(cond, []).append(left)
     agg = {v: aggregate(f) for v, f in per_fold.items()}
     main = agg["fused"]
     print_table(f"{title}: {k}-fold mean ± spread (std over folds)",
                 [(k_, f"{m:.3f} ± {s:.3f}") for k_, (m, s) in main.items()], ("figure", "value"))
-    from shards.loader import Dataset
-
-    print_table(f"{title}: goals", goals(main, 1 / len(Dataset.open(shards).label_map)), ("goal", "measured", "met"))
+    print_table(f"{title}: goals", goals(main, chance), ("goal", "measured", "met"))
+    if evidence:  # empty when the baselines learned nothing (at chance on clean input)
+        print_table(f"{title}: which corruptions destroy a modality's evidence (unimodal baseline, mean over folds)",
+                    evidence_rows(evidence), ("condition", "evidence left", "verdict"))
     if len(agg) > 1:
         n = len(ablation_folds)
-        cols = ("top1 fused", "w_audio muted", "w_video black", "w_video blur@5", "agreement")
+        cols = ("top1 fused", "top1 fused muted", "top1 fused black", "top1 fused frozen", "w_audio muted",
+                "w_video black", "w_video frozen", "agreement")
         same = {v: aggregate(f[:n]) for v, f in per_fold.items()}  # the full recipe on the same folds
         print_table(f"{title}: ablation (fused model, each ingredient off; mean over folds 0–{n - 1})",
                     [(v, *[a[c][0] for c in cols]) for v, a in same.items()], ("variant", *cols))
     return {"folds": k, "recipe": args.config, "epochs": base.epochs, "per_fold": per_fold,
+            "evidence_left": {c: list(v) for c, v in evidence.items()},
             "mean_std": {v: {k_: list(ms) for k_, ms in a.items()} for v, a in agg.items()}}
 
 
@@ -244,7 +282,8 @@ def plot(report: dict, png: Path) -> None:
         ax.set_title(f"{name}: top-1 ({report[name]['folds']}-fold)", fontsize=9)
         ax = axes[0, 2 * i + 1]
         conds = [("normal", "w_audio normal"), ("muted", "w_audio muted"), ("audio noise@5", "w_audio audio noise@5"),
-                 ("black", "w_video black"), ("blur@5", "w_video blur@5"), ("video noise@5", "w_video video noise@5")]
+                 ("black", "w_video black"), ("frozen", "w_video frozen"), ("blur@5", "w_video blur@5"),
+                 ("video noise@5", "w_video video noise@5")]
         wa = [ms[k][0] if k.startswith("w_audio") else 1 - ms[k][0] for _, k in conds]
         ax.bar(range(len(conds)), wa, color="#d95f02", label="w_audio")
         ax.bar(range(len(conds)), [1 - w for w in wa], bottom=wa, color="#1b9e77", label="w_video")
@@ -265,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ablations", action="store_true", help="also train the fused model with each ingredient off")
     p.add_argument("--ablation-folds", type=int, default=5, help="folds the ablation runs on (default all)")
+    p.add_argument("--ablation-set", choices=["all", "fusion"], default="all",
+                   help="all ingredients, or only the fusion ones (dead-modality term, shared head, evidence, "
+                        "reliability term)")
     p.add_argument("--jobs", type=int, default=max(1, len(os.sched_getaffinity(0)) // 2) or 1,
                    help="training runs side by side, one thread each (default: half the cores)")
     p.add_argument("--no-suite", action="store_true", help="skip the default corruption suite (key conditions only)")
