@@ -107,5 +107,8 @@ def test_threads_share_one_governor_and_never_exceed_the_budget():
         th.join()
     granted.sort()
     gaps = [b - a for a, b in zip(granted, granted[1:])]
-    assert len(granted) == 20 and min(gaps) >= 0.049, min(gaps)
+    # a gap is read after each call returns: a thread descheduled between its grant and
+    # its clock read shifts one gap by that delay (0.0486 seen on a loaded 2-core
+    # machine); a governor that let threads through together would show gaps near 0
+    assert len(granted) == 20 and min(gaps) >= 0.04, min(gaps)
     assert g.stats()["grants"] == 20
