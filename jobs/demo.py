@@ -3,8 +3,8 @@
 preprocess (Ray tasks) → train fused, audio-only and video-only models with the
 ``small`` recipe → robustness evaluation → label the sample folder into Parquet, then
 print how the fused model compares with each unimodal model and where its attention
-goes under muted audio, black frames, blur and noise, the first Parquet rows and
-where the plots are. One split (test = fold 0 of the set's 5 folds, which share no
+goes under muted audio, black frames, blur and noise, held-out Parquet rows with
+their true labels and the accuracy over all held-out rows, and where the plots are. One split (test = fold 0 of the set's 5 folds, which share no
 recording or picture); `avfusion bench robustness` runs the k-fold version. Runs on
 an embedded local Ray unless ``--address`` names a cluster. CPU-sized: 64² frames
 (``--epochs 1`` for a smoke run).
