@@ -273,6 +273,11 @@ def run(cfg: EvalConfig) -> dict[str, dict[str, dict]]:
 DESTROYS, HARMLESS = 0.25, 0.75  # share of a modality's evidence left: below, it is gone; above, it is intact
 
 
+def verdict(left: float) -> str:
+    """What a share of evidence left means: destroys, degrades or harmless."""
+    return "destroys" if left < DESTROYS else "harmless" if left > HARMLESS else "degrades"
+
+
 def evidence_left(results: dict[str, dict[str, dict]], chance: float) -> dict[str, tuple[float, str]]:
     """Which corruptions matter, measured: for each single-corruption condition, the
     share of its modality's class evidence it leaves, read off the unimodal baseline on
@@ -288,7 +293,7 @@ def evidence_left(results: dict[str, dict[str, dict]], chance: float) -> dict[st
         if baseline not in by_model or results["normal"][baseline]["top1"] - chance < 0.05:
             continue
         left = (by_model[baseline]["top1"] - chance) / (results["normal"][baseline]["top1"] - chance)
-        out[cond] = (left, "destroys" if left < DESTROYS else "harmless" if left > HARMLESS else "degrades")
+        out[cond] = (left, verdict(left))
     return out
 
 

@@ -206,13 +206,12 @@ def goals(agg: dict[str, tuple[float, float]], chance: float) -> list[tuple[str,
 
 def evidence_rows(evidence: dict[str, list[float]]) -> list[tuple[str, str, str]]:
     """The evidence table, most destructive first: mean ± std over folds and a verdict."""
-    from avfusion.robustness import DESTROYS, HARMLESS
+    from avfusion.robustness import verdict
 
     rows = []
     for cond, values in sorted(evidence.items(), key=lambda kv: np.mean(kv[1])):
         m = float(np.mean(values))
-        verdict = "destroys" if m < DESTROYS else "harmless" if m > HARMLESS else "degrades"
-        rows.append((cond, f"{m:.2f} ± {np.std(values):.2f}", verdict))
+        rows.append((cond, f"{m:.2f} ± {np.std(values):.2f}", verdict(m)))
     return rows
 
 
