@@ -19,21 +19,32 @@ Both sides of every comparison are measured by ``run_measured``, the same way:
 * wall = from launch to the last descendant's exit: start-up is inside every figure,
   on both sides; callers that quote a per-clip cost "at the margin" take the
   difference of two runs of different sizes, again on both sides.
+
+``write_results`` is the one writer of a bench's results files (``docs/results/NAME.md``,
+``.json``, ``.png``), each headed by the date, the machine and the exact command.
 """
 
 from __future__ import annotations
 
 import ctypes
+import datetime
 import os
+import platform
 import resource
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 _METHODS: set[str] = set()
+# Every table print_table showed in this process, for the results file (one bench per process).
+_TABLES: list[tuple[str, list[tuple], tuple]] = []
+RESULTS_DIR = "docs/results"
 
 
 def accounting() -> str:
@@ -208,6 +219,8 @@ def python_cmd(module: str, *args: str) -> list[str]:
 
 
 def print_table(title: str, rows: list[tuple], headers: tuple) -> None:
+    """Print a table, and keep it for the results file (``write_results``)."""
+    _TABLES.append((title, list(rows), tuple(headers)))
     widths = [max(len(str(h)), *(len(_fmt(r[i])) for r in rows)) for i, h in enumerate(headers)]
     print(f"\n{title}")
     print("  ".join(str(h).ljust(w) for h, w in zip(headers, widths)))
@@ -217,6 +230,86 @@ def print_table(title: str, rows: list[tuple], headers: tuple) -> None:
 
 def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":")[0].strip() in ("model name", "Model", "Hardware"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return os.uname().machine  # not platform.processor(): it runs `uname -p`
+
+
+def machine() -> dict[str, Any]:
+    """What a figure was measured on: CPU model and cores, GPUs, torch and Python."""
+    import torch
+
+    gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if torch.cuda.is_available() else [])
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "gpus": gpus, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": f"{os.uname().sysname} {os.uname().release} {os.uname().machine}"}
+
+
+def results_header(name: str, argv: Sequence[str] | None) -> dict[str, Any]:
+    """Date, machine and the exact command of a results file. ``argv``: the options the
+    bench parsed (``sys.argv`` past the bench name when None)."""
+    from avfusion import __version__
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return {"bench": name,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": shlex.join(["avfusion", "bench", name, *args]),
+            "avfusion": __version__, "machine": machine()}
+
+
+def _cell(v) -> str:
+    return _fmt(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(header: dict[str, Any], tables: list[tuple[str, list[tuple], tuple]]) -> str:
+    m = header["machine"]
+    lines = [f"# avfusion bench {header['bench']}", "",
+             f"Written by `{header['command']}`; re-run it to update this file, never edit it by hand.", "",
+             "| | |", "|---|---|",
+             f"| date (UTC) | {header['date']} |",
+             f"| command | `{header['command']}` |",
+             f"| CPU | {_cell(m['cpu'])}, {m['cores']} cores ({m['usable_cores']} usable) |",
+             f"| GPU | {_cell(', '.join(m['gpus']) or 'none')} |",
+             f"| torch / Python | {m['torch']} / {m['python']} |",
+             f"| platform | {_cell(m['platform'])} |",
+             f"| avfusion | {header['avfusion']} |"]
+    for title, rows, headers in tables:
+        lines += ["", f"## {title}", "", "| " + " | ".join(_cell(h) for h in headers) + " |",
+                  "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(_cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(name: str, argv: Sequence[str] | None, *, data: Any = None,
+                  plot: Callable[[str], None] | None = None, results_dir: str = RESULTS_DIR) -> list[str]:
+    """The one writer of benchmark results: ``<results_dir>/<name>.md`` (the header and
+    every table this process printed), ``<name>.json`` (``{"header", "results": data}``)
+    when ``data`` is given, ``<name>.png`` when ``plot`` (called with a local path to
+    write) is. Through ``avfusion.storage``, so a URL works as well as a folder; returns
+    what it wrote."""
+    from avfusion import storage
+
+    header = results_header(name, argv)
+    storage.makedirs(results_dir)
+    written = [storage.join(results_dir, f"{name}.md")]
+    storage.write_text(written[0], _markdown(header, _TABLES))
+    if data is not None:
+        written.append(storage.join(results_dir, f"{name}.json"))
+        storage.write_json(written[-1], {"header": header, "results": data})
+    if plot is not None:
+        written.append(storage.join(results_dir, f"{name}.png"))
+        with storage.atomic_file(written[-1]) as local:
+            plot(local)
+    return written
 
 
 def build_shards(clips_dir, labels_csv, out, clip, shard_size: int = 16, all_train: bool = False) -> str:

@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-suite", action="store_true", help="skip the default corruption suite (key conditions only)")
     p.add_argument("--skip-synthetic", action="store_true")
     p.add_argument("--skip-sample-set", action="store_true")
-    p.add_argument("--out", type=Path, help="keep runs and results here (default: a temp dir)")
+    p.add_argument("--out", type=Path, help="keep the training runs here (default: a temp dir)")
     args = p.parse_args(argv)
     from avfusion import sample_data
     from avfusion.config import ClipSpec, load_section
@@ -336,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             folds = merge_folds(sample_data.folds_csv(), root / "sample_folds.csv", args.folds)
             report["bundled real set"] = run_set("Bundled real sample set", shards, folds, args.folds, args,
                                                  root / "sample_runs")
-        (root / "bench_robustness.json").write_text(json.dumps(report, indent=1))
-        plot(report, root / "bench_robustness.png")
-        print(f"\nresults: {root / 'bench_robustness.json'}, plot: {root / 'bench_robustness.png'}")
+        from jobs.bench.common import write_results
+
+        written = write_results("robustness", argv, data=report, plot=lambda png: plot(report, Path(png)))
+        print(f"\nresults: {', '.join(written)}")
     return 0
