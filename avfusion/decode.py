@@ -33,11 +33,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast, overload
 
 import av
 import numpy as np
+from av.container import InputContainer
+from av.stream import Stream
 
 from avfusion.config import ClipSpec
 from avfusion.probe import MediaError
@@ -97,7 +101,7 @@ class Quality:
     corrupt_packets: int = 0  # packets the decoders rejected and that were skipped
     video_undecodable: bool = False  # a video stream exists but no decoder could read it
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -126,7 +130,8 @@ def _to_square_rgb(frame: av.VideoFrame, size: int, threads: int) -> np.ndarray:
     scale = size / min(dw, dh)
     sw, sh = max(size, round(dw * scale)), max(size, round(dh * scale))
     tw, th = (sh, sw) if rotation in (90, 270) else (sw, sh)
-    rgb = frame.reformat(width=tw, height=th, format="rgb24", interpolation="AREA", threads=threads).to_ndarray()
+    rgb = frame.reformat(width=tw, height=th, format="rgb24", interpolation="AREA",
+                         threads=threads).to_ndarray()
     if rotation:
         # FFmpeg's display matrix rotation is counter-clockwise.
         rgb = np.rot90(rgb, k=rotation // 90)
@@ -148,7 +153,8 @@ def decode_clip(path: str | Path, spec: ClipSpec, start: float = 0.0,
         container = av.open(str(path), metadata_errors="ignore", timeout=limits.deadline_seconds)
     except (av.FFmpegError, OSError, ValueError) as exc:
         if time.monotonic() > deadline:
-            raise MediaError("decode_timeout", f"{path.name}: opening took over {limits.deadline_seconds:g} s") from exc
+            raise MediaError("decode_timeout",
+                             f"{path.name}: opening took over {limits.deadline_seconds:g} s") from exc
         raise MediaError("not_media", f"{path.name}: {exc}") from exc
     with container:
         try:
@@ -161,13 +167,14 @@ def decode_clip(path: str | Path, spec: ClipSpec, start: float = 0.0,
             raise MediaError("decode_error", f"{path.name}: {type(exc).__name__}: {exc}") from exc
 
 
-def _decodable(stream) -> bool:
+def _decodable(stream: Stream) -> bool:
     """False for a stream whose codec FFmpeg does not know (no codec context/decoder)."""
     cc = stream.codec_context
     return cc is not None and getattr(cc, "codec", None) is not None
 
 
-def _packets(container, streams, deadline: float, path: Path, limits: DecodeLimits):
+def _packets(container: InputContainer, streams: list[Stream], deadline: float, path: Path,
+             limits: DecodeLimits) -> Iterator[av.Packet[Stream]]:
     """Demux, ending quietly where the demuxer gives up (a truncated or overwritten
     file reads as an early end), and raising ``decode_timeout`` past the deadline."""
     it = container.demux(*streams)
@@ -178,9 +185,10 @@ def _packets(container, streams, deadline: float, path: Path, limits: DecodeLimi
             packet = next(it)
         except StopIteration:
             return
-        except (av.EOFError, av.InvalidDataError, OSError):
+        except (av.EOFError, av.InvalidDataError, OSError) as exc:
             if time.monotonic() > deadline:
-                raise MediaError("decode_timeout", f"{path.name}: reading took over {limits.deadline_seconds:g} s")
+                raise MediaError("decode_timeout",
+                                 f"{path.name}: reading took over {limits.deadline_seconds:g} s") from exc
             return
         yield packet
 
@@ -198,7 +206,7 @@ class _Streams:
     fps: float | None
 
 
-def _select_streams(container, path: Path, limits: DecodeLimits) -> _Streams:
+def _select_streams(container: InputContainer, path: Path, limits: DecodeLimits) -> _Streams:
     """The first video and audio stream, checked against ``limits`` (the errors that
     need no decoding: no streams, a still image, too large or too small), with the
     decoder threads set."""
@@ -209,7 +217,8 @@ def _select_streams(container, path: Path, limits: DecodeLimits) -> _Streams:
     video_undecodable = False
     if vstream is not None and not _decodable(vstream):
         if not (limits.allow_undecodable_video and astream is not None):
-            raise MediaError("unsupported_codec", f"{path.name}: FFmpeg has no decoder for the video stream's codec")
+            raise MediaError("unsupported_codec",
+                             f"{path.name}: FFmpeg has no decoder for the video stream's codec")
         vstream, video_undecodable = None, True
     if vstream is None and astream is None:
         raise MediaError("no_streams", f"{path.name} has no decodable audio or video stream")
@@ -228,7 +237,7 @@ def _select_streams(container, path: Path, limits: DecodeLimits) -> _Streams:
     return _Streams(vstream, astream, video_undecodable, fmt, is_image, duration, fps)
 
 
-def _check_video_stream(vstream, path: Path, limits: DecodeLimits) -> float | None:
+def _check_video_stream(vstream: av.VideoStream, path: Path, limits: DecodeLimits) -> float | None:
     """Size and rate checks; sets the decoder threads. Returns the stream's fps."""
     cc = vstream.codec_context
     if cc.width * cc.height > limits.max_pixels:
@@ -245,7 +254,7 @@ def _check_video_stream(vstream, path: Path, limits: DecodeLimits) -> float | No
     return fps
 
 
-def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeLimits,
+def _decode(container: InputContainer, path: Path, spec: ClipSpec, start: float, limits: DecodeLimits,
             deadline: float = math.inf) -> DecodedClip:
     """One window of an open container: pick the streams, read the packets once, then
     judge what decoded (see the module docstring)."""
@@ -283,10 +292,16 @@ def _decode(container, path: Path, spec: ClipSpec, start: float, limits: DecodeL
 class _PacketDecoder:
     """Decodes packets, skipping and counting the ones the decoder rejects."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.corrupt = 0
 
-    def __call__(self, packet) -> list:
+    @overload
+    def __call__(self, packet: av.Packet[av.VideoStream]) -> list[av.VideoFrame]: ...
+    @overload
+    def __call__(self, packet: av.Packet[av.AudioStream]) -> list[av.AudioFrame]: ...
+
+    def __call__(self, packet: av.Packet[av.VideoStream] | av.Packet[av.AudioStream]
+                 ) -> list[av.VideoFrame] | list[av.AudioFrame]:
         try:
             return packet.decode()
         except av.FFmpegError:  # a damaged packet (InvalidDataError, …): skip it, count it
@@ -294,8 +309,8 @@ class _PacketDecoder:
             return []
 
 
-def _read(container, streams: _Streams, video: _VideoWindow | None, audio: _AudioWindow, spec: ClipSpec,
-          deadline: float, path: Path, limits: DecodeLimits) -> tuple[int, bool]:
+def _read(container: InputContainer, streams: _Streams, video: _VideoWindow | None, audio: _AudioWindow,
+          spec: ClipSpec, deadline: float, path: Path, limits: DecodeLimits) -> tuple[int, bool]:
     """One pass over the packets of both streams into the two windows, until both
     are full. Returns (damaged packets, whether a stream ended before its window
     was full)."""
@@ -308,8 +323,9 @@ def _read(container, streams: _Streams, video: _VideoWindow | None, audio: _Audi
         if not (need_audio or need_video):
             break
         if packet.stream is streams.video and need_video:
+            assert video is not None  # built exactly when there is a video stream
             before = decode.corrupt
-            frames_out = decode(packet)
+            frames_out = decode(cast("av.Packet[av.VideoStream]", packet))  # its stream is the video one
             if decode.corrupt > before:
                 video.damaged()
             for frame in frames_out:
@@ -317,14 +333,16 @@ def _read(container, streams: _Streams, video: _VideoWindow | None, audio: _Audi
                     need_video = False
                     break
         elif packet.stream is streams.audio and need_audio:
-            for frame in decode(packet):
-                audio.note_input(frame)
-                for out in resampler.resample(frame):
+            assert resampler is not None  # built exactly when there is an audio stream
+            for aframe in decode(cast("av.Packet[av.AudioStream]", packet)):  # its stream is the audio one
+                audio.note_input(aframe)
+                for out in resampler.resample(aframe):
                     audio.take(out)
                 if audio.full:
                     need_audio = False
                     break
     if need_video:  # the demuxer may have stopped early (cut file): drain what the decoder holds
+        assert streams.video is not None and video is not None
         try:
             for frame in streams.video.codec_context.decode(None):
                 if not video.take(frame):
@@ -346,12 +364,15 @@ def _check_frames(streams: _Streams, video: _VideoWindow | None, corrupt: int, p
     in_window = video.in_window if video is not None else 0
     if video is not None and not video.has_content:
         if not video.decoded and corrupt:
-            raise MediaError("decode_error", f"{path.name}: no video frame decodes ({corrupt} damaged packets)")
-        raise MediaError("empty_window", f"{path.name}: no decodable video frame in [{start:.1f}, {end:.1f}) s")
+            raise MediaError("decode_error",
+                             f"{path.name}: no video frame decodes ({corrupt} damaged packets)")
+        raise MediaError("empty_window",
+                         f"{path.name}: no decodable video frame in [{start:.1f}, {end:.1f}) s")
     if streams.is_image and in_window < 2:  # a GIF/APNG/WebP with one frame is a still image
         raise MediaError("image_not_video", f"{path.name} is a still image ({streams.fmt}), not a video")
     if video is not None and in_window < limits.min_frames:
-        raise MediaError("too_few_frames", f"{path.name}: {in_window} frame(s) in the window, need {limits.min_frames}")
+        raise MediaError("too_few_frames",
+                         f"{path.name}: {in_window} frame(s) in the window, need {limits.min_frames}")
 
 
 def _covered(streams: _Streams, video: _VideoWindow | None, audio_seconds: float, video_seconds: float,
@@ -365,8 +386,9 @@ def _covered(streams: _Streams, video: _VideoWindow | None, audio_seconds: float
     needed = min(limits.min_content_seconds, 0.5 * window)
     if covered + 1e-6 < needed:
         if corrupt or covered > 0:
-            raise MediaError("decode_error", f"{path.name}: only {covered:.2f} s of the {window:.2f} s window decode "
-                                             f"(need {needed:.2f} s; {corrupt} damaged packets)")
+            raise MediaError("decode_error",
+                             f"{path.name}: only {covered:.2f} s of the {window:.2f} s window decode "
+                             f"(need {needed:.2f} s; {corrupt} damaged packets)")
         raise MediaError("empty_window", f"{path.name}: nothing decodable in [{start:.1f}, {end:.1f}) s")
     return covered
 
@@ -429,7 +451,9 @@ class _VideoWindow:
 
     @property
     def rotation(self) -> int:
-        return int(self.chosen[0][1].rotation or 0) % 360
+        first = self.chosen[0]
+        assert first is not None  # read only once has_content holds
+        return int(first[1].rotation or 0) % 360
 
     def damaged(self) -> None:
         """A packet was lost: what follows references it until the next keyframe."""
@@ -461,7 +485,7 @@ class _VideoWindow:
     def seconds(self) -> float:
         """Time the frames in the window cover; a corrupt stretch between the first and
         the last frame is not covered (frames actually decoded)."""
-        if self.first is None:
+        if self.first is None or self.last is None:  # set together
             return 0.0
         span = self.last - self.first + self.frame_period
         return min(span, self.in_window * self.frame_period) if self.frame_period else span
@@ -471,7 +495,10 @@ class _VideoWindow:
         return self.last - self.start + self.frame_period if self.last is not None else 0.0
 
     def frames(self, size: int, threads: int) -> np.ndarray:
-        return np.stack([_to_square_rgb(c[1], size, threads) for c in self.chosen])
+        picked = [c[1] for c in self.chosen if c is not None]
+        # The first frame taken fills every target, so once has_content holds none is missing.
+        assert len(picked) == len(self.chosen)
+        return np.stack([_to_square_rgb(frame, size, threads) for frame in picked])
 
 
 GAP_SECONDS = 0.05  # a jump in input audio timestamps larger than this is a hole (damage)
@@ -517,11 +544,13 @@ class _AudioWindow:
         return waveform, got, max(0, got - self.gaps)
 
 
-def _take_audio(frame: av.AudioFrame, start: float, spec: ClipSpec, chunks: list, first, have: int):
+def _take_audio(frame: av.AudioFrame, start: float, spec: ClipSpec, chunks: list[np.ndarray],
+                first: float | None, have: int) -> tuple[float | None, int]:
     """Append the part of a resampled frame at or after ``start`` (the seek lands on
     an earlier packet); returns updated (first sample time, samples held)."""
     data = frame.to_ndarray().reshape(-1)
-    t = frame.time if frame.time is not None else (first if first is not None else start) + have / spec.sample_rate
+    t = (frame.time if frame.time is not None
+         else (first if first is not None else start) + have / spec.sample_rate)
     if first is None:
         skip = max(0, math.floor((start - t) * spec.sample_rate + 0.5))
         if skip >= len(data):

@@ -32,7 +32,9 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypedDict
 
 # Failure kinds (from ``avfusion.download.classify``) that say the source is blocked.
 BLOCK_KINDS = ("blocked_bot_check", "blocked_session", "blocked_rate_limit", "blocked_forbidden")
@@ -48,7 +50,7 @@ class SourceBlocked(Exception):
         super().__init__(f"source blocked ({kind}) for {blocked_seconds:.0f} s")
         self.kind, self.blocked_seconds = kind, blocked_seconds
 
-    def __reduce__(self):  # picklable across processes (Ray)
+    def __reduce__(self) -> tuple[type[SourceBlocked], tuple[str, float]]:  # picklable across processes (Ray)
         return SourceBlocked, (self.kind, self.blocked_seconds)
 
 
@@ -66,7 +68,7 @@ class GovernorConfig:
     window: float = 3600.0  # the budget's sliding window (an hour; tests shrink it)
 
     @classmethod
-    def for_cookies(cls, cookies: bool, **overrides) -> GovernorConfig:
+    def for_cookies(cls, cookies: bool, **overrides: Any) -> GovernorConfig:
         """Defaults from the wiki's figures: with cookies the account is the limit."""
         if cookies:
             overrides.setdefault("global_per_hour", ACCOUNT_PER_HOUR)
@@ -75,39 +77,50 @@ class GovernorConfig:
 
 @dataclass
 class _Node:
-    grants: deque = field(default_factory=deque)
+    grants: deque[float] = field(default_factory=deque)
     next_at: float = 0.0
     blocked_kind: str | None = None
     blocked_since: float | None = None
     blocked_until: float = 0.0
     level: int = 0
     probing: bool = False
-    streak: dict = field(default_factory=dict)
+    streak: dict[str, int] = field(default_factory=dict)
+
+
+class _Stats(TypedDict):
+    grants: int
+    probes: int
+    cooldowns: int
+    blocked_seconds: float  # finished blocks only
+    blocks: dict[str, int]  # block signals by kind
 
 
 class Governor:
-    def __init__(self, cfg: GovernorConfig | None = None, clock=time.monotonic, seed: int | None = None):
+    def __init__(self, cfg: GovernorConfig | None = None, clock: Callable[[], float] = time.monotonic,
+                 seed: int | None = None):
         self.cfg = cfg or GovernorConfig()
         self._clock = clock
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
-        self._grants: deque = deque()
+        self._grants: deque[float] = deque()
         self._next_global = 0.0
         self._stopped: tuple[str, float] | None = None
         self._start = clock()
-        self._stats = {"grants": 0, "probes": 0, "cooldowns": 0, "blocked_seconds": 0.0, "blocks": {}}
+        self._stats: _Stats = {"grants": 0, "probes": 0, "cooldowns": 0, "blocked_seconds": 0.0, "blocks": {}}
 
     def acquire(self, node: str, now: float | None = None) -> tuple[str, float]:
         """``("go", 0)``: download now; ``("wait", s)``: ask again in ``s`` seconds;
         ``("stop", blocked_seconds)`` with the kind in ``stop_kind()``: stop the job."""
         with self._lock:
             now = self._clock() if now is None else now
-            if self._stopped:
-                return "stop", self._stopped[1]
+            stopped = self._stopped
+            if stopped:
+                return "stop", stopped[1]
             n = self._nodes.setdefault(node, _Node())
             wait = self._block_wait(node, n, now)
             if wait is None:
+                assert self._stopped is not None  # _block_wait has just stopped the governor
                 return "stop", self._stopped[1]
             if wait == 0.0 and n.blocked_kind:  # the cooldown is over: one probe
                 n.probing = True
@@ -132,19 +145,21 @@ class Governor:
                 return
             n.streak.clear()
             if n.blocked_kind and (n.probing or kind is None):  # the probe got through
+                assert n.blocked_since is not None  # set with blocked_kind
                 self._stats["blocked_seconds"] += now - n.blocked_since
                 n.blocked_kind, n.blocked_since, n.level, n.probing = None, None, 0, False
 
     def stop_kind(self) -> str | None:
         return self._stopped[0] if self._stopped else None
 
-    def stats(self, now: float | None = None) -> dict:
+    def stats(self, now: float | None = None) -> dict[str, Any]:
         """Grants, probes, cooldowns, blocked seconds (finished and ongoing blocks),
         block signals by kind, downloads per hour since the governor started."""
         with self._lock:
             now = self._clock() if now is None else now
-            out = {**self._stats, "blocks": dict(self._stats["blocks"])}
-            out["blocked_seconds"] += sum(now - n.blocked_since for n in self._nodes.values() if n.blocked_since)
+            out: dict[str, Any] = {**self._stats, "blocks": dict(self._stats["blocks"])}
+            out["blocked_seconds"] += sum(now - n.blocked_since for n in self._nodes.values()
+                                          if n.blocked_since)
             out["blocked_seconds"] = round(out["blocked_seconds"], 3)
             out["downloads_per_hour"] = round(out["grants"] * 3600.0 / max(now - self._start, 1e-9), 1)
             out["blocked_nodes"] = sorted(k for k, n in self._nodes.items() if n.blocked_kind)
@@ -166,6 +181,7 @@ class Governor:
         None when a block has lasted too long (the governor is then stopped)."""
         for other in self._nodes.values():
             if other.blocked_since is not None and now - other.blocked_since >= self.cfg.max_blocked:
+                assert other.blocked_kind is not None  # set with blocked_since
                 self._stopped = (other.blocked_kind, now - other.blocked_since)
                 return None
         if n.blocked_kind:
@@ -198,7 +214,18 @@ class Governor:
         return "go", 0.0
 
 
-def wait_for_turn(governor, node: str, sleep=time.sleep, max_wait: float = 60.0) -> None:
+class GovernorClient(Protocol):
+    """What a download asks of the governor: a :class:`Governor` or a proxy to one."""
+
+    def acquire(self, node: str) -> tuple[str, float]: ...
+
+    def report(self, node: str, kind: str | None) -> None: ...
+
+    def stop_kind(self) -> str | None: ...
+
+
+def wait_for_turn(governor: GovernorClient, node: str, sleep: Callable[[float], None] = time.sleep,
+                  max_wait: float = 60.0) -> None:
     """Block the calling thread until ``governor`` grants ``node`` a download; raise
     ``SourceBlocked`` when it says stop. ``governor`` may be a proxy to a remote one."""
     while True:

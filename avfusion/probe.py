@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import av
+from av.stream import Stream
 
 
 class MediaError(Exception):
@@ -35,7 +37,7 @@ class MediaInfo:
     sample_rate: int | None = None
     channels: int | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -75,7 +77,7 @@ def probe(path: str | Path) -> MediaInfo:
 UNKNOWN_CODEC = "unknown"
 
 
-def _codec_name(stream) -> str | None:
+def _codec_name(stream: Stream | None) -> str | None:
     """The stream's codec name; ``"unknown"`` for a stream whose codec FFmpeg cannot
     identify (no codec context), so a probe never fails on what decode may skip."""
     if stream is None:

@@ -148,7 +148,8 @@ def walk_folder(root: str, extensions: tuple[str, ...]) -> tuple[list[str], list
         every = storage.find(root)
         return ([p for p in every if p.lower().endswith(extensions)],
                 [p for p in every if not p.lower().endswith(extensions)])
-    found, skipped = [], []
+    found: list[str] = []
+    skipped: list[str] = []
     for dirpath, dirnames, filenames in os.walk(storage.local_path(root), followlinks=False):
         dirnames.sort()
         for name in filenames + [d for d in dirnames if d.lower().endswith(extensions)]:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.container import OutputContainer
 
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 6: "5.1", 8: "7.1"}
 _CONTAINER_FORMATS = {"mkv": "matroska", "mp4": "mp4", "mov": "mov", "webm": "webm", "avi": "avi",
@@ -165,24 +166,8 @@ def write_clip(path: str | Path, spec: SynthSpec, frames: np.ndarray | None = No
     fmt = _CONTAINER_FORMATS.get(spec.container, spec.container)
     try:
         with av.open(str(tmp), "w", format=fmt) as out:
-            vstream = astream = None
-            if frames is not None:
-                vstream = out.add_stream(spec.video_codec, rate=fps)
-                vstream.width, vstream.height = frames.shape[2], frames.shape[1]
-                vstream.pix_fmt = spec.pix_fmt
-                if spec.video_codec in ("libx264", "libx265"):
-                    vstream.options = {"crf": str(spec.crf), "preset": spec.preset}
-                elif spec.video_codec in ("libvpx-vp9", "libvpx"):
-                    vstream.options = {"crf": str(spec.crf + 10), "b": "0", "deadline": "realtime", "cpu-used": "8"}
-                vstream.codec_context.time_base = video_tb
-                if spec.rotation:
-                    vstream.set_display_rotation(spec.rotation)
-            if waveform is not None:
-                astream = out.add_stream(spec.audio_codec, rate=spec.sample_rate,
-                                         layout=_LAYOUTS[waveform.shape[0]])
-                astream.codec_context.time_base = Fraction(1, spec.sample_rate)
-                if spec.audio_bitrate:
-                    astream.bit_rate = spec.audio_bitrate
+            vstream = _add_video(out, spec, frames, fps, video_tb) if frames is not None else None
+            astream = _add_audio(out, spec, waveform.shape[0]) if waveform is not None else None
             _mux(out, vstream, astream, frames, waveform, spec, pts * video_tb, pts)
         os.replace(tmp, path)
     finally:
@@ -191,7 +176,38 @@ def write_clip(path: str | Path, spec: SynthSpec, frames: np.ndarray | None = No
     return SynthClip(path, spec, frames, waveform, times)
 
 
-def _mux(out, vstream, astream, frames, waveform, spec: SynthSpec, times, pts) -> None:
+def _add_video(out: OutputContainer, spec: SynthSpec, frames: np.ndarray, fps: Fraction,
+               time_base: Fraction) -> av.VideoStream:
+    """The video stream for ``frames`` (T, H, W, 3), with the encoder options ``spec`` asks for."""
+    assert spec.video_codec  # write_clip drops the frames without a video codec
+    vstream = out.add_stream(spec.video_codec, rate=fps)
+    assert isinstance(vstream, av.VideoStream)
+    vstream.width, vstream.height = frames.shape[2], frames.shape[1]
+    vstream.pix_fmt = spec.pix_fmt
+    if spec.video_codec in ("libx264", "libx265"):
+        vstream.options = {"crf": str(spec.crf), "preset": spec.preset}
+    elif spec.video_codec in ("libvpx-vp9", "libvpx"):
+        vstream.options = {"crf": str(spec.crf + 10), "b": "0", "deadline": "realtime", "cpu-used": "8"}
+    vstream.codec_context.time_base = time_base
+    if spec.rotation:
+        vstream.set_display_rotation(spec.rotation)
+    return vstream
+
+
+def _add_audio(out: OutputContainer, spec: SynthSpec, channels: int) -> av.AudioStream:
+    """The audio stream for a ``channels``-channel waveform."""
+    assert spec.audio_codec  # write_clip drops the waveform without an audio codec
+    astream = out.add_stream(spec.audio_codec, rate=spec.sample_rate, layout=_LAYOUTS[channels])
+    assert isinstance(astream, av.AudioStream)
+    astream.codec_context.time_base = Fraction(1, spec.sample_rate)
+    if spec.audio_bitrate:
+        astream.bit_rate = spec.audio_bitrate
+    return astream
+
+
+def _mux(out: OutputContainer, vstream: av.VideoStream | None, astream: av.AudioStream | None,
+         frames: np.ndarray | None, waveform: np.ndarray | None, spec: SynthSpec, times: np.ndarray,
+         pts: np.ndarray) -> None:
     """Interleave video and audio packets in time order (what real muxers produce).
     Audio goes in as float planar; PyAV converts to the encoder's sample format."""
     chunk = 1024
@@ -202,11 +218,13 @@ def _mux(out, vstream, astream, frames, waveform, spec: SynthSpec, times, pts) -
         v_time = times[vi] if vi < n_v else float("inf")
         a_time = ai / spec.sample_rate if ai < n_a else float("inf")
         if v_time <= a_time:
+            assert frames is not None and vstream is not None  # a frame is left: vi < n_v
             frame = av.VideoFrame.from_ndarray(frames[vi], format="rgb24")
             frame.pts = int(pts[vi])
             out.mux(vstream.encode(frame))
             vi += 1
         else:
+            assert waveform is not None and astream is not None  # a sample is left: ai < n_a
             block = waveform[:, ai:ai + chunk]
             aframe = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format="fltp",
                                                 layout=_LAYOUTS[waveform.shape[0]])
@@ -284,15 +302,17 @@ def _video_pattern(name: str | None, rng: np.random.Generator, n: int, h: int, w
     vx, vy = rng.uniform(-0.01, 0.01, 2)
     grey = rng.integers(90, 170)
     s = min(h, w)
+    side = x0 = y0 = 0
+    if name == "square_red":  # one square per clip, at the same place in every frame
+        side = int(s * rng.uniform(0.3, 0.4))
+        x0 = int(rng.uniform(0, w - side))
+        y0 = int(rng.uniform(0, h - side))
     for i in range(n):
         cx, cy = ((bx + vx * i) % 1) * w, ((by + vy * i) % 1) * h
         blob = (xx - cx) ** 2 + (yy - cy) ** 2 < (0.12 * s) ** 2
         frames[i][blob] = grey
         t = i / max(n - 1, 1)
         if name == "square_red":
-            side = int(s * rng.uniform(0.3, 0.4)) if i == 0 else side
-            x0 = int(rng.uniform(0, w - side)) if i == 0 else x0
-            y0 = int(rng.uniform(0, h - side)) if i == 0 else y0
             frames[i, y0:y0 + side, x0:x0 + side] = (220, 30, 30)
         elif name == "ball_bounce":
             r = 0.12 * s

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -19,12 +20,15 @@ import ray
 from avfusion.config import ClipSpec
 from avfusion.label import DecodeRows, Predictor
 
+if TYPE_CHECKING:
+    from avfusion.labelling import LabelConfig
 
-def label_dataset(items: list[dict], clip: ClipSpec, cfg, decode_only: bool = False) -> "ray.data.Dataset":
-    """The lazy dataset of labelled rows (``decode_only``: decoded rows, no model).
-    ``cfg``: a :class:`avfusion.labelling.LabelConfig` (every_window, decode_batch,
-    checkpoint, top_k, bf16, actors, gpus_per_actor, actor_memory_mb, model_batch)."""
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // cfg.decode_batch))
+
+def label_dataset(items: list[dict[str, Any]], clip: ClipSpec, cfg: LabelConfig,
+                  decode_only: bool = False) -> ray.data.Dataset:
+    """The lazy dataset of labelled rows (``decode_only``: decoded rows, no model)."""
+    blocks = max(1, len(items) // cfg.decode_batch)
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(DecodeRows(clip, cfg.every_window), batch_size=cfg.decode_batch, num_cpus=1)
     if decode_only:
         return ds
@@ -38,6 +42,7 @@ def label_dataset(items: list[dict], clip: ClipSpec, cfg, decode_only: bool = Fa
                           memory=cfg.actor_memory_mb * 2**20)
 
 
-def label_batches(items: list[dict], clip: ClipSpec, cfg) -> Iterator[dict[str, np.ndarray]]:
+def label_batches(items: list[dict[str, Any]], clip: ClipSpec, cfg: LabelConfig
+                  ) -> Iterator[dict[str, np.ndarray]]:
     """Labelled batches (numpy columns) as they complete, for the part writer."""
     yield from label_dataset(items, clip, cfg).iter_batches(batch_size=None, batch_format="numpy")

@@ -12,15 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import TYPE_CHECKING, Any
 
 from avfusion import storage
 from avfusion.train import TrainConfig
+
+if TYPE_CHECKING:
+    from ray.train import RunConfig
+
+    from shards.loader import ShardReadError
 
 
 def cpus_per_worker(cfg: TrainConfig) -> int:
     """The training process plus its DataLoader workers (``auto`` resolved as on a
     node like this one: see :func:`resolve_workers`)."""
-    return 1 + resolve_workers(cfg, use_gpu=False).workers
+    workers = resolve_workers(cfg, use_gpu=False).workers
+    assert isinstance(workers, int)  # resolve_workers made "auto" a count
+    return 1 + workers
 
 
 def resolve_workers(cfg: TrainConfig, use_gpu: bool) -> TrainConfig:
@@ -38,12 +46,12 @@ def fit(cfg: TrainConfig, num_workers: int, use_gpu: bool = False) -> None:
     """Train on ``num_workers`` Ray Train workers of the current Ray session. A worker's
     ``ShardReadError`` is re-raised as itself (Ray Train wraps it in its own error,
     which would bury the one line that names the shard)."""
-    from ray.train import RunConfig, ScalingConfig
+    import ray
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    import ray
-
     cfg = resolve_workers(cfg, use_gpu)
+    assert isinstance(cfg.workers, int)  # resolve_workers made "auto" a count
     resources = {"CPU": 1 + cfg.workers, **({"GPU": 1} if use_gpu else {})}
     have = ray.cluster_resources().get("CPU", 0)
     if num_workers * resources["CPU"] > have:  # Ray Train would wait, silently, for the autoscaler
@@ -54,7 +62,7 @@ def fit(cfg: TrainConfig, num_workers: int, use_gpu: bool = False) -> None:
         _worker_loop,
         train_loop_config={"train": dataclasses.asdict(cfg)},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=_run_config(RunConfig, cfg.out),
+        run_config=_run_config(cfg.out),
     )
     try:
         trainer.fit()
@@ -65,7 +73,7 @@ def fit(cfg: TrainConfig, num_workers: int, use_gpu: bool = False) -> None:
         raise shard_error from None
 
 
-def _worker_loop(config: dict) -> None:
+def _worker_loop(config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker: Ray has set up the process group and says which
     rank and device this worker is."""
     import ray.train
@@ -81,21 +89,24 @@ def _worker_loop(config: dict) -> None:
                      local_rank=ctx.get_local_rank()))
 
 
-def _run_config(RunConfig, out: str):
+def _run_config(out: str) -> RunConfig:
     """Ray Train's own state goes beside the run, through the same fsspec filesystem
     (so an s3:// run needs no second set of credentials or endpoint)."""
+    from ray.train import RunConfig
+
     if storage.is_local(out):
         return RunConfig(storage_path=storage.join(out, "ray"), name="train")
     arrow_fs, path = storage.arrow_filesystem(storage.join(out, "ray"))
     return RunConfig(storage_path=path, storage_filesystem=arrow_fs, name="train")
 
 
-def _shard_error(exc: BaseException):
+def _shard_error(exc: BaseException) -> ShardReadError | None:
     """The ShardReadError behind a Ray Train failure (``WorkerGroupError.worker_failures``
     or a cause chain), or None."""
     from shards.loader import ShardReadError
 
-    seen, todo = set(), [exc]
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:

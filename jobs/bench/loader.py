@@ -49,12 +49,13 @@ def make_shards(root: Path, clips: int, frame_size: int) -> str:
     import shutil
 
     from avfusion import sample_data
-    from jobs.bench.common import build_shards
     from avfusion.config import ClipSpec
+    from jobs.bench.common import build_shards
 
     folder = root / "clips"
     folder.mkdir(parents=True, exist_ok=True)
-    rows = list(csv.reader(open(sample_data.labels_csv())))  # noqa: SIM115 (bundled package file)
+    with open(sample_data.labels_csv()) as f:
+        rows = list(csv.reader(f))
     rows = rows[::max(1, len(rows) // clips)][:clips]
     with open(folder / "labels.csv", "w", newline="") as f:
         for r in rows:
@@ -75,7 +76,10 @@ def _floor(urls: list[str], clips: int) -> None:
     members = []
     for url in urls:
         with tarfile.open(url) as tar:
-            members += [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+            for m in tar.getmembers():
+                member = tar.extractfile(m)
+                assert member is not None  # a shard holds regular files only
+                members.append((m.name, member.read()))
     done = 0
     while done < clips:
         for name, data in members:
@@ -168,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     top = max(sizes)
     loader_rate = 1 / cost[top, "new-loader"]
     ratio = cost[top, "new-loader"] / cost[top, "today"]
-    print(f"\nat {top}²: CPU per clip on the GPU path (loader only) = {ratio:.2f}x today's (goal <= 0.33x); cores per GPU at 1000 / 3000 clips/s: {1000 / loader_rate:.1f} / "
+    print(f"\nat {top}²: CPU per clip on the GPU path (loader only) = {ratio:.2f}x today's (goal <= 0.33x); "
+          f"cores per GPU at 1000 / 3000 clips/s: {1000 / loader_rate:.1f} / "
           f"{3000 / loader_rate:.1f} (today: {1000 * cost[top, 'today']:.0f} / {3000 * cost[top, 'today']:.0f})")
     print(accounting())
     return 0

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         ("seed-style: 2 ffmpeg -threads 1 per clip", whole["seed"], margin["seed"],
          max(max(a.max_rss_mb, b.max_rss_mb) for a, b in seed)),
     ]
-    if job is not None:
+    if job is not None and job1 is not None:  # measured together
         whole["job"] = job.cpu_seconds / n
         margin["job"] = (job.cpu_seconds - job1.cpu_seconds) / max(1, n - 1)
         rows.append((f"the job: avfusion preprocess, Ray, {args.cpus} CPUs", whole["job"], margin["job"],
@@ -163,16 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nhow accounted: {accounting()}.")
     print(f"start-up measured in this run and subtracted for 'margin': Python worker with 0 clips "
           f"{py_start.cpu_seconds:.2f} cpu_s; ffmpeg on a 1-frame clip {ff0:.3f} cpu_s per run"
-          + (f"; Ray job on 1 clip {job1.cpu_seconds:.2f} cpu_s ({job1.wall_seconds:.1f} s wall)" if job1 else ""))
+          + (f"; Ray job on 1 clip {job1.cpu_seconds:.2f} cpu_s "
+             f"({job1.wall_seconds:.1f} s wall)" if job1 else ""))
     print("\nratios (margin):")
     print(f"  ours / floor           = {margin['ours'] / margin['floor']:.2f}x   (whole: "
           f"{whole['ours'] / whole['floor']:.2f}x)")
     print(f"  seed-style / ours      = {margin['seed'] / margin['ours']:.2f}x   (whole: "
           f"{whole['seed'] / whole['ours']:.2f}x; with skip_nonref {margin['seed'] / margin['fast']:.2f}x)")
-    if job is not None:
+    if job is not None and job1 is not None:
         print(f"  job / ours in-process  = {margin['job'] / margin['ours']:.2f}x   (whole: "
-              f"{whole['job'] / whole['ours']:.2f}x; Ray start-up ≈ {job1.cpu_seconds - margin['job']:.1f} cpu_s "
-              f"per job)")
+              f"{whole['job'] / whole['ours']:.2f}x; Ray start-up ≈ {job1.cpu_seconds - margin['job']:.1f} "
+              f"cpu_s per job)")
     return 0
 
 

@@ -23,7 +23,8 @@ import os
 import random
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from typing import Any
 
 from jobs.bench.common import print_table, python_cmd, run_measured
 
@@ -45,7 +46,7 @@ def make_csv(path: str, rows: int, seed: int = 0) -> None:
             f.write(f"{yid},{(i * 7) % 300},\"{label}, outdoors\",{'test' if i % 13 == 0 else 'train'}\n")
 
 
-def stats_documents(csv_path: str, shard_size: int, seed: int = 0):
+def stats_documents(csv_path: str, shard_size: int, seed: int = 0) -> Iterator[tuple[str, str]]:
     """(shard name, stats JSON) for each shard of the plan the driver will make."""
     from avfusion.sources import read_vggsound_csv, tasks_from_vggsound
 
@@ -56,7 +57,9 @@ def stats_documents(csv_path: str, shard_size: int, seed: int = 0):
     fail_share = sum(weights)
     for s in range(0, len(tasks), shard_size):
         shard = f"{s // shard_size:05d}"
-        keys, failures, by_split = [], [], {}
+        keys: list[str] = []
+        failures: list[dict[str, Any]] = []
+        by_split: dict[str | None, int] = {}
         for t in tasks[s:s + shard_size]:
             if rng.random() < fail_share:
                 kind, transient = rng.choices(kinds, weights)[0]
@@ -150,11 +153,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _s3(env: dict, csv_path: str):
     """A loopback moto server; ``env`` gets only the standard AWS variables for it."""
+    import logging
     import socket
 
     from moto.server import ThreadedMotoServer
-
-    import logging
 
     from avfusion import storage
 

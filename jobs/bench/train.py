@@ -18,7 +18,6 @@ import time
 from itertools import islice
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import torch
 
@@ -41,7 +40,10 @@ def bare_decode_rate(urls: list[str]) -> tuple[float, int]:
     members = []
     for url in urls:
         with tarfile.open(url) as tar:
-            members += [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+            for m in tar.getmembers():
+                member = tar.extractfile(m)
+                assert member is not None  # a shard holds regular files only
+                members.append((m.name, member.read()))
     n = sum(name.endswith(".flac") for name, _ in members)
     t0 = time.perf_counter()
     for name, data in members:
@@ -80,6 +82,7 @@ def step_rate(model, opt, batches, device, bf16: bool, steps: int, warmup: int =
         seen += len(b.keys)
     if device.type == "cuda":
         torch.cuda.synchronize()
+    assert t0 is not None  # set at the first timed step (steps >= 1)
     return seen / (time.perf_counter() - t0)
 
 
