@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.avfusion-installed
 
-.PHONY: install demo test test-fast clean-venv
+.PHONY: install demo lint test test-fast clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/avfusion demo $(DEMO_ARGS)
+
+# ruff (lint + format) and mypy, configured in pyproject.toml; zero findings.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
