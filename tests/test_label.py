@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from avfusion import storage
 from avfusion.config import ClipSpec
 from avfusion.decode import decode_clip
-from avfusion.label import LABEL_LIMITS, SCHEMA
+from avfusion.labelling.schema import SCHEMA
+from avfusion.labelling.worker import LABEL_LIMITS
 from avfusion.model import attention_agrees
 from avfusion.synth import SynthSpec, make_class_conditional_set
 from avfusion.train import model_from_checkpoint
@@ -229,13 +231,13 @@ def test_every_file_gets_its_best_answer(tmp_path, checkpoint_10s, ray_local, ca
 def test_every_window_of_a_cut_file_keeps_the_windows_that_decode(tmp_path):
     """--windows all on a file cut at 30 %: the windows before the cut are rows, the
     last one flagged ``truncated``; no window turns the whole file into an error."""
-    from avfusion.label import DecodeRows, file_identity
+    from avfusion.labelling.worker import DecodeRows
     from tests.corpus import make_salvage_corpus
 
     make_salvage_corpus(tmp_path)
     path = str(tmp_path / "cut_at_30pct.mp4")
     rows = DecodeRows(ClipSpec(clip_seconds=1.0, frame_size=32), every_window=True).decode_file(
-        path, "cut", *file_identity(path))
+        path, "cut", *storage.identity(path))
     assert 1 <= len(rows) < 10 and all(not r["error_class"] for r in rows), [r["error_message"] for r in rows]
     assert [r["window_index"] for r in rows] == list(range(len(rows)))
     assert all(r["window_count"] == len(rows) for r in rows)

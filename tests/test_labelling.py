@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from avfusion import storage
-from avfusion.label import SCHEMA, Predictor, rows_to_batch
-from avfusion.labelling import (LABEL_EXTENSIONS, build_items, done_identities, drop_superseded, read_parts,
-                                scan_inputs, write_parts)
+from avfusion.labelling.run import (LABEL_EXTENSIONS, build_items, done_identities, drop_superseded,
+                                    read_parts, scan_inputs, write_parts)
+from avfusion.labelling.schema import SCHEMA, rows_to_batch
+from avfusion.labelling.worker import Predictor
 from avfusion.model import FusionModel, ModelConfig
 from avfusion.sources import scan_folder
 
@@ -255,14 +256,13 @@ def test_bf16_rows_stay_close_to_fp32(tiny_checkpoint):
 def test_a_rerun_with_everything_labelled_starts_no_executor(folder, tiny_checkpoint, tmp_path, capsys):
     """The run's resume, end to end without Ray: files whose identity is in the parts
     are not handed to the executor; a transient-error row is, and only it."""
-    from avfusion.label import file_identity
     from avfusion.labelling import LabelConfig, label
 
     found, _ = scan_inputs(str(folder), LABEL_EXTENSIONS)
     out = tmp_path / "labels"
     batch = _batch([(p, 0, 1, "") for p in found])
-    batch["file_size"] = np.array([file_identity(p)[0] for p in found])
-    batch["mtime_ns"] = np.array([file_identity(p)[1] for p in found])
+    batch["file_size"] = np.array([storage.identity(p)[0] for p in found])
+    batch["mtime_ns"] = np.array([storage.identity(p)[1] for p in found])
     write_parts([batch], str(out), part_rows=100)
 
     def no_session(*args, **kwargs):

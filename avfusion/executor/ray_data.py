@@ -1,8 +1,8 @@
 """The label job's Ray Data pipeline: file rows → decode tasks → model actors.
 
 One function, so the job and ``avfusion bench label`` run the same stages: decode
-(:class:`avfusion.label.DecodeRows`) in CPU tasks that Ray Data spreads over the
-nodes, then :class:`avfusion.label.Predictor` in an actor pool that loads the
+(:class:`avfusion.labelling.worker.DecodeRows`) in CPU tasks that Ray Data spreads over the
+nodes, then :class:`avfusion.labelling.worker.Predictor` in an actor pool that loads the
 checkpoint once per actor. The actor's device follows the resources it was given
 (``gpus_per_actor`` 0: the CPU, even where CUDA is visible; Ray no longer hides GPUs
 from actors that asked for none). Called inside a Ray session (the caller's).
@@ -17,7 +17,7 @@ import numpy as np
 import ray
 
 from avfusion.config import ClipSpec
-from avfusion.label import DecodeRows, Predictor
+from avfusion.labelling.worker import DecodeRows, Predictor
 
 
 def label_dataset(items: list[dict], clip: ClipSpec, cfg, decode_only: bool = False) -> "ray.data.Dataset":

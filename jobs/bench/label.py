@@ -60,9 +60,9 @@ def decode_only_worker(folder: str, checkpoint: str, cpus: int) -> None:
     """Child-process body: the label job's own decode stage alone, on embedded Ray."""
     from avfusion.config import ClipSpec
     from avfusion.executor.ray_data import label_dataset
-    from avfusion.labelling import LabelConfig, build_items, list_inputs
-    from avfusion.train import load_checkpoint
     from avfusion.executor.ray_tasks import ray_session
+    from avfusion.labelling.run import LabelConfig, build_items, list_inputs
+    from avfusion.train import load_checkpoint
 
     cfg = LabelConfig(input=folder, out="", checkpoint=checkpoint)
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
@@ -84,8 +84,9 @@ def naive_worker(folder: str, checkpoint: str, out: str, threads: int = 0) -> No
         torch.set_num_threads(threads)
 
     from avfusion.config import ClipSpec
-    from avfusion.label import DecodeRows, Predictor, rows_to_batch, to_table
-    from avfusion.labelling import build_items, list_inputs
+    from avfusion.labelling.run import build_items, list_inputs
+    from avfusion.labelling.schema import rows_to_batch, to_table
+    from avfusion.labelling.worker import DecodeRows, Predictor
     from avfusion.train import load_checkpoint
 
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])

@@ -1,14 +1,10 @@
-"""The label job's orchestration: what to label, what is already done, and the parts.
+"""The label run, wired in one place: what to label, what is already done, the parts.
 
-``avfusion/label.py`` is the work on one batch (decode rows, predict rows, the Parquet
-schema); this module is the run around it: scan the input, skip what an earlier run
-labelled (resume by path, size and mtime), hand the rest to an executor that yields
-labelled batches, write them as part files cut only where a file ends, and clean up
-rows that a later run superseded. Two modules because the batch work runs inside Ray
-Data workers and must stay small and picklable, while the run is driver-side
-bookkeeping. Ray-free: the Ray Data pipeline is one function in
-``avfusion/executor/ray_data.py``; :func:`write_parts` consumes any iterator of
-batches, so resume and part cutting are tested without Ray.
+Scan the input, skip what an earlier run labelled (resume by path, size and mtime),
+hand the rest to the Ray Data pipeline (``avfusion/executor/ray_data.py``), write the
+labelled batches as part files cut only where a file ends, and clean up rows that a
+later run superseded. :func:`write_parts` consumes any iterator of batches, so resume
+and part cutting are tested without Ray.
 """
 
 from __future__ import annotations
@@ -82,11 +78,9 @@ def build_items(paths: list[str], root: str | None, done: set[tuple[str, int, in
     """The rows the executor gets: each path not in ``done`` with its identity (size,
     mtime_ns) and its key (the path relative to ``root``, the folder scanned; the
     path itself for a list file)."""
-    from avfusion.label import file_identity
-
     items = []
     for p in paths:
-        size, mtime = file_identity(p)
+        size, mtime = storage.identity(p)
         if (p, size, mtime) not in done:
             items.append({"path": p, "key": relative_path(root, p) if root else p, "file_size": size,
                           "mtime_ns": mtime})
@@ -160,7 +154,7 @@ def write_parts(batches: Iterable[dict], out: str, part_rows: int, on_files: Cal
     import numpy as np
     import pyarrow as pa
 
-    from avfusion.label import to_table
+    from avfusion.labelling.schema import to_table
 
     run, written, buffer = uuid.uuid4().hex[:8], [], None
     for batch in batches:
@@ -252,3 +246,16 @@ def label(cfg: LabelConfig, session) -> int:
     table = read_parts(out)
     print(summary(table, skipped) if table is not None else "no rows")
     return 0 if table is None else table.num_rows
+
+
+def predict(path: str, checkpoint: str, top_k: int = 5) -> dict:
+    """Label one clip in-process (``avfusion predict``): the same rows the job writes."""
+    from avfusion.config import ClipSpec
+    from avfusion.labelling.schema import rows_to_batch, to_table
+    from avfusion.labelling.worker import DecodeRows, Predictor
+    from avfusion.train import load_checkpoint
+
+    clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
+    size, mtime = storage.identity(str(path))
+    rows = DecodeRows(clip).decode_file(str(path), storage.basename(str(path)).rsplit(".", 1)[0], size, mtime)
+    return to_table(Predictor(str(checkpoint), top_k)(rows_to_batch(rows))).to_pylist()[0]
