@@ -16,7 +16,6 @@ never saw in training.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,25 +71,22 @@ class DecodeRows:
     def decode_file(self, path: str, key: str, size: int, mtime: int) -> list[dict]:
         if "://" in path and not path.startswith("file://"):
             # Remote (s3://, gs://, …): decoders need a seekable local file; this one file
-            # is fetched into this task's temp dir for the duration of the decode.
-            import tempfile
-
-            with tempfile.TemporaryDirectory(prefix="avf-label-") as tmp:
-                local = os.path.join(tmp, storage.basename(path) or "clip")
-                try:
-                    storage.download(path, local)
-                except Exception as exc:  # unreachable object store, missing object, …
-                    return [self._error_row(path, key, size, mtime, "fetch_error", f"{type(exc).__name__}: {exc}",
-                                            time.perf_counter())]
-                rows = self.decode_file(local, key, size, mtime)
+            # is fetched into a temp dir for the duration of the decode.
+            try:
+                with storage.local_copy(path) as local:
+                    rows = self.decode_file(local, key, size, mtime)  # never raises: failures are rows
+            except Exception as exc:  # unreachable object store, missing object, …
+                return [self._error_row(path, key, size, mtime, "fetch_error", f"{type(exc).__name__}: {exc}",
+                                        time.perf_counter())]
             return [{**r, "path": path} for r in rows]
         t0 = time.perf_counter()
         base = {"path": path, "key": key, "file_size": size, "mtime_ns": mtime, "duration": np.nan,
                 "container": "", "video_codec": "", "audio_codec": "", "error_class": "", "error_message": ""}
         try:
-            if os.path.isdir(path):
-                raise MediaError("not_a_file", f"{Path(path).name} is a directory")
-            if not os.path.exists(path):
+            kind = storage.local_kind(path)
+            if kind == "dir":
+                raise MediaError("not_a_file", f"{storage.basename(path)} is a directory")
+            if kind == "missing":
                 raise MediaError("missing_file", f"{path} does not exist (dangling link?)")
             info = probe(path)
             base.update(duration=info.duration or np.nan, container=info.container,
