@@ -1,10 +1,12 @@
 """The label run, wired in one place: what to label, what is already done, the parts.
 
 Scan the input, skip what an earlier run labelled (resume by path, size and mtime),
-hand the rest to the Ray Data pipeline (``avfusion/executor/ray_data.py``), write the
-labelled batches as part files cut only where a file ends, and clean up rows that a
-later run superseded. :func:`write_parts` consumes any iterator of batches, so resume
-and part cutting are tested without Ray.
+hand the rest to an executor as a two-stage pipeline (:func:`pipeline`: decode files,
+then predict), write the labelled batches as part files cut only where a file ends,
+and clean up rows that a later run superseded. ``label(cfg, executor)`` is what
+``avfusion label`` calls; the executor decides where the stages run
+(``InProcessExecutor``: here, no Ray; ``RayExecutor``: Ray Data) and is entered only
+when a file is left to label.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from avfusion import storage
+from avfusion.executor import BatchPipeline, Executor
 from avfusion.sources import VIDEO_EXTENSIONS, relative_path, walk_folder
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus")
@@ -27,10 +31,13 @@ LABEL_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS + OTHER_EXTENSIONS
 TRANSIENT_ERRORS = frozenset({"fetch_error", "internal_error"})
 PARTS = "part-*.parquet"
 
+if TYPE_CHECKING:
+    from avfusion.config import ClipSpec
+
 
 @dataclass(frozen=True)
 class LabelConfig:
-    """One label run (``avfusion label``'s flags)."""
+    """One label run (``avfusion label``'s flags; where it runs is the executor's)."""
 
     input: str
     out: str
@@ -46,9 +53,6 @@ class LabelConfig:
     decode_batch: int = 4
     part_rows: int = 256
     bf16: bool = False
-    address: str | None = None
-    num_cpus: int | None = None
-    verbose: bool = False
 
 
 # ----------------------------------------------------------------------------- input
@@ -213,12 +217,22 @@ def summary(table, skipped: list[str] = ()) -> str:
 # ----------------------------------------------------------------------------- the run
 
 
-def label(cfg: LabelConfig, session) -> int:
-    """Label ``cfg.input`` into ``cfg.out``; returns the number of rows in ``out``.
+def pipeline(cfg: LabelConfig, clip: ClipSpec) -> BatchPipeline:
+    """The label job's stages: ``DecodeRows`` over files, then ``Predictor`` instances
+    (one checkpoint load each) over the decoded windows."""
+    from avfusion.labelling.worker import DecodeRows, Predictor
 
-    ``session``: the Ray session context factory ``(address, num_cpus, verbose=,
-    data=)`` the Ray Data pipeline runs in. Raises OSError/KeyError/ValueError for an
-    unreadable input or checkpoint (before anything is written)."""
+    return BatchPipeline(decode=DecodeRows(clip, cfg.every_window), decode_batch=cfg.decode_batch,
+                         model=Predictor, model_kwargs={"checkpoint": str(cfg.checkpoint), "top_k": cfg.top_k,
+                                                       "bf16": cfg.bf16},
+                         model_batch=cfg.model_batch, instances=cfg.actors, gpus=cfg.gpus_per_actor,
+                         memory_mb=cfg.actor_memory_mb)
+
+
+def label(cfg: LabelConfig, executor: Executor) -> int:
+    """Label ``cfg.input`` into ``cfg.out`` through ``executor``; returns the number of
+    rows in ``out``. Raises OSError/KeyError/ValueError for an unreadable input or
+    checkpoint (before anything is written)."""
     from tqdm import tqdm
 
     from avfusion.config import ClipSpec
@@ -237,11 +251,8 @@ def label(cfg: LabelConfig, session) -> int:
         for p in skipped:
             print(f"  skipped: {p}")
     if items:
-        from avfusion.executor.ray_data import label_batches
-
-        with session(cfg.address, cfg.num_cpus, verbose=cfg.verbose, data=True), \
-                tqdm(total=len(items), desc="label", unit="file") as bar:
-            write_parts(label_batches(items, clip, cfg), out, cfg.part_rows, bar.update)
+        with executor, tqdm(total=len(items), desc="label", unit="file") as bar:
+            write_parts(executor.map_batches(pipeline(cfg, clip), items), out, cfg.part_rows, bar.update)
         drop_superseded(out)
     table = read_parts(out)
     print(summary(table, skipped) if table is not None else "no rows")

@@ -1,8 +1,8 @@
 """What runs on one batch in a worker: decode file rows, predict decoded rows.
 
-Both are small picklable callables: ``avfusion/executor/ray_data.py`` runs
-``DecodeRows`` in Ray Data CPU tasks and ``Predictor`` in an actor pool that loads the
-checkpoint once per actor.
+Both are small picklable callables on batches of numpy columns, placed by the
+executor (:meth:`avfusion.executor.Executor.map_batches`): ``DecodeRows`` in stateless
+decode tasks, ``Predictor`` in a pool whose instances load the checkpoint once each.
 
 Every file gets its best answer: a damaged file is labelled from what decodes
 (``partial`` flag, ``covered_seconds``), and a file with one usable modality (audio
@@ -54,8 +54,8 @@ def _windows(duration: float | None, clip_seconds: float, every: bool) -> list[f
 
 @dataclass
 class DecodeRows:
-    """Ray Data map_batches function: file rows → one row per clip window, with the
-    decoded tensors (zeros and an error for files that fail)."""
+    """The decode stage: file rows → one row per clip window, with the decoded
+    tensors (zeros and an error for files that fail)."""
 
     clip: ClipSpec
     every_window: bool = False
@@ -137,7 +137,7 @@ class DecodeRows:
 
 
 class Predictor:
-    """Ray Data actor: loads the checkpoint once, predicts decoded rows, drops tensors.
+    """The model stage: loads the checkpoint once, predicts decoded rows, drops tensors.
 
     ``gpus_assigned``: the GPUs the scheduler gave this actor (0: the CPU, whatever
     CUDA shows; None outside a scheduler), see :func:`avfusion.device.choose_device`.
