@@ -147,6 +147,14 @@ def identity(url: str) -> tuple[int, int]:
     return int(meta.get("size") or 0), ns
 
 
+def local_kind(path: str) -> str:
+    """``'dir'``, ``'file'`` or ``'missing'`` (a dangling link too) for a local path, as
+    the OS sees it: fsspec would read a ``::`` in a file name as a URL chain."""
+    if os.path.isdir(path):
+        return "dir"
+    return "file" if os.path.exists(path) else "missing"
+
+
 def open(url: str, mode: str = "rb", **kwargs):  # noqa: A001 - the module's one opener
     """Open for reading (streams from object stores). Writing goes through ``write_*``
     or ``atomic_file`` so that nothing appears half-written."""

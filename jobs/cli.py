@@ -16,7 +16,7 @@ JOBS: dict[str, str] = {
     "preprocess": "clip list or folder → Ray tasks → yt-dlp/PyAV → WebDataset shards",
     "train": "train the modality-attention fusion model from shards (CPU, torchrun, Ray Train)",
     "evaluate": "robustness: accuracy and attention under corruptions, report and plots",
-    "label": "batch-label a folder of videos into Parquet (Ray Data)",
+    "label": "batch-label a folder of videos into Parquet (Ray Data, or in-process with --executor local)",
     "predict": "label one clip and print prediction, top-5 and attention",
     "bench": "benchmarks, each as a ratio against a floor measured in the same run",
     "demo": "run the pipeline end to end on the bundled real sample set (embedded Ray)",

@@ -3,8 +3,10 @@
 INPUT is a folder (recursive), a text file listing paths, or an fsspec URL of a
 folder. On Ray Data: file list → decode in CPU tasks → model in an actor pool that
 loads the checkpoint once (a GPU each when --gpus-per-actor) → part files written
-atomically by the driver. Re-running with the same OUT skips files already labelled
-(same path, size and mtime). Every bad file becomes one row with an error class.
+atomically by the driver. ``--executor local`` runs the same stages in this process
+without Ray (decode on --concurrency threads, one model). Re-running with the same
+OUT skips files already labelled (same path, size and mtime). Every bad file becomes
+one row with an error class.
 
 Picked up by default: video files, audio files (wav, flac, mp3, m4a, ogg, opus),
 animated GIFs and raw H.264/H.265 streams; each is predicted from the modality it
@@ -18,6 +20,7 @@ import argparse
 import sys
 
 from avfusion.labelling import LABEL_EXTENSIONS
+from jobs import executor_of
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,13 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address; default: embedded local Ray (or the job's)")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded Ray")
     p.add_argument("--verbose", action="store_true", help="show Ray's own log lines and progress bars")
+    p.add_argument("--executor", choices=["ray", "local"], default="ray",
+                   help="ray (default): Ray Data decode tasks and a model actor pool; local: in this process "
+                        "without Ray, one model (--gpus-per-actor still picks its device)")
+    p.add_argument("--concurrency", type=int,
+                   help="with --executor local: decode batches in flight on threads (default 1; at most the "
+                        "CPUs)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from avfusion.labelling import LabelConfig, label
-    from avfusion.executor.ray_tasks import ray_session
 
     cfg = LabelConfig(input=args.input, out=args.out, checkpoint=args.checkpoint, every_window=args.windows == "all",
                       extensions=tuple("." + e.strip().lstrip(".").lower() for e in args.extensions.split(",")
@@ -60,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                       list_skipped=args.list_skipped, top_k=args.top_k, actors=args.actors,
                       gpus_per_actor=args.gpus_per_actor, actor_memory_mb=args.actor_memory_mb,
                       model_batch=args.model_batch, decode_batch=args.decode_batch, part_rows=args.part_rows,
-                      bf16=args.bf16, address=args.address, num_cpus=args.num_cpus, verbose=args.verbose)
+                      bf16=args.bf16)
     try:
-        label(cfg, ray_session)
+        label(cfg, executor_of(args))
     except (OSError, KeyError, ValueError) as exc:
         print(f"avfusion label: {exc}", file=sys.stderr)
         return 2

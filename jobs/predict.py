@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print the full row as JSON")
     args = p.parse_args(argv)
-    from avfusion.label import predict
+    from avfusion.labelling import predict
 
     try:
         row = predict(args.clip, args.checkpoint, args.top_k)

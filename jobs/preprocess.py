@@ -16,6 +16,8 @@ import json
 import shlex
 import sys
 
+from jobs import executor_of
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avfusion preprocess", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
@@ -125,16 +127,6 @@ def job_of(args, cfg):
                          retry_all_failures=args.retry_all_failures, task_retries=args.task_retries,
                          governor=governor_config(args, bool(cfg.download.cookies)),
                          allow_no_solver=args.allow_no_solver)
-
-
-def executor_of(args):
-    if args.executor == "local":
-        from avfusion.executor import InProcessExecutor
-
-        return InProcessExecutor(args.concurrency or 1)
-    from avfusion.executor.ray_tasks import RayExecutor
-
-    return RayExecutor(args.address, args.num_cpus, concurrency=args.concurrency, verbose=args.verbose)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -160,7 +160,7 @@ def test_skip_nonref_keeps_frames_within_one_of_target(tmp_path):
 def _salvage_limits():
     import dataclasses
 
-    from avfusion.label import LABEL_LIMITS
+    from avfusion.labelling.worker import LABEL_LIMITS
 
     return dataclasses.replace(LABEL_LIMITS, allow_undecodable_video=True, allow_animated_images=True)
 

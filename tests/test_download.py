@@ -236,7 +236,7 @@ def test_options_that_would_not_take_effect_are_refused():
 def test_remote_inputs_are_fetched_for_labelling(tmp_path, served):
     import fsspec
 
-    from avfusion.label import DecodeRows
+    from avfusion.labelling.worker import DecodeRows
 
     mem = fsspec.filesystem("memory")
     mem.pipe("/clips/ok1.mp4", (served / "ok1.mp4").read_bytes())

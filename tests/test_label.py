@@ -1,8 +1,10 @@
-"""The label job on Ray Data: Parquet read back with DuckDB, odd files, kill and resume."""
+"""The label job on Ray Data and in-process (``--executor local``): Parquet read back
+with DuckDB, the two executors' rows equal, odd files, kill and resume."""
 
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from avfusion import storage
 from avfusion.config import ClipSpec
 from avfusion.decode import decode_clip
-from avfusion.label import LABEL_LIMITS, SCHEMA
+from avfusion.labelling.schema import SCHEMA
+from avfusion.labelling.worker import LABEL_LIMITS
 from avfusion.model import attention_agrees
 from avfusion.synth import SynthSpec, make_class_conditional_set
 from avfusion.train import model_from_checkpoint
@@ -59,6 +63,60 @@ def test_label_folder_matches_the_model_run_directly(tmp_path, clips, checkpoint
     assert len(list(out.glob("part-*.parquet"))) >= 2
 
     _assert_rows_equal_the_model(con, table, checkpoint, expect_rows=18)
+
+    local = tmp_path / "labels_local"
+    assert label_job.main([str(clips), str(local), "--checkpoint", str(checkpoint), "--part-rows", "5",
+                           "--executor", "local", "--concurrency", "2"]) == 0
+    _assert_same_rows(out, local, expect_rows=18)
+
+
+# What a row says about the file and its prediction (not where or when it was computed).
+_COMPARED = ("path", "window_index", "window_count", "predicted_label", "class_index", "topk_labels", "flags",
+             "attention_agrees", "audio_only_label", "video_only_label", "error_class", "model_id")
+_CLOSE = ("confidence", "topk_probs", "w_audio", "w_video", "audio_only_confidence", "video_only_confidence")
+
+
+def _assert_same_rows(a: Path, b: Path, expect_rows: int) -> None:
+    """The two label outputs hold the same rows: predictions, attention, flags and
+    errors equal, probabilities and weights within float noise."""
+    def rows(out):
+        return duckdb.sql(f"SELECT {', '.join(_COMPARED + _CLOSE)} FROM read_parquet('{out}/part-*.parquet') "
+                          f"ORDER BY path, window_index").fetchall()
+
+    got_a, got_b = rows(a), rows(b)
+    assert len(got_a) == len(got_b) == expect_rows
+    n = len(_COMPARED)
+    for row_a, row_b in zip(got_a, got_b):
+        assert row_a[:n] == row_b[:n], (row_a[:n], row_b[:n])
+        for name, x, y in zip(_CLOSE, row_a[n:], row_b[n:]):
+            same = x == y if x is None or y is None else x == pytest.approx(y, abs=1e-5)
+            assert same, (row_a[0], name, x, y)
+
+
+def test_local_executor_labels_without_importing_ray(tmp_path, clips, checkpoint, cli_env):
+    """``avfusion label --executor local`` in a fresh interpreter where any attempt to
+    import Ray fails: the job still labels every file, and nothing asked for Ray."""
+    out = tmp_path / "labels"
+    argv = ["label", str(clips), str(out), "--checkpoint", str(checkpoint), "--executor", "local",
+            "--concurrency", "2"]
+    guard = ("import sys\n"
+             "asked = []\n"
+             "class NoRay:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'ray' or name.startswith('ray.'):\n"
+             "            asked.append(name)\n"
+             "            raise ImportError(f'--executor local imported {name}')\n"
+             "sys.meta_path.insert(0, NoRay())\n"
+             "from jobs.cli import main\n"
+             f"rc = main({argv!r})\n"
+             "assert not asked and 'ray' not in sys.modules, asked\n"
+             "sys.exit(rc)\n")
+    run = subprocess.run([sys.executable, "-c", guard], env=cli_env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "18 files, 0 already labelled" in run.stdout
+    count = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/part-*.parquet') WHERE error_class IS NULL")
+    assert count.fetchall() == [(18,)]
 
 
 def _direct(model, waveform, frames):
@@ -229,13 +287,13 @@ def test_every_file_gets_its_best_answer(tmp_path, checkpoint_10s, ray_local, ca
 def test_every_window_of_a_cut_file_keeps_the_windows_that_decode(tmp_path):
     """--windows all on a file cut at 30 %: the windows before the cut are rows, the
     last one flagged ``truncated``; no window turns the whole file into an error."""
-    from avfusion.label import DecodeRows, file_identity
+    from avfusion.labelling.worker import DecodeRows
     from tests.corpus import make_salvage_corpus
 
     make_salvage_corpus(tmp_path)
     path = str(tmp_path / "cut_at_30pct.mp4")
     rows = DecodeRows(ClipSpec(clip_seconds=1.0, frame_size=32), every_window=True).decode_file(
-        path, "cut", *file_identity(path))
+        path, "cut", *storage.identity(path))
     assert 1 <= len(rows) < 10 and all(not r["error_class"] for r in rows), [r["error_message"] for r in rows]
     assert [r["window_index"] for r in rows] == list(range(len(rows)))
     assert all(r["window_count"] == len(rows) for r in rows)

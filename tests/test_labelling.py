@@ -1,9 +1,12 @@
-"""The label run's bookkeeping without Ray: input scan, resume identities, superseded
-rows, the part writer (cuts only where a file ends, parts appear whole), and the
-model actor's device choice."""
+"""The label run without Ray: input scan, resume identities, superseded rows, the part
+writer (cuts only where a file ends, parts appear whole), the model stage's device
+choice, and the whole run through the in-process executor."""
 
+import math
 import os
 import re
+import threading
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -12,11 +15,14 @@ import pytest
 import torch
 
 from avfusion import storage
-from avfusion.label import SCHEMA, Predictor, rows_to_batch
-from avfusion.labelling import (LABEL_EXTENSIONS, build_items, done_identities, drop_superseded, read_parts,
-                                scan_inputs, write_parts)
+from avfusion.executor import BatchPipeline, Executor, InProcessExecutor
+from avfusion.labelling.run import (LABEL_EXTENSIONS, build_items, done_identities, drop_superseded,
+                                    read_parts, scan_inputs, write_parts)
+from avfusion.labelling.schema import SCHEMA, rows_to_batch
+from avfusion.labelling.worker import Predictor
 from avfusion.model import FusionModel, ModelConfig
 from avfusion.sources import scan_folder
+from avfusion.synth import DEFAULT_CLASSES, SynthSpec, make_class_conditional_set
 
 
 def _batch(rows: list[tuple[str, int, int, str]]) -> dict[str, np.ndarray]:
@@ -252,24 +258,37 @@ def test_bf16_rows_stay_close_to_fp32(tiny_checkpoint):
         assert all(abs(got[k] - want[k]) < 0.05 for k in want)
 
 
+class _Refusing(Executor):
+    """An executor that records what it was handed and stops the run there."""
+
+    def __init__(self):
+        self.entered, self.items = 0, []
+
+    def __enter__(self):
+        self.entered += 1
+        return self
+
+    def map_batches(self, pipeline, items):
+        self.items.append([i["path"] for i in items])
+        raise RuntimeError("stop here: the executor would run")
+
+
 def test_a_rerun_with_everything_labelled_starts_no_executor(folder, tiny_checkpoint, tmp_path, capsys):
     """The run's resume, end to end without Ray: files whose identity is in the parts
     are not handed to the executor; a transient-error row is, and only it."""
-    from avfusion.label import file_identity
     from avfusion.labelling import LabelConfig, label
 
     found, _ = scan_inputs(str(folder), LABEL_EXTENSIONS)
     out = tmp_path / "labels"
     batch = _batch([(p, 0, 1, "") for p in found])
-    batch["file_size"] = np.array([file_identity(p)[0] for p in found])
-    batch["mtime_ns"] = np.array([file_identity(p)[1] for p in found])
+    batch["file_size"] = np.array([storage.identity(p)[0] for p in found])
+    batch["mtime_ns"] = np.array([storage.identity(p)[1] for p in found])
     write_parts([batch], str(out), part_rows=100)
 
-    def no_session(*args, **kwargs):
-        raise AssertionError("nothing to label: no Ray session may start")
-
     cfg = LabelConfig(input=str(folder), out=str(out), checkpoint=tiny_checkpoint)
-    assert label(cfg, no_session) == len(found)
+    idle = _Refusing()
+    assert label(cfg, idle) == len(found)
+    assert idle.entered == 0, "nothing to label: no executor may start"
     assert f"{len(found)} files, {len(found)} already labelled" in capsys.readouterr().out
 
     flaky = _batch([(found[0], 0, 1, "fetch_error")])
@@ -278,13 +297,87 @@ def test_a_rerun_with_everything_labelled_starts_no_executor(folder, tiny_checkp
         storage.remove(url)
     write_parts([flaky], str(out), part_rows=100)
     write_parts([{k: v[1:] for k, v in batch.items()}], str(out), part_rows=100)
-    asked = []
-
-    def session(*args, **kwargs):
-        asked.append(kwargs)
-        raise RuntimeError("stop here: the executor would start")
-
+    asked = _Refusing()
     with pytest.raises(RuntimeError):
-        label(cfg, session)
-    assert asked == [{"verbose": False, "data": True}]
+        label(cfg, asked)
+    assert asked.entered == 1 and asked.items == [[found[0]]]
     assert f"{len(found)} files, {len(found) - 1} already labelled in {out}, 1 to label" in capsys.readouterr().out
+
+
+class _Model:
+    """A stateful stage that records how it was built and the batches it saw."""
+
+    built: list[dict] = []
+
+    def __init__(self, offset, gpus_assigned):
+        self.offset = offset
+        _Model.built.append({"offset": offset, "gpus_assigned": gpus_assigned})
+        self.sizes = _Model.sizes = []
+
+    def __call__(self, batch):
+        self.sizes.append(len(batch["x"]))
+        return {"x": batch["x"] + self.offset, "tag": batch["tag"]}
+
+
+def test_in_process_pipeline_decodes_on_bounded_threads_then_one_model_in_order(monkeypatch):
+    """Decode batches run on at most ``concurrency`` threads (and no more than the
+    CPUs); the one model instance is built once with the GPUs asked for as its grant
+    and sees full ``model_batch`` batches, the rows in item order."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def decode(batch):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        # one file can be several rows (windows): two rows per item here
+        return {"x": np.repeat(batch["x"], 2), "tag": np.repeat(batch["tag"], 2)}
+
+    items = [{"x": i, "tag": f"f{i}"} for i in range(11)]
+    _Model.built = []
+    pipeline = BatchPipeline(decode=decode, decode_batch=2, model=_Model, model_kwargs={"offset": 100},
+                             model_batch=5, gpus=0.5)
+    out = list(InProcessExecutor(8).map_batches(pipeline, items))
+    assert _Model.built == [{"offset": 100, "gpus_assigned": math.ceil(0.5)}]
+    assert _Model.sizes == [5, 5, 5, 5, 2]
+    assert 1 < peak[0] <= 3
+    assert list(np.concatenate([b["x"] for b in out])) == [100 + i for i in range(11) for _ in (0, 1)]
+    assert list(np.concatenate([b["tag"] for b in out])) == [f"f{i}" for i in range(11) for _ in (0, 1)]
+    decoded = list(InProcessExecutor().map_batches(BatchPipeline(decode=decode, decode_batch=4), items))
+    assert [len(b["x"]) for b in decoded] == [8, 8, 6]
+
+
+def test_the_whole_run_in_process_labels_like_the_model(tmp_path, tiny_checkpoint, capsys):
+    """``label`` through ``InProcessExecutor`` on real clips: one row per file, each
+    equal to the worker's stages run on that file alone; a re-run labels nothing."""
+    from avfusion.config import ClipSpec
+    from avfusion.labelling import LabelConfig, label
+    from avfusion.labelling.worker import DecodeRows
+
+    clips = tmp_path / "clips"
+    make_class_conditional_set(clips, per_class=1, spec=SynthSpec(width=32, height=32, duration=1.0, fps=4,
+                                                                   sample_rate=16_000), classes=DEFAULT_CLASSES[:4])
+    found, _ = scan_inputs(str(clips), LABEL_EXTENSIONS)
+    assert len(found) == 4
+    out = str(tmp_path / "labels")
+    cfg = LabelConfig(input=str(clips), out=out, checkpoint=tiny_checkpoint, decode_batch=1, model_batch=3,
+                      part_rows=2)
+    assert label(cfg, InProcessExecutor(2)) == len(found)
+    rows = {r["path"]: r for r in read_parts(out).to_pylist()}
+    assert sorted(rows) == found and all(r["error_class"] is None for r in rows.values())
+    decoder = DecodeRows(ClipSpec(sample_rate=16000, clip_seconds=1.0, num_frames=2, frame_size=32))
+    predictor = Predictor(tiny_checkpoint, top_k=5, gpus_assigned=0)
+    for path in found:
+        alone = predictor(rows_to_batch(decoder.decode_file(path, "k", *storage.identity(path))))
+        got = rows[path]
+        assert got["topk_labels"] == alone["topk_labels"][0], path
+        assert got["topk_probs"] == pytest.approx(alone["topk_probs"][0], abs=1e-5), path
+        weights = [alone["w_audio"][0], alone["w_video"][0]]
+        assert [got["w_audio"], got["w_video"]] == pytest.approx(weights, abs=1e-5), path
+        assert got["attention_agrees"] == alone["attention_agrees"][0], path
+    capsys.readouterr()
+    assert label(cfg, _Refusing()) == len(found)
+    assert f"{len(found)} files, {len(found)} already labelled" in capsys.readouterr().out

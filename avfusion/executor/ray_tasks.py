@@ -1,10 +1,10 @@
 """Ray's one home in the library: the session set-up and the Ray executor.
 
-``ray_session`` is shared by the jobs (label, train, demo) and ``RayExecutor``. With no
-address it starts an embedded local Ray (no dashboard, loopback only) and shuts it
-down on exit; with an address (or inside ``ray job submit``, where Ray is already
-initialised) it joins the cluster. Token auth is Ray's default and is left on. Ray is
-imported inside the functions, so importing this module costs nothing.
+``ray_session`` is shared by the jobs (train, demo) and ``RayExecutor`` (preprocess,
+label). With no address it starts an embedded local Ray (no dashboard, loopback
+only) and shuts it down on exit; with an address (or inside ``ray job submit``, where
+Ray is already initialised) it joins the cluster. Token auth is Ray's default and is
+left on. Ray is imported inside the functions, so importing this module costs nothing.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ class RayExecutor(Executor):
     """One Ray task per item (``num_cpus`` each), at most ``concurrency`` in flight
     (default: the cluster's CPUs), each re-run up to ``retries`` times by Ray when its
     worker dies. ``fn`` is put in the object store once, not once per task. Tasks are
-    named after ``fn`` (``ray::process_shard`` in ``ps`` and the dashboard).
+    named after ``fn`` (``ray::process_shard`` in ``ps`` and the dashboard). A batch
+    pipeline runs on Ray Data, which sizes its own decode tasks.
 
     Entering starts or joins Ray (``ray_session``); leaving shuts down what it started.
     """
@@ -130,6 +131,14 @@ class RayExecutor(Executor):
                         yield item, exc
         finally:
             _drain(running)
+
+    def map_batches(self, pipeline, items):
+        """The pipeline on Ray Data (``ray_data.pipeline_dataset``): decode tasks, then
+        ``pipeline.instances`` model actors of ``pipeline.gpus`` GPUs each."""
+        from avfusion.executor.ray_data import pipeline_dataset
+
+        _quiet_ray_data(self.verbose)
+        yield from pipeline_dataset(pipeline, items).iter_batches(batch_size=None, batch_format="numpy")
 
     def shared(self, name, cls, *args, **kwargs):
         """A named actor for this run (the same proxy for the same name until the

@@ -58,17 +58,19 @@ def make_checkpoint(folder: Path, clips: Path, seconds: float) -> Path:
 
 def decode_only_worker(folder: str, checkpoint: str, cpus: int) -> None:
     """Child-process body: the label job's own decode stage alone, on embedded Ray."""
+    from dataclasses import replace
+
     from avfusion.config import ClipSpec
-    from avfusion.executor.ray_data import label_dataset
-    from avfusion.labelling import LabelConfig, build_items, list_inputs
-    from avfusion.train import load_checkpoint
+    from avfusion.executor.ray_data import pipeline_dataset
     from avfusion.executor.ray_tasks import ray_session
+    from avfusion.labelling.run import LabelConfig, build_items, list_inputs, pipeline
+    from avfusion.train import load_checkpoint
 
     cfg = LabelConfig(input=folder, out="", checkpoint=checkpoint)
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
     items = build_items(list_inputs(folder, (".mp4",)), folder, done=set())
     with ray_session(None, cpus, data=True):
-        n = label_dataset(items, clip, cfg, decode_only=True).count()
+        n = pipeline_dataset(replace(pipeline(cfg, clip), model=None), items).count()
     assert n == len(items), (n, len(items))
 
 
@@ -84,8 +86,9 @@ def naive_worker(folder: str, checkpoint: str, out: str, threads: int = 0) -> No
         torch.set_num_threads(threads)
 
     from avfusion.config import ClipSpec
-    from avfusion.label import DecodeRows, Predictor, rows_to_batch, to_table
-    from avfusion.labelling import build_items, list_inputs
+    from avfusion.labelling.run import build_items, list_inputs
+    from avfusion.labelling.schema import rows_to_batch, to_table
+    from avfusion.labelling.worker import DecodeRows, Predictor
     from avfusion.train import load_checkpoint
 
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])

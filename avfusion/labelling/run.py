@@ -1,14 +1,12 @@
-"""The label job's orchestration: what to label, what is already done, and the parts.
+"""The label run, wired in one place: what to label, what is already done, the parts.
 
-``avfusion/label.py`` is the work on one batch (decode rows, predict rows, the Parquet
-schema); this module is the run around it: scan the input, skip what an earlier run
-labelled (resume by path, size and mtime), hand the rest to an executor that yields
-labelled batches, write them as part files cut only where a file ends, and clean up
-rows that a later run superseded. Two modules because the batch work runs inside Ray
-Data workers and must stay small and picklable, while the run is driver-side
-bookkeeping. Ray-free: the Ray Data pipeline is one function in
-``avfusion/executor/ray_data.py``; :func:`write_parts` consumes any iterator of
-batches, so resume and part cutting are tested without Ray.
+Scan the input, skip what an earlier run labelled (resume by path, size and mtime),
+hand the rest to an executor as a two-stage pipeline (:func:`pipeline`: decode files,
+then predict), write the labelled batches as part files cut only where a file ends,
+and clean up rows that a later run superseded. ``label(cfg, executor)`` is what
+``avfusion label`` calls; the executor decides where the stages run
+(``InProcessExecutor``: here, no Ray; ``RayExecutor``: Ray Data) and is entered only
+when a file is left to label.
 """
 
 from __future__ import annotations
@@ -18,8 +16,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from avfusion import storage
+from avfusion.executor import BatchPipeline, Executor
 from avfusion.sources import VIDEO_EXTENSIONS, relative_path, walk_folder
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus")
@@ -31,10 +31,13 @@ LABEL_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS + OTHER_EXTENSIONS
 TRANSIENT_ERRORS = frozenset({"fetch_error", "internal_error"})
 PARTS = "part-*.parquet"
 
+if TYPE_CHECKING:
+    from avfusion.config import ClipSpec
+
 
 @dataclass(frozen=True)
 class LabelConfig:
-    """One label run (``avfusion label``'s flags)."""
+    """One label run (``avfusion label``'s flags; where it runs is the executor's)."""
 
     input: str
     out: str
@@ -50,9 +53,6 @@ class LabelConfig:
     decode_batch: int = 4
     part_rows: int = 256
     bf16: bool = False
-    address: str | None = None
-    num_cpus: int | None = None
-    verbose: bool = False
 
 
 # ----------------------------------------------------------------------------- input
@@ -82,11 +82,9 @@ def build_items(paths: list[str], root: str | None, done: set[tuple[str, int, in
     """The rows the executor gets: each path not in ``done`` with its identity (size,
     mtime_ns) and its key (the path relative to ``root``, the folder scanned; the
     path itself for a list file)."""
-    from avfusion.label import file_identity
-
     items = []
     for p in paths:
-        size, mtime = file_identity(p)
+        size, mtime = storage.identity(p)
         if (p, size, mtime) not in done:
             items.append({"path": p, "key": relative_path(root, p) if root else p, "file_size": size,
                           "mtime_ns": mtime})
@@ -160,7 +158,7 @@ def write_parts(batches: Iterable[dict], out: str, part_rows: int, on_files: Cal
     import numpy as np
     import pyarrow as pa
 
-    from avfusion.label import to_table
+    from avfusion.labelling.schema import to_table
 
     run, written, buffer = uuid.uuid4().hex[:8], [], None
     for batch in batches:
@@ -219,12 +217,22 @@ def summary(table, skipped: list[str] = ()) -> str:
 # ----------------------------------------------------------------------------- the run
 
 
-def label(cfg: LabelConfig, session) -> int:
-    """Label ``cfg.input`` into ``cfg.out``; returns the number of rows in ``out``.
+def pipeline(cfg: LabelConfig, clip: ClipSpec) -> BatchPipeline:
+    """The label job's stages: ``DecodeRows`` over files, then ``Predictor`` instances
+    (one checkpoint load each) over the decoded windows."""
+    from avfusion.labelling.worker import DecodeRows, Predictor
 
-    ``session``: the Ray session context factory ``(address, num_cpus, verbose=,
-    data=)`` the Ray Data pipeline runs in. Raises OSError/KeyError/ValueError for an
-    unreadable input or checkpoint (before anything is written)."""
+    return BatchPipeline(decode=DecodeRows(clip, cfg.every_window), decode_batch=cfg.decode_batch,
+                         model=Predictor, model_kwargs={"checkpoint": str(cfg.checkpoint), "top_k": cfg.top_k,
+                                                       "bf16": cfg.bf16},
+                         model_batch=cfg.model_batch, instances=cfg.actors, gpus=cfg.gpus_per_actor,
+                         memory_mb=cfg.actor_memory_mb)
+
+
+def label(cfg: LabelConfig, executor: Executor) -> int:
+    """Label ``cfg.input`` into ``cfg.out`` through ``executor``; returns the number of
+    rows in ``out``. Raises OSError/KeyError/ValueError for an unreadable input or
+    checkpoint (before anything is written)."""
     from tqdm import tqdm
 
     from avfusion.config import ClipSpec
@@ -243,12 +251,22 @@ def label(cfg: LabelConfig, session) -> int:
         for p in skipped:
             print(f"  skipped: {p}")
     if items:
-        from avfusion.executor.ray_data import label_batches
-
-        with session(cfg.address, cfg.num_cpus, verbose=cfg.verbose, data=True), \
-                tqdm(total=len(items), desc="label", unit="file") as bar:
-            write_parts(label_batches(items, clip, cfg), out, cfg.part_rows, bar.update)
+        with executor, tqdm(total=len(items), desc="label", unit="file") as bar:
+            write_parts(executor.map_batches(pipeline(cfg, clip), items), out, cfg.part_rows, bar.update)
         drop_superseded(out)
     table = read_parts(out)
     print(summary(table, skipped) if table is not None else "no rows")
     return 0 if table is None else table.num_rows
+
+
+def predict(path: str, checkpoint: str, top_k: int = 5) -> dict:
+    """Label one clip in-process (``avfusion predict``): the same rows the job writes."""
+    from avfusion.config import ClipSpec
+    from avfusion.labelling.schema import rows_to_batch, to_table
+    from avfusion.labelling.worker import DecodeRows, Predictor
+    from avfusion.train import load_checkpoint
+
+    clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
+    size, mtime = storage.identity(str(path))
+    rows = DecodeRows(clip).decode_file(str(path), storage.basename(str(path)).rsplit(".", 1)[0], size, mtime)
+    return to_table(Predictor(str(checkpoint), top_k)(rows_to_batch(rows))).to_pylist()[0]

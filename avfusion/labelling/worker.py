@@ -1,10 +1,8 @@
-"""Label videos with a trained model: decode rows, predict rows, the Parquet schema.
+"""What runs on one batch in a worker: decode file rows, predict decoded rows.
 
-Ray-free: ``avfusion/executor/ray_data.py`` runs ``DecodeRows`` in Ray Data CPU tasks
-and ``Predictor`` in an actor pool (the run around them, resume and part files, is
-``avfusion/labelling.py``); ``predict`` below runs both in-process for one clip.
-A file that cannot be labelled still yields exactly one row, with ``error_class`` and
-``error_message`` set and the prediction columns null.
+Both are small picklable callables on batches of numpy columns, placed by the
+executor (:meth:`avfusion.executor.Executor.map_batches`): ``DecodeRows`` in stateless
+decode tasks, ``Predictor`` in a pool whose instances load the checkpoint once each.
 
 Every file gets its best answer: a damaged file is labelled from what decodes
 (``partial`` flag, ``covered_seconds``), and a file with one usable modality (audio
@@ -18,18 +16,17 @@ never saw in training.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from avfusion import storage
 from avfusion.config import ClipSpec
 from avfusion.decode import DecodeLimits, decode_clip
+from avfusion.labelling.schema import PREDICTION_COLUMNS, rows_to_batch
 from avfusion.model import attention_agrees
 from avfusion.probe import MediaError, probe
 
@@ -38,32 +35,6 @@ from avfusion.probe import MediaError, probe
 # GIF is a short video.
 LABEL_LIMITS = DecodeLimits(allow_missing_video=True, min_frames=1, min_side=8, allow_undecodable_video=True,
                             allow_animated_images=True)
-
-# Row flags (the ``flags`` column): why a prediction is not the plain two-modality one.
-# ``truncated``: with --windows all, the file stopped decoding before its stated end; the
-# windows after this row have no row.
-FLAGS = ("partial", "audio_only", "video_only", "video_undecodable", "truncated")
-
-SCHEMA = pa.schema([
-    ("path", pa.string()), ("key", pa.string()), ("file_size", pa.int64()), ("mtime_ns", pa.int64()),
-    ("duration", pa.float64()), ("container", pa.string()), ("video_codec", pa.string()),
-    ("audio_codec", pa.string()), ("window_index", pa.int32()), ("window_count", pa.int32()),
-    ("window_start", pa.float64()), ("window_end", pa.float64()),
-    ("predicted_label", pa.string()), ("class_index", pa.int32()), ("confidence", pa.float32()),
-    ("topk_labels", pa.list_(pa.string())), ("topk_probs", pa.list_(pa.float32())),
-    ("w_audio", pa.float32()), ("w_video", pa.float32()), ("attention_agrees", pa.bool_()),
-    ("audio_only_label", pa.string()), ("audio_only_confidence", pa.float32()),
-    ("video_only_label", pa.string()), ("video_only_confidence", pa.float32()),
-    ("silent_audio", pa.bool_()), ("no_audio_track", pa.bool_()), ("no_video_track", pa.bool_()),
-    ("frozen_video", pa.bool_()), ("flags", pa.list_(pa.string())), ("covered_seconds", pa.float64()),
-    ("model_id", pa.string()), ("checkpoint", pa.string()),
-    ("error_class", pa.string()), ("error_message", pa.string()), ("elapsed_ms", pa.float64()),
-])
-
-
-PREDICTION_COLUMNS = ("predicted_label", "class_index", "confidence", "topk_labels", "topk_probs", "w_audio",
-                      "w_video", "attention_agrees", "audio_only_label", "audio_only_confidence",
-                      "video_only_label", "video_only_confidence")
 
 
 def model_id(checkpoint: str | Path) -> str:
@@ -75,28 +46,16 @@ def model_id(checkpoint: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def file_identity(path: str) -> tuple[int, int]:
-    """(size, mtime_ns) without following a dangling link into an error; an object's
-    size and LastModified for URLs (see ``storage.identity``)."""
-    return storage.identity(path)
-
-
 def _windows(duration: float | None, clip_seconds: float, every: bool) -> list[float]:
     if not every or not duration or duration <= clip_seconds:
         return [0.0]
     return [float(s) for s in np.arange(0.0, duration - 1e-6, clip_seconds)]
 
 
-def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
-    """Decoded rows → one batch of numpy columns (tensors stacked), as Ray Data carries it."""
-    return {k: np.stack([r[k] for r in rows]) if k in ("waveform", "frames") else np.array([r[k] for r in rows])
-            for k in rows[0]}
-
-
 @dataclass
 class DecodeRows:
-    """Ray Data map_batches function: file rows → one row per clip window, with the
-    decoded tensors (zeros and an error for files that fail)."""
+    """The decode stage: file rows → one row per clip window, with the decoded
+    tensors (zeros and an error for files that fail)."""
 
     clip: ClipSpec
     every_window: bool = False
@@ -112,25 +71,22 @@ class DecodeRows:
     def decode_file(self, path: str, key: str, size: int, mtime: int) -> list[dict]:
         if "://" in path and not path.startswith("file://"):
             # Remote (s3://, gs://, …): decoders need a seekable local file; this one file
-            # is fetched into this task's temp dir for the duration of the decode.
-            import tempfile
-
-            with tempfile.TemporaryDirectory(prefix="avf-label-") as tmp:
-                local = os.path.join(tmp, storage.basename(path) or "clip")
-                try:
-                    storage.download(path, local)
-                except Exception as exc:  # unreachable object store, missing object, …
-                    return [self._error_row(path, key, size, mtime, "fetch_error", f"{type(exc).__name__}: {exc}",
-                                            time.perf_counter())]
-                rows = self.decode_file(local, key, size, mtime)
+            # is fetched into a temp dir for the duration of the decode.
+            try:
+                with storage.local_copy(path) as local:
+                    rows = self.decode_file(local, key, size, mtime)  # never raises: failures are rows
+            except Exception as exc:  # unreachable object store, missing object, …
+                return [self._error_row(path, key, size, mtime, "fetch_error", f"{type(exc).__name__}: {exc}",
+                                        time.perf_counter())]
             return [{**r, "path": path} for r in rows]
         t0 = time.perf_counter()
         base = {"path": path, "key": key, "file_size": size, "mtime_ns": mtime, "duration": np.nan,
                 "container": "", "video_codec": "", "audio_codec": "", "error_class": "", "error_message": ""}
         try:
-            if os.path.isdir(path):
-                raise MediaError("not_a_file", f"{Path(path).name} is a directory")
-            if not os.path.exists(path):
+            kind = storage.local_kind(path)
+            if kind == "dir":
+                raise MediaError("not_a_file", f"{storage.basename(path)} is a directory")
+            if kind == "missing":
                 raise MediaError("missing_file", f"{path} does not exist (dangling link?)")
             info = probe(path)
             base.update(duration=info.duration or np.nan, container=info.container,
@@ -181,7 +137,7 @@ class DecodeRows:
 
 
 class Predictor:
-    """Ray Data actor: loads the checkpoint once, predicts decoded rows, drops tensors.
+    """The model stage: loads the checkpoint once, predicts decoded rows, drops tensors.
 
     ``gpus_assigned``: the GPUs the scheduler gave this actor (0: the CPU, whatever
     CUDA shows; None outside a scheduler), see :func:`avfusion.device.choose_device`.
@@ -284,39 +240,3 @@ class Predictor:
                 cols[f"{name}_only_confidence"][row] = float(prob)
         agrees = values[2 * k + 6]
         cols["attention_agrees"][row] = None if np.isnan(agrees) else bool(agrees)
-
-
-def to_table(batch: dict[str, np.ndarray]) -> pa.Table:
-    """Predictor output → a table in the documented schema (empty strings → null)."""
-    columns = {}
-    for field in SCHEMA:
-        values = list(batch[field.name])
-        if field.name in ("error_class", "error_message", "container", "video_codec", "audio_codec"):
-            values = [v if v else None for v in values]
-        if field.name == "flags":  # carried as "a,b" through Ray (ragged lists do not batch)
-            values = [[f for f in str(v).split(",") if f] if isinstance(v, str) else list(v or []) for v in values]
-        elif pa.types.is_list(field.type):
-            values = [None if v is None else list(v) for v in values]
-        columns[field.name] = pa.array([_py(v) for v in values], type=field.type)
-    return pa.table(columns, schema=SCHEMA)
-
-
-def _py(v):
-    """numpy scalars to Python; NaN to null (Ray returns None in numeric columns as NaN)."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and np.isnan(v):
-        return None
-    if isinstance(v, list):
-        return [_py(x) for x in v]
-    return v
-
-
-def predict(path: str | Path, checkpoint: str | Path, top_k: int = 5) -> dict:
-    """Label one clip in-process (``avfusion predict``): the same rows the job writes."""
-    from avfusion.train import load_checkpoint
-
-    clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
-    size, mtime = file_identity(str(path))
-    rows = DecodeRows(clip).decode_file(str(path), storage.basename(str(path)).rsplit(".", 1)[0], size, mtime)
-    return to_table(Predictor(str(checkpoint), top_k)(rows_to_batch(rows))).to_pylist()[0]
