@@ -36,7 +36,7 @@ import time
 import uuid
 from builtins import open as builtins_open
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 
@@ -334,6 +334,15 @@ def atomic_file(url: str, suffix: str = "") -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_writer(url: str) -> Iterator[BinaryIO]:
+    """A binary file object to stream ``url``'s content into (a local temp file: for
+    content too large to hold in memory, a shard's tar); published to ``url``
+    atomically on clean exit, on error nothing is."""
+    with atomic_file(url) as tmp, builtins_open(tmp, "wb") as f:
+        yield f
 
 
 def remove(url: str, missing_ok: bool = True) -> None:

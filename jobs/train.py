@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avfusion train: {exc}", file=sys.stderr)
         return 2
     cfg = dataclasses.replace(cfg, out=storage.absolute(cfg.out), shards=storage.absolute(cfg.shards))
-    from shards.loader import ShardReadError
+    from avfusion.loader import ShardReadError
 
     try:
         if args.ray_workers:

@@ -2,7 +2,7 @@
 
 Used where clips are handled one at a time: robustness evaluation (corrupts decoded
 arrays), Ray Data readers of the shards, tests. The training and evaluation loader
-(``shards.loader``) ships JPEG bytes instead and decodes them in batches on the device."""
+(``avfusion.loader``) ships JPEG bytes instead and decodes them in batches on the device."""
 
 from __future__ import annotations
 

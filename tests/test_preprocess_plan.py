@@ -14,9 +14,10 @@ from avfusion.executor import InProcessExecutor
 from avfusion.preprocess.plan import PlanMismatch, check_plan, label_map_of, plan_digest, plan_shards, retry_plan
 from avfusion.preprocess.run import PreprocessError, PreprocessJob, read_tasks, record_task_failure, run_preprocess
 from avfusion.preprocess.shard import PreprocessConfig
+from avfusion.shardstore import read_all_stats, write_stats
 from avfusion.sources import ClipTask
 from avfusion.synth import SynthSpec, make_class_conditional_set
-from shards.manifest import Failure, ShardStats, read_all_stats, write_stats
+from shards.manifest import Failure, ShardStats
 from tests.corpus import make_mixed_folder
 
 CLIP = ClipSpec(clip_seconds=2.0, frame_size=32)

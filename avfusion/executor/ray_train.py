@@ -28,7 +28,7 @@ def resolve_workers(cfg: TrainConfig, use_gpu: bool) -> TrainConfig:
     exactly the loader processes its CPU reservation counted."""
     import torch
 
-    from shards.loader import loader_workers
+    from avfusion.loader import loader_workers
 
     device = torch.device("cuda" if use_gpu else "cpu")
     return dataclasses.replace(cfg, workers=loader_workers(cfg.workers, device))
@@ -93,7 +93,7 @@ def _run_config(RunConfig, out: str):
 def _shard_error(exc: BaseException):
     """The ShardReadError behind a Ray Train failure (``WorkerGroupError.worker_failures``
     or a cause chain), or None."""
-    from shards.loader import ShardReadError
+    from avfusion.loader import ShardReadError
 
     seen, todo = set(), [exc]
     while todo:

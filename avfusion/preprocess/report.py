@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from avfusion import __version__, storage
 from avfusion.preprocess.plan import TASK_FAILED
-from shards.manifest import (FAILURES, MANIFEST, Failure, ShardStats, build_manifest, latest_failures, read_all_stats,
-                             write_failures_table, write_json_atomic)
+from avfusion.shardstore import read_all_stats, write_failures_table, write_manifest
+from shards.manifest import FAILURES, MANIFEST, Failure, ShardStats, build_manifest, latest_failures
 
 if TYPE_CHECKING:  # the shard stage imports PyAV; planning and reporting need only the type
     from avfusion.preprocess.shard import PreprocessConfig
@@ -59,7 +59,7 @@ def finish(root: str, labels: dict[str, int], cfg: PreprocessConfig, done: dict[
         manifest["downloads"] = downloads
     manifest["task_failed_clips"] = len(lost)
     write_failures_table(root, failures)
-    write_json_atomic(storage.join(root, MANIFEST), manifest)  # last: it describes everything above
+    write_manifest(root, manifest)  # last: it describes everything above
     print_summary(root, result, done)
     return result
 

@@ -24,8 +24,9 @@ from avfusion.decode import DecodeLimits, decode_clip
 from avfusion.download import DownloadConfig, DownloadError, download_section
 from avfusion.governor import SourceBlocked
 from avfusion.probe import MediaError
+from avfusion.shardstore import write_stats
 from avfusion.sources import ClipTask
-from shards.manifest import Failure, ShardStats, write_stats
+from shards.manifest import Failure, ShardStats
 from shards.writer import Sample, encode_sample, write_tar
 
 
@@ -130,9 +131,8 @@ def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, labe
                     by_split[task.split or ""] += 1
                     yield result
 
-        local_tar = tmpdir / f"{shard}.tar"
-        size = write_tar(local_tar, samples())
-        storage.publish_file(str(local_tar), storage.join(root, f"{shard}.tar"))
+        with storage.atomic_writer(storage.join(root, f"{shard}.tar")) as tar:
+            size = write_tar(tar, samples())
     stats = ShardStats(shard=shard, tar=f"{shard}.tar", attempted=len(tasks), successes=len(keys),
                        failed=len(failures), bytes=size, seconds=round(time.time() - t0, 3), round=round_,
                        keys=keys, failures=failures, by_class={k: dict(v) for k, v in by_class.items()},
