@@ -3,7 +3,7 @@
 Node-local checks (``local_checks``: ffmpeg and yt-dlp's section path, the JS runtime
 and challenge solver YouTube needs, the cookies file, the proxy scheme, GPUs, the
 ImageNet weights file) run here, or on every node of a Ray cluster (``--address``,
-one task per node, via ``avfusion.executor.ray_doctor``: nodes differ). The output
+one task per node through ``avfusion.executor.ray_doctor``: nodes differ). The output
 URL's object store is checked once (credentials, endpoint, head of the bucket).
 Each check is OK, WARN (works, but worse than it could) or FAIL (a job would fail).
 """
@@ -215,13 +215,26 @@ def storage_check(out: str) -> Check:
                  f"bucket {bucket} at {endpoint} {'answers' if found else 'does not exist'}", fix)
 
 
+def cluster_checks(address: str, opts: DoctorOptions) -> list[tuple[str, list[Check]]]:
+    """A cluster line first, then the node-local checks of every alive node."""
+    from avfusion.executor.ray_doctor import run_on_every_node
+
+    cluster = run_on_every_node(address, local_checks, opts)
+    groups = [("cluster", [Check("ray", OK if cluster.nodes else FAIL,
+                                 f"{len(cluster.nodes)} alive nodes at {address}: {cluster.resources}",
+                                 "start workers (ray start --address=HEAD) or fix --address")])]
+    for node in cluster.nodes:
+        groups.append((node.label, node.result if node.error is None else
+                       [Check("node", FAIL, f"checks did not run: {node.error}",
+                              "see the node's Ray logs; is avfusion installed there?")]))
+    return groups
+
+
 def run(opts: DoctorOptions) -> tuple[list[tuple[str, list[Check]]], int]:
     """All checks, grouped by where they ran; exit status 1 when any FAILed."""
     groups: list[tuple[str, list[Check]]] = []
     if opts.address:
-        from avfusion.executor.ray_doctor import cluster_checks
-
-        groups += cluster_checks(opts.address, local_checks, opts)
+        groups += cluster_checks(opts.address, opts)
     else:
         groups.append(("this machine", local_checks(opts)))
     if opts.out:
