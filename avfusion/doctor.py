@@ -43,6 +43,7 @@ class DoctorOptions:
     weights: str | None = None  # "imagenet" (torch hub cache) or a path/URL; None: skip
     out: str | None = None
     address: str | None = None
+    endpoint: str | None = None  # the object store's endpoint (AWS_ENDPOINT_URL), named in the report
 
 
 def local_checks(opts: DoctorOptions) -> list[Check]:
@@ -192,8 +193,9 @@ def weights_check(weights: str) -> Check:
                  "--video-weights PATH; without it the video encoder starts from random weights")
 
 
-def storage_check(out: str) -> Check:
-    """An object-store ``--out``: credentials found, endpoint answers, bucket exists."""
+def storage_check(out: str, endpoint: str | None = None) -> Check:
+    """An object-store ``--out``: credentials found, endpoint answers, bucket exists.
+    ``endpoint`` names where (botocore finds it itself); None: AWS's default."""
     from avfusion import storage
 
     if storage.is_local(out):
@@ -205,7 +207,7 @@ def storage_check(out: str) -> Check:
                      "choose a writable --out")
     bucket = re.sub(r"^[a-z0-9]+://", "", out).split("/")[0]
     root = f"{storage.scheme(out)}://{bucket}"
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "AWS default")
+    endpoint = endpoint or "AWS default"
     fix = "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or a profile) and AWS_ENDPOINT_URL for non-AWS stores"
     try:
         found = storage.exists(root)
@@ -238,7 +240,7 @@ def run(opts: DoctorOptions) -> tuple[list[tuple[str, list[Check]]], int]:
     else:
         groups.append(("this machine", local_checks(opts)))
     if opts.out:
-        groups.append(("storage", [storage_check(opts.out)]))
+        groups.append(("storage", [storage_check(opts.out, opts.endpoint)]))
     failed = any(c.status == FAIL for _, checks in groups for c in checks)
     return groups, 1 if failed else 0
 

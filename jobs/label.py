@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from avfusion.labelling import LabelConfig, label
     from avfusion.executor.ray_tasks import ray_session
+    from jobs import ray_address
 
     cfg = LabelConfig(input=args.input, out=args.out, checkpoint=args.checkpoint, every_window=args.windows == "all",
                       extensions=tuple("." + e.strip().lstrip(".").lower() for e in args.extensions.split(",")
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                       list_skipped=args.list_skipped, top_k=args.top_k, actors=args.actors,
                       gpus_per_actor=args.gpus_per_actor, actor_memory_mb=args.actor_memory_mb,
                       model_batch=args.model_batch, decode_batch=args.decode_batch, part_rows=args.part_rows,
-                      bf16=args.bf16, address=args.address, num_cpus=args.num_cpus, verbose=args.verbose)
+                      bf16=args.bf16, address=ray_address(args.address), num_cpus=args.num_cpus,
+                      verbose=args.verbose)
     try:
         label(cfg, ray_session)
     except (OSError, KeyError, ValueError) as exc:

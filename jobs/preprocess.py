@@ -133,8 +133,10 @@ def executor_of(args):
 
         return InProcessExecutor(args.concurrency or 1)
     from avfusion.executor.ray_tasks import RayExecutor
+    from jobs import ray_address
 
-    return RayExecutor(args.address, args.num_cpus, concurrency=args.concurrency, verbose=args.verbose)
+    return RayExecutor(ray_address(args.address), args.num_cpus, concurrency=args.concurrency,
+                       verbose=args.verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
