@@ -10,11 +10,10 @@ Each check is OK, WARN (works, but worse than it could) or FAIL (a job would fai
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -119,11 +118,9 @@ def cookie_checks(url: str) -> list[Check]:
 
     fix = ("export cookies.txt from a private window of a throwaway account (yt-dlp wiki, 'Exporting "
            "YouTube cookies'), then close that window")
-    private = tempfile.mkdtemp(prefix="avf-doctor-")
-    try:
-        copy = os.path.join(private, "cookies.txt")
+    with contextlib.ExitStack() as stack:
         try:
-            storage.download(url, copy)
+            copy = stack.enter_context(storage.private_copy(url, "cookies.txt"))
         except Exception as exc:  # noqa: BLE001 - any reason the file cannot be read
             return [Check("cookies", FAIL, f"{url} not readable: {type(exc).__name__}: {exc}", fix)]
         jar = YoutubeDLCookieJar(copy)
@@ -131,8 +128,6 @@ def cookie_checks(url: str) -> list[Check]:
             jar.load()
         except Exception as exc:  # noqa: BLE001 - http.cookiejar.LoadError and friends
             return [Check("cookies", FAIL, f"{url} is not a Netscape cookies.txt: {exc}", fix)]
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
     yt = [c for c in jar if c.domain.lstrip(".").endswith("youtube.com")]
     login = sorted({c.name for c in yt} & set(YOUTUBE_LOGIN))
     expiries = [c.expires for c in yt if c.expires]

@@ -15,11 +15,11 @@ is the one in control and ``attempts`` is honest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,26 +220,24 @@ def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLo
     from avfusion import storage
 
     for leftover in workdir.iterdir():
-        leftover.unlink()
+        storage.remove(str(leftover))
     # FFmpegFD.available() looks ffmpeg up without our options, through this context
     # variable (what yt-dlp's own CLI sets); it is per thread and reset below.
     token = FFmpegPostProcessor._ffmpeg_location.set(opts["ffmpeg_location"])
-    private = tempfile.mkdtemp(prefix="avf-cookies-")
     try:
-        opts = {**opts, "logger": logger}
-        if opts.get("cookiefile"):
-            copy = os.path.join(private, "cookies.txt")
-            storage.download(opts["cookiefile"], copy)
-            opts["cookiefile"] = copy
-        with yt_dlp.YoutubeDL(opts) as ydl:
-            ydl.download([url])
+        with contextlib.ExitStack() as stack:
+            opts = {**opts, "logger": logger}
+            if opts.get("cookiefile"):
+                cookies = storage.private_copy(opts["cookiefile"], "cookies.txt")
+                opts["cookiefile"] = stack.enter_context(cookies)
+            with yt_dlp.YoutubeDL(opts) as ydl:
+                ydl.download([url])
     except (yt_dlp.utils.YoutubeDLError, OSError) as exc:
         partial = any(p.name.endswith(".part") for p in workdir.iterdir())
         name = "" if isinstance(exc, yt_dlp.utils.YoutubeDLError) else f"{type(exc).__name__}: "
         raise _Failed(f"{name}{exc}{' (partial file left)' if partial else ''}") from exc
     finally:
         FFmpegPostProcessor._ffmpeg_location.reset(token)
-        shutil.rmtree(private, ignore_errors=True)
     outputs = [p for p in workdir.iterdir() if p.is_file() and not p.name.endswith((".part", ".ytdl", ".temp"))]
     if not outputs:
         raise _Failed("yt-dlp reported success but wrote no file (partial download)")

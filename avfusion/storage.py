@@ -246,6 +246,25 @@ def download(url: str, local_file: str) -> None:
 
 
 @contextlib.contextmanager
+def scratch_dir(prefix: str = "avf-", parent: str | None = None) -> Iterator[str]:
+    """A fresh local folder for a process's own temp files (downloads, decoder inputs),
+    removed with everything in it on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent, ignore_cleanup_errors=True) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def private_copy(url: str, name: str | None = None) -> Iterator[str]:
+    """A local copy of ``url`` that no one else reads or writes, for a library that may
+    rewrite the file it is given (yt-dlp saves its cookie jar on close) or runs in
+    several threads at once: a local file is copied too. Removed on exit."""
+    with scratch_dir(prefix="avf-copy-") as tmp:
+        local = os.path.join(tmp, name or basename(url) or "file")
+        download(url, local)
+        yield local
+
+
+@contextlib.contextmanager
 def local_copy(url: str, workdir: str | None = None) -> Iterator[str]:
     """A local path with ``url``'s content for libraries that need a seekable file
     (PyAV, torch hub); a local URL is yielded as it is, a remote one is fetched into a
@@ -253,7 +272,7 @@ def local_copy(url: str, workdir: str | None = None) -> Iterator[str]:
     if is_local(url):
         yield local_path(url)
         return
-    with tempfile.TemporaryDirectory(prefix="avf-fetch-", dir=workdir) as tmp:
+    with scratch_dir(prefix="avf-fetch-", parent=workdir) as tmp:
         local = os.path.join(tmp, basename(url) or "file")
         download(url, local)
         yield local

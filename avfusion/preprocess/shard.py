@@ -10,7 +10,6 @@ dropped, and the tar appears under its final name only when complete.
 from __future__ import annotations
 
 import socket
-import tempfile
 import time
 import traceback
 from collections import Counter
@@ -52,8 +51,8 @@ def process_clip(task: ClipTask, cfg: PreprocessConfig, label_map: dict[str, int
             path, start = _fetch(task, workdir), task.start
         else:
             path, start = Path(task.source), task.start
-            if not path.is_file():
-                kind = "missing_file" if not path.exists() else "not_a_file"
+            if not storage.isfile(task.source):
+                kind = "missing_file" if not storage.exists(task.source) else "not_a_file"
                 raise MediaError(kind, f"{task.source} is {'missing' if kind == 'missing_file' else 'not a regular file'}")
         clip = decode_clip(path, cfg.clip, start=start, limits=cfg.limits)
     except DownloadError as exc:
@@ -105,18 +104,12 @@ def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, labe
     failures: list[Failure] = []
     by_class: dict[str, Counter] = {}
     by_split: Counter = Counter()
-    with tempfile.TemporaryDirectory(prefix=f"avf-{shard}-") as tmp:
-        tmpdir = Path(tmp)
+    with storage.scratch_dir(prefix=f"avf-{shard}-") as tmp:
 
         def run(item: tuple[int, ClipTask]) -> tuple[ClipTask, Sample | Failure]:
             i, task = item
-            clip_dir = tmpdir / f"clip{i}"
-            clip_dir.mkdir()
-            try:
-                return task, process_clip(task, cfg, label_map, clip_dir, governor, node)
-            finally:
-                for f in clip_dir.iterdir():  # downloads never outlive their clip
-                    f.unlink(missing_ok=True)
+            with storage.scratch_dir(prefix=f"clip{i}-", parent=tmp) as workdir:  # downloads end with it
+                return task, process_clip(task, cfg, label_map, Path(workdir), governor, node)
 
         def samples():
             with ThreadPoolExecutor(max_workers=cfg.threads_per_task) as pool:
