@@ -24,7 +24,7 @@ FAILURES = "failures.parquet"
 FAILURE_COLUMNS = ("key", "source", "kind", "transient", "message", "attempts", "label")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Failure:
     key: str
     source: str
@@ -36,7 +36,7 @@ class Failure:
     warnings: list[str] = field(default_factory=list)  # yt-dlp's warnings for this clip
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ShardStats:
     shard: str
     tar: str

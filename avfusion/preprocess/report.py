@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the shard stage imports PyAV; planning and reporting need o
     from avfusion.preprocess.shard import PreprocessConfig
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class PreprocessResult:
     manifest: dict
     failures: dict[str, Failure]  # each never-successful clip's latest failure, by key
@@ -53,7 +53,8 @@ def finish(root: str, labels: dict[str, int], cfg: PreprocessConfig, done: dict[
     lost = sorted(f.key for f in failures.values() if f.kind == TASK_FAILED)
     manifest = build_manifest({k: s for k, s in done.items() if s.tar}, labels,
                               {"clip": asdict(cfg.clip), "shard_size": cfg.shard_size}, __version__)
-    result = PreprocessResult(manifest, failures, orphans, lost, (downloads or {}).get("stopped"))
+    result = PreprocessResult(manifest=manifest, failures=failures, orphans=orphans, lost=lost,
+                              stopped=(downloads or {}).get("stopped"))
     manifest["complete"] = result.complete
     if downloads:
         manifest["downloads"] = downloads

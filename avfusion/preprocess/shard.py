@@ -56,15 +56,17 @@ def process_clip(task: ClipTask, cfg: PreprocessConfig, label_map: dict[str, int
                 raise MediaError(kind, f"{task.source} is {'missing' if kind == 'missing_file' else 'not a regular file'}")
         clip = decode_clip(path, cfg.clip, start=start, limits=cfg.limits)
     except DownloadError as exc:
-        return Failure(task.key, task.source, exc.kind, exc.transient, exc.message, exc.attempts, task.label,
-                       exc.warnings)
+        return Failure(key=task.key, source=task.source, kind=exc.kind, transient=exc.transient,
+                       message=exc.message, attempts=exc.attempts, label=task.label, warnings=exc.warnings)
     except SourceBlocked:
         raise
     except MediaError as exc:
-        return Failure(task.key, task.source, exc.kind, False, exc.message, attempts, task.label)
+        return Failure(key=task.key, source=task.source, kind=exc.kind, transient=False, message=exc.message,
+                       attempts=attempts, label=task.label)
     except Exception as exc:  # a bug or an unforeseen input: record it, keep the job alive
         message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-        return Failure(task.key, task.source, "internal_error", True, message, attempts, task.label)
+        return Failure(key=task.key, source=task.source, kind="internal_error", transient=True,
+                       message=message, attempts=attempts, label=task.label)
     meta = {
         "key": task.key,
         "source": task.source,
