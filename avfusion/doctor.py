@@ -83,14 +83,9 @@ def ffmpeg_checks(configured: str | None = None) -> list[Check]:
 
 
 def _section_path_check(exe: str) -> Check:
-    from yt_dlp.downloader.external import FFmpegFD
-    from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
+    from avfusion.download import sections_use_ffmpeg
 
-    token = FFmpegPostProcessor._ffmpeg_location.set(exe)
-    try:
-        available = FFmpegFD.available()
-    finally:
-        FFmpegPostProcessor._ffmpeg_location.reset(token)
+    available = sections_use_ffmpeg(exe)
     return Check("section path", OK if available else FAIL,
                  "yt-dlp hands section downloads to this ffmpeg" if available
                  else "yt-dlp would not use ffmpeg: every section download fails ('ffmpeg is not installed')",
