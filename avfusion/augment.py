@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from avfusion.corruptions import (AUDIO_SNR_DB, AUDIO_TRAIN, BLUR_SIGMA, VIDEO_NOISE_STD, VIDEO_TRAIN,
                                   AugmentConfig, _gaussian_kernel)
-from shards.loader import Batch, seed_of
+from avfusion.loader import Batch, seed_of
 
 _DROP = {1: 1, 2: 2}  # drop_frames at the severities training uses (of 8 frames, scaled)
 

@@ -111,7 +111,8 @@ PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 
 def presets() -> list[str]:
     """Names of the configurations shipped inside the package (``--config small``)."""
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    files = storage.list_files(str(PRESETS_DIR), "*.yaml")
+    return sorted(storage.basename(f)[:-len(".yaml")] for f in files)
 
 
 def resolve_config(name_or_path: str | Path) -> str | Path:
@@ -119,7 +120,7 @@ def resolve_config(name_or_path: str | Path) -> str | Path:
     else is a path, returned as given. A file of that name in the working directory
     wins over a preset only when it exists."""
     text = str(name_or_path)
-    if text in presets() and not Path(text).exists():
+    if text in presets() and not storage.exists(text):
         return PRESETS_DIR / f"{text}.yaml"
     return name_or_path
 

@@ -193,7 +193,7 @@ def _packets(container: InputContainer, streams: list[Stream], deadline: float, 
         yield packet
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class _Streams:
     """The streams one decode reads, with the container facts the checks need."""
 
@@ -234,7 +234,8 @@ def _select_streams(container: InputContainer, path: Path, limits: DecodeLimits)
     fps = _check_video_stream(vstream, path, limits) if vstream is not None else None
     if astream is not None:
         astream.codec_context.thread_count = limits.threads
-    return _Streams(vstream, astream, video_undecodable, fmt, is_image, duration, fps)
+    return _Streams(video=vstream, audio=astream, video_undecodable=video_undecodable, fmt=fmt,
+                    is_image=is_image, duration=duration, fps=fps)
 
 
 def _check_video_stream(vstream: av.VideoStream, path: Path, limits: DecodeLimits) -> float | None:

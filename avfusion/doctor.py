@@ -3,18 +3,17 @@
 Node-local checks (``local_checks``: ffmpeg and yt-dlp's section path, the JS runtime
 and challenge solver YouTube needs, the cookies file, the proxy scheme, GPUs, the
 ImageNet weights file) run here, or on every node of a Ray cluster (``--address``,
-one task per node, via ``avfusion.executor.ray_doctor``: nodes differ). The output
+one task per node through ``avfusion.executor.ray_doctor``: nodes differ). The output
 URL's object store is checked once (credentials, endpoint, head of the bucket).
 Each check is OK, WARN (works, but worse than it could) or FAIL (a job would fail).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -43,6 +42,7 @@ class DoctorOptions:
     weights: str | None = None  # "imagenet" (torch hub cache) or a path/URL; None: skip
     out: str | None = None
     address: str | None = None
+    endpoint: str | None = None  # the object store's endpoint (AWS_ENDPOINT_URL), named in the report
 
 
 def local_checks(opts: DoctorOptions) -> list[Check]:
@@ -83,14 +83,9 @@ def ffmpeg_checks(configured: str | None = None) -> list[Check]:
 
 
 def _section_path_check(exe: str) -> Check:
-    from yt_dlp.downloader.external import FFmpegFD
-    from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
+    from avfusion.download import sections_use_ffmpeg
 
-    token = FFmpegPostProcessor._ffmpeg_location.set(exe)
-    try:
-        available = FFmpegFD.available()
-    finally:
-        FFmpegPostProcessor._ffmpeg_location.reset(token)
+    available = sections_use_ffmpeg(exe)
     return Check("section path", OK if available else FAIL,
                  "yt-dlp hands section downloads to this ffmpeg" if available
                  else "yt-dlp would not use ffmpeg: every section download fails ('ffmpeg is not installed')",
@@ -118,11 +113,9 @@ def cookie_checks(url: str) -> list[Check]:
 
     fix = ("export cookies.txt from a private window of a throwaway account (yt-dlp wiki, 'Exporting "
            "YouTube cookies'), then close that window")
-    private = tempfile.mkdtemp(prefix="avf-doctor-")
-    try:
-        copy = os.path.join(private, "cookies.txt")
+    with contextlib.ExitStack() as stack:
         try:
-            storage.download(url, copy)
+            copy = stack.enter_context(storage.private_copy(url, "cookies.txt"))
         except Exception as exc:  # noqa: BLE001 - any reason the file cannot be read
             return [Check("cookies", FAIL, f"{url} not readable: {type(exc).__name__}: {exc}", fix)]
         jar = YoutubeDLCookieJar(copy)
@@ -130,8 +123,6 @@ def cookie_checks(url: str) -> list[Check]:
             jar.load()
         except Exception as exc:  # noqa: BLE001 - http.cookiejar.LoadError and friends
             return [Check("cookies", FAIL, f"{url} is not a Netscape cookies.txt: {exc}", fix)]
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
     yt = [c for c in jar if c.domain.lstrip(".").endswith("youtube.com")]
     login = sorted({c.name for c in yt} & set(YOUTUBE_LOGIN))
     expiries = [c.expires for c in yt if c.expires]
@@ -192,8 +183,9 @@ def weights_check(weights: str) -> Check:
                  "--video-weights PATH; without it the video encoder starts from random weights")
 
 
-def storage_check(out: str) -> Check:
-    """An object-store ``--out``: credentials found, endpoint answers, bucket exists."""
+def storage_check(out: str, endpoint: str | None = None) -> Check:
+    """An object-store ``--out``: credentials found, endpoint answers, bucket exists.
+    ``endpoint`` names where (botocore finds it itself); None: AWS's default."""
     from avfusion import storage
 
     if storage.is_local(out):
@@ -205,7 +197,7 @@ def storage_check(out: str) -> Check:
                      "choose a writable --out")
     bucket = re.sub(r"^[a-z0-9]+://", "", out).split("/")[0]
     root = f"{storage.scheme(out)}://{bucket}"
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "AWS default")
+    endpoint = endpoint or "AWS default"
     fix = "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or a profile) and AWS_ENDPOINT_URL for non-AWS stores"
     try:
         found = storage.exists(root)
@@ -215,17 +207,30 @@ def storage_check(out: str) -> Check:
                  f"bucket {bucket} at {endpoint} {'answers' if found else 'does not exist'}", fix)
 
 
+def cluster_checks(address: str, opts: DoctorOptions) -> list[tuple[str, list[Check]]]:
+    """A cluster line first, then the node-local checks of every alive node."""
+    from avfusion.executor.ray_doctor import run_on_every_node
+
+    cluster = run_on_every_node(address, local_checks, opts)
+    groups = [("cluster", [Check("ray", OK if cluster.nodes else FAIL,
+                                 f"{len(cluster.nodes)} alive nodes at {address}: {cluster.resources}",
+                                 "start workers (ray start --address=HEAD) or fix --address")])]
+    for node in cluster.nodes:
+        groups.append((node.label, node.result if node.error is None else
+                       [Check("node", FAIL, f"checks did not run: {node.error}",
+                              "see the node's Ray logs; is avfusion installed there?")]))
+    return groups
+
+
 def run(opts: DoctorOptions) -> tuple[list[tuple[str, list[Check]]], int]:
     """All checks, grouped by where they ran; exit status 1 when any FAILed."""
     groups: list[tuple[str, list[Check]]] = []
     if opts.address:
-        from avfusion.executor.ray_doctor import cluster_checks
-
-        groups += cluster_checks(opts.address, local_checks, opts)
+        groups += cluster_checks(opts.address, opts)
     else:
         groups.append(("this machine", local_checks(opts)))
     if opts.out:
-        groups.append(("storage", [storage_check(opts.out)]))
+        groups.append(("storage", [storage_check(opts.out, opts.endpoint)]))
     failed = any(c.status == FAIL for _, checks in groups for c in checks)
     return groups, 1 if failed else 0
 

@@ -15,12 +15,13 @@ is the one in control and ``attempts`` is honest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import shutil
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -121,7 +122,8 @@ def classify(message: str) -> tuple[str, bool]:
 def ffmpeg_executable(configured: str | None = None) -> str:
     """The ffmpeg binary for section downloads: ``configured`` (a file, or a directory
     holding ``ffmpeg``), else ffmpeg on PATH, else the ``imageio-ffmpeg`` wheel's. The
-    process's PATH is left alone; ``_attempt`` hands the path to yt-dlp explicitly."""
+    process's PATH is left alone; ``_attempt`` hands the path to yt-dlp explicitly
+    (its ``ffmpeg_location`` option, and ``ffmpeg_for_sections``)."""
     if configured:
         return str(Path(configured, "ffmpeg")) if os.path.isdir(configured) else configured
     found = shutil.which("ffmpeg")
@@ -130,6 +132,30 @@ def ffmpeg_executable(configured: str | None = None) -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@contextlib.contextmanager
+def ffmpeg_for_sections(exe: str) -> Iterator[None]:
+    """Inside the block (this thread's context only), yt-dlp's section downloader uses
+    ``exe``. yt-dlp chooses it with ``FFmpegFD.available()``, which ignores the
+    ``ffmpeg_location`` option and looks for ffmpeg on PATH (yt-dlp issue 2191); its own
+    command line sets this context variable for that, and yt-dlp 2026.10.26 offers no
+    public way to. The one place this module reaches past yt-dlp's public interface."""
+    from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
+
+    token = FFmpegPostProcessor._ffmpeg_location.set(exe)
+    try:
+        yield
+    finally:
+        FFmpegPostProcessor._ffmpeg_location.reset(token)
+
+
+def sections_use_ffmpeg(exe: str) -> bool:
+    """Whether yt-dlp hands section downloads to ``exe`` (its own check, as ``_attempt`` runs it)."""
+    from yt_dlp.downloader.external import FFmpegFD
+
+    with ffmpeg_for_sections(exe):
+        return bool(FFmpegFD.available())
 
 
 class _RecordingLogger:
@@ -215,31 +241,24 @@ def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLo
     cookie file when a ``YoutubeDL`` closes: the user's file may be a read-only Secret
     mount, and threads must not write one file at once); the copy is removed after."""
     import yt_dlp
-    from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
 
     from avfusion import storage
 
     for leftover in workdir.iterdir():
-        leftover.unlink()
-    # FFmpegFD.available() looks ffmpeg up without our options, through this context
-    # variable (what yt-dlp's own CLI sets); it is per thread and reset below.
-    token = FFmpegPostProcessor._ffmpeg_location.set(opts["ffmpeg_location"])
-    private = tempfile.mkdtemp(prefix="avf-cookies-")
+        storage.remove(str(leftover))
     try:
-        opts = {**opts, "logger": logger}
-        if opts.get("cookiefile"):
-            copy = os.path.join(private, "cookies.txt")
-            storage.download(opts["cookiefile"], copy)
-            opts["cookiefile"] = copy
-        with yt_dlp.YoutubeDL(opts) as ydl:
-            ydl.download([url])
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(ffmpeg_for_sections(opts["ffmpeg_location"]))
+            opts = {**opts, "logger": logger}
+            if opts.get("cookiefile"):
+                cookies = storage.private_copy(opts["cookiefile"], "cookies.txt")
+                opts["cookiefile"] = stack.enter_context(cookies)
+            with yt_dlp.YoutubeDL(opts) as ydl:
+                ydl.download([url])
     except (yt_dlp.utils.YoutubeDLError, OSError) as exc:
         partial = any(p.name.endswith(".part") for p in workdir.iterdir())
         name = "" if isinstance(exc, yt_dlp.utils.YoutubeDLError) else f"{type(exc).__name__}: "
         raise _Failed(f"{name}{exc}{' (partial file left)' if partial else ''}") from exc
-    finally:
-        FFmpegPostProcessor._ffmpeg_location.reset(token)
-        shutil.rmtree(private, ignore_errors=True)
     outputs = [p for p in workdir.iterdir() if p.is_file() and not p.name.endswith((".part", ".ytdl", ".temp"))]
     if not outputs:
         raise _Failed("yt-dlp reported success but wrote no file (partial download)")
@@ -305,26 +324,26 @@ def _clean(message: str) -> str:
 
 def js_runtime_report(js_runtimes: dict | None = None) -> dict[str, Any]:
     """Which JS runtime and challenge-solver scripts yt-dlp will use, by yt-dlp's own
-    checks (``YoutubeDL._js_runtimes`` and the EJS script sources): ``runtime``
-    (``name version``), ``path``, ``supported``, ``solver`` (where the scripts come
-    from) and ``ok`` (both usable: YouTube's challenges can be solved)."""
+    checks: each runtime its ``js_runtimes`` option enables (default: deno), probed by
+    the class yt-dlp registers for it (``yt_dlp.globals.supported_js_runtimes``, its
+    ``info``), and where the EJS scripts come from (the ``yt-dlp-ejs`` package, else the
+    copy yt-dlp's own distribution ships). ``runtime`` (``name version``), ``path``,
+    ``supported``, ``solver`` and ``ok`` (both usable: YouTube's challenges can be solved)."""
     import yt_dlp
-    from yt_dlp.dependencies import yt_dlp_ejs
-    from yt_dlp.extractor.youtube.jsc._builtin import vendor
+    from yt_dlp.globals import supported_js_runtimes
 
     params: dict[str, Any] = {"quiet": True, "logger": _RecordingLogger()}
     if js_runtimes is not None:
         params["js_runtimes"] = js_runtimes
     with yt_dlp.YoutubeDL(params) as ydl:
-        infos = [(name, rt.info if rt else None) for name, rt in ydl._js_runtimes.items()]
+        enabled = dict(ydl.params.get("js_runtimes") or {})
+    infos = []
+    for name, config in enabled.items():
+        runtime = supported_js_runtimes.value.get(name)
+        infos.append((name, runtime(path=config.get("path")).info if runtime else None))
     usable = [(name, info) for name, info in infos if info is not None]
     best = next((x for x in usable if x[1].supported), usable[0] if usable else None)
-    if yt_dlp_ejs is not None:
-        solver = f"yt-dlp-ejs {yt_dlp_ejs.version} (python package)"
-    elif vendor.load_script("yt.solver.core.js", error_hook=lambda _: None):
-        solver = "scripts bundled with yt-dlp"
-    else:
-        solver = None
+    solver = _solver_scripts()
     return {
         "runtime": f"{best[0]} {best[1].version}" if best else None,
         "path": best[1].path if best else None,
@@ -334,3 +353,16 @@ def js_runtime_report(js_runtimes: dict | None = None) -> dict[str, Any]:
         "yt_dlp": yt_dlp.version.__version__,
         "ok": bool(best and best[1].supported and solver),
     }
+
+
+def _solver_scripts() -> str | None:
+    """Where yt-dlp's challenge-solver scripts come from, by the installed distributions."""
+    from importlib import metadata
+
+    try:
+        return f"yt-dlp-ejs {metadata.version('yt-dlp-ejs')} (python package)"
+    except metadata.PackageNotFoundError:
+        pass
+    if any(f.name == "yt.solver.core.js" for f in metadata.files("yt-dlp") or []):
+        return "scripts bundled with yt-dlp"
+    return None

@@ -150,7 +150,7 @@ def evaluate_conditions(models: dict[str, torch.nn.Module], batches, conds: list
 def shard_batches(urls: list[str], split, batch_size: int, workers: int):
     """Lists of decoded samples from shards (``split``: a split name or a ``Subset``),
     in the order the shards hold them: the input of :func:`evaluate_conditions`."""
-    from shards.loader import data_loader, eval_stages
+    from avfusion.loader import data_loader, eval_stages
 
     return data_loader(eval_stages(urls, batch_size, split=split, compact_frames=False, collation_fn=lambda xs: xs),
                        workers)
@@ -239,7 +239,7 @@ def run(cfg: EvalConfig) -> dict[str, dict[str, dict]]:
 
     from avfusion.config import ClipSpec
     from avfusion.device import choose_device
-    from shards.loader import Dataset
+    from avfusion.loader import Dataset
 
     device = choose_device(cfg.device)
     models, ckpt = load_models(cfg)

@@ -76,7 +76,7 @@ YOUTUBE_URL = "https://www.youtube.com/watch?v={id}"
 OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClipTask:
     """One clip to produce: where its media is and which window of it to keep."""
 
@@ -101,8 +101,8 @@ class ClipTask:
 def tasks_from_vggsound(rows: list[ClipRow], url_template: str = YOUTUBE_URL) -> list[ClipTask]:
     """``url_template`` gets ``{id}`` (and may use ``{start}``): the YouTube watch URL
     by default, a loopback server in tests, a mirror for users who have one."""
-    return [ClipTask(r.key, url_template.format(id=r.youtube_id, start=r.start), float(r.start), r.label, r.split)
-            for r in rows]
+    return [ClipTask(key=r.key, source=url_template.format(id=r.youtube_id, start=r.start),
+                     start=float(r.start), label=r.label, split=r.split) for r in rows]
 
 
 def read_url_list(path: str | Path) -> list[ClipTask]:
@@ -131,8 +131,8 @@ def read_url_list(path: str | Path) -> list[ClipTask]:
             raise SourceError(f"{path}: row {i} repeats clip {key}")
         seen.add(key)
         end = row.get("end")
-        tasks.append(ClipTask(key, url, start, row.get("label") or None, row.get("split") or None,
-                              float(end) if end is not None else None))
+        tasks.append(ClipTask(key=key, source=url, start=start, label=row.get("label") or None,
+                              split=row.get("split") or None, end=float(end) if end is not None else None))
     return tasks
 
 
@@ -192,17 +192,18 @@ def scan_folder(root: str | Path, labels_csv: str | Path | None = None, labels_f
         stem = rel.name[: -len(rel.suffix)] if rel.suffix else rel.name
         if stem in by_key:
             r = by_key[stem]
-            tasks.append(ClipTask(r.key, path, 0.0, r.label, r.split))
+            tasks.append(ClipTask(key=r.key, source=path, label=r.label, split=r.split))
             matched.add(r.key)
         elif stem in by_id:
             for r in by_id[stem]:
                 if r.key not in matched:
-                    tasks.append(ClipTask(r.key, path, float(r.start), r.label, r.split))
+                    tasks.append(ClipTask(key=r.key, source=path, start=float(r.start), label=r.label,
+                                          split=r.split))
                     matched.add(r.key)
         else:
             label = rel.parts[0] if labels_from_dirs and len(rel.parts) > 1 else None
             key = str(rel.with_suffix("")) if rel.suffix else str(rel)
-            tasks.append(ClipTask(key, path, 0.0, label, "train" if label else None))
+            tasks.append(ClipTask(key=key, source=path, label=label, split="train" if label else None))
     missing = [r for r in rows if r.key not in matched]
     return tasks, missing
 

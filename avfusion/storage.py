@@ -36,7 +36,7 @@ import time
 import uuid
 from builtins import open as builtins_open
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 
@@ -254,6 +254,25 @@ def download(url: str, local_file: str) -> None:
 
 
 @contextlib.contextmanager
+def scratch_dir(prefix: str = "avf-", parent: str | None = None) -> Iterator[str]:
+    """A fresh local folder for a process's own temp files (downloads, decoder inputs),
+    removed with everything in it on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent, ignore_cleanup_errors=True) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def private_copy(url: str, name: str | None = None) -> Iterator[str]:
+    """A local copy of ``url`` that no one else reads or writes, for a library that may
+    rewrite the file it is given (yt-dlp saves its cookie jar on close) or runs in
+    several threads at once: a local file is copied too. Removed on exit."""
+    with scratch_dir(prefix="avf-copy-") as tmp:
+        local = os.path.join(tmp, name or basename(url) or "file")
+        download(url, local)
+        yield local
+
+
+@contextlib.contextmanager
 def local_copy(url: str, workdir: str | None = None) -> Iterator[str]:
     """A local path with ``url``'s content for libraries that need a seekable file
     (PyAV, torch hub); a local URL is yielded as it is, a remote one is fetched into a
@@ -261,7 +280,7 @@ def local_copy(url: str, workdir: str | None = None) -> Iterator[str]:
     if is_local(url):
         yield local_path(url)
         return
-    with tempfile.TemporaryDirectory(prefix="avf-fetch-", dir=workdir) as tmp:
+    with scratch_dir(prefix="avf-fetch-", parent=workdir) as tmp:
         local = os.path.join(tmp, basename(url) or "file")
         download(url, local)
         yield local
@@ -342,6 +361,15 @@ def atomic_file(url: str, suffix: str = "") -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_writer(url: str) -> Iterator[BinaryIO]:
+    """A binary file object to stream ``url``'s content into (a local temp file: for
+    content too large to hold in memory, a shard's tar); published to ``url``
+    atomically on clean exit, on error nothing is."""
+    with atomic_file(url) as tmp, builtins_open(tmp, "wb") as f:
+        yield f
 
 
 def remove(url: str, missing_ok: bool = True) -> None:

@@ -65,7 +65,7 @@ class SynthSpec:
         return round(self.duration * self.sample_rate)
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class SynthClip:
     """A written clip and the exact arrays that went into the encoder."""
 
@@ -173,7 +173,7 @@ def write_clip(path: str | Path, spec: SynthSpec, frames: np.ndarray | None = No
     finally:
         tmp.unlink(missing_ok=True)
     times = (pts * float(video_tb)) if frames is not None else np.zeros(0)
-    return SynthClip(path, spec, frames, waveform, times)
+    return SynthClip(path=path, spec=spec, frames=frames, waveform=waveform, frame_times=times)
 
 
 def _add_video(out: OutputContainer, spec: SynthSpec, frames: np.ndarray, fps: Fraction,
@@ -329,7 +329,7 @@ def _video_pattern(name: str | None, rng: np.random.Generator, n: int, h: int, w
     return frames.clip(0, 255).astype(np.uint8)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SynthSample:
     key: str
     path: str
@@ -360,7 +360,8 @@ def make_class_conditional_set(out_dir: str | Path, per_class: int, spec: SynthS
             wave = quantize16(np.clip(_audio_pattern(cls.audio, rng, spec.num_samples, spec.sample_rate), -1, 1))
             write_clip(path, spec, frames=frames, waveform=np.repeat(wave[None], spec.channels, 0))
             split = "test" if j >= per_class - n_test else "train"
-            samples.append(SynthSample(f"{clip_id}_000000", path.name, cls.name, split, cls.informative))
+            samples.append(SynthSample(key=f"{clip_id}_000000", path=path.name, label=cls.name, split=split,
+                                       informative=cls.informative))
     with open(out_dir / "labels.csv", "w", newline="") as f:
         writer = csv.writer(f)
         for s in samples:

@@ -41,7 +41,7 @@ from avfusion.distributed import DistEnv, setup, teardown
 from avfusion.metrics import Tally
 from avfusion.model import (LEGACY_MODEL_DEFAULTS, FusionModel, LossConfig, ModelConfig, fusion_loss, load_weights,
                             warn_random_init)
-from shards.loader import Dataset, Subset, TrainStream, data_loader, eval_stages, loader_workers, read_folds
+from avfusion.loader import Dataset, Subset, TrainStream, data_loader, eval_stages, loader_workers, read_folds
 
 CHECKPOINT = "last.pt"
 # ModelConfig fields that the shards and the loss decide, never a recipe.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from avfusion import sample_data
 from avfusion.executor.ray_tasks import ray_session
+from jobs import ray_address
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shards, runs = out / "shards", out / "runs"
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
-    with ray_session(args.address, args.num_cpus):
+    with ray_session(ray_address(args.address), args.num_cpus):
         _step("1/4 preprocess the sample set into WebDataset shards (Ray tasks)")
         rc = preprocess.main([str(sample_data.clips_dir()), "--labels", str(sample_data.labels_csv()),
                               "--out", str(shards), "--shard-size", "25", "--config", args.config])

@@ -8,6 +8,7 @@ Run it with the same --cookies/--proxy/--out you give preprocess.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -27,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     from avfusion.doctor import DoctorOptions, run
 
     args = build_parser().parse_args(argv)
+    weights = None if args.video_weights == "none" else args.video_weights
     opts = DoctorOptions(ffmpeg=args.ffmpeg, cookies=args.cookies, proxy=args.proxy, out=args.out,
-                         weights=None if args.video_weights == "none" else args.video_weights, address=args.address)
+                         weights=weights, address=args.address, endpoint=os.environ.get("AWS_ENDPOINT_URL"))
     groups, code = run(opts)
     for where, checks in groups:
         print(f"[{where}]")

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avfusion train: {exc}", file=sys.stderr)
         return 2
     cfg = dataclasses.replace(cfg, out=storage.absolute(cfg.out), shards=storage.absolute(cfg.shards))
-    from shards.loader import ShardReadError
+    from avfusion.loader import ShardReadError
 
     try:
         if args.ray_workers:
@@ -90,9 +90,10 @@ def _ray_fit(cfg, args) -> None:
     embedded one with enough logical CPUs for the workers' reservations."""
     from avfusion.executor import ray_train
     from avfusion.executor.ray_tasks import ray_session
+    from jobs import ray_address
 
     cpus = max(os.cpu_count() or 1, args.ray_workers * ray_train.cpus_per_worker(cfg))
-    with ray_session(args.address, num_cpus=cpus, verbose=args.verbose, worker_output=True):
+    with ray_session(ray_address(args.address), num_cpus=cpus, verbose=args.verbose, worker_output=True):
         ray_train.fit(cfg, args.ray_workers, use_gpu=args.gpu)
 
 

@@ -4,23 +4,27 @@
 the shard is complete; a tar without stats is an interrupted shard and is redone.
 The manifest and ``failures.parquet`` are derived from all stats files at the end of
 every run, so they are always consistent with what is on disk, resumed or not.
+
+This module is the format only: the file names, the records and their dict form, and
+the manifest and failures built from stats. Reading and writing them is
+``avfusion.shardstore``'s (through ``avfusion.storage``).
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from avfusion import storage
-
+FORMAT = "avfusion-wds/1"
 STATS_SUFFIX = "_stats.json"
 MANIFEST = "manifest.json"
 FAILURES = "failures.parquet"
+# The failures table's columns, in order (``Failure`` less its warnings).
+FAILURE_COLUMNS = ("key", "source", "kind", "transient", "message", "attempts", "label")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Failure:
     key: str
     source: str
@@ -32,7 +36,7 @@ class Failure:
     warnings: list[str] = field(default_factory=list)  # yt-dlp's warnings for this clip
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ShardStats:
     shard: str
     tar: str
@@ -55,32 +59,21 @@ class ShardStats:
         data["failures"] = [Failure(**f) for f in data["failures"]]
         return cls(**data)
 
-
-def write_json_atomic(url: str, data) -> None:
-    storage.write_json(url, data, indent=1, sort_keys=True, default=_default)
-
-
-def _default(obj):
-    if hasattr(obj, "__dataclass_fields__"):
-        return asdict(obj)
-    raise TypeError(type(obj).__name__)
+    def to_dict(self) -> dict:
+        """The stats file's content: ``created`` now unless set, ``failures_by_kind`` counted."""
+        data = asdict(self)
+        data["created"] = self.created or now()
+        data["failures_by_kind"] = dict(Counter(f.kind for f in self.failures))
+        return data
 
 
-def write_stats(root: str, stats: ShardStats) -> None:
-    stats.created = stats.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
-    stats.failures_by_kind = dict(Counter(f.kind for f in stats.failures))
-    write_json_atomic(storage.join(root, f"{stats.shard}{STATS_SUFFIX}"), asdict(stats))
+def stats_name(shard: str) -> str:
+    """The stats file of shard ``shard`` (``00000`` → ``00000_stats.json``)."""
+    return f"{shard}{STATS_SUFFIX}"
 
 
-def read_all_stats(root: str) -> dict[str, ShardStats]:
-    """Every completed shard's stats, by shard name, from a fresh listing (a cached one
-    would miss shards that Ray tasks finished since; see ``avfusion.storage``). Fetched
-    concurrently: an object store answers 20,000 small GETs in parallel far sooner."""
-    out = {}
-    for _, data in storage.read_many(storage.list_files(root, f"*{STATS_SUFFIX}")):
-        stats = ShardStats.from_dict(json.loads(data))
-        out[stats.shard] = stats
-    return out
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def latest_failures(all_stats: dict[str, ShardStats]) -> dict[str, Failure]:
@@ -97,33 +90,24 @@ def latest_failures(all_stats: dict[str, ShardStats]) -> dict[str, Failure]:
     return {k: f for k, (_, f) in last.items()}
 
 
-def write_failures_table(root: str, failures: dict[str, Failure]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def failure_columns(failures: dict[str, Failure]) -> dict[str, list]:
+    """The failures table as columns (``FAILURE_COLUMNS``), rows sorted by key. Column by
+    column, not a dict per row: 400,000 failures at VGGSound scale."""
     ordered = sorted(failures.values(), key=lambda f: f.key)
-    # Column by column (not asdict per row): 400,000 failures at VGGSound scale.
-    columns = {name: [getattr(f, name) for f in ordered]
-               for name in ("key", "source", "kind", "transient", "message", "attempts", "label")}
-    schema = pa.schema([("key", pa.string()), ("source", pa.string()), ("kind", pa.string()),
-                        ("transient", pa.bool_()), ("message", pa.string()), ("attempts", pa.int32()),
-                        ("label", pa.string())])
-    table = pa.Table.from_pydict(columns, schema=schema)
-    with storage.atomic_file(storage.join(root, FAILURES)) as tmp:
-        pq.write_table(table, tmp)
+    return {name: [getattr(f, name) for f in ordered] for name in FAILURE_COLUMNS}
 
 
 def build_manifest(all_stats: dict[str, ShardStats], label_map: dict[str, int], config: dict,
                    version: str) -> dict:
     shards = [{"tar": s.tar, "count": s.successes, "round": s.round, "bytes": s.bytes}
               for s in sorted(all_stats.values(), key=lambda s: s.shard)]
-    by_split = Counter()
+    by_split: Counter[str] = Counter()
     for s in all_stats.values():
         by_split.update(s.by_split)
     return {
-        "format": "avfusion-wds/1",
+        "format": FORMAT,
         "code_version": version,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": now(),
         "num_samples": sum(s["count"] for s in shards),
         "num_shards": len(shards),
         "shards": shards,

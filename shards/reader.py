@@ -2,7 +2,7 @@
 
 Used where clips are handled one at a time: robustness evaluation (corrupts decoded
 arrays), Ray Data readers of the shards, tests. The training and evaluation loader
-(``shards.loader``) ships JPEG bytes instead and decodes them in batches on the device."""
+(``avfusion.loader``) ships JPEG bytes instead and decodes them in batches on the device."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import soundfile as sf
 from PIL import Image
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class DecodedSample:
     key: str
     waveform: np.ndarray  # (N,) float32
@@ -41,4 +41,5 @@ def decode_sample(sample: dict) -> DecodedSample:
     waveform, _ = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
     frames = np.stack([rgb_from_jpeg(sample[n]) for n in frame_names(sample)])
     meta = json.loads(sample["json"])
-    return DecodedSample(sample["__key__"], waveform, frames, int(sample["cls"]), meta)
+    return DecodedSample(key=sample["__key__"], waveform=waveform, frames=frames,
+                         class_index=int(sample["cls"]), meta=meta)

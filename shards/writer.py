@@ -2,8 +2,8 @@
 
 Sample layout (see README.md): ``{key}.json`` (metadata), ``{key}.cls`` (class index,
 ASCII), ``{key}.flac`` (16 kHz mono, 16-bit), ``{key}.frame0.jpg`` … ``frameN-1.jpg``.
-Tars are built in a local temporary file and moved into place under their final
-name only when complete, through fsspec so the destination may be local or s3://.
+A tar is written to a file object the caller gives (preprocess: a local temporary
+file that ``avfusion.storage`` publishes under its final name only when complete).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -70,12 +70,21 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def write_tar(path: Path, samples: Iterable[Sample]) -> int:
-    """Write samples to a local tar with deterministic headers; returns its size."""
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+def write_tar(fileobj: BinaryIO, samples: Iterable[Sample]) -> int:
+    """Write samples as a tar with deterministic headers to ``fileobj`` (a binary file
+    object, left open); returns the bytes written."""
+    start = fileobj.tell()
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in samples:
             for ext, data in sample.files.items():
                 info = tarfile.TarInfo(f"{sample.key}.{ext}")
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 tar.addfile(info, io.BytesIO(data))
-    return path.stat().st_size
+    return fileobj.tell() - start
+
+
+def tar_bytes(samples: Iterable[Sample]) -> bytes:
+    """The tar of ``samples`` in memory (small shards, tests)."""
+    buf = io.BytesIO()
+    write_tar(buf, samples)
+    return buf.getvalue()

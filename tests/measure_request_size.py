@@ -47,7 +47,8 @@ def main() -> None:
             work.mkdir()
             with RangeServer(tmp / "served") as server:
                 t0 = time.perf_counter()
-                download_section(ClipTask("long", server.url("long.mp4"), start), ClipSpec(clip_seconds=10.0),
+                download_section(ClipTask(key="long", source=server.url("long.mp4"), start=start),
+                                 ClipSpec(clip_seconds=10.0),
                                  DownloadConfig(request_size=request_size, max_attempts=1), work)
                 walls.append(time.perf_counter() - t0)
                 reqs.append(server.requests["long.mp4"])

@@ -11,7 +11,7 @@ import torch
 
 from avfusion import augment as A
 from avfusion.corruptions import Augment, AugmentConfig, color_jitter, random_resized_crop
-from shards.loader import Batch
+from avfusion.loader import Batch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -89,8 +89,8 @@ def _faults(server):
 @pytest.mark.slow
 def test_section_download_fetches_only_the_window(tmp_path, served):
     with RangeServer(served) as server:
-        path, attempts, _ = download_section(ClipTask("ok1", server.url("ok1.mp4"), 5.0), ClipSpec(clip_seconds=4.0),
-                                          FAST, tmp_path)
+        path, attempts, _ = download_section(ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
+                                             ClipSpec(clip_seconds=4.0), FAST, tmp_path)
         ranges = server.ranges["ok1.mp4"]
     assert attempts == 1
     assert any(r.startswith("bytes=") and r != "bytes=0-" for r in ranges), ranges  # ffmpeg seeked
@@ -120,8 +120,8 @@ def test_section_of_a_faststart_mp4_fetches_a_fraction_of_its_bytes(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     with RangeServer(served) as server:
-        path, *_ = download_section(ClipTask("long", server.url("long.mp4"), 25.0), ClipSpec(clip_seconds=10.0),
-                                   FAST, work)
+        path, *_ = download_section(ClipTask(key="long", source=server.url("long.mp4"), start=25.0),
+                                    ClipSpec(clip_seconds=10.0), FAST, work)
         sent = server.bytes_sent["long.mp4"]
     assert sent < 0.40 * len(data), f"sent {sent} of {len(data)} bytes ({sent / len(data):.0%})"
     clip = decode_clip(path, ClipSpec(clip_seconds=10.0, frame_size=32))
@@ -136,8 +136,9 @@ def test_webm_source_gives_the_exact_window(tmp_path):
                                                       audio_codec="libopus", sample_rate=48_000, duration=12.0,
                                                       fps=25, width=160, height=120))
     with RangeServer(tmp_path / "src") as server:
-        path, *_ = download_section(ClipTask("v", server.url("v.webm"), 5.0), ClipSpec(clip_seconds=4.0), FAST,
-                                   tmp_path / "work" if (tmp_path / "work").mkdir() is None else None)
+        path, *_ = download_section(ClipTask(key="v", source=server.url("v.webm"), start=5.0),
+                                    ClipSpec(clip_seconds=4.0), FAST,
+                                    tmp_path / "work" if (tmp_path / "work").mkdir() is None else None)
     clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
     expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
     got = [read_frame_index(f) for f in clip.frames]
@@ -153,8 +154,8 @@ def test_faults_are_classified_and_transient_ones_retried(tmp_path, served, name
     with RangeServer(served) as server:
         _faults(server)
         with pytest.raises(DownloadError) as exc:
-            download_section(ClipTask(name, server.url(f"{name}.mp4"), 0.0), ClipSpec(clip_seconds=4.0), FAST,
-                             tmp_path)
+            download_section(ClipTask(key=name, source=server.url(f"{name}.mp4"), start=0.0),
+                             ClipSpec(clip_seconds=4.0), FAST, tmp_path)
     assert (exc.value.kind, exc.value.transient, exc.value.attempts) == (kind, transient, attempts)
     assert not list(tmp_path.iterdir()), "no partial download left behind"
 
@@ -167,8 +168,8 @@ def test_dead_host_is_a_transient_connection_failure(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
     with pytest.raises(DownloadError) as exc:
-        download_section(ClipTask("x", f"http://127.0.0.1:{port}/x.mp4", 0.0), ClipSpec(clip_seconds=4.0), FAST,
-                         tmp_path)
+        download_section(ClipTask(key="x", source=f"http://127.0.0.1:{port}/x.mp4", start=0.0),
+                         ClipSpec(clip_seconds=4.0), FAST, tmp_path)
     assert exc.value.kind == "connection" and exc.value.transient
 
 

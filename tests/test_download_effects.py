@@ -68,7 +68,7 @@ def test_cookies_from_a_read_only_mount_reach_the_origin_and_stay_untouched(tmp_
                                download=DownloadConfig(cookies=str(cookie_file), socket_timeout=2.0, max_attempts=1),
                                shard_size=6, threads_per_task=3)
         with RangeServer(served, host=COOKIE_HOST, port=80) as server:
-            tasks = [ClipTask(f"c{i}", server.url(f"c{i}.mp4"), 1.0) for i in range(6)]
+            tasks = [ClipTask(key=f"c{i}", source=server.url(f"c{i}.mp4"), start=1.0) for i in range(6)]
             stats = process_shard("00000", tasks, cfg, {}, str(tmp_path / "out"))
             log = list(server.log)
         after = (hashlib.sha256(cookie_file.read_bytes()).hexdigest(), cookie_file.stat().st_mtime_ns)
@@ -85,7 +85,7 @@ def test_cookies_from_a_read_only_mount_reach_the_origin_and_stay_untouched(tmp_
 def test_http_proxy_carries_all_media_traffic(tmp_path, served):
     with RangeServer(served) as server, HttpProxy() as proxy:
         cfg = DownloadConfig(proxy=proxy.url, socket_timeout=2.0, max_attempts=1)
-        path, attempts, _ = download_section(ClipTask("c1", server.url("c1.mp4"), 1.0),
+        path, attempts, _ = download_section(ClipTask(key="c1", source=server.url("c1.mp4"), start=1.0),
                                              ClipSpec(clip_seconds=3.0), cfg, tmp_path)
         peers = set(server.bytes_by_peer)
         log_peers = {r["peer"][0] for r in server.log}
@@ -109,7 +109,7 @@ def test_governor_spacing_is_measured_at_the_origin(tmp_path, served):
     cfg = PreprocessConfig(clip=ClipSpec(clip_seconds=2.0, frame_size=32),
                            download=DownloadConfig(socket_timeout=2.0, max_attempts=1), threads_per_task=4)
     with RangeServer(served) as server:
-        tasks = [ClipTask(f"c{i}", server.url(f"c{i}.mp4"), 0.0) for i in range(4)]
+        tasks = [ClipTask(key=f"c{i}", source=server.url(f"c{i}.mp4"), start=0.0) for i in range(4)]
         stats = process_shard("00000", tasks, cfg, {}, str(tmp_path / "out"), governor=governor, node="n1")
         first = sorted(min(r["t"] for r in server.log if r["path"] == f"c{i}.mp4") for i in range(4))
     assert stats.successes == 4

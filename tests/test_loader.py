@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from shards.loader import (Batch, TrainStream, collate_compact, compact, data_loader, deal_shards, decode,
-                           eval_stages, loader_workers, read_folds)
+from avfusion import storage
+from avfusion.loader import (Batch, TrainStream, collate_compact, compact, data_loader, deal_shards, decode,
+                             eval_stages, loader_workers, read_folds)
 from shards.reader import decode_sample
-from shards.writer import encode_sample, write_tar
+from shards.writer import encode_sample, tar_bytes
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +29,14 @@ def tiny_shards(tmp_path_factory):
             wave = rng.uniform(-0.5, 0.5, 1600).astype(np.float32)
             samples.append(encode_sample(f"clip{s}{i}_000000", wave, frames, (s * 6 + i) % 3,
                                          {"split": "train"}, 16_000))
-        write_tar(root / f"{s:05d}.tar", samples)
+        storage.write_bytes(str(root / f"{s:05d}.tar"), tar_bytes(samples))
         urls.append(str(root / f"{s:05d}.tar"))
     return urls
 
 
 def _raw(urls):
     """The raw samples (member name → bytes) of the first shard."""
-    from shards.loader import _expand_tars, open_shards
+    from avfusion.loader import _expand_tars, open_shards
 
     return list(_expand_tars(open_shards([{"url": urls[0]}])))
 

@@ -5,6 +5,7 @@ real tars, real files)."""
 import json
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import webdataset as wds
@@ -14,16 +15,18 @@ from avfusion.executor import InProcessExecutor
 from avfusion.preprocess.plan import PlanMismatch, check_plan, label_map_of, plan_digest, plan_shards, retry_plan
 from avfusion.preprocess.run import PreprocessError, PreprocessJob, read_tasks, record_task_failure, run_preprocess
 from avfusion.preprocess.shard import PreprocessConfig
+from avfusion.shardstore import read_all_stats, write_stats
 from avfusion.sources import ClipTask
 from avfusion.synth import SynthSpec, make_class_conditional_set
-from shards.manifest import Failure, ShardStats, read_all_stats, write_stats
+from shards.manifest import Failure, ShardStats
 from tests.corpus import make_mixed_folder
 
 CLIP = ClipSpec(clip_seconds=2.0, frame_size=32)
 
 
 def _tasks(n, label="dog"):
-    return [ClipTask(f"k{i:03d}", f"/data/k{i:03d}.mp4", label=label, split="train") for i in range(n)]
+    return [ClipTask(key=f"k{i:03d}", source=f"/data/k{i:03d}.mp4", label=label, split="train")
+            for i in range(n)]
 
 
 def _keys(folder):
@@ -54,7 +57,7 @@ def test_plan_shards_names_and_sizes():
 
 
 def test_label_map_is_sorted_and_skips_unlabelled():
-    tasks = _tasks(2, "zebra") + _tasks(1, "ant") + [ClipTask("u", "/u.mp4")]
+    tasks = _tasks(2, "zebra") + _tasks(1, "ant") + [ClipTask(key="u", source="/u.mp4")]
     assert label_map_of(tasks) == {"ant": 0, "zebra": 1}
 
 
@@ -64,9 +67,9 @@ def test_digest_identity(tmp_path):
     assert plan_digest(tasks, cfg) == plan_digest(_tasks(12), PreprocessConfig(clip=CLIP, shard_size=10))
     assert plan_digest(tasks[:11], cfg) != plan_digest(tasks, cfg)
     assert plan_digest(tasks, PreprocessConfig(clip=CLIP, shard_size=5)) != plan_digest(tasks, cfg)
-    relabelled = tasks[:-1] + [ClipTask(tasks[-1].key, tasks[-1].source, label="cat", split="train")]
+    relabelled = tasks[:-1] + [replace(tasks[-1], label="cat", split="train")]
     assert plan_digest(relabelled, cfg) != plan_digest(tasks, cfg)
-    mirrored = [ClipTask(t.key, "https://mirror.example/" + t.key, label=t.label, split=t.split) for t in tasks]
+    mirrored = [replace(t, source="https://mirror.example/" + t.key) for t in tasks]
     assert plan_digest(mirrored, cfg) == plan_digest(tasks, cfg)  # where clips come from is not the plan
 
     check_plan(str(tmp_path), tasks, cfg)
@@ -80,10 +83,11 @@ def test_digest_identity(tmp_path):
 # retry rounds ----------------------------------------------------------------------
 
 def _stats(shard, round_, ok, failed, transient):
-    failures = [Failure(k, f"/data/{k}.mp4", "rate_limited" if transient[k] else "private", transient[k], "m", 1,
-                        "dog") for k in failed]
-    return ShardStats(shard, f"{shard}.tar", len(ok) + len(failed), len(ok), len(failed), 0, 0.0, round_,
-                      list(ok), failures)
+    failures = [Failure(key=k, source=f"/data/{k}.mp4", kind="rate_limited" if transient[k] else "private",
+                        transient=transient[k], message="m", attempts=1, label="dog") for k in failed]
+    return ShardStats(shard=shard, tar=f"{shard}.tar", attempted=len(ok) + len(failed), successes=len(ok),
+                      failed=len(failed), bytes=0, seconds=0.0, round=round_, keys=list(ok),
+                      failures=failures)
 
 
 def test_retry_transient_only_then_all(tmp_path):
@@ -118,7 +122,7 @@ def test_interrupted_retry_round_resumes_with_its_own_plan(tmp_path):
 
 
 def test_task_failure_record_accounts_for_every_clip(tmp_path):
-    tasks = _tasks(3) + [ClipTask("u", "/u.mp4")]
+    tasks = _tasks(3) + [ClipTask(key="u", source="/u.mp4")]
     record_task_failure(str(tmp_path), "00004", tasks, 2, OSError("node lost\nsecond line"))
     stats = read_all_stats(str(tmp_path))["00004"]
     assert (stats.attempted, stats.successes, stats.failed, stats.tar, stats.round) == (4, 0, 4, "", 2)

@@ -14,7 +14,8 @@ def test_shard_of_damaged_files(tmp_path):
     corpus = tmp_path / "corpus"
     expected = make_salvage_corpus(corpus)
     media = {name: want for name, want in expected.items() if want["preprocess"] is not None}
-    tasks = [ClipTask(name.replace(".", "_"), str(corpus / name), label="x", split="train") for name in sorted(media)]
+    tasks = [ClipTask(key=name.replace(".", "_"), source=str(corpus / name), label="x", split="train")
+             for name in sorted(media)]
     (tmp_path / "shards").mkdir()
     stats = process_shard("00000", tasks, PreprocessConfig(clip=ClipSpec(frame_size=32), threads_per_task=1),
                           {"x": 0}, str(tmp_path / "shards"))

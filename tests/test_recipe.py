@@ -110,7 +110,7 @@ def test_augment_pipeline_is_deterministic_per_seed():
 
 def test_mixup_is_seeded_and_keeps_the_dominant_label():
     from avfusion.augment import mixup
-    from shards.loader import Batch
+    from avfusion.loader import Batch
 
     batch = Batch(torch.randn(6, 100), torch.randint(0, 255, (6, 2, 4, 4, 3), dtype=torch.uint8),
                   torch.tensor([0, 1, 2, 3, 4, 5]), [str(i) for i in range(6)])
@@ -202,7 +202,7 @@ def test_presets_are_selectable_by_name(tmp_path, monkeypatch):
 
 
 def test_subset_selects_folds_by_key_or_id():
-    from shards.loader import Subset
+    from avfusion.loader import Subset
 
     folds = {"avf_dog_01": 0, "avf_dog_02": 1, "syn00_0001_000000": 2}
     val = Subset(folds=folds, fold=0, holdout=True)
@@ -221,8 +221,8 @@ def trained_fused(tmp_path_factory, synthetic_shards):
 
     from jobs.bench.robustness import recipe
     from avfusion.distributed import DistEnv
+    from avfusion.loader import Dataset, data_loader, eval_stages
     from avfusion.train import model_from_checkpoint, train
-    from shards.loader import Dataset, data_loader, eval_stages
 
     run = tmp_path_factory.mktemp("attention") / "run"
     cfg = replace(recipe("small", str(synthetic_shards), epochs=25, seed=0), out=str(run))

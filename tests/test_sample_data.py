@@ -11,9 +11,9 @@ import pytest
 
 from avfusion import sample_data
 from avfusion.probe import probe
-from avfusion.sample_data import build
-from avfusion.sample_data.rcc import RccArchive, RccError
 from avfusion.sources import read_vggsound_csv
+from tools.sample_data import build
+from tools.sample_data.rcc import RccArchive, RccError
 
 ROWS = read_vggsound_csv(sample_data.labels_csv())
 K = 5

@@ -126,7 +126,7 @@ def test_uneven_shards_each_rank_ends_the_epoch_after_the_derived_batches(synthe
     import math
     from itertools import islice
 
-    from shards.loader import Dataset, TrainStream, data_loader
+    from avfusion.loader import Dataset, TrainStream, data_loader
 
     data = Dataset.open(str(synthetic_shards))
     sizes = [s["count"] for s in data.manifest["shards"] if s["count"]]

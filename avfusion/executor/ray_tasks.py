@@ -1,16 +1,16 @@
 """Ray's one home in the library: the session set-up and the Ray executor.
 
-``ray_session`` is shared by the jobs (train, demo) and ``RayExecutor`` (preprocess,
-label). With no address it starts an embedded local Ray (no dashboard, loopback
-only) and shuts it down on exit; with an address (or inside ``ray job submit``, where
-Ray is already initialised) it joins the cluster. Token auth is Ray's default and is
-left on. Ray is imported inside the functions, so importing this module costs nothing.
+``ray_session`` is shared by the jobs (train, demo, doctor) and ``RayExecutor``
+(preprocess, label). With no address it starts an embedded local Ray (no dashboard,
+loopback only) and shuts it down on exit; with an address it joins that cluster (the jobs pass ``--address``, or
+the ``RAY_ADDRESS`` that ``ray job submit`` exports: this module reads no environment).
+Token auth is Ray's default and is left on. Ray is imported inside the functions, so
+importing this module costs nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -68,8 +68,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, verbose
         yield
         return
     quiet = quiet_init_kwargs(verbose, worker_output)
-    if address or os.environ.get("RAY_ADDRESS"):
-        # Inside `ray job submit` Ray exports RAY_ADDRESS: join that cluster as it is.
+    if address:
         ray.init(address=address, **quiet)
     else:
         ray.init(**embedded_init_kwargs(num_cpus), **quiet)

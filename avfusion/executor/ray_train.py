@@ -36,7 +36,7 @@ def resolve_workers(cfg: TrainConfig, use_gpu: bool) -> TrainConfig:
     exactly the loader processes its CPU reservation counted."""
     import torch
 
-    from shards.loader import loader_workers
+    from avfusion.loader import loader_workers
 
     device = torch.device("cuda" if use_gpu else "cpu")
     return dataclasses.replace(cfg, workers=loader_workers(cfg.workers, device))
@@ -103,7 +103,7 @@ def _run_config(out: str) -> RunConfig:
 def _shard_error(exc: BaseException) -> ShardReadError | None:
     """The ShardReadError behind a Ray Train failure (``WorkerGroupError.worker_failures``
     or a cause chain), or None."""
-    from shards.loader import ShardReadError
+    from avfusion.loader import ShardReadError
 
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]

@@ -17,8 +17,9 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from avfusion import storage
+from avfusion.shardstore import write_json
 from avfusion.sources import ClipTask
-from shards.manifest import ShardStats, latest_failures, write_json_atomic
+from shards.manifest import ShardStats, latest_failures
 
 if TYPE_CHECKING:  # the shard stage imports PyAV; planning and reporting need only the type
     from avfusion.preprocess.shard import PreprocessConfig
@@ -57,7 +58,7 @@ def check_plan(root: str, tasks: list[ClipTask], cfg: PreprocessConfig) -> None:
             raise PlanMismatch(f"{root} holds shards of a different clip list or shard size; "
                                "use a new --out, or the same arguments to resume")
     else:
-        write_json_atomic(plan_path, {"digest": digest, "clips": len(tasks), "shard_size": cfg.shard_size})
+        write_json(plan_path, {"digest": digest, "clips": len(tasks), "shard_size": cfg.shard_size})
 
 
 def retry_plan(root: str, tasks: list[ClipTask], done: dict[str, ShardStats], cfg: PreprocessConfig,
@@ -76,6 +77,6 @@ def retry_plan(root: str, tasks: list[ClipTask], done: dict[str, ShardStats], cf
     round_ = max([0] + [s.round for s in done.values()]) + 1
     chosen = [t for t in tasks if t.key in retry]
     shards = plan_shards(chosen, cfg.shard_size, prefix=f"r{round_:02d}-")
-    write_json_atomic(storage.join(root, f"_retry{round_:02d}.json"),
+    write_json(storage.join(root, f"_retry{round_:02d}.json"),
                       {"round": round_, "shards": {n: [t.key for t in ts] for n, ts in shards.items()}})
     return shards, round_

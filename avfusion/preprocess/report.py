@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 from avfusion import __version__, storage
 from avfusion.preprocess.plan import TASK_FAILED
-from shards.manifest import (FAILURES, MANIFEST, Failure, ShardStats, build_manifest, latest_failures, read_all_stats,
-                             write_failures_table, write_json_atomic)
+from avfusion.shardstore import read_all_stats, write_failures_table, write_manifest
+from shards.manifest import FAILURES, MANIFEST, Failure, ShardStats, build_manifest, latest_failures
 
 if TYPE_CHECKING:  # the shard stage imports PyAV; planning and reporting need only the type
     from avfusion.preprocess.shard import PreprocessConfig
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class PreprocessResult:
     manifest: dict
     failures: dict[str, Failure]  # each never-successful clip's latest failure, by key
@@ -53,13 +53,14 @@ def finish(root: str, labels: dict[str, int], cfg: PreprocessConfig, done: dict[
     lost = sorted(f.key for f in failures.values() if f.kind == TASK_FAILED)
     manifest = build_manifest({k: s for k, s in done.items() if s.tar}, labels,
                               {"clip": asdict(cfg.clip), "shard_size": cfg.shard_size}, __version__)
-    result = PreprocessResult(manifest, failures, orphans, lost, (downloads or {}).get("stopped"))
+    result = PreprocessResult(manifest=manifest, failures=failures, orphans=orphans, lost=lost,
+                              stopped=(downloads or {}).get("stopped"))
     manifest["complete"] = result.complete
     if downloads:
         manifest["downloads"] = downloads
     manifest["task_failed_clips"] = len(lost)
     write_failures_table(root, failures)
-    write_json_atomic(storage.join(root, MANIFEST), manifest)  # last: it describes everything above
+    write_manifest(root, manifest)  # last: it describes everything above
     print_summary(root, result, done)
     return result
 

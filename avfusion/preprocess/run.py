@@ -22,9 +22,10 @@ from avfusion.governor import Governor, GovernorConfig, SourceBlocked
 from avfusion.preprocess.plan import TASK_FAILED, PlanMismatch, check_plan, label_map_of, plan_shards, retry_plan
 from avfusion.preprocess.report import PreprocessResult, finish
 from avfusion.preprocess.shard import PreprocessConfig, process_shard
+from avfusion.shardstore import read_all_stats, write_stats
 from avfusion.sources import (ClipTask, SourceError, filter_tasks, read_url_list, read_vggsound_csv, scan_folder,
                               tasks_from_vggsound)
-from shards.manifest import Failure, ShardStats, read_all_stats, write_stats
+from shards.manifest import Failure, ShardStats
 
 INPUT_KINDS = ("auto", "vggsound", "urls", "folder")
 
@@ -71,8 +72,9 @@ def read_tasks(job: PreprocessJob) -> tuple[list[ClipTask], list[Failure]]:
     missing: list[Failure] = []
     if kind == "folder":
         tasks, rows = scan_folder(job.input, job.labels, job.labels_from_dirs)
-        missing = [Failure(r.key, job.input, "missing_file", False, f"no file named {r.key}.* or {r.youtube_id}.*",
-                           0, r.label) for r in rows]
+        missing = [Failure(key=r.key, source=job.input, kind="missing_file", transient=False,
+                           message=f"no file named {r.key}.* or {r.youtube_id}.*", attempts=0, label=r.label)
+                   for r in rows]
     elif kind == "urls":
         tasks = read_url_list(job.input)
     else:
@@ -106,7 +108,9 @@ def run_preprocess(job: PreprocessJob, executor: Executor) -> PreprocessResult:
     else:
         shards, round_ = plan_shards(tasks, cfg.shard_size), 0
         if missing and "missing" not in done:
-            write_stats(root, ShardStats("missing", "", len(missing), 0, len(missing), 0, 0.0, 0, [], missing))
+            write_stats(root, ShardStats(shard="missing", tar="", attempted=len(missing), successes=0,
+                                         failed=len(missing), bytes=0, seconds=0.0, round=0, keys=[],
+                                         failures=missing))
     todo = {name: ts for name, ts in shards.items() if name not in done}
     print(f"{len(tasks)} clips, {len(shards)} shards ({len(shards) - len(todo)} already done), "
           f"{len(labels)} labels → {job.out}")
@@ -183,9 +187,11 @@ def record_task_failure(root: str, shard: str, tasks: list[ClipTask], round_: in
     clip is accounted for and ``--retry-failed`` redoes exactly these. A tar the task
     may have uploaded before dying is left out of the manifest (its stats are these)."""
     message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
-    failures = [Failure(t.key, t.source, TASK_FAILED, True, message, 1, t.label) for t in tasks]
+    failures = [Failure(key=t.key, source=t.source, kind=TASK_FAILED, transient=True, message=message,
+                        attempts=1, label=t.label) for t in tasks]
     by_class: dict[str, dict[str, int]] = {}
     for t in tasks:
         by_class.setdefault(t.label or "", {"failed": 0})["failed"] += 1
-    write_stats(root, ShardStats(shard, "", len(tasks), 0, len(tasks), 0, 0.0, round_, [], failures,
+    write_stats(root, ShardStats(shard=shard, tar="", attempted=len(tasks), successes=0, failed=len(tasks),
+                                 bytes=0, seconds=0.0, round=round_, keys=[], failures=failures,
                                  by_class=by_class))

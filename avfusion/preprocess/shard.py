@@ -10,7 +10,6 @@ dropped, and the tar appears under its final name only when complete.
 from __future__ import annotations
 
 import socket
-import tempfile
 import time
 import traceback
 from collections import Counter
@@ -24,8 +23,9 @@ from avfusion.decode import DecodeLimits, decode_clip
 from avfusion.download import DownloadConfig, DownloadError, download_section
 from avfusion.governor import SourceBlocked
 from avfusion.probe import MediaError
+from avfusion.shardstore import write_stats
 from avfusion.sources import ClipTask
-from shards.manifest import Failure, ShardStats, write_stats
+from shards.manifest import Failure, ShardStats
 from shards.writer import Sample, encode_sample, write_tar
 
 
@@ -51,20 +51,22 @@ def process_clip(task: ClipTask, cfg: PreprocessConfig, label_map: dict[str, int
             path, start = _fetch(task, workdir), task.start
         else:
             path, start = Path(task.source), task.start
-            if not path.is_file():
-                kind = "missing_file" if not path.exists() else "not_a_file"
+            if not storage.isfile(task.source):
+                kind = "missing_file" if not storage.exists(task.source) else "not_a_file"
                 raise MediaError(kind, f"{task.source} is {'missing' if kind == 'missing_file' else 'not a regular file'}")
         clip = decode_clip(path, cfg.clip, start=start, limits=cfg.limits)
     except DownloadError as exc:
-        return Failure(task.key, task.source, exc.kind, exc.transient, exc.message, exc.attempts, task.label,
-                       exc.warnings)
+        return Failure(key=task.key, source=task.source, kind=exc.kind, transient=exc.transient,
+                       message=exc.message, attempts=exc.attempts, label=task.label, warnings=exc.warnings)
     except SourceBlocked:
         raise
     except MediaError as exc:
-        return Failure(task.key, task.source, exc.kind, False, exc.message, attempts, task.label)
+        return Failure(key=task.key, source=task.source, kind=exc.kind, transient=False, message=exc.message,
+                       attempts=attempts, label=task.label)
     except Exception as exc:  # a bug or an unforeseen input: record it, keep the job alive
         message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-        return Failure(task.key, task.source, "internal_error", True, message, attempts, task.label)
+        return Failure(key=task.key, source=task.source, kind="internal_error", transient=True,
+                       message=message, attempts=attempts, label=task.label)
     meta = {
         "key": task.key,
         "source": task.source,
@@ -104,18 +106,12 @@ def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, labe
     failures: list[Failure] = []
     by_class: dict[str, Counter] = {}
     by_split: Counter = Counter()
-    with tempfile.TemporaryDirectory(prefix=f"avf-{shard}-") as tmp:
-        tmpdir = Path(tmp)
+    with storage.scratch_dir(prefix=f"avf-{shard}-") as tmp:
 
         def run(item: tuple[int, ClipTask]) -> tuple[ClipTask, Sample | Failure]:
             i, task = item
-            clip_dir = tmpdir / f"clip{i}"
-            clip_dir.mkdir()
-            try:
-                return task, process_clip(task, cfg, label_map, clip_dir, governor, node)
-            finally:
-                for f in clip_dir.iterdir():  # downloads never outlive their clip
-                    f.unlink(missing_ok=True)
+            with storage.scratch_dir(prefix=f"clip{i}-", parent=tmp) as workdir:  # downloads end with it
+                return task, process_clip(task, cfg, label_map, Path(workdir), governor, node)
 
         def samples():
             with ThreadPoolExecutor(max_workers=cfg.threads_per_task) as pool:
@@ -130,9 +126,8 @@ def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, labe
                     by_split[task.split or ""] += 1
                     yield result
 
-        local_tar = tmpdir / f"{shard}.tar"
-        size = write_tar(local_tar, samples())
-        storage.publish_file(str(local_tar), storage.join(root, f"{shard}.tar"))
+        with storage.atomic_writer(storage.join(root, f"{shard}.tar")) as tar:
+            size = write_tar(tar, samples())
     stats = ShardStats(shard=shard, tar=f"{shard}.tar", attempted=len(tasks), successes=len(keys),
                        failed=len(failures), bytes=size, seconds=round(time.time() - t0, 3), round=round_,
                        keys=keys, failures=failures, by_class={k: dict(v) for k, v in by_class.items()},

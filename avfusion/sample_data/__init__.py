@@ -43,7 +43,7 @@ def read_folds(path: str | Path | None = None) -> dict[str, int]:
     """``clip_id -> fold`` from ``folds.csv`` (no header: ``clip_id,fold``). Use fold
     ``f`` as the test set and the rest for training to cross-validate without any
     shared recording or photograph between the two. (The one folds reader is
-    ``shards.loader.read_folds``; this names the bundled file.)"""
-    from shards.loader import read_folds as read
+    ``avfusion.loader.read_folds``; this names the bundled file.)"""
+    from avfusion.loader import read_folds as read
 
     return read(str(path or folds_csv()))

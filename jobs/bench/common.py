@@ -59,7 +59,7 @@ def accounting() -> str:
             f"start-up, on both sides")
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Usage:
     cpu_seconds: float
     wall_seconds: float
@@ -211,7 +211,8 @@ def run_measured(cmd: list[str], env: dict | None = None, linger: float = 60.0) 
         _METHODS.add("cgroup")
     else:
         _METHODS.add("rusage")
-    return Usage(cpu, wall, mem["sum"], mem["root"], 1 + len(mem["pids"]))
+    return Usage(cpu_seconds=cpu, wall_seconds=wall, max_rss_mb=mem["sum"], root_rss_mb=mem["root"],
+                 processes=1 + len(mem["pids"]))
 
 
 def python_cmd(module: str, *args: str) -> list[str]:

@@ -98,7 +98,7 @@ def measure(path: str, shards: str, batches: int, batch_size: int) -> None:
 
     from avfusion.augment import BatchAugment, mixup
     from avfusion.corruptions import Augment
-    from shards.loader import Dataset, TrainStream
+    from avfusion.loader import Dataset, TrainStream
 
     torch.set_num_threads(1)
     data = Dataset.open(shards)

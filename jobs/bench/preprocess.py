@@ -73,7 +73,7 @@ def ours_worker(paths: list[str], frame_size: int, skip_nonref: bool = False) ->
     cfg = PreprocessConfig(clip=ClipSpec(frame_size=frame_size), limits=DecodeLimits(threads=1, skip_nonref=skip_nonref))
     with tempfile.TemporaryDirectory() as workdir:
         for p in paths:
-            result = process_clip(ClipTask(Path(p).stem, p), cfg, {}, Path(workdir))
+            result = process_clip(ClipTask(key=Path(p).stem, source=p), cfg, {}, Path(workdir))
             if isinstance(result, Failure):  # a benchmark of failures would measure nothing
                 raise SystemExit(f"{p}: {result.kind}: {result.message}")
 

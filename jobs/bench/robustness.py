@@ -132,9 +132,9 @@ def train_all(runs: dict[tuple[int, str], object], jobs: int) -> None:
 
 def evaluate_fold(shards: str, folds: str, fold: int, runs: dict[str, Path], suite: bool, seed: int) -> dict:
     """Evaluate each fused variant beside the unimodal models on the held-out fold."""
+    from avfusion.loader import Dataset, Subset, read_folds
     from avfusion.robustness import Condition, conditions, evaluate_conditions, shard_batches
     from avfusion.train import model_from_checkpoint
-    from shards.loader import Dataset, Subset, read_folds
 
     models = {name: model_from_checkpoint(Path(out) / "last.pt")[0] for name, out in runs.items()}
     data = Dataset.open(shards)
@@ -229,8 +229,8 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
     print(f"\n== {title}: {k}-fold, recipe {args.config}, {base.epochs} epochs, {len(runs)} training runs, "
           f"{args.jobs} at a time ==", flush=True)
     train_all(runs, args.jobs)
+    from avfusion.loader import Dataset
     from avfusion.robustness import evidence_left
-    from shards.loader import Dataset
 
     chance = 1 / len(Dataset.open(shards).label_map)
     per_fold: dict[str, list] = {}

@@ -55,7 +55,7 @@ def bare_decode_rate(urls: list[str]) -> tuple[float, int]:
 
 
 def reader_rate(urls: list[str], batch: int, workers: int) -> tuple[float, int]:
-    from shards.loader import data_loader, eval_stages
+    from avfusion.loader import data_loader, eval_stages
 
     t0, n = time.perf_counter(), 0
     for b in data_loader(eval_stages(urls, batch, split=None, compact_frames=False), workers):
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--no-bf16", action="store_true")
     args = p.parse_args(argv)
+    from avfusion.loader import Batch, Dataset, TrainStream, data_loader
     from avfusion.model import FusionModel, ModelConfig
-    from shards.loader import Batch, Dataset, TrainStream, data_loader
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))

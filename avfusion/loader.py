@@ -28,8 +28,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from avfusion import storage
-from shards.manifest import MANIFEST, STATS_SUFFIX
+from avfusion import shardstore, storage
 from shards.reader import decode_sample, frame_names
 
 
@@ -115,7 +114,7 @@ class Dataset:
     @classmethod
     def open(cls, root_url: str) -> Dataset:
         base = str(root_url).rstrip("/")
-        manifest = storage.read_json(storage.join(base, MANIFEST))
+        manifest = shardstore.read_manifest(base)
         return cls([storage.join(base, s["tar"]) for s in manifest["shards"] if s["count"]], manifest, base)
 
     @property
@@ -132,8 +131,8 @@ class Dataset:
         keys: list[str] = []
         for shard in self.manifest["shards"]:
             try:
-                keys += storage.read_json(storage.join(self.root, shard["tar"][:-len(".tar")] + STATS_SUFFIX))["keys"]
-            except (OSError, KeyError, ValueError):
+                keys += shardstore.read_stats(self.root, shard["tar"][:-len(".tar")]).keys
+            except (OSError, KeyError, TypeError, ValueError):
                 return None
         return keys
 

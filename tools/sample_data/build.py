@@ -1,12 +1,14 @@
-"""Build the bundled real sample set from Debian packages (see README.md here).
+"""Build the bundled real sample set (``avfusion/sample_data``) from Debian packages.
 
 Each clip is a real photograph with a slow zoom/pan (Ken Burns) muxed with a real
 recording of the same class, looped with short pauses to 10 s: 160×120 H.264 at
 15 fps + 24 kb/s AAC mono at 22.05 kHz (so decoding also exercises resampling to 16 kHz).
-The clips are committed; this script documents and reproduces them::
+The clips are committed (``avfusion/sample_data/README.md`` describes them); this
+script, kept out of the installed package, documents and reproduces them from the
+repository root::
 
-    python -m avfusion.sample_data.build            # fetches the .debs with apt-get download
-    python -m avfusion.sample_data.build --media-root DIR   # DIR = the packages' unpacked usr/share
+    python -m tools.sample_data.build            # fetches the .debs with apt-get download
+    python -m tools.sample_data.build --media-root DIR   # DIR = the packages' unpacked usr/share
 
 Why the folds: a model can score well on a set built like this by remembering a
 photo or a recording rather than recognising the class. So every recording and
@@ -33,10 +35,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from avfusion.sample_data.rcc import RccArchive
+from avfusion import sample_data
 from avfusion.synth import SynthSpec, quantize16, write_clip
+from tools.sample_data.rcc import RccArchive
 
-HERE = Path(__file__).resolve().parent
+SET_DIR = Path(sample_data.__file__).resolve().parent  # where the set lives: the package's data
 # Debian bookworm versions the committed clips were built from.
 PACKAGES = {
     "gcompris-qt-data": "3.1-2",
@@ -458,7 +461,7 @@ def plan(seed: int = 2026, k: int = K_FOLDS, per_class: int = CLIPS_PER_CLASS) -
     return plans
 
 
-def build(media: MediaRoot, out_dir: Path = HERE, seed: int = 2026, reuse: bool = False) -> list[ClipPlan]:
+def build(media: MediaRoot, out_dir: Path = SET_DIR, seed: int = 2026, reuse: bool = False) -> list[ClipPlan]:
     """Encode every planned clip and write the tables. ``reuse`` keeps a planned clip
     already in ``out_dir/clips`` (a clip depends only on its plan, its seed and its two
     sources, so adding a class re-encodes only that class's clips); clips no longer
@@ -514,7 +517,7 @@ def _write_tables(out_dir: Path, plans: list[ClipPlan], media: MediaRoot) -> Non
     lines = [
         "# Sources and licences of the bundled sample clips",
         "",
-        f"Built by `python -m avfusion.sample_data.build` from Debian bookworm's {versions}.",
+        f"Built by `python -m tools.sample_data.build` from Debian bookworm's {versions}.",
         "Paths are under `/usr/share`; a path with `#` names a file inside a Qt `.rcc` bundle",
         "(GCompris) or a `.zip` (0 A.D.); `a + b` is one recording shipped as several cuts",
         "(the clip uses one of them: `sources.csv` column `sound_file`). Authors",
@@ -537,7 +540,7 @@ def _write_tables(out_dir: Path, plans: list[ClipPlan], media: MediaRoot) -> Non
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--media-root", type=Path, help="the packages' unpacked usr/share")
-    parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--out", type=Path, default=SET_DIR)
     parser.add_argument("--reuse-clips", action="store_true",
                         help="keep planned clips already built (re-encode only new or changed classes)")
     parser.add_argument("--check-duplicates", action="store_true",
