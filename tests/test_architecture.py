@@ -28,7 +28,6 @@ RAY_HOME = "avfusion.executor"  # the one package that may import Ray
 FILE_ACCESS_ALLOWED = {
     "avfusion.synth": "a media generator: writes the clips it makes into a local folder",
     "avfusion.train": "TensorBoard writes to a local folder: a temp one, mirrored by storage.upload_tree",
-    "avfusion.label": "a remote file is fetched into the decode task's own temp folder for PyAV",
     "jobs.demo": "the demo's own local folder of shards, runs and labels, which it reads back to print",
     "jobs.bench.*": "benchmarks' scratch folders, /proc and cgroup files",
 }
