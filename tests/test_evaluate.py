@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from avfusion.robustness import Condition, conditions
+from avfusion.evaluation.conditions import Condition, conditions
 from jobs import evaluate as evaluate_job
 from jobs import train as train_job
 
@@ -87,7 +87,7 @@ def test_tally_reports_both_weights_as_measured():
     import torch
 
     from avfusion.model import FusionOutput
-    from avfusion.robustness import Tally
+    from avfusion.evaluation.run import Tally
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
     tally = Tally()
