@@ -20,9 +20,11 @@ from avfusion.model import FusionOutput, attention_agrees
 
 
 @dataclass
-class Tally:
-    """Running accuracy and, for the fused model, per-clip attention weights (both
-    measured, so their per-clip sum is a check, not a definition) and agreement."""
+class ConditionTally:
+    """One model under one condition: running accuracy and, for the fused model, per-clip
+    attention weights (both measured, so their per-clip sum is a check, not a definition)
+    and agreement. Host lists, unlike training's ``metrics.Tally`` (device sums for an
+    all-reduce): the report needs the weights' spread and worst sum, not only means."""
 
     n: int = 0
     top1: int = 0
@@ -74,7 +76,7 @@ def evaluate_conditions(models: dict[str, torch.nn.Module], batches, conds: list
     device = torch.device(device)
     for model in models.values():
         model.to(device)
-    tallies = {c: {m: Tally() for m in models} for c in conds}
+    tallies = {c: {m: ConditionTally() for m in models} for c in conds}
     for samples in batches:
         samples = [_as_numpy(s) for s in samples if int(s["target"]) >= 0]
         if not samples:
