@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 
-from avfusion.corruptions import (AUDIO_SNR_DB, CORRUPTIONS, LOWPASS_HZ, Augment, AugmentConfig, apply)
 from avfusion import sample_data
+from avfusion.augment import AugmentConfig
 from avfusion.config import ClipSpec
+from avfusion.corruptions import AUDIO_SNR_DB, CORRUPTIONS, LOWPASS_HZ, apply
 from avfusion.decode import decode_clip
 from avfusion.synth import tone_waveform
+from jobs.bench.reference_augment import Augment
 
 # Real photo frames (the bundled dog clip) and a quiet tone, so clipping to [-1, 1]
 # does not bend the measured SNRs.

