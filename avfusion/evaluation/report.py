@@ -105,7 +105,7 @@ def plot(results: Results, out: str) -> list[str]:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
-    graded = {(c.corruption, c.severity): c for c in results if c.severity is not None}
+    graded = {c.corruptions[0]: c for c in results if c.severity is not None}  # by (corruption, severity)
     families = sorted({name for name, _ in graded})
     models = list(results[NORMAL])
     for what, fname in (("top1", "accuracy_vs_severity.png"), ("w_audio", "attention_vs_severity.png")):
