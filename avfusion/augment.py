@@ -1,12 +1,13 @@
 """Training augmentation of whole batches as torch ops on the training device.
 
 The same code runs on the CPU (tests, CPU training) and on a GPU, so what the tests
-prove about it holds for the GPU path. It reproduces, in distribution, the per-clip
-numpy reference in ``avfusion.corruptions`` (``Augment``): temporal crops, waveform
-shift and gain, one random resized crop per clip (all its frames), flip, colour
-jitter, modality dropout (mute or noise the audio; black, blurred, noisy or frozen
-frames) and light frame dropping, then mixup. Labels are untouched; mixup returns
-soft targets beside them.
+prove about it holds for the GPU path. It reproduces, in distribution, a per-clip
+numpy reference (``jobs/bench/reference_augment.py``, which the tests compare it with):
+temporal crops, waveform shift and gain, one random resized crop per clip (all its
+frames), flip, colour jitter, modality dropout (mute or noise the audio; black,
+blurred, noisy or frozen frames, with ``avfusion.corruptions``' parameters) and light
+frame dropping, then mixup. Labels are untouched; mixup returns soft targets beside
+them.
 
 Randomness, split in two so that nothing waits on the device:
 * per-clip *decisions* (which clip is cropped where, flipped, dropped, its severity,
@@ -23,14 +24,46 @@ workers differ.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avfusion.corruptions import (AUDIO_SNR_DB, AUDIO_TRAIN, BLUR_SIGMA, VIDEO_NOISE_STD, VIDEO_TRAIN,
-                                  AugmentConfig, _gaussian_kernel)
+from avfusion.corruptions import AUDIO_SNR_DB, BLUR_SIGMA, VIDEO_NOISE_STD, gaussian_kernel
 from avfusion.loader import Batch, seed_of
 
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation, run batched on the training device by ``BatchAugment``.
+
+    Two kinds, both keep the label: *content* augmentation (waveform shift and gain,
+    random resized crop, flip and colour jitter of the frames) so few real clips go
+    further, and *modality dropout* (one modality muted, blacked out or degraded) so
+    attention sees what an uninformative modality looks like. Probabilities are per
+    sample; at most one modality is dropped, so a label stays recoverable."""
+
+    enabled: bool = True
+    p_audio: float = 0.25  # corrupt audio: mute (half of the time) or noise at a random severity
+    p_video: float = 0.25  # corrupt video: black, frozen, blurred or noisy, random severity
+    p_drop_frames: float = 0.1  # independent light frame dropping (temporal jitter)
+    content: bool = False  # waveform shift/gain and frame crop/flip/jitter below
+    shift: bool = True  # circular shift of the waveform by a uniform random offset
+    gain_db: float = 6.0  # uniform random gain in ±gain_db
+    crop_scale: float = 0.5  # random resized crop keeps 50–100 % of the frame area
+    flip: bool = True  # horizontal flip with probability 0.5
+    color_jitter: float = 0.3  # brightness, contrast, saturation factors in 1 ± this
+    crop_seconds: float = 0.0  # train on a random window of this many seconds (0 = whole clip)
+    crop_frames: int = 0  # train on this many of the clip's frames, in order (0 = all)
+
+
+# Modality dropout's draws (``avfusion.corruptions`` names), severity 3–5.
+AUDIO_TRAIN = ("muted_audio", "muted_audio", "audio_gaussian_noise")
+# Dead streams (mute; black or frozen frames) weigh most: they are what attention must
+# learn to route around; blur and noise at these severities often leave the picture usable.
+VIDEO_TRAIN = ("black_frames", "black_frames", "frozen_video", "frozen_video", "gaussian_blur",
+               "video_gaussian_noise")
 _DROP = {1: 1, 2: 2}  # drop_frames at the severities training uses (of 8 frames, scaled)
 
 
@@ -237,7 +270,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def _blur_matrix(n: int, sigma: float, device) -> torch.Tensor:
     """(n, n): row i = the kernel centred on i, taps past an edge reflected back
     (``np.pad(mode="reflect")``; edge-replicated when the kernel is wider than n)."""
-    k = _gaussian_kernel(sigma)
+    k = gaussian_kernel(sigma)
     r = len(k) // 2
     m = np.zeros((n, n), np.float32)
     for i in range(n):

@@ -1,11 +1,11 @@
-"""Corruptions of decoded clips: robustness evaluation, and the per-clip reference
-of training augmentation (``avfusion.augment`` runs it batched on the device).
+"""Corruptions of decoded clips for the robustness evaluation (``avfusion.evaluation``).
 
 Each corruption is a pure function of (waveform or frames, severity 1–5, rng) on
 numpy arrays: float32 waveform in [-1, 1], uint8 frames (T, H, W, 3). Applying them
 to decoded arrays (not files) means the same clip is compared across conditions,
 and a seeded ``numpy.random.Generator`` makes every application reproducible.
-Parameters per severity follow ImageNet-C / VGGSound-C where those define them.
+Parameters per severity follow ImageNet-C / VGGSound-C where those define them;
+training's modality dropout (``avfusion.augment``) reuses them, batched on the device.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def drop_frames(frames: np.ndarray, severity: int, rng: np.random.Generator) -> 
 BLUR_SIGMA = {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.5, 5: 6.0}  # in pixels at 224²; scaled with frame size
 
 
-def _gaussian_kernel(sigma: float) -> np.ndarray:
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian taps, radius 3 sigma: ``gaussian_blur``, ``fog`` and the batched blur."""
     radius = max(1, int(3 * sigma + 0.5))
     x = np.arange(-radius, radius + 1, dtype=np.float32)
     k = np.exp(-(x ** 2) / (2 * sigma ** 2))
@@ -84,7 +85,7 @@ def _separable_blur(frames: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 def gaussian_blur(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """Gaussian blur, sigma 1, 2, 3, 4.5, 6 px at 224² (scaled to the frame size)."""
     sigma = BLUR_SIGMA[severity] * frames.shape[1] / 224
-    return np.clip(_separable_blur(frames, _gaussian_kernel(sigma)) + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(_separable_blur(frames, gaussian_kernel(sigma)) + 0.5, 0, 255).astype(np.uint8)
 
 
 VIDEO_NOISE_STD = {1: 0.08, 2: 0.12, 3: 0.18, 4: 0.26, 5: 0.38}  # ImageNet-C gaussian_noise, on [0, 1]
@@ -163,7 +164,7 @@ def fog(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarr
     _, h, w, _ = frames.shape
     coarse = rng.random((max(2, h // 16), max(2, w // 16)))
     haze = np.kron(coarse, np.ones((16, 16)))[:h, :w]
-    haze = _separable_blur(haze[None, :, :, None] * 255, _gaussian_kernel(max(1.0, h / 28)))[0, :, :, 0] / 255
+    haze = _separable_blur(haze[None, :, :, None] * 255, gaussian_kernel(max(1.0, h / 28)))[0, :, :, 0] / 255
     d = FOG_DENSITY[severity] * (0.6 + 0.4 * haze)[None, :, :, None]
     return ((1 - d) * frames + d * 220 + 0.5).clip(0, 255).astype(np.uint8)
 
@@ -322,130 +323,3 @@ def apply(name: str, sample: dict, severity: int, rng: np.random.Generator) -> d
         raise ValueError(f"severity must be 1–5, got {severity}")
     key = "waveform" if c.modality == "audio" else "frames"
     return {**sample, key: c.fn(sample[key], severity, rng)}
-
-
-# ----------------------------------------------------------------------------- training
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training augmentation: run batched on the training device by
-    ``avfusion.augment.BatchAugment``; ``Augment`` below is its per-clip reference.
-
-    Two kinds, both keep the label: *content* augmentation (waveform shift and gain,
-    random resized crop, flip and colour jitter of the frames) so few real clips go
-    further, and *modality dropout* (one modality muted, blacked out or degraded) so
-    attention sees what an uninformative modality looks like. Probabilities are per
-    sample; at most one modality is dropped, so a label stays recoverable."""
-
-    enabled: bool = True
-    p_audio: float = 0.25  # corrupt audio: mute (half of the time) or noise at a random severity
-    p_video: float = 0.25  # corrupt video: black, frozen, blurred or noisy, random severity
-    p_drop_frames: float = 0.1  # independent light frame dropping (temporal jitter)
-    content: bool = False  # waveform shift/gain and frame crop/flip/jitter below
-    shift: bool = True  # circular shift of the waveform by a uniform random offset
-    gain_db: float = 6.0  # uniform random gain in ±gain_db
-    crop_scale: float = 0.5  # random resized crop keeps 50–100 % of the frame area
-    flip: bool = True  # horizontal flip with probability 0.5
-    color_jitter: float = 0.3  # brightness, contrast, saturation factors in 1 ± this
-    crop_seconds: float = 0.0  # train on a random window of this many seconds (0 = whole clip)
-    crop_frames: int = 0  # train on this many of the clip's frames, in order (0 = all)
-
-
-AUDIO_TRAIN = ("muted_audio", "muted_audio", "audio_gaussian_noise")
-# Dead streams (mute; black or frozen frames) weigh most: they are what attention must
-# learn to route around; blur and noise at these severities often leave the picture usable.
-VIDEO_TRAIN = ("black_frames", "black_frames", "frozen_video", "frozen_video", "gaussian_blur", "video_gaussian_noise")
-
-
-def shift_and_gain(wave: np.ndarray, rng: np.random.Generator, shift: bool, gain_db: float) -> np.ndarray:
-    """Circular time shift (the event can start anywhere) and a random level."""
-    if shift:
-        wave = np.roll(wave, int(rng.integers(0, len(wave))))
-    if gain_db > 0:
-        wave = wave * np.float32(10 ** (rng.uniform(-gain_db, gain_db) / 20))
-    return np.clip(wave, -1, 1).astype(np.float32)
-
-
-def random_resized_crop(frames: np.ndarray, rng: np.random.Generator, min_scale: float) -> np.ndarray:
-    """One crop (area min_scale–100 %, aspect 3/4–4/3) for all frames of a clip, so
-    motion stays consistent, resized back to the frame size (bilinear)."""
-    import torch
-
-    t, h, w, _ = frames.shape
-    area = h * w * rng.uniform(min_scale, 1.0)
-    aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
-    cw = int(min(w, max(8, round(np.sqrt(area * aspect)))))
-    ch = int(min(h, max(8, round(np.sqrt(area / aspect)))))
-    y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    crop = torch.from_numpy(np.ascontiguousarray(frames[:, y0:y0 + ch, x0:x0 + cw])).permute(0, 3, 1, 2).float()
-    out = torch.nn.functional.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
-    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def color_jitter(frames: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Brightness, contrast and saturation each scaled by a factor in 1 ± strength."""
-    b, c, sat = rng.uniform(1 - strength, 1 + strength, size=3)
-    x = frames.astype(np.float32) * b
-    x = (x - x.mean()) * c + x.mean()
-    gray = x.mean(axis=-1, keepdims=True)
-    return ((x - gray) * sat + gray + 0.5).clip(0, 255).astype(np.uint8)
-
-
-def temporal_crop(sample: dict, rng: np.random.Generator, seconds: float, n_frames: int,
-                  sample_rate: int = 16_000) -> dict:
-    """A random window of the waveform and a random ordered subset of the frames.
-    Both halve the cost of a training step on a CPU and act as augmentation; the
-    model pools over time, so evaluation still sees the whole clip."""
-    wave, frames = sample["waveform"], sample["frames"]
-    n = int(seconds * sample_rate)
-    if 0 < n < len(wave):
-        start = int(rng.integers(0, len(wave) - n + 1))
-        wave = wave[start:start + n]
-    if 0 < n_frames < len(frames):
-        frames = frames[np.sort(rng.choice(len(frames), size=n_frames, replace=False))]
-    return {**sample, "waveform": wave, "frames": frames}
-
-
-def augment_content(sample: dict, cfg: AugmentConfig, rng: np.random.Generator) -> dict:
-    """Content augmentation of one decoded sample; the label and key are untouched."""
-    frames = sample["frames"]
-    frames = random_resized_crop(frames, rng, cfg.crop_scale) if cfg.crop_scale < 1 else frames
-    if cfg.flip and rng.random() < 0.5:
-        frames = frames[:, :, ::-1]
-    if cfg.color_jitter > 0:
-        frames = color_jitter(frames, rng, cfg.color_jitter)
-    return {**sample, "waveform": shift_and_gain(sample["waveform"], rng, cfg.shift, cfg.gain_db),
-            "frames": np.ascontiguousarray(frames)}
-
-
-class Augment:
-    """The per-clip numpy reference of ``avfusion.augment.BatchAugment`` (tests and
-    ``avfusion bench loader`` compare the two), usable as a loader ``augment`` stage.
-    Deterministic: the generator is seeded by (seed, data-loader worker id)."""
-
-    def __init__(self, cfg: AugmentConfig, seed: int = 0, sample_rate: int = 16_000):
-        self.cfg, self.seed, self.sample_rate = cfg, seed, sample_rate
-        self._rng: np.random.Generator | None = None
-
-    def __call__(self, sample: dict) -> dict:
-        if not self.cfg.enabled:
-            return sample
-        if self._rng is None:  # created in the data-loader worker, seeded by its id
-            import torch
-
-            info = torch.utils.data.get_worker_info()
-            self._rng = np.random.default_rng([self.seed, info.id if info else 0])
-        rng = self._rng
-        if self.cfg.crop_seconds or self.cfg.crop_frames:
-            sample = temporal_crop(sample, rng, self.cfg.crop_seconds, self.cfg.crop_frames, self.sample_rate)
-        if self.cfg.content:
-            sample = augment_content(sample, self.cfg, rng)
-        u = rng.random()
-        if u < self.cfg.p_audio:
-            sample = apply(str(rng.choice(AUDIO_TRAIN)), sample, int(rng.integers(3, 6)), rng)
-        elif u < self.cfg.p_audio + self.cfg.p_video:
-            sample = apply(str(rng.choice(VIDEO_TRAIN)), sample, int(rng.integers(3, 6)), rng)
-        if rng.random() < self.cfg.p_drop_frames:
-            sample = apply("drop_frames", sample, int(rng.integers(1, 3)), rng)
-        return sample

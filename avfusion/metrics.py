@@ -1,8 +1,9 @@
-"""The one definition of the classification tallies: top-k hits and attention sums.
+"""Classification counts: top-k hits and training's validation tally.
 
-Training's validation (all-reduced over ranks) and the robustness evaluation count the
-same things the same way from here. Sums stay tensors on the model's device and are
-read once, at the end, so evaluation costs no host sync per batch.
+``topk_hits`` is how training's validation and the robustness evaluation
+(``avfusion.evaluation.run.ConditionTally``) both count hits. ``Tally`` is the
+validation's: sums stay tensors on the model's device, all-reduced over ranks and read
+once, at the end, so validation costs no host sync per batch.
 """
 
 from __future__ import annotations

@@ -34,9 +34,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from avfusion import __version__, storage
+from avfusion.augment import AugmentConfig, BatchAugment
 from avfusion.config import ConfigError
-from avfusion.augment import BatchAugment
-from avfusion.corruptions import AugmentConfig
 from avfusion.distributed import DistEnv, setup, teardown
 from avfusion.metrics import Tally
 from avfusion.model import (LEGACY_MODEL_DEFAULTS, FusionModel, LossConfig, ModelConfig, fusion_loss, load_weights,

@@ -40,18 +40,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.folder and not args.labels:
         print("avfusion evaluate: --folder needs --labels", file=sys.stderr)
         return 2
-    from avfusion.robustness import EvalConfig, run
+    from avfusion.evaluation.conditions import NORMAL, parse_conditions
+    from avfusion.evaluation.run import EvalConfig, run
 
-    cfg = EvalConfig(checkpoint=args.checkpoint, shards=args.shards, folder=args.folder, labels=args.labels,
-                     split=args.split, audio_baseline=args.audio_baseline, video_baseline=args.video_baseline,
-                     suite=args.suite, conditions=args.conditions, out=args.out, batch_size=args.batch_size,
-                     seed=args.seed, workers=args.workers, device=args.device)
     try:
+        conds = parse_conditions(args.conditions) if args.conditions else None
+        cfg = EvalConfig(checkpoint=args.checkpoint, shards=args.shards, folder=args.folder,
+                         labels=args.labels, split=args.split, audio_baseline=args.audio_baseline,
+                         video_baseline=args.video_baseline, suite=args.suite, conditions=conds, out=args.out,
+                         batch_size=args.batch_size, seed=args.seed, workers=args.workers, device=args.device)
         results = run(cfg)
     except (OSError, ValueError, KeyError) as exc:
         print(f"avfusion evaluate: {exc}", file=sys.stderr)
         return 2
-    return 0 if results["normal"]["fused"]["n"] else 1
+    return 0 if results[NORMAL]["fused"]["n"] else 1
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Batched augmentation on the device (avfusion.augment) against the per-clip numpy
-reference (avfusion.corruptions): same draws, same distribution, labels kept,
+reference (jobs/bench/reference_augment.py): same draws, same distribution, labels kept,
 seeded per (seed, rank, worker, epoch, step). The same code is the GPU path: the
 tests run on every device present (CPU always)."""
 
@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from avfusion import augment as A
-from avfusion.corruptions import Augment, AugmentConfig, color_jitter, random_resized_crop
+from avfusion.augment import AugmentConfig
 from avfusion.loader import Batch
+from jobs.bench.reference_augment import Augment, color_jitter, random_resized_crop
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 
-from avfusion.corruptions import (AUDIO_SNR_DB, CORRUPTIONS, LOWPASS_HZ, Augment, AugmentConfig, apply)
 from avfusion import sample_data
+from avfusion.augment import AugmentConfig
 from avfusion.config import ClipSpec
+from avfusion.corruptions import AUDIO_SNR_DB, CORRUPTIONS, LOWPASS_HZ, apply
 from avfusion.decode import decode_clip
 from avfusion.synth import tone_waveform
+from jobs.bench.reference_augment import Augment
 
 # Real photo frames (the bundled dog clip) and a quiet tone, so clipping to [-1, 1]
 # does not bend the measured SNRs.
@@ -109,15 +111,21 @@ def test_the_report_marks_which_corruptions_destroy_a_modality_s_evidence():
     """Read off the unimodal baseline on the corrupted modality: at chance → destroys;
     as good as clean → harmless; between → degrades. No baseline, or a baseline at
     chance on clean input, → no verdict."""
-    from avfusion.robustness import evidence_left, markdown_table
+    from avfusion.evaluation.conditions import Condition
+    from avfusion.evaluation.report import evidence_left as evidence_by_condition
+    from avfusion.evaluation.report import markdown_table
 
     def row(fused, audio, video):
         return {"fused": {"top1": fused, "top5": 1.0, "w_audio": 0.5, "w_video": 0.5, "agreement": 1.0},
                 "audio-only": {"top1": audio, "top5": 1.0}, "video-only": {"top1": video, "top5": 1.0}}
 
-    results = {"normal": row(0.6, 0.5, 0.3), "muted_audio": row(0.3, 0.1, 0.3),
-               "gaussian_blur@5": row(0.6, 0.5, 0.29), "video_gaussian_noise@5": row(0.5, 0.5, 0.2),
-               "muted_audio+gaussian_blur@3": row(0.1, 0.1, 0.1)}
+    def evidence_left(results, chance):  # keyed by name, as the assertions read it
+        return {c.name: v for c, v in evidence_by_condition(results, chance).items()}
+
+    results = {Condition.parse(c): r for c, r in {
+        "normal": row(0.6, 0.5, 0.3), "muted_audio": row(0.3, 0.1, 0.3),
+        "gaussian_blur@5": row(0.6, 0.5, 0.29), "video_gaussian_noise@5": row(0.5, 0.5, 0.2),
+        "muted_audio+gaussian_blur@3": row(0.1, 0.1, 0.1)}.items()}
     left = evidence_left(results, chance=0.1)
     assert left["muted_audio"] == (0.0, "destroys")
     assert left["gaussian_blur@5"][1] == "harmless" and left["video_gaussian_noise@5"][1] == "degrades"
@@ -126,6 +134,22 @@ def test_the_report_marks_which_corruptions_destroy_a_modality_s_evidence():
     assert "evidence left (unimodal)" in table and "| 0.00 destroys |" in table
     no_video = {c: {m: v for m, v in r.items() if m != "video-only"} for c, r in results.items()}
     assert set(evidence_left(no_video, 0.1)) == {"muted_audio"}
-    at_chance = {**results, "normal": row(0.6, 0.5, 0.12)}
+    at_chance = {**results, Condition(): row(0.6, 0.5, 0.12)}
     assert set(evidence_left(at_chance, 0.1)) == {"muted_audio"}
     assert "evidence left" not in markdown_table(results)
+
+
+def test_conditions_are_typed_records():
+    """A condition carries its corruption, modality and severity; conditions with one
+    name are one condition (the name seeds the corruption)."""
+    from avfusion.evaluation.conditions import NORMAL, Condition, parse_conditions
+
+    fog, muted, pair = parse_conditions("fog@2, muted_audio,muted_audio+fog@2")
+    assert (fog.name, fog.corruption, fog.modality, fog.severity) == ("fog@2", "fog", "video", 2)
+    assert (muted.corruption, muted.modality, muted.severity) == ("muted_audio", "audio", None)
+    assert (pair.corruption, pair.modality, pair.severity) == (None, None, None)
+    assert NORMAL.name == "normal" and NORMAL.corruption is None and Condition.parse("normal") == NORMAL
+    assert muted == Condition((("muted_audio", 1),)) and len({muted, Condition((("muted_audio", 1),))}) == 1
+    assert fog != Condition((("fog", 3),))
+    with pytest.raises(ValueError, match="unknown corruption"):
+        parse_conditions("normal,no_such_thing")

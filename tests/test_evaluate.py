@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from avfusion.robustness import Condition, conditions
+from avfusion.evaluation.conditions import Condition, conditions
 from jobs import evaluate as evaluate_job
 from jobs import train as train_job
 
@@ -86,11 +86,11 @@ def test_tally_reports_both_weights_as_measured():
     whose weights do not sum to one must show it."""
     import torch
 
+    from avfusion.evaluation.run import ConditionTally
     from avfusion.model import FusionOutput
-    from avfusion.robustness import Tally
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
-    tally = Tally()
+    tally = ConditionTally()
     tally.add(FusionOutput(logits, torch.tensor([[0.7, 0.3], [0.2, 0.5]]), logits, -logits), torch.tensor([0, 1]),
               fused=True)
     s = tally.summary()

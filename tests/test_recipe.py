@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from avfusion.corruptions import (Augment, AugmentConfig, augment_content, color_jitter, random_resized_crop,
-                                  shift_and_gain, temporal_crop)
+from avfusion.augment import AugmentConfig
 from avfusion.model import (FusionModel, FusionOutput, GaborFilterbank, LossConfig, ModelConfig, SpecMask,
                             attention_agrees, fusion_loss, hz_to_mel, mel_filter_params, reliability_loss, reliability_targets)
+from jobs.bench.reference_augment import (Augment, augment_content, color_jitter, random_resized_crop,
+                                          shift_and_gain, temporal_crop)
 
 
 def test_gabor_filterbank_starts_on_the_mel_scale():
@@ -237,12 +238,13 @@ def trained_fused(tmp_path_factory, synthetic_shards):
 @pytest.fixture(scope="module")
 def attention_shifts(trained_fused):
     """The attention on the synthetic test clips: clean, muted audio, black frames."""
-    from avfusion.robustness import Condition, evaluate_conditions
+    from avfusion.evaluation.conditions import Condition
+    from avfusion.evaluation.run import evaluate_conditions
 
     model, _, batches = trained_fused
     res = evaluate_conditions({"fused": model}, batches,
                               [Condition.parse(c) for c in ("normal", "muted_audio", "black_frames")])
-    out = {c: res[c]["fused"] for c in ("normal", "muted_audio", "black_frames")}
+    out = {c.name: r["fused"] for c, r in res.items()}
     for r in out.values():
         assert r["max_weight_sum_error"] < 1e-5
     return out
@@ -255,7 +257,7 @@ def test_with_one_stream_dead_the_fused_prediction_is_the_live_stream_s_own(trai
     """Classes carried by one modality only, the other stream dead: the fused model
     predicts what the live stream's own head predicts on most clips, and gives the dead
     stream little weight."""
-    from avfusion.robustness import Condition, corrupt
+    from avfusion.evaluation.conditions import Condition, corrupt
     from avfusion.synth import DEFAULT_CLASSES
 
     model, label_map, batches = trained_fused

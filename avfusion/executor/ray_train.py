@@ -20,7 +20,7 @@ from avfusion.train import TrainConfig
 if TYPE_CHECKING:
     from ray.train import RunConfig
 
-    from shards.loader import ShardReadError
+    from avfusion.loader import ShardReadError
 
 
 def cpus_per_worker(cfg: TrainConfig) -> int:

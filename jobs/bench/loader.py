@@ -4,7 +4,7 @@ Paths, each run as its own process and accounted by ``common.run_measured`` (CPU
 user + sys of the whole process tree, so threads and workers count alike):
 
 * floor: bare JPEG (PIL) + FLAC decode of the clips' bytes already in memory;
-* today: the per-clip path — PIL decode + numpy augmentation (``corruptions.Augment``)
+* today: the per-clip path — PIL decode + numpy augmentation (``reference_augment.Augment``)
   per clip in the loader, then collate;
 * new, loader: what stays on the CPU when the device is a GPU — tar parsing, FLAC
   decode, JPEG bytes into one buffer (``TrainStream`` compact batches);
@@ -36,8 +36,8 @@ CHEAP_RUNS = 8  # the few-ms paths run 8x the batches, so their margin stands ab
 
 def recipe():
     """The vggsound preset's augmentation and mixup settings."""
+    from avfusion.augment import AugmentConfig
     from avfusion.config import from_dict, load_yaml, resolve_config
-    from avfusion.corruptions import AugmentConfig
 
     train = load_yaml(resolve_config("vggsound"))["train"]
     return from_dict(AugmentConfig, train.get("augment")), train.get("mixup_alpha", 0.0), train.get("mixup_prob", 0.5)
@@ -97,8 +97,8 @@ def measure(path: str, shards: str, batches: int, batch_size: int) -> None:
     import torch
 
     from avfusion.augment import BatchAugment, mixup
-    from avfusion.corruptions import Augment
     from avfusion.loader import Dataset, TrainStream
+    from jobs.bench.reference_augment import Augment
 
     torch.set_num_threads(1)
     data = Dataset.open(shards)

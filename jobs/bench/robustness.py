@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import json
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -96,10 +96,10 @@ def merge_folds(folds_csv: Path, out: Path, k: int) -> Path:
 def _train_one(cfg, jobs: int) -> str:
     """One training run in a worker process, with its share of the cores (the pool runs
     ``jobs`` side by side, each with ``cfg.workers`` loader processes)."""
+    import contextlib
+
     from avfusion.distributed import DistEnv
     from avfusion.train import train
-
-    import contextlib
 
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // jobs - cfg.workers))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -132,8 +132,9 @@ def train_all(runs: dict[tuple[int, str], object], jobs: int) -> None:
 
 def evaluate_fold(shards: str, folds: str, fold: int, runs: dict[str, Path], suite: bool, seed: int) -> dict:
     """Evaluate each fused variant beside the unimodal models on the held-out fold."""
+    from avfusion.evaluation.conditions import Condition, conditions
+    from avfusion.evaluation.run import evaluate_conditions, shard_batches
     from avfusion.loader import Dataset, Subset, read_folds
-    from avfusion.robustness import Condition, conditions, evaluate_conditions, shard_batches
     from avfusion.train import model_from_checkpoint
 
     models = {name: model_from_checkpoint(Path(out) / "last.pt")[0] for name, out in runs.items()}
@@ -142,8 +143,8 @@ def evaluate_fold(shards: str, folds: str, fold: int, runs: dict[str, Path], sui
     batches = list(shard_batches(data.urls, holdout, 16, 0))
     conds = [Condition.parse(c) for c in KEY_CONDITIONS]
     if suite:
-        conds += [c for c in conditions("default") if c.name not in KEY_CONDITIONS]
-        conds += [Condition.parse(c) for c in SWEEP if c not in {c.name for c in conds}]
+        conds += [c for c in conditions("default") if c not in conds]
+        conds += [c for c in map(Condition.parse, SWEEP) if c not in conds]
     unimodal = {n: m for n, m in models.items() if m.cfg.modalities != "both"}
     return {name: evaluate_conditions({"fused": model, **unimodal}, batches,
                                       conds if name == "fused" else conds[:len(KEY_CONDITIONS)], seed=seed)
@@ -151,9 +152,9 @@ def evaluate_fold(shards: str, folds: str, fold: int, runs: dict[str, Path], sui
 
 
 def fold_figures(res: dict) -> dict[str, float]:
-    """The figures the goals name, for one fold and one fused variant."""
-    f = {c: r["fused"] for c, r in res.items()}
-    acc = {c: {m: v["top1"] for m, v in r.items()} for c, r in res.items()}
+    """The figures the goals name, for one fold and one fused variant (``res`` keyed by condition)."""
+    f = {c.name: r["fused"] for c, r in res.items()}
+    acc = {c.name: {m: v["top1"] for m, v in r.items()} for c, r in res.items()}
     out = {"top1 fused": acc["normal"]["fused"], "agreement": f["normal"]["agreement"],
            "w_audio normal": f["normal"]["w_audio"], "w_audio muted": f["muted_audio"]["w_audio"],
            "w_audio audio noise@5": f["audio_gaussian_noise@5"]["w_audio"],
@@ -167,7 +168,7 @@ def fold_figures(res: dict) -> dict[str, float]:
                     "frozen / audio-only": acc["frozen_video"]["fused"] / max(acc["normal"]["audio-only"], 1e-9),
                     "top1 fused muted": acc["muted_audio"]["fused"], "top1 fused black": acc["black_frames"]["fused"],
                     "top1 fused frozen": acc["frozen_video"]["fused"]})
-        corrupted = [c for c in res if c != "normal" and not c.endswith("@1")]  # @1: the sweep's extra rows
+        corrupted = [c.name for c in res if c.corruptions and c.severity != 1]  # 1: the sweep's extra rows
         if len(corrupted) > len(KEY_CONDITIONS):
             for m in ("fused", "audio-only", "video-only"):
                 out[f"suite mean top1 {m}"] = float(np.mean([acc[c][m] for c in corrupted]))
@@ -206,7 +207,7 @@ def goals(agg: dict[str, tuple[float, float]], chance: float) -> list[tuple[str,
 
 def evidence_rows(evidence: dict[str, list[float]]) -> list[tuple[str, str, str]]:
     """The evidence table, most destructive first: mean ± std over folds and a verdict."""
-    from avfusion.robustness import verdict
+    from avfusion.evaluation.report import verdict
 
     rows = []
     for cond, values in sorted(evidence.items(), key=lambda kv: np.mean(kv[1])):
@@ -229,8 +230,8 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
     print(f"\n== {title}: {k}-fold, recipe {args.config}, {base.epochs} epochs, {len(runs)} training runs, "
           f"{args.jobs} at a time ==", flush=True)
     train_all(runs, args.jobs)
+    from avfusion.evaluation.report import evidence_left
     from avfusion.loader import Dataset
-    from avfusion.robustness import evidence_left
 
     chance = 1 / len(Dataset.open(shards).label_map)
     per_fold: dict[str, list] = {}
@@ -241,7 +242,7 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
             per_fold.setdefault(variant, []).append(fold_figures(res))
             if variant == "fused":
                 for cond, (left, _) in evidence_left(res, chance).items():
-                    evidence.setdefault(cond, []).append(left)
+                    evidence.setdefault(cond.name, []).append(left)
     agg = {v: aggregate(f) for v, f in per_fold.items()}
     main = agg["fused"]
     print_table(f"{title}: {k}-fold mean ± spread (std over folds)",

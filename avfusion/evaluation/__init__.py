@@ -1,0 +1,11 @@
+"""Robustness evaluation: accuracy and attention of a model under each condition.
+
+* ``conditions``: ``Condition`` (corruptions and severities; ``name``, ``corruption``,
+  ``modality``, ``severity``), ``NORMAL``, ``conditions`` (the suites),
+  ``parse_conditions`` (the ``--conditions`` flag), ``corrupt`` (one clip, seeded);
+* ``run``: ``evaluate_conditions`` (models × conditions on any device),
+  ``shard_batches`` and ``folder_batches`` (the inputs), ``EvalConfig`` and ``run``
+  (``avfusion evaluate``);
+* ``report``: ``evidence_left`` and ``verdict`` (which corruptions destroy a modality's
+  evidence), ``markdown_table``, ``write_report`` (robustness.json, robustness.md, plots).
+"""

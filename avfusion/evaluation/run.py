@@ -1,0 +1,220 @@
+"""The evaluation run: decoded batches in, per-condition accuracy and attention out.
+
+Unimodal baselines are evaluated on the same corrupted inputs beside the fused model.
+Inputs are shards (a split or a fold) or a folder of labelled videos; ``run`` is what
+``avfusion evaluate`` calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from avfusion import storage
+from avfusion.evaluation.conditions import NORMAL, Condition, conditions, corrupt
+from avfusion.evaluation.report import Results, markdown_table, write_report
+from avfusion.metrics import topk_hits
+from avfusion.model import FusionOutput, attention_agrees
+
+
+@dataclass
+class ConditionTally:
+    """One model under one condition: running accuracy and, for the fused model, per-clip
+    attention weights (both measured, so their per-clip sum is a check, not a definition)
+    and agreement. Host lists, unlike training's ``metrics.Tally`` (device sums for an
+    all-reduce): the report needs the weights' spread and worst sum, not only means."""
+
+    n: int = 0
+    top1: int = 0
+    top5: int = 0
+    w_audio: list[float] = field(default_factory=list)
+    w_video: list[float] = field(default_factory=list)
+    agree: list[bool] = field(default_factory=list)
+
+    def add(self, out, target: torch.Tensor, fused: bool) -> None:
+        logits = out.logits.float().cpu()
+        top1, top5 = topk_hits(logits, target).tolist()
+        self.n += len(target)
+        self.top1 += top1
+        self.top5 += top5
+        if fused:
+            weights = out.weights.float().cpu()
+            self.w_audio += weights[:, 0].tolist()
+            self.w_video += weights[:, 1].tolist()
+            if out.audio_logits is not None:  # a model trained without aux heads has no agreement
+                cpu = FusionOutput(logits, weights, out.audio_logits.float().cpu(),
+                                   out.video_logits.float().cpu())
+                self.agree += attention_agrees(cpu, target).tolist()
+
+    def summary(self) -> dict:
+        out = {"n": self.n, "top1": self.top1 / max(self.n, 1), "top5": self.top5 / max(self.n, 1)}
+        if self.w_audio:
+            wa, wv = np.asarray(self.w_audio), np.asarray(self.w_video)
+            out.update(w_audio=float(wa.mean()), w_video=float(wv.mean()), w_audio_std=float(wa.std()),
+                       max_weight_sum_error=float(np.abs(wa + wv - 1).max()),
+                       agreement=float(np.mean(self.agree)) if self.agree else float("nan"))
+        return out
+
+
+def _as_numpy(sample: dict) -> dict:
+    """The DataLoader's default_convert turns arrays into tensors; corruptions take numpy."""
+    return {k: (v.numpy() if isinstance(v, torch.Tensor) and v.ndim else
+                int(v) if isinstance(v, torch.Tensor) else v) for k, v in sample.items()}
+
+
+@torch.no_grad()
+def evaluate_conditions(models: dict[str, torch.nn.Module], batches, conds: list[Condition], seed: int = 0,
+                        device: torch.device | str = "cpu", progress=None) -> Results:
+    """``batches`` yields lists of decoded samples (key, waveform, frames, target).
+    Returns {condition: {model name: summary}}; "fused" carries the attention.
+
+    One path for every device: corruptions run on the host (numpy, seeded per clip),
+    then each condition's batch and the models are on ``device``; the tallies read
+    the outputs back."""
+    device = torch.device(device)
+    for model in models.values():
+        model.to(device)
+    tallies = {c: {m: ConditionTally() for m in models} for c in conds}
+    for samples in batches:
+        samples = [_as_numpy(s) for s in samples if int(s["target"]) >= 0]
+        if not samples:
+            continue
+        target = torch.tensor([s["target"] for s in samples])
+        for cond in conds:
+            corrupted = [corrupt(s, cond, seed) for s in samples]
+            wave = torch.from_numpy(np.stack([s["waveform"] for s in corrupted])).to(device)
+            frames = torch.from_numpy(np.stack([s["frames"] for s in corrupted])).to(device)
+            for name, model in models.items():
+                m = model.cfg.modalities
+                out = model(wave if m != "video" else None, frames if m != "audio" else None)
+                tallies[cond][name].add(out, target, fused=m == "both")
+            if progress is not None:
+                progress.update(len(samples))
+    return {c: {m: t.summary() for m, t in by_model.items()} for c, by_model in tallies.items()}
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def shard_batches(urls: list[str], split, batch_size: int, workers: int):
+    """Lists of decoded samples from shards (``split``: a split name or a ``Subset``),
+    in the order the shards hold them: the input of :func:`evaluate_conditions`."""
+    from avfusion.loader import data_loader, eval_stages
+
+    stages = eval_stages(urls, batch_size, split=split, compact_frames=False, collation_fn=lambda xs: xs)
+    return data_loader(stages, workers)
+
+
+def folder_batches(folder: str, labels: str, clip, label_map: dict[str, int], batch_size: int, workers: int):
+    """Lists of decoded samples from a folder of videos labelled by a VGGSound-format
+    CSV (files whose label the model does not know are left out); ``workers`` threads
+    decode. A file that does not decode is reported on stderr and skipped."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from avfusion.decode import DecodeLimits, decode_clip
+    from avfusion.probe import MediaError
+    from avfusion.sources import scan_folder
+
+    tasks = [t for t in scan_folder(folder, labels)[0] if t.label in label_map]
+
+    def load(task):
+        try:
+            with storage.local_copy(task.source) as local:  # s3://… clips are fetched for PyAV
+                data = decode_clip(local, clip, task.start, DecodeLimits(threads=1))
+        except MediaError as exc:
+            print(f"skipping {task.source}: {exc}", file=sys.stderr)
+            return None
+        return {"key": task.key, "waveform": data.waveform, "frames": data.frames,
+                "target": label_map[task.label]}
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        batch = []
+        for sample in pool.map(load, tasks):
+            if sample is not None:
+                batch.append(sample)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One robustness evaluation (``avfusion evaluate``'s flags): the fused checkpoint,
+    optional unimodal baselines, and either shards (``split``) or a labelled folder."""
+
+    checkpoint: str
+    shards: str | None = None
+    folder: str | None = None
+    labels: str | None = None
+    split: str = "test"
+    audio_baseline: str | None = None
+    video_baseline: str | None = None
+    suite: str = "default"
+    conditions: tuple[Condition, ...] | None = None  # instead of the suite
+    out: str = "robustness"
+    batch_size: int = 16
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+
+
+def load_models(cfg: EvalConfig) -> tuple[dict[str, torch.nn.Module], dict]:
+    """{"fused": model, "audio-only"/"video-only": baselines} and the fused checkpoint;
+    ValueError when the first is not fused or a baseline has another label map."""
+    from avfusion.train import model_from_checkpoint
+
+    model, ckpt = model_from_checkpoint(cfg.checkpoint)
+    if model.cfg.modalities != "both":
+        raise ValueError("the first checkpoint must be a fused (both-modality) model")
+    models = {"fused": model}
+    for name, path in (("audio-only", cfg.audio_baseline), ("video-only", cfg.video_baseline)):
+        if path:
+            baseline, bckpt = model_from_checkpoint(path)
+            if bckpt["label_map"] != ckpt["label_map"]:
+                raise ValueError(f"{path} was trained on a different label map than {cfg.checkpoint}")
+            models[name] = baseline
+    return models, ckpt
+
+
+def run(cfg: EvalConfig) -> Results:
+    """Evaluate, write the report under ``cfg.out``, print the table; returns the
+    results. Raises OSError/KeyError/ValueError on bad arguments before evaluating."""
+    from tqdm import tqdm
+
+    from avfusion.config import ClipSpec
+    from avfusion.device import choose_device
+    from avfusion.loader import Dataset
+
+    device = choose_device(cfg.device)
+    models, ckpt = load_models(cfg)
+    conds = list(cfg.conditions) if cfg.conditions else conditions(cfg.suite)
+    if NORMAL not in conds:  # clean input is the reference every comparison needs
+        conds.insert(0, NORMAL)
+    label_map = ckpt["label_map"]
+    if cfg.shards:
+        data = Dataset.open(cfg.shards)
+        if data.label_map != label_map:
+            raise ValueError("the shards' label map differs from the checkpoint's")
+        total = data.count(cfg.split) * len(conds) or None
+        batches = shard_batches(data.urls, cfg.split, cfg.batch_size, cfg.workers)
+    else:
+        total = None
+        batches = folder_batches(cfg.folder, cfg.labels, ClipSpec(**ckpt["clip"]), label_map, cfg.batch_size,
+                                 cfg.workers)
+    with tqdm(total=total, desc="evaluate", unit="clip") as bar:
+        results = evaluate_conditions(models, batches, conds, seed=cfg.seed, device=device, progress=bar)
+    meta = {"checkpoint": cfg.checkpoint, "split": cfg.split, "seed": cfg.seed,
+            "n_clips": results[NORMAL]["fused"]["n"], "models": list(models), "device": str(device),
+            "label_map": label_map}
+    paths = write_report(results, cfg.out, meta)
+    print(markdown_table(results, 1 / len(label_map)))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return results
