@@ -189,8 +189,8 @@ class Predictor:
 
     def __init__(self, checkpoint: str, top_k: int = 5, device: str = "auto", gpus_assigned: int | None = None,
                  bf16: bool = False):
+        from avfusion.checkpoint import model_from_checkpoint
         from avfusion.device import choose_device
-        from avfusion.train import model_from_checkpoint
 
         self.device = choose_device(device, gpus_assigned=gpus_assigned)
         self.bf16 = bf16
@@ -314,7 +314,7 @@ def _py(v):
 
 def predict(path: str | Path, checkpoint: str | Path, top_k: int = 5) -> dict:
     """Label one clip in-process (``avfusion predict``): the same rows the job writes."""
-    from avfusion.train import load_checkpoint
+    from avfusion.checkpoint import load as load_checkpoint
 
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
     size, mtime = file_identity(str(path))

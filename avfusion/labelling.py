@@ -227,8 +227,8 @@ def label(cfg: LabelConfig, session) -> int:
     unreadable input or checkpoint (before anything is written)."""
     from tqdm import tqdm
 
+    from avfusion.checkpoint import load as load_checkpoint
     from avfusion.config import ClipSpec
-    from avfusion.train import load_checkpoint
 
     paths, skipped = scan_inputs(cfg.input, cfg.extensions)
     clip = ClipSpec(**load_checkpoint(cfg.checkpoint)["clip"])

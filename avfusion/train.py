@@ -26,21 +26,19 @@ import time
 import weakref
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from avfusion import __version__, storage
-from avfusion.config import ConfigError
+from avfusion import __version__, checkpoint, storage
 from avfusion.augment import BatchAugment
+from avfusion.config import ConfigError
 from avfusion.corruptions import AugmentConfig
 from avfusion.distributed import DistEnv, setup, teardown
 from avfusion.metrics import Tally
-from avfusion.model import (LEGACY_MODEL_DEFAULTS, FusionModel, LossConfig, ModelConfig, fusion_loss, load_weights,
-                            warn_random_init)
+from avfusion.model import FusionModel, LossConfig, ModelConfig, fusion_loss, warn_random_init
 from shards.loader import Dataset, Subset, TrainStream, data_loader, eval_stages, loader_workers, read_folds
 
 CHECKPOINT = "last.pt"
@@ -154,25 +152,6 @@ def _lr_lambda(total: int, warmup: int):
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return f
-
-
-def save_atomic(obj, path: str) -> None:
-    """A checkpoint appears whole or not at all, locally or on an object store."""
-    storage.save_torch(obj, str(path))
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    return storage.load_torch(str(path))
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[FusionModel, dict]:
-    """The model and its checkpoint dict (label map, config) for evaluate/label/predict.
-    Self-contained: the checkpoint holds every weight, so the model is rebuilt without
-    the file training started its video encoder from (``video_weights`` none)."""
-    ckpt = load_checkpoint(path)
-    model = FusionModel(ModelConfig(**{**LEGACY_MODEL_DEFAULTS, **ckpt["model_config"], "video_weights": "none"}))
-    load_weights(model, ckpt["model"])
-    return model.eval(), ckpt
 
 
 @torch.no_grad()
@@ -308,8 +287,8 @@ def restore(r: Run, out: str) -> None:
             storage.remove(stale)
     if not storage.exists(ckpt_path):
         return
-    ckpt = load_checkpoint(ckpt_path)
-    load_weights(r.model, ckpt["model"])
+    ckpt = checkpoint.load(ckpt_path)
+    r.model.load_state_dict(ckpt["model"])
     r.opt.load_state_dict(ckpt["optimizer"])
     r.sched.load_state_dict(ckpt["scheduler"])
     r.epoch, r.step = ckpt["epoch"] + 1, ckpt["step"]
@@ -399,13 +378,15 @@ def log_epoch(out: str, metrics: dict, writer: ScalarLog | None) -> None:
 
 
 def save_checkpoint(r: Run, epoch: int, path: str) -> None:
+    """The model and everything a resume needs (keys: ``avfusion.checkpoint``)."""
     cuda = r.dist.device.type == "cuda"
-    save_atomic({"model": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
-                 "epoch": epoch, "step": r.step, "rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state(r.dist.device) if cuda else None,
-                 "model_config": asdict(r.model.cfg), "train_config": _plain(r.cfg),
-                 "label_map": r.data.label_map, "clip": r.data.manifest["config"]["clip"],
-                 "version": __version__}, path)
+    checkpoint.save({"model": r.model.state_dict(), "optimizer": r.opt.state_dict(),
+                     "scheduler": r.sched.state_dict(), "epoch": epoch, "step": r.step,
+                     "rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state(r.dist.device) if cuda else None,
+                     "model_config": asdict(r.model.cfg), "train_config": _plain(r.cfg),
+                     "label_map": r.data.label_map, "clip": r.data.manifest["config"]["clip"],
+                     "avfusion_version": __version__}, path)
 
 
 def _local_ranks(dist: DistEnv) -> int:

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avfusion train: {exc}", file=sys.stderr)
         return 2
     cfg = dataclasses.replace(cfg, out=storage.absolute(cfg.out), shards=storage.absolute(cfg.shards))
+    from avfusion.checkpoint import CheckpointError
     from shards.loader import ShardReadError
 
     try:
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         # (for Ray Train: after Ray's shutdown, so its flushed logs do not follow ours)
         print(f"avfusion train: {exc.brief()}", file=sys.stderr)
         return 1
+    except CheckpointError as exc:  # RUN/last.pt is not a checkpoint this version resumes from
+        print(f"avfusion train: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

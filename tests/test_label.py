@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from avfusion.checkpoint import model_from_checkpoint
 from avfusion.config import ClipSpec
 from avfusion.decode import decode_clip
 from avfusion.label import LABEL_LIMITS, SCHEMA
 from avfusion.model import attention_agrees
 from avfusion.synth import SynthSpec, make_class_conditional_set
-from avfusion.train import model_from_checkpoint
 from jobs import label as label_job
 from jobs import train as train_job
 from tests.corpus import make_label_corpus

@@ -219,9 +219,10 @@ def trained_fused(tmp_path_factory, synthetic_shards):
     its label map and the decoded test clips."""
     from dataclasses import replace
 
-    from jobs.bench.robustness import recipe
+    from avfusion.checkpoint import model_from_checkpoint
     from avfusion.distributed import DistEnv
-    from avfusion.train import model_from_checkpoint, train
+    from avfusion.train import train
+    from jobs.bench.robustness import recipe
     from shards.loader import Dataset, data_loader, eval_stages
 
     run = tmp_path_factory.mktemp("attention") / "run"

@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from avfusion.config import ConfigError, from_dict
 from avfusion.distributed import DistEnv
-from avfusion.model import AudioEncoder, FusionModel, ModelConfig, SpecMask, load_weights
+from avfusion.model import AudioEncoder, FusionModel, ModelConfig, SpecMask
 from avfusion.train import Run, TrainConfig, _lr_lambda, accumulate, build_model, train_step
 
 META = torch.device("meta")
@@ -108,18 +108,6 @@ def test_unbuilt_modules_are_not_in_the_model():
         set(fused.state_dict()), "a fused model's checkpoint keys are unchanged"
     shared = FusionModel(ModelConfig(num_classes=3, embed_dim=8, audio_width=4))
     assert not [k for k in shared.state_dict() if k.startswith(("audio_head", "video_head"))], "the head is shared"
-
-
-def test_an_older_unimodal_checkpoint_still_loads():
-    """Before, an audio model also owned a 1-wide video projection, both score layers
-    and a video head: those weights are dropped on load; any other mismatch fails."""
-    model = FusionModel(ModelConfig(num_classes=3, modalities="audio", embed_dim=8, audio_width=4))
-    old = dict(model.state_dict(), **{"attention.video_proj.0.weight": torch.zeros(8, 1),
-                                      "attention.audio_score.weight": torch.zeros(1, 8),
-                                      "video_head.weight": torch.zeros(3, 8)})
-    load_weights(model, old)
-    with pytest.raises(RuntimeError, match="Unexpected"):
-        load_weights(model, dict(old, **{"classifier.extra": torch.zeros(1)}))
 
 
 def test_train_config_composes_model_and_loss_from_flat_keys():

@@ -58,11 +58,11 @@ def make_checkpoint(folder: Path, clips: Path, seconds: float) -> Path:
 
 def decode_only_worker(folder: str, checkpoint: str, cpus: int) -> None:
     """Child-process body: the label job's own decode stage alone, on embedded Ray."""
+    from avfusion.checkpoint import load as load_checkpoint
     from avfusion.config import ClipSpec
     from avfusion.executor.ray_data import label_dataset
-    from avfusion.labelling import LabelConfig, build_items, list_inputs
-    from avfusion.train import load_checkpoint
     from avfusion.executor.ray_tasks import ray_session
+    from avfusion.labelling import LabelConfig, build_items, list_inputs
 
     cfg = LabelConfig(input=folder, out="", checkpoint=checkpoint)
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
@@ -83,10 +83,10 @@ def naive_worker(folder: str, checkpoint: str, out: str, threads: int = 0) -> No
     if threads:
         torch.set_num_threads(threads)
 
+    from avfusion.checkpoint import load as load_checkpoint
     from avfusion.config import ClipSpec
     from avfusion.label import DecodeRows, Predictor, rows_to_batch, to_table
     from avfusion.labelling import build_items, list_inputs
-    from avfusion.train import load_checkpoint
 
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
     decoder, predictor = DecodeRows(clip), Predictor(checkpoint)

@@ -132,8 +132,8 @@ def train_all(runs: dict[tuple[int, str], object], jobs: int) -> None:
 
 def evaluate_fold(shards: str, folds: str, fold: int, runs: dict[str, Path], suite: bool, seed: int) -> dict:
     """Evaluate each fused variant beside the unimodal models on the held-out fold."""
+    from avfusion.checkpoint import model_from_checkpoint
     from avfusion.robustness import Condition, conditions, evaluate_conditions, shard_batches
-    from avfusion.train import model_from_checkpoint
     from shards.loader import Dataset, Subset, read_folds
 
     models = {name: model_from_checkpoint(Path(out) / "last.pt")[0] for name, out in runs.items()}
