@@ -16,7 +16,6 @@ the device, and are read every ``log_every`` steps and at the end of the epoch.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -49,10 +48,8 @@ DERIVED_MODEL_KEYS = ("num_classes", "sample_rate", "aux_heads")
 @dataclass(frozen=True)
 class TrainConfig:
     """A training run: the model (``ModelConfig``) and loss (``LossConfig``) it trains,
-    plus optimisation and data. YAML keeps its flat ``train:`` keys (``embed_dim:``,
-    ``aux_weight:``, …): ``migrate_keys`` files them under ``model`` / ``loss``, and
-    reading ``cfg.embed_dim`` reaches the composed config. Change a flat key with
-    :meth:`replace`."""
+    plus optimisation and data. A recipe nests them the same way:
+    ``train: {model: {embed_dim: …}, loss: {aux_weight: …}, lr: …}``."""
 
     shards: str
     out: str
@@ -80,51 +77,16 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        if self.model.num_classes is not None:
-            raise ConfigError("train.num_classes comes from the shards' label map; remove it from the recipe")
+        defaults = ModelConfig()
+        for key in DERIVED_MODEL_KEYS:
+            if getattr(self.model, key) != getattr(defaults, key):
+                raise ConfigError(f"train.model.{key} is not a recipe key: training takes it from the shards "
+                                  f"and the loss; remove it from the recipe")
         if self.log_every < 1:
             raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
         if self.loss.reliability_weight > 0 and self.loss.aux_weight <= 0:
-            raise ConfigError("train.reliability_weight > 0 needs aux_weight > 0: its targets come from the "
-                              "auxiliary heads, which only aux_weight trains")
-
-    @classmethod
-    def migrate_keys(cls, data: dict, prefix: str = "") -> dict:
-        """Flat recipe keys → nested ``model`` / ``loss`` mappings (called by ``config.from_dict``)."""
-        where = f"{prefix}." if prefix else ""
-        sections = {"model": {f.name for f in dataclasses.fields(ModelConfig)},
-                    "loss": {f.name for f in dataclasses.fields(LossConfig)}}
-        out = {k: v for k, v in data.items() if not any(k in names for names in sections.values())}
-        for section, names in sections.items():
-            flat = {k: v for k, v in data.items() if k in names}
-            if not flat:
-                continue
-            derived = sorted(set(flat) & set(DERIVED_MODEL_KEYS))
-            if derived:
-                raise ConfigError(f"{where}{derived[0]} is not a recipe key: training takes it from the shards "
-                                  f"and the loss")
-            if section in data:
-                raise ConfigError(f"{where}{section}: give its keys either flat or in the {section}: mapping, "
-                                  f"not both ({sorted(flat)})")
-            out[section] = flat
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        """Flat read access to the composed configs (``cfg.modalities``, ``cfg.aux_weight``)."""
-        if name.startswith("_") or name in ("model", "loss"):
-            raise AttributeError(name)
-        for part in (self.model, self.loss):
-            if hasattr(part, name):
-                return getattr(part, name)
-        raise AttributeError(f"TrainConfig has no field {name!r}")
-
-    def replace(self, **changes) -> TrainConfig:
-        """``dataclasses.replace`` that also takes the flat model / loss keys."""
-        nested = self.migrate_keys(changes)
-        for section in ("model", "loss"):
-            if isinstance(nested.get(section), dict):
-                nested[section] = replace(getattr(self, section), **nested[section])
-        return replace(self, **nested)
+            raise ConfigError("train.loss.reliability_weight > 0 needs aux_weight > 0: its targets come from "
+                              "the auxiliary heads, which only aux_weight trains")
 
 
 def build_model(cfg: TrainConfig, num_classes: int, sample_rate: int = 16_000) -> FusionModel:

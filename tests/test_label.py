@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, synthetic_shards):
     root = tmp_path_factory.mktemp("label_ckpt")
-    (root / "t.yaml").write_text("train:\n  embed_dim: 32\n  audio_width: 8\n  workers: 0\n  batch_size: 8\n")
+    (root / "t.yaml").write_text("train:\n  model:\n    embed_dim: 32\n    audio_width: 8\n  workers: 0\n"
+                                 "  batch_size: 8\n")
     assert train_job.main([str(synthetic_shards), "--out", str(root), "--config", str(root / "t.yaml"),
                            "--epochs", "1", "--steps-per-epoch", "2"]) == 0
     return root / "last.pt"

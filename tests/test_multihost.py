@@ -33,7 +33,9 @@ for p in sorted(pathlib.Path('{clips}').glob('*.mp4')):
     fs.put_file(str(p), 'avf-multihost/clips/' + p.name)
 fs.put_file('{clips}/labels.csv', 'avf-multihost/labels.csv')
 fs.pipe_file('avf-multihost/clip.yaml', b'clip:\\n  clip_seconds: 2.0\\n  frame_size: 64\\n')
-fs.pipe_file('avf-multihost/train.yaml', b'train:\\n  embed_dim: 32\\n  audio_width: 8\\n  workers: 0\\n  batch_size: 4\\n')  # a worker reserves 1 + loader workers CPUs; nodes have 1
+# workers 0: a Ray Train worker reserves 1 + loader workers CPUs, and nodes have 1
+fs.pipe_file('avf-multihost/train.yaml', b'train:\\n  model:\\n    embed_dim: 32\\n    audio_width: 8\\n'
+                                         b'  workers: 0\\n  batch_size: 4\\n')
 """)
         steps = {
             "preprocess": [PY, "-m", "jobs.preprocess", f"{b}/clips", "--labels", f"{b}/labels.csv", "--out",

@@ -195,10 +195,21 @@ def test_presets_are_selectable_by_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("small", "vggsound"):
         cfg = from_dict(TrainConfig, {**load_yaml(name)["train"], "shards": "s", "out": "o"})
-        assert cfg.audio_frontend == "gabor" and cfg.reliability_weight > 0
+        assert cfg.model.audio_frontend == "gabor" and cfg.loss.reliability_weight > 0
     assert load_section(__import__("avfusion.config", fromlist=["ClipSpec"]).ClipSpec, "small", "clip").frame_size == 64
     (tmp_path / "mine.yaml").write_text("train:\n  epochs: 3\n")
     assert load_yaml("mine.yaml") == {"train": {"epochs": 3}}, "a path keeps working"
+
+
+def test_each_bench_variant_changes_its_ingredient_of_the_recipe():
+    from jobs.bench.robustness import ABLATIONS, recipe
+
+    base = recipe("small", "s", None, 0)
+    changed = {name: change(base) for name, change in ABLATIONS.items()}
+    assert all(cfg != base for cfg in changed.values())
+    assert changed["conv front end"].model.audio_frontend == "conv"
+    assert not changed["no content augmentation"].model.spec_augment
+    assert changed["no dead-modality term"].loss.dead_weight == 0 and changed["no mixup"].mixup_alpha == 0
 
 
 def test_subset_selects_folds_by_key_or_id():

@@ -48,8 +48,8 @@ def s3_clips(tmp_path_factory, bucket):
         storage.publish_file(str(p), f"{bucket}/clips/{p.name}")
     storage.publish_file(str(root / "labels.csv"), f"{bucket}/labels.csv")
     storage.write_text(f"{bucket}/clip.yaml", "clip:\n  clip_seconds: 2.0\n  frame_size: 64\n")
-    storage.write_text(f"{bucket}/train.yaml", "train:\n  embed_dim: 32\n  audio_width: 8\n  workers: 1\n"
-                                               "  batch_size: 8\n")
+    storage.write_text(f"{bucket}/train.yaml", "train:\n  model:\n    embed_dim: 32\n    audio_width: 8\n"
+                                               "  workers: 1\n  batch_size: 8\n")
     return sorted(p.stem for p in root.glob("*.mp4"))
 
 
