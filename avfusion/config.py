@@ -93,8 +93,6 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
     data = dict(data or {})
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
-    if hasattr(cls, "migrate_keys"):  # a config that composes others maps its older flat keys
-        data = cls.migrate_keys(data, prefix)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)

@@ -538,19 +538,3 @@ def warn_random_init(cfg: ModelConfig) -> None:
         warnings.warn("ResNet-18 starts from random weights (--video-weights none): expect slower learning "
                       "than from ImageNet weights", stacklevel=2)
 
-
-# What a checkpoint written before these ModelConfig fields existed was trained with.
-LEGACY_MODEL_DEFAULTS = {"shared_head": False, "evidence": False}
-
-# Modules an older checkpoint may hold that this model no longer builds: a unimodal
-# model's other-branch projection and score layers, heads a loss never trained.
-_UNBUILT_PREFIXES = ("attention.audio_proj.", "attention.video_proj.", "attention.audio_score.",
-                     "attention.video_score.", "audio_head.", "video_head.")
-
-
-def load_weights(model: FusionModel, state: dict) -> None:
-    """Strict load, except that weights of modules this model does not build are dropped
-    (checkpoints from before unimodal models and aux-free losses built only what they
-    use). Any other missing or unexpected key is still an error."""
-    own = model.state_dict().keys()
-    model.load_state_dict({k: v for k, v in state.items() if k in own or not k.startswith(_UNBUILT_PREFIXES)})

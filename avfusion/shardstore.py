@@ -13,8 +13,7 @@ from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from avfusion import storage
-from shards.manifest import (FAILURES, MANIFEST, STATS_SUFFIX, Failure, ShardStats, failure_columns,
-                             stats_name)
+from shards.manifest import FAILURES, MANIFEST, STATS_SUFFIX, Failure, ShardStats, failure_columns, stats_name
 
 
 def write_json(url: str, data: Any) -> None:

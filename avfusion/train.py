@@ -16,7 +16,6 @@ the device, and are read every ``log_every`` steps and at the end of the epoch.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -26,21 +25,19 @@ import time
 import weakref
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from avfusion import __version__, storage
+from avfusion import __version__, checkpoint, storage
 from avfusion.augment import AugmentConfig, BatchAugment
 from avfusion.config import ConfigError
 from avfusion.distributed import DistEnv, setup, teardown
-from avfusion.metrics import Tally
-from avfusion.model import (LEGACY_MODEL_DEFAULTS, FusionModel, LossConfig, ModelConfig, fusion_loss, load_weights,
-                            warn_random_init)
 from avfusion.loader import Dataset, Subset, TrainStream, data_loader, eval_stages, loader_workers, read_folds
+from avfusion.metrics import Tally
+from avfusion.model import FusionModel, LossConfig, ModelConfig, fusion_loss, warn_random_init
 
 CHECKPOINT = "last.pt"
 # ModelConfig fields that the shards and the loss decide, never a recipe.
@@ -50,10 +47,8 @@ DERIVED_MODEL_KEYS = ("num_classes", "sample_rate", "aux_heads")
 @dataclass(frozen=True)
 class TrainConfig:
     """A training run: the model (``ModelConfig``) and loss (``LossConfig``) it trains,
-    plus optimisation and data. YAML keeps its flat ``train:`` keys (``embed_dim:``,
-    ``aux_weight:``, …): ``migrate_keys`` files them under ``model`` / ``loss``, and
-    reading ``cfg.embed_dim`` reaches the composed config. Change a flat key with
-    :meth:`replace`."""
+    plus optimisation and data. A recipe nests them the same way:
+    ``train: {model: {embed_dim: …}, loss: {aux_weight: …}, lr: …}``."""
 
     shards: str
     out: str
@@ -81,51 +76,16 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        if self.model.num_classes is not None:
-            raise ConfigError("train.num_classes comes from the shards' label map; remove it from the recipe")
+        defaults = ModelConfig()
+        for key in DERIVED_MODEL_KEYS:
+            if getattr(self.model, key) != getattr(defaults, key):
+                raise ConfigError(f"train.model.{key} is not a recipe key: training takes it from the shards "
+                                  f"and the loss; remove it from the recipe")
         if self.log_every < 1:
             raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
         if self.loss.reliability_weight > 0 and self.loss.aux_weight <= 0:
-            raise ConfigError("train.reliability_weight > 0 needs aux_weight > 0: its targets come from the "
-                              "auxiliary heads, which only aux_weight trains")
-
-    @classmethod
-    def migrate_keys(cls, data: dict, prefix: str = "") -> dict:
-        """Flat recipe keys → nested ``model`` / ``loss`` mappings (called by ``config.from_dict``)."""
-        where = f"{prefix}." if prefix else ""
-        sections = {"model": {f.name for f in dataclasses.fields(ModelConfig)},
-                    "loss": {f.name for f in dataclasses.fields(LossConfig)}}
-        out = {k: v for k, v in data.items() if not any(k in names for names in sections.values())}
-        for section, names in sections.items():
-            flat = {k: v for k, v in data.items() if k in names}
-            if not flat:
-                continue
-            derived = sorted(set(flat) & set(DERIVED_MODEL_KEYS))
-            if derived:
-                raise ConfigError(f"{where}{derived[0]} is not a recipe key: training takes it from the shards "
-                                  f"and the loss")
-            if section in data:
-                raise ConfigError(f"{where}{section}: give its keys either flat or in the {section}: mapping, "
-                                  f"not both ({sorted(flat)})")
-            out[section] = flat
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        """Flat read access to the composed configs (``cfg.modalities``, ``cfg.aux_weight``)."""
-        if name.startswith("_") or name in ("model", "loss"):
-            raise AttributeError(name)
-        for part in (self.model, self.loss):
-            if hasattr(part, name):
-                return getattr(part, name)
-        raise AttributeError(f"TrainConfig has no field {name!r}")
-
-    def replace(self, **changes) -> TrainConfig:
-        """``dataclasses.replace`` that also takes the flat model / loss keys."""
-        nested = self.migrate_keys(changes)
-        for section in ("model", "loss"):
-            if isinstance(nested.get(section), dict):
-                nested[section] = replace(getattr(self, section), **nested[section])
-        return replace(self, **nested)
+            raise ConfigError("train.loss.reliability_weight > 0 needs aux_weight > 0: its targets come from "
+                              "the auxiliary heads, which only aux_weight trains")
 
 
 def build_model(cfg: TrainConfig, num_classes: int, sample_rate: int = 16_000) -> FusionModel:
@@ -153,25 +113,6 @@ def _lr_lambda(total: int, warmup: int):
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return f
-
-
-def save_atomic(obj, path: str) -> None:
-    """A checkpoint appears whole or not at all, locally or on an object store."""
-    storage.save_torch(obj, str(path))
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    return storage.load_torch(str(path))
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[FusionModel, dict]:
-    """The model and its checkpoint dict (label map, config) for evaluate/label/predict.
-    Self-contained: the checkpoint holds every weight, so the model is rebuilt without
-    the file training started its video encoder from (``video_weights`` none)."""
-    ckpt = load_checkpoint(path)
-    model = FusionModel(ModelConfig(**{**LEGACY_MODEL_DEFAULTS, **ckpt["model_config"], "video_weights": "none"}))
-    load_weights(model, ckpt["model"])
-    return model.eval(), ckpt
 
 
 @torch.no_grad()
@@ -307,8 +248,8 @@ def restore(r: Run, out: str) -> None:
             storage.remove(stale)
     if not storage.exists(ckpt_path):
         return
-    ckpt = load_checkpoint(ckpt_path)
-    load_weights(r.model, ckpt["model"])
+    ckpt = checkpoint.load(ckpt_path)
+    r.model.load_state_dict(ckpt["model"])
     r.opt.load_state_dict(ckpt["optimizer"])
     r.sched.load_state_dict(ckpt["scheduler"])
     r.epoch, r.step = ckpt["epoch"] + 1, ckpt["step"]
@@ -398,13 +339,15 @@ def log_epoch(out: str, metrics: dict, writer: ScalarLog | None) -> None:
 
 
 def save_checkpoint(r: Run, epoch: int, path: str) -> None:
+    """The model and everything a resume needs (keys: ``avfusion.checkpoint``)."""
     cuda = r.dist.device.type == "cuda"
-    save_atomic({"model": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
-                 "epoch": epoch, "step": r.step, "rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state(r.dist.device) if cuda else None,
-                 "model_config": asdict(r.model.cfg), "train_config": _plain(r.cfg),
-                 "label_map": r.data.label_map, "clip": r.data.manifest["config"]["clip"],
-                 "version": __version__}, path)
+    checkpoint.save({"model": r.model.state_dict(), "optimizer": r.opt.state_dict(),
+                     "scheduler": r.sched.state_dict(), "epoch": epoch, "step": r.step,
+                     "rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state(r.dist.device) if cuda else None,
+                     "model_config": asdict(r.model.cfg), "train_config": _plain(r.cfg),
+                     "label_map": r.data.label_map, "clip": r.data.manifest["config"]["clip"],
+                     "avfusion_version": __version__}, path)
 
 
 def _local_ranks(dist: DistEnv) -> int:

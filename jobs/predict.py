@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         row = predict(args.clip, args.checkpoint, args.top_k)
-    except (OSError, KeyError) as exc:
+    except (OSError, KeyError, ValueError) as exc:  # ValueError: not a checkpoint this version reads
         print(f"avfusion predict: {exc}", file=sys.stderr)
         return 2
     if args.json:

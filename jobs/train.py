@@ -44,16 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(args):
+    """The recipe's ``train:`` section, then the flags: ``--modalities`` and
+    ``--video-weights`` set ``train.model``, the others ``train`` itself."""
     from avfusion.train import TrainConfig
 
     data = dict((load_yaml(args.config).get("train") or {}) if args.config else {})
     data.update(shards=args.shards, out=args.out)
-    for name in ("modalities", "epochs", "batch_size", "steps_per_epoch", "lr", "video_weights", "workers",
-                 "seed", "compile"):
+    for name in ("epochs", "batch_size", "steps_per_epoch", "lr", "workers", "seed", "compile"):
         value = getattr(args, name)
         if value is not None:
             data[name] = value
     cfg = from_dict(TrainConfig, data, prefix="train")
+    model = {name: getattr(args, name) for name in ("modalities", "video_weights")
+             if getattr(args, name) is not None}
+    if model:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model))
     if args.no_augment:
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, enabled=False))
     return cfg
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avfusion train: {exc}", file=sys.stderr)
         return 2
     cfg = dataclasses.replace(cfg, out=storage.absolute(cfg.out), shards=storage.absolute(cfg.shards))
+    from avfusion.checkpoint import CheckpointError
     from avfusion.loader import ShardReadError
 
     try:
@@ -82,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         # (for Ray Train: after Ray's shutdown, so its flushed logs do not follow ours)
         print(f"avfusion train: {exc.brief()}", file=sys.stderr)
         return 1
+    except CheckpointError as exc:  # RUN/last.pt is not a checkpoint this version resumes from
+        print(f"avfusion train: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -79,7 +79,8 @@ def synthetic_shards(tmp_path_factory, ray_local):
     return root / "shards"
 
 
-SMALL_TRAIN_YAML = "train:\n  embed_dim: 64\n  audio_width: 16\n  lr: 0.003\n  workers: 1\n  batch_size: 16\n"
+SMALL_TRAIN_YAML = ("train:\n  model:\n    embed_dim: 64\n    audio_width: 16\n  lr: 0.003\n  workers: 1\n"
+                    "  batch_size: 16\n")
 
 
 @pytest.fixture

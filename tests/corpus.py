@@ -134,8 +134,9 @@ def faststart_copy(src: Path, dst: Path) -> Path:
 
 
 def _write_gif(path: Path, n: int = 30, fps: int = 10, side: int = 64) -> None:
-    import av
     from fractions import Fraction
+
+    import av
 
     from avfusion.synth import barcode_frames
 

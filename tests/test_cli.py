@@ -5,7 +5,6 @@ import pytest
 from jobs.cli import JOBS, main
 
 
-
 @pytest.mark.slow
 def test_help_lists_every_job(cli_env):
     out = subprocess.run(["avfusion", "--help"], env=cli_env, capture_output=True, text=True, check=True).stdout

@@ -53,10 +53,10 @@ def test_submit_script_lines_parse():
 
 @pytest.mark.slow
 def test_local_scripts_start_submit_stop(tmp_path, cli_env):
-    from tests.ray_cluster import free_port
-
     import shutil
     import tempfile
+
+    from tests.ray_cluster import free_port
 
     state = Path(tempfile.mkdtemp(prefix="avfc-", dir="/tmp"))  # short: Ray's unix socket paths
     ports = {"AVFUSION_RAY_PORT": free_port("127.0.0.4"), "AVFUSION_DASHBOARD_PORT": free_port("127.0.0.4"),

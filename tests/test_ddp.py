@@ -13,11 +13,11 @@ from jobs import train as train_job
 
 pytestmark = pytest.mark.slow
 
-TINY = ("train:\n  embed_dim: 16\n  audio_width: 8\n  audio_filters: 16\n  workers: 0\n  batch_size: 8\n"
-        "  lr: 0.003\n  warmup_fraction: 0.5\n")
+TINY = ("train:\n  workers: 0\n  batch_size: 8\n  lr: 0.003\n  warmup_fraction: 0.5\n"
+        "  model:\n    embed_dim: 16\n    audio_width: 8\n    audio_filters: 16\n")
 VARIANTS = {"fused": [], "audio": ["--modalities", "audio"], "video": ["--modalities", "video"], "aux0": [],
             "separate_heads": []}
-EXTRA = {"aux0": "  aux_weight: 0.0\n", "separate_heads": "  shared_head: false\n"}
+EXTRA = {"aux0": "  loss:\n    aux_weight: 0.0\n", "separate_heads": "    shared_head: false\n"}
 
 
 def _metrics(run):
@@ -56,7 +56,7 @@ def test_torchrun_and_ray_train_match_one_process(tmp_path, synthetic_shards, cl
     data = dict(load_yaml(str(recipe))["train"], shards=str(synthetic_shards), out=str(ray_run), epochs=2,
                 steps_per_epoch=2, seed=3)
     if variant in ("audio", "video"):
-        data["modalities"] = variant
+        data["model"] = {**data["model"], "modalities": variant}
     ray_train.fit(from_dict(TrainConfig, data, prefix="train"), num_workers=2)
 
     for run in (ddp, ray_run):  # both ranks took every step and hold the same weights

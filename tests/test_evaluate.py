@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def checkpoints(tmp_path_factory, synthetic_shards):
     root = tmp_path_factory.mktemp("ckpts")
     cfg = root / "t.yaml"
-    cfg.write_text("train:\n  embed_dim: 32\n  audio_width: 8\n  workers: 0\n  batch_size: 8\n")
+    cfg.write_text("train:\n  model:\n    embed_dim: 32\n    audio_width: 8\n  workers: 0\n  batch_size: 8\n")
     out = {}
     for modality in ("both", "audio", "video"):
         run = root / modality

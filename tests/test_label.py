@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from avfusion import storage
+from avfusion.checkpoint import model_from_checkpoint
 from avfusion.config import ClipSpec
 from avfusion.decode import decode_clip
 from avfusion.labelling.schema import SCHEMA
 from avfusion.labelling.worker import LABEL_LIMITS
 from avfusion.model import attention_agrees
 from avfusion.synth import SynthSpec, make_class_conditional_set
-from avfusion.train import model_from_checkpoint
 from jobs import label as label_job
 from jobs import train as train_job
 from tests.corpus import make_label_corpus
@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, synthetic_shards):
     root = tmp_path_factory.mktemp("label_ckpt")
-    (root / "t.yaml").write_text("train:\n  embed_dim: 32\n  audio_width: 8\n  workers: 0\n  batch_size: 8\n")
+    (root / "t.yaml").write_text("train:\n  model:\n    embed_dim: 32\n    audio_width: 8\n  workers: 0\n"
+                                 "  batch_size: 8\n")
     assert train_job.main([str(synthetic_shards), "--out", str(root), "--config", str(root / "t.yaml"),
                            "--epochs", "1", "--steps-per-epoch", "2"]) == 0
     return root / "last.pt"

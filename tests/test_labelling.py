@@ -14,10 +14,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from avfusion import storage
+from avfusion import checkpoint, storage
 from avfusion.executor import BatchPipeline, Executor, InProcessExecutor
-from avfusion.labelling.run import (LABEL_EXTENSIONS, build_items, done_identities, drop_superseded,
-                                    read_parts, scan_inputs, write_parts)
+from avfusion.labelling.run import (
+    LABEL_EXTENSIONS,
+    build_items,
+    done_identities,
+    drop_superseded,
+    read_parts,
+    scan_inputs,
+    write_parts,
+)
 from avfusion.labelling.schema import SCHEMA, rows_to_batch
 from avfusion.labelling.worker import Predictor
 from avfusion.model import FusionModel, ModelConfig
@@ -180,10 +187,10 @@ def test_items_skip_files_already_labelled_unless_changed(folder):
 def tiny_checkpoint(tmp_path):
     cfg = ModelConfig(num_classes=3, embed_dim=16, audio_width=8, video_weights="none")
     path = str(tmp_path / "tiny.pt")
-    storage.save_torch({"model": FusionModel(cfg).state_dict(), "model_config": cfg.__dict__,
-                        "label_map": {"a": 0, "b": 1, "c": 2},
-                        "clip": {"sample_rate": 16000, "clip_seconds": 1.0, "num_frames": 2, "frame_size": 32}},
-                       path)
+    checkpoint.save({"model": FusionModel(cfg).state_dict(), "model_config": cfg.__dict__,
+                     "label_map": {"a": 0, "b": 1, "c": 2},
+                     "clip": {"sample_rate": 16000, "clip_seconds": 1.0, "num_frames": 2, "frame_size": 32}},
+                    path)
     return path
 
 

@@ -9,8 +9,18 @@ import pytest
 import torch
 
 from avfusion import storage
-from avfusion.loader import (Batch, TrainStream, collate_compact, compact, data_loader, deal_shards, decode,
-                             eval_stages, loader_workers, read_folds)
+from avfusion.loader import (
+    Batch,
+    TrainStream,
+    collate_compact,
+    compact,
+    data_loader,
+    deal_shards,
+    decode,
+    eval_stages,
+    loader_workers,
+    read_folds,
+)
 from shards.reader import decode_sample
 from shards.writer import encode_sample, tar_bytes
 

@@ -1,8 +1,15 @@
 import pytest
 import torch
 
-from avfusion.model import (AudioEncoder, FusionModel, LossConfig, ModalityAttention, ModelConfig, VideoEncoder,
-                            fusion_loss)
+from avfusion.model import (
+    AudioEncoder,
+    FusionModel,
+    LossConfig,
+    ModalityAttention,
+    ModelConfig,
+    VideoEncoder,
+    fusion_loss,
+)
 
 
 def _inputs(b=3, n=32_000, t=4, s=64):

@@ -33,7 +33,9 @@ for p in sorted(pathlib.Path('{clips}').glob('*.mp4')):
     fs.put_file(str(p), 'avf-multihost/clips/' + p.name)
 fs.put_file('{clips}/labels.csv', 'avf-multihost/labels.csv')
 fs.pipe_file('avf-multihost/clip.yaml', b'clip:\\n  clip_seconds: 2.0\\n  frame_size: 64\\n')
-fs.pipe_file('avf-multihost/train.yaml', b'train:\\n  embed_dim: 32\\n  audio_width: 8\\n  workers: 0\\n  batch_size: 4\\n')  # a worker reserves 1 + loader workers CPUs; nodes have 1
+# workers 0: a Ray Train worker reserves 1 + loader workers CPUs, and nodes have 1
+fs.pipe_file('avf-multihost/train.yaml', b'train:\\n  model:\\n    embed_dim: 32\\n    audio_width: 8\\n'
+                                         b'  workers: 0\\n  batch_size: 4\\n')
 """)
         steps = {
             "preprocess": [PY, "-m", "jobs.preprocess", f"{b}/clips", "--labels", f"{b}/labels.csv", "--out",
@@ -51,7 +53,7 @@ fs.pipe_file('avf-multihost/train.yaml', b'train:\\n  embed_dim: 32\\n  audio_wi
                             cluster.dashboard, "--format", "json", "--filter", "name=process_shard_item",
                             "--limit", "100")
         nodes_used = {t["node_id"] for t in json.loads(tasks.stdout)}
-        result = json.loads(cluster.python("head", f"""
+        result = json.loads(cluster.python("head", """
 import io, json, tarfile, s3fs, pyarrow as pa, pyarrow.parquet as pq
 fs = s3fs.S3FileSystem()
 manifest = json.loads(fs.cat_file('avf-multihost/shards/manifest.json'))
@@ -61,12 +63,12 @@ for s in manifest['shards']:
         keys += [json.load(tar.extractfile(m))['key'] for m in tar.getmembers() if m.name.endswith('.json')]
 parts = sorted(fs.glob('avf-multihost/labels/part-*.parquet'))
 table = pa.concat_tables([pq.read_table(io.BytesIO(fs.cat_file(p))) for p in parts])  # bytes: see test_multihost_kill
-print(json.dumps({{'manifest': manifest, 'keys': keys, 'labels': table.column('key').to_pylist(),
+print(json.dumps({'manifest': manifest, 'keys': keys, 'labels': table.column('key').to_pylist(),
                   'errors': table.column('error_class').null_count, 'rows': table.num_rows,
                   'ckpt': fs.exists('avf-multihost/run/last.pt'),
                   'ray_state': bool(fs.find('avf-multihost/run/ray')),
                   'metrics': fs.cat_file('avf-multihost/run/metrics.jsonl').decode(),
-                  'report': json.loads(fs.cat_file('avf-multihost/report/robustness.json'))['meta']}}))
+                  'report': json.loads(fs.cat_file('avf-multihost/report/robustness.json'))['meta']}))
 """))
     assert len(nodes_used) == 2, "shard tasks ran on both hosts"
     assert result["manifest"]["complete"] and result["manifest"]["num_samples"] == len(names) == 12

@@ -43,7 +43,7 @@ def test_worker_host_lost_mid_preprocess_and_mid_label(tmp_path):
     with NetnsCluster(cpus_per_node=2) as cluster:
         cluster.python("head", f"""
 import pathlib, s3fs
-from avfusion import storage
+from avfusion import checkpoint
 from avfusion.model import FusionModel, ModelConfig
 fs = s3fs.S3FileSystem()
 fs.mkdir('avf-kill')
@@ -51,10 +51,10 @@ for p in sorted(pathlib.Path('{clips}').glob('*.mp4')):
     fs.put_file(str(p), 'avf-kill/clips/' + p.name)
 fs.put_file('{clips}/labels.csv', 'avf-kill/labels.csv')
 cfg = ModelConfig(num_classes=6, embed_dim=16, audio_width=8, video_weights='none')
-storage.save_torch({{'model': FusionModel(cfg).state_dict(), 'model_config': cfg.__dict__,
-                    'label_map': {{str(i): i for i in range(6)}},
-                    'clip': {{'sample_rate': 16000, 'clip_seconds': 2.0, 'num_frames': 8, 'frame_size': 64}}}},
-                   '{b}/tiny.pt')
+checkpoint.save({{'model': FusionModel(cfg).state_dict(), 'model_config': cfg.__dict__,
+                 'label_map': {{str(i): i for i in range(6)}},
+                 'clip': {{'sample_rate': 16000, 'clip_seconds': 2.0, 'num_frames': 8, 'frame_size': 64}}}},
+                '{b}/tiny.pt')
 """)
         pre = [PY, "-m", "jobs.preprocess", f"{b}/clips", "--labels", f"{b}/labels.csv", "--out", f"{b}/shards",
                "--shard-size", "1", "--frame-size", "64", "--threads", "1"]

@@ -12,8 +12,21 @@ import webdataset as wds
 
 from avfusion.config import ClipSpec
 from avfusion.executor import InProcessExecutor
-from avfusion.preprocess.plan import PlanMismatch, check_plan, label_map_of, plan_digest, plan_shards, retry_plan
-from avfusion.preprocess.run import PreprocessError, PreprocessJob, read_tasks, record_task_failure, run_preprocess
+from avfusion.preprocess.plan import (
+    PlanMismatch,
+    check_plan,
+    label_map_of,
+    plan_digest,
+    plan_shards,
+    retry_plan,
+)
+from avfusion.preprocess.run import (
+    PreprocessError,
+    PreprocessJob,
+    read_tasks,
+    record_task_failure,
+    run_preprocess,
+)
 from avfusion.preprocess.shard import PreprocessConfig
 from avfusion.shardstore import read_all_stats, write_stats
 from avfusion.sources import ClipTask

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from avfusion import storage
+from avfusion import checkpoint
 from avfusion.model import FusionModel, ModelConfig
 from avfusion.synth import SynthSpec, make_class_conditional_set
 
@@ -42,10 +42,10 @@ def tiny_checkpoint(tmp_path):
     label job's actors, without training."""
     cfg = ModelConfig(num_classes=2, embed_dim=16, audio_width=8, video_weights="none")
     path = str(tmp_path / "tiny.pt")
-    storage.save_torch({"model": FusionModel(cfg).state_dict(), "model_config": cfg.__dict__,
-                        "label_map": {"a": 0, "b": 1},
-                        "clip": {"sample_rate": 16000, "clip_seconds": 2.0, "num_frames": 8, "frame_size": 64}},
-                       path)
+    checkpoint.save({"model": FusionModel(cfg).state_dict(), "model_config": cfg.__dict__,
+                     "label_map": {"a": 0, "b": 1},
+                     "clip": {"sample_rate": 16000, "clip_seconds": 2.0, "num_frames": 8, "frame_size": 64}},
+                    path)
     return path
 
 

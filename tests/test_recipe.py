@@ -8,10 +8,28 @@ import pytest
 import torch
 
 from avfusion.augment import AugmentConfig
-from avfusion.model import (FusionModel, FusionOutput, GaborFilterbank, LossConfig, ModelConfig, SpecMask,
-                            attention_agrees, fusion_loss, hz_to_mel, mel_filter_params, reliability_loss, reliability_targets)
-from jobs.bench.reference_augment import (Augment, augment_content, color_jitter, random_resized_crop,
-                                          shift_and_gain, temporal_crop)
+from avfusion.model import (
+    FusionModel,
+    FusionOutput,
+    GaborFilterbank,
+    LossConfig,
+    ModelConfig,
+    SpecMask,
+    attention_agrees,
+    fusion_loss,
+    hz_to_mel,
+    mel_filter_params,
+    reliability_loss,
+    reliability_targets,
+)
+from jobs.bench.reference_augment import (
+    Augment,
+    augment_content,
+    color_jitter,
+    random_resized_crop,
+    shift_and_gain,
+    temporal_crop,
+)
 
 
 def test_gabor_filterbank_starts_on_the_mel_scale():
@@ -196,10 +214,21 @@ def test_presets_are_selectable_by_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("small", "vggsound"):
         cfg = from_dict(TrainConfig, {**load_yaml(name)["train"], "shards": "s", "out": "o"})
-        assert cfg.audio_frontend == "gabor" and cfg.reliability_weight > 0
+        assert cfg.model.audio_frontend == "gabor" and cfg.loss.reliability_weight > 0
     assert load_section(__import__("avfusion.config", fromlist=["ClipSpec"]).ClipSpec, "small", "clip").frame_size == 64
     (tmp_path / "mine.yaml").write_text("train:\n  epochs: 3\n")
     assert load_yaml("mine.yaml") == {"train": {"epochs": 3}}, "a path keeps working"
+
+
+def test_each_bench_variant_changes_its_ingredient_of_the_recipe():
+    from jobs.bench.robustness import ABLATIONS, recipe
+
+    base = recipe("small", "s", None, 0)
+    changed = {name: change(base) for name, change in ABLATIONS.items()}
+    assert all(cfg != base for cfg in changed.values())
+    assert changed["conv front end"].model.audio_frontend == "conv"
+    assert not changed["no content augmentation"].model.spec_augment
+    assert changed["no dead-modality term"].loss.dead_weight == 0 and changed["no mixup"].mixup_alpha == 0
 
 
 def test_subset_selects_folds_by_key_or_id():
@@ -220,10 +249,11 @@ def trained_fused(tmp_path_factory, synthetic_shards):
     its label map and the decoded test clips."""
     from dataclasses import replace
 
-    from jobs.bench.robustness import recipe
+    from avfusion.checkpoint import model_from_checkpoint
     from avfusion.distributed import DistEnv
     from avfusion.loader import Dataset, data_loader, eval_stages
-    from avfusion.train import model_from_checkpoint, train
+    from avfusion.train import train
+    from jobs.bench.robustness import recipe
 
     run = tmp_path_factory.mktemp("attention") / "run"
     cfg = replace(recipe("small", str(synthetic_shards), epochs=25, seed=0), out=str(run))

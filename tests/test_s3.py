@@ -9,8 +9,8 @@ must stay empty (a URL turned into a local path shows up there as a folder ``s3:
 import io
 import json
 import subprocess
-import tarfile
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -48,8 +48,8 @@ def s3_clips(tmp_path_factory, bucket):
         storage.publish_file(str(p), f"{bucket}/clips/{p.name}")
     storage.publish_file(str(root / "labels.csv"), f"{bucket}/labels.csv")
     storage.write_text(f"{bucket}/clip.yaml", "clip:\n  clip_seconds: 2.0\n  frame_size: 64\n")
-    storage.write_text(f"{bucket}/train.yaml", "train:\n  embed_dim: 32\n  audio_width: 8\n  workers: 1\n"
-                                               "  batch_size: 8\n")
+    storage.write_text(f"{bucket}/train.yaml", "train:\n  model:\n    embed_dim: 32\n    audio_width: 8\n"
+                                               "  workers: 1\n  batch_size: 8\n")
     return sorted(p.stem for p in root.glob("*.mp4"))
 
 

@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 
 from avfusion.sources import read_vggsound_csv
-from avfusion.synth import (DEFAULT_CLASSES, SynthSpec, make_class_conditional_set, read_frame_index,
-                            write_clip)
+from avfusion.synth import (
+    DEFAULT_CLASSES,
+    SynthSpec,
+    make_class_conditional_set,
+    read_frame_index,
+    write_clip,
+)
 
 MATRIX = [
     # spec, demuxer name, video codec, audio codec, lossless audio

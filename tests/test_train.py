@@ -112,6 +112,19 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, synthetic_shards, s
     assert not [p for p in killed.iterdir() if p.name.startswith(".last.pt")], "no temporary checkpoint left"
 
 
+def test_a_last_pt_without_the_format_marker_is_refused(tmp_path, synthetic_shards, small_train_config,
+                                                          capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": {}, "epoch": 0, "step": 3, "version": "0.1.0"}, run / "last.pt")
+    assert train_job.main([str(synthetic_shards), "--out", str(run), "--config", str(small_train_config),
+                           "--epochs", "1", "--steps-per-epoch", "1", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("avfusion train:")]
+    assert "Traceback" not in err and len(ours) == 1 and "is not an avfusion checkpoint" in ours[0], err
+    assert "retrain with avfusion" in ours[0] and not (run / "metrics.jsonl").exists()
+
+
 def _derived_steps(shards, batch: int, world: int) -> int:
     """Steps per epoch as ``avfusion.train.train`` derives them without --steps-per-epoch."""
     manifest = json.loads((shards / "manifest.json").read_text())
@@ -199,8 +212,8 @@ def test_a_checkpoint_predicts_after_its_video_weights_file_is_gone(tmp_path, sy
     model rebuilt from the checkpoint alone gives the trained model's outputs."""
     from torchvision.models import resnet18
 
+    from avfusion.checkpoint import model_from_checkpoint
     from avfusion.model import FusionModel, ModelConfig
-    from avfusion.train import model_from_checkpoint
 
     weights = tmp_path / "r18.pth"
     torch.save(resnet18(weights=None).state_dict(), weights)

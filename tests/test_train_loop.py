@@ -1,6 +1,6 @@
 """The training loop's pieces without data: a step that never reads the device, the
 audio front end in fp32 under autocast, masks drawn where the data is, and the
-composed training config with its flat recipe keys."""
+training config with its model and loss nested."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from avfusion.config import ConfigError, from_dict
 from avfusion.distributed import DistEnv
-from avfusion.model import AudioEncoder, FusionModel, ModelConfig, SpecMask, load_weights
+from avfusion.model import AudioEncoder, FusionModel, LossConfig, ModelConfig, SpecMask
 from avfusion.train import Run, TrainConfig, _lr_lambda, accumulate, build_model, train_step
 
 META = torch.device("meta")
@@ -22,22 +22,25 @@ class Batch:
         self.dead = torch.tensor([[True, False], [False, True]] + [[False, False]] * (b - 2), device=device)
 
 
-def _run_on(device, **changes) -> Run:
-    cfg = TrainConfig(shards="s", out="o").replace(embed_dim=16, audio_width=8, audio_filters=16, **changes)
+def _run_on(device, model: dict | None = None, loss: dict | None = None) -> Run:
+    cfg = TrainConfig(shards="s", out="o",
+                      model=ModelConfig(embed_dim=16, audio_width=8, audio_filters=16, **(model or {})),
+                      loss=LossConfig(**(loss or {})))
     model = build_model(cfg, num_classes=4).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(10, 1))
     return Run(cfg, DistEnv(0, 1, 0, device), None, None, None, 10, model, model, opt, sched)
 
 
-@pytest.mark.parametrize("changes", [{}, {"reliability_weight": 1.0}, {"modalities": "audio", "aux_weight": 0.0}])
-def test_steps_on_the_meta_device_never_read_a_value(changes):
+@pytest.mark.parametrize("model, loss", [({}, {}), ({}, {"reliability_weight": 1.0}),
+                                         ({"modalities": "audio"}, {"aux_weight": 0.0})])
+def test_steps_on_the_meta_device_never_read_a_value(model, loss):
     """A meta tensor has no value: any .item(), bool(), .tolist() or copy to the host
     in the step or the running sums raises. Three steps and their sums pass, so the
     hot loop queues work without waiting for the device."""
     with pytest.raises(RuntimeError):
         torch.zeros((), device=META).item()  # the detector works
-    r = _run_on(META, **changes)
+    r = _run_on(META, model, loss)
     sums, seen = {}, 0
     for _ in range(3):
         batch = Batch(4, META)
@@ -110,40 +113,40 @@ def test_unbuilt_modules_are_not_in_the_model():
     assert not [k for k in shared.state_dict() if k.startswith(("audio_head", "video_head"))], "the head is shared"
 
 
-def test_an_older_unimodal_checkpoint_still_loads():
-    """Before, an audio model also owned a 1-wide video projection, both score layers
-    and a video head: those weights are dropped on load; any other mismatch fails."""
-    model = FusionModel(ModelConfig(num_classes=3, modalities="audio", embed_dim=8, audio_width=4))
-    old = dict(model.state_dict(), **{"attention.video_proj.0.weight": torch.zeros(8, 1),
-                                      "attention.audio_score.weight": torch.zeros(1, 8),
-                                      "video_head.weight": torch.zeros(3, 8)})
-    load_weights(model, old)
-    with pytest.raises(RuntimeError, match="Unexpected"):
-        load_weights(model, dict(old, **{"classifier.extra": torch.zeros(1)}))
-
-
-def test_train_config_composes_model_and_loss_from_flat_keys():
-    cfg = from_dict(TrainConfig, {"shards": "s", "out": "o", "embed_dim": 32, "modalities": "audio",
-                                  "aux_weight": 0.5, "epochs": 2}, prefix="train")
+def test_train_config_nests_model_and_loss():
+    cfg = from_dict(TrainConfig, {"shards": "s", "out": "o", "epochs": 2, "loss": {"aux_weight": 0.5},
+                                  "model": {"embed_dim": 32, "modalities": "audio"}}, prefix="train")
     assert cfg.model == ModelConfig(embed_dim=32, modalities="audio") and cfg.loss.aux_weight == 0.5
-    assert cfg.embed_dim == 32 and cfg.aux_weight == 0.5 and cfg.epochs == 2  # flat reads reach through
-    nested = from_dict(TrainConfig, {"shards": "s", "out": "o", "model": {"embed_dim": 32, "modalities": "audio"},
-                                     "loss": {"aux_weight": 0.5}, "epochs": 2})
-    assert nested == cfg
-    assert cfg.replace(embed_dim=8, lr=0.1).model.embed_dim == 8
+    assert cfg.epochs == 2
     import dataclasses
 
     assert from_dict(TrainConfig, dataclasses.asdict(cfg)) == cfg, "Ray Train ships the config as a dict"
-    with pytest.raises(ConfigError, match="train.model: give its keys either flat or"):
-        from_dict(TrainConfig, {"shards": "s", "out": "o", "model": {}, "embed_dim": 3}, prefix="train")
-    with pytest.raises(ConfigError, match="train.num_classes is not a recipe key"):
-        from_dict(TrainConfig, {"shards": "s", "out": "o", "num_classes": 3}, prefix="train")
-    with pytest.raises(ConfigError, match="unknown key"):
-        from_dict(TrainConfig, {"shards": "s", "out": "o", "embed_dims": 3}, prefix="train")
+    for key in ("num_classes", "sample_rate", "aux_heads"):
+        value = {"num_classes": 3, "sample_rate": 8000, "aux_heads": False}[key]
+        with pytest.raises(ConfigError, match=f"train.model.{key} is not a recipe key"):
+            from_dict(TrainConfig, {"shards": "s", "out": "o", "model": {key: value}}, prefix="train")
+    with pytest.raises(ConfigError, match=r"train.model: unknown key\(s\) \['embed_dims'\]"):
+        from_dict(TrainConfig, {"shards": "s", "out": "o", "model": {"embed_dims": 3}}, prefix="train")
     with pytest.raises(ConfigError, match="reliability_weight > 0 needs aux_weight > 0"):
-        from_dict(TrainConfig, {"shards": "s", "out": "o", "aux_weight": 0.0, "reliability_weight": 1.0})
-    with pytest.raises(AttributeError):
-        cfg.no_such_field  # noqa: B018
+        from_dict(TrainConfig, {"shards": "s", "out": "o",
+                                "loss": {"aux_weight": 0.0, "reliability_weight": 1.0}})
+
+
+@pytest.mark.parametrize("key", ["embed_dim", "modalities", "aux_weight", "dead_weight"])
+def test_a_model_or_loss_key_directly_under_train_is_an_unknown_key(tmp_path, key, capsys):
+    """One spelling per parameter: model and loss keys live under ``train.model`` /
+    ``train.loss``, and the strict loader names a key given anywhere else."""
+    from avfusion.config import load_section
+    from jobs import train as train_job
+
+    recipe = tmp_path / "flat.yaml"
+    recipe.write_text(f"train:\n  {key}: 1\n")
+    with pytest.raises(ConfigError, match=rf"train: unknown key\(s\) \['{key}'\]"):
+        load_section(TrainConfig, str(recipe), "train", shards="s", out="o")
+    assert train_job.main(["s", "--out", str(tmp_path / "run"), "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("avfusion train: train: unknown key(s) ") and f"['{key}']" in err, err
+    assert not hasattr(TrainConfig(shards="s", out="o"), key), "no flat read either"
 
 
 def test_setup_takes_who_it_is_from_the_launcher_not_the_environment(monkeypatch):

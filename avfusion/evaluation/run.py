@@ -169,7 +169,7 @@ class EvalConfig:
 def load_models(cfg: EvalConfig) -> tuple[dict[str, torch.nn.Module], dict]:
     """{"fused": model, "audio-only"/"video-only": baselines} and the fused checkpoint;
     ValueError when the first is not fused or a baseline has another label map."""
-    from avfusion.train import model_from_checkpoint
+    from avfusion.checkpoint import model_from_checkpoint
 
     model, ckpt = model_from_checkpoint(cfg.checkpoint)
     if model.cfg.modalities != "both":

@@ -19,7 +19,6 @@ from typing import Any
 
 from avfusion.executor import Executor
 
-
 # Ray rewrites 127.0.0.1 to the machine's routable address (so other nodes could
 # join); an embedded single-machine instance has no such need, so on Linux it
 # advertises another loopback address, which Ray keeps. macOS/Windows Ray already

@@ -235,8 +235,8 @@ def label(cfg: LabelConfig, executor: Executor) -> int:
     checkpoint (before anything is written)."""
     from tqdm import tqdm
 
+    from avfusion.checkpoint import load as load_checkpoint
     from avfusion.config import ClipSpec
-    from avfusion.train import load_checkpoint
 
     paths, skipped = scan_inputs(cfg.input, cfg.extensions)
     clip = ClipSpec(**load_checkpoint(cfg.checkpoint)["clip"])
@@ -261,10 +261,10 @@ def label(cfg: LabelConfig, executor: Executor) -> int:
 
 def predict(path: str, checkpoint: str, top_k: int = 5) -> dict:
     """Label one clip in-process (``avfusion predict``): the same rows the job writes."""
+    from avfusion.checkpoint import load as load_checkpoint
     from avfusion.config import ClipSpec
     from avfusion.labelling.schema import rows_to_batch, to_table
     from avfusion.labelling.worker import DecodeRows, Predictor
-    from avfusion.train import load_checkpoint
 
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
     size, mtime = storage.identity(str(path))

@@ -145,8 +145,8 @@ class Predictor:
 
     def __init__(self, checkpoint: str, top_k: int = 5, device: str = "auto", gpus_assigned: int | None = None,
                  bf16: bool = False):
+        from avfusion.checkpoint import model_from_checkpoint
         from avfusion.device import choose_device
-        from avfusion.train import model_from_checkpoint
 
         self.device = choose_device(device, gpus_assigned=gpus_assigned)
         self.bf16 = bf16

@@ -11,20 +11,33 @@ row that ``--retry-failed`` redoes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import partial
-
-import re
 
 from avfusion import storage
 from avfusion.executor import Executor
 from avfusion.governor import Governor, GovernorConfig, SourceBlocked
-from avfusion.preprocess.plan import TASK_FAILED, PlanMismatch, check_plan, label_map_of, plan_shards, retry_plan
+from avfusion.preprocess.plan import (
+    TASK_FAILED,
+    PlanMismatch,
+    check_plan,
+    label_map_of,
+    plan_shards,
+    retry_plan,
+)
 from avfusion.preprocess.report import PreprocessResult, finish
 from avfusion.preprocess.shard import PreprocessConfig, process_shard
 from avfusion.shardstore import read_all_stats, write_stats
-from avfusion.sources import (ClipTask, SourceError, filter_tasks, read_url_list, read_vggsound_csv, scan_folder,
-                              tasks_from_vggsound)
+from avfusion.sources import (
+    ClipTask,
+    SourceError,
+    filter_tasks,
+    read_url_list,
+    read_vggsound_csv,
+    scan_folder,
+    tasks_from_vggsound,
+)
 from shards.manifest import Failure, ShardStats
 
 INPUT_KINDS = ("auto", "vggsound", "urls", "folder")

@@ -43,10 +43,10 @@ def make_folder(folder: Path, n: int, seconds: float) -> Path:
 def make_checkpoint(folder: Path, clips: Path, seconds: float) -> Path:
     import torch
 
-    from jobs.bench.common import build_shards
     from avfusion.config import ClipSpec
     from avfusion.distributed import DistEnv
     from avfusion.train import TrainConfig, train
+    from jobs.bench.common import build_shards
 
     shards = build_shards(clips, clips / "labels.csv", folder / "shards", ClipSpec(clip_seconds=seconds, frame_size=64),
                           all_train=True)
@@ -60,11 +60,11 @@ def decode_only_worker(folder: str, checkpoint: str, cpus: int) -> None:
     """Child-process body: the label job's own decode stage alone, on embedded Ray."""
     from dataclasses import replace
 
+    from avfusion.checkpoint import load as load_checkpoint
     from avfusion.config import ClipSpec
     from avfusion.executor.ray_data import pipeline_dataset
     from avfusion.executor.ray_tasks import ray_session
     from avfusion.labelling.run import LabelConfig, build_items, list_inputs, pipeline
-    from avfusion.train import load_checkpoint
 
     cfg = LabelConfig(input=folder, out="", checkpoint=checkpoint)
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
@@ -85,11 +85,11 @@ def naive_worker(folder: str, checkpoint: str, out: str, threads: int = 0) -> No
     if threads:
         torch.set_num_threads(threads)
 
+    from avfusion.checkpoint import load as load_checkpoint
     from avfusion.config import ClipSpec
     from avfusion.labelling.run import build_items, list_inputs
     from avfusion.labelling.schema import rows_to_batch, to_table
     from avfusion.labelling.worker import DecodeRows, Predictor
-    from avfusion.train import load_checkpoint
 
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
     decoder, predictor = DecodeRows(clip), Predictor(checkpoint)

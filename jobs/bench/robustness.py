@@ -43,15 +43,27 @@ KEY_CONDITIONS = ("normal", "muted_audio", "audio_gaussian_noise@5", "black_fram
 # severities swept for the evidence table (which corruptions destroy a modality's evidence)
 SWEEP = tuple(f"{n}@{s}" for n in ("gaussian_blur", "video_gaussian_noise", "audio_gaussian_noise") for s in (1, 3))
 
+
+def _model(cfg, **changes):
+    """``cfg`` (a TrainConfig) with ``changes`` to its model."""
+    return replace(cfg, model=replace(cfg.model, **changes))
+
+
+def _loss(cfg, **changes):
+    """``cfg`` (a TrainConfig) with ``changes`` to its loss."""
+    return replace(cfg, loss=replace(cfg.loss, **changes))
+
+
 ABLATIONS = {
-    "conv front end": lambda c: c.replace(audio_frontend="conv"),
-    "no content augmentation": lambda c: c.replace(augment=replace(c.augment, content=False), spec_augment=False),
-    "no mixup": lambda c: c.replace(mixup_alpha=0.0),
+    "conv front end": lambda c: _model(c, audio_frontend="conv"),
+    "no content augmentation": lambda c: _model(replace(c, augment=replace(c.augment, content=False)),
+                                                spec_augment=False),
+    "no mixup": lambda c: replace(c, mixup_alpha=0.0),
     "no modality dropout": lambda c: replace(c, augment=replace(c.augment, p_audio=0.0, p_video=0.0)),
-    "no reliability term": lambda c: c.replace(reliability_weight=0.0),
-    "no dead-modality term": lambda c: c.replace(dead_weight=0.0),
-    "separate heads": lambda c: c.replace(shared_head=False),
-    "no evidence features": lambda c: c.replace(evidence=False),
+    "no reliability term": lambda c: _loss(c, reliability_weight=0.0),
+    "no dead-modality term": lambda c: _loss(c, dead_weight=0.0),
+    "separate heads": lambda c: _model(c, shared_head=False),
+    "no evidence features": lambda c: _model(c, evidence=False),
 }
 NEW_INGREDIENTS = ("no dead-modality term", "separate heads", "no evidence features", "no reliability term")
 
@@ -132,10 +144,10 @@ def train_all(runs: dict[tuple[int, str], object], jobs: int) -> None:
 
 def evaluate_fold(shards: str, folds: str, fold: int, runs: dict[str, Path], suite: bool, seed: int) -> dict:
     """Evaluate each fused variant beside the unimodal models on the held-out fold."""
+    from avfusion.checkpoint import model_from_checkpoint
     from avfusion.evaluation.conditions import Condition, conditions
     from avfusion.evaluation.run import evaluate_conditions, shard_batches
     from avfusion.loader import Dataset, Subset, read_folds
-    from avfusion.train import model_from_checkpoint
 
     models = {name: model_from_checkpoint(Path(out) / "last.pt")[0] for name, out in runs.items()}
     data = Dataset.open(shards)
@@ -218,8 +230,8 @@ def evidence_rows(evidence: dict[str, list[float]]) -> list[tuple[str, str, str]
 
 def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> dict:
     base = recipe(args.config, shards, args.epochs, args.seed)
-    variants = {"fused": base, "audio-only": base.replace(modalities="audio"),
-                "video-only": base.replace(modalities="video")}
+    variants = {"fused": base, "audio-only": _model(base, modalities="audio"),
+                "video-only": _model(base, modalities="video")}
     ablation_folds = range(min(k, args.ablation_folds)) if args.ablations else range(0)
     runs = {(fold, name): replace(cfg, out=str(out / f"fold{fold}" / name), folds=str(folds), fold=fold)
             for fold in range(k) for name, cfg in variants.items()}
