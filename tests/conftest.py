@@ -71,16 +71,34 @@ def synthetic_shards(tmp_path_factory, ray_local):
     from jobs import preprocess
 
     root = tmp_path_factory.mktemp("synthetic")
-    make_class_conditional_set(root / "clips", per_class=16, spec=SynthSpec(width=64, height=64, duration=2.0,
-                                                                            fps=8, sample_rate=16_000))
+    make_class_conditional_set(
+        root / "clips",
+        per_class=16,
+        spec=SynthSpec(width=64, height=64, duration=2.0, fps=8, sample_rate=16_000),
+    )
     (root / "clip.yaml").write_text("clip:\n  clip_seconds: 2.0\n  frame_size: 64\n")
-    assert preprocess.main([str(root / "clips"), "--labels", str(root / "clips" / "labels.csv"), "--out",
-                            str(root / "shards"), "--config", str(root / "clip.yaml"), "--shard-size", "10"]) == 0
+    assert (
+        preprocess.main(
+            [
+                str(root / "clips"),
+                "--labels",
+                str(root / "clips" / "labels.csv"),
+                "--out",
+                str(root / "shards"),
+                "--config",
+                str(root / "clip.yaml"),
+                "--shard-size",
+                "10",
+            ]
+        )
+        == 0
+    )
     return root / "shards"
 
 
-SMALL_TRAIN_YAML = ("train:\n  model:\n    embed_dim: 64\n    audio_width: 16\n  lr: 0.003\n  workers: 1\n"
-                    "  batch_size: 16\n")
+SMALL_TRAIN_YAML = (
+    "train:\n  model:\n    embed_dim: 64\n    audio_width: 16\n  lr: 0.003\n  workers: 1\n  batch_size: 16\n"
+)
 
 
 @pytest.fixture

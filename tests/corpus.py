@@ -19,10 +19,10 @@ from avfusion.synth import SynthSpec, write_clip
 def _drop_box(data: bytes, box: bytes) -> bytes:
     out, i = b"", 0
     while i + 8 <= len(data):
-        size, kind = struct.unpack(">I4s", data[i:i + 8])
+        size, kind = struct.unpack(">I4s", data[i : i + 8])
         size = size or len(data) - i
         if kind != box:
-            out += data[i:i + size]
+            out += data[i : i + size]
         i += size
     return out
 
@@ -30,7 +30,9 @@ def _drop_box(data: bytes, box: bytes) -> bytes:
 def make_malformed_corpus(root: Path) -> dict[str, str]:
     """Write the corpus under ``root``; returns file name → expected failure kind."""
     root.mkdir(parents=True, exist_ok=True)
-    good = write_clip(root / "_good.tmp.mp4", SynthSpec(duration=2.0, width=160, height=120)).path.read_bytes()
+    good = write_clip(
+        root / "_good.tmp.mp4", SynthSpec(duration=2.0, width=160, height=120)
+    ).path.read_bytes()
     (root / "_good.tmp.mp4").unlink()
     jpeg = io.BytesIO()
     Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(jpeg, format="JPEG")
@@ -74,22 +76,40 @@ def make_label_corpus(root: Path) -> dict[str, str]:
 
     expected = make_malformed_corpus(root)
     expected.update({"audio_only.mp4": "ok", "one_frame.mp4": "ok", "tiny_16x16.mp4": "ok"})
-    good = write_clip(root / "video_only.mp4", SynthSpec(audio_codec=None, duration=2.0, width=160, height=120))
+    good = write_clip(
+        root / "video_only.mp4", SynthSpec(audio_codec=None, duration=2.0, width=160, height=120)
+    )
     expected["video_only.mp4"] = "ok"
-    data = bytearray(write_clip(root / "_c.mp4", SynthSpec(duration=2.0, width=160, height=120)).path.read_bytes())
+    data = bytearray(
+        write_clip(root / "_c.mp4", SynthSpec(duration=2.0, width=160, height=120)).path.read_bytes()
+    )
     (root / "_c.mp4").unlink()
     middle = len(data) // 2
-    data[middle:middle + 2000] = bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8))
+    data[middle : middle + 2000] = bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8))
     (root / "corrupt_middle.mp4").write_bytes(bytes(data))
     expected["corrupt_middle.mp4"] = "ok|decode_error"
     write_clip(root / "short_0.3s.mp4", SynthSpec(duration=0.3, width=160, height=120))
     expected["short_0.3s.mp4"] = "ok"
-    write_clip(root / "uhd_4k.mp4", SynthSpec(duration=0.4, fps=10, width=3840, height=2160, audio_codec=None))
+    write_clip(
+        root / "uhd_4k.mp4", SynthSpec(duration=0.4, fps=10, width=3840, height=2160, audio_codec=None)
+    )
     expected["uhd_4k.mp4"] = "ok"
-    write_clip(root / "long_tiny.mp4", SynthSpec(duration=25.0, fps=2, width=64, height=64, sample_rate=16_000))
+    write_clip(
+        root / "long_tiny.mp4", SynthSpec(duration=25.0, fps=2, width=64, height=64, sample_rate=16_000)
+    )
     expected["long_tiny.mp4"] = "ok"
-    write_clip(root / "hires_audio.mkv", SynthSpec(container="mkv", audio_codec="flac", sample_rate=96_000,
-                                                   channels=6, duration=1.0, width=96, height=96))
+    write_clip(
+        root / "hires_audio.mkv",
+        SynthSpec(
+            container="mkv",
+            audio_codec="flac",
+            sample_rate=96_000,
+            channels=6,
+            duration=1.0,
+            width=96,
+            height=96,
+        ),
+    )
     expected["hires_audio.mkv"] = "ok"
     write_clip(root / "ünïcode name with spaces.mp4", SynthSpec(duration=1.0, width=96, height=96))
     expected["ünïcode name with spaces.mp4"] = "ok"
@@ -123,7 +143,10 @@ def faststart_copy(src: Path, dst: Path) -> Path:
     then a cut or damaged tail still leaves a readable index."""
     import av
 
-    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4", options={"movflags": "faststart"}) as out:
+    with (
+        av.open(str(src)) as inp,
+        av.open(str(dst), "w", format="mp4", options={"movflags": "faststart"}) as out,
+    ):
         streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
         for packet in inp.demux():
             if packet.dts is None:  # the demuxer's flush packets
@@ -180,15 +203,18 @@ def make_salvage_corpus(root: Path, seconds: float = 10.0) -> dict[str, dict]:
 
     # A video codec no decoder knows beside good MP3 audio: rename the Matroska codec
     # ID of the H.264 track (same length, so every element size stays valid).
-    mkv = write_clip(root / "_mp3.tmp.mkv", SynthSpec(container="mkv", audio_codec="libmp3lame", duration=seconds,
-                                                      width=160, height=120)).path
+    mkv = write_clip(
+        root / "_mp3.tmp.mkv",
+        SynthSpec(container="mkv", audio_codec="libmp3lame", duration=seconds, width=160, height=120),
+    ).path
     data = mkv.read_bytes()
     mkv.unlink()
     assert data.count(b"V_MPEG4/ISO/AVC") == 1
     (root / "unknown_video_codec.mkv").write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_QQQQQ/ISO/QQQ"))
-    expected["unknown_video_codec.mkv"] = {"label": {"flags": {"audio_only", "video_undecodable"},
-                                                     "covered": (seconds - 0.2, seconds)},
-                                           "preprocess": "unsupported_codec"}
+    expected["unknown_video_codec.mkv"] = {
+        "label": {"flags": {"audio_only", "video_undecodable"}, "covered": (seconds - 0.2, seconds)},
+        "preprocess": "unsupported_codec",
+    }
 
     src = write_clip(root / "_src.tmp.mp4", spec).path
     good = faststart_copy(src, root / "_fs.tmp.mp4").read_bytes()
@@ -196,27 +222,38 @@ def make_salvage_corpus(root: Path, seconds: float = 10.0) -> dict[str, dict]:
     (root / "_fs.tmp.mp4").unlink()
     (root / "cut_at_30pct.mp4").write_bytes(good[: int(len(good) * 0.30)])
     # What survives is what lies in the first 30 % of the bytes: some seconds, not all.
-    expected["cut_at_30pct.mp4"] = {"label": {"flags": {"partial"}, "covered": (1.0, 0.6 * seconds)},
-                                    "preprocess": "ok"}
+    expected["cut_at_30pct.mp4"] = {
+        "label": {"flags": {"partial"}, "covered": (1.0, 0.6 * seconds)},
+        "preprocess": "ok",
+    }
     damaged = bytearray(good)
     n = int(len(good) * 0.15)
     at = (len(good) - n) // 2
-    damaged[at:at + n] = np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8).tobytes()
+    damaged[at : at + n] = np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8).tobytes()
     (root / "middle_15pct_overwritten.mp4").write_bytes(bytes(damaged))
-    expected["middle_15pct_overwritten.mp4"] = {"label": {"flags": {"partial"},
-                                                          "covered": (0.2 * seconds, 0.9 * seconds)},
-                                                "preprocess": "ok"}
+    expected["middle_15pct_overwritten.mp4"] = {
+        "label": {"flags": {"partial"}, "covered": (0.2 * seconds, 0.9 * seconds)},
+        "preprocess": "ok",
+    }
 
     write_clip(root / "audio.m4a", SynthSpec(container="m4a", video_codec=None, duration=seconds))
-    expected["audio.m4a"] = {"label": {"flags": {"audio_only"}, "covered": (seconds - 0.1, seconds)},
-                             "preprocess": "no_video"}
-    write_clip(root / "audio.wav", SynthSpec(container="wav", video_codec=None, audio_codec="pcm_s16le",
-                                             duration=seconds))
-    expected["audio.wav"] = {"label": {"flags": {"audio_only"}, "covered": (seconds - 0.1, seconds)},
-                             "preprocess": "no_video"}
+    expected["audio.m4a"] = {
+        "label": {"flags": {"audio_only"}, "covered": (seconds - 0.1, seconds)},
+        "preprocess": "no_video",
+    }
+    write_clip(
+        root / "audio.wav",
+        SynthSpec(container="wav", video_codec=None, audio_codec="pcm_s16le", duration=seconds),
+    )
+    expected["audio.wav"] = {
+        "label": {"flags": {"audio_only"}, "covered": (seconds - 0.1, seconds)},
+        "preprocess": "no_video",
+    }
     _write_gif(root / "animated.gif", n=30, fps=10)
-    expected["animated.gif"] = {"label": {"flags": {"video_only"}, "covered": (2.8, 3.0)},
-                                "preprocess": "image_not_video"}
+    expected["animated.gif"] = {
+        "label": {"flags": {"video_only"}, "covered": (2.8, 3.0)},
+        "preprocess": "image_not_video",
+    }
     _write_h264(root / "raw.h264", n=50)
     expected["raw.h264"] = {"label": {"flags": {"video_only"}, "covered": (1.9, 2.0)}, "preprocess": "ok"}
 

@@ -33,8 +33,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="avf-reqsize-"))
     seconds = args.minutes * 60
     frames = np.random.default_rng(0).integers(0, 256, (int(seconds * 5), 72, 96, 3), dtype=np.uint8)
-    src = write_clip(tmp / "src.mp4", SynthSpec(duration=seconds, fps=5, width=96, height=72, crf=20),
-                     frames=frames).path
+    src = write_clip(
+        tmp / "src.mp4", SynthSpec(duration=seconds, fps=5, width=96, height=72, crf=20), frames=frames
+    ).path
     (tmp / "served").mkdir()
     faststart_copy(src, tmp / "served" / "long.mp4")
     size = (tmp / "served" / "long.mp4").stat().st_size
@@ -47,15 +48,21 @@ def main() -> None:
             work.mkdir()
             with RangeServer(tmp / "served") as server:
                 t0 = time.perf_counter()
-                download_section(ClipTask(key="long", source=server.url("long.mp4"), start=start),
-                                 ClipSpec(clip_seconds=10.0),
-                                 DownloadConfig(request_size=request_size, max_attempts=1), work)
+                download_section(
+                    ClipTask(key="long", source=server.url("long.mp4"), start=start),
+                    ClipSpec(clip_seconds=10.0),
+                    DownloadConfig(request_size=request_size, max_attempts=1),
+                    work,
+                )
                 walls.append(time.perf_counter() - t0)
                 reqs.append(server.requests["long.mp4"])
                 sent.append(server.bytes_sent["long.mp4"])
-        print(f"request_size {str(request_size or 'default'):>9}: {statistics.median(walls):6.2f} s median wall, "
-              f"{statistics.median(reqs):.0f} requests, {statistics.median(sent) / 1e6:6.2f} MB sent "
-              f"({statistics.median(sent) / size:.0%} of the file)")
+        print(
+            f"request_size {str(request_size or 'default'):>9}: "
+            f"{statistics.median(walls):6.2f} s median wall, "
+            f"{statistics.median(reqs):.0f} requests, {statistics.median(sent) / 1e6:6.2f} MB sent "
+            f"({statistics.median(sent) / size:.0%} of the file)"
+        )
 
 
 if __name__ == "__main__":

@@ -56,9 +56,14 @@ class NetnsCluster:
         self.temp = {n: tempfile.mkdtemp(prefix=f"avfmh{n[0]}-", dir="/tmp") for n in self.ns}
         self.groups: dict[str, list[int]] = {"head": [], "worker": [], "s3": []}
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
-        self.env.update(RAY_AUTH_MODE="token", PATH=f"{BIN}{os.pathsep}{self.env.get('PATH', '')}",
-                        AWS_ENDPOINT_URL=self.s3_endpoint, AWS_ACCESS_KEY_ID="avfusion-test",
-                        AWS_SECRET_ACCESS_KEY="avfusion-test-secret", PYTHONPATH=str(REPO))
+        self.env.update(
+            RAY_AUTH_MODE="token",
+            PATH=f"{BIN}{os.pathsep}{self.env.get('PATH', '')}",
+            AWS_ENDPOINT_URL=self.s3_endpoint,
+            AWS_ACCESS_KEY_ID="avfusion-test",
+            AWS_SECRET_ACCESS_KEY="avfusion-test-secret",
+            PYTHONPATH=str(REPO),
+        )
 
     @property
     def s3_endpoint(self) -> str:
@@ -72,8 +77,9 @@ class NetnsCluster:
         return ["ip", "netns", "exec", self.ns[node], *argv]
 
     def run(self, node: str, *argv: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(self.cmd(node, *argv), env=self.env, capture_output=True, text=True, timeout=timeout,
-                              **kw)
+        return subprocess.run(
+            self.cmd(node, *argv), env=self.env, capture_output=True, text=True, timeout=timeout, **kw
+        )
 
     def python(self, node: str, code: str, timeout: float = 300) -> str:
         """Run Python ``code`` on ``node``'s network host; its stdout (fails on error)."""
@@ -87,8 +93,14 @@ class NetnsCluster:
         # (Ray Train's CPU collective) must be told its interface, as on hosts whose
         # hostname does not resolve to their cluster address.
         env = dict(self.env, GLOO_SOCKET_IFNAME=self.veth[0 if node == "head" else 1])
-        proc = subprocess.Popen(self.cmd(node, *argv), env=env, start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            self.cmd(node, *argv),
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.groups[group].append(proc.pid)
         if wait:
             out, _ = proc.communicate(timeout=180)
@@ -100,32 +112,66 @@ class NetnsCluster:
         for n in self.ns.values():
             _ip("netns", "add", n)
         _ip("link", "add", self.veth[0], "type", "veth", "peer", "name", self.veth[1])
-        for node, dev in zip(("head", "worker"), self.veth):
+        for node, dev in zip(("head", "worker"), self.veth, strict=False):
             _ip("link", "set", dev, "netns", self.ns[node])
             _ip("-n", self.ns[node], "addr", "add", f"{self.ip[node]}/24", "dev", dev)
             _ip("-n", self.ns[node], "link", "set", dev, "up")
             _ip("-n", self.ns[node], "link", "set", "lo", "up")
-        self._spawn("s3", "head", str(BIN / "moto_server"), "-H", self.ip["head"], "-p", str(self.S3_PORT),
-                    wait=False)
-        self.python("head", "import time, urllib.request\n"
-                    "for _ in range(100):\n"
-                    f"    try: urllib.request.urlopen('{self.s3_endpoint}'); break\n"
-                    "    except Exception: time.sleep(0.2)\n")
+        self._spawn(
+            "s3", "head", str(BIN / "moto_server"), "-H", self.ip["head"], "-p", str(self.S3_PORT), wait=False
+        )
+        self.python(
+            "head",
+            "import time, urllib.request\n"
+            "for _ in range(100):\n"
+            f"    try: urllib.request.urlopen('{self.s3_endpoint}'); break\n"
+            "    except Exception: time.sleep(0.2)\n",
+        )
         self.start_head()
         self.start_worker()
         self.wait_for_nodes(2)
         return self
 
     def start_head(self) -> None:
-        self._spawn("head", "head", str(BIN / "ray"), "start", "--head", "--disable-usage-stats",
-                    "--node-ip-address", self.ip["head"], "--port", str(self.RAY_PORT), "--dashboard-host",
-                    self.ip["head"], "--dashboard-port", str(self.DASHBOARD_PORT), "--num-cpus", str(self.cpus),
-                    "--temp-dir", self.temp["head"], wait=True)
+        self._spawn(
+            "head",
+            "head",
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--disable-usage-stats",
+            "--node-ip-address",
+            self.ip["head"],
+            "--port",
+            str(self.RAY_PORT),
+            "--dashboard-host",
+            self.ip["head"],
+            "--dashboard-port",
+            str(self.DASHBOARD_PORT),
+            "--num-cpus",
+            str(self.cpus),
+            "--temp-dir",
+            self.temp["head"],
+            wait=True,
+        )
 
     def start_worker(self) -> None:
-        self._spawn("worker", "worker", str(BIN / "ray"), "start", "--disable-usage-stats", "--address",
-                    f"{self.ip['head']}:{self.RAY_PORT}", "--node-ip-address", self.ip["worker"], "--num-cpus",
-                    str(self.cpus), "--temp-dir", self.temp["worker"], wait=True)
+        self._spawn(
+            "worker",
+            "worker",
+            str(BIN / "ray"),
+            "start",
+            "--disable-usage-stats",
+            "--address",
+            f"{self.ip['head']}:{self.RAY_PORT}",
+            "--node-ip-address",
+            self.ip["worker"],
+            "--num-cpus",
+            str(self.cpus),
+            "--temp-dir",
+            self.temp["worker"],
+            wait=True,
+        )
 
     def kill_worker(self) -> None:
         """The worker host goes down: every process of its node, at once."""
@@ -133,8 +179,17 @@ class NetnsCluster:
         self.groups["worker"] = []
 
     def nodes(self) -> list[dict]:
-        out = self.run("head", str(BIN / "ray"), "list", "nodes", "--address", self.dashboard, "--format", "json",
-                       timeout=60)
+        out = self.run(
+            "head",
+            str(BIN / "ray"),
+            "list",
+            "nodes",
+            "--address",
+            self.dashboard,
+            "--format",
+            "json",
+            timeout=60,
+        )
         return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
 
     def wait_for_nodes(self, n: int, timeout: float = 90) -> None:
@@ -150,8 +205,19 @@ class NetnsCluster:
         agent starts)."""
         deadline = time.time() + 90
         while True:
-            proc = self.run("head", str(BIN / "ray"), "job", "submit", "--address", self.dashboard,
-                            "--working-dir", str(REPO), "--", *entrypoint, timeout=timeout)
+            proc = self.run(
+                "head",
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                self.dashboard,
+                "--working-dir",
+                str(REPO),
+                "--",
+                *entrypoint,
+                timeout=timeout,
+            )
             if "No available agent" not in proc.stdout + proc.stderr or time.time() > deadline:
                 return proc
             time.sleep(3)
@@ -186,19 +252,37 @@ class NetnsCluster:
 
 
 def job_status(cluster: NetnsCluster, job_id: str) -> str:
-    out = cluster.run("head", str(BIN / "ray"), "job", "status", "--address", cluster.dashboard, job_id, timeout=60)
+    out = cluster.run(
+        "head", str(BIN / "ray"), "job", "status", "--address", cluster.dashboard, job_id, timeout=60
+    )
     import re
 
     # The CLI reports on stderr: "Job 'raysubmit_…' succeeded" / "failed" / "was stopped".
     done = re.search(r"job '\S+' (succeeded|failed|was stopped)", (out.stdout + out.stderr).lower())
-    return {"succeeded": "SUCCEEDED", "failed": "FAILED", "was stopped": "STOPPED"}[done.group(1)] if done else "RUNNING"
+    return (
+        {"succeeded": "SUCCEEDED", "failed": "FAILED", "was stopped": "STOPPED"}[done.group(1)]
+        if done
+        else "RUNNING"
+    )
 
 
 def submit_no_wait(cluster: NetnsCluster, *entrypoint: str) -> str:
     deadline = time.time() + 90
     while True:
-        proc = cluster.run("head", str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--no-wait",
-                           "--working-dir", str(REPO), "--", *entrypoint, timeout=120)
+        proc = cluster.run(
+            "head",
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            cluster.dashboard,
+            "--no-wait",
+            "--working-dir",
+            str(REPO),
+            "--",
+            *entrypoint,
+            timeout=120,
+        )
         text = proc.stdout + proc.stderr
         if "No available agent" not in text or time.time() > deadline:
             break
@@ -217,5 +301,7 @@ def wait_job(cluster: NetnsCluster, job_id: str, timeout: float = 600) -> tuple[
         if state in ("SUCCEEDED", "FAILED", "STOPPED"):
             break
         time.sleep(2)
-    logs = cluster.run("head", str(BIN / "ray"), "job", "logs", "--address", cluster.dashboard, job_id, timeout=60)
+    logs = cluster.run(
+        "head", str(BIN / "ray"), "job", "logs", "--address", cluster.dashboard, job_id, timeout=60
+    )
     return state, logs.stdout + logs.stderr

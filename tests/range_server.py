@@ -99,8 +99,15 @@ class RangeServer:
                 with server.lock:
                     server.served_total += 1
                     blocked = server._blocked_status()
-                    server.log.append({"t": time.time(), "path": name, "peer": self.client_address[:2],
-                                       "headers": dict(self.headers.items()), "status": blocked})
+                    server.log.append(
+                        {
+                            "t": time.time(),
+                            "path": name,
+                            "peer": self.client_address[:2],
+                            "headers": dict(self.headers.items()),
+                            "status": blocked,
+                        }
+                    )
                     server.requests[name] += 1
                     n = server.requests[name]
                     server.ranges.setdefault(name, []).append(self.headers.get("Range", ""))
@@ -131,7 +138,7 @@ class RangeServer:
                     if start >= len(data):
                         return self._status(416, {"Content-Range": f"bytes */{len(data)}"})
                     end, status = min(end, len(data) - 1), 206
-                body = data[start:end + 1]
+                body = data[start : end + 1]
                 self.send_response(status)
                 self.send_header("Content-Type", "video/mp4")
                 self.send_header("Accept-Ranges", "bytes")
@@ -145,7 +152,9 @@ class RangeServer:
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
                     if kind == "reset":  # RST instead of FIN
-                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.connection.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
                     self.close_connection = True
                     self.connection.close()
                     return
@@ -154,7 +163,7 @@ class RangeServer:
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
                 try:
                     for i in range(0, len(body), 16 * 1024):
-                        chunk = body[i:i + 16 * 1024]
+                        chunk = body[i : i + 16 * 1024]
                         self.wfile.write(chunk)
                         with server.lock:
                             server.bytes_sent[name] += len(chunk)

@@ -54,28 +54,55 @@ class LocalCluster:
         # Every node's dashboard agent defaults to port 52365 on all interfaces, so a
         # second Ray on this machine (the embedded one of other tests, or our own
         # worker node) would fail to start its agent: give each node a free one.
-        proc = subprocess.Popen([str(BIN / "ray"), "start", "--disable-usage-stats", "--node-ip-address", HOST,
-                                 "--num-cpus", str(self.cpus), "--num-gpus", str(self.gpus),
-                                 "--dashboard-agent-listen-port", str(free_port()),
-                                 *args], env=self.env, start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--disable-usage-stats",
+                "--node-ip-address",
+                HOST,
+                "--num-cpus",
+                str(self.cpus),
+                "--num-gpus",
+                str(self.gpus),
+                "--dashboard-agent-listen-port",
+                str(free_port()),
+                *args,
+            ],
+            env=self.env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.groups.append(proc.pid)  # its daemons stay in this process group after it exits
         out, _ = proc.communicate(timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"ray start failed:\n{out[-3000:]}")
 
     def start(self) -> LocalCluster:
-        self._ray_start("--head", "--port", str(self.port), "--dashboard-host", HOST,
-                        "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port",
-                        str(self.client_port), "--temp-dir", self.temp_dir)
+        self._ray_start(
+            "--head",
+            "--port",
+            str(self.port),
+            "--dashboard-host",
+            HOST,
+            "--dashboard-port",
+            str(self.dashboard_port),
+            "--ray-client-server-port",
+            str(self.client_port),
+            "--temp-dir",
+            self.temp_dir,
+        )
         for _ in range(self.workers):
             self._ray_start("--address", self.address)
         self.wait_for_nodes(1 + self.workers)
         return self
 
     def ray(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "ray"), *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "ray"), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
     def nodes(self) -> list[dict]:
         out = self.ray("list", "nodes", "--address", self.dashboard, "--format", "json", timeout=60)
@@ -94,8 +121,17 @@ class LocalCluster:
         answers "No available agent to submit job, please try again later")."""
         deadline = time.time() + 90
         while True:
-            proc = self.ray("job", "submit", "--address", self.dashboard, "--working-dir", working_dir, "--",
-                            *entrypoint, timeout=timeout)
+            proc = self.ray(
+                "job",
+                "submit",
+                "--address",
+                self.dashboard,
+                "--working-dir",
+                working_dir,
+                "--",
+                *entrypoint,
+                timeout=timeout,
+            )
             if "No available agent" not in proc.stdout + proc.stderr or time.time() > deadline:
                 return proc
             time.sleep(3)

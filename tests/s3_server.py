@@ -38,8 +38,11 @@ class S3Server:
         return f"http://{self.host}:{self.port}"
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "avfusion-test",
-                "AWS_SECRET_ACCESS_KEY": "avfusion-test-secret"}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "avfusion-test",
+            "AWS_SECRET_ACCESS_KEY": "avfusion-test-secret",
+        }
 
     def start(self) -> S3Server:
         self._server.start()

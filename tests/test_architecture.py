@@ -33,23 +33,61 @@ FILE_ACCESS_ALLOWED = {
 }
 
 # Calls that open, write, move or delete files (qualified names after import aliases).
-OPENING = {"builtins.open", "io.open", "os.open", "os.fdopen", "codecs.open", "os.replace", "os.rename",
-           "os.renames", "os.remove", "os.unlink", "os.rmdir", "os.removedirs", "os.mkdir", "os.makedirs",
-           "os.truncate", "shutil.copy", "shutil.copy2", "shutil.copyfile", "shutil.copyfileobj",
-           "shutil.copytree", "shutil.move", "shutil.rmtree", "shutil.make_archive", "shutil.unpack_archive",
-           "torch.save", "torch.load"}
+OPENING = {
+    "builtins.open",
+    "io.open",
+    "os.open",
+    "os.fdopen",
+    "codecs.open",
+    "os.replace",
+    "os.rename",
+    "os.renames",
+    "os.remove",
+    "os.unlink",
+    "os.rmdir",
+    "os.removedirs",
+    "os.mkdir",
+    "os.makedirs",
+    "os.truncate",
+    "shutil.copy",
+    "shutil.copy2",
+    "shutil.copyfile",
+    "shutil.copyfileobj",
+    "shutil.copytree",
+    "shutil.move",
+    "shutil.rmtree",
+    "shutil.make_archive",
+    "shutil.unpack_archive",
+    "torch.save",
+    "torch.load",
+}
 OPENING_MODULES = ("tempfile", "fsspec")  # every call into these makes or opens files
 # Calls that open a file only when handed a path, by (position, keyword) of that
 # argument: fine with a buffer, or with the local path ``avfusion.storage`` handed out
 # (``with storage.atomic_file(url) as tmp:``).
-PATH_TAKING = {"pyarrow.parquet.write_table": (1, "where"), "pyarrow.parquet.read_table": (0, "source"),
-               "pyarrow.parquet.ParquetFile": (0, "source"), "pyarrow.parquet.ParquetWriter": (0, "where"),
-               "tarfile.open": (0, "name"), "tarfile.TarFile": (0, "name"), "zipfile.ZipFile": (0, "file"),
-               "matplotlib.pyplot.savefig": (0, "fname")}
+PATH_TAKING = {
+    "pyarrow.parquet.write_table": (1, "where"),
+    "pyarrow.parquet.read_table": (0, "source"),
+    "pyarrow.parquet.ParquetFile": (0, "source"),
+    "pyarrow.parquet.ParquetWriter": (0, "where"),
+    "tarfile.open": (0, "name"),
+    "tarfile.TarFile": (0, "name"),
+    "zipfile.ZipFile": (0, "file"),
+    "matplotlib.pyplot.savefig": (0, "fname"),
+}
 # Methods that open, write or delete a file when called on an object that is not an
 # imported module (a ``Path``, a figure): always, or, for these, when given a path.
-PATH_METHODS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "unlink", "touch", "mkdir",
-                "rmdir"}
+PATH_METHODS = {
+    "open",
+    "read_text",
+    "read_bytes",
+    "write_text",
+    "write_bytes",
+    "unlink",
+    "touch",
+    "mkdir",
+    "rmdir",
+}
 PATH_TAKING_METHODS = {"savefig": (0, "fname")}
 BUFFERS = {"io.BytesIO", "io.StringIO", "pyarrow.BufferReader", "pyarrow.py_buffer"}
 ENVIRONMENT = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
@@ -88,7 +126,7 @@ def _base(module: Module, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
     package = module.name.split(".") if module.is_package else module.name.split(".")[:-1]
-    package = package[:len(package) - node.level + 1]
+    package = package[: len(package) - node.level + 1]
     return ".".join(package + ([node.module] if node.module else []))
 
 
@@ -208,13 +246,18 @@ def _cycle_through(graph: dict[str, dict[str, int]], start: str, component: set[
     raise AssertionError(f"{start} is in a component but on no cycle")
 
 
-def forbidden_imports(modules: list[Module], importer: str, imported: str,
-                      allowed: str | None = None) -> list[str]:
+def forbidden_imports(
+    modules: list[Module], importer: str, imported: str, allowed: str | None = None
+) -> list[str]:
     """Imports of ``imported`` (and its submodules) by modules under ``importer``,
     except by modules under ``allowed``."""
-    return [f"{m.path}:{line}: imports {name}" for m in modules
-            if _within(m.name, importer) and not (allowed and _within(m.name, allowed))
-            for line, name in imports(m) if _within(name, imported)]
+    return [
+        f"{m.path}:{line}: imports {name}"
+        for m in modules
+        if _within(m.name, importer) and not (allowed and _within(m.name, allowed))
+        for line, name in imports(m)
+        if _within(name, imported)
+    ]
 
 
 def _aliases(module: Module) -> dict[str, str]:
@@ -294,7 +337,7 @@ class _FileAccess(ast.NodeVisitor):
         self.generic_visit(node)
 
     def _given_a_path(self, node: ast.Call, position: int, keyword: str) -> bool:
-        files = node.args[position:position + 1] + [k.value for k in node.keywords if k.arg == keyword]
+        files = node.args[position : position + 1] + [k.value for k in node.keywords if k.arg == keyword]
         return any(not self._from_storage(f) for f in files)
 
     def _opening(self, node: ast.Call) -> str | None:
@@ -351,14 +394,16 @@ def test_no_import_cycle():
 
 
 def test_shards_imports_nothing_of_avfusion_or_jobs():
-    offences = (forbidden_imports(MODULES, "shards", "avfusion")
-                + forbidden_imports(MODULES, "shards", "jobs"))
+    offences = forbidden_imports(MODULES, "shards", "avfusion") + forbidden_imports(MODULES, "shards", "jobs")
     assert not offences, _report("shards/ is the lowest layer", offences)
 
 
 def test_ray_is_imported_only_in_the_executor():
-    offences = (forbidden_imports(MODULES, "avfusion", "ray", allowed=RAY_HOME)
-                + forbidden_imports(MODULES, "shards", "ray") + forbidden_imports(MODULES, "jobs", "ray"))
+    offences = (
+        forbidden_imports(MODULES, "avfusion", "ray", allowed=RAY_HOME)
+        + forbidden_imports(MODULES, "shards", "ray")
+        + forbidden_imports(MODULES, "jobs", "ray")
+    )
     assert not offences, _report(f"Ray outside {RAY_HOME} (jobs reach it through the executor)", offences)
 
 
@@ -369,8 +414,9 @@ def test_the_library_never_imports_jobs():
 
 def test_the_library_reads_no_environment():
     offences = environment_reads(LIBRARY_MODULES)
-    assert not offences, _report("environment reads in the library (the jobs read it and pass values in)",
-                                 offences)
+    assert not offences, _report(
+        "environment reads in the library (the jobs read it and pass values in)", offences
+    )
 
 
 def test_files_are_opened_only_through_storage():
@@ -380,8 +426,11 @@ def test_files_are_opened_only_through_storage():
 
 def test_every_allowed_module_still_needs_it():
     """An entry whose modules were renamed, or no longer touch files, is removed."""
-    stale = [pattern for pattern in FILE_ACCESS_ALLOWED
-             if not file_access([m for m in MODULES if fnmatch(m.name, pattern)], allowed={})]
+    stale = [
+        pattern
+        for pattern in FILE_ACCESS_ALLOWED
+        if not file_access([m for m in MODULES if fnmatch(m.name, pattern)], allowed={})
+    ]
     assert not stale, f"remove these from FILE_ACCESS_ALLOWED (no module of theirs touches files): {stale}"
 
 
@@ -389,34 +438,46 @@ def test_every_allowed_module_still_needs_it():
 
 
 def test_cycle_checker_can_fail():
-    modules = [parse("pkg.a", "from pkg import b\n"), parse("pkg.b", "def f():\n    import pkg.c\n"),
-               parse("pkg.c", "from pkg.a import thing\n"), parse("pkg.d", "import pkg.a\n"),
-               parse("pkg", "", is_package=True)]
+    modules = [
+        parse("pkg.a", "from pkg import b\n"),
+        parse("pkg.b", "def f():\n    import pkg.c\n"),
+        parse("pkg.c", "from pkg.a import thing\n"),
+        parse("pkg.d", "import pkg.a\n"),
+        parse("pkg", "", is_package=True),
+    ]
     assert import_cycles(modules) == ["pkg/a.py:1 → pkg/b.py:2 → pkg/c.py:1 → pkg.a"]
     relative = [parse("pkg.x", "from . import y\n"), parse("pkg.y", "from .x import z\n")]
     assert import_cycles(relative) == ["pkg/x.py:1 → pkg/y.py:1 → pkg.x"]
 
 
 def test_import_checkers_can_fail():
-    modules = [parse("shards.w", "def f():\n    from avfusion import storage\n"),
-               parse("avfusion.doctor", "def f():\n    import ray.util\n"),
-               parse("avfusion.executor.ray_tasks", "import ray\n"),
-               parse("avfusion.x", "from jobs.cli import main\n"),
-               parse("jobs.train", "from ray import train\n")]
+    modules = [
+        parse("shards.w", "def f():\n    from avfusion import storage\n"),
+        parse("avfusion.doctor", "def f():\n    import ray.util\n"),
+        parse("avfusion.executor.ray_tasks", "import ray\n"),
+        parse("avfusion.x", "from jobs.cli import main\n"),
+        parse("jobs.train", "from ray import train\n"),
+    ]
     assert forbidden_imports(modules, "shards", "avfusion") == ["shards/w.py:2: imports avfusion.storage"]
     assert forbidden_imports(modules, "avfusion", "ray", allowed=RAY_HOME) == [
-        "avfusion/doctor.py:2: imports ray.util"]
+        "avfusion/doctor.py:2: imports ray.util"
+    ]
     assert forbidden_imports(modules, "avfusion", "jobs") == ["avfusion/x.py:1: imports jobs.cli.main"]
     assert forbidden_imports(modules, "jobs", "ray") == ["jobs/train.py:1: imports ray.train"]
 
 
 def test_environment_checker_can_fail():
-    source = ("import os\nfrom os import getenv as ge\nimport os as system\n"
-              "a = os.environ.get('X')\nb = ge('Y')\nc = system.environ['Z']\nos.putenv('A', '1')\n"
-              "environ = {}\nd = environ.get('not os')\n")
+    source = (
+        "import os\nfrom os import getenv as ge\nimport os as system\n"
+        "a = os.environ.get('X')\nb = ge('Y')\nc = system.environ['Z']\nos.putenv('A', '1')\n"
+        "environ = {}\nd = environ.get('not os')\n"
+    )
     assert environment_reads([parse("avfusion.m", source)]) == [
-        "avfusion/m.py:4: os.environ", "avfusion/m.py:5: os.getenv",
-        "avfusion/m.py:6: os.environ", "avfusion/m.py:7: os.putenv"]
+        "avfusion/m.py:4: os.environ",
+        "avfusion/m.py:5: os.getenv",
+        "avfusion/m.py:6: os.environ",
+        "avfusion/m.py:7: os.putenv",
+    ]
 
 
 def test_file_checker_can_fail():
@@ -449,15 +510,28 @@ def good(url, table, data, fig):
     os.path.join(url, "x")
 """
     found = file_access([parse("avfusion.m", source)], allowed={})
-    assert found == ["avfusion/m.py:7: builtins.open", "avfusion/m.py:8: .write_text()",
-                     "avfusion/m.py:9: os.replace", "avfusion/m.py:10: shutil.rmtree",
-                     "avfusion/m.py:11: tempfile.mkdtemp",
-                     "avfusion/m.py:12: pyarrow.parquet.write_table with a path",
-                     "avfusion/m.py:13: builtins.open", "avfusion/m.py:15: .savefig() with a path"], found
-    assert file_access([parse("avfusion.storage", source), parse("jobs.bench.x", source)],
-                       allowed={"jobs.bench.*": "scratch"}) == []
+    assert found == [
+        "avfusion/m.py:7: builtins.open",
+        "avfusion/m.py:8: .write_text()",
+        "avfusion/m.py:9: os.replace",
+        "avfusion/m.py:10: shutil.rmtree",
+        "avfusion/m.py:11: tempfile.mkdtemp",
+        "avfusion/m.py:12: pyarrow.parquet.write_table with a path",
+        "avfusion/m.py:13: builtins.open",
+        "avfusion/m.py:15: .savefig() with a path",
+    ], found
+    assert (
+        file_access(
+            [parse("avfusion.storage", source), parse("jobs.bench.x", source)],
+            allowed={"jobs.bench.*": "scratch"},
+        )
+        == []
+    )
     # the path storage hands out is a local path only inside its ``with``
-    outside = ("import pyarrow.parquet as pq\nfrom avfusion import storage\n"
-               "with storage.atomic_file(u) as tmp:\n    pass\npq.write_table(t, tmp)\n")
+    outside = (
+        "import pyarrow.parquet as pq\nfrom avfusion import storage\n"
+        "with storage.atomic_file(u) as tmp:\n    pass\npq.write_table(t, tmp)\n"
+    )
     assert file_access([parse("avfusion.m", outside)], allowed={}) == [
-        "avfusion/m.py:5: pyarrow.parquet.write_table with a path"]
+        "avfusion/m.py:5: pyarrow.parquet.write_table with a path"
+    ]

@@ -22,8 +22,12 @@ def _clips(b: int, t: int = 4, s: int = 32, n: int = 1600, seed: int = 0) -> Bat
     rng = np.random.default_rng(seed)
     frames = rng.integers(20, 200, (b, t, s, s, 3)) + 10 * np.arange(t)[None, :, None, None, None]
     wave = rng.uniform(-0.3, 0.3, (b, n)).astype(np.float32)
-    return Batch(torch.from_numpy(wave), torch.from_numpy(frames.astype(np.uint8)),
-                 torch.arange(b) % 7, [f"c{i}" for i in range(b)])
+    return Batch(
+        torch.from_numpy(wave),
+        torch.from_numpy(frames.astype(np.uint8)),
+        torch.arange(b) % 7,
+        [f"c{i}" for i in range(b)],
+    )
 
 
 def _ramp(b: int, s: int = 64) -> np.ndarray:
@@ -77,7 +81,10 @@ def test_crop_statistics_and_flip_rate_match_the_reference(device):
 def _dropout_counts(waves, frames, orig_frames):
     muted = (np.abs(waves).max(axis=1) == 0).mean()
     black = frames.reshape(len(frames), -1).max(axis=1) == 0
-    frozen = [(f == f[:1]).all() and f.max() > 0 and not (o == o[:1]).all() for f, o in zip(frames, orig_frames)]
+    frozen = [
+        (f == f[:1]).all() and f.max() > 0 and not (o == o[:1]).all()
+        for f, o in zip(frames, orig_frames, strict=True)
+    ]
     return muted, black.mean(), np.mean(frozen)
 
 
@@ -89,23 +96,31 @@ def test_modality_dropout_rates_match_the_reference_and_labels_are_kept(device):
     assert torch.equal(out.target.cpu(), clips.target) and torch.equal(soft.argmax(1).cpu(), clips.target)
     ours = _dropout_counts(out.waveform.cpu().numpy(), out.frames.cpu().numpy(), clips.frames.numpy())
     aug = Augment(cfg, seed=0)
-    ref_samples = [aug({"waveform": w.numpy(), "frames": f.numpy(), "target": 0})
-                   for w, f in zip(clips.waveform, clips.frames)]
-    ref = _dropout_counts(np.stack([s["waveform"] for s in ref_samples]), np.stack([s["frames"] for s in ref_samples]),
-                          clips.frames.numpy())
+    ref_samples = [
+        aug({"waveform": w.numpy(), "frames": f.numpy(), "target": 0})
+        for w, f in zip(clips.waveform, clips.frames, strict=False)
+    ]
+    ref = _dropout_counts(
+        np.stack([s["waveform"] for s in ref_samples]),
+        np.stack([s["frames"] for s in ref_samples]),
+        clips.frames.numpy(),
+    )
     expected = (0.3 * 2 / 3, 0.3 * 2 / 6, 0.3 * 2 / 6)  # mute 2 of 3 audio picks, black 2 of 6, frozen 2 of 6
-    for o, r, e in zip(ours, ref, expected):
+    for o, r, e in zip(ours, ref, expected, strict=False):
         tol = 4 * np.sqrt(e * (1 - e) / 600)
         assert abs(o - e) < tol and abs(r - e) < tol, (ours, ref, expected)
-    both = (np.abs(out.waveform.cpu().numpy() - clips.waveform.numpy()).max(1) > 0) & \
-        (out.frames.cpu().numpy() != clips.frames.numpy()).reshape(600, -1).any(1)
+    both = (np.abs(out.waveform.cpu().numpy() - clips.waveform.numpy()).max(1) > 0) & (
+        out.frames.cpu().numpy() != clips.frames.numpy()
+    ).reshape(600, -1).any(1)
     assert not both.any(), "at most one modality of a clip is dropped"
     wave, frames = out.waveform.cpu().numpy(), out.frames.cpu().numpy()
     muted = np.abs(wave).max(1) == 0
     black = frames.reshape(600, -1).max(1) == 0
     frozen = (frames == frames[:, :1]).reshape(600, -1).all(1) & ~black
     dead = out.dead.cpu().numpy()
-    assert (dead[:, 0] == muted).all() and (dead[:, 1] == (black | frozen)).all(), "dead marks muted, black, frozen"
+    assert (dead[:, 0] == muted).all() and (dead[:, 1] == (black | frozen)).all(), (
+        "dead marks muted, black, frozen"
+    )
     assert dead[:, 0].sum() > 0 and dead[:, 1].sum() > 0
 
 
@@ -130,12 +145,14 @@ def test_temporal_crops_keep_ordered_frames_and_a_contiguous_window(device):
     out, _ = A.BatchAugment(cfg, num_classes=7)(clips, device, 0, 0)
     assert out.frames.shape[1] == 2 and out.waveform.shape == (8, 800)
     for i in range(8):
-        picked = [next(j for j in range(6) if torch.equal(out.frames[i, k].cpu(), clips.frames[i, j]))
-                  for k in range(2)]
+        picked = [
+            next(j for j in range(6) if torch.equal(out.frames[i, k].cpu(), clips.frames[i, j]))
+            for k in range(2)
+        ]
         assert picked[0] < picked[1]
         w = clips.waveform[i].numpy()
         start = int(np.flatnonzero(np.isclose(w, out.waveform[i, 0].item()))[0])
-        np.testing.assert_allclose(out.waveform[i].cpu().numpy(), w[start:start + 800])
+        np.testing.assert_allclose(out.waveform[i].cpu().numpy(), w[start : start + 800])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -146,11 +163,12 @@ def test_deterministic_under_a_seed_and_different_across_ranks_workers_epochs_st
     def run(rank=0, worker=0, epoch=0, step=0):
         b = Batch(clips.waveform, clips.frames, clips.target, clips.keys, worker=worker)
         out, soft = A.BatchAugment(cfg, num_classes=7, seed=3, rank=rank, mixup_alpha=0.4, mixup_prob=0.5)(
-            b, device, epoch, step)
+            b, device, epoch, step
+        )
         return out.frames.cpu(), out.waveform.cpu(), soft.cpu()
 
     base = run()
-    assert all(torch.equal(a, b) for a, b in zip(base, run()))
+    assert all(torch.equal(a, b) for a, b in zip(base, run(), strict=False))
     for other in (run(rank=1), run(worker=1), run(epoch=1), run(step=1)):
         assert not torch.equal(base[0], other[0])
 

@@ -21,8 +21,9 @@ def tables(monkeypatch):
 def test_results_files_carry_date_machine_and_command(tables, capsys):
     # memory:// is not a local path: the files can only get there through storage
     where = f"memory://results-{uuid.uuid4().hex}"
-    common.print_table("Bundled real set: goals", [("muted | w_audio", 0.0834, True)],
-                       ("goal", "measured", "met"))
+    common.print_table(
+        "Bundled real set: goals", [("muted | w_audio", 0.0834, True)], ("goal", "measured", "met")
+    )
     plotted = []
 
     def plot(local: str) -> None:
@@ -30,8 +31,13 @@ def test_results_files_carry_date_machine_and_command(tables, capsys):
         with open(local, "wb") as f:
             f.write(b"\x89PNG fake")
 
-    written = common.write_results("robustness", ["--folds", "5", "--out", "/tmp/runs dir"],
-                                   data={"real": {"top1": 0.7}}, plot=plot, results_dir=where)
+    written = common.write_results(
+        "robustness",
+        ["--folds", "5", "--out", "/tmp/runs dir"],
+        data={"real": {"top1": 0.7}},
+        plot=plot,
+        results_dir=where,
+    )
     assert written == [f"{where}/robustness.md", f"{where}/robustness.json", f"{where}/robustness.png"]
     assert plotted and storage.read_bytes(written[2]) == b"\x89PNG fake"
 
@@ -44,14 +50,22 @@ def test_results_files_carry_date_machine_and_command(tables, capsys):
     m = header["machine"]
     assert m["cpu"] and m["cores"] >= 1 and 1 <= m["usable_cores"] <= m["cores"]
     assert m["torch"] == torch.__version__ and m["python"] == platform.python_version()
-    assert m["gpus"] == ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-                         if torch.cuda.is_available() else [])
+    assert m["gpus"] == (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else []
+    )
 
     md = storage.read_text(written[0])
     assert md.startswith("# avfusion bench robustness\n")
-    for line in (f"| date (UTC) | {header['date']} |", f"| command | `{header['command']}` |",
-                 f"| torch / Python | {m['torch']} / {m['python']} |", "## Bundled real set: goals",
-                 "| goal | measured | met |", "| muted \\| w_audio | 0.083 | True |"):
+    for line in (
+        f"| date (UTC) | {header['date']} |",
+        f"| command | `{header['command']}` |",
+        f"| torch / Python | {m['torch']} / {m['python']} |",
+        "## Bundled real set: goals",
+        "| goal | measured | met |",
+        "| muted \\| w_audio | 0.083 | True |",
+    ):
         assert line in md
     assert f"{m['cores']} cores" in md and ("| GPU | none |" in md) == (not m["gpus"])
     assert json.dumps(header)  # the header is plain JSON

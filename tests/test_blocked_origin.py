@@ -15,8 +15,10 @@ from jobs import preprocess
 from tests.range_server import RangeServer
 
 IDS = [f"v{i}" for i in range(8)]
-GOVERNOR = ("governor:\n  min_spacing: 0.05\n  jitter: 0.5\n  cooldown_start: 0.3\n  cooldown_max: 1.0\n"
-            "  max_blocked: {max_blocked}\n  forbidden_streak: 2\n")
+GOVERNOR = (
+    "governor:\n  min_spacing: 0.05\n  jitter: 0.5\n  cooldown_start: 0.3\n  cooldown_max: 1.0\n"
+    "  max_blocked: {max_blocked}\n  forbidden_streak: 2\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +35,35 @@ def _run(tmp_path, server, out, max_blocked=60.0, extra=()):
     csv = tmp_path / "vggsound.csv"
     csv.write_text("".join(f"{i},0,{'dog' if int(i[1:]) % 2 else 'cat'},train\n" for i in IDS))
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("clip:\n  clip_seconds: 2.0\n  frame_size: 32\n"
-                   "download:\n  socket_timeout: 2.0\n  backoff_base: 0.05\n  max_attempts: 3\n"
-                   + GOVERNOR.format(max_blocked=max_blocked))
-    args = [str(csv), "--out", str(out), "--config", str(cfg), "--url-template", server.url("{id}.mp4"),
-            "--shard-size", "2", "--threads", "2", "--concurrency", "2", *extra]
+    cfg.write_text(
+        "clip:\n  clip_seconds: 2.0\n  frame_size: 32\n"
+        "download:\n  socket_timeout: 2.0\n  backoff_base: 0.05\n  max_attempts: 3\n"
+        + GOVERNOR.format(max_blocked=max_blocked)
+    )
+    args = [
+        str(csv),
+        "--out",
+        str(out),
+        "--config",
+        str(cfg),
+        "--url-template",
+        server.url("{id}.mp4"),
+        "--shard-size",
+        "2",
+        "--threads",
+        "2",
+        "--concurrency",
+        "2",
+        *extra,
+    ]
     return preprocess.main(args)
 
 
 def _keys(out):
-    return sorted(json.loads(s["json"])["key"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")),
-                                                                       shardshuffle=False))
+    return sorted(
+        json.loads(s["json"])["key"]
+        for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False)
+    )
 
 
 def _failures(out):
@@ -87,22 +107,28 @@ def test_block_pauses_resumes_and_reruns_complete_the_key_set(tmp_path, served, 
         with RangeServer(served) as server:
             assert _run(tmp_path / "b", server, tmp_path / "blocked", extra=["--retry-failed"]) == 0
     assert _keys(tmp_path / "blocked") == expected
-    print(f"blocked run: {len(failures)} transient failures {sorted({k for _, k, _ in failures})}, "
-          f"final keys {len(_keys(tmp_path / 'blocked'))}")
+    print(
+        f"blocked run: {len(failures)} transient failures {sorted({k for _, k, _ in failures})}, "
+        f"final keys {len(_keys(tmp_path / 'blocked'))}"
+    )
 
 
 @pytest.mark.slow
 def test_an_over_long_block_stops_the_job_and_a_rerun_resumes_it(tmp_path, served, ray_local, capsys):
     out = tmp_path / "shards"
     with RangeServer(served) as server:
-        server.block(after=9, plan=[(429, 10 ** 6)])  # blocked for good after about three clips
+        server.block(after=9, plan=[(429, 10**6)])  # blocked for good after about three clips
         code = _run(tmp_path, server, out, max_blocked=2.0)
         timeline = _timeline(server)
     err = capsys.readouterr().err
     print("stopped run:", timeline)
     stop_line = next(line for line in err.splitlines() if line.startswith("STOPPED"))
     print(stop_line)
-    assert code == 3 and "blocked_rate_limit" in stop_line and "Resume later with: avfusion preprocess" in stop_line
+    assert (
+        code == 3
+        and "blocked_rate_limit" in stop_line
+        and "Resume later with: avfusion preprocess" in stop_line
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     print("governor:", manifest["downloads"], "kept keys:", len(_keys(out)))
     assert manifest["complete"] is False and manifest["downloads"]["stopped"] == "blocked_rate_limit"

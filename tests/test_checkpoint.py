@@ -12,14 +12,20 @@ CLIP = {"sample_rate": 16000, "clip_seconds": 0.5, "num_frames": 2, "frame_size"
 
 
 def _state(model: FusionModel) -> dict:
-    return {"model": model.state_dict(), "model_config": model.cfg.__dict__,
-            "label_map": {"a": 0, "b": 1, "c": 2}, "clip": CLIP}
+    return {
+        "model": model.state_dict(),
+        "model_config": model.cfg.__dict__,
+        "label_map": {"a": 0, "b": 1, "c": 2},
+        "clip": CLIP,
+    }
 
 
 def _inputs():
     gen = torch.Generator().manual_seed(0)
-    return (torch.randn(2, 8_000, generator=gen),
-            torch.randint(0, 256, (2, 2, 32, 32, 3), dtype=torch.uint8, generator=gen))
+    return (
+        torch.randn(2, 8_000, generator=gen),
+        torch.randint(0, 256, (2, 2, 32, 32, 3), dtype=torch.uint8, generator=gen),
+    )
 
 
 def test_a_saved_model_predicts_the_same_after_loading(tmp_path):
@@ -55,8 +61,10 @@ def test_an_unversioned_or_other_version_file_is_refused_in_one_line(tmp_path):
 
     future = tmp_path / "future.pt"
     torch.save({**_state(model), "format": checkpoint.FORMAT, "version": checkpoint.VERSION + 1}, future)
-    with pytest.raises(CheckpointError, match=f"of version {checkpoint.VERSION + 1},.* reads version "
-                                              f"{checkpoint.VERSION}; retrain"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"of version {checkpoint.VERSION + 1},.* reads version {checkpoint.VERSION}; retrain",
+    ):
         checkpoint.load(str(future))
 
     tensor = tmp_path / "tensor.pt"
@@ -68,17 +76,21 @@ def test_an_unversioned_or_other_version_file_is_refused_in_one_line(tmp_path):
 def test_weights_load_strictly(tmp_path):
     """A checkpoint whose weights do not match its model config, an extra module or a
     missing one, is an error, never a partial load."""
-    model = FusionModel(ModelConfig(num_classes=3, modalities="audio", embed_dim=8, audio_width=4,
-                                    audio_filters=8))
+    model = FusionModel(
+        ModelConfig(num_classes=3, modalities="audio", embed_dim=8, audio_width=4, audio_filters=8)
+    )
     extra = tmp_path / "extra.pt"
     state = _state(model)
-    checkpoint.save({**state, "model": {**state["model"], "video_head.weight": torch.zeros(3, 8)}},
-                    str(extra))
+    checkpoint.save(
+        {**state, "model": {**state["model"], "video_head.weight": torch.zeros(3, 8)}}, str(extra)
+    )
     with pytest.raises(RuntimeError, match="Unexpected key"):
         model_from_checkpoint(extra)
     missing = tmp_path / "missing.pt"
-    checkpoint.save({**state, "model": {k: v for k, v in state["model"].items() if k != "classifier.weight"}},
-                    str(missing))
+    checkpoint.save(
+        {**state, "model": {k: v for k, v in state["model"].items() if k != "classifier.weight"}},
+        str(missing),
+    )
     with pytest.raises(RuntimeError, match="Missing key"):
         model_from_checkpoint(missing)
 

@@ -7,7 +7,9 @@ from jobs.cli import JOBS, main
 
 @pytest.mark.slow
 def test_help_lists_every_job(cli_env):
-    out = subprocess.run(["avfusion", "--help"], env=cli_env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["avfusion", "--help"], env=cli_env, capture_output=True, text=True, check=True
+    ).stdout
     for job in ["preprocess", "train", "evaluate", "label", "predict", "bench", "demo", "synth"]:
         assert f"  {job}  " in out or f"  {job} " in out, job
     assert set(JOBS) >= {"preprocess", "train", "evaluate", "label", "predict", "bench", "demo"}

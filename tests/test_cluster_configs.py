@@ -59,20 +59,41 @@ def test_local_scripts_start_submit_stop(tmp_path, cli_env):
     from tests.ray_cluster import free_port
 
     state = Path(tempfile.mkdtemp(prefix="avfc-", dir="/tmp"))  # short: Ray's unix socket paths
-    ports = {"AVFUSION_RAY_PORT": free_port("127.0.0.4"), "AVFUSION_DASHBOARD_PORT": free_port("127.0.0.4"),
-             "AVFUSION_CLIENT_PORT": free_port("127.0.0.4"), "AVFUSION_HEAD_AGENT_PORT": free_port("127.0.0.4"),
-             "AVFUSION_WORKER_AGENT_PORT": free_port("127.0.0.4")}
-    env = dict(cli_env, RAY=str(Path(sys.executable).parent / "ray"), AVFUSION_RAY_HOST="127.0.0.4",
-               **{k: str(v) for k, v in ports.items()},
-               AVFUSION_OUT=str(tmp_path / "out"), AVFUSION_PYTHON=sys.executable)
+    ports = {
+        "AVFUSION_RAY_PORT": free_port("127.0.0.4"),
+        "AVFUSION_DASHBOARD_PORT": free_port("127.0.0.4"),
+        "AVFUSION_CLIENT_PORT": free_port("127.0.0.4"),
+        "AVFUSION_HEAD_AGENT_PORT": free_port("127.0.0.4"),
+        "AVFUSION_WORKER_AGENT_PORT": free_port("127.0.0.4"),
+    }
+    env = dict(
+        cli_env,
+        RAY=str(Path(sys.executable).parent / "ray"),
+        AVFUSION_RAY_HOST="127.0.0.4",
+        **{k: str(v) for k, v in ports.items()},
+        AVFUSION_OUT=str(tmp_path / "out"),
+        AVFUSION_PYTHON=sys.executable,
+    )
     env.pop("RAY_ADDRESS", None)
-    start = subprocess.run(["bash", "cluster/local/start.sh", str(state)], cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=180)
+    start = subprocess.run(
+        ["bash", "cluster/local/start.sh", str(state)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     try:
         assert start.returncode == 0, start.stdout + start.stderr
         env["RAY_ADDRESS"] = f"http://127.0.0.4:{ports['AVFUSION_DASHBOARD_PORT']}"
-        job = subprocess.run(["bash", "cluster/local/submit.sh", "preprocess"], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=300)
+        job = subprocess.run(
+            ["bash", "cluster/local/submit.sh", "preprocess"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
         manifest = json.loads((tmp_path / "out" / "shards" / "manifest.json").read_text())
         # Every labelled sample clip became a sample (the bundled clips all decode).
@@ -80,7 +101,9 @@ def test_local_scripts_start_submit_stop(tmp_path, cli_env):
 
         tasks, _ = scan_folder(REPO / "avfusion/sample_data/clips", REPO / "avfusion/sample_data/labels.csv")
         assert len(tasks) >= 30
-        assert manifest["num_samples"] == len(tasks) == sum(manifest["by_split"].values()), manifest["by_split"]
+        assert manifest["num_samples"] == len(tasks) == sum(manifest["by_split"].values()), manifest[
+            "by_split"
+        ]
         assert manifest["num_shards"] == -(-len(tasks) // 6)  # --shard-size 6 in submit.sh
     finally:
         groups = [int((state / f).read_text()) for f in ("head.pgid", "worker.pgid") if (state / f).exists()]
@@ -112,15 +135,25 @@ def test_kuberay_train_pods_have_shared_memory_for_their_loaders():
     from jobs import train as train_job
 
     doc = yaml.safe_load((REPO / "cluster" / "kuberay" / "train.yaml").read_text())
-    cfg = train_job.load_config(train_job.build_parser().parse_args(shlex.split(doc["spec"]["entrypoint"])[3:]))
+    cfg = train_job.load_config(
+        train_job.build_parser().parse_args(shlex.split(doc["spec"]["entrypoint"])[3:])
+    )
     clip = ClipSpec()  # the shards' default: 224², 8 frames, 10 s at 16 kHz
-    batch_bytes = cfg.batch_size * (clip.num_frames * clip.frame_size ** 2 * 3 + clip.num_samples * 4)
-    units = {"Mi": 2 ** 20, "Gi": 2 ** 30}
+    batch_bytes = cfg.batch_size * (clip.num_frames * clip.frame_size**2 * 3 + clip.num_samples * 4)
+    units = {"Mi": 2**20, "Gi": 2**30}
     for group in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
         spec = group["template"]["spec"]
-        shm = [v for v in spec["volumes"] if v["name"] in {m["name"] for c in spec["containers"]
-                                                         for m in c.get("volumeMounts", [])
-                                                         if m["mountPath"] == "/dev/shm"}]
+        shm = [
+            v
+            for v in spec["volumes"]
+            if v["name"]
+            in {
+                m["name"]
+                for c in spec["containers"]
+                for m in c.get("volumeMounts", [])
+                if m["mountPath"] == "/dev/shm"
+            }
+        ]
         assert len(shm) == 1 and shm[0]["emptyDir"]["medium"] == "Memory", spec["volumes"]
         size = shm[0]["emptyDir"]["sizeLimit"]
         size = int(size[:-2]) * units[size[-2:]]

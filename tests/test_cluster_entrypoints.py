@@ -78,7 +78,9 @@ def world(tmp_path_factory):
     served = tmp / "served"
     served.mkdir()
     for r in chosen:
-        (served / f"{r[0]}.mp4").write_bytes((sample_data.clips_dir() / f"{r[0]}_{int(r[1]):06d}.mp4").read_bytes())
+        (served / f"{r[0]}.mp4").write_bytes(
+            (sample_data.clips_dir() / f"{r[0]}_{int(r[1]):06d}.mp4").read_bytes()
+        )
     cookies = tmp / "cookies.txt"
     cookies.write_text("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t0\tSID\tavfusion-test\n")
     out = io.StringIO()
@@ -87,9 +89,20 @@ def world(tmp_path_factory):
     s3 = S3Server().start()
     s3.apply_env()  # this process (to seed the buckets) and, through it, the Ray nodes
     try:
-        with RangeServer(served) as http, LocalCluster(cpus_per_node=8, workers=0, gpus_per_node=4) as cluster:
-            yield {"s3": s3, "http": http, "cluster": cluster, "csv": out.getvalue(), "rows": chosen,
-                   "served": served, "cookies": str(cookies), "tmp": tmp}
+        with (
+            RangeServer(served) as http,
+            LocalCluster(cpus_per_node=8, workers=0, gpus_per_node=4) as cluster,
+        ):
+            yield {
+                "s3": s3,
+                "http": http,
+                "cluster": cluster,
+                "csv": out.getvalue(),
+                "rows": chosen,
+                "served": served,
+                "cookies": str(cookies),
+                "tmp": tmp,
+            }
     finally:
         s3.stop()
 
@@ -117,7 +130,9 @@ def test_kuberay_and_autoscaler_entrypoints_against_s3(world):
     manifest = storage.read_json(f"{shards}/manifest.json")
     assert manifest["complete"] and manifest["num_samples"] == len(world["rows"]) == 8, manifest
     assert manifest["by_split"] == {"train": 6, "test": 2}
-    assert sorted(k for s in manifest["shards"] for k in _tar_keys(f"{shards}/{s['tar']}")) == keys_of(world["rows"])
+    assert sorted(k for s in manifest["shards"] for k in _tar_keys(f"{shards}/{s['tar']}")) == keys_of(
+        world["rows"]
+    )
 
     # KubeRay train: Ray Train on 4 workers from S3 shards, run folder (checkpoints, Ray state) in S3.
     train = without(kuberay_entrypoint("train"), "--gpu")
@@ -127,7 +142,9 @@ def test_kuberay_and_autoscaler_entrypoints_against_s3(world):
     # its 8-CPU pods have); this one-machine cluster has 8 CPUs for all 4 workers.
     submit(world, train + ["--epochs", "1", "--batch-size", "2", "--workers", "0"])
     assert storage.exists(f"{run}/last.pt") and storage.find(f"{run}/ray"), storage.find(run)
-    assert [r["epoch"] for r in map(json.loads, storage.read_text(f"{run}/metrics.jsonl").splitlines())] == [0]
+    assert [r["epoch"] for r in map(json.loads, storage.read_text(f"{run}/metrics.jsonl").splitlines())] == [
+        0
+    ]
     ranks = [storage.read_json(f"{run}/ranks/rank{r}.json") for r in range(4)]
     assert {r["world"] for r in ranks} == {4}
 

@@ -36,7 +36,7 @@ def test_deterministic_and_shape_preserving(name):
 def test_severity_is_monotone(name):
     original = (WAVE if CORRUPTIONS[name].modality == "audio" else FRAMES).astype(np.float64)
     distances = [np.abs(_run(name, s).astype(np.float64) - original).mean() for s in range(1, 6)]
-    assert all(b >= a * 0.98 for a, b in zip(distances, distances[1:])), distances
+    assert all(b >= a * 0.98 for a, b in zip(distances, distances[1:], strict=False)), distances
     assert distances[-1] > distances[0] * 1.2, distances
 
 
@@ -54,20 +54,22 @@ def test_missing_modality_conditions():
 def test_audio_noise_hits_its_snr(severity):
     noisy = _run("audio_gaussian_noise", severity)
     noise = noisy - WAVE
-    snr = 10 * np.log10(np.mean(WAVE ** 2) / np.mean(noise ** 2))
+    snr = 10 * np.log10(np.mean(WAVE**2) / np.mean(noise**2))
     assert snr == pytest.approx(AUDIO_SNR_DB[severity], abs=0.5)
 
 
 @pytest.mark.parametrize("name", ["traffic_noise", "train_noise"])
 def test_real_environmental_noise_is_mixed_at_snr(name):
     noisy = _run(name, 3)
-    snr = 10 * np.log10(np.mean(WAVE ** 2) / np.mean((noisy - WAVE) ** 2))
+    snr = 10 * np.log10(np.mean(WAVE**2) / np.mean((noisy - WAVE) ** 2))
     assert snr == pytest.approx(AUDIO_SNR_DB[3], abs=1.0)
 
 
 def test_lowpass_removes_energy_above_cutoff():
-    mixed = (0.3 * np.sin(2 * np.pi * 300 * np.arange(16_000) / 16_000)
-             + 0.3 * np.sin(2 * np.pi * 3000 * np.arange(16_000) / 16_000)).astype(np.float32)
+    mixed = (
+        0.3 * np.sin(2 * np.pi * 300 * np.arange(16_000) / 16_000)
+        + 0.3 * np.sin(2 * np.pi * 3000 * np.arange(16_000) / 16_000)
+    ).astype(np.float32)
     out = CORRUPTIONS["audio_lowpass"].fn(mixed, 3, np.random.default_rng(0))
     spectrum = np.abs(np.fft.rfft(out))
     assert LOWPASS_HZ[3] == 1000 and spectrum[3000] < 1e-3 * spectrum[300]
@@ -79,7 +81,9 @@ def test_contrast_and_brightness_do_what_they_say():
 
 
 def test_blur_removes_high_frequencies():
-    edges = lambda x: np.abs(np.diff(x.astype(np.float64), axis=2)).mean()
+    def edges(x):
+        return np.abs(np.diff(x.astype(np.float64), axis=2)).mean()
+
     for name in ("gaussian_blur", "defocus_blur", "motion_blur", "zoom_blur"):
         assert edges(_run(name, 5)) < 0.7 * edges(FRAMES), name
 
@@ -116,16 +120,25 @@ def test_the_report_marks_which_corruptions_destroy_a_modality_s_evidence():
     from avfusion.evaluation.report import markdown_table
 
     def row(fused, audio, video):
-        return {"fused": {"top1": fused, "top5": 1.0, "w_audio": 0.5, "w_video": 0.5, "agreement": 1.0},
-                "audio-only": {"top1": audio, "top5": 1.0}, "video-only": {"top1": video, "top5": 1.0}}
+        return {
+            "fused": {"top1": fused, "top5": 1.0, "w_audio": 0.5, "w_video": 0.5, "agreement": 1.0},
+            "audio-only": {"top1": audio, "top5": 1.0},
+            "video-only": {"top1": video, "top5": 1.0},
+        }
 
     def evidence_left(results, chance):  # keyed by name, as the assertions read it
         return {c.name: v for c, v in evidence_by_condition(results, chance).items()}
 
-    results = {Condition.parse(c): r for c, r in {
-        "normal": row(0.6, 0.5, 0.3), "muted_audio": row(0.3, 0.1, 0.3),
-        "gaussian_blur@5": row(0.6, 0.5, 0.29), "video_gaussian_noise@5": row(0.5, 0.5, 0.2),
-        "muted_audio+gaussian_blur@3": row(0.1, 0.1, 0.1)}.items()}
+    results = {
+        Condition.parse(c): r
+        for c, r in {
+            "normal": row(0.6, 0.5, 0.3),
+            "muted_audio": row(0.3, 0.1, 0.3),
+            "gaussian_blur@5": row(0.6, 0.5, 0.29),
+            "video_gaussian_noise@5": row(0.5, 0.5, 0.2),
+            "muted_audio+gaussian_blur@3": row(0.1, 0.1, 0.1),
+        }.items()
+    }
     left = evidence_left(results, chance=0.1)
     assert left["muted_audio"] == (0.0, "destroys")
     assert left["gaussian_blur@5"][1] == "harmless" and left["video_gaussian_noise@5"][1] == "degrades"

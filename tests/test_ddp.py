@@ -13,10 +13,17 @@ from jobs import train as train_job
 
 pytestmark = pytest.mark.slow
 
-TINY = ("train:\n  workers: 0\n  batch_size: 8\n  lr: 0.003\n  warmup_fraction: 0.5\n"
-        "  model:\n    embed_dim: 16\n    audio_width: 8\n    audio_filters: 16\n")
-VARIANTS = {"fused": [], "audio": ["--modalities", "audio"], "video": ["--modalities", "video"], "aux0": [],
-            "separate_heads": []}
+TINY = (
+    "train:\n  workers: 0\n  batch_size: 8\n  lr: 0.003\n  warmup_fraction: 0.5\n"
+    "  model:\n    embed_dim: 16\n    audio_width: 8\n    audio_filters: 16\n"
+)
+VARIANTS = {
+    "fused": [],
+    "audio": ["--modalities", "audio"],
+    "video": ["--modalities", "video"],
+    "aux0": [],
+    "separate_heads": [],
+}
 EXTRA = {"aux0": "  loss:\n    aux_weight: 0.0\n", "separate_heads": "    shared_head: false\n"}
 
 
@@ -44,17 +51,50 @@ def test_torchrun_and_ray_train_match_one_process(tmp_path, synthetic_shards, cl
 
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY + EXTRA.get(variant, ""))
-    args = [str(synthetic_shards), "--config", str(recipe), "--epochs", "2", "--steps-per-epoch", "2",
-            "--seed", "3", *VARIANTS[variant]]
+    args = [
+        str(synthetic_shards),
+        "--config",
+        str(recipe),
+        "--epochs",
+        "2",
+        "--steps-per-epoch",
+        "2",
+        "--seed",
+        "3",
+        *VARIANTS[variant],
+    ]
     single, ddp, ray_run = tmp_path / "single", tmp_path / "torchrun", tmp_path / "ray"
     assert train_job.main([*args, "--out", str(single)]) == 0
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(_free_port()), "-m", "jobs.train", *args,
-                           "--out", str(ddp)], env=dict(cli_env, OMP_NUM_THREADS="1"), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "jobs.train",
+            *args,
+            "--out",
+            str(ddp),
+        ],
+        env=dict(cli_env, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    data = dict(load_yaml(str(recipe))["train"], shards=str(synthetic_shards), out=str(ray_run), epochs=2,
-                steps_per_epoch=2, seed=3)
+    data = dict(
+        load_yaml(str(recipe))["train"],
+        shards=str(synthetic_shards),
+        out=str(ray_run),
+        epochs=2,
+        steps_per_epoch=2,
+        seed=3,
+    )
     if variant in ("audio", "video"):
         data["model"] = {**data["model"], "modalities": variant}
     ray_train.fit(from_dict(TrainConfig, data, prefix="train"), num_workers=2)
@@ -63,8 +103,10 @@ def test_torchrun_and_ray_train_match_one_process(tmp_path, synthetic_shards, cl
         ranks = _ranks(run)
         assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["step"] == ranks[1]["step"] == 4
         assert ranks[0]["param_checksum"] == pytest.approx(ranks[1]["param_checksum"], rel=1e-9)
-    curves = {name: [m["train_loss"] for m in _metrics(run)] for name, run in
-              (("single", single), ("torchrun", ddp), ("ray", ray_run))}
+    curves = {
+        name: [m["train_loss"] for m in _metrics(run)]
+        for name, run in (("single", single), ("torchrun", ddp), ("ray", ray_run))
+    }
     # The two launchers run the same ranks on the same shards: the same curve.
     assert curves["ray"] == pytest.approx(curves["torchrun"], rel=1e-4), curves
     # One process sees other clips per step (each rank reads its half of the shards),
@@ -74,8 +116,14 @@ def test_torchrun_and_ray_train_match_one_process(tmp_path, synthetic_shards, cl
 
     ckpt = torch.load(ddp / "last.pt", weights_only=True)
     keys = set(ckpt["model"])
-    assert any(k.startswith("attention.audio_score") for k in keys) == (variant in ("fused", "aux0", "separate_heads"))
+    assert any(k.startswith("attention.audio_score") for k in keys) == (
+        variant in ("fused", "aux0", "separate_heads")
+    )
     # the fused classifier is each modality's head unless the recipe asks for separate ones
-    assert any(k.startswith("audio_head") or k.startswith("video_head") for k in keys) == (variant == "separate_heads")
+    assert any(k.startswith("audio_head") or k.startswith("video_head") for k in keys) == (
+        variant == "separate_heads"
+    )
     other = {"audio": "attention.video_proj", "video": "attention.audio_proj"}.get(variant)
-    assert other is None or not any(k.startswith(other) for k in keys), "a unimodal model owns no other branch"
+    assert other is None or not any(k.startswith(other) for k in keys), (
+        "a unimodal model owns no other branch"
+    )

@@ -34,8 +34,12 @@ def test_frames_are_the_uniformly_spaced_ones(tmp_path, fps, start, seconds):
 
 @pytest.mark.parametrize("rate", [8_000, 16_000, 22_050, 44_100, 48_000, 96_000])
 def test_audio_is_16k_mono_of_exact_length(tmp_path, rate):
-    clip = write_clip(tmp_path / "c.mkv", SynthSpec(container="mkv", audio_codec="flac", sample_rate=rate,
-                                                   duration=3.0, width=64, height=64, fps=10))
+    clip = write_clip(
+        tmp_path / "c.mkv",
+        SynthSpec(
+            container="mkv", audio_codec="flac", sample_rate=rate, duration=3.0, width=64, height=64, fps=10
+        ),
+    )
     out = decode_clip(clip.path, ClipSpec(frame_size=32, clip_seconds=4.0))
     assert out.waveform.shape == (64_000,)
     assert out.quality.audio_seconds == pytest.approx(3.0, abs=2e-3)
@@ -49,8 +53,19 @@ def test_audio_is_16k_mono_of_exact_length(tmp_path, rate):
 
 
 def test_multichannel_is_downmixed(tmp_path):
-    clip = write_clip(tmp_path / "c.mkv", SynthSpec(container="mkv", audio_codec="flac", sample_rate=48_000,
-                                                   channels=6, duration=2.0, width=64, height=64, fps=10))
+    clip = write_clip(
+        tmp_path / "c.mkv",
+        SynthSpec(
+            container="mkv",
+            audio_codec="flac",
+            sample_rate=48_000,
+            channels=6,
+            duration=2.0,
+            width=64,
+            height=64,
+            fps=10,
+        ),
+    )
     out = decode_clip(clip.path, ClipSpec(frame_size=32, clip_seconds=2.0))
     spectrum = np.abs(np.fft.rfft(out.waveform))  # 2 s: bin = 0.5 Hz
     peaks = {round(f * 2) for f in (440, 880, 1320)}
@@ -77,9 +92,15 @@ def test_short_clip_repeats_nearest_frames_and_pads_audio(tmp_path):
 
 def test_variable_frame_rate_uses_real_timestamps(tmp_path):
     times = np.concatenate([np.arange(0, 5, 1 / 30), 5 + np.arange(0, 5, 1 / 4)])
-    frames = np.stack([f for f in __import__("avfusion.synth", fromlist=["x"]).barcode_frames(len(times), 120, 160)])
-    clip = write_clip(tmp_path / "vfr.mp4", SynthSpec(width=160, height=120, duration=10.0), frames=frames,
-                      frame_times=times)
+    frames = np.stack(
+        [f for f in __import__("avfusion.synth", fromlist=["x"]).barcode_frames(len(times), 120, 160)]
+    )
+    clip = write_clip(
+        tmp_path / "vfr.mp4",
+        SynthSpec(width=160, height=120, duration=10.0),
+        frames=frames,
+        frame_times=times,
+    )
     out = decode_clip(clip.path, SPEC)
     assert [read_frame_index(f) for f in out.frames] == _nearest(times, frame_times(0.0, 10.0, 8))
 
@@ -91,23 +112,44 @@ def test_rotation_matches_ffmpeg_autorotate(tmp_path, rotation):
     picture[:, :60] = (255, 0, 0)
     picture[:, 60:] = (0, 0, 255)
     picture[:, :, :20] = (0, 255, 0)
-    clip = write_clip(tmp_path / "r.mp4", SynthSpec(width=160, height=120, fps=2, duration=1.0, audio_codec=None,
-                                                   rotation=rotation), frames=np.repeat(picture, 2, 0))
-    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(clip.path), "-frames:v", "1",
-                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    clip = write_clip(
+        tmp_path / "r.mp4",
+        SynthSpec(width=160, height=120, fps=2, duration=1.0, audio_codec=None, rotation=rotation),
+        frames=np.repeat(picture, 2, 0),
+    )
+    raw = subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            str(clip.path),
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     h, w = (120, 160) if rotation in (0, 180) else (160, 120)
     ref = np.frombuffer(raw, np.uint8).reshape(h, w, 3)
     side = min(h, w)
     y0, x0 = (h - side) // 2, (w - side) // 2
-    ref = ref[y0:y0 + side, x0:x0 + side][::2, ::2]  # 120 → 60
+    ref = ref[y0 : y0 + side, x0 : x0 + side][::2, ::2]  # 120 → 60
     out = decode_clip(clip.path, ClipSpec(frame_size=60, num_frames=1, clip_seconds=1.0))
     assert out.quality.rotation == rotation
     assert np.abs(ref.astype(int) - out.frames[0].astype(int)).mean() < 3
 
 
 def test_odd_sizes_decode(tmp_path):
-    clip = write_clip(tmp_path / "odd.mkv", SynthSpec(container="mkv", width=161, height=97, duration=1.0,
-                                                     pix_fmt="yuv444p"))
+    clip = write_clip(
+        tmp_path / "odd.mkv",
+        SynthSpec(container="mkv", width=161, height=97, duration=1.0, pix_fmt="yuv444p"),
+    )
     out = decode_clip(clip.path, SPEC)
     assert out.frames.shape == (8, 96, 96, 3)
     assert (out.quality.width, out.quality.height) == (161, 97)
@@ -116,13 +158,23 @@ def test_odd_sizes_decode(tmp_path):
 def test_quality_signals_flag_silence_and_frozen_video(tmp_path):
     still = np.repeat(np.full((1, 96, 96, 3), 120, np.uint8), 20, 0)
     silence = np.zeros((1, 32_000), np.float32)
-    clip = write_clip(tmp_path / "q.mp4", SynthSpec(width=96, height=96, fps=10, duration=2.0, sample_rate=16_000),
-                      frames=still, waveform=silence)
+    clip = write_clip(
+        tmp_path / "q.mp4",
+        SynthSpec(width=96, height=96, fps=10, duration=2.0, sample_rate=16_000),
+        frames=still,
+        waveform=silence,
+    )
     q = decode_clip(clip.path, SPEC).quality
     assert q.silent and q.frozen and q.audio_rms < 1e-4
     live = decode_clip(write_clip(tmp_path / "l.mp4", SynthSpec(duration=2.0)).path, SPEC).quality
     assert not live.silent and not live.frozen
-    assert (live.fps, live.width, live.height, live.video_codec, live.audio_codec) == (25.0, 320, 240, "h264", "aac")
+    assert (live.fps, live.width, live.height, live.video_codec, live.audio_codec) == (
+        25.0,
+        320,
+        240,
+        "h264",
+        "aac",
+    )
     assert live.duration == pytest.approx(2.0, abs=0.05)
 
 
@@ -154,7 +206,7 @@ def test_skip_nonref_keeps_frames_within_one_of_target(tmp_path):
     exact = _nearest(clip.frame_times, frame_times(0.0, 10.0, 8))
     out = decode_clip(clip.path, SPEC, limits=DecodeLimits(skip_nonref=True))
     got = [read_frame_index(f) for f in out.frames]
-    assert all(abs(g - e) <= 1 for g, e in zip(got, exact)), (got, exact)
+    assert all(abs(g - e) <= 1 for g, e in zip(got, exact, strict=False)), (got, exact)
 
 
 def _salvage_limits():
@@ -218,7 +270,7 @@ def test_cut_file_yields_the_seconds_before_the_cut(tmp_path):
     out = decode_clip(tmp_path / "cut_at_30pct.mp4", SPEC)
     q = out.quality
     assert q.partial and 1.0 <= q.covered_seconds < 6.0
-    assert not out.waveform[int((q.audio_seconds + 0.05) * 16_000):].any(), "nothing invented after the cut"
+    assert not out.waveform[int((q.audio_seconds + 0.05) * 16_000) :].any(), "nothing invented after the cut"
     last = read_frame_index(out.frames[-1])
     assert last <= round(q.video_seconds * 25), (last, q.video_seconds)
 

@@ -14,10 +14,28 @@ def test_demo_end_to_end_reduced(tmp_path, cli_env):
     """The whole demo on all 380 clips, with one epoch per model and the six conditions
     of its table (the default suite would add ~20 conditions of evaluation)."""
     out = tmp_path / "demo"
-    conditions = "normal,muted_audio,audio_gaussian_noise@3,black_frames,gaussian_blur@3,video_gaussian_noise@3"
-    proc = subprocess.run(["avfusion", "demo", "--out", str(out), "--epochs", "1", "--num-cpus", "2",
-                           "--conditions", conditions], env=cli_env,
-                          capture_output=True, text=True, timeout=1400, cwd=tmp_path)
+    conditions = (
+        "normal,muted_audio,audio_gaussian_noise@3,black_frames,gaussian_blur@3,video_gaussian_noise@3"
+    )
+    proc = subprocess.run(
+        [
+            "avfusion",
+            "demo",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--num-cpus",
+            "2",
+            "--conditions",
+            conditions,
+        ],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=1400,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     manifest = json.loads((out / "shards" / "manifest.json").read_text())
     labels_csv = sample_data.labels_csv().read_text().splitlines()
@@ -30,13 +48,23 @@ def test_demo_end_to_end_reduced(tmp_path, cli_env):
     assert report["normal"]["fused"]["n"] == n_test
     labels = pq.read_table(sorted((out / "labels").glob("part-*.parquet")))
     assert labels.num_rows == n_clips and labels.column("error_class").null_count == n_clips
-    for text in ("=== summary ===", "| muted audio |", "| black frames |", "avfusion bench robustness",
-                 f"its {n_test} held-out clips", "attention_by_condition.png"):
+    for text in (
+        "=== summary ===",
+        "| muted audio |",
+        "| black frames |",
+        "avfusion bench robustness",
+        f"its {n_test} held-out clips",
+        "attention_by_condition.png",
+    ):
         assert text in proc.stdout
     # the printed accuracy is the Parquet rows' own, over every held-out clip
     truth = {clip: label for clip, _, label, split in csv.reader(labels_csv) if split == "test"}
-    rows = [r for r in labels.to_pylist() if r["key"].rsplit("_", 1)[0] in truth]  # key: avf_dog_01_000000.mp4
+    rows = [
+        r for r in labels.to_pylist() if r["key"].rsplit("_", 1)[0] in truth
+    ]  # key: avf_dog_01_000000.mp4
     right = sum(r["predicted_label"] == truth[r["key"].rsplit("_", 1)[0]] for r in rows)
-    assert len(rows) == n_test and f"Held-out accuracy of the Parquet labels: {right}/{n_test} =" in proc.stdout
+    assert (
+        len(rows) == n_test and f"Held-out accuracy of the Parquet labels: {right}/{n_test} =" in proc.stdout
+    )
     shown = [line for line in proc.stdout.splitlines() if line.startswith(("  ok ", "  -- "))]
     assert len(shown) == 8 and all(" true " in line and " predicted " in line for line in shown)

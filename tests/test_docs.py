@@ -54,9 +54,11 @@ def test_relative_links_resolve(doc):
 def test_the_link_check_can_fail(tmp_path):
     (tmp_path / "there.md").write_text("# A heading, with `code`\n\n## A heading, with `code`\n")
     doc = tmp_path / "doc.md"
-    doc.write_text("[ok](there.md#a-heading-with-code) [ok](there.md#a-heading-with-code-1) "
-                   "[gone](missing.md) [bad anchor](there.md#nope) `[in code](nowhere.md)`\n"
-                   "```\n[in a block](nowhere.md)\n```\n[web](https://example.org/x.md)\n")
+    doc.write_text(
+        "[ok](there.md#a-heading-with-code) [ok](there.md#a-heading-with-code-1) "
+        "[gone](missing.md) [bad anchor](there.md#nope) `[in code](nowhere.md)`\n"
+        "```\n[in a block](nowhere.md)\n```\n[web](https://example.org/x.md)\n"
+    )
     assert [b.split(":")[0] for b in broken_links(doc)] == ["missing.md", "there.md#nope"]
 
 
@@ -65,6 +67,6 @@ def test_readme_is_a_short_reference_that_opens_with_the_two_commands():
     assert len(lines) <= 250
     start = lines.index("```bash")
     assert all(not line.strip() or line.startswith("#") for line in lines[:start])
-    commands = [line.split("#")[0].strip() for line in lines[start + 1:start + 3]]
+    commands = [line.split("#")[0].strip() for line in lines[start + 1 : start + 3]]
     assert commands == ["make demo", "make test"]
     assert lines[start + 3] == "```"

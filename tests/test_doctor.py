@@ -19,15 +19,22 @@ REPO = Path(__file__).resolve().parents[1]
 def _doctor(python: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = dict(env or os.environ)
     env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([python, "-m", "jobs.doctor", "--video-weights", "none", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
+    return subprocess.run(
+        [python, "-m", "jobs.doctor", "--video-weights", "none", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_yt_dlp_finds_a_supported_runtime_and_the_solver_in_our_venv():
     js = js_runtime_report()
     assert js["ok"] and js["supported"] and js["runtime"].startswith("deno ")
-    assert Path(js["path"]).parent == Path(sysconfig.get_path("scripts"))  # the venv's deno wheel, no PATH setup
+    assert Path(js["path"]).parent == Path(
+        sysconfig.get_path("scripts")
+    )  # the venv's deno wheel, no PATH setup
     assert js["solver"].startswith("yt-dlp-ejs ")
 
 
@@ -37,9 +44,10 @@ def test_doctor_on_this_machine(tmp_path):
     lines = result.stdout.splitlines()
     by_name = {line[6:20].strip(): line[:4].strip() for line in lines if line[:4].strip() in (OK, WARN, FAIL)}
     assert result.returncode == 0, result.stdout + result.stderr
-    assert {k: by_name[k] for k in ("ffmpeg", "ffmpeg proto", "ffmpeg opts", "section path", "js solver",
-                                    "output")} == dict.fromkeys(("ffmpeg", "ffmpeg proto", "ffmpeg opts",
-                                                                  "section path", "js solver", "output"), OK)
+    assert {
+        k: by_name[k]
+        for k in ("ffmpeg", "ffmpeg proto", "ffmpeg opts", "section path", "js solver", "output")
+    } == dict.fromkeys(("ffmpeg", "ffmpeg proto", "ffmpeg opts", "section path", "js solver", "output"), OK)
     assert lines[-1] == "doctor: OK"
 
 
@@ -70,8 +78,10 @@ def _cookie_file(path: Path, rows: list[tuple[str, str, int]]) -> Path:
 
 def test_cookie_checks_against_real_files(tmp_path):
     year = int(time.time()) + 365 * 86400
-    good = _cookie_file(tmp_path / "good.txt", [(".youtube.com", "SID", year), (".youtube.com", "PREF", year),
-                                               (".google.com", "NID", year)])
+    good = _cookie_file(
+        tmp_path / "good.txt",
+        [(".youtube.com", "SID", year), (".youtube.com", "PREF", year), (".google.com", "NID", year)],
+    )
     (check, folder) = cookie_checks(str(good))
     assert check.status == OK and "2 YouTube cookies, login SID" in check.detail, check
     assert folder.status == OK and "writable" in folder.detail and "not needed" in folder.detail
@@ -114,8 +124,11 @@ def test_storage_check_heads_the_bucket_of_a_real_s3_server():
     server = S3Server().start()
     try:
         env = clean_env(server)
-        subprocess.run([sys.executable, "-c", "import fsspec; fsspec.filesystem('s3').mkdir('shards')"], env=env,
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-c", "import fsspec; fsspec.filesystem('s3').mkdir('shards')"],
+            env=env,
+            check=True,
+        )
         ok = _doctor(sys.executable, "--out", "s3://shards/vggsound", env=env)
         missing = _doctor(sys.executable, "--out", "s3://nobucket/vggsound", env=env)
     finally:

@@ -19,46 +19,80 @@ from tests.range_server import RangeServer
 FAST = DownloadConfig(socket_timeout=1.0, max_attempts=2, backoff_base=0.05)
 
 
-@pytest.mark.parametrize("message, kind, transient", [
-    # yt-dlp's wording (extractor/youtube/_video.py, _base.py) around YouTube's reasons.
-    ("ERROR: [youtube] abc: Sign in to confirm you’re not a bot. Use --cookies-from-browser or --cookies for "
-     "the authentication. See  https://github.com/yt-dlp/yt-dlp/wiki/FAQ#how-do-i-pass-cookies-to-youtube-dl  "
-     "for how to manually pass cookies", "blocked_bot_check", True),
-    ("ERROR: [youtube] abc: Sign in to confirm you're not a bot", "blocked_bot_check", True),
-    ("ERROR: [youtube] abc: Please sign in. YouTube is requiring a captcha challenge before playback",
-     "blocked_bot_check", True),
-    ("ERROR: [youtube] abc: This content isn't available, try again later. The current session has been "
-     "rate-limited by YouTube for up to an hour. It is recommended to use `-t sleep` to add a delay between "
-     "video requests", "blocked_session", True),
-    ("ERROR: [youtube] abc: This content isn’t available, try again later.", "blocked_session", True),
-    ("ERROR: unable to download video data: HTTP Error 403: Forbidden", "blocked_forbidden", True),
-    ("WARNING: [youtube] abc: web client https formats require a GVS PO Token which was not provided. "
-     "ERROR: HTTP Error 403: Forbidden", "blocked_forbidden", True),
-    ("ERROR: [youtube] abc: Unable to download API page: HTTP Error 429: Too Many Requests",
-     "blocked_rate_limit", True),
-    ("OSError: [Errno 30] Read-only file system: '/secrets/youtube/cookies.txt'", "local_io_error", True),
-    ("ERROR: [youtube] abc: Requested format is not available. Use --list-formats", "no_format", False),
-    ("ERROR: [youtube] abc: Video unavailable. This video has been removed by the uploader", "removed", False),
-    ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", "private", False),
-    ("ERROR: [youtube] abc: Video unavailable", "unavailable", False),
-    ("The uploader has not made this video available in your country", "geo_blocked", False),
-    ("ERROR: [youtube] abc: Sign in to confirm your age. This video may be inappropriate for some users.",
-     "age_restricted", False),
-    ("ERROR: [youtube] abc: Sign in to confirm your age", "age_restricted", False),
-    ("Unable to download webpage: HTTP Error 404: Not Found", "not_found", False),
-    ("HTTP Error 403: Forbidden", "blocked_forbidden", True),
-    ("HTTP Error 429: Too Many Requests", "blocked_rate_limit", True),
-    ("HTTP Error 503: Service Unavailable", "server_error", True),
-    ("Read timed out. (read timeout=30)", "timeout", True),
-    ("[Errno 104] Connection reset by peer", "connection", True),
-    ("ffmpeg exited with code 8", "server_error", True),
-    ("ffmpeg exited with code 146", "timeout", True),
-    ("ffmpeg exited with code 152", "connection", True),
-    ("ffmpeg exited with code 183 (partial file left)", "truncated", True),
-    ("ffmpeg exited with code 187", "stream_error", True),
-    ("[generic] vid404abc: ffmpeg exited with code 183", "stream_error", True),  # digits in ids match no status
-    ("something nobody has seen before", "download_error", True),
-])
+@pytest.mark.parametrize(
+    "message, kind, transient",
+    [
+        # yt-dlp's wording (extractor/youtube/_video.py, _base.py) around YouTube's reasons.
+        (
+            "ERROR: [youtube] abc: Sign in to confirm you’re not a bot. Use --cookies-from-browser or "
+            "--cookies for the authentication. See  "
+            "https://github.com/yt-dlp/yt-dlp/wiki/FAQ#how-do-i-pass-cookies-to-youtube-dl  "
+            "for how to manually pass cookies",
+            "blocked_bot_check",
+            True,
+        ),
+        ("ERROR: [youtube] abc: Sign in to confirm you're not a bot", "blocked_bot_check", True),
+        (
+            "ERROR: [youtube] abc: Please sign in. YouTube is requiring a captcha challenge before playback",
+            "blocked_bot_check",
+            True,
+        ),
+        (
+            "ERROR: [youtube] abc: This content isn't available, try again later. The current session "
+            "has been rate-limited by YouTube for up to an hour. It is recommended to use `-t sleep` "
+            "to add a delay between video requests",
+            "blocked_session",
+            True,
+        ),
+        ("ERROR: [youtube] abc: This content isn’t available, try again later.", "blocked_session", True),
+        ("ERROR: unable to download video data: HTTP Error 403: Forbidden", "blocked_forbidden", True),
+        (
+            "WARNING: [youtube] abc: web client https formats require a GVS PO Token which was not provided. "
+            "ERROR: HTTP Error 403: Forbidden",
+            "blocked_forbidden",
+            True,
+        ),
+        (
+            "ERROR: [youtube] abc: Unable to download API page: HTTP Error 429: Too Many Requests",
+            "blocked_rate_limit",
+            True,
+        ),
+        ("OSError: [Errno 30] Read-only file system: '/secrets/youtube/cookies.txt'", "local_io_error", True),
+        ("ERROR: [youtube] abc: Requested format is not available. Use --list-formats", "no_format", False),
+        (
+            "ERROR: [youtube] abc: Video unavailable. This video has been removed by the uploader",
+            "removed",
+            False,
+        ),
+        ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", "private", False),
+        ("ERROR: [youtube] abc: Video unavailable", "unavailable", False),
+        ("The uploader has not made this video available in your country", "geo_blocked", False),
+        (
+            "ERROR: [youtube] abc: Sign in to confirm your age. "
+            "This video may be inappropriate for some users.",
+            "age_restricted",
+            False,
+        ),
+        ("ERROR: [youtube] abc: Sign in to confirm your age", "age_restricted", False),
+        ("Unable to download webpage: HTTP Error 404: Not Found", "not_found", False),
+        ("HTTP Error 403: Forbidden", "blocked_forbidden", True),
+        ("HTTP Error 429: Too Many Requests", "blocked_rate_limit", True),
+        ("HTTP Error 503: Service Unavailable", "server_error", True),
+        ("Read timed out. (read timeout=30)", "timeout", True),
+        ("[Errno 104] Connection reset by peer", "connection", True),
+        ("ffmpeg exited with code 8", "server_error", True),
+        ("ffmpeg exited with code 146", "timeout", True),
+        ("ffmpeg exited with code 152", "connection", True),
+        ("ffmpeg exited with code 183 (partial file left)", "truncated", True),
+        ("ffmpeg exited with code 187", "stream_error", True),
+        (
+            "[generic] vid404abc: ffmpeg exited with code 183",
+            "stream_error",
+            True,
+        ),  # digits in ids match no status
+        ("something nobody has seen before", "download_error", True),
+    ],
+)
 def test_classification(message, kind, transient):
     from avfusion.governor import BLOCK_KINDS
 
@@ -89,14 +123,18 @@ def _faults(server):
 @pytest.mark.slow
 def test_section_download_fetches_only_the_window(tmp_path, served):
     with RangeServer(served) as server:
-        path, attempts, _ = download_section(ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
-                                             ClipSpec(clip_seconds=4.0), FAST, tmp_path)
+        path, attempts, _ = download_section(
+            ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
+            ClipSpec(clip_seconds=4.0),
+            FAST,
+            tmp_path,
+        )
         ranges = server.ranges["ok1.mp4"]
     assert attempts == 1
     assert any(r.startswith("bytes=") and r != "bytes=0-" for r in ranges), ranges  # ffmpeg seeked
     clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
     expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
-    assert all(abs(read_frame_index(f) - e) <= 1 for f, e in zip(clip.frames, expected))
+    assert all(abs(read_frame_index(f) - e) <= 1 for f, e in zip(clip.frames, expected, strict=False))
     assert clip.quality.duration == pytest.approx(4.0, abs=0.2)  # the section, not the 12 s file
 
 
@@ -110,8 +148,9 @@ def test_section_of_a_faststart_mp4_fetches_a_fraction_of_its_bytes(tmp_path):
     from tests.corpus import faststart_copy
 
     frames = np.random.default_rng(0).integers(0, 256, (600, 120, 160, 3), dtype=np.uint8)
-    src = write_clip(tmp_path / "src.mp4", SynthSpec(duration=60.0, fps=10, width=160, height=120, crf=20),
-                     frames=frames).path
+    src = write_clip(
+        tmp_path / "src.mp4", SynthSpec(duration=60.0, fps=10, width=160, height=120, crf=20), frames=frames
+    ).path
     served = tmp_path / "served"
     served.mkdir()
     faststart_copy(src, served / "long.mp4")
@@ -120,8 +159,12 @@ def test_section_of_a_faststart_mp4_fetches_a_fraction_of_its_bytes(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     with RangeServer(served) as server:
-        path, *_ = download_section(ClipTask(key="long", source=server.url("long.mp4"), start=25.0),
-                                    ClipSpec(clip_seconds=10.0), FAST, work)
+        path, *_ = download_section(
+            ClipTask(key="long", source=server.url("long.mp4"), start=25.0),
+            ClipSpec(clip_seconds=10.0),
+            FAST,
+            work,
+        )
         sent = server.bytes_sent["long.mp4"]
     assert sent < 0.40 * len(data), f"sent {sent} of {len(data)} bytes ({sent / len(data):.0%})"
     clip = decode_clip(path, ClipSpec(clip_seconds=10.0, frame_size=32))
@@ -132,30 +175,53 @@ def test_section_of_a_faststart_mp4_fetches_a_fraction_of_its_bytes(tmp_path):
 def test_webm_source_gives_the_exact_window(tmp_path):
     """Stream copy into webm/mkv would start at the keyframe before the cut; the mp4
     output's edit list hides that pre-roll, for VP9/Opus sources too."""
-    write_clip(tmp_path / "src" / "v.webm", SynthSpec(container="webm", video_codec="libvpx-vp9",
-                                                      audio_codec="libopus", sample_rate=48_000, duration=12.0,
-                                                      fps=25, width=160, height=120))
+    write_clip(
+        tmp_path / "src" / "v.webm",
+        SynthSpec(
+            container="webm",
+            video_codec="libvpx-vp9",
+            audio_codec="libopus",
+            sample_rate=48_000,
+            duration=12.0,
+            fps=25,
+            width=160,
+            height=120,
+        ),
+    )
     with RangeServer(tmp_path / "src") as server:
-        path, *_ = download_section(ClipTask(key="v", source=server.url("v.webm"), start=5.0),
-                                    ClipSpec(clip_seconds=4.0), FAST,
-                                    tmp_path / "work" if (tmp_path / "work").mkdir() is None else None)
+        path, *_ = download_section(
+            ClipTask(key="v", source=server.url("v.webm"), start=5.0),
+            ClipSpec(clip_seconds=4.0),
+            FAST,
+            tmp_path / "work" if (tmp_path / "work").mkdir() is None else None,
+        )
     clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
     expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
     got = [read_frame_index(f) for f in clip.frames]
-    assert all(abs(g - e) <= 1 for g, e in zip(got, expected)), (got, expected)
+    assert all(abs(g - e) <= 1 for g, e in zip(got, expected, strict=False)), (got, expected)
 
 
-@pytest.mark.parametrize("name, kind, transient, attempts", [
-    ("f404", "not_found", False, 1), ("f403", "blocked_forbidden", True, 2), ("slow", "timeout", True, 2),
-    ("reset", "stream_error", True, 2), ("trunc", "stream_error", True, 2),
-])
+@pytest.mark.parametrize(
+    "name, kind, transient, attempts",
+    [
+        ("f404", "not_found", False, 1),
+        ("f403", "blocked_forbidden", True, 2),
+        ("slow", "timeout", True, 2),
+        ("reset", "stream_error", True, 2),
+        ("trunc", "stream_error", True, 2),
+    ],
+)
 @pytest.mark.slow
 def test_faults_are_classified_and_transient_ones_retried(tmp_path, served, name, kind, transient, attempts):
     with RangeServer(served) as server:
         _faults(server)
         with pytest.raises(DownloadError) as exc:
-            download_section(ClipTask(key=name, source=server.url(f"{name}.mp4"), start=0.0),
-                             ClipSpec(clip_seconds=4.0), FAST, tmp_path)
+            download_section(
+                ClipTask(key=name, source=server.url(f"{name}.mp4"), start=0.0),
+                ClipSpec(clip_seconds=4.0),
+                FAST,
+                tmp_path,
+            )
     assert (exc.value.kind, exc.value.transient, exc.value.attempts) == (kind, transient, attempts)
     assert not list(tmp_path.iterdir()), "no partial download left behind"
 
@@ -168,8 +234,12 @@ def test_dead_host_is_a_transient_connection_failure(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
     with pytest.raises(DownloadError) as exc:
-        download_section(ClipTask(key="x", source=f"http://127.0.0.1:{port}/x.mp4", start=0.0),
-                         ClipSpec(clip_seconds=4.0), FAST, tmp_path)
+        download_section(
+            ClipTask(key="x", source=f"http://127.0.0.1:{port}/x.mp4", start=0.0),
+            ClipSpec(clip_seconds=4.0),
+            FAST,
+            tmp_path,
+        )
     assert exc.value.kind == "connection" and exc.value.transient
 
 
@@ -177,29 +247,52 @@ def test_dead_host_is_a_transient_connection_failure(tmp_path):
 def test_vggsound_csv_through_yt_dlp_then_retry_failed(tmp_path, served, ray_local, capsys):
     csv = tmp_path / "vggsound.csv"
     ids = ["ok1", "ok2", "f404", "f403", "f429", "f500", "slow", "reset", "trunc"]
-    csv.write_text("".join(f"{i},{2 if i == 'ok2' else 0},{'dog' if i.startswith('ok') else 'cat'},train\n"
-                           for i in ids))
+    csv.write_text(
+        "".join(f"{i},{2 if i == 'ok2' else 0},{'dog' if i.startswith('ok') else 'cat'},train\n" for i in ids)
+    )
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("clip:\n  clip_seconds: 4.0\n  frame_size: 32\n"
-                   "download:\n  socket_timeout: 1.0\n  backoff_base: 0.05\n  max_attempts: 2\n"
-                   "governor:\n  min_spacing: 0.0\n  cooldown_start: 0.2\n  cooldown_max: 1.0\n")
+    cfg.write_text(
+        "clip:\n  clip_seconds: 4.0\n  frame_size: 32\n"
+        "download:\n  socket_timeout: 1.0\n  backoff_base: 0.05\n  max_attempts: 2\n"
+        "governor:\n  min_spacing: 0.0\n  cooldown_start: 0.2\n  cooldown_max: 1.0\n"
+    )
     out = tmp_path / "shards"
     with RangeServer(served) as server:
         _faults(server)
         template = server.url("{id}.mp4")
-        args = [str(csv), "--out", str(out), "--config", str(cfg), "--url-template", template, "--shard-size", "3"]
+        args = [
+            str(csv),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg),
+            "--url-template",
+            template,
+            "--shard-size",
+            "3",
+        ]
         assert preprocess.main(args) == 0
         requests_429 = server.requests["f429.mp4"]
-    ok = {json.loads(s["json"])["key"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")),
-                                                              shardshuffle=False)}
+    ok = {
+        json.loads(s["json"])["key"]
+        for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False)
+    }
     assert ok == {"ok1_000000", "ok2_000002", "f429_000000", "f500_000000"}
     assert requests_429 > 1
-    failures = {k: (kind, t, a) for k, kind, t, a in duckdb.sql(
-        f"SELECT key, kind, transient, attempts FROM '{out}/failures.parquet'").fetchall()}
+    failures = {
+        k: (kind, t, a)
+        for k, kind, t, a in duckdb.sql(
+            f"SELECT key, kind, transient, attempts FROM '{out}/failures.parquet'"
+        ).fetchall()
+    }
     # A 403 is a (media host) block, never held against the clip: transient.
-    assert failures == {"f404_000000": ("not_found", False, 1), "f403_000000": ("blocked_forbidden", True, 2),
-                        "slow_000000": ("timeout", True, 2), "reset_000000": ("stream_error", True, 2),
-                        "trunc_000000": ("stream_error", True, 2)}
+    assert failures == {
+        "f404_000000": ("not_found", False, 1),
+        "f403_000000": ("blocked_forbidden", True, 2),
+        "slow_000000": ("timeout", True, 2),
+        "reset_000000": ("stream_error", True, 2),
+        "trunc_000000": ("stream_error", True, 2),
+    }
     assert len(ok) + len(failures) == len(ids), "every clip is a sample or a recorded failure"
 
     # The hosts recover: --retry-failed re-attempts only the transient failures, in new shards.
@@ -212,8 +305,10 @@ def test_vggsound_csv_through_yt_dlp_then_retry_failed(tmp_path, served, ray_loc
         assert server.requests["f404.mp4"] == 0 and server.requests["ok1.mp4"] == 0
         assert server.requests["f403.mp4"] > 0
     assert "9 clips, 2 shards (0 already done)" in capsys.readouterr().out  # 4 transient failures
-    keys = [json.loads(s["json"])["key"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")),
-                                                                 shardshuffle=False)]
+    keys = [
+        json.loads(s["json"])["key"]
+        for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False)
+    ]
     assert len(keys) == len(set(keys)) == 7
     assert {p.name for p in out.glob("r01-*.tar")} == {"r01-00000.tar", "r01-00001.tar"}
     left = duckdb.sql(f"SELECT key, kind FROM '{out}/failures.parquet' ORDER BY key").fetchall()
@@ -241,7 +336,9 @@ def test_remote_inputs_are_fetched_for_labelling(tmp_path, served):
 
     mem = fsspec.filesystem("memory")
     mem.pipe("/clips/ok1.mp4", (served / "ok1.mp4").read_bytes())
-    rows = DecodeRows(ClipSpec(clip_seconds=4.0, frame_size=32)).decode_file("memory://clips/ok1.mp4", "ok1", 1, 1)
+    rows = DecodeRows(ClipSpec(clip_seconds=4.0, frame_size=32)).decode_file(
+        "memory://clips/ok1.mp4", "ok1", 1, 1
+    )
     assert rows[0]["path"] == "memory://clips/ok1.mp4" and rows[0]["error_class"] == ""
     assert rows[0]["frames"].shape == (8, 32, 32, 3)
     missing = DecodeRows(ClipSpec(frame_size=32)).decode_file("memory://clips/none.mp4", "x", 1, 1)

@@ -25,9 +25,11 @@ FAST = DownloadConfig(socket_timeout=2.0, max_attempts=2, backoff_base=0.05)
 # matches the domain against "host:port"), as real media URLs are: the cookie test's
 # origin listens on port 80 of its own loopback address.
 COOKIE_HOST = "127.0.0.5"  # not 127.0.0.3: tests/ray_cluster.py uses it
-COOKIES = ("# Netscape HTTP Cookie File\n"
-           f"{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tSID\tsecret-session-42\n"
-           ".youtube.com\tTRUE\t/\tTRUE\t2000000000\tLOGIN_INFO\tabc\n")
+COOKIES = (
+    "# Netscape HTTP Cookie File\n"
+    f"{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tSID\tsecret-session-42\n"
+    ".youtube.com\tTRUE\t/\tTRUE\t2000000000\tLOGIN_INFO\tabc\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +66,12 @@ def test_cookies_from_a_read_only_mount_reach_the_origin_and_stay_untouched(tmp_
         with pytest.raises(OSError):
             cookie_file.write_text("x")  # the mount really is read-only
         before = (hashlib.sha256(cookie_file.read_bytes()).hexdigest(), cookie_file.stat().st_mtime_ns)
-        cfg = PreprocessConfig(clip=ClipSpec(clip_seconds=3.0, frame_size=32),
-                               download=DownloadConfig(cookies=str(cookie_file), socket_timeout=2.0, max_attempts=1),
-                               shard_size=6, threads_per_task=3)
+        cfg = PreprocessConfig(
+            clip=ClipSpec(clip_seconds=3.0, frame_size=32),
+            download=DownloadConfig(cookies=str(cookie_file), socket_timeout=2.0, max_attempts=1),
+            shard_size=6,
+            threads_per_task=3,
+        )
         with RangeServer(served, host=COOKIE_HOST, port=80) as server:
             tasks = [ClipTask(key=f"c{i}", source=server.url(f"c{i}.mp4"), start=1.0) for i in range(6)]
             stats = process_shard("00000", tasks, cfg, {}, str(tmp_path / "out"))
@@ -76,8 +81,9 @@ def test_cookies_from_a_read_only_mount_reach_the_origin_and_stay_untouched(tmp_
     assert before == after
     media = [r for r in log if r["headers"].get("Range")]  # ffmpeg's section reads
     assert {r["path"] for r in media} == {f"c{i}.mp4" for i in range(6)}
-    assert all("SID=secret-session-42" in r["headers"].get("Cookie", "") for r in log), \
-        [r["headers"].get("Cookie") for r in log]
+    assert all("SID=secret-session-42" in r["headers"].get("Cookie", "") for r in log), [
+        r["headers"].get("Cookie") for r in log
+    ]
     assert not any("LOGIN_INFO" in r["headers"].get("Cookie", "") for r in log)  # other domains' stay home
 
 
@@ -85,8 +91,12 @@ def test_cookies_from_a_read_only_mount_reach_the_origin_and_stay_untouched(tmp_
 def test_http_proxy_carries_all_media_traffic(tmp_path, served):
     with RangeServer(served) as server, HttpProxy() as proxy:
         cfg = DownloadConfig(proxy=proxy.url, socket_timeout=2.0, max_attempts=1)
-        path, attempts, _ = download_section(ClipTask(key="c1", source=server.url("c1.mp4"), start=1.0),
-                                             ClipSpec(clip_seconds=3.0), cfg, tmp_path)
+        path, attempts, _ = download_section(
+            ClipTask(key="c1", source=server.url("c1.mp4"), start=1.0),
+            ClipSpec(clip_seconds=3.0),
+            cfg,
+            tmp_path,
+        )
         peers = set(server.bytes_by_peer)
         log_peers = {r["peer"][0] for r in server.log}
         served_bytes = sum(server.bytes_by_peer.values())
@@ -106,14 +116,17 @@ def test_governor_spacing_is_measured_at_the_origin(tmp_path, served):
     request of each clip shows the spacing, give or take yt-dlp's start-up time (without
     a governor the 4 threads fetch at once)."""
     governor = Governor(GovernorConfig(min_spacing=1.0, jitter=0.5, per_node_per_hour=36000), seed=3)
-    cfg = PreprocessConfig(clip=ClipSpec(clip_seconds=2.0, frame_size=32),
-                           download=DownloadConfig(socket_timeout=2.0, max_attempts=1), threads_per_task=4)
+    cfg = PreprocessConfig(
+        clip=ClipSpec(clip_seconds=2.0, frame_size=32),
+        download=DownloadConfig(socket_timeout=2.0, max_attempts=1),
+        threads_per_task=4,
+    )
     with RangeServer(served) as server:
         tasks = [ClipTask(key=f"c{i}", source=server.url(f"c{i}.mp4"), start=0.0) for i in range(4)]
         stats = process_shard("00000", tasks, cfg, {}, str(tmp_path / "out"), governor=governor, node="n1")
         first = sorted(min(r["t"] for r in server.log if r["path"] == f"c{i}.mp4") for i in range(4))
     assert stats.successes == 4
-    gaps = [b - a for a, b in zip(first, first[1:])]
+    gaps = [b - a for a, b in zip(first, first[1:], strict=False)]
     assert min(gaps) >= 0.6 and sum(gaps) / len(gaps) >= 0.95, gaps
     assert governor.stats()["grants"] == 4
 

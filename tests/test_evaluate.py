@@ -20,8 +20,24 @@ def checkpoints(tmp_path_factory, synthetic_shards):
     out = {}
     for modality in ("both", "audio", "video"):
         run = root / modality
-        assert train_job.main([str(synthetic_shards), "--out", str(run), "--config", str(cfg), "--epochs", "1",
-                               "--steps-per-epoch", "1", "--modalities", modality]) == 0
+        assert (
+            train_job.main(
+                [
+                    str(synthetic_shards),
+                    "--out",
+                    str(run),
+                    "--config",
+                    str(cfg),
+                    "--epochs",
+                    "1",
+                    "--steps-per-epoch",
+                    "1",
+                    "--modalities",
+                    modality,
+                ]
+            )
+            == 0
+        )
         out[modality] = run / "last.pt"
     return out
 
@@ -29,14 +45,37 @@ def checkpoints(tmp_path_factory, synthetic_shards):
 def test_report_is_well_formed(tmp_path, checkpoints, synthetic_shards):
     out = tmp_path / "rob"
     conds = "normal,muted_audio,black_frames,gaussian_blur@1,gaussian_blur@5,muted_audio+fog@2"
-    assert evaluate_job.main([str(checkpoints["both"]), "--shards", str(synthetic_shards), "--conditions", conds,
-                              "--audio-baseline", str(checkpoints["audio"]), "--video-baseline",
-                              str(checkpoints["video"]), "--out", str(out), "--workers", "0"]) == 0
+    assert (
+        evaluate_job.main(
+            [
+                str(checkpoints["both"]),
+                "--shards",
+                str(synthetic_shards),
+                "--conditions",
+                conds,
+                "--audio-baseline",
+                str(checkpoints["audio"]),
+                "--video-baseline",
+                str(checkpoints["video"]),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "robustness.json").read_text())
     results = report["conditions"]
-    assert list(results) == ["normal", "muted_audio", "black_frames", "gaussian_blur@1", "gaussian_blur@5",
-                             "muted_audio+fog@2"]
-    for cond, by_model in results.items():
+    assert list(results) == [
+        "normal",
+        "muted_audio",
+        "black_frames",
+        "gaussian_blur@1",
+        "gaussian_blur@5",
+        "muted_audio+fog@2",
+    ]
+    for _cond, by_model in results.items():
         assert set(by_model) == {"fused", "audio-only", "video-only"}
         fused = by_model["fused"]
         assert fused["n"] == 24
@@ -57,9 +96,24 @@ def test_report_is_well_formed(tmp_path, checkpoints, synthetic_shards):
 def test_evaluation_is_deterministic(tmp_path, checkpoints, synthetic_shards):
     runs = []
     for name in ("a", "b"):
-        assert evaluate_job.main([str(checkpoints["both"]), "--shards", str(synthetic_shards), "--conditions",
-                                  "video_gaussian_noise@4,drop_frames@2", "--out", str(tmp_path / name),
-                                  "--workers", "2", "--batch-size", "5"]) == 0
+        assert (
+            evaluate_job.main(
+                [
+                    str(checkpoints["both"]),
+                    "--shards",
+                    str(synthetic_shards),
+                    "--conditions",
+                    "video_gaussian_noise@4,drop_frames@2",
+                    "--out",
+                    str(tmp_path / name),
+                    "--workers",
+                    "2",
+                    "--batch-size",
+                    "5",
+                ]
+            )
+            == 0
+        )
         runs.append(json.loads((tmp_path / name / "robustness.json").read_text())["conditions"])
     assert runs[0] == runs[1]
     assert list(runs[0]) == ["normal", "video_gaussian_noise@4", "drop_frames@2"]
@@ -68,8 +122,12 @@ def test_evaluation_is_deterministic(tmp_path, checkpoints, synthetic_shards):
 def test_bad_arguments_are_clear_errors(tmp_path, checkpoints, synthetic_shards, capsys):
     assert evaluate_job.main([str(checkpoints["audio"]), "--shards", str(synthetic_shards)]) == 2
     assert "fused" in capsys.readouterr().err
-    assert evaluate_job.main([str(checkpoints["both"]), "--shards", str(synthetic_shards),
-                              "--conditions", "no_such_thing"]) == 2
+    assert (
+        evaluate_job.main(
+            [str(checkpoints["both"]), "--shards", str(synthetic_shards), "--conditions", "no_such_thing"]
+        )
+        == 2
+    )
     assert "unknown corruption" in capsys.readouterr().err
 
 
@@ -91,12 +149,17 @@ def test_tally_reports_both_weights_as_measured():
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
     tally = ConditionTally()
-    tally.add(FusionOutput(logits, torch.tensor([[0.7, 0.3], [0.2, 0.5]]), logits, -logits), torch.tensor([0, 1]),
-              fused=True)
+    tally.add(
+        FusionOutput(logits, torch.tensor([[0.7, 0.3], [0.2, 0.5]]), logits, -logits),
+        torch.tensor([0, 1]),
+        fused=True,
+    )
     s = tally.summary()
     assert s["w_audio"] == pytest.approx(0.45) and s["w_video"] == pytest.approx(0.4)
     assert s["max_weight_sum_error"] == pytest.approx(0.3)
-    assert s["agreement"] == pytest.approx(0.5)  # clip 0: audio weighted and surer; clip 1: video weighted, audio surer
+    assert s["agreement"] == pytest.approx(
+        0.5
+    )  # clip 0: audio weighted and surer; clip 1: video weighted, audio surer
 
 
 def test_device_cpu_runs_the_shared_path(tmp_path, checkpoints, synthetic_shards):
@@ -104,9 +167,25 @@ def test_device_cpu_runs_the_shared_path(tmp_path, checkpoints, synthetic_shards
     reports are identical, and the device used is recorded in the report."""
     runs = []
     for name, extra in (("auto", []), ("cpu", ["--device", "cpu"])):
-        assert evaluate_job.main([str(checkpoints["both"]), "--shards", str(synthetic_shards), "--conditions",
-                                  "muted_audio,fog@2", "--out", str(tmp_path / name), "--workers", "0",
-                                  "--audio-baseline", str(checkpoints["audio"]), *extra]) == 0
+        assert (
+            evaluate_job.main(
+                [
+                    str(checkpoints["both"]),
+                    "--shards",
+                    str(synthetic_shards),
+                    "--conditions",
+                    "muted_audio,fog@2",
+                    "--out",
+                    str(tmp_path / name),
+                    "--workers",
+                    "0",
+                    "--audio-baseline",
+                    str(checkpoints["audio"]),
+                    *extra,
+                ]
+            )
+            == 0
+        )
         runs.append(json.loads((tmp_path / name / "robustness.json").read_text()))
     assert runs[1]["meta"]["device"] == "cpu"
     assert runs[0]["conditions"] == runs[1]["conditions"]
@@ -118,8 +197,20 @@ def test_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, checkpoints, synth
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: cuda is a valid device here")
-    assert evaluate_job.main([str(checkpoints["both"]), "--shards", str(synthetic_shards), "--device", "cuda",
-                              "--out", str(tmp_path / "r")]) == 2
+    assert (
+        evaluate_job.main(
+            [
+                str(checkpoints["both"]),
+                "--shards",
+                str(synthetic_shards),
+                "--device",
+                "cuda",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "no CUDA device" in capsys.readouterr().err
 
 
@@ -127,8 +218,25 @@ def test_folder_of_labelled_videos(tmp_path, checkpoints, synthetic_shards):
     """``--folder`` with a VGGSound-format CSV: every labelled clip decoded and scored."""
     clips = synthetic_shards.parent / "clips"
     labelled = [line for line in (clips / "labels.csv").read_text().splitlines() if line.strip()]
-    assert evaluate_job.main([str(checkpoints["both"]), "--folder", str(clips), "--labels", str(clips / "labels.csv"),
-                              "--conditions", "normal", "--out", str(tmp_path / "rob"), "--workers", "2",
-                              "--device", "cpu"]) == 0
+    assert (
+        evaluate_job.main(
+            [
+                str(checkpoints["both"]),
+                "--folder",
+                str(clips),
+                "--labels",
+                str(clips / "labels.csv"),
+                "--conditions",
+                "normal",
+                "--out",
+                str(tmp_path / "rob"),
+                "--workers",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "rob" / "robustness.json").read_text())["conditions"]
     assert results["normal"]["fused"]["n"] == len(labelled) == len(list(clips.glob("*.mp4")))

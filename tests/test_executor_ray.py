@@ -49,7 +49,7 @@ def add_through(item):
 def test_concurrency_limit_and_errors(ray_local):
     with RayExecutor(concurrency=1) as ex:
         runs = sorted(r for _, r in ex.map_unordered(spans, range(3)))
-        for (_, _, end), (_, start, _) in zip(runs, runs[1:]):
+        for (_, _, end), (_, start, _) in zip(runs, runs[1:], strict=False):
             assert start >= end - 0.01, runs  # one at a time
         results = dict(ex.map_unordered(raise_on_two, [1, 2, 3]))
     assert results[1] == 1 and results[3] == 3

@@ -7,8 +7,14 @@ import pytest
 
 from avfusion.governor import Governor, GovernorConfig, SourceBlocked, wait_for_turn
 
-CFG = GovernorConfig(per_node_per_hour=3600, min_spacing=2.0, jitter=0.5, cooldown_start=60.0,
-                     cooldown_max=240.0, max_blocked=1000.0)
+CFG = GovernorConfig(
+    per_node_per_hour=3600,
+    min_spacing=2.0,
+    jitter=0.5,
+    cooldown_start=60.0,
+    cooldown_max=240.0,
+    max_blocked=1000.0,
+)
 
 
 def test_spacing_with_jitter_per_node_and_independent_nodes():
@@ -106,7 +112,7 @@ def test_threads_share_one_governor_and_never_exceed_the_budget():
     for th in threads:
         th.join()
     granted.sort()
-    gaps = [b - a for a, b in zip(granted, granted[1:])]
+    gaps = [b - a for a, b in zip(granted, granted[1:], strict=False)]
     # a gap is read after each call returns: a thread descheduled between its grant and
     # its clock read shifts one gap by that delay (0.0486 seen on a loaded 2-core
     # machine); a governor that let threads through together would show gaps near 0

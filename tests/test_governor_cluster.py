@@ -28,18 +28,42 @@ def test_two_nodes_share_one_governor(tmp_path):
     csv = tmp_path / "vggsound.csv"
     csv.write_text("".join(f"{i},0,dog,train\n" for i in ids))
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("clip:\n  clip_seconds: 2.0\n  frame_size: 32\ngovernor:\n  min_spacing: 2.0\n  jitter: 0.0\n")
+    cfg.write_text(
+        "clip:\n  clip_seconds: 2.0\n  frame_size: 32\ngovernor:\n  min_spacing: 2.0\n  jitter: 0.0\n"
+    )
     out = tmp_path / "shards"
     with RangeServer(served) as server, LocalCluster(cpus_per_node=1, workers=1) as cluster:
-        proc = cluster.submit(sys.executable, "-m", "jobs.preprocess", str(csv), "--out", str(out), "--config",
-                              str(cfg), "--url-template", server.url("{id}.mp4"), "--shard-size", "1",
-                              working_dir=str(REPO))
-        tasks = cluster.ray("list", "tasks", "--address", cluster.dashboard, "--format", "json",
-                            "--filter", "name=process_shard_item", "--limit", "100")
+        proc = cluster.submit(
+            sys.executable,
+            "-m",
+            "jobs.preprocess",
+            str(csv),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg),
+            "--url-template",
+            server.url("{id}.mp4"),
+            "--shard-size",
+            "1",
+            working_dir=str(REPO),
+        )
+        tasks = cluster.ray(
+            "list",
+            "tasks",
+            "--address",
+            cluster.dashboard,
+            "--format",
+            "json",
+            "--filter",
+            "name=process_shard_item",
+            "--limit",
+            "100",
+        )
         first = sorted(min(r["t"] for r in server.log if r["path"] == f"{i}.mp4") for i in ids)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len({t["node_id"] for t in json.loads(tasks.stdout)}) == 2, "shards ran on both nodes"
-    gaps = [round(b - a, 2) for a, b in zip(first, first[1:])]
+    gaps = [round(b - a, 2) for a, b in zip(first, first[1:], strict=False)]
     print("first request of each clip, gaps (s):", gaps)
     # Grants are 2 s apart; a clip's first request follows its grant after yt-dlp's start-up
     # (0.1-0.6 s on a busy 2-core machine), so the origin sees 2 s +- that. Separate

@@ -31,24 +31,41 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, synthetic_shards):
     root = tmp_path_factory.mktemp("label_ckpt")
-    (root / "t.yaml").write_text("train:\n  model:\n    embed_dim: 32\n    audio_width: 8\n  workers: 0\n"
-                                 "  batch_size: 8\n")
-    assert train_job.main([str(synthetic_shards), "--out", str(root), "--config", str(root / "t.yaml"),
-                           "--epochs", "1", "--steps-per-epoch", "2"]) == 0
+    (root / "t.yaml").write_text(
+        "train:\n  model:\n    embed_dim: 32\n    audio_width: 8\n  workers: 0\n  batch_size: 8\n"
+    )
+    assert (
+        train_job.main(
+            [
+                str(synthetic_shards),
+                "--out",
+                str(root),
+                "--config",
+                str(root / "t.yaml"),
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "2",
+            ]
+        )
+        == 0
+    )
     return root / "last.pt"
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     root = tmp_path_factory.mktemp("label_clips")
-    make_class_conditional_set(root, per_class=3, spec=SynthSpec(width=64, height=64, duration=2.0, fps=8,
-                                                                   sample_rate=16_000))
+    make_class_conditional_set(
+        root, per_class=3, spec=SynthSpec(width=64, height=64, duration=2.0, fps=8, sample_rate=16_000)
+    )
     return root
 
 
 def _rows(out):
-    return duckdb.sql(f"SELECT * FROM read_parquet('{out}/part-*.parquet')").fetchall(), \
-        [d[0] for d in duckdb.sql(f"SELECT * FROM read_parquet('{out}/part-*.parquet') LIMIT 0").description]
+    return duckdb.sql(f"SELECT * FROM read_parquet('{out}/part-*.parquet')").fetchall(), [
+        d[0] for d in duckdb.sql(f"SELECT * FROM read_parquet('{out}/part-*.parquet') LIMIT 0").description
+    ]
 
 
 def test_label_folder_matches_the_model_run_directly(tmp_path, clips, checkpoint, ray_local):
@@ -60,36 +77,69 @@ def test_label_folder_matches_the_model_run_directly(tmp_path, clips, checkpoint
     assert con.execute(f"SELECT count(*), count(DISTINCT path) FROM {table}").fetchone() == (18, 18)
     assert con.execute(f"SELECT count(*) FROM {table} WHERE error_class IS NOT NULL").fetchone()[0] == 0
     assert con.execute(f"SELECT max(abs(w_audio + w_video - 1)) FROM {table}").fetchone()[0] < 1e-5
-    assert con.execute(f"SELECT min(len(topk_labels)), max(len(topk_probs)) FROM {table}").fetchone() == (5, 5)
+    assert con.execute(f"SELECT min(len(topk_labels)), max(len(topk_probs)) FROM {table}").fetchone() == (
+        5,
+        5,
+    )
     assert len(list(out.glob("part-*.parquet"))) >= 2
 
     _assert_rows_equal_the_model(con, table, checkpoint, expect_rows=18)
 
     local = tmp_path / "labels_local"
-    assert label_job.main([str(clips), str(local), "--checkpoint", str(checkpoint), "--part-rows", "5",
-                           "--executor", "local", "--concurrency", "2"]) == 0
+    assert (
+        label_job.main(
+            [
+                str(clips),
+                str(local),
+                "--checkpoint",
+                str(checkpoint),
+                "--part-rows",
+                "5",
+                "--executor",
+                "local",
+                "--concurrency",
+                "2",
+            ]
+        )
+        == 0
+    )
     _assert_same_rows(out, local, expect_rows=18)
 
 
 # What a row says about the file and its prediction (not where or when it was computed).
-_COMPARED = ("path", "window_index", "window_count", "predicted_label", "class_index", "topk_labels", "flags",
-             "attention_agrees", "audio_only_label", "video_only_label", "error_class", "model_id")
+_COMPARED = (
+    "path",
+    "window_index",
+    "window_count",
+    "predicted_label",
+    "class_index",
+    "topk_labels",
+    "flags",
+    "attention_agrees",
+    "audio_only_label",
+    "video_only_label",
+    "error_class",
+    "model_id",
+)
 _CLOSE = ("confidence", "topk_probs", "w_audio", "w_video", "audio_only_confidence", "video_only_confidence")
 
 
 def _assert_same_rows(a: Path, b: Path, expect_rows: int) -> None:
     """The two label outputs hold the same rows: predictions, attention, flags and
     errors equal, probabilities and weights within float noise."""
+
     def rows(out):
-        return duckdb.sql(f"SELECT {', '.join(_COMPARED + _CLOSE)} FROM read_parquet('{out}/part-*.parquet') "
-                          f"ORDER BY path, window_index").fetchall()
+        return duckdb.sql(
+            f"SELECT {', '.join(_COMPARED + _CLOSE)} FROM read_parquet('{out}/part-*.parquet') "
+            f"ORDER BY path, window_index"
+        ).fetchall()
 
     got_a, got_b = rows(a), rows(b)
     assert len(got_a) == len(got_b) == expect_rows
     n = len(_COMPARED)
-    for row_a, row_b in zip(got_a, got_b):
+    for row_a, row_b in zip(got_a, got_b, strict=False):
         assert row_a[:n] == row_b[:n], (row_a[:n], row_b[:n])
-        for name, x, y in zip(_CLOSE, row_a[n:], row_b[n:]):
+        for name, x, y in zip(_CLOSE, row_a[n:], row_b[n:], strict=False):
             same = x == y if x is None or y is None else x == pytest.approx(y, abs=1e-5)
             assert same, (row_a[0], name, x, y)
 
@@ -98,22 +148,34 @@ def test_local_executor_labels_without_importing_ray(tmp_path, clips, checkpoint
     """``avfusion label --executor local`` in a fresh interpreter where any attempt to
     import Ray fails: the job still labels every file, and nothing asked for Ray."""
     out = tmp_path / "labels"
-    argv = ["label", str(clips), str(out), "--checkpoint", str(checkpoint), "--executor", "local",
-            "--concurrency", "2"]
-    guard = ("import sys\n"
-             "asked = []\n"
-             "class NoRay:\n"
-             "    def find_spec(self, name, path=None, target=None):\n"
-             "        if name == 'ray' or name.startswith('ray.'):\n"
-             "            asked.append(name)\n"
-             "            raise ImportError(f'--executor local imported {name}')\n"
-             "sys.meta_path.insert(0, NoRay())\n"
-             "from jobs.cli import main\n"
-             f"rc = main({argv!r})\n"
-             "assert not asked and 'ray' not in sys.modules, asked\n"
-             "sys.exit(rc)\n")
-    run = subprocess.run([sys.executable, "-c", guard], env=cli_env, capture_output=True, text=True,
-                         timeout=600)
+    argv = [
+        "label",
+        str(clips),
+        str(out),
+        "--checkpoint",
+        str(checkpoint),
+        "--executor",
+        "local",
+        "--concurrency",
+        "2",
+    ]
+    guard = (
+        "import sys\n"
+        "asked = []\n"
+        "class NoRay:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'ray' or name.startswith('ray.'):\n"
+        "            asked.append(name)\n"
+        "            raise ImportError(f'--executor local imported {name}')\n"
+        "sys.meta_path.insert(0, NoRay())\n"
+        "from jobs.cli import main\n"
+        f"rc = main({argv!r})\n"
+        "assert not asked and 'ray' not in sys.modules, asked\n"
+        "sys.exit(rc)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", guard], env=cli_env, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "18 files, 0 already labelled" in run.stdout
     count = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/part-*.parquet') WHERE error_class IS NULL")
@@ -130,7 +192,10 @@ def _direct(model, waveform, frames):
         v = model.attention.video_proj(model.video(pics)) if pics is not None else None
         if a is not None and v is not None:
             out = model(wave, pics)
-            evidence = (model.audio.evidence(wave), model.video.evidence(pics, model.video.forward_frames(pics)))
+            evidence = (
+                model.audio.evidence(wave),
+                model.video.evidence(pics, model.video.forward_frames(pics)),
+            )
             assert torch.allclose(out.logits, model.forward_head(a, v, *evidence).logits)
             return out
         return model.forward_head(a, v)
@@ -143,13 +208,29 @@ def _assert_rows_equal_the_model(con, table, checkpoint, expect_rows: int) -> No
     model, ckpt = model_from_checkpoint(checkpoint)
     names = sorted(ckpt["label_map"], key=ckpt["label_map"].get)
     spec = ClipSpec(**ckpt["clip"])
-    rows = con.execute(f"SELECT path, window_start, predicted_label, confidence, topk_labels, topk_probs, w_audio, "
-                       f"w_video, audio_only_label, audio_only_confidence, video_only_label, video_only_confidence, "
-                       f"flags, attention_agrees FROM {table} WHERE error_class IS NULL "
-                       f"ORDER BY path, window_start").fetchall()
+    rows = con.execute(
+        f"SELECT path, window_start, predicted_label, confidence, topk_labels, topk_probs, w_audio, "
+        f"w_video, audio_only_label, audio_only_confidence, video_only_label, video_only_confidence, "
+        f"flags, attention_agrees FROM {table} WHERE error_class IS NULL "
+        f"ORDER BY path, window_start"
+    ).fetchall()
     assert len(rows) == expect_rows
-    for (path, start, label, confidence, topk_labels, topk_probs, w_audio, w_video, a_label, a_conf, v_label,
-         v_conf, flags, agrees) in rows:
+    for (
+        path,
+        start,
+        label,
+        confidence,
+        topk_labels,
+        topk_probs,
+        w_audio,
+        w_video,
+        a_label,
+        a_conf,
+        v_label,
+        v_conf,
+        flags,
+        agrees,
+    ) in rows:
         clip = decode_clip(path, spec, start=start, limits=LABEL_LIMITS)
         q = clip.quality
         direct = _direct(model, clip.waveform if q.has_audio else None, clip.frames if q.has_video else None)
@@ -160,8 +241,10 @@ def _assert_rows_equal_the_model(con, table, checkpoint, expect_rows: int) -> No
         assert topk_labels == [names[int(i)] for i in top_i], path
         assert topk_probs == pytest.approx([float(x) for x in top_p], abs=1e-5), path
         assert (w_audio, w_video) == pytest.approx([float(x) for x in direct.weights[0]], abs=1e-5), path
-        for head, got_label, got_conf in ((direct.audio_logits, a_label, a_conf), (direct.video_logits, v_label,
-                                                                                   v_conf)):
+        for head, got_label, got_conf in (
+            (direct.audio_logits, a_label, a_conf),
+            (direct.video_logits, v_label, v_conf),
+        ):
             if head is None:
                 assert got_label is None and got_conf is None, path
             else:
@@ -180,10 +263,25 @@ def test_odd_files_each_get_one_row(tmp_path, checkpoint, ray_local):
     corpus = tmp_path / "corpus"
     expected = make_label_corpus(corpus)
     out = tmp_path / "labels"
-    assert label_job.main([str(corpus), str(out), "--checkpoint", str(checkpoint), "--extensions",
-                           "mp4,mkv,h264", "--windows", "all"]) == 0
-    rows = duckdb.sql(f"SELECT path, error_class, predicted_label, window_index, no_audio_track, no_video_track "
-                      f"FROM read_parquet('{out}/part-*.parquet')").fetchall()
+    assert (
+        label_job.main(
+            [
+                str(corpus),
+                str(out),
+                "--checkpoint",
+                str(checkpoint),
+                "--extensions",
+                "mp4,mkv,h264",
+                "--windows",
+                "all",
+            ]
+        )
+        == 0
+    )
+    rows = duckdb.sql(
+        f"SELECT path, error_class, predicted_label, window_index, no_audio_track, no_video_track "
+        f"FROM read_parquet('{out}/part-*.parquet')"
+    ).fetchall()
     by_file: dict[str, list] = {}
     for path, error, label, window, no_audio, no_video in rows:
         by_file.setdefault(Path(path).name, []).append((error, label, window, no_audio, no_video))
@@ -204,10 +302,25 @@ def test_odd_files_each_get_one_row(tmp_path, checkpoint, ray_local):
 
 def test_kill_then_rerun_labels_every_file_once(tmp_path, clips, checkpoint, cli_env):
     out = tmp_path / "labels"
-    args = ["avfusion", "label", str(clips), str(out), "--checkpoint", str(checkpoint), "--part-rows", "2",
-            "--decode-batch", "1", "--model-batch", "2", "--num-cpus", "2"]
-    proc = subprocess.Popen(args, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    args = [
+        "avfusion",
+        "label",
+        str(clips),
+        str(out),
+        "--checkpoint",
+        str(checkpoint),
+        "--part-rows",
+        "2",
+        "--decode-batch",
+        "1",
+        "--model-batch",
+        "2",
+        "--num-cpus",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        args, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list(out.glob("part-*.parquet")):
         time.sleep(0.05)
@@ -227,18 +340,35 @@ def test_predict_prints_label_top5_and_attention(tmp_path, clips, checkpoint, cl
     import json
 
     clip = sorted(clips.glob("*.mp4"))[0]
-    text = subprocess.run(["avfusion", "predict", str(clip), "--checkpoint", str(checkpoint)], env=cli_env,
-                          capture_output=True, text=True, timeout=120)
+    text = subprocess.run(
+        ["avfusion", "predict", str(clip), "--checkpoint", str(checkpoint)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert text.returncode == 0, text.stderr[-2000:]
     assert "Predicted class:" in text.stdout and "Fusion attention [audio, video]:" in text.stdout
     assert len([line for line in text.stdout.splitlines() if line.startswith("  ")]) == 5
-    row = json.loads(subprocess.run(["avfusion", "predict", str(clip), "--checkpoint", str(checkpoint), "--json"],
-                                    env=cli_env, capture_output=True, text=True, timeout=120).stdout)
+    row = json.loads(
+        subprocess.run(
+            ["avfusion", "predict", str(clip), "--checkpoint", str(checkpoint), "--json"],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    )
     assert row["w_audio"] + row["w_video"] == pytest.approx(1.0, abs=1e-5) and row["error_class"] is None
     bad = tmp_path / "bad.mp4"
     bad.write_text("not a video")
-    failed = subprocess.run(["avfusion", "predict", str(bad), "--checkpoint", str(checkpoint)], env=cli_env,
-                            capture_output=True, text=True, timeout=120)
+    failed = subprocess.run(
+        ["avfusion", "predict", str(bad), "--checkpoint", str(checkpoint)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert failed.returncode == 1 and "not_media" in failed.stderr
 
 
@@ -267,8 +397,9 @@ def test_every_file_gets_its_best_answer(tmp_path, checkpoint_10s, ray_local, ca
     printed = capsys.readouterr().out
     con = duckdb.connect()
     table = f"read_parquet('{out}/part-*.parquet')"
-    rows = con.execute(f"SELECT path, error_class, error_message, predicted_label, flags, covered_seconds "
-                       f"FROM {table}").fetchall()
+    rows = con.execute(
+        f"SELECT path, error_class, error_message, predicted_label, flags, covered_seconds FROM {table}"
+    ).fetchall()
     got = {Path(r[0]).name: r for r in rows}
     media = {n for n, want in expected.items() if want["label"] is not None}
     assert set(got) == media and len(rows) == len(media)
@@ -294,7 +425,8 @@ def test_every_window_of_a_cut_file_keeps_the_windows_that_decode(tmp_path):
     make_salvage_corpus(tmp_path)
     path = str(tmp_path / "cut_at_30pct.mp4")
     rows = DecodeRows(ClipSpec(clip_seconds=1.0, frame_size=32), every_window=True).decode_file(
-        path, "cut", *storage.identity(path))
+        path, "cut", *storage.identity(path)
+    )
     assert 1 <= len(rows) < 10 and all(not r["error_class"] for r in rows), [r["error_message"] for r in rows]
     assert [r["window_index"] for r in rows] == list(range(len(rows)))
     assert all(r["window_count"] == len(rows) for r in rows)
@@ -316,13 +448,22 @@ def test_actors_given_no_gpu_label_on_the_cpu_where_cuda_is_visible(tmp_path, cl
         "    import torch\n"
         "    torch.cuda.is_available = lambda: True\n"
         "    with open(os.environ['AVF_FAKE_CUDA'], 'a') as f:\n"
-        "        f.write(f'{os.getpid()}\\n')\n")
+        "        f.write(f'{os.getpid()}\\n')\n"
+    )
     log = tmp_path / "patched.txt"
-    env = dict(cli_env, AVF_FAKE_CUDA=str(log),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(hook), cli_env.get("PYTHONPATH")])))
+    env = dict(
+        cli_env,
+        AVF_FAKE_CUDA=str(log),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(hook), cli_env.get("PYTHONPATH")])),
+    )
     out = tmp_path / "labels"
-    run = subprocess.run(["avfusion", "label", str(clips), str(out), "--checkpoint", str(checkpoint),
-                          "--num-cpus", "2"], env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        ["avfusion", "label", str(clips), str(out), "--checkpoint", str(checkpoint), "--num-cpus", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert len(set(log.read_text().split())) >= 3, "the patch ran in the driver and the Ray workers"
     con = duckdb.connect()

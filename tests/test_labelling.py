@@ -39,8 +39,19 @@ def _batch(rows: list[tuple[str, int, int, str]]) -> dict[str, np.ndarray]:
     cols = {}
     for field in SCHEMA:
         t = field.type
-        filler = ("x" if pa.types.is_string(t) else 0 if pa.types.is_integer(t) else 0.5 if pa.types.is_floating(t)
-                  else False if pa.types.is_boolean(t) else [0.5] if pa.types.is_floating(t.value_type) else ["x"])
+        filler = (
+            "x"
+            if pa.types.is_string(t)
+            else 0
+            if pa.types.is_integer(t)
+            else 0.5
+            if pa.types.is_floating(t)
+            else False
+            if pa.types.is_boolean(t)
+            else [0.5]
+            if pa.types.is_floating(t.value_type)
+            else ["x"]
+        )
         arr = np.empty(n, dtype=object)
         arr[:] = [filler] * n
         cols[field.name] = arr
@@ -62,7 +73,7 @@ def _split(rows, sizes):
     """The rows as batches of the given sizes: batch edges fall inside files."""
     out, at = [], 0
     for size in sizes:
-        out.append(_batch(rows[at:at + size]))
+        out.append(_batch(rows[at : at + size]))
         at += size
     assert at == len(rows)
     return out
@@ -81,7 +92,7 @@ def test_parts_are_cut_only_where_a_file_ends(tmp_path):
         index, count = table.column("window_index").to_pylist(), table.column("window_count").to_pylist()
         assert index[0] == 0 and index[-1] == count[-1] - 1, (url, index, count)  # whole files only
         assert table.num_rows >= 2 or i == len(parts) - 1
-        back += list(zip(table.column("path").to_pylist(), index))
+        back += list(zip(table.column("path").to_pylist(), index, strict=False))
         assert table.schema == SCHEMA
     assert back == [(p, i) for p, i, _, _ in rows]  # every row once, in order
     names = sorted(os.listdir(tmp_path))
@@ -100,7 +111,9 @@ def test_parts_appear_whole_and_a_broken_stream_leaves_only_whole_parts(tmp_path
         for batch in _split(rows, [3] * 8)[:6]:
             for url in storage.list_files(str(tmp_path), "part-*.parquet"):
                 table = pq.read_table(url)  # a partial file would not parse
-                assert table.column("window_index")[-1].as_py() == table.column("window_count")[-1].as_py() - 1
+                assert (
+                    table.column("window_index")[-1].as_py() == table.column("window_count")[-1].as_py() - 1
+                )
             seen.append(len(os.listdir(tmp_path)))
             yield batch
         raise RuntimeError("the executor died")
@@ -116,9 +129,16 @@ def test_parts_appear_whole_and_a_broken_stream_leaves_only_whole_parts(tmp_path
 
 
 def test_resume_identities_skip_transient_errors(tmp_path):
-    write_parts([_batch(_file_rows({"ok": 2, "bad_media": 1}) + [("flaky", 0, 1, "fetch_error"),
-                                                                ("crashed", 0, 1, "internal_error")])],
-                str(tmp_path), part_rows=100)
+    write_parts(
+        [
+            _batch(
+                _file_rows({"ok": 2, "bad_media": 1})
+                + [("flaky", 0, 1, "fetch_error"), ("crashed", 0, 1, "internal_error")]
+            )
+        ],
+        str(tmp_path),
+        part_rows=100,
+    )
     rows = _batch([("bad_media", 0, 1, "not_media")])
     write_parts([rows], str(tmp_path), part_rows=100)
     assert done_identities(str(tmp_path)) == {("ok", 2, 7), ("bad_media", 9, 7)}
@@ -127,17 +147,39 @@ def test_resume_identities_skip_transient_errors(tmp_path):
 
 def test_superseded_transient_rows_are_dropped_and_nothing_else(tmp_path):
     out = str(tmp_path)
-    write_parts([_batch([("x", 0, 1, "fetch_error"), ("y", 0, 1, "internal_error"), ("z", 0, 1, "not_media"),
-                         ("w", 0, 1, "")])], out, part_rows=100)
+    write_parts(
+        [
+            _batch(
+                [
+                    ("x", 0, 1, "fetch_error"),
+                    ("y", 0, 1, "internal_error"),
+                    ("z", 0, 1, "not_media"),
+                    ("w", 0, 1, ""),
+                ]
+            )
+        ],
+        out,
+        part_rows=100,
+    )
     first = storage.list_files(out, "part-*.parquet")
     assert drop_superseded(out) == 0  # nothing relabelled yet: the transient rows stay (they are the record)
     write_parts([_batch([("x", 0, 2, ""), ("x", 1, 2, "")])], out, part_rows=100)  # a later run labelled x
     assert drop_superseded(out) == 1
     assert drop_superseded(out) == 0
     assert len(storage.list_files(out, "part-*.parquet")) == len(first) + 1
-    rows = sorted(zip(*(read_parts(out).column(c).to_pylist() for c in ("path", "window_index", "error_class"))))
-    assert rows == [("w", 0, None), ("x", 0, None), ("x", 1, None), ("y", 0, "internal_error"),
-                    ("z", 0, "not_media")]
+    rows = sorted(
+        zip(
+            *(read_parts(out).column(c).to_pylist() for c in ("path", "window_index", "error_class")),
+            strict=True,
+        )
+    )
+    assert rows == [
+        ("w", 0, None),
+        ("x", 0, None),
+        ("x", 1, None),
+        ("y", 0, "internal_error"),
+        ("z", 0, "not_media"),
+    ]
 
 
 @pytest.fixture
@@ -165,7 +207,10 @@ def test_scan_walks_once_for_label_and_preprocess(folder, tmp_path):
     assert [t.key for t in tasks] == ["a", "dir", "link"]
     listed = tmp_path / "list.txt"
     listed.write_text(f"# a comment\n{folder / 'notes.txt'}\n\n{folder / 'a.mp4'}\n")
-    assert scan_inputs(str(listed), LABEL_EXTENSIONS) == ([str(folder / "notes.txt"), str(folder / "a.mp4")], [])
+    assert scan_inputs(str(listed), LABEL_EXTENSIONS) == (
+        [str(folder / "notes.txt"), str(folder / "a.mp4")],
+        [],
+    )
     with pytest.raises(FileNotFoundError):
         scan_inputs(str(tmp_path / "nope"), LABEL_EXTENSIONS)
 
@@ -176,8 +221,12 @@ def test_items_skip_files_already_labelled_unless_changed(folder):
     assert [i["key"] for i in items] == ["a.mp4", "dir.mkv", "link.mp4", "sub/b.WAV", "sub/c.gif"]
     a = items[0]
     done = {(a["path"], a["file_size"], a["mtime_ns"])}
-    assert [i["key"] for i in build_items(found, str(folder), done)] == ["dir.mkv", "link.mp4", "sub/b.WAV",
-                                                                         "sub/c.gif"]
+    assert [i["key"] for i in build_items(found, str(folder), done)] == [
+        "dir.mkv",
+        "link.mp4",
+        "sub/b.WAV",
+        "sub/c.gif",
+    ]
     (folder / "a.mp4").write_bytes(b"changed content")  # new size: labelled again
     assert build_items(found, str(folder), done)[0]["key"] == "a.mp4"
     assert build_items(found, None, set())[0]["key"] == a["path"]  # a list file: the path is the key
@@ -187,10 +236,15 @@ def test_items_skip_files_already_labelled_unless_changed(folder):
 def tiny_checkpoint(tmp_path):
     cfg = ModelConfig(num_classes=3, embed_dim=16, audio_width=8, video_weights="none")
     path = str(tmp_path / "tiny.pt")
-    checkpoint.save({"model": FusionModel(cfg).state_dict(), "model_config": cfg.__dict__,
-                     "label_map": {"a": 0, "b": 1, "c": 2},
-                     "clip": {"sample_rate": 16000, "clip_seconds": 1.0, "num_frames": 2, "frame_size": 32}},
-                    path)
+    checkpoint.save(
+        {
+            "model": FusionModel(cfg).state_dict(),
+            "model_config": cfg.__dict__,
+            "label_map": {"a": 0, "b": 1, "c": 2},
+            "clip": {"sample_rate": 16000, "clip_seconds": 1.0, "num_frames": 2, "frame_size": 32},
+        },
+        path,
+    )
     return path
 
 
@@ -212,10 +266,24 @@ def test_an_actor_given_no_gpu_runs_on_the_cpu_where_cuda_is_visible(tiny_checkp
 def _decoded_rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """DecodeRows-shaped rows: row 0 both modalities, row 1 audio only, row 2 video only, …"""
     rng = np.random.default_rng(seed)
-    rows = [{"path": f"p{i}", "key": f"p{i}", "file_size": 1, "mtime_ns": 1, "error_class": "", "error_message": "",
-             "flags": "", "no_audio_track": i % 3 == 2, "no_video_track": i % 3 == 1, "window_index": 0,
-             "window_count": 1, "waveform": rng.uniform(-1, 1, 16000).astype(np.float32),
-             "frames": rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)} for i in range(n)]
+    rows = [
+        {
+            "path": f"p{i}",
+            "key": f"p{i}",
+            "file_size": 1,
+            "mtime_ns": 1,
+            "error_class": "",
+            "error_message": "",
+            "flags": "",
+            "no_audio_track": i % 3 == 2,
+            "no_video_track": i % 3 == 1,
+            "window_index": 0,
+            "window_count": 1,
+            "waveform": rng.uniform(-1, 1, 16000).astype(np.float32),
+            "frames": rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8),
+        }
+        for i in range(n)
+    ]
     return rows_to_batch(rows)
 
 
@@ -234,8 +302,8 @@ def test_predictor_rows_equal_the_model_from_one_host_transfer(tiny_checkpoint):
     assert len(calls) == 3  # fused, audio-only and video-only groups: one transfer each
     model = predictor.model
     for i in range(6):
-        wave = torch.from_numpy(batch["waveform"][i:i + 1]) if not batch["no_audio_track"][i] else None
-        frames = torch.from_numpy(batch["frames"][i:i + 1]) if not batch["no_video_track"][i] else None
+        wave = torch.from_numpy(batch["waveform"][i : i + 1]) if not batch["no_audio_track"][i] else None
+        frames = torch.from_numpy(batch["frames"][i : i + 1]) if not batch["no_video_track"][i] else None
         with torch.no_grad():
             res = model.forward_head(*model.forward_features(wave, frames))
         p, idx = torch.softmax(res.logits, 1)[0].topk(3)
@@ -246,7 +314,8 @@ def test_predictor_rows_equal_the_model_from_one_host_transfer(tiny_checkpoint):
         assert (out["attention_agrees"][i] is None) == (wave is None or frames is None)
         if wave is not None:
             assert out["audio_only_confidence"][i] == pytest.approx(
-                float(torch.softmax(res.audio_logits, 1).max()), abs=1e-5)
+                float(torch.softmax(res.audio_logits, 1).max()), abs=1e-5
+            )
         want = {"audio_only"} if frames is None else {"video_only"} if wave is None else set()
         assert set(filter(None, out["flags"][i].split(","))) == want
 
@@ -258,8 +327,8 @@ def test_bf16_rows_stay_close_to_fp32(tiny_checkpoint):
     fp32 = Predictor(tiny_checkpoint, top_k=3)(batch)
     bf16 = Predictor(tiny_checkpoint, top_k=3, bf16=True)(batch)
     for i in range(3):
-        want = dict(zip(fp32["topk_labels"][i], fp32["topk_probs"][i]))
-        got = dict(zip(bf16["topk_labels"][i], bf16["topk_probs"][i]))
+        want = dict(zip(fp32["topk_labels"][i], fp32["topk_probs"][i], strict=False))
+        got = dict(zip(bf16["topk_labels"][i], bf16["topk_probs"][i], strict=False))
         assert set(got) == set(want)
         assert sum(got.values()) == pytest.approx(1.0, abs=1e-3)
         assert all(abs(got[k] - want[k]) < 0.05 for k in want)
@@ -308,7 +377,10 @@ def test_a_rerun_with_everything_labelled_starts_no_executor(folder, tiny_checkp
     with pytest.raises(RuntimeError):
         label(cfg, asked)
     assert asked.entered == 1 and asked.items == [[found[0]]]
-    assert f"{len(found)} files, {len(found) - 1} already labelled in {out}, 1 to label" in capsys.readouterr().out
+    assert (
+        f"{len(found)} files, {len(found) - 1} already labelled in {out}, 1 to label"
+        in capsys.readouterr().out
+    )
 
 
 class _Model:
@@ -345,8 +417,9 @@ def test_in_process_pipeline_decodes_on_bounded_threads_then_one_model_in_order(
 
     items = [{"x": i, "tag": f"f{i}"} for i in range(11)]
     _Model.built = []
-    pipeline = BatchPipeline(decode=decode, decode_batch=2, model=_Model, model_kwargs={"offset": 100},
-                             model_batch=5, gpus=0.5)
+    pipeline = BatchPipeline(
+        decode=decode, decode_batch=2, model=_Model, model_kwargs={"offset": 100}, model_batch=5, gpus=0.5
+    )
     out = list(InProcessExecutor(8).map_batches(pipeline, items))
     assert _Model.built == [{"offset": 100, "gpus_assigned": math.ceil(0.5)}]
     assert _Model.sizes == [5, 5, 5, 5, 2]
@@ -365,13 +438,18 @@ def test_the_whole_run_in_process_labels_like_the_model(tmp_path, tiny_checkpoin
     from avfusion.labelling.worker import DecodeRows
 
     clips = tmp_path / "clips"
-    make_class_conditional_set(clips, per_class=1, spec=SynthSpec(width=32, height=32, duration=1.0, fps=4,
-                                                                   sample_rate=16_000), classes=DEFAULT_CLASSES[:4])
+    make_class_conditional_set(
+        clips,
+        per_class=1,
+        spec=SynthSpec(width=32, height=32, duration=1.0, fps=4, sample_rate=16_000),
+        classes=DEFAULT_CLASSES[:4],
+    )
     found, _ = scan_inputs(str(clips), LABEL_EXTENSIONS)
     assert len(found) == 4
     out = str(tmp_path / "labels")
-    cfg = LabelConfig(input=str(clips), out=out, checkpoint=tiny_checkpoint, decode_batch=1, model_batch=3,
-                      part_rows=2)
+    cfg = LabelConfig(
+        input=str(clips), out=out, checkpoint=tiny_checkpoint, decode_batch=1, model_batch=3, part_rows=2
+    )
     assert label(cfg, InProcessExecutor(2)) == len(found)
     rows = {r["path"]: r for r in read_parts(out).to_pylist()}
     assert sorted(rows) == found and all(r["error_class"] is None for r in rows.values())

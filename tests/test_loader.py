@@ -37,8 +37,9 @@ def tiny_shards(tmp_path_factory):
             ramp = np.linspace(0, 160, 32)[None, :, None, None] + np.linspace(0, 60, 32)[None, None, :, None]
             frames = (ramp + rng.integers(0, 35, (4, 1, 1, 3))).astype(np.uint8)  # smooth, distinct per clip
             wave = rng.uniform(-0.5, 0.5, 1600).astype(np.float32)
-            samples.append(encode_sample(f"clip{s}{i}_000000", wave, frames, (s * 6 + i) % 3,
-                                         {"split": "train"}, 16_000))
+            samples.append(
+                encode_sample(f"clip{s}{i}_000000", wave, frames, (s * 6 + i) % 3, {"split": "train"}, 16_000)
+            )
         storage.write_bytes(str(root / f"{s:05d}.tar"), tar_bytes(samples))
         urls.append(str(root / f"{s:05d}.tar"))
     return urls
@@ -56,7 +57,9 @@ def test_compact_batch_decodes_on_the_device_like_the_per_clip_reader(tiny_shard
     batch = collate_compact([compact(s) for s in raw])
     ref = [decode_sample(s) for s in raw]
     assert batch.frames is None and batch.waveform.dtype == torch.int16 and batch.n_frames == 4
-    assert batch.jpeg.numel() < sum(r.frames.nbytes for r in ref) / 2, "JPEG bytes, not pixels, cross the queue"
+    assert batch.jpeg.numel() < sum(r.frames.nbytes for r in ref) / 2, (
+        "JPEG bytes, not pixels, cross the queue"
+    )
     out = batch.to("cpu")
     np.testing.assert_array_equal(out.waveform.numpy(), np.stack([r.waveform for r in ref]))
     diff = np.abs(out.frames.numpy().astype(int) - np.stack([r.frames for r in ref]).astype(int))
@@ -92,8 +95,9 @@ def test_batch_pins_through_the_dataloader_pin_function(tiny_shards):
 
 
 def _keys(urls, *, rank=0, workers=2, seed=5, start_epoch=0, epochs=1):
-    stream = TrainStream(urls, 4, split=None, batches_per_epoch=3, seed=seed, rank=rank, world=2,
-                         start_epoch=start_epoch)
+    stream = TrainStream(
+        urls, 4, split=None, batches_per_epoch=3, seed=seed, rank=rank, world=2, start_epoch=start_epoch
+    )
     dl = data_loader(stream, workers, persistent=True)
     return [[(b.worker, tuple(b.keys)) for b in dl] for _ in range(epochs)]
 
@@ -120,7 +124,9 @@ def test_an_epoch_reads_every_shard_once_before_any_twice_and_consumers_share_no
     assert sorted(sum((p[0] for p in passes), [])) == sorted(urls), passes
     assert sorted(sum((p[1] for p in passes), [])) == sorted(urls) and passes[0][1] != passes[0][0]
     assert next(deal_shards(urls, 7, 1, 0, 3)) != passes[0][0], "epochs differ"
-    assert all(len(h) == 1 and h[0] in urls for h in islice(deal_shards(urls[:2], 7, 0, 4, 6), 3)), "empty hands"
+    assert all(len(h) == 1 and h[0] in urls for h in islice(deal_shards(urls[:2], 7, 0, 4, 6), 3)), (
+        "empty hands"
+    )
 
 
 def test_an_epoch_of_the_train_stream_sees_each_clip_once(tiny_shards):
@@ -142,8 +148,11 @@ def test_persistent_workers_move_to_the_next_epoch_and_resume_at_it(tiny_shards)
 def test_eval_stages_read_every_sample_once_and_decode_per_clip_when_asked(tiny_shards):
     compact_keys = [k for b in data_loader(eval_stages(tiny_shards, 5, split=None), 0) for k in b.keys]
     assert sorted(compact_keys) == sorted(f"clip{s}{i}_000000" for s in range(4) for i in range(6))
-    lists = list(data_loader(eval_stages(tiny_shards, 5, split=None, compact_frames=False,
-                                         collation_fn=lambda xs: xs), 0))
+    lists = list(
+        data_loader(
+            eval_stages(tiny_shards, 5, split=None, compact_frames=False, collation_fn=lambda xs: xs), 0
+        )
+    )
     assert sum(map(len, lists)) == 24 and lists[0][0]["frames"].shape == (4, 32, 32, 3)
     assert set(decode(_raw(tiny_shards)[0])) <= set(lists[0][0])
 

@@ -14,8 +14,10 @@ from avfusion.model import (
 
 def _inputs(b=3, n=32_000, t=4, s=64):
     g = torch.Generator().manual_seed(0)
-    return (torch.rand(b, n, generator=g) * 2 - 1,
-            torch.randint(0, 256, (b, t, s, s, 3), generator=g, dtype=torch.uint8))
+    return (
+        torch.rand(b, n, generator=g) * 2 - 1,
+        torch.randint(0, 256, (b, t, s, s, 3), generator=g, dtype=torch.uint8),
+    )
 
 
 def test_encoders_declare_their_output_size():
@@ -32,7 +34,9 @@ def test_fusion_outputs_and_attention_sum_to_one():
     torch.manual_seed(0)
     model = FusionModel(ModelConfig(num_classes=5, embed_dim=32, audio_width=16)).eval()
     out = model(*_inputs())
-    assert out.logits.shape == (3, 5) and out.audio_logits.shape == (3, 5) and out.video_logits.shape == (3, 5)
+    assert (
+        out.logits.shape == (3, 5) and out.audio_logits.shape == (3, 5) and out.video_logits.shape == (3, 5)
+    )
     assert torch.isfinite(out.logits).all()
     torch.testing.assert_close(out.weights.sum(dim=1), torch.ones(3))
     assert ((out.weights > 0) & (out.weights < 1)).all()
@@ -55,7 +59,9 @@ def test_a_shared_head_makes_the_fused_logits_the_weighted_sum_of_the_modalities
     separate = FusionModel(ModelConfig(num_classes=5, embed_dim=32, audio_width=16, shared_head=False)).eval()
     out = separate(*_inputs())
     assert separate.audio_head is not None
-    assert not torch.allclose(out.logits, out.weights[:, :1] * out.audio_logits + out.weights[:, 1:] * out.video_logits)
+    assert not torch.allclose(
+        out.logits, out.weights[:, :1] * out.audio_logits + out.weights[:, 1:] * out.video_logits
+    )
 
 
 def test_evidence_features_tell_dead_streams_from_live_ones():
@@ -73,8 +79,10 @@ def test_evidence_features_tell_dead_streams_from_live_ones():
     frozen = frames[:, :1].expand_as(frames).contiguous()
     black = torch.zeros_like(frames)
     with torch.no_grad():
-        ev = {name: enc.evidence(f, enc.forward_frames(f)) for name, f in
-              (("live", frames), ("frozen", frozen), ("black", black))}
+        ev = {
+            name: enc.evidence(f, enc.forward_frames(f))
+            for name, f in (("live", frames), ("frozen", frozen), ("black", black))
+        }
     assert (ev["black"][:, 0] < ev["live"][:, 0] - 0.5).all()
     assert (ev["frozen"][:, 1] < ev["live"][:, 1] - 0.5).all()
     on = FusionModel(ModelConfig(num_classes=5, embed_dim=32, audio_width=16))

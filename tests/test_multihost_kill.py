@@ -11,8 +11,10 @@ import pytest
 from avfusion.synth import SynthSpec, make_class_conditional_set
 from tests.netns_cluster import NetnsCluster, netns_available, submit_no_wait, wait_job
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not netns_available(), reason="needs root for ip netns (the test hosts)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not netns_available(), reason="needs root for ip netns (the test hosts)"),
+]
 PY = sys.executable
 
 
@@ -34,14 +36,17 @@ def test_worker_host_lost_mid_preprocess_and_mid_label(tmp_path):
     """The worker host dies mid-job: the job completes on what is left, or exits non-zero
     naming what to redo; a re-run then gives exactly the key set of an uninterrupted run."""
     clips = tmp_path / "clips"
-    make_class_conditional_set(clips, per_class=3, spec=SynthSpec(width=64, height=64, duration=2.0, fps=8,
-                                                                    sample_rate=16_000))
+    make_class_conditional_set(
+        clips, per_class=3, spec=SynthSpec(width=64, height=64, duration=2.0, fps=8, sample_rate=16_000)
+    )
     names = sorted(p.stem for p in clips.glob("*.mp4"))
     b = "s3://avf-kill"
     # Two CPUs per node: after the worker host is lost the head alone must still fit the
     # label job's model actor (one CPU) beside its decode tasks.
     with NetnsCluster(cpus_per_node=2) as cluster:
-        cluster.python("head", f"""
+        cluster.python(
+            "head",
+            f"""
 import pathlib, s3fs
 from avfusion import checkpoint
 from avfusion.model import FusionModel, ModelConfig
@@ -55,9 +60,24 @@ checkpoint.save({{'model': FusionModel(cfg).state_dict(), 'model_config': cfg.__
                  'label_map': {{str(i): i for i in range(6)}},
                  'clip': {{'sample_rate': 16000, 'clip_seconds': 2.0, 'num_frames': 8, 'frame_size': 64}}}},
                 '{b}/tiny.pt')
-""")
-        pre = [PY, "-m", "jobs.preprocess", f"{b}/clips", "--labels", f"{b}/labels.csv", "--out", f"{b}/shards",
-               "--shard-size", "1", "--frame-size", "64", "--threads", "1"]
+""",
+        )
+        pre = [
+            PY,
+            "-m",
+            "jobs.preprocess",
+            f"{b}/clips",
+            "--labels",
+            f"{b}/labels.csv",
+            "--out",
+            f"{b}/shards",
+            "--shard-size",
+            "1",
+            "--frame-size",
+            "64",
+            "--threads",
+            "1",
+        ]
         job = submit_no_wait(cluster, *pre)
         assert _wait_count(cluster, "avf-kill/shards/*_stats.json", 3), "preprocess never got going"
         cluster.kill_worker()
@@ -67,7 +87,10 @@ checkpoint.save({{'model': FusionModel(cfg).state_dict(), 'model_config': cfg.__
             again = cluster.submit(*pre, "--retry-failed")
             assert again.returncode == 0, again.stdout[-3000:]
         done = _count(cluster, "avf-kill/shards/*_stats.json")
-        keys = json.loads(cluster.python("head", """
+        keys = json.loads(
+            cluster.python(
+                "head",
+                """
 import io, json, tarfile, s3fs
 fs = s3fs.S3FileSystem()
 m = json.loads(fs.cat_file('avf-kill/shards/manifest.json'))
@@ -76,13 +99,26 @@ for s in m['shards']:
     with tarfile.open(fileobj=io.BytesIO(fs.cat_file('avf-kill/shards/' + s['tar']))) as tar:
         keys += [json.load(tar.extractfile(x))['key'] for x in tar.getmembers() if x.name.endswith('.json')]
 print(json.dumps({'keys': keys, 'complete': m['complete']}))
-"""))
+""",
+            )
+        )
         assert sorted(keys["keys"]) == names and keys["complete"], (state, done)
 
         cluster.start_worker()
         cluster.wait_for_nodes(2)
-        lab = [PY, "-m", "jobs.label", f"{b}/clips", f"{b}/labels", "--checkpoint", f"{b}/tiny.pt",
-               "--part-rows", "1", "--decode-batch", "1"]
+        lab = [
+            PY,
+            "-m",
+            "jobs.label",
+            f"{b}/clips",
+            f"{b}/labels",
+            "--checkpoint",
+            f"{b}/tiny.pt",
+            "--part-rows",
+            "1",
+            "--decode-batch",
+            "1",
+        ]
         job = submit_no_wait(cluster, *lab)
         assert _wait_count(cluster, "avf-kill/labels/part-*.parquet", 2), "label never got going"
         cluster.kill_worker()
@@ -90,13 +126,19 @@ print(json.dumps({'keys': keys, 'complete': m['complete']}))
         if state != "SUCCEEDED":
             again = cluster.submit(*lab)
             assert again.returncode == 0, again.stdout[-3000:]
-        rows = json.loads(cluster.python("head", """
+        rows = json.loads(
+            cluster.python(
+                "head",
+                """
 import io, json, s3fs, pyarrow as pa, pyarrow.parquet as pq
 fs = s3fs.S3FileSystem()
 # Parts fetched as bytes: pyarrow reading through s3fs could abort at interpreter exit
 # ("terminate called without an active exception") after the script had done its work.
-t = pa.concat_tables([pq.read_table(io.BytesIO(fs.cat_file(p))) for p in sorted(fs.glob('avf-kill/labels/part-*.parquet'))])
+parts = sorted(fs.glob('avf-kill/labels/part-*.parquet'))
+t = pa.concat_tables([pq.read_table(io.BytesIO(fs.cat_file(p))) for p in parts])
 print(json.dumps(list(zip(t.column('key').to_pylist(), t.column('error_class').to_pylist()))))
-"""))
+""",
+            )
+        )
     assert sorted(k for k, _ in rows) == [f"{n}.mp4" for n in names], "every file exactly once"
     assert all(e is None for _, e in rows), rows

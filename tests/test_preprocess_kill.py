@@ -25,8 +25,14 @@ def clips(tmp_path_factory):
 
 
 def _start(args, env, out):
-    return subprocess.Popen(["avfusion", "preprocess", *args, "--out", str(out)], env=env,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        ["avfusion", "preprocess", *args, "--out", str(out)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _session_pids(session: int) -> list[int]:
@@ -37,7 +43,10 @@ def _session_pids(session: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            if os.getsid(int(entry.name)) == session and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            if (
+                os.getsid(int(entry.name)) == session
+                and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            ):
                 pids.append(int(entry.name))
         except (OSError, ProcessLookupError, IndexError):
             continue
@@ -58,7 +67,9 @@ def _cleanup(proc):
 
 
 def _keys(out: Path) -> list[str]:
-    return [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False)]
+    return [
+        s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False)
+    ]
 
 
 def _wait_for(predicate, timeout, proc):
@@ -86,12 +97,22 @@ def test_driver_kill_then_resume_gives_the_uninterrupted_key_set(tmp_path, clips
     assert 2 <= done_before < 12, "kill must land mid-run"
     assert not (tmp_path / "killed" / "manifest.json").exists()
 
-    resumed = subprocess.run(["avfusion", "preprocess", *args, "--out", str(tmp_path / "killed")], env=cli_env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        ["avfusion", "preprocess", *args, "--out", str(tmp_path / "killed")],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert f"({done_before} already done)" in resumed.stdout
-    clean = subprocess.run(["avfusion", "preprocess", *args, "--out", str(tmp_path / "clean")], env=cli_env,
-                           capture_output=True, text=True, timeout=300)
+    clean = subprocess.run(
+        ["avfusion", "preprocess", *args, "--out", str(tmp_path / "clean")],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert clean.returncode == 0
     killed_keys, clean_keys = _keys(tmp_path / "killed"), _keys(tmp_path / "clean")
     assert len(killed_keys) == len(set(killed_keys)) == 24
@@ -119,8 +140,23 @@ def _task_workers(session: int) -> list[int]:
 
 def test_worker_kill_mid_task_is_retried_and_every_clip_lands(tmp_path, clips, cli_env):
     out = tmp_path / "s"
-    proc = _start([str(clips), "--shard-size", "6", "--frame-size", "64", "--concurrency", "1", "--threads", "1",
-                   "--num-cpus", "2"], cli_env, out)
+    proc = _start(
+        [
+            str(clips),
+            "--shard-size",
+            "6",
+            "--frame-size",
+            "64",
+            "--concurrency",
+            "1",
+            "--threads",
+            "1",
+            "--num-cpus",
+            "2",
+        ],
+        cli_env,
+        out,
+    )
     killed = []
     try:
         found = _wait_for(lambda: bool(_task_workers(proc.pid)), 120, proc)
@@ -147,8 +183,21 @@ def test_task_failed_after_retries_is_recorded_and_retried(tmp_path, clips, cli_
     import duckdb
 
     out = tmp_path / "s"
-    args = [str(clips), "--shard-size", "6", "--frame-size", "64", "--concurrency", "1", "--threads", "1",
-            "--num-cpus", "2", "--task-retries", "0"]
+    args = [
+        str(clips),
+        "--shard-size",
+        "6",
+        "--frame-size",
+        "64",
+        "--concurrency",
+        "1",
+        "--threads",
+        "1",
+        "--num-cpus",
+        "2",
+        "--task-retries",
+        "0",
+    ]
     proc = _start(args, cli_env, out)
     killed = []
     try:
@@ -162,16 +211,23 @@ def test_task_failed_after_retries_is_recorded_and_retried(tmp_path, clips, cli_
     assert killed, "no worker was caught mid-task"
     assert proc.returncode == 1, output[-3000:]
     summary = [line for line in output.splitlines() if line.startswith("INCOMPLETE:")]
-    assert summary == ["INCOMPLETE: 6 clips whose Ray task failed after its retries (task_failed): "
-                       "re-run with --retry-failed"], output[-3000:]
+    assert summary == [
+        "INCOMPLETE: 6 clips whose Ray task failed after its retries (task_failed): "
+        "re-run with --retry-failed"
+    ], output[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] is False and manifest["task_failed_clips"] == 6
     assert manifest["num_samples"] == 18
     rows = duckdb.sql(f"SELECT key, kind, transient FROM '{out}/failures.parquet'").fetchall()
     assert len(rows) == 6 and {(kind, t) for _, kind, t in rows} == {("task_failed", True)}
 
-    again = subprocess.run(["avfusion", "preprocess", *args, "--out", str(out), "--retry-failed"], env=cli_env,
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        ["avfusion", "preprocess", *args, "--out", str(out), "--retry-failed"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] is True and manifest["num_samples"] == 24

@@ -25,16 +25,30 @@ def _keys(out):
 @pytest.fixture(scope="module")
 def synth_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    make_class_conditional_set(root, per_class=3, spec=SynthSpec(width=96, height=96, duration=2.0, fps=8,
-                                                                   sample_rate=16_000))
+    make_class_conditional_set(
+        root, per_class=3, spec=SynthSpec(width=96, height=96, duration=2.0, fps=8, sample_rate=16_000)
+    )
     return root
 
 
 def test_folder_with_labels_and_malformed_files(tmp_path, synth_folder, ray_local):
     data, labels, expected_bad = make_mixed_folder(tmp_path, synth_folder)
     out = tmp_path / "shards"
-    rc = preprocess.main([str(data), "--labels", str(labels), "--out", str(out), "--shard-size", "5",
-                          "--frame-size", "64", "--num-cpus", "2"])
+    rc = preprocess.main(
+        [
+            str(data),
+            "--labels",
+            str(labels),
+            "--out",
+            str(out),
+            "--shard-size",
+            "5",
+            "--frame-size",
+            "64",
+            "--num-cpus",
+            "2",
+        ]
+    )
     assert rc == 0
     keys = _keys(out)
     assert len(keys) == len(set(keys)) == 18
@@ -72,8 +86,17 @@ def test_samples_hold_what_decode_produced(tmp_path, ray_local):
 
 
 def test_resume_redoes_only_unfinished_shards(tmp_path, synth_folder, ray_local, capsys):
-    args = [str(synth_folder), "--labels", str(synth_folder / "labels.csv"), "--out", str(tmp_path / "s"),
-            "--shard-size", "4", "--frame-size", "32"]
+    args = [
+        str(synth_folder),
+        "--labels",
+        str(synth_folder / "labels.csv"),
+        "--out",
+        str(tmp_path / "s"),
+        "--shard-size",
+        "4",
+        "--frame-size",
+        "32",
+    ]
     assert preprocess.main(args) == 0
     first = sorted(_keys(tmp_path / "s"))
     # Simulate a run killed after shard 00002's tar landed but before its stats did,
@@ -91,10 +114,18 @@ def test_resume_redoes_only_unfinished_shards(tmp_path, synth_folder, ray_local,
 
 def test_different_plan_in_same_folder_is_refused(tmp_path, synth_folder, ray_local, capsys):
     out = str(tmp_path / "s")
-    assert preprocess.main([str(synth_folder), "--out", out, "--shard-size", "10", "--frame-size", "32",
-                            "--limit", "4"]) == 0
-    assert preprocess.main([str(synth_folder), "--out", out, "--shard-size", "3", "--frame-size", "32",
-                            "--limit", "4"]) == 2
+    assert (
+        preprocess.main(
+            [str(synth_folder), "--out", out, "--shard-size", "10", "--frame-size", "32", "--limit", "4"]
+        )
+        == 0
+    )
+    assert (
+        preprocess.main(
+            [str(synth_folder), "--out", out, "--shard-size", "3", "--frame-size", "32", "--limit", "4"]
+        )
+        == 2
+    )
     assert "different clip list" in capsys.readouterr().err
 
 
@@ -104,8 +135,21 @@ def test_labels_from_dirs_and_filters(tmp_path, synth_folder, ray_local):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(p)
     out = tmp_path / "s"
-    assert preprocess.main([str(tmp_path / "in"), "--labels-from-dirs", "--label", "dogs", "--out", str(out),
-                            "--frame-size", "32"]) == 0
+    assert (
+        preprocess.main(
+            [
+                str(tmp_path / "in"),
+                "--labels-from-dirs",
+                "--label",
+                "dogs",
+                "--out",
+                str(out),
+                "--frame-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["label_map"] == {"dogs": 0} and manifest["num_samples"] == 3
     assert Counter(k.split("/")[0] for k in _keys(out)) == {"dogs": 3}
@@ -122,11 +166,27 @@ def test_ray_data_reads_the_shards(tmp_path, synth_folder, ray_local):
     import ray
 
     out = tmp_path / "s"
-    assert preprocess.main([str(synth_folder), "--labels", str(synth_folder / "labels.csv"), "--out", str(out),
-                            "--shard-size", "7", "--frame-size", "32"]) == 0
+    assert (
+        preprocess.main(
+            [
+                str(synth_folder),
+                "--labels",
+                str(synth_folder / "labels.csv"),
+                "--out",
+                str(out),
+                "--shard-size",
+                "7",
+                "--frame-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     rows = ray.data.read_webdataset(str(out), file_extensions=["tar"]).take_all()
     assert len(rows) == 18
     row = rows[0]
     assert row["frame0.jpg"].shape == (32, 32, 3)
-    assert {json.loads(r["json"])["key"] if isinstance(r["json"], (str, bytes)) else r["json"]["key"]
-            for r in rows} == set(_keys(out))
+    assert {
+        json.loads(r["json"])["key"] if isinstance(r["json"], (str, bytes)) else r["json"]["key"]
+        for r in rows
+    } == set(_keys(out))

@@ -38,20 +38,23 @@ CLIP = ClipSpec(clip_seconds=2.0, frame_size=32)
 
 
 def _tasks(n, label="dog"):
-    return [ClipTask(key=f"k{i:03d}", source=f"/data/k{i:03d}.mp4", label=label, split="train")
-            for i in range(n)]
+    return [
+        ClipTask(key=f"k{i:03d}", source=f"/data/k{i:03d}.mp4", label=label, split="train") for i in range(n)
+    ]
 
 
 def _keys(folder):
-    return sorted(s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in folder.glob("*.tar")),
-                                                        shardshuffle=False))
+    return sorted(
+        s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in folder.glob("*.tar")), shardshuffle=False)
+    )
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    make_class_conditional_set(root, per_class=2, spec=SynthSpec(width=48, height=48, duration=2.0, fps=8,
-                                                                  sample_rate=16_000))
+    make_class_conditional_set(
+        root, per_class=2, spec=SynthSpec(width=48, height=48, duration=2.0, fps=8, sample_rate=16_000)
+    )
     return root
 
 
@@ -61,6 +64,7 @@ def _job(synth, out, **kw):
 
 
 # planning ---------------------------------------------------------------------------
+
 
 def test_plan_shards_names_and_sizes():
     shards = plan_shards(_tasks(23), 10, prefix="r01-")
@@ -95,12 +99,32 @@ def test_digest_identity(tmp_path):
 
 # retry rounds ----------------------------------------------------------------------
 
+
 def _stats(shard, round_, ok, failed, transient):
-    failures = [Failure(key=k, source=f"/data/{k}.mp4", kind="rate_limited" if transient[k] else "private",
-                        transient=transient[k], message="m", attempts=1, label="dog") for k in failed]
-    return ShardStats(shard=shard, tar=f"{shard}.tar", attempted=len(ok) + len(failed), successes=len(ok),
-                      failed=len(failed), bytes=0, seconds=0.0, round=round_, keys=list(ok),
-                      failures=failures)
+    failures = [
+        Failure(
+            key=k,
+            source=f"/data/{k}.mp4",
+            kind="rate_limited" if transient[k] else "private",
+            transient=transient[k],
+            message="m",
+            attempts=1,
+            label="dog",
+        )
+        for k in failed
+    ]
+    return ShardStats(
+        shard=shard,
+        tar=f"{shard}.tar",
+        attempted=len(ok) + len(failed),
+        successes=len(ok),
+        failed=len(failed),
+        bytes=0,
+        seconds=0.0,
+        round=round_,
+        keys=list(ok),
+        failures=failures,
+    )
 
 
 def test_retry_transient_only_then_all(tmp_path):
@@ -130,7 +154,9 @@ def test_interrupted_retry_round_resumes_with_its_own_plan(tmp_path):
     write_stats(root, _stats("r01-00000", 1, ["k001", "k002"], [], {}))
     again, round_ = retry_plan(root, tasks, read_all_stats(root), cfg, include_permanent=True)
     assert round_ == 1
-    assert {n: [t.key for t in ts] for n, ts in again.items()} == {n: [t.key for t in ts] for n, ts in first.items()}
+    assert {n: [t.key for t in ts] for n, ts in again.items()} == {
+        n: [t.key for t in ts] for n, ts in first.items()
+    }
     assert not (tmp_path / "_retry02.json").exists()
 
 
@@ -139,15 +165,23 @@ def test_task_failure_record_accounts_for_every_clip(tmp_path):
     record_task_failure(str(tmp_path), "00004", tasks, 2, OSError("node lost\nsecond line"))
     stats = read_all_stats(str(tmp_path))["00004"]
     assert (stats.attempted, stats.successes, stats.failed, stats.tar, stats.round) == (4, 0, 4, "", 2)
-    assert [(f.key, f.kind, f.transient) for f in stats.failures] == [(t.key, "task_failed", True) for t in tasks]
+    assert [(f.key, f.kind, f.transient) for f in stats.failures] == [
+        (t.key, "task_failed", True) for t in tasks
+    ]
     assert stats.failures[0].message == "OSError: node lost"
     assert stats.by_class == {"dog": {"failed": 3}, "": {"failed": 1}}
-    shards, round_ = retry_plan(str(tmp_path), tasks, read_all_stats(str(tmp_path)), PreprocessConfig(shard_size=10),
-                                include_permanent=False)
+    shards, round_ = retry_plan(
+        str(tmp_path),
+        tasks,
+        read_all_stats(str(tmp_path)),
+        PreprocessConfig(shard_size=10),
+        include_permanent=False,
+    )
     assert round_ == 3 and [t.key for ts in shards.values() for t in ts] == [t.key for t in tasks]
 
 
 # the executor ------------------------------------------------------------------------
+
 
 def test_in_process_executor_limits_concurrency_and_returns_failures():
     running, peak, lock = [0], [0], threading.Lock()
@@ -189,10 +223,15 @@ def test_in_process_shared_object_is_one_per_name():
 
 # whole runs, in process ------------------------------------------------------------------
 
+
 def test_whole_run_in_process(tmp_path, synth, capsys):
     data, labels, bad = make_mixed_folder(tmp_path, synth)
-    job = PreprocessJob(input=str(data), out=str(tmp_path / "s"), labels=str(labels),
-                        config=PreprocessConfig(clip=CLIP, shard_size=5, threads_per_task=2))
+    job = PreprocessJob(
+        input=str(data),
+        out=str(tmp_path / "s"),
+        labels=str(labels),
+        config=PreprocessConfig(clip=CLIP, shard_size=5, threads_per_task=2),
+    )
     result = run_preprocess(job, InProcessExecutor(2))
     assert result.exit_code == 0 and result.complete
     out = tmp_path / "s"
@@ -240,7 +279,9 @@ def test_failed_task_is_recorded_then_retried(tmp_path, synth, capsys):
     assert result.exit_code == 1 and len(result.lost) == 4
     assert "INCOMPLETE: 4 clips" in capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["complete"] is False and manifest["task_failed_clips"] == 4 and manifest["num_samples"] == 8
+    assert (
+        manifest["complete"] is False and manifest["task_failed_clips"] == 4 and manifest["num_samples"] == 8
+    )
     assert {(f.kind, f.transient) for f in result.failures.values()} == {("task_failed", True)}
 
     for p in (out / "00001.tar").iterdir():
@@ -261,16 +302,32 @@ def test_read_tasks_filters_and_reports_missing_rows(tmp_path, synth):
     tasks, missing = read_tasks(PreprocessJob(input=str(synth), out="", labels=str(labels)))
     assert len(tasks) == 12 and [m.key for m in missing] == ["gone_clip_000007"]
     kept_label = tasks[0].label
-    tasks, missing = read_tasks(PreprocessJob(input=str(synth), out="", labels=str(labels),
-                                              keep_labels=(kept_label,), limit=1))
+    tasks, missing = read_tasks(
+        PreprocessJob(input=str(synth), out="", labels=str(labels), keep_labels=(kept_label,), limit=1)
+    )
     assert [t.label for t in tasks] == [kept_label] and missing == []
 
 
 def test_job_shell_runs_on_the_local_executor(tmp_path, synth, capsys):
     from jobs import preprocess
 
-    args = [str(synth), "--labels", str(synth / "labels.csv"), "--out", str(tmp_path / "s"), "--executor", "local",
-            "--concurrency", "2", "--shard-size", "5", "--frame-size", "32", "--split", "test"]
+    args = [
+        str(synth),
+        "--labels",
+        str(synth / "labels.csv"),
+        "--out",
+        str(tmp_path / "s"),
+        "--executor",
+        "local",
+        "--concurrency",
+        "2",
+        "--shard-size",
+        "5",
+        "--frame-size",
+        "32",
+        "--split",
+        "test",
+    ]
     assert preprocess.main(args) == 0
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["by_split"] == {"test": manifest["num_samples"]} and manifest["num_samples"] > 0

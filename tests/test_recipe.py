@@ -81,17 +81,25 @@ def test_spec_mask_is_seeded_and_only_in_training():
 
 def _sample(seed=0, n=32_000, t=8, s=32):
     rng = np.random.default_rng(seed)
-    return {"key": "clip_000001", "target": 3, "waveform": (rng.random(n, dtype=np.float32) - 0.5),
-            "frames": rng.integers(0, 256, (t, s, s, 3), dtype=np.uint8)}
+    return {
+        "key": "clip_000001",
+        "target": 3,
+        "waveform": (rng.random(n, dtype=np.float32) - 0.5),
+        "frames": rng.integers(0, 256, (t, s, s, 3), dtype=np.uint8),
+    }
 
 
-@pytest.mark.parametrize("fn", [
-    lambda s, r: {**s, "waveform": shift_and_gain(s["waveform"], r, True, 6.0)},
-    lambda s, r: {**s, "frames": random_resized_crop(s["frames"], r, 0.5)},
-    lambda s, r: {**s, "frames": color_jitter(s["frames"], r, 0.3)},
-    lambda s, r: temporal_crop(s, r, 1.0, 4),
-    lambda s, r: augment_content(s, AugmentConfig(content=True), r),
-], ids=["shift_gain", "resized_crop", "color_jitter", "temporal_crop", "content"])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda s, r: {**s, "waveform": shift_and_gain(s["waveform"], r, True, 6.0)},
+        lambda s, r: {**s, "frames": random_resized_crop(s["frames"], r, 0.5)},
+        lambda s, r: {**s, "frames": color_jitter(s["frames"], r, 0.3)},
+        lambda s, r: temporal_crop(s, r, 1.0, 4),
+        lambda s, r: augment_content(s, AugmentConfig(content=True), r),
+    ],
+    ids=["shift_gain", "resized_crop", "color_jitter", "temporal_crop", "content"],
+)
 def test_each_augmentation_is_seeded_and_keeps_the_label(fn):
     sample = _sample()
     a = fn(sample, np.random.default_rng(7))
@@ -120,19 +128,23 @@ def test_augment_pipeline_is_deterministic_per_seed():
     for seed in (5, 5, 6):
         aug = Augment(cfg, seed)
         outs.append([aug(_sample(i)) for i in range(6)])
-    for x, y in zip(outs[0], outs[1]):
+    for x, y in zip(outs[0], outs[1], strict=False):
         np.testing.assert_array_equal(x["waveform"], y["waveform"])
         np.testing.assert_array_equal(x["frames"], y["frames"])
         assert x["target"] == 3
-    assert any(not np.array_equal(x["frames"], z["frames"]) for x, z in zip(outs[0], outs[2]))
+    assert any(not np.array_equal(x["frames"], z["frames"]) for x, z in zip(outs[0], outs[2], strict=False))
 
 
 def test_mixup_is_seeded_and_keeps_the_dominant_label():
     from avfusion.augment import mixup
     from avfusion.loader import Batch
 
-    batch = Batch(torch.randn(6, 100), torch.randint(0, 255, (6, 2, 4, 4, 3), dtype=torch.uint8),
-                  torch.tensor([0, 1, 2, 3, 4, 5]), [str(i) for i in range(6)])
+    batch = Batch(
+        torch.randn(6, 100),
+        torch.randint(0, 255, (6, 2, 4, 4, 3), dtype=torch.uint8),
+        torch.tensor([0, 1, 2, 3, 4, 5]),
+        [str(i) for i in range(6)],
+    )
     a, ta = mixup(batch, 6, alpha=0.4, prob=1.0, rng=np.random.default_rng(0))
     b, tb = mixup(batch, 6, alpha=0.4, prob=1.0, rng=np.random.default_rng(0))
     assert torch.equal(a.waveform, b.waveform) and torch.equal(ta, tb)
@@ -145,8 +157,10 @@ def test_mixup_is_seeded_and_keeps_the_dominant_label():
 
 def _fused_output(c_audio: float, c_video: float, scores=(0.0, 0.0)) -> FusionOutput:
     """Heads that give the true class (0) the probabilities c_audio and c_video."""
+
     def logits(c):
         return torch.log(torch.tensor([[c, (1 - c) / 2, (1 - c) / 2]]))
+
     s = torch.tensor([scores], requires_grad=True)
     return FusionOutput(torch.zeros(1, 3), torch.softmax(s, dim=1), logits(c_audio), logits(c_video), s)
 
@@ -154,21 +168,29 @@ def _fused_output(c_audio: float, c_video: float, scores=(0.0, 0.0)) -> FusionOu
 def test_reliability_target_prefers_the_modality_whose_head_knows():
     target = torch.nn.functional.one_hot(torch.tensor([0]), 3).float()
     assert reliability_targets(_fused_output(0.9, 0.1), target).item() == pytest.approx(0.9)
-    assert reliability_targets(_fused_output(1 / 3, 0.95), target).item() < 0.3  # muted audio: head at the prior
+    assert (
+        reliability_targets(_fused_output(1 / 3, 0.95), target).item() < 0.3
+    )  # muted audio: head at the prior
     assert reliability_targets(_fused_output(0.8, 0.8), target).item() == pytest.approx(0.5)
     # the loss is lowest when the weights equal the target
-    losses = {s: reliability_loss(_fused_output(0.9, 0.1, (s, 0.0)), target).item() for s in (-2.0, 0.0, 2.2, 5.0)}
+    losses = {
+        s: reliability_loss(_fused_output(0.9, 0.1, (s, 0.0)), target).item() for s in (-2.0, 0.0, 2.2, 5.0)
+    }
     assert min(losses, key=losses.get) == 2.2
 
 
 def test_reliability_gradient_reaches_both_scores_not_the_heads():
     torch.manual_seed(0)
-    model = FusionModel(ModelConfig(num_classes=4, embed_dim=16, audio_width=8, audio_filters=16, shared_head=False))
+    model = FusionModel(
+        ModelConfig(num_classes=4, embed_dim=16, audio_width=8, audio_filters=16, shared_head=False)
+    )
     out = model(torch.rand(3, 16_000) - 0.5, torch.randint(0, 256, (3, 2, 32, 32, 3), dtype=torch.uint8))
     reliability_loss(out, torch.nn.functional.one_hot(torch.tensor([0, 1, 2]), 4).float()).backward()
     for score in (model.attention.audio_score, model.attention.video_score):
         assert score.weight.grad is not None and score.weight.grad.abs().sum() > 0
-    assert model.audio_head.weight.grad is None and model.video_head.weight.grad is None, "targets are detached"
+    assert model.audio_head.weight.grad is None and model.video_head.weight.grad is None, (
+        "targets are detached"
+    )
     loss, parts = fusion_loss(out, torch.tensor([0, 1, 2]), LossConfig(reliability_weight=1.0))
     assert "reliability" in parts
 
@@ -200,6 +222,7 @@ def test_attention_agreement():
     def out(w_a, c_a, c_v):
         o = _fused_output(c_a, c_v)
         return FusionOutput(o.logits, torch.tensor([[w_a, 1 - w_a]]), o.audio_logits, o.video_logits)
+
     target = torch.tensor([0])
     assert attention_agrees(out(0.8, 0.9, 0.2), target).item()
     assert not attention_agrees(out(0.2, 0.9, 0.2), target).item()
@@ -215,7 +238,12 @@ def test_presets_are_selectable_by_name(tmp_path, monkeypatch):
     for name in ("small", "vggsound"):
         cfg = from_dict(TrainConfig, {**load_yaml(name)["train"], "shards": "s", "out": "o"})
         assert cfg.model.audio_frontend == "gabor" and cfg.loss.reliability_weight > 0
-    assert load_section(__import__("avfusion.config", fromlist=["ClipSpec"]).ClipSpec, "small", "clip").frame_size == 64
+    assert (
+        load_section(
+            __import__("avfusion.config", fromlist=["ClipSpec"]).ClipSpec, "small", "clip"
+        ).frame_size
+        == 64
+    )
     (tmp_path / "mine.yaml").write_text("train:\n  epochs: 3\n")
     assert load_yaml("mine.yaml") == {"train": {"epochs": 3}}, "a path keeps working"
 
@@ -260,8 +288,11 @@ def trained_fused(tmp_path_factory, synthetic_shards):
     train(cfg, DistEnv(0, 1, 0, torch.device("cpu")))
     model, ckpt = model_from_checkpoint(run / "last.pt")
     data = Dataset.open(str(synthetic_shards))
-    batches = list(data_loader(eval_stages(data.urls, 16, split="test", compact_frames=False,
-                                           collation_fn=lambda xs: xs), 0))
+    batches = list(
+        data_loader(
+            eval_stages(data.urls, 16, split="test", compact_frames=False, collation_fn=lambda xs: xs), 0
+        )
+    )
     return model, ckpt["label_map"], batches
 
 
@@ -272,8 +303,9 @@ def attention_shifts(trained_fused):
     from avfusion.evaluation.run import evaluate_conditions
 
     model, _, batches = trained_fused
-    res = evaluate_conditions({"fused": model}, batches,
-                              [Condition.parse(c) for c in ("normal", "muted_audio", "black_frames")])
+    res = evaluate_conditions(
+        {"fused": model}, batches, [Condition.parse(c) for c in ("normal", "muted_audio", "black_frames")]
+    )
     out = {c.name: r["fused"] for c, r in res.items()}
     for r in out.values():
         assert r["max_weight_sum_error"] < 1e-5
@@ -281,8 +313,9 @@ def attention_shifts(trained_fused):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("carrier,dead", [("audio", "black_frames"), ("audio", "frozen_video"),
-                                          ("video", "muted_audio")])
+@pytest.mark.parametrize(
+    "carrier,dead", [("audio", "black_frames"), ("audio", "frozen_video"), ("video", "muted_audio")]
+)
 def test_with_one_stream_dead_the_fused_prediction_is_the_live_stream_s_own(trained_fused, carrier, dead):
     """Classes carried by one modality only, the other stream dead: the fused model
     predicts what the live stream's own head predicts on most clips, and gives the dead
@@ -292,14 +325,21 @@ def test_with_one_stream_dead_the_fused_prediction_is_the_live_stream_s_own(trai
 
     model, label_map, batches = trained_fused
     classes = {label_map[c.name] for c in DEFAULT_CLASSES if c.informative == carrier}
-    samples = [corrupt(s, Condition.parse(dead), 0) for b in batches for s in b if int(s["target"]) in classes]
+    samples = [
+        corrupt(s, Condition.parse(dead), 0) for b in batches for s in b if int(s["target"]) in classes
+    ]
     with torch.no_grad():
-        out = model(torch.from_numpy(np.stack([s["waveform"] for s in samples])),
-                    torch.from_numpy(np.stack([s["frames"] for s in samples])))
+        out = model(
+            torch.from_numpy(np.stack([s["waveform"] for s in samples])),
+            torch.from_numpy(np.stack([s["frames"] for s in samples])),
+        )
     own = out.audio_logits if carrier == "audio" else out.video_logits
     same = (out.logits.argmax(1) == own.argmax(1)).float().mean().item()
     w_dead = out.weights[:, 1 if carrier == "audio" else 0].mean().item()
-    print(f"{dead} on {carrier}-carried clips: fused = {carrier} head on {same:.2f}, dead stream's weight {w_dead:.3f}")
+    print(
+        f"{dead} on {carrier}-carried clips: fused = {carrier} head on {same:.2f}, "
+        f"dead stream's weight {w_dead:.3f}"
+    )
     assert len(samples) >= 8 and same >= 0.75 and w_dead <= 0.3, (same, w_dead)
 
 
@@ -328,7 +368,9 @@ def test_bench_folds_keep_every_source_in_one_fold(tmp_path):
     from jobs.bench.robustness import merge_folds, write_folds
 
     shipped = sample_data.read_folds()
-    merged = {c: int(f) for c, f in csv.reader(open(merge_folds(sample_data.folds_csv(), tmp_path / "f.csv", 3)))}
+    merged = {
+        c: int(f) for c, f in csv.reader(open(merge_folds(sample_data.folds_csv(), tmp_path / "f.csv", 3)))
+    }
     assert merged.keys() == shipped.keys() and set(merged.values()) == {0, 1, 2}
     for clip, fold in shipped.items():
         assert merged[clip] == fold % 3

@@ -42,14 +42,17 @@ def bucket(s3):
 def s3_clips(tmp_path_factory, bucket):
     """18 labelled synthetic clips (6 classes) and their labels CSV, uploaded to S3."""
     root = tmp_path_factory.mktemp("s3clips")
-    make_class_conditional_set(root, per_class=3, spec=SynthSpec(width=64, height=64, duration=2.0, fps=8,
-                                                                   sample_rate=16_000))
+    make_class_conditional_set(
+        root, per_class=3, spec=SynthSpec(width=64, height=64, duration=2.0, fps=8, sample_rate=16_000)
+    )
     for p in sorted(root.glob("*.mp4")):
         storage.publish_file(str(p), f"{bucket}/clips/{p.name}")
     storage.publish_file(str(root / "labels.csv"), f"{bucket}/labels.csv")
     storage.write_text(f"{bucket}/clip.yaml", "clip:\n  clip_seconds: 2.0\n  frame_size: 64\n")
-    storage.write_text(f"{bucket}/train.yaml", "train:\n  model:\n    embed_dim: 32\n    audio_width: 8\n"
-                                               "  workers: 1\n  batch_size: 8\n")
+    storage.write_text(
+        f"{bucket}/train.yaml",
+        "train:\n  model:\n    embed_dim: 32\n    audio_width: 8\n  workers: 1\n  batch_size: 8\n",
+    )
     return sorted(p.stem for p in root.glob("*.mp4"))
 
 
@@ -58,8 +61,22 @@ def s3_shards(s3, bucket, s3_clips, tmp_path_factory):
     """The clips preprocessed by the command: folder, labels CSV and config all in S3,
     shards written to S3. Returns the shards URL and the command's output."""
     cwd = tmp_path_factory.mktemp("cwd_preprocess")
-    out = avfusion(s3, cwd, "preprocess", f"{bucket}/clips", "--labels", f"{bucket}/labels.csv", "--out",
-                   f"{bucket}/shards", "--config", f"{bucket}/clip.yaml", "--shard-size", "5", "--num-cpus", "2")
+    out = avfusion(
+        s3,
+        cwd,
+        "preprocess",
+        f"{bucket}/clips",
+        "--labels",
+        f"{bucket}/labels.csv",
+        "--out",
+        f"{bucket}/shards",
+        "--config",
+        f"{bucket}/clip.yaml",
+        "--shard-size",
+        "5",
+        "--num-cpus",
+        "2",
+    )
     assert not _no_url_paths(cwd)
     return f"{bucket}/shards", out
 
@@ -69,21 +86,39 @@ def s3_run(s3, bucket, s3_shards, tmp_path_factory):
     """One epoch trained by the command from the S3 shards into an S3 run folder."""
     cwd = tmp_path_factory.mktemp("cwd_train")
     run = f"{bucket}/run"
-    avfusion(s3, cwd, "train", s3_shards[0], "--out", run, "--config", f"{bucket}/train.yaml", "--epochs", "1",
-             "--steps-per-epoch", "2")
+    avfusion(
+        s3,
+        cwd,
+        "train",
+        s3_shards[0],
+        "--out",
+        run,
+        "--config",
+        f"{bucket}/train.yaml",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+    )
     assert not _no_url_paths(cwd)
     return run
 
 
 def avfusion(s3, cwd, *args, timeout=600, check=True):
     env = clean_env(s3)
-    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="token",
-               PYTHONPATH=str(Path(__file__).resolve().parents[1]))  # this checkout's code
+    env.update(
+        PATH=f"{BIN}:{env.get('PATH', '')}",
+        RAY_AUTH_MODE="token",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )  # this checkout's code
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([str(BIN / "avfusion"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [str(BIN / "avfusion"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"avfusion {' '.join(args)} → {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"avfusion {' '.join(args)} → {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -98,11 +133,12 @@ def test_storage_listing_is_fresh_and_writes_are_atomic(s3, bucket, tmp_path):
     storage.write_text(f"{folder}/a_stats.json", "{}")
     assert [storage.basename(u) for u in storage.list_files(folder, "*_stats.json")] == ["a_stats.json"]
     # Another process (as a Ray task would) adds an object; this process listed before.
-    code = ("from avfusion import storage; "
-            f"storage.write_text('{folder}/b_stats.json', '{{}}')")
+    code = f"from avfusion import storage; storage.write_text('{folder}/b_stats.json', '{{}}')"
     subprocess.run([sys.executable, "-c", code], check=True, env=clean_env(s3), cwd=Path(__file__).parents[1])
-    assert [storage.basename(u) for u in storage.list_files(folder, "*_stats.json")] == ["a_stats.json",
-                                                                                        "b_stats.json"]
+    assert [storage.basename(u) for u in storage.list_files(folder, "*_stats.json")] == [
+        "a_stats.json",
+        "b_stats.json",
+    ]
     assert storage.exists(f"{folder}/b_stats.json")
     with storage.atomic_file(f"{folder}/x.bin") as tmp:
         Path(tmp).write_bytes(b"x" * 10)
@@ -129,13 +165,27 @@ def test_every_job_reads_and_writes_s3(s3, bucket, s3_clips, s3_shards, s3_run, 
     keys = []
     for s in manifest["shards"]:
         with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(f"{shards}/{s['tar']}"))) as tar:
-            keys += [json.load(tar.extractfile(m))["key"] for m in tar.getmembers() if m.name.endswith(".json")]
+            keys += [
+                json.load(tar.extractfile(m))["key"] for m in tar.getmembers() if m.name.endswith(".json")
+            ]
     assert sorted(keys) == s3_clips
     assert "INFO" not in out.stdout + out.stderr, "Ray's INFO lines stay in its log files"
 
     # train from S3 into S3 (the fixture: one epoch), then resume from the S3 checkpoint.
-    resumed = avfusion(s3, cwd, "train", shards, "--out", run, "--config", f"{bucket}/train.yaml", "--epochs", "2",
-                       "--steps-per-epoch", "2")
+    resumed = avfusion(
+        s3,
+        cwd,
+        "train",
+        shards,
+        "--out",
+        run,
+        "--config",
+        f"{bucket}/train.yaml",
+        "--epochs",
+        "2",
+        "--steps-per-epoch",
+        "2",
+    )
     assert f"resumed from {run}/last.pt at epoch 1" in resumed.stdout
     rows = [json.loads(x) for x in storage.read_text(f"{run}/metrics.jsonl").splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
@@ -144,26 +194,54 @@ def test_every_job_reads_and_writes_s3(s3, bucket, s3_clips, s3_shards, s3_run, 
     assert storage.find(f"{run}/tb"), "TensorBoard events uploaded"
 
     # evaluate: checkpoint and shards from S3, report to S3.
-    avfusion(s3, cwd, "evaluate", f"{run}/last.pt", "--shards", shards, "--split", "test", "--conditions",
-             "normal,muted_audio", "--out", f"{bucket}/report", "--workers", "1")
+    avfusion(
+        s3,
+        cwd,
+        "evaluate",
+        f"{run}/last.pt",
+        "--shards",
+        shards,
+        "--split",
+        "test",
+        "--conditions",
+        "normal,muted_audio",
+        "--out",
+        f"{bucket}/report",
+        "--workers",
+        "1",
+    )
     report = storage.read_json(f"{bucket}/report/robustness.json")
     assert report["meta"]["n_clips"] == 6
     assert storage.exists(f"{bucket}/report/attention_by_condition.png")
 
     # label: lists the S3 folder, streams each file to its decode task, Parquet parts in S3.
-    avfusion(s3, cwd, "label", f"{bucket}/clips", f"{bucket}/labels", "--checkpoint", f"{run}/last.pt",
-             "--num-cpus", "2", "--part-rows", "7")
+    avfusion(
+        s3,
+        cwd,
+        "label",
+        f"{bucket}/clips",
+        f"{bucket}/labels",
+        "--checkpoint",
+        f"{run}/last.pt",
+        "--num-cpus",
+        "2",
+        "--part-rows",
+        "7",
+    )
     parts = storage.list_files(f"{bucket}/labels", "part-*.parquet")
     assert len(parts) >= 2
     table = pa.concat_tables([storage.read_parquet(p) for p in parts])  # bytes: see storage.read_parquet
     assert sorted(table.column("key").to_pylist()) == [f"{k}.mp4" for k in s3_clips]
     assert table.column("error_class").null_count == table.num_rows
-    again = avfusion(s3, cwd, "label", f"{bucket}/clips", f"{bucket}/labels", "--checkpoint", f"{run}/last.pt")
+    again = avfusion(
+        s3, cwd, "label", f"{bucket}/clips", f"{bucket}/labels", "--checkpoint", f"{run}/last.pt"
+    )
     assert "18 already labelled" in again.stdout
 
     # predict: one clip and the checkpoint from S3.
-    pred = avfusion(s3, cwd, "predict", f"{bucket}/clips/{s3_clips[0]}.mp4", "--checkpoint", f"{run}/last.pt",
-                    "--json")
+    pred = avfusion(
+        s3, cwd, "predict", f"{bucket}/clips/{s3_clips[0]}.mp4", "--checkpoint", f"{run}/last.pt", "--json"
+    )
     assert json.loads(pred.stdout)["predicted_label"]
 
     assert sorted(p.name for p in cwd.iterdir()) == [] or not _no_url_paths(cwd), _no_url_paths(cwd)
@@ -180,9 +258,24 @@ def test_unreadable_shard_stops_training_with_its_name(s3, bucket, s3_shards, tm
         storage.write_bytes(f"{broken}/{s['tar']}", storage.read_bytes(f"{shards}/{s['tar']}"))
     storage.write_json(f"{broken}/manifest.json", manifest)  # the first shard is missing
     t0 = time.time()
-    proc = avfusion(s3, tmp_path, "train", broken, "--out", f"{bucket}/broken-run", "--config",
-                    f"{bucket}/train.yaml", "--epochs", "1", "--steps-per-epoch", "50", "--workers", "0",
-                    check=False, timeout=300)
+    proc = avfusion(
+        s3,
+        tmp_path,
+        "train",
+        broken,
+        "--out",
+        f"{bucket}/broken-run",
+        "--config",
+        f"{bucket}/train.yaml",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "50",
+        "--workers",
+        "0",
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert f"{broken}/{manifest['shards'][0]['tar']}" in proc.stderr
     assert time.time() - t0 < 300
@@ -216,9 +309,26 @@ def test_tensorboard_events_reach_s3_every_epoch(s3, bucket, s3_shards, tmp_path
     shards, run = s3_shards[0], f"{bucket}/tb-run"
     env = clean_env(s3)
     env.update(PATH=f"{BIN}:{env.get('PATH', '')}", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.Popen([str(BIN / "avfusion"), "train", shards, "--out", run, "--config", f"{bucket}/train.yaml",
-                             "--epochs", "4", "--steps-per-epoch", "6"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "avfusion"),
+            "train",
+            shards,
+            "--out",
+            run,
+            "--config",
+            f"{bucket}/train.yaml",
+            "--epochs",
+            "4",
+            "--steps-per-epoch",
+            "6",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 300
         while not storage.find(f"{run}/tb") and proc.poll() is None and time.time() < deadline:
@@ -228,9 +338,15 @@ def test_tensorboard_events_reach_s3_every_epoch(s3, bucket, s3_shards, tmp_path
         assert events, proc.stderr.read()[-2000:] if proc.poll() is not None else "no events after 300 s"
         epochs_done = len(storage.read_text(f"{run}/metrics.jsonl").splitlines())
         assert still_running and epochs_done < 4, "events must arrive before the run ends"
-        steps = [e.step for e in _events(storage.read_bytes(events[0])) for v in e.summary.value
-                 if v.tag == "val_top1"]
-        assert steps and steps == list(range(len(steps))), "the first epochs' scalars are in the uploaded events"
+        steps = [
+            e.step
+            for e in _events(storage.read_bytes(events[0]))
+            for v in e.summary.value
+            if v.tag == "val_top1"
+        ]
+        assert steps and steps == list(range(len(steps))), (
+            "the first epochs' scalars are in the uploaded events"
+        )
     finally:
         proc.kill()
         proc.wait()
@@ -244,9 +360,9 @@ def _events(data: bytes) -> list:
 
     events, i = [], 0
     while i < len(data):
-        (n,) = struct.unpack("<Q", data[i:i + 8])
+        (n,) = struct.unpack("<Q", data[i : i + 8])
         event = Event()
-        event.ParseFromString(data[i + 12:i + 12 + n])
+        event.ParseFromString(data[i + 12 : i + 12 + n])
         events.append(event)
         i += 12 + n + 4
     return events

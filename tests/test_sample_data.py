@@ -28,7 +28,9 @@ def _sources():
         return list(csv.DictReader(f))
 
 
-def check_split(rows: list[dict], folds: dict[str, int], k: int, min_distinct: int) -> dict[str, dict[str, int]]:
+def check_split(
+    rows: list[dict], folds: dict[str, int], k: int, min_distinct: int
+) -> dict[str, dict[str, int]]:
     """Raise AssertionError unless every photo and every recording (by source id AND
     by each file in it) lies in exactly one fold, train/test follow fold 0, every
     class has ``min_distinct`` photos and recordings and appears in every fold.
@@ -55,8 +57,10 @@ def check_split(rows: list[dict], folds: dict[str, int], k: int, min_distinct: i
         assert len(c["sounds"]) >= min_distinct, (label, "recordings", len(c["sounds"]))
         assert len(c["photos"]) >= min_distinct, (label, "photos", len(c["photos"]))
         assert c["folds"] == set(range(k)), (label, c["folds"])
-    return {label: {"clips": c["clips"], "recordings": len(c["sounds"]), "photos": len(c["photos"])}
-            for label, c in per_class.items()}
+    return {
+        label: {"clips": c["clips"], "recordings": len(c["sounds"]), "photos": len(c["photos"])}
+        for label, c in per_class.items()
+    }
 
 
 def test_labels_are_vggsound_format_and_stratified():
@@ -94,10 +98,14 @@ def test_every_clip_has_sources_and_licences():
         assert src["label"] == row.label
         assert LICENCE.search(src["photo_licence"]) and LICENCE.search(src["sound_licence"]), src
         assert src["photo_author"] and src["sound_author"], src
-        line = next((l for l in text.splitlines() if l.startswith(f"| {row.key}.mp4 |")), None)
+        line = next((ln for ln in text.splitlines() if ln.startswith(f"| {row.key}.mp4 |")), None)
         assert line, f"{row.key} missing from SOURCES.md"
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[1] == src["fold"] and src["photo"].split("|")[0] in line and src["sound"].split("|")[0] in line
+        assert (
+            cells[1] == src["fold"]
+            and src["photo"].split("|")[0] in line
+            and src["sound"].split("|")[0] in line
+        )
 
 
 def test_folds_never_share_a_recording_or_photo():
@@ -164,8 +172,10 @@ def test_build_plan_reproduces_the_committed_tables():
 
 def test_bundle_readme_credits_are_parsed(tmp_path):
     """Per-file credits inside a GCompris bundle README, in both layouts it uses."""
-    readme = ("Copyright: A\nLicense: CC0-1.0\nFiles:\nx.webp\ny.webp\n\n"
-              "Files: z.webp\nSource: s\nLicense: CC-BY-SA-4.0\nCopyright: B\n")
+    readme = (
+        "Copyright: A\nLicense: CC0-1.0\nFiles:\nx.webp\ny.webp\n\n"
+        "Files: z.webp\nSource: s\nLicense: CC-BY-SA-4.0\nCopyright: B\n"
+    )
     _write_flat_rcc(tmp_path / "t.rcc", "d", {"README": readme.encode(), "z.webp": b"z"})
     media = build.MediaRoot(tmp_path)
     assert media.bundle_credits("t.rcc#d/y.webp") == ("A", "CC0-1.0")
@@ -210,8 +220,11 @@ def _write_rcc(path, version=3):
     for n in ["a", "top.txt", "x.txt", "y.bin"]:
         name_off[n] = len(names)
         names += _name(n)
-    payloads = {"top.txt": (b"top", 0), "x.txt": (b"hello", 0),
-                "y.bin": (struct.pack(">I", 1000) + zlib.compress(b"z" * 1000), 1)}
+    payloads = {
+        "top.txt": (b"top", 0),
+        "x.txt": (b"hello", 0),
+        "y.bin": (struct.pack(">I", 1000) + zlib.compress(b"z" * 1000), 1),
+    }
     for n, (blob, _) in payloads.items():
         data_off[n] = len(data)
         data += struct.pack(">I", len(blob)) + blob
@@ -221,8 +234,13 @@ def _write_rcc(path, version=3):
         body = struct.pack(">II", a, b) if flags & 2 else struct.pack(">HHI", 0, 0, a)
         return head + body + (struct.pack(">Q", 0) if version >= 2 else b"")
 
-    tree = (node("", 2, 2, 1) + node("a", 2, 2, 3) + node("top.txt", 0, data_off["top.txt"], 0)
-            + node("x.txt", 0, data_off["x.txt"], 0) + node("y.bin", 1, data_off["y.bin"], 0))
+    tree = (
+        node("", 2, 2, 1)
+        + node("a", 2, 2, 3)
+        + node("top.txt", 0, data_off["top.txt"], 0)
+        + node("x.txt", 0, data_off["x.txt"], 0)
+        + node("y.bin", 1, data_off["y.bin"], 0)
+    )
     header_len = 24 if version >= 3 else 20
     data_at = header_len
     names_at = data_at + len(data)

@@ -7,10 +7,10 @@ from avfusion.sources import ClipRow, SourceError, clip_key, read_vggsound_csv, 
 def test_reads_vggsound_quirks(tmp_path):
     csv = tmp_path / "vggsound.csv"
     csv.write_text(
-        '---g-f_I2yQ,1,people marching,test\n'
+        "---g-f_I2yQ,1,people marching,test\n"
         'glLQrEijrKg,300,"cattle, bovinae cowbell",train\n'
-        '\n'
-        '-_x_y,30,dog barking,train\n'
+        "\n"
+        "-_x_y,30,dog barking,train\n"
     )
     rows = read_vggsound_csv(csv)
     assert rows == [
@@ -20,8 +20,11 @@ def test_reads_vggsound_quirks(tmp_path):
     ]
     assert rows[1].key == "glLQrEijrKg_000300"
     assert clip_key("---g-f_I2yQ", 1) == "---g-f_I2yQ_000001"
-    assert label_map_of(tasks_from_vggsound(rows)) == {"cattle, bovinae cowbell": 0, "dog barking": 1,
-                                                      "people marching": 2}
+    assert label_map_of(tasks_from_vggsound(rows)) == {
+        "cattle, bovinae cowbell": 0,
+        "dog barking": 1,
+        "people marching": 2,
+    }
 
 
 @pytest.mark.parametrize(
@@ -49,12 +52,19 @@ def test_url_list_csv_and_parquet(tmp_path):
     from avfusion.sources import read_url_list
 
     csv = tmp_path / "urls.csv"
-    csv.write_text("id,url,start,end,label,split\n"
-                   "a,http://127.0.0.1/a.mp4,30,40,dog,train\n"
-                   ",http://127.0.0.1/b.mp4,,,,\n")
+    csv.write_text(
+        "id,url,start,end,label,split\n"
+        "a,http://127.0.0.1/a.mp4,30,40,dog,train\n"
+        ",http://127.0.0.1/b.mp4,,,,\n"
+    )
     tasks = read_url_list(csv)
-    assert (tasks[0].key, tasks[0].start, tasks[0].end, tasks[0].label, tasks[0].split) == \
-        ("a_000030", 30.0, 40.0, "dog", "train")
+    assert (tasks[0].key, tasks[0].start, tasks[0].end, tasks[0].label, tasks[0].split) == (
+        "a_000030",
+        30.0,
+        40.0,
+        "dog",
+        "train",
+    )
     assert tasks[1].key.endswith("_000000") and len(tasks[1].key) == 16 + 7 and tasks[1].label is None
     assert all(t.is_remote for t in tasks)
     pq.write_table(pa.table({"url": ["s3://b/x.mp4"], "label": ["cat"]}), tmp_path / "urls.parquet")

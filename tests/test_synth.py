@@ -18,14 +18,72 @@ from avfusion.synth import (
 MATRIX = [
     # spec, demuxer name, video codec, audio codec, lossless audio
     (SynthSpec(), "mp4", "h264", "aac", False),
-    (SynthSpec(container="webm", video_codec="libvpx-vp9", audio_codec="libopus", width=160, height=120,
-               fps=30, duration=3.0, sample_rate=48_000, channels=2), "webm", "vp9", "opus", False),
-    (SynthSpec(container="mkv", audio_codec="flac", width=176, height=144, fps=24, duration=2.0,
-               sample_rate=96_000, channels=6), "matroska", "h264", "flac", True),
-    (SynthSpec(container="mov", audio_codec="pcm_s16le", width=192, height=108, fps=30000 / 1001, duration=2.0,
-               sample_rate=8_000, channels=1), "mov", "h264", "pcm_s16le", True),
-    (SynthSpec(container="avi", video_codec="mpeg4", audio_codec="libmp3lame", width=128, height=96, fps=15,
-               duration=1.0, sample_rate=44_100, channels=2), "avi", "mpeg4", "mp3", False),
+    (
+        SynthSpec(
+            container="webm",
+            video_codec="libvpx-vp9",
+            audio_codec="libopus",
+            width=160,
+            height=120,
+            fps=30,
+            duration=3.0,
+            sample_rate=48_000,
+            channels=2,
+        ),
+        "webm",
+        "vp9",
+        "opus",
+        False,
+    ),
+    (
+        SynthSpec(
+            container="mkv",
+            audio_codec="flac",
+            width=176,
+            height=144,
+            fps=24,
+            duration=2.0,
+            sample_rate=96_000,
+            channels=6,
+        ),
+        "matroska",
+        "h264",
+        "flac",
+        True,
+    ),
+    (
+        SynthSpec(
+            container="mov",
+            audio_codec="pcm_s16le",
+            width=192,
+            height=108,
+            fps=30000 / 1001,
+            duration=2.0,
+            sample_rate=8_000,
+            channels=1,
+        ),
+        "mov",
+        "h264",
+        "pcm_s16le",
+        True,
+    ),
+    (
+        SynthSpec(
+            container="avi",
+            video_codec="mpeg4",
+            audio_codec="libmp3lame",
+            width=128,
+            height=96,
+            fps=15,
+            duration=1.0,
+            sample_rate=44_100,
+            channels=2,
+        ),
+        "avi",
+        "mpeg4",
+        "mp3",
+        False,
+    ),
     (SynthSpec(video_codec=None, duration=3.0, sample_rate=22_050), "mp4", None, "aac", False),
     (SynthSpec(audio_codec=None, width=640, height=360, fps=30, duration=1.0), "mp4", "h264", None, False),
 ]
@@ -37,13 +95,21 @@ def _decode(path):
         info = {"format": c.format.name, "duration": c.duration / av.time_base if c.duration else None}
         if c.streams.video:
             v = c.streams.video[0]
-            info.update(vcodec=v.codec_context.codec.canonical_name, size=(v.codec_context.width, v.codec_context.height),
-                        rate=v.average_rate)
+            info.update(
+                vcodec=v.codec_context.codec.canonical_name,
+                size=(v.codec_context.width, v.codec_context.height),
+                rate=v.average_rate,
+            )
         if c.streams.audio:
             a = c.streams.audio[0]
-            info.update(acodec=a.codec_context.codec.canonical_name, sample_rate=a.codec_context.sample_rate,
-                        channels=a.codec_context.channels)
-            resampler = av.AudioResampler(format="fltp", layout=a.codec_context.layout, rate=a.codec_context.sample_rate)
+            info.update(
+                acodec=a.codec_context.codec.canonical_name,
+                sample_rate=a.codec_context.sample_rate,
+                channels=a.codec_context.channels,
+            )
+            resampler = av.AudioResampler(
+                format="fltp", layout=a.codec_context.layout, rate=a.codec_context.sample_rate
+            )
         for frame in c.decode(*c.streams.video[:1], *c.streams.audio[:1]):
             if isinstance(frame, av.VideoFrame):
                 frames.append(frame.to_ndarray(format="rgb24"))
@@ -52,8 +118,9 @@ def _decode(path):
     return info, frames, (np.concatenate(audio, axis=1) if audio else None)
 
 
-@pytest.mark.parametrize("spec, fmt, vcodec, acodec, lossless", MATRIX,
-                         ids=[f"{m[0].container}-{m[2]}-{m[3]}" for m in MATRIX])
+@pytest.mark.parametrize(
+    "spec, fmt, vcodec, acodec, lossless", MATRIX, ids=[f"{m[0].container}-{m[2]}-{m[3]}" for m in MATRIX]
+)
 def test_clip_reads_back_exactly_as_requested(tmp_path, spec, fmt, vcodec, acodec, lossless):
     clip = write_clip(tmp_path / f"c.{spec.container}", spec)
     info, frames, audio = _decode(clip.path)
@@ -85,7 +152,10 @@ def test_clip_reads_back_exactly_as_requested(tmp_path, spec, fmt, vcodec, acode
             # Lossy codecs add priming/padding; compare energy per channel, not samples.
             assert abs(audio.shape[1] - spec.num_samples) <= 2048
             n = min(audio.shape[1], spec.num_samples)
-            rms_out, rms_in = np.sqrt((audio[:, :n] ** 2).mean(1)), np.sqrt((clip.waveform[:, :n] ** 2).mean(1))
+            rms_out, rms_in = (
+                np.sqrt((audio[:, :n] ** 2).mean(1)),
+                np.sqrt((clip.waveform[:, :n] ** 2).mean(1)),
+            )
             np.testing.assert_allclose(rms_out, rms_in, rtol=0.1)
 
 
@@ -113,8 +183,9 @@ def _arrays(path):
 
 
 def test_class_conditional_set_is_deterministic_and_informative(tmp_path):
-    spec = SynthSpec(width=48, height=48, duration=1.0, fps=8, sample_rate=16_000, audio_codec="flac",
-                     container="mkv")
+    spec = SynthSpec(
+        width=48, height=48, duration=1.0, fps=8, sample_rate=16_000, audio_codec="flac", container="mkv"
+    )
     a = make_class_conditional_set(tmp_path / "a", per_class=2, spec=spec, seed=7)
     b = make_class_conditional_set(tmp_path / "b", per_class=2, spec=spec, seed=7)
     fa, wa = _arrays(tmp_path / "a" / a[0].path)

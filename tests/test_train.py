@@ -21,8 +21,22 @@ def _metrics(run):
 
 def test_learns_well_above_chance(tmp_path, synthetic_shards, small_train_config):
     run = tmp_path / "run"
-    assert train_job.main([str(synthetic_shards), "--out", str(run), "--config", str(small_train_config),
-                           "--epochs", "6", "--seed", "0"]) == 0
+    assert (
+        train_job.main(
+            [
+                str(synthetic_shards),
+                "--out",
+                str(run),
+                "--config",
+                str(small_train_config),
+                "--epochs",
+                "6",
+                "--seed",
+                "0",
+            ]
+        )
+        == 0
+    )
     last = _metrics(run)[-1]
     assert last["val_n"] == 24
     assert last["val_top1"] >= 0.4, f"chance is 1/6; got {last['val_top1']:.3f}"
@@ -35,11 +49,33 @@ def test_learns_well_above_chance(tmp_path, synthetic_shards, small_train_config
 def test_torchrun_ddp_two_ranks_stay_in_step(tmp_path, synthetic_shards, small_train_config, cli_env):
     run = tmp_path / "ddp"
     env = dict(cli_env, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(_free_port()), "-m", "jobs.train", str(synthetic_shards),
-                           "--out", str(run), "--config", str(small_train_config), "--epochs", "2",
-                           "--batch-size", "8"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "jobs.train",
+            str(synthetic_shards),
+            "--out",
+            str(run),
+            "--config",
+            str(small_train_config),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     ranks = [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
@@ -54,9 +90,29 @@ def test_torchrun_ddp_two_ranks_stay_in_step(tmp_path, synthetic_shards, small_t
 
 def test_ray_train_two_workers(tmp_path, synthetic_shards, small_train_config, cli_env):
     run = tmp_path / "ray"
-    proc = subprocess.run(["avfusion", "train", str(synthetic_shards), "--out", str(run), "--config",
-                           str(small_train_config), "--epochs", "1", "--batch-size", "8", "--steps-per-epoch", "2",
-                           "--ray-workers", "2"], env=cli_env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            "avfusion",
+            "train",
+            str(synthetic_shards),
+            "--out",
+            str(run),
+            "--config",
+            str(small_train_config),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--steps-per-epoch",
+            "2",
+            "--ray-workers",
+            "2",
+        ],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     ranks = [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == 2 and ranks[0]["step"] == ranks[1]["step"] == 2
@@ -65,14 +121,36 @@ def test_ray_train_two_workers(tmp_path, synthetic_shards, small_train_config, c
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, synthetic_shards, small_train_config, cli_env):
-    args = [str(synthetic_shards), "--config", str(small_train_config), "--epochs", "4", "--batch-size", "8",
-            "--steps-per-epoch", "3", "--seed", "1", "--workers", "0"]
+    args = [
+        str(synthetic_shards),
+        "--config",
+        str(small_train_config),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--steps-per-epoch",
+        "3",
+        "--seed",
+        "1",
+        "--workers",
+        "0",
+    ]
     clean = tmp_path / "clean"
-    assert subprocess.run(["avfusion", "train", *args, "--out", str(clean)], env=cli_env, capture_output=True,
-                          timeout=600).returncode == 0
+    assert (
+        subprocess.run(
+            ["avfusion", "train", *args, "--out", str(clean)], env=cli_env, capture_output=True, timeout=600
+        ).returncode
+        == 0
+    )
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(["avfusion", "train", *args, "--out", str(killed)], env=cli_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        ["avfusion", "train", *args, "--out", str(killed)],
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (killed / "metrics.jsonl").exists() and len(_metrics(killed)) >= 2:
@@ -84,8 +162,13 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, synthetic_shards, s
 
     done = torch.load(killed / "last.pt", weights_only=True)["epoch"] + 1
     assert 1 <= done < 4, "the kill must land mid-training"
-    resumed = subprocess.run(["avfusion", "train", *args, "--out", str(killed)], env=cli_env, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        ["avfusion", "train", *args, "--out", str(killed)],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from {killed / 'last.pt'} at epoch {done}" in resumed.stdout
     a, b = _metrics(clean), _metrics(killed)
@@ -107,18 +190,38 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, synthetic_shards, s
         for key, value in state.items():
             other = ob["state"][index][key]
             assert torch.equal(value, other) if torch.is_tensor(value) else value == other, (index, key)
-    assert ca["scheduler"] == cb["scheduler"] and (ca["epoch"], ca["step"]) == (cb["epoch"], cb["step"]) == (3, 12)
+    assert ca["scheduler"] == cb["scheduler"] and (ca["epoch"], ca["step"]) == (cb["epoch"], cb["step"]) == (
+        3,
+        12,
+    )
     assert torch.equal(ca["rng"], cb["rng"])
     assert not [p for p in killed.iterdir() if p.name.startswith(".last.pt")], "no temporary checkpoint left"
 
 
-def test_a_last_pt_without_the_format_marker_is_refused(tmp_path, synthetic_shards, small_train_config,
-                                                          capsys):
+def test_a_last_pt_without_the_format_marker_is_refused(
+    tmp_path, synthetic_shards, small_train_config, capsys
+):
     run = tmp_path / "run"
     run.mkdir()
     torch.save({"model": {}, "epoch": 0, "step": 3, "version": "0.1.0"}, run / "last.pt")
-    assert train_job.main([str(synthetic_shards), "--out", str(run), "--config", str(small_train_config),
-                           "--epochs", "1", "--steps-per-epoch", "1", "--workers", "0"]) == 2
+    assert (
+        train_job.main(
+            [
+                str(synthetic_shards),
+                "--out",
+                str(run),
+                "--config",
+                str(small_train_config),
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "1",
+                "--workers",
+                "0",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     ours = [line for line in err.splitlines() if line.startswith("avfusion train:")]
     assert "Traceback" not in err and len(ours) == 1 and "is not an avfusion checkpoint" in ours[0], err
@@ -149,8 +252,9 @@ def test_uneven_shards_each_rank_ends_the_epoch_after_the_derived_batches(synthe
     per_worker = math.ceil(steps / workers)
     counts = []
     for rank in range(world):
-        ds = TrainStream(data.urls, batch, split="train", batches_per_epoch=per_worker, seed=3, rank=rank,
-                         world=world)
+        ds = TrainStream(
+            data.urls, batch, split="train", batches_per_epoch=per_worker, seed=3, rank=rank, world=world
+        )
         got = list(islice(data_loader(ds, workers), per_worker * workers + 5))
         assert all(len(b.keys) == batch for b in got), "training batches are full"
         counts.append(len(got))
@@ -166,8 +270,9 @@ def _free_port():
 
 
 @pytest.mark.parametrize("launcher", ["single", "ray"])
-def test_a_cut_shard_stops_training_with_one_line_naming_it(tmp_path, synthetic_shards, small_train_config,
-                                                            cli_env, launcher):
+def test_a_cut_shard_stops_training_with_one_line_naming_it(
+    tmp_path, synthetic_shards, small_train_config, cli_env, launcher
+):
     """A shard cut short (a half-copied tar) is not a skipped shard or a tarfile trace from
     deep in a DataLoader worker or a Ray Train worker: the job exits 1 and its last line
     names the shard. The config's loader worker (workers: 1) is kept on purpose: torch
@@ -179,24 +284,62 @@ def test_a_cut_shard_stops_training_with_one_line_naming_it(tmp_path, synthetic_
     cut = shards / "00001.tar"
     cut.write_bytes(cut.read_bytes()[:5000])
     extra = ["--ray-workers", "2"] if launcher == "ray" else []
-    proc = subprocess.run(["avfusion", "train", str(shards), "--out", str(tmp_path / "run"), "--config",
-                           str(small_train_config), "--epochs", "1", "--batch-size", "8", "--steps-per-epoch", "20",
-                           *extra], env=cli_env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            "avfusion",
+            "train",
+            str(shards),
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            str(small_train_config),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--steps-per-epoch",
+            "20",
+            *extra,
+        ],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"avfusion train: shard {cut} is not a readable tar (5000 bytes)"), proc.stderr[-3000:]
+    assert last.startswith(f"avfusion train: shard {cut} is not a readable tar (5000 bytes)"), proc.stderr[
+        -3000:
+    ]
     assert "\n" not in last and len(last) < 300
 
 
-def test_compiled_training_runs_and_matches_eager(tmp_path, synthetic_shards, small_train_config, monkeypatch):
+def test_compiled_training_runs_and_matches_eager(
+    tmp_path, synthetic_shards, small_train_config, monkeypatch
+):
     """--compile (torch.compile, inductor on the CPU here) trains the same steps as eager.
     Inductor draws dropout and SpecMask randoms from its own generator unless told to
     use eager's (``fallback_random``), which makes the two runs comparable step by step."""
     import torch._inductor.config
 
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
-    args = [str(synthetic_shards), "--config", str(small_train_config), "--modalities", "audio", "--epochs", "1",
-            "--steps-per-epoch", "2", "--batch-size", "4", "--workers", "0", "--seed", "2"]
+    args = [
+        str(synthetic_shards),
+        "--config",
+        str(small_train_config),
+        "--modalities",
+        "audio",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--seed",
+        "2",
+    ]
     assert train_job.main([*args, "--out", str(tmp_path / "eager")]) == 0
     assert train_job.main([*args, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
     eager, compiled = _metrics(tmp_path / "eager")[-1], _metrics(tmp_path / "compiled")[-1]
@@ -207,7 +350,9 @@ def test_compiled_training_runs_and_matches_eager(tmp_path, synthetic_shards, sm
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=5e-3)
 
 
-def test_a_checkpoint_predicts_after_its_video_weights_file_is_gone(tmp_path, synthetic_shards, small_train_config):
+def test_a_checkpoint_predicts_after_its_video_weights_file_is_gone(
+    tmp_path, synthetic_shards, small_train_config
+):
     """The checkpoint is self-contained: training started from a ResNet-18 file, and the
     model rebuilt from the checkpoint alone gives the trained model's outputs."""
     from torchvision.models import resnet18
@@ -218,9 +363,30 @@ def test_a_checkpoint_predicts_after_its_video_weights_file_is_gone(tmp_path, sy
     weights = tmp_path / "r18.pth"
     torch.save(resnet18(weights=None).state_dict(), weights)
     run = tmp_path / "run"
-    assert train_job.main([str(synthetic_shards), "--out", str(run), "--config", str(small_train_config),
-                           "--modalities", "video", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "4",
-                           "--workers", "0", "--video-weights", str(weights)]) == 0
+    assert (
+        train_job.main(
+            [
+                str(synthetic_shards),
+                "--out",
+                str(run),
+                "--config",
+                str(small_train_config),
+                "--modalities",
+                "video",
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "1",
+                "--batch-size",
+                "4",
+                "--workers",
+                "0",
+                "--video-weights",
+                str(weights),
+            ]
+        )
+        == 0
+    )
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["model_config"]["video_weights"] == str(weights)
     trained = FusionModel(ModelConfig(**{**ckpt["model_config"], "video_weights": "none"}))

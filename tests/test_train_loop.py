@@ -23,17 +23,22 @@ class Batch:
 
 
 def _run_on(device, model: dict | None = None, loss: dict | None = None) -> Run:
-    cfg = TrainConfig(shards="s", out="o",
-                      model=ModelConfig(embed_dim=16, audio_width=8, audio_filters=16, **(model or {})),
-                      loss=LossConfig(**(loss or {})))
+    cfg = TrainConfig(
+        shards="s",
+        out="o",
+        model=ModelConfig(embed_dim=16, audio_width=8, audio_filters=16, **(model or {})),
+        loss=LossConfig(**(loss or {})),
+    )
     model = build_model(cfg, num_classes=4).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(10, 1))
     return Run(cfg, DistEnv(0, 1, 0, device), None, None, None, 10, model, model, opt, sched)
 
 
-@pytest.mark.parametrize("model, loss", [({}, {}), ({}, {"reliability_weight": 1.0}),
-                                         ({"modalities": "audio"}, {"aux_weight": 0.0})])
+@pytest.mark.parametrize(
+    "model, loss",
+    [({}, {}), ({}, {"reliability_weight": 1.0}), ({"modalities": "audio"}, {"aux_weight": 0.0})],
+)
 def test_steps_on_the_meta_device_never_read_a_value(model, loss):
     """A meta tensor has no value: any .item(), bool(), .tolist() or copy to the host
     in the step or the running sums raises. Three steps and their sums pass, so the
@@ -100,22 +105,39 @@ def test_gabor_front_end_runs_in_fp32_under_autocast():
 def test_unbuilt_modules_are_not_in_the_model():
     audio = FusionModel(ModelConfig(num_classes=3, modalities="audio", embed_dim=8, audio_width=4))
     keys = set(audio.state_dict())
-    assert not [k for k in keys if k.startswith(("attention.video_proj", "attention.audio_score",
-                                                 "attention.video_score", "video_head", "video."))]
+    assert not [
+        k
+        for k in keys
+        if k.startswith(
+            ("attention.video_proj", "attention.audio_score", "attention.video_score", "video_head", "video.")
+        )
+    ]
     no_aux = FusionModel(ModelConfig(num_classes=3, embed_dim=8, audio_width=4, aux_heads=False))
     assert no_aux.audio_head is None and no_aux.video_head is None
     out = no_aux(torch.rand(2, 8_000), torch.randint(0, 256, (2, 1, 32, 32, 3), dtype=torch.uint8))
     assert out.audio_logits is None and out.scores is not None
     fused = FusionModel(ModelConfig(num_classes=3, embed_dim=8, audio_width=4, shared_head=False))
-    assert {"attention.audio_score.weight", "audio_head.weight", "attention.video_proj.0.weight"} <= \
-        set(fused.state_dict()), "a fused model's checkpoint keys are unchanged"
+    assert {"attention.audio_score.weight", "audio_head.weight", "attention.video_proj.0.weight"} <= set(
+        fused.state_dict()
+    ), "a fused model's checkpoint keys are unchanged"
     shared = FusionModel(ModelConfig(num_classes=3, embed_dim=8, audio_width=4))
-    assert not [k for k in shared.state_dict() if k.startswith(("audio_head", "video_head"))], "the head is shared"
+    assert not [k for k in shared.state_dict() if k.startswith(("audio_head", "video_head"))], (
+        "the head is shared"
+    )
 
 
 def test_train_config_nests_model_and_loss():
-    cfg = from_dict(TrainConfig, {"shards": "s", "out": "o", "epochs": 2, "loss": {"aux_weight": 0.5},
-                                  "model": {"embed_dim": 32, "modalities": "audio"}}, prefix="train")
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "shards": "s",
+            "out": "o",
+            "epochs": 2,
+            "loss": {"aux_weight": 0.5},
+            "model": {"embed_dim": 32, "modalities": "audio"},
+        },
+        prefix="train",
+    )
     assert cfg.model == ModelConfig(embed_dim=32, modalities="audio") and cfg.loss.aux_weight == 0.5
     assert cfg.epochs == 2
     import dataclasses
@@ -128,8 +150,9 @@ def test_train_config_nests_model_and_loss():
     with pytest.raises(ConfigError, match=r"train.model: unknown key\(s\) \['embed_dims'\]"):
         from_dict(TrainConfig, {"shards": "s", "out": "o", "model": {"embed_dims": 3}}, prefix="train")
     with pytest.raises(ConfigError, match="reliability_weight > 0 needs aux_weight > 0"):
-        from_dict(TrainConfig, {"shards": "s", "out": "o",
-                                "loss": {"aux_weight": 0.0, "reliability_weight": 1.0}})
+        from_dict(
+            TrainConfig, {"shards": "s", "out": "o", "loss": {"aux_weight": 0.0, "reliability_weight": 1.0}}
+        )
 
 
 @pytest.mark.parametrize("key", ["embed_dim", "modalities", "aux_weight", "dead_weight"])

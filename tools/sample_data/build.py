@@ -83,7 +83,9 @@ _MEGAGLEST = "games/megaglest/"
 _RE = "games/redeclipse/data/sounds/ambience/"
 _STK = "games/supertuxkart/data/sfx/"
 # Red Eclipse's waterfall ambiences: three freesound uploads by one recordist, one recording
-_RE_WATERFALLS = tuple(f"{_RE}waterfall{n}.ogg" for n in ("", "1", "2", "3", "_huge", "_medium", "_deep", "_indoor"))
+_RE_WATERFALLS = tuple(
+    f"{_RE}waterfall{n}.ogg" for n in ("", "1", "2", "3", "_huge", "_medium", "_deep", "_indoor")
+)
 
 # Licences the packages' copyright files state for whole trees (the per-file
 # READMEs inside GCompris bundles and the per-file stanzas below take precedence).
@@ -111,16 +113,25 @@ _FILE_LICENCES = {
     _MATE + "GreenMeadow.jpg": ("2005, Timothy Schellhase; 2008, Lapo Calamandrei", "GPL-2+"),
     _MATE + "Dune.jpg": ("2007, Marco Cogoni; 2008, Hylke Bons", "GPL-2+"),
     _PLASMA + "Path/contents/images/1920x1080.jpg": ("Risto Saukonpää (KDE Plasma 'Path')", "LGPL-3"),
-    _PLASMA + "ColdRipple/contents/images/1920x1080.jpg": ("Risto Saukonpää (KDE Plasma 'Cold Ripple')", "LGPL-3"),
-    _PLASMA + "FallenLeaf/contents/images/1920x1080.jpg": ("Martin Klapetek (KDE Plasma 'Fallen Leaf')", "LGPL-3"),
+    _PLASMA + "ColdRipple/contents/images/1920x1080.jpg": (
+        "Risto Saukonpää (KDE Plasma 'Cold Ripple')",
+        "LGPL-3",
+    ),
+    _PLASMA + "FallenLeaf/contents/images/1920x1080.jpg": (
+        "Martin Klapetek (KDE Plasma 'Fallen Leaf')",
+        "LGPL-3",
+    ),
     _LOMIRI + "life_by_Aitzol_Berasategi.jpg": ("Aitzol Berasategi, 2018", "CC-BY-4.0"),
     _LOMIRI + "Infinite-Sea_by_Aury88.jpg": ("2019, Aury88", "CC-BY-SA-3.0"),
     _LOMIRI + "Kleiber_by_Lukas_Baubkus.jpg": ("2021, Lukas Baubkus", "CC-BY-SA-3.0"),
     _FARM + "cow.webp": ("Dohduhdah, Wikimedia Commons", "Public Domain"),
     _FARM + "owl.webp": ("Lepale, Wikimedia Commons", "CC0-1.0"),
     # the details bundle's README lists its files without a Files: key
-    _DETAILS + "FanoeWindmill_background.webp": ("Cnyborg (photo, CC-BY-SA-3.0, Wikimedia Commons); GCompris "
-                                                 "adaptation 2000, 2008 Bruno Coudoin and others", "CC-BY-SA-4.0"),
+    _DETAILS + "FanoeWindmill_background.webp": (
+        "Cnyborg (photo, CC-BY-SA-3.0, Wikimedia Commons); GCompris "
+        "adaptation 2000, 2008 Bruno Coudoin and others",
+        "CC-BY-SA-4.0",
+    ),
     # Red Eclipse's debian/copyright names the freesound recordists of these files.
     _RE + "wind.ogg": ("Batuhan Bozkurt (freesound #17735)", "CC-BY-SA-3.0"),
     _RE + "river.ogg": ('2005, Mike "Acclivity" (freesound #13553)', "CC-BY-SA-3.0"),
@@ -151,109 +162,164 @@ def _seq(prefix: str, names: str) -> tuple[str, ...]:
 
 CLASSES: tuple[SampleClass, ...] = (
     SampleClass(
-        "bird chirping, tweeting", "bird",
-        photos=_seq(_ERASE, "heron.webp kingfisher.webp northern_harrier.webp toucan.webp spoonbills.webp "
-                            "swans.webp gosling.webp penguin.webp")
-        + (_WORLD + "scarlet_macaw.webp", _LOMIRI + "Kleiber_by_Lukas_Baubkus.jpg",
-           _SCRATCH + "Costumes/Animals/bird-flying.gif", _FARM + "owl.webp"),
+        "bird chirping, tweeting",
+        "bird",
+        photos=_seq(
+            _ERASE,
+            "heron.webp kingfisher.webp northern_harrier.webp toucan.webp spoonbills.webp "
+            "swans.webp gosling.webp penguin.webp",
+        )
+        + (
+            _WORLD + "scarlet_macaw.webp",
+            _LOMIRI + "Kleiber_by_Lukas_Baubkus.jpg",
+            _SCRATCH + "Costumes/Animals/bird-flying.gif",
+            _FARM + "owl.webp",
+        ),
         sounds=_seq(_WESNOTH, "birds1.ogg birds2.ogg birds3.ogg morning.ogg")
         + _seq(_DAY, "day_temperate_11.ogg day_tropical_10.ogg day_tropical_11.ogg")
         # correlated files (see duplicate_pairs): one recording each
-        + (_seq(_DAY, "day_temperate_12.ogg day_temperate_13.ogg day_temperate_14.ogg"),
-           _seq(_DAY, "day_temperate_gen_01.ogg day_temperate_gen_02.ogg day_temperate_gen_03.ogg"))
+        + (
+            _seq(_DAY, "day_temperate_12.ogg day_temperate_13.ogg day_temperate_14.ogg"),
+            _seq(_DAY, "day_temperate_gen_01.ogg day_temperate_gen_02.ogg day_temperate_gen_03.ogg"),
+        )
         + (_SCRATCH + "Sounds/Animal/Bird.wav",),
     ),
     SampleClass(
-        "sea waves", "sea",
-        photos=_seq(_SCRATCH + "Backgrounds/", "Nature/beach-malibu.jpg Nature/wave.jpg Outdoors/boardwalk.jpg "
-                    "Outdoors/city-with-water.jpg")
+        "sea waves",
+        "sea",
+        photos=_seq(
+            _SCRATCH + "Backgrounds/",
+            "Nature/beach-malibu.jpg Nature/wave.jpg Outdoors/boardwalk.jpg Outdoors/city-with-water.jpg",
+        )
         + (_LOMIRI + "Infinite-Sea_by_Aury88.jpg",)
         + _seq(_TUX, "ocean_waves.jpg ocean_splash.jpg lighthouse.jpg"),
         sounds=_seq(_ZERO_AD + "ambient/water/", "wave_21.ogg wavecrash_21.ogg waverocky_21.ogg")
-        + _seq(_ZERO_AD + "ambient/building/", "amb_port_10.ogg amb_port_11.ogg amb_port_12.ogg amb_port_20.ogg "
-               "amb_port_21.ogg"),
+        + _seq(
+            _ZERO_AD + "ambient/building/",
+            "amb_port_10.ogg amb_port_11.ogg amb_port_12.ogg amb_port_20.ogg amb_port_21.ogg",
+        ),
     ),
     SampleClass(
-        "hammering nails", "hammer",
+        "hammering nails",
+        "hammer",
         photos=_seq(_TOOLS, " ".join(f"hammer{i}.webp" for i in range(1, 10))),
         sounds=_seq(_CON, " ".join(f"con_wood_{i:02d}.ogg" for i in (1, 3, 5, 6, 7, 8, 9, 13, 14, 16)))
         # correlated files (see duplicate_pairs): treated as one recording
         + (_seq(_CON, " ".join(f"con_wood_{i:02d}.ogg" for i in (2, 4, 10, 11, 12, 15))),),
     ),
     SampleClass(
-        "chopping wood", "chop",
+        "chopping wood",
+        "chop",
         photos=_seq(_SCRATCH + "Backgrounds/Nature/", "forest.jpg tree.jpg")
-        + _seq(_TUX, "redwoods_above.jpg trees_above.jpg trees_at_dusk.jpg mossy_log.jpg mossy_bark.jpg "
-               "burnt_bark.jpg")
+        + _seq(
+            _TUX,
+            "redwoods_above.jpg trees_above.jpg trees_at_dusk.jpg mossy_log.jpg mossy_bark.jpg "
+            "burnt_bark.jpg",
+        )
         + (_PLASMA + "Path/contents/images/1920x1080.jpg",),
-        sounds=_seq(_LUMBER, " ".join(f"lumber_tree_{i:02d}.ogg" for i in (1, 7, 9, 12, 14, 16, 22, 23, 24, 25, 26)))
+        sounds=_seq(
+            _LUMBER, " ".join(f"lumber_tree_{i:02d}.ogg" for i in (1, 7, 9, 12, 14, 16, 22, 23, 24, 25, 26))
+        )
         # correlated files (see duplicate_pairs; groups are connected components): one recording each
-        + (_seq(_LUMBER, " ".join(f"lumber_tree_{i:02d}.ogg" for i in (2, 3, 5, 6, 8, 10, 13, 15, 17, 18, 19, 20))),
-           _seq(_LUMBER, "lumber_tree_04.ogg lumber_tree_11.ogg lumber_tree_21.ogg")),
+        + (
+            _seq(
+                _LUMBER,
+                " ".join(f"lumber_tree_{i:02d}.ogg" for i in (2, 3, 5, 6, 8, 10, 13, 15, 17, 18, 19, 20)),
+            ),
+            _seq(_LUMBER, "lumber_tree_04.ogg lumber_tree_11.ogg lumber_tree_21.ogg"),
+        ),
     ),
     SampleClass(
-        "pickaxe striking stone", "stone",
+        "pickaxe striking stone",
+        "stone",
         photos=_seq(_TUX, "rocks.jpg cliff.jpg mudstone.jpg")
-        + _seq(_SCRATCH + "Backgrounds/Nature/", "canyon.jpg grand-canyon.jpg garden-rock.jpg gravel-desert.jpg "
-               "hill.jpg")
+        + _seq(
+            _SCRATCH + "Backgrounds/Nature/",
+            "canyon.jpg grand-canyon.jpg garden-rock.jpg gravel-desert.jpg hill.jpg",
+        )
         + (_LOMIRI + "picosdeeuropa_by_Aitzol_Berasategi.jpg",),
         sounds=_seq(_ZERO_AD + "resource/mining/", " ".join(f"mine_stone_{i:02d}.ogg" for i in range(1, 26))),
     ),
     SampleClass(
-        "footsteps", "steps",
-        photos=_seq(_SCRATCH + "Backgrounds/", "Nature/pathway.jpg Outdoors/driveway.jpg Outdoors/route66.jpg "
-                    "Outdoors/hallway_outdoors.jpg Outdoors/train-tracks1.jpg Outdoors/train-tracks2.jpg "
-                    "Outdoors/castle.jpg Outdoors/village.jpg")
+        "footsteps",
+        "steps",
+        photos=_seq(
+            _SCRATCH + "Backgrounds/",
+            "Nature/pathway.jpg Outdoors/driveway.jpg Outdoors/route66.jpg "
+            "Outdoors/hallway_outdoors.jpg Outdoors/train-tracks1.jpg Outdoors/train-tracks2.jpg "
+            "Outdoors/castle.jpg Outdoors/village.jpg",
+        )
         + (_PLASMA + "ColdRipple/contents/images/1920x1080.jpg",),
-        sounds=_seq(_STEPS, "Foorstep_Sand_Running.ogg Foorstep_Sand_Walking.ogg Footstep_Grass_Running.ogg "
-                    "Footstep_Grass_Walking.ogg Footstep_Gravel_Running.ogg Footstep_Rock_Running.ogg")
+        sounds=_seq(
+            _STEPS,
+            "Foorstep_Sand_Running.ogg Foorstep_Sand_Walking.ogg Footstep_Grass_Running.ogg "
+            "Footstep_Grass_Walking.ogg Footstep_Gravel_Running.ogg Footstep_Rock_Running.ogg",
+        )
         # correlated files (see duplicate_pairs): one recording each
-        + (_seq(_STEPS, "Footstep_Gravel_Walking.ogg Footstep_Rock_Walking.ogg"),
-           _seq(_STEPS, "Footstep_Wood_Running.ogg Footstep_Wood_Walking.ogg"))
+        + (
+            _seq(_STEPS, "Footstep_Gravel_Walking.ogg Footstep_Rock_Walking.ogg"),
+            _seq(_STEPS, "Footstep_Wood_Running.ogg Footstep_Wood_Walking.ogg"),
+        )
         + _seq(_SCRATCH + "Sounds/Human/", "Footsteps-1.wav Footsteps-2.mp3"),
     ),
     SampleClass(
-        "rustling leaves", "leaves",
+        "rustling leaves",
+        "leaves",
         photos=_seq(_TUX, "sun_behind_leaves.jpg")
         + _seq(_MATE, "Blinds.jpg RainDrops.jpg LadyBird.jpg TwoWings.jpg")
-        + (_LOMIRI + "Dragonfly_by_Bolly.jpg", _LOMIRI + "seeding_by_Clements_Engelhardt.jpg",
-           _PLASMA + "FallenLeaf/contents/images/1920x1080.jpg"),
+        + (
+            _LOMIRI + "Dragonfly_by_Bolly.jpg",
+            _LOMIRI + "seeding_by_Clements_Engelhardt.jpg",
+            _PLASMA + "FallenLeaf/contents/images/1920x1080.jpg",
+        ),
         sounds=_seq(_ZERO_AD + "resource/foraging/", " ".join(f"leaves_{i:02d}.ogg" for i in range(1, 12))),
     ),
     SampleClass(
-        "harvesting crops", "harvest",
+        "harvesting crops",
+        "harvest",
         photos=_seq(_SCRATCH + "Backgrounds/Outdoors/", "hay_field.jpg silos.jpg")
         + _seq(_TUX, "corn_maze.jpg sheep.jpg")
         + _seq(_MATE, "GreenMeadow.jpg Dune.jpg")
         + (_LOMIRI + "aitzgorri_by_Aitzol_Berasategi.jpg", _TOOLS + "sickle.webp"),
-        sounds=_seq(_ZERO_AD + "resource/gathering/", " ".join(f"gather_field_{i:02d}.ogg" for i in range(1, 25))),
+        sounds=_seq(
+            _ZERO_AD + "resource/gathering/", " ".join(f"gather_field_{i:02d}.ogg" for i in range(1, 25))
+        ),
     ),
     SampleClass(
         # Scene level, like chopping and stone: the photos show what the wind drives.
         # windmill2 (a model mill) and windmill14 (windmill9's mill again) are left out.
-        "wind noise", "wind",
-        photos=_seq(_RENEW, "windmill.webp windmill1.webp windmill3.webp windmill4.webp windmill5.webp "
-                            "windmill6.webp windmill7.webp windmill8.webp windmill9.webp windmill11.webp "
-                            "windmill12.webp windmill13.webp windmill15.webp")
+        "wind noise",
+        "wind",
+        photos=_seq(
+            _RENEW,
+            "windmill.webp windmill1.webp windmill3.webp windmill4.webp windmill5.webp "
+            "windmill6.webp windmill7.webp windmill8.webp windmill9.webp windmill11.webp "
+            "windmill12.webp windmill13.webp windmill15.webp",
+        )
         + (_DETAILS + "FanoeWindmill_background.webp",),
         sounds=_seq(_WEATHER, "wind_11.ogg windgust_11.ogg windstorm_11.ogg snowstorm_11.ogg")
         + _seq(_RE, "wind.ogg wastewind.ogg morph/wind1.ogg morph/stormwind.ogg")
         # correlated files (see duplicate_pairs): one recording each
-        + (_seq(_WEATHER, "windleaves_10.ogg windleaves_11.ogg"),
-           _seq(_MEGAGLEST + "tilesets/", "winter/sounds/wind.ogg winter_forest/sounds/wind.ogg"),
-           _seq(_RE, "hollowwind.ogg blowwind.ogg")),
+        + (
+            _seq(_WEATHER, "windleaves_10.ogg windleaves_11.ogg"),
+            _seq(_MEGAGLEST + "tilesets/", "winter/sounds/wind.ogg winter_forest/sounds/wind.ogg"),
+            _seq(_RE, "hollowwind.ogg blowwind.ogg"),
+        ),
     ),
     SampleClass(
-        "stream burbling", "stream",
+        "stream burbling",
+        "stream",
         photos=(_LOMIRI + "life_by_Aitzol_Berasategi.jpg",)
         + _seq(_SCRATCH + "Backgrounds/Nature/", "water-and-rocks.jpg lake.jpg")
         + _seq(_RENEW, "dam1.webp dam2.webp dam3.webp dam4.webp dam5.webp"),
         sounds=_seq(_RE, "river.ogg creek.ogg water.ogg")
         + _seq(_STK, "river_loop.ogg waterfall_loop_2.ogg")
         # correlated files (see duplicate_pairs), and Red Eclipse's waterfalls: one recording each
-        + (_seq(_RIVER, "river_fast_21.ogg river_med_21.ogg river_slow_21.ogg"),
-           _seq(_RIVER, "river_raging_21.ogg waterfall_31.ogg"),
-           _RE_WATERFALLS),
+        + (
+            _seq(_RIVER, "river_fast_21.ogg river_med_21.ogg river_slow_21.ogg"),
+            _seq(_RIVER, "river_raging_21.ogg waterfall_31.ogg"),
+            _RE_WATERFALLS,
+        ),
     ),
 )
 
@@ -317,8 +383,8 @@ class MediaRoot:
 def licence_of(source: str, media: MediaRoot | None = None) -> tuple[str, str]:
     if source in _FILE_LICENCES:
         return _FILE_LICENCES[source]
-    if media is not None and (credits := media.bundle_credits(source)):
-        return credits
+    if media is not None and (bundle := media.bundle_credits(source)):
+        return bundle
     for prefix, author, licence in _TREE_LICENCES:
         if source.startswith(prefix):
             return author, licence
@@ -356,7 +422,7 @@ def loop_to_length(sound: np.ndarray, n: int, rng: np.random.Generator, rate: in
         total += len(pieces[-2]) + len(pieces[-1])
     looped = np.concatenate(pieces)
     start = int(rng.integers(0, max(1, len(looped) - n)))
-    return looped[start:start + n]
+    return looped[start : start + n]
 
 
 def ken_burns(photo: Image.Image, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -387,6 +453,7 @@ def duplicate_pairs(media: MediaRoot, threshold: float = 0.45) -> list[tuple[flo
     (photos, > 0.9). Files found this way are grouped into one source in ``CLASSES``
     so the split rule counts them once. It catches copies and re-cuts that share a
     start, not different stretches of one long session (README, caveats)."""
+
     def corr(a: np.ndarray, b: np.ndarray) -> float:
         n = min(len(a), len(b))
         a, b = a[:n] - a[:n].mean(), b[:n] - b[:n].mean()
@@ -397,13 +464,19 @@ def duplicate_pairs(media: MediaRoot, threshold: float = 0.45) -> list[tuple[flo
         for s in cls.sounds:
             sounds.update({f: decode_mono(media.read(f), 4000) for f in _files(s)})
         for p in cls.photos:
-            photos.update({f: np.asarray(Image.open(io.BytesIO(media.read(f))).convert("L").resize((24, 24)),
-                                         float).ravel() for f in _files(p)})
+            photos.update(
+                {
+                    f: np.asarray(
+                        Image.open(io.BytesIO(media.read(f))).convert("L").resize((24, 24)), float
+                    ).ravel()
+                    for f in _files(p)
+                }
+            )
     found = []
     for table, limit in ((sounds, threshold), (photos, 0.9)):
         names = sorted(table)
         for i, a in enumerate(names):
-            for b in names[i + 1:]:
+            for b in names[i + 1 :]:
                 if abs(r := corr(table[a], table[b])) > limit:
                     found.append((round(r, 3), a, b))
     return found
@@ -456,8 +529,11 @@ def plan(seed: int = 2026, k: int = K_FOLDS, per_class: int = CLIPS_PER_CLASS) -
             for j in range(count):
                 photo, sound = pairs[j % len(pairs)]
                 number += 1
-                plans.append(ClipPlan(f"avf_{cls.slug}_{number:02d}", cls.label, fold, photo, sound,
-                                      (seed, ci, number)))
+                plans.append(
+                    ClipPlan(
+                        f"avf_{cls.slug}_{number:02d}", cls.label, fold, photo, sound, (seed, ci, number)
+                    )
+                )
     return plans
 
 
@@ -473,8 +549,18 @@ def build(media: MediaRoot, out_dir: Path = SET_DIR, seed: int = 2026, reuse: bo
     for old in clips_dir.glob("*.mp4"):
         if not reuse or old.name not in wanted:
             old.unlink()
-    spec = SynthSpec(container="mp4", width=WIDTH, height=HEIGHT, fps=FPS, duration=SECONDS,
-                     sample_rate=RATE, channels=1, crf=33, preset="slow", audio_bitrate=24_000)
+    spec = SynthSpec(
+        container="mp4",
+        width=WIDTH,
+        height=HEIGHT,
+        fps=FPS,
+        duration=SECONDS,
+        sample_rate=RATE,
+        channels=1,
+        crf=33,
+        preset="slow",
+        audio_bitrate=24_000,
+    )
     for p in tqdm(plans, desc="clips", unit="clip"):
         if reuse and (clips_dir / p.file_name).exists():
             continue
@@ -489,8 +575,12 @@ def build(media: MediaRoot, out_dir: Path = SET_DIR, seed: int = 2026, reuse: bo
             photo = Image.alpha_composite(backdrop, photo)
         photo = photo.convert("RGB")
         sound = loop_to_length(decode_mono(media.read(sound_file), RATE), spec.num_samples, rng, RATE)
-        write_clip(clips_dir / p.file_name, spec,
-                   frames=ken_burns(photo, spec.num_frames, rng), waveform=quantize16(sound)[None])
+        write_clip(
+            clips_dir / p.file_name,
+            spec,
+            frames=ken_burns(photo, spec.num_frames, rng),
+            waveform=quantize16(sound)[None],
+        )
     _write_tables(out_dir, plans, media)
     return plans
 
@@ -498,17 +588,29 @@ def build(media: MediaRoot, out_dir: Path = SET_DIR, seed: int = 2026, reuse: bo
 def _write_tables(out_dir: Path, plans: list[ClipPlan], media: MediaRoot) -> None:
     with open(out_dir / "labels.csv", "w", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows(
-            (p.clip_id, "0", p.label, "test" if p.fold == 0 else "train") for p in plans)
+            (p.clip_id, "0", p.label, "test" if p.fold == 0 else "train") for p in plans
+        )
     with open(out_dir / "folds.csv", "w", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows((p.clip_id, p.fold) for p in plans)
     rows = []
     for p in plans:
         (pa, pl), (sa, sl) = licence_of(_files(p.photo)[0], media), licence_of(_files(p.sound)[0], media)
-        rows.append({"clip_id": p.clip_id, "label": p.label, "fold": p.fold,
-                     "split": "test" if p.fold == 0 else "train",
-                     "photo": source_id(p.photo), "photo_author": pa, "photo_licence": pl,
-                     "sound": source_id(p.sound), "sound_author": sa, "sound_licence": sl,
-                     "photo_file": p.files()[0], "sound_file": p.files()[1]})
+        rows.append(
+            {
+                "clip_id": p.clip_id,
+                "label": p.label,
+                "fold": p.fold,
+                "split": "test" if p.fold == 0 else "train",
+                "photo": source_id(p.photo),
+                "photo_author": pa,
+                "photo_licence": pl,
+                "sound": source_id(p.sound),
+                "sound_author": sa,
+                "sound_licence": sl,
+                "photo_file": p.files()[0],
+                "sound_file": p.files()[1],
+            }
+        )
     with open(out_dir / "sources.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
@@ -532,8 +634,10 @@ def _write_tables(out_dir: Path, plans: list[ClipPlan], media: MediaRoot) -> Non
     ]
     for r in rows:
         photo, sound = (" + ".join(f"`{f}`" for f in r[k].split("|")) for k in ("photo", "sound"))
-        lines.append(f"| {r['clip_id']}_000000.mp4 | {r['fold']} | {photo} | {r['photo_licence']} "
-                     f"({r['photo_author']}) | {sound} | {r['sound_licence']} ({r['sound_author']}) |")
+        lines.append(
+            f"| {r['clip_id']}_000000.mp4 | {r['fold']} | {photo} | {r['photo_licence']} "
+            f"({r['photo_author']}) | {sound} | {r['sound_licence']} ({r['sound_author']}) |"
+        )
     (out_dir / "SOURCES.md").write_text("\n".join(lines) + "\n")
 
 
@@ -541,10 +645,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--media-root", type=Path, help="the packages' unpacked usr/share")
     parser.add_argument("--out", type=Path, default=SET_DIR)
-    parser.add_argument("--reuse-clips", action="store_true",
-                        help="keep planned clips already built (re-encode only new or changed classes)")
-    parser.add_argument("--check-duplicates", action="store_true",
-                        help="only list source files that look like copies of each other")
+    parser.add_argument(
+        "--reuse-clips",
+        action="store_true",
+        help="keep planned clips already built (re-encode only new or changed classes)",
+    )
+    parser.add_argument(
+        "--check-duplicates",
+        action="store_true",
+        help="only list source files that look like copies of each other",
+    )
     args = parser.parse_args(argv)
     if args.check_duplicates:
         if not args.media_root:
