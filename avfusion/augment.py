@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 
 from avfusion.corruptions import AUDIO_SNR_DB, BLUR_SIGMA, VIDEO_NOISE_STD, gaussian_kernel
 from avfusion.loader import Batch, seed_of
@@ -77,7 +78,8 @@ class BatchAugment:
         self.cfg, self.num_classes, self.seed, self.rank = cfg, num_classes, seed, rank
         self.sample_rate, self.mixup_alpha, self.mixup_prob = sample_rate, mixup_alpha, mixup_prob
 
-    def __call__(self, batch: Batch, device, epoch: int, step: int) -> tuple[Batch, torch.Tensor]:
+    def __call__(self, batch: Batch, device: torch.device | str, epoch: int,
+                 step: int) -> tuple[Batch, torch.Tensor]:
         device = torch.device(device)
         s = seed_of(self.seed, self.rank, batch.worker, epoch, step)
         rng = np.random.default_rng(s)
@@ -89,6 +91,7 @@ class BatchAugment:
         if cfg.enabled and 0 < cfg.crop_frames < t:
             index = torch.from_numpy(np.sort(rng.random((b, t)).argsort(axis=1)[:, :cfg.crop_frames], axis=1))
         batch = batch.to(device, frame_index=index)
+        assert batch.frames is not None  # ``to`` decodes the frames
         wave, x = batch.waveform, batch.frames.permute(0, 1, 4, 2, 3).float()  # (B, T, 3, H, W)
         if cfg.enabled:
             wave = _crop_wave(wave, rng, int(cfg.crop_seconds * self.sample_rate))
@@ -115,7 +118,7 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x + 0.5).clamp_(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2)
 
 
-def _host(values, device, dtype=torch.float32) -> torch.Tensor:
+def _host(values: ArrayLike, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values), dtype=dtype).to(device, non_blocking=True)
 
 
@@ -127,7 +130,8 @@ def _crop_wave(wave: torch.Tensor, rng: np.random.Generator, n: int) -> torch.Te
     return wave.gather(1, start[:, None] + torch.arange(n, device=wave.device))
 
 
-def shift_and_gain(wave: torch.Tensor, rng: np.random.Generator, shift: bool, gain_db: float) -> torch.Tensor:
+def shift_and_gain(wave: torch.Tensor, rng: np.random.Generator, shift: bool,
+                   gain_db: float) -> torch.Tensor:
     """Per clip: circular shift by a uniform offset (``np.roll``), gain uniform in ±gain_db."""
     b, n = wave.shape
     if shift:
@@ -148,7 +152,8 @@ def crop_boxes(rng: np.random.Generator, b: int, h: int, w: int, min_scale: floa
     return np.stack([x0, y0, cw, ch], axis=1)
 
 
-def resized_crop_and_flip(x: torch.Tensor, rng: np.random.Generator, min_scale: float, flip: bool) -> torch.Tensor:
+def resized_crop_and_flip(x: torch.Tensor, rng: np.random.Generator, min_scale: float,
+                          flip: bool) -> torch.Tensor:
     """One crop box per clip, resized back to H×W (bilinear, the half-pixel arithmetic
     and edge clamping of ``interpolate(align_corners=False)`` on the crop, as the
     reference), mirrored with p = 0.5. Separable: rows then columns, each two gathers
@@ -162,11 +167,13 @@ def resized_crop_and_flip(x: torch.Tensor, rng: np.random.Generator, min_scale: 
     x0, y0, cw, ch = boxes.T
     rows = _lerp_index(y0, ch, h, np.zeros(b, bool))
     cols = _lerp_index(x0, cw, w, mirror)
-    x = _resample(x, 3, *(_host(v, x.device, d) for v, d in zip(rows, (torch.int64, torch.int64, torch.float32))))
-    return _resample(x, 4, *(_host(v, x.device, d) for v, d in zip(cols, (torch.int64, torch.int64, torch.float32))))
+    dtypes = (torch.int64, torch.int64, torch.float32)
+    x = _resample(x, 3, *(_host(v, x.device, d) for v, d in zip(rows, dtypes, strict=True)))
+    return _resample(x, 4, *(_host(v, x.device, d) for v, d in zip(cols, dtypes, strict=True)))
 
 
-def _lerp_index(start: np.ndarray, size: np.ndarray, n: int, mirror: np.ndarray):
+def _lerp_index(start: np.ndarray, size: np.ndarray, n: int,
+                mirror: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(B, n) source indices i0, i1 and weights of output pixels 0..n-1 of each crop."""
     j = np.arange(n)[None, :]
     j = np.where(mirror[:, None], n - 1 - j, j)
@@ -176,7 +183,8 @@ def _lerp_index(start: np.ndarray, size: np.ndarray, n: int, mirror: np.ndarray)
     return i0 + start[:, None], i1 + start[:, None], (src - i0).astype(np.float32)
 
 
-def _resample(x: torch.Tensor, dim: int, i0: torch.Tensor, i1: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+def _resample(x: torch.Tensor, dim: int, i0: torch.Tensor, i1: torch.Tensor,
+              frac: torch.Tensor) -> torch.Tensor:
     shape = [x.shape[0]] + [1] * (x.dim() - 1)
     shape[dim] = x.shape[dim]
     out_shape = list(x.shape)
@@ -200,16 +208,22 @@ def color_jitter(x: torch.Tensor, rng: np.random.Generator, strength: float) -> 
     return out.clamp_(0, 255)
 
 
-def _pick(rng: np.random.Generator, b: int, p_audio: float, p_video: float) -> tuple[dict, dict]:
+_Picks = dict[tuple[str, int], list[int]]  # (name, severity) → clip indices
+
+
+def _pick(rng: np.random.Generator, b: int, p_audio: float, p_video: float) -> tuple[_Picks, _Picks]:
     """Which clips get which dropout, at which severity: {(name, severity): clip indices}.
     At most one modality per clip (one uniform draw), as the reference."""
     u = rng.random(b)
-    audio, video = {}, {}
+    audio: _Picks = {}
+    video: _Picks = {}
     for i in range(b):
         if u[i] < p_audio:
-            audio.setdefault((AUDIO_TRAIN[rng.integers(len(AUDIO_TRAIN))], int(rng.integers(3, 6))), []).append(i)
+            pick = (AUDIO_TRAIN[rng.integers(len(AUDIO_TRAIN))], int(rng.integers(3, 6)))
+            audio.setdefault(pick, []).append(i)
         elif u[i] < p_audio + p_video:
-            video.setdefault((VIDEO_TRAIN[rng.integers(len(VIDEO_TRAIN))], int(rng.integers(3, 6))), []).append(i)
+            pick = (VIDEO_TRAIN[rng.integers(len(VIDEO_TRAIN))], int(rng.integers(3, 6)))
+            video.setdefault(pick, []).append(i)
     return audio, video
 
 
@@ -227,7 +241,7 @@ def modality_dropout(wave: torch.Tensor, x: torch.Tensor, rng: np.random.Generat
     for (name, _), clips in (*audio.items(), *video.items()):
         if name in DEAD:
             dead[clips, DEAD[name]] = True
-    wave = wave.clone()  # ``x`` is already this call's own (made by the float conversion or the crop)
+    wave = wave.clone()  # ``x`` is already this call's own (made by the float conversion or crop)
     for (name, severity), clips in sorted(audio.items()):
         idx = _host(clips, wave.device, torch.int64)
         sel = wave[idx]
@@ -267,7 +281,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return kh @ x @ kw.T
 
 
-def _blur_matrix(n: int, sigma: float, device) -> torch.Tensor:
+def _blur_matrix(n: int, sigma: float, device: torch.device) -> torch.Tensor:
     """(n, n): row i = the kernel centred on i, taps past an edge reflected back
     (``np.pad(mode="reflect")``; edge-replicated when the kernel is wider than n)."""
     k = gaussian_kernel(sigma)
@@ -298,7 +312,8 @@ def drop_frames(x: torch.Tensor, rng: np.random.Generator, p: float) -> torch.Te
     return x[torch.arange(b, device=x.device)[:, None], idx]
 
 
-def _mix_draw(rng: np.random.Generator, b: int, alpha: float, prob: float, device):
+def _mix_draw(rng: np.random.Generator, b: int, alpha: float, prob: float,
+              device: torch.device | str) -> tuple[float, torch.Tensor | None]:
     """Mixup's draws: (lam >= 0.5, permutation) for this batch, or (1, None) unmixed."""
     if alpha <= 0 or rng.random() >= prob:
         return 1.0, None
@@ -319,5 +334,7 @@ def mixup(batch: Batch, num_classes: int, alpha: float, prob: float,
     if perm is None:
         return batch, soft
     wave = lam * batch.waveform + (1 - lam) * batch.waveform[perm]
+    assert batch.frames is not None  # mixup takes a decoded batch
     frames = (lam * batch.frames.float() + (1 - lam) * batch.frames[perm].float()).round().to(torch.uint8)
-    return Batch(wave, frames, batch.target, batch.keys, worker=batch.worker), lam * soft + (1 - lam) * soft[perm]
+    mixed = Batch(wave, frames, batch.target, batch.keys, worker=batch.worker)
+    return mixed, lam * soft + (1 - lam) * soft[perm]

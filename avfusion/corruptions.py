@@ -220,7 +220,8 @@ def _filter2d(frames: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     kernel = kernel / kernel.sum()
     kh, kw = kernel.shape
     ph, pw = kh // 2, kw // 2
-    x = np.pad(frames.astype(np.float32), ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)), mode="reflect")
+    pad = ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0))
+    x = np.pad(frames.astype(np.float32), pad, mode="reflect")
     h, w = x.shape[1], x.shape[2]
     spec = np.fft.rfft2(x, axes=(1, 2)) * np.fft.rfft2(kernel, s=(h, w))[None, :, :, None]
     full = np.fft.irfft2(spec, s=(h, w), axes=(1, 2))
@@ -231,7 +232,8 @@ def _filter2d(frames: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 LOWPASS_HZ = {1: 4000, 2: 2000, 3: 1000, 4: 500, 5: 250}
 
 
-def audio_lowpass(wave: np.ndarray, severity: int, rng: np.random.Generator, rate: int = 16_000) -> np.ndarray:
+def audio_lowpass(wave: np.ndarray, severity: int, rng: np.random.Generator,
+                  rate: int = 16_000) -> np.ndarray:
     """Brick-wall low-pass at 4 kHz down to 250 Hz (a muffled microphone)."""
     spec = np.fft.rfft(wave)
     spec[int(LOWPASS_HZ[severity] * len(wave) / rate):] = 0
@@ -268,7 +270,7 @@ def environmental_noise(kind: str) -> np.ndarray:
     return _ENV_NOISE[kind]
 
 
-def _mix_environment(kind: str):
+def _mix_environment(kind: str) -> Callable[[np.ndarray, int, np.random.Generator], np.ndarray]:
     def mix(wave: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
         noise = environmental_noise(kind)
         start = int(rng.integers(0, len(noise)))

@@ -21,13 +21,16 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from avfusion.config import ClipSpec
 from avfusion.sources import ClipTask
+
+if TYPE_CHECKING:
+    from avfusion.governor import GovernorClient
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ class DownloadConfig:
 
 
 class DownloadError(Exception):
-    def __init__(self, kind: str, transient: bool, message: str, attempts: int, warnings: list[str] | None = None):
+    def __init__(self, kind: str, transient: bool, message: str, attempts: int,
+                 warnings: list[str] | None = None) -> None:
         super().__init__(f"{kind}: {message}")
         self.kind, self.transient, self.message, self.attempts = kind, transient, message, attempts
         self.warnings = warnings or []
@@ -76,7 +80,8 @@ _RULES: list[tuple[str, bool, re.Pattern]] = [
         ("blocked_bot_check", True, r"confirm you.?re not a bot|sign in to confirm|captcha challenge"),
         # "This content isn't available, try again later. The current session has been
         # rate-limited by YouTube for up to an hour" — before the 429 rule ("rate-limited").
-        ("blocked_session", True, r"content isn.?t available, try again later|has been rate.limited by youtube"),
+        ("blocked_session", True, r"content isn.?t available, try again later|"
+                                   r"has been rate.limited by youtube"),
         ("private", False, r"private video|video is private"),
         ("geo_blocked", False, r"not (?:made this video )?available in your country|geo.?restrict"),
         ("removed", False, r"has been removed|account .* terminated|no longer available|copyright claim"),
@@ -102,8 +107,8 @@ _RULES: list[tuple[str, bool, re.Pattern]] = [
         ("connection", True, r"ffmpeg exited with code 152\b"),
         ("truncated", True, r"ffmpeg exited with code (?:187|183) \(partial"),
         ("stream_error", True, r"ffmpeg exited with code"),
-        ("truncated", True, r"incomplete ?read|truncat|partial|premature|invalid data found|moov atom not found|"
-                             r"end of file|content-length"),
+        ("truncated", True, r"incomplete ?read|truncat|partial|premature|invalid data found|"
+                             r"moov atom not found|end of file|content-length"),
         ("no_format", False, r"requested format is not available|no video formats found"),
         ("unsupported_url", False, r"unsupported url"),
     ]
@@ -162,7 +167,7 @@ class _RecordingLogger:
     """yt-dlp prints errors to stderr even when quiet; errors reach us as exceptions and
     go to the failure record, warnings are kept (deduplicated) for the record/stats."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.warnings: list[str] = []
 
     def debug(self, msg: str) -> None:
@@ -182,8 +187,8 @@ def preflight(cfg: DownloadConfig) -> list[str]:
     errors = []
     if cfg.proxy and not re.match(r"https?://", cfg.proxy) and "://" in cfg.proxy:
         errors.append(f"proxy {cfg.proxy.split('://')[0]}:// is not handed to ffmpeg by yt-dlp, so the media "
-                      "bytes would bypass it; use an http:// or https:// proxy (e.g. privoxy or gost in front "
-                      "of the SOCKS one)")
+                      "bytes would bypass it; use an http:// or https:// proxy (e.g. privoxy or gost in "
+                      "front of the SOCKS one)")
     if cfg.rate_limit:
         errors.append("--rate-limit has no effect: yt-dlp's ratelimit is ignored by ffmpeg, which does every "
                       "section download; limit downloads with --downloads-per-hour and --min-spacing instead")
@@ -259,7 +264,8 @@ def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLo
         partial = any(p.name.endswith(".part") for p in workdir.iterdir())
         name = "" if isinstance(exc, yt_dlp.utils.YoutubeDLError) else f"{type(exc).__name__}: "
         raise _Failed(f"{name}{exc}{' (partial file left)' if partial else ''}") from exc
-    outputs = [p for p in workdir.iterdir() if p.is_file() and not p.name.endswith((".part", ".ytdl", ".temp"))]
+    unfinished = (".part", ".ytdl", ".temp")
+    outputs = [p for p in workdir.iterdir() if p.is_file() and not p.name.endswith(unfinished)]
     if not outputs:
         raise _Failed("yt-dlp reported success but wrote no file (partial download)")
     if outputs[0].stat().st_size == 0:
@@ -286,7 +292,8 @@ class _Failed(Exception):
 
 
 def download_section(task: ClipTask, clip: ClipSpec, cfg: DownloadConfig, workdir: Path,
-                     sleep=time.sleep, governor=None, node: str = "local") -> Downloaded:
+                     sleep: Callable[[float], None] = time.sleep, governor: GovernorClient | None = None,
+                     node: str = "local") -> Downloaded:
     """Fetch ``[task.start, task.end or start + clip_seconds]`` of ``task.source`` into
     ``workdir``. Raises ``DownloadError`` when the error is permanent or transient
     attempts run out. With a ``governor`` (``avfusion.governor``) every attempt waits

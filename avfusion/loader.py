@@ -20,9 +20,10 @@ import json
 import os
 import random
 import tarfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from itertools import islice
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +59,7 @@ class Batch:
     def n_frames(self) -> int:
         if self.frames is not None:
             return self.frames.shape[1]
+        assert self.jpeg_offsets is not None  # a compact batch: frames are JPEGs
         return (len(self.jpeg_offsets) - 1) // max(1, len(self.keys))
 
     def pin_memory(self) -> Batch:
@@ -66,11 +68,14 @@ class Batch:
         Without an accelerator there is nothing to pin for: the batch is returned as is."""
         if not torch.cuda.is_available():
             return self
-        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-        return replace(self, waveform=pin(self.waveform), frames=pin(self.frames), target=pin(self.target),
-                       jpeg=pin(self.jpeg))
+        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.pin_memory()
 
-    def to(self, device, non_blocking: bool = True, frame_index: torch.Tensor | None = None) -> Batch:
+        return replace(self, waveform=self.waveform.pin_memory(), frames=pin(self.frames),
+                       target=self.target.pin_memory(), jpeg=pin(self.jpeg))
+
+    def to(self, device: torch.device | str, non_blocking: bool = True,
+           frame_index: torch.Tensor | None = None) -> Batch:
         """The decoded batch on ``device``: audio as float, JPEGs decoded there.
         ``frame_index`` (B, k) int64 on the CPU keeps only those frames of each clip,
         in that order, and only those are decoded (temporal crops decode k of T)."""
@@ -83,8 +88,10 @@ class Batch:
             if frame_index is not None:
                 frames = frames[torch.arange(len(frames), device=device)[:, None], frame_index.to(device)]
         else:
+            assert self.jpeg is not None and self.jpeg_offsets is not None  # compact: JPEGs, no frames
             frames = decode_frames(self.jpeg, self.jpeg_offsets, len(self.keys), device, frame_index)
-        return Batch(wave, frames, self.target.to(device, non_blocking=non_blocking), self.keys, worker=self.worker)
+        return Batch(wave, frames, self.target.to(device, non_blocking=non_blocking), self.keys,
+                     worker=self.worker)
 
 
 def decode_frames(jpeg: torch.Tensor, offsets: torch.Tensor, clips: int, device: torch.device,
@@ -227,7 +234,8 @@ def collate_compact(samples: list[dict]) -> Batch:
     """Compact samples → a compact Batch (one JPEG buffer; see ``Batch``)."""
     t = {len(s["jpegs"]) for s in samples}
     if len(t) != 1:
-        raise ValueError(f"clips of one batch have different frame counts {sorted(t)}: {[s['key'] for s in samples]}")
+        raise ValueError(f"clips of one batch have different frame counts {sorted(t)}: "
+                         f"{[s['key'] for s in samples]}")
     jpegs = [j for s in samples for j in s["jpegs"]]
     offsets = np.zeros(len(jpegs) + 1, np.int64)
     np.cumsum([len(j) for j in jpegs], out=offsets[1:])
@@ -247,9 +255,11 @@ def seed_of(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def _sample_stages(split, decode_fn: Callable, augment: Callable | None, batch_size: int, partial: bool,
-                   collation_fn: Callable, shuffle=None) -> list:
-    stages: list = [wds.split_by_worker, open_shards, _expand_tars, wds.select(_split_is(split))]
+def _sample_stages(split: str | Subset | None, decode_fn: Callable[[dict], dict],
+                   augment: Callable[[dict], dict] | None, batch_size: int, partial: bool,
+                   collation_fn: Callable[[list[dict]], Any],
+                   shuffle: Callable | None = None) -> list[Callable]:
+    stages: list[Callable] = [wds.split_by_worker, open_shards, _expand_tars, wds.select(_split_is(split))]
     if shuffle is not None:
         stages += [shuffle]
     stages += [wds.map(decode_fn)]
@@ -279,12 +289,12 @@ class TrainStream(torch.utils.data.IterableDataset):
     to the ``world × workers`` consumers, and a consumer that has read its hand starts
     the next pass. So an epoch reads every shard once before any twice, consumers never
     share a shard within a pass, the shuffle buffer (which fills completely before it
-    yields) mixes the samples of one pass and empties at its end, and every rank still runs the same number of steps
-    whatever the shard sizes (the stream never ends; the epoch is cut at
-    ``batches_per_epoch``, so an uneven rank cannot hang the gradient all-reduce).
-    (Drawing shards with replacement, as before, left about half the shards of a small
-    set unread in each epoch, and shards written in label order then skewed the classes
-    an epoch saw.)
+    yields) mixes the samples of one pass and empties at its end, and every rank still
+    runs the same number of steps whatever the shard sizes (the stream never ends; the
+    epoch is cut at ``batches_per_epoch``, so an uneven rank cannot hang the gradient
+    all-reduce). (Drawing shards with replacement would leave about half the shards of
+    a small set unread in each epoch, and shards written in label order would then skew
+    the classes an epoch sees.)
 
     All randomness is drawn inside the worker, from generators seeded by (seed, rank,
     worker, epoch): workers and ranks read different streams, reproducibly. The epoch
@@ -293,21 +303,23 @@ class TrainStream(torch.utils.data.IterableDataset):
     own copy) still moves every worker to the next epoch's seed, and a resumed run
     passes the epoch it resumes at."""
 
-    def __init__(self, urls: list[str], batch_size: int, *, split: str | Subset | None, batches_per_epoch: int,
-                 seed: int = 0, rank: int = 0, world: int = 1, start_epoch: int = 0, shuffle_buffer: int = 256,
+    def __init__(self, urls: list[str], batch_size: int, *, split: str | Subset | None,
+                 batches_per_epoch: int, seed: int = 0, rank: int = 0, world: int = 1, start_epoch: int = 0,
+                 shuffle_buffer: int = 256,
                  compact_frames: bool = True, augment: Callable[[dict], dict] | None = None,
-                 collation_fn: Callable | None = None):
+                 collation_fn: Callable | None = None) -> None:
         if not batches_per_epoch:
             raise ValueError("training streams need batches_per_epoch (the dealt shards never end)")
         if not 0 <= rank < world:
             raise ValueError(f"rank must be in [0, world={world}), got {rank}")
-        self.urls, self.batch_size, self.split, self.batches = list(urls), batch_size, split, batches_per_epoch
+        self.urls, self.batch_size, self.split = list(urls), batch_size, split
+        self.batches = batches_per_epoch
         self.seed, self.rank, self.world, self.start_epoch = seed, rank, world, start_epoch
         self.shuffle_buffer = shuffle_buffer
         self.compact_frames, self.augment, self.collation_fn = compact_frames, augment, collation_fn
         self._iterations = 0
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         epoch = self.start_epoch + self._iterations
         self._iterations += 1
         info = torch.utils.data.get_worker_info()
@@ -362,7 +374,7 @@ def _check_tar(url: str, data: bytes) -> None:
         raise ShardReadError(f"shard {url} is not a readable tar ({len(data)} bytes): {exc}") from exc
 
 
-def open_shards(src, attempts: int = 4):
+def open_shards(src: Iterable[dict[str, Any]], attempts: int = 4) -> Iterator[dict[str, Any]]:
     """WebDataset stage: each shard URL → its bytes, through ``avfusion.storage`` (local,
     ``s3://``, ``gs://``, ``http(s)://``; webdataset's own opener knows no ``s3``).
 
@@ -380,7 +392,7 @@ def open_shards(src, attempts: int = 4):
         yield {"url": url, "__url__": url, "stream": io.BytesIO(data)}
 
 
-def _expand_tars(src):
+def _expand_tars(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Tar members → samples; a corrupt tar raises (webdataset adds the shard URL)."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -400,8 +412,8 @@ def loader_workers(requested: int | str, device: torch.device, local_ranks: int 
     return cores - 1 if device.type != "cpu" else cores // 4
 
 
-def data_loader(ds, workers: int, *, device: torch.device | str = "cpu", persistent: bool = False,
-                prefetch: int = 4) -> torch.utils.data.DataLoader:
+def data_loader(ds: torch.utils.data.Dataset, workers: int, *, device: torch.device | str = "cpu",
+                persistent: bool = False, prefetch: int = 4) -> torch.utils.data.DataLoader:
     """The DataLoader over a stage list: batches are made in the stages (batch_size=None),
     pinned when they go to a CUDA device, ``prefetch`` batches ahead per worker, and the
     workers kept across iterations when ``persistent`` (a ``TrainStream`` then moves to

@@ -35,10 +35,13 @@ import tempfile
 import time
 import uuid
 from builtins import open as builtins_open
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import fsspec
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 LOCAL_PROTOCOLS = ("file", "local")
 
@@ -137,7 +140,7 @@ def identity(url: str) -> tuple[int, int]:
         meta = info(url)
     except (OSError, FileNotFoundError):
         return -1, -1
-    modified = meta.get("LastModified") or meta.get("mtime") or meta.get("updated")
+    modified: Any = meta.get("LastModified") or meta.get("mtime") or meta.get("updated")
     if hasattr(modified, "timestamp"):
         ns = int(modified.timestamp() * 1e9)
     elif isinstance(modified, (int, float)):
@@ -155,7 +158,7 @@ def local_kind(path: str) -> str:
     return "file" if os.path.exists(path) else "missing"
 
 
-def open(url: str, mode: str = "rb", **kwargs):  # noqa: A001 - the module's one opener
+def open(url: str, mode: str = "rb", **kwargs: Any) -> IO[Any]:  # noqa: A001 - the module's one opener
     """Open for reading (streams from object stores). Writing goes through ``write_*``
     or ``atomic_file`` so that nothing appears half-written."""
     if any(c in mode for c in "wax+"):
@@ -169,7 +172,7 @@ def read_bytes(url: str) -> bytes:
     return fs.cat_file(path)
 
 
-def read_parquet(url: str, columns: list[str] | None = None):
+def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
     """A Parquet file as a pyarrow Table, read whole into memory first. pyarrow reading
     through an fsspec file (or filesystem) calls back into s3fs from its own threads, and
     such a process aborted at exit ("terminate called without an active exception") in
@@ -201,7 +204,8 @@ def read_bytes_retry(url: str, attempts: int = 4, base_delay: float = 0.5) -> by
             last = exc
             if attempt + 1 < attempts:
                 time.sleep(base_delay * 2**attempt)
-    raise StorageError(f"cannot read {url} after {attempts} attempts: {type(last).__name__}: {last}") from last
+    raise StorageError(f"cannot read {url} after {attempts} attempts: "
+                       f"{type(last).__name__}: {last}") from last
 
 
 def read_many(urls: list[str], chunk: int = 1000) -> Iterator[tuple[str, bytes]]:
@@ -219,7 +223,7 @@ def read_many(urls: list[str], chunk: int = 1000) -> Iterator[tuple[str, bytes]]
         part = urls[i:i + chunk]
         paths = [filesystem(u)[1] for u in part]
         got = fs.cat(paths, on_error="raise")
-        for url, path in zip(part, paths):
+        for url, path in zip(part, paths, strict=True):
             yield url, got[path]
 
 
@@ -295,7 +299,7 @@ def makedirs(url: str) -> None:
         os.makedirs(local_path(url), exist_ok=True)
 
 
-def _replace_local(target: str, fill) -> None:
+def _replace_local(target: str, fill: Callable[[str], object]) -> None:
     """Write a local file atomically: ``fill(tmp)`` writes ``.NAME.tmp-XXXXXXXX`` beside
     ``target``, which is then renamed over it. One temp naming for every local write, so
     the resume clean-ups (``.last.pt.*``, ``.part-*``, ``*.tmp-*``) see what a kill left."""
@@ -337,7 +341,7 @@ def write_text(url: str, text: str, encoding: str = "utf-8") -> None:
     write_bytes(url, text.encode(encoding))
 
 
-def write_json(url: str, data: Any, **kwargs) -> None:
+def write_json(url: str, data: Any, **kwargs: Any) -> None:
     kwargs.setdefault("indent", 1)
     write_text(url, json.dumps(data, **kwargs))
 
@@ -408,7 +412,7 @@ def load_torch(url: str, map_location: str = "cpu") -> Any:
     return torch.load(io.BytesIO(read_bytes(url)), map_location=map_location, weights_only=True)
 
 
-def arrow_filesystem(url: str):
+def arrow_filesystem(url: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path) for libraries that take one (Ray Train's
     ``storage_filesystem``), backed by the same fsspec filesystem as everything else."""
     from pyarrow.fs import FSSpecHandler, PyFileSystem

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 FORMAT = "avfusion-wds/1"
 STATS_SUFFIX = "_stats.json"
@@ -73,7 +73,7 @@ def stats_name(shard: str) -> str:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def latest_failures(all_stats: dict[str, ShardStats]) -> dict[str, Failure]:

@@ -64,7 +64,7 @@ def encode_sample(key: str, waveform: np.ndarray, frames: np.ndarray, class_inde
     return Sample(wds_key(key), files)
 
 
-def _jsonable(value):
+def _jsonable(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -112,7 +112,7 @@ def plot(results: Results, out: str) -> list[str]:
         cols = 4
         rows = max(1, -(-len(families) // cols))
         fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
-        for ax, name in zip(axes.flat, families):
+        for ax, name in zip(axes.flat, families, strict=False):
             sev = [s for s in range(1, 6) if (name, s) in graded]
             for m in (models if what == "top1" else ["fused"]):
                 ys = [results[NORMAL][m].get(what, np.nan)] + [results[graded[name, s]][m].get(what, np.nan)

@@ -7,7 +7,9 @@ Inputs are shards (a split or a fold) or a folder of labelled videos; ``run`` is
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,7 +18,11 @@ from avfusion import storage
 from avfusion.evaluation.conditions import NORMAL, Condition, conditions, corrupt
 from avfusion.evaluation.report import Results, markdown_table, write_report
 from avfusion.metrics import topk_hits
-from avfusion.model import FusionOutput, attention_agrees
+from avfusion.model import FusionModel, FusionOutput, attention_agrees
+
+if TYPE_CHECKING:
+    from avfusion.config import ClipSpec
+    from avfusion.loader import Subset
 
 
 @dataclass
@@ -33,7 +39,7 @@ class ConditionTally:
     w_video: list[float] = field(default_factory=list)
     agree: list[bool] = field(default_factory=list)
 
-    def add(self, out, target: torch.Tensor, fused: bool) -> None:
+    def add(self, out: FusionOutput, target: torch.Tensor, fused: bool) -> None:
         logits = out.logits.float().cpu()
         top1, top5 = topk_hits(logits, target).tolist()
         self.n += len(target)
@@ -44,12 +50,14 @@ class ConditionTally:
             self.w_audio += weights[:, 0].tolist()
             self.w_video += weights[:, 1].tolist()
             if out.audio_logits is not None:  # a model trained without aux heads has no agreement
+                assert out.video_logits is not None  # the aux heads come in pairs
                 cpu = FusionOutput(logits, weights, out.audio_logits.float().cpu(),
                                    out.video_logits.float().cpu())
                 self.agree += attention_agrees(cpu, target).tolist()
 
-    def summary(self) -> dict:
-        out = {"n": self.n, "top1": self.top1 / max(self.n, 1), "top5": self.top5 / max(self.n, 1)}
+    def summary(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        out: dict[str, float] = {"n": self.n, "top1": self.top1 / n, "top5": self.top5 / n}
         if self.w_audio:
             wa, wv = np.asarray(self.w_audio), np.asarray(self.w_video)
             out.update(w_audio=float(wa.mean()), w_video=float(wv.mean()), w_audio_std=float(wa.std()),
@@ -65,10 +73,12 @@ def _as_numpy(sample: dict) -> dict:
 
 
 @torch.no_grad()
-def evaluate_conditions(models: dict[str, torch.nn.Module], batches, conds: list[Condition], seed: int = 0,
-                        device: torch.device | str = "cpu", progress=None) -> Results:
-    """``batches`` yields lists of decoded samples (key, waveform, frames, target).
-    Returns {condition: {model name: summary}}; "fused" carries the attention.
+def evaluate_conditions(models: Mapping[str, FusionModel], batches: Iterable[list[dict]],
+                        conds: list[Condition], seed: int = 0, device: torch.device | str = "cpu",
+                        progress: Any = None) -> Results:
+    """``batches`` yields lists of decoded samples (key, waveform, frames, target);
+    ``progress`` (a tqdm bar) is advanced by the clips evaluated. Returns
+    {condition: {model name: summary}}; "fused" carries the attention.
 
     One path for every device: corruptions run on the host (numpy, seeded per clip),
     then each condition's batch and the models are on ``device``; the tallies read
@@ -98,7 +108,8 @@ def evaluate_conditions(models: dict[str, torch.nn.Module], batches, conds: list
 # ----------------------------------------------------------------------------- inputs
 
 
-def shard_batches(urls: list[str], split, batch_size: int, workers: int):
+def shard_batches(urls: list[str], split: str | Subset | None, batch_size: int,
+                  workers: int) -> torch.utils.data.DataLoader:
     """Lists of decoded samples from shards (``split``: a split name or a ``Subset``),
     in the order the shards hold them: the input of :func:`evaluate_conditions`."""
     from avfusion.loader import data_loader, eval_stages
@@ -107,7 +118,8 @@ def shard_batches(urls: list[str], split, batch_size: int, workers: int):
     return data_loader(stages, workers)
 
 
-def folder_batches(folder: str, labels: str, clip, label_map: dict[str, int], batch_size: int, workers: int):
+def folder_batches(folder: str, labels: str | None, clip: ClipSpec, label_map: dict[str, int],
+                   batch_size: int, workers: int) -> Iterator[list[dict]]:
     """Lists of decoded samples from a folder of videos labelled by a VGGSound-format
     CSV (files whose label the model does not know are left out); ``workers`` threads
     decode. A file that does not decode is reported on stderr and skipped."""
@@ -116,22 +128,23 @@ def folder_batches(folder: str, labels: str, clip, label_map: dict[str, int], ba
 
     from avfusion.decode import DecodeLimits, decode_clip
     from avfusion.probe import MediaError
-    from avfusion.sources import scan_folder
+    from avfusion.sources import ClipTask, scan_folder
 
     tasks = [t for t in scan_folder(folder, labels)[0] if t.label in label_map]
 
-    def load(task):
+    def load(task: ClipTask) -> dict | None:
         try:
             with storage.local_copy(task.source) as local:  # s3://… clips are fetched for PyAV
                 data = decode_clip(local, clip, task.start, DecodeLimits(threads=1))
         except MediaError as exc:
             print(f"skipping {task.source}: {exc}", file=sys.stderr)
             return None
+        assert task.label is not None  # ``tasks`` holds only labels the model knows
         return {"key": task.key, "waveform": data.waveform, "frames": data.frames,
                 "target": label_map[task.label]}
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        batch = []
+        batch: list[dict] = []
         for sample in pool.map(load, tasks):
             if sample is not None:
                 batch.append(sample)
@@ -166,7 +179,7 @@ class EvalConfig:
     device: str = "auto"
 
 
-def load_models(cfg: EvalConfig) -> tuple[dict[str, torch.nn.Module], dict]:
+def load_models(cfg: EvalConfig) -> tuple[dict[str, FusionModel], dict]:
     """{"fused": model, "audio-only"/"video-only": baselines} and the fused checkpoint;
     ValueError when the first is not fused or a baseline has another label map."""
     from avfusion.checkpoint import model_from_checkpoint
@@ -199,6 +212,7 @@ def run(cfg: EvalConfig) -> Results:
     if NORMAL not in conds:  # clean input is the reference every comparison needs
         conds.insert(0, NORMAL)
     label_map = ckpt["label_map"]
+    batches: Iterable[list[dict]]
     if cfg.shards:
         data = Dataset.open(cfg.shards)
         if data.label_map != label_map:
@@ -206,6 +220,7 @@ def run(cfg: EvalConfig) -> Results:
         total = data.count(cfg.split) * len(conds) or None
         batches = shard_batches(data.urls, cfg.split, cfg.batch_size, cfg.workers)
     else:
+        assert cfg.folder is not None  # an EvalConfig names shards or a folder
         total = None
         batches = folder_batches(cfg.folder, cfg.labels, ClipSpec(**ckpt["clip"]), label_map, cfg.batch_size,
                                  cfg.workers)

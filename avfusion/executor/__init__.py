@@ -70,7 +70,7 @@ class Executor:
     def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         return None
 
     def map_unordered(self, fn: Callable[[T], R], items: Iterable[T], *,
@@ -107,14 +107,15 @@ class InProcessExecutor(Executor):
         self._shared: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def map_unordered(self, fn, items, *, retries=0):
+    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T], *,
+                      retries: int = 0) -> Iterator[tuple[T, R | BaseException]]:
         queue = list(items)
         if self.concurrency == 1:
             for item in queue:
                 yield item, _call(fn, item)
             return
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            running: dict[Future, Any] = {}
+            running: dict[Future[R | BaseException], T] = {}
             while queue or running:
                 while queue and len(running) < self.concurrency:
                     item = queue.pop(0)
@@ -123,7 +124,7 @@ class InProcessExecutor(Executor):
                 for future in done:
                     yield running.pop(future), future.result()
 
-    def map_batches(self, pipeline, items):
+    def map_batches(self, pipeline: BatchPipeline, items: list[dict[str, Any]]) -> Iterator[Columns]:
         model = None
         if pipeline.model is not None:
             model = pipeline.model(**pipeline.model_kwargs, gpus_assigned=math.ceil(pipeline.gpus))
@@ -151,7 +152,7 @@ class InProcessExecutor(Executor):
                 ahead.extend(pool.submit(fn, item) for item in islice(queue, 1))
                 yield future.result()
 
-    def shared(self, name, cls, *args, **kwargs):
+    def shared(self, name: str, cls: type, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
             if name not in self._shared:
                 self._shared[name] = cls(*args, **kwargs)
@@ -161,7 +162,7 @@ class InProcessExecutor(Executor):
 def _call(fn: Callable[[T], R], item: T) -> R | BaseException:
     try:
         return fn(item)
-    except Exception as exc:  # the item's failure is data for the caller, not the end of the run
+    except Exception as exc:  # noqa: BLE001 - the item's failure is data for the caller, not the run's end
         return exc
 
 

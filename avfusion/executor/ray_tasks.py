@@ -2,8 +2,9 @@
 
 ``ray_session`` is shared by the jobs (train, demo, doctor) and ``RayExecutor``
 (preprocess, label). With no address it starts an embedded local Ray (no dashboard,
-loopback only) and shuts it down on exit; with an address it joins that cluster (the jobs pass ``--address``, or
-the ``RAY_ADDRESS`` that ``ray job submit`` exports: this module reads no environment).
+loopback only) and shuts it down on exit; with an address it joins that cluster (the
+jobs pass ``--address``, or the ``RAY_ADDRESS`` that ``ray job submit`` exports: this
+module reads no environment).
 Token auth is Ray's default and is left on. Ray is imported inside the functions, so
 importing this module costs nothing.
 """
@@ -13,11 +14,11 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from avfusion.executor import Executor
+from avfusion.executor import BatchPipeline, Columns, Executor, R, T
 
 # Ray rewrites 127.0.0.1 to the machine's routable address (so other nodes could
 # join); an embedded single-machine instance has no such need, so on Linux it
@@ -89,32 +90,35 @@ class RayExecutor(Executor):
     Entering starts or joins Ray (``ray_session``); leaving shuts down what it started.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, *, concurrency: int | None = None,
-                 task_cpus: float = 1, verbose: bool = False) -> None:
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, *,
+                 concurrency: int | None = None, task_cpus: float = 1, verbose: bool = False) -> None:
         self.address, self.num_cpus, self.verbose = address, num_cpus, verbose
         self.concurrency, self.task_cpus = concurrency, task_cpus
-        self._session = None
+        self._session: AbstractContextManager[None] | None = None
         self._shared: dict[str, ActorProxy] = {}
 
     def __enter__(self) -> RayExecutor:
-        self._session = ray_session(self.address, self.num_cpus, verbose=self.verbose)
-        self._session.__enter__()
+        session = ray_session(self.address, self.num_cpus, verbose=self.verbose)
+        self._session = session
+        session.__enter__()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: Any) -> None:
         self._shared.clear()  # the run's actors end with their last reference
         session, self._session = self._session, None
         if session is not None:
             session.__exit__(*exc_info)
 
-    def map_unordered(self, fn, items, *, retries=0):
+    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T], *,
+                      retries: int = 0) -> Iterator[tuple[T, R | BaseException]]:
         import ray
 
-        remote = ray.remote(_apply).options(num_cpus=self.task_cpus, max_retries=retries, name=_name_of(fn))
+        remote: Any = ray.remote(_apply).options(num_cpus=self.task_cpus, max_retries=retries,
+                                                 name=_name_of(fn))
         fn_ref = ray.put(fn)
         limit = self.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
         queue = list(items)
-        running: dict = {}
+        running: dict[Any, T] = {}  # Ray ObjectRef → its item
         try:
             while queue or running:
                 while queue and len(running) < limit:
@@ -125,12 +129,12 @@ class RayExecutor(Executor):
                     item = running.pop(ref)
                     try:
                         yield item, ray.get(ref)
-                    except (ray.exceptions.RayError, OSError) as exc:  # the task raised, or its worker was lost
+                    except (ray.exceptions.RayError, OSError) as exc:  # the task raised, or its worker died
                         yield item, exc
         finally:
             _drain(running)
 
-    def map_batches(self, pipeline, items):
+    def map_batches(self, pipeline: BatchPipeline, items: list[dict[str, Any]]) -> Iterator[Columns]:
         """The pipeline on Ray Data (``ray_data.pipeline_dataset``): decode tasks, then
         ``pipeline.instances`` model actors of ``pipeline.gpus`` GPUs each."""
         from avfusion.executor.ray_data import pipeline_dataset
@@ -138,7 +142,7 @@ class RayExecutor(Executor):
         _quiet_ray_data(self.verbose)
         yield from pipeline_dataset(pipeline, items).iter_batches(batch_size=None, batch_format="numpy")
 
-    def shared(self, name, cls, *args, **kwargs):
+    def shared(self, name: str, cls: type, *args: Any, **kwargs: Any) -> ActorProxy:
         """A named actor for this run (the same proxy for the same name until the
         executor is left). Each run gets a fresh actor under a unique name: reusing a
         name across runs in one session (a retry round after the first run) could hand
@@ -147,7 +151,7 @@ class RayExecutor(Executor):
 
         if name not in self._shared:
             unique = f"{name}-{uuid.uuid4().hex[:8]}"
-            handle = ray.remote(cls).options(name=unique, num_cpus=0).remote(*args, **kwargs)
+            handle: Any = ray.remote(cls).options(name=unique, num_cpus=0).remote(*args, **kwargs)
             self._shared[name] = ActorProxy(handle)
         return self._shared[name]
 
@@ -156,26 +160,26 @@ class ActorProxy:
     """Synchronous method calls on an actor: ``proxy.acquire(n)`` is
     ``ray.get(handle.acquire.remote(n))``. Picklable, so tasks can receive it."""
 
-    def __init__(self, handle) -> None:
+    def __init__(self, handle: Any) -> None:  # a Ray ActorHandle
         self._handle = handle
 
-    def __getattr__(self, method: str):
+    def __getattr__(self, method: str) -> Callable[..., Any]:
         if method.startswith("_"):
             raise AttributeError(method)
         remote_method = getattr(self._handle, method)
 
-        def call(*args, **kwargs):
+        def call(*args: Any, **kwargs: Any) -> Any:
             import ray
 
             return ray.get(remote_method.remote(*args, **kwargs))
 
         return call
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[ActorProxy], tuple[Any]]:
         return ActorProxy, (self._handle,)
 
 
-def _drain(running: dict) -> None:
+def _drain(running: dict[Any, Any]) -> None:
     """The caller stopped early (a block stopped the job): let the tasks in flight end
     before it reports, so no shard's stats land after the manifest, and read their
     results, so Ray prints no "Unhandled error" for them."""
@@ -188,10 +192,10 @@ def _drain(running: dict) -> None:
             pass
 
 
-def _apply(fn, item):
+def _apply(fn: Callable[[T], R], item: T) -> R:
     return fn(item)
 
 
-def _name_of(fn) -> str:
+def _name_of(fn: Callable[..., Any]) -> str:
     inner = getattr(fn, "func", fn)  # functools.partial
     return getattr(inner, "__name__", None) or type(inner).__name__

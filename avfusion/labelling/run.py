@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from avfusion import storage
 from avfusion.executor import BatchPipeline, Executor
@@ -32,6 +32,9 @@ TRANSIENT_ERRORS = frozenset({"fetch_error", "internal_error"})
 PARTS = "part-*.parquet"
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
     from avfusion.config import ClipSpec
 
 
@@ -75,7 +78,8 @@ def list_inputs(source: str, extensions: tuple[str, ...]) -> list[str]:
 
 
 def _list_file(url: str) -> list[str]:
-    return [line.strip() for line in storage.read_text(url).splitlines() if line.strip() and not line.startswith("#")]
+    lines = storage.read_text(url).splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
 def build_items(paths: list[str], root: str | None, done: set[tuple[str, int, int]]) -> list[dict]:
@@ -94,7 +98,7 @@ def build_items(paths: list[str], root: str | None, done: set[tuple[str, int, in
 # ----------------------------------------------------------------------------- resume
 
 
-def read_parts(out: str, columns: list[str] | None = None):
+def read_parts(out: str, columns: list[str] | None = None) -> pa.Table | None:
     """All part files of ``out`` (a fresh listing) as one table, or None."""
     import pyarrow as pa
 
@@ -108,9 +112,8 @@ def done_identities(out: str) -> set[tuple[str, int, int]]:
     table = read_parts(out, ["path", "file_size", "mtime_ns", "error_class"])
     if table is None:
         return set()
-    return {(p, s, m) for p, s, m, e in zip(*(table.column(c).to_pylist()
-                                              for c in ("path", "file_size", "mtime_ns", "error_class")))
-            if e not in TRANSIENT_ERRORS}
+    columns = (table.column(c).to_pylist() for c in ("path", "file_size", "mtime_ns", "error_class"))
+    return {(p, s, m) for p, s, m, e in zip(*columns, strict=True) if e not in TRANSIENT_ERRORS}
 
 
 def drop_superseded(out: str) -> int:
@@ -123,9 +126,10 @@ def drop_superseded(out: str) -> int:
     table = read_parts(out, ["path", "error_class"])
     if table is None:
         return 0
-    rows = list(zip(table.column("path").to_pylist(), table.column("error_class").to_pylist()))
+    rows = list(zip(table.column("path").to_pylist(), table.column("error_class").to_pylist(), strict=True))
     settled = {p for p, e in rows if e not in TRANSIENT_ERRORS}
-    stale = pa.array(sorted({p for p, e in rows if e in TRANSIENT_ERRORS and p in settled}), type=pa.string())
+    stale = pa.array(sorted({p for p, e in rows if e in TRANSIENT_ERRORS and p in settled}),
+                     type=pa.string())
     transient = pa.array(sorted(TRANSIENT_ERRORS), type=pa.string())
     dropped = 0
     for url in storage.list_files(out, PARTS):
@@ -149,8 +153,8 @@ def remove_partial_parts(out: str) -> None:
 # ----------------------------------------------------------------------------- output
 
 
-def write_parts(batches: Iterable[dict], out: str, part_rows: int, on_files: Callable[[int], None] | None = None
-                ) -> list[str]:
+def write_parts(batches: Iterable[dict[str, Any]], out: str, part_rows: int,
+                on_files: Callable[[int], None] | None = None) -> list[str]:
     """Write labelled batches (Predictor output, numpy columns) as part files of about
     ``part_rows`` rows, cut only where a file's last window ends (so resume by file is
     exact), each under a temporary name then renamed. ``on_files(n)``: n more files
@@ -160,12 +164,14 @@ def write_parts(batches: Iterable[dict], out: str, part_rows: int, on_files: Cal
 
     from avfusion.labelling.schema import to_table
 
-    run, written, buffer = uuid.uuid4().hex[:8], [], None
+    run, buffer = uuid.uuid4().hex[:8], None
+    written: list[str] = []
     for batch in batches:
         table = to_table(batch)
         buffer = table if buffer is None else pa.concat_tables([buffer, table])
         if on_files is not None:
-            on_files(int(np.sum(np.asarray(batch["window_index"]) == np.asarray(batch["window_count"]) - 1)))
+            last = np.asarray(batch["window_index"]) == np.asarray(batch["window_count"]) - 1
+            on_files(int(np.sum(last)))
         while buffer.num_rows >= part_rows:
             ends = _file_ends(buffer)
             cuts = ends[ends >= part_rows]
@@ -178,7 +184,7 @@ def write_parts(batches: Iterable[dict], out: str, part_rows: int, on_files: Cal
     return written
 
 
-def _file_ends(table):
+def _file_ends(table: pa.Table) -> np.ndarray:
     """Row positions just after a file's last window."""
     import numpy as np
 
@@ -187,7 +193,7 @@ def _file_ends(table):
     return np.flatnonzero(index == count - 1) + 1
 
 
-def _write_part(table, out: str, run: str, number: int) -> str:
+def _write_part(table: pa.Table, out: str, run: str, number: int) -> str:
     import pyarrow.parquet as pq
 
     url = storage.join(out, f"part-{run}-{number:05d}.parquet")
@@ -196,14 +202,14 @@ def _write_part(table, out: str, run: str, number: int) -> str:
     return url
 
 
-def summary(table, skipped: list[str] = ()) -> str:
+def summary(table: pa.Table, skipped: Sequence[str] = ()) -> str:
     """The run's closing lines: rows, files, top labels, flags, errors, skipped files."""
     rows = table.to_pylist()
     errors = Counter(r["error_class"] for r in rows if r["error_class"])
     labels = Counter(r["predicted_label"] for r in rows if not r["error_class"])
     flags = Counter(f for r in rows if not r["error_class"] for f in (r.get("flags") or []))
-    lines = [f"\n{len(rows)} rows from {len({r['path'] for r in rows})} files; {sum(errors.values())} errors; "
-             f"{len(skipped)} files skipped by the extension filter"]
+    lines = [f"\n{len(rows)} rows from {len({r['path'] for r in rows})} files; "
+             f"{sum(errors.values())} errors; {len(skipped)} files skipped by the extension filter"]
     lines += [f"  {label:<32}{n:>8}" for label, n in labels.most_common(20)]
     lines += [f"  flag: {flag:<26}{n:>8}" for flag, n in flags.most_common()]
     lines += [f"  error: {kind:<25}{n:>8}" for kind, n in errors.most_common()]
@@ -244,7 +250,8 @@ def label(cfg: LabelConfig, executor: Executor) -> int:
     storage.makedirs(out)
     remove_partial_parts(out)
     drop_superseded(out)  # a killed run may have relabelled files without dropping their old rows
-    items = build_items(paths, cfg.input.rstrip("/") if storage.isdir(cfg.input) else None, done_identities(out))
+    root = cfg.input.rstrip("/") if storage.isdir(cfg.input) else None
+    items = build_items(paths, root, done_identities(out))
     print(f"{len(paths)} files, {len(paths) - len(items)} already labelled in {out}, {len(items)} to label; "
           f"{len(skipped)} skipped by the extension filter")
     if cfg.list_skipped:

@@ -8,6 +8,8 @@ into the documented schema. A file that cannot be labelled is exactly one row, w
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
@@ -60,7 +62,7 @@ def to_table(batch: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(columns, schema=SCHEMA)
 
 
-def _py(v):
+def _py(v: Any) -> Any:
     """numpy scalars to Python; NaN to null (Ray returns None in numeric columns as NaN)."""
     if isinstance(v, np.generic):
         v = v.item()

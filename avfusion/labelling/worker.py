@@ -27,14 +27,14 @@ from avfusion import storage
 from avfusion.config import ClipSpec
 from avfusion.decode import DecodeLimits, decode_clip
 from avfusion.labelling.schema import PREDICTION_COLUMNS, rows_to_batch
-from avfusion.model import attention_agrees
+from avfusion.model import FusionOutput, attention_agrees
 from avfusion.probe import MediaError, probe
 
 # Labelling is lenient where training is strict: an audio-only file (or one whose video
 # no decoder knows) is labelled from its audio alone, one frame is a video, an animated
 # GIF is a short video.
-LABEL_LIMITS = DecodeLimits(allow_missing_video=True, min_frames=1, min_side=8, allow_undecodable_video=True,
-                            allow_animated_images=True)
+LABEL_LIMITS = DecodeLimits(allow_missing_video=True, min_frames=1, min_side=8,
+                            allow_undecodable_video=True, allow_animated_images=True)
 
 
 def model_id(checkpoint: str | Path) -> str:
@@ -75,9 +75,9 @@ class DecodeRows:
             try:
                 with storage.local_copy(path) as local:
                     rows = self.decode_file(local, key, size, mtime)  # never raises: failures are rows
-            except Exception as exc:  # unreachable object store, missing object, …
-                return [self._error_row(path, key, size, mtime, "fetch_error", f"{type(exc).__name__}: {exc}",
-                                        time.perf_counter())]
+            except Exception as exc:  # noqa: BLE001 - unreachable object store, missing object, …: a row
+                return [self._error_row(path, key, size, mtime, "fetch_error",
+                                        f"{type(exc).__name__}: {exc}", time.perf_counter())]
             return [{**r, "path": path} for r in rows]
         t0 = time.perf_counter()
         base = {"path": path, "key": key, "file_size": size, "mtime_ns": mtime, "duration": np.nan,
@@ -104,13 +104,15 @@ class DecodeRows:
                     rows[-1]["flags"] = ",".join(filter(None, [rows[-1]["flags"], "truncated"]))
                     break
                 q = clip.quality
+                covered = min(self.clip.clip_seconds, max(q.audio_seconds, q.video_seconds))
                 rows.append({**base, "window_index": wi, "window_count": len(starts), "window_start": start,
-                             "window_end": start + min(self.clip.clip_seconds, max(q.audio_seconds, q.video_seconds)),
+                             "window_end": start + covered,
                              "silent_audio": q.silent, "no_audio_track": not q.has_audio,
                              "no_video_track": not q.has_video, "frozen_video": bool(q.frozen),
                              # Decode-side flags; Predictor adds the modality it used.
                              "flags": ",".join(f for f, on in (("partial", q.partial),
-                                                               ("video_undecodable", q.video_undecodable)) if on),
+                                                               ("video_undecodable", q.video_undecodable))
+                                               if on),
                              "covered_seconds": q.covered_seconds,
                              "waveform": clip.waveform, "frames": clip.frames,
                              "elapsed_ms": 0.0})
@@ -121,19 +123,22 @@ class DecodeRows:
             return rows
         except MediaError as exc:
             kind, message = exc.kind, exc.message
-        except Exception as exc:  # an input we did not foresee: one row, never a crash
+        except Exception as exc:  # noqa: BLE001 - an input we did not foresee: one row, never a crash
             kind, message = "internal_error", f"{type(exc).__name__}: {exc}"
         return [self._error_row(path, key, size, mtime, kind, message, t0, base)]
 
-    def _error_row(self, path, key, size, mtime, kind: str, message: str, t0: float, base: dict | None = None) -> dict:
+    def _error_row(self, path: str, key: str, size: int, mtime: int, kind: str, message: str, t0: float,
+                   base: dict | None = None) -> dict:
         base = base or {"path": path, "key": key, "file_size": size, "mtime_ns": mtime, "duration": np.nan,
                         "container": "", "video_codec": "", "audio_codec": ""}
+        side = self.clip.frame_size
         return {**base, "window_index": 0, "window_count": 1, "window_start": 0.0, "window_end": 0.0,
-                "silent_audio": False, "no_audio_track": False, "no_video_track": False, "frozen_video": False,
-                "flags": "", "covered_seconds": 0.0,
+                "silent_audio": False, "no_audio_track": False, "no_video_track": False,
+                "frozen_video": False, "flags": "", "covered_seconds": 0.0,
                 "waveform": np.zeros(self.clip.num_samples, np.float32),
-                "frames": np.zeros((self.clip.num_frames, self.clip.frame_size, self.clip.frame_size, 3), np.uint8),
-                "error_class": kind, "error_message": message[:2000], "elapsed_ms": (time.perf_counter() - t0) * 1000}
+                "frames": np.zeros((self.clip.num_frames, side, side, 3), np.uint8),
+                "error_class": kind, "error_message": message[:2000],
+                "elapsed_ms": (time.perf_counter() - t0) * 1000}
 
 
 class Predictor:
@@ -143,8 +148,8 @@ class Predictor:
     CUDA shows; None outside a scheduler), see :func:`avfusion.device.choose_device`.
     ``bf16``: autocast the model to bfloat16 (meant for CUDA; softmax stays fp32)."""
 
-    def __init__(self, checkpoint: str, top_k: int = 5, device: str = "auto", gpus_assigned: int | None = None,
-                 bf16: bool = False):
+    def __init__(self, checkpoint: str, top_k: int = 5, device: str = "auto",
+                 gpus_assigned: int | None = None, bf16: bool = False) -> None:
         from avfusion.checkpoint import model_from_checkpoint
         from avfusion.device import choose_device
 
@@ -157,11 +162,11 @@ class Predictor:
         self.checkpoint, self.model_id = str(checkpoint), model_id(checkpoint)
 
     @torch.no_grad()
-    def outputs(self, waveform: np.ndarray | None, frames: np.ndarray | None):
+    def outputs(self, waveform: np.ndarray | None, frames: np.ndarray | None) -> FusionOutput:
         """The model on a batch that has ``waveform``, ``frames`` or both (None: absent).
         One modality goes through the model's unimodal head path (``forward_head``
         with the other embedding None: weights one-hot, logits from that embedding)."""
-        def tensor(x):
+        def tensor(x: np.ndarray | None) -> torch.Tensor | None:
             return None if x is None else torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
 
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -183,7 +188,8 @@ class Predictor:
             cols.append(torch.stack([best.values, best.indices.float()], dim=1) if best is not None else nan)
         # No ground truth here: agreement asks whether the higher-weighted modality's own
         # head is the surer of the two about the fused prediction (null with one modality).
-        cols.append(attention_agrees(res, top_i[:, 0]).float()[:, None] if res.scores is not None else nan[:, :1])
+        cols.append(attention_agrees(res, top_i[:, 0]).float()[:, None] if res.scores is not None
+                    else nan[:, :1])
         return torch.cat(cols, dim=1).cpu().numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -208,8 +214,8 @@ class Predictor:
             if not len(idx):
                 continue
             packed = self.packed(batch["waveform"][idx] if ua else None, batch["frames"][idx] if uv else None)
-            for row, values in zip(idx, packed):
-                self._fill(cols, row, values)
+            for row, values in zip(idx, packed, strict=True):
+                self._fill(cols, int(row), values)
                 if not (ua and uv):
                     flags[row].append("audio_only" if ua else "video_only")
         for k, v in cols.items():

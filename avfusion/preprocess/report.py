@@ -40,8 +40,8 @@ class PreprocessResult:
         return 3 if self.stopped else (0 if self.complete else 1)
 
 
-def finish(root: str, labels: dict[str, int], cfg: PreprocessConfig, done: dict[str, ShardStats] | None = None,
-           downloads: dict | None = None) -> PreprocessResult:
+def finish(root: str, labels: dict[str, int], cfg: PreprocessConfig,
+           done: dict[str, ShardStats] | None = None, downloads: dict | None = None) -> PreprocessResult:
     """Write ``failures.parquet`` and ``manifest.json`` and print the summary. ``done``:
     the stats already read, when nothing ran since (20,000 GETs saved at scale);
     ``downloads``: this run's governor stats (grants, blocked seconds, cooldowns)."""

@@ -17,7 +17,7 @@ from functools import partial
 
 from avfusion import storage
 from avfusion.executor import Executor
-from avfusion.governor import Governor, GovernorConfig, SourceBlocked
+from avfusion.governor import Governor, GovernorClient, GovernorConfig, SourceBlocked
 from avfusion.preprocess.plan import (
     TASK_FAILED,
     PlanMismatch,
@@ -147,16 +147,19 @@ def check_downloads(job: PreprocessJob, tasks: list[ClipTask]) -> str | None:
         return errors[0]
     js = js_runtime_report(job.config.download.js_runtimes)
     print(f"yt-dlp {js['yt_dlp']}: JS runtime {js['runtime'] or 'none'}"
-          f"{'' if js['supported'] else ' (unsupported)'}, challenge solver {js['solver'] or 'none'}")
+          f"{'' if js['supported'] else ' (unsupported)'}, "
+          f"challenge solver {js['solver'] or 'none'}")
     youtube = any(re.search(r"(^|[./])(youtube\.com|youtu\.be)/", t.source) for t in tasks)
     if youtube and not js["ok"] and not job.allow_no_solver:
-        return ("YouTube needs a JS runtime and the challenge solver: pip install 'yt-dlp[default,deno]' into "
-                "this environment (or pass --allow-no-solver to download what yt-dlp can without them)")
+        return ("YouTube needs a JS runtime and the challenge solver: pip install 'yt-dlp[default,deno]' "
+                "into this environment (or pass --allow-no-solver to download what yt-dlp can without "
+                "them)")
     return None
 
 
-def run_shards(executor: Executor, todo: dict[str, list[ClipTask]], cfg: PreprocessConfig, labels: dict[str, int],
-               root: str, round_: int, retries: int, governor_cfg: GovernorConfig | None = None) -> dict | None:
+def run_shards(executor: Executor, todo: dict[str, list[ClipTask]], cfg: PreprocessConfig,
+               labels: dict[str, int], root: str, round_: int, retries: int,
+               governor_cfg: GovernorConfig | None = None) -> dict | None:
     """Every shard of ``todo`` through the executor, a progress bar over its clips; a
     shard whose task failed gets its ``task_failed`` stats here. Downloads share one
     governor (a named actor on Ray); its stats come back, ``stopped`` naming the block
@@ -166,7 +169,8 @@ def run_shards(executor: Executor, todo: dict[str, list[ClipTask]], cfg: Preproc
 
     remote = any(t.is_remote for ts in todo.values() for t in ts)  # nothing to download: no governor
     governor = executor.shared("avfusion-download-governor", Governor, governor_cfg) if remote else None
-    fn = partial(process_shard_item, cfg=cfg, label_map=labels, out_url=root, round_=round_, governor=governor)
+    fn = partial(process_shard_item, cfg=cfg, label_map=labels, out_url=root, round_=round_,
+                 governor=governor)
     with tqdm(total=sum(len(t) for t in todo.values()), desc="preprocess", unit="clip") as bar:
         for (name, tasks), result in executor.map_unordered(fn, list(todo.items()), retries=retries):
             if _is_blocked(result):
@@ -181,20 +185,21 @@ def run_shards(executor: Executor, todo: dict[str, list[ClipTask]], cfg: Preproc
     return governor.stats() if governor is not None else None
 
 
-def _is_blocked(result) -> bool:
+def _is_blocked(result: object) -> bool:
     """The governor stopped the job (in-process, or behind a Ray task error)."""
     return isinstance(result, SourceBlocked) or isinstance(getattr(result, "cause", None), SourceBlocked)
 
 
 def process_shard_item(item: tuple[str, list[ClipTask]], *, cfg: PreprocessConfig, label_map: dict[str, int],
-                       out_url: str, round_: int, governor=None) -> ShardStats:
+                       out_url: str, round_: int, governor: GovernorClient | None = None) -> ShardStats:
     """``process_shard`` for one ``(name, tasks)`` item of the executor (Ray names the
     task after it: ``ray::process_shard_item``). Idempotent, so a re-run is safe."""
     name, tasks = item
     return process_shard(name, tasks, cfg, label_map, out_url, round_, governor=governor)
 
 
-def record_task_failure(root: str, shard: str, tasks: list[ClipTask], round_: int, exc: BaseException) -> None:
+def record_task_failure(root: str, shard: str, tasks: list[ClipTask], round_: int,
+                        exc: BaseException) -> None:
     """A shard whose task failed after its retries (worker node lost, OOM, …) still
     ends with stats: one transient ``task_failed`` row per clip and no tar, so every
     clip is accounted for and ``--retry-failed`` redoes exactly these. A tar the task

@@ -13,6 +13,7 @@ import socket
 import time
 import traceback
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from avfusion import __version__, storage
 from avfusion.config import ClipSpec
 from avfusion.decode import DecodeLimits, decode_clip
 from avfusion.download import DownloadConfig, DownloadError, download_section
-from avfusion.governor import SourceBlocked
+from avfusion.governor import GovernorClient, SourceBlocked
 from avfusion.probe import MediaError
 from avfusion.shardstore import write_stats
 from avfusion.sources import ClipTask
@@ -39,13 +40,15 @@ class PreprocessConfig:
 
 
 def process_clip(task: ClipTask, cfg: PreprocessConfig, label_map: dict[str, int],
-                 workdir: Path, governor=None, node: str = "local") -> Sample | Failure:
+                 workdir: Path, governor: GovernorClient | None = None,
+                 node: str = "local") -> Sample | Failure:
     """One clip through fetch → decode → encode; any failure comes back classified.
     ``SourceBlocked`` (the governor stops the job) is not a clip's failure: it passes."""
     attempts = 1
     try:
         if task.is_remote:
-            path, attempts, _ = download_section(task, cfg.clip, cfg.download, workdir, governor=governor, node=node)
+            path, attempts, _ = download_section(task, cfg.clip, cfg.download, workdir, governor=governor,
+                                                 node=node)
             start = 0.0
         elif task.in_storage:  # s3://…: fetched whole into this clip's workdir, decoded locally
             path, start = _fetch(task, workdir), task.start
@@ -53,7 +56,8 @@ def process_clip(task: ClipTask, cfg: PreprocessConfig, label_map: dict[str, int
             path, start = Path(task.source), task.start
             if not storage.isfile(task.source):
                 kind = "missing_file" if not storage.exists(task.source) else "not_a_file"
-                raise MediaError(kind, f"{task.source} is {'missing' if kind == 'missing_file' else 'not a regular file'}")
+                what = "missing" if kind == "missing_file" else "not a regular file"
+                raise MediaError(kind, f"{task.source} is {what}")
         clip = decode_clip(path, cfg.clip, start=start, limits=cfg.limits)
     except DownloadError as exc:
         return Failure(key=task.key, source=task.source, kind=exc.kind, transient=exc.transient,
@@ -63,7 +67,7 @@ def process_clip(task: ClipTask, cfg: PreprocessConfig, label_map: dict[str, int
     except MediaError as exc:
         return Failure(key=task.key, source=task.source, kind=exc.kind, transient=False, message=exc.message,
                        attempts=attempts, label=task.label)
-    except Exception as exc:  # a bug or an unforeseen input: record it, keep the job alive
+    except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen input: record it, keep the job alive
         message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
         return Failure(key=task.key, source=task.source, kind="internal_error", transient=True,
                        message=message, attempts=attempts, label=task.label)
@@ -94,7 +98,8 @@ def _fetch(task: ClipTask, workdir: Path) -> Path:
 
 
 def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, label_map: dict[str, int],
-                  out_url: str, round_: int = 0, governor=None, node: str | None = None) -> ShardStats:
+                  out_url: str, round_: int = 0, governor: GovernorClient | None = None,
+                  node: str | None = None) -> ShardStats:
     """Produce ``{shard}.tar`` and then ``{shard}_stats.json`` under ``out_url``.
     Downloads go through ``governor`` (``avfusion.governor``) as ``node`` (default: this
     host's name: a block is of the address, which the host's tasks share) when given;
@@ -113,7 +118,7 @@ def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, labe
             with storage.scratch_dir(prefix=f"clip{i}-", parent=tmp) as workdir:  # downloads end with it
                 return task, process_clip(task, cfg, label_map, Path(workdir), governor, node)
 
-        def samples():
+        def samples() -> Iterator[Sample]:
             with ThreadPoolExecutor(max_workers=cfg.threads_per_task) as pool:
                 for task, result in pool.map(run, enumerate(tasks)):
                     counts = by_class.setdefault(task.label or "", Counter())

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _METHODS: set[str] = set()
@@ -51,11 +51,12 @@ def accounting() -> str:
     """How the runs so far were measured, for the benchmark's printout."""
     cpu = ("a cpuacct cgroup per command (every process that ran in it, Ray workers included)"
            if _METHODS == {"cgroup"} else
-           "RUSAGE_CHILDREN of reaped descendants via a child subreaper (no writable cpuacct cgroup here: "
-           "children of a parent that ignores SIGCHLD, e.g. Ray workers, are missed)" if _METHODS == {"rusage"} else
+           "RUSAGE_CHILDREN of reaped descendants via a child subreaper (no writable cpuacct cgroup "
+           "here: children of a parent that ignores SIGCHLD, e.g. Ray workers, are missed)"
+           if _METHODS == {"rusage"} else
            f"mixed methods {sorted(_METHODS)}")
-    return (f"CPU = user+sys of every process in each command's tree, from {cpu}; memory = peak summed PSS of "
-            f"the tree (50 ms samples; shared pages split, not counted per process); wall and CPU include "
+    return (f"CPU = user+sys of every process in each command's tree, from {cpu}; memory = peak summed PSS "
+            f"of the tree (50 ms samples; shared pages split, not counted per process); wall and CPU include "
             f"start-up, on both sides")
 
 
@@ -114,15 +115,24 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
-def _poll_memory(root: int, stop: threading.Event, out: dict) -> None:
+@dataclass
+class _Memory:
+    """What ``_poll_memory`` has seen so far (MB; every descendant pid)."""
+
+    sum: float = 0.0
+    root: float = 0.0
+    pids: set[int] = field(default_factory=set)
+
+
+def _poll_memory(root: int, stop: threading.Event, out: _Memory) -> None:
     """Peak of the summed PSS of this process's descendants (the command's tree: we
     run one command at a time), and the command's own VmHWM."""
     me = os.getpid()
     while not stop.is_set():
         tree = _descendants(me)
-        out["pids"].update(tree)
-        out["sum"] = max(out["sum"], sum(_pss_kb(p) for p in tree) / 1024)
-        out["root"] = max(out["root"], _status_kb(root, "VmHWM:") / 1024)
+        out.pids.update(tree)
+        out.sum = max(out.sum, sum(_pss_kb(p) for p in tree) / 1024)
+        out.root = max(out.root, _status_kb(root, "VmHWM:") / 1024)
         stop.wait(0.05)
 
 
@@ -163,11 +173,13 @@ def run_measured(cmd: list[str], env: dict | None = None, linger: float = 60.0) 
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                             preexec_fn=enter_group if group else None)
-    mem, stop = {"sum": 0.0, "root": 0.0, "pids": set()}, threading.Event()
+    mem, stop = _Memory(), threading.Event()
     poller = threading.Thread(target=_poll_memory, args=(proc.pid, stop, mem), daemon=True)
     poller.start()
     err: list[bytes] = []
-    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    stderr = proc.stderr
+    assert stderr is not None  # stderr=PIPE
+    reader = threading.Thread(target=lambda: err.append(stderr.read()), daemon=True)
     reader.start()
     status, deadline = None, None
     while True:
@@ -211,8 +223,8 @@ def run_measured(cmd: list[str], env: dict | None = None, linger: float = 60.0) 
         _METHODS.add("cgroup")
     else:
         _METHODS.add("rusage")
-    return Usage(cpu_seconds=cpu, wall_seconds=wall, max_rss_mb=mem["sum"], root_rss_mb=mem["root"],
-                 processes=1 + len(mem["pids"]))
+    return Usage(cpu_seconds=cpu, wall_seconds=wall, max_rss_mb=mem.sum, root_rss_mb=mem.root,
+                 processes=1 + len(mem.pids))
 
 
 def python_cmd(module: str, *args: str) -> list[str]:
@@ -224,9 +236,9 @@ def print_table(title: str, rows: list[tuple], headers: tuple) -> None:
     _TABLES.append((title, list(rows), tuple(headers)))
     widths = [max(len(str(h)), *(len(_fmt(r[i])) for r in rows)) for i, h in enumerate(headers)]
     print(f"\n{title}")
-    print("  ".join(str(h).ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)))
     for r in rows:
-        print("  ".join(_fmt(v).ljust(w) for v, w in zip(r, widths)))
+        print("  ".join(_fmt(v).ljust(w) for v, w in zip(r, widths, strict=False)))
 
 
 def _fmt(v) -> str:
@@ -262,7 +274,7 @@ def results_header(name: str, argv: Sequence[str] | None) -> dict[str, Any]:
 
     args = list(sys.argv[1:] if argv is None else argv)
     return {"bench": name,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": shlex.join(["avfusion", "bench", name, *args]),
             "avfusion": __version__, "machine": machine()}
 
