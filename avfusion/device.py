@@ -1,8 +1,8 @@
 """The one choice of compute device, shared by training, evaluation and labelling.
 
 Why one function: a process must never put a model on a GPU it was not given. Ray
-(since its issue 54868) no longer hides GPUs from tasks and actors that asked for
-none, so ``torch.cuda.is_available()`` alone says nothing about what this process may
+does not hide GPUs from tasks and actors that asked for none (ray-project/ray#54868),
+so ``torch.cuda.is_available()`` alone says nothing about what this process may
 use; the launcher knows (Ray's resources, torchrun's local rank) and passes it in.
 """
 

@@ -284,7 +284,7 @@ def _has_packets(path: Path) -> bool:
         with av.open(str(path), metadata_errors="ignore") as container:
             return any(s.frames > 0 for s in container.streams if s.type in ("audio", "video"))
     except av.FFmpegError:
-        return True  # not media at all: decode classifies it (not_media), as before
+        return True  # not media at all: decode classifies it (not_media)
 
 
 class _Failed(Exception):

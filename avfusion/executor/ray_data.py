@@ -4,7 +4,7 @@ One function, so ``RayExecutor.map_batches`` (the label job) and ``avfusion benc
 label`` run the same stages: ``decode`` in CPU tasks that Ray Data spreads over the
 nodes, then ``model`` in an actor pool that builds its state (loads the checkpoint)
 once per actor. The actor's device follows the resources it was given (``gpus`` 0: the
-CPU, even where CUDA is visible; Ray no longer hides GPUs from actors that asked for
+CPU, even where CUDA is visible: Ray does not hide GPUs from actors that asked for
 none). Called inside a Ray session (the caller's).
 """
 
