@@ -317,8 +317,8 @@ class MediaRoot:
 def licence_of(source: str, media: MediaRoot | None = None) -> tuple[str, str]:
     if source in _FILE_LICENCES:
         return _FILE_LICENCES[source]
-    if media is not None and (credits := media.bundle_credits(source)):
-        return credits
+    if media is not None and (bundle := media.bundle_credits(source)):
+        return bundle
     for prefix, author, licence in _TREE_LICENCES:
         if source.startswith(prefix):
             return author, licence
