@@ -14,13 +14,16 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from avfusion import storage
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -76,7 +79,7 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         return tuple(items) if origin is tuple else items
     if hint is Any:
         return value
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_dict(hint, value, prefix=key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

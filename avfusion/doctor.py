@@ -62,7 +62,8 @@ def ffmpeg_checks(configured: str | None = None) -> list[Check]:
     ``-rw_timeout``, ``-request_size``), and that yt-dlp takes its section path."""
     from avfusion.download import ffmpeg_executable
 
-    fix = "install ffmpeg >= 4.4 with TLS (apt install ffmpeg), or pip install imageio-ffmpeg, or set download.ffmpeg"
+    fix = ("install ffmpeg >= 4.4 with TLS (apt install ffmpeg), or pip install imageio-ffmpeg, "
+           "or set download.ffmpeg")
     try:
         exe = ffmpeg_executable(configured)
         version = _run([exe, "-hide_banner", "-version"]).splitlines()[0]

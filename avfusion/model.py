@@ -69,12 +69,12 @@ class ModelConfig:
 AUDIO_FRONTENDS = ("gabor", "conv")
 
 
-def mel_to_hz(mel):
+def mel_to_hz(mel: float) -> float:
     """HTK mel scale (as torchaudio/librosa with htk=True)."""
     return 700.0 * (10 ** (mel / 2595.0) - 1.0)
 
 
-def hz_to_mel(hz):
+def hz_to_mel(hz: float) -> float:
     return 2595.0 * math.log10(1.0 + hz / 700.0)
 
 
@@ -104,6 +104,8 @@ class GaborFilterbank(nn.Module):
 
     (B, N) waveform → (B, n_filters, N // hop + 1) band powers.
     """
+
+    t: torch.Tensor  # kernel tap offsets (samples), a buffer
 
     def __init__(self, n_filters: int = 64, sample_rate: int = 16_000, window: int = 801, hop: int = 160,
                  f_min: float = 60.0, f_max: float = 7_800.0):
@@ -136,7 +138,7 @@ class GaborFilterbank(nn.Module):
         return x[:, :self.n_filters] ** 2 + x[:, self.n_filters:] ** 2
 
 
-def _no_autocast(device_type: str):
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager[object]:
     """Autocast off for this device (a no-op context where autocast does not exist: meta)."""
     if torch.amp.is_autocast_available(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
@@ -250,17 +252,19 @@ def _resnet18(weights: str) -> nn.Module:
     if weights == "none":
         return net
     if weights == "imagenet":
-        path = Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE
-        if not path.exists():
-            warnings.warn(f"ImageNet weights for ResNet-18 not found at {path} (torchvision's {RESNET18_FILE}); "
+        hub_file = Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE
+        if not hub_file.exists():
+            warnings.warn(f"ImageNet weights for ResNet-18 not found at {hub_file} "
+                          f"(torchvision's {RESNET18_FILE}); "
                           f"nothing is downloaded at run time, so the video encoder starts from RANDOM weights. "
                           f"Copy the file there or pass --video-weights PATH.", stacklevel=3)
             return net
+        path = str(hub_file)
     else:
         path = weights  # a local path or a URL (s3://…)
         if not storage.exists(path):
             raise FileNotFoundError(f"video weights file {path} does not exist")
-    state = storage.load_torch(str(path))
+    state = storage.load_torch(path)
     missing, unexpected = net.load_state_dict(state, strict=False)
     if [k for k in missing if not k.startswith("fc.")] or unexpected:
         raise ValueError(f"{path} is not a ResNet-18 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -273,6 +277,8 @@ class VideoEncoder(nn.Module):
     frames and normalises inside, so loaders ship bytes-sized tensors."""
 
     out_dim = 512
+    mean: torch.Tensor  # ImageNet channel means and stds in uint8 units, buffers
+    std: torch.Tensor
 
     def __init__(self, weights: str = "none"):
         super().__init__()
@@ -323,7 +329,7 @@ class ModalityAttention(nn.Module):
                  video_evidence: int = 0):
         super().__init__()
 
-        def proj(d):
+        def proj(d: int | None) -> nn.Sequential | None:
             return nn.Sequential(nn.Linear(d, dim), nn.LayerNorm(dim), nn.ReLU(inplace=True)) if d else None
 
         self.audio_proj, self.video_proj = proj(audio_dim), proj(video_dim)
@@ -337,6 +343,7 @@ class ModalityAttention(nn.Module):
         and the scores (B, 2) [Wa·a, Wv·v] they are the softmax of. Where the scores
         read evidence features, each score layer sees ``[a; evidence]`` (the weights
         still mix ``a`` and ``v`` alone)."""
+        assert self.audio_score is not None and self.video_score is not None  # only fused models call this
         sa = a if audio_evidence is None else torch.cat([a, audio_evidence.to(a.dtype)], dim=1)
         sv = v if video_evidence is None else torch.cat([v, video_evidence.to(v.dtype)], dim=1)
         scores = torch.cat([self.audio_score(sa), self.video_score(sv)], dim=1)
@@ -394,10 +401,12 @@ class FusionModel(nn.Module):
         that one through ``forward_head``)."""
         a = v = ea = ev = None
         if self.audio and waveform is not None:
+            assert self.attention.audio_proj is not None  # built with the audio branch
             a = self.attention.audio_proj(self.audio(waveform))
             ea = self.audio.evidence(waveform) if self.use_evidence else None
         if self.video and frames is not None:
             per_frame = self.video.forward_frames(frames)
+            assert self.attention.video_proj is not None  # built with the video branch
             v = self.attention.video_proj(per_frame.mean(dim=1))
             ev = self.video.evidence(frames, per_frame) if self.use_evidence else None
         return Features(a, v, ea, ev)
@@ -416,6 +425,7 @@ class FusionModel(nn.Module):
             fused, weights, scores = self.attention(a, v, audio_evidence, video_evidence)
         else:
             fused = a if a is not None else v
+            assert fused is not None, "forward_head needs at least one embedding"
             weights = torch.zeros(fused.shape[0], 2, device=fused.device, dtype=fused.dtype)
             weights[:, 0 if a is not None else 1] = 1.0
         head_a, head_v = self._head("audio"), self._head("video")
@@ -461,6 +471,7 @@ def reliability_targets(out: FusionOutput, soft: torch.Tensor, sharpness: float 
     0.5. In the spirit of QMF (Zhang et al., ICML 2023): the modality whose own head has
     the lower loss should get the higher weight, as a soft target rather than a hinge.
     γ > 1 sharpens it: with γ = 1, c_a = 1/6 against c_v = 0.5 asks for only 0.25."""
+    assert out.audio_logits is not None and out.video_logits is not None  # a fused model with aux heads
     c_a = modality_confidence(out.audio_logits, soft).clamp_min(1e-6) ** sharpness
     c_v = modality_confidence(out.video_logits, soft).clamp_min(1e-6) ** sharpness
     return c_a / (c_a + c_v)
@@ -470,6 +481,7 @@ def reliability_loss(out: FusionOutput, soft: torch.Tensor, sharpness: float = 1
     """Cross-entropy between the attention weights and :func:`reliability_targets`;
     its gradient reaches both scores (Wa·a and Wv·v) through the softmax."""
     t_a = reliability_targets(out, soft, sharpness)
+    assert out.scores is not None  # a fused model
     log_w = torch.log_softmax(out.scores.float(), dim=1)
     return -(t_a * log_w[:, 0] + (1 - t_a) * log_w[:, 1]).mean()
 
@@ -480,6 +492,7 @@ def attention_agrees(out: FusionOutput, reference: torch.Tensor) -> torch.Tensor
     probability. With the true class as reference (evaluation) this asks "did
     attention trust the modality that knew the answer?"; without labels (labelling),
     pass the fused prediction."""
+    assert out.audio_logits is not None and out.video_logits is not None  # a fused model with aux heads
     c_a = torch.softmax(out.audio_logits.float(), dim=1).gather(1, reference[:, None])[:, 0]
     c_v = torch.softmax(out.video_logits.float(), dim=1).gather(1, reference[:, None])[:, 0]
     return (out.weights[:, 0] > out.weights[:, 1]) == (c_a > c_v)
@@ -494,6 +507,7 @@ def dead_modality_loss(out: FusionOutput, dead: torch.Tensor) -> torch.Tensor:
     γ = 1); a dead stream carries no evidence at all, so its target is 0 whatever the
     other knows (ModDrop's training with a known missing modality, as a target for the
     attention instead of a zeroed input)."""
+    assert out.scores is not None  # a fused model
     log_w = torch.log_softmax(out.scores.float(), dim=1)
     live = dead.flip(1).float()  # the live stream of a clip whose other stream is dead
     return -(live * log_w).sum(dim=1).mean()

@@ -23,9 +23,10 @@ import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -35,7 +36,16 @@ from avfusion import __version__, checkpoint, storage
 from avfusion.augment import AugmentConfig, BatchAugment
 from avfusion.config import ConfigError
 from avfusion.distributed import DistEnv, setup, teardown
-from avfusion.loader import Dataset, Subset, TrainStream, data_loader, eval_stages, loader_workers, read_folds
+from avfusion.loader import (
+    Batch,
+    Dataset,
+    Subset,
+    TrainStream,
+    data_loader,
+    eval_stages,
+    loader_workers,
+    read_folds,
+)
 from avfusion.metrics import Tally
 from avfusion.model import FusionModel, LossConfig, ModelConfig, fusion_loss, warn_random_init
 
@@ -106,7 +116,7 @@ def subsets(cfg: TrainConfig) -> tuple[Subset, Subset]:
 
 
 
-def _lr_lambda(total: int, warmup: int):
+def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -116,10 +126,12 @@ def _lr_lambda(total: int, warmup: int):
 
 
 @torch.no_grad()
-def evaluate(model, urls, cfg: TrainConfig, dist: DistEnv, subset: Subset, label_map: dict[str, int]) -> dict:
+def evaluate(model: torch.nn.Module, urls: list[str], cfg: TrainConfig, dist: DistEnv, subset: Subset,
+             label_map: dict[str, int]) -> dict:
     """Loss, top-1/top-5 and mean attention (overall and per class) on ``subset``. Each
     rank reads its share of the shards and the sums are all-reduced once at the end
     (no per-batch collective, so uneven shares cannot hang)."""
+    assert isinstance(cfg.workers, int)  # build() made "auto" a count
     model.eval()
     tally = Tally(len(label_map), dist.device)
     for batch in data_loader(eval_stages(urls, cfg.batch_size, split=subset), cfg.workers, device=dist.device):
@@ -130,14 +142,14 @@ def evaluate(model, urls, cfg: TrainConfig, dist: DistEnv, subset: Subset, label
         with _autocast(cfg, dist):
             out = model(batch.waveform, batch.frames)
         rows = labelled.nonzero()[:, 0].to(dist.device)  # index_select: no mask sync on the device
-        pick = lambda t: t.index_select(0, rows)  # noqa: E731
-        tally.add(pick(out.logits), pick(out.weights), pick(batch.target))
+        tally.add(out.logits.index_select(0, rows), out.weights.index_select(0, rows),
+                  batch.target.index_select(0, rows))
     sums = dist.all_reduce_sum(tally.sums)
     model.train()
-    return tally.summary(sorted(label_map, key=label_map.get), sums)
+    return tally.summary(sorted(label_map, key=label_map.__getitem__), sums)
 
 
-def _autocast(cfg: TrainConfig, dist: DistEnv):
+def _autocast(cfg: TrainConfig, dist: DistEnv) -> contextlib.AbstractContextManager[object]:
     if not (cfg.bf16 and dist.device.type == "cuda"):
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -237,7 +249,8 @@ def wrap(model: FusionModel, cfg: TrainConfig, dist: DistEnv) -> torch.nn.Module
     a gradient, so no unused-parameter search), compiled with ``--compile``."""
     net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if dist.world > 1 \
         else model
-    return torch.compile(net) if cfg.compile else net
+    # torch.compile of a Module returns a Module (OptimizedModule); its stubs say Callable
+    return cast(torch.nn.Module, torch.compile(net)) if cfg.compile else net
 
 
 def restore(r: Run, out: str) -> None:
@@ -265,6 +278,7 @@ def stream(r: Run) -> None:
     """One loader for the whole run, from the epoch it starts at: its workers persist
     across epochs and each iteration of it is the next epoch's stream."""
     cfg = r.cfg
+    assert isinstance(cfg.workers, int)  # build() made "auto" a count
     per_worker = math.ceil(r.steps / max(1, cfg.workers))
     train_stream = TrainStream(r.data.urls, cfg.batch_size, split=r.train_subset, batches_per_epoch=per_worker,
                                seed=cfg.seed, rank=r.dist.rank, world=r.dist.world,
@@ -274,9 +288,10 @@ def stream(r: Run) -> None:
                              sample_rate=r.sample_rate, mixup_alpha=cfg.mixup_alpha, mixup_prob=cfg.mixup_prob)
 
 
-def prepare(batch, r: Run, epoch: int):
+def prepare(batch: Batch, r: Run, epoch: int) -> tuple[Batch, torch.Tensor]:
     """A loader batch → (decoded, augmented batch on the device, soft targets): the one
     per-batch data step, seeded by (seed, rank, worker, epoch, step)."""
+    assert r.augment is not None  # stream() built it
     return r.augment(batch, r.dist.device, epoch, r.step)
 
 
@@ -285,7 +300,8 @@ def train_epoch(r: Run, epoch: int) -> dict:
     ``log_every`` steps (progress bar) and once at the end (all-reduced over ranks)."""
     cfg, dist = r.cfg, r.dist
     r.model.train()
-    t0, seen, sums = time.time(), 0, {}
+    t0, seen = time.time(), 0
+    sums: dict[str, torch.Tensor] = {}
     with tqdm(total=r.steps, desc=f"epoch {epoch}", unit="step", disable=not dist.is_main, leave=False) as bar:
         for i, batch in enumerate(islice(r.batches, r.steps)):
             batch, target = prepare(batch, r, epoch)
@@ -298,7 +314,7 @@ def train_epoch(r: Run, epoch: int) -> dict:
     n, *totals = dist.all_reduce_sum(torch.stack([torch.tensor(float(seen), dtype=torch.float64, device=dist.device),
                                                   *(sums[k].double() for k in names)]) if sums else [0.0])
     n = max(n, 1)
-    means = dict(zip(names, (t / n for t in totals)))
+    means = dict(zip(names, (t / n for t in totals), strict=True))
     return {"step": r.step, "train_loss": means.get("loss", float("nan")),
             **{f"loss_{k}": v for k, v in means.items() if k != "loss"},
             "lr": r.sched.get_last_lr()[0], "samples_per_s": n / max(time.time() - t0, 1e-9)}
@@ -311,7 +327,7 @@ def accumulate(sums: dict[str, torch.Tensor], loss: torch.Tensor, parts: dict[st
     return n
 
 
-def train_step(r: Run, batch, target) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def train_step(r: Run, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward, backward, clip, step: no host read, so the host can queue the next
     step while the device works. Returns the detached loss and its parts."""
     with _autocast(r.cfg, r.dist):
@@ -363,6 +379,7 @@ def _cap_cpu_threads(cfg: TrainConfig, dist: DistEnv) -> None:
     fewer (torchrun and Ray set one thread per process) are below the cap and untouched."""
     if dist.device.type != "cpu":
         return
+    assert isinstance(cfg.workers, int)  # build() made "auto" a count
     cap = max(1, len(os.sched_getaffinity(0)) // dist.world - cfg.workers)
     if torch.get_num_threads() > cap:
         torch.set_num_threads(cap)

@@ -21,7 +21,8 @@ JOBS: dict[str, str] = {
     "bench": "benchmarks, each as a ratio against a floor measured in the same run",
     "demo": "run the pipeline end to end on the bundled real sample set (embedded Ray)",
     "synth": "write a synthetic class-conditional clip set (smoke-test a cluster with no data)",
-    "doctor": "check ffmpeg, JS solver, cookies, proxy, storage, Ray nodes, GPUs, weights (OK/WARN/FAIL + fix)",
+    "doctor": "check ffmpeg, JS solver, cookies, proxy, storage, Ray nodes, GPUs, weights "
+              "(OK/WARN/FAIL + fix)",
 }
 
 

@@ -4,10 +4,11 @@ preprocess (Ray tasks) → train fused, audio-only and video-only models with th
 ``small`` recipe → robustness evaluation → label the sample folder into Parquet, then
 print how the fused model compares with each unimodal model and where its attention
 goes under muted audio, black frames, blur and noise, held-out Parquet rows with
-their true labels and the accuracy over all held-out rows, and where the plots are. One split (test = fold 0 of the set's 5 folds, which share no
-recording or picture); `avfusion bench robustness` runs the k-fold version. Runs on
-an embedded local Ray unless ``--address`` names a cluster. CPU-sized: 64² frames
-(``--epochs 1`` for a smoke run).
+their true labels and the accuracy over all held-out rows, and where the plots are.
+One split (test = fold 0 of the set's 5 folds, which share no recording or picture);
+`avfusion bench robustness` runs the k-fold version. Runs on an embedded local Ray
+unless ``--address`` names a cluster. CPU-sized: 64² frames (``--epochs 1`` for a
+smoke run).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         if rc:
             return rc
         for modality in ("both", "audio", "video"):
-            _step(f"2/4 train the {'fused' if modality == 'both' else modality + '-only'} model (recipe {args.config})")
+            name = "fused" if modality == "both" else modality + "-only"
+            _step(f"2/4 train the {name} model (recipe {args.config})")
             rc = train.main([str(shards), "--out", str(runs / modality), "--config", args.config,
                              "--modalities", modality, *epochs])
             if rc:
@@ -110,8 +112,8 @@ def _report(out: Path) -> None:
     report = json.loads((out / "robustness" / "robustness.json").read_text())
     results = report["conditions"]
     n, classes = results["normal"]["fused"]["n"], len(report["meta"]["label_map"])
-    print(f"Test split: {n} clips in {classes} classes (chance {1 / classes:.3f}), never sharing a recording or a "
-          f"picture with training.\n")
+    print(f"Test split: {n} clips in {classes} classes (chance {1 / classes:.3f}), never sharing a "
+          f"recording or a picture with training.\n")
     print(comparison(results))
     print("\nThe full table (every corruption) is robustness/robustness.md. One split is noisy: for the "
           "k-fold table run\n  avfusion bench robustness --skip-synthetic")

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Fusion attention [audio, video]: [{row['w_audio']:.3f}, {row['w_video']:.3f}]")
     if row["flags"]:  # e.g. audio_only (an audio file), partial (salvaged from a damaged file)
         print(f"Flags: {', '.join(row['flags'])} (covered {row['covered_seconds']:.1f} s)")
-    for label, prob in zip(row["topk_labels"], row["topk_probs"]):
+    for label, prob in zip(row["topk_labels"], row["topk_probs"], strict=True):
         print(f"  {prob:6.3f}  {label}")
     return 0
 

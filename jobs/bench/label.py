@@ -156,15 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     print_table(f"Labelling 96x96 {args.seconds:g} s synthetic clips ({sizes['small']} and {sizes['large']} clips)",
                 rows, ("method", f"clips/s whole ({args.large})", "clips/s margin", "cpu_s/clip whole",
                        "cpu_s/clip margin", f"peak_PSS_MB ({args.small})", f"peak_PSS_MB ({args.large})"))
-    print(f"\nhow accounted: {accounting()}; 'margin' = ({args.large} - {args.small} clips) / (difference of the two "
-          f"runs' wall or CPU), each side's own start-up cancelling.")
+    print(f"\nhow accounted: {accounting()}; 'margin' = ({args.large} - {args.small} clips) / "
+          f"(difference of the two runs' wall or CPU), each side's own start-up cancelling.")
     print(f"job / decode-only = {margin['job'] / margin['decode']:.2f}x at the margin "
-          f"({rate['job'] / rate['decode']:.2f}x whole); job / naive = {margin['job'] / margin['naive']:.2f}x at the "
+          f"({rate['job'] / rate['decode']:.2f}x whole); "
+          f"job / naive = {margin['job'] / margin['naive']:.2f}x at the "
           f"margin ({rate['job'] / rate['naive']:.2f}x whole); job / naive 1-thread = "
           f"{margin['job'] / margin['naive1']:.2f}x at the margin ({rate['job'] / rate['naive1']:.2f}x whole); "
           f"job tree peak PSS "
-          f"{runs['small']['job'].max_rss_mb:.0f} MB at {args.small} clips vs {runs['large']['job'].max_rss_mb:.0f} MB "
-          f"at {args.large}")
+          f"{runs['small']['job'].max_rss_mb:.0f} MB at {args.small} clips vs "
+          f"{runs['large']['job'].max_rss_mb:.0f} MB at {args.large}")
     return 0
 
 

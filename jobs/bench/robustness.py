@@ -32,11 +32,15 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from jobs.bench.common import build_shards, print_table
+
+if TYPE_CHECKING:
+    from avfusion.train import TrainConfig
 
 KEY_CONDITIONS = ("normal", "muted_audio", "audio_gaussian_noise@5", "black_frames", "frozen_video",
                   "gaussian_blur@5", "video_gaussian_noise@5")
@@ -105,7 +109,7 @@ def merge_folds(folds_csv: Path, out: Path, k: int) -> Path:
     return out
 
 
-def _train_one(cfg, jobs: int) -> str:
+def _train_one(cfg: TrainConfig, jobs: int) -> str:
     """One training run in a worker process, with its share of the cores (the pool runs
     ``jobs`` side by side, each with ``cfg.workers`` loader processes)."""
     import contextlib
@@ -113,6 +117,7 @@ def _train_one(cfg, jobs: int) -> str:
     from avfusion.distributed import DistEnv
     from avfusion.train import train
 
+    assert isinstance(cfg.workers, int), "the bench's recipes name a worker count, not 'auto'"
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // jobs - cfg.workers))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     with open(Path(cfg.out) / "train.log", "w") as log, contextlib.redirect_stdout(log), \
@@ -121,7 +126,7 @@ def _train_one(cfg, jobs: int) -> str:
     return cfg.out
 
 
-def train_all(runs: dict[tuple[int, str], object], jobs: int) -> None:
+def train_all(runs: dict[tuple[int, str], TrainConfig], jobs: int) -> None:
     """Train every (fold, variant) config, ``jobs`` at a time in worker processes, so a
     many-core machine runs folds side by side; progress and timings as they finish."""
     import multiprocessing as mp
