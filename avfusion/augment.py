@@ -63,8 +63,14 @@ class AugmentConfig:
 AUDIO_TRAIN = ("muted_audio", "muted_audio", "audio_gaussian_noise")
 # Dead streams (mute; black or frozen frames) weigh most: they are what attention must
 # learn to route around; blur and noise at these severities often leave the picture usable.
-VIDEO_TRAIN = ("black_frames", "black_frames", "frozen_video", "frozen_video", "gaussian_blur",
-               "video_gaussian_noise")
+VIDEO_TRAIN = (
+    "black_frames",
+    "black_frames",
+    "frozen_video",
+    "frozen_video",
+    "gaussian_blur",
+    "video_gaussian_noise",
+)
 _DROP = {1: 1, 2: 2}  # drop_frames at the severities training uses (of 8 frames, scaled)
 
 
@@ -73,13 +79,23 @@ class BatchAugment:
     ``device``, (B, C) soft targets). The compact batch is decoded on ``device`` here,
     after the temporal crop chose which frames to decode."""
 
-    def __init__(self, cfg: AugmentConfig, *, num_classes: int, seed: int = 0, rank: int = 0,
-                 sample_rate: int = 16_000, mixup_alpha: float = 0.0, mixup_prob: float = 0.5):
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        *,
+        num_classes: int,
+        seed: int = 0,
+        rank: int = 0,
+        sample_rate: int = 16_000,
+        mixup_alpha: float = 0.0,
+        mixup_prob: float = 0.5,
+    ):
         self.cfg, self.num_classes, self.seed, self.rank = cfg, num_classes, seed, rank
         self.sample_rate, self.mixup_alpha, self.mixup_prob = sample_rate, mixup_alpha, mixup_prob
 
-    def __call__(self, batch: Batch, device: torch.device | str, epoch: int,
-                 step: int) -> tuple[Batch, torch.Tensor]:
+    def __call__(
+        self, batch: Batch, device: torch.device | str, epoch: int, step: int
+    ) -> tuple[Batch, torch.Tensor]:
         device = torch.device(device)
         s = seed_of(self.seed, self.rank, batch.worker, epoch, step)
         rng = np.random.default_rng(s)
@@ -89,7 +105,9 @@ class BatchAugment:
         b, t = len(batch.keys), batch.n_frames
         index = None
         if cfg.enabled and 0 < cfg.crop_frames < t:
-            index = torch.from_numpy(np.sort(rng.random((b, t)).argsort(axis=1)[:, :cfg.crop_frames], axis=1))
+            index = torch.from_numpy(
+                np.sort(rng.random((b, t)).argsort(axis=1)[:, : cfg.crop_frames], axis=1)
+            )
         batch = batch.to(device, frame_index=index)
         assert batch.frames is not None  # ``to`` decodes the frames
         wave, x = batch.waveform, batch.frames.permute(0, 1, 4, 2, 3).float()  # (B, T, 3, H, W)
@@ -130,8 +148,7 @@ def _crop_wave(wave: torch.Tensor, rng: np.random.Generator, n: int) -> torch.Te
     return wave.gather(1, start[:, None] + torch.arange(n, device=wave.device))
 
 
-def shift_and_gain(wave: torch.Tensor, rng: np.random.Generator, shift: bool,
-                   gain_db: float) -> torch.Tensor:
+def shift_and_gain(wave: torch.Tensor, rng: np.random.Generator, shift: bool, gain_db: float) -> torch.Tensor:
     """Per clip: circular shift by a uniform offset (``np.roll``), gain uniform in ±gain_db."""
     b, n = wave.shape
     if shift:
@@ -152,8 +169,9 @@ def crop_boxes(rng: np.random.Generator, b: int, h: int, w: int, min_scale: floa
     return np.stack([x0, y0, cw, ch], axis=1)
 
 
-def resized_crop_and_flip(x: torch.Tensor, rng: np.random.Generator, min_scale: float,
-                          flip: bool) -> torch.Tensor:
+def resized_crop_and_flip(
+    x: torch.Tensor, rng: np.random.Generator, min_scale: float, flip: bool
+) -> torch.Tensor:
     """One crop box per clip, resized back to H×W (bilinear, the half-pixel arithmetic
     and edge clamping of ``interpolate(align_corners=False)`` on the crop, as the
     reference), mirrored with p = 0.5. Separable: rows then columns, each two gathers
@@ -172,8 +190,9 @@ def resized_crop_and_flip(x: torch.Tensor, rng: np.random.Generator, min_scale: 
     return _resample(x, 4, *(_host(v, x.device, d) for v, d in zip(cols, dtypes, strict=True)))
 
 
-def _lerp_index(start: np.ndarray, size: np.ndarray, n: int,
-                mirror: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _lerp_index(
+    start: np.ndarray, size: np.ndarray, n: int, mirror: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(B, n) source indices i0, i1 and weights of output pixels 0..n-1 of each crop."""
     j = np.arange(n)[None, :]
     j = np.where(mirror[:, None], n - 1 - j, j)
@@ -183,8 +202,9 @@ def _lerp_index(start: np.ndarray, size: np.ndarray, n: int,
     return i0 + start[:, None], i1 + start[:, None], (src - i0).astype(np.float32)
 
 
-def _resample(x: torch.Tensor, dim: int, i0: torch.Tensor, i1: torch.Tensor,
-              frac: torch.Tensor) -> torch.Tensor:
+def _resample(
+    x: torch.Tensor, dim: int, i0: torch.Tensor, i1: torch.Tensor, frac: torch.Tensor
+) -> torch.Tensor:
     shape = [x.shape[0]] + [1] * (x.dim() - 1)
     shape[dim] = x.shape[dim]
     out_shape = list(x.shape)
@@ -230,8 +250,14 @@ def _pick(rng: np.random.Generator, b: int, p_audio: float, p_video: float) -> t
 DEAD = {"muted_audio": 0, "black_frames": 1, "frozen_video": 1}  # ops that leave a stream no evidence
 
 
-def modality_dropout(wave: torch.Tensor, x: torch.Tensor, rng: np.random.Generator, gen: torch.Generator,
-                     p_audio: float, p_video: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def modality_dropout(
+    wave: torch.Tensor,
+    x: torch.Tensor,
+    rng: np.random.Generator,
+    gen: torch.Generator,
+    p_audio: float,
+    p_video: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mute or noise the audio of some clips, black / blur / noise / freeze the frames
     of others; each op touches only its clips (indices known on the host). Also returns
     (B, 2) bool [audio, video]: the streams left dead (muted; black or frozen; noise and
@@ -312,8 +338,9 @@ def drop_frames(x: torch.Tensor, rng: np.random.Generator, p: float) -> torch.Te
     return x[torch.arange(b, device=x.device)[:, None], idx]
 
 
-def _mix_draw(rng: np.random.Generator, b: int, alpha: float, prob: float,
-              device: torch.device | str) -> tuple[float, torch.Tensor | None]:
+def _mix_draw(
+    rng: np.random.Generator, b: int, alpha: float, prob: float, device: torch.device | str
+) -> tuple[float, torch.Tensor | None]:
     """Mixup's draws: (lam >= 0.5, permutation) for this batch, or (1, None) unmixed."""
     if alpha <= 0 or rng.random() >= prob:
         return 1.0, None
@@ -321,16 +348,18 @@ def _mix_draw(rng: np.random.Generator, b: int, alpha: float, prob: float,
     return max(lam, 1 - lam), _host(rng.permutation(b), device, torch.int64)
 
 
-def mixup(batch: Batch, num_classes: int, alpha: float, prob: float,
-          rng: np.random.Generator | None = None) -> tuple[Batch, torch.Tensor]:
+def mixup(
+    batch: Batch, num_classes: int, alpha: float, prob: float, rng: np.random.Generator | None = None
+) -> tuple[Batch, torch.Tensor]:
     """Mix each clip with another of the batch (a random permutation): waveform,
     frames and one-hot labels with one weight lam ~ Beta(alpha, alpha) per batch,
     folded to lam >= 0.5 so the first clip stays dominant. Returns the batch and its
     (B, C) soft targets; the hard ``target`` stays the dominant clip's label.
     (``BatchAugment`` draws the same way and blends its float frames instead.)"""
     soft = F.one_hot(batch.target, num_classes).float()
-    lam, perm = _mix_draw(rng if rng is not None else np.random.default_rng(), len(batch.keys), alpha, prob,
-                          batch.target.device)
+    lam, perm = _mix_draw(
+        rng if rng is not None else np.random.default_rng(), len(batch.keys), alpha, prob, batch.target.device
+    )
     if perm is None:
         return batch, soft
     wave = lam * batch.waveform + (1 - lam) * batch.waveform[perm]

@@ -48,12 +48,16 @@ def load(url: str | os.PathLike[str]) -> dict[str, Any]:
     ckpt = storage.load_torch(url)
     retrain = f"retrain with avfusion {__version__}"
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{url} is not an avfusion checkpoint: it lacks the format marker of "
-                              f"checkpoint version {VERSION} (an earlier avfusion or another program wrote "
-                              f"it); {retrain}")
+        raise CheckpointError(
+            f"{url} is not an avfusion checkpoint: it lacks the format marker of "
+            f"checkpoint version {VERSION} (an earlier avfusion or another program wrote "
+            f"it); {retrain}"
+        )
     if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"{url} is an avfusion checkpoint of version {ckpt.get('version')!r}, and "
-                              f"avfusion {__version__} reads version {VERSION}; {retrain}")
+        raise CheckpointError(
+            f"{url} is an avfusion checkpoint of version {ckpt.get('version')!r}, and "
+            f"avfusion {__version__} reads version {VERSION}; {retrain}"
+        )
     return ckpt
 
 

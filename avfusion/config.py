@@ -100,9 +100,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(
-            f"{prefix or cls.__name__}: unknown key(s) {unknown}; allowed: {sorted(names)}"
-        )
+        raise ConfigError(f"{prefix or cls.__name__}: unknown key(s) {unknown}; allowed: {sorted(names)}")
     values = {k: _check_type(f"{prefix}.{k}" if prefix else k, v, hints[k]) for k, v in data.items()}
     return cls(**values)
 
@@ -113,7 +111,7 @@ PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 def presets() -> list[str]:
     """Names of the configurations shipped inside the package (``--config small``)."""
     files = storage.list_files(str(PRESETS_DIR), "*.yaml")
-    return sorted(storage.basename(f)[:-len(".yaml")] for f in files)
+    return sorted(storage.basename(f)[: -len(".yaml")] for f in files)
 
 
 def resolve_config(name_or_path: str | Path) -> str | Path:
@@ -145,4 +143,3 @@ def load_section(cls: type[T], path: str | Path | None, section: str, **override
     data = dict(load_yaml(path).get(section) or {}) if path else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(cls, data, prefix=section)
-

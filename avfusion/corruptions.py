@@ -29,7 +29,7 @@ AUDIO_SNR_DB = {1: 20.0, 2: 10.0, 3: 5.0, 4: 0.0, 5: -5.0}
 def audio_gaussian_noise(wave: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """White noise at a signal-to-noise ratio of 20, 10, 5, 0, −5 dB (severity 1–5),
     relative to the clip's own power (a floor keeps silent clips from staying clean)."""
-    power = max(float(np.mean(wave ** 2)), 1e-4)
+    power = max(float(np.mean(wave**2)), 1e-4)
     noise_power = power / 10 ** (AUDIO_SNR_DB[severity] / 10)
     return np.clip(wave + rng.normal(0.0, np.sqrt(noise_power), wave.shape), -1, 1).astype(np.float32)
 
@@ -63,7 +63,7 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
     """Normalised 1-D Gaussian taps, radius 3 sigma: ``gaussian_blur``, ``fog`` and the batched blur."""
     radius = max(1, int(3 * sigma + 0.5))
     x = np.arange(-radius, radius + 1, dtype=np.float32)
-    k = np.exp(-(x ** 2) / (2 * sigma ** 2))
+    k = np.exp(-(x**2) / (2 * sigma**2))
     return k / k.sum()
 
 
@@ -123,8 +123,8 @@ DEFOCUS_RADIUS = {1: 3, 2: 4, 3: 6, 4: 8, 5: 10}  # px at 224²
 def defocus_blur(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """Disc (out-of-focus) blur, radius 3–10 px at 224² (scaled to the frame size)."""
     r = max(1, round(DEFOCUS_RADIUS[severity] * frames.shape[1] / 224))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    return _filter2d(frames, ((xx ** 2 + yy ** 2) <= r * r).astype(np.float32))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return _filter2d(frames, ((xx**2 + yy**2) <= r * r).astype(np.float32))
 
 
 MOTION_LENGTH = {1: 6, 2: 10, 3: 15, 4: 20, 5: 28}  # px at 224²
@@ -194,8 +194,16 @@ def pixelate(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.
 
     _, h, w, _ = frames.shape
     small = (max(1, int(w * PIXELATE[severity])), max(1, int(h * PIXELATE[severity])))
-    return np.stack([np.asarray(Image.fromarray(f).resize(small, Image.Resampling.BOX)
-                                .resize((w, h), Image.Resampling.NEAREST)) for f in frames])
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray(f)
+                .resize(small, Image.Resampling.BOX)
+                .resize((w, h), Image.Resampling.NEAREST)
+            )
+            for f in frames
+        ]
+    )
 
 
 JPEG_QUALITY = {1: 25, 2: 18, 3: 15, 4: 10, 5: 7}  # ImageNet-C jpeg_compression
@@ -225,18 +233,19 @@ def _filter2d(frames: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     h, w = x.shape[1], x.shape[2]
     spec = np.fft.rfft2(x, axes=(1, 2)) * np.fft.rfft2(kernel, s=(h, w))[None, :, :, None]
     full = np.fft.irfft2(spec, s=(h, w), axes=(1, 2))
-    out = full[:, kh - 1:, kw - 1:][:, : frames.shape[1], : frames.shape[2]]
+    out = full[:, kh - 1 :, kw - 1 :][:, : frames.shape[1], : frames.shape[2]]
     return (out + 0.5).clip(0, 255).astype(np.uint8)
 
 
 LOWPASS_HZ = {1: 4000, 2: 2000, 3: 1000, 4: 500, 5: 250}
 
 
-def audio_lowpass(wave: np.ndarray, severity: int, rng: np.random.Generator,
-                  rate: int = 16_000) -> np.ndarray:
+def audio_lowpass(
+    wave: np.ndarray, severity: int, rng: np.random.Generator, rate: int = 16_000
+) -> np.ndarray:
     """Brick-wall low-pass at 4 kHz down to 250 Hz (a muffled microphone)."""
     spec = np.fft.rfft(wave)
-    spec[int(LOWPASS_HZ[severity] * len(wave) / rate):] = 0
+    spec[int(LOWPASS_HZ[severity] * len(wave) / rate) :] = 0
     return np.fft.irfft(spec, n=len(wave)).astype(np.float32)
 
 
@@ -275,9 +284,10 @@ def _mix_environment(kind: str) -> Callable[[np.ndarray, int, np.random.Generato
         noise = environmental_noise(kind)
         start = int(rng.integers(0, len(noise)))
         noise = np.resize(np.roll(noise, -start), wave.shape)
-        power = max(float(np.mean(wave ** 2)), 1e-4)
-        scale = np.sqrt(power / 10 ** (AUDIO_SNR_DB[severity] / 10) / max(float(np.mean(noise ** 2)), 1e-8))
+        power = max(float(np.mean(wave**2)), 1e-4)
+        scale = np.sqrt(power / 10 ** (AUDIO_SNR_DB[severity] / 10) / max(float(np.mean(noise**2)), 1e-8))
         return np.clip(wave + scale * noise, -1, 1).astype(np.float32)
+
     mix.__doc__ = f"Real {kind} recording mixed in at SNR 20 … −5 dB."
     return mix
 
@@ -293,29 +303,32 @@ class Corruption:
     graded: bool  # False: severity has no effect (missing-modality conditions)
 
 
-CORRUPTIONS: dict[str, Corruption] = {c.name: c for c in [
-    Corruption("muted_audio", "audio", mute, False),
-    Corruption("audio_gaussian_noise", "audio", audio_gaussian_noise, True),
-    Corruption("black_frames", "video", black_frames, False),
-    Corruption("frozen_video", "video", frozen_video, False),
-    Corruption("drop_frames", "video", drop_frames, True),
-    Corruption("gaussian_blur", "video", gaussian_blur, True),
-    Corruption("video_gaussian_noise", "video", video_gaussian_noise, True),
-    Corruption("shot_noise", "video", shot_noise, True),
-    Corruption("impulse_noise", "video", impulse_noise, True),
-    Corruption("defocus_blur", "video", defocus_blur, True),
-    Corruption("motion_blur", "video", motion_blur, True),
-    Corruption("zoom_blur", "video", zoom_blur, True),
-    Corruption("fog", "video", fog, True),
-    Corruption("brightness", "video", brightness, True),
-    Corruption("contrast", "video", contrast, True),
-    Corruption("pixelate", "video", pixelate, True),
-    Corruption("jpeg", "video", jpeg, True),
-    Corruption("audio_lowpass", "audio", audio_lowpass, True),
-    Corruption("audio_clipping", "audio", audio_clipping, True),
-    Corruption("traffic_noise", "audio", _mix_environment("traffic"), True),
-    Corruption("train_noise", "audio", _mix_environment("train"), True),
-]}
+CORRUPTIONS: dict[str, Corruption] = {
+    c.name: c
+    for c in [
+        Corruption("muted_audio", "audio", mute, False),
+        Corruption("audio_gaussian_noise", "audio", audio_gaussian_noise, True),
+        Corruption("black_frames", "video", black_frames, False),
+        Corruption("frozen_video", "video", frozen_video, False),
+        Corruption("drop_frames", "video", drop_frames, True),
+        Corruption("gaussian_blur", "video", gaussian_blur, True),
+        Corruption("video_gaussian_noise", "video", video_gaussian_noise, True),
+        Corruption("shot_noise", "video", shot_noise, True),
+        Corruption("impulse_noise", "video", impulse_noise, True),
+        Corruption("defocus_blur", "video", defocus_blur, True),
+        Corruption("motion_blur", "video", motion_blur, True),
+        Corruption("zoom_blur", "video", zoom_blur, True),
+        Corruption("fog", "video", fog, True),
+        Corruption("brightness", "video", brightness, True),
+        Corruption("contrast", "video", contrast, True),
+        Corruption("pixelate", "video", pixelate, True),
+        Corruption("jpeg", "video", jpeg, True),
+        Corruption("audio_lowpass", "audio", audio_lowpass, True),
+        Corruption("audio_clipping", "audio", audio_clipping, True),
+        Corruption("traffic_noise", "audio", _mix_environment("traffic"), True),
+        Corruption("train_noise", "audio", _mix_environment("train"), True),
+    ]
+}
 
 
 def apply(name: str, sample: dict, severity: int, rng: np.random.Generator) -> dict:

@@ -130,17 +130,19 @@ def _to_square_rgb(frame: av.VideoFrame, size: int, threads: int) -> np.ndarray:
     scale = size / min(dw, dh)
     sw, sh = max(size, round(dw * scale)), max(size, round(dh * scale))
     tw, th = (sh, sw) if rotation in (90, 270) else (sw, sh)
-    rgb = frame.reformat(width=tw, height=th, format="rgb24", interpolation="AREA",
-                         threads=threads).to_ndarray()
+    rgb = frame.reformat(
+        width=tw, height=th, format="rgb24", interpolation="AREA", threads=threads
+    ).to_ndarray()
     if rotation:
         # FFmpeg's display matrix rotation is counter-clockwise.
         rgb = np.rot90(rgb, k=rotation // 90)
     y0, x0 = (rgb.shape[0] - size) // 2, (rgb.shape[1] - size) // 2
-    return np.ascontiguousarray(rgb[y0:y0 + size, x0:x0 + size])
+    return np.ascontiguousarray(rgb[y0 : y0 + size, x0 : x0 + size])
 
 
-def decode_clip(path: str | Path, spec: ClipSpec, start: float = 0.0,
-                limits: DecodeLimits = DecodeLimits()) -> DecodedClip:
+def decode_clip(
+    path: str | Path, spec: ClipSpec, start: float = 0.0, limits: DecodeLimits = DecodeLimits()
+) -> DecodedClip:
     """Decode ``spec.clip_seconds`` from ``start``. Raises ``MediaError`` with a kind:
     ``not_media``, ``no_streams``, ``no_video``, ``image_not_video``, ``too_large``,
     ``too_small``, ``too_few_frames``, ``unsupported_codec``, ``decode_timeout``,
@@ -153,8 +155,9 @@ def decode_clip(path: str | Path, spec: ClipSpec, start: float = 0.0,
         container = av.open(str(path), metadata_errors="ignore", timeout=limits.deadline_seconds)
     except (av.FFmpegError, OSError, ValueError) as exc:
         if time.monotonic() > deadline:
-            raise MediaError("decode_timeout",
-                             f"{path.name}: opening took over {limits.deadline_seconds:g} s") from exc
+            raise MediaError(
+                "decode_timeout", f"{path.name}: opening took over {limits.deadline_seconds:g} s"
+            ) from exc
         raise MediaError("not_media", f"{path.name}: {exc}") from exc
     with container:
         try:
@@ -163,7 +166,9 @@ def decode_clip(path: str | Path, spec: ClipSpec, start: float = 0.0,
             raise
         except (av.FFmpegError, ValueError, RuntimeError, MemoryError) as exc:
             if time.monotonic() > deadline:
-                raise MediaError("decode_timeout", f"{path.name}: over {limits.deadline_seconds:g} s") from exc
+                raise MediaError(
+                    "decode_timeout", f"{path.name}: over {limits.deadline_seconds:g} s"
+                ) from exc
             raise MediaError("decode_error", f"{path.name}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -173,22 +178,26 @@ def _decodable(stream: Stream) -> bool:
     return cc is not None and getattr(cc, "codec", None) is not None
 
 
-def _packets(container: InputContainer, streams: list[Stream], deadline: float, path: Path,
-             limits: DecodeLimits) -> Iterator[av.Packet[Stream]]:
+def _packets(
+    container: InputContainer, streams: list[Stream], deadline: float, path: Path, limits: DecodeLimits
+) -> Iterator[av.Packet[Stream]]:
     """Demux, ending quietly where the demuxer gives up (a truncated or overwritten
     file reads as an early end), and raising ``decode_timeout`` past the deadline."""
     it = container.demux(*streams)
     while True:
         if time.monotonic() > deadline:
-            raise MediaError("decode_timeout", f"{path.name}: decoding took over {limits.deadline_seconds:g} s")
+            raise MediaError(
+                "decode_timeout", f"{path.name}: decoding took over {limits.deadline_seconds:g} s"
+            )
         try:
             packet = next(it)
         except StopIteration:
             return
         except (av.EOFError, av.InvalidDataError, OSError) as exc:
             if time.monotonic() > deadline:
-                raise MediaError("decode_timeout",
-                                 f"{path.name}: reading took over {limits.deadline_seconds:g} s") from exc
+                raise MediaError(
+                    "decode_timeout", f"{path.name}: reading took over {limits.deadline_seconds:g} s"
+                ) from exc
             return
         yield packet
 
@@ -217,8 +226,9 @@ def _select_streams(container: InputContainer, path: Path, limits: DecodeLimits)
     video_undecodable = False
     if vstream is not None and not _decodable(vstream):
         if not (limits.allow_undecodable_video and astream is not None):
-            raise MediaError("unsupported_codec",
-                             f"{path.name}: FFmpeg has no decoder for the video stream's codec")
+            raise MediaError(
+                "unsupported_codec", f"{path.name}: FFmpeg has no decoder for the video stream's codec"
+            )
         vstream, video_undecodable = None, True
     if vstream is None and astream is None:
         raise MediaError("no_streams", f"{path.name} has no decodable audio or video stream")
@@ -230,19 +240,30 @@ def _select_streams(container: InputContainer, path: Path, limits: DecodeLimits)
         raise MediaError("image_not_video", f"{path.name} is a still image ({fmt}), not a video")
     duration = container.duration / av.time_base if container.duration else None
     if duration is not None and duration > limits.max_duration:
-        raise MediaError("too_large", f"{path.name}: duration {duration:.0f} s exceeds {limits.max_duration:.0f} s")
+        raise MediaError(
+            "too_large", f"{path.name}: duration {duration:.0f} s exceeds {limits.max_duration:.0f} s"
+        )
     fps = _check_video_stream(vstream, path, limits) if vstream is not None else None
     if astream is not None:
         astream.codec_context.thread_count = limits.threads
-    return _Streams(video=vstream, audio=astream, video_undecodable=video_undecodable, fmt=fmt,
-                    is_image=is_image, duration=duration, fps=fps)
+    return _Streams(
+        video=vstream,
+        audio=astream,
+        video_undecodable=video_undecodable,
+        fmt=fmt,
+        is_image=is_image,
+        duration=duration,
+        fps=fps,
+    )
 
 
 def _check_video_stream(vstream: av.VideoStream, path: Path, limits: DecodeLimits) -> float | None:
     """Size and rate checks; sets the decoder threads. Returns the stream's fps."""
     cc = vstream.codec_context
     if cc.width * cc.height > limits.max_pixels:
-        raise MediaError("too_large", f"{path.name}: {cc.width}x{cc.height} exceeds {limits.max_pixels} pixels")
+        raise MediaError(
+            "too_large", f"{path.name}: {cc.width}x{cc.height} exceeds {limits.max_pixels} pixels"
+        )
     if min(cc.width, cc.height) < limits.min_side:
         raise MediaError("too_small", f"{path.name}: {cc.width}x{cc.height} is below {limits.min_side} px")
     fps = float(vstream.average_rate) if vstream.average_rate else None
@@ -255,27 +276,40 @@ def _check_video_stream(vstream: av.VideoStream, path: Path, limits: DecodeLimit
     return fps
 
 
-def _decode(container: InputContainer, path: Path, spec: ClipSpec, start: float, limits: DecodeLimits,
-            deadline: float = math.inf) -> DecodedClip:
+def _decode(
+    container: InputContainer,
+    path: Path,
+    spec: ClipSpec,
+    start: float,
+    limits: DecodeLimits,
+    deadline: float = math.inf,
+) -> DecodedClip:
     """One window of an open container: pick the streams, read the packets once, then
     judge what decoded (see the module docstring)."""
     streams = _select_streams(container, path, limits)
     window = spec.clip_seconds
     if streams.duration is not None:
         if start >= streams.duration:
-            raise MediaError("empty_window", f"{path.name}: start {start:.1f} s is past the end "
-                                             f"({streams.duration:.1f} s)")
+            raise MediaError(
+                "empty_window", f"{path.name}: start {start:.1f} s is past the end ({streams.duration:.1f} s)"
+            )
         window = min(window, streams.duration - start)
     end = start + spec.clip_seconds
     if start > 0:
         container.seek(int(start * av.time_base), backward=True, any_frame=False)
-    video = (_VideoWindow(start, end, frame_times(start, window, spec.num_frames), streams.fps)
-             if streams.video is not None else None)
+    video = (
+        _VideoWindow(start, end, frame_times(start, window, spec.num_frames), streams.fps)
+        if streams.video is not None
+        else None
+    )
     audio = _AudioWindow(start, spec)
     corrupt, ended_early = _read(container, streams, video, audio, spec, deadline, path, limits)
     _check_frames(streams, video, corrupt, path, start, end, limits)
-    frames = (video.frames(spec.frame_size, limits.threads) if video is not None
-              else np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.uint8))
+    frames = (
+        video.frames(spec.frame_size, limits.threads)
+        if video is not None
+        else np.zeros((spec.num_frames, spec.frame_size, spec.frame_size, 3), np.uint8)
+    )
     waveform, got, real = audio.result()
     video_seconds = video.seconds() if video is not None else 0.0
     audio_seconds = real / spec.sample_rate
@@ -284,9 +318,12 @@ def _decode(container: InputContainer, path: Path, spec: ClipSpec, start: float,
         # before the window did: the file is that short, not damaged.
         content_end = max(got / spec.sample_rate, video.content_end() if video is not None else 0.0)
         window = max(min(window, content_end), 1e-3)
-    covered = _covered(streams, video, audio_seconds, video_seconds, window, corrupt, path, start, end, limits)
-    quality = _quality(streams, video, frames, waveform[:got], start, audio_seconds, video_seconds, covered, window,
-                       corrupt)
+    covered = _covered(
+        streams, video, audio_seconds, video_seconds, window, corrupt, path, start, end, limits
+    )
+    quality = _quality(
+        streams, video, frames, waveform[:got], start, audio_seconds, video_seconds, covered, window, corrupt
+    )
     return DecodedClip(waveform, frames, quality)
 
 
@@ -301,8 +338,9 @@ class _PacketDecoder:
     @overload
     def __call__(self, packet: av.Packet[av.AudioStream]) -> list[av.AudioFrame]: ...
 
-    def __call__(self, packet: av.Packet[av.VideoStream] | av.Packet[av.AudioStream]
-                 ) -> list[av.VideoFrame] | list[av.AudioFrame]:
+    def __call__(
+        self, packet: av.Packet[av.VideoStream] | av.Packet[av.AudioStream]
+    ) -> list[av.VideoFrame] | list[av.AudioFrame]:
         try:
             return packet.decode()
         except av.FFmpegError:  # a damaged packet (InvalidDataError, …): skip it, count it
@@ -310,17 +348,29 @@ class _PacketDecoder:
             return []
 
 
-def _read(container: InputContainer, streams: _Streams, video: _VideoWindow | None, audio: _AudioWindow,
-          spec: ClipSpec, deadline: float, path: Path, limits: DecodeLimits) -> tuple[int, bool]:
+def _read(
+    container: InputContainer,
+    streams: _Streams,
+    video: _VideoWindow | None,
+    audio: _AudioWindow,
+    spec: ClipSpec,
+    deadline: float,
+    path: Path,
+    limits: DecodeLimits,
+) -> tuple[int, bool]:
     """One pass over the packets of both streams into the two windows, until both
     are full. Returns (damaged packets, whether a stream ended before its window
     was full)."""
     decode = _PacketDecoder()
-    resampler = (av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate)
-                 if streams.audio is not None else None)
+    resampler = (
+        av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate)
+        if streams.audio is not None
+        else None
+    )
     need_audio, need_video = streams.audio is not None, streams.video is not None
-    for packet in _packets(container, [s for s in (streams.video, streams.audio) if s is not None], deadline, path,
-                           limits):
+    for packet in _packets(
+        container, [s for s in (streams.video, streams.audio) if s is not None], deadline, path, limits
+    ):
         if not (need_audio or need_video):
             break
         if packet.stream is streams.video and need_video:
@@ -359,46 +409,80 @@ def _read(container: InputContainer, streams: _Streams, video: _VideoWindow | No
     return decode.corrupt, need_audio or need_video
 
 
-def _check_frames(streams: _Streams, video: _VideoWindow | None, corrupt: int, path: Path, start: float,
-                  end: float, limits: DecodeLimits) -> None:
+def _check_frames(
+    streams: _Streams,
+    video: _VideoWindow | None,
+    corrupt: int,
+    path: Path,
+    start: float,
+    end: float,
+    limits: DecodeLimits,
+) -> None:
     """The video errors known once the packets are read: no frame, a still, too few."""
     in_window = video.in_window if video is not None else 0
     if video is not None and not video.has_content:
         if not video.decoded and corrupt:
-            raise MediaError("decode_error",
-                             f"{path.name}: no video frame decodes ({corrupt} damaged packets)")
-        raise MediaError("empty_window",
-                         f"{path.name}: no decodable video frame in [{start:.1f}, {end:.1f}) s")
+            raise MediaError(
+                "decode_error", f"{path.name}: no video frame decodes ({corrupt} damaged packets)"
+            )
+        raise MediaError(
+            "empty_window", f"{path.name}: no decodable video frame in [{start:.1f}, {end:.1f}) s"
+        )
     if streams.is_image and in_window < 2:  # a GIF/APNG/WebP with one frame is a still image
         raise MediaError("image_not_video", f"{path.name} is a still image ({streams.fmt}), not a video")
     if video is not None and in_window < limits.min_frames:
-        raise MediaError("too_few_frames",
-                         f"{path.name}: {in_window} frame(s) in the window, need {limits.min_frames}")
+        raise MediaError(
+            "too_few_frames", f"{path.name}: {in_window} frame(s) in the window, need {limits.min_frames}"
+        )
 
 
-def _covered(streams: _Streams, video: _VideoWindow | None, audio_seconds: float, video_seconds: float,
-             window: float, corrupt: int, path: Path, start: float, end: float, limits: DecodeLimits) -> float:
+def _covered(
+    streams: _Streams,
+    video: _VideoWindow | None,
+    audio_seconds: float,
+    video_seconds: float,
+    window: float,
+    corrupt: int,
+    path: Path,
+    start: float,
+    end: float,
+    limits: DecodeLimits,
+) -> float:
     """Seconds of the window the decoded content covers (the smaller modality);
     ``decode_error``/``empty_window`` below the usable threshold."""
-    used = ([audio_seconds] if streams.audio is not None else []) + ([video_seconds] if video is not None else [])
+    used = ([audio_seconds] if streams.audio is not None else []) + (
+        [video_seconds] if video is not None else []
+    )
     if video is not None and video.in_window < 2:
         used[-1] = window  # a single frame (a still or 1 fps clip) stands for the window it spans
     covered = min(min(used), window)
     needed = min(limits.min_content_seconds, 0.5 * window)
     if covered + 1e-6 < needed:
         if corrupt or covered > 0:
-            raise MediaError("decode_error",
-                             f"{path.name}: only {covered:.2f} s of the {window:.2f} s window decode "
-                             f"(need {needed:.2f} s; {corrupt} damaged packets)")
+            raise MediaError(
+                "decode_error",
+                f"{path.name}: only {covered:.2f} s of the {window:.2f} s window decode "
+                f"(need {needed:.2f} s; {corrupt} damaged packets)",
+            )
         raise MediaError("empty_window", f"{path.name}: nothing decodable in [{start:.1f}, {end:.1f}) s")
     return covered
 
 
-def _quality(streams: _Streams, video: _VideoWindow | None, frames: np.ndarray, placed: np.ndarray, start: float,
-             audio_seconds: float, video_seconds: float, covered: float, window: float, corrupt: int) -> Quality:
+def _quality(
+    streams: _Streams,
+    video: _VideoWindow | None,
+    frames: np.ndarray,
+    placed: np.ndarray,
+    start: float,
+    audio_seconds: float,
+    video_seconds: float,
+    covered: float,
+    window: float,
+    corrupt: int,
+) -> Quality:
     """The window's :class:`Quality` from what decoded (``placed``: the audio samples
     placed, before the padding)."""
-    rms = float(np.sqrt(np.mean(placed ** 2))) if len(placed) else 0.0
+    rms = float(np.sqrt(np.mean(placed**2))) if len(placed) else 0.0
     motion = float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean()) if len(frames) > 1 else 0.0
     vcc = streams.video.codec_context if streams.video is not None else None
     acc = streams.audio.codec_context if streams.audio is not None else None
@@ -526,7 +610,9 @@ class _AudioWindow:
         t = frame.time
         if t is not None and frame.sample_rate:
             if self.next_in is not None and self.first is not None and t - self.next_in > GAP_SECONDS:
-                gap = min(round((t - self.next_in) * self.spec.sample_rate), self.spec.num_samples - self.have)
+                gap = min(
+                    round((t - self.next_in) * self.spec.sample_rate), self.spec.num_samples - self.have
+                )
                 if gap > 0:
                     self.chunks.append(np.zeros(gap, np.float32))
                     self.have += gap
@@ -545,13 +631,22 @@ class _AudioWindow:
         return waveform, got, max(0, got - self.gaps)
 
 
-def _take_audio(frame: av.AudioFrame, start: float, spec: ClipSpec, chunks: list[np.ndarray],
-                first: float | None, have: int) -> tuple[float | None, int]:
+def _take_audio(
+    frame: av.AudioFrame,
+    start: float,
+    spec: ClipSpec,
+    chunks: list[np.ndarray],
+    first: float | None,
+    have: int,
+) -> tuple[float | None, int]:
     """Append the part of a resampled frame at or after ``start`` (the seek lands on
     an earlier packet); returns updated (first sample time, samples held)."""
     data = frame.to_ndarray().reshape(-1)
-    t = (frame.time if frame.time is not None
-         else (first if first is not None else start) + have / spec.sample_rate)
+    t = (
+        frame.time
+        if frame.time is not None
+        else (first if first is not None else start) + have / spec.sample_rate
+    )
     if first is None:
         skip = max(0, math.floor((start - t) * spec.sample_rate + 0.5))
         if skip >= len(data):

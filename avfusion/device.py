@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 
 
-def choose_device(requested: str = "auto", *, gpus_assigned: int | None = None, index: int = 0) -> torch.device:
+def choose_device(
+    requested: str = "auto", *, gpus_assigned: int | None = None, index: int = 0
+) -> torch.device:
     """``requested``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     ``gpus_assigned``: how many GPUs the scheduler gave this process (Ray's resources);

@@ -42,21 +42,32 @@ class DistEnv:
             tdist.barrier()
 
 
-def setup(device: str | torch.device = "auto", *, rank: int = 0, world: int = 1, local_rank: int = 0,
-          gpus_assigned: int | None = None) -> DistEnv:
+def setup(
+    device: str | torch.device = "auto",
+    *,
+    rank: int = 0,
+    world: int = 1,
+    local_rank: int = 0,
+    gpus_assigned: int | None = None,
+) -> DistEnv:
     """Join the process group (unless the launcher already did, as Ray Train does) and
     take the device: a ``torch.device`` as given, else ``choose_device`` of the request
     with the local rank's GPU."""
-    dev = device if isinstance(device, torch.device) else choose_device(device, gpus_assigned=gpus_assigned,
-                                                                        index=local_rank)
+    dev = (
+        device
+        if isinstance(device, torch.device)
+        else choose_device(device, gpus_assigned=gpus_assigned, index=local_rank)
+    )
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():
         # env:// rendezvous: torchrun's MASTER_ADDR/MASTER_PORT, read by torch itself.
         tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
     if tdist.is_initialized() and (tdist.get_rank(), tdist.get_world_size()) != (rank, world):
-        raise RuntimeError(f"the process group says rank {tdist.get_rank()} of {tdist.get_world_size()}, "
-                           f"the launcher rank {rank} of {world}")
+        raise RuntimeError(
+            f"the process group says rank {tdist.get_rank()} of {tdist.get_world_size()}, "
+            f"the launcher rank {rank} of {world}"
+        )
     return DistEnv(rank, world, local_rank, dev)
 
 

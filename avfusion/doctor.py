@@ -62,8 +62,10 @@ def ffmpeg_checks(configured: str | None = None) -> list[Check]:
     ``-rw_timeout``, ``-request_size``), and that yt-dlp takes its section path."""
     from avfusion.download import ffmpeg_executable
 
-    fix = ("install ffmpeg >= 4.4 with TLS (apt install ffmpeg), or pip install imageio-ffmpeg, "
-           "or set download.ffmpeg")
+    fix = (
+        "install ffmpeg >= 4.4 with TLS (apt install ffmpeg), or pip install imageio-ffmpeg, "
+        "or set download.ffmpeg"
+    )
     try:
         exe = ffmpeg_executable(configured)
         version = _run([exe, "-hide_banner", "-version"]).splitlines()[0]
@@ -72,13 +74,24 @@ def ffmpeg_checks(configured: str | None = None) -> list[Check]:
     checks = [Check("ffmpeg", OK, f"{version.split(' Copyright')[0]} at {exe}")]
     protocols = _run([exe, "-hide_banner", "-protocols"]).split("Output:")[0].split()
     missing = [p for p in ("http", "https", "tls") if p not in protocols]
-    checks.append(Check("ffmpeg proto", FAIL if missing else OK,
-                        f"missing input protocols: {', '.join(missing)}" if missing else "http, https, tls inputs",
-                        fix))
+    checks.append(
+        Check(
+            "ffmpeg proto",
+            FAIL if missing else OK,
+            f"missing input protocols: {', '.join(missing)}" if missing else "http, https, tls inputs",
+            fix,
+        )
+    )
     options = _run([exe, "-hide_banner", "-h", "protocol=http"]) + _run([exe, "-hide_banner", "-h", "full"])
     lacking = [o for o in ("rw_timeout", "request_size") if f"-{o}" not in options]
-    checks.append(Check("ffmpeg opts", FAIL if "rw_timeout" in lacking else OK,
-                        f"lacks -{', -'.join(lacking)}" if lacking else "-rw_timeout, -request_size", fix))
+    checks.append(
+        Check(
+            "ffmpeg opts",
+            FAIL if "rw_timeout" in lacking else OK,
+            f"lacks -{', -'.join(lacking)}" if lacking else "-rw_timeout, -request_size",
+            fix,
+        )
+    )
     checks.append(_section_path_check(exe))
     return checks
 
@@ -87,22 +100,32 @@ def _section_path_check(exe: str) -> Check:
     from avfusion.download import sections_use_ffmpeg
 
     available = sections_use_ffmpeg(exe)
-    return Check("section path", OK if available else FAIL,
-                 "yt-dlp hands section downloads to this ffmpeg" if available
-                 else "yt-dlp would not use ffmpeg: every section download fails ('ffmpeg is not installed')",
-                 "point download.ffmpeg at a working ffmpeg binary")
+    return Check(
+        "section path",
+        OK if available else FAIL,
+        "yt-dlp hands section downloads to this ffmpeg"
+        if available
+        else "yt-dlp would not use ffmpeg: every section download fails ('ffmpeg is not installed')",
+        "point download.ffmpeg at a working ffmpeg binary",
+    )
 
 
 def js_check(js_runtimes: dict | None = None) -> Check:
     from avfusion.download import js_runtime_report
 
     js = js_runtime_report(js_runtimes)
-    detail = (f"runtime {js['runtime'] or 'none'} ({js['path'] or 'not found'}"
-              f"{'' if js['supported'] or not js['runtime'] else ', unsupported version'}), "
-              f"solver {js['solver'] or 'none'}; yt-dlp {js['yt_dlp']}")
-    return Check("js solver", OK if js["ok"] else FAIL, detail,
-                 "pip install 'yt-dlp[default,deno]' into this environment (YouTube's challenges need a JS "
-                 "runtime since yt-dlp 2025.11.12; without one formats go missing)")
+    detail = (
+        f"runtime {js['runtime'] or 'none'} ({js['path'] or 'not found'}"
+        f"{'' if js['supported'] or not js['runtime'] else ', unsupported version'}), "
+        f"solver {js['solver'] or 'none'}; yt-dlp {js['yt_dlp']}"
+    )
+    return Check(
+        "js solver",
+        OK if js["ok"] else FAIL,
+        detail,
+        "pip install 'yt-dlp[default,deno]' into this environment (YouTube's challenges need a JS "
+        "runtime since yt-dlp 2025.11.12; without one formats go missing)",
+    )
 
 
 def cookie_checks(url: str) -> list[Check]:
@@ -112,8 +135,10 @@ def cookie_checks(url: str) -> list[Check]:
 
     from avfusion import storage
 
-    fix = ("export cookies.txt from a private window of a throwaway account (yt-dlp wiki, 'Exporting "
-           "YouTube cookies'), then close that window")
+    fix = (
+        "export cookies.txt from a private window of a throwaway account (yt-dlp wiki, 'Exporting "
+        "YouTube cookies'), then close that window"
+    )
     with contextlib.ExitStack() as stack:
         try:
             copy = stack.enter_context(storage.private_copy(url, "cookies.txt"))
@@ -131,7 +156,10 @@ def cookie_checks(url: str) -> list[Check]:
     if not yt:
         status, detail = FAIL, f"{len(list(jar))} cookies, none for youtube.com"
     elif not login:
-        status, detail = WARN, f"{len(yt)} YouTube cookies but no login cookie ({', '.join(YOUTUBE_LOGIN[:3])}…)"
+        status, detail = (
+            WARN,
+            f"{len(yt)} YouTube cookies but no login cookie ({', '.join(YOUTUBE_LOGIN[:3])}…)",
+        )
     else:
         soonest = min(expiries) if expiries else None
         status = FAIL if soonest and soonest < now else WARN if soonest and soonest < now + 7 * 86400 else OK
@@ -141,8 +169,14 @@ def cookie_checks(url: str) -> list[Check]:
     if storage.is_local(url):
         folder = os.path.dirname(os.path.abspath(storage.local_path(url)))
         writable = os.access(folder, os.W_OK)
-        checks.append(Check("cookies dir", OK, f"{folder} is {'writable' if writable else 'read-only'}; "
-                            "not needed: each download works on a private copy"))
+        checks.append(
+            Check(
+                "cookies dir",
+                OK,
+                f"{folder} is {'writable' if writable else 'read-only'}; "
+                "not needed: each download works on a private copy",
+            )
+        )
     return checks
 
 
@@ -152,8 +186,12 @@ def proxy_check(proxy: str | None) -> Check:
     scheme = proxy.split("://", 1)[0].lower() if "://" in proxy else "http"
     if scheme in ("http", "https"):
         return Check("proxy", OK, f"{scheme}:// carries yt-dlp's requests and ffmpeg's media transfer")
-    return Check("proxy", FAIL, f"{scheme}:// is not handed to ffmpeg by yt-dlp: the media would go out directly",
-                 "use an http(s):// proxy (run privoxy or gost in front of a SOCKS proxy)")
+    return Check(
+        "proxy",
+        FAIL,
+        f"{scheme}:// is not handed to ffmpeg by yt-dlp: the media would go out directly",
+        "use an http(s):// proxy (run privoxy or gost in front of a SOCKS proxy)",
+    )
 
 
 def gpu_check() -> Check:
@@ -163,8 +201,12 @@ def gpu_check() -> Check:
         return Check("gpus", FAIL, f"torch not importable: {exc}", "pip install torch")
     n = torch.cuda.device_count()
     if not n:
-        return Check("gpus", WARN, "no CUDA device visible to torch: training and labelling run on CPU",
-                     "fine for preprocess; for training use a GPU node (CUDA_VISIBLE_DEVICES, the Ray GPU request)")
+        return Check(
+            "gpus",
+            WARN,
+            "no CUDA device visible to torch: training and labelling run on CPU",
+            "fine for preprocess; for training use a GPU node (CUDA_VISIBLE_DEVICES, the Ray GPU request)",
+        )
     names = ", ".join(torch.cuda.get_device_name(i) for i in range(n))
     return Check("gpus", OK, f"{n} visible to torch: {names}")
 
@@ -179,9 +221,13 @@ def weights_check(weights: str) -> Check:
 
         weights = os.path.join(torch.hub.get_dir(), "checkpoints", RESNET18_FILE)
     ok = storage.exists(weights)
-    return Check("weights", OK if ok else WARN, f"{weights} {'present' if ok else 'missing'}",
-                 "copy torchvision's resnet18-f37072fd.pth there (nothing is downloaded at run time) or pass "
-                 "--video-weights PATH; without it the video encoder starts from random weights")
+    return Check(
+        "weights",
+        OK if ok else WARN,
+        f"{weights} {'present' if ok else 'missing'}",
+        "copy torchvision's resnet18-f37072fd.pth there (nothing is downloaded at run time) or pass "
+        "--video-weights PATH; without it the video encoder starts from random weights",
+    )
 
 
 def storage_check(out: str, endpoint: str | None = None) -> Check:
@@ -194,8 +240,12 @@ def storage_check(out: str, endpoint: str | None = None) -> Check:
         while folder and not os.path.exists(folder):
             folder = os.path.dirname(folder)
         writable = os.access(folder or ".", os.W_OK)
-        return Check("output", OK if writable else FAIL, f"local {out} ({'writable' if writable else 'read-only'})",
-                     "choose a writable --out")
+        return Check(
+            "output",
+            OK if writable else FAIL,
+            f"local {out} ({'writable' if writable else 'read-only'})",
+            "choose a writable --out",
+        )
     bucket = re.sub(r"^[a-z0-9]+://", "", out).split("/")[0]
     root = f"{storage.scheme(out)}://{bucket}"
     endpoint = endpoint or "AWS default"
@@ -204,8 +254,12 @@ def storage_check(out: str, endpoint: str | None = None) -> Check:
         found = storage.exists(root)
     except Exception as exc:  # noqa: BLE001 - no credentials, endpoint down, denied
         return Check("output", FAIL, f"{root} at {endpoint}: {type(exc).__name__}: {str(exc)[:200]}", fix)
-    return Check("output", OK if found else FAIL,
-                 f"bucket {bucket} at {endpoint} {'answers' if found else 'does not exist'}", fix)
+    return Check(
+        "output",
+        OK if found else FAIL,
+        f"bucket {bucket} at {endpoint} {'answers' if found else 'does not exist'}",
+        fix,
+    )
 
 
 def cluster_checks(address: str, opts: DoctorOptions) -> list[tuple[str, list[Check]]]:
@@ -213,13 +267,35 @@ def cluster_checks(address: str, opts: DoctorOptions) -> list[tuple[str, list[Ch
     from avfusion.executor.ray_doctor import run_on_every_node
 
     cluster = run_on_every_node(address, local_checks, opts)
-    groups = [("cluster", [Check("ray", OK if cluster.nodes else FAIL,
-                                 f"{len(cluster.nodes)} alive nodes at {address}: {cluster.resources}",
-                                 "start workers (ray start --address=HEAD) or fix --address")])]
+    groups = [
+        (
+            "cluster",
+            [
+                Check(
+                    "ray",
+                    OK if cluster.nodes else FAIL,
+                    f"{len(cluster.nodes)} alive nodes at {address}: {cluster.resources}",
+                    "start workers (ray start --address=HEAD) or fix --address",
+                )
+            ],
+        )
+    ]
     for node in cluster.nodes:
-        groups.append((node.label, node.result if node.error is None else
-                       [Check("node", FAIL, f"checks did not run: {node.error}",
-                              "see the node's Ray logs; is avfusion installed there?")]))
+        groups.append(
+            (
+                node.label,
+                node.result
+                if node.error is None
+                else [
+                    Check(
+                        "node",
+                        FAIL,
+                        f"checks did not run: {node.error}",
+                        "see the node's Ray logs; is avfusion installed there?",
+                    )
+                ],
+            )
+        )
     return groups
 
 

@@ -55,8 +55,9 @@ class DownloadConfig:
 
 
 class DownloadError(Exception):
-    def __init__(self, kind: str, transient: bool, message: str, attempts: int,
-                 warnings: list[str] | None = None) -> None:
+    def __init__(
+        self, kind: str, transient: bool, message: str, attempts: int, warnings: list[str] | None = None
+    ) -> None:
         super().__init__(f"{kind}: {message}")
         self.kind, self.transient, self.message, self.attempts = kind, transient, message, attempts
         self.warnings = warnings or []
@@ -80,8 +81,12 @@ _RULES: list[tuple[str, bool, re.Pattern]] = [
         ("blocked_bot_check", True, r"confirm you.?re not a bot|sign in to confirm|captcha challenge"),
         # "This content isn't available, try again later. The current session has been
         # rate-limited by YouTube for up to an hour" — before the 429 rule ("rate-limited").
-        ("blocked_session", True, r"content isn.?t available, try again later|"
-                                   r"has been rate.limited by youtube"),
+        (
+            "blocked_session",
+            True,
+            r"content isn.?t available, try again later|"
+            r"has been rate.limited by youtube",
+        ),
         ("private", False, r"private video|video is private"),
         ("geo_blocked", False, r"not (?:made this video )?available in your country|geo.?restrict"),
         ("removed", False, r"has been removed|account .* terminated|no longer available|copyright claim"),
@@ -94,8 +99,12 @@ _RULES: list[tuple[str, bool, re.Pattern]] = [
         ("blocked_rate_limit", True, r"HTTP Error 429|too many requests"),
         ("server_error", True, r"HTTP Error 5\d\d|internal server error|bad gateway|service unavailable"),
         ("timeout", True, r"timed? ?out|timeout"),
-        ("connection", True, r"connection (?:reset|refused|aborted)|remote end closed|broken pipe|"
-                              r"temporary failure in name resolution|network is unreachable|eof occurred"),
+        (
+            "connection",
+            True,
+            r"connection (?:reset|refused|aborted)|remote end closed|broken pipe|"
+            r"temporary failure in name resolution|network is unreachable|eof occurred",
+        ),
         # Our side: a cookie file on a read-only mount, a full disk (yt-dlp raises OSError).
         ("local_io_error", True, r"read-only file system|no space left|permission denied|disk quota"),
         # yt-dlp runs ffmpeg quietly, so its exit code (an AVERROR masked to 8 bits) is all
@@ -107,8 +116,12 @@ _RULES: list[tuple[str, bool, re.Pattern]] = [
         ("connection", True, r"ffmpeg exited with code 152\b"),
         ("truncated", True, r"ffmpeg exited with code (?:187|183) \(partial"),
         ("stream_error", True, r"ffmpeg exited with code"),
-        ("truncated", True, r"incomplete ?read|truncat|partial|premature|invalid data found|"
-                             r"moov atom not found|end of file|content-length"),
+        (
+            "truncated",
+            True,
+            r"incomplete ?read|truncat|partial|premature|invalid data found|"
+            r"moov atom not found|end of file|content-length",
+        ),
         ("no_format", False, r"requested format is not available|no video formats found"),
         ("unsupported_url", False, r"unsupported url"),
     ]
@@ -186,12 +199,16 @@ def preflight(cfg: DownloadConfig) -> list[str]:
     the transfer): each a one-line error with what to use instead."""
     errors = []
     if cfg.proxy and not re.match(r"https?://", cfg.proxy) and "://" in cfg.proxy:
-        errors.append(f"proxy {cfg.proxy.split('://')[0]}:// is not handed to ffmpeg by yt-dlp, so the media "
-                      "bytes would bypass it; use an http:// or https:// proxy (e.g. privoxy or gost in "
-                      "front of the SOCKS one)")
+        errors.append(
+            f"proxy {cfg.proxy.split('://')[0]}:// is not handed to ffmpeg by yt-dlp, so the media "
+            "bytes would bypass it; use an http:// or https:// proxy (e.g. privoxy or gost in "
+            "front of the SOCKS one)"
+        )
     if cfg.rate_limit:
-        errors.append("--rate-limit has no effect: yt-dlp's ratelimit is ignored by ffmpeg, which does every "
-                      "section download; limit downloads with --downloads-per-hour and --min-spacing instead")
+        errors.append(
+            "--rate-limit has no effect: yt-dlp's ratelimit is ignored by ffmpeg, which does every "
+            "section download; limit downloads with --downloads-per-hour and --min-spacing instead"
+        )
     return errors
 
 
@@ -291,9 +308,15 @@ class _Failed(Exception):
     pass
 
 
-def download_section(task: ClipTask, clip: ClipSpec, cfg: DownloadConfig, workdir: Path,
-                     sleep: Callable[[float], None] = time.sleep, governor: GovernorClient | None = None,
-                     node: str = "local") -> Downloaded:
+def download_section(
+    task: ClipTask,
+    clip: ClipSpec,
+    cfg: DownloadConfig,
+    workdir: Path,
+    sleep: Callable[[float], None] = time.sleep,
+    governor: GovernorClient | None = None,
+    node: str = "local",
+) -> Downloaded:
     """Fetch ``[task.start, task.end or start + clip_seconds]`` of ``task.source`` into
     ``workdir``. Raises ``DownloadError`` when the error is permanent or transient
     attempts run out. With a ``governor`` (``avfusion.governor``) every attempt waits

@@ -96,8 +96,12 @@ class _Stats(TypedDict):
 
 
 class Governor:
-    def __init__(self, cfg: GovernorConfig | None = None, clock: Callable[[], float] = time.monotonic,
-                 seed: int | None = None):
+    def __init__(
+        self,
+        cfg: GovernorConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int | None = None,
+    ):
         self.cfg = cfg or GovernorConfig()
         self._clock = clock
         self._rng = random.Random(seed)
@@ -158,8 +162,9 @@ class Governor:
         with self._lock:
             now = self._clock() if now is None else now
             out: dict[str, Any] = {**self._stats, "blocks": dict(self._stats["blocks"])}
-            out["blocked_seconds"] += sum(now - n.blocked_since for n in self._nodes.values()
-                                          if n.blocked_since)
+            out["blocked_seconds"] += sum(
+                now - n.blocked_since for n in self._nodes.values() if n.blocked_since
+            )
             out["blocked_seconds"] = round(out["blocked_seconds"], 3)
             out["downloads_per_hour"] = round(out["grants"] * 3600.0 / max(now - self._start, 1e-9), 1)
             out["blocked_nodes"] = sorted(k for k, n in self._nodes.items() if n.blocked_kind)
@@ -224,8 +229,9 @@ class GovernorClient(Protocol):
     def stop_kind(self) -> str | None: ...
 
 
-def wait_for_turn(governor: GovernorClient, node: str, sleep: Callable[[float], None] = time.sleep,
-                  max_wait: float = 60.0) -> None:
+def wait_for_turn(
+    governor: GovernorClient, node: str, sleep: Callable[[float], None] = time.sleep, max_wait: float = 60.0
+) -> None:
     """Block the calling thread until ``governor`` grants ``node`` a download; raise
     ``SourceBlocked`` when it says stop. ``governor`` may be a proxy to a remote one."""
     while True:

@@ -68,14 +68,21 @@ class Batch:
         Without an accelerator there is nothing to pin for: the batch is returned as is."""
         if not torch.cuda.is_available():
             return self
+
         def pin(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.pin_memory()
 
-        return replace(self, waveform=self.waveform.pin_memory(), frames=pin(self.frames),
-                       target=self.target.pin_memory(), jpeg=pin(self.jpeg))
+        return replace(
+            self,
+            waveform=self.waveform.pin_memory(),
+            frames=pin(self.frames),
+            target=self.target.pin_memory(),
+            jpeg=pin(self.jpeg),
+        )
 
-    def to(self, device: torch.device | str, non_blocking: bool = True,
-           frame_index: torch.Tensor | None = None) -> Batch:
+    def to(
+        self, device: torch.device | str, non_blocking: bool = True, frame_index: torch.Tensor | None = None
+    ) -> Batch:
         """The decoded batch on ``device``: audio as float, JPEGs decoded there.
         ``frame_index`` (B, k) int64 on the CPU keeps only those frames of each clip,
         in that order, and only those are decoded (temporal crops decode k of T)."""
@@ -90,12 +97,18 @@ class Batch:
         else:
             assert self.jpeg is not None and self.jpeg_offsets is not None  # compact: JPEGs, no frames
             frames = decode_frames(self.jpeg, self.jpeg_offsets, len(self.keys), device, frame_index)
-        return Batch(wave, frames, self.target.to(device, non_blocking=non_blocking), self.keys,
-                     worker=self.worker)
+        return Batch(
+            wave, frames, self.target.to(device, non_blocking=non_blocking), self.keys, worker=self.worker
+        )
 
 
-def decode_frames(jpeg: torch.Tensor, offsets: torch.Tensor, clips: int, device: torch.device,
-                  frame_index: torch.Tensor | None = None) -> torch.Tensor:
+def decode_frames(
+    jpeg: torch.Tensor,
+    offsets: torch.Tensor,
+    clips: int,
+    device: torch.device,
+    frame_index: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One batched ``decode_jpeg`` call (inputs stay on the CPU, as torchvision wants;
     ``device`` is where they are decoded) → (B, k, H, W, 3) uint8, a channels-last view
     of a contiguous (B, k, 3, H, W) tensor (what the model's per-frame conv reads)."""
@@ -103,9 +116,12 @@ def decode_frames(jpeg: torch.Tensor, offsets: torch.Tensor, clips: int, device:
 
     o = offsets.tolist()  # a CPU tensor: no device sync
     t = (len(o) - 1) // max(1, clips)
-    picks = (range(clips * t) if frame_index is None else
-             [b * t + i for b, row in enumerate(frame_index.tolist()) for i in row])
-    images = decode_jpeg([jpeg[o[i]:o[i + 1]] for i in picks], mode=ImageReadMode.RGB, device=device)
+    picks = (
+        range(clips * t)
+        if frame_index is None
+        else [b * t + i for b, row in enumerate(frame_index.tolist()) for i in row]
+    )
+    images = decode_jpeg([jpeg[o[i] : o[i + 1]] for i in picks], mode=ImageReadMode.RGB, device=device)
     frames = torch.stack(images)
     return frames.view(clips, -1, *frames.shape[1:]).permute(0, 1, 3, 4, 2)
 
@@ -138,7 +154,7 @@ class Dataset:
         keys: list[str] = []
         for shard in self.manifest["shards"]:
             try:
-                keys += shardstore.read_stats(self.root, shard["tar"][:-len(".tar")]).keys
+                keys += shardstore.read_stats(self.root, shard["tar"][: -len(".tar")]).keys
             except (OSError, KeyError, TypeError, ValueError):
                 return None
         return keys
@@ -218,31 +234,44 @@ def compact(sample: dict) -> dict:
     import soundfile as sf
 
     wave, _ = sf.read(io.BytesIO(sample["flac"]), dtype="int16")
-    return {"key": sample["__key__"], "waveform": wave, "jpegs": [sample[n] for n in frame_names(sample)],
-            "target": int(sample["cls"])}
+    return {
+        "key": sample["__key__"],
+        "waveform": wave,
+        "jpegs": [sample[n] for n in frame_names(sample)],
+        "target": int(sample["cls"]),
+    }
 
 
 def collate(samples: list[dict]) -> Batch:
     """Decoded samples (``decode``) → a decoded Batch."""
-    return Batch(torch.from_numpy(np.stack([s["waveform"] for s in samples])),
-                 torch.from_numpy(np.stack([s["frames"] for s in samples])),
-                 torch.tensor([s["target"] for s in samples], dtype=torch.int64),
-                 [s["key"] for s in samples], worker=_worker_id())
+    return Batch(
+        torch.from_numpy(np.stack([s["waveform"] for s in samples])),
+        torch.from_numpy(np.stack([s["frames"] for s in samples])),
+        torch.tensor([s["target"] for s in samples], dtype=torch.int64),
+        [s["key"] for s in samples],
+        worker=_worker_id(),
+    )
 
 
 def collate_compact(samples: list[dict]) -> Batch:
     """Compact samples → a compact Batch (one JPEG buffer; see ``Batch``)."""
     t = {len(s["jpegs"]) for s in samples}
     if len(t) != 1:
-        raise ValueError(f"clips of one batch have different frame counts {sorted(t)}: "
-                         f"{[s['key'] for s in samples]}")
+        raise ValueError(
+            f"clips of one batch have different frame counts {sorted(t)}: {[s['key'] for s in samples]}"
+        )
     jpegs = [j for s in samples for j in s["jpegs"]]
     offsets = np.zeros(len(jpegs) + 1, np.int64)
     np.cumsum([len(j) for j in jpegs], out=offsets[1:])
-    return Batch(torch.from_numpy(np.stack([s["waveform"] for s in samples])), None,
-                 torch.tensor([s["target"] for s in samples], dtype=torch.int64), [s["key"] for s in samples],
-                 jpeg=torch.frombuffer(bytearray(b"".join(jpegs)), dtype=torch.uint8),
-                 jpeg_offsets=torch.from_numpy(offsets), worker=_worker_id())
+    return Batch(
+        torch.from_numpy(np.stack([s["waveform"] for s in samples])),
+        None,
+        torch.tensor([s["target"] for s in samples], dtype=torch.int64),
+        [s["key"] for s in samples],
+        jpeg=torch.frombuffer(bytearray(b"".join(jpegs)), dtype=torch.uint8),
+        jpeg_offsets=torch.from_numpy(offsets),
+        worker=_worker_id(),
+    )
 
 
 def _worker_id() -> int:
@@ -255,10 +284,15 @@ def seed_of(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def _sample_stages(split: str | Subset | None, decode_fn: Callable[[dict], dict],
-                   augment: Callable[[dict], dict] | None, batch_size: int, partial: bool,
-                   collation_fn: Callable[[list[dict]], Any],
-                   shuffle: Callable | None = None) -> list[Callable]:
+def _sample_stages(
+    split: str | Subset | None,
+    decode_fn: Callable[[dict], dict],
+    augment: Callable[[dict], dict] | None,
+    batch_size: int,
+    partial: bool,
+    collation_fn: Callable[[list[dict]], Any],
+    shuffle: Callable | None = None,
+) -> list[Callable]:
     stages: list[Callable] = [wds.split_by_worker, open_shards, _expand_tars, wds.select(_split_is(split))]
     if shuffle is not None:
         stages += [shuffle]
@@ -268,14 +302,23 @@ def _sample_stages(split: str | Subset | None, decode_fn: Callable[[dict], dict]
     return stages + [wds.batched(batch_size, collation_fn=collation_fn, partial=partial)]
 
 
-def eval_stages(urls: list[str], batch_size: int, *, split: str | Subset | None, compact_frames: bool = True,
-                collation_fn: Callable | None = None) -> wds.DataPipeline:
+def eval_stages(
+    urls: list[str],
+    batch_size: int,
+    *,
+    split: str | Subset | None,
+    compact_frames: bool = True,
+    collation_fn: Callable | None = None,
+) -> wds.DataPipeline:
     """Every sample of ``split`` once: shards split by node and worker, no shuffle.
     Compact batches by default (decoded on the device by ``Batch.to``);
     ``compact_frames=False`` decodes per clip in the workers (robustness evaluation)."""
     fn, coll = (compact, collate_compact) if compact_frames else (decode, collate)
-    return wds.DataPipeline(wds.SimpleShardList(urls), wds.split_by_node,
-                            *_sample_stages(split, fn, None, batch_size, True, collation_fn or coll))
+    return wds.DataPipeline(
+        wds.SimpleShardList(urls),
+        wds.split_by_node,
+        *_sample_stages(split, fn, None, batch_size, True, collation_fn or coll),
+    )
 
 
 class TrainStream(torch.utils.data.IterableDataset):
@@ -303,11 +346,22 @@ class TrainStream(torch.utils.data.IterableDataset):
     own copy) still moves every worker to the next epoch's seed, and a resumed run
     passes the epoch it resumes at."""
 
-    def __init__(self, urls: list[str], batch_size: int, *, split: str | Subset | None,
-                 batches_per_epoch: int, seed: int = 0, rank: int = 0, world: int = 1, start_epoch: int = 0,
-                 shuffle_buffer: int = 256,
-                 compact_frames: bool = True, augment: Callable[[dict], dict] | None = None,
-                 collation_fn: Callable | None = None) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        batch_size: int,
+        *,
+        split: str | Subset | None,
+        batches_per_epoch: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        start_epoch: int = 0,
+        shuffle_buffer: int = 256,
+        compact_frames: bool = True,
+        augment: Callable[[dict], dict] | None = None,
+        collation_fn: Callable | None = None,
+    ) -> None:
         if not batches_per_epoch:
             raise ValueError("training streams need batches_per_epoch (the dealt shards never end)")
         if not 0 <= rank < world:
@@ -325,17 +379,22 @@ class TrainStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         rng = random.Random(seed_of(self.seed, self.rank, worker, epoch))
-        shuffle = (wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
-                   if self.shuffle_buffer > 1 else None)
+        shuffle = (
+            wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
+            if self.shuffle_buffer > 1
+            else None
+        )
         fn, coll = (compact, collate_compact) if self.compact_frames else (decode, collate)
-        *per_sample, batch = _sample_stages(self.split, fn, self.augment, self.batch_size, False,
-                                            self.collation_fn or coll, shuffle)
+        *per_sample, batch = _sample_stages(
+            self.split, fn, self.augment, self.batch_size, False, self.collation_fn or coll, shuffle
+        )
         hands = deal_shards(self.urls, self.seed, epoch, self.rank * workers + worker, self.world * workers)
         # one pipeline per pass, so the shuffle buffer empties at the end of each pass and
         # never mixes two; the dealt shards are already this worker's own: no worker split
         samples = itertools.chain.from_iterable(
             wds.DataPipeline(lambda hand=hand: ({"url": url} for url in hand), *per_sample[1:]).iterator()
-            for hand in hands)
+            for hand in hands
+        )
         return islice(batch(samples), self.batches)
 
 
@@ -358,7 +417,7 @@ class ShardReadError(RuntimeError):
         main process with the worker's whole traceback as its message; keep its last line."""
         lines = str(self).strip().splitlines() or [""]
         tag = f"{type(self).__module__}.{type(self).__name__}: "
-        return next((line[len(tag):] for line in reversed(lines) if line.startswith(tag)), lines[-1])
+        return next((line[len(tag) :] for line in reversed(lines) if line.startswith(tag)), lines[-1])
 
 
 def _check_tar(url: str, data: bytes) -> None:
@@ -412,17 +471,28 @@ def loader_workers(requested: int | str, device: torch.device, local_ranks: int 
     return cores - 1 if device.type != "cpu" else cores // 4
 
 
-def data_loader(ds: torch.utils.data.Dataset, workers: int, *, device: torch.device | str = "cpu",
-                persistent: bool = False, prefetch: int = 4) -> torch.utils.data.DataLoader:
+def data_loader(
+    ds: torch.utils.data.Dataset,
+    workers: int,
+    *,
+    device: torch.device | str = "cpu",
+    persistent: bool = False,
+    prefetch: int = 4,
+) -> torch.utils.data.DataLoader:
     """The DataLoader over a stage list: batches are made in the stages (batch_size=None),
     pinned when they go to a CUDA device, ``prefetch`` batches ahead per worker, and the
     workers kept across iterations when ``persistent`` (a ``TrainStream`` then moves to
     the next epoch on each iteration)."""
     device = torch.device(device)
     return torch.utils.data.DataLoader(
-        ds, batch_size=None, num_workers=workers, persistent_workers=persistent and workers > 0,
-        prefetch_factor=prefetch if workers else None, pin_memory=device.type == "cuda",
-        worker_init_fn=_worker_init if workers else None)
+        ds,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=persistent and workers > 0,
+        prefetch_factor=prefetch if workers else None,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,
+    )
 
 
 def _worker_init(_: int) -> None:

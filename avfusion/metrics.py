@@ -36,9 +36,9 @@ class Tally:
         s[0] += len(target)
         s[1] += F.cross_entropy(logits, target, reduction="sum").double()
         s[2:4] += topk_hits(logits, target).double()
-        s[4:4 + c] += torch.bincount(target, minlength=c).double()
-        s[4 + c:4 + 2 * c].index_add_(0, target, weights[:, 0])
-        s[4 + 2 * c:].index_add_(0, target, weights[:, 1])
+        s[4 : 4 + c] += torch.bincount(target, minlength=c).double()
+        s[4 + c : 4 + 2 * c].index_add_(0, target, weights[:, 0])
+        s[4 + 2 * c :].index_add_(0, target, weights[:, 1])
 
     def summary(self, names: list[str], sums: list[float] | None = None) -> dict:
         """Means from ``sums`` (this tally's own, or an all-reduced copy of them)."""
@@ -46,7 +46,13 @@ class Tally:
         c, n = self.c, s[0]
         if n == 0:
             return {"val_n": 0}
-        per_n, per_a, per_v = s[4:4 + c], s[4 + c:4 + 2 * c], s[4 + 2 * c:]
-        return {"val_n": int(n), "val_loss": s[1] / n, "val_top1": s[2] / n, "val_top5": s[3] / n,
-                "w_audio": sum(per_a) / n, "w_video": sum(per_v) / n,
-                "w_audio_by_class": {names[i]: per_a[i] / per_n[i] for i in range(c) if per_n[i] > 0}}
+        per_n, per_a, per_v = s[4 : 4 + c], s[4 + c : 4 + 2 * c], s[4 + 2 * c :]
+        return {
+            "val_n": int(n),
+            "val_loss": s[1] / n,
+            "val_top1": s[2] / n,
+            "val_top5": s[3] / n,
+            "w_audio": sum(per_a) / n,
+            "w_video": sum(per_v) / n,
+            "w_audio_by_class": {names[i]: per_a[i] / per_n[i] for i in range(c) if per_n[i] > 0},
+        }

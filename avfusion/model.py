@@ -78,7 +78,9 @@ def hz_to_mel(hz: float) -> float:
     return 2595.0 * math.log10(1.0 + hz / 700.0)
 
 
-def mel_filter_params(n_filters: int, sample_rate: int, f_min: float, f_max: float) -> tuple[list[float], list[float]]:
+def mel_filter_params(
+    n_filters: int, sample_rate: int, f_min: float, f_max: float
+) -> tuple[list[float], list[float]]:
     """Centre frequencies and full widths at half maximum (Hz) of a triangular mel
     filterbank: ``n_filters`` centres equally spaced on the mel scale between
     ``f_min`` and ``f_max``; each triangle spans its neighbours' centres, so its FWHM
@@ -107,8 +109,15 @@ class GaborFilterbank(nn.Module):
 
     t: torch.Tensor  # kernel tap offsets (samples), a buffer
 
-    def __init__(self, n_filters: int = 64, sample_rate: int = 16_000, window: int = 801, hop: int = 160,
-                 f_min: float = 60.0, f_max: float = 7_800.0):
+    def __init__(
+        self,
+        n_filters: int = 64,
+        sample_rate: int = 16_000,
+        window: int = 801,
+        hop: int = 160,
+        f_min: float = 60.0,
+        f_max: float = 7_800.0,
+    ):
         super().__init__()
         self.n_filters, self.sample_rate, self.window, self.hop = n_filters, sample_rate, window | 1, hop
         centres, fwhm = mel_filter_params(n_filters, sample_rate, f_min, f_max)
@@ -118,8 +127,9 @@ class GaborFilterbank(nn.Module):
         self.sigma_range = (2.0, self.window / 6)  # keeps each window inside the kernel
         self.eta = nn.Parameter(torch.tensor([2 * math.pi * f / sample_rate for f in centres]))  # rad/sample
         self.sigma = nn.Parameter(sigma.clamp(*self.sigma_range))
-        self.register_buffer("t", torch.arange(self.window, dtype=torch.float32) - self.window // 2,
-                             persistent=False)
+        self.register_buffer(
+            "t", torch.arange(self.window, dtype=torch.float32) - self.window // 2, persistent=False
+        )
 
     def kernels(self) -> torch.Tensor:
         """(2·n_filters, 1, window): real parts, then imaginary parts; unit DC gain windows."""
@@ -135,7 +145,7 @@ class GaborFilterbank(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         x = F.conv1d(waveform.unsqueeze(1), self.kernels(), stride=self.hop, padding=self.window // 2)
-        return x[:, :self.n_filters] ** 2 + x[:, self.n_filters:] ** 2
+        return x[:, : self.n_filters] ** 2 + x[:, self.n_filters :] ** 2
 
 
 def _no_autocast(device_type: str) -> contextlib.AbstractContextManager[object]:
@@ -152,8 +162,11 @@ class ConvFrontEnd(nn.Module):
 
     def __init__(self, n_filters: int = 64, hop: int = 160):
         super().__init__()
-        self.layers = nn.Sequential(nn.Conv1d(1, n_filters, kernel_size=400, stride=hop, padding=200, bias=False),
-                                    nn.BatchNorm1d(n_filters), nn.ReLU(inplace=True))
+        self.layers = nn.Sequential(
+            nn.Conv1d(1, n_filters, kernel_size=400, stride=hop, padding=200, bias=False),
+            nn.BatchNorm1d(n_filters),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         return self.layers(waveform.unsqueeze(1))
@@ -166,16 +179,26 @@ class SpecMask(nn.Module):
     Draws from torch's RNG of the input's device (the CPU's or the GPU's; checkpoints
     carry both), so the masks are made where the data is and resumed runs repeat them."""
 
-    def __init__(self, time_masks: int = 2, max_time: float = 0.1, freq_masks: int = 2, max_freq: float = 0.15):
+    def __init__(
+        self, time_masks: int = 2, max_time: float = 0.1, freq_masks: int = 2, max_freq: float = 0.15
+    ):
         super().__init__()
-        self.time_masks, self.max_time, self.freq_masks, self.max_freq = time_masks, max_time, freq_masks, max_freq
+        self.time_masks, self.max_time, self.freq_masks, self.max_freq = (
+            time_masks,
+            max_time,
+            freq_masks,
+            max_freq,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
         b, f, t = x.shape
         keep = torch.ones(b, f, t, dtype=torch.bool, device=x.device)
-        for n, size, axis in ((self.time_masks, int(self.max_time * t), 2), (self.freq_masks, int(self.max_freq * f), 1)):
+        for n, size, axis in (
+            (self.time_masks, int(self.max_time * t), 2),
+            (self.freq_masks, int(self.max_freq * f), 1),
+        ):
             length = x.shape[axis]
             for _ in range(n):
                 width = torch.randint(0, max(size, 1) + 1, (b,), device=x.device)
@@ -196,21 +219,35 @@ class AudioEncoder(nn.Module):
     (B, N) float waveform in [-1, 1] → (B, out_dim), out_dim = 2 · 4 · width.
     """
 
-    def __init__(self, width: int = 64, frontend: str = "gabor", n_filters: int = 64, sample_rate: int = 16_000,
-                 spec_augment: bool = True):
+    def __init__(
+        self,
+        width: int = 64,
+        frontend: str = "gabor",
+        n_filters: int = 64,
+        sample_rate: int = 16_000,
+        spec_augment: bool = True,
+    ):
         super().__init__()
         if frontend not in AUDIO_FRONTENDS:
             raise ValueError(f"audio frontend must be one of {AUDIO_FRONTENDS}, got {frontend!r}")
         self.frontend_name = frontend
-        self.frontend = GaborFilterbank(n_filters, sample_rate) if frontend == "gabor" else ConvFrontEnd(n_filters)
+        self.frontend = (
+            GaborFilterbank(n_filters, sample_rate) if frontend == "gabor" else ConvFrontEnd(n_filters)
+        )
         self.norm = nn.BatchNorm1d(n_filters)  # per filter: log energies differ by tens of dB across bands
         self.mask = SpecMask() if spec_augment else nn.Identity()
         layers: list[nn.Module] = []
         channels = n_filters
         for out in (width * 2, width * 2, width * 4, width * 4):
-            layers += [nn.Conv1d(channels, out, kernel_size=3, padding=1, bias=False), nn.BatchNorm1d(out),
-                       nn.ReLU(inplace=True), nn.Conv1d(out, out, kernel_size=3, padding=1, bias=False),
-                       nn.BatchNorm1d(out), nn.ReLU(inplace=True), nn.MaxPool1d(2)]
+            layers += [
+                nn.Conv1d(channels, out, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm1d(out),
+                nn.ReLU(inplace=True),
+                nn.Conv1d(out, out, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm1d(out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool1d(2),
+            ]
             channels = out
         self.body = nn.Sequential(*layers)
         self.out_dim = channels * 2
@@ -254,10 +291,13 @@ def _resnet18(weights: str) -> nn.Module:
     if weights == "imagenet":
         hub_file = Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE
         if not hub_file.exists():
-            warnings.warn(f"ImageNet weights for ResNet-18 not found at {hub_file} "
-                          f"(torchvision's {RESNET18_FILE}); "
-                          f"nothing is downloaded at run time, so the video encoder starts from RANDOM weights. "
-                          f"Copy the file there or pass --video-weights PATH.", stacklevel=3)
+            warnings.warn(
+                f"ImageNet weights for ResNet-18 not found at {hub_file} "
+                f"(torchvision's {RESNET18_FILE}); "
+                f"nothing is downloaded at run time, so the video encoder starts from RANDOM weights. "
+                f"Copy the file there or pass --video-weights PATH.",
+                stacklevel=3,
+            )
             return net
         path = str(hub_file)
     else:
@@ -267,7 +307,9 @@ def _resnet18(weights: str) -> nn.Module:
     state = storage.load_torch(path)
     missing, unexpected = net.load_state_dict(state, strict=False)
     if [k for k in missing if not k.startswith("fc.")] or unexpected:
-        raise ValueError(f"{path} is not a ResNet-18 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ValueError(
+            f"{path} is not a ResNet-18 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     log.info("loaded ResNet-18 weights from %s", path)
     return net
 
@@ -325,8 +367,14 @@ class ModalityAttention(nn.Module):
     projection only and no score layers, so every parameter it owns gets a gradient
     (DDP requires it) and no weights are dead."""
 
-    def __init__(self, audio_dim: int | None, video_dim: int | None, dim: int, audio_evidence: int = 0,
-                 video_evidence: int = 0):
+    def __init__(
+        self,
+        audio_dim: int | None,
+        video_dim: int | None,
+        dim: int,
+        audio_evidence: int = 0,
+        video_evidence: int = 0,
+    ):
         super().__init__()
 
         def proj(d: int | None) -> nn.Sequential | None:
@@ -337,8 +385,13 @@ class ModalityAttention(nn.Module):
         self.audio_score = nn.Linear(dim + audio_evidence, 1) if both else None  # Wa
         self.video_score = nn.Linear(dim + video_evidence, 1) if both else None  # Wv
 
-    def forward(self, a: torch.Tensor, v: torch.Tensor, audio_evidence: torch.Tensor | None = None,
-                video_evidence: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        a: torch.Tensor,
+        v: torch.Tensor,
+        audio_evidence: torch.Tensor | None = None,
+        video_evidence: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projected (B, dim) embeddings → fused (B, dim), weights (B, 2) [audio, video]
         and the scores (B, 2) [Wa·a, Wv·v] they are the softmax of. Where the scores
         read evidence features, each score layer sees ``[a; evidence]`` (the weights
@@ -377,17 +430,27 @@ class FusionModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.num_classes is None:
-            raise ValueError("ModelConfig.num_classes is not set (training takes it from the shards' label map)")
+            raise ValueError(
+                "ModelConfig.num_classes is not set (training takes it from the shards' label map)"
+            )
         self.cfg = cfg
         dim = cfg.embed_dim
-        self.audio = (AudioEncoder(cfg.audio_width, cfg.audio_frontend, cfg.audio_filters, cfg.sample_rate,
-                                   cfg.spec_augment) if cfg.modalities in ("both", "audio") else None)
+        self.audio = (
+            AudioEncoder(
+                cfg.audio_width, cfg.audio_frontend, cfg.audio_filters, cfg.sample_rate, cfg.spec_augment
+            )
+            if cfg.modalities in ("both", "audio")
+            else None
+        )
         self.video = VideoEncoder(cfg.video_weights) if cfg.modalities in ("both", "video") else None
         self.use_evidence = cfg.evidence and cfg.modalities == "both"
-        self.attention = ModalityAttention(self.audio.out_dim if self.audio else None,
-                                           self.video.out_dim if self.video else None, dim,
-                                           AudioEncoder.evidence_dim if self.use_evidence else 0,
-                                           VideoEncoder.evidence_dim if self.use_evidence else 0)
+        self.attention = ModalityAttention(
+            self.audio.out_dim if self.audio else None,
+            self.video.out_dim if self.video else None,
+            dim,
+            AudioEncoder.evidence_dim if self.use_evidence else 0,
+            VideoEncoder.evidence_dim if self.use_evidence else 0,
+        )
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(dim, cfg.num_classes)
         own = cfg.aux_heads and not cfg.shared_head  # shared: the classifier is each modality's head too
@@ -418,8 +481,13 @@ class FusionModel(nn.Module):
             return self.classifier if self.cfg.aux_heads and self.cfg.modalities == "both" else None
         return self.audio_head if modality == "audio" else self.video_head
 
-    def forward_head(self, a: torch.Tensor | None, v: torch.Tensor | None, audio_evidence: torch.Tensor | None = None,
-                     video_evidence: torch.Tensor | None = None) -> FusionOutput:
+    def forward_head(
+        self,
+        a: torch.Tensor | None,
+        v: torch.Tensor | None,
+        audio_evidence: torch.Tensor | None = None,
+        video_evidence: torch.Tensor | None = None,
+    ) -> FusionOutput:
         scores = None
         if a is not None and v is not None:
             fused, weights, scores = self.attention(a, v, audio_evidence, video_evidence)
@@ -447,7 +515,9 @@ class LossConfig:
     label_smoothing: float = 0.0
     reliability_weight: float = 0.0  # × the attention reliability term (0 = off, the ablation)
     reliability_sharpness: float = 2.0  # γ in the target c_a^γ / (c_a^γ + c_v^γ)
-    dead_weight: float = 0.0  # × the dead-modality term: all weight to the live stream where augmentation killed one
+    dead_weight: float = (
+        0.0  # × the dead-modality term: all weight to the live stream where augmentation killed one
+    )
 
 
 def soft_targets(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -519,8 +589,9 @@ def _ce(logits: torch.Tensor, soft: torch.Tensor, smoothing: float) -> torch.Ten
     return -(soft * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
-def fusion_loss(out: FusionOutput, target: torch.Tensor, cfg: LossConfig, dead: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def fusion_loss(
+    out: FusionOutput, target: torch.Tensor, cfg: LossConfig, dead: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy on the fused logits (label smoothing optional), plus
     ``aux_weight`` × each unimodal head's (modality imbalance: without them the
     stronger modality starves the other's encoder), plus ``reliability_weight`` × the
@@ -549,6 +620,8 @@ def fusion_loss(out: FusionOutput, target: torch.Tensor, cfg: LossConfig, dead: 
 
 def warn_random_init(cfg: ModelConfig) -> None:
     if cfg.modalities != "audio" and cfg.video_weights == "none":
-        warnings.warn("ResNet-18 starts from random weights (--video-weights none): expect slower learning "
-                      "than from ImageNet weights", stacklevel=2)
-
+        warnings.warn(
+            "ResNet-18 starts from random weights (--video-weights none): expect slower learning "
+            "than from ImageNet weights",
+            stacklevel=2,
+        )

@@ -51,9 +51,17 @@ def write_failures_table(root: str, failures: dict[str, Failure]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("key", pa.string()), ("source", pa.string()), ("kind", pa.string()),
-                        ("transient", pa.bool_()), ("message", pa.string()), ("attempts", pa.int32()),
-                        ("label", pa.string())])
+    schema = pa.schema(
+        [
+            ("key", pa.string()),
+            ("source", pa.string()),
+            ("kind", pa.string()),
+            ("transient", pa.bool_()),
+            ("message", pa.string()),
+            ("attempts", pa.int32()),
+            ("label", pa.string()),
+        ]
+    )
     table = pa.Table.from_pydict(failure_columns(failures), schema=schema)
     with storage.atomic_file(storage.join(root, FAILURES)) as tmp:
         pq.write_table(table, tmp)

@@ -49,7 +49,9 @@ def read_vggsound_csv(path: str | Path) -> list[ClipRow]:
             if not fields or all(not x.strip() for x in fields):
                 continue
             if len(fields) != 4:
-                raise SourceError(f"{path}:{lineno}: expected 4 fields (id,start,label,split), got {len(fields)}: {fields}")
+                raise SourceError(
+                    f"{path}:{lineno}: expected 4 fields (id,start,label,split), got {len(fields)}: {fields}"
+                )
             youtube_id, start, label, split = (x.strip() for x in fields)
             try:
                 start_s = int(float(start))
@@ -63,13 +65,28 @@ def read_vggsound_csv(path: str | Path) -> list[ClipRow]:
             if key in seen:
                 raise SourceError(f"{path}:{lineno}: duplicate clip {key} (first on line {seen[key]})")
             seen[key] = lineno
-            rows.append(ClipRow(youtube_id, start_s, shared.setdefault(label, label), shared.setdefault(split, split)))
+            rows.append(
+                ClipRow(youtube_id, start_s, shared.setdefault(label, label), shared.setdefault(split, split))
+            )
     return rows
 
 
 # ----------------------------------------------------------------------------- tasks
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".3gp", ".ogv")
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".mkv",
+    ".webm",
+    ".mov",
+    ".avi",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".flv",
+    ".3gp",
+    ".ogv",
+)
 YOUTUBE_URL = "https://www.youtube.com/watch?v={id}"
 # Schemes whose URLs name files (read through avfusion.storage); http(s) URLs are pages
 # or media for yt-dlp.
@@ -101,8 +118,16 @@ class ClipTask:
 def tasks_from_vggsound(rows: list[ClipRow], url_template: str = YOUTUBE_URL) -> list[ClipTask]:
     """``url_template`` gets ``{id}`` (and may use ``{start}``): the YouTube watch URL
     by default, a loopback server in tests, a mirror for users who have one."""
-    return [ClipTask(key=r.key, source=url_template.format(id=r.youtube_id, start=r.start),
-                     start=float(r.start), label=r.label, split=r.split) for r in rows]
+    return [
+        ClipTask(
+            key=r.key,
+            source=url_template.format(id=r.youtube_id, start=r.start),
+            start=float(r.start),
+            label=r.label,
+            split=r.split,
+        )
+        for r in rows
+    ]
 
 
 def read_url_list(path: str | Path) -> list[ClipTask]:
@@ -114,8 +139,11 @@ def read_url_list(path: str | Path) -> list[ClipTask]:
     import pyarrow.csv as pacsv
 
     path = str(path)  # read as bytes: see storage.read_parquet
-    table = storage.read_parquet(path) if path.endswith(".parquet") else \
-        pacsv.read_csv(pa.BufferReader(storage.read_bytes(path)))
+    table = (
+        storage.read_parquet(path)
+        if path.endswith(".parquet")
+        else pacsv.read_csv(pa.BufferReader(storage.read_bytes(path)))
+    )
     cols = set(table.column_names)
     if "url" not in cols:
         raise SourceError(f"{path}: needs a 'url' column, has {sorted(cols)}")
@@ -131,8 +159,16 @@ def read_url_list(path: str | Path) -> list[ClipTask]:
             raise SourceError(f"{path}: row {i} repeats clip {key}")
         seen.add(key)
         end = row.get("end")
-        tasks.append(ClipTask(key=key, source=url, start=start, label=row.get("label") or None,
-                              split=row.get("split") or None, end=float(end) if end is not None else None))
+        tasks.append(
+            ClipTask(
+                key=key,
+                source=url,
+                start=start,
+                label=row.get("label") or None,
+                split=row.get("split") or None,
+                end=float(end) if end is not None else None,
+            )
+        )
     return tasks
 
 
@@ -146,8 +182,10 @@ def walk_folder(root: str, extensions: tuple[str, ...]) -> tuple[list[str], list
     fresh recursive listing."""
     if not storage.is_local(root):
         every = storage.find(root)
-        return ([p for p in every if p.lower().endswith(extensions)],
-                [p for p in every if not p.lower().endswith(extensions)])
+        return (
+            [p for p in every if p.lower().endswith(extensions)],
+            [p for p in every if not p.lower().endswith(extensions)],
+        )
     found: list[str] = []
     skipped: list[str] = []
     for dirpath, dirnames, filenames in os.walk(storage.local_path(root), followlinks=False):
@@ -162,11 +200,15 @@ def relative_path(root: str, path: str) -> str:
     root = str(root).rstrip("/")
     if storage.is_local(root):
         return Path(path).relative_to(storage.local_path(root)).as_posix()
-    return path[len(root) + 1:]
+    return path[len(root) + 1 :]
 
 
-def scan_folder(root: str | Path, labels_csv: str | Path | None = None, labels_from_dirs: bool = False,
-                extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> tuple[list[ClipTask], list[ClipRow]]:
+def scan_folder(
+    root: str | Path,
+    labels_csv: str | Path | None = None,
+    labels_from_dirs: bool = False,
+    extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
+) -> tuple[list[ClipTask], list[ClipRow]]:
     """Video files under ``root`` (recursive, sorted, symlinks not followed into
     directories) as tasks.
 
@@ -197,8 +239,9 @@ def scan_folder(root: str | Path, labels_csv: str | Path | None = None, labels_f
         elif stem in by_id:
             for r in by_id[stem]:
                 if r.key not in matched:
-                    tasks.append(ClipTask(key=r.key, source=path, start=float(r.start), label=r.label,
-                                          split=r.split))
+                    tasks.append(
+                        ClipTask(key=r.key, source=path, start=float(r.start), label=r.label, split=r.split)
+                    )
                     matched.add(r.key)
         else:
             label = rel.parts[0] if labels_from_dirs and len(rel.parts) > 1 else None
@@ -208,8 +251,12 @@ def scan_folder(root: str | Path, labels_csv: str | Path | None = None, labels_f
     return tasks, missing
 
 
-def filter_tasks(tasks: list[ClipTask], splits: list[str] | None = None, labels: list[str] | None = None,
-                 limit: int | None = None) -> list[ClipTask]:
+def filter_tasks(
+    tasks: list[ClipTask],
+    splits: list[str] | None = None,
+    labels: list[str] | None = None,
+    limit: int | None = None,
+) -> list[ClipTask]:
     """Keep the given splits and labels (all when None), then the first ``limit``."""
     kept = [t for t in tasks if (not splits or t.split in splits) and (not labels or t.label in labels)]
     return kept[:limit] if limit is not None else kept

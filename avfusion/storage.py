@@ -204,8 +204,9 @@ def read_bytes_retry(url: str, attempts: int = 4, base_delay: float = 0.5) -> by
             last = exc
             if attempt + 1 < attempts:
                 time.sleep(base_delay * 2**attempt)
-    raise StorageError(f"cannot read {url} after {attempts} attempts: "
-                       f"{type(last).__name__}: {last}") from last
+    raise StorageError(
+        f"cannot read {url} after {attempts} attempts: {type(last).__name__}: {last}"
+    ) from last
 
 
 def read_many(urls: list[str], chunk: int = 1000) -> Iterator[tuple[str, bytes]]:
@@ -220,7 +221,7 @@ def read_many(urls: list[str], chunk: int = 1000) -> Iterator[tuple[str, bytes]]
         return
     fs, _ = filesystem(urls[0])
     for i in range(0, len(urls), chunk):
-        part = urls[i:i + chunk]
+        part = urls[i : i + chunk]
         paths = [filesystem(u)[1] for u in part]
         got = fs.cat(paths, on_error="raise")
         for url, path in zip(part, paths, strict=True):
@@ -327,9 +328,11 @@ def publish_file(local_file: str, url: str) -> None:
 def write_bytes(url: str, data: bytes) -> None:
     """Write ``data`` to ``url`` atomically."""
     if is_local(url):
+
         def fill(tmp: str) -> None:
             with builtins_open(tmp, "wb") as f:
                 f.write(data)
+
         _replace_local(local_path(url), fill)
         return
     fs, path = filesystem(url)

@@ -27,8 +27,19 @@ import numpy as np
 from av.container import OutputContainer
 
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 6: "5.1", 8: "7.1"}
-_CONTAINER_FORMATS = {"mkv": "matroska", "mp4": "mp4", "mov": "mov", "webm": "webm", "avi": "avi",
-                      "ts": "mpegts", "ogg": "ogg", "flac": "flac", "wav": "wav", "mp3": "mp3", "m4a": "mp4"}
+_CONTAINER_FORMATS = {
+    "mkv": "matroska",
+    "mp4": "mp4",
+    "mov": "mov",
+    "webm": "webm",
+    "avi": "avi",
+    "ts": "mpegts",
+    "ogg": "ogg",
+    "flac": "flac",
+    "wav": "wav",
+    "mp3": "mp3",
+    "m4a": "mp4",
+}
 BARCODE_BITS = 12
 
 
@@ -93,18 +104,24 @@ def barcode_frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray
     colour gradient."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1),
-                     np.full_like(xx, int(rng.integers(40, 200)))], -1).astype(np.uint8)
+    base = np.stack(
+        [
+            xx * 255 // max(width - 1, 1),
+            yy * 255 // max(height - 1, 1),
+            np.full_like(xx, int(rng.integers(40, 200))),
+        ],
+        -1,
+    ).astype(np.uint8)
     frames = np.repeat(base[None], n, axis=0)
     y0, x0, strip, cell = _barcode_box(height, width)
     side = max(2, min(height, width) // 5)
     for i in range(n):
         x = int((width - side) * (i % 50) / 49)
         y = y0 + strip + (min(height, width) - strip - side) // 2
-        frames[i, y:y + side, x:x + side] = (255, 255, 255)
+        frames[i, y : y + side, x : x + side] = (255, 255, 255)
         if cell >= 2:
             for b in range(BARCODE_BITS):
-                frames[i, y0:y0 + strip, x0 + b * cell:x0 + (b + 1) * cell] = 255 * ((i >> b) & 1)
+                frames[i, y0 : y0 + strip, x0 + b * cell : x0 + (b + 1) * cell] = 255 * ((i >> b) & 1)
     return frames
 
 
@@ -114,9 +131,9 @@ def read_frame_index(frame: np.ndarray) -> int:
     y0, x0, strip, cell = _barcode_box(*frame.shape[:2])
     if cell < 2:
         raise ValueError(f"frame {frame.shape[1]}x{frame.shape[0]} is too small to carry a barcode")
-    region = frame[y0 + strip // 4: y0 + strip - strip // 4, x0: x0 + cell * BARCODE_BITS]
+    region = frame[y0 + strip // 4 : y0 + strip - strip // 4, x0 : x0 + cell * BARCODE_BITS]
     luma = region.astype(np.float32).mean(axis=(0, 2))
-    cells = luma.reshape(BARCODE_BITS, cell)[:, cell // 4: cell - cell // 4].mean(axis=1)
+    cells = luma.reshape(BARCODE_BITS, cell)[:, cell // 4 : cell - cell // 4].mean(axis=1)
     return int(sum(1 << b for b, v in enumerate(cells) if v > 127))
 
 
@@ -136,9 +153,14 @@ def tone_waveform(n: int, rate: int, channels: int, base_hz: float = 440.0, amp:
 # ----------------------------------------------------------------------------- writing
 
 
-def write_clip(path: str | Path, spec: SynthSpec, frames: np.ndarray | None = None,
-               waveform: np.ndarray | None = None, seed: int = 0,
-               frame_times: np.ndarray | None = None) -> SynthClip:
+def write_clip(
+    path: str | Path,
+    spec: SynthSpec,
+    frames: np.ndarray | None = None,
+    waveform: np.ndarray | None = None,
+    seed: int = 0,
+    frame_times: np.ndarray | None = None,
+) -> SynthClip:
     """Encode ``frames``/``waveform`` (defaults: barcode frames, per-channel tones) into
     ``path`` as ``spec`` says. ``frame_times`` (seconds, increasing) makes the video
     variable-frame-rate with those exact timestamps (millisecond time base).
@@ -176,8 +198,9 @@ def write_clip(path: str | Path, spec: SynthSpec, frames: np.ndarray | None = No
     return SynthClip(path=path, spec=spec, frames=frames, waveform=waveform, frame_times=times)
 
 
-def _add_video(out: OutputContainer, spec: SynthSpec, frames: np.ndarray, fps: Fraction,
-               time_base: Fraction) -> av.VideoStream:
+def _add_video(
+    out: OutputContainer, spec: SynthSpec, frames: np.ndarray, fps: Fraction, time_base: Fraction
+) -> av.VideoStream:
     """The video stream for ``frames`` (T, H, W, 3), with the encoder options ``spec`` asks for."""
     assert spec.video_codec  # write_clip drops the frames without a video codec
     vstream = out.add_stream(spec.video_codec, rate=fps)
@@ -205,9 +228,16 @@ def _add_audio(out: OutputContainer, spec: SynthSpec, channels: int) -> av.Audio
     return astream
 
 
-def _mux(out: OutputContainer, vstream: av.VideoStream | None, astream: av.AudioStream | None,
-         frames: np.ndarray | None, waveform: np.ndarray | None, spec: SynthSpec, times: np.ndarray,
-         pts: np.ndarray) -> None:
+def _mux(
+    out: OutputContainer,
+    vstream: av.VideoStream | None,
+    astream: av.AudioStream | None,
+    frames: np.ndarray | None,
+    waveform: np.ndarray | None,
+    spec: SynthSpec,
+    times: np.ndarray,
+    pts: np.ndarray,
+) -> None:
     """Interleave video and audio packets in time order (what real muxers produce).
     Audio goes in as float planar; PyAV converts to the encoder's sample format."""
     chunk = 1024
@@ -225,9 +255,10 @@ def _mux(out: OutputContainer, vstream: av.VideoStream | None, astream: av.Audio
             vi += 1
         else:
             assert waveform is not None and astream is not None  # a sample is left: ai < n_a
-            block = waveform[:, ai:ai + chunk]
-            aframe = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format="fltp",
-                                                layout=_LAYOUTS[waveform.shape[0]])
+            block = waveform[:, ai : ai + chunk]
+            aframe = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(block), format="fltp", layout=_LAYOUTS[waveform.shape[0]]
+            )
             aframe.sample_rate = spec.sample_rate
             aframe.pts = ai
             out.mux(astream.encode(aframe))
@@ -313,12 +344,12 @@ def _video_pattern(name: str | None, rng: np.random.Generator, n: int, h: int, w
         frames[i][blob] = grey
         t = i / max(n - 1, 1)
         if name == "square_red":
-            frames[i, y0:y0 + side, x0:x0 + side] = (220, 30, 30)
+            frames[i, y0 : y0 + side, x0 : x0 + side] = (220, 30, 30)
         elif name == "ball_bounce":
             r = 0.12 * s
             cx2 = w * (0.2 + 0.6 * t)
             cy2 = h * (0.25 + 0.5 * abs(np.sin(3 * np.pi * t)))
-            frames[i][(xx - cx2) ** 2 + (yy - cy2) ** 2 < r ** 2] = (30, 200, 60)
+            frames[i][(xx - cx2) ** 2 + (yy - cy2) ** 2 < r**2] = (30, 200, 60)
         elif name == "stripes":
             period = max(4, int(s / 6))
             frames[i][((xx + yy + 2 * i) // (period // 2)) % 2 == 0] = (20, 20, 200)
@@ -338,9 +369,14 @@ class SynthSample:
     informative: str
 
 
-def make_class_conditional_set(out_dir: str | Path, per_class: int, spec: SynthSpec | None = None,
-                               classes: tuple[SynthClass, ...] = DEFAULT_CLASSES, seed: int = 0,
-                               test_fraction: float = 0.25) -> list[SynthSample]:
+def make_class_conditional_set(
+    out_dir: str | Path,
+    per_class: int,
+    spec: SynthSpec | None = None,
+    classes: tuple[SynthClass, ...] = DEFAULT_CLASSES,
+    seed: int = 0,
+    test_fraction: float = 0.25,
+) -> list[SynthSample]:
     """Write ``per_class`` clips per class plus ``labels.csv`` (VGGSound format, no
     header: ``id,start,label,split``) and ``synth.jsonl`` (informative modality).
 
@@ -357,11 +393,20 @@ def make_class_conditional_set(out_dir: str | Path, per_class: int, spec: SynthS
             clip_id = f"syn{ci:02d}_{j:04d}"
             path = out_dir / f"{clip_id}_000000.{spec.container}"
             frames = _video_pattern(cls.video, rng, spec.num_frames, spec.height, spec.width)
-            wave = quantize16(np.clip(_audio_pattern(cls.audio, rng, spec.num_samples, spec.sample_rate), -1, 1))
+            wave = quantize16(
+                np.clip(_audio_pattern(cls.audio, rng, spec.num_samples, spec.sample_rate), -1, 1)
+            )
             write_clip(path, spec, frames=frames, waveform=np.repeat(wave[None], spec.channels, 0))
             split = "test" if j >= per_class - n_test else "train"
-            samples.append(SynthSample(key=f"{clip_id}_000000", path=path.name, label=cls.name, split=split,
-                                       informative=cls.informative))
+            samples.append(
+                SynthSample(
+                    key=f"{clip_id}_000000",
+                    path=path.name,
+                    label=cls.name,
+                    split=split,
+                    informative=cls.informative,
+                )
+            )
     with open(out_dir / "labels.csv", "w", newline="") as f:
         writer = csv.writer(f)
         for s in samples:

@@ -89,20 +89,25 @@ class TrainConfig:
         defaults = ModelConfig()
         for key in DERIVED_MODEL_KEYS:
             if getattr(self.model, key) != getattr(defaults, key):
-                raise ConfigError(f"train.model.{key} is not a recipe key: training takes it from the shards "
-                                  f"and the loss; remove it from the recipe")
+                raise ConfigError(
+                    f"train.model.{key} is not a recipe key: training takes it from the shards "
+                    f"and the loss; remove it from the recipe"
+                )
         if self.log_every < 1:
             raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
         if self.loss.reliability_weight > 0 and self.loss.aux_weight <= 0:
-            raise ConfigError("train.loss.reliability_weight > 0 needs aux_weight > 0: its targets come from "
-                              "the auxiliary heads, which only aux_weight trains")
+            raise ConfigError(
+                "train.loss.reliability_weight > 0 needs aux_weight > 0: its targets come from "
+                "the auxiliary heads, which only aux_weight trains"
+            )
 
 
 def build_model(cfg: TrainConfig, num_classes: int, sample_rate: int = 16_000) -> FusionModel:
     """Only the modules this run trains: aux heads only when a loss term uses them (DDP
     requires every parameter to get a gradient)."""
-    model_cfg = replace(cfg.model, num_classes=num_classes, sample_rate=sample_rate,
-                        aux_heads=cfg.loss.aux_weight > 0)
+    model_cfg = replace(
+        cfg.model, num_classes=num_classes, sample_rate=sample_rate, aux_heads=cfg.loss.aux_weight > 0
+    )
     warn_random_init(model_cfg)
     return FusionModel(model_cfg)
 
@@ -111,9 +116,10 @@ def subsets(cfg: TrainConfig) -> tuple[Subset, Subset]:
     """(training, validation) sample selections: by split name, or by k-fold assignment."""
     if cfg.folds:
         folds = read_folds(cfg.folds)
-        return Subset(folds=folds, fold=cfg.fold, holdout=False), Subset(folds=folds, fold=cfg.fold, holdout=True)
+        return Subset(folds=folds, fold=cfg.fold, holdout=False), Subset(
+            folds=folds, fold=cfg.fold, holdout=True
+        )
     return Subset(split=cfg.train_split), Subset(split=cfg.val_split)
-
 
 
 def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
@@ -122,19 +128,28 @@ def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
     return f
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, urls: list[str], cfg: TrainConfig, dist: DistEnv, subset: Subset,
-             label_map: dict[str, int]) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    urls: list[str],
+    cfg: TrainConfig,
+    dist: DistEnv,
+    subset: Subset,
+    label_map: dict[str, int],
+) -> dict:
     """Loss, top-1/top-5 and mean attention (overall and per class) on ``subset``. Each
     rank reads its share of the shards and the sums are all-reduced once at the end
     (no per-batch collective, so uneven shares cannot hang)."""
     assert isinstance(cfg.workers, int)  # build() made "auto" a count
     model.eval()
     tally = Tally(len(label_map), dist.device)
-    for batch in data_loader(eval_stages(urls, cfg.batch_size, split=subset), cfg.workers, device=dist.device):
+    for batch in data_loader(
+        eval_stages(urls, cfg.batch_size, split=subset), cfg.workers, device=dist.device
+    ):
         labelled = batch.target >= 0  # on the host, before the copy: no device sync
         if not labelled.any():
             continue
@@ -142,8 +157,11 @@ def evaluate(model: torch.nn.Module, urls: list[str], cfg: TrainConfig, dist: Di
         with _autocast(cfg, dist):
             out = model(batch.waveform, batch.frames)
         rows = labelled.nonzero()[:, 0].to(dist.device)  # index_select: no mask sync on the device
-        tally.add(out.logits.index_select(0, rows), out.weights.index_select(0, rows),
-                  batch.target.index_select(0, rows))
+        tally.add(
+            out.logits.index_select(0, rows),
+            out.weights.index_select(0, rows),
+            batch.target.index_select(0, rows),
+        )
     sums = dist.all_reduce_sum(tally.sums)
     model.train()
     return tally.summary(sorted(label_map, key=label_map.__getitem__), sums)
@@ -155,7 +173,9 @@ def _autocast(cfg: TrainConfig, dist: DistEnv) -> contextlib.AbstractContextMana
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
 
-def run(cfg: TrainConfig, device: str = "auto", *, rank: int = 0, world: int = 1, local_rank: int = 0) -> dict:
+def run(
+    cfg: TrainConfig, device: str = "auto", *, rank: int = 0, world: int = 1, local_rank: int = 0
+) -> dict:
     """Train in this process, joining a process group of ``world`` (torchrun's ranks,
     which the job reads from the environment and passes in)."""
     dist = setup(device, rank=rank, world=world, local_rank=local_rank)
@@ -206,8 +226,11 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     writer = ScalarLog(out) if dist.is_main else None
     metrics: dict = {}
     for epoch in range(r.epoch, cfg.epochs):
-        metrics = {"epoch": epoch, **train_epoch(r, epoch),
-                   **evaluate(r.model, r.data.urls, cfg, dist, r.val_subset, r.data.label_map)}
+        metrics = {
+            "epoch": epoch,
+            **train_epoch(r, epoch),
+            **evaluate(r.model, r.data.urls, cfg, dist, r.val_subset, r.data.label_map),
+        }
         if dist.is_main:
             log_epoch(out, metrics, writer)
             save_checkpoint(r, epoch, storage.join(out, CHECKPOINT))
@@ -228,7 +251,9 @@ def build(cfg: TrainConfig, dist: DistEnv) -> Run:
     cfg = replace(cfg, workers=loader_workers(cfg.workers, dist.device, _local_ranks(dist)))
     _cap_cpu_threads(cfg, dist)
     if dist.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed clip shapes: the autotuned kernels are reused every step
+        torch.backends.cudnn.benchmark = (
+            True  # fixed clip shapes: the autotuned kernels are reused every step
+        )
     data = Dataset.open(cfg.shards)
     train_subset, val_subset = subsets(cfg)
     n_train = train_subset.count(data)
@@ -236,19 +261,26 @@ def build(cfg: TrainConfig, dist: DistEnv) -> Run:
         raise ValueError(f"{cfg.shards} has no training samples ({train_subset.describe()})")
     steps = cfg.steps_per_epoch or max(1, n_train // (cfg.batch_size * dist.world))
     total = steps * cfg.epochs
-    model = build_model(cfg, len(data.label_map), data.manifest["config"]["clip"]["sample_rate"]).to(dist.device)
+    model = build_model(cfg, len(data.label_map), data.manifest["config"]["clip"]["sample_rate"]).to(
+        dist.device
+    )
     if dist.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, int(cfg.warmup_fraction * total))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(total, max(1, int(cfg.warmup_fraction * total)))
+    )
     return Run(cfg, dist, data, train_subset, val_subset, steps, model, model, opt, sched)
 
 
 def wrap(model: FusionModel, cfg: TrainConfig, dist: DistEnv) -> torch.nn.Module:
     """The module the steps call: DDP across ranks (every parameter the model owns gets
     a gradient, so no unused-parameter search), compiled with ``--compile``."""
-    net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) if dist.world > 1 \
+    net = (
+        DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+        if dist.world > 1
         else model
+    )
     # torch.compile of a Module returns a Module (OptimizedModule); its stubs say Callable
     return cast(torch.nn.Module, torch.compile(net)) if cfg.compile else net
 
@@ -280,12 +312,26 @@ def stream(r: Run) -> None:
     cfg = r.cfg
     assert isinstance(cfg.workers, int)  # build() made "auto" a count
     per_worker = math.ceil(r.steps / max(1, cfg.workers))
-    train_stream = TrainStream(r.data.urls, cfg.batch_size, split=r.train_subset, batches_per_epoch=per_worker,
-                               seed=cfg.seed, rank=r.dist.rank, world=r.dist.world,
-                               start_epoch=r.epoch)
+    train_stream = TrainStream(
+        r.data.urls,
+        cfg.batch_size,
+        split=r.train_subset,
+        batches_per_epoch=per_worker,
+        seed=cfg.seed,
+        rank=r.dist.rank,
+        world=r.dist.world,
+        start_epoch=r.epoch,
+    )
     r.batches = data_loader(train_stream, cfg.workers, device=r.dist.device, persistent=True)
-    r.augment = BatchAugment(cfg.augment, num_classes=r.num_classes, seed=cfg.seed, rank=r.dist.rank,
-                             sample_rate=r.sample_rate, mixup_alpha=cfg.mixup_alpha, mixup_prob=cfg.mixup_prob)
+    r.augment = BatchAugment(
+        cfg.augment,
+        num_classes=r.num_classes,
+        seed=cfg.seed,
+        rank=r.dist.rank,
+        sample_rate=r.sample_rate,
+        mixup_alpha=cfg.mixup_alpha,
+        mixup_prob=cfg.mixup_prob,
+    )
 
 
 def prepare(batch: Batch, r: Run, epoch: int) -> tuple[Batch, torch.Tensor]:
@@ -302,7 +348,9 @@ def train_epoch(r: Run, epoch: int) -> dict:
     r.model.train()
     t0, seen = time.time(), 0
     sums: dict[str, torch.Tensor] = {}
-    with tqdm(total=r.steps, desc=f"epoch {epoch}", unit="step", disable=not dist.is_main, leave=False) as bar:
+    with tqdm(
+        total=r.steps, desc=f"epoch {epoch}", unit="step", disable=not dist.is_main, leave=False
+    ) as bar:
         for i, batch in enumerate(islice(r.batches, r.steps)):
             batch, target = prepare(batch, r, epoch)
             loss, parts = train_step(r, batch, target)
@@ -311,16 +359,30 @@ def train_epoch(r: Run, epoch: int) -> dict:
             if (i + 1) % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}")
     names = sorted(sums)
-    n, *totals = dist.all_reduce_sum(torch.stack([torch.tensor(float(seen), dtype=torch.float64, device=dist.device),
-                                                  *(sums[k].double() for k in names)]) if sums else [0.0])
+    n, *totals = dist.all_reduce_sum(
+        torch.stack(
+            [
+                torch.tensor(float(seen), dtype=torch.float64, device=dist.device),
+                *(sums[k].double() for k in names),
+            ]
+        )
+        if sums
+        else [0.0]
+    )
     n = max(n, 1)
     means = dict(zip(names, (t / n for t in totals), strict=True))
-    return {"step": r.step, "train_loss": means.get("loss", float("nan")),
-            **{f"loss_{k}": v for k, v in means.items() if k != "loss"},
-            "lr": r.sched.get_last_lr()[0], "samples_per_s": n / max(time.time() - t0, 1e-9)}
+    return {
+        "step": r.step,
+        "train_loss": means.get("loss", float("nan")),
+        **{f"loss_{k}": v for k, v in means.items() if k != "loss"},
+        "lr": r.sched.get_last_lr()[0],
+        "samples_per_s": n / max(time.time() - t0, 1e-9),
+    }
 
 
-def accumulate(sums: dict[str, torch.Tensor], loss: torch.Tensor, parts: dict[str, torch.Tensor], n: int) -> int:
+def accumulate(
+    sums: dict[str, torch.Tensor], loss: torch.Tensor, parts: dict[str, torch.Tensor], n: int
+) -> int:
     """Add a batch of ``n`` clips' loss and parts (× n) to the device-side sums; returns n."""
     for k, v in {"loss": loss, **parts}.items():
         sums[k] = sums[k] + v * n if k in sums else v * n
@@ -350,20 +412,35 @@ def log_epoch(out: str, metrics: dict, writer: ScalarLog | None) -> None:
             if isinstance(v, (int, float)) and k != "epoch":
                 writer.add_scalar(k, v, metrics["epoch"])
         writer.flush()  # on a URL: the events reach the store every epoch, not only at the end
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
-                   if not isinstance(v, dict)))
+    print(
+        " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in metrics.items()
+            if not isinstance(v, dict)
+        )
+    )
 
 
 def save_checkpoint(r: Run, epoch: int, path: str) -> None:
     """The model and everything a resume needs (keys: ``avfusion.checkpoint``)."""
     cuda = r.dist.device.type == "cuda"
-    checkpoint.save({"model": r.model.state_dict(), "optimizer": r.opt.state_dict(),
-                     "scheduler": r.sched.state_dict(), "epoch": epoch, "step": r.step,
-                     "rng": torch.get_rng_state(),
-                     "cuda_rng": torch.cuda.get_rng_state(r.dist.device) if cuda else None,
-                     "model_config": asdict(r.model.cfg), "train_config": _plain(r.cfg),
-                     "label_map": r.data.label_map, "clip": r.data.manifest["config"]["clip"],
-                     "avfusion_version": __version__}, path)
+    checkpoint.save(
+        {
+            "model": r.model.state_dict(),
+            "optimizer": r.opt.state_dict(),
+            "scheduler": r.sched.state_dict(),
+            "epoch": epoch,
+            "step": r.step,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(r.dist.device) if cuda else None,
+            "model_config": asdict(r.model.cfg),
+            "train_config": _plain(r.cfg),
+            "label_map": r.data.label_map,
+            "clip": r.data.manifest["config"]["clip"],
+            "avfusion_version": __version__,
+        },
+        path,
+    )
 
 
 def _local_ranks(dist: DistEnv) -> int:
@@ -400,8 +477,10 @@ def _write_rank_state(out: str, dist: DistEnv, model: torch.nn.Module, step: int
     """Each rank records its step count and a parameter checksum: after DDP they must
     agree, and a mismatch is how a desynchronised rank shows itself."""
     checksum = sum(p.detach().double().abs().sum().item() for p in model.parameters())
-    storage.write_json(storage.join(out, "ranks", f"rank{dist.rank}.json"),
-                       {"rank": dist.rank, "world": dist.world, "step": step, "param_checksum": checksum})
+    storage.write_json(
+        storage.join(out, "ranks", f"rank{dist.rank}.json"),
+        {"rank": dist.rank, "world": dist.world, "step": step, "param_checksum": checksum},
+    )
 
 
 def _plain(cfg: TrainConfig) -> dict:

@@ -26,4 +26,6 @@ def executor_of(args):
         return InProcessExecutor(args.concurrency or 1)
     from avfusion.executor.ray_tasks import RayExecutor
 
-    return RayExecutor(ray_address(args.address), args.num_cpus, concurrency=args.concurrency, verbose=args.verbose)
+    return RayExecutor(
+        ray_address(args.address), args.num_cpus, concurrency=args.concurrency, verbose=args.verbose
+    )

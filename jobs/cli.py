@@ -22,7 +22,7 @@ JOBS: dict[str, str] = {
     "demo": "run the pipeline end to end on the bundled real sample set (embedded Ray)",
     "synth": "write a synthetic class-conditional clip set (smoke-test a cluster with no data)",
     "doctor": "check ffmpeg, JS solver, cookies, proxy, storage, Ray nodes, GPUs, weights "
-              "(OK/WARN/FAIL + fix)",
+    "(OK/WARN/FAIL + fix)",
 }
 
 

@@ -13,13 +13,18 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avfusion doctor", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    p = argparse.ArgumentParser(
+        prog="avfusion doctor", description=__doc__.split("\n\n")[0].split(": ", 1)[1]
+    )
     p.add_argument("--cookies", help="cookies.txt as given to preprocess (a path or URL)")
     p.add_argument("--proxy", help="proxy URL as given to preprocess")
     p.add_argument("--out", help="output URL as given to preprocess (s3://bucket/... is head-checked)")
     p.add_argument("--ffmpeg", help="ffmpeg binary (default: PATH, then imageio-ffmpeg)")
-    p.add_argument("--video-weights", default="imagenet",
-                   help="'imagenet' (torch hub cache), a path/URL, or 'none' to skip (default imagenet)")
+    p.add_argument(
+        "--video-weights",
+        default="imagenet",
+        help="'imagenet' (torch hub cache), a path/URL, or 'none' to skip (default imagenet)",
+    )
     p.add_argument("--address", help="Ray cluster address: run the node checks on every node")
     return p
 
@@ -29,8 +34,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     weights = None if args.video_weights == "none" else args.video_weights
-    opts = DoctorOptions(ffmpeg=args.ffmpeg, cookies=args.cookies, proxy=args.proxy, out=args.out,
-                         weights=weights, address=args.address, endpoint=os.environ.get("AWS_ENDPOINT_URL"))
+    opts = DoctorOptions(
+        ffmpeg=args.ffmpeg,
+        cookies=args.cookies,
+        proxy=args.proxy,
+        out=args.out,
+        weights=weights,
+        address=args.address,
+        endpoint=os.environ.get("AWS_ENDPOINT_URL"),
+    )
     groups, code = run(opts)
     for where, checks in groups:
         print(f"[{where}]")

@@ -13,9 +13,12 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avfusion evaluate", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = argparse.ArgumentParser(
+        prog="avfusion evaluate",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     p.add_argument("checkpoint", help="fused model checkpoint (last.pt from avfusion train)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--shards", help="shard folder; evaluates --split")
@@ -25,13 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-baseline", help="audio-only checkpoint to compare with")
     p.add_argument("--video-baseline", help="video-only checkpoint to compare with")
     p.add_argument("--suite", default="default", choices=["default", "full"])
-    p.add_argument("--conditions", help="comma-separated instead of a suite, e.g. normal,muted_audio,gaussian_blur@5")
+    p.add_argument(
+        "--conditions", help="comma-separated instead of a suite, e.g. normal,muted_audio,gaussian_blur@5"
+    )
     p.add_argument("--out", default="robustness", help="report folder")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="auto",
-                   help="auto (CUDA when present), cpu, cuda or cuda:N: where the models run")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N: where the models run"
+    )
     return p
 
 
@@ -45,10 +51,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         conds = parse_conditions(args.conditions) if args.conditions else None
-        cfg = EvalConfig(checkpoint=args.checkpoint, shards=args.shards, folder=args.folder,
-                         labels=args.labels, split=args.split, audio_baseline=args.audio_baseline,
-                         video_baseline=args.video_baseline, suite=args.suite, conditions=conds, out=args.out,
-                         batch_size=args.batch_size, seed=args.seed, workers=args.workers, device=args.device)
+        cfg = EvalConfig(
+            checkpoint=args.checkpoint,
+            shards=args.shards,
+            folder=args.folder,
+            labels=args.labels,
+            split=args.split,
+            audio_baseline=args.audio_baseline,
+            video_baseline=args.video_baseline,
+            suite=args.suite,
+            conditions=conds,
+            out=args.out,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            workers=args.workers,
+            device=args.device,
+        )
         results = run(cfg)
     except (OSError, ValueError, KeyError) as exc:
         print(f"avfusion evaluate: {exc}", file=sys.stderr)

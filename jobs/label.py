@@ -24,24 +24,43 @@ from jobs import executor_of
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avfusion label", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = argparse.ArgumentParser(
+        prog="avfusion label",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     p.add_argument("input", help="folder, list file (one path per line), or fsspec URL of a folder")
     p.add_argument("out", help="Parquet dataset folder (created; part files added on each run)")
     p.add_argument("--checkpoint", required=True, help="model checkpoint (last.pt)")
-    p.add_argument("--windows", choices=["first", "all"], default="first",
-                   help="label the first clip window, or every window (one row each)")
-    p.add_argument("--extensions", default=",".join(e.lstrip(".") for e in LABEL_EXTENSIONS),
-                   help="comma-separated file extensions to pick up in folders (default: video, audio, GIF, "
-                        "raw H.264/H.265)")
-    p.add_argument("--list-skipped", action="store_true",
-                   help="print every file the extension filter skipped (the summary counts them)")
+    p.add_argument(
+        "--windows",
+        choices=["first", "all"],
+        default="first",
+        help="label the first clip window, or every window (one row each)",
+    )
+    p.add_argument(
+        "--extensions",
+        default=",".join(e.lstrip(".") for e in LABEL_EXTENSIONS),
+        help="comma-separated file extensions to pick up in folders (default: video, audio, GIF, "
+        "raw H.264/H.265)",
+    )
+    p.add_argument(
+        "--list-skipped",
+        action="store_true",
+        help="print every file the extension filter skipped (the summary counts them)",
+    )
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--actors", type=int, default=1, help="model actors (one model copy each)")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0,
-                   help="GPUs per model actor; 0 (default) keeps the model on the CPU even where CUDA is visible")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the model on CUDA (softmax in fp32)")
+    p.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=0.0,
+        help="GPUs per model actor; 0 (default) keeps the model on the CPU even where CUDA is visible",
+    )
+    p.add_argument(
+        "--bf16", action="store_true", help="bfloat16 autocast for the model on CUDA (softmax in fp32)"
+    )
     p.add_argument("--actor-memory-mb", type=int, default=1024, help="memory reserved per model actor")
     p.add_argument("--model-batch", type=int, default=16, help="clips per model forward pass")
     p.add_argument("--decode-batch", type=int, default=4, help="files per decode task")
@@ -49,12 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address; default: embedded local Ray (or the job's)")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded Ray")
     p.add_argument("--verbose", action="store_true", help="show Ray's own log lines and progress bars")
-    p.add_argument("--executor", choices=["ray", "local"], default="ray",
-                   help="ray (default): Ray Data decode tasks and a model actor pool; local: in this process "
-                        "without Ray, one model (--gpus-per-actor still picks its device)")
-    p.add_argument("--concurrency", type=int,
-                   help="with --executor local: decode batches in flight on threads (default 1; at most the "
-                        "CPUs)")
+    p.add_argument(
+        "--executor",
+        choices=["ray", "local"],
+        default="ray",
+        help="ray (default): Ray Data decode tasks and a model actor pool; local: in this process "
+        "without Ray, one model (--gpus-per-actor still picks its device)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help="with --executor local: decode batches in flight on threads (default 1; at most the CPUs)",
+    )
     return p
 
 
@@ -62,13 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from avfusion.labelling import LabelConfig, label
 
-    cfg = LabelConfig(input=args.input, out=args.out, checkpoint=args.checkpoint, every_window=args.windows == "all",
-                      extensions=tuple("." + e.strip().lstrip(".").lower() for e in args.extensions.split(",")
-                                       if e.strip()),
-                      list_skipped=args.list_skipped, top_k=args.top_k, actors=args.actors,
-                      gpus_per_actor=args.gpus_per_actor, actor_memory_mb=args.actor_memory_mb,
-                      model_batch=args.model_batch, decode_batch=args.decode_batch, part_rows=args.part_rows,
-                      bf16=args.bf16)
+    cfg = LabelConfig(
+        input=args.input,
+        out=args.out,
+        checkpoint=args.checkpoint,
+        every_window=args.windows == "all",
+        extensions=tuple(
+            "." + e.strip().lstrip(".").lower() for e in args.extensions.split(",") if e.strip()
+        ),
+        list_skipped=args.list_skipped,
+        top_k=args.top_k,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        actor_memory_mb=args.actor_memory_mb,
+        model_batch=args.model_batch,
+        decode_batch=args.decode_batch,
+        part_rows=args.part_rows,
+        bf16=args.bf16,
+    )
     try:
         label(cfg, executor_of(args))
     except (OSError, KeyError, ValueError) as exc:

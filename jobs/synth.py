@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    spec = SynthSpec(width=args.size, height=args.size, duration=args.seconds, fps=args.fps, sample_rate=16_000)
+    spec = SynthSpec(
+        width=args.size, height=args.size, duration=args.seconds, fps=args.fps, sample_rate=16_000
+    )
     samples = make_class_conditional_set(args.out, args.per_class, spec, seed=args.seed)
     counts = Counter((s.label, s.informative) for s in samples)
     for (label, informative), n in sorted(counts.items()):

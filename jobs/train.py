@@ -19,13 +19,20 @@ from avfusion.config import ConfigError, from_dict, load_yaml
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avfusion train", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = argparse.ArgumentParser(
+        prog="avfusion train",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     p.add_argument("shards", help="shard folder written by avfusion preprocess")
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics, plots")
-    p.add_argument("--config", help="recipe: a preset name (small, vggsound) or a YAML path/URL with a train: section")
-    p.add_argument("--modalities", choices=["both", "audio", "video"], help="fusion (both) or a unimodal baseline")
+    p.add_argument(
+        "--config", help="recipe: a preset name (small, vggsound) or a YAML path/URL with a train: section"
+    )
+    p.add_argument(
+        "--modalities", choices=["both", "audio", "video"], help="fusion (both) or a unimodal baseline"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--steps-per-epoch", type=int)
@@ -38,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--ray-workers", type=int, help="train with Ray Train TorchTrainer on N workers")
     p.add_argument("--gpu", action="store_true", help="with --ray-workers: one GPU per worker")
-    p.add_argument("--address", help="with --ray-workers: Ray cluster address (default: embedded or the job's)")
+    p.add_argument(
+        "--address", help="with --ray-workers: Ray cluster address (default: embedded or the job's)"
+    )
     p.add_argument("--verbose", action="store_true", help="with --ray-workers: show Ray's own log lines")
     return p
 
@@ -55,8 +64,11 @@ def load_config(args):
         if value is not None:
             data[name] = value
     cfg = from_dict(TrainConfig, data, prefix="train")
-    model = {name: getattr(args, name) for name in ("modalities", "video_weights")
-             if getattr(args, name) is not None}
+    model = {
+        name: getattr(args, name)
+        for name in ("modalities", "video_weights")
+        if getattr(args, name) is not None
+    }
     if model:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model))
     if args.no_augment:
@@ -82,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
             from avfusion.train import run
 
             env = os.environ  # torchrun says who this process is; the library reads no environment
-            run(cfg, args.device, rank=int(env.get("RANK", 0)), world=int(env.get("WORLD_SIZE", 1)),
-                local_rank=int(env.get("LOCAL_RANK", 0)))
+            run(
+                cfg,
+                args.device,
+                rank=int(env.get("RANK", 0)),
+                world=int(env.get("WORLD_SIZE", 1)),
+                local_rank=int(env.get("LOCAL_RANK", 0)),
+            )
     except ShardReadError as exc:  # named, after retries: never a silent skip or spin
         # (for Ray Train: after Ray's shutdown, so its flushed logs do not follow ours)
         print(f"avfusion train: {exc.brief()}", file=sys.stderr)

@@ -97,10 +97,13 @@ def failure_columns(failures: dict[str, Failure]) -> dict[str, list]:
     return {name: [getattr(f, name) for f in ordered] for name in FAILURE_COLUMNS}
 
 
-def build_manifest(all_stats: dict[str, ShardStats], label_map: dict[str, int], config: dict,
-                   version: str) -> dict:
-    shards = [{"tar": s.tar, "count": s.successes, "round": s.round, "bytes": s.bytes}
-              for s in sorted(all_stats.values(), key=lambda s: s.shard)]
+def build_manifest(
+    all_stats: dict[str, ShardStats], label_map: dict[str, int], config: dict, version: str
+) -> dict:
+    shards = [
+        {"tar": s.tar, "count": s.successes, "round": s.round, "bytes": s.bytes}
+        for s in sorted(all_stats.values(), key=lambda s: s.shard)
+    ]
     by_split: Counter[str] = Counter()
     for s in all_stats.values():
         by_split.update(s.by_split)

@@ -41,5 +41,6 @@ def decode_sample(sample: dict) -> DecodedSample:
     waveform, _ = sf.read(io.BytesIO(sample["flac"]), dtype="float32")
     frames = np.stack([rgb_from_jpeg(sample[n]) for n in frame_names(sample)])
     meta = json.loads(sample["json"])
-    return DecodedSample(key=sample["__key__"], waveform=waveform, frames=frames,
-                         class_index=int(sample["cls"]), meta=meta)
+    return DecodedSample(
+        key=sample["__key__"], waveform=waveform, frames=frames, class_index=int(sample["cls"]), meta=meta
+    )

@@ -52,8 +52,9 @@ class Sample:
     files: dict[str, bytes]
 
 
-def encode_sample(key: str, waveform: np.ndarray, frames: np.ndarray, class_index: int,
-                  meta: dict, sample_rate: int) -> Sample:
+def encode_sample(
+    key: str, waveform: np.ndarray, frames: np.ndarray, class_index: int, meta: dict, sample_rate: int
+) -> Sample:
     files = {
         "json": json.dumps(meta, sort_keys=True, default=_jsonable).encode(),
         "cls": str(class_index).encode(),

@@ -17,8 +17,11 @@ import numpy as np
 
 from avfusion.corruptions import CORRUPTIONS, apply
 
-PAIRS = (("muted_audio", "gaussian_blur"), ("audio_gaussian_noise", "video_gaussian_noise"),
-         ("traffic_noise", "fog"))
+PAIRS = (
+    ("muted_audio", "gaussian_blur"),
+    ("audio_gaussian_noise", "video_gaussian_noise"),
+    ("traffic_noise", "fog"),
+)
 
 
 @dataclass(frozen=True, eq=False)

@@ -48,14 +48,25 @@ def markdown_table(results: Results, chance: float | None = None) -> str:
     also the share of that modality's evidence the corruption leaves (:func:`evidence_left`)."""
     models = list(next(iter(results.values())))
     left = evidence_left(results, chance) if chance is not None else {}
-    head = ["condition", "w_audio", "w_video", "agreement", *[f"top-1 {m}" for m in models], "top-5 fused",
-            *(["evidence left (unimodal)"] if left else [])]
+    head = [
+        "condition",
+        "w_audio",
+        "w_video",
+        "agreement",
+        *[f"top-1 {m}" for m in models],
+        "top-5 fused",
+        *(["evidence left (unimodal)"] if left else []),
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cond, by_model in results.items():
         fused = by_model["fused"]
         attention = (f"{fused.get(k, float('nan')):.3f}" for k in ("w_audio", "w_video", "agreement"))
-        cells = [cond.name, *attention,
-                 *[f"{by_model[m]['top1']:.3f}" for m in models], f"{fused['top5']:.3f}"]
+        cells = [
+            cond.name,
+            *attention,
+            *[f"{by_model[m]['top1']:.3f}" for m in models],
+            f"{fused['top5']:.3f}",
+        ]
         if left:
             cells.append(f"{left[cond][0]:.2f} {left[cond][1]}" if cond in left else "")
         lines.append("| " + " | ".join(cells) + " |")
@@ -67,11 +78,15 @@ def write_report(results: Results, out: str | Path, meta: dict) -> list[str]:
     out = str(out)
     storage.makedirs(out)
     named = {c.name: by_model for c, by_model in results.items()}
-    storage.write_text(storage.join(out, "robustness.json"), json.dumps({"meta": meta, "conditions": named},
-                                                                        indent=1))
-    storage.write_text(storage.join(out, "robustness.md"), f"# Robustness: {meta.get('checkpoint', '')}\n\n"
-                       f"{meta.get('n_clips', 0)} clips, split `{meta.get('split')}`, "
-                       f"seed {meta.get('seed')}.\n\n" + markdown_table(results, _chance(meta)))
+    storage.write_text(
+        storage.join(out, "robustness.json"), json.dumps({"meta": meta, "conditions": named}, indent=1)
+    )
+    storage.write_text(
+        storage.join(out, "robustness.md"),
+        f"# Robustness: {meta.get('checkpoint', '')}\n\n"
+        f"{meta.get('n_clips', 0)} clips, split `{meta.get('split')}`, "
+        f"seed {meta.get('seed')}.\n\n" + markdown_table(results, _chance(meta)),
+    )
     return [storage.join(out, "robustness.json"), storage.join(out, "robustness.md"), *plot(results, out)]
 
 
@@ -91,10 +106,16 @@ def plot(results: Results, out: str) -> list[str]:
     wa = [results[c]["fused"].get("w_audio", np.nan) for c in singles]
     x = np.arange(len(singles))
     ax.bar(x, wa, label="w_audio", color="#d95f02")
-    ax.bar(x, [results[c]["fused"].get("w_video", np.nan) for c in singles], bottom=wa, label="w_video",
-           color="#1b9e77")
-    ax.axhline(results[NORMAL]["fused"].get("w_audio", np.nan), color="k", lw=0.8, ls="--",
-               label="normal w_audio")
+    ax.bar(
+        x,
+        [results[c]["fused"].get("w_video", np.nan) for c in singles],
+        bottom=wa,
+        label="w_video",
+        color="#1b9e77",
+    )
+    ax.axhline(
+        results[NORMAL]["fused"].get("w_audio", np.nan), color="k", lw=0.8, ls="--", label="normal w_audio"
+    )
     ax.set_xticks(x, [c.name for c in singles], rotation=70, ha="right", fontsize=8)
     ax.set_ylabel("mean attention")
     ax.set_title("Attention per condition (severity 3)")
@@ -114,15 +135,16 @@ def plot(results: Results, out: str) -> list[str]:
         fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
         for ax, name in zip(axes.flat, families, strict=False):
             sev = [s for s in range(1, 6) if (name, s) in graded]
-            for m in (models if what == "top1" else ["fused"]):
-                ys = [results[NORMAL][m].get(what, np.nan)] + [results[graded[name, s]][m].get(what, np.nan)
-                                                               for s in sev]
+            for m in models if what == "top1" else ["fused"]:
+                ys = [results[NORMAL][m].get(what, np.nan)] + [
+                    results[graded[name, s]][m].get(what, np.nan) for s in sev
+                ]
                 ax.plot([0, *sev], ys, marker="o", label=m)
             ax.set_title(name, fontsize=9)
             ax.set_ylim(0, 1)
             ax.set_xticks(range(0, 6))
             ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(families):]:
+        for ax in list(axes.flat)[len(families) :]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=7)
         fig.suptitle("top-1 vs severity (0 = clean)" if what == "top1" else "w_audio vs severity (0 = clean)")

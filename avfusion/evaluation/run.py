@@ -51,8 +51,9 @@ class ConditionTally:
             self.w_video += weights[:, 1].tolist()
             if out.audio_logits is not None:  # a model trained without aux heads has no agreement
                 assert out.video_logits is not None  # the aux heads come in pairs
-                cpu = FusionOutput(logits, weights, out.audio_logits.float().cpu(),
-                                   out.video_logits.float().cpu())
+                cpu = FusionOutput(
+                    logits, weights, out.audio_logits.float().cpu(), out.video_logits.float().cpu()
+                )
                 self.agree += attention_agrees(cpu, target).tolist()
 
     def summary(self) -> dict[str, float]:
@@ -60,22 +61,39 @@ class ConditionTally:
         out: dict[str, float] = {"n": self.n, "top1": self.top1 / n, "top5": self.top5 / n}
         if self.w_audio:
             wa, wv = np.asarray(self.w_audio), np.asarray(self.w_video)
-            out.update(w_audio=float(wa.mean()), w_video=float(wv.mean()), w_audio_std=float(wa.std()),
-                       max_weight_sum_error=float(np.abs(wa + wv - 1).max()),
-                       agreement=float(np.mean(self.agree)) if self.agree else float("nan"))
+            out.update(
+                w_audio=float(wa.mean()),
+                w_video=float(wv.mean()),
+                w_audio_std=float(wa.std()),
+                max_weight_sum_error=float(np.abs(wa + wv - 1).max()),
+                agreement=float(np.mean(self.agree)) if self.agree else float("nan"),
+            )
         return out
 
 
 def _as_numpy(sample: dict) -> dict:
     """The DataLoader's default_convert turns arrays into tensors; corruptions take numpy."""
-    return {k: (v.numpy() if isinstance(v, torch.Tensor) and v.ndim else
-                int(v) if isinstance(v, torch.Tensor) else v) for k, v in sample.items()}
+    return {
+        k: (
+            v.numpy()
+            if isinstance(v, torch.Tensor) and v.ndim
+            else int(v)
+            if isinstance(v, torch.Tensor)
+            else v
+        )
+        for k, v in sample.items()
+    }
 
 
 @torch.no_grad()
-def evaluate_conditions(models: Mapping[str, FusionModel], batches: Iterable[list[dict]],
-                        conds: list[Condition], seed: int = 0, device: torch.device | str = "cpu",
-                        progress: Any = None) -> Results:
+def evaluate_conditions(
+    models: Mapping[str, FusionModel],
+    batches: Iterable[list[dict]],
+    conds: list[Condition],
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: Any = None,
+) -> Results:
     """``batches`` yields lists of decoded samples (key, waveform, frames, target);
     ``progress`` (a tqdm bar) is advanced by the clips evaluated. Returns
     {condition: {model name: summary}}; "fused" carries the attention.
@@ -108,8 +126,9 @@ def evaluate_conditions(models: Mapping[str, FusionModel], batches: Iterable[lis
 # ----------------------------------------------------------------------------- inputs
 
 
-def shard_batches(urls: list[str], split: str | Subset | None, batch_size: int,
-                  workers: int) -> torch.utils.data.DataLoader:
+def shard_batches(
+    urls: list[str], split: str | Subset | None, batch_size: int, workers: int
+) -> torch.utils.data.DataLoader:
     """Lists of decoded samples from shards (``split``: a split name or a ``Subset``),
     in the order the shards hold them: the input of :func:`evaluate_conditions`."""
     from avfusion.loader import data_loader, eval_stages
@@ -118,8 +137,9 @@ def shard_batches(urls: list[str], split: str | Subset | None, batch_size: int,
     return data_loader(stages, workers)
 
 
-def folder_batches(folder: str, labels: str | None, clip: ClipSpec, label_map: dict[str, int],
-                   batch_size: int, workers: int) -> Iterator[list[dict]]:
+def folder_batches(
+    folder: str, labels: str | None, clip: ClipSpec, label_map: dict[str, int], batch_size: int, workers: int
+) -> Iterator[list[dict]]:
     """Lists of decoded samples from a folder of videos labelled by a VGGSound-format
     CSV (files whose label the model does not know are left out); ``workers`` threads
     decode. A file that does not decode is reported on stderr and skipped."""
@@ -140,8 +160,12 @@ def folder_batches(folder: str, labels: str | None, clip: ClipSpec, label_map: d
             print(f"skipping {task.source}: {exc}", file=sys.stderr)
             return None
         assert task.label is not None  # ``tasks`` holds only labels the model knows
-        return {"key": task.key, "waveform": data.waveform, "frames": data.frames,
-                "target": label_map[task.label]}
+        return {
+            "key": task.key,
+            "waveform": data.waveform,
+            "frames": data.frames,
+            "target": label_map[task.label],
+        }
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         batch: list[dict] = []
@@ -222,13 +246,20 @@ def run(cfg: EvalConfig) -> Results:
     else:
         assert cfg.folder is not None  # an EvalConfig names shards or a folder
         total = None
-        batches = folder_batches(cfg.folder, cfg.labels, ClipSpec(**ckpt["clip"]), label_map, cfg.batch_size,
-                                 cfg.workers)
+        batches = folder_batches(
+            cfg.folder, cfg.labels, ClipSpec(**ckpt["clip"]), label_map, cfg.batch_size, cfg.workers
+        )
     with tqdm(total=total, desc="evaluate", unit="clip") as bar:
         results = evaluate_conditions(models, batches, conds, seed=cfg.seed, device=device, progress=bar)
-    meta = {"checkpoint": cfg.checkpoint, "split": cfg.split, "seed": cfg.seed,
-            "n_clips": results[NORMAL]["fused"]["n"], "models": list(models), "device": str(device),
-            "label_map": label_map}
+    meta = {
+        "checkpoint": cfg.checkpoint,
+        "split": cfg.split,
+        "seed": cfg.seed,
+        "n_clips": results[NORMAL]["fused"]["n"],
+        "models": list(models),
+        "device": str(device),
+        "label_map": label_map,
+    }
     paths = write_report(results, cfg.out, meta)
     print(markdown_table(results, 1 / len(label_map)))
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -73,8 +73,9 @@ class Executor:
     def __exit__(self, *exc_info: object) -> None:
         return None
 
-    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T], *,
-                      retries: int = 0) -> Iterator[tuple[T, R | BaseException]]:
+    def map_unordered(
+        self, fn: Callable[[T], R], items: Iterable[T], *, retries: int = 0
+    ) -> Iterator[tuple[T, R | BaseException]]:
         """Run ``fn(item)`` for every item; yield ``(item, result)`` as each finishes, or
         ``(item, exception)`` when it failed. ``retries``: re-runs of an item whose
         worker died (a lost node, an OOM kill) before its failure is yielded; an
@@ -107,8 +108,9 @@ class InProcessExecutor(Executor):
         self._shared: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T], *,
-                      retries: int = 0) -> Iterator[tuple[T, R | BaseException]]:
+    def map_unordered(
+        self, fn: Callable[[T], R], items: Iterable[T], *, retries: int = 0
+    ) -> Iterator[tuple[T, R | BaseException]]:
         queue = list(items)
         if self.concurrency == 1:
             for item in queue:
@@ -129,7 +131,7 @@ class InProcessExecutor(Executor):
         if pipeline.model is not None:
             model = pipeline.model(**pipeline.model_kwargs, gpus_assigned=math.ceil(pipeline.gpus))
         step = pipeline.decode_batch
-        chunks = (_columns(items[i:i + step]) for i in range(0, len(items), step))
+        chunks = (_columns(items[i : i + step]) for i in range(0, len(items), step))
         decoded = self._ordered(pipeline.decode, chunks)
         if model is None:
             yield from decoded

@@ -36,8 +36,10 @@ def run_on_every_node(address: str, fn: Callable[..., Any], *args: Any, timeout:
     with ray_session(address):
         nodes = [n for n in ray.nodes() if n["Alive"]]
         total = ray.cluster_resources()
-        resources = ", ".join([f"{k} {v:g}" for k, v in sorted(total.items()) if k in ("CPU", "GPU")]
-                              + [f"memory {total.get('memory', 0) / 2 ** 30:.1f} GiB"])
+        resources = ", ".join(
+            [f"{k} {v:g}" for k, v in sorted(total.items()) if k in ("CPU", "GPU")]
+            + [f"memory {total.get('memory', 0) / 2**30:.1f} GiB"]
+        )
         task = ray.remote(num_cpus=0, max_retries=0)(fn)
         refs = []
         for n in nodes:

@@ -39,8 +39,10 @@ def quiet_init_kwargs(verbose: bool, worker_output: bool = False) -> dict[str, A
     log files (``/tmp/ray/session_*/logs``) and only WARNING and above reach the
     terminal, unless ``--verbose``. Worker stdout is forwarded only where our own code
     prints there (Ray Train's rank 0 prints the epoch metrics)."""
-    return {"logging_level": logging.INFO if verbose else logging.WARNING,
-            "log_to_driver": verbose or worker_output}
+    return {
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+        "log_to_driver": verbose or worker_output,
+    }
 
 
 def _quiet_ray_data(verbose: bool) -> None:
@@ -57,8 +59,13 @@ def _quiet_ray_data(verbose: bool) -> None:
 
 
 @contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None, verbose: bool = False,
-                worker_output: bool = False, data: bool = False) -> Iterator[None]:
+def ray_session(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+    worker_output: bool = False,
+    data: bool = False,
+) -> Iterator[None]:
     """``data``: the job uses Ray Data (its progress bars and INFO lines are quietened too)."""
     import ray
 
@@ -90,8 +97,15 @@ class RayExecutor(Executor):
     Entering starts or joins Ray (``ray_session``); leaving shuts down what it started.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, *,
-                 concurrency: int | None = None, task_cpus: float = 1, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        *,
+        concurrency: int | None = None,
+        task_cpus: float = 1,
+        verbose: bool = False,
+    ) -> None:
         self.address, self.num_cpus, self.verbose = address, num_cpus, verbose
         self.concurrency, self.task_cpus = concurrency, task_cpus
         self._session: AbstractContextManager[None] | None = None
@@ -109,12 +123,14 @@ class RayExecutor(Executor):
         if session is not None:
             session.__exit__(*exc_info)
 
-    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T], *,
-                      retries: int = 0) -> Iterator[tuple[T, R | BaseException]]:
+    def map_unordered(
+        self, fn: Callable[[T], R], items: Iterable[T], *, retries: int = 0
+    ) -> Iterator[tuple[T, R | BaseException]]:
         import ray
 
-        remote: Any = ray.remote(_apply).options(num_cpus=self.task_cpus, max_retries=retries,
-                                                 name=_name_of(fn))
+        remote: Any = ray.remote(_apply).options(
+            num_cpus=self.task_cpus, max_retries=retries, name=_name_of(fn)
+        )
         fn_ref = ray.put(fn)
         limit = self.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
         queue = list(items)

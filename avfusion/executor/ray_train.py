@@ -55,13 +55,19 @@ def fit(cfg: TrainConfig, num_workers: int, use_gpu: bool = False) -> None:
     resources = {"CPU": 1 + cfg.workers, **({"GPU": 1} if use_gpu else {})}
     have = ray.cluster_resources().get("CPU", 0)
     if num_workers * resources["CPU"] > have:  # Ray Train would wait, silently, for the autoscaler
-        print(f"avfusion train: {num_workers} Ray Train workers × {resources['CPU']} CPUs (1 + {cfg.workers} "
-              f"loader workers each) > the cluster's {have:g} CPUs now: waiting for nodes to join "
-              "(lower --workers to fit)", file=sys.stderr, flush=True)
+        print(
+            f"avfusion train: {num_workers} Ray Train workers × {resources['CPU']} CPUs (1 + {cfg.workers} "
+            f"loader workers each) > the cluster's {have:g} CPUs now: waiting for nodes to join "
+            "(lower --workers to fit)",
+            file=sys.stderr,
+            flush=True,
+        )
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"train": dataclasses.asdict(cfg)},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
         run_config=_run_config(cfg.out),
     )
     try:
@@ -85,8 +91,15 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     cfg = from_dict(TrainConfig, config["train"])
-    train(cfg, setup(ray.train.torch.get_device(), rank=ctx.get_world_rank(), world=ctx.get_world_size(),
-                     local_rank=ctx.get_local_rank()))
+    train(
+        cfg,
+        setup(
+            ray.train.torch.get_device(),
+            rank=ctx.get_world_rank(),
+            world=ctx.get_world_size(),
+            local_rank=ctx.get_local_rank(),
+        ),
+    )
 
 
 def _run_config(out: str) -> RunConfig:

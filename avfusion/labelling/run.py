@@ -90,8 +90,14 @@ def build_items(paths: list[str], root: str | None, done: set[tuple[str, int, in
     for p in paths:
         size, mtime = storage.identity(p)
         if (p, size, mtime) not in done:
-            items.append({"path": p, "key": relative_path(root, p) if root else p, "file_size": size,
-                          "mtime_ns": mtime})
+            items.append(
+                {
+                    "path": p,
+                    "key": relative_path(root, p) if root else p,
+                    "file_size": size,
+                    "mtime_ns": mtime,
+                }
+            )
     return items
 
 
@@ -128,14 +134,15 @@ def drop_superseded(out: str) -> int:
         return 0
     rows = list(zip(table.column("path").to_pylist(), table.column("error_class").to_pylist(), strict=True))
     settled = {p for p, e in rows if e not in TRANSIENT_ERRORS}
-    stale = pa.array(sorted({p for p, e in rows if e in TRANSIENT_ERRORS and p in settled}),
-                     type=pa.string())
+    stale = pa.array(sorted({p for p, e in rows if e in TRANSIENT_ERRORS and p in settled}), type=pa.string())
     transient = pa.array(sorted(TRANSIENT_ERRORS), type=pa.string())
     dropped = 0
     for url in storage.list_files(out, PARTS):
         part = storage.read_parquet(url)
-        drop = pc.and_(pc.is_in(part.column("path"), value_set=stale),
-                       pc.is_in(pc.fill_null(part.column("error_class"), ""), value_set=transient))
+        drop = pc.and_(
+            pc.is_in(part.column("path"), value_set=stale),
+            pc.is_in(pc.fill_null(part.column("error_class"), ""), value_set=transient),
+        )
         n = pc.sum(drop).as_py() or 0
         if n:
             with storage.atomic_file(url) as tmp:
@@ -153,8 +160,9 @@ def remove_partial_parts(out: str) -> None:
 # ----------------------------------------------------------------------------- output
 
 
-def write_parts(batches: Iterable[dict[str, Any]], out: str, part_rows: int,
-                on_files: Callable[[int], None] | None = None) -> list[str]:
+def write_parts(
+    batches: Iterable[dict[str, Any]], out: str, part_rows: int, on_files: Callable[[int], None] | None = None
+) -> list[str]:
     """Write labelled batches (Predictor output, numpy columns) as part files of about
     ``part_rows`` rows, cut only where a file's last window ends (so resume by file is
     exact), each under a temporary name then renamed. ``on_files(n)``: n more files
@@ -208,15 +216,20 @@ def summary(table: pa.Table, skipped: Sequence[str] = ()) -> str:
     errors = Counter(r["error_class"] for r in rows if r["error_class"])
     labels = Counter(r["predicted_label"] for r in rows if not r["error_class"])
     flags = Counter(f for r in rows if not r["error_class"] for f in (r.get("flags") or []))
-    lines = [f"\n{len(rows)} rows from {len({r['path'] for r in rows})} files; "
-             f"{sum(errors.values())} errors; {len(skipped)} files skipped by the extension filter"]
+    lines = [
+        f"\n{len(rows)} rows from {len({r['path'] for r in rows})} files; "
+        f"{sum(errors.values())} errors; {len(skipped)} files skipped by the extension filter"
+    ]
     lines += [f"  {label:<32}{n:>8}" for label, n in labels.most_common(20)]
     lines += [f"  flag: {flag:<26}{n:>8}" for flag, n in flags.most_common()]
     lines += [f"  error: {kind:<25}{n:>8}" for kind, n in errors.most_common()]
     if skipped:
         by_ext = Counter(os.path.splitext(p)[1].lower() or "(none)" for p in skipped)
-        lines.append("  skipped: " + ", ".join(f"{ext} {n}" for ext, n in by_ext.most_common())
-                     + "  (--list-skipped lists them)")
+        lines.append(
+            "  skipped: "
+            + ", ".join(f"{ext} {n}" for ext, n in by_ext.most_common())
+            + "  (--list-skipped lists them)"
+        )
     return "\n".join(lines)
 
 
@@ -228,11 +241,16 @@ def pipeline(cfg: LabelConfig, clip: ClipSpec) -> BatchPipeline:
     (one checkpoint load each) over the decoded windows."""
     from avfusion.labelling.worker import DecodeRows, Predictor
 
-    return BatchPipeline(decode=DecodeRows(clip, cfg.every_window), decode_batch=cfg.decode_batch,
-                         model=Predictor, model_kwargs={"checkpoint": str(cfg.checkpoint), "top_k": cfg.top_k,
-                                                       "bf16": cfg.bf16},
-                         model_batch=cfg.model_batch, instances=cfg.actors, gpus=cfg.gpus_per_actor,
-                         memory_mb=cfg.actor_memory_mb)
+    return BatchPipeline(
+        decode=DecodeRows(clip, cfg.every_window),
+        decode_batch=cfg.decode_batch,
+        model=Predictor,
+        model_kwargs={"checkpoint": str(cfg.checkpoint), "top_k": cfg.top_k, "bf16": cfg.bf16},
+        model_batch=cfg.model_batch,
+        instances=cfg.actors,
+        gpus=cfg.gpus_per_actor,
+        memory_mb=cfg.actor_memory_mb,
+    )
 
 
 def label(cfg: LabelConfig, executor: Executor) -> int:
@@ -252,8 +270,10 @@ def label(cfg: LabelConfig, executor: Executor) -> int:
     drop_superseded(out)  # a killed run may have relabelled files without dropping their old rows
     root = cfg.input.rstrip("/") if storage.isdir(cfg.input) else None
     items = build_items(paths, root, done_identities(out))
-    print(f"{len(paths)} files, {len(paths) - len(items)} already labelled in {out}, {len(items)} to label; "
-          f"{len(skipped)} skipped by the extension filter")
+    print(
+        f"{len(paths)} files, {len(paths) - len(items)} already labelled in {out}, {len(items)} to label; "
+        f"{len(skipped)} skipped by the extension filter"
+    )
     if cfg.list_skipped:
         for p in skipped:
             print(f"  skipped: {p}")

@@ -18,32 +18,69 @@ import pyarrow as pa
 # windows after this row have no row.
 FLAGS = ("partial", "audio_only", "video_only", "video_undecodable", "truncated")
 
-SCHEMA = pa.schema([
-    ("path", pa.string()), ("key", pa.string()), ("file_size", pa.int64()), ("mtime_ns", pa.int64()),
-    ("duration", pa.float64()), ("container", pa.string()), ("video_codec", pa.string()),
-    ("audio_codec", pa.string()), ("window_index", pa.int32()), ("window_count", pa.int32()),
-    ("window_start", pa.float64()), ("window_end", pa.float64()),
-    ("predicted_label", pa.string()), ("class_index", pa.int32()), ("confidence", pa.float32()),
-    ("topk_labels", pa.list_(pa.string())), ("topk_probs", pa.list_(pa.float32())),
-    ("w_audio", pa.float32()), ("w_video", pa.float32()), ("attention_agrees", pa.bool_()),
-    ("audio_only_label", pa.string()), ("audio_only_confidence", pa.float32()),
-    ("video_only_label", pa.string()), ("video_only_confidence", pa.float32()),
-    ("silent_audio", pa.bool_()), ("no_audio_track", pa.bool_()), ("no_video_track", pa.bool_()),
-    ("frozen_video", pa.bool_()), ("flags", pa.list_(pa.string())), ("covered_seconds", pa.float64()),
-    ("model_id", pa.string()), ("checkpoint", pa.string()),
-    ("error_class", pa.string()), ("error_message", pa.string()), ("elapsed_ms", pa.float64()),
-])
+SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("key", pa.string()),
+        ("file_size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("duration", pa.float64()),
+        ("container", pa.string()),
+        ("video_codec", pa.string()),
+        ("audio_codec", pa.string()),
+        ("window_index", pa.int32()),
+        ("window_count", pa.int32()),
+        ("window_start", pa.float64()),
+        ("window_end", pa.float64()),
+        ("predicted_label", pa.string()),
+        ("class_index", pa.int32()),
+        ("confidence", pa.float32()),
+        ("topk_labels", pa.list_(pa.string())),
+        ("topk_probs", pa.list_(pa.float32())),
+        ("w_audio", pa.float32()),
+        ("w_video", pa.float32()),
+        ("attention_agrees", pa.bool_()),
+        ("audio_only_label", pa.string()),
+        ("audio_only_confidence", pa.float32()),
+        ("video_only_label", pa.string()),
+        ("video_only_confidence", pa.float32()),
+        ("silent_audio", pa.bool_()),
+        ("no_audio_track", pa.bool_()),
+        ("no_video_track", pa.bool_()),
+        ("frozen_video", pa.bool_()),
+        ("flags", pa.list_(pa.string())),
+        ("covered_seconds", pa.float64()),
+        ("model_id", pa.string()),
+        ("checkpoint", pa.string()),
+        ("error_class", pa.string()),
+        ("error_message", pa.string()),
+        ("elapsed_ms", pa.float64()),
+    ]
+)
 
 
-PREDICTION_COLUMNS = ("predicted_label", "class_index", "confidence", "topk_labels", "topk_probs", "w_audio",
-                      "w_video", "attention_agrees", "audio_only_label", "audio_only_confidence",
-                      "video_only_label", "video_only_confidence")
+PREDICTION_COLUMNS = (
+    "predicted_label",
+    "class_index",
+    "confidence",
+    "topk_labels",
+    "topk_probs",
+    "w_audio",
+    "w_video",
+    "attention_agrees",
+    "audio_only_label",
+    "audio_only_confidence",
+    "video_only_label",
+    "video_only_confidence",
+)
 
 
 def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
     """Decoded rows → one batch of numpy columns (tensors stacked), as Ray Data carries it."""
-    return {k: np.stack([r[k] for r in rows]) if k in ("waveform", "frames")
-            else np.array([r[k] for r in rows]) for k in rows[0]}
+    return {
+        k: np.stack([r[k] for r in rows]) if k in ("waveform", "frames") else np.array([r[k] for r in rows])
+        for k in rows[0]
+    }
 
 
 def to_table(batch: dict[str, np.ndarray]) -> pa.Table:
@@ -54,8 +91,9 @@ def to_table(batch: dict[str, np.ndarray]) -> pa.Table:
         if field.name in ("error_class", "error_message", "container", "video_codec", "audio_codec"):
             values = [v if v else None for v in values]
         if field.name == "flags":  # carried as "a,b" through Ray (ragged lists do not batch)
-            values = [[f for f in str(v).split(",") if f] if isinstance(v, str) else list(v or [])
-                      for v in values]
+            values = [
+                [f for f in str(v).split(",") if f] if isinstance(v, str) else list(v or []) for v in values
+            ]
         elif pa.types.is_list(field.type):
             values = [None if v is None else list(v) for v in values]
         columns[field.name] = pa.array([_py(v) for v in values], type=field.type)

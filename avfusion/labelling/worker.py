@@ -33,8 +33,13 @@ from avfusion.probe import MediaError, probe
 # Labelling is lenient where training is strict: an audio-only file (or one whose video
 # no decoder knows) is labelled from its audio alone, one frame is a video, an animated
 # GIF is a short video.
-LABEL_LIMITS = DecodeLimits(allow_missing_video=True, min_frames=1, min_side=8,
-                            allow_undecodable_video=True, allow_animated_images=True)
+LABEL_LIMITS = DecodeLimits(
+    allow_missing_video=True,
+    min_frames=1,
+    min_side=8,
+    allow_undecodable_video=True,
+    allow_animated_images=True,
+)
 
 
 def model_id(checkpoint: str | Path) -> str:
@@ -64,8 +69,9 @@ class DecodeRows:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = []
         for i, path in enumerate(batch["path"]):
-            rows += self.decode_file(str(path), str(batch["key"][i]), int(batch["file_size"][i]),
-                                     int(batch["mtime_ns"][i]))
+            rows += self.decode_file(
+                str(path), str(batch["key"][i]), int(batch["file_size"][i]), int(batch["mtime_ns"][i])
+            )
         return rows_to_batch(rows)
 
     def decode_file(self, path: str, key: str, size: int, mtime: int) -> list[dict]:
@@ -76,12 +82,31 @@ class DecodeRows:
                 with storage.local_copy(path) as local:
                     rows = self.decode_file(local, key, size, mtime)  # never raises: failures are rows
             except Exception as exc:  # noqa: BLE001 - unreachable object store, missing object, …: a row
-                return [self._error_row(path, key, size, mtime, "fetch_error",
-                                        f"{type(exc).__name__}: {exc}", time.perf_counter())]
+                return [
+                    self._error_row(
+                        path,
+                        key,
+                        size,
+                        mtime,
+                        "fetch_error",
+                        f"{type(exc).__name__}: {exc}",
+                        time.perf_counter(),
+                    )
+                ]
             return [{**r, "path": path} for r in rows]
         t0 = time.perf_counter()
-        base = {"path": path, "key": key, "file_size": size, "mtime_ns": mtime, "duration": np.nan,
-                "container": "", "video_codec": "", "audio_codec": "", "error_class": "", "error_message": ""}
+        base = {
+            "path": path,
+            "key": key,
+            "file_size": size,
+            "mtime_ns": mtime,
+            "duration": np.nan,
+            "container": "",
+            "video_codec": "",
+            "audio_codec": "",
+            "error_class": "",
+            "error_message": "",
+        }
         try:
             kind = storage.local_kind(path)
             if kind == "dir":
@@ -89,8 +114,12 @@ class DecodeRows:
             if kind == "missing":
                 raise MediaError("missing_file", f"{path} does not exist (dangling link?)")
             info = probe(path)
-            base.update(duration=info.duration or np.nan, container=info.container,
-                        video_codec=info.video_codec or "", audio_codec=info.audio_codec or "")
+            base.update(
+                duration=info.duration or np.nan,
+                container=info.container,
+                video_codec=info.video_codec or "",
+                audio_codec=info.audio_codec or "",
+            )
             rows = []
             starts = _windows(info.duration, self.clip.clip_seconds, self.every_window)
             for wi, start in enumerate(starts):
@@ -105,17 +134,29 @@ class DecodeRows:
                     break
                 q = clip.quality
                 covered = min(self.clip.clip_seconds, max(q.audio_seconds, q.video_seconds))
-                rows.append({**base, "window_index": wi, "window_count": len(starts), "window_start": start,
-                             "window_end": start + covered,
-                             "silent_audio": q.silent, "no_audio_track": not q.has_audio,
-                             "no_video_track": not q.has_video, "frozen_video": bool(q.frozen),
-                             # Decode-side flags; Predictor adds the modality it used.
-                             "flags": ",".join(f for f, on in (("partial", q.partial),
-                                                               ("video_undecodable", q.video_undecodable))
-                                               if on),
-                             "covered_seconds": q.covered_seconds,
-                             "waveform": clip.waveform, "frames": clip.frames,
-                             "elapsed_ms": 0.0})
+                rows.append(
+                    {
+                        **base,
+                        "window_index": wi,
+                        "window_count": len(starts),
+                        "window_start": start,
+                        "window_end": start + covered,
+                        "silent_audio": q.silent,
+                        "no_audio_track": not q.has_audio,
+                        "no_video_track": not q.has_video,
+                        "frozen_video": bool(q.frozen),
+                        # Decode-side flags; Predictor adds the modality it used.
+                        "flags": ",".join(
+                            f
+                            for f, on in (("partial", q.partial), ("video_undecodable", q.video_undecodable))
+                            if on
+                        ),
+                        "covered_seconds": q.covered_seconds,
+                        "waveform": clip.waveform,
+                        "frames": clip.frames,
+                        "elapsed_ms": 0.0,
+                    }
+                )
             per = (time.perf_counter() - t0) * 1000 / len(rows)
             for r in rows:
                 r["elapsed_ms"] = per
@@ -127,18 +168,46 @@ class DecodeRows:
             kind, message = "internal_error", f"{type(exc).__name__}: {exc}"
         return [self._error_row(path, key, size, mtime, kind, message, t0, base)]
 
-    def _error_row(self, path: str, key: str, size: int, mtime: int, kind: str, message: str, t0: float,
-                   base: dict | None = None) -> dict:
-        base = base or {"path": path, "key": key, "file_size": size, "mtime_ns": mtime, "duration": np.nan,
-                        "container": "", "video_codec": "", "audio_codec": ""}
+    def _error_row(
+        self,
+        path: str,
+        key: str,
+        size: int,
+        mtime: int,
+        kind: str,
+        message: str,
+        t0: float,
+        base: dict | None = None,
+    ) -> dict:
+        base = base or {
+            "path": path,
+            "key": key,
+            "file_size": size,
+            "mtime_ns": mtime,
+            "duration": np.nan,
+            "container": "",
+            "video_codec": "",
+            "audio_codec": "",
+        }
         side = self.clip.frame_size
-        return {**base, "window_index": 0, "window_count": 1, "window_start": 0.0, "window_end": 0.0,
-                "silent_audio": False, "no_audio_track": False, "no_video_track": False,
-                "frozen_video": False, "flags": "", "covered_seconds": 0.0,
-                "waveform": np.zeros(self.clip.num_samples, np.float32),
-                "frames": np.zeros((self.clip.num_frames, side, side, 3), np.uint8),
-                "error_class": kind, "error_message": message[:2000],
-                "elapsed_ms": (time.perf_counter() - t0) * 1000}
+        return {
+            **base,
+            "window_index": 0,
+            "window_count": 1,
+            "window_start": 0.0,
+            "window_end": 0.0,
+            "silent_audio": False,
+            "no_audio_track": False,
+            "no_video_track": False,
+            "frozen_video": False,
+            "flags": "",
+            "covered_seconds": 0.0,
+            "waveform": np.zeros(self.clip.num_samples, np.float32),
+            "frames": np.zeros((self.clip.num_frames, side, side, 3), np.uint8),
+            "error_class": kind,
+            "error_message": message[:2000],
+            "elapsed_ms": (time.perf_counter() - t0) * 1000,
+        }
 
 
 class Predictor:
@@ -148,8 +217,14 @@ class Predictor:
     CUDA shows; None outside a scheduler), see :func:`avfusion.device.choose_device`.
     ``bf16``: autocast the model to bfloat16 (meant for CUDA; softmax stays fp32)."""
 
-    def __init__(self, checkpoint: str, top_k: int = 5, device: str = "auto",
-                 gpus_assigned: int | None = None, bf16: bool = False) -> None:
+    def __init__(
+        self,
+        checkpoint: str,
+        top_k: int = 5,
+        device: str = "auto",
+        gpus_assigned: int | None = None,
+        bf16: bool = False,
+    ) -> None:
         from avfusion.checkpoint import model_from_checkpoint
         from avfusion.device import choose_device
 
@@ -166,6 +241,7 @@ class Predictor:
         """The model on a batch that has ``waveform``, ``frames`` or both (None: absent).
         One modality goes through the model's unimodal head path (``forward_head``
         with the other embedding None: weights one-hot, logits from that embedding)."""
+
         def tensor(x: np.ndarray | None) -> torch.Tensor | None:
             return None if x is None else torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
 
@@ -188,8 +264,9 @@ class Predictor:
             cols.append(torch.stack([best.values, best.indices.float()], dim=1) if best is not None else nan)
         # No ground truth here: agreement asks whether the higher-weighted modality's own
         # head is the surer of the two about the fused prediction (null with one modality).
-        cols.append(attention_agrees(res, top_i[:, 0]).float()[:, None] if res.scores is not None
-                    else nan[:, :1])
+        cols.append(
+            attention_agrees(res, top_i[:, 0]).float()[:, None] if res.scores is not None else nan[:, :1]
+        )
         return torch.cat(cols, dim=1).cpu().numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -205,9 +282,11 @@ class Predictor:
         ok = np.array([not e for e in errors])
         for row in np.flatnonzero(ok & ~use_audio & ~use_video):
             errors[row] = "no_usable_modality"
-            messages[row] = (f"the file has {'no audio' if batch['no_audio_track'][row] else 'audio'} and "
-                             f"{'no video' if batch['no_video_track'][row] else 'video'}; the model uses "
-                             f"{self.model.cfg.modalities}")
+            messages[row] = (
+                f"the file has {'no audio' if batch['no_audio_track'][row] else 'audio'} and "
+                f"{'no video' if batch['no_video_track'][row] else 'video'}; the model uses "
+                f"{self.model.cfg.modalities}"
+            )
             ok[row] = False
         for ua, uv in ((True, True), (True, False), (False, True)):
             idx = np.flatnonzero(ok & (use_audio == ua) & (use_video == uv))
@@ -232,7 +311,7 @@ class Predictor:
     def _fill(self, cols: dict[str, list], row: int, values: np.ndarray) -> None:
         """One row's prediction columns from its packed host values (see :meth:`packed`)."""
         k = self.top_k
-        top_p, top_i = values[:k], values[k:2 * k].astype(int)
+        top_p, top_i = values[:k], values[k : 2 * k].astype(int)
         cols["predicted_label"][row] = self.names[top_i[0]]
         cols["class_index"][row] = int(top_i[0])
         cols["confidence"][row] = float(top_p[0])
@@ -240,7 +319,7 @@ class Predictor:
         cols["topk_probs"][row] = [float(p) for p in top_p]
         cols["w_audio"][row], cols["w_video"][row] = float(values[2 * k]), float(values[2 * k + 1])
         for j, name in enumerate(("audio", "video")):
-            prob, index = values[2 * k + 2 + 2 * j: 2 * k + 4 + 2 * j]
+            prob, index = values[2 * k + 2 + 2 * j : 2 * k + 4 + 2 * j]
             if not np.isnan(prob):
                 cols[f"{name}_only_label"][row] = self.names[int(index)]
                 cols[f"{name}_only_confidence"][row] = float(prob)

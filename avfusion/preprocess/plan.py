@@ -33,7 +33,7 @@ class PlanMismatch(Exception):
 
 
 def plan_shards(tasks: list[ClipTask], size: int, prefix: str = "") -> dict[str, list[ClipTask]]:
-    return {f"{prefix}{i // size:05d}": tasks[i:i + size] for i in range(0, len(tasks), size)}
+    return {f"{prefix}{i // size:05d}": tasks[i : i + size] for i in range(0, len(tasks), size)}
 
 
 def plan_digest(tasks: list[ClipTask], cfg: PreprocessConfig) -> str:
@@ -55,14 +55,21 @@ def check_plan(root: str, tasks: list[ClipTask], cfg: PreprocessConfig) -> None:
     plan_path = storage.join(root, PLAN)
     if storage.exists(plan_path):
         if storage.read_json(plan_path)["digest"] != digest:
-            raise PlanMismatch(f"{root} holds shards of a different clip list or shard size; "
-                               "use a new --out, or the same arguments to resume")
+            raise PlanMismatch(
+                f"{root} holds shards of a different clip list or shard size; "
+                "use a new --out, or the same arguments to resume"
+            )
     else:
         write_json(plan_path, {"digest": digest, "clips": len(tasks), "shard_size": cfg.shard_size})
 
 
-def retry_plan(root: str, tasks: list[ClipTask], done: dict[str, ShardStats], cfg: PreprocessConfig,
-               include_permanent: bool) -> tuple[dict[str, list[ClipTask]], int]:
+def retry_plan(
+    root: str,
+    tasks: list[ClipTask],
+    done: dict[str, ShardStats],
+    cfg: PreprocessConfig,
+    include_permanent: bool,
+) -> tuple[dict[str, list[ClipTask]], int]:
     """(shards, round) for a retry round: the unfinished last round if there is one,
     else a new round of the clips whose latest failure is transient (or any, with
     ``include_permanent``)."""
@@ -77,6 +84,8 @@ def retry_plan(root: str, tasks: list[ClipTask], done: dict[str, ShardStats], cf
     round_ = max([0] + [s.round for s in done.values()]) + 1
     chosen = [t for t in tasks if t.key in retry]
     shards = plan_shards(chosen, cfg.shard_size, prefix=f"r{round_:02d}-")
-    write_json(storage.join(root, f"_retry{round_:02d}.json"),
-                      {"round": round_, "shards": {n: [t.key for t in ts] for n, ts in shards.items()}})
+    write_json(
+        storage.join(root, f"_retry{round_:02d}.json"),
+        {"round": round_, "shards": {n: [t.key for t in ts] for n, ts in shards.items()}},
+    )
     return shards, round_

@@ -40,21 +40,38 @@ class PreprocessResult:
         return 3 if self.stopped else (0 if self.complete else 1)
 
 
-def finish(root: str, labels: dict[str, int], cfg: PreprocessConfig,
-           done: dict[str, ShardStats] | None = None, downloads: dict | None = None) -> PreprocessResult:
+def finish(
+    root: str,
+    labels: dict[str, int],
+    cfg: PreprocessConfig,
+    done: dict[str, ShardStats] | None = None,
+    downloads: dict | None = None,
+) -> PreprocessResult:
     """Write ``failures.parquet`` and ``manifest.json`` and print the summary. ``done``:
     the stats already read, when nothing ran since (20,000 GETs saved at scale);
     ``downloads``: this run's governor stats (grants, blocked seconds, cooldowns)."""
     done = read_all_stats(root) if done is None else done
     failures = latest_failures(done)
     stats_names = {s.shard for s in done.values()}
-    orphans = sorted(storage.basename(t)[:-4] for t in storage.list_files(root, "*.tar")
-                     if storage.basename(t)[:-4] not in stats_names)
+    orphans = sorted(
+        storage.basename(t)[:-4]
+        for t in storage.list_files(root, "*.tar")
+        if storage.basename(t)[:-4] not in stats_names
+    )
     lost = sorted(f.key for f in failures.values() if f.kind == TASK_FAILED)
-    manifest = build_manifest({k: s for k, s in done.items() if s.tar}, labels,
-                              {"clip": asdict(cfg.clip), "shard_size": cfg.shard_size}, __version__)
-    result = PreprocessResult(manifest=manifest, failures=failures, orphans=orphans, lost=lost,
-                              stopped=(downloads or {}).get("stopped"))
+    manifest = build_manifest(
+        {k: s for k, s in done.items() if s.tar},
+        labels,
+        {"clip": asdict(cfg.clip), "shard_size": cfg.shard_size},
+        __version__,
+    )
+    result = PreprocessResult(
+        manifest=manifest,
+        failures=failures,
+        orphans=orphans,
+        lost=lost,
+        stopped=(downloads or {}).get("stopped"),
+    )
     manifest["complete"] = result.complete
     if downloads:
         manifest["downloads"] = downloads
@@ -77,9 +94,11 @@ def print_summary(root: str, result: PreprocessResult, done: dict[str, ShardStat
     print(f"{'task seconds':<24}{sum(s.seconds for s in done.values()):>10.1f}")
     downloads = manifest.get("downloads")
     if downloads:
-        print(f"{'downloads/hour':<24}{downloads['downloads_per_hour']:>10.1f}   "
-              f"blocked {downloads['blocked_seconds']:.0f} s, {downloads['cooldowns']} cooldowns, "
-              f"{downloads['probes']} probes {downloads['blocks'] or ''}")
+        print(
+            f"{'downloads/hour':<24}{downloads['downloads_per_hour']:>10.1f}   "
+            f"blocked {downloads['blocked_seconds']:.0f} s, {downloads['cooldowns']} cooldowns, "
+            f"{downloads['probes']} probes {downloads['blocks'] or ''}"
+        )
     print(f"manifest: {root}/{MANIFEST}; failures: {root}/{FAILURES}")
     if result.complete or (result.stopped and not result.orphans and not result.lost):
         return  # a stopped run says so itself (the job prints the STOPPED line)
@@ -88,6 +107,8 @@ def print_summary(root: str, result: PreprocessResult, done: dict[str, ShardStat
         names = ", ".join(result.orphans[:3]) + (", …" if len(result.orphans) > 3 else "")
         redo.append(f"{len(result.orphans)} unfinished shards ({names}): re-run the same command")
     if result.lost:
-        redo.append(f"{len(result.lost)} clips whose Ray task failed after its retries ({TASK_FAILED}):"
-                    " re-run with --retry-failed")
+        redo.append(
+            f"{len(result.lost)} clips whose Ray task failed after its retries ({TASK_FAILED}):"
+            " re-run with --retry-failed"
+        )
     print("INCOMPLETE: " + "; ".join(redo), file=sys.stderr)

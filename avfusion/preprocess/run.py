@@ -50,6 +50,7 @@ class PreprocessError(Exception):
 @dataclass(frozen=True)
 class PreprocessJob:
     """What to preprocess and where to; how each clip is processed is ``config``."""
+
     input: str  # VGGSound CSV, URL list (.csv with a url header / .parquet) or a folder of videos
     out: str  # shard folder URL
     config: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -85,9 +86,18 @@ def read_tasks(job: PreprocessJob) -> tuple[list[ClipTask], list[Failure]]:
     missing: list[Failure] = []
     if kind == "folder":
         tasks, rows = scan_folder(job.input, job.labels, job.labels_from_dirs)
-        missing = [Failure(key=r.key, source=job.input, kind="missing_file", transient=False,
-                           message=f"no file named {r.key}.* or {r.youtube_id}.*", attempts=0, label=r.label)
-                   for r in rows]
+        missing = [
+            Failure(
+                key=r.key,
+                source=job.input,
+                kind="missing_file",
+                transient=False,
+                message=f"no file named {r.key}.* or {r.youtube_id}.*",
+                attempts=0,
+                label=r.label,
+            )
+            for r in rows
+        ]
     elif kind == "urls":
         tasks = read_url_list(job.input)
     else:
@@ -121,12 +131,26 @@ def run_preprocess(job: PreprocessJob, executor: Executor) -> PreprocessResult:
     else:
         shards, round_ = plan_shards(tasks, cfg.shard_size), 0
         if missing and "missing" not in done:
-            write_stats(root, ShardStats(shard="missing", tar="", attempted=len(missing), successes=0,
-                                         failed=len(missing), bytes=0, seconds=0.0, round=0, keys=[],
-                                         failures=missing))
+            write_stats(
+                root,
+                ShardStats(
+                    shard="missing",
+                    tar="",
+                    attempted=len(missing),
+                    successes=0,
+                    failed=len(missing),
+                    bytes=0,
+                    seconds=0.0,
+                    round=0,
+                    keys=[],
+                    failures=missing,
+                ),
+            )
     todo = {name: ts for name, ts in shards.items() if name not in done}
-    print(f"{len(tasks)} clips, {len(shards)} shards ({len(shards) - len(todo)} already done), "
-          f"{len(labels)} labels → {job.out}")
+    print(
+        f"{len(tasks)} clips, {len(shards)} shards ({len(shards) - len(todo)} already done), "
+        f"{len(labels)} labels → {job.out}"
+    )
     downloads = None
     if todo:
         with executor:
@@ -146,20 +170,31 @@ def check_downloads(job: PreprocessJob, tasks: list[ClipTask]) -> str | None:
     if errors:
         return errors[0]
     js = js_runtime_report(job.config.download.js_runtimes)
-    print(f"yt-dlp {js['yt_dlp']}: JS runtime {js['runtime'] or 'none'}"
-          f"{'' if js['supported'] else ' (unsupported)'}, "
-          f"challenge solver {js['solver'] or 'none'}")
+    print(
+        f"yt-dlp {js['yt_dlp']}: JS runtime {js['runtime'] or 'none'}"
+        f"{'' if js['supported'] else ' (unsupported)'}, "
+        f"challenge solver {js['solver'] or 'none'}"
+    )
     youtube = any(re.search(r"(^|[./])(youtube\.com|youtu\.be)/", t.source) for t in tasks)
     if youtube and not js["ok"] and not job.allow_no_solver:
-        return ("YouTube needs a JS runtime and the challenge solver: pip install 'yt-dlp[default,deno]' "
-                "into this environment (or pass --allow-no-solver to download what yt-dlp can without "
-                "them)")
+        return (
+            "YouTube needs a JS runtime and the challenge solver: pip install 'yt-dlp[default,deno]' "
+            "into this environment (or pass --allow-no-solver to download what yt-dlp can without "
+            "them)"
+        )
     return None
 
 
-def run_shards(executor: Executor, todo: dict[str, list[ClipTask]], cfg: PreprocessConfig,
-               labels: dict[str, int], root: str, round_: int, retries: int,
-               governor_cfg: GovernorConfig | None = None) -> dict | None:
+def run_shards(
+    executor: Executor,
+    todo: dict[str, list[ClipTask]],
+    cfg: PreprocessConfig,
+    labels: dict[str, int],
+    root: str,
+    round_: int,
+    retries: int,
+    governor_cfg: GovernorConfig | None = None,
+) -> dict | None:
     """Every shard of ``todo`` through the executor, a progress bar over its clips; a
     shard whose task failed gets its ``task_failed`` stats here. Downloads share one
     governor (a named actor on Ray); its stats come back, ``stopped`` naming the block
@@ -169,16 +204,19 @@ def run_shards(executor: Executor, todo: dict[str, list[ClipTask]], cfg: Preproc
 
     remote = any(t.is_remote for ts in todo.values() for t in ts)  # nothing to download: no governor
     governor = executor.shared("avfusion-download-governor", Governor, governor_cfg) if remote else None
-    fn = partial(process_shard_item, cfg=cfg, label_map=labels, out_url=root, round_=round_,
-                 governor=governor)
+    fn = partial(
+        process_shard_item, cfg=cfg, label_map=labels, out_url=root, round_=round_, governor=governor
+    )
     with tqdm(total=sum(len(t) for t in todo.values()), desc="preprocess", unit="clip") as bar:
         for (name, tasks), result in executor.map_unordered(fn, list(todo.items()), retries=retries):
             if _is_blocked(result):
                 break
             if isinstance(result, BaseException):
                 record_task_failure(root, name, tasks, round_, result)
-                tqdm.write(f"shard {name} failed after its task's retries ({type(result).__name__}); "
-                           f"its {len(tasks)} clips are recorded as {TASK_FAILED}")
+                tqdm.write(
+                    f"shard {name} failed after its task's retries ({type(result).__name__}); "
+                    f"its {len(tasks)} clips are recorded as {TASK_FAILED}"
+                )
             else:
                 bar.set_postfix(failed=result.failed, refresh=False)
             bar.update(len(tasks))
@@ -190,26 +228,57 @@ def _is_blocked(result: object) -> bool:
     return isinstance(result, SourceBlocked) or isinstance(getattr(result, "cause", None), SourceBlocked)
 
 
-def process_shard_item(item: tuple[str, list[ClipTask]], *, cfg: PreprocessConfig, label_map: dict[str, int],
-                       out_url: str, round_: int, governor: GovernorClient | None = None) -> ShardStats:
+def process_shard_item(
+    item: tuple[str, list[ClipTask]],
+    *,
+    cfg: PreprocessConfig,
+    label_map: dict[str, int],
+    out_url: str,
+    round_: int,
+    governor: GovernorClient | None = None,
+) -> ShardStats:
     """``process_shard`` for one ``(name, tasks)`` item of the executor (Ray names the
     task after it: ``ray::process_shard_item``). Idempotent, so a re-run is safe."""
     name, tasks = item
     return process_shard(name, tasks, cfg, label_map, out_url, round_, governor=governor)
 
 
-def record_task_failure(root: str, shard: str, tasks: list[ClipTask], round_: int,
-                        exc: BaseException) -> None:
+def record_task_failure(
+    root: str, shard: str, tasks: list[ClipTask], round_: int, exc: BaseException
+) -> None:
     """A shard whose task failed after its retries (worker node lost, OOM, …) still
     ends with stats: one transient ``task_failed`` row per clip and no tar, so every
     clip is accounted for and ``--retry-failed`` redoes exactly these. A tar the task
     may have uploaded before dying is left out of the manifest (its stats are these)."""
     message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
-    failures = [Failure(key=t.key, source=t.source, kind=TASK_FAILED, transient=True, message=message,
-                        attempts=1, label=t.label) for t in tasks]
+    failures = [
+        Failure(
+            key=t.key,
+            source=t.source,
+            kind=TASK_FAILED,
+            transient=True,
+            message=message,
+            attempts=1,
+            label=t.label,
+        )
+        for t in tasks
+    ]
     by_class: dict[str, dict[str, int]] = {}
     for t in tasks:
         by_class.setdefault(t.label or "", {"failed": 0})["failed"] += 1
-    write_stats(root, ShardStats(shard=shard, tar="", attempted=len(tasks), successes=0, failed=len(tasks),
-                                 bytes=0, seconds=0.0, round=round_, keys=[], failures=failures,
-                                 by_class=by_class))
+    write_stats(
+        root,
+        ShardStats(
+            shard=shard,
+            tar="",
+            attempted=len(tasks),
+            successes=0,
+            failed=len(tasks),
+            bytes=0,
+            seconds=0.0,
+            round=round_,
+            keys=[],
+            failures=failures,
+            by_class=by_class,
+        ),
+    )

@@ -39,16 +39,22 @@ class PreprocessConfig:
     threads_per_task: int = 4  # clips in flight inside one Ray task (downloads overlap)
 
 
-def process_clip(task: ClipTask, cfg: PreprocessConfig, label_map: dict[str, int],
-                 workdir: Path, governor: GovernorClient | None = None,
-                 node: str = "local") -> Sample | Failure:
+def process_clip(
+    task: ClipTask,
+    cfg: PreprocessConfig,
+    label_map: dict[str, int],
+    workdir: Path,
+    governor: GovernorClient | None = None,
+    node: str = "local",
+) -> Sample | Failure:
     """One clip through fetch → decode → encode; any failure comes back classified.
     ``SourceBlocked`` (the governor stops the job) is not a clip's failure: it passes."""
     attempts = 1
     try:
         if task.is_remote:
-            path, attempts, _ = download_section(task, cfg.clip, cfg.download, workdir, governor=governor,
-                                                 node=node)
+            path, attempts, _ = download_section(
+                task, cfg.clip, cfg.download, workdir, governor=governor, node=node
+            )
             start = 0.0
         elif task.in_storage:  # s3://…: fetched whole into this clip's workdir, decoded locally
             path, start = _fetch(task, workdir), task.start
@@ -60,17 +66,39 @@ def process_clip(task: ClipTask, cfg: PreprocessConfig, label_map: dict[str, int
                 raise MediaError(kind, f"{task.source} is {what}")
         clip = decode_clip(path, cfg.clip, start=start, limits=cfg.limits)
     except DownloadError as exc:
-        return Failure(key=task.key, source=task.source, kind=exc.kind, transient=exc.transient,
-                       message=exc.message, attempts=exc.attempts, label=task.label, warnings=exc.warnings)
+        return Failure(
+            key=task.key,
+            source=task.source,
+            kind=exc.kind,
+            transient=exc.transient,
+            message=exc.message,
+            attempts=exc.attempts,
+            label=task.label,
+            warnings=exc.warnings,
+        )
     except SourceBlocked:
         raise
     except MediaError as exc:
-        return Failure(key=task.key, source=task.source, kind=exc.kind, transient=False, message=exc.message,
-                       attempts=attempts, label=task.label)
+        return Failure(
+            key=task.key,
+            source=task.source,
+            kind=exc.kind,
+            transient=False,
+            message=exc.message,
+            attempts=attempts,
+            label=task.label,
+        )
     except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen input: record it, keep the job alive
         message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-        return Failure(key=task.key, source=task.source, kind="internal_error", transient=True,
-                       message=message, attempts=attempts, label=task.label)
+        return Failure(
+            key=task.key,
+            source=task.source,
+            kind="internal_error",
+            transient=True,
+            message=message,
+            attempts=attempts,
+            label=task.label,
+        )
     meta = {
         "key": task.key,
         "source": task.source,
@@ -97,9 +125,16 @@ def _fetch(task: ClipTask, workdir: Path) -> Path:
     return local
 
 
-def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, label_map: dict[str, int],
-                  out_url: str, round_: int = 0, governor: GovernorClient | None = None,
-                  node: str | None = None) -> ShardStats:
+def process_shard(
+    shard: str,
+    tasks: list[ClipTask],
+    cfg: PreprocessConfig,
+    label_map: dict[str, int],
+    out_url: str,
+    round_: int = 0,
+    governor: GovernorClient | None = None,
+    node: str | None = None,
+) -> ShardStats:
     """Produce ``{shard}.tar`` and then ``{shard}_stats.json`` under ``out_url``.
     Downloads go through ``governor`` (``avfusion.governor``) as ``node`` (default: this
     host's name: a block is of the address, which the host's tasks share) when given;
@@ -133,9 +168,19 @@ def process_shard(shard: str, tasks: list[ClipTask], cfg: PreprocessConfig, labe
 
         with storage.atomic_writer(storage.join(root, f"{shard}.tar")) as tar:
             size = write_tar(tar, samples())
-    stats = ShardStats(shard=shard, tar=f"{shard}.tar", attempted=len(tasks), successes=len(keys),
-                       failed=len(failures), bytes=size, seconds=round(time.time() - t0, 3), round=round_,
-                       keys=keys, failures=failures, by_class={k: dict(v) for k, v in by_class.items()},
-                       by_split=dict(by_split))
+    stats = ShardStats(
+        shard=shard,
+        tar=f"{shard}.tar",
+        attempted=len(tasks),
+        successes=len(keys),
+        failed=len(failures),
+        bytes=size,
+        seconds=round(time.time() - t0, 3),
+        round=round_,
+        keys=keys,
+        failures=failures,
+        by_class={k: dict(v) for k, v in by_class.items()},
+        by_split=dict(by_split),
+    )
     write_stats(root, stats)  # the marker, written after the tar is in place
     return stats

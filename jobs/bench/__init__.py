@@ -22,7 +22,9 @@ BENCHES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="avfusion bench", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser = argparse.ArgumentParser(
+        prog="avfusion bench", description=__doc__.split("\n\n")[0].split(": ", 1)[1]
+    )
     parser.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (NAME --help)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -49,15 +49,19 @@ RESULTS_DIR = "docs/results"
 
 def accounting() -> str:
     """How the runs so far were measured, for the benchmark's printout."""
-    cpu = ("a cpuacct cgroup per command (every process that ran in it, Ray workers included)"
-           if _METHODS == {"cgroup"} else
-           "RUSAGE_CHILDREN of reaped descendants via a child subreaper (no writable cpuacct cgroup "
-           "here: children of a parent that ignores SIGCHLD, e.g. Ray workers, are missed)"
-           if _METHODS == {"rusage"} else
-           f"mixed methods {sorted(_METHODS)}")
-    return (f"CPU = user+sys of every process in each command's tree, from {cpu}; memory = peak summed PSS "
-            f"of the tree (50 ms samples; shared pages split, not counted per process); wall and CPU include "
-            f"start-up, on both sides")
+    cpu = (
+        "a cpuacct cgroup per command (every process that ran in it, Ray workers included)"
+        if _METHODS == {"cgroup"}
+        else "RUSAGE_CHILDREN of reaped descendants via a child subreaper (no writable cpuacct cgroup "
+        "here: children of a parent that ignores SIGCHLD, e.g. Ray workers, are missed)"
+        if _METHODS == {"rusage"}
+        else f"mixed methods {sorted(_METHODS)}"
+    )
+    return (
+        f"CPU = user+sys of every process in each command's tree, from {cpu}; memory = peak summed PSS "
+        f"of the tree (50 ms samples; shared pages split, not counted per process); wall and CPU include "
+        f"start-up, on both sides"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,8 +175,13 @@ def run_measured(cmd: list[str], env: dict | None = None, linger: float = 60.0) 
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            preexec_fn=enter_group if group else None)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=enter_group if group else None,
+    )
     mem, stop = _Memory(), threading.Event()
     poller = threading.Thread(target=_poll_memory, args=(proc.pid, stop, mem), daemon=True)
     poller.start()
@@ -223,8 +232,13 @@ def run_measured(cmd: list[str], env: dict | None = None, linger: float = 60.0) 
         _METHODS.add("cgroup")
     else:
         _METHODS.add("rusage")
-    return Usage(cpu_seconds=cpu, wall_seconds=wall, max_rss_mb=mem.sum, root_rss_mb=mem.root,
-                 processes=1 + len(mem.pids))
+    return Usage(
+        cpu_seconds=cpu,
+        wall_seconds=wall,
+        max_rss_mb=mem.sum,
+        root_rss_mb=mem.root,
+        processes=1 + len(mem.pids),
+    )
 
 
 def python_cmd(module: str, *args: str) -> list[str]:
@@ -260,11 +274,20 @@ def machine() -> dict[str, Any]:
     """What a figure was measured on: CPU model and cores, GPUs, torch and Python."""
     import torch
 
-    gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            if torch.cuda.is_available() else [])
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "gpus": gpus, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": f"{os.uname().sysname} {os.uname().release} {os.uname().machine}"}
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else []
+    )
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "gpus": gpus,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": f"{os.uname().sysname} {os.uname().release} {os.uname().machine}",
+    }
 
 
 def results_header(name: str, argv: Sequence[str] | None) -> dict[str, Any]:
@@ -273,10 +296,13 @@ def results_header(name: str, argv: Sequence[str] | None) -> dict[str, Any]:
     from avfusion import __version__
 
     args = list(sys.argv[1:] if argv is None else argv)
-    return {"bench": name,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": shlex.join(["avfusion", "bench", name, *args]),
-            "avfusion": __version__, "machine": machine()}
+    return {
+        "bench": name,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(["avfusion", "bench", name, *args]),
+        "avfusion": __version__,
+        "machine": machine(),
+    }
 
 
 def _cell(v) -> str:
@@ -285,25 +311,41 @@ def _cell(v) -> str:
 
 def _markdown(header: dict[str, Any], tables: list[tuple[str, list[tuple], tuple]]) -> str:
     m = header["machine"]
-    lines = [f"# avfusion bench {header['bench']}", "",
-             f"Written by `{header['command']}`; re-run it to update this file, never edit it by hand.", "",
-             "| | |", "|---|---|",
-             f"| date (UTC) | {header['date']} |",
-             f"| command | `{header['command']}` |",
-             f"| CPU | {_cell(m['cpu'])}, {m['cores']} cores ({m['usable_cores']} usable) |",
-             f"| GPU | {_cell(', '.join(m['gpus']) or 'none')} |",
-             f"| torch / Python | {m['torch']} / {m['python']} |",
-             f"| platform | {_cell(m['platform'])} |",
-             f"| avfusion | {header['avfusion']} |"]
+    lines = [
+        f"# avfusion bench {header['bench']}",
+        "",
+        f"Written by `{header['command']}`; re-run it to update this file, never edit it by hand.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| date (UTC) | {header['date']} |",
+        f"| command | `{header['command']}` |",
+        f"| CPU | {_cell(m['cpu'])}, {m['cores']} cores ({m['usable_cores']} usable) |",
+        f"| GPU | {_cell(', '.join(m['gpus']) or 'none')} |",
+        f"| torch / Python | {m['torch']} / {m['python']} |",
+        f"| platform | {_cell(m['platform'])} |",
+        f"| avfusion | {header['avfusion']} |",
+    ]
     for title, rows, headers in tables:
-        lines += ["", f"## {title}", "", "| " + " | ".join(_cell(h) for h in headers) + " |",
-                  "|" + "---|" * len(headers)]
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| " + " | ".join(_cell(h) for h in headers) + " |",
+            "|" + "---|" * len(headers),
+        ]
         lines += ["| " + " | ".join(_cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def write_results(name: str, argv: Sequence[str] | None, *, data: Any = None,
-                  plot: Callable[[str], None] | None = None, results_dir: str = RESULTS_DIR) -> list[str]:
+def write_results(
+    name: str,
+    argv: Sequence[str] | None,
+    *,
+    data: Any = None,
+    plot: Callable[[str], None] | None = None,
+    results_dir: str = RESULTS_DIR,
+) -> list[str]:
     """The one writer of benchmark results: ``<results_dir>/<name>.md`` (the header and
     every table this process printed), ``<name>.json`` (``{"header", "results": data}``)
     when ``data`` is given, ``<name>.png`` when ``plot`` (called with a local path to
@@ -338,8 +380,12 @@ def build_shards(clips_dir, labels_csv, out, clip, shard_size: int = 16, all_tra
     out = Path(out)
     if all_train:
         labels_csv = _all_train(labels_csv, out.with_name(out.name + "_labels.csv"))
-    job = PreprocessJob(input=str(clips_dir), out=str(out), labels=str(labels_csv),
-                        config=PreprocessConfig(clip=clip, shard_size=shard_size))
+    job = PreprocessJob(
+        input=str(clips_dir),
+        out=str(out),
+        labels=str(labels_csv),
+        config=PreprocessConfig(clip=clip, shard_size=shard_size),
+    )
     if not run_preprocess(job, InProcessExecutor()).complete:
         raise RuntimeError(f"preprocessing {clips_dir} into {out} left it incomplete")
     return str(out)
@@ -353,7 +399,8 @@ def _all_train(labels_csv, dst) -> str:
     from avfusion.sources import read_vggsound_csv
 
     text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerows((r.youtube_id, r.start, r.label, "train")
-                                                     for r in read_vggsound_csv(str(labels_csv)))
+    csv.writer(text, lineterminator="\n").writerows(
+        (r.youtube_id, r.start, r.label, "train") for r in read_vggsound_csv(str(labels_csv))
+    )
     storage.write_text(str(dst), text.getvalue())
     return str(dst)

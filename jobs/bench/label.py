@@ -33,8 +33,11 @@ from jobs.bench.common import accounting, print_table, python_cmd, run_measured
 def make_folder(folder: Path, n: int, seconds: float) -> Path:
     from avfusion.synth import SynthSpec, make_class_conditional_set
 
-    make_class_conditional_set(folder, max(1, -(-n // 6)), SynthSpec(width=96, height=96, duration=seconds, fps=8,
-                                                                      sample_rate=16_000))
+    make_class_conditional_set(
+        folder,
+        max(1, -(-n // 6)),
+        SynthSpec(width=96, height=96, duration=seconds, fps=8, sample_rate=16_000),
+    )
     for extra in sorted(folder.glob("*.mp4"))[n:]:
         extra.unlink()
     return folder
@@ -48,10 +51,22 @@ def make_checkpoint(folder: Path, clips: Path, seconds: float) -> Path:
     from avfusion.train import TrainConfig, train
     from jobs.bench.common import build_shards
 
-    shards = build_shards(clips, clips / "labels.csv", folder / "shards", ClipSpec(clip_seconds=seconds, frame_size=64),
-                          all_train=True)
-    cfg = TrainConfig(shards=shards, out=str(folder / "run"), epochs=1, steps_per_epoch=1, batch_size=4,
-                      workers=0, val_split="none")
+    shards = build_shards(
+        clips,
+        clips / "labels.csv",
+        folder / "shards",
+        ClipSpec(clip_seconds=seconds, frame_size=64),
+        all_train=True,
+    )
+    cfg = TrainConfig(
+        shards=shards,
+        out=str(folder / "run"),
+        epochs=1,
+        steps_per_epoch=1,
+        batch_size=4,
+        workers=0,
+        val_split="none",
+    )
     train(cfg, DistEnv(0, 1, 0, torch.device("cpu")))
     return folder / "run" / "last.pt"
 
@@ -101,15 +116,45 @@ def naive_worker(folder: str, checkpoint: str, out: str, threads: int = 0) -> No
 
 
 def _sides(folder: Path, out: Path, checkpoint: Path, cpus: int, env: dict) -> dict:
-    job = run_measured(python_cmd("jobs.label", str(folder), str(out / "job"), "--checkpoint", str(checkpoint),
-                                  "--num-cpus", str(cpus)), env=env)
-    decode = run_measured(python_cmd("jobs.bench.label", "--decode-only-worker", str(folder), str(checkpoint),
-                                     str(cpus)), env=env)
+    job = run_measured(
+        python_cmd(
+            "jobs.label",
+            str(folder),
+            str(out / "job"),
+            "--checkpoint",
+            str(checkpoint),
+            "--num-cpus",
+            str(cpus),
+        ),
+        env=env,
+    )
+    decode = run_measured(
+        python_cmd("jobs.bench.label", "--decode-only-worker", str(folder), str(checkpoint), str(cpus)),
+        env=env,
+    )
     out.mkdir(parents=True, exist_ok=True)
-    naive = run_measured(python_cmd("jobs.bench.label", "--naive-worker", str(folder), str(checkpoint),
-                                    str(out / "naive.parquet"), "0"), env=env)
-    naive1 = run_measured(python_cmd("jobs.bench.label", "--naive-worker", str(folder), str(checkpoint),
-                                     str(out / "naive1.parquet"), "1"), env=env)
+    naive = run_measured(
+        python_cmd(
+            "jobs.bench.label",
+            "--naive-worker",
+            str(folder),
+            str(checkpoint),
+            str(out / "naive.parquet"),
+            "0",
+        ),
+        env=env,
+    )
+    naive1 = run_measured(
+        python_cmd(
+            "jobs.bench.label",
+            "--naive-worker",
+            str(folder),
+            str(checkpoint),
+            str(out / "naive1.parquet"),
+            "1",
+        ),
+        env=env,
+    )
     return {"job": job, "decode": decode, "naive": naive, "naive1": naive1}
 
 
@@ -133,16 +178,21 @@ def main(argv: list[str] | None = None) -> int:
         (small / "labels.csv").write_text((large / "labels.csv").read_text())
         checkpoint = make_checkpoint(root, small, args.seconds)
         t0 = time.perf_counter()
-        runs = {"small": _sides(small, root / "out_small", checkpoint, args.cpus, env),
-                "large": _sides(large, root / "out_large", checkpoint, args.cpus, env)}
+        runs = {
+            "small": _sides(small, root / "out_small", checkpoint, args.cpus, env),
+            "large": _sides(large, root / "out_large", checkpoint, args.cpus, env),
+        }
         print(f"(measured in {time.perf_counter() - t0:.0f} s)")
     sizes = {"small": args.small, "large": args.large}
     import torch
 
     torch_threads = torch.get_num_threads()
-    names = {"job": f"the job (Ray Data, {args.cpus} CPUs)", "decode": "(a) decode-only, same Ray Data stage",
-             "naive": f"(b) naive per-clip loop, model loaded once, torch {torch_threads} threads",
-             "naive1": "(c) the same naive loop, 1 torch thread"}
+    names = {
+        "job": f"the job (Ray Data, {args.cpus} CPUs)",
+        "decode": "(a) decode-only, same Ray Data stage",
+        "naive": f"(b) naive per-clip loop, model loaded once, torch {torch_threads} threads",
+        "naive1": "(c) the same naive loop, 1 torch thread",
+    }
     rate, margin, cpu = {}, {}, {}
     rows = []
     for side in ("job", "decode", "naive", "naive1"):
@@ -151,21 +201,44 @@ def main(argv: list[str] | None = None) -> int:
         dt = l_.wall_seconds - s.wall_seconds  # <= 0 when start-up noise swamps the extra clips
         margin[side] = (args.large - args.small) / dt if dt > 0 else float("nan")
         cpu[side] = (l_.cpu_seconds - s.cpu_seconds) / (args.large - args.small)
-        rows.append((names[side], rate[side], margin[side], l_.cpu_seconds / args.large, cpu[side],
-                     s.max_rss_mb, l_.max_rss_mb))
-    print_table(f"Labelling 96x96 {args.seconds:g} s synthetic clips ({sizes['small']} and {sizes['large']} clips)",
-                rows, ("method", f"clips/s whole ({args.large})", "clips/s margin", "cpu_s/clip whole",
-                       "cpu_s/clip margin", f"peak_PSS_MB ({args.small})", f"peak_PSS_MB ({args.large})"))
-    print(f"\nhow accounted: {accounting()}; 'margin' = ({args.large} - {args.small} clips) / "
-          f"(difference of the two runs' wall or CPU), each side's own start-up cancelling.")
-    print(f"job / decode-only = {margin['job'] / margin['decode']:.2f}x at the margin "
-          f"({rate['job'] / rate['decode']:.2f}x whole); "
-          f"job / naive = {margin['job'] / margin['naive']:.2f}x at the "
-          f"margin ({rate['job'] / rate['naive']:.2f}x whole); job / naive 1-thread = "
-          f"{margin['job'] / margin['naive1']:.2f}x at the margin ({rate['job'] / rate['naive1']:.2f}x whole); "
-          f"job tree peak PSS "
-          f"{runs['small']['job'].max_rss_mb:.0f} MB at {args.small} clips vs "
-          f"{runs['large']['job'].max_rss_mb:.0f} MB at {args.large}")
+        rows.append(
+            (
+                names[side],
+                rate[side],
+                margin[side],
+                l_.cpu_seconds / args.large,
+                cpu[side],
+                s.max_rss_mb,
+                l_.max_rss_mb,
+            )
+        )
+    print_table(
+        f"Labelling 96x96 {args.seconds:g} s synthetic clips ({sizes['small']} and {sizes['large']} clips)",
+        rows,
+        (
+            "method",
+            f"clips/s whole ({args.large})",
+            "clips/s margin",
+            "cpu_s/clip whole",
+            "cpu_s/clip margin",
+            f"peak_PSS_MB ({args.small})",
+            f"peak_PSS_MB ({args.large})",
+        ),
+    )
+    print(
+        f"\nhow accounted: {accounting()}; 'margin' = ({args.large} - {args.small} clips) / "
+        f"(difference of the two runs' wall or CPU), each side's own start-up cancelling."
+    )
+    print(
+        f"job / decode-only = {margin['job'] / margin['decode']:.2f}x at the margin "
+        f"({rate['job'] / rate['decode']:.2f}x whole); "
+        f"job / naive = {margin['job'] / margin['naive']:.2f}x at the "
+        f"margin ({rate['job'] / rate['naive']:.2f}x whole); job / naive 1-thread = "
+        f"{margin['job'] / margin['naive1']:.2f}x at the margin ({rate['job'] / rate['naive1']:.2f}x whole); "
+        f"job tree peak PSS "
+        f"{runs['small']['job'].max_rss_mb:.0f} MB at {args.small} clips vs "
+        f"{runs['large']['job'].max_rss_mb:.0f} MB at {args.large}"
+    )
     return 0
 
 

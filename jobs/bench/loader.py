@@ -40,7 +40,11 @@ def recipe():
     from avfusion.config import from_dict, load_yaml, resolve_config
 
     train = load_yaml(resolve_config("vggsound"))["train"]
-    return from_dict(AugmentConfig, train.get("augment")), train.get("mixup_alpha", 0.0), train.get("mixup_prob", 0.5)
+    return (
+        from_dict(AugmentConfig, train.get("augment")),
+        train.get("mixup_alpha", 0.0),
+        train.get("mixup_prob", 0.5),
+    )
 
 
 def make_shards(root: Path, clips: int, frame_size: int) -> str:
@@ -56,14 +60,19 @@ def make_shards(root: Path, clips: int, frame_size: int) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     with open(sample_data.labels_csv()) as f:
         rows = list(csv.reader(f))
-    rows = rows[::max(1, len(rows) // clips)][:clips]
+    rows = rows[:: max(1, len(rows) // clips)][:clips]
     with open(folder / "labels.csv", "w", newline="") as f:
         for r in rows:
             name = f"{r[0]}_{int(r[1]):06d}.mp4"
             shutil.copy(sample_data.clips_dir() / name, folder / name)
             csv.writer(f).writerow(r)
-    return build_shards(folder, folder / "labels.csv", root / f"shards{frame_size}", ClipSpec(frame_size=frame_size),
-                        all_train=True)
+    return build_shards(
+        folder,
+        folder / "labels.csv",
+        root / f"shards{frame_size}",
+        ClipSpec(frame_size=frame_size),
+        all_train=True,
+    )
 
 
 def _floor(urls: list[str], clips: int) -> None:
@@ -106,8 +115,14 @@ def measure(path: str, shards: str, batches: int, batch_size: int) -> None:
         return _floor(data.urls, batches * batch_size)
     aug_cfg, alpha, prob = recipe()
     today = path == "today"
-    stream = TrainStream(data.urls, batch_size, split=None, batches_per_epoch=batches, compact_frames=not today,
-                         augment=Augment(aug_cfg, 0) if today else None)
+    stream = TrainStream(
+        data.urls,
+        batch_size,
+        split=None,
+        batches_per_epoch=batches,
+        compact_frames=not today,
+        augment=Augment(aug_cfg, 0) if today else None,
+    )
     device = torch.device("cuda" if path == "new-cuda" else "cpu")
     batch_aug = BatchAugment(aug_cfg, num_classes=len(data.label_map), mixup_alpha=alpha, mixup_prob=prob)
     for step, batch in enumerate(stream):
@@ -130,8 +145,19 @@ def per_clip_cpu(path: str, shards: str, batch_size: int, small: int, large: int
     small, large = small * scale, large * scale
 
     def cpu(n: int) -> float:
-        return run_measured(python_cmd(__spec__.name, "--measure", path, "--shards", shards, "--batches", str(n),
-                                       "--batch-size", str(batch_size))).cpu_seconds
+        return run_measured(
+            python_cmd(
+                __spec__.name,
+                "--measure",
+                path,
+                "--shards",
+                shards,
+                "--batches",
+                str(n),
+                "--batch-size",
+                str(batch_size),
+            )
+        ).cpu_seconds
 
     margins = [(cpu(large) - cpu(small)) / ((large - small) * batch_size) for _ in range(repeat)]
     return max(statistics.median(margins), 1e-9)
@@ -164,17 +190,35 @@ def main(argv: list[str] | None = None) -> int:
                 cost[size, path] = per_clip_cpu(path, shards, args.batch_size, small, large, args.repeat)
                 print(f"  {size}² {path:<10} {1000 * cost[size, path]:7.2f} ms CPU per clip", file=sys.stderr)
     sizes = sorted({s for s, _ in cost}, reverse=True)
-    rows = [(path, *[v for s in sizes for v in (1000 * cost[s, path], 1 / cost[s, path],
-                                                 cost[s, path] / cost[s, "today"])]) for path in paths]
-    headers = ("path", *[h for s in sizes for h in (f"ms CPU/clip {s}²", f"clips/s/core {s}²", f"x today {s}²")])
-    print_table(f"Training input pipeline, vggsound augmentation, batch {args.batch_size} (median margin of "
-                f"{args.repeat} pairs of {small} vs {large} batches; {time.time() - t0:.0f} s)", rows, headers)
+    rows = [
+        (
+            path,
+            *[
+                v
+                for s in sizes
+                for v in (1000 * cost[s, path], 1 / cost[s, path], cost[s, path] / cost[s, "today"])
+            ],
+        )
+        for path in paths
+    ]
+    headers = (
+        "path",
+        *[h for s in sizes for h in (f"ms CPU/clip {s}²", f"clips/s/core {s}²", f"x today {s}²")],
+    )
+    print_table(
+        f"Training input pipeline, vggsound augmentation, batch {args.batch_size} (median margin of "
+        f"{args.repeat} pairs of {small} vs {large} batches; {time.time() - t0:.0f} s)",
+        rows,
+        headers,
+    )
     top = max(sizes)
     loader_rate = 1 / cost[top, "new-loader"]
     ratio = cost[top, "new-loader"] / cost[top, "today"]
-    print(f"\nat {top}²: CPU per clip on the GPU path (loader only) = {ratio:.2f}x today's (goal <= 0.33x); "
-          f"cores per GPU at 1000 / 3000 clips/s: {1000 / loader_rate:.1f} / "
-          f"{3000 / loader_rate:.1f} (today: {1000 * cost[top, 'today']:.0f} / {3000 * cost[top, 'today']:.0f})")
+    print(
+        f"\nat {top}²: CPU per clip on the GPU path (loader only) = {ratio:.2f}x today's (goal <= 0.33x); "
+        f"cores per GPU at 1000 / 3000 clips/s: {1000 / loader_rate:.1f} / "
+        f"{3000 / loader_rate:.1f} (today: {1000 * cost[top, 'today']:.0f} / {3000 * cost[top, 'today']:.0f})"
+    )
     print(accounting())
     return 0
 

@@ -44,9 +44,34 @@ def make_clips(folder: Path, n: int, ffmpeg: str) -> list[Path]:
     out = []
     for i in range(n):
         dst = folder / f"bench{i:03d}.mp4"
-        subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(sources[i % len(sources)]), "-vf",
-                        "scale=640:360,fps=30", "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-c:a", "aac",
-                        "-ar", "44100", "-b:a", "128k", "-t", "10", str(dst)], check=True)
+        subprocess.run(
+            [
+                ffmpeg,
+                "-v",
+                "error",
+                "-y",
+                "-i",
+                str(sources[i % len(sources)]),
+                "-vf",
+                "scale=640:360,fps=30",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-crf",
+                "23",
+                "-c:a",
+                "aac",
+                "-ar",
+                "44100",
+                "-b:a",
+                "128k",
+                "-t",
+                "10",
+                str(dst),
+            ],
+            check=True,
+        )
         out.append(dst)
     return out
 
@@ -54,8 +79,26 @@ def make_clips(folder: Path, n: int, ffmpeg: str) -> list[Path]:
 def make_tiny(folder: Path, ffmpeg: str, src: Path) -> Path:
     """A one-frame clip from the same encoder: what an ffmpeg run costs doing nothing."""
     dst = folder / "tiny.mp4"
-    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(src), "-frames:v", "1", "-t", "0.04", "-c:v", "libx264",
-                    "-c:a", "aac", str(dst)], check=True)
+    subprocess.run(
+        [
+            ffmpeg,
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(src),
+            "-frames:v",
+            "1",
+            "-t",
+            "0.04",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "aac",
+            str(dst),
+        ],
+        check=True,
+    )
     return dst
 
 
@@ -70,7 +113,9 @@ def ours_worker(paths: list[str], frame_size: int, skip_nonref: bool = False) ->
     from avfusion.sources import ClipTask
     from shards.manifest import Failure
 
-    cfg = PreprocessConfig(clip=ClipSpec(frame_size=frame_size), limits=DecodeLimits(threads=1, skip_nonref=skip_nonref))
+    cfg = PreprocessConfig(
+        clip=ClipSpec(frame_size=frame_size), limits=DecodeLimits(threads=1, skip_nonref=skip_nonref)
+    )
     with tempfile.TemporaryDirectory() as workdir:
         for p in paths:
             result = process_clip(ClipTask(key=Path(p).stem, source=p), cfg, {}, Path(workdir))
@@ -79,13 +124,32 @@ def ours_worker(paths: list[str], frame_size: int, skip_nonref: bool = False) ->
 
 
 def _ours(paths: list[str], frame_size: int, env: dict, skip_nonref: bool = False):
-    return run_measured(python_cmd("jobs.bench.preprocess", "--worker", json.dumps(
-        {"paths": paths, "frame_size": frame_size, "skip_nonref": skip_nonref})), env=env)
+    return run_measured(
+        python_cmd(
+            "jobs.bench.preprocess",
+            "--worker",
+            json.dumps({"paths": paths, "frame_size": frame_size, "skip_nonref": skip_nonref}),
+        ),
+        env=env,
+    )
 
 
 def _job(folder: Path, out: Path, frame_size: int, cpus: int, env: dict):
-    return run_measured(python_cmd("jobs.preprocess", str(folder), "--out", str(out), "--frame-size", str(frame_size),
-                                   "--num-cpus", str(cpus), "--shard-size", "4"), env=env)
+    return run_measured(
+        python_cmd(
+            "jobs.preprocess",
+            str(folder),
+            "--out",
+            str(out),
+            "--frame-size",
+            str(frame_size),
+            "--num-cpus",
+            str(cpus),
+            "--shard-size",
+            "4",
+        ),
+        env=env,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,10 +183,43 @@ def main(argv: list[str] | None = None) -> int:
         for c in clips:
             out = Path(tmp) / c.stem
             out.mkdir(exist_ok=True)
-            wav = run_measured([ffmpeg, "-v", "error", "-y", *one, "-i", str(c), "-vn", "-ac", "1", "-ar", "16000",
-                                *one, str(out / "a.wav")])
-            jpg = run_measured([ffmpeg, "-v", "error", "-y", *one, "-i", str(c), "-filter_threads", "1", "-vf",
-                                "fps=8/10,scale=224:224", "-frames:v", "8", *one, str(out / "f%d.jpg")])
+            wav = run_measured(
+                [
+                    ffmpeg,
+                    "-v",
+                    "error",
+                    "-y",
+                    *one,
+                    "-i",
+                    str(c),
+                    "-vn",
+                    "-ac",
+                    "1",
+                    "-ar",
+                    "16000",
+                    *one,
+                    str(out / "a.wav"),
+                ]
+            )
+            jpg = run_measured(
+                [
+                    ffmpeg,
+                    "-v",
+                    "error",
+                    "-y",
+                    *one,
+                    "-i",
+                    str(c),
+                    "-filter_threads",
+                    "1",
+                    "-vf",
+                    "fps=8/10,scale=224:224",
+                    "-frames:v",
+                    "8",
+                    *one,
+                    str(out / "f%d.jpg"),
+                ]
+            )
             seed.append((wav, jpg))
         job = job1 = None
         if not args.no_job:
@@ -148,32 +245,60 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("ours (decode + JPEG/FLAC encode), 1 process", whole["ours"], margin["ours"], ours.max_rss_mb),
         ("ours, skip_nonref (frames within 1)", whole["fast"], margin["fast"], fast.max_rss_mb),
-        ("floor: ffmpeg -threads 1 -f null, per clip", whole["floor"], margin["floor"],
-         max(u.max_rss_mb for u in floor)),
-        ("seed-style: 2 ffmpeg -threads 1 per clip", whole["seed"], margin["seed"],
-         max(max(a.max_rss_mb, b.max_rss_mb) for a, b in seed)),
+        (
+            "floor: ffmpeg -threads 1 -f null, per clip",
+            whole["floor"],
+            margin["floor"],
+            max(u.max_rss_mb for u in floor),
+        ),
+        (
+            "seed-style: 2 ffmpeg -threads 1 per clip",
+            whole["seed"],
+            margin["seed"],
+            max(max(a.max_rss_mb, b.max_rss_mb) for a, b in seed),
+        ),
     ]
     if job is not None and job1 is not None:  # measured together
         whole["job"] = job.cpu_seconds / n
         margin["job"] = (job.cpu_seconds - job1.cpu_seconds) / max(1, n - 1)
-        rows.append((f"the job: avfusion preprocess, Ray, {args.cpus} CPUs", whole["job"], margin["job"],
-                     job.max_rss_mb))
-    print_table(f"CPU seconds per clip over {n} clips", rows,
-                ("method", "cpu_s/clip whole", "cpu_s/clip margin", "peak_PSS_MB (tree)"))
+        rows.append(
+            (
+                f"the job: avfusion preprocess, Ray, {args.cpus} CPUs",
+                whole["job"],
+                margin["job"],
+                job.max_rss_mb,
+            )
+        )
+    print_table(
+        f"CPU seconds per clip over {n} clips",
+        rows,
+        ("method", "cpu_s/clip whole", "cpu_s/clip margin", "peak_PSS_MB (tree)"),
+    )
     print(f"\nhow accounted: {accounting()}.")
-    print(f"start-up measured in this run and subtracted for 'margin': Python worker with 0 clips "
-          f"{py_start.cpu_seconds:.2f} cpu_s; ffmpeg on a 1-frame clip {ff0:.3f} cpu_s per run"
-          + (f"; Ray job on 1 clip {job1.cpu_seconds:.2f} cpu_s "
-             f"({job1.wall_seconds:.1f} s wall)" if job1 else ""))
+    print(
+        f"start-up measured in this run and subtracted for 'margin': Python worker with 0 clips "
+        f"{py_start.cpu_seconds:.2f} cpu_s; ffmpeg on a 1-frame clip {ff0:.3f} cpu_s per run"
+        + (
+            f"; Ray job on 1 clip {job1.cpu_seconds:.2f} cpu_s ({job1.wall_seconds:.1f} s wall)"
+            if job1
+            else ""
+        )
+    )
     print("\nratios (margin):")
-    print(f"  ours / floor           = {margin['ours'] / margin['floor']:.2f}x   (whole: "
-          f"{whole['ours'] / whole['floor']:.2f}x)")
-    print(f"  seed-style / ours      = {margin['seed'] / margin['ours']:.2f}x   (whole: "
-          f"{whole['seed'] / whole['ours']:.2f}x; with skip_nonref {margin['seed'] / margin['fast']:.2f}x)")
+    print(
+        f"  ours / floor           = {margin['ours'] / margin['floor']:.2f}x   (whole: "
+        f"{whole['ours'] / whole['floor']:.2f}x)"
+    )
+    print(
+        f"  seed-style / ours      = {margin['seed'] / margin['ours']:.2f}x   (whole: "
+        f"{whole['seed'] / whole['ours']:.2f}x; with skip_nonref {margin['seed'] / margin['fast']:.2f}x)"
+    )
     if job is not None and job1 is not None:
-        print(f"  job / ours in-process  = {margin['job'] / margin['ours']:.2f}x   (whole: "
-              f"{whole['job'] / whole['ours']:.2f}x; Ray start-up ≈ {job1.cpu_seconds - margin['job']:.1f} "
-              f"cpu_s per job)")
+        print(
+            f"  job / ours in-process  = {margin['job'] / margin['ours']:.2f}x   (whole: "
+            f"{whole['job'] / whole['ours']:.2f}x; Ray start-up ≈ {job1.cpu_seconds - margin['job']:.1f} "
+            f"cpu_s per job)"
+        )
     return 0
 
 

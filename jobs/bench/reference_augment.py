@@ -35,7 +35,7 @@ def random_resized_crop(frames: np.ndarray, rng: np.random.Generator, min_scale:
     cw = int(min(w, max(8, round(np.sqrt(area * aspect)))))
     ch = int(min(h, max(8, round(np.sqrt(area / aspect)))))
     y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    crop = torch.from_numpy(np.ascontiguousarray(frames[:, y0:y0 + ch, x0:x0 + cw]))
+    crop = torch.from_numpy(np.ascontiguousarray(frames[:, y0 : y0 + ch, x0 : x0 + cw]))
     crop = crop.permute(0, 3, 1, 2).float()
     out = torch.nn.functional.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
     return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -50,8 +50,9 @@ def color_jitter(frames: np.ndarray, rng: np.random.Generator, strength: float) 
     return ((x - gray) * sat + gray + 0.5).clip(0, 255).astype(np.uint8)
 
 
-def temporal_crop(sample: dict, rng: np.random.Generator, seconds: float, n_frames: int,
-                  sample_rate: int = 16_000) -> dict:
+def temporal_crop(
+    sample: dict, rng: np.random.Generator, seconds: float, n_frames: int, sample_rate: int = 16_000
+) -> dict:
     """A random window of the waveform and a random ordered subset of the frames.
     Both halve the cost of a training step on a CPU and act as augmentation; the
     model pools over time, so evaluation still sees the whole clip."""
@@ -59,7 +60,7 @@ def temporal_crop(sample: dict, rng: np.random.Generator, seconds: float, n_fram
     n = int(seconds * sample_rate)
     if 0 < n < len(wave):
         start = int(rng.integers(0, len(wave) - n + 1))
-        wave = wave[start:start + n]
+        wave = wave[start : start + n]
     if 0 < n_frames < len(frames):
         frames = frames[np.sort(rng.choice(len(frames), size=n_frames, replace=False))]
     return {**sample, "waveform": wave, "frames": frames}
@@ -73,8 +74,11 @@ def augment_content(sample: dict, cfg: AugmentConfig, rng: np.random.Generator) 
         frames = frames[:, :, ::-1]
     if cfg.color_jitter > 0:
         frames = color_jitter(frames, rng, cfg.color_jitter)
-    return {**sample, "waveform": shift_and_gain(sample["waveform"], rng, cfg.shift, cfg.gain_db),
-            "frames": np.ascontiguousarray(frames)}
+    return {
+        **sample,
+        "waveform": shift_and_gain(sample["waveform"], rng, cfg.shift, cfg.gain_db),
+        "frames": np.ascontiguousarray(frames),
+    }
 
 
 class Augment:

@@ -42,10 +42,19 @@ from jobs.bench.common import build_shards, print_table
 if TYPE_CHECKING:
     from avfusion.train import TrainConfig
 
-KEY_CONDITIONS = ("normal", "muted_audio", "audio_gaussian_noise@5", "black_frames", "frozen_video",
-                  "gaussian_blur@5", "video_gaussian_noise@5")
+KEY_CONDITIONS = (
+    "normal",
+    "muted_audio",
+    "audio_gaussian_noise@5",
+    "black_frames",
+    "frozen_video",
+    "gaussian_blur@5",
+    "video_gaussian_noise@5",
+)
 # severities swept for the evidence table (which corruptions destroy a modality's evidence)
-SWEEP = tuple(f"{n}@{s}" for n in ("gaussian_blur", "video_gaussian_noise", "audio_gaussian_noise") for s in (1, 3))
+SWEEP = tuple(
+    f"{n}@{s}" for n in ("gaussian_blur", "video_gaussian_noise", "audio_gaussian_noise") for s in (1, 3)
+)
 
 
 def _model(cfg, **changes):
@@ -60,8 +69,9 @@ def _loss(cfg, **changes):
 
 ABLATIONS = {
     "conv front end": lambda c: _model(c, audio_frontend="conv"),
-    "no content augmentation": lambda c: _model(replace(c, augment=replace(c.augment, content=False)),
-                                                spec_augment=False),
+    "no content augmentation": lambda c: _model(
+        replace(c, augment=replace(c.augment, content=False)), spec_augment=False
+    ),
     "no mixup": lambda c: replace(c, mixup_alpha=0.0),
     "no modality dropout": lambda c: replace(c, augment=replace(c.augment, p_audio=0.0, p_video=0.0)),
     "no reliability term": lambda c: _loss(c, reliability_weight=0.0),
@@ -120,8 +130,11 @@ def _train_one(cfg: TrainConfig, jobs: int) -> str:
     assert isinstance(cfg.workers, int), "the bench's recipes name a worker count, not 'auto'"
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // jobs - cfg.workers))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    with open(Path(cfg.out) / "train.log", "w") as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):  # the bench's own progress bar is what the user follows
+    with (
+        open(Path(cfg.out) / "train.log", "w") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):  # the bench's own progress bar is what the user follows
         train(cfg, DistEnv(0, 1, 0, torch.device("cpu")))
     return cfg.out
 
@@ -135,15 +148,19 @@ def train_all(runs: dict[tuple[int, str], TrainConfig], jobs: int) -> None:
     from tqdm import tqdm
 
     t0 = time.time()
-    with ProcessPoolExecutor(max(1, jobs), mp_context=mp.get_context("spawn")) as pool, \
-            tqdm(total=len(runs), desc="training runs", unit="run") as bar:
+    with (
+        ProcessPoolExecutor(max(1, jobs), mp_context=mp.get_context("spawn")) as pool,
+        tqdm(total=len(runs), desc="training runs", unit="run") as bar,
+    ):
         futures = {pool.submit(_train_one, cfg, jobs): key for key, cfg in runs.items()}
         for fut in as_completed(futures):
             fut.result()
             (fold, name) = futures[fut]
             last = json.loads(Path(runs[(fold, name)].out, "metrics.jsonl").read_text().splitlines()[-1])
-            bar.write(f"  fold {fold} {name:<34} val top-1 {last.get('val_top1', float('nan')):.3f} "
-                      f"({time.time() - t0:.0f} s since start)")
+            bar.write(
+                f"  fold {fold} {name:<34} val top-1 {last.get('val_top1', float('nan')):.3f} "
+                f"({time.time() - t0:.0f} s since start)"
+            )
             bar.update(1)
 
 
@@ -163,28 +180,46 @@ def evaluate_fold(shards: str, folds: str, fold: int, runs: dict[str, Path], sui
         conds += [c for c in conditions("default") if c not in conds]
         conds += [c for c in map(Condition.parse, SWEEP) if c not in conds]
     unimodal = {n: m for n, m in models.items() if m.cfg.modalities != "both"}
-    return {name: evaluate_conditions({"fused": model, **unimodal}, batches,
-                                      conds if name == "fused" else conds[:len(KEY_CONDITIONS)], seed=seed)
-            for name, model in models.items() if model.cfg.modalities == "both"}
+    return {
+        name: evaluate_conditions(
+            {"fused": model, **unimodal},
+            batches,
+            conds if name == "fused" else conds[: len(KEY_CONDITIONS)],
+            seed=seed,
+        )
+        for name, model in models.items()
+        if model.cfg.modalities == "both"
+    }
 
 
 def fold_figures(res: dict) -> dict[str, float]:
     """The figures the goals name, for one fold and one fused variant (``res`` keyed by condition)."""
     f = {c.name: r["fused"] for c, r in res.items()}
     acc = {c.name: {m: v["top1"] for m, v in r.items()} for c, r in res.items()}
-    out = {"top1 fused": acc["normal"]["fused"], "agreement": f["normal"]["agreement"],
-           "w_audio normal": f["normal"]["w_audio"], "w_audio muted": f["muted_audio"]["w_audio"],
-           "w_audio audio noise@5": f["audio_gaussian_noise@5"]["w_audio"],
-           "w_video black": f["black_frames"]["w_video"], "w_video frozen": f["frozen_video"]["w_video"],
-           "w_video blur@5": f["gaussian_blur@5"]["w_video"],
-           "w_video video noise@5": f["video_gaussian_noise@5"]["w_video"]}
+    out = {
+        "top1 fused": acc["normal"]["fused"],
+        "agreement": f["normal"]["agreement"],
+        "w_audio normal": f["normal"]["w_audio"],
+        "w_audio muted": f["muted_audio"]["w_audio"],
+        "w_audio audio noise@5": f["audio_gaussian_noise@5"]["w_audio"],
+        "w_video black": f["black_frames"]["w_video"],
+        "w_video frozen": f["frozen_video"]["w_video"],
+        "w_video blur@5": f["gaussian_blur@5"]["w_video"],
+        "w_video video noise@5": f["video_gaussian_noise@5"]["w_video"],
+    }
     if "audio-only" in acc["normal"]:
-        out.update({"top1 audio-only": acc["normal"]["audio-only"], "top1 video-only": acc["normal"]["video-only"],
-                    "muted / video-only": acc["muted_audio"]["fused"] / max(acc["normal"]["video-only"], 1e-9),
-                    "black / audio-only": acc["black_frames"]["fused"] / max(acc["normal"]["audio-only"], 1e-9),
-                    "frozen / audio-only": acc["frozen_video"]["fused"] / max(acc["normal"]["audio-only"], 1e-9),
-                    "top1 fused muted": acc["muted_audio"]["fused"], "top1 fused black": acc["black_frames"]["fused"],
-                    "top1 fused frozen": acc["frozen_video"]["fused"]})
+        out.update(
+            {
+                "top1 audio-only": acc["normal"]["audio-only"],
+                "top1 video-only": acc["normal"]["video-only"],
+                "muted / video-only": acc["muted_audio"]["fused"] / max(acc["normal"]["video-only"], 1e-9),
+                "black / audio-only": acc["black_frames"]["fused"] / max(acc["normal"]["audio-only"], 1e-9),
+                "frozen / audio-only": acc["frozen_video"]["fused"] / max(acc["normal"]["audio-only"], 1e-9),
+                "top1 fused muted": acc["muted_audio"]["fused"],
+                "top1 fused black": acc["black_frames"]["fused"],
+                "top1 fused frozen": acc["frozen_video"]["fused"],
+            }
+        )
         corrupted = [c.name for c in res if c.corruptions and c.severity != 1]  # 1: the sweep's extra rows
         if len(corrupted) > len(KEY_CONDITIONS):
             for m in ("fused", "audio-only", "video-only"):
@@ -194,31 +229,60 @@ def fold_figures(res: dict) -> dict[str, float]:
 
 def aggregate(per_fold: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
     keys = per_fold[0].keys()
-    return {k: (float(np.mean([f[k] for f in per_fold])), float(np.std([f[k] for f in per_fold]))) for k in keys}
+    return {
+        k: (float(np.mean([f[k] for f in per_fold])), float(np.std([f[k] for f in per_fold]))) for k in keys
+    }
 
 
 def goals(agg: dict[str, tuple[float, float]], chance: float) -> list[tuple[str, str, bool]]:
     m = {k: v[0] for k, v in agg.items()}
     best = max(m["top1 audio-only"], m["top1 video-only"])
-    rows = [("fused ≥ best unimodal + 0.05", f"{m['top1 fused']:.3f} vs {best:.3f}", m["top1 fused"] >= best + 0.05),
-            ("audio-only ≥ 2 × chance", f"{m['top1 audio-only']:.3f} (chance {chance:.3f})",
-             m["top1 audio-only"] >= 2 * chance),
-            ("muted audio: w_audio ≤ 0.15", f"{m['w_audio muted']:.3f}", m["w_audio muted"] <= 0.15),
-            ("black frames: w_video ≤ 0.15", f"{m['w_video black']:.3f}", m["w_video black"] <= 0.15),
-            ("frozen video: w_video ≤ 0.15", f"{m['w_video frozen']:.3f}", m["w_video frozen"] <= 0.15),
-            ("muted: fused ≥ 0.95 × video-only", f"{m['muted / video-only']:.3f}", m["muted / video-only"] >= 0.95),
-            ("black: fused ≥ 0.95 × audio-only", f"{m['black / audio-only']:.3f}", m["black / audio-only"] >= 0.95),
-            ("frozen: fused ≥ 0.95 × audio-only", f"{m['frozen / audio-only']:.3f}",
-             m["frozen / audio-only"] >= 0.95)]
+    rows = [
+        (
+            "fused ≥ best unimodal + 0.05",
+            f"{m['top1 fused']:.3f} vs {best:.3f}",
+            m["top1 fused"] >= best + 0.05,
+        ),
+        (
+            "audio-only ≥ 2 × chance",
+            f"{m['top1 audio-only']:.3f} (chance {chance:.3f})",
+            m["top1 audio-only"] >= 2 * chance,
+        ),
+        ("muted audio: w_audio ≤ 0.15", f"{m['w_audio muted']:.3f}", m["w_audio muted"] <= 0.15),
+        ("black frames: w_video ≤ 0.15", f"{m['w_video black']:.3f}", m["w_video black"] <= 0.15),
+        ("frozen video: w_video ≤ 0.15", f"{m['w_video frozen']:.3f}", m["w_video frozen"] <= 0.15),
+        (
+            "muted: fused ≥ 0.95 × video-only",
+            f"{m['muted / video-only']:.3f}",
+            m["muted / video-only"] >= 0.95,
+        ),
+        (
+            "black: fused ≥ 0.95 × audio-only",
+            f"{m['black / audio-only']:.3f}",
+            m["black / audio-only"] >= 0.95,
+        ),
+        (
+            "frozen: fused ≥ 0.95 × audio-only",
+            f"{m['frozen / audio-only']:.3f}",
+            m["frozen / audio-only"] >= 0.95,
+        ),
+    ]
     w_v = 1 - m["w_audio normal"]
-    for name, key, base in (("blur@5", "w_video blur@5", w_v), ("video noise@5", "w_video video noise@5", w_v),
-                            ("audio noise@5", "w_audio audio noise@5", m["w_audio normal"])):
+    for name, key, base in (
+        ("blur@5", "w_video blur@5", w_v),
+        ("video noise@5", "w_video video noise@5", w_v),
+        ("audio noise@5", "w_audio audio noise@5", m["w_audio normal"]),
+    ):
         rows.append((f"{name} moves ≥ 0.2 of the weight", f"{m[key] - base:+.3f}", base - m[key] >= 0.2))
     if "suite mean top1 fused" in m:
         s = m["suite mean top1 fused"]
-        rows.append(("suite mean: fused ≥ each unimodal",
-                     f"{s:.3f} vs {m['suite mean top1 audio-only']:.3f} / {m['suite mean top1 video-only']:.3f}",
-                     s >= m["suite mean top1 audio-only"] and s >= m["suite mean top1 video-only"]))
+        rows.append(
+            (
+                "suite mean: fused ≥ each unimodal",
+                f"{s:.3f} vs {m['suite mean top1 audio-only']:.3f} / {m['suite mean top1 video-only']:.3f}",
+                s >= m["suite mean top1 audio-only"] and s >= m["suite mean top1 video-only"],
+            )
+        )
     return rows
 
 
@@ -235,17 +299,35 @@ def evidence_rows(evidence: dict[str, list[float]]) -> list[tuple[str, str, str]
 
 def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> dict:
     base = recipe(args.config, shards, args.epochs, args.seed)
-    variants = {"fused": base, "audio-only": _model(base, modalities="audio"),
-                "video-only": _model(base, modalities="video")}
+    variants = {
+        "fused": base,
+        "audio-only": _model(base, modalities="audio"),
+        "video-only": _model(base, modalities="video"),
+    }
     ablation_folds = range(min(k, args.ablation_folds)) if args.ablations else range(0)
-    runs = {(fold, name): replace(cfg, out=str(out / f"fold{fold}" / name), folds=str(folds), fold=fold)
-            for fold in range(k) for name, cfg in variants.items()}
-    runs.update({(fold, f"fused, {name}"): replace(change(base), out=str(out / f"fold{fold}" / name.replace(" ", "_")),
-                                                    folds=str(folds), fold=fold)
-                 for fold in ablation_folds for name, change in ABLATIONS.items()
-                 if args.ablation_set == "all" or name in NEW_INGREDIENTS})
-    print(f"\n== {title}: {k}-fold, recipe {args.config}, {base.epochs} epochs, {len(runs)} training runs, "
-          f"{args.jobs} at a time ==", flush=True)
+    runs = {
+        (fold, name): replace(cfg, out=str(out / f"fold{fold}" / name), folds=str(folds), fold=fold)
+        for fold in range(k)
+        for name, cfg in variants.items()
+    }
+    runs.update(
+        {
+            (fold, f"fused, {name}"): replace(
+                change(base),
+                out=str(out / f"fold{fold}" / name.replace(" ", "_")),
+                folds=str(folds),
+                fold=fold,
+            )
+            for fold in ablation_folds
+            for name, change in ABLATIONS.items()
+            if args.ablation_set == "all" or name in NEW_INGREDIENTS
+        }
+    )
+    print(
+        f"\n== {title}: {k}-fold, recipe {args.config}, {base.epochs} epochs, {len(runs)} training runs, "
+        f"{args.jobs} at a time ==",
+        flush=True,
+    )
     train_all(runs, args.jobs)
     from avfusion.evaluation.report import evidence_left
     from avfusion.loader import Dataset
@@ -255,29 +337,53 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
     evidence: dict[str, list[float]] = {}
     for fold in range(k):
         fold_runs = {name: cfg.out for (f, name), cfg in runs.items() if f == fold}
-        for variant, res in evaluate_fold(shards, str(folds), fold, fold_runs, not args.no_suite, args.seed).items():
+        for variant, res in evaluate_fold(
+            shards, str(folds), fold, fold_runs, not args.no_suite, args.seed
+        ).items():
             per_fold.setdefault(variant, []).append(fold_figures(res))
             if variant == "fused":
                 for cond, (left, _) in evidence_left(res, chance).items():
                     evidence.setdefault(cond.name, []).append(left)
     agg = {v: aggregate(f) for v, f in per_fold.items()}
     main = agg["fused"]
-    print_table(f"{title}: {k}-fold mean ± spread (std over folds)",
-                [(k_, f"{m:.3f} ± {s:.3f}") for k_, (m, s) in main.items()], ("figure", "value"))
+    print_table(
+        f"{title}: {k}-fold mean ± spread (std over folds)",
+        [(k_, f"{m:.3f} ± {s:.3f}") for k_, (m, s) in main.items()],
+        ("figure", "value"),
+    )
     print_table(f"{title}: goals", goals(main, chance), ("goal", "measured", "met"))
     if evidence:  # empty when the baselines learned nothing (at chance on clean input)
-        print_table(f"{title}: which corruptions destroy a modality's evidence (unimodal baseline, mean over folds)",
-                    evidence_rows(evidence), ("condition", "evidence left", "verdict"))
+        print_table(
+            f"{title}: which corruptions destroy a modality's evidence (unimodal baseline, mean over folds)",
+            evidence_rows(evidence),
+            ("condition", "evidence left", "verdict"),
+        )
     if len(agg) > 1:
         n = len(ablation_folds)
-        cols = ("top1 fused", "top1 fused muted", "top1 fused black", "top1 fused frozen", "w_audio muted",
-                "w_video black", "w_video frozen", "agreement")
+        cols = (
+            "top1 fused",
+            "top1 fused muted",
+            "top1 fused black",
+            "top1 fused frozen",
+            "w_audio muted",
+            "w_video black",
+            "w_video frozen",
+            "agreement",
+        )
         same = {v: aggregate(f[:n]) for v, f in per_fold.items()}  # the full recipe on the same folds
-        print_table(f"{title}: ablation (fused model, each ingredient off; mean over folds 0–{n - 1})",
-                    [(v, *[a[c][0] for c in cols]) for v, a in same.items()], ("variant", *cols))
-    return {"folds": k, "recipe": args.config, "epochs": base.epochs, "per_fold": per_fold,
-            "evidence_left": {c: list(v) for c, v in evidence.items()},
-            "mean_std": {v: {k_: list(ms) for k_, ms in a.items()} for v, a in agg.items()}}
+        print_table(
+            f"{title}: ablation (fused model, each ingredient off; mean over folds 0–{n - 1})",
+            [(v, *[a[c][0] for c in cols]) for v, a in same.items()],
+            ("variant", *cols),
+        )
+    return {
+        "folds": k,
+        "recipe": args.config,
+        "epochs": base.epochs,
+        "per_fold": per_fold,
+        "evidence_left": {c: list(v) for c, v in evidence.items()},
+        "mean_std": {v: {k_: list(ms) for k_, ms in a.items()} for v, a in agg.items()},
+    }
 
 
 def plot(report: dict, png: Path) -> None:
@@ -292,15 +398,25 @@ def plot(report: dict, png: Path) -> None:
         ms = report[name]["mean_std"]["fused"]
         ax = axes[0, 2 * i]
         bars = ["top1 fused", "top1 audio-only", "top1 video-only"]
-        ax.bar(range(3), [ms[b][0] for b in bars], yerr=[ms[b][1] for b in bars], color=["#7570b3", "#d95f02",
-                                                                                         "#1b9e77"])
+        ax.bar(
+            range(3),
+            [ms[b][0] for b in bars],
+            yerr=[ms[b][1] for b in bars],
+            color=["#7570b3", "#d95f02", "#1b9e77"],
+        )
         ax.set_xticks(range(3), ["fused", "audio-only", "video-only"])
         ax.set_ylim(0, 1)
         ax.set_title(f"{name}: top-1 ({report[name]['folds']}-fold)", fontsize=9)
         ax = axes[0, 2 * i + 1]
-        conds = [("normal", "w_audio normal"), ("muted", "w_audio muted"), ("audio noise@5", "w_audio audio noise@5"),
-                 ("black", "w_video black"), ("frozen", "w_video frozen"), ("blur@5", "w_video blur@5"),
-                 ("video noise@5", "w_video video noise@5")]
+        conds = [
+            ("normal", "w_audio normal"),
+            ("muted", "w_audio muted"),
+            ("audio noise@5", "w_audio audio noise@5"),
+            ("black", "w_video black"),
+            ("frozen", "w_video frozen"),
+            ("blur@5", "w_video blur@5"),
+            ("video noise@5", "w_video video noise@5"),
+        ]
         wa = [ms[k][0] if k.startswith("w_audio") else 1 - ms[k][0] for _, k in conds]
         ax.bar(range(len(conds)), wa, color="#d95f02", label="w_audio")
         ax.bar(range(len(conds)), [1 - w for w in wa], bottom=wa, color="#1b9e77", label="w_video")
@@ -319,14 +435,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=5, help="k of k-fold (default 5, as the real set ships)")
     p.add_argument("--per-class", type=int, default=24, help="synthetic clips per class (6 classes)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ablations", action="store_true", help="also train the fused model with each ingredient off")
+    p.add_argument(
+        "--ablations", action="store_true", help="also train the fused model with each ingredient off"
+    )
     p.add_argument("--ablation-folds", type=int, default=5, help="folds the ablation runs on (default all)")
-    p.add_argument("--ablation-set", choices=["all", "fusion"], default="all",
-                   help="all ingredients, or only the fusion ones (dead-modality term, shared head, evidence, "
-                        "reliability term)")
-    p.add_argument("--jobs", type=int, default=max(1, len(os.sched_getaffinity(0)) // 2) or 1,
-                   help="training runs side by side, one thread each (default: half the cores)")
-    p.add_argument("--no-suite", action="store_true", help="skip the default corruption suite (key conditions only)")
+    p.add_argument(
+        "--ablation-set",
+        choices=["all", "fusion"],
+        default="all",
+        help="all ingredients, or only the fusion ones (dead-modality term, shared head, evidence, "
+        "reliability term)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=max(1, len(os.sched_getaffinity(0)) // 2) or 1,
+        help="training runs side by side, one thread each (default: half the cores)",
+    )
+    p.add_argument(
+        "--no-suite", action="store_true", help="skip the default corruption suite (key conditions only)"
+    )
     p.add_argument("--skip-synthetic", action="store_true")
     p.add_argument("--skip-sample-set", action="store_true")
     p.add_argument("--out", type=Path, help="keep the training runs here (default: a temp dir)")
@@ -343,17 +471,28 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_synthetic:
             spec = SynthSpec(width=64, height=64, duration=2.0, fps=8, sample_rate=16_000)
             make_class_conditional_set(root / "synth", args.per_class, spec, seed=args.seed)
-            shards = build_shards(root / "synth", root / "synth" / "labels.csv", root / "synth_shards",
-                                  ClipSpec(clip_seconds=2.0, frame_size=frame_size))
+            shards = build_shards(
+                root / "synth",
+                root / "synth" / "labels.csv",
+                root / "synth_shards",
+                ClipSpec(clip_seconds=2.0, frame_size=frame_size),
+            )
             folds = write_folds(root / "synth" / "labels.csv", root / "synth" / "folds.csv", args.folds)
-            report["synthetic"] = run_set("Synthetic class-conditional set", shards, folds, args.folds, args,
-                                          root / "synth_runs")
+            report["synthetic"] = run_set(
+                "Synthetic class-conditional set", shards, folds, args.folds, args, root / "synth_runs"
+            )
         if not args.skip_sample_set:
-            shards = build_shards(sample_data.clips_dir(), sample_data.labels_csv(), root / "sample_shards",
-                                  ClipSpec(frame_size=frame_size), shard_size=32)
+            shards = build_shards(
+                sample_data.clips_dir(),
+                sample_data.labels_csv(),
+                root / "sample_shards",
+                ClipSpec(frame_size=frame_size),
+                shard_size=32,
+            )
             folds = merge_folds(sample_data.folds_csv(), root / "sample_folds.csv", args.folds)
-            report["bundled real set"] = run_set("Bundled real sample set", shards, folds, args.folds, args,
-                                                 root / "sample_runs")
+            report["bundled real set"] = run_set(
+                "Bundled real sample set", shards, folds, args.folds, args, root / "sample_runs"
+            )
         from jobs.bench.common import write_results
 
         written = write_results("robustness", argv, data=report, plot=lambda png: plot(report, Path(png)))

@@ -30,9 +30,17 @@ from jobs.bench.common import print_table, python_cmd, run_measured
 
 # Share of VGGSound clips that fail today and how, by (kind, transient): most are gone
 # from YouTube for good; a few percent are transient (throttling, timeouts).
-FAILURE_MIX = [(("unavailable", False), 0.09), (("private", False), 0.04), (("removed", False), 0.03),
-               (("geo_blocked", False), 0.01), (("age_restricted", False), 0.005), (("bot_check", False), 0.005),
-               (("rate_limited", True), 0.01), (("timeout", True), 0.005), (("decode_error", False), 0.005)]
+FAILURE_MIX = [
+    (("unavailable", False), 0.09),
+    (("private", False), 0.04),
+    (("removed", False), 0.03),
+    (("geo_blocked", False), 0.01),
+    (("age_restricted", False), 0.005),
+    (("bot_check", False), 0.005),
+    (("rate_limited", True), 0.01),
+    (("timeout", True), 0.005),
+    (("decode_error", False), 0.005),
+]
 LABELS = [f"class {i:03d}" for i in range(309)]  # VGGSound has 309 classes
 
 
@@ -43,7 +51,7 @@ def make_csv(path: str, rows: int, seed: int = 0) -> None:
         for i in range(rows):
             yid = "".join(rng.choice(alphabet) for _ in range(10)) + alphabet[i % 64]
             label = LABELS[i % len(LABELS)]
-            f.write(f"{yid},{(i * 7) % 300},\"{label}, outdoors\",{'test' if i % 13 == 0 else 'train'}\n")
+            f.write(f'{yid},{(i * 7) % 300},"{label}, outdoors",{"test" if i % 13 == 0 else "train"}\n')
 
 
 def stats_documents(csv_path: str, shard_size: int, seed: int = 0) -> Iterator[tuple[str, str]]:
@@ -60,20 +68,45 @@ def stats_documents(csv_path: str, shard_size: int, seed: int = 0) -> Iterator[t
         keys: list[str] = []
         failures: list[dict[str, Any]] = []
         by_split: dict[str | None, int] = {}
-        for t in tasks[s:s + shard_size]:
+        for t in tasks[s : s + shard_size]:
             if rng.random() < fail_share:
                 kind, transient = rng.choices(kinds, weights)[0]
-                failures.append({"key": t.key, "source": t.source, "kind": kind, "transient": transient,
-                                 "message": f"ERROR: [youtube] {t.key[:11]}: Video {kind.replace('_', ' ')}",
-                                 "attempts": 4 if transient else 1, "label": t.label})
+                failures.append(
+                    {
+                        "key": t.key,
+                        "source": t.source,
+                        "kind": kind,
+                        "transient": transient,
+                        "message": f"ERROR: [youtube] {t.key[:11]}: Video {kind.replace('_', ' ')}",
+                        "attempts": 4 if transient else 1,
+                        "label": t.label,
+                    }
+                )
             else:
                 keys.append(t.key)
                 by_split[t.split] = by_split.get(t.split, 0) + 1
         n = len(keys) + len(failures)
-        yield shard, json.dumps({"shard": shard, "tar": f"{shard}.tar", "attempted": n, "successes": len(keys),
-                                 "failed": len(failures), "bytes": len(keys) * 1_400_000, "seconds": 300.0,
-                                 "round": 0, "keys": keys, "failures": failures, "by_class": {},
-                                 "by_split": by_split, "failures_by_kind": {}, "created": "2026-01-01T00:00:00+00:00"})
+        yield (
+            shard,
+            json.dumps(
+                {
+                    "shard": shard,
+                    "tar": f"{shard}.tar",
+                    "attempted": n,
+                    "successes": len(keys),
+                    "failed": len(failures),
+                    "bytes": len(keys) * 1_400_000,
+                    "seconds": 300.0,
+                    "round": 0,
+                    "keys": keys,
+                    "failures": failures,
+                    "by_class": {},
+                    "by_split": by_split,
+                    "failures_by_kind": {},
+                    "created": "2026-01-01T00:00:00+00:00",
+                }
+            ),
+        )
 
 
 def write_run(csv_path: str, out: str, shard_size: int) -> int:
@@ -114,7 +147,9 @@ print(total)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="avfusion bench scale", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    p = argparse.ArgumentParser(
+        prog="avfusion bench scale", description=__doc__.split("\n\n")[0].split(": ", 1)[1]
+    )
     p.add_argument("--rows", type=int, default=2_000_000, help="CSV rows (default 2,000,000: VGGSound-sized)")
     p.add_argument("--shard-size", type=int, default=100)
     p.add_argument("--where", default="local,s3", help="comma-separated: local, s3 (a loopback moto server)")
@@ -134,18 +169,45 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 n = write_run(csv_url, out, args.shard_size)
                 floor = run_measured([sys.executable, "-c", FLOOR, csv_url, out], env=env)
-                driver = run_measured(python_cmd("jobs.preprocess", csv_url, "--out", out, "--shard-size",
-                                                 str(args.shard_size)), env=env)
+                driver = run_measured(
+                    python_cmd(
+                        "jobs.preprocess", csv_url, "--out", out, "--shard-size", str(args.shard_size)
+                    ),
+                    env=env,
+                )
                 manifest = _read_manifest(out)
-                rows.append((where, args.rows, n, manifest["num_samples"], driver.wall_seconds, driver.max_rss_mb,
-                             floor.wall_seconds, floor.max_rss_mb, driver.wall_seconds / floor.wall_seconds))
+                rows.append(
+                    (
+                        where,
+                        args.rows,
+                        n,
+                        manifest["num_samples"],
+                        driver.wall_seconds,
+                        driver.max_rss_mb,
+                        floor.wall_seconds,
+                        floor.max_rss_mb,
+                        driver.wall_seconds / floor.wall_seconds,
+                    )
+                )
             finally:
                 if server is not None:
                     server.stop()
-    print_table(f"preprocess driver, {args.rows:,} clips, all {args.rows // args.shard_size:,} shards finished "
-                "(target: < 60 s, < 2048 MB)", rows,
-                ("where", "clips", "stats files", "manifest samples", "driver s", "driver peak MB",
-                 "floor s", "floor peak MB", "driver/floor"))
+    print_table(
+        f"preprocess driver, {args.rows:,} clips, all {args.rows // args.shard_size:,} shards finished "
+        "(target: < 60 s, < 2048 MB)",
+        rows,
+        (
+            "where",
+            "clips",
+            "stats files",
+            "manifest samples",
+            "driver s",
+            "driver peak MB",
+            "floor s",
+            "floor peak MB",
+            "driver/floor",
+        ),
+    )
     ok = all(r[4] < 60 and r[5] < 2048 for r in rows)
     print("within target" if ok else "OVER TARGET")
     return 0
@@ -166,8 +228,11 @@ def _s3(env: dict, csv_path: str):
         port = s.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-           "AWS_SECRET_ACCESS_KEY": "bench"}
+    aws = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+    }
     for k in [k for k in env if k.startswith("AWS_")]:
         del env[k]
     env.update(aws)

@@ -29,10 +29,18 @@ def make_shards(folder: Path, clips: int, frame_size: int, seconds: float) -> st
     from avfusion.config import ClipSpec
     from avfusion.synth import SynthSpec, make_class_conditional_set
 
-    make_class_conditional_set(folder / "clips", max(1, clips // 6),
-                               SynthSpec(width=320, height=240, duration=seconds, fps=25, sample_rate=16_000))
-    return build_shards(folder / "clips", folder / "clips" / "labels.csv", folder / "shards",
-                        ClipSpec(clip_seconds=seconds, frame_size=frame_size), all_train=True)
+    make_class_conditional_set(
+        folder / "clips",
+        max(1, clips // 6),
+        SynthSpec(width=320, height=240, duration=seconds, fps=25, sample_rate=16_000),
+    )
+    return build_shards(
+        folder / "clips",
+        folder / "clips" / "labels.csv",
+        folder / "shards",
+        ClipSpec(clip_seconds=seconds, frame_size=frame_size),
+        all_train=True,
+    )
 
 
 def bare_decode_rate(urls: list[str]) -> tuple[float, int]:
@@ -102,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     from avfusion.loader import Batch, Dataset, TrainStream, data_loader
     from avfusion.model import FusionModel, ModelConfig
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = args.shards or make_shards(Path(tmp), args.clips, args.frame_size, args.seconds)
         data = Dataset.open(root)
@@ -116,9 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             model = model.to(memory_format=torch.channels_last)
         net = torch.compile(model) if args.compile else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        first = next(iter(data_loader(TrainStream(data.urls, args.batch_size, split=None, batches_per_epoch=1), 0)))
+        first = next(
+            iter(data_loader(TrainStream(data.urls, args.batch_size, split=None, batches_per_epoch=1), 0))
+        )
         first = first.to("cpu")
-        in_memory = Batch(first.waveform.to(device), first.frames.to(device), first.target.to(device), first.keys)
+        in_memory = Batch(
+            first.waveform.to(device), first.frames.to(device), first.target.to(device), first.keys
+        )
 
         def repeat():
             while True:
@@ -126,22 +141,37 @@ def main(argv: list[str] | None = None) -> int:
 
         total = args.steps + 2
         per_worker = -(-total // max(1, args.workers))
-        from_shards = data_loader(TrainStream(data.urls, args.batch_size, split=None, batches_per_epoch=per_worker,
-                                              compact_frames=False), args.workers, device=device)
+        from_shards = data_loader(
+            TrainStream(
+                data.urls, args.batch_size, split=None, batches_per_epoch=per_worker, compact_frames=False
+            ),
+            args.workers,
+            device=device,
+        )
         model_only = step_rate(net, opt, repeat(), device, not args.no_bf16, args.steps)
         full = step_rate(net, opt, islice(from_shards, total), device, not args.no_bf16, args.steps)
 
     s = args.frame_size
-    print_table(f"Input pipeline ({n} samples, {s}x{s} frames, {args.seconds:g} s audio)", [
-        ("bare JPEG+FLAC decode (bytes in memory)", bare, 1.0),
-        ("shard reader, 0 workers", ours, ours / bare),
-        (f"shard reader, {args.workers} workers", ours_workers, ours_workers / bare),
-    ], ("reader", "samples/s", "x bare"))
-    print_table(f"Training step on {device} (batch {args.batch_size}, compile={args.compile}, "
-                f"bf16={device.type == 'cuda' and not args.no_bf16})", [
-        ("model only (tensors in memory)", model_only, 1.0),
-        (f"fed from shards ({args.workers} workers)", full, full / model_only),
-    ], ("step", "samples/s", "x model-only"))
-    print(f"\nshard reader / bare decode = {ours / bare:.2f}x (target >= 0.8x); "
-          f"training from shards / model-only = {full / model_only:.2f}x")
+    print_table(
+        f"Input pipeline ({n} samples, {s}x{s} frames, {args.seconds:g} s audio)",
+        [
+            ("bare JPEG+FLAC decode (bytes in memory)", bare, 1.0),
+            ("shard reader, 0 workers", ours, ours / bare),
+            (f"shard reader, {args.workers} workers", ours_workers, ours_workers / bare),
+        ],
+        ("reader", "samples/s", "x bare"),
+    )
+    print_table(
+        f"Training step on {device} (batch {args.batch_size}, compile={args.compile}, "
+        f"bf16={device.type == 'cuda' and not args.no_bf16})",
+        [
+            ("model only (tensors in memory)", model_only, 1.0),
+            (f"fed from shards ({args.workers} workers)", full, full / model_only),
+        ],
+        ("step", "samples/s", "x model-only"),
+    )
+    print(
+        f"\nshard reader / bare decode = {ours / bare:.2f}x (target >= 0.8x); "
+        f"training from shards / model-only = {full / model_only:.2f}x"
+    )
     return 0
