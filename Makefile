@@ -26,11 +26,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The inner loop: no Ray, servers or subprocesses (tests/conftest.py enforces it).
-test-fast: $(STAMP)
+test-fast: lint
 	AVF_TEST_TIER=fast $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean-venv:
