@@ -98,7 +98,7 @@ class GaborFilterbank(nn.Module):
     ``sigma_k`` samples times ``exp(i·eta_k·t)``; its squared modulus is a band energy.
 
     Why this front end: a free strided convolution must discover frequency selectivity
-    from data, which few real clips do not teach (the issue's audio-only top-1 at chance).
+    from data, which few real clips do not teach (an audio-only model stayed at chance).
     Gabor filters start as a mel spectrogram, so the body learns from the first step,
     and have two parameters each (centre, bandwidth), so they cannot overfit. Sampling
     the complex response every ``hop`` samples (not at every sample, then pooling as

@@ -185,7 +185,7 @@ def run(
         teardown()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """What an epoch needs: the data, the model (bare and as stepped: DDP/compiled),
     its optimizer and schedule, where the run stands, and the step count per epoch."""
@@ -270,7 +270,18 @@ def build(cfg: TrainConfig, dist: DistEnv) -> Run:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _lr_lambda(total, max(1, int(cfg.warmup_fraction * total)))
     )
-    return Run(cfg, dist, data, train_subset, val_subset, steps, model, model, opt, sched)
+    return Run(
+        cfg=cfg,
+        dist=dist,
+        data=data,
+        train_subset=train_subset,
+        val_subset=val_subset,
+        steps=steps,
+        model=model,
+        net=model,
+        opt=opt,
+        sched=sched,
+    )
 
 
 def wrap(model: FusionModel, cfg: TrainConfig, dist: DistEnv) -> torch.nn.Module:
@@ -451,8 +462,8 @@ def _local_ranks(dist: DistEnv) -> int:
 def _cap_cpu_threads(cfg: TrainConfig, dist: DistEnv) -> None:
     """On CPU, leave one core per data-loader worker: torch's default of one intra-op
     thread per core plus the workers oversubscribes the machine, and oversubscribed
-    OpenMP threads wait on each other (on a busy 2-core machine a fused step took
-    several times longer with 2 threads + 1 worker than with 1 + 1). Launchers that chose
+    OpenMP threads spin-wait on each other, which costs more than the thread gains.
+    Launchers that chose
     fewer (torchrun and Ray set one thread per process) are below the cap and untouched."""
     if dist.device.type != "cpu":
         return

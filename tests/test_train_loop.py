@@ -32,7 +32,18 @@ def _run_on(device, model: dict | None = None, loss: dict | None = None) -> Run:
     model = build_model(cfg, num_classes=4).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(10, 1))
-    return Run(cfg, DistEnv(0, 1, 0, device), None, None, None, 10, model, model, opt, sched)
+    return Run(
+        cfg=cfg,
+        dist=DistEnv(0, 1, 0, device),
+        data=None,
+        train_subset=None,
+        val_subset=None,
+        steps=10,
+        model=model,
+        net=model,
+        opt=opt,
+        sched=sched,
+    )
 
 
 @pytest.mark.parametrize(
