@@ -7,7 +7,7 @@ can report what each modality contributes.
 
     [w_audio, w_video] = softmax([Wa·a, Wv·v]);  fused = w_audio·a + w_video·v
 
-Two choices make a dead stream cost little (README "Robustness results" ablates both):
+Two choices make a dead stream cost little (docs/model.md "Ablation" ablates both):
 the scores may also read a few *evidence* features of each input (is there sound, is
 there a picture, does it move), and with ``shared_head`` one linear classifier serves
 the fused embedding and each modality's own, so ``logits = w_a·head(a) + w_v·head(v)``:

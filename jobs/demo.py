@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from avfusion import sample_data
@@ -205,3 +206,7 @@ def _report(out: Path) -> None:
     for png in sorted(out.rglob("*.png")):
         print(f"  {png}")
     print(f"\nEverything is under {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="data-loader workers per process")
     p.add_argument("--seed", type=int)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--no-augment", action="store_true", help="ablation: no modality dropout / corruption")
+    p.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="ablation: no augmentation (content, crops, modality dropout); mixup as the recipe says",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--ray-workers", type=int, help="train with Ray Train TorchTrainer on N workers")
     p.add_argument("--gpu", action="store_true", help="with --ray-workers: one GPU per worker")

@@ -66,7 +66,7 @@ def test_two_nodes_share_one_governor(tmp_path):
     gaps = [round(b - a, 2) for a, b in zip(first, first[1:], strict=False)]
     print("first request of each clip, gaps (s):", gaps)
     # Grants are 2 s apart; a clip's first request follows its grant after yt-dlp's start-up
-    # (0.1-0.6 s on a busy 2-core machine), so the origin sees 2 s +- that. Separate
+    # (up to ~0.6 s under load), so the origin sees 2 s +- that. Separate
     # governors per task would let the two nodes' tasks fetch at the same moment (gap ~0).
     assert min(gaps) >= 1.2 and sum(gaps) / len(gaps) >= 1.8, gaps
     manifest = json.loads((out / "manifest.json").read_text())

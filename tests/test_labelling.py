@@ -255,7 +255,7 @@ def test_an_actor_given_no_gpu_runs_on_the_cpu_where_cuda_is_visible(tiny_checkp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     from avfusion.device import choose_device
 
-    assert choose_device("auto", gpus_assigned=None).type == "cuda"  # what Predictor used to do
+    assert choose_device("auto", gpus_assigned=None).type == "cuda"  # the bare availability check
     predictor = Predictor(tiny_checkpoint, top_k=2, gpus_assigned=0)
     assert predictor.device.type == "cpu"
     assert all(p.device.type == "cpu" for p in predictor.model.parameters())

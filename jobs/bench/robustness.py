@@ -79,7 +79,12 @@ ABLATIONS = {
     "separate heads": lambda c: _model(c, shared_head=False),
     "no evidence features": lambda c: _model(c, evidence=False),
 }
-NEW_INGREDIENTS = ("no dead-modality term", "separate heads", "no evidence features", "no reliability term")
+FUSION_INGREDIENTS = (
+    "no dead-modality term",
+    "separate heads",
+    "no evidence features",
+    "no reliability term",
+)
 
 
 def recipe(config: str, shards: str, epochs: int | None, seed: int):
@@ -320,7 +325,7 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
             )
             for fold in ablation_folds
             for name, change in ABLATIONS.items()
-            if args.ablation_set == "all" or name in NEW_INGREDIENTS
+            if args.ablation_set == "all" or name in FUSION_INGREDIENTS
         }
     )
     print(
