@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from avfusion.config import ClipSpec
+from avfusion.redact import Redactor, cookie_values, redact_patterns
 from avfusion.sources import ClipTask
 
 if TYPE_CHECKING:
@@ -51,7 +52,139 @@ class DownloadConfig:
     ffmpeg: str | None = None  # path to an ffmpeg binary; default PATH, then imageio-ffmpeg
     request_size: int | None = None  # ffmpeg -request_size in bytes (None: ffmpeg's default)
     js_runtimes: dict[str, dict] | None = None  # yt-dlp's js_runtimes; None: its default (deno)
-    extra: dict[str, Any] = field(default_factory=dict)  # any other yt-dlp option, verbatim
+    extra: dict[str, Any] = field(default_factory=dict)  # allowed yt-dlp options (_EXTRA_ALLOWED)
+
+    def __post_init__(self) -> None:
+        check_extra(self.extra)
+
+
+# yt-dlp options ``DownloadConfig.extra`` may carry (YAML ``download: extra:``, every
+# ``--yt-dlp-option``). A config may be someone else's file (``--config s3://…``), so
+# only options that can neither execute anything nor write outside the clip's work dir
+# pass; each with the check of its value. Left out on purpose, among others:
+# postprocessors / exec_cmd / post_hooks / progress_hooks / logger (run code or
+# commands), external_downloader(_args) / postprocessor_args (arbitrary ffmpeg or
+# aria2c arguments: output files, protocols), paths / outtmpl / download_archive /
+# writeinfojson / cookiesfrombrowser / load_info_filename / cachedir / check_formats
+# (write or read files elsewhere; check_formats writes test downloads to the system
+# temp dir), netrc_cmd / usenetrc / username / password (run a command or carry
+# credentials no redaction knows of), remote_components (fetches JS that the runtime
+# then executes), nocheckcertificate / enable_file_urls (a man in the middle gets the
+# cookies; local files are read), source_address / geo_verification_proxy (apply to
+# yt-dlp's requests but not ffmpeg's: the media would come from elsewhere),
+# retries / extractor_retries / fragment_retries (this module's retry loop is the one
+# in control), impersonate (the API wants an ImpersonateTarget, not text).
+_EXTRA_ALLOWED: dict[str, str] = {
+    "format_sort": "a list of yt-dlp sort fields",
+    "format_sort_force": "true/false",
+    "prefer_free_formats": "true/false",
+    "extractor_args": "{extractor: {argument: [values]}}",
+    "http_headers": "{header: value}",
+    "sleep_interval": "seconds >= 0",
+    "max_sleep_interval": "seconds >= 0",
+    "geo_bypass": "true/false",
+    "geo_bypass_country": "a two-letter country code",
+    "geo_bypass_ip_block": "an IP block in CIDR notation",
+    "age_limit": "an age in years",
+    "allowed_extractors": "a list of extractor names",
+}
+# Options this module sets from a DownloadConfig field (or keeps fixed): a user who
+# reaches for them in ``extra`` is pointed at the field.
+_EXTRA_HAS_FIELD: dict[str, str] = {
+    "format": "download.format / --format",
+    "cookiefile": "download.cookies / --cookies",
+    "proxy": "download.proxy / --proxy",
+    "ratelimit": "download.rate_limit / --rate-limit",
+    "sleep_interval_requests": "download.sleep_seconds / --sleep",
+    "socket_timeout": "download.socket_timeout",
+    "ffmpeg_location": "download.ffmpeg",
+    "js_runtimes": "download.js_runtimes",
+    "retries": "download.max_attempts / --max-attempts",
+    "extractor_retries": "download.max_attempts / --max-attempts",
+    "fragment_retries": "download.max_attempts / --max-attempts",
+}
+# Headers that carry credentials: yt-dlp hands http_headers to ffmpeg on its command
+# line (``-headers``), where every user of the machine can read them.
+_SECRET_HEADERS = frozenset({"cookie", "authorization", "proxy-authorization"})
+# Extractor arguments naming a file, folder or program (PO-token provider plugins take
+# a script path this way): a config must not choose what runs or what is read.
+_EXTRACTOR_ARG_PATHLIKE = re.compile(r"path|script|dir|file|cmd|command|exec|bin|home|cache", re.I)
+
+
+def check_extra(extra: dict[str, Any]) -> None:
+    """Raise ``ConfigError`` (one line naming the key and what is allowed) unless every
+    option in ``extra`` is on the allow-list with a value of the right shape."""
+    from avfusion.config import ConfigError
+
+    if not isinstance(extra, dict):
+        raise ConfigError(f"download.extra: expected a mapping of yt-dlp options, got {extra!r:.80}")
+    for key, value in extra.items():
+        if key in _EXTRA_HAS_FIELD:
+            raise ConfigError(
+                f"download.extra: yt-dlp option {key!r} has its own setting: use {_EXTRA_HAS_FIELD[key]}"
+            )
+        if key not in _EXTRA_ALLOWED:
+            raise ConfigError(
+                f"download.extra: yt-dlp option {key!r} is not allowed (only options that cannot run "
+                f"commands or write files pass); allowed: {', '.join(sorted(_EXTRA_ALLOWED))}"
+            )
+        problem = _extra_value_problem(key, value)
+        if problem:
+            raise ConfigError(f"download.extra.{key}: {problem}, got {value!r:.120}")
+
+
+def _extra_value_problem(key: str, value: Any) -> str | None:
+    def strings(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    expected = f"expected {_EXTRA_ALLOWED[key]}"
+    if key in ("format_sort", "allowed_extractors"):
+        return None if strings(value) else expected
+    if key in ("format_sort_force", "prefer_free_formats", "geo_bypass"):
+        return None if isinstance(value, bool) else expected
+    if key in ("sleep_interval", "max_sleep_interval"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 3600
+        return None if ok else "expected seconds in [0, 3600]"
+    if key == "age_limit":
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 150
+        return None if ok else "expected an age in [0, 150]"
+    if key == "geo_bypass_country":
+        return None if isinstance(value, str) and re.fullmatch(r"[A-Za-z]{2}", value) else expected
+    if key == "geo_bypass_ip_block":
+        import ipaddress
+
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except (TypeError, ValueError):
+            return expected
+        return None
+    if key == "http_headers":
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            return expected
+        if any(re.search(r"[\r\n]", f"{k}{v}") for k, v in value.items()):
+            return "header names and values must be single lines"
+        secret = sorted(k for k in value if k.lower() in _SECRET_HEADERS)
+        if secret:
+            return (
+                f"header {secret[0]!r} would be on ffmpeg's command line; give cookies with "
+                "download.cookies / --cookies"
+            )
+        return None
+    if key == "extractor_args":
+        if not isinstance(value, dict) or not all(
+            isinstance(ie, str) and isinstance(args, dict) and all(strings(v) for v in args.values())
+            for ie, args in value.items()
+        ):
+            return "expected {extractor: {argument: [values]}} (values a list of strings)"
+        pathlike = sorted(
+            f"{ie}:{a}" for ie, args in value.items() for a in args if _EXTRACTOR_ARG_PATHLIKE.search(a)
+        )
+        if pathlike:
+            return f"argument {pathlike[0]!r} names a file or program, which a config may not choose"
+        return None
+    raise AssertionError(f"no value check for allowed option {key}")
 
 
 class DownloadError(Exception):
@@ -76,6 +209,19 @@ class Downloaded(NamedTuple):
 _RULES: list[tuple[str, bool, re.Pattern]] = [
     (kind, transient, re.compile(pattern, re.I))
     for kind, transient, pattern in [
+        # The proxy's own refusals, before every origin rule: a proxy that denies us is
+        # not the source blocking us (the governor must not cool down for it). yt-dlp's
+        # requests handler (networking/_requests.py, from urllib3) says "Unable to connect
+        # to proxy" for a refused connection and "Tunnel connection failed: 403 Forbidden"
+        # for a CONNECT the proxy answers itself; a plain request answered 407 by the proxy
+        # is "HTTP Error 407: Proxy Authentication Required"; urllib's handler says
+        # "Tunnel connection failed" too (http.client._tunnel).
+        (
+            "proxy_error",
+            True,
+            r"unable to connect to proxy|tunnel connection failed|proxy authentication required|"
+            r"HTTP Error 407\b|cannot connect to proxy",
+        ),
         # The age gate also says "Sign in to confirm …": it must match before the bot check.
         ("age_restricted", False, r"confirm your age|age.restricted|inappropriate for some users"),
         ("blocked_bot_check", True, r"confirm you.?re not a bot|sign in to confirm|captcha challenge"),
@@ -180,8 +326,9 @@ class _RecordingLogger:
     """yt-dlp prints errors to stderr even when quiet; errors reach us as exceptions and
     go to the failure record, warnings are kept (deduplicated) for the record/stats."""
 
-    def __init__(self) -> None:
+    def __init__(self, redact: Callable[[str], str] = redact_patterns) -> None:
         self.warnings: list[str] = []
+        self.redact = redact
 
     def debug(self, msg: str) -> None:
         pass
@@ -189,7 +336,7 @@ class _RecordingLogger:
     info = error = debug
 
     def warning(self, msg: str) -> None:
-        msg = _clean(msg.replace("WARNING: ", "", 1))[:500]
+        msg = self.redact(_clean(msg.replace("WARNING: ", "", 1)))[:500]
         if msg not in self.warnings:
             self.warnings.append(msg)
 
@@ -273,8 +420,12 @@ def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLo
             stack.enter_context(ffmpeg_for_sections(opts["ffmpeg_location"]))
             opts = {**opts, "logger": logger}
             if opts.get("cookiefile"):
-                cookies = storage.private_copy(opts["cookiefile"], "cookies.txt")
-                opts["cookiefile"] = stack.enter_context(cookies)
+                copy = stack.enter_context(storage.private_copy(opts["cookiefile"], "cookies.txt"))
+                sanitised, problems = sanitise_cookies(storage.read_text(copy))
+                storage.write_text(copy, sanitised)
+                for problem in problems:
+                    logger.warning(problem)
+                opts["cookiefile"] = copy
             with yt_dlp.YoutubeDL(opts) as ydl:
                 ydl.download([url])
     except (yt_dlp.utils.YoutubeDLError, OSError) as exc:
@@ -325,7 +476,8 @@ def download_section(
 
     end = task.end if task.end is not None else task.start + clip.clip_seconds
     opts = ydl_options(cfg, task.start, end, workdir)
-    logger = _RecordingLogger()
+    redact = job_redactor(cfg)
+    logger = _RecordingLogger(redact)
     for attempt in range(1, cfg.max_attempts + 1):
         if governor is not None:
             wait_for_turn(governor, node, sleep)
@@ -334,6 +486,15 @@ def download_section(
         except _Failed as exc:
             message = _clean(str(exc))
             kind, transient = classify(message)
+            if cfg.proxy and (kind in BLOCK_KINDS or kind in _PROXY_SUSPECT_KINDS):
+                refusal = proxy_refusal(cfg.proxy, task.source, min(cfg.socket_timeout, 10.0))
+                if refusal:
+                    kind, transient, message = (
+                        "proxy_error",
+                        True,
+                        f"{refusal} (the download said: {message})",
+                    )
+            message = redact(message)
             if governor is not None:
                 governor.report(node, kind)
             if not transient or attempt == cfg.max_attempts:
@@ -346,6 +507,103 @@ def download_section(
             governor.report(node, None)
         return Downloaded(path, attempt, logger.warnings)
     raise AssertionError("unreachable")
+
+
+# Failures a proxy's own refusal can hide behind: a 403 or 5xx the proxy answered to a
+# plain request reads like the origin's, and ffmpeg's exit code (8 for any HTTP error,
+# 145 for a refused connection) does not say who refused.
+_PROXY_SUSPECT_KINDS = ("server_error", "connection", "stream_error")  # and every block
+
+
+def proxy_refusal(proxy: str, source: str, timeout: float) -> str | None:
+    """Whether the HTTP proxy itself refuses this job: one CONNECT to ``source``'s host
+    on port 443 (a tunnel every proxy allows by default; no request reaches the origin,
+    the tunnel is closed unused), with the proxy's credentials. A refused connection,
+    403 or 407 → a one-line reason (no credentials in it); a tunnel, any other answer
+    or no answer → None (the failure stays the origin's)."""
+    import base64
+    import socket
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host = urlsplit(source).hostname
+    if parts.scheme != "http" or not parts.hostname or not host:
+        return None  # an https proxy needs TLS first; preflight refuses the rest
+    where = f"{parts.hostname}:{parts.port or 80}"
+    target = f"[{host}]:443" if ":" in host else f"{host}:443"
+    auth = ""
+    if parts.username is not None:
+        token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode())
+        auth = f"Proxy-Authorization: Basic {token.decode()}\r\n"
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout) as sock:
+            sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
+            status = sock.recv(4096).split(b"\r\n", 1)[0].decode("latin-1")
+    except ConnectionRefusedError:
+        return f"the proxy {where} refused the connection"
+    except OSError:
+        return None
+    match = re.match(r"HTTP/\d(?:\.\d)? (403|407)\b ?(.*)", status)
+    if match:
+        return f"the proxy {where} answered {match[1]} {match[2]} to CONNECT {target}".rstrip()
+    return None
+
+
+def job_redactor(cfg: DownloadConfig) -> Redactor:
+    """The redaction filter for one clip's messages: patterns, every cookie value in the
+    cookies file, the proxy's user and password."""
+    from urllib.parse import unquote, urlsplit
+
+    from avfusion import storage
+
+    redact = Redactor()
+    if cfg.cookies:
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # unreadable: the attempt reports it
+            redact.add(*cookie_values(storage.read_text(cfg.cookies)))
+    if cfg.proxy:
+        parts = urlsplit(cfg.proxy if "://" in cfg.proxy else f"http://{cfg.proxy}")
+        if parts.password:
+            redact.add(parts.password, unquote(parts.password))
+    return redact
+
+
+def sanitise_cookies(text: str) -> tuple[str, list[str]]:
+    """``text`` (a Netscape cookies.txt) without the lines yt-dlp or http.cookiejar would
+    refuse, and a ``cookies file line N: reason`` per dropped line, with no value in it.
+    yt-dlp prints a refused line whole (cookies.py, YoutubeDLCookieJar.load:
+    ``write_string(f'WARNING: skipping cookie file entry due to {e}: {line!r}')``)
+    straight to stderr, past any logger, once per attempt; http.cookiejar's
+    MozillaCookieJar._really_load fails the whole jar with the line in its message when
+    a domain's leading dot and its include-subdomains flag disagree. The checks are
+    theirs: 7 tab-separated fields, a numeric expiry, the flag matching the dot."""
+    kept, problems = [], []
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        body = line.removeprefix("#HttpOnly_")
+        if body.startswith("#") or not body.strip():
+            kept.append(line)
+            continue
+        fields = body.rstrip("\r\n").split("\t")
+        if len(fields) != 7:
+            reason = f"{len(fields)} tab-separated fields where a cookie has 7"
+            if body.lstrip()[:1] in ("[", "{", '"'):
+                reason += " (cookies.txt must be Netscape formatted, not JSON)"
+        elif fields[4] and not re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", fields[4]):
+            reason = "the expiry (field 5) is not a number"
+        elif (fields[1] == "TRUE") != fields[0].startswith("."):
+            reason = "the include-subdomains flag (field 2) disagrees with the domain's leading dot"
+        else:
+            kept.append(line)
+            continue
+        problems.append(f"cookies file line {number}: {reason}; line skipped")
+    return "".join(kept), problems
+
+
+def cookie_file_problems(url: str) -> list[str]:
+    """``sanitise_cookies``' reasons for the cookies file at ``url``: for a job to print
+    once before its downloads (each attempt also records them as a warning)."""
+    from avfusion import storage
+
+    return sanitise_cookies(storage.read_text(url))[1]
 
 
 def _clean(message: str) -> str:

@@ -4,6 +4,11 @@ Its outgoing connections come from ``source_host`` (127.0.0.2 by default, a diff
 loopback address from the clients'), so an origin can tell the proxy's connections
 from direct ones by peer address. ``requests`` lists what it forwarded (method and
 target) and ``bytes_in`` counts the bytes it relayed back to clients.
+
+``refuse(status, after=n)`` makes the proxy itself answer ``status`` (403, 407, 502,
+503, …) to every request after the first ``n``, CONNECT or plain, as a proxy that denies
+a destination, wants credentials or cannot reach upstream does; ``headers`` lists the
+request headers of each request (a test sees ``Proxy-Authorization`` arrive).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
+from http import HTTPStatus
 from socketserver import BaseRequestHandler, ThreadingTCPServer
 from urllib.parse import urlsplit
 
@@ -20,6 +26,8 @@ class HttpProxy:
         self.source_host = source_host
         self.requests: list[tuple[str, str]] = []
         self.bytes_in = 0
+        self.headers: list[dict[str, str]] = []
+        self.refusal: tuple[int, int] | None = None  # (status, after n requests)
         self.lock = threading.Lock()
         ThreadingTCPServer.allow_reuse_address = True
         self.server = ThreadingTCPServer((host, 0), self._handler())
@@ -30,6 +38,9 @@ class HttpProxy:
     def url(self) -> str:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
+
+    def refuse(self, status: int, after: int = 0) -> None:
+        self.refusal = (status, after)
 
     def __enter__(self) -> HttpProxy:
         self.thread.start()
@@ -55,9 +66,22 @@ class HttpProxy:
                 method, target, version = line.decode("latin-1").split(" ", 2)
                 with proxy.lock:
                     proxy.requests.append((method, target))
+                    proxy.headers.append(
+                        dict(
+                            h.decode("latin-1").split(": ", 1)
+                            for h in rest.split(b"\r\n\r\n")[0].split(b"\r\n")
+                            if b": " in h
+                        )
+                    )
+                    refused = proxy.refusal and len(proxy.requests) > proxy.refusal[1]
+                if refused:
+                    return self._answer(proxy.refusal[0])
                 if method == "CONNECT":
                     host, _, port = target.rpartition(":")
-                    upstream = self._connect(host, int(port))
+                    try:
+                        upstream = self._connect(host, int(port))
+                    except OSError:  # as real proxies do when the destination is unreachable
+                        return self._answer(502)
                     client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                     leftover = head.split(b"\r\n\r\n", 1)[1]
                 else:
@@ -72,6 +96,17 @@ class HttpProxy:
                     self._relay(client, upstream)
                 finally:
                     upstream.close()
+
+            def _answer(self, status):
+                reason = HTTPStatus(status).phrase
+                extra = b'Proxy-Authenticate: Basic realm="proxy"\r\n' if status == 407 else b""
+                body = f"{status} {reason} (from the proxy)\n".encode()
+                self.request.sendall(
+                    f"HTTP/1.1 {status} {reason}\r\n".encode()
+                    + extra
+                    + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                    + body
+                )
 
             def _connect(self, host, port):
                 sock = socket.create_connection((host, port), source_address=(proxy.source_host, 0))
@@ -90,7 +125,10 @@ class HttpProxy:
                             return
                         if not data:
                             return
-                        (upstream if s is client else client).sendall(data)
+                        try:
+                            (upstream if s is client else client).sendall(data)
+                        except OSError:  # the other side hung up (ffmpeg has what it wanted)
+                            return
                         if s is upstream:
                             with proxy.lock:
                                 proxy.bytes_in += len(data)

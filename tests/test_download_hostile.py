@@ -1,0 +1,316 @@
+"""Hostile download settings: a config that would run a command is refused before any
+work, secrets in the cookies file or the proxy URL never reach a message, and a proxy
+that refuses us is a ``proxy_error``, never a block of the source."""
+
+import shutil
+import socket
+
+import pytest
+
+from avfusion.config import ClipSpec, ConfigError
+from avfusion.download import (
+    DownloadConfig,
+    DownloadError,
+    _RecordingLogger,
+    check_extra,
+    download_section,
+    job_redactor,
+    sanitise_cookies,
+)
+from avfusion.governor import BLOCK_KINDS, Governor, GovernorConfig
+from avfusion.sources import ClipTask
+from avfusion.synth import SynthSpec, write_clip
+from jobs import preprocess
+from tests.http_proxy import HttpProxy
+from tests.range_server import RangeServer
+
+SECRET = "zq9-cookie-value-7f3a"  # distinctive: grep-able in every output
+MALFORMED = "mq4-malformed-line-e2d1"
+PROXY_PASSWORD = "pr0xy-pass-51c8"
+EXEC = [{"key": "Exec", "exec_cmd": "touch {marker}", "when": "after_move"}]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    write_clip(root / "c0.mp4", SynthSpec(duration=4.0, fps=10, width=96, height=72))
+    for name in ("c1", "f403", SECRET):
+        shutil.copy(root / "c0.mp4", root / f"{name}.mp4")
+    return root
+
+
+# ---------------------------------------------------------------- the allow-list
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            {"postprocessors": EXEC},
+            "download.extra: yt-dlp option 'postprocessors' is not allowed (only options that cannot "
+            "run commands or write files pass); allowed: age_limit, allowed_extractors, extractor_args, "
+            "format_sort, format_sort_force, geo_bypass, geo_bypass_country, geo_bypass_ip_block, "
+            "http_headers, max_sleep_interval, prefer_free_formats, sleep_interval",
+        ),
+        ({"exec_cmd": ["touch x"]}, "yt-dlp option 'exec_cmd' is not allowed"),
+        ({"external_downloader": {"default": "aria2c"}}, "'external_downloader' is not allowed"),
+        ({"external_downloader_args": {"ffmpeg_o": ["/etc/x"]}}, "'external_downloader_args' is not allowed"),
+        ({"paths": {"home": "/etc"}}, "'paths' is not allowed"),
+        ({"outtmpl": "/etc/passwd"}, "'outtmpl' is not allowed"),
+        ({"cookiesfrombrowser": ["firefox"]}, "'cookiesfrombrowser' is not allowed"),
+        ({"netrc_cmd": "sh -c x"}, "'netrc_cmd' is not allowed"),
+        ({"remote_components": ["ejs:github"]}, "'remote_components' is not allowed"),
+        ({"download_archive": "/tmp/a"}, "'download_archive' is not allowed"),
+        ({"load_info_filename": "/tmp/i.json"}, "'load_info_filename' is not allowed"),
+        ({"check_formats": True}, "'check_formats' is not allowed"),
+        ({"noequals": "noequals"}, "'noequals' is not allowed"),
+        ({"proxy": "http://x:1"}, "yt-dlp option 'proxy' has its own setting: use download.proxy / --proxy"),
+        ({"cookiefile": "c.txt"}, "'cookiefile' has its own setting: use download.cookies / --cookies"),
+        ({"format": "best"}, "use download.format / --format"),
+        ({"retries": 10}, "use download.max_attempts / --max-attempts"),
+        ({"http_headers": {"Cookie": "SID=x"}}, "header 'Cookie' would be on ffmpeg's command line"),
+        ({"http_headers": {"X-A": "1\r\nHost: evil"}}, "must be single lines"),
+        (
+            {"extractor_args": {"youtubepot-bgutilscript": {"script_path": ["/tmp/x.js"]}}},
+            "argument 'youtubepot-bgutilscript:script_path' names a file or program",
+        ),
+        ({"extractor_args": {"youtube": {"player_client": "web"}}}, "values a list of strings"),
+        ({"sleep_interval": -1}, "download.extra.sleep_interval: expected seconds in [0, 3600], got -1"),
+        ({"geo_bypass_country": "USA"}, "expected a two-letter country code"),
+        ({"age_limit": True}, "expected an age in [0, 150]"),
+    ],
+)
+def test_yt_dlp_options_off_the_allow_list_are_refused_in_one_line(extra, message):
+    with pytest.raises(ConfigError) as exc:
+        DownloadConfig(extra=extra)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_allowed_yt_dlp_options_pass():
+    extra = {
+        "format_sort": ["res:360", "ext"],
+        "extractor_args": {"youtube": {"player_client": ["web", "tv"]}},
+        "http_headers": {"Accept-Language": "en"},
+        "sleep_interval": 1,
+        "max_sleep_interval": 2.5,
+        "geo_bypass": True,
+        "geo_bypass_country": "DE",
+        "geo_bypass_ip_block": "10.0.0.0/8",
+        "age_limit": 18,
+        "allowed_extractors": ["youtube", "generic"],
+        "prefer_free_formats": False,
+        "format_sort_force": True,
+    }
+    check_extra(extra)
+    assert DownloadConfig(extra=extra).extra == extra
+
+
+def _exec_csv(tmp_path, server):
+    csv = tmp_path / "vggsound.csv"
+    csv.write_text("c0,0,dog,train\n")
+    return [str(csv), "--out", str(tmp_path / "out"), "--url-template", server.url("{id}.mp4")]
+
+
+@pytest.mark.slow
+def test_exec_postprocessor_in_yaml_is_refused_and_nothing_runs(tmp_path, served, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "PWNED"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "download:\n  extra:\n    postprocessors:\n"
+        f"      - {{key: Exec, exec_cmd: 'touch {marker}', when: after_move}}\n"
+    )
+    with RangeServer(served) as server:
+        code = preprocess.main([*_exec_csv(tmp_path, server), "--config", str(cfg), "--executor", "local"])
+        assert server.log == []  # refused before anything was fetched
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "yt-dlp option 'postprocessors' is not allowed" in line and "allowed: " in line
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_exec_postprocessor_as_a_flag_is_refused_and_nothing_runs(tmp_path, served, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "PWNED"
+    flag = f'postprocessors=[{{"key": "Exec", "exec_cmd": "touch {marker}", "when": "after_move"}}]'
+    with RangeServer(served) as server:
+        code = preprocess.main([*_exec_csv(tmp_path, server), "--yt-dlp-option", flag, "--executor", "local"])
+        assert server.log == []
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "yt-dlp option 'postprocessors' is not allowed" in line
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_an_allowed_option_reaches_yt_dlp_and_ffmpeg(tmp_path, served):
+    """``http_headers`` from ``extra``: yt-dlp's own request and ffmpeg's section reads
+    both carry the header to the origin."""
+    cfg = DownloadConfig(socket_timeout=2.0, max_attempts=1, extra={"http_headers": {"X-Avf-Probe": "seen"}})
+    with RangeServer(served) as server:
+        download_section(
+            ClipTask(key="c1", source=server.url("c1.mp4"), start=0.0),
+            ClipSpec(clip_seconds=2.0),
+            cfg,
+            tmp_path,
+        )
+        log = list(server.log)
+    ranged = [r for r in log if r["headers"].get("Range")]
+    assert ranged and all(r["headers"].get("X-Avf-Probe") == "seen" for r in log), [r["headers"] for r in log]
+
+
+# ---------------------------------------------------------------- cookies
+
+
+def test_malformed_cookie_lines_are_dropped_and_named_without_their_value():
+    text = (
+        "# Netscape HTTP Cookie File\n"
+        f"127.0.0.5\tFALSE\t/\tFALSE\t0\tSID\t{SECRET}\n"
+        f"127.0.0.5\tFALSE\t/\tFALSE\t0\tHSID {SECRET}x\n"  # a space where a tab belongs: 6 fields
+        f"127.0.0.5\tFALSE\t/\tFALSE\tnever\tAPISID\t{SECRET}y\n"
+        f"127.0.0.5\tTRUE\t/\tFALSE\t0\tSSID\t{SECRET}z\n"  # subdomains flag without the dot
+        f"#HttpOnly_.example.com\tTRUE\t/\tTRUE\t0\tX\t{SECRET}w\n"
+        "\n"
+    )
+    kept, problems = sanitise_cookies(text)
+    assert kept.splitlines() == [text.splitlines()[i] for i in (0, 1, 5, 6)]
+    assert problems == [
+        "cookies file line 3: 6 tab-separated fields where a cookie has 7; line skipped",
+        "cookies file line 4: the expiry (field 5) is not a number; line skipped",
+        "cookies file line 5: the include-subdomains flag (field 2) disagrees with the domain's leading dot; "
+        "line skipped",
+    ]
+    assert not any(SECRET in p for p in problems)
+
+
+def test_warnings_and_messages_pass_the_job_redactor(tmp_path):
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text(f"# Netscape HTTP Cookie File\n.example.com\tTRUE\t/\tFALSE\t0\tSID\t{SECRET}\n")
+    redact = job_redactor(
+        DownloadConfig(cookies=str(cookies), proxy=f"http://bob:{PROXY_PASSWORD}@127.0.0.1:3")
+    )
+    logger = _RecordingLogger(redact)
+    logger.warning(f"WARNING: [generic] {SECRET}: falling back; proxy said {PROXY_PASSWORD}")
+    assert logger.warnings == ["[generic] ***: falling back; proxy said ***"]
+
+
+COOKIE_HOST = "127.0.0.5"  # ffmpeg sends a domain cookie only to a URL without a port
+
+
+@pytest.mark.slow
+def test_a_malformed_cookie_line_never_reaches_stderr_or_the_record(tmp_path, served, capfd):
+    """yt-dlp echoes a refused cookie line, value and all, to stderr on every attempt:
+    the private copy it reads no longer has the line; the good cookie still reaches the
+    origin, the record says which line was skipped, and a failure's message (here the
+    id yt-dlp derives from a URL that holds the value) is redacted."""
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text(
+        "# Netscape HTTP Cookie File\n"
+        f"{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tSID\t{SECRET}\n"
+        f"{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tHSID {MALFORMED}\n"
+    )
+    cfg = DownloadConfig(cookies=str(cookies), socket_timeout=2.0, max_attempts=2, backoff_base=0.01)
+    with RangeServer(served, host=COOKIE_HOST, port=80) as server:
+        server.set_fault(f"{SECRET}.mp4", "404")
+        work = tmp_path / "w1"
+        work.mkdir()
+        download_section(
+            ClipTask(key="c1", source=server.url("c1.mp4"), start=0.0), ClipSpec(clip_seconds=2.0), cfg, work
+        )
+        with pytest.raises(DownloadError) as exc:
+            download_section(
+                ClipTask(key="s", source=server.url(f"{SECRET}.mp4"), start=0.0),
+                ClipSpec(clip_seconds=2.0),
+                cfg,
+                work,
+            )
+        log = list(server.log)
+    out = capfd.readouterr()
+    assert SECRET not in out.err + out.out and MALFORMED not in out.err + out.out
+    assert f"SID={SECRET}" in log[0]["headers"].get("Cookie", "")
+    assert exc.value.kind == "not_found" and SECRET not in exc.value.message and "***" in exc.value.message
+    assert (
+        "cookies file line 3: 6 tab-separated fields where a cookie has 7; line skipped" in exc.value.warnings
+    )
+    assert not any(SECRET in w or MALFORMED in w for w in exc.value.warnings)
+
+
+# ---------------------------------------------------------------- proxies
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens here once closed
+
+
+def _through(proxy_url, source, tmp_path, governor=None, attempts=2):
+    cfg = DownloadConfig(proxy=proxy_url, socket_timeout=2.0, max_attempts=attempts, backoff_base=0.01)
+    with pytest.raises(DownloadError) as exc:
+        download_section(
+            ClipTask(key="c", source=source, start=0.0),
+            ClipSpec(clip_seconds=2.0),
+            cfg,
+            tmp_path,
+            governor=governor,
+            sleep=lambda s: None,
+        )
+    return exc.value
+
+
+def _governor():
+    return Governor(
+        GovernorConfig(
+            min_spacing=0.0, jitter=0.0, forbidden_streak=1, cooldown_start=0.01, cooldown_max=0.01
+        )
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.parametrize("status", [403, 407])
+def test_a_proxy_that_refuses_us_is_a_proxy_error_not_a_block(tmp_path, served, scheme, status):
+    """The proxy answers ``status`` itself: to the CONNECT of an https source, to the
+    plain request of an http one (which reads like the origin's 403: the CONNECT probe
+    tells them apart). The governor sees no block; the password is in no message."""
+    governor = _governor()
+    with RangeServer(served) as server, HttpProxy() as proxy:
+        proxy.refuse(status)
+        source = server.url("c1.mp4") if scheme == "http" else f"https://127.0.0.1:{_dead_port()}/c1.mp4"
+        user_url = proxy.url.replace("http://", f"http://bob:{PROXY_PASSWORD}@")
+        error = _through(user_url, source, tmp_path, governor)
+        assert server.log == []  # nothing reached the origin
+    assert (error.kind, error.transient, error.attempts) == ("proxy_error", True, 2), error.message
+    assert error.kind not in BLOCK_KINDS and governor.stats()["blocks"] == {}
+    assert PROXY_PASSWORD not in error.message and str(status) in error.message
+
+
+@pytest.mark.slow
+def test_a_proxy_that_refuses_the_connection_is_a_proxy_error(tmp_path):
+    error = _through(
+        f"http://bob:{PROXY_PASSWORD}@127.0.0.1:{_dead_port()}", "https://127.0.0.1:9/x.mp4", tmp_path
+    )
+    assert error.kind == "proxy_error" and "Unable to connect to proxy" in error.message
+    assert PROXY_PASSWORD not in error.message
+
+
+@pytest.mark.slow
+def test_a_proxy_that_fails_the_media_transfer_is_a_proxy_error(tmp_path, served):
+    """The proxy lets yt-dlp's request through and answers ffmpeg's with 403: ffmpeg's
+    exit code (8, any HTTP error) does not say who refused; the probe does."""
+    with RangeServer(served) as server, HttpProxy() as proxy:
+        proxy.refuse(403, after=1)
+        error = _through(proxy.url, server.url("c1.mp4"), tmp_path, attempts=1)
+        served_paths = [r["path"] for r in server.log]
+    assert error.kind == "proxy_error" and "ffmpeg exited with code 8" in error.message, error.message
+    assert served_paths == ["c1.mp4"]  # only the first request passed the proxy
+
+
+@pytest.mark.slow
+def test_the_origins_403_through_a_working_proxy_stays_a_block(tmp_path, served):
+    governor = _governor()
+    with RangeServer(served) as server, HttpProxy() as proxy:
+        server.set_fault("f403.mp4", "403")
+        error = _through(proxy.url, server.url("f403.mp4"), tmp_path, governor)
+        assert server.requests["f403.mp4"] >= 1
+    assert error.kind == "blocked_forbidden", error.message
+    assert governor.stats()["blocks"].get("blocked_forbidden", 0) >= 1
