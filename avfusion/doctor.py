@@ -130,10 +130,14 @@ def js_check(js_runtimes: dict | None = None) -> Check:
 
 def cookie_checks(url: str) -> list[Check]:
     """Readable, parseable (on a private copy: yt-dlp's jar is what we check), how many
-    YouTube cookies, login cookies present, expiry; whether its folder is writable."""
+    YouTube cookies, login cookies present, expiry; whether its folder is writable.
+    Malformed lines are dropped before yt-dlp reads the copy (it would print them, value
+    and all) and make the check WARN by line number; no cookie value is ever printed."""
     from yt_dlp.cookies import YoutubeDLCookieJar
 
     from avfusion import storage
+    from avfusion.download import sanitise_cookies
+    from avfusion.redact import Redactor, cookie_values
 
     fix = (
         "export cookies.txt from a private window of a throwaway account (yt-dlp wiki, 'Exporting "
@@ -144,11 +148,25 @@ def cookie_checks(url: str) -> list[Check]:
             copy = stack.enter_context(storage.private_copy(url, "cookies.txt"))
         except Exception as exc:  # noqa: BLE001 - any reason the file cannot be read
             return [Check("cookies", FAIL, f"{url} not readable: {type(exc).__name__}: {exc}", fix)]
+        try:
+            text = storage.read_text(copy)
+        except UnicodeDecodeError as exc:
+            return [
+                Check(
+                    "cookies",
+                    FAIL,
+                    f"{url} is not a Netscape cookies.txt: not UTF-8 text ({exc.reason})",
+                    fix,
+                )
+            ]
+        redact = Redactor(cookie_values(text))
+        sanitised, problems = sanitise_cookies(text)
+        storage.write_text(copy, sanitised)
         jar = YoutubeDLCookieJar(copy)
         try:
             jar.load()
         except Exception as exc:  # noqa: BLE001 - http.cookiejar.LoadError and friends
-            return [Check("cookies", FAIL, f"{url} is not a Netscape cookies.txt: {exc}", fix)]
+            return [Check("cookies", FAIL, redact(f"{url} is not a Netscape cookies.txt: {exc}"), fix)]
     yt = [c for c in jar if c.domain.lstrip(".").endswith("youtube.com")]
     login = sorted({c.name for c in yt} & set(YOUTUBE_LOGIN))
     expiries = [c.expires for c in yt if c.expires]
@@ -165,6 +183,10 @@ def cookie_checks(url: str) -> list[Check]:
         status = FAIL if soonest and soonest < now else WARN if soonest and soonest < now + 7 * 86400 else OK
         when = time.strftime("%Y-%m-%d", time.gmtime(soonest)) if soonest else "session only"
         detail = f"{len(yt)} YouTube cookies, login {', '.join(login)}; first expiry {when}"
+    if problems:
+        status = FAIL if status == FAIL else WARN
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        detail += f"; {len(problems)} malformed line(s) skipped: {problems[0]}{more}"
     checks = [Check("cookies", status, detail, fix)]
     if storage.is_local(url):
         folder = os.path.dirname(os.path.abspath(storage.local_path(url)))

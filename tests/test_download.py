@@ -91,6 +91,36 @@ FAST = DownloadConfig(socket_timeout=1.0, max_attempts=2, backoff_base=0.05)
             True,
         ),  # digits in ids match no status
         ("something nobody has seen before", "download_error", True),
+        # A proxy's own refusals, as yt-dlp 2026.10.26 prints them through its requests
+        # handler (networking/_requests.py wraps urllib3's ProxyError; urllib3 and
+        # http.client._tunnel say "Tunnel connection failed: <status> <reason>").
+        (
+            "[generic] c: Unable to download webpage: ('Unable to connect to proxy', "
+            "NewConnectionError(\"HTTPConnection(host='127.0.0.1', port=46607): Failed to establish a new "
+            'connection: [Errno 111] Connection refused"))',
+            "proxy_error",
+            True,
+        ),
+        (
+            "[generic] c: Unable to download webpage: ('Unable to connect to proxy', "
+            "OSError('Tunnel connection failed: 403 Forbidden'))",
+            "proxy_error",
+            True,
+        ),
+        ("OSError: Tunnel connection failed: 503 Service Unavailable", "proxy_error", True),
+        (
+            "[generic] c: Unable to download webpage: HTTP Error 407: Proxy Authentication Required "
+            "(caused by <HTTPError 407: Proxy Authentication Required>)",
+            "proxy_error",
+            True,
+        ),
+        # The origin's 403 stays a block: only the proxy's wording above is the proxy's.
+        (
+            "[generic] c: Unable to download webpage: HTTP Error 403: Forbidden "
+            "(caused by <HTTPError 403: Forbidden>)",
+            "blocked_forbidden",
+            True,
+        ),
     ],
 )
 def test_classification(message, kind, transient):

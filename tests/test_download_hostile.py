@@ -314,3 +314,17 @@ def test_the_origins_403_through_a_working_proxy_stays_a_block(tmp_path, served)
         assert server.requests["f403.mp4"] >= 1
     assert error.kind == "blocked_forbidden", error.message
     assert governor.stats()["blocks"].get("blocked_forbidden", 0) >= 1
+
+
+def test_doctor_warns_on_malformed_cookie_lines_without_printing_a_value(tmp_path, capfd):
+    from avfusion.doctor import OK, WARN, cookie_checks
+
+    year = 2_000_000_000
+    good = f"# Netscape HTTP Cookie File\n.youtube.com\tTRUE\t/\tTRUE\t{year}\tSID\t{SECRET}\n"
+    (tmp_path / "good.txt").write_text(good)
+    (tmp_path / "bad.txt").write_text(good + f".youtube.com\tTRUE\t/\tTRUE\t{year}\tHSID {MALFORMED}\n")
+    assert cookie_checks(str(tmp_path / "good.txt"))[0].status == OK
+    check = cookie_checks(str(tmp_path / "bad.txt"))[0]
+    assert check.status == WARN and "cookies file line 3: 6 tab-separated fields" in check.detail, check
+    printed = capfd.readouterr()
+    assert not any(s in check.line() + printed.out + printed.err for s in (SECRET, MALFORMED))
