@@ -598,14 +598,6 @@ def sanitise_cookies(text: str) -> tuple[str, list[str]]:
     return "".join(kept), problems
 
 
-def cookie_file_problems(url: str) -> list[str]:
-    """``sanitise_cookies``' reasons for the cookies file at ``url``: for a job to print
-    once before its downloads (each attempt also records them as a warning)."""
-    from avfusion import storage
-
-    return sanitise_cookies(storage.read_text(url))[1]
-
-
 def _clean(message: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", message).replace("ERROR: ", "").strip()[:2000]
 
