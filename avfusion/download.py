@@ -426,8 +426,17 @@ def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLo
                 for problem in problems:
                     logger.warning(problem)
                 opts["cookiefile"] = copy
+                # ffmpeg talks to the relay only: no proxy, whatever the environment says.
+                args = opts["external_downloader_args"]
+                opts["external_downloader_args"] = {
+                    **args,
+                    "ffmpeg_i": [*args["ffmpeg_i"], "-http_proxy", ""],
+                }
             with yt_dlp.YoutubeDL(opts) as ydl:
-                ydl.download([url])
+                if opts.get("cookiefile"):
+                    _download_through_relay(ydl, url)
+                else:
+                    ydl.download([url])
     except (yt_dlp.utils.YoutubeDLError, OSError) as exc:
         partial = any(p.name.endswith(".part") for p in workdir.iterdir())
         name = "" if isinstance(exc, yt_dlp.utils.YoutubeDLError) else f"{type(exc).__name__}: "
@@ -443,6 +452,133 @@ def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLo
         # and no packets: the transfer was cut, the clip is not at fault.
         raise _Failed("yt-dlp wrote a file without media packets (truncated download)")
     return outputs[0]
+
+
+def _download_through_relay(ydl: Any, url: str) -> None:
+    """yt-dlp's download with every media URL behind a loopback relay (``_MediaRelay``),
+    so the cookies reach the media host without being on ffmpeg's command line: yt-dlp
+    hands ffmpeg a URL's cookies as ``-cookies NAME=VALUE…`` (downloader/external.py,
+    FFmpegFD), readable by every user in /proc/*/cmdline, and ffmpeg 9.0.2 takes no
+    protocol option from a file (``-/cookies FILE``: "Unrecognized option '/cookies'";
+    ``-/`` covers ffmpeg's own options only). Public API only: ``extract_info`` without
+    processing, the formats' URLs swapped for the relay's, ``process_ie_result`` to select
+    and download; the relay fetches with ``ydl.urlopen``, so the jar (rotations written
+    back to the private copy on close), headers and proxy are yt-dlp's own. Formats of
+    other protocols (HLS, DASH manifests) would have ffmpeg fetch their segments
+    directly, with the cookies on its command line: they are left out."""
+    info = ydl.extract_info(url, download=False, process=False)
+    for _ in range(3):  # a URL result points at the extractor that has the video
+        if not info or info.get("_type") not in ("url", "url_transparent"):
+            break
+        info = ydl.extract_info(info["url"], download=False, process=False, ie_key=info.get("ie_key"))
+    if not info or info.get("_type", "video") != "video":
+        raise _Failed(f"unsupported url: {url} is not a single video (cookies are only relayed for one)")
+    with _MediaRelay(ydl) as relay:
+        formats = info.get("formats")
+        if formats:
+            info["formats"] = [
+                {**f, "url": relay.url_for(f["url"])}
+                for f in formats
+                if re.match(r"https?://", f.get("url") or "")
+                and (f.get("protocol") or "https") in ("http", "https")
+            ]
+        elif re.match(r"https?://", info.get("url") or ""):
+            info["url"] = relay.url_for(info["url"])
+        ydl.process_ie_result(info, download=True)
+
+
+# Hop-by-hop and transport headers: the relay's own, never forwarded (RFC 9110 7.6.1).
+_HOP_HEADERS = frozenset(
+    {"host", "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+
+
+class _MediaRelay:
+    """A loopback HTTP server, alive for one attempt, that fetches each registered URL
+    (behind an unguessable path) with ``ydl.urlopen``: Range and ffmpeg's headers pass
+    through, the status, length and range come back, and an upstream failure mid-body
+    cuts ffmpeg's connection (``-xerror`` then fails the transfer, as it would have)."""
+
+    def __init__(self, ydl: Any) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.ydl = ydl
+        self.targets: dict[str, str] = {}
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url_for(self, url: str) -> str:
+        import secrets
+
+        token = secrets.token_urlsafe(18)
+        self.targets[token] = url
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{token}"
+
+    def __enter__(self) -> _MediaRelay:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self) -> type:
+        from http.server import BaseHTTPRequestHandler
+
+        from yt_dlp.networking import Request
+        from yt_dlp.networking.exceptions import HTTPError, RequestError
+
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._relay("GET")
+
+            def do_HEAD(self) -> None:
+                self._relay("HEAD")
+
+            def _relay(self, method: str) -> None:
+                target = relay.targets.get(self.path.lstrip("/"))
+                if target is None:
+                    return self._status(404)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+                headers["Accept-Encoding"] = "identity"  # lengths and ranges are of the bytes
+                try:
+                    response = relay.ydl.urlopen(Request(target, headers=headers, method=method))
+                except HTTPError as exc:
+                    exc.close()
+                    return self._status(exc.status)
+                except (RequestError, OSError):
+                    return self._status(502)
+                with contextlib.closing(response):
+                    self.send_response(response.status)
+                    for name in ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges"):
+                        if response.headers.get(name):
+                            self.send_header(name, response.headers[name])
+                    self.end_headers()
+                    if method == "HEAD":
+                        return None
+                    try:
+                        while chunk := response.read(64 * 1024):
+                            self.wfile.write(chunk)
+                    except (RequestError, OSError):
+                        self.close_connection = True  # ffmpeg sees the transfer cut, not a short file
+                return None
+
+            def _status(self, code: int) -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        return Handler
 
 
 def _has_packets(path: Path) -> bool:

@@ -88,8 +88,20 @@ class HttpProxy:
                     parts = urlsplit(target)
                     upstream = self._connect(parts.hostname, parts.port or 80)
                     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-                    headers = [h for h in rest.split(b"\r\n") if not h.lower().startswith(b"proxy-")]
-                    leftover = f"{method} {path} {version}\r\n".encode() + b"\r\n".join(headers)
+                    # One request per connection (a proxy may close after each): the
+                    # relay below would not see a second request's absolute URI.
+                    fields, _, body = rest.partition(b"\r\n\r\n")
+                    headers = [
+                        h
+                        for h in fields.split(b"\r\n")
+                        if h and not h.lower().startswith((b"proxy-", b"connection:", b"keep-alive:"))
+                    ]
+                    leftover = (
+                        f"{method} {path} {version}\r\n".encode()
+                        + b"\r\n".join([*headers, b"Connection: close"])
+                        + b"\r\n\r\n"
+                        + body
+                    )
                 try:
                     if leftover:
                         upstream.sendall(leftover)

@@ -12,7 +12,8 @@ request (time, path, peer address, headers) and ``bytes_by_peer`` the body bytes
 client connection, so tests see cookies sent, spacing between downloads and which
 hosts (a proxy, or the client itself) fetched the media. ``block_after`` turns the
 origin into a blocked one after N requests: 429 with Retry-After, then 403, then
-healthy again (``block_plan``).
+healthy again (``block_plan``). ``require_cookie`` answers 403 to any request whose
+``Cookie`` header lacks that ``NAME=VALUE``, as a media host behind a login does.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class RangeServer:
         self.bytes_by_peer: Counter = Counter()  # body bytes per client (host, port)
         self.block_plan: list[tuple[int, int]] = []  # [(status, n_requests)], applied in order
         self.block_after: int | None = None
+        self.require_cookie: str | None = None
         self.served_total = 0
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -115,6 +117,9 @@ class RangeServer:
                     request_index = len(server.sent_by_request[name]) - 1
                 if blocked:
                     return self._status(blocked, {"Retry-After": "1"} if blocked == 429 else None)
+                cookies = [c.strip() for c in self.headers.get("Cookie", "").split(";")]
+                if server.require_cookie and server.require_cookie not in cookies:
+                    return self._status(403)
                 kind, count = server.faults.get(name, ("", 0))
                 if kind in ("404", "403"):
                     return self._status(int(kind))

@@ -2,6 +2,7 @@
 work, secrets in the cookies file or the proxy URL never reach a message, and a proxy
 that refuses us is a ``proxy_error``, never a block of the source."""
 
+import contextlib
 import shutil
 import socket
 
@@ -328,3 +329,72 @@ def test_doctor_warns_on_malformed_cookie_lines_without_printing_a_value(tmp_pat
     assert check.status == WARN and "cookies file line 3: 6 tab-separated fields" in check.detail, check
     printed = capfd.readouterr()
     assert not any(s in check.line() + printed.out + printed.err for s in (SECRET, MALFORMED))
+
+
+class _ArgvWatch:
+    """Reads every process's command line (/proc/*/cmdline, what any local user can
+    read) every few milliseconds while a download runs: which ones held ``needle`` and
+    whether an ffmpeg was seen at all (the watch is not vacuous)."""
+
+    def __init__(self, needle: str):
+        import threading
+
+        self.needle, self.hits, self.ffmpeg_seen = needle.encode(), [], 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        from pathlib import Path
+
+        while not self.stop.is_set():
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    argv = cmdline.read_bytes()
+                except OSError:
+                    continue
+                if b"ffmpeg" in argv.split(b"\0", 1)[0]:
+                    self.ffmpeg_seen += 1
+                if self.needle in argv:
+                    self.hits.append(argv.replace(b"\0", b" ").decode(errors="replace"))
+            self.stop.wait(0.002)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("through_proxy", [False, True])
+def test_cookies_reach_the_media_host_and_no_command_line(tmp_path, served, through_proxy):
+    """An origin that answers 403 without the session cookie serves the section (so
+    ffmpeg's reads carried it), while no process's argv ever held the value; through a
+    proxy too (the relay's fetches go through it, ffmpeg talks to the relay only)."""
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text(f"# Netscape HTTP Cookie File\n{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tSID\t{SECRET}\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(RangeServer(served, host=COOKIE_HOST, port=80))
+        server.require_cookie = f"SID={SECRET}"
+        proxy = stack.enter_context(HttpProxy()) if through_proxy else None
+        cfg = DownloadConfig(
+            cookies=str(cookies), proxy=proxy.url if proxy else None, socket_timeout=2.0, max_attempts=1
+        )
+        with _ArgvWatch(SECRET) as watch:
+            path, *_ = download_section(
+                ClipTask(key="c1", source=server.url("c1.mp4"), start=1.0),
+                ClipSpec(clip_seconds=2.0),
+                cfg,
+                work,
+            )
+        log = list(server.log)
+    assert path.stat().st_size > 0
+    ranged = [r for r in log if r["headers"].get("Range", "bytes=0-") != "bytes=0-"]
+    assert ranged and all(f"SID={SECRET}" in r["headers"].get("Cookie", "") for r in log)
+    assert watch.ffmpeg_seen and watch.hits == [], watch.hits
+    if proxy:
+        assert {r["peer"][0] for r in log} == {"127.0.0.2"}  # every origin request came through the proxy
