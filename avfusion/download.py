@@ -473,23 +473,40 @@ def _download_through_relay(ydl: Any, url: str) -> None:
         info = ydl.extract_info(info["url"], download=False, process=False, ie_key=info.get("ie_key"))
     if not info or info.get("_type", "video") != "video":
         raise _Failed(f"unsupported url: {url} is not a single video (cookies are only relayed for one)")
-    with _MediaRelay(ydl) as relay:
-        formats = info.get("formats")
-        if formats:
-            info["formats"] = [
-                {**f, "url": relay.url_for(f["url"])}
-                for f in formats
-                if re.match(r"https?://", f.get("url") or "")
-                and (f.get("protocol") or "https") in ("http", "https")
-            ]
-        elif re.match(r"https?://", info.get("url") or ""):
-            info["url"] = relay.url_for(info["url"])
-        ydl.process_ie_result(info, download=True)
+    from yt_dlp.cookies import YoutubeDLCookieJar
+
+    # The cookies move to the relay's own jar for the transfer: yt-dlp gives ffmpeg the
+    # cookies its jar holds for a URL, and the relay's URL (127.0.0.1) may match one.
+    jar = YoutubeDLCookieJar()
+    for cookie in ydl.cookiejar:
+        jar.set_cookie(cookie)
+    ydl.cookiejar.clear()
+    try:
+        with _MediaRelay(ydl, jar) as relay:
+            _relayed_download(ydl, info, relay)
+    finally:
+        for cookie in jar:  # with what the media host set: saved to the private copy on close
+            ydl.cookiejar.set_cookie(cookie)
 
 
-# Hop-by-hop and transport headers: the relay's own, never forwarded (RFC 9110 7.6.1).
+def _relayed_download(ydl: Any, info: dict[str, Any], relay: _MediaRelay) -> None:
+    formats = info.get("formats")
+    if formats:
+        info["formats"] = [
+            {**f, "url": relay.url_for(f["url"])}
+            for f in formats
+            if re.match(r"https?://", f.get("url") or "")
+            and (f.get("protocol") or "https") in ("http", "https")
+        ]
+    elif re.match(r"https?://", info.get("url") or ""):
+        info["url"] = relay.url_for(info["url"])
+    ydl.process_ie_result(info, download=True)
+
+
+# Hop-by-hop and transport headers are the relay's own, never forwarded (RFC 9110 7.6.1).
 _HOP_HEADERS = frozenset(
     {"host", "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+    | {"cookie"}  # the relay's jar decides which cookies go where
 )
 
 
@@ -499,11 +516,11 @@ class _MediaRelay:
     through, the status, length and range come back, and an upstream failure mid-body
     cuts ffmpeg's connection (``-xerror`` then fails the transfer, as it would have)."""
 
-    def __init__(self, ydl: Any) -> None:
+    def __init__(self, ydl: Any, jar: Any) -> None:
         import threading
         from http.server import ThreadingHTTPServer
 
-        self.ydl = ydl
+        self.ydl, self.jar = ydl, jar
         self.targets: dict[str, str] = {}
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -552,7 +569,10 @@ class _MediaRelay:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
                 headers["Accept-Encoding"] = "identity"  # lengths and ranges are of the bytes
                 try:
-                    response = relay.ydl.urlopen(Request(target, headers=headers, method=method))
+                    request = Request(
+                        target, headers=headers, method=method, extensions={"cookiejar": relay.jar}
+                    )
+                    response = relay.ydl.urlopen(request)
                 except HTTPError as exc:
                     exc.close()
                     return self._status(exc.status)

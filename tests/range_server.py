@@ -13,7 +13,9 @@ client connection, so tests see cookies sent, spacing between downloads and whic
 hosts (a proxy, or the client itself) fetched the media. ``block_after`` turns the
 origin into a blocked one after N requests: 429 with Retry-After, then 403, then
 healthy again (``block_plan``). ``require_cookie`` answers 403 to any request whose
-``Cookie`` header lacks that ``NAME=VALUE``, as a media host behind a login does.
+``Cookie`` header lacks that ``NAME=VALUE``, as a media host behind a login does;
+``rotate_cookie`` (a name) sets ``NAME=rot-N`` on the response to the N-th request, as
+hosts that rotate a session cookie do.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class RangeServer:
         self.block_plan: list[tuple[int, int]] = []  # [(status, n_requests)], applied in order
         self.block_after: int | None = None
         self.require_cookie: str | None = None
+        self.rotate_cookie: str | None = None
         self.served_total = 0
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -147,6 +150,10 @@ class RangeServer:
                 self.send_response(status)
                 self.send_header("Content-Type", "video/mp4")
                 self.send_header("Accept-Ranges", "bytes")
+                if server.rotate_cookie:
+                    self.send_header(
+                        "Set-Cookie", f"{server.rotate_cookie}=rot-{server.served_total}; Path=/"
+                    )
                 self.send_header("Content-Length", str(len(body)))
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")

@@ -368,17 +368,21 @@ class _ArgvWatch:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("through_proxy", [False, True])
-def test_cookies_reach_the_media_host_and_no_command_line(tmp_path, served, through_proxy):
+@pytest.mark.parametrize(
+    "host, port, through_proxy",
+    [(COOKIE_HOST, 80, False), (COOKIE_HOST, 80, True), ("127.0.0.1", 0, False)],
+)
+def test_cookies_reach_the_media_host_and_no_command_line(tmp_path, served, host, port, through_proxy):
     """An origin that answers 403 without the session cookie serves the section (so
     ffmpeg's reads carried it), while no process's argv ever held the value; through a
-    proxy too (the relay's fetches go through it, ffmpeg talks to the relay only)."""
+    proxy too (the relay's fetches go through it, ffmpeg talks to the relay only), and
+    for a cookie of 127.0.0.1, the relay's own address."""
     cookies = tmp_path / "cookies.txt"
-    cookies.write_text(f"# Netscape HTTP Cookie File\n{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tSID\t{SECRET}\n")
+    cookies.write_text(f"# Netscape HTTP Cookie File\n{host}\tFALSE\t/\tFALSE\t0\tSID\t{SECRET}\n")
     work = tmp_path / "work"
     work.mkdir()
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(RangeServer(served, host=COOKIE_HOST, port=80))
+        server = stack.enter_context(RangeServer(served, host=host, port=port))
         server.require_cookie = f"SID={SECRET}"
         proxy = stack.enter_context(HttpProxy()) if through_proxy else None
         cfg = DownloadConfig(
@@ -398,3 +402,22 @@ def test_cookies_reach_the_media_host_and_no_command_line(tmp_path, served, thro
     assert watch.ffmpeg_seen and watch.hits == [], watch.hits
     if proxy:
         assert {r["peer"][0] for r in log} == {"127.0.0.2"}  # every origin request came through the proxy
+
+
+@pytest.mark.slow
+def test_a_rotated_cookie_is_sent_on_the_next_media_request(tmp_path, served):
+    """The host sets a new session value on every response: each next request, yt-dlp's
+    and the relay's alike, carries the value the previous response set."""
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text(f"# Netscape HTTP Cookie File\n{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tSID\t{SECRET}\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = DownloadConfig(cookies=str(cookies), socket_timeout=2.0, max_attempts=1)
+    with RangeServer(served, host=COOKIE_HOST, port=80) as server:
+        server.rotate_cookie = "SID"
+        download_section(
+            ClipTask(key="c1", source=server.url("c1.mp4"), start=1.0), ClipSpec(clip_seconds=2.0), cfg, work
+        )
+        sent = [r["headers"].get("Cookie") for r in server.log]
+    assert len(sent) >= 3 and sent[0] == f"SID={SECRET}"
+    assert sent[1:] == [f"SID=rot-{i}" for i in range(1, len(sent))], sent
