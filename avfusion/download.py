@@ -10,7 +10,14 @@ blocks of the source (bot check, session block, 429, media-host 403: transient,
 reported to the governor, never held against the clip) and other transient ones
 (5xx, timeouts, resets, truncated transfers). Transient errors are retried here
 with exponential backoff and jitter; yt-dlp's own retries are kept low so this loop
-is the one in control and ``attempts`` is honest.
+is the one in control and ``attempts`` is honest. A proxy's own refusal is
+``proxy_error`` (transient, never a block), told apart from the origin's by the tools'
+wording and, where that is ambiguous, by asking the proxy (``proxy_refusal``).
+
+Hostile settings: ``DownloadConfig.extra`` passes only allow-listed yt-dlp options;
+every message kept (failures, warnings) passes ``avfusion.redact``; the cookies file is
+sanitised per attempt, and with cookies the media goes through a loopback relay
+(``_MediaRelay``) so no cookie value is ever on a command line.
 """
 
 from __future__ import annotations
@@ -490,16 +497,20 @@ def _download_through_relay(ydl: Any, url: str) -> None:
 
 
 def _relayed_download(ydl: Any, info: dict[str, Any], relay: _MediaRelay) -> None:
+    def relayable(f: dict[str, Any]) -> bool:
+        url, protocol = f.get("url") or "", f.get("protocol") or "https"
+        return bool(re.match(r"https?://", url)) and protocol in ("http", "https")
+
     formats = info.get("formats")
     if formats:
-        info["formats"] = [
-            {**f, "url": relay.url_for(f["url"])}
-            for f in formats
-            if re.match(r"https?://", f.get("url") or "")
-            and (f.get("protocol") or "https") in ("http", "https")
-        ]
-    elif re.match(r"https?://", info.get("url") or ""):
+        info["formats"] = [{**f, "url": relay.url_for(f["url"])} for f in formats if relayable(f)]
+    elif relayable(info):
         info["url"] = relay.url_for(info["url"])
+    if not info.get("formats") and not info.get("url", "").startswith(relay.base):
+        raise _Failed(
+            "no format can be fetched without the cookies on ffmpeg's command line "
+            "(only HLS/DASH manifests, whose segments ffmpeg would fetch itself)"
+        )
     ydl.process_ie_result(info, download=True)
 
 
@@ -527,12 +538,16 @@ class _MediaRelay:
         self.httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+
     def url_for(self, url: str) -> str:
         import secrets
 
         token = secrets.token_urlsafe(18)
         self.targets[token] = url
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{token}"
+        return f"{self.base}{token}"
 
     def __enter__(self) -> _MediaRelay:
         self.thread.start()

@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from avfusion.config import ClipSpec, ConfigError
+from avfusion.decode import decode_clip
 from avfusion.download import (
     DownloadConfig,
     DownloadError,
@@ -396,7 +397,9 @@ def test_cookies_reach_the_media_host_and_no_command_line(tmp_path, served, host
                 work,
             )
         log = list(server.log)
-    assert path.stat().st_size > 0
+    assert decode_clip(path, ClipSpec(clip_seconds=2.0, frame_size=32)).quality.duration == pytest.approx(
+        2.0, abs=0.3
+    )
     ranged = [r for r in log if r["headers"].get("Range", "bytes=0-") != "bytes=0-"]
     assert ranged and all(f"SID={SECRET}" in r["headers"].get("Cookie", "") for r in log)
     assert watch.ffmpeg_seen and watch.hits == [], watch.hits
