@@ -130,11 +130,12 @@ class Governor:
                 n.probing = True
                 self._stats["probes"] += 1
                 return self._grant(n, now)
+            if wait <= 0:
+                wait = self._budget_wait(n, now)
             if wait > 0:
-                return "wait", wait
-            wait = self._budget_wait(n, now)
-            if wait > 0:
-                return "wait", wait
+                # Never past the moment a block reaches max_blocked: a caller told to come
+                # back after a 300 s cooldown must hear "stop" when max_blocked is 10 s.
+                return "wait", min(wait, self._until_stop(now))
             return self._grant(n, now)
 
     def report(self, node: str, kind: str | None, now: float | None = None) -> None:
@@ -198,6 +199,11 @@ class Governor:
             return max(0.0, min(o.blocked_until for o in others) - now) or max(1.0, self.cfg.min_spacing)
         return 0.0
 
+    def _until_stop(self, now: float) -> float:
+        """Seconds until the oldest ongoing block reaches ``max_blocked`` (inf: none)."""
+        since = [n.blocked_since for n in self._nodes.values() if n.blocked_since is not None]
+        return max(0.0, min(since) + self.cfg.max_blocked - now) if since else float("inf")
+
     def _budget_wait(self, n: _Node, now: float) -> float:
         window = self.cfg.window
         for q in (n.grants, self._grants):
@@ -230,10 +236,12 @@ class GovernorClient(Protocol):
 
 
 def wait_for_turn(
-    governor: GovernorClient, node: str, sleep: Callable[[float], None] = time.sleep, max_wait: float = 60.0
+    governor: GovernorClient, node: str, sleep: Callable[[float], None] = time.sleep, max_wait: float = 2.0
 ) -> None:
     """Block the calling thread until ``governor`` grants ``node`` a download; raise
-    ``SourceBlocked`` when it says stop. ``governor`` may be a proxy to a remote one."""
+    ``SourceBlocked`` when it says stop. ``governor`` may be a proxy to a remote one.
+    Asks again at least every ``max_wait`` seconds: a wait answered before another node's
+    block began (a spent hourly budget) must not outlive that block's ``max_blocked``."""
     while True:
         verdict, value = governor.acquire(node)
         if verdict == "go":
