@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import partial
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from avfusion import storage
 from avfusion.executor import Executor
@@ -79,7 +79,8 @@ def job_redactor(job: PreprocessJob) -> Redactor:
     download = job.config.download
     if download.proxy:
         try:
-            redactor.add(urlsplit(download.proxy).password)
+            password = urlsplit(download.proxy).password
+            redactor.add(password, unquote(password or ""))  # as given, and as the user typed it
         except ValueError:  # a malformed URL: preflight refuses it; its text may still hold a secret
             redactor.add(download.proxy)
     if download.cookies:
