@@ -275,7 +275,7 @@ def resume_command(argv: list[str], redactor) -> str:
     redactor over the whole line (cookie values, signed parameters, known secrets)."""
     public, dropped = [], False
     for arg in argv:
-        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        flag, eq, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
         try:
             parts = urlsplit(value)
             has_userinfo = "://" in value and "@" in parts.netloc
