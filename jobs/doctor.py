@@ -31,13 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from urllib.parse import unquote, urlsplit
+    from urllib.parse import unquote
 
     from avfusion import storage
     from avfusion.config import ConfigError
     from avfusion.doctor import DoctorOptions, run
     from avfusion.redact import Redactor, cookie_values
-    from jobs.preprocess import PROXY_PASSWORD_ENV, proxy_of
+    from jobs.preprocess import PROXY_PASSWORD_ENV, proxy_of, proxy_password
 
     args = build_parser().parse_args(argv)
     weights = None if args.video_weights == "none" else args.video_weights
@@ -50,10 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:  # OSError: an unreadable --proxies
         print(f"avfusion doctor: {redactor(str(exc))}", file=sys.stderr)
         return 2
-    try:
-        password = urlsplit(proxy if "://" in proxy else f"http://{proxy}").password if proxy else None
-    except ValueError:  # not a URL: the proxy check says so; its text may still hold a secret
-        password = proxy
+    password = proxy_password(proxy)
     redactor.add(password, unquote(password or ""))
     if args.cookies:
         try:

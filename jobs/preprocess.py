@@ -262,7 +262,8 @@ def proxy_of(
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
-def _password(url: str | None) -> str | None:
+def proxy_password(url: str | None) -> str | None:
+    """The password in a proxy URL (as written, percent-encoded), or None."""
     try:
         return urlsplit(url if "://" in url else f"http://{url}").password if url else None
     except ValueError:
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     # What the job knows to be secret before its config is read, for its refusal lines.
     aws_secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
     redactor = Redactor([aws_secret or "", os.environ.get(PROXY_PASSWORD_ENV) or ""])
-    inline = _password(args.proxy)
+    inline = proxy_password(args.proxy)
     if inline:
         redactor.add(inline, unquote(inline))
         print(
