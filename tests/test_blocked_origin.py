@@ -170,3 +170,35 @@ def test_max_blocked_holds_within_seconds_of_its_setting(tmp_path, served, ray_l
     print(f"stopped {took:.1f} s after the first 429 (max_blocked 3)")
     assert code == 3 and "STOPPED" in capsys.readouterr().err
     assert took < 3 + 5, took
+
+
+@pytest.mark.slow
+def test_a_download_in_its_backoff_hears_the_stop(tmp_path, served):
+    """A clip backing off a 500 for up to a minute while another node's block outlasts
+    max_blocked: the clip's thread raises SourceBlocked within seconds, not after its
+    backoff (its governor is only polled, nobody else asks it for a turn)."""
+    import threading
+
+    from avfusion.config import ClipSpec
+    from avfusion.download import DownloadConfig
+    from avfusion.governor import Governor, GovernorConfig, SourceBlocked
+    from avfusion.preprocess.shard import PreprocessConfig, process_clip
+    from avfusion.sources import ClipTask
+
+    governor = Governor(GovernorConfig(min_spacing=0.0, max_blocked=1.0), seed=0)
+    governor.acquire("other")
+    cfg = PreprocessConfig(
+        clip=ClipSpec(clip_seconds=2.0, frame_size=32),
+        download=DownloadConfig(socket_timeout=2.0, max_attempts=3, backoff_base=60.0, backoff_max=60.0),
+    )
+    with RangeServer(served) as server:
+        server.set_fault("v1.mp4", "500_then_ok", count=10)
+        timer = threading.Timer(0.5, governor.report, args=("other", "blocked_session"))
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(SourceBlocked) as exc:
+            process_clip(ClipTask(key="v1", source=server.url("v1.mp4")), cfg, {}, tmp_path, governor, "here")
+        took = time.monotonic() - t0
+        timer.join()
+    assert exc.value.kind == "blocked_session" and server.requests["v1.mp4"] >= 1
+    assert took < 1.5 + 3, took  # the block's start + max_blocked + a poll, not the 30-60 s backoff
