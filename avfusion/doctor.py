@@ -270,8 +270,16 @@ def storage_check(out: str, endpoint: str | None = None) -> Check:
         )
     bucket = re.sub(r"^[a-z0-9]+://", "", out).split("/")[0]
     root = f"{storage.scheme(out)}://{bucket}"
-    endpoint = endpoint or "AWS default"
     fix = "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or a profile) and AWS_ENDPOINT_URL for non-AWS stores"
+    unreachable = endpoint_unreachable(endpoint) if endpoint else None
+    if unreachable:
+        return Check(
+            "output",
+            FAIL,
+            f"endpoint {endpoint} unreachable ({unreachable}); bucket {bucket} not checked",
+            "start the object store or fix AWS_ENDPOINT_URL (scheme, host and port)",
+        )
+    endpoint = endpoint or "AWS default"
     try:
         found = storage.exists(root)
     except Exception as exc:  # noqa: BLE001 - no credentials, endpoint down, denied
@@ -282,6 +290,31 @@ def storage_check(out: str, endpoint: str | None = None) -> Check:
         f"bucket {bucket} at {endpoint} {'answers' if found else 'does not exist'}",
         fix,
     )
+
+
+def endpoint_unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
+    """Why a TCP connection to ``endpoint`` (an http(s) URL) fails within ``timeout``
+    seconds, or None when it connects. Asked before any S3 call: botocore retries a
+    refused connection for about a minute and s3fs then calls the bucket missing."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        return f"not a URL: {exc}"
+    if not host:
+        return "no host in the URL"
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except TimeoutError:
+        return f"no answer from {host}:{port} within {timeout:g} s"
+    except socket.gaierror as exc:
+        return f"host {host} not found: {exc.strerror or exc}"
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
 
 
 def cluster_checks(address: str, opts: DoctorOptions) -> list[tuple[str, list[Check]]]:

@@ -130,11 +130,12 @@ class Governor:
                 n.probing = True
                 self._stats["probes"] += 1
                 return self._grant(n, now)
+            if wait <= 0:
+                wait = self._budget_wait(n, now)
             if wait > 0:
-                return "wait", wait
-            wait = self._budget_wait(n, now)
-            if wait > 0:
-                return "wait", wait
+                # Never past the moment a block reaches max_blocked: a caller told to come
+                # back after a 300 s cooldown must hear "stop" when max_blocked is 10 s.
+                return "wait", min(wait, self._until_stop(now))
             return self._grant(n, now)
 
     def report(self, node: str, kind: str | None, now: float | None = None) -> None:
@@ -154,7 +155,11 @@ class Governor:
                 n.blocked_kind, n.blocked_since, n.level, n.probing = None, None, 0, False
 
     def stop_kind(self) -> str | None:
-        return self._stopped[0] if self._stopped else None
+        """The block kind that stopped the job, or None; asking checks ``max_blocked``
+        itself, so a caller that only polls (a download in its backoff) hears the stop."""
+        with self._lock:
+            self._check_stop(self._clock())
+            return self._stopped[0] if self._stopped else None
 
     def stats(self, now: float | None = None) -> dict[str, Any]:
         """Grants, probes, cooldowns, blocked seconds (finished and ongoing blocks),
@@ -168,7 +173,7 @@ class Governor:
             out["blocked_seconds"] = round(out["blocked_seconds"], 3)
             out["downloads_per_hour"] = round(out["grants"] * 3600.0 / max(now - self._start, 1e-9), 1)
             out["blocked_nodes"] = sorted(k for k, n in self._nodes.items() if n.blocked_kind)
-            out["stopped"] = self.stop_kind()
+            out["stopped"] = self._stopped[0] if self._stopped else None  # as the callers were told
             return out
 
     def _block(self, n: _Node, kind: str, now: float) -> None:
@@ -184,11 +189,8 @@ class Governor:
     def _block_wait(self, name: str, n: _Node, now: float) -> float | None:
         """Seconds this node must wait for a block to lift; 0 when it may go (or probe);
         None when a block has lasted too long (the governor is then stopped)."""
-        for other in self._nodes.values():
-            if other.blocked_since is not None and now - other.blocked_since >= self.cfg.max_blocked:
-                assert other.blocked_kind is not None  # set with blocked_since
-                self._stopped = (other.blocked_kind, now - other.blocked_since)
-                return None
+        if self._check_stop(now):
+            return None
         if n.blocked_kind:
             if n.probing:
                 return max(1.0, self.cfg.min_spacing)  # one probe at a time
@@ -197,6 +199,22 @@ class Governor:
         if not n.grants and others and all(o.blocked_kind for o in others):
             return max(0.0, min(o.blocked_until for o in others) - now) or max(1.0, self.cfg.min_spacing)
         return 0.0
+
+    def _check_stop(self, now: float) -> bool:
+        """Stop the governor when a block has lasted ``max_blocked``; True when stopped."""
+        if self._stopped:
+            return True
+        for n in self._nodes.values():
+            if n.blocked_since is not None and now - n.blocked_since >= self.cfg.max_blocked:
+                assert n.blocked_kind is not None  # set with blocked_since
+                self._stopped = (n.blocked_kind, now - n.blocked_since)
+                return True
+        return False
+
+    def _until_stop(self, now: float) -> float:
+        """Seconds until the oldest ongoing block reaches ``max_blocked`` (inf: none)."""
+        since = [n.blocked_since for n in self._nodes.values() if n.blocked_since is not None]
+        return max(0.0, min(since) + self.cfg.max_blocked - now) if since else float("inf")
 
     def _budget_wait(self, n: _Node, now: float) -> float:
         window = self.cfg.window
@@ -230,10 +248,12 @@ class GovernorClient(Protocol):
 
 
 def wait_for_turn(
-    governor: GovernorClient, node: str, sleep: Callable[[float], None] = time.sleep, max_wait: float = 60.0
+    governor: GovernorClient, node: str, sleep: Callable[[float], None] = time.sleep, max_wait: float = 2.0
 ) -> None:
     """Block the calling thread until ``governor`` grants ``node`` a download; raise
-    ``SourceBlocked`` when it says stop. ``governor`` may be a proxy to a remote one."""
+    ``SourceBlocked`` when it says stop. ``governor`` may be a proxy to a remote one.
+    Asks again at least every ``max_wait`` seconds: a wait answered before another node's
+    block began (a spent hourly budget) must not outlive that block's ``max_blocked``."""
     while True:
         verdict, value = governor.acquire(node)
         if verdict == "go":

@@ -93,6 +93,10 @@ class Redactor:
         with self._lock:
             self._values = self._values | {s for s in secrets if s and len(s) >= 4}
 
+    def __reduce__(self) -> tuple[type[Redactor], tuple[tuple[str, ...]]]:
+        # Travels to Ray workers with the shard tasks; the lock is per process.
+        return Redactor, (tuple(self._values),)
+
     @property
     def values(self) -> frozenset[str]:
         return self._values

@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cookies", help="cookies.txt as given to preprocess (a path or URL)")
     p.add_argument("--proxy", help="proxy URL as given to preprocess")
+    p.add_argument("--proxies", metavar="FILE", help="proxy file as given to preprocess")
     p.add_argument("--out", help="output URL as given to preprocess (s3://bucket/... is head-checked)")
     p.add_argument("--ffmpeg", help="ffmpeg binary (default: PATH, then imageio-ffmpeg)")
     p.add_argument(
@@ -30,14 +31,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from urllib.parse import unquote
+
+    from avfusion import storage
+    from avfusion.config import ConfigError
     from avfusion.doctor import DoctorOptions, run
+    from avfusion.redact import Redactor, cookie_values
+    from jobs.preprocess import PROXY_PASSWORD_ENV, proxy_of, proxy_password
 
     args = build_parser().parse_args(argv)
     weights = None if args.video_weights == "none" else args.video_weights
+    # Every printed line passes the secrets doctor is shown: it echoes what it checks.
+    redactor = Redactor(
+        [os.environ.get("AWS_SECRET_ACCESS_KEY") or "", os.environ.get(PROXY_PASSWORD_ENV) or ""]
+    )
+    try:
+        proxy = proxy_of(args.proxy, args.proxies, None, os.environ)
+    except (ConfigError, OSError) as exc:  # OSError: an unreadable --proxies
+        print(f"avfusion doctor: {redactor(str(exc))}", file=sys.stderr)
+        return 2
+    password = proxy_password(proxy)
+    redactor.add(password, unquote(password or ""))
+    if args.cookies:
+        try:
+            redactor.add(*cookie_values(storage.read_bytes(args.cookies).decode("utf-8", "replace")))
+        except OSError:
+            pass  # the cookies check reports an unreadable file itself
     opts = DoctorOptions(
         ffmpeg=args.ffmpeg,
         cookies=args.cookies,
-        proxy=args.proxy,
+        proxy=proxy,
         out=args.out,
         weights=weights,
         address=args.address,
@@ -47,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     for where, checks in groups:
         print(f"[{where}]")
         for check in checks:
-            print(check.line())
+            print(redactor(check.line()))
     print("doctor: " + ("FAIL: fix the lines marked FAIL before running a job" if code else "OK"))
     return code
 

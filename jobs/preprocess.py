@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from jobs import executor_of
 
@@ -42,7 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     dl = p.add_argument_group("download (passed to yt-dlp)")
     dl.add_argument("--url-template", help="URL for an id, with {id}; default the YouTube watch URL")
     dl.add_argument("--cookies", help="cookies.txt for yt-dlp (YouTube's bot check)")
-    dl.add_argument("--proxy")
+    dl.add_argument(
+        "--proxy",
+        help="http(s) proxy URL; its password is better given in AVFUSION_PROXY_PASSWORD (with "
+        "AVFUSION_PROXY_USER) or a --proxies file than here, where ps shows it",
+    )
+    dl.add_argument(
+        "--proxies",
+        metavar="FILE",
+        help="file (path or URL) holding the proxy URL, credentials included, one per line; "
+        "one proxy only for now (a pool is not supported yet)",
+    )
     dl.add_argument(
         "--rate-limit",
         help="refused: ffmpeg (every section download) ignores it; use "
@@ -200,23 +212,116 @@ def job_of(args, cfg):
     )
 
 
+PROXY_ENV = "AVFUSION_PROXY"  # the whole proxy URL, credentials included
+PROXY_USER_ENV = "AVFUSION_PROXY_USER"
+PROXY_PASSWORD_ENV = "AVFUSION_PROXY_PASSWORD"
+CREDENTIALS_HINT = (
+    f"proxy credentials left out: give them in {PROXY_USER_ENV}/{PROXY_PASSWORD_ENV} "
+    f"(or {PROXY_ENV}, or --proxies FILE)"
+)
+
+
+def proxy_of(
+    proxy: str | None, proxies: str | None, configured: str | None, environ: dict[str, str] | os._Environ
+) -> str | None:
+    """The download proxy with its credentials: ``--proxy``, else the one line of
+    ``--proxies FILE``, else ``AVFUSION_PROXY``, else the config's ``download.proxy``;
+    ``AVFUSION_PROXY_USER``/``AVFUSION_PROXY_PASSWORD`` spliced in when set. Credentials
+    then live in this process and in ``DownloadConfig.proxy`` (pickled to the workers),
+    not in any command line. ``ConfigError`` names what is wrong."""
+    from avfusion import storage
+    from avfusion.config import ConfigError
+
+    if proxy and proxies:
+        raise ConfigError("--proxy and --proxies both given: give one")
+    if proxies:
+        text = storage.read_bytes(proxies).decode("utf-8", "replace")
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if len(lines) != 1:
+            raise ConfigError(
+                f"--proxies {proxies}: holds {len(lines)} proxy URLs; one is allowed (a proxy pool is "
+                "not supported yet)"
+            )
+        proxy = lines[0]
+    url = proxy or environ.get(PROXY_ENV) or configured
+    user, password = environ.get(PROXY_USER_ENV), environ.get(PROXY_PASSWORD_ENV)
+    if not (user or password):
+        return url
+    if not url:
+        raise ConfigError(
+            f"{PROXY_USER_ENV}/{PROXY_PASSWORD_ENV} are set but no proxy is given "
+            f"(--proxy, --proxies, {PROXY_ENV} or download.proxy)"
+        )
+    if "://" not in url:
+        url = f"http://{url}"
+    parts = urlsplit(url)
+    user = user if user is not None else parts.username or ""
+    password = password if password is not None else parts.password
+    host = parts.netloc.rsplit("@", 1)[-1]
+    userinfo = quote(user, safe="") + (f":{quote(password, safe='')}" if password is not None else "")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
+def proxy_password(url: str | None) -> str | None:
+    """The password in a proxy URL (as written, percent-encoded), or None."""
+    try:
+        return urlsplit(url if "://" in url else f"http://{url}").password if url else None
+    except ValueError:
+        return None
+
+
+def resume_command(argv: list[str], redactor) -> str:
+    """The command line that resumes this run, fit to print: user info removed from
+    every URL argument (and a note saying where credentials go instead), then the job's
+    redactor over the whole line (cookie values, signed parameters, known secrets)."""
+    public, dropped = [], False
+    for arg in argv:
+        flag, eq, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+        try:
+            parts = urlsplit(value)
+            has_userinfo = "://" in value and "@" in parts.netloc
+        except ValueError:
+            has_userinfo = False
+        if has_userinfo:
+            value, dropped = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1])), True
+        public.append(f"{flag}{eq}{value}" if eq else value)
+    command = redactor(" ".join(shlex.quote(a) for a in ["avfusion", "preprocess", *public]))
+    return command + (f"  ({CREDENTIALS_HINT})" if dropped else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from avfusion.config import ConfigError
-    from avfusion.preprocess.run import PreprocessError, run_preprocess
+    from dataclasses import replace
 
-    try:
-        job = job_of(args, load_config(args))
-    except (ConfigError, OSError) as exc:  # OSError: an unreadable --config
-        return _refused(exc)
-    try:
-        result = run_preprocess(job, executor_of(args))
-    except PreprocessError as exc:
-        return _refused(exc)
-    if result.stopped:
-        command = " ".join(
-            shlex.quote(a) for a in ["avfusion", "preprocess", *(sys.argv[1:] if argv is None else argv)]
+    from avfusion.config import ConfigError
+    from avfusion.preprocess.run import PreprocessError, job_redactor, run_preprocess
+    from avfusion.redact import Redactor
+
+    # What the job knows to be secret before its config is read, for its refusal lines.
+    aws_secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    redactor = Redactor([aws_secret or "", os.environ.get(PROXY_PASSWORD_ENV) or ""])
+    inline = proxy_password(args.proxy)
+    if inline:
+        redactor.add(inline, unquote(inline))
+        print(
+            "avfusion preprocess: warning: the proxy password in --proxy is visible in the process "
+            f"list for the whole run; give it in {PROXY_PASSWORD_ENV} (or --proxies FILE) instead",
+            file=sys.stderr,
         )
+    try:
+        cfg = load_config(args)
+        proxy = proxy_of(args.proxy, args.proxies, cfg.download.proxy, os.environ)
+        cfg = replace(cfg, download=replace(cfg.download, proxy=proxy))
+        job = replace(job_of(args, cfg), secrets=(aws_secret,) if aws_secret else ())
+        redactor = job_redactor(job)
+    except (ConfigError, OSError) as exc:  # OSError: an unreadable --config or --proxies
+        return _refused(exc, redactor)
+    try:
+        result = run_preprocess(job, executor_of(args), redactor)
+    except PreprocessError as exc:
+        return _refused(exc, redactor)
+    if result.stopped:
+        command = resume_command(sys.argv[1:] if argv is None else argv, redactor)
         print(
             f"STOPPED: the download source is blocked ({result.stopped}) for longer than --max-blocked; "
             f"finished shards are kept. Resume later with: {command}",
@@ -225,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     return result.exit_code
 
 
-def _refused(exc: BaseException) -> int:
-    print(f"avfusion preprocess: {exc}", file=sys.stderr)
+def _refused(exc: BaseException, redactor=None) -> int:
+    print(f"avfusion preprocess: {redactor(str(exc)) if redactor else exc}", file=sys.stderr)
     return 2
 
 

@@ -5,6 +5,7 @@ key set of an uninterrupted run."""
 
 import json
 import shutil
+import time
 
 import duckdb
 import pytest
@@ -30,7 +31,7 @@ def served(tmp_path_factory):
     return root
 
 
-def _run(tmp_path, server, out, max_blocked=60.0, extra=()):
+def _run(tmp_path, server, out, max_blocked=60.0, extra=(), governor=None):
     tmp_path.mkdir(parents=True, exist_ok=True)
     csv = tmp_path / "vggsound.csv"
     csv.write_text("".join(f"{i},0,{'dog' if int(i[1:]) % 2 else 'cat'},train\n" for i in IDS))
@@ -38,7 +39,7 @@ def _run(tmp_path, server, out, max_blocked=60.0, extra=()):
     cfg.write_text(
         "clip:\n  clip_seconds: 2.0\n  frame_size: 32\n"
         "download:\n  socket_timeout: 2.0\n  backoff_base: 0.05\n  max_attempts: 3\n"
-        + GOVERNOR.format(max_blocked=max_blocked)
+        + (governor or GOVERNOR.format(max_blocked=max_blocked))
     )
     args = [
         str(csv),
@@ -148,3 +149,56 @@ def test_an_over_long_block_stops_the_job_and_a_rerun_resumes_it(tmp_path, serve
             assert _run(tmp_path, server, out, extra=["--retry-failed"]) == 0
     assert _keys(out) == [f"{i}_000000" for i in IDS]
     print(f"resumed: final keys {len(_keys(out))}")
+
+
+@pytest.mark.slow
+def test_max_blocked_holds_within_seconds_of_its_setting(tmp_path, served, ray_local, capsys):
+    """--max-blocked 3 with the default cooldown (300 s): the job stops about 3 s after
+    the first blocked answer, not when a waiting download next asks (a minute later)."""
+    with RangeServer(served) as server:
+        server.block(after=0, plan=[(429, 10**6)])
+        code = _run(
+            tmp_path,
+            server,
+            tmp_path / "out",
+            governor="governor:\n  min_spacing: 0.05\n",
+            extra=["--max-blocked", "3"],
+        )
+        ended = time.time()
+        first_blocked = server.log[0]["t"]
+    took = ended - first_blocked
+    print(f"stopped {took:.1f} s after the first 429 (max_blocked 3)")
+    assert code == 3 and "STOPPED" in capsys.readouterr().err
+    assert took < 3 + 5, took
+
+
+@pytest.mark.slow
+def test_a_download_in_its_backoff_hears_the_stop(tmp_path, served):
+    """A clip backing off a 500 for up to a minute while another node's block outlasts
+    max_blocked: the clip's thread raises SourceBlocked within seconds, not after its
+    backoff (its governor is only polled, nobody else asks it for a turn)."""
+    import threading
+
+    from avfusion.config import ClipSpec
+    from avfusion.download import DownloadConfig
+    from avfusion.governor import Governor, GovernorConfig, SourceBlocked
+    from avfusion.preprocess.shard import PreprocessConfig, process_clip
+    from avfusion.sources import ClipTask
+
+    governor = Governor(GovernorConfig(min_spacing=0.0, max_blocked=1.0), seed=0)
+    governor.acquire("other")
+    cfg = PreprocessConfig(
+        clip=ClipSpec(clip_seconds=2.0, frame_size=32),
+        download=DownloadConfig(socket_timeout=2.0, max_attempts=3, backoff_base=60.0, backoff_max=60.0),
+    )
+    with RangeServer(served) as server:
+        server.set_fault("v1.mp4", "500_then_ok", count=10)
+        timer = threading.Timer(0.5, governor.report, args=("other", "blocked_session"))
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(SourceBlocked) as exc:
+            process_clip(ClipTask(key="v1", source=server.url("v1.mp4")), cfg, {}, tmp_path, governor, "here")
+        took = time.monotonic() - t0
+        timer.join()
+    assert exc.value.kind == "blocked_session" and server.requests["v1.mp4"] >= 1
+    assert took < 1.5 + 3, took  # the block's start + max_blocked + a poll, not the 30-60 s backoff

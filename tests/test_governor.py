@@ -118,3 +118,48 @@ def test_threads_share_one_governor_and_never_exceed_the_budget():
     # machine); a governor that let threads through together would show gaps near 0
     assert len(granted) == 20 and min(gaps) >= 0.04, min(gaps)
     assert g.stats()["grants"] == 20
+
+
+def test_no_wait_outlives_max_blocked():
+    """A 300 s cooldown with max_blocked 10: every node is told to come back by the stop
+    time, not after the cooldown (the job once stopped 62 s after a 10 s max_blocked)."""
+    g = Governor(GovernorConfig(cooldown_start=300.0, max_blocked=10.0, min_spacing=0.0), seed=0)
+    g.acquire("a", now=0.0)
+    g.report("a", "blocked_rate_limit", now=1.0)
+    assert g.acquire("a", now=2.0) == ("wait", pytest.approx(9.0))  # the stop, not the cooldown
+    assert g.acquire("new", now=3.0) == ("wait", pytest.approx(8.0))
+    g2 = Governor(GovernorConfig(per_node_per_hour=1, max_blocked=10.0, min_spacing=0.0), seed=0)
+    g2.acquire("a", now=0.0)
+    g2.acquire("b", now=0.0)
+    g2.report("b", "blocked_session", now=1.0)
+    assert g2.acquire("a", now=2.0) == ("wait", pytest.approx(9.0))  # its hourly budget: still the stop
+    assert g2.acquire("a", now=11.0)[0] == "stop"
+
+
+def test_wait_for_turn_stops_within_max_blocked_on_the_real_clock():
+    import time
+
+    g = Governor(GovernorConfig(cooldown_start=300.0, max_blocked=0.5, min_spacing=0.0), seed=0)
+    g.acquire("a")
+    g.report("a", "blocked_bot_check")
+    t0 = time.monotonic()
+    with pytest.raises(SourceBlocked):
+        wait_for_turn(g, "a")
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_a_waiter_on_its_budget_hears_a_later_block_stop_within_seconds():
+    """Told to wait an hour for its budget before any block began, a thread still asks
+    again often enough to stop when another node's block outlasts max_blocked."""
+    import time
+
+    g = Governor(GovernorConfig(per_node_per_hour=1, max_blocked=0.5, min_spacing=0.0), seed=0)
+    g.acquire("a")
+    g.acquire("b")
+    t0 = time.monotonic()
+    timer = threading.Timer(0.2, g.report, args=("b", "blocked_session"))
+    timer.start()
+    with pytest.raises(SourceBlocked):
+        wait_for_turn(g, "a")
+    timer.join()
+    assert time.monotonic() - t0 < 3.5

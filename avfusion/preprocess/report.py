@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from avfusion import __version__, storage
 from avfusion.preprocess.plan import TASK_FAILED
+from avfusion.redact import Redactor, strip_url_secrets
 from avfusion.shardstore import read_all_stats, write_failures_table, write_manifest
 from shards.manifest import FAILURES, MANIFEST, Failure, ShardStats, build_manifest, latest_failures
 
@@ -46,12 +47,15 @@ def finish(
     cfg: PreprocessConfig,
     done: dict[str, ShardStats] | None = None,
     downloads: dict | None = None,
+    redactor: Redactor | None = None,
 ) -> PreprocessResult:
     """Write ``failures.parquet`` and ``manifest.json`` and print the summary. ``done``:
     the stats already read, when nothing ran since (20,000 GETs saved at scale);
-    ``downloads``: this run's governor stats (grants, blocked seconds, cooldowns)."""
+    ``downloads``: this run's governor stats (grants, blocked seconds, cooldowns).
+    Every failure row passes ``redactor`` (the job's secrets) on its way into the table,
+    whichever run or version recorded it."""
     done = read_all_stats(root) if done is None else done
-    failures = latest_failures(done)
+    failures = {k: scrub(f, redactor or Redactor()) for k, f in latest_failures(done).items()}
     stats_names = {s.shard for s in done.values()}
     orphans = sorted(
         storage.basename(t)[:-4]
@@ -80,6 +84,17 @@ def finish(
     write_manifest(root, manifest)  # last: it describes everything above
     print_summary(root, result, done)
     return result
+
+
+def scrub(failure: Failure, redactor: Redactor) -> Failure:
+    """``failure`` fit to store or show: its source without credentials or signatures,
+    its message and warnings through ``redactor``."""
+    return replace(
+        failure,
+        source=strip_url_secrets(failure.source),
+        message=redactor(failure.message),
+        warnings=[redactor(w) for w in failure.warnings],
+    )
 
 
 def print_summary(root: str, result: PreprocessResult, done: dict[str, ShardStats]) -> None:

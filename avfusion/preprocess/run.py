@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import partial
+from urllib.parse import unquote, urlsplit
 
 from avfusion import storage
 from avfusion.executor import Executor
@@ -28,6 +29,7 @@ from avfusion.preprocess.plan import (
 )
 from avfusion.preprocess.report import PreprocessResult, finish
 from avfusion.preprocess.shard import PreprocessConfig, process_shard
+from avfusion.redact import Redactor, cookie_values, strip_url_secrets
 from avfusion.shardstore import read_all_stats, write_stats
 from avfusion.sources import (
     ClipTask,
@@ -65,6 +67,28 @@ class PreprocessJob:
     task_retries: int = 3  # executor re-runs of a shard whose worker died
     governor: GovernorConfig = field(default_factory=GovernorConfig)  # the download budget and block handling
     allow_no_solver: bool = False  # download from YouTube without a JS runtime + challenge solver
+    # Secrets the job holds beyond its config (the AWS secret key the entry point read
+    # from the environment): masked wherever the job's text is recorded or printed.
+    secrets: tuple[str, ...] = ()
+
+
+def job_redactor(job: PreprocessJob) -> Redactor:
+    """The job's one redaction filter: ``job.secrets``, the proxy's password and every
+    cookie value in the cookies file, on top of ``redact``'s secret-shaped patterns."""
+    redactor = Redactor(job.secrets)
+    download = job.config.download
+    if download.proxy:
+        try:
+            password = urlsplit(download.proxy).password
+            redactor.add(password, unquote(password or ""))  # as given, and as the user typed it
+        except ValueError:  # a malformed URL: preflight refuses it; its text may still hold a secret
+            redactor.add(download.proxy)
+    if download.cookies:
+        try:
+            redactor.add(*cookie_values(storage.read_bytes(download.cookies).decode("utf-8", "replace")))
+        except OSError:
+            pass  # unreadable: the download refuses it with its own (redacted) error
+    return redactor
 
 
 def input_kind(path: str) -> str:
@@ -89,7 +113,7 @@ def read_tasks(job: PreprocessJob) -> tuple[list[ClipTask], list[Failure]]:
         missing = [
             Failure(
                 key=r.key,
-                source=job.input,
+                source=strip_url_secrets(job.input),
                 kind="missing_file",
                 transient=False,
                 message=f"no file named {r.key}.* or {r.youtube_id}.*",
@@ -107,12 +131,17 @@ def read_tasks(job: PreprocessJob) -> tuple[list[ClipTask], list[Failure]]:
     return tasks, [f for f in missing if (not job.splits and not job.keep_labels) or f.key in keep]
 
 
-def run_preprocess(job: PreprocessJob, executor: Executor) -> PreprocessResult:
-    """Resume or start the run ``job`` describes; ``PreprocessError`` if it cannot start."""
+def run_preprocess(
+    job: PreprocessJob, executor: Executor, redactor: Redactor | None = None
+) -> PreprocessResult:
+    """Resume or start the run ``job`` describes; ``PreprocessError`` if it cannot start.
+    ``redactor``: the job's filter (default ``job_redactor(job)``), applied to every
+    failure message recorded and every error line printed."""
+    redactor = redactor or job_redactor(job)
     try:
         tasks, missing = read_tasks(job)
     except (SourceError, OSError) as exc:
-        raise PreprocessError(str(exc)) from exc
+        raise PreprocessError(redactor(str(exc))) from exc
     refused = check_downloads(job, tasks)
     if refused:
         raise PreprocessError(refused)
@@ -154,9 +183,11 @@ def run_preprocess(job: PreprocessJob, executor: Executor) -> PreprocessResult:
     downloads = None
     if todo:
         with executor:
-            downloads = run_shards(executor, todo, cfg, labels, root, round_, job.task_retries, job.governor)
+            downloads = run_shards(
+                executor, todo, cfg, labels, root, round_, job.task_retries, job.governor, redactor
+            )
     # Nothing ran: the stats just read are still all there is.
-    return finish(root, labels, cfg, None if todo else done, downloads)
+    return finish(root, labels, cfg, None if todo else done, downloads, redactor)
 
 
 def check_downloads(job: PreprocessJob, tasks: list[ClipTask]) -> str | None:
@@ -194,6 +225,7 @@ def run_shards(
     round_: int,
     retries: int,
     governor_cfg: GovernorConfig | None = None,
+    redactor: Redactor | None = None,
 ) -> dict | None:
     """Every shard of ``todo`` through the executor, a progress bar over its clips; a
     shard whose task failed gets its ``task_failed`` stats here. Downloads share one
@@ -205,14 +237,20 @@ def run_shards(
     remote = any(t.is_remote for ts in todo.values() for t in ts)  # nothing to download: no governor
     governor = executor.shared("avfusion-download-governor", Governor, governor_cfg) if remote else None
     fn = partial(
-        process_shard_item, cfg=cfg, label_map=labels, out_url=root, round_=round_, governor=governor
+        process_shard_item,
+        cfg=cfg,
+        label_map=labels,
+        out_url=root,
+        round_=round_,
+        governor=governor,
+        redactor=redactor,
     )
     with tqdm(total=sum(len(t) for t in todo.values()), desc="preprocess", unit="clip") as bar:
         for (name, tasks), result in executor.map_unordered(fn, list(todo.items()), retries=retries):
             if _is_blocked(result):
                 break
             if isinstance(result, BaseException):
-                record_task_failure(root, name, tasks, round_, result)
+                record_task_failure(root, name, tasks, round_, result, redactor)
                 tqdm.write(
                     f"shard {name} failed after its task's retries ({type(result).__name__}); "
                     f"its {len(tasks)} clips are recorded as {TASK_FAILED}"
@@ -236,25 +274,32 @@ def process_shard_item(
     out_url: str,
     round_: int,
     governor: GovernorClient | None = None,
+    redactor: Redactor | None = None,
 ) -> ShardStats:
     """``process_shard`` for one ``(name, tasks)`` item of the executor (Ray names the
     task after it: ``ray::process_shard_item``). Idempotent, so a re-run is safe."""
     name, tasks = item
-    return process_shard(name, tasks, cfg, label_map, out_url, round_, governor=governor)
+    return process_shard(name, tasks, cfg, label_map, out_url, round_, governor=governor, redactor=redactor)
 
 
 def record_task_failure(
-    root: str, shard: str, tasks: list[ClipTask], round_: int, exc: BaseException
+    root: str,
+    shard: str,
+    tasks: list[ClipTask],
+    round_: int,
+    exc: BaseException,
+    redactor: Redactor | None = None,
 ) -> None:
     """A shard whose task failed after its retries (worker node lost, OOM, …) still
     ends with stats: one transient ``task_failed`` row per clip and no tar, so every
     clip is accounted for and ``--retry-failed`` redoes exactly these. A tar the task
     may have uploaded before dying is left out of the manifest (its stats are these)."""
-    message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    message = (redactor or Redactor())(f"{type(exc).__name__}: {first}")[:500]
     failures = [
         Failure(
             key=t.key,
-            source=t.source,
+            source=strip_url_secrets(t.source),
             kind=TASK_FAILED,
             transient=True,
             message=message,

@@ -13,7 +13,7 @@ import socket
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +22,9 @@ from avfusion import __version__, storage
 from avfusion.config import ClipSpec
 from avfusion.decode import DecodeLimits, decode_clip
 from avfusion.download import DownloadConfig, DownloadError, download_section
-from avfusion.governor import GovernorClient, SourceBlocked
+from avfusion.governor import GovernorClient, SourceBlocked, wait_for_turn
 from avfusion.probe import MediaError
+from avfusion.redact import Redactor, strip_url_secrets
 from avfusion.shardstore import write_stats
 from avfusion.sources import ClipTask
 from shards.manifest import Failure, ShardStats
@@ -46,14 +47,20 @@ def process_clip(
     workdir: Path,
     governor: GovernorClient | None = None,
     node: str = "local",
+    redactor: Redactor | None = None,
 ) -> Sample | Failure:
     """One clip through fetch → decode → encode; any failure comes back classified.
-    ``SourceBlocked`` (the governor stops the job) is not a clip's failure: it passes."""
+    ``SourceBlocked`` (the governor stops the job) is not a clip's failure: it passes.
+    What is stored of the clip (its sample's ``source``, a failure's source, message and
+    warnings) has the URL's credentials and signatures removed and passes ``redactor``,
+    the job's one filter that knows its secrets (proxy password, cookie values, …)."""
+    redact = redactor or Redactor()
     attempts = 1
     try:
         if task.is_remote:
+            sleep = _governed_sleep(governor, node) if governor is not None else time.sleep
             path, attempts, _ = download_section(
-                task, cfg.clip, cfg.download, workdir, governor=governor, node=node
+                task, cfg.clip, cfg.download, workdir, sleep=sleep, governor=governor, node=node
             )
             start = 0.0
         elif task.in_storage:  # s3://…: fetched whole into this clip's workdir, decoded locally
@@ -66,42 +73,19 @@ def process_clip(
                 raise MediaError(kind, f"{task.source} is {what}")
         clip = decode_clip(path, cfg.clip, start=start, limits=cfg.limits)
     except DownloadError as exc:
-        return Failure(
-            key=task.key,
-            source=task.source,
-            kind=exc.kind,
-            transient=exc.transient,
-            message=exc.message,
-            attempts=exc.attempts,
-            label=task.label,
-            warnings=exc.warnings,
+        return _failure(
+            task, redact, exc.kind, exc.transient, exc.message, exc.attempts, warnings=exc.warnings
         )
     except SourceBlocked:
         raise
     except MediaError as exc:
-        return Failure(
-            key=task.key,
-            source=task.source,
-            kind=exc.kind,
-            transient=False,
-            message=exc.message,
-            attempts=attempts,
-            label=task.label,
-        )
+        return _failure(task, redact, exc.kind, False, exc.message, attempts)
     except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen input: record it, keep the job alive
         message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-        return Failure(
-            key=task.key,
-            source=task.source,
-            kind="internal_error",
-            transient=True,
-            message=message,
-            attempts=attempts,
-            label=task.label,
-        )
+        return _failure(task, redact, "internal_error", True, message, attempts)
     meta = {
         "key": task.key,
-        "source": task.source,
+        "source": strip_url_secrets(task.source),
         "window_start": task.start,
         "label": task.label,
         "split": task.split,
@@ -112,6 +96,43 @@ def process_clip(
     }
     class_index = label_map.get(task.label, -1) if task.label is not None else -1
     return encode_sample(task.key, clip.waveform, clip.frames, class_index, meta, cfg.clip.sample_rate)
+
+
+def _failure(
+    task: ClipTask,
+    redact: Callable[[str], str],
+    kind: str,
+    transient: bool,
+    message: str,
+    attempts: int,
+    warnings: list[str] | None = None,
+) -> Failure:
+    return Failure(
+        key=task.key,
+        source=strip_url_secrets(task.source),
+        kind=kind,
+        transient=transient,
+        message=redact(message),
+        attempts=attempts,
+        label=task.label,
+        warnings=[redact(w) for w in warnings or ()],
+    )
+
+
+def _governed_sleep(governor: GovernorClient, node: str, step: float = 1.0) -> Callable[[float], None]:
+    """``time.sleep`` for a download's waits (its backoff between transient attempts,
+    its turns), cut short by the governor's stop: a backoff of up to a minute must not
+    outlive ``max_blocked``. On a stop, ``wait_for_turn`` raises ``SourceBlocked`` (a
+    stopped governor grants nothing, so asking it costs no budget)."""
+
+    def sleep(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(step, left))
+            if governor.stop_kind():
+                wait_for_turn(governor, node)
+
+    return sleep
 
 
 def _fetch(task: ClipTask, workdir: Path) -> Path:
@@ -134,6 +155,7 @@ def process_shard(
     round_: int = 0,
     governor: GovernorClient | None = None,
     node: str | None = None,
+    redactor: Redactor | None = None,
 ) -> ShardStats:
     """Produce ``{shard}.tar`` and then ``{shard}_stats.json`` under ``out_url``.
     Downloads go through ``governor`` (``avfusion.governor``) as ``node`` (default: this
@@ -151,7 +173,7 @@ def process_shard(
         def run(item: tuple[int, ClipTask]) -> tuple[ClipTask, Sample | Failure]:
             i, task = item
             with storage.scratch_dir(prefix=f"clip{i}-", parent=tmp) as workdir:  # downloads end with it
-                return task, process_clip(task, cfg, label_map, Path(workdir), governor, node)
+                return task, process_clip(task, cfg, label_map, Path(workdir), governor, node, redactor)
 
         def samples() -> Iterator[Sample]:
             with ThreadPoolExecutor(max_workers=cfg.threads_per_task) as pool:
