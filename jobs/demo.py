@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 
 from avfusion import sample_data
+from avfusion.config import ExecutorSpec
 from avfusion.executor.ray_tasks import ray_session
-from jobs import ray_address
+from jobs import JobParser, ray_address, refusing
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = JobParser(
         prog="avfusion demo",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -47,9 +48,12 @@ def _step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
+@refusing("avfusion demo")  # a bad flag value: one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from jobs import evaluate, label, preprocess, train
+
+    ExecutorSpec(num_cpus=args.num_cpus)  # bounds, before any work starts
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
