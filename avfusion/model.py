@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avfusion import storage
-from avfusion.config import bounded, check_bounds
+from avfusion.config import ConfigError, bounded, check_bounds
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_bounds(self, "train.model")
         if self.modalities not in MODALITIES:
-            raise ValueError(f"modalities must be one of {MODALITIES}, got {self.modalities!r}")
+            raise ConfigError(
+                f"train.model.modalities: {self.modalities!r} is not allowed; allowed: one of {MODALITIES}"
+            )
         if self.audio_frontend not in AUDIO_FRONTENDS:
-            raise ValueError(f"audio_frontend must be one of {AUDIO_FRONTENDS}, got {self.audio_frontend!r}")
+            raise ConfigError(
+                f"train.model.audio_frontend: {self.audio_frontend!r} is not allowed; "
+                f"allowed: one of {AUDIO_FRONTENDS}"
+            )
 
 
 AUDIO_FRONTENDS = ("gabor", "conv")

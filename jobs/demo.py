@@ -54,11 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     from jobs import evaluate, label, preprocess, train
 
     ExecutorSpec(num_cpus=args.num_cpus)  # bounds, before any work starts
+    if args.epochs is not None:  # train's own bound, checked before preprocess runs
+        from avfusion.train import TrainConfig
+
+        TrainConfig(shards="", out="", epochs=args.epochs)
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     shards, runs = out / "shards", out / "runs"
-    epochs = ["--epochs", str(args.epochs)] if args.epochs else []
+    epochs = ["--epochs", str(args.epochs)] if args.epochs is not None else []
     with ray_session(ray_address(args.address), args.num_cpus):
         _step("1/4 preprocess the sample set into WebDataset shards (Ray tasks)")
         rc = preprocess.main(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import evaluate, label, preprocess, train
+from jobs import demo, evaluate, label, preprocess, train
 
 GOVERNOR_KEYS = (
     "['cooldown_max', 'cooldown_start', 'forbidden_streak', 'global_per_hour', 'global_spacing', "
@@ -296,7 +296,7 @@ TRAIN_BAD = [
     (
         [],
         "train: {model: {modalities: all}}",
-        "train.model: modalities must be one of ('both', 'audio', 'video'), got 'all'",
+        "train.model.modalities: 'all' is not allowed; allowed: one of ('both', 'audio', 'video')",
     ),
     (
         [],
@@ -312,6 +312,11 @@ TRAIN_BAD = [
         [],
         "train: {augment: {crop_frames: 100000000}}",
         "train.augment.crop_frames: 100000000 is out of range; allowed: an integer 0..512",
+    ),
+    (
+        [],
+        "train: {model: {audio_frontend: mel}}",
+        "train.model.audio_frontend: 'mel' is not allowed; allowed: one of ('gabor', 'conv')",
     ),
     (
         [],
@@ -395,6 +400,23 @@ def test_evaluate_refuses_bad_flags_in_one_line(tmp_path, capsys, flags, expecte
     code, err = _run(evaluate.main, [*argv, *flags], capsys)
     _assert_one_line(code, err, f"avfusion evaluate: {expected}")
     assert not out.exists()
+
+
+# --- demo ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--epochs", "0"], "train.epochs: 0 is out of range; allowed: an integer 1..100000"),
+        (["--num-cpus", "0"], "executor.num_cpus: 0 is out of range; allowed: an integer 1..100000"),
+    ],
+)
+def test_demo_refuses_bad_flags_before_any_step(tmp_path, capsys, flags, expected):
+    out = tmp_path / "demo"
+    code, err = _run(demo.main, ["--out", str(out), *flags], capsys)
+    _assert_one_line(code, err, f"avfusion demo: {expected}")
+    assert not out.exists(), "refused before the preprocess step"
 
 
 # --- the real console script -----------------------------------------------------------
