@@ -9,6 +9,7 @@ unknown keys and wrongly typed values are errors, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -47,7 +48,7 @@ class Bounds:
 
     def allows(self, value: float) -> bool:
         return (
-            math.isfinite(value)
+            (isinstance(value, int) or math.isfinite(value))  # an int may be too big for a float
             and (self.ge is None or value >= self.ge)
             and (self.gt is None or value > self.gt)
             and (self.le is None or value <= self.le)
@@ -81,20 +82,21 @@ def _is_int_field(hint: Any) -> bool:
 
 def _bounds_error(key: str, value: Any, bounds: Bounds, integer: bool) -> ConfigError:
     allowed = bounds.describe(integer)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return ConfigError(
-            f"{key}: {value!r} is not {'an integer' if integer else 'a number'}; allowed: {allowed}"
+            f"{key}: {shown} is not {'an integer' if integer else 'a number'}; allowed: {allowed}"
         )
     if integer and not isinstance(value, int):
-        return ConfigError(f"{key}: {value!r} is not an integer; allowed: {allowed}")
-    return ConfigError(f"{key}: {value!r} is out of range; allowed: {allowed}")
+        return ConfigError(f"{key}: {shown} is not an integer; allowed: {allowed}")
+    return ConfigError(f"{key}: {shown} is out of range; allowed: {allowed}")
 
 
 def check_bounds(obj: DataclassInstance, section: str) -> None:
     """Every ``bounded`` field of ``obj`` within its range, else ``ConfigError`` naming
     ``section.field``, the value and what is allowed. Configs call it from
     ``__post_init__``, so a value is checked however the config was built."""
-    hints = typing.get_type_hints(type(obj))
+    hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
         bounds = f.metadata.get("bounds")
         if bounds is None:
@@ -106,6 +108,11 @@ def check_bounds(obj: DataclassInstance, section: str) -> None:
         number = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
         if not number or not bounds.allows(value):
             raise _bounds_error(f"{section}.{f.name}" if section else f.name, value, bounds, integer)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # resolved once per class: configs are built often
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
@@ -134,7 +141,10 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_dict(hint, value, prefix=key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {value!r} is not a finite number") from None
     if hint is Path and isinstance(value, str):
         return Path(value)
     wrong_type = isinstance(hint, type) and not isinstance(value, hint)
@@ -151,7 +161,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"{prefix or cls.__name__}: expected a mapping of keys, got {data!r}")
     data = dict(data or {})
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(map(str, set(data) - set(fields)))
     if unknown:

@@ -59,6 +59,10 @@ def test_empty_file_gives_defaults(tmp_path):
             "clip.clip_seconds: inf is out of range; allowed: a number > 0 and <= 3600",
         ),
         ({"sample_rate": 10}, "clip.sample_rate: 10 is out of range; allowed: an integer 1000..192000"),
+        (
+            {"frame_size": 10**400},  # beyond a float: still compared, and shown cut short
+            "clip.frame_size: " + "1" + "0" * 36 + "... is out of range; allowed: an integer 16..4096",
+        ),
     ],
 )
 def test_bad_values_are_rejected_with_the_key(data, message):
