@@ -241,6 +241,19 @@ def test_preprocess_refuses_a_bad_url_list_naming_file_and_row(tmp_path, capsys,
     _assert_one_line(code, err, "avfusion preprocess: " + expected.format(csv=csv))
 
 
+def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    """A library error on the way in (here the OS's) reaches the user as one line; which
+    words it uses is the storage layer's."""
+    out = tmp_path / "not-a-folder"
+    out.write_text("mine")
+    (tmp_path / "videos").mkdir()  # a folder: nothing to download, no solver check
+    argv = [str(tmp_path / "videos"), "--out", str(out), "--executor", "local"]
+    code, err = _run(preprocess.main, argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("avfusion preprocess: ") and str(out.name) in err, err
+    assert out.read_text() == "mine"
+
+
 def test_verbose_adds_the_traceback_before_the_same_line(tmp_path, clips_csv, capsys):
     argv = [str(clips_csv), "--out", str(tmp_path / "s"), "--executor", "local", "--shard-size", "-1"]
     code, err = _run(preprocess.main, [*argv, "--verbose"], capsys)
