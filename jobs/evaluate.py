@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N: where the models run"
     )
-    p.add_argument("--verbose", action="store_true", help="a refused input shows its traceback too")
+    p.add_argument("--verbose", action="store_true", help="show a refused input's traceback")
     return p
 
 

@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-rows", type=int, default=256, help="rows per Parquet part file")
     p.add_argument("--address", help="Ray cluster address; default: embedded local Ray (or the job's)")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded Ray")
-    p.add_argument("--verbose", action="store_true", help="show Ray's own log lines and progress bars")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own log lines and progress bars, and a refused input's traceback",
+    )
     p.add_argument(
         "--executor",
         choices=["ray", "local"],

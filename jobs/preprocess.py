@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray re-runs of a shard task whose worker died (default 3); after them its clips "
         "are recorded as task_failed",
     )
-    run.add_argument("--verbose", action="store_true", help="show Ray's own log lines")
+    run.add_argument(
+        "--verbose", action="store_true", help="show Ray's own log lines, and a refused input's traceback"
+    )
     run.add_argument(
         "--executor",
         choices=["ray", "local"],

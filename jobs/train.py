@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address", help="with --ray-workers: Ray cluster address (default: embedded or the job's)"
     )
-    p.add_argument("--verbose", action="store_true", help="with --ray-workers: show Ray's own log lines")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show a refused input's traceback and, with --ray-workers, Ray's own log lines",
+    )
     return p
 
 
