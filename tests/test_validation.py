@@ -241,6 +241,15 @@ def test_preprocess_refuses_a_bad_url_list_naming_file_and_row(tmp_path, capsys,
     _assert_one_line(code, err, "avfusion preprocess: " + expected.format(csv=csv))
 
 
+def test_a_url_list_with_numeric_labels_keeps_every_label_as_text(tmp_path):
+    """Arrow reads a column of digits as numbers: label 0 is still a label, not "none"."""
+    from avfusion.sources import read_url_list
+
+    csv = tmp_path / "urls.csv"
+    csv.write_text("url,label,split\nhttp://127.0.0.1/a.mp4,0,train\nhttp://127.0.0.1/b.mp4,7,\n")
+    assert [(t.label, t.split) for t in read_url_list(csv)] == [("0", "train"), ("7", None)]
+
+
 def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
     """A library error on the way in (here the OS's) reaches the user as one line; which
     words it uses is the storage layer's."""
