@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
+from avfusion.config import bounded, check_bounds
 from avfusion.corruptions import AUDIO_SNR_DB, BLUR_SIGMA, VIDEO_NOISE_STD, gaussian_kernel
 from avfusion.loader import Batch, seed_of
 
@@ -46,17 +47,20 @@ class AugmentConfig:
     sample; at most one modality is dropped, so a label stays recoverable."""
 
     enabled: bool = True
-    p_audio: float = 0.25  # corrupt audio: mute (half of the time) or noise at a random severity
-    p_video: float = 0.25  # corrupt video: black, frozen, blurred or noisy, random severity
-    p_drop_frames: float = 0.1  # independent light frame dropping (temporal jitter)
+    p_audio: float = bounded(0.25, ge=0, le=1)  # corrupt audio: mute (half of the time) or noise
+    p_video: float = bounded(0.25, ge=0, le=1)  # corrupt video: black, frozen, blurred or noisy
+    p_drop_frames: float = bounded(0.1, ge=0, le=1)  # independent light frame dropping (temporal jitter)
     content: bool = False  # waveform shift/gain and frame crop/flip/jitter below
     shift: bool = True  # circular shift of the waveform by a uniform random offset
-    gain_db: float = 6.0  # uniform random gain in ±gain_db
-    crop_scale: float = 0.5  # random resized crop keeps 50–100 % of the frame area
+    gain_db: float = bounded(6.0, ge=0, le=60)  # uniform random gain in ±gain_db
+    crop_scale: float = bounded(0.5, gt=0, le=1)  # random resized crop keeps 50–100 % of the frame area
     flip: bool = True  # horizontal flip with probability 0.5
-    color_jitter: float = 0.3  # brightness, contrast, saturation factors in 1 ± this
-    crop_seconds: float = 0.0  # train on a random window of this many seconds (0 = whole clip)
-    crop_frames: int = 0  # train on this many of the clip's frames, in order (0 = all)
+    color_jitter: float = bounded(0.3, ge=0, le=1)  # brightness, contrast, saturation factors in 1 ± this
+    crop_seconds: float = bounded(0.0, ge=0, le=3600)  # train on a random window this long (0 = whole clip)
+    crop_frames: int = bounded(0, ge=0, le=512)  # train on this many of the clip's frames, in order (0 = all)
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "train.augment")
 
 
 # Modality dropout's draws (``avfusion.corruptions`` names), severity 3–5.

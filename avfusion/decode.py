@@ -43,7 +43,7 @@ import numpy as np
 from av.container import InputContainer
 from av.stream import Stream
 
-from avfusion.config import ClipSpec
+from avfusion.config import ClipSpec, bounded, check_bounds
 from avfusion.probe import MediaError
 
 
@@ -52,22 +52,26 @@ class DecodeLimits:
     """Caps that turn pathological inputs into a clear ``too_large`` error instead of
     an exhausted worker."""
 
-    max_duration: float = 24 * 3600.0
-    max_pixels: int = 4096 * 2304
-    max_fps: float = 1000.0
-    min_side: int = 32  # smaller frames carry no usable picture
-    min_frames: int = 2  # a single frame is a still image, not a video
-    threads: int = 1
+    max_duration: float = bounded(24 * 3600.0, gt=0, le=30 * 86400)
+    max_pixels: int = bounded(4096 * 2304, ge=1, le=16384 * 16384)
+    max_fps: float = bounded(1000.0, gt=0, le=100_000)
+    min_side: int = bounded(32, ge=1, le=16384)  # smaller frames carry no usable picture
+    min_frames: int = bounded(2, ge=1, le=1_000_000)  # a single frame is a still image, not a video
+    threads: int = bounded(1, ge=1, le=256)
     allow_missing_video: bool = False
     # Label: a video stream that cannot be decoded beside usable audio → audio only.
     allow_undecodable_video: bool = False
     # Label: animated GIF/APNG/WebP (two frames or more) are short videos, not stills.
     allow_animated_images: bool = False
-    min_content_seconds: float = 1.0  # see the module docstring: what "usable" means
-    deadline_seconds: float = 120.0  # wall time for one decode; 10 s clips take < 2 s
+    min_content_seconds: float = bounded(1.0, ge=0, le=3600)  # module docstring: what "usable" means
+    # Wall time for one decode; 10 s clips take < 2 s.
+    deadline_seconds: float = bounded(120.0, gt=0, le=86400)
     # Decode only reference frames: ~30 % less H.264 work, but a chosen frame may be
     # one frame away from its exact target. Off by default (exact positions).
     skip_nonref: bool = False
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "limits")
 
 
 # Demuxers FFmpeg picks for still images, whatever the file extension says.

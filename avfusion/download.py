@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from avfusion.config import ClipSpec
+from avfusion.config import ClipSpec, bounded, check_bounds
 from avfusion.redact import Redactor, cookie_values, redact_patterns
 from avfusion.sources import ClipTask
 
@@ -51,17 +51,18 @@ class DownloadConfig:
     cookies: str | None = None  # cookies.txt path (YouTube's bot check needs one for bulk runs)
     proxy: str | None = None
     rate_limit: str | None = None  # bytes/s, e.g. "2M"
-    sleep_seconds: float = 0.0  # pause before each request, to stay under rate limits
-    socket_timeout: float = 30.0
-    max_attempts: int = 4
-    backoff_base: float = 2.0
-    backoff_max: float = 60.0
+    sleep_seconds: float = bounded(0.0, ge=0, le=3600)  # pause before each request (rate limits)
+    socket_timeout: float = bounded(30.0, gt=0, le=3600)
+    max_attempts: int = bounded(4, ge=1, le=100)
+    backoff_base: float = bounded(2.0, ge=0, le=3600)
+    backoff_max: float = bounded(60.0, ge=0, le=86400)
     ffmpeg: str | None = None  # path to an ffmpeg binary; default PATH, then imageio-ffmpeg
-    request_size: int | None = None  # ffmpeg -request_size in bytes (None: ffmpeg's default)
+    request_size: int | None = bounded(None, ge=1, le=1 << 30)  # ffmpeg -request_size (None: its default)
     js_runtimes: dict[str, dict] | None = None  # yt-dlp's js_runtimes; None: its default (deno)
     extra: dict[str, Any] = field(default_factory=dict)  # allowed yt-dlp options (_EXTRA_ALLOWED)
 
     def __post_init__(self) -> None:
+        check_bounds(self, "download")
         check_extra(self.extra)
 
 

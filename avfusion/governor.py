@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
+from avfusion.config import bounded, check_bounds
+
 # Failure kinds (from ``avfusion.download.classify``) that say the source is blocked.
 BLOCK_KINDS = ("blocked_bot_check", "blocked_session", "blocked_rate_limit", "blocked_forbidden")
 
@@ -56,16 +58,19 @@ class SourceBlocked(Exception):
 
 @dataclass(frozen=True)
 class GovernorConfig:
-    per_node_per_hour: float = GUEST_PER_HOUR
-    global_per_hour: float | None = None  # None: no cap across nodes
-    min_spacing: float = 5.0  # seconds between grants on one node, before jitter
-    jitter: float = 1.0  # spacing * (1 + jitter * U[0, 1)): 5-10 s by default
-    global_spacing: float = 0.0
-    cooldown_start: float = 300.0
-    cooldown_max: float = 3600.0
-    max_blocked: float = 3600.0
-    forbidden_streak: int = 3
-    window: float = 3600.0  # the budget's sliding window (an hour; tests shrink it)
+    per_node_per_hour: float = bounded(GUEST_PER_HOUR, gt=0, le=1e7)
+    global_per_hour: float | None = bounded(None, gt=0, le=1e8)  # None: no cap across nodes
+    min_spacing: float = bounded(5.0, ge=0, le=86400)  # seconds between grants on a node, before jitter
+    jitter: float = bounded(1.0, ge=0, le=100)  # spacing * (1 + jitter * U[0, 1)): 5-10 s by default
+    global_spacing: float = bounded(0.0, ge=0, le=86400)
+    cooldown_start: float = bounded(300.0, ge=0, le=7 * 86400)
+    cooldown_max: float = bounded(3600.0, ge=0, le=7 * 86400)
+    max_blocked: float = bounded(3600.0, gt=0, le=30 * 86400)
+    forbidden_streak: int = bounded(3, ge=1, le=1000)
+    window: float = bounded(3600.0, gt=0, le=7 * 86400)  # the budget's sliding window (tests shrink it)
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "governor")
 
     @classmethod
     def for_cookies(cls, cookies: bool, **overrides: Any) -> GovernorConfig:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avfusion import storage
+from avfusion.config import ConfigError, bounded, check_bounds
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +44,32 @@ class ModelConfig:
     """What a model is. ``num_classes``, ``sample_rate`` and ``aux_heads`` come from the
     data and the loss, not from a recipe: training fills them in (``train.build_model``)."""
 
-    num_classes: int | None = None  # None: not known yet (a recipe's model section)
+    # None: not known yet (a recipe's model section)
+    num_classes: int | None = bounded(None, ge=1, le=1_000_000)
     modalities: str = "both"  # both | audio | video (unimodal baselines share the encoders)
-    embed_dim: int = 256  # shared size after projection, what attention mixes
-    audio_width: int = 64  # audio body channels: 2×, 2×, 4×, 4× this per block
+    embed_dim: int = bounded(256, ge=1, le=65_536)  # shared size after projection, what attention mixes
+    audio_width: int = bounded(64, ge=1, le=4096)  # audio body channels: 2×, 2×, 4×, 4× this per block
     audio_frontend: str = "gabor"  # gabor (mel-initialised learnable filterbank) | conv (free strided conv)
-    audio_filters: int = 64  # filterbank channels
+    audio_filters: int = bounded(64, ge=1, le=4096)  # filterbank channels
     spec_augment: bool = True  # time/frequency masks on the filterbank output while training
-    sample_rate: int = 16_000
+    sample_rate: int = bounded(16_000, ge=1_000, le=192_000)
     video_weights: str = "none"  # imagenet | none | path to a ResNet-18 state dict
-    dropout: float = 0.2
+    dropout: float = bounded(0.2, ge=0, le=1)
     aux_heads: bool = True  # the unimodal auxiliary heads; built only where a loss trains them (DDP)
     shared_head: bool = True  # the aux heads are the fused classifier itself: fused logits = Σ w_m · head(m)
     evidence: bool = True  # the attention scores also read each encoder's signal-present features
 
     def __post_init__(self) -> None:
+        check_bounds(self, "train.model")
         if self.modalities not in MODALITIES:
-            raise ValueError(f"modalities must be one of {MODALITIES}, got {self.modalities!r}")
-        if self.num_classes is not None and self.num_classes < 1:
-            raise ValueError("num_classes must be >= 1")
+            raise ConfigError(
+                f"train.model.modalities: {self.modalities!r} is not allowed; allowed: one of {MODALITIES}"
+            )
         if self.audio_frontend not in AUDIO_FRONTENDS:
-            raise ValueError(f"audio_frontend must be one of {AUDIO_FRONTENDS}, got {self.audio_frontend!r}")
+            raise ConfigError(
+                f"train.model.audio_frontend: {self.audio_frontend!r} is not allowed; "
+                f"allowed: one of {AUDIO_FRONTENDS}"
+            )
 
 
 AUDIO_FRONTENDS = ("gabor", "conv")
@@ -511,13 +517,16 @@ class FusionModel(nn.Module):
 
 @dataclass(frozen=True)
 class LossConfig:
-    aux_weight: float = 0.3  # × each unimodal head's cross-entropy: keeps both encoders learning
-    label_smoothing: float = 0.0
-    reliability_weight: float = 0.0  # × the attention reliability term (0 = off, the ablation)
-    reliability_sharpness: float = 2.0  # γ in the target c_a^γ / (c_a^γ + c_v^γ)
-    dead_weight: float = (
-        0.0  # × the dead-modality term: all weight to the live stream where augmentation killed one
-    )
+    # × each unimodal head's cross-entropy: keeps both encoders learning
+    aux_weight: float = bounded(0.3, ge=0, le=1000)
+    label_smoothing: float = bounded(0.0, ge=0, le=1)
+    reliability_weight: float = bounded(0.0, ge=0, le=1000)  # × the attention reliability term (0 = off)
+    reliability_sharpness: float = bounded(2.0, gt=0, le=100)  # γ in the target c_a^γ / (c_a^γ + c_v^γ)
+    # × the dead-modality term: all weight to the live stream where augmentation killed one
+    dead_weight: float = bounded(0.0, ge=0, le=1000)
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "train.loss")
 
 
 def soft_targets(target: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -9,6 +9,8 @@ are usually named on disk.
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -16,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from avfusion import storage
 
 SPLITS = ("train", "test", "val")
+MAX_START = 10_000_000  # seconds (115 days): a start beyond any video is a typo, not a clip
 
 
 class SourceError(ValueError):
@@ -38,36 +41,64 @@ def clip_key(youtube_id: str, start: int) -> str:
     return f"{youtube_id}_{start:06d}"
 
 
+def _utf8_text(path: str | Path, data: bytes) -> str:
+    """``data`` decoded (a leading BOM dropped), or ``SourceError`` naming the line of
+    the first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        raise SourceError(
+            f"{path}:{lineno}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8"
+        ) from None
+
+
+def _start_seconds(where: str, value: object, what: str = "start") -> float:
+    """A clip's start (or end) in seconds: a finite number 0..MAX_START, else
+    ``SourceError`` naming ``where`` and the value."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]  # whatever the row held: checked here
+    except (TypeError, ValueError):
+        raise SourceError(f"{where}: {what} {value!r} is not a number of seconds") from None
+    if not math.isfinite(seconds):
+        raise SourceError(f"{where}: {what} {value!r} is not a finite number of seconds")
+    if seconds < 0:
+        raise SourceError(f"{where}: {what} {value!r} is negative; allowed: seconds 0..{MAX_START}")
+    if seconds > MAX_START:
+        raise SourceError(f"{where}: {what} {value!r} is out of range; allowed: seconds 0..{MAX_START}")
+    return seconds
+
+
 def read_vggsound_csv(path: str | Path) -> list[ClipRow]:
     """All rows of a VGGSound-format CSV; blank lines skipped, anything else malformed
-    raises ``SourceError`` with its line number (a silent skip would lose clips)."""
+    (text that is not UTF-8 included) raises ``SourceError`` with its line number (a
+    silent skip would lose clips)."""
     rows: list[ClipRow] = []
     seen: dict[str, int] = {}
     shared: dict[str, str] = {}  # one string per distinct label/split (309 labels, 2M rows)
-    with storage.open(str(path), "r", newline="", encoding="utf-8") as f:
-        for lineno, fields in enumerate(csv.reader(f, skipinitialspace=False), start=1):
-            if not fields or all(not x.strip() for x in fields):
-                continue
-            if len(fields) != 4:
-                raise SourceError(
-                    f"{path}:{lineno}: expected 4 fields (id,start,label,split), got {len(fields)}: {fields}"
-                )
-            youtube_id, start, label, split = (x.strip() for x in fields)
-            try:
-                start_s = int(float(start))
-            except ValueError:
-                raise SourceError(f"{path}:{lineno}: start {start!r} is not a number of seconds") from None
-            if not youtube_id or not label or start_s < 0:
-                raise SourceError(f"{path}:{lineno}: empty id/label or negative start: {fields}")
-            if split not in SPLITS:
-                raise SourceError(f"{path}:{lineno}: split {split!r} not one of {SPLITS}")
-            key = clip_key(youtube_id, start_s)
-            if key in seen:
-                raise SourceError(f"{path}:{lineno}: duplicate clip {key} (first on line {seen[key]})")
-            seen[key] = lineno
-            rows.append(
-                ClipRow(youtube_id, start_s, shared.setdefault(label, label), shared.setdefault(split, split))
+    text = _utf8_text(path, storage.read_bytes(str(path)))
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=False)
+    for fields in reader:
+        lineno = reader.line_num  # the physical line: a quoted field may span lines
+        if not fields or all(not x.strip() for x in fields):
+            continue
+        if len(fields) != 4:
+            raise SourceError(
+                f"{path}:{lineno}: expected 4 fields (id,start,label,split), got {len(fields)}: {fields}"
             )
+        youtube_id, start, label, split = (x.strip() for x in fields)
+        start_s = int(_start_seconds(f"{path}:{lineno}", start))
+        if not youtube_id or not label:
+            raise SourceError(f"{path}:{lineno}: empty id or label: {fields}")
+        if split not in SPLITS:
+            raise SourceError(f"{path}:{lineno}: split {split!r} not one of {SPLITS}")
+        key = clip_key(youtube_id, start_s)
+        if key in seen:
+            raise SourceError(f"{path}:{lineno}: duplicate clip {key} (first on line {seen[key]})")
+        seen[key] = lineno
+        rows.append(
+            ClipRow(youtube_id, start_s, shared.setdefault(label, label), shared.setdefault(split, split))
+        )
     return rows
 
 
@@ -139,37 +170,52 @@ def read_url_list(path: str | Path) -> list[ClipTask]:
     import pyarrow.csv as pacsv
 
     path = str(path)  # read as bytes: see storage.read_parquet
-    table = (
-        storage.read_parquet(path)
-        if path.endswith(".parquet")
-        else pacsv.read_csv(pa.BufferReader(storage.read_bytes(path)))
-    )
+    if path.endswith(".parquet"):
+        table = storage.read_parquet(path)
+    else:
+        data = storage.read_bytes(path)
+        _utf8_text(path, data)  # names the line; Arrow's own error names none
+        try:
+            table = pacsv.read_csv(pa.BufferReader(data))
+        except pa.ArrowInvalid as exc:
+            raise SourceError(f"{path}: {' '.join(str(exc).split())}") from None
     cols = set(table.column_names)
     if "url" not in cols:
         raise SourceError(f"{path}: needs a 'url' column, has {sorted(cols)}")
     tasks, seen = [], set()
     for i, row in enumerate(table.to_pylist(), start=1):
+        where = f"{path}: row {i}"
         url = row["url"]
         if not url:
-            raise SourceError(f"{path}: row {i} has an empty url")
-        start = float(row.get("start") or 0.0)
+            raise SourceError(f"{where} has an empty url")
+        if not isinstance(url, str):
+            raise SourceError(f"{where}: url {url!r} is not text")
+        start = _start_seconds(where, row.get("start") or 0.0)
+        end = row.get("end")
+        if end is not None and _start_seconds(where, end, "end") <= start:
+            raise SourceError(f"{where}: end {end!r} is not after start {start!r}")
         ident = row.get("id") or hashlib.sha1(url.encode()).hexdigest()[:16]
         key = clip_key(str(ident), int(start))
         if key in seen:
-            raise SourceError(f"{path}: row {i} repeats clip {key}")
+            raise SourceError(f"{where} repeats clip {key}")
         seen.add(key)
-        end = row.get("end")
         tasks.append(
             ClipTask(
                 key=key,
                 source=url,
                 start=start,
-                label=row.get("label") or None,
-                split=row.get("split") or None,
+                label=_text_or_none(row.get("label")),
+                split=_text_or_none(row.get("split")),
                 end=float(end) if end is not None else None,
             )
         )
     return tasks
+
+
+def _text_or_none(value: object) -> str | None:
+    """A label or split cell as text (Arrow reads a column of digits as numbers); an
+    empty cell is None."""
+    return None if value is None or value == "" else str(value)
 
 
 def walk_folder(root: str, extensions: tuple[str, ...]) -> tuple[list[str], list[str]]:

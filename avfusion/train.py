@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from avfusion import __version__, checkpoint, storage
 from avfusion.augment import AugmentConfig, BatchAugment
-from avfusion.config import ConfigError
+from avfusion.config import ConfigError, bounded, check_bounds
 from avfusion.distributed import DistEnv, setup, teardown
 from avfusion.loader import (
     Batch,
@@ -62,30 +62,33 @@ class TrainConfig:
 
     shards: str
     out: str
-    epochs: int = 10
-    batch_size: int = 16
-    steps_per_epoch: int | None = None  # default: train samples / (batch × ranks), at least 1
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.05
-    grad_clip: float = 1.0
+    epochs: int = bounded(10, ge=1, le=100_000)
+    batch_size: int = bounded(16, ge=1, le=65_536)
+    # default: train samples / (batch × ranks), at least 1
+    steps_per_epoch: int | None = bounded(None, ge=1, le=1_000_000_000)
+    lr: float = bounded(1e-3, gt=0, le=10)
+    weight_decay: float = bounded(0.01, ge=0, le=10)
+    warmup_fraction: float = bounded(0.05, ge=0, le=1)
+    grad_clip: float = bounded(1.0, gt=0, le=1e6)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of two clips' audio, frames and labels (0 = off)
-    mixup_prob: float = 0.5  # share of batches mixed when mixup_alpha > 0
+    # Beta(alpha, alpha) mixing of two clips' audio, frames and labels (0 = off)
+    mixup_alpha: float = bounded(0.0, ge=0, le=100)
+    mixup_prob: float = bounded(0.5, ge=0, le=1)  # share of batches mixed when mixup_alpha > 0
     # data
     workers: int | str = 2  # loader workers per process, or "auto" (from the cores per rank)
-    seed: int = 0
+    seed: int = bounded(0, ge=0, le=2**32 - 1)
     compile: bool = False
     bf16: bool = True  # autocast on GPU only
-    log_every: int = 50  # steps between host reads of the running loss (tqdm postfix)
+    log_every: int = bounded(50, ge=1, le=1_000_000_000)  # steps between host reads of the running loss
     train_split: str = "train"
     val_split: str = "test"
     folds: str | None = None  # k-fold: a `key,fold` CSV; validation = fold `fold`, training = the others
-    fold: int = 0
+    fold: int = bounded(0, ge=0, le=1000)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        check_bounds(self, "train")
         defaults = ModelConfig()
         for key in DERIVED_MODEL_KEYS:
             if getattr(self.model, key) != getattr(defaults, key):
@@ -93,8 +96,9 @@ class TrainConfig:
                     f"train.model.{key} is not a recipe key: training takes it from the shards "
                     f"and the loss; remove it from the recipe"
                 )
-        if self.log_every < 1:
-            raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
+        w = self.workers
+        if isinstance(w, bool) or (w != "auto" if isinstance(w, str) else not 0 <= w <= 1024):
+            raise ConfigError(f"train.workers: {w!r} is not allowed; allowed: an integer 0..1024 or 'auto'")
         if self.loss.reliability_weight > 0 and self.loss.aux_weight <= 0:
             raise ConfigError(
                 "train.loss.reliability_weight > 0 needs aux_weight > 0: its targets come from "

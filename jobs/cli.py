@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from avfusion import __version__
+from jobs import JobParser
 
 JOBS: dict[str, str] = {
     "preprocess": "clip list or folder → Ray tasks → yt-dlp/PyAV → WebDataset shards",
@@ -29,7 +30,7 @@ JOBS: dict[str, str] = {
 def build_parser() -> argparse.ArgumentParser:
     width = max(map(len, JOBS))
     listing = "\n".join(f"  {name:<{width}}  {text}" for name, text in JOBS.items())
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog="avfusion",
         description="Audio-visual event recognition over large video collections.",
         epilog=f"jobs:\n{listing}\n\n`avfusion <job> --help` for a job's options.",

@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 
 from avfusion import sample_data
+from avfusion.config import ExecutorSpec
 from avfusion.executor.ray_tasks import ray_session
-from jobs import ray_address
+from jobs import JobParser, ray_address, refusing
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = JobParser(
         prog="avfusion demo",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -47,14 +48,21 @@ def _step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
+@refusing("avfusion demo")  # a bad flag value: one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from jobs import evaluate, label, preprocess, train
 
+    ExecutorSpec(num_cpus=args.num_cpus)  # bounds, before any work starts
+    if args.epochs is not None:  # train's own bound, checked before preprocess runs
+        from avfusion.train import TrainConfig
+
+        TrainConfig(shards="", out="", epochs=args.epochs)
+
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     shards, runs = out / "shards", out / "runs"
-    epochs = ["--epochs", str(args.epochs)] if args.epochs else []
+    epochs = ["--epochs", str(args.epochs)] if args.epochs is not None else []
     with ray_session(ray_address(args.address), args.num_cpus):
         _step("1/4 preprocess the sample set into WebDataset shards (Ray tasks)")
         rc = preprocess.main(

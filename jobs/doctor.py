@@ -11,11 +11,11 @@ import argparse
 import os
 import sys
 
+from jobs import JobParser, refusing
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="avfusion doctor", description=__doc__.split("\n\n")[0].split(": ", 1)[1]
-    )
+    p = JobParser(prog="avfusion doctor", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     p.add_argument("--cookies", help="cookies.txt as given to preprocess (a path or URL)")
     p.add_argument("--proxy", help="proxy URL as given to preprocess")
     p.add_argument("--proxies", metavar="FILE", help="proxy file as given to preprocess")
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@refusing("avfusion doctor")  # a flag it cannot use: one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     from urllib.parse import unquote
 

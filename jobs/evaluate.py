@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jobs import JobParser, refuse, refusing
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = JobParser(
         prog="avfusion evaluate",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -38,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N: where the models run"
     )
+    p.add_argument("--verbose", action="store_true", help="show a refused input's traceback")
     return p
 
 
+@refusing("avfusion evaluate")  # a bad flag value: one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.folder and not args.labels:
@@ -69,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         results = run(cfg)
     except (OSError, ValueError, KeyError) as exc:
-        print(f"avfusion evaluate: {exc}", file=sys.stderr)
-        return 2
+        return refuse("avfusion evaluate", exc, args.verbose)
     return 0 if results[NORMAL]["fused"]["n"] else 1
 
 

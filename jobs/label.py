@@ -20,11 +20,11 @@ import argparse
 import sys
 
 from avfusion.labelling import LABEL_EXTENSIONS
-from jobs import executor_of
+from jobs import JobParser, executor_of, refuse, refusing
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = JobParser(
         prog="avfusion label",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-rows", type=int, default=256, help="rows per Parquet part file")
     p.add_argument("--address", help="Ray cluster address; default: embedded local Ray (or the job's)")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded Ray")
-    p.add_argument("--verbose", action="store_true", help="show Ray's own log lines and progress bars")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own log lines and progress bars, and a refused input's traceback",
+    )
     p.add_argument(
         "--executor",
         choices=["ray", "local"],
@@ -83,18 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@refusing("avfusion label")  # a bad flag value: one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from avfusion.config import ConfigError
     from avfusion.labelling import LabelConfig, label
 
+    extensions = tuple("." + e.strip().lstrip(".").lower() for e in args.extensions.split(",") if e.strip())
+    if not extensions:
+        raise ConfigError(f"--extensions: {args.extensions!r} names no extension; allowed: e.g. mp4,wav")
     cfg = LabelConfig(
         input=args.input,
         out=args.out,
         checkpoint=args.checkpoint,
         every_window=args.windows == "all",
-        extensions=tuple(
-            "." + e.strip().lstrip(".").lower() for e in args.extensions.split(",") if e.strip()
-        ),
+        extensions=extensions,
         list_skipped=args.list_skipped,
         top_k=args.top_k,
         actors=args.actors,
@@ -105,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         part_rows=args.part_rows,
         bf16=args.bf16,
     )
+    executor = executor_of(args)
     try:
-        label(cfg, executor_of(args))
+        label(cfg, executor)
     except (OSError, KeyError, ValueError) as exc:
-        print(f"avfusion label: {exc}", file=sys.stderr)
-        return 2
+        return refuse("avfusion label", exc, args.verbose)
     return 0
 
 

@@ -18,11 +18,11 @@ import shlex
 import sys
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from jobs import executor_of
+from jobs import JobParser, executor_of, refuse, refusing
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = JobParser(
         prog="avfusion preprocess",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray re-runs of a shard task whose worker died (default 3); after them its clips "
         "are recorded as task_failed",
     )
-    run.add_argument("--verbose", action="store_true", help="show Ray's own log lines")
+    run.add_argument(
+        "--verbose", action="store_true", help="show Ray's own log lines, and a refused input's traceback"
+    )
     run.add_argument(
         "--executor",
         choices=["ray", "local"],
@@ -131,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 def governor_config(args, cookies: bool):
     """The download governor's budget: defaults for a guest or an account (cookies), the
     YAML ``governor:`` section (any ``GovernorConfig`` field), then the flags."""
-    from avfusion.config import load_yaml
+    from avfusion.config import from_dict, load_yaml
     from avfusion.governor import GovernorConfig
 
     data = dict((load_yaml(args.config).get("governor") or {}) if args.config else {})
@@ -144,27 +146,42 @@ def governor_config(args, cookies: bool):
         "max_blocked": args.max_blocked,
     }
     data.update({k: v for k, v in flags.items() if v is not None})
-    return GovernorConfig.for_cookies(cookies, **data)
+    checked = from_dict(GovernorConfig, data, prefix="governor")  # keys, types, bounds
+    return GovernorConfig.for_cookies(cookies, **{k: getattr(checked, k) for k in data})
+
+
+def yt_dlp_options(items: list[str]) -> dict:
+    """``--yt-dlp-option KEY=JSON`` (repeatable) → {KEY: value}; a value that is not
+    JSON is taken as a string. No ``=`` or no key is a ``ConfigError``."""
+    from avfusion.config import ConfigError
+
+    options = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"--yt-dlp-option: {item!r} is not KEY=JSON (e.g. retries=3)")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
 
 
 def load_config(args):
     """The ``PreprocessConfig``: YAML sections, then the command line's overrides."""
-    from dataclasses import replace
+    from dataclasses import fields, replace
 
-    from avfusion.config import ClipSpec, load_section, load_yaml
+    from avfusion.config import ClipSpec, ConfigError, from_dict, load_section, load_yaml
     from avfusion.decode import DecodeLimits
     from avfusion.download import DownloadConfig
     from avfusion.preprocess.shard import PreprocessConfig
 
     sections = load_yaml(args.config) if args.config else {}
     clip = load_section(ClipSpec, args.config, "clip", frame_size=args.frame_size)
-    extra = dict((sections.get("download") or {}).get("extra") or {})
-    for item in args.yt_dlp_option:
-        key, _, value = item.partition("=")
-        try:
-            extra[key] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key] = value
+    extra = (sections.get("download") or {}).get("extra") or {}
+    if not isinstance(extra, dict):
+        raise ConfigError(f"download.extra: expected a mapping of yt-dlp options, got {extra!r}")
+    extra = {**extra, **yt_dlp_options(args.yt_dlp_option)}
     download = load_section(
         DownloadConfig,
         args.config,
@@ -179,16 +196,16 @@ def load_config(args):
         extra=extra or None,
     )
     limits = load_section(DecodeLimits, args.config, "limits")
-    base = load_section(PreprocessConfig, None, "preprocess")
-    pre = sections.get("preprocess") or {}
-    return replace(
-        base,
-        clip=clip,
-        download=download,
-        limits=limits,
-        shard_size=args.shard_size or pre.get("shard_size", base.shard_size),
-        threads_per_task=args.threads or pre.get("threads_per_task", base.threads_per_task),
-    )
+    pre = dict(sections.get("preprocess") or {})
+    # clip, download and limits are sections of their own: one spelling for each key
+    own = sorted({f.name for f in fields(PreprocessConfig)} - {"clip", "download", "limits"})
+    unknown = sorted(map(str, set(pre) - set(own)))
+    if unknown:
+        raise ConfigError(f"preprocess: unknown key(s) {unknown}; allowed: {own}")
+    flags = {"shard_size": args.shard_size, "threads_per_task": args.threads}
+    pre.update({k: v for k, v in flags.items() if v is not None})
+    base = from_dict(PreprocessConfig, pre, prefix="preprocess")
+    return replace(base, clip=clip, download=download, limits=limits)
 
 
 def job_of(args, cfg):
@@ -289,6 +306,7 @@ def resume_command(argv: list[str], redactor) -> str:
     return command + (f"  ({CREDENTIALS_HINT})" if dropped else "")
 
 
+@refusing("avfusion preprocess")  # a bad flag, config value or clip list: one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dataclasses import replace
@@ -315,11 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         job = replace(job_of(args, cfg), secrets=(aws_secret,) if aws_secret else ())
         redactor = job_redactor(job)
     except (ConfigError, OSError) as exc:  # OSError: an unreadable --config or --proxies
-        return _refused(exc, redactor)
+        return refuse("avfusion preprocess", exc, args.verbose, redactor)
     try:
         result = run_preprocess(job, executor_of(args), redactor)
     except PreprocessError as exc:
-        return _refused(exc, redactor)
+        return refuse("avfusion preprocess", exc, args.verbose, redactor)
     if result.stopped:
         command = resume_command(sys.argv[1:] if argv is None else argv, redactor)
         print(
@@ -328,11 +346,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     return result.exit_code
-
-
-def _refused(exc: BaseException, redactor=None) -> int:
-    print(f"avfusion preprocess: {redactor(str(exc)) if redactor else exc}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

@@ -15,11 +15,12 @@ import os
 import sys
 
 from avfusion import storage
-from avfusion.config import ConfigError, from_dict, load_yaml
+from avfusion.config import ExecutorSpec, from_dict, load_yaml
+from jobs import JobParser, refuse, refusing
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = JobParser(
         prog="avfusion train",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -52,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address", help="with --ray-workers: Ray cluster address (default: embedded or the job's)"
     )
-    p.add_argument("--verbose", action="store_true", help="with --ray-workers: show Ray's own log lines")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show a refused input's traceback and, with --ray-workers, Ray's own log lines",
+    )
     return p
 
 
@@ -61,6 +66,7 @@ def load_config(args):
     ``--video-weights`` set ``train.model``, the others ``train`` itself."""
     from avfusion.train import TrainConfig
 
+    ExecutorSpec(ray_workers=args.ray_workers)  # bounds: one line, exit 2
     data = dict((load_yaml(args.config).get("train") or {}) if args.config else {})
     data.update(shards=args.shards, out=args.out)
     for name in ("epochs", "batch_size", "steps_per_epoch", "lr", "workers", "seed", "compile"):
@@ -80,13 +86,10 @@ def load_config(args):
     return cfg
 
 
+@refusing("avfusion train")  # a bad flag or recipe value: one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args)
-    except ConfigError as exc:
-        print(f"avfusion train: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args)
     cfg = dataclasses.replace(cfg, out=storage.absolute(cfg.out), shards=storage.absolute(cfg.shards))
     from avfusion.checkpoint import CheckpointError
     from avfusion.loader import ShardReadError
@@ -110,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avfusion train: {exc.brief()}", file=sys.stderr)
         return 1
     except CheckpointError as exc:  # RUN/last.pt is not a checkpoint this version resumes from
-        print(f"avfusion train: {exc}", file=sys.stderr)
-        return 2
+        return refuse("avfusion train", exc, args.verbose)
     return 0
 
 

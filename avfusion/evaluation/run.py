@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from avfusion import storage
+from avfusion.config import bounded, check_bounds
 from avfusion.evaluation.conditions import NORMAL, Condition, conditions, corrupt
 from avfusion.evaluation.report import Results, markdown_table, write_report
 from avfusion.metrics import topk_hits
@@ -197,10 +198,13 @@ class EvalConfig:
     suite: str = "default"
     conditions: tuple[Condition, ...] | None = None  # instead of the suite
     out: str = "robustness"
-    batch_size: int = 16
-    seed: int = 0
-    workers: int = 2
+    batch_size: int = bounded(16, ge=1, le=65_536)
+    seed: int = bounded(0, ge=0, le=2**32 - 1)
+    workers: int = bounded(2, ge=0, le=1024)
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "evaluate")
 
 
 def load_models(cfg: EvalConfig) -> tuple[dict[str, FusionModel], dict]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from avfusion import storage
+from avfusion.config import bounded, check_bounds
 from avfusion.executor import BatchPipeline, Executor
 from avfusion.sources import VIDEO_EXTENSIONS, relative_path, walk_folder
 
@@ -48,14 +49,17 @@ class LabelConfig:
     every_window: bool = False
     extensions: tuple[str, ...] = LABEL_EXTENSIONS
     list_skipped: bool = False
-    top_k: int = 5
-    actors: int = 1
-    gpus_per_actor: float = 0.0
-    actor_memory_mb: int = 1024
-    model_batch: int = 16
-    decode_batch: int = 4
-    part_rows: int = 256
+    top_k: int = bounded(5, ge=1, le=1000)
+    actors: int = bounded(1, ge=1, le=1024)
+    gpus_per_actor: float = bounded(0.0, ge=0, le=64)
+    actor_memory_mb: int = bounded(1024, ge=1, le=1 << 22)
+    model_batch: int = bounded(16, ge=1, le=65_536)
+    decode_batch: int = bounded(4, ge=1, le=65_536)
+    part_rows: int = bounded(256, ge=1, le=10_000_000)
     bf16: bool = False
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "label")
 
 
 # ----------------------------------------------------------------------------- input

@@ -17,6 +17,7 @@ from functools import partial
 from urllib.parse import unquote, urlsplit
 
 from avfusion import storage
+from avfusion.config import bounded, check_bounds
 from avfusion.executor import Executor
 from avfusion.governor import Governor, GovernorClient, GovernorConfig, SourceBlocked
 from avfusion.preprocess.plan import (
@@ -61,10 +62,10 @@ class PreprocessJob:
     labels_from_dirs: bool = False
     splits: tuple[str, ...] = ()  # keep only these (empty: all)
     keep_labels: tuple[str, ...] = ()
-    limit: int | None = None
+    limit: int | None = bounded(None, ge=0)  # keep the first N clips after filtering
     retry_failed: bool = False
     retry_all_failures: bool = False
-    task_retries: int = 3  # executor re-runs of a shard whose worker died
+    task_retries: int = bounded(3, ge=0, le=100)  # executor re-runs of a shard whose worker died
     governor: GovernorConfig = field(default_factory=GovernorConfig)  # the download budget and block handling
     allow_no_solver: bool = False  # download from YouTube without a JS runtime + challenge solver
     # Secrets the job holds beyond its config (the AWS secret key the entry point read
@@ -89,6 +90,9 @@ def job_redactor(job: PreprocessJob) -> Redactor:
         except OSError:
             pass  # unreadable: the download refuses it with its own (redacted) error
     return redactor
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "preprocess")
 
 
 def input_kind(path: str) -> str:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from avfusion import __version__, storage
-from avfusion.config import ClipSpec
+from avfusion.config import ClipSpec, bounded, check_bounds
 from avfusion.decode import DecodeLimits, decode_clip
 from avfusion.download import DownloadConfig, DownloadError, download_section
 from avfusion.governor import GovernorClient, SourceBlocked, wait_for_turn
@@ -36,8 +36,12 @@ class PreprocessConfig:
     clip: ClipSpec = field(default_factory=ClipSpec)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
-    shard_size: int = 100
-    threads_per_task: int = 4  # clips in flight inside one Ray task (downloads overlap)
+    shard_size: int = bounded(100, ge=1, le=100_000)
+    # clips in flight inside one Ray task (downloads overlap)
+    threads_per_task: int = bounded(4, ge=1, le=1024)
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "preprocess")
 
 
 def process_clip(
