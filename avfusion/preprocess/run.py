@@ -28,7 +28,7 @@ from avfusion.preprocess.plan import (
 )
 from avfusion.preprocess.report import PreprocessResult, finish
 from avfusion.preprocess.shard import PreprocessConfig, process_shard
-from avfusion.shardstore import read_all_stats, write_stats
+from avfusion.shardstore import claim, read_all_stats, write_stats
 from avfusion.sources import (
     ClipTask,
     SourceError,
@@ -65,6 +65,8 @@ class PreprocessJob:
     task_retries: int = 3  # executor re-runs of a shard whose worker died
     governor: GovernorConfig = field(default_factory=GovernorConfig)  # the download budget and block handling
     allow_no_solver: bool = False  # download from YouTube without a JS runtime + challenge solver
+    force: bool = False  # write into an --out that holds files we did not write
+    allow_local_paths: bool = False  # a URL list may name local files (read from the worker's disk)
 
 
 def input_kind(path: str) -> str:
@@ -99,7 +101,7 @@ def read_tasks(job: PreprocessJob) -> tuple[list[ClipTask], list[Failure]]:
             for r in rows
         ]
     elif kind == "urls":
-        tasks = read_url_list(job.input)
+        tasks = read_url_list(job.input, job.allow_local_paths)
     else:
         tasks = tasks_from_vggsound(read_vggsound_csv(job.input), job.config.download.url_template)
     tasks = filter_tasks(tasks, list(job.splits) or None, list(job.keep_labels) or None, job.limit)
@@ -117,9 +119,10 @@ def run_preprocess(job: PreprocessJob, executor: Executor) -> PreprocessResult:
     if refused:
         raise PreprocessError(refused)
     root, cfg = job.out.rstrip("/"), job.config
-    storage.makedirs(root)
-    for leftover in storage.list_files(root, "*.tmp-*"):  # local copies cut short by a killed run
-        storage.remove(leftover)
+    try:
+        claim(root, job.force)
+    except OSError as exc:
+        raise PreprocessError(str(exc)) from exc
     labels = label_map_of(tasks)
     try:
         check_plan(root, tasks, cfg)
