@@ -121,6 +121,21 @@ def test_label_gives_every_hostile_entry_one_row_without_hanging(hostile, tiny_c
 
 
 @pytest.mark.timeout(120)
+def test_a_list_file_naming_hostile_paths_gives_each_one_row(tmp_path, tiny_checkpoint):
+    """A list file is bytes too: a line that is not UTF-8 names that exact file."""
+    root = tmp_path / "in"
+    expected = make_hostile_folder(root)
+    base = os.fsencode(root) + b"/"
+    listed = tmp_path / "list.txt"
+    listed.write_bytes(b"".join(base + rel + b"\n" for rel in expected))
+    out = tmp_path / "labels"
+    assert (
+        label_job.main([str(listed), str(out), "--checkpoint", tiny_checkpoint, "--executor", "local"]) == 0
+    )
+    _check_rows(root, _label_rows(out), expected)
+
+
+@pytest.mark.timeout(120)
 def test_preprocess_gives_every_hostile_entry_one_sample_or_failure(hostile, tmp_path, capsys):
     root, expected = hostile
     out = tmp_path / "shards"

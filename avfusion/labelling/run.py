@@ -85,7 +85,8 @@ def list_inputs(source: str, extensions: tuple[str, ...]) -> list[str]:
 
 
 def _list_file(url: str) -> list[str]:
-    lines = storage.read_text(url).splitlines()
+    # A listed path is bytes as the OS names it: a line that is not UTF-8 stays that path.
+    lines = storage.read_bytes(url).decode("utf-8", "surrogateescape").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
