@@ -315,7 +315,8 @@ def label(cfg: LabelConfig, executor: Executor) -> int:
 
 
 def predict(path: str, checkpoint: str, top_k: int = 5) -> dict:
-    """Label one clip in-process (``avfusion predict``): the same rows the job writes."""
+    """Label one clip in-process (``avfusion predict``): the row the job writes, less
+    ``path_bytes``."""
     from avfusion.checkpoint import load as load_checkpoint
     from avfusion.config import ClipSpec
     from avfusion.labelling.schema import rows_to_batch, to_table
@@ -324,4 +325,6 @@ def predict(path: str, checkpoint: str, top_k: int = 5) -> dict:
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
     size, mtime = storage.identity(str(path))
     rows = DecodeRows(clip).decode_file(str(path), storage.basename(str(path)).rsplit(".", 1)[0], size, mtime)
-    return to_table(Predictor(str(checkpoint), top_k)(rows_to_batch(rows))).to_pylist()[0]
+    row = to_table(Predictor(str(checkpoint), top_k)(rows_to_batch(rows))).to_pylist()[0]
+    del row["path_bytes"]  # the caller's own path, and bytes have no JSON form (predict --json)
+    return row
