@@ -153,10 +153,6 @@ def identity(url: str) -> tuple[int, int]:
     return int(meta.get("size") or 0), ns
 
 
-# What ``local_kind`` can say about a path besides ``'file'`` and ``'dir'``.
-SPECIAL_KINDS = ("fifo", "socket", "device")
-
-
 def local_kind(path: str) -> str:
     """What a local path is, as the OS sees it, found by ``stat`` alone (nothing is
     opened: opening a FIFO blocks until a writer comes): ``'file'`` (a regular file
@@ -212,18 +208,31 @@ def walk_local(top: str) -> list[tuple[str, str]]:
     none is opened), ``'dir'`` (walked into), ``'linked_dir'`` (a symlink to a
     directory: not followed) or ``'unlisted'`` (a directory that could not be listed).
 
-    The walk holds a handle on each directory and lists it through that handle, so a
-    tree deeper than the OS's path limit (4,096 bytes on Linux) is walked whole; its
-    deep paths are returned as strings a caller cannot open, which ``local_kind``
-    calls ``'too_long'``. Names are ``os.fsdecode``d: lossless for any bytes."""
+    A directory deeper than the OS's path limit (4,096 bytes on Linux) is reached one
+    component at a time through directory handles, so such a tree is walked whole; its
+    deep paths come back as strings a caller cannot open, which ``local_kind`` calls
+    ``'too_long'``. No recursion and one handle at a time: depth costs neither stack
+    nor file descriptors. Names are ``os.fsdecode``d: lossless for any bytes."""
     entries: list[tuple[str, str]] = []
-
-    def visit(fd: int, dirpath: str) -> None:
+    pending: list[list[str]] = [[]]  # directories to list, as components under top
+    while pending:
+        parts = pending.pop()
+        dirpath = os.path.join(top, *parts)
+        try:
+            fd = _open_dir(top, parts)
+        except OSError:
+            if not parts:
+                raise
+            entries.append((dirpath, "unlisted"))
+            continue
+        subdirs = []
         try:
             listing = sorted(os.scandir(fd), key=lambda e: e.name)
         except OSError:
             entries.append((dirpath, "unlisted"))
-            return
+            listing = []
+        finally:
+            os.close(fd)
         for entry in listing:
             path = os.path.join(dirpath, entry.name)
             try:
@@ -237,22 +246,26 @@ def walk_local(top: str) -> list[tuple[str, str]]:
                 entries.append((path, "linked_dir"))
             else:
                 entries.append((path, "dir"))
-                try:
-                    child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                except OSError:
-                    entries.append((path, "unlisted"))
-                    continue
-                try:
-                    visit(child, path)
-                finally:
-                    os.close(child)
-
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        visit(fd, top)
-    finally:
-        os.close(fd)
+                subdirs.append([*parts, entry.name])
+        pending.extend(reversed(subdirs))
     return entries
+
+
+def _open_dir(top: str, parts: list[str]) -> int:
+    """A handle on directory ``top/parts…``: by its path when the OS can take it, else
+    one component at a time from ``top`` (never following a symlink below ``top``)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY
+    path = os.path.join(top, *parts)
+    if len(os.fsencode(path)) < 4000:
+        return os.open(path, flags | (os.O_NOFOLLOW if parts else 0))
+    fd = os.open(top, flags)
+    for name in parts:
+        try:
+            child = os.open(name, flags | os.O_NOFOLLOW, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
 
 
 def open(url: str, mode: str = "rb", **kwargs: Any) -> IO[Any]:  # noqa: A001 - the module's one opener

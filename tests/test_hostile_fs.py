@@ -165,6 +165,38 @@ def test_preprocess_gives_every_hostile_entry_one_sample_or_failure(hostile, tmp
     assert all(isinstance(k, str) and isinstance(s, str) for k, s, _ in failures)
 
 
+def test_the_walk_reaches_any_depth_without_recursion_or_leaked_handles(tmp_path):
+    """1,100 nested folders (past Python's recursion limit, and past PATH_MAX at the
+    bottom): the file at the bottom is found, and every directory handle is closed."""
+    from avfusion.sources import walk_folder
+
+    depth, name = 1100, b"dddd"
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    chain = [fd]
+    try:
+        for i in range(depth):
+            os.mkdir(name, dir_fd=chain[-1])
+            chain.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=chain[-1]))
+            if i == 5:
+                os.close(os.open(b"notes.txt", os.O_WRONLY | os.O_CREAT, dir_fd=chain[-1]))
+        os.close(os.open(b"bottom.mp4", os.O_WRONLY | os.O_CREAT, dir_fd=chain[-1]))
+        handles = len(os.listdir("/proc/self/fd"))
+        found, skipped = walk_folder(str(tmp_path), (".mp4",))
+        assert len(os.listdir("/proc/self/fd")) == handles
+        (bottom,) = found
+        assert bottom == os.path.join(str(tmp_path), *["dddd"] * depth, "bottom.mp4")
+        assert len(os.fsencode(bottom)) > 4096
+        assert skipped == [os.path.join(str(tmp_path), *["dddd"] * 6, "notes.txt")]
+    finally:  # shutil.rmtree recurses per level: take the tree down from the bottom here
+        os.unlink(b"bottom.mp4", dir_fd=chain[-1])
+        while len(chain) > 1:
+            os.close(chain.pop())
+            if len(chain) == 7:
+                os.unlink(b"notes.txt", dir_fd=chain[-1])
+            os.rmdir(name, dir_fd=chain[-1])
+        os.close(chain.pop())
+
+
 # ----------------------------------------------------------------------------- --out is ours
 
 
