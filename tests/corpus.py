@@ -281,9 +281,10 @@ def make_hostile_folder(root: Path, *, unreadable_bites: bool = False) -> dict[b
     with a file name that is not UTF-8, one whose name escapes to what another file is
     literally called), a FIFO, a socket, a character device, a symlink loop, a dangling
     link, a directory named like a video, a file behind a path longer than the OS can
-    open, an unreadable file (chmod 000) and a file of garbage bytes with a non-UTF-8
-    name. Returns each file's path relative to ``root`` as bytes → the error kind its
-    row or failure must have (None: labelled / a sample).
+    open, an unreadable file (chmod 000), a file of garbage bytes with a non-UTF-8
+    name, and a non-UTF-8 ``.txt`` that the extension filter skips. Returns each other
+    file's path relative to ``root`` as bytes → the error kind its row or failure must
+    have (None: labelled / a sample).
 
     Root reads a chmod-000 file anyway (CAP_DAC_OVERRIDE): pass ``unreadable_bites``
     when the job runs without that capability (``capsh --drop``) to expect
@@ -301,6 +302,7 @@ def make_hostile_folder(root: Path, *, unreadable_bites: bool = False) -> dict[b
     expected[b"caf\xe9 latin-1.mp4"] = None
     put(b"caf\\xe9 latin-1.mp4", good)  # what the name above escapes to: a different file
     expected[b"caf\\xe9 latin-1.mp4"] = None
+    put(b"notes \xff.txt", b"skipped by the extension filter, and listed by --list-skipped")
     put(b"garbage \xff\xfe.mp4", b"not a video\n" * 50)
     expected[b"garbage \xff\xfe.mp4"] = "not_media"
     os.mkfifo(root / "fifo.mp4")

@@ -338,7 +338,8 @@ def test_label_on_ray_gives_every_hostile_entry_one_row(hostile, tiny_checkpoint
     root, expected = hostile
     out = tmp_path / "labels"
     proc = subprocess.run(
-        ["avfusion", "label", str(root), str(out), "--checkpoint", tiny_checkpoint, "--num-cpus", "2"],
+        ["avfusion", "label", str(root), str(out), "--checkpoint", tiny_checkpoint, "--num-cpus", "2"]
+        + ["--list-skipped"],
         env=cli_env,
         capture_output=True,
         text=True,
@@ -346,6 +347,7 @@ def test_label_on_ray_gives_every_hostile_entry_one_row(hostile, tiny_checkpoint
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_rows(root, _label_rows(out), expected)
+    assert f"skipped: {root}/notes \\xff.txt" in proc.stdout  # printed escaped, not a crash
 
 
 @pytest.mark.slow
