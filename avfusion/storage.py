@@ -226,27 +226,25 @@ def walk_local(top: str) -> list[tuple[str, str]]:
             entries.append((dirpath, "unlisted"))
             continue
         subdirs = []
-        try:
-            listing = sorted(os.scandir(fd), key=lambda e: e.name)
+        try:  # entries are classified while the handle is open: a link is resolved through it
+            for entry in sorted(os.scandir(fd), key=lambda e: e.name):
+                path = os.path.join(dirpath, entry.name)
+                try:
+                    is_dir = entry.is_dir()  # follows a symlink: a link to a folder is not a file
+                    linked = entry.is_symlink()
+                except OSError:
+                    is_dir = linked = False
+                if not is_dir:
+                    entries.append((path, "file"))
+                elif linked:
+                    entries.append((path, "linked_dir"))
+                else:
+                    entries.append((path, "dir"))
+                    subdirs.append([*parts, entry.name])
         except OSError:
             entries.append((dirpath, "unlisted"))
-            listing = []
         finally:
             os.close(fd)
-        for entry in listing:
-            path = os.path.join(dirpath, entry.name)
-            try:
-                is_dir = entry.is_dir()  # follows a symlink: a link to a folder is not a file
-                linked = entry.is_symlink()
-            except OSError:
-                is_dir = linked = False
-            if not is_dir:
-                entries.append((path, "file"))
-            elif linked:
-                entries.append((path, "linked_dir"))
-            else:
-                entries.append((path, "dir"))
-                subdirs.append([*parts, entry.name])
         pending.extend(reversed(subdirs))
     return entries
 
