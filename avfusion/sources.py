@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from avfusion import storage
+from avfusion.redact import strip_url_secrets
 
 SPLITS = ("train", "test", "val")
 
@@ -148,17 +149,18 @@ def check_source_scheme(url: str, where: str, allow_local_paths: bool = False) -
         kind = bare.group(1).lower()
     if kind in WEB_SCHEMES or kind in OBJECT_STORE_SCHEMES:
         return url
+    shown = strip_url_secrets(url)  # the refusal is printed: no user:password@ or token in it
     if kind in LOCAL_SCHEMES:
         if allow_local_paths:
             return storage.local_path(url)
         what = "a local path" if not kind else "a file:// URL"
         raise SourceError(
-            f"{where}: {url!r} is {what}; a URL list names http(s):// or object-store URLs "
+            f"{where}: {shown!r} is {what}; a URL list names http(s):// or object-store URLs "
             f"({', '.join(s + '://' for s in OBJECT_STORE_SCHEMES)}); pass --allow-local-paths to read "
             "local files from the worker's disk"
         )
     raise SourceError(
-        f"{where}: {url!r} has scheme {kind}:, which a URL list does not take; allowed: "
+        f"{where}: {shown!r} has scheme {kind}:, which a URL list does not take; allowed: "
         f"{', '.join(s + '://' for s in WEB_SCHEMES + OBJECT_STORE_SCHEMES)}"
         + ("" if allow_local_paths else ", and local paths with --allow-local-paths")
     )

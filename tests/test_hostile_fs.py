@@ -290,6 +290,7 @@ def _url_list(path: Path, urls: list[str]) -> Path:
     ("url", "named"),
     [
         ("ftp://example.com/a.mp4", "scheme ftp:"),
+        ("ftp://user:hunter2@example.com/a.mp4", "'ftp://example.com/a.mp4' has scheme ftp:"),
         ("javascript:alert(1)", "scheme javascript:"),
         ("file:///etc/passwd", "is a file:// URL"),
         ("/etc/passwd", "is a local path"),
@@ -301,6 +302,7 @@ def test_a_url_list_names_web_and_object_store_urls_only(tmp_path, url, named):
     with pytest.raises(SourceError, match="row 2") as refused:
         read_url_list(str(listed))
     assert named in str(refused.value) and "\n" not in str(refused.value)
+    assert "hunter2" not in str(refused.value)
 
 
 def test_local_paths_only_with_the_flag(tmp_path, clips, capsys):
