@@ -44,7 +44,7 @@ from av.container import InputContainer
 from av.stream import Stream
 
 from avfusion.config import ClipSpec, bounded, check_bounds
-from avfusion.probe import MediaError
+from avfusion.probe import MediaError, check_local_file
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,7 @@ def decode_clip(
     ``decode_error`` (damaged beyond the usable threshold), ``empty_window`` (nothing
     decodable inside the window). A missing audio track is not an error: the
     waveform is zeros and ``quality.has_audio`` is False."""
+    check_local_file(path)  # a FIFO would block the open below past any deadline
     path = Path(path)
     deadline = time.monotonic() + limits.deadline_seconds
     try:

@@ -9,11 +9,30 @@ preprocess keeps beside them.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from avfusion import storage
+from avfusion.sources import display_path
 from shards.manifest import FAILURES, MANIFEST, STATS_SUFFIX, Failure, ShardStats, failure_columns, stats_name
+
+# The folder's own marker (see ``storage.claim_folder``) and every name preprocess gives
+# a file there: a shard's tar and stats (``00000``, a retry round's ``r01-00000``, the
+# ``missing`` rows of a folder input), the manifest, the failures table, the plan
+# records. Only files so named are ever replaced or cleaned up.
+MARKER = ".avfusion-shards"
+OUR_NAMES = re.compile(
+    r"(?:r\d{2}-)?\d{5}(?:\.tar|_stats\.json)|missing_stats\.json|manifest\.json|failures\.parquet"
+    r"|_plan\.json|_retry\d{2}\.json|" + re.escape(MARKER)
+)
+
+
+def claim(root: str, force: bool = False) -> None:
+    """Make ``root`` this preprocess run's folder (refused if it holds files we did not
+    write, unless ``force``), then delete the temp files a killed run left for our names."""
+    storage.claim_folder(root, MARKER, OUR_NAMES, force)
+    storage.remove_own_leftovers(root, OUR_NAMES)
 
 
 def write_json(url: str, data: Any) -> None:
@@ -62,7 +81,10 @@ def write_failures_table(root: str, failures: dict[str, Failure]) -> None:
             ("label", pa.string()),
         ]
     )
-    table = pa.Table.from_pydict(failure_columns(failures), schema=schema)
+    columns = failure_columns(failures)
+    for name in ("key", "source", "message", "label"):  # JSON kept a non-UTF-8 name; Parquet cannot
+        columns[name] = [v if v is None else display_path(v) for v in columns[name]]
+    table = pa.Table.from_pydict(columns, schema=schema)
     with storage.atomic_file(storage.join(root, FAILURES)) as tmp:
         pq.write_table(table, tmp)
 

@@ -9,13 +9,16 @@ are usually named on disk.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from avfusion import storage
+from avfusion.redact import strip_url_secrets
 
 SPLITS = ("train", "test", "val")
 MAX_START = 10_000_000  # seconds (115 days): a start beyond any video is a typo, not a clip
@@ -161,9 +164,47 @@ def tasks_from_vggsound(rows: list[ClipRow], url_template: str = YOUTUBE_URL) ->
     ]
 
 
-def read_url_list(path: str | Path) -> list[ClipTask]:
+# What a URL list may name: web pages and media (fetched by yt-dlp) and object-store
+# files. A plain path or ``file://`` would be read from whichever worker's disk the clip
+# lands on, so it is allowed only when asked for (``allow_local_paths``).
+WEB_SCHEMES = ("http", "https")
+LOCAL_SCHEMES = ("", "file")
+
+
+def check_source_scheme(url: str, where: str, allow_local_paths: bool = False) -> str:
+    """``url`` as a task's source (a ``file://`` URL as its local path), or
+    ``SourceError`` naming the scheme and what is allowed."""
+    kind = storage.scheme(url)
+    bare = None if kind else re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", url)  # javascript:, data:, mailto:
+    if bare:  # a local name with a colon in it can be written ./name
+        kind = bare.group(1).lower()
+    if kind in WEB_SCHEMES or kind in OBJECT_STORE_SCHEMES:
+        return url
+    shown = strip_url_secrets(url)  # the refusal is printed: no user:password@ or token in it
+    if kind in LOCAL_SCHEMES:
+        if allow_local_paths:
+            return storage.local_path(url)
+        what = "a local path" if not kind else "a file:// URL"
+        raise SourceError(
+            f"{where}: {shown!r} is {what}; a URL list names http(s):// or object-store URLs "
+            f"({', '.join(s + '://' for s in OBJECT_STORE_SCHEMES)}); pass --allow-local-paths to read "
+            "local files from the worker's disk"
+        )
+    raise SourceError(
+        f"{where}: {shown!r} has scheme {kind}:, which a URL list does not take; allowed: "
+        f"{', '.join(s + '://' for s in WEB_SCHEMES + OBJECT_STORE_SCHEMES)}"
+        + ("" if allow_local_paths else ", and local paths with --allow-local-paths")
+    )
+
+
+def read_url_list(path: str | Path, allow_local_paths: bool = False) -> list[ClipTask]:
     """A CSV (with header) or Parquet table with columns ``url`` and optionally ``id``,
-    ``start``, ``end``, ``label``, ``split``. Missing ``id`` → a hash of the URL."""
+    ``start``, ``end``, ``label``, ``split``. Missing ``id`` → a hash of the URL.
+
+    Every ``url`` must be ``http(s)://`` or an object-store URL (``check_source_scheme``;
+    local paths and ``file://`` only with ``allow_local_paths``): one entry with another
+    scheme refuses the whole list before any work, naming its row, since a list that
+    names ``ftp://`` or ``javascript:`` is a mistake or an attack, not a clip to skip."""
     import hashlib
 
     import pyarrow as pa
@@ -190,6 +231,7 @@ def read_url_list(path: str | Path) -> list[ClipTask]:
             raise SourceError(f"{where} has an empty url")
         if not isinstance(url, str):
             raise SourceError(f"{where}: url {url!r} is not text")
+        url = check_source_scheme(url.strip(), where, allow_local_paths)
         start = _start_seconds(where, row.get("start") or 0.0)
         end = row.get("end")
         if end is not None and _start_seconds(where, end, "end") <= start:
@@ -224,8 +266,15 @@ def walk_folder(root: str, extensions: tuple[str, ...]) -> tuple[list[str], list
 
     Local folders are walked without following symlinked directories (a symlink to a
     file is kept); a directory named like a media file is returned as a file, so the
-    caller reports it instead of skipping it silently. An object-store folder is a
-    fresh recursive listing."""
+    caller reports it instead of skipping it silently. Nothing found is opened here:
+    FIFOs, sockets and devices are returned like files, for the caller to reject by
+    their ``storage.local_kind`` (one row or failure each). A file name that is not
+    UTF-8 comes back lossless (``os.fsdecode``: ``os.fsencode`` gives its bytes back;
+    :func:`display_path` is its printable form). The walk goes by directory handles,
+    so a file deeper than the OS's path limit is still found (and reported by the
+    caller as ``path_too_long``), and a directory that cannot be listed is returned
+    as found too, so that it is reported rather than lost (``storage.walk_local``).
+    An object-store folder is a fresh recursive listing."""
     if not storage.is_local(root):
         every = storage.find(root)
         return (
@@ -234,11 +283,29 @@ def walk_folder(root: str, extensions: tuple[str, ...]) -> tuple[list[str], list
         )
     found: list[str] = []
     skipped: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(storage.local_path(root), followlinks=False):
-        dirnames.sort()
-        for name in filenames + [d for d in dirnames if d.lower().endswith(extensions)]:
-            (found if name.lower().endswith(extensions) else skipped).append(os.path.join(dirpath, name))
-    return sorted(found), sorted(skipped)
+    for path, what in storage.walk_local(storage.local_path(root)):
+        named = path.lower().endswith(extensions)
+        if what == "file":
+            (found if named else skipped).append(path)
+        elif what == "unlisted" or named:
+            found.append(path)
+    return sorted(found), sorted(set(skipped))
+
+
+def display_path(path: str) -> str:
+    """A path as valid UTF-8 text, for Parquet, JSON keys and the terminal: unchanged
+    when it is UTF-8; else each byte that is not is written ``\\xNN``. Not reversible
+    in general (a name may itself hold ``\\x``): what identifies a file is
+    ``os.fsencode(path)``, stored beside it."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        pass
+    try:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        return path.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def relative_path(root: str, path: str) -> str:
@@ -291,10 +358,20 @@ def scan_folder(
                     matched.add(r.key)
         else:
             label = rel.parts[0] if labels_from_dirs and len(rel.parts) > 1 else None
-            key = str(rel.with_suffix("")) if rel.suffix else str(rel)
+            key = _text_key(str(rel.with_suffix("")) if rel.suffix else str(rel))
             tasks.append(ClipTask(key=key, source=path, label=label, split="train" if label else None))
     missing = [r for r in rows if r.key not in matched]
     return tasks, missing
+
+
+def _text_key(name: str) -> str:
+    """A clip key for a file name: the name itself when it is UTF-8; else its display
+    form and a hash of its bytes, so that it stays apart from a file literally named
+    like that display form (keys name tar members and JSON fields: text only)."""
+    shown = display_path(name)
+    if shown == name:
+        return name
+    return f"{shown}~{hashlib.sha1(os.fsencode(name)).hexdigest()[:8]}"
 
 
 def filter_tasks(

@@ -26,11 +26,14 @@ reads itself; nothing here reads the environment.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
 import posixpath
+import re
 import shutil
+import stat
 import tempfile
 import time
 import uuid
@@ -151,11 +154,116 @@ def identity(url: str) -> tuple[int, int]:
 
 
 def local_kind(path: str) -> str:
-    """``'dir'``, ``'file'`` or ``'missing'`` (a dangling link too) for a local path, as
-    the OS sees it: fsspec would read a ``::`` in a file name as a URL chain."""
-    if os.path.isdir(path):
+    """What a local path is, as the OS sees it, found by ``stat`` alone (nothing is
+    opened: opening a FIFO blocks until a writer comes): ``'file'`` (a regular file
+    the process may read), ``'dir'``, ``'fifo'``, ``'socket'``, ``'device'``,
+    ``'missing'`` (a dangling link too), ``'too_long'`` (the path exceeds the OS's
+    limit), ``'loop'`` (a symlink loop), ``'unreadable'`` (no read permission) or
+    ``'error'`` (the OS failed to say: EIO and the like). fsspec is not asked: it would
+    read a ``::`` in a file name as a URL chain."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return {
+            errno.ENAMETOOLONG: "too_long",
+            errno.ELOOP: "loop",
+            errno.ENOENT: "missing",
+            errno.ENOTDIR: "missing",
+            errno.EACCES: "unreadable",
+        }.get(exc.errno or 0, "error")
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
         return "dir"
-    return "file" if os.path.exists(path) else "missing"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if not stat.S_ISREG(mode):
+        return "error"
+    return "file" if os.access(path, os.R_OK) else "unreadable"
+
+
+def list_names(url: str) -> list[str]:
+    """The names directly in folder ``url``, hidden ones too (sorted, fresh); [] when
+    it does not exist. Whether a folder is empty, or holds only our files, is decided
+    on this."""
+    if is_local(url):
+        try:
+            return sorted(os.fsdecode(n) for n in os.listdir(os.fsencode(local_path(url))))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    fs, path = filesystem(url)
+    _fresh(fs, path)
+    try:
+        return sorted(basename(p) for p in fs.ls(path, detail=False) if p.rstrip("/") != path)
+    except FileNotFoundError:
+        return []
+
+
+def walk_local(top: str) -> list[tuple[str, str]]:
+    """Every entry under local folder ``top`` as (path, what), ``what`` being ``'file'``
+    (anything that is not a directory: FIFOs, sockets, devices and symlink loops too;
+    none is opened), ``'dir'`` (walked into), ``'linked_dir'`` (a symlink to a
+    directory: not followed) or ``'unlisted'`` (a directory that could not be listed).
+
+    A directory deeper than the OS's path limit (4,096 bytes on Linux) is reached one
+    component at a time through directory handles, so such a tree is walked whole; its
+    deep paths come back as strings a caller cannot open, which ``local_kind`` calls
+    ``'too_long'``. No recursion and one handle at a time: depth costs neither stack
+    nor file descriptors. Names are ``os.fsdecode``d: lossless for any bytes."""
+    entries: list[tuple[str, str]] = []
+    pending: list[list[str]] = [[]]  # directories to list, as components under top
+    while pending:
+        parts = pending.pop()
+        dirpath = os.path.join(top, *parts)
+        try:
+            fd = _open_dir(top, parts)
+        except OSError:
+            if not parts:
+                raise
+            entries.append((dirpath, "unlisted"))
+            continue
+        subdirs = []
+        try:  # entries are classified while the handle is open: a link is resolved through it
+            for entry in sorted(os.scandir(fd), key=lambda e: e.name):
+                path = os.path.join(dirpath, entry.name)
+                try:
+                    is_dir = entry.is_dir()  # follows a symlink: a link to a folder is not a file
+                    linked = entry.is_symlink()
+                except OSError:
+                    is_dir = linked = False
+                if not is_dir:
+                    entries.append((path, "file"))
+                elif linked:
+                    entries.append((path, "linked_dir"))
+                else:
+                    entries.append((path, "dir"))
+                    subdirs.append([*parts, entry.name])
+        except OSError:
+            entries.append((dirpath, "unlisted"))
+        finally:
+            os.close(fd)
+        pending.extend(reversed(subdirs))
+    return entries
+
+
+def _open_dir(top: str, parts: list[str]) -> int:
+    """A handle on directory ``top/parts…``: by its path when the OS can take it, else
+    one component at a time from ``top`` (never following a symlink below ``top``)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY
+    path = os.path.join(top, *parts)
+    if len(os.fsencode(path)) < 4000:
+        return os.open(path, flags | (os.O_NOFOLLOW if parts else 0))
+    fd = os.open(top, flags)
+    for name in parts:
+        try:
+            child = os.open(name, flags | os.O_NOFOLLOW, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
 
 
 def open(url: str, mode: str = "rb", **kwargs: Any) -> IO[Any]:  # noqa: A001 - the module's one opener
@@ -300,6 +408,10 @@ def makedirs(url: str) -> None:
         os.makedirs(local_path(url), exist_ok=True)
 
 
+# The name ``_replace_local`` writes a file under before renaming it: ``.NAME.tmp-XXXXXXXX``.
+_LOCAL_TEMP = re.compile(r"\.(.+)\.tmp-[0-9a-f]{8}")
+
+
 def _replace_local(target: str, fill: Callable[[str], object]) -> None:
     """Write a local file atomically: ``fill(tmp)`` writes ``.NAME.tmp-XXXXXXXX`` beside
     ``target``, which is then renamed over it. One temp naming for every local write, so
@@ -387,6 +499,53 @@ def remove(url: str, missing_ok: bool = True) -> None:
         if not missing_ok:
             raise
     fs.invalidate_cache()
+
+
+class FolderNotOurs(StorageError):
+    """An output folder holds files that this project did not write."""
+
+
+def claim_folder(url: str, marker: str, ours: re.Pattern[str], force: bool = False) -> None:
+    """Make folder ``url`` a job's output before it writes anything there.
+
+    The folder may be missing, empty, hold ``marker`` (written by an earlier run of the
+    job), or hold only names ``ours`` matches (a folder written before the marker
+    existed); anything else is refused with ``FolderNotOurs`` unless ``force``, since
+    a job replaces and cleans up files by name there. Then ``marker`` is (re)written:
+    the first write, so a folder that cannot be written (read-only, a file, an
+    unreachable object store) is refused here, before any work, as one
+    ``StorageError`` line naming it and the cause."""
+    try:
+        if is_local(url) and os.path.lexists(local_path(url)) and not os.path.isdir(local_path(url)):
+            raise StorageError(f"output folder {url} is a file, not a folder")
+        names = list_names(url)
+        foreign = [] if marker in names else [n for n in names if not ours.fullmatch(n)]
+        if foreign and not force:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise FolderNotOurs(
+                f"output folder {url} holds files this job did not write ({shown}); use a new or empty "
+                "folder, or --force to write beside them (only names the job gives its own files are "
+                "ever replaced or deleted)"
+            )
+        makedirs(url)
+        write_text(join(url, marker), "written by avfusion: this folder's files are a job's output\n")
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - read-only, no such bucket, endpoint down: one line
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise StorageError(f"cannot write to output folder {url}: {type(exc).__name__}: {first}") from exc
+
+
+def remove_own_leftovers(url: str, ours: re.Pattern[str]) -> list[str]:
+    """Delete the local temp files (see ``_replace_local``) that a killed run left in
+    folder ``url`` for files named as ``ours`` matches, and nothing else; returns them."""
+    gone = []
+    for name in list_names(url):
+        match = _LOCAL_TEMP.fullmatch(name)
+        if match and ours.fullmatch(match.group(1)):
+            remove(join(url, name))
+            gone.append(name)
+    return gone
 
 
 def upload_tree(local_dir: str, url: str) -> None:

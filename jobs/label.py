@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print every file the extension filter skipped (the summary counts them)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an OUT folder that holds files label did not write (they are left as they are)",
+    )
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--actors", type=int, default=1, help="model actors (one model copy each)")
     p.add_argument(
@@ -111,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         decode_batch=args.decode_batch,
         part_rows=args.part_rows,
         bf16=args.bf16,
+        force=args.force,
     )
     executor = executor_of(args)
     try:

@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--split", action="append", help="keep this split (repeatable)")
     src.add_argument("--label", action="append", help="keep this label (repeatable)")
     src.add_argument("--limit", type=int, help="keep the first N clips after filtering")
+    src.add_argument(
+        "--allow-local-paths",
+        action="store_true",
+        help="a URL list may name local paths and file:// URLs (read from the disk of the worker "
+        "that runs the clip); by default only http(s):// and object-store URLs",
+    )
     dl = p.add_argument_group("download (passed to yt-dlp)")
     dl.add_argument("--url-template", help="URL for an id, with {id}; default the YouTube watch URL")
     dl.add_argument("--cookies", help="cookies.txt for yt-dlp (YouTube's bot check)")
@@ -96,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="Ray re-runs of a shard task whose worker died (default 3); after them its clips "
         "are recorded as task_failed",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an --out folder that holds files preprocess did not write (they are left as "
+        "they are; files named like ours are replaced)",
     )
     run.add_argument(
         "--verbose", action="store_true", help="show Ray's own log lines, and a refused input's traceback"
@@ -226,6 +238,8 @@ def job_of(args, cfg):
         task_retries=args.task_retries,
         governor=governor_config(args, bool(cfg.download.cookies)),
         allow_no_solver=args.allow_no_solver,
+        force=args.force,
+        allow_local_paths=args.allow_local_paths,
     )
 
 

@@ -7,7 +7,12 @@ same classification.
 from __future__ import annotations
 
 import io
+import os
+import socket
+import stat
 import struct
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +268,101 @@ def make_salvage_corpus(root: Path, seconds: float = 10.0) -> dict[str, dict]:
     expected["notes.txt"] = {"label": None, "preprocess": None}
     expected["cover.jpg"] = {"label": None, "preprocess": None}
     return expected
+
+
+# ----------------------------------------------------------------------------- hostile filesystem
+
+# A path this long cannot be opened on Linux (PATH_MAX is 4,096 bytes with the NUL).
+OVERLONG = 4097
+
+
+def make_hostile_folder(root: Path, *, unreadable_bites: bool = False) -> dict[bytes, str | None]:
+    """A folder a messy or hostile filesystem could hand a job: two good videos (one
+    with a file name that is not UTF-8, one whose name escapes to what another file is
+    literally called), a FIFO, a socket, a character device, a symlink loop, a dangling
+    link, a directory named like a video, a file behind a path longer than the OS can
+    open, an unreadable file (chmod 000), a file of garbage bytes with a non-UTF-8
+    name, and a non-UTF-8 ``.txt`` that the extension filter skips. Returns each other
+    file's path relative to ``root`` as bytes → the error kind its row or failure must
+    have (None: labelled / a sample).
+
+    Root reads a chmod-000 file anyway (CAP_DAC_OVERRIDE): pass ``unreadable_bites``
+    when the job runs without that capability (``capsh --drop``) to expect
+    ``unreadable``; otherwise that file is expected to label like any good one."""
+    root.mkdir(parents=True, exist_ok=True)
+    good = write_clip(root / "good.mp4", SynthSpec(duration=2.0, width=64, height=64)).path.read_bytes()
+    expected: dict[bytes, str | None] = {b"good.mp4": None}
+    broot = os.fsencode(root)
+
+    def put(name: bytes, data: bytes) -> None:
+        with open(os.path.join(broot, name), "wb") as f:
+            f.write(data)
+
+    put(b"caf\xe9 latin-1.mp4", good)  # not UTF-8: labelled all the same
+    expected[b"caf\xe9 latin-1.mp4"] = None
+    put(b"caf\\xe9 latin-1.mp4", good)  # what the name above escapes to: a different file
+    expected[b"caf\\xe9 latin-1.mp4"] = None
+    put(b"notes \xff.txt", b"skipped by the extension filter, and listed by --list-skipped")
+    put(b"garbage \xff\xfe.mp4", b"not a video\n" * 50)
+    expected[b"garbage \xff\xfe.mp4"] = "not_media"
+    os.mkfifo(root / "fifo.mp4")
+    expected[b"fifo.mp4"] = "not_a_file"
+    here = os.getcwd()
+    os.chdir(root)  # an AF_UNIX address is at most 107 bytes: bind by the short relative name
+    try:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind("socket.mp4")
+        sock.close()  # the socket file stays
+    finally:
+        os.chdir(here)
+    expected[b"socket.mp4"] = "not_a_file"
+    try:
+        os.mknod(root / "device.mp4", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null
+        expected[b"device.mp4"] = "not_a_file"
+    except PermissionError:  # a container without CAP_MKNOD: the FIFO and socket stand for it
+        pass
+    (root / "loop.mp4").symlink_to("loop.mp4")
+    expected[b"loop.mp4"] = "symlink_loop"
+    (root / "dangling.mp4").symlink_to("nowhere.mp4")
+    expected[b"dangling.mp4"] = "missing_file"
+    (root / "folder.mkv").mkdir()
+    expected[b"folder.mkv"] = "not_a_file"
+    put(b"locked.mp4", good)
+    os.chmod(root / "locked.mp4", 0)
+    expected[b"locked.mp4"] = "unreadable" if unreadable_bites else None
+    expected[_deep_file(broot, good)] = "path_too_long"
+    return expected
+
+
+def _deep_file(root: bytes, data: bytes) -> bytes:
+    """A good video at a path over ``OVERLONG`` bytes, made through directory handles
+    (no call here takes the whole path); returns it relative to ``root``."""
+
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    rel: list[bytes] = []
+    try:
+        while len(root) + sum(len(p) + 1 for p in rel) + len(b"/deep.mp4") < OVERLONG:
+            name = b"d" * 200
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd, rel = child, rel + [name]
+        out = os.open(b"deep.mp4", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, data)
+        os.close(out)
+    finally:
+        os.close(fd)
+    return b"/".join(rel + [b"deep.mp4"])
+
+
+def grow(path: Path, data: bytes, stop: threading.Event, chunk: int = 4096) -> None:
+    """Write ``data`` to ``path`` a chunk at a time until done or ``stop`` is set: a
+    file still being written (a download in progress) while a job reads the folder."""
+
+    with open(path, "wb") as f:
+        for i in range(0, len(data), chunk):
+            if stop.is_set():
+                return
+            f.write(data[i : i + chunk])
+            f.flush()
+            time.sleep(0.01)

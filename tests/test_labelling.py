@@ -48,6 +48,8 @@ def _batch(rows: list[tuple[str, int, int, str]]) -> dict[str, np.ndarray]:
             if pa.types.is_floating(t)
             else False
             if pa.types.is_boolean(t)
+            else b"x"
+            if pa.types.is_binary(t)
             else [0.5]
             if pa.types.is_floating(t.value_type)
             else ["x"]
@@ -56,6 +58,7 @@ def _batch(rows: list[tuple[str, int, int, str]]) -> dict[str, np.ndarray]:
         arr[:] = [filler] * n
         cols[field.name] = arr
     cols["path"] = np.array([r[0] for r in rows])
+    cols["path_bytes"] = np.array([os.fsencode(r[0]) for r in rows], dtype=object)
     cols["window_index"] = np.array([r[1] for r in rows])
     cols["window_count"] = np.array([r[2] for r in rows])
     cols["error_class"] = np.array([r[3] for r in rows])

@@ -102,14 +102,14 @@ def test_resume_redoes_only_unfinished_shards(tmp_path, synth_folder, ray_local,
     # Simulate a run killed after shard 00002's tar landed but before its stats did,
     # and one killed mid-upload (a temporary file).
     (tmp_path / "s" / "00002_stats.json").unlink()
-    (tmp_path / "s" / "00001.tar.tmp-999").write_bytes(b"partial")
+    (tmp_path / "s" / ".00001.tar.tmp-00000999").write_bytes(b"partial")  # how storage names a local temp
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("0000[013].tar")}
     capsys.readouterr()
     assert preprocess.main(args) == 0
     assert "5 shards (4 already done)" in capsys.readouterr().out
     assert sorted(_keys(tmp_path / "s")) == first
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("0000[013].tar")} == mtimes
-    assert not list((tmp_path / "s").glob("*.tmp-*"))
+    assert not list((tmp_path / "s").glob(".*.tmp-*"))
 
 
 def test_different_plan_in_same_folder_is_refused(tmp_path, synth_folder, ray_local, capsys):

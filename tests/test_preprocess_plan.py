@@ -257,14 +257,14 @@ def test_resume_runs_only_shards_without_stats(tmp_path, synth, capsys):
     out = tmp_path / "s"
     first = _keys(out)
     (out / "00001_stats.json").unlink()
-    (out / "00000.tar.tmp-42").write_bytes(b"partial")
+    (out / ".00000.tar.tmp-0000002a").write_bytes(b"partial")  # how storage names a local temp
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("0000[02].tar")}
     capsys.readouterr()
     assert run_preprocess(job, InProcessExecutor()).exit_code == 0
     assert "3 shards (2 already done)" in capsys.readouterr().out
     assert _keys(out) == first
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("0000[02].tar")} == mtimes
-    assert (out / "00001_stats.json").exists() and not list(out.glob("*.tmp-*"))
+    assert (out / "00001_stats.json").exists() and not list(out.glob(".*.tmp-*"))
     with pytest.raises(PreprocessError, match="different clip list"):
         run_preprocess(_job(synth, out, shard_size=5), InProcessExecutor())
 

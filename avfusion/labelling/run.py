@@ -12,6 +12,7 @@ when a file is left to label.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from avfusion import storage
 from avfusion.config import bounded, check_bounds
 from avfusion.executor import BatchPipeline, Executor
-from avfusion.sources import VIDEO_EXTENSIONS, relative_path, walk_folder
+from avfusion.sources import VIDEO_EXTENSIONS, display_path, relative_path, walk_folder
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus")
 # Animated images and elementary video streams: no container, still labelable video.
@@ -31,6 +32,11 @@ LABEL_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS + OTHER_EXTENSIONS
 # row is relabelled on the next run, and replaced, not duplicated.
 TRANSIENT_ERRORS = frozenset({"fetch_error", "internal_error"})
 PARTS = "part-*.parquet"
+# The output folder's marker (see ``storage.claim_folder``) and the names of the files
+# label writes there (``part-{run}-{number}.parquet``): the only names it ever replaces
+# or cleans up.
+MARKER = ".avfusion-labels"
+OUR_NAMES = re.compile(r"part-[0-9a-f]{8}-\d{5}\.parquet|" + re.escape(MARKER))
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,6 +63,7 @@ class LabelConfig:
     decode_batch: int = bounded(4, ge=1, le=65_536)
     part_rows: int = bounded(256, ge=1, le=10_000_000)
     bf16: bool = False
+    force: bool = False  # write into an ``out`` that holds files label did not write
 
     def __post_init__(self) -> None:
         check_bounds(self, "label")
@@ -82,7 +89,8 @@ def list_inputs(source: str, extensions: tuple[str, ...]) -> list[str]:
 
 
 def _list_file(url: str) -> list[str]:
-    lines = storage.read_text(url).splitlines()
+    # A listed path is bytes as the OS names it: a line that is not UTF-8 stays that path.
+    lines = storage.read_bytes(url).decode("utf-8", "surrogateescape").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
@@ -96,8 +104,9 @@ def build_items(paths: list[str], root: str | None, done: set[tuple[str, int, in
         if (p, size, mtime) not in done:
             items.append(
                 {
-                    "path": p,
-                    "key": relative_path(root, p) if root else p,
+                    "path": display_path(p),  # text for Ray's Arrow blocks and the table
+                    "path_bytes": os.fsencode(p),  # the name exactly, whatever its bytes
+                    "key": display_path(relative_path(root, p) if root else p),
                     "file_size": size,
                     "mtime_ns": mtime,
                 }
@@ -112,18 +121,33 @@ def read_parts(out: str, columns: list[str] | None = None) -> pa.Table | None:
     """All part files of ``out`` (a fresh listing) as one table, or None."""
     import pyarrow as pa
 
-    tables = [storage.read_parquet(url, columns) for url in storage.list_files(out, PARTS)]
+    tables = [_read_part(url, columns) for url in storage.list_files(out, PARTS)]
     return pa.concat_tables(tables) if tables else None
+
+
+def _read_part(url: str, columns: list[str] | None = None) -> pa.Table:
+    """One part file in the current schema; a part written before ``path_bytes``
+    existed gets it from ``path`` (such a part's paths were all UTF-8)."""
+    import pyarrow as pa
+
+    from avfusion.labelling.schema import SCHEMA
+
+    table = storage.read_parquet(url)
+    if "path_bytes" not in table.column_names:
+        paths = table.column("path").to_pylist()
+        table = table.append_column("path_bytes", pa.array([os.fsencode(p) for p in paths], pa.binary()))
+    return table.select(columns or [n for n in SCHEMA.names if n in table.column_names])
 
 
 def done_identities(out: str) -> set[tuple[str, int, int]]:
     """(path, size, mtime_ns) of files already labelled; rows with a transient error
     do not count (they are retried)."""
-    table = read_parts(out, ["path", "file_size", "mtime_ns", "error_class"])
+    names = ["path_bytes", "file_size", "mtime_ns", "error_class"]
+    table = read_parts(out, names)
     if table is None:
         return set()
-    columns = (table.column(c).to_pylist() for c in ("path", "file_size", "mtime_ns", "error_class"))
-    return {(p, s, m) for p, s, m, e in zip(*columns, strict=True) if e not in TRANSIENT_ERRORS}
+    columns = (table.column(c).to_pylist() for c in names)
+    return {(os.fsdecode(p), s, m) for p, s, m, e in zip(*columns, strict=True) if e not in TRANSIENT_ERRORS}
 
 
 def drop_superseded(out: str) -> int:
@@ -133,18 +157,20 @@ def drop_superseded(out: str) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = read_parts(out, ["path", "error_class"])
+    table = read_parts(out, ["path_bytes", "error_class"])
     if table is None:
         return 0
-    rows = list(zip(table.column("path").to_pylist(), table.column("error_class").to_pylist(), strict=True))
+    rows = list(
+        zip(table.column("path_bytes").to_pylist(), table.column("error_class").to_pylist(), strict=True)
+    )
     settled = {p for p, e in rows if e not in TRANSIENT_ERRORS}
-    stale = pa.array(sorted({p for p, e in rows if e in TRANSIENT_ERRORS and p in settled}), type=pa.string())
+    stale = pa.array(sorted({p for p, e in rows if e in TRANSIENT_ERRORS and p in settled}), type=pa.binary())
     transient = pa.array(sorted(TRANSIENT_ERRORS), type=pa.string())
     dropped = 0
     for url in storage.list_files(out, PARTS):
-        part = storage.read_parquet(url)
+        part = _read_part(url)
         drop = pc.and_(
-            pc.is_in(part.column("path"), value_set=stale),
+            pc.is_in(part.column("path_bytes"), value_set=stale),
             pc.is_in(pc.fill_null(part.column("error_class"), ""), value_set=transient),
         )
         n = pc.sum(drop).as_py() or 0
@@ -156,9 +182,9 @@ def drop_superseded(out: str) -> int:
 
 
 def remove_partial_parts(out: str) -> None:
-    """Delete local part files a killed run left under their temporary name."""
-    for stale in storage.list_files(out, ".part-*"):
-        storage.remove(stale)
+    """Delete local part files a killed run left under their temporary name (and no
+    other file: see ``OUR_NAMES``)."""
+    storage.remove_own_leftovers(out, OUR_NAMES)
 
 
 # ----------------------------------------------------------------------------- output
@@ -221,14 +247,14 @@ def summary(table: pa.Table, skipped: Sequence[str] = ()) -> str:
     labels = Counter(r["predicted_label"] for r in rows if not r["error_class"])
     flags = Counter(f for r in rows if not r["error_class"] for f in (r.get("flags") or []))
     lines = [
-        f"\n{len(rows)} rows from {len({r['path'] for r in rows})} files; "
+        f"\n{len(rows)} rows from {len({r['path_bytes'] for r in rows})} files; "
         f"{sum(errors.values())} errors; {len(skipped)} files skipped by the extension filter"
     ]
     lines += [f"  {label:<32}{n:>8}" for label, n in labels.most_common(20)]
     lines += [f"  flag: {flag:<26}{n:>8}" for flag, n in flags.most_common()]
     lines += [f"  error: {kind:<25}{n:>8}" for kind, n in errors.most_common()]
     if skipped:
-        by_ext = Counter(os.path.splitext(p)[1].lower() or "(none)" for p in skipped)
+        by_ext = Counter(display_path(os.path.splitext(p)[1].lower()) or "(none)" for p in skipped)
         lines.append(
             "  skipped: "
             + ", ".join(f"{ext} {n}" for ext, n in by_ext.most_common())
@@ -260,7 +286,9 @@ def pipeline(cfg: LabelConfig, clip: ClipSpec) -> BatchPipeline:
 def label(cfg: LabelConfig, executor: Executor) -> int:
     """Label ``cfg.input`` into ``cfg.out`` through ``executor``; returns the number of
     rows in ``out``. Raises OSError/KeyError/ValueError for an unreadable input or
-    checkpoint (before anything is written)."""
+    checkpoint, and ``storage.StorageError`` (an OSError) for an ``out`` that holds
+    files label did not write (unless ``cfg.force``) or cannot be written, all before
+    anything is written."""
     from tqdm import tqdm
 
     from avfusion.checkpoint import load as load_checkpoint
@@ -269,7 +297,7 @@ def label(cfg: LabelConfig, executor: Executor) -> int:
     paths, skipped = scan_inputs(cfg.input, cfg.extensions)
     clip = ClipSpec(**load_checkpoint(cfg.checkpoint)["clip"])
     out = cfg.out.rstrip("/")
-    storage.makedirs(out)
+    storage.claim_folder(out, MARKER, OUR_NAMES, cfg.force)  # one line if out is not ours or not writable
     remove_partial_parts(out)
     drop_superseded(out)  # a killed run may have relabelled files without dropping their old rows
     root = cfg.input.rstrip("/") if storage.isdir(cfg.input) else None
@@ -280,7 +308,7 @@ def label(cfg: LabelConfig, executor: Executor) -> int:
     )
     if cfg.list_skipped:
         for p in skipped:
-            print(f"  skipped: {p}")
+            print(f"  skipped: {display_path(p)}")
     if items:
         with executor, tqdm(total=len(items), desc="label", unit="file") as bar:
             write_parts(executor.map_batches(pipeline(cfg, clip), items), out, cfg.part_rows, bar.update)
@@ -291,7 +319,8 @@ def label(cfg: LabelConfig, executor: Executor) -> int:
 
 
 def predict(path: str, checkpoint: str, top_k: int = 5) -> dict:
-    """Label one clip in-process (``avfusion predict``): the same rows the job writes."""
+    """Label one clip in-process (``avfusion predict``): the row the job writes, less
+    ``path_bytes``."""
     from avfusion.checkpoint import load as load_checkpoint
     from avfusion.config import ClipSpec
     from avfusion.labelling.schema import rows_to_batch, to_table
@@ -300,4 +329,6 @@ def predict(path: str, checkpoint: str, top_k: int = 5) -> dict:
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
     size, mtime = storage.identity(str(path))
     rows = DecodeRows(clip).decode_file(str(path), storage.basename(str(path)).rsplit(".", 1)[0], size, mtime)
-    return to_table(Predictor(str(checkpoint), top_k)(rows_to_batch(rows))).to_pylist()[0]
+    row = to_table(Predictor(str(checkpoint), top_k)(rows_to_batch(rows))).to_pylist()[0]
+    del row["path_bytes"]  # the caller's own path, and bytes have no JSON form (predict --json)
+    return row

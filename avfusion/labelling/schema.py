@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from avfusion.sources import display_path
+
 # Row flags (the ``flags`` column): why a prediction is not the plain two-modality one.
 # ``truncated``: with --windows all, the file stopped decoding before its stated end; the
 # windows after this row have no row.
@@ -20,7 +22,8 @@ FLAGS = ("partial", "audio_only", "video_only", "video_undecodable", "truncated"
 
 SCHEMA = pa.schema(
     [
-        ("path", pa.string()),
+        ("path", pa.string()),  # the path as UTF-8 text (``\\xNN`` for a byte that is not)
+        ("path_bytes", pa.binary()),  # the path exactly (``os.fsencode``): what identifies a file
         ("key", pa.string()),
         ("file_size", pa.int64()),
         ("mtime_ns", pa.int64()),
@@ -96,6 +99,10 @@ def to_table(batch: dict[str, np.ndarray]) -> pa.Table:
             ]
         elif pa.types.is_list(field.type):
             values = [None if v is None else list(v) for v in values]
+        if pa.types.is_string(field.type):  # an error message may quote a name that is not UTF-8
+            values = [display_path(v) if isinstance(v, str) else v for v in values]
+        elif pa.types.is_binary(field.type):
+            values = [bytes(v) for v in values]
         columns[field.name] = pa.array([_py(v) for v in values], type=field.type)
     return pa.table(columns, schema=SCHEMA)
 

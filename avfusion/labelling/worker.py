@@ -16,6 +16,7 @@ never saw in training.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from avfusion.decode import DecodeLimits, decode_clip
 from avfusion.labelling.schema import PREDICTION_COLUMNS, rows_to_batch
 from avfusion.model import FusionOutput, attention_agrees
 from avfusion.probe import MediaError, probe
+from avfusion.sources import display_path
 
 # Labelling is lenient where training is strict: an audio-only file (or one whose video
 # no decoder knows) is labelled from its audio alone, one frame is a video, an animated
@@ -68,13 +70,18 @@ class DecodeRows:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = []
-        for i, path in enumerate(batch["path"]):
+        for i, raw in enumerate(batch["path_bytes"]):
             rows += self.decode_file(
-                str(path), str(batch["key"][i]), int(batch["file_size"][i]), int(batch["mtime_ns"][i])
+                os.fsdecode(bytes(raw)),  # the exact name: ``path`` is its display form
+                str(batch["key"][i]),
+                int(batch["file_size"][i]),
+                int(batch["mtime_ns"][i]),
             )
         return rows_to_batch(rows)
 
     def decode_file(self, path: str, key: str, size: int, mtime: int) -> list[dict]:
+        """The rows of one file: ``path`` as the OS names it (any bytes, ``os.fsdecode``d);
+        the rows carry it as ``path_bytes`` and its display form as ``path``."""
         if "://" in path and not path.startswith("file://"):
             # Remote (s3://, gs://, …): decoders need a seekable local file; this one file
             # is fetched into a temp dir for the duration of the decode.
@@ -93,10 +100,11 @@ class DecodeRows:
                         time.perf_counter(),
                     )
                 ]
-            return [{**r, "path": path} for r in rows]
+            return [{**r, "path": display_path(path), "path_bytes": os.fsencode(path)} for r in rows]
         t0 = time.perf_counter()
         base = {
-            "path": path,
+            "path": display_path(path),
+            "path_bytes": os.fsencode(path),
             "key": key,
             "file_size": size,
             "mtime_ns": mtime,
@@ -108,12 +116,9 @@ class DecodeRows:
             "error_message": "",
         }
         try:
-            kind = storage.local_kind(path)
-            if kind == "dir":
-                raise MediaError("not_a_file", f"{storage.basename(path)} is a directory")
-            if kind == "missing":
-                raise MediaError("missing_file", f"{path} does not exist (dangling link?)")
-            info = probe(path)
+            # probe refuses a FIFO, socket, device, loop or overlong path before opening it,
+            # and its reads, like the decode's, are bounded by the deadline.
+            info = probe(path, timeout=self.limits.deadline_seconds)
             base.update(
                 duration=info.duration or np.nan,
                 container=info.container,
@@ -180,7 +185,8 @@ class DecodeRows:
         base: dict | None = None,
     ) -> dict:
         base = base or {
-            "path": path,
+            "path": display_path(path),
+            "path_bytes": os.fsencode(path),
             "key": key,
             "file_size": size,
             "mtime_ns": mtime,

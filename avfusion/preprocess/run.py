@@ -31,7 +31,7 @@ from avfusion.preprocess.plan import (
 from avfusion.preprocess.report import PreprocessResult, finish
 from avfusion.preprocess.shard import PreprocessConfig, process_shard
 from avfusion.redact import Redactor, cookie_values, strip_url_secrets
-from avfusion.shardstore import read_all_stats, write_stats
+from avfusion.shardstore import claim, read_all_stats, write_stats
 from avfusion.sources import (
     ClipTask,
     SourceError,
@@ -71,6 +71,11 @@ class PreprocessJob:
     # Secrets the job holds beyond its config (the AWS secret key the entry point read
     # from the environment): masked wherever the job's text is recorded or printed.
     secrets: tuple[str, ...] = ()
+    force: bool = False  # write into an --out that holds files we did not write
+    allow_local_paths: bool = False  # a URL list may name local files (read from the worker's disk)
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "preprocess")
 
 
 def job_redactor(job: PreprocessJob) -> Redactor:
@@ -90,9 +95,6 @@ def job_redactor(job: PreprocessJob) -> Redactor:
         except OSError:
             pass  # unreadable: the download refuses it with its own (redacted) error
     return redactor
-
-    def __post_init__(self) -> None:
-        check_bounds(self, "preprocess")
 
 
 def input_kind(path: str) -> str:
@@ -127,7 +129,7 @@ def read_tasks(job: PreprocessJob) -> tuple[list[ClipTask], list[Failure]]:
             for r in rows
         ]
     elif kind == "urls":
-        tasks = read_url_list(job.input)
+        tasks = read_url_list(job.input, job.allow_local_paths)
     else:
         tasks = tasks_from_vggsound(read_vggsound_csv(job.input), job.config.download.url_template)
     tasks = filter_tasks(tasks, list(job.splits) or None, list(job.keep_labels) or None, job.limit)
@@ -150,9 +152,10 @@ def run_preprocess(
     if refused:
         raise PreprocessError(refused)
     root, cfg = job.out.rstrip("/"), job.config
-    storage.makedirs(root)
-    for leftover in storage.list_files(root, "*.tmp-*"):  # local copies cut short by a killed run
-        storage.remove(leftover)
+    try:
+        claim(root, job.force)
+    except OSError as exc:
+        raise PreprocessError(str(exc)) from exc
     labels = label_map_of(tasks)
     try:
         check_plan(root, tasks, cfg)

@@ -69,12 +69,8 @@ def process_clip(
             start = 0.0
         elif task.in_storage:  # s3://…: fetched whole into this clip's workdir, decoded locally
             path, start = _fetch(task, workdir), task.start
-        else:
+        else:  # decode_clip refuses what is not a readable regular file before opening it
             path, start = Path(task.source), task.start
-            if not storage.isfile(task.source):
-                kind = "missing_file" if not storage.exists(task.source) else "not_a_file"
-                what = "missing" if kind == "missing_file" else "not a regular file"
-                raise MediaError(kind, f"{task.source} is {what}")
         clip = decode_clip(path, cfg.clip, start=start, limits=cfg.limits)
     except DownloadError as exc:
         return _failure(
