@@ -648,7 +648,7 @@ def download_section(
 
     end = task.end if task.end is not None else task.start + clip.clip_seconds
     opts = ydl_options(cfg, task.start, end, workdir)
-    redact = job_redactor(cfg)
+    redact = download_redactor(cfg)
     logger = _RecordingLogger(redact)
     for attempt in range(1, cfg.max_attempts + 1):
         if governor is not None:
@@ -721,21 +721,25 @@ def proxy_refusal(proxy: str, source: str, timeout: float) -> str | None:
     return None
 
 
-def job_redactor(cfg: DownloadConfig) -> Redactor:
-    """The redaction filter for one clip's messages: patterns, every cookie value in the
-    cookies file, the proxy's user and password."""
+def download_redactor(cfg: DownloadConfig, *secrets: str) -> Redactor:
+    """The redaction filter for what these download settings may leak: patterns, every
+    cookie value in the cookies file, the proxy's password (as given and as typed), and
+    ``secrets`` the caller knows of (the job's AWS secret key)."""
     from urllib.parse import unquote, urlsplit
 
     from avfusion import storage
 
-    redact = Redactor()
+    redact = Redactor(secrets)
     if cfg.cookies:
         with contextlib.suppress(OSError, UnicodeDecodeError):  # unreadable: the attempt reports it
             redact.add(*cookie_values(storage.read_text(cfg.cookies)))
     if cfg.proxy:
-        parts = urlsplit(cfg.proxy if "://" in cfg.proxy else f"http://{cfg.proxy}")
-        if parts.password:
-            redact.add(parts.password, unquote(parts.password))
+        try:
+            password = urlsplit(cfg.proxy if "://" in cfg.proxy else f"http://{cfg.proxy}").password
+        except ValueError:  # a malformed URL: preflight refuses it; its text may still hold a secret
+            redact.add(cfg.proxy)
+        else:
+            redact.add(password, unquote(password or ""))
     return redact
 
 

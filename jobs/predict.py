@@ -3,25 +3,27 @@ confidence, top-5 and the attention weights (``--json`` for the whole row)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+from jobs import JobParser, refusing
 
+
+# KeyError, ValueError: not a checkpoint this version reads
+@refusing("avfusion predict", KeyError, ValueError)
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="avfusion predict", description=__doc__.split(": ", 1)[1])
+    p = JobParser(prog="avfusion predict", description=__doc__.split(": ", 1)[1])
     p.add_argument("clip", help="a video, audio or animated GIF file")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="labels in the top-k list")
     p.add_argument("--json", action="store_true", help="print the full row as JSON")
+    p.add_argument("--verbose", action="store_true", help="a refused input's traceback")
     args = p.parse_args(argv)
     from avfusion.labelling import predict
+    from avfusion.labelling.run import LabelConfig
 
-    try:
-        row = predict(args.clip, args.checkpoint, args.top_k)
-    except (OSError, KeyError, ValueError) as exc:  # ValueError: not a checkpoint this version reads
-        print(f"avfusion predict: {exc}", file=sys.stderr)
-        return 2
+    LabelConfig(input=args.clip, out="", checkpoint=args.checkpoint, top_k=args.top_k)  # label's bounds
+    row = predict(args.clip, args.checkpoint, args.top_k)
     if args.json:
         print(json.dumps(row, indent=1))
         return 0 if not row["error_class"] else 1

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=JSON",
-        help="any other yt-dlp option, value as JSON (repeatable)",
+        help="an allowed yt-dlp option (docs/youtube.md lists them), value as JSON (repeatable)",
     )
     run = p.add_argument_group("run")
     run.add_argument("--config", help="YAML with clip:, download:, limits:, preprocess: sections")

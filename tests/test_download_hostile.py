@@ -3,6 +3,7 @@ work, secrets in the cookies file or the proxy URL never reach a message, and a 
 that refuses us is a ``proxy_error``, never a block of the source."""
 
 import contextlib
+import dataclasses
 import shutil
 import socket
 
@@ -15,8 +16,8 @@ from avfusion.download import (
     DownloadError,
     _RecordingLogger,
     check_extra,
+    download_redactor,
     download_section,
-    job_redactor,
     sanitise_cookies,
 )
 from avfusion.governor import BLOCK_KINDS, Governor, GovernorConfig
@@ -184,10 +185,10 @@ def test_malformed_cookie_lines_are_dropped_and_named_without_their_value():
     assert not any(SECRET in p for p in problems)
 
 
-def test_warnings_and_messages_pass_the_job_redactor(tmp_path):
+def test_warnings_and_messages_pass_the_download_redactor(tmp_path):
     cookies = tmp_path / "cookies.txt"
     cookies.write_text(f"# Netscape HTTP Cookie File\n.example.com\tTRUE\t/\tFALSE\t0\tSID\t{SECRET}\n")
-    redact = job_redactor(
+    redact = download_redactor(
         DownloadConfig(cookies=str(cookies), proxy=f"http://bob:{PROXY_PASSWORD}@127.0.0.1:3")
     )
     logger = _RecordingLogger(redact)
@@ -234,6 +235,27 @@ def test_a_malformed_cookie_line_never_reaches_stderr_or_the_record(tmp_path, se
         "cookies file line 3: 6 tab-separated fields where a cookie has 7; line skipped" in exc.value.warnings
     )
     assert not any(SECRET in w or MALFORMED in w for w in exc.value.warnings)
+
+
+@pytest.mark.slow  # the JS runtime report starts a subprocess
+def test_the_job_names_malformed_cookie_lines_once_before_any_download(tmp_path, capfd):
+    from avfusion.preprocess.run import PreprocessJob, check_downloads
+
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text(
+        "# Netscape HTTP Cookie File\n"
+        f"{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tSID\t{SECRET}\n"
+        f"{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tHSID {MALFORMED}\n"
+    )
+    job = PreprocessJob(input="x.csv", out=str(tmp_path / "out"))
+    job = dataclasses.replace(
+        job, config=dataclasses.replace(job.config, download=DownloadConfig(cookies=str(cookies)))
+    )
+    tasks = [ClipTask(key=f"k{i}", source=f"http://{COOKIE_HOST}/c{i}.mp4") for i in range(3)]
+    assert check_downloads(job, tasks) is None
+    out = capfd.readouterr()
+    assert out.out.count("cookies file line 3: 6 tab-separated fields where a cookie has 7") == 1
+    assert SECRET not in out.out + out.err and MALFORMED not in out.out + out.err
 
 
 # ---------------------------------------------------------------- proxies

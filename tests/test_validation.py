@@ -474,3 +474,25 @@ def test_console_script_prints_one_line_and_exits_2(tmp_path, clips_csv, cli_env
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == expected + "\n", proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["clip.mp4", "--checkpoint", "x.pt", "--top-k", "0"], "label.top_k: 0 is out of range"),
+        (["clip.mp4", "--checkpoint", "x.pt", "--top-k", "abc"], "argument --top-k: invalid int value"),
+        (["clip.mp4", "--checkpoint", "{missing}.pt"], "No such file or directory: "),
+    ],
+)
+def test_predict_refuses_with_one_line(tmp_path, capsys, argv, message):
+    from jobs import predict
+
+    argv = [a.format(missing=tmp_path / "missing") for a in argv]
+    try:
+        status = predict.main(argv)
+    except SystemExit as exc:  # argparse's own refusal (JobParser: one line)
+        status = exc.code
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("avfusion predict: ") and message in err, err
+    assert "Traceback" not in err

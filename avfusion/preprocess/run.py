@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import partial
-from urllib.parse import unquote, urlsplit
 
 from avfusion import storage
 from avfusion.config import bounded, check_bounds
@@ -30,7 +29,7 @@ from avfusion.preprocess.plan import (
 )
 from avfusion.preprocess.report import PreprocessResult, finish
 from avfusion.preprocess.shard import PreprocessConfig, process_shard
-from avfusion.redact import Redactor, cookie_values, strip_url_secrets
+from avfusion.redact import Redactor, strip_url_secrets
 from avfusion.shardstore import claim, read_all_stats, write_stats
 from avfusion.sources import (
     ClipTask,
@@ -79,22 +78,11 @@ class PreprocessJob:
 
 
 def job_redactor(job: PreprocessJob) -> Redactor:
-    """The job's one redaction filter: ``job.secrets``, the proxy's password and every
-    cookie value in the cookies file, on top of ``redact``'s secret-shaped patterns."""
-    redactor = Redactor(job.secrets)
-    download = job.config.download
-    if download.proxy:
-        try:
-            password = urlsplit(download.proxy).password
-            redactor.add(password, unquote(password or ""))  # as given, and as the user typed it
-        except ValueError:  # a malformed URL: preflight refuses it; its text may still hold a secret
-            redactor.add(download.proxy)
-    if download.cookies:
-        try:
-            redactor.add(*cookie_values(storage.read_bytes(download.cookies).decode("utf-8", "replace")))
-        except OSError:
-            pass  # unreadable: the download refuses it with its own (redacted) error
-    return redactor
+    """The job's one redaction filter: its download settings' secrets (cookie values, the
+    proxy's password) and ``job.secrets``, on top of ``redact``'s secret-shaped patterns."""
+    from avfusion.download import download_redactor
+
+    return download_redactor(job.config.download, *job.secrets)
 
 
 def input_kind(path: str) -> str:
@@ -200,13 +188,21 @@ def run_preprocess(
 def check_downloads(job: PreprocessJob, tasks: list[ClipTask]) -> str | None:
     """Before any download: options that would not take effect (``preflight``), and the
     JS runtime and challenge solver YouTube needs (printed). Returns the refusal, or None."""
-    from avfusion.download import js_runtime_report, preflight
+    from avfusion.download import js_runtime_report, preflight, sanitise_cookies
 
     if not any(t.is_remote for t in tasks):
         return None
     errors = preflight(job.config.download)
     if errors:
         return errors[0]
+    if job.config.download.cookies:
+        # Once per job, here; each attempt's private copy drops these lines silently.
+        try:
+            text = storage.read_bytes(job.config.download.cookies).decode("utf-8", "replace")
+        except OSError:
+            text = ""  # unreadable: each download records its own (redacted) failure
+        for dropped in sanitise_cookies(text)[1]:
+            print(f"warning: {dropped}")
     js = js_runtime_report(job.config.download.js_runtimes)
     print(
         f"yt-dlp {js['yt_dlp']}: JS runtime {js['runtime'] or 'none'}"
