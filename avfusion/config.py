@@ -241,12 +241,27 @@ def resolve_config(name_or_path: str | Path) -> str | Path:
     return name_or_path
 
 
+CONFIG_MAX_BYTES = 1 << 20  # the vggsound recipe is 2 kB
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases: a config may be someone else's file, and a few
+    hundred bytes of nested aliases expand to gigabytes (the "billion laughs"); no
+    config of ours needs one."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"YAML aliases (*{event.anchor}) are not accepted in a config")
+        return super().compose_node(parent, index)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file or preset; an empty file is an empty mapping. Its top
     level maps sections (``SECTIONS``) to mappings: anything else is a ``ConfigError``."""
     path = resolve_config(path)
     try:
-        loaded = yaml.safe_load(storage.read_text(str(path)))  # a local path or a URL
+        loaded = yaml.load(storage.read_small(str(path), CONFIG_MAX_BYTES, "file"), _ConfigLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         detail = " ".join(str(exc).split())  # YAML's messages span lines; ours is one
         raise ConfigError(f"cannot read config {path}: {detail}") from exc

@@ -52,7 +52,7 @@ class DownloadConfig:
     proxy: str | None = None
     rate_limit: str | None = None  # bytes/s, e.g. "2M"
     sleep_seconds: float = bounded(0.0, ge=0, le=3600)  # pause before each request (rate limits)
-    socket_timeout: float = bounded(30.0, gt=0, le=3600)
+    socket_timeout: float = bounded(30.0, ge=0.1, le=3600)
     max_attempts: int = bounded(4, ge=1, le=100)
     backoff_base: float = bounded(2.0, ge=0, le=3600)
     backoff_max: float = bounded(60.0, ge=0, le=86400)
@@ -63,7 +63,33 @@ class DownloadConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self, "download")
+        check_proxy(self.proxy)
         check_extra(self.extra)
+
+
+def check_proxy(proxy: str | None) -> None:
+    """A proxy is ``scheme://[user:password@]host:port`` and nothing else, or a
+    ``ConfigError`` that does not repeat it (it may hold a password). An unencoded ``#``
+    or ``?`` in a password would otherwise cut the URL there: the host becomes the user
+    name, and the rest of the password lands in error messages."""
+    from urllib.parse import urlsplit
+
+    from avfusion.config import ConfigError
+
+    if proxy is None:
+        return
+    try:
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")  # yt-dlp's default scheme
+        ok = bool(parts.hostname) and parts.path in ("", "/")
+        ok = ok and not (parts.query or parts.fragment or "#" in proxy or "?" in proxy)
+        ok = ok and (parts.port or 0) >= 0  # .port raises ValueError on a non-numeric port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            "download.proxy: not a proxy URL; allowed: scheme://host:port with nothing after the port, "
+            "credentials as USER:PASSWORD@ before the host (percent-encode '#', '?', '/', '@', ':' in them)"
+        )
 
 
 # yt-dlp options ``DownloadConfig.extra`` may carry (YAML ``download: extra:``, every
@@ -138,7 +164,9 @@ def check_extra(extra: dict[str, Any]) -> None:
             )
         problem = _extra_value_problem(key, value)
         if problem:
-            raise ConfigError(f"download.extra.{key}: {problem}, got {value!r:.120}")
+            # Header values may be credentials: the refusal names the keys, never the values.
+            shown = sorted(value) if key == "http_headers" and isinstance(value, dict) else value
+            raise ConfigError(f"download.extra.{key}: {problem}, got {str(repr(shown))[:120]}")
 
 
 def _extra_value_problem(key: str, value: Any) -> str | None:
@@ -161,6 +189,8 @@ def _extra_value_problem(key: str, value: Any) -> str | None:
     if key == "geo_bypass_ip_block":
         import ipaddress
 
+        if not isinstance(value, str):
+            return expected
         try:
             ipaddress.ip_network(value, strict=False)
         except (TypeError, ValueError):
@@ -171,8 +201,10 @@ def _extra_value_problem(key: str, value: Any) -> str | None:
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
         ):
             return expected
-        if any(re.search(r"[\r\n]", f"{k}{v}") for k, v in value.items()):
-            return "header names and values must be single lines"
+        if any(not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", k) for k in value):
+            return "header names are HTTP tokens (letters, digits, -, no spaces or colons)"
+        if any(re.search(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]", v) for v in value.values()):
+            return "header values must be single lines without control characters"
         secret = sorted(k for k in value if k.lower() in _SECRET_HEADERS)
         if secret:
             return (
@@ -721,6 +753,9 @@ def proxy_refusal(proxy: str, source: str, timeout: float) -> str | None:
     return None
 
 
+COOKIES_MAX_BYTES = 1 << 20  # a browser's cookies.txt is kilobytes; more is not a cookie file
+
+
 def download_redactor(cfg: DownloadConfig, *secrets: str) -> Redactor:
     """The redaction filter for what these download settings may leak: patterns, every
     cookie value in the cookies file, the proxy's password (as given and as typed), and
@@ -732,7 +767,7 @@ def download_redactor(cfg: DownloadConfig, *secrets: str) -> Redactor:
     redact = Redactor(secrets)
     if cfg.cookies:
         with contextlib.suppress(OSError, UnicodeDecodeError):  # unreadable: the attempt reports it
-            redact.add(*cookie_values(storage.read_text(cfg.cookies)))
+            redact.add(*cookie_values(storage.read_small(cfg.cookies, COOKIES_MAX_BYTES).decode()))
     if cfg.proxy:
         try:
             password = urlsplit(cfg.proxy if "://" in cfg.proxy else f"http://{cfg.proxy}").password

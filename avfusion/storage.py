@@ -280,6 +280,22 @@ def read_bytes(url: str) -> bytes:
     return fs.cat_file(path)
 
 
+def read_small(url: str, max_bytes: int, what: str = "file") -> bytes:
+    """A small input a user names (a config, cookies, a proxy list) read whole, or
+    ``OSError`` in one line: a local path must be a regular file (a FIFO, ``/dev/zero``
+    or a folder would block or never end), and nothing over ``max_bytes`` is read."""
+    if is_local(url):
+        kind = local_kind(local_path(url))
+        if kind != "file":
+            raise OSError(f"{what} {url} is not a regular file ({kind})")
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(f"{what} {url} is larger than {max_bytes} bytes")
+    return data
+
+
 def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
     """A Parquet file as a pyarrow Table, read whole into memory first. pyarrow reading
     through an fsspec file (or filesystem) calls back into s3fs from its own threads, and

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from avfusion import storage
     from avfusion.config import ConfigError
     from avfusion.doctor import DoctorOptions, run
+    from avfusion.download import COOKIES_MAX_BYTES
     from avfusion.redact import Redactor, cookie_values
     from jobs.preprocess import PROXY_PASSWORD_ENV, proxy_of, proxy_password
 
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     redactor.add(password, unquote(password or ""))
     if args.cookies:
         try:
-            redactor.add(*cookie_values(storage.read_bytes(args.cookies).decode("utf-8", "replace")))
+            redactor.add(
+                *cookie_values(storage.read_small(args.cookies, COOKIES_MAX_BYTES).decode("utf-8", "replace"))
+            )
         except OSError:
             pass  # the cookies check reports an unreadable file itself
     opts = DoctorOptions(

@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to sleep before each request (also the download spacing unless --min-spacing is given)",
     )
     dl.add_argument("--format", help="yt-dlp format selector")
+    dl.add_argument(
+        "--ffmpeg", help="ffmpeg binary for section downloads (default: PATH, then imageio-ffmpeg)"
+    )
+    dl.add_argument(
+        "--js-runtime",
+        action="append",
+        default=[],
+        metavar="NAME[:PATH]",
+        help="a JS runtime yt-dlp may use (deno, node, bun, quickjs), optionally its binary (repeatable)",
+    )
     dl.add_argument("--max-attempts", type=int, help="attempts per clip for transient errors (default 4)")
     dl.add_argument(
         "--yt-dlp-option",
@@ -189,6 +199,7 @@ def load_config(args):
     from avfusion.preprocess.shard import PreprocessConfig
 
     sections = load_yaml(args.config) if args.config else {}
+    refuse_programs(sections.get("download") or {})
     clip = load_section(ClipSpec, args.config, "clip", frame_size=args.frame_size)
     extra = (sections.get("download") or {}).get("extra") or {}
     if not isinstance(extra, dict):
@@ -205,6 +216,8 @@ def load_config(args):
         sleep_seconds=args.sleep,
         format=args.format,
         max_attempts=args.max_attempts,
+        ffmpeg=args.ffmpeg,
+        js_runtimes=js_runtimes(args.js_runtime),
         extra=extra or None,
     )
     limits = load_section(DecodeLimits, args.config, "limits")
@@ -218,6 +231,35 @@ def load_config(args):
     pre.update({k: v for k, v in flags.items() if v is not None})
     base = from_dict(PreprocessConfig, pre, prefix="preprocess")
     return replace(base, clip=clip, download=download, limits=limits)
+
+
+def refuse_programs(download: dict) -> None:
+    """A config names no program to run: it may be someone else's file (``--config
+    s3://…``), and yt-dlp would execute the ffmpeg and JS runtime it names. Those come
+    from PATH, the imageio-ffmpeg wheel and the environment's deno, or the flags."""
+    from avfusion.config import ConfigError
+
+    if download.get("ffmpeg") is not None:
+        raise ConfigError("download.ffmpeg: a config may not name a program to run; use --ffmpeg PATH")
+    runtimes = download.get("js_runtimes")
+    for name, options in runtimes.items() if isinstance(runtimes, dict) else ():
+        if isinstance(options, dict) and options.get("path") is not None:
+            raise ConfigError(
+                f"download.js_runtimes.{name}.path: a config may not name a program to run; "
+                f"use --js-runtime {name}:PATH"
+            )
+
+
+def js_runtimes(given: list[str]) -> dict[str, dict] | None:
+    """``--js-runtime NAME[:PATH]`` (repeatable) → yt-dlp's ``js_runtimes``; None: the
+    config's or yt-dlp's default."""
+    if not given:
+        return None
+    runtimes: dict[str, dict] = {}
+    for item in given:
+        name, _, path = item.partition(":")
+        runtimes[name] = {"path": path} if path else {}
+    return runtimes
 
 
 def job_of(args, cfg):
@@ -266,7 +308,7 @@ def proxy_of(
     if proxy and proxies:
         raise ConfigError("--proxy and --proxies both given: give one")
     if proxies:
-        text = storage.read_bytes(proxies).decode("utf-8", "replace")
+        text = storage.read_small(proxies, 1 << 16, "--proxies").decode("utf-8", "replace")
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         if len(lines) != 1:
             raise ConfigError(
@@ -333,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     aws_secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
     redactor = Redactor([aws_secret or "", os.environ.get(PROXY_PASSWORD_ENV) or ""])
     inline = proxy_password(args.proxy)
+    if args.proxy and "@" in args.proxy:  # the whole user info too: a bad URL may split it anywhere
+        redactor.add(args.proxy.split("://", 1)[-1].rsplit("@", 1)[0])
     if inline:
         redactor.add(inline, unquote(inline))
         print(

@@ -152,9 +152,8 @@ def test_preprocess_stops_before_downloading_youtube_without_a_solver(tmp_path, 
 
     csv = tmp_path / "vggsound.csv"
     csv.write_text("---g-f_I2yQ,1,people marching,test\n")
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"download:\n  js_runtimes:\n    deno:\n      path: {tmp_path / 'no-deno'}\n")
-    assert preprocess.main([str(csv), "--out", str(tmp_path / "out"), "--config", str(cfg)]) == 2
+    runtime = f"deno:{tmp_path / 'no-deno'}"
+    assert preprocess.main([str(csv), "--out", str(tmp_path / "out"), "--js-runtime", runtime]) == 2
     captured = capsys.readouterr()
     assert "JS runtime none" in captured.out
     (line,) = [x for x in captured.err.splitlines() if x.strip()]

@@ -166,6 +166,49 @@ PREPROCESS_BAD = [
     ([], "download: {extra: [1]}", "download.extra: expected a mapping of yt-dlp options, got [1]"),
     ([], "- 1\n- 2\n", "{config}: top level must be a mapping of sections, got list"),
     ([], "clip: {frame_size: [", "cannot read config {config}: while parsing a flow node expected"),
+    # A config names no program: yt-dlp would run the ffmpeg and JS runtime it names.
+    (
+        [],
+        "download: {ffmpeg: /tmp/evil-ffmpeg}",
+        "download.ffmpeg: a config may not name a program to run; use --ffmpeg PATH",
+    ),
+    (
+        [],
+        "download: {js_runtimes: {node: {path: /tmp/evil-node}}}",
+        "download.js_runtimes.node.path: a config may not name a program to run; use --js-runtime node:PATH",
+    ),
+    # A few hundred bytes of nested aliases expand to gigabytes ("billion laughs").
+    (
+        [],
+        "clip: {num_frames: [&a [lol, lol], [*a, *a]]}",
+        "cannot read config {config}: YAML aliases (*a) are not accepted in a config",
+    ),
+    # An unencoded '#' or '?' would cut the URL inside the password.
+    (
+        ["--proxy", "http://user:Hunter2#Secret9@127.0.0.1:9"],
+        None,
+        "download.proxy: not a proxy URL; allowed: scheme://host:port with nothing after the port, "
+        "credentials as USER:PASSWORD@ before the host (percent-encode '#', '?', '/', '@', ':' in them)",
+    ),
+    (
+        ["--yt-dlp-option", 'http_headers={"Cookie ": "SID=x"}'],
+        None,
+        "download.extra.http_headers: header names are HTTP tokens (letters, digits, -, no spaces or "
+        "colons), got ['Cookie ']",
+    ),
+    (
+        ["--yt-dlp-option", 'http_headers={"X-A": "a\\u2028b"}'],
+        None,
+        "download.extra.http_headers: header values must be single lines without control characters, "
+        "got ['X-A']",
+    ),
+    (["--proxies", "/dev/zero"], None, "--proxies /dev/zero is not a regular file (device)"),
+    (["--cookies", "/dev/zero"], None, "cookies file /dev/zero is not a regular file (device)"),
+    (
+        ["--config", "/dev/zero"],
+        None,
+        "cannot read config /dev/zero: file /dev/zero is not a regular file (device)",
+    ),
 ]
 
 

@@ -188,7 +188,7 @@ def run_preprocess(
 def check_downloads(job: PreprocessJob, tasks: list[ClipTask]) -> str | None:
     """Before any download: options that would not take effect (``preflight``), and the
     JS runtime and challenge solver YouTube needs (printed). Returns the refusal, or None."""
-    from avfusion.download import js_runtime_report, preflight, sanitise_cookies
+    from avfusion.download import COOKIES_MAX_BYTES, js_runtime_report, preflight, sanitise_cookies
 
     if not any(t.is_remote for t in tasks):
         return None
@@ -197,11 +197,11 @@ def check_downloads(job: PreprocessJob, tasks: list[ClipTask]) -> str | None:
         return errors[0]
     if job.config.download.cookies:
         # Once per job, here; each attempt's private copy drops these lines silently.
-        try:
-            text = storage.read_bytes(job.config.download.cookies).decode("utf-8", "replace")
-        except OSError:
-            text = ""  # unreadable: each download records its own (redacted) failure
-        for dropped in sanitise_cookies(text)[1]:
+        try:  # a FIFO or /dev/zero here would hang every download's private copy
+            text = storage.read_small(job.config.download.cookies, COOKIES_MAX_BYTES, "cookies file")
+        except OSError as exc:
+            return str(exc)
+        for dropped in sanitise_cookies(text.decode("utf-8", "replace"))[1]:
             print(f"warning: {dropped}")
     js = js_runtime_report(job.config.download.js_runtimes)
     print(
