@@ -539,3 +539,15 @@ def test_predict_refuses_with_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("avfusion predict: ") and message in err, err
     assert "Traceback" not in err
+
+
+def test_an_input_that_is_a_device_or_fifo_is_one_line(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "clips.csv"
+    os.mkfifo(fifo)
+    for source, kind in (("/dev/zero", "device"), (str(fifo), "fifo")):
+        out = tmp_path / f"out-{kind}"
+        code, err = _run(preprocess.main, [source, "--out", str(out), "--executor", "local"], capsys)
+        _assert_one_line(code, err, f"avfusion preprocess: input {source} is not a file or folder ({kind})")
+        assert not out.exists()

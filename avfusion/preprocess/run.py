@@ -100,6 +100,10 @@ def _has_url_header(path: str) -> bool:
 
 def read_tasks(job: PreprocessJob) -> tuple[list[ClipTask], list[Failure]]:
     """The clip tasks, plus failures for CSV rows whose file is missing from a folder."""
+    if storage.is_local(job.input):  # a FIFO or /dev/zero as the clip list would never end
+        found = storage.local_kind(storage.local_path(job.input))
+        if found not in ("file", "dir"):
+            raise PreprocessError(f"input {job.input} is not a file or folder ({found})")
     kind = input_kind(job.input) if job.input_kind == "auto" else job.input_kind
     missing: list[Failure] = []
     if kind == "folder":
