@@ -149,19 +149,49 @@ class ClipTask:
         return storage.scheme(self.source) in OBJECT_STORE_SCHEMES
 
 
-def tasks_from_vggsound(rows: list[ClipRow], url_template: str = YOUTUBE_URL) -> list[ClipTask]:
-    """``url_template`` gets ``{id}`` (and may use ``{start}``): the YouTube watch URL
-    by default, a loopback server in tests, a mirror for users who have one."""
-    return [
-        ClipTask(
-            key=r.key,
-            source=url_template.format(id=r.youtube_id, start=r.start),
-            start=float(r.start),
-            label=r.label,
-            split=r.split,
+URL_PLACEHOLDER = "{id}"
+
+
+def check_url_template(template: str) -> str:
+    """``template`` if it is fit to expand, else ``SourceError`` in one line. Expansion is
+    plain text substitution of the literal ``{id}`` (never ``str.format``, whose fields
+    could run attribute look-ups, crash or pad without bound), so the template must hold
+    ``{id}`` and no other brace."""
+    rest = template.replace(URL_PLACEHOLDER, "")
+    if URL_PLACEHOLDER in template and "{" not in rest and "}" not in rest:
+        return template
+    problem = "has no {id}" if URL_PLACEHOLDER not in template else "has a brace other than in {id}"
+    raise SourceError(
+        f"url_template (--url-template) {_shown(template)!r} {problem}; it must contain {URL_PLACEHOLDER}, "
+        "which is replaced by each clip's id, and no other { or } "
+        f"(e.g. {YOUTUBE_URL})"
+    )
+
+
+def tasks_from_vggsound(
+    rows: list[ClipRow], url_template: str = YOUTUBE_URL, allow_local_paths: bool = False
+) -> list[ClipTask]:
+    """``url_template`` gets ``{id}`` replaced by each row's id: the YouTube watch URL by
+    default, a loopback server in tests, a mirror for users who have one. Each URL it
+    gives passes ``check_source_scheme`` like a URL list's (local paths and ``file://``
+    only with ``allow_local_paths``); one that does not refuses the whole list."""
+    check_url_template(url_template)
+    where = f"url_template (--url-template) {_shown(url_template)!r}"
+    tasks = []
+    for r in rows:
+        url = url_template.replace(URL_PLACEHOLDER, r.youtube_id)
+        tasks.append(
+            ClipTask(
+                key=r.key,
+                source=check_source_scheme(
+                    url, f"{where} for clip {r.key}", allow_local_paths, "a url_template"
+                ),
+                start=float(r.start),
+                label=r.label,
+                split=r.split,
+            )
         )
-        for r in rows
-    ]
+    return tasks
 
 
 # What a URL list may name: web pages and media (fetched by yt-dlp) and object-store
@@ -171,27 +201,39 @@ WEB_SCHEMES = ("http", "https")
 LOCAL_SCHEMES = ("", "file")
 
 
-def check_source_scheme(url: str, where: str, allow_local_paths: bool = False) -> str:
+def _shown(url: str) -> str:
+    """``url`` fit to print in a refusal: no user:password@ or token in it (a string that
+    ``urlsplit`` refuses, such as an unclosed ``[``, is cut to its scheme)."""
+    try:
+        return strip_url_secrets(url)
+    except ValueError:
+        return url.split("://", 1)[0] + "://…" if "://" in url else "…"
+
+
+def check_source_scheme(
+    url: str, where: str, allow_local_paths: bool = False, what: str = "a URL list"
+) -> str:
     """``url`` as a task's source (a ``file://`` URL as its local path), or
-    ``SourceError`` naming the scheme and what is allowed."""
+    ``SourceError`` naming the scheme and what is allowed; ``what`` names where the URL
+    came from in that refusal."""
     kind = storage.scheme(url)
     bare = None if kind else re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", url)  # javascript:, data:, mailto:
     if bare:  # a local name with a colon in it can be written ./name
         kind = bare.group(1).lower()
     if kind in WEB_SCHEMES or kind in OBJECT_STORE_SCHEMES:
         return url
-    shown = strip_url_secrets(url)  # the refusal is printed: no user:password@ or token in it
+    shown = _shown(url)  # the refusal is printed: no user:password@ or token in it
     if kind in LOCAL_SCHEMES:
         if allow_local_paths:
             return storage.local_path(url)
-        what = "a local path" if not kind else "a file:// URL"
+        local = "a local path" if not kind else "a file:// URL"
         raise SourceError(
-            f"{where}: {shown!r} is {what}; a URL list names http(s):// or object-store URLs "
+            f"{where}: {shown!r} is {local}; {what} names http(s):// or object-store URLs "
             f"({', '.join(s + '://' for s in OBJECT_STORE_SCHEMES)}); pass --allow-local-paths to read "
             "local files from the worker's disk"
         )
     raise SourceError(
-        f"{where}: {shown!r} has scheme {kind}:, which a URL list does not take; allowed: "
+        f"{where}: {shown!r} has scheme {kind}:, which {what} does not take; allowed: "
         f"{', '.join(s + '://' for s in WEB_SCHEMES + OBJECT_STORE_SCHEMES)}"
         + ("" if allow_local_paths else ", and local paths with --allow-local-paths")
     )

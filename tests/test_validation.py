@@ -551,3 +551,13 @@ def test_an_input_that_is_a_device_or_fifo_is_one_line(tmp_path, capsys):
         code, err = _run(preprocess.main, [source, "--out", str(out), "--executor", "local"], capsys)
         _assert_one_line(code, err, f"avfusion preprocess: input {source} is not a file or folder ({kind})")
         assert not out.exists()
+
+
+def test_labels_for_a_list_input_is_one_line_not_ignored(tmp_path, clips_csv, capsys):
+    argv = [str(clips_csv), "--out", str(tmp_path / "o"), "--executor", "local", "--labels", str(clips_csv)]
+    code, err = _run(preprocess.main, argv, capsys)
+    _assert_one_line(
+        code,
+        err,
+        f"avfusion preprocess: --labels labels a folder's files; the input {clips_csv} is a vggsound list",
+    )

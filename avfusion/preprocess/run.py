@@ -105,6 +105,9 @@ def read_tasks(job: PreprocessJob) -> tuple[list[ClipTask], list[Failure]]:
         if found not in ("file", "dir"):
             raise PreprocessError(f"input {job.input} is not a file or folder ({found})")
     kind = input_kind(job.input) if job.input_kind == "auto" else job.input_kind
+    if kind != "folder" and (job.labels or job.labels_from_dirs):
+        flag = "--labels" if job.labels else "--labels-from-dirs"
+        raise PreprocessError(f"{flag} labels a folder's files; the input {job.input} is a {kind} list")
     missing: list[Failure] = []
     if kind == "folder":
         tasks, rows = scan_folder(job.input, job.labels, job.labels_from_dirs)
@@ -123,7 +126,8 @@ def read_tasks(job: PreprocessJob) -> tuple[list[ClipTask], list[Failure]]:
     elif kind == "urls":
         tasks = read_url_list(job.input, job.allow_local_paths)
     else:
-        tasks = tasks_from_vggsound(read_vggsound_csv(job.input), job.config.download.url_template)
+        rows = read_vggsound_csv(job.input)
+        tasks = tasks_from_vggsound(rows, job.config.download.url_template, job.allow_local_paths)
     tasks = filter_tasks(tasks, list(job.splits) or None, list(job.keep_labels) or None, job.limit)
     keep = {t.key for t in tasks}
     return tasks, [f for f in missing if (not job.splits and not job.keep_labels) or f.key in keep]
