@@ -26,12 +26,16 @@ OUR_NAMES = re.compile(
     r"(?:r\d{2}-)?\d{5}(?:\.tar|_stats\.json)|missing_stats\.json|manifest\.json|failures\.parquet"
     r"|_plan\.json|_retry\d{2}\.json|" + re.escape(MARKER)
 )
+# What only preprocess writes, proof that a folder without the marker (written before
+# the marker existed) is a shard folder: the plan record (``preprocess.plan.PLAN``) or
+# a shard's stats. ``manifest.json`` or ``00000.tar`` alone could be anyone's.
+PROOF = re.compile(r"_plan\.json|(?:r\d{2}-)?\d{5}_stats\.json")
 
 
 def claim(root: str, force: bool = False) -> None:
     """Make ``root`` this preprocess run's folder (refused if it holds files we did not
     write, unless ``force``), then delete the temp files a killed run left for our names."""
-    storage.claim_folder(root, MARKER, OUR_NAMES, force)
+    storage.claim_folder(root, MARKER, OUR_NAMES, force, proof=PROOF)
     storage.remove_own_leftovers(root, OUR_NAMES)
 
 

@@ -521,21 +521,69 @@ class FolderNotOurs(StorageError):
     """An output folder holds files that this project did not write."""
 
 
-def claim_folder(url: str, marker: str, ours: re.Pattern[str], force: bool = False) -> None:
+# Output that vanishes when the process ends: never a job's output folder.
+_EPHEMERAL_SCHEMES = ("memory",)
+
+
+def _check_output_url(url: str) -> None:
+    """``StorageError`` (one line) for an output URL that cannot name a lasting folder:
+    a scheme with no bucket or host (``s3://``, ``gs:///x``), a path that is such a URL
+    with its slashes stripped (``s3:``, ``s3:bucket``: it would become a local folder
+    named ``s3:``), or an in-memory store (its files are lost when the process ends)."""
+    kind = scheme(url)
+    if kind in _EPHEMERAL_SCHEMES:
+        raise StorageError(
+            f"output folder {url} is in this process's memory and would be lost when it ends; "
+            "use a local folder or an object store URL"
+        )
+    if kind and kind not in LOCAL_PROTOCOLS:
+        if not str(url).split("://", 1)[1].split("/", 1)[0]:
+            raise StorageError(f"output folder {url} names no bucket or host (like {kind}://bucket/folder)")
+        return
+    path = local_path(url)
+    if not path:
+        raise StorageError(f"output folder {url} names no folder")
+    head = path.split("/", 1)[0]
+    if ":" in head:
+        prefix = head.split(":", 1)[0].lower()
+        if prefix in fsspec.available_protocols() and prefix not in LOCAL_PROTOCOLS:
+            raise StorageError(
+                f"output folder {url} (a {prefix}:// URL?) names no bucket or host "
+                f"(like {prefix}://bucket/folder); for a local folder so named, write ./{path}"
+            )
+
+
+def claim_folder(
+    url: str,
+    marker: str,
+    ours: re.Pattern[str],
+    force: bool = False,
+    proof: re.Pattern[str] | None = None,
+) -> None:
     """Make folder ``url`` a job's output before it writes anything there.
 
-    The folder may be missing, empty, hold ``marker`` (written by an earlier run of the
-    job), or hold only names ``ours`` matches (a folder written before the marker
-    existed); anything else is refused with ``FolderNotOurs`` unless ``force``, since
-    a job replaces and cleans up files by name there. Then ``marker`` is (re)written:
-    the first write, so a folder that cannot be written (read-only, a file, an
-    unreachable object store) is refused here, before any work, as one
+    The folder may be missing, empty, or hold ``marker`` (written by an earlier run of
+    the job). A folder without the marker that was written before the marker existed
+    is ours only if every name in it matches ``ours`` *and* one matches ``proof``: a
+    name only the job writes (preprocess's plan record or a shard's stats, label's
+    parts); generic names alone (``manifest.json``, ``00000.tar``) prove nothing.
+    Anything else is refused with ``FolderNotOurs`` unless ``force``, since a job
+    replaces and cleans up files by name there. An output URL that names no lasting
+    folder (``s3://``, ``memory://…``) is refused always. Then ``marker`` is
+    (re)written: the first write, so a folder that cannot be written (read-only, a
+    file, an unreachable object store) is refused here, before any work, as one
     ``StorageError`` line naming it and the cause."""
+    _check_output_url(url)
     try:
         if is_local(url) and os.path.lexists(local_path(url)) and not os.path.isdir(local_path(url)):
             raise StorageError(f"output folder {url} is a file, not a folder")
         names = list_names(url)
-        foreign = [] if marker in names else [n for n in names if not ours.fullmatch(n)]
+        if marker in names or not names:
+            foreign = []
+        else:
+            foreign = [n for n in names if not ours.fullmatch(n)]
+            if not foreign and not (proof is not None and any(proof.fullmatch(n) for n in names)):
+                foreign = names  # our names, but nothing only we write: not proof it is ours
         if foreign and not force:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise FolderNotOurs(
@@ -552,15 +600,37 @@ def claim_folder(url: str, marker: str, ours: re.Pattern[str], force: bool = Fal
         raise StorageError(f"cannot write to output folder {url}: {type(exc).__name__}: {first}") from exc
 
 
+def _is_file_or_link(url: str) -> bool:
+    """True for a regular file or a symlink (not followed); False for a folder or
+    anything else (a FIFO, a device), or when it is gone."""
+    if is_local(url):
+        try:
+            mode = os.lstat(local_path(url)).st_mode
+        except OSError:
+            return False
+        return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
+    return isfile(url)
+
+
 def remove_own_leftovers(url: str, ours: re.Pattern[str]) -> list[str]:
     """Delete the local temp files (see ``_replace_local``) that a killed run left in
-    folder ``url`` for files named as ``ours`` matches, and nothing else; returns them."""
+    folder ``url`` for files named as ``ours`` matches, and nothing else; returns them.
+    Only a regular file or a symlink (unlinked, not followed) is such a temp file: a
+    folder so named was not written by us and is left alone."""
     gone = []
     for name in list_names(url):
         match = _LOCAL_TEMP.fullmatch(name)
-        if match and ours.fullmatch(match.group(1)):
-            remove(join(url, name))
-            gone.append(name)
+        if not (match and ours.fullmatch(match.group(1))):
+            continue
+        target = join(url, name)
+        if not _is_file_or_link(target):
+            continue
+        if is_local(target):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(local_path(target))
+        else:
+            remove(target)
+        gone.append(name)
     return gone
 
 

@@ -418,3 +418,109 @@ def test_an_unreachable_object_store_out_is_one_line_within_seconds(tmp_path, cl
     elapsed = time.monotonic() - t0
     line = _one_line(proc, "avfusion preprocess: cannot write to output folder s3://bucket/shards: ")
     assert "Could not connect" in line and elapsed < 30, (line, elapsed)
+
+
+# ----------------------------------------------------------------------------- --out: not by name alone
+
+
+def test_a_folder_of_generic_names_without_proof_is_not_ours(clips, tmp_path, tiny_checkpoint, capsys):
+    """``manifest.json`` and ``failures.parquet`` (or ``00000.tar``) are anyone's names:
+    without the marker, a plan record or a shard's stats, the folder is refused."""
+    webapp = tmp_path / "webapp"
+    webapp.mkdir()
+    (webapp / "manifest.json").write_text('{"name":"my pwa"}')
+    (webapp / "failures.parquet").write_text("keep")
+    (webapp / "00000.tar").write_bytes(b"my tar")
+    before = _snapshot(webapp)
+    assert preprocess_job.main([str(clips), "--out", str(webapp), "--executor", "local"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds files this job did not write" in err and "manifest.json" in err
+    assert _snapshot(webapp) == before, "byte-identical, no marker added"
+
+
+def test_a_label_out_without_parts_or_marker_is_not_ours(clips, tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "labels"
+    out.mkdir()
+    (out / ".part-0badcafe-00000.parquet.tmp-12345678").write_bytes(b"a temp name alone proves nothing")
+    before = _snapshot(out)
+    assert label_job.main([str(clips), str(out), "--checkpoint", tiny_checkpoint, "--executor", "local"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds files this job did not write" in err
+    assert _snapshot(out) == before
+
+
+def test_a_shard_folder_from_before_the_marker_is_still_ours(clips, tmp_path, capsys):
+    """A folder a run wrote before the marker existed: our names, with the plan record
+    and a shard's stats as proof. It is resumed, and gets the marker."""
+    out = tmp_path / "shards"
+    args = [str(clips), "--out", str(out), "--executor", "local", "--frame-size", "32"]
+    assert preprocess_job.main(args) == 0
+    (out / ".avfusion-shards").unlink()
+    assert {"_plan.json", "00000_stats.json"} <= {p.name for p in out.iterdir()}
+    assert preprocess_job.main(args) == 0
+    assert (out / ".avfusion-shards").exists()
+
+    # stats alone (no plan record) are proof too
+    (out / ".avfusion-shards").unlink()
+    (out / "_plan.json").unlink()
+    assert preprocess_job.main(args) == 0, capsys.readouterr().err
+
+
+def test_a_label_folder_from_before_the_marker_is_still_ours(clips, tmp_path, tiny_checkpoint):
+    out = tmp_path / "labels"
+    args = [str(clips), str(out), "--checkpoint", tiny_checkpoint, "--executor", "local"]
+    assert label_job.main(args) == 0
+    (out / ".avfusion-labels").unlink()
+    assert label_job.main(args) == 0
+    assert (out / ".avfusion-labels").exists()
+
+
+@pytest.mark.parametrize(
+    ("out", "said"),
+    [
+        ("s3://", "names no bucket or host"),
+        ("gs://", "names no bucket or host"),
+        ("s3:///shards", "names no bucket or host"),
+        ("memory://x", "would be lost when it ends"),
+    ],
+)
+def test_an_out_url_naming_no_lasting_folder_is_one_line(clips, tmp_path, tiny_checkpoint, capsys, out, said):
+    """``s3://`` once became a local folder named ``s3:`` (the trailing slashes
+    stripped); ``memory://`` output vanished with the process."""
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert preprocess_job.main([str(clips), "--out", out, "--executor", "local"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("avfusion preprocess: output folder ") and said in err
+        args = [str(clips), out, "--checkpoint", tiny_checkpoint, "--executor", "local"]
+        assert label_job.main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("avfusion label: output folder ") and said in err
+    finally:
+        os.chdir(cwd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "tiny.pt"], "no local folder made"
+
+
+def test_a_folder_named_like_our_temp_file_is_left_alone(clips, tmp_path, tiny_checkpoint):
+    """Only a regular file (or a symlink, unlinked) is a temp file we wrote; a folder so
+    named once made every run die with a traceback."""
+    out = tmp_path / "shards"
+    out.mkdir()
+    (out / ".avfusion-shards").write_text("marker")
+    (out / ".00000.tar.tmp-deadbeef").mkdir()
+    (out / ".00000.tar.tmp-deadbeef" / "x").write_text("keep")
+    (out / ".00000_stats.json.tmp-0badcafe").symlink_to(tmp_path / "clips")  # unlinked, not followed
+    args = [str(clips), "--out", str(out), "--executor", "local", "--frame-size", "32"]
+    assert preprocess_job.main(args) == 0
+    assert (out / ".00000.tar.tmp-deadbeef" / "x").read_text() == "keep"
+    assert not os.path.lexists(out / ".00000_stats.json.tmp-0badcafe")
+    assert (tmp_path / "clips" / "a.mp4").exists()
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / ".avfusion-labels").write_text("marker")
+    (labels / ".part-0badcafe-00000.parquet.tmp-12345678").mkdir()
+    args = [str(clips), str(labels), "--checkpoint", tiny_checkpoint, "--executor", "local"]
+    assert label_job.main(args) == 0
+    assert (labels / ".part-0badcafe-00000.parquet.tmp-12345678").is_dir()

@@ -275,6 +275,7 @@ def test_failed_task_is_recorded_then_retried(tmp_path, synth, capsys):
     out = tmp_path / "s"
     (out / "00001.tar").mkdir(parents=True)
     (out / "00001.tar" / "blocker").write_text("x")
+    (out / ".avfusion-shards").write_text("")  # our folder (an earlier run's marker), else refused
     result = run_preprocess(_job(synth, out), InProcessExecutor())
     assert result.exit_code == 1 and len(result.lost) == 4
     assert "INCOMPLETE: 4 clips" in capsys.readouterr().err

@@ -36,7 +36,10 @@ PARTS = "part-*.parquet"
 # label writes there (``part-{run}-{number}.parquet``): the only names it ever replaces
 # or cleans up.
 MARKER = ".avfusion-labels"
-OUR_NAMES = re.compile(r"part-[0-9a-f]{8}-\d{5}\.parquet|" + re.escape(MARKER))
+# A part's name is label's alone: proof that a folder without the marker (written
+# before the marker existed) is a label output.
+PROOF = re.compile(r"part-[0-9a-f]{8}-\d{5}\.parquet")
+OUR_NAMES = re.compile(PROOF.pattern + "|" + re.escape(MARKER))
 
 if TYPE_CHECKING:
     import numpy as np
@@ -297,7 +300,8 @@ def label(cfg: LabelConfig, executor: Executor) -> int:
     paths, skipped = scan_inputs(cfg.input, cfg.extensions)
     clip = ClipSpec(**load_checkpoint(cfg.checkpoint)["clip"])
     out = cfg.out.rstrip("/")
-    storage.claim_folder(out, MARKER, OUR_NAMES, cfg.force)  # one line if out is not ours or not writable
+    # one line if out is not ours or not writable
+    storage.claim_folder(out, MARKER, OUR_NAMES, cfg.force, proof=PROOF)
     remove_partial_parts(out)
     drop_superseded(out)  # a killed run may have relabelled files without dropping their old rows
     root = cfg.input.rstrip("/") if storage.isdir(cfg.input) else None
