@@ -24,15 +24,16 @@ workers differ.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
 from avfusion.config import bounded, check_bounds
 from avfusion.corruptions import AUDIO_SNR_DB, BLUR_SIGMA, VIDEO_NOISE_STD, gaussian_kernel
+from avfusion.device import to_device
 from avfusion.loader import Batch, seed_of
 
 
@@ -103,8 +104,7 @@ class BatchAugment:
         device = torch.device(device)
         s = seed_of(self.seed, self.rank, batch.worker, epoch, step)
         rng = np.random.default_rng(s)
-        gen = torch.Generator(device=device)
-        gen.manual_seed(s)
+        gen = _generator(device, s)
         cfg = self.cfg
         b, t = len(batch.keys), batch.n_frames
         index = None
@@ -126,7 +126,7 @@ class BatchAugment:
             x = drop_frames(x, rng, cfg.p_drop_frames)
         else:
             dead = torch.zeros(b, 2, dtype=torch.bool, device=device)
-        soft = F.one_hot(batch.target, self.num_classes).float()
+        soft = _one_hot(batch.target, self.num_classes)
         lam, perm = _mix_draw(rng, b, self.mixup_alpha, self.mixup_prob, device)
         if perm is not None:  # blended before the one rounding to uint8
             wave, x = lam * wave + (1 - lam) * wave[perm], x.mul_(lam).add_(x[perm], alpha=1 - lam)
@@ -135,13 +135,28 @@ class BatchAugment:
         return Batch(wave, _to_uint8(x), batch.target, batch.keys, worker=batch.worker, dead=dead), soft
 
 
+def _one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, C) float one-hot. ``F.one_hot`` reads the targets' min and max on the host
+    (a device sync) except on CUDA; a scatter reads nothing."""
+    return torch.zeros(len(target), num_classes, device=target.device).scatter_(1, target[:, None], 1.0)
+
+
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     """(B, T, 3, H, W) float → (B, T, H, W, 3) uint8 as the model takes it (a view)."""
     return (x + 0.5).clamp_(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2)
 
 
 def _host(values: ArrayLike, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(values), dtype=dtype).to(device, non_blocking=True)
+    """Host-drawn decisions on the device, copied without waiting for it."""
+    return to_device(torch.as_tensor(np.asarray(values), dtype=dtype), device)
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    """The device's generator; the meta device has none (its draws have no values), so
+    a CPU one stands in there."""
+    gen = torch.Generator(device=device) if device.type in ("cpu", "cuda") else torch.Generator()
+    gen.manual_seed(seed)
+    return gen
 
 
 def _crop_wave(wave: torch.Tensor, rng: np.random.Generator, n: int) -> torch.Tensor:
@@ -311,19 +326,21 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return kh @ x @ kw.T
 
 
+@functools.lru_cache(maxsize=32)
 def _blur_matrix(n: int, sigma: float, device: torch.device) -> torch.Tensor:
     """(n, n): row i = the kernel centred on i, taps past an edge reflected back
-    (``np.pad(mode="reflect")``; edge-replicated when the kernel is wider than n)."""
+    (``np.pad(mode="reflect")``; edge-replicated when the kernel is wider than n).
+    Built once per (size, sigma, device) and kept there: training blurs a few sizes at
+    three severities, so a step never rebuilds one or copies it to the device."""
     k = gaussian_kernel(sigma)
     r = len(k) // 2
+    rows = np.arange(n)[:, None]
+    src = rows + np.arange(len(k))[None, :] - r
+    if n > r:
+        src = np.where(src < 0, -src, np.where(src >= n, 2 * (n - 1) - src, src))
     m = np.zeros((n, n), np.float32)
-    for i in range(n):
-        for j, wgt in enumerate(k):
-            src = i + j - r
-            if n > r:
-                src = -src if src < 0 else (2 * (n - 1) - src if src >= n else src)
-            m[i, min(max(src, 0), n - 1)] += wgt
-    return torch.from_numpy(m).to(device)
+    np.add.at(m, (np.broadcast_to(rows, src.shape), np.clip(src, 0, n - 1)), np.broadcast_to(k, src.shape))
+    return to_device(torch.from_numpy(m), device)
 
 
 def drop_frames(x: torch.Tensor, rng: np.random.Generator, p: float) -> torch.Tensor:
@@ -360,7 +377,7 @@ def mixup(
     folded to lam >= 0.5 so the first clip stays dominant. Returns the batch and its
     (B, C) soft targets; the hard ``target`` stays the dominant clip's label.
     (``BatchAugment`` draws the same way and blends its float frames instead.)"""
-    soft = F.one_hot(batch.target, num_classes).float()
+    soft = _one_hot(batch.target, num_classes)
     lam, perm = _mix_draw(
         rng if rng is not None else np.random.default_rng(), len(batch.keys), alpha, prob, batch.target.device
     )

@@ -31,3 +31,14 @@ def choose_device(
     if gpus_assigned == 0 or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", index)
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait: on CUDA it is pinned
+    first (a copy from pageable memory waits for the device's stream to drain)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)

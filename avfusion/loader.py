@@ -30,6 +30,8 @@ import torch
 import webdataset as wds
 
 from avfusion import shardstore, storage
+from avfusion.device import to_device
+from avfusion.jpeg import decode as jpeg_decode
 from shards.reader import decode_sample, frame_names
 
 
@@ -41,8 +43,8 @@ class Batch:
     are their JPEG bytes back to back in one uint8 buffer ``jpeg`` with ``jpeg_offsets``
     (B*T+1), clip-major; ``frames`` is None. That is 4-10x fewer bytes to pin and copy
     than decoded frames, and the decode happens where the batch goes: ``to(device)``
-    decodes all the batch's JPEGs in one ``torchvision.io.decode_jpeg`` call on that
-    device (nvJPEG on CUDA, libjpeg-turbo on the CPU). Decoded: ``waveform`` (B, N)
+    decodes all the batch's JPEGs in one call on that device (``avfusion.jpeg``:
+    nvJPEG on CUDA, libjpeg-turbo on the CPU). Decoded: ``waveform`` (B, N)
     float32 in [-1, 1], ``frames`` (B, T, S, S, 3) uint8. ``worker`` is the loader
     worker that built the batch (its augmentation seed)."""
 
@@ -93,7 +95,8 @@ class Batch:
         if self.frames is not None:
             frames = self.frames.to(device, non_blocking=non_blocking)
             if frame_index is not None:
-                frames = frames[torch.arange(len(frames), device=device)[:, None], frame_index.to(device)]
+                rows = torch.arange(len(frames), device=device)[:, None]
+                frames = frames[rows, to_device(frame_index, device)]
         else:
             assert self.jpeg is not None and self.jpeg_offsets is not None  # compact: JPEGs, no frames
             frames = decode_frames(self.jpeg, self.jpeg_offsets, len(self.keys), device, frame_index)
@@ -109,11 +112,9 @@ def decode_frames(
     device: torch.device,
     frame_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One batched ``decode_jpeg`` call (inputs stay on the CPU, as torchvision wants;
-    ``device`` is where they are decoded) → (B, k, H, W, 3) uint8, a channels-last view
-    of a contiguous (B, k, 3, H, W) tensor (what the model's per-frame conv reads)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
+    """One batched decode (``avfusion.jpeg``: stream-safe on CUDA; inputs stay on the
+    CPU, ``device`` is where they are decoded) → (B, k, H, W, 3) uint8, a channels-last
+    view of a contiguous (B, k, 3, H, W) tensor (what the model's per-frame conv reads)."""
     o = offsets.tolist()  # a CPU tensor: no device sync
     t = (len(o) - 1) // max(1, clips)
     picks = (
@@ -121,8 +122,7 @@ def decode_frames(
         if frame_index is None
         else [b * t + i for b, row in enumerate(frame_index.tolist()) for i in row]
     )
-    images = decode_jpeg([jpeg[o[i] : o[i + 1]] for i in picks], mode=ImageReadMode.RGB, device=device)
-    frames = torch.stack(images)
+    frames = jpeg_decode([jpeg[o[i] : o[i + 1]] for i in picks], torch.device(device))
     return frames.view(clips, -1, *frames.shape[1:]).permute(0, 1, 3, 4, 2)
 
 
