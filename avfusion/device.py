@@ -8,29 +8,69 @@ use; the launcher knows (Ray's resources, torchrun's local rank) and passes it i
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import torch
 
 
+class DeviceError(ValueError):
+    """The device asked for cannot be used here (the job says so in one line)."""
+
+
 def choose_device(
-    requested: str = "auto", *, gpus_assigned: int | None = None, index: int = 0
+    requested: str = "auto",
+    *,
+    gpus_assigned: int | None = None,
+    index: int = 0,
+    say: Callable[[str], None] | None = None,
 ) -> torch.device:
     """``requested``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     ``gpus_assigned``: how many GPUs the scheduler gave this process (Ray's resources);
     None when no scheduler says (a plain process, torchrun), 0 means none: ``auto`` is
     then always the CPU, whatever CUDA shows. ``index``: the GPU to take with a bare
-    ``cuda``/``auto`` (the local rank)."""
+    ``cuda``/``auto`` (the local rank). ``cuda`` where CUDA is unusable raises with the
+    reason; ``auto`` tells ``say`` (stdout by default, beside the job's progress; stderr
+    is for errors) which device it took and why."""
     if requested == "cpu":
         return torch.device("cpu")
     if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} asked for, but torch sees no CUDA device")
+        problem = cuda_problem()
+        if problem is not None:
+            raise DeviceError(f"--device {requested}: CUDA is unusable here: {problem}")
         return torch.device(requested if ":" in requested else f"cuda:{index}")
     if requested != "auto":
-        raise ValueError(f"unknown device {requested!r} (auto, cpu, cuda, cuda:N)")
-    if gpus_assigned == 0 or not torch.cuda.is_available():
+        raise DeviceError(f"unknown device {requested!r} (auto, cpu, cuda, cuda:N)")
+    tell = say or (lambda line: print(line, flush=True))
+    if gpus_assigned == 0:
+        tell("device auto → cpu: the scheduler gave this process no GPU")
         return torch.device("cpu")
-    return torch.device("cuda", index)
+    problem = cuda_problem()
+    if problem is not None:
+        tell(f"device auto → cpu: {problem}")
+        return torch.device("cpu")
+    dev = torch.device("cuda", index)
+    try:
+        name = torch.cuda.get_device_name(dev)
+    except (RuntimeError, AssertionError) as exc:  # listed but not initialisable: said, not hidden
+        name = f"its name unreadable: {str(exc).splitlines()[0][:120]}"
+    tell(f"device auto → {dev} ({name})")
+    return dev
+
+
+def cuda_problem() -> str | None:
+    """Why this process cannot use CUDA, in one line, or None when it can. A driver
+    older than the wheel's CUDA shows only as a warning from ``is_available()``."""
+    if torch.version.cuda is None:
+        return "this torch is built without CUDA (a CPU-only wheel)"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        usable = torch.cuda.is_available()
+    if usable:
+        return None
+    said = [str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()]
+    return said[0][:300] if said else "torch sees no CUDA device (no NVIDIA driver or no GPU visible)"
 
 
 def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:

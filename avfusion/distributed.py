@@ -62,7 +62,12 @@ def setup(
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():
         # env:// rendezvous: torchrun's MASTER_ADDR/MASTER_PORT, read by torch itself.
-        tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+        # device_id binds NCCL's communicator to this rank's GPU at init (no guessing, and
+        # barrier() then runs on the right device).
+        if dev.type == "cuda":
+            tdist.init_process_group("nccl", rank=rank, world_size=world, device_id=dev)
+        else:
+            tdist.init_process_group("gloo", rank=rank, world_size=world)
     if tdist.is_initialized() and (tdist.get_rank(), tdist.get_world_size()) != (rank, world):
         raise RuntimeError(
             f"the process group says rank {tdist.get_rank()} of {tdist.get_world_size()}, "

@@ -36,7 +36,7 @@ class Tally:
         s[0] += len(target)
         s[1] += F.cross_entropy(logits, target, reduction="sum").double()
         s[2:4] += topk_hits(logits, target).double()
-        s[4 : 4 + c] += torch.bincount(target, minlength=c).double()
+        s[4 : 4 + c].index_add_(0, target, torch.ones_like(weights[:, 0]))  # bincount syncs on CUDA
         s[4 + c : 4 + 2 * c].index_add_(0, target, weights[:, 0])
         s[4 + 2 * c :].index_add_(0, target, weights[:, 1])
 

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -161,6 +162,31 @@ def _no_autocast(device_type: str) -> contextlib.AbstractContextManager[object]:
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def _no_tf32(device_type: str) -> Iterator[None]:
+    """cuDNN convolutions in full fp32 on CUDA: they run in TF32 (10 mantissa bits) by
+    default on Ampere and later, whatever the tensors' dtype says. torch >= 2.9 has a
+    per-backend flag and refuses a mix of it with the legacy one."""
+    if device_type != "cuda":
+        yield
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        saved = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = saved
+        return
+    legacy = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = legacy
+
+
 class ConvFrontEnd(nn.Module):
     """The original front end, kept for the ablation: a free strided convolution
     (25 ms windows, 10 ms hop at 16 kHz) + BatchNorm + ReLU, learned from scratch.
@@ -260,10 +286,10 @@ class AudioEncoder(nn.Module):
 
     def features(self, waveform: torch.Tensor) -> torch.Tensor:
         """(B, N) → (B, n_filters, frames): normalised log band energies (gabor) or the
-        conv front end's activations. Always fp32, also under autocast: the 801-tap
-        filters' squared responses span tens of dB and their log in bf16 was off by up to
-        ~1.9 nats in the top bands."""
-        with _no_autocast(waveform.device.type):
+        conv front end's activations. Always fp32, also under autocast and with TF32
+        off: the 801-tap filters' squared responses span tens of dB and their log in
+        bf16 was off by up to ~1.9 nats in the top bands."""
+        with _no_autocast(waveform.device.type), _no_tf32(waveform.device.type):
             x = self.frontend(waveform.float())
             if self.frontend_name == "gabor":
                 x = torch.log(x + 1e-8)  # -184 dB floor: silence is a constant, not -inf

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from avfusion import __version__, checkpoint, storage
 from avfusion.augment import AugmentConfig, BatchAugment
 from avfusion.config import ConfigError, bounded, check_bounds
+from avfusion.device import to_device
 from avfusion.distributed import DistEnv, setup, teardown
 from avfusion.loader import (
     Batch,
@@ -45,6 +46,7 @@ from avfusion.loader import (
     eval_stages,
     loader_workers,
     read_folds,
+    seed_of,
 )
 from avfusion.metrics import Tally
 from avfusion.model import FusionModel, LossConfig, ModelConfig, fusion_loss, warn_random_init
@@ -160,7 +162,7 @@ def evaluate(
         batch = batch.to(dist.device)  # JPEGs decoded on the device, no augmentation
         with _autocast(cfg, dist):
             out = model(batch.waveform, batch.frames)
-        rows = labelled.nonzero()[:, 0].to(dist.device)  # index_select: no mask sync on the device
+        rows = to_device(labelled.nonzero()[:, 0], dist.device)  # a host mask: no device sync
         tally.add(
             out.logits.index_select(0, rows),
             out.weights.index_select(0, rows),
@@ -218,6 +220,17 @@ class Run:
         return self.data.manifest["config"]["clip"]["sample_rate"]
 
 
+def seed_model_rng(seed: int, rank: int, epoch: int) -> None:
+    """Model randomness (dropout, SpecAugment masks) per (seed, rank, epoch): ranks draw
+    different masks, and a resumed run draws what the uninterrupted one drew. (Weights
+    are initialised before this, from ``seed`` alone: every rank starts equal.)"""
+    torch.manual_seed(seed_of(seed, rank, epoch))
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite: training stops rather than save such a model."""
+
+
 def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     """Train, evaluating and checkpointing every epoch; returns the last epoch's metrics."""
     out = cfg.out.rstrip("/")  # a local path or a URL (s3://…): see avfusion.storage
@@ -230,11 +243,18 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     writer = ScalarLog(out) if dist.is_main else None
     metrics: dict = {}
     for epoch in range(r.epoch, cfg.epochs):
+        seed_model_rng(cfg.seed, dist.rank, epoch)
         metrics = {
             "epoch": epoch,
             **train_epoch(r, epoch),
             **evaluate(r.model, r.data.urls, cfg, dist, r.val_subset, r.data.label_map),
         }
+        if not math.isfinite(metrics["train_loss"]):  # all-reduced: every rank stops here
+            raise Diverged(
+                f"epoch {epoch}: the training loss is {metrics['train_loss']} (non-finite); stopped "
+                f"before saving, so {storage.join(out, CHECKPOINT)} holds the last finite epoch, if any "
+                "(try a lower --lr, or bf16: false in the recipe)"
+            )
         if dist.is_main:
             log_epoch(out, metrics, writer)
             save_checkpoint(r, epoch, storage.join(out, CHECKPOINT))
@@ -301,7 +321,8 @@ def wrap(model: FusionModel, cfg: TrainConfig, dist: DistEnv) -> torch.nn.Module
 
 
 def restore(r: Run, out: str) -> None:
-    """Continue from ``out/last.pt`` if there is one: weights, optimizer, schedule, RNGs."""
+    """Continue from ``out/last.pt`` if there is one: weights, optimizer, schedule (the
+    RNGs are seeded per epoch in :func:`train`)."""
     ckpt_path = storage.join(out, CHECKPOINT)
     if r.dist.is_main:
         for stale in storage.list_files(out, f".{CHECKPOINT}.*"):  # a local save cut short by a kill
@@ -313,9 +334,6 @@ def restore(r: Run, out: str) -> None:
     r.opt.load_state_dict(ckpt["optimizer"])
     r.sched.load_state_dict(ckpt["scheduler"])
     r.epoch, r.step = ckpt["epoch"] + 1, ckpt["step"]
-    torch.set_rng_state(ckpt["rng"])
-    if r.dist.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(ckpt["cuda_rng"], r.dist.device)
     if r.dist.is_main:
         print(f"resumed from {ckpt_path} at epoch {r.epoch}, step {r.step}")
         _truncate_metrics(storage.join(out, "metrics.jsonl"), r.epoch)

@@ -42,17 +42,25 @@ def refuse(prog: str, exc: BaseException, verbose: bool = False, redactor=None) 
 
 def refusing(prog: str, *errors: type[BaseException]) -> Callable[[Main], Main]:
     """Decorate a job's ``main``: a bad config or flag value (``ConfigError``), a
-    malformed clip list (``SourceError``), a path that cannot be read or written
-    (``OSError``) and the job's own ``errors`` become :func:`refuse`'s one line and exit
-    2 wherever they surface; ``--verbose`` on the command line adds the traceback."""
+    malformed clip list (``SourceError``), a device that cannot be used
+    (``DeviceError``), a path that cannot be read or written (``OSError``) and the
+    job's own ``errors`` become :func:`refuse`'s one line and exit 2 wherever they
+    surface; ``--verbose`` on the command line adds the traceback."""
 
     def wrap(main: Main) -> Main:
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> int:
             from avfusion.config import ConfigError
+            from avfusion.device import DeviceError
             from avfusion.sources import SourceError
 
-            refused: tuple[type[BaseException], ...] = (ConfigError, SourceError, OSError, *errors)
+            refused: tuple[type[BaseException], ...] = (
+                ConfigError,
+                SourceError,
+                DeviceError,
+                OSError,
+                *errors,
+            )
             try:
                 return main(argv)
             except refused as exc:

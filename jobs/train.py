@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dataclasses.replace(cfg, out=storage.absolute(cfg.out), shards=storage.absolute(cfg.shards))
     from avfusion.checkpoint import CheckpointError
     from avfusion.loader import ShardReadError
+    from avfusion.train import Diverged
 
     try:
         if args.ray_workers:
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except CheckpointError as exc:  # RUN/last.pt is not a checkpoint this version resumes from
         return refuse("avfusion train", exc, args.verbose)
+    except Diverged as exc:
+        print(f"avfusion train: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

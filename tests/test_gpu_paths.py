@@ -8,6 +8,7 @@ is caught (what CUDA's sync debug mode reports on a GPU)."""
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -200,3 +201,69 @@ def test_a_whole_augmented_training_step_never_waits_for_the_device():
         assert not d.found, (step, d.found)
         assert x.frames.device == META and loss.device == META and d.copies > 0
     assert A._blur_matrix.cache_info().misses > 0  # blur was drawn: its kernels were built in there too
+
+
+def test_asking_for_cuda_where_it_is_unusable_is_one_line_with_the_reason(tmp_path, capsys):
+    from avfusion.device import DeviceError, choose_device, cuda_problem
+    from jobs import train as train_job
+
+    if cuda_problem() is None:
+        pytest.skip("CUDA is usable here")
+    with pytest.raises(DeviceError, match="CUDA is unusable here: " + re.escape(cuda_problem())):
+        choose_device("cuda")
+    assert train_job.main([str(tmp_path), "--out", str(tmp_path / "run"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("avfusion train: --device cuda: CUDA is unusable"), err
+
+
+def test_auto_says_which_device_it_took_and_why():
+    from avfusion.device import choose_device, cuda_problem
+
+    said: list[str] = []
+    assert choose_device("auto", gpus_assigned=0, say=said.append) == torch.device("cpu")
+    assert said == ["device auto → cpu: the scheduler gave this process no GPU"]
+    said.clear()
+    dev = choose_device("auto", say=said.append)
+    problem = cuda_problem()
+    expected = f"device auto → cpu: {problem}" if problem else f"device auto → {dev} ("
+    assert len(said) == 1 and said[0].startswith(expected), said
+
+
+def test_ranks_draw_different_model_masks_and_a_resume_draws_the_same():
+    from avfusion.train import seed_model_rng
+
+    def masks(rank: int, epoch: int) -> torch.Tensor:
+        seed_model_rng(0, rank, epoch)
+        return torch.nn.functional.dropout(torch.ones(64), 0.5)
+
+    assert not torch.equal(masks(0, 3), masks(1, 3))
+    assert not torch.equal(masks(0, 3), masks(0, 4))
+    assert torch.equal(masks(1, 3), masks(1, 3))
+
+
+def test_the_audio_front_end_turns_tf32_off_on_cuda_and_restores_it():
+    from avfusion.model import _no_tf32
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is None or not hasattr(conv, "fp32_precision"):
+        before = torch.backends.cudnn.allow_tf32
+        with _no_tf32("cuda"):
+            assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.backends.cudnn.allow_tf32 == before
+        return
+    before = conv.fp32_precision
+    with _no_tf32("cuda"):
+        assert conv.fp32_precision == "ieee"
+    with _no_tf32("cpu"):
+        assert conv.fp32_precision == before
+    assert conv.fp32_precision == before
+
+
+def test_evaluation_counts_per_class_without_bincount():
+    from avfusion.metrics import Tally
+
+    rng = np.random.default_rng(0)
+    target = torch.from_numpy(rng.integers(0, 7, 50))
+    t = Tally(7)
+    t.add(torch.randn(50, 7), torch.rand(50, 2), target)
+    assert t.sums[4:11].tolist() == torch.bincount(target, minlength=7).double().tolist()

@@ -396,3 +396,33 @@ def test_a_checkpoint_predicts_after_its_video_weights_file_is_gone(
     frames = torch.randint(0, 256, (2, 8, 64, 64, 3), dtype=torch.uint8)
     with torch.no_grad():
         torch.testing.assert_close(model(None, frames).logits, trained.eval()(None, frames).logits)
+
+
+def test_a_run_whose_loss_becomes_nan_stops_with_one_line_and_saves_nothing(
+    tmp_path, synthetic_shards, small_train_config, capsys
+):
+    """Video weights holding a NaN (a corrupt file) make every loss NaN: the job stops
+    at the epoch's end with one line, exit 1, and writes no checkpoint or metrics row."""
+    from torchvision.models import resnet18
+
+    weights = resnet18().state_dict()
+    weights["conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(weights, tmp_path / "nan.pth")
+    run = tmp_path / "run"
+    argv = [str(synthetic_shards), "--out", str(run), "--config", str(small_train_config), "--device", "cpu"]
+    argv += [
+        "--epochs",
+        "2",
+        "--steps-per-epoch",
+        "2",
+        "--workers",
+        "0",
+        "--video-weights",
+        str(tmp_path / "nan.pth"),
+    ]
+    assert train_job.main(argv) == 1
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("avfusion train:")]
+    assert "Traceback" not in err and len(ours) == 1, err
+    assert "epoch 0: the training loss is nan (non-finite)" in ours[0], ours
+    assert not (run / "last.pt").exists() and not (run / "metrics.jsonl").exists()
