@@ -1,6 +1,6 @@
 """`avfusion bench NAME`: benchmarks, each printing a ratio against a floor measured in the same run.
 
-Names: preprocess, train, loader, robustness, label, scale. Benchmarks run jobs, so they live
+Names: preprocess, train, loader, robustness, label, scale, gpu. Benchmarks run jobs, so they live
 with the entry points and call the same library functions the jobs call. They are not
 timed tests; tests check behaviour. ``python -m jobs.bench NAME`` works too.
 """
@@ -18,6 +18,7 @@ BENCHES = {
     "robustness": "jobs.bench.robustness",
     "label": "jobs.bench.label",
     "scale": "jobs.bench.scale",
+    "gpu": "jobs.bench.gpu",
 }
 
 
