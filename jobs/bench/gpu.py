@@ -251,7 +251,8 @@ class Record:
     step killed at its cap keeps what it measured."""
 
     def __init__(self, path: Path):
-        self.path, self.data = path, {}
+        self.path = path
+        self.data: dict[str, Any] = {}
 
     def __call__(self, key: str, value: Any, unit: str = "") -> None:
         self.data[key] = value
