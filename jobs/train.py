@@ -16,6 +16,7 @@ import sys
 
 from avfusion import storage
 from avfusion.config import ExecutorSpec, from_dict, load_yaml
+from avfusion.cpus import usable_cpus
 from jobs import JobParser, refuse, refusing
 
 
@@ -124,7 +125,7 @@ def _ray_fit(cfg, args) -> None:
     from avfusion.executor.ray_tasks import ray_session
     from jobs import ray_address
 
-    cpus = max(os.cpu_count() or 1, args.ray_workers * ray_train.cpus_per_worker(cfg))
+    cpus = max(usable_cpus(), args.ray_workers * ray_train.cpus_per_worker(cfg))
     with ray_session(ray_address(args.address), num_cpus=cpus, verbose=args.verbose, worker_output=True):
         ray_train.fit(cfg, args.ray_workers, use_gpu=args.gpu)
 
