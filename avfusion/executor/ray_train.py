@@ -49,9 +49,12 @@ def _fits_on(node: Mapping[str, float], need: Mapping[str, float]) -> int:
 
 
 def cluster_shortfall(
-    nodes: Sequence[Mapping[str, float]], num_workers: int, per_worker: Mapping[str, float]
+    nodes: Sequence[Mapping[str, float]],
+    num_workers: int,
+    per_worker: Mapping[str, float],
+    kind: str = "Ray Train worker",
 ) -> str | None:
-    """Why ``num_workers`` workers of ``per_worker`` do not fit these nodes (one line),
+    """Why ``num_workers`` ``kind``s of ``per_worker`` do not fit these nodes (one line),
     or None when they do."""
     fit = workers_that_fit(nodes, per_worker)
     if fit >= num_workers:
@@ -60,11 +63,8 @@ def cluster_shortfall(
     have = "; ".join(f"{n} × {shape}" for shape, n in sorted(shapes.items())) or "no live nodes"
     need = _shape(per_worker, per_worker)
     if not any(_fits_on(node, per_worker) for node in nodes):
-        return f"no node of the Ray cluster can hold one Ray Train worker of {need} (its nodes: {have})"
-    return (
-        f"{num_workers} Ray Train workers of {need} each do not fit the Ray cluster: "
-        f"its nodes hold {fit} ({have})"
-    )
+        return f"no node of the Ray cluster can hold one {kind} of {need} (its nodes: {have})"
+    return f"{num_workers} {kind}s of {need} each do not fit the Ray cluster: its nodes hold {fit} ({have})"
 
 
 def _shape(resources: Mapping[str, float], names: Mapping[str, float]) -> str:
