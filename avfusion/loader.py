@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 import random
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -30,6 +29,7 @@ import torch
 import webdataset as wds
 
 from avfusion import shardstore, storage
+from avfusion.cpus import usable_cpus
 from avfusion.device import to_device
 from avfusion.jpeg import decode as jpeg_decode
 from shards.reader import decode_sample, frame_names
@@ -467,7 +467,7 @@ def loader_workers(requested: int | str, device: torch.device, local_ranks: int 
         if isinstance(requested, str) or requested < 0:
             raise ValueError(f"workers must be a count >= 0 or 'auto', got {requested!r}")
         return requested
-    cores = max(1, len(os.sched_getaffinity(0)) // max(1, local_ranks))
+    cores = max(1, usable_cpus() // max(1, local_ranks))
     return cores - 1 if device.type != "cpu" else cores // 4
 
 

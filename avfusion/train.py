@@ -35,6 +35,7 @@ from tqdm import tqdm
 from avfusion import __version__, checkpoint, storage
 from avfusion.augment import AugmentConfig, BatchAugment
 from avfusion.config import ConfigError, bounded, check_bounds
+from avfusion.cpus import usable_cpus
 from avfusion.device import to_device
 from avfusion.distributed import DistEnv, setup, teardown
 from avfusion.loader import (
@@ -490,7 +491,7 @@ def _cap_cpu_threads(cfg: TrainConfig, dist: DistEnv) -> None:
     if dist.device.type != "cpu":
         return
     assert isinstance(cfg.workers, int)  # build() made "auto" a count
-    cap = max(1, len(os.sched_getaffinity(0)) // dist.world - cfg.workers)
+    cap = max(1, usable_cpus() // dist.world - cfg.workers)
     if torch.get_num_threads() > cap:
         torch.set_num_threads(cap)
 

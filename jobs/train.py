@@ -4,6 +4,7 @@ Launch paths, one training loop:
   single process   avfusion train SHARDS --out RUN
   torchrun DDP     torchrun --nproc_per_node=N -m jobs.train SHARDS --out RUN
   Ray Train        avfusion train SHARDS --out RUN --ray-workers N [--gpu] [--address ADDR]
+                   [--wait-for-nodes]
 Re-running with the same --out resumes from RUN/last.pt.
 """
 
@@ -16,6 +17,7 @@ import sys
 
 from avfusion import storage
 from avfusion.config import ExecutorSpec, from_dict, load_yaml
+from avfusion.cpus import usable_cpus
 from jobs import JobParser, refuse, refusing
 
 
@@ -52,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="with --ray-workers: one GPU per worker")
     p.add_argument(
         "--address", help="with --ray-workers: Ray cluster address (default: embedded or the job's)"
+    )
+    p.add_argument(
+        "--wait-for-nodes",
+        action="store_true",
+        help="with --ray-workers on an autoscaling cluster: when the nodes up now cannot hold every "
+        "worker, wait for more to join (default: refuse with one line)",
     )
     p.add_argument(
         "--verbose",
@@ -92,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args)
     cfg = dataclasses.replace(cfg, out=storage.absolute(cfg.out), shards=storage.absolute(cfg.shards))
     from avfusion.checkpoint import CheckpointError
+    from avfusion.executor.ray_train import ClusterTooSmall
     from avfusion.loader import ShardReadError
     from avfusion.train import Diverged
 
@@ -118,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     except Diverged as exc:
         print(f"avfusion train: {exc}", file=sys.stderr)
         return 1
+    except ClusterTooSmall as exc:  # Ray Train would wait forever for resources no node has
+        return refuse("avfusion train", exc, args.verbose)
     return 0
 
 
@@ -128,9 +139,9 @@ def _ray_fit(cfg, args) -> None:
     from avfusion.executor.ray_tasks import ray_session
     from jobs import ray_address
 
-    cpus = max(os.cpu_count() or 1, args.ray_workers * ray_train.cpus_per_worker(cfg))
+    cpus = max(usable_cpus(), args.ray_workers * ray_train.cpus_per_worker(cfg))
     with ray_session(ray_address(args.address), num_cpus=cpus, verbose=args.verbose, worker_output=True):
-        ray_train.fit(cfg, args.ray_workers, use_gpu=args.gpu)
+        ray_train.fit(cfg, args.ray_workers, use_gpu=args.gpu, wait_for_nodes=args.wait_for_nodes)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ RAY_HOME = "avfusion.executor"  # the one package that may import Ray
 # Conventions: a process's own temp files, the media generators, the demo's folder, the
 # benchmarks' scratch folders). Every other module goes through ``avfusion.storage``.
 FILE_ACCESS_ALLOWED = {
+    "avfusion.cpus": "the kernel's cgroup and /proc/self files (the CPU quota): not data, and no URL",
     "avfusion.synth": "a media generator: writes the clips it makes into a local folder",
     "avfusion.train": "TensorBoard writes to a local folder: a temp one, mirrored by storage.upload_tree",
     "jobs.demo": "the demo's own local folder of shards, runs and labels, which it reads back to print",

@@ -161,3 +161,85 @@ def test_kuberay_train_pods_have_shared_memory_for_their_loaders():
         assert size >= 2 * cfg.workers * batch_bytes, (size, cfg.workers, batch_bytes)  # 2 prefetched each
         assert size <= int(limits["memory"][:-2]) * units[limits["memory"][-2:]] // 2
         assert cpus_per_worker(cfg) <= int(limits["cpu"])
+
+
+def _quantity(text: str | int | float) -> float:
+    """A Kubernetes quantity of CPUs or GPUs: "8", "1.5", "500m"."""
+    text = str(text)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _kuberay_nodes(doc: dict, at_most: bool) -> list[dict[str, float]]:
+    """The Ray nodes a RayJob's cluster starts, as Ray would advertise them: the pod's
+    CPU limit truncated (Ray truncates a fractional quota) unless rayStartParams says
+    num-cpus, its nvidia.com/gpu limit unless num-gpus; a worker group at ``replicas``,
+    or at ``maxReplicas`` when ``at_most``."""
+
+    def node(group: dict) -> dict[str, float]:
+        params = group.get("rayStartParams") or {}
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        cpu = float(params["num-cpus"]) if "num-cpus" in params else float(int(_quantity(limits["cpu"])))
+        gpu = _quantity(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))
+        return {"CPU": cpu, "GPU": gpu}
+
+    spec = doc["spec"]["rayClusterSpec"]
+    nodes = [node(spec["headGroupSpec"])]
+    for group in spec["workerGroupSpecs"]:
+        nodes += [node(group)] * group["maxReplicas" if at_most else "replicas"]
+    return nodes
+
+
+def _kuberay_request(argv: list[str]) -> tuple[int, dict[str, float], str]:
+    """(how many, each one's resources, what) the entrypoint asks Ray for at once."""
+    module = importlib.import_module(argv[2])
+    args = module.build_parser().parse_args(argv[3:])
+    if argv[2] == "jobs.train":
+        cfg = module.load_config(args)
+        # "auto" would be resolved on the driver, the head pod, not on the workers' pods
+        assert isinstance(cfg.workers, int), "a KubeRay train entrypoint names --workers"
+        per_worker = {"CPU": 1 + cfg.workers, **({"GPU": 1.0} if args.gpu else {})}
+        return args.ray_workers or 1, per_worker, "Ray Train worker"
+    if argv[2] == "jobs.label" and args.gpus_per_actor:
+        return args.actors, {"GPU": args.gpus_per_actor}, "model actor"  # a GPU actor reserves no CPU
+    if argv[2] == "jobs.label":
+        return args.actors, {"CPU": 1.0}, "model actor"
+    return 1, {"CPU": 1.0}, "task"  # preprocess: one task per shard, queued beyond the CPUs
+
+
+@pytest.mark.parametrize("path", KUBERAY, ids=[p.stem for p in KUBERAY])
+def test_kuberay_rayjobs_schedule_as_written(path):
+    """What the entrypoint asks for fits the cluster the manifest starts: without
+    autoscaling at the groups' replicas (Ray Train and a fixed actor pool would wait
+    forever for more), with it at maxReplicas and a train job told to wait for nodes;
+    and every job has a CPU for its decode or download tasks."""
+    from avfusion.executor.ray_train import cluster_shortfall, workers_that_fit
+
+    doc = yaml.safe_load(path.read_text())
+    argv = shlex.split(doc["spec"]["entrypoint"])
+    count, each, kind = _kuberay_request(argv)
+    autoscaling = bool(doc["spec"]["rayClusterSpec"].get("enableInTreeAutoscaling"))
+    now = _kuberay_nodes(doc, at_most=False)
+    assert workers_that_fit(now, {"CPU": 1}) >= 1, "no CPU for tasks"
+    if autoscaling:
+        shortfall = cluster_shortfall(_kuberay_nodes(doc, at_most=True), count, each, kind)
+        assert shortfall is None, f"{path.name} at maxReplicas: {shortfall}"
+        if argv[2] == "jobs.train" and cluster_shortfall(now, count, each):
+            assert "--wait-for-nodes" in argv, (
+                f"{path.name}: the job would refuse before the autoscaler adds nodes"
+            )
+    else:
+        shortfall = cluster_shortfall(now, count, each, kind)
+        assert shortfall is None, f"{path.name} (no autoscaling, replicas as written): {shortfall}"
+
+
+def test_the_kuberay_check_can_fail():
+    """Two one-GPU pods cannot hold four one-GPU Ray Train workers; autoscaling to 16 can."""
+    doc = yaml.safe_load((REPO / "cluster" / "kuberay" / "train.yaml").read_text())
+    group = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    group.update(replicas=2, minReplicas=0, maxReplicas=16)
+    from avfusion.executor.ray_train import workers_that_fit
+
+    assert workers_that_fit(_kuberay_nodes(doc, at_most=False), {"CPU": 7, "GPU": 1}) == 2
+    assert workers_that_fit(_kuberay_nodes(doc, at_most=True), {"CPU": 7, "GPU": 1}) == 16
+    group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "6500m"
+    assert workers_that_fit(_kuberay_nodes(doc, at_most=True), {"CPU": 7, "GPU": 1}) == 0

@@ -158,9 +158,9 @@ def test_eval_stages_read_every_sample_once_and_decode_per_clip_when_asked(tiny_
 
 
 def test_loader_workers_from_cores_per_rank():
-    import os
+    from avfusion.cpus import usable_cpus
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cpus()
     assert loader_workers(3, torch.device("cpu")) == 3
     assert loader_workers("auto", torch.device("cuda"), 1) == max(1, cores) - 1
     assert loader_workers("auto", torch.device("cpu"), 1) == cores // 4

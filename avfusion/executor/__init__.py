@@ -28,7 +28,6 @@ leaving stops what it started; the orchestration enters it only when there is wo
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +35,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from avfusion.cpus import usable_cpus
 
 if TYPE_CHECKING:
     import numpy as np
@@ -142,7 +143,7 @@ class InProcessExecutor(Executor):
     def _ordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """``fn`` over ``items`` on the decode threads, in order, no more than the threads
         ahead of the consumer (decoded batches are large)."""
-        threads = min(self.concurrency, os.cpu_count() or 1)
+        threads = min(self.concurrency, usable_cpus())
         if threads == 1:
             yield from map(fn, items)
             return

@@ -6,12 +6,21 @@ when it asked for none, whatever CUDA the node shows) and joins the process grou
 Train set up. A worker reserves one CPU for its training process plus one per loader
 worker it forks, so Ray never packs more loaders on a node than it has cores.
 The caller opens the Ray session (``ray_session``) around :func:`fit`.
+
+Before Ray Train starts, :func:`fit` checks that the cluster's live nodes can hold every
+worker (CPUs and GPUs, each worker whole on one node): Ray Train would otherwise wait,
+silently and forever, for resources no node has. Whether an autoscaler could add the
+nodes is the caller's word (``wait_for_nodes``): the installed Ray has no public API
+that says whether one runs or which node shapes it may launch up to what count.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from avfusion import storage
@@ -21,6 +30,50 @@ if TYPE_CHECKING:
     from ray.train import RunConfig
 
     from avfusion.loader import ShardReadError
+
+
+class ClusterTooSmall(ValueError):
+    """The Ray cluster's live nodes cannot hold every Ray Train worker asked for."""
+
+
+def workers_that_fit(nodes: Sequence[Mapping[str, float]], per_worker: Mapping[str, float]) -> int:
+    """How many workers needing ``per_worker`` (Ray resource name → amount) these nodes
+    (each node's total resources) hold at once, every worker whole on one node."""
+    return sum(_fits_on(node, per_worker) for node in nodes)
+
+
+def _fits_on(node: Mapping[str, float], need: Mapping[str, float]) -> int:
+    # The epsilon: Ray keeps resources in fixed point, so 0.1 × 10 may read 0.999…
+    counts = [math.floor(node.get(name, 0.0) / amount + 1e-6) for name, amount in need.items() if amount > 0]
+    return min(counts, default=1 << 30)
+
+
+def cluster_shortfall(
+    nodes: Sequence[Mapping[str, float]],
+    num_workers: int,
+    per_worker: Mapping[str, float],
+    kind: str = "Ray Train worker",
+) -> str | None:
+    """Why ``num_workers`` ``kind``s of ``per_worker`` do not fit these nodes (one line),
+    or None when they do."""
+    fit = workers_that_fit(nodes, per_worker)
+    if fit >= num_workers:
+        return None
+    shapes = Counter(_shape(node, per_worker) for node in nodes)
+    have = "; ".join(f"{n} × {shape}" for shape, n in sorted(shapes.items())) or "no live nodes"
+    need = _shape(per_worker, per_worker)
+    if not any(_fits_on(node, per_worker) for node in nodes):
+        return f"no node of the Ray cluster can hold one {kind} of {need} (its nodes: {have})"
+    return f"{num_workers} {kind}s of {need} each do not fit the Ray cluster: its nodes hold {fit} ({have})"
+
+
+def _shape(resources: Mapping[str, float], names: Mapping[str, float]) -> str:
+    """ "7 CPUs + 1 GPU": the amounts of the resources ``names`` lists."""
+    parts = []
+    for name in sorted(names, key=lambda n: (n != "CPU", n)):
+        amount = resources.get(name, 0.0)
+        parts.append(f"{amount:g} {name}{'' if amount == 1 or name not in ('CPU', 'GPU') else 's'}")
+    return " + ".join(parts)
 
 
 def cpus_per_worker(cfg: TrainConfig) -> int:
@@ -42,10 +95,13 @@ def resolve_workers(cfg: TrainConfig, use_gpu: bool) -> TrainConfig:
     return dataclasses.replace(cfg, workers=loader_workers(cfg.workers, device))
 
 
-def fit(cfg: TrainConfig, num_workers: int, use_gpu: bool = False) -> None:
-    """Train on ``num_workers`` Ray Train workers of the current Ray session. A worker's
-    ``ShardReadError`` is re-raised as itself (Ray Train wraps it in its own error,
-    which would bury the one line that names the shard)."""
+def fit(cfg: TrainConfig, num_workers: int, use_gpu: bool = False, wait_for_nodes: bool = False) -> None:
+    """Train on ``num_workers`` Ray Train workers of the current Ray session.
+
+    Raises :class:`ClusterTooSmall` when the live nodes cannot hold them, unless
+    ``wait_for_nodes`` (an autoscaling cluster): then it says so and lets Ray Train wait.
+    A worker's ``ShardReadError`` is re-raised as itself (Ray Train wraps it in its own
+    error, which would bury the one line that names the shard)."""
     import ray
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -53,15 +109,15 @@ def fit(cfg: TrainConfig, num_workers: int, use_gpu: bool = False) -> None:
     cfg = resolve_workers(cfg, use_gpu)
     assert isinstance(cfg.workers, int)  # resolve_workers made "auto" a count
     resources = {"CPU": 1 + cfg.workers, **({"GPU": 1} if use_gpu else {})}
-    have = ray.cluster_resources().get("CPU", 0)
-    if num_workers * resources["CPU"] > have:  # Ray Train would wait, silently, for the autoscaler
-        print(
-            f"avfusion train: {num_workers} Ray Train workers × {resources['CPU']} CPUs (1 + {cfg.workers} "
-            f"loader workers each) > the cluster's {have:g} CPUs now: waiting for nodes to join "
-            "(lower --workers to fit)",
-            file=sys.stderr,
-            flush=True,
+    nodes = [node.get("Resources") or {} for node in ray.nodes() if node.get("Alive")]
+    shortfall = cluster_shortfall(nodes, num_workers, resources)
+    if shortfall and not wait_for_nodes:
+        raise ClusterTooSmall(
+            f"{shortfall}; a worker's CPUs are 1 + {cfg.workers} loader workers: lower --ray-workers or "
+            "--workers, or add nodes (on an autoscaling cluster, --wait-for-nodes waits for them)"
         )
+    if shortfall:
+        print(f"avfusion train: {shortfall} now: waiting for nodes to join", file=sys.stderr, flush=True)
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"train": dataclasses.asdict(cfg)},

@@ -41,6 +41,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from avfusion.cpus import cpu_quota, usable_cpus
+
 _METHODS: set[str] = set()
 # Every table print_table showed in this process, for the results file (one bench per process).
 _TABLES: list[tuple[str, list[tuple], tuple]] = []
@@ -282,7 +284,9 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
+        "usable_cores": len(os.sched_getaffinity(0)),  # the affinity mask, blind to a cgroup quota
+        "cpu_quota": cpu_quota(),  # cgroup CPU quota in CPUs, None: none
+        "usable_cpus": usable_cpus(),  # what the jobs size their workers by
         "gpus": gpus,
         "torch": torch.__version__,
         "python": platform.python_version(),

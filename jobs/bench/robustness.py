@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import tempfile
 import time
 from dataclasses import replace
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from avfusion.cpus import usable_cpus
 from jobs.bench.common import build_shards, print_table
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ def _train_one(cfg: TrainConfig, jobs: int) -> str:
     from avfusion.train import train
 
     assert isinstance(cfg.workers, int), "the bench's recipes name a worker count, not 'auto'"
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // jobs - cfg.workers))
+    torch.set_num_threads(max(1, usable_cpus() // jobs - cfg.workers))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     with (
         open(Path(cfg.out) / "train.log", "w") as log,
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--jobs",
         type=int,
-        default=max(1, len(os.sched_getaffinity(0)) // 2) or 1,
+        default=max(1, usable_cpus() // 2),
         help="training runs side by side, one thread each (default: half the cores)",
     )
     p.add_argument(
