@@ -11,6 +11,11 @@ A checkpoint is a dict written with ``torch.save`` and read with ``weights_only=
   evaluate, label and predict need (:data:`MODEL_KEYS`).
 - the training state, to resume: ``optimizer``, ``scheduler``, ``epoch``, ``step``, ``rng``,
   ``cuda_rng``, ``train_config``, ``avfusion_version`` (the package that wrote it).
+- ``video_init``: where the video encoder's starting weights came from
+  (``avfusion.pretrained.VideoInit`` as a dict: requested, loaded — ``imagenet``, ``file``,
+  ``random`` or ``random (imagenet unavailable)`` —, source, sha256 of the file, reason),
+  None for an audio-only model. Absent from files written before it; nothing that loads
+  a checkpoint needs it.
 
 Raise :data:`VERSION` whenever these keys or what they mean change.
 """

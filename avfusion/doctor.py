@@ -233,22 +233,42 @@ def gpu_check() -> Check:
     return Check("gpus", OK, f"{n} visible to torch: {names}")
 
 
-def weights_check(weights: str) -> Check:
-    from avfusion import storage
+def weights_check(weights: str, imagenet_url: str | None = None, timeout: float = 3.0) -> Check:
+    """A weights file is there; for ``imagenet``: torch's hub cache holds torchvision's
+    file with the hash its name promises, or else whether its host answers a TCP connect
+    within ``timeout`` seconds (training downloads it). ``imagenet_url``: default torchvision's."""
+    from avfusion import pretrained, storage
 
-    if weights == "imagenet":
-        import torch
-
-        from avfusion.model import RESNET18_FILE
-
-        weights = os.path.join(torch.hub.get_dir(), "checkpoints", RESNET18_FILE)
-    ok = storage.exists(weights)
+    if weights != "imagenet":
+        ok = storage.exists(weights)
+        return Check(
+            "weights",
+            OK if ok else FAIL,
+            f"{weights} {'present' if ok else 'missing'}",
+            "pass --video-weights PATH of a ResNet-18 state dict that exists, or imagenet",
+        )
+    url = imagenet_url or pretrained.imagenet_url()
+    name = url.rsplit("/", 1)[-1]
+    state = pretrained.cached(url)
+    if state.status == "ok":
+        return Check("weights", OK, f"ImageNet ResNet-18 cached at {state.file} (sha256 matches its name)")
+    if state.status == "corrupt":
+        return Check(
+            "weights",
+            FAIL,
+            f"{state.file} is corrupt: its sha256 does not start with {pretrained.hash_prefix(url)}, "
+            "the hash in its name (training refuses it)",
+            "delete it: training downloads it again",
+        )
+    unreachable = endpoint_unreachable(url, timeout)
+    if unreachable is None:
+        return Check("weights", OK, f"ImageNet ResNet-18 not cached: will download on first use ({url})")
     return Check(
         "weights",
-        OK if ok else WARN,
-        f"{weights} {'present' if ok else 'missing'}",
-        "copy torchvision's resnet18-f37072fd.pth there (nothing is downloaded at run time) or pass "
-        "--video-weights PATH; without it the video encoder starts from random weights",
+        WARN,
+        f"ImageNet ResNet-18 not cached and offline ({unreachable}): training starts from random weights",
+        f"copy torchvision's {name} to {state.file} (TORCH_HOME sets the folder) "
+        "or pass --video-weights PATH",
     )
 
 

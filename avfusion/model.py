@@ -22,14 +22,13 @@ import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avfusion import storage
+from avfusion import pretrained, storage
 from avfusion.config import ConfigError, bounded, check_bounds
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 MODALITIES = ("both", "audio", "video")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's IMAGENET1K_V1 file name
 
 
 @dataclass(frozen=True)
@@ -314,36 +312,46 @@ class AudioEncoder(nn.Module):
             return torch.stack([energy.mean(dim=1), energy.std(dim=1, unbiased=False)], dim=1)
 
 
-def _resnet18(weights: str) -> nn.Module:
+def _resnet18(
+    weights: str, *, load: bool = True, imagenet_url: str | None = None
+) -> tuple[nn.Module, pretrained.VideoInit]:
+    """ResNet-18 with its starting weights, and where they came from. ``load`` False:
+    random weights, nothing read (a DDP rank, whose weights rank 0's replace, or a run
+    that resumes from its checkpoint). ``imagenet_url``: see ``pretrained.fetch_imagenet``."""
     from torchvision.models import resnet18
 
     net = resnet18(weights=None)
     if weights == "none":
-        return net
+        return net, pretrained.VideoInit(requested=weights, loaded=pretrained.RANDOM)
+    if not load:
+        return net, pretrained.VideoInit(requested=weights, loaded=pretrained.NOT_READ)
     if weights == "imagenet":
-        hub_file = Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE
-        if not hub_file.exists():
+        state, init = pretrained.fetch_imagenet(imagenet_url)
+        if state is None:
+            url = init.source or ""
             warnings.warn(
-                f"ImageNet weights for ResNet-18 not found at {hub_file} "
-                f"(torchvision's {RESNET18_FILE}); "
-                f"nothing is downloaded at run time, so the video encoder starts from RANDOM weights. "
-                f"Copy the file there or pass --video-weights PATH.",
+                f"ImageNet weights for ResNet-18 unavailable ({init.reason}: {url}): the video encoder "
+                f"starts from RANDOM weights, and the checkpoint records that. Copy torchvision's "
+                f"{url.rsplit('/', 1)[-1]} to {pretrained.cache_file(url)} or pass --video-weights PATH.",
                 stacklevel=3,
             )
-            return net
-        path = str(hub_file)
+            return net, init
+        path = pretrained.cache_file(url=init.source or "")
     else:
         path = weights  # a local path or a URL (s3://…)
         if not storage.exists(path):
             raise FileNotFoundError(f"video weights file {path} does not exist")
-    state = storage.load_torch(path)
+        state = storage.load_torch(path)
+        init = pretrained.VideoInit(
+            requested=weights, loaded=pretrained.FILE, source=path, sha256=storage.sha256(path)
+        )
     missing, unexpected = net.load_state_dict(state, strict=False)
     if [k for k in missing if not k.startswith("fc.")] or unexpected:
         raise ValueError(
             f"{path} is not a ResNet-18 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    log.info("loaded ResNet-18 weights from %s", path)
-    return net
+    log.info("loaded ResNet-18 weights from %s (sha256 %s)", path, init.sha256)
+    return net, init
 
 
 class VideoEncoder(nn.Module):
@@ -351,12 +359,13 @@ class VideoEncoder(nn.Module):
     frames and normalises inside, so loaders ship bytes-sized tensors."""
 
     out_dim = 512
+    init: pretrained.VideoInit  # where the starting weights came from
     mean: torch.Tensor  # ImageNet channel means and stds in uint8 units, buffers
     std: torch.Tensor
 
-    def __init__(self, weights: str = "none"):
+    def __init__(self, weights: str = "none", *, load: bool = True, imagenet_url: str | None = None):
         super().__init__()
-        net = _resnet18(weights)
+        net, self.init = _resnet18(weights, load=load, imagenet_url=imagenet_url)
         net.fc = nn.Identity()
         self.backbone = net
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
@@ -459,7 +468,9 @@ class Features(NamedTuple):
 class FusionModel(nn.Module):
     """Late fusion with modality attention, or a unimodal baseline from the same parts."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, *, load_weights: bool = True, imagenet_url: str | None = None):
+        """``load_weights`` False: the video encoder starts from random weights without
+        reading ``cfg.video_weights``; ``imagenet_url``: see ``pretrained.fetch_imagenet``."""
         super().__init__()
         if cfg.num_classes is None:
             raise ValueError(
@@ -474,7 +485,13 @@ class FusionModel(nn.Module):
             if cfg.modalities in ("both", "audio")
             else None
         )
-        self.video = VideoEncoder(cfg.video_weights) if cfg.modalities in ("both", "video") else None
+        self.video = (
+            VideoEncoder(cfg.video_weights, load=load_weights, imagenet_url=imagenet_url)
+            if cfg.modalities in ("both", "video")
+            else None
+        )
+        # what a checkpoint records of the video encoder's starting weights (None: no video)
+        self.video_init = self.video.init if self.video else None
         self.use_evidence = cfg.evidence and cfg.modalities == "both"
         self.attention = ModalityAttention(
             self.audio.out_dim if self.audio else None,

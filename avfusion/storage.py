@@ -280,6 +280,18 @@ def read_bytes(url: str) -> bytes:
     return fs.cat_file(path)
 
 
+def sha256(url: str, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of the file at ``url``, hex, read in ``chunk``-byte pieces."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_small(url: str, max_bytes: int, what: str = "file") -> bytes:
     """A small input a user names (a config, cookies, a proxy list) read whole, or
     ``OSError`` in one line: a local path must be a regular file (a FIFO, ``/dev/zero``

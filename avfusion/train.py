@@ -109,14 +109,22 @@ class TrainConfig:
             )
 
 
-def build_model(cfg: TrainConfig, num_classes: int, sample_rate: int = 16_000) -> FusionModel:
+def build_model(
+    cfg: TrainConfig,
+    num_classes: int,
+    sample_rate: int = 16_000,
+    *,
+    load_weights: bool = True,
+    imagenet_url: str | None = None,
+) -> FusionModel:
     """Only the modules this run trains: aux heads only when a loss term uses them (DDP
-    requires every parameter to get a gradient)."""
+    requires every parameter to get a gradient). ``load_weights``, ``imagenet_url``: as
+    ``FusionModel`` takes them."""
     model_cfg = replace(
         cfg.model, num_classes=num_classes, sample_rate=sample_rate, aux_heads=cfg.loss.aux_weight > 0
     )
     warn_random_init(model_cfg)
-    return FusionModel(model_cfg)
+    return FusionModel(model_cfg, load_weights=load_weights, imagenet_url=imagenet_url)
 
 
 def subsets(cfg: TrainConfig) -> tuple[Subset, Subset]:
@@ -181,13 +189,19 @@ def _autocast(cfg: TrainConfig, dist: DistEnv) -> contextlib.AbstractContextMana
 
 
 def run(
-    cfg: TrainConfig, device: str = "auto", *, rank: int = 0, world: int = 1, local_rank: int = 0
+    cfg: TrainConfig,
+    device: str = "auto",
+    *,
+    rank: int = 0,
+    world: int = 1,
+    local_rank: int = 0,
+    imagenet_url: str | None = None,
 ) -> dict:
     """Train in this process, joining a process group of ``world`` (torchrun's ranks,
     which the job reads from the environment and passes in)."""
     dist = setup(device, rank=rank, world=world, local_rank=local_rank)
     try:
-        return train(cfg, dist)
+        return train(cfg, dist, imagenet_url=imagenet_url)
     finally:
         teardown()
 
@@ -211,6 +225,8 @@ class Run:
     step: int = 0
     batches: Any = None  # the persistent training DataLoader (one for all epochs), from :func:`stream`
     augment: BatchAugment | None = None
+    # where the video encoder's starting weights came from (the checkpoint's ``video_init``)
+    video_init: dict[str, str | None] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -232,11 +248,12 @@ class Diverged(RuntimeError):
     """The loss became NaN or infinite: training stops rather than save such a model."""
 
 
-def train(cfg: TrainConfig, dist: DistEnv) -> dict:
-    """Train, evaluating and checkpointing every epoch; returns the last epoch's metrics."""
+def train(cfg: TrainConfig, dist: DistEnv, *, imagenet_url: str | None = None) -> dict:
+    """Train, evaluating and checkpointing every epoch; returns the last epoch's metrics.
+    ``imagenet_url``: where ``video_weights: imagenet`` downloads from (None: torchvision's)."""
     out = cfg.out.rstrip("/")  # a local path or a URL (s3://…): see avfusion.storage
     storage.makedirs(out)
-    r = build(cfg, dist)
+    r = build(cfg, dist, imagenet_url=imagenet_url)
     cfg = r.cfg  # loader workers resolved ("auto" → a count)
     restore(r, out)
     stream(r)
@@ -269,9 +286,11 @@ def train(cfg: TrainConfig, dist: DistEnv) -> dict:
     return metrics
 
 
-def build(cfg: TrainConfig, dist: DistEnv) -> Run:
+def build(cfg: TrainConfig, dist: DistEnv, *, imagenet_url: str | None = None) -> Run:
     """Seeds, threads, data plan, model, optimizer and schedule of a fresh run (``net``
-    is the bare model until :func:`wrap`)."""
+    is the bare model until :func:`wrap`). Only rank 0 of a fresh run reads the video
+    encoder's starting weights (downloads ImageNet's): DDP copies rank 0's parameters to
+    every rank when it wraps the model, and a resumed run takes them from its checkpoint."""
     torch.manual_seed(cfg.seed)
     cfg = replace(cfg, workers=loader_workers(cfg.workers, dist.device, _local_ranks(dist)))
     _cap_cpu_threads(cfg, dist)
@@ -286,9 +305,14 @@ def build(cfg: TrainConfig, dist: DistEnv) -> Run:
         raise ValueError(f"{cfg.shards} has no training samples ({train_subset.describe()})")
     steps = cfg.steps_per_epoch or max(1, n_train // (cfg.batch_size * dist.world))
     total = steps * cfg.epochs
-    model = build_model(cfg, len(data.label_map), data.manifest["config"]["clip"]["sample_rate"]).to(
-        dist.device
-    )
+    resuming = storage.exists(storage.join(cfg.out.rstrip("/"), CHECKPOINT))
+    model = build_model(
+        cfg,
+        len(data.label_map),
+        data.manifest["config"]["clip"]["sample_rate"],
+        load_weights=dist.is_main and not resuming,
+        imagenet_url=imagenet_url,
+    ).to(dist.device)
     if dist.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -306,6 +330,7 @@ def build(cfg: TrainConfig, dist: DistEnv) -> Run:
         net=model,
         opt=opt,
         sched=sched,
+        video_init=model.video_init.record() if model.video_init else None,
     )
 
 
@@ -335,6 +360,7 @@ def restore(r: Run, out: str) -> None:
     r.opt.load_state_dict(ckpt["optimizer"])
     r.sched.load_state_dict(ckpt["scheduler"])
     r.epoch, r.step = ckpt["epoch"] + 1, ckpt["step"]
+    r.video_init = ckpt.get("video_init")  # the run's start, not this process's (absent: unknown)
     if r.dist.is_main:
         print(f"resumed from {ckpt_path} at epoch {r.epoch}, step {r.step}")
         _truncate_metrics(storage.join(out, "metrics.jsonl"), r.epoch)
@@ -468,6 +494,7 @@ def save_checkpoint(r: Run, epoch: int, path: str) -> None:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(r.dist.device) if cuda else None,
             "model_config": asdict(r.model.cfg),
+            "video_init": r.video_init,
             "train_config": _plain(r.cfg),
             "label_map": r.data.label_map,
             "clip": r.data.manifest["config"]["clip"],

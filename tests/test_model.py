@@ -123,25 +123,6 @@ def test_unimodal_baselines(modality, weights):
     assert (model.audio is None) == (modality == "video") and (model.video is None) == (modality == "audio")
 
 
-def test_imagenet_weights_missing_warns_and_starts_random(tmp_path, monkeypatch):
-    """Nothing is downloaded at run time: without the file, a clear warning and random init."""
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.warns(UserWarning, match="resnet18-f37072fd.pth.*RANDOM"):
-        model = FusionModel(ModelConfig(num_classes=2, video_weights="imagenet"))
-    assert model.video is not None
-
-
-def test_imagenet_weights_load_from_the_torch_cache(tmp_path, monkeypatch):
-    from torchvision.models import resnet18
-
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    (tmp_path / "checkpoints").mkdir()
-    state = resnet18(weights=None).state_dict()
-    torch.save(state, tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
-    model = FusionModel(ModelConfig(num_classes=2, video_weights="imagenet"))
-    torch.testing.assert_close(model.video.backbone.conv1.weight, state["conv1.weight"])
-
-
 def test_video_weights_from_a_file(tmp_path):
     from torchvision.models import resnet18
 

@@ -1,5 +1,6 @@
 """Training: learning on synthetic shards, torchrun DDP, Ray Train, kill and resume."""
 
+import hashlib
 import json
 import os
 import signal
@@ -389,6 +390,7 @@ def test_a_checkpoint_predicts_after_its_video_weights_file_is_gone(
     )
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["model_config"]["video_weights"] == str(weights)
+    assert ckpt["video_init"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     trained = FusionModel(ModelConfig(**{**ckpt["model_config"], "video_weights": "none"}))
     trained.load_state_dict(ckpt["model"])
     weights.unlink()
