@@ -275,11 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def naive_args(argv: list[str]) -> dict:
+    """``naive_worker``'s arguments from a child's ``--naive-worker ...`` command line."""
+    folder, checkpoint, out, threads, device = argv[1:6]
+    return {"folder": folder, "checkpoint": checkpoint, "out": out, "threads": int(threads), "device": device}
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--decode-only-worker":
         decode_only_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "--naive-worker":
-        naive_worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6])
+        naive_worker(**naive_args(sys.argv[1:]))
         sys.exit(0)
     sys.exit(main())
