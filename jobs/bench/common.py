@@ -20,6 +20,10 @@ Both sides of every comparison are measured by ``run_measured``, the same way:
   on both sides; callers that quote a per-clip cost "at the margin" take the
   difference of two runs of different sizes, again on both sides.
 
+``DeviceTimer`` is the one timer of device work (a window of steps, an augmentation
+call): CUDA events where the device is CUDA, the wall clock elsewhere, the device
+drained at both ends of each window; it keeps host wall and host CPU apart from it.
+
 ``write_results`` is the one writer of a bench's results files (``docs/results/NAME.md``,
 ``.json``, ``.png``), each headed by the date, the machine and the exact command.
 """
@@ -241,6 +245,89 @@ def run_measured(cmd: list[str], env: dict | None = None, linger: float = 60.0) 
         root_rss_mb=mem.root,
         processes=1 + len(mem.pids),
     )
+
+
+def bench_device(requested: str) -> Any:
+    """The one device a bench runs every side of a comparison on (``auto``, ``cpu``,
+    ``cuda``), by ``avfusion.device.choose_device``; one that cannot be had is a
+    ``ConfigError`` (the bench's one line)."""
+    from avfusion.config import ConfigError
+    from avfusion.device import choose_device
+
+    try:
+        return choose_device(requested)
+    except ValueError as exc:
+        raise ConfigError(f"--device: {exc}") from None
+
+
+class DeviceTimer:
+    """Times windows of device work (``with timer: ...``), summed over windows.
+
+    On CUDA, each window starts after ``synchronize`` has drained every stream of the
+    device (nothing queued before it is counted) and is bracketed by two timing events
+    recorded on the current stream; at its end the host waits on the end event, then
+    drains the device again, and only then reads ``elapsed_time``. The events are
+    *blocking*: the host thread sleeps while it waits instead of spinning, so
+    ``cpu_seconds`` is the host's work, not its waiting. Elsewhere the device is the
+    host: ``device_seconds`` is the window's wall clock.
+
+    ``device_seconds``: the device's time (CUDA events; wall clock on the CPU);
+    ``wall_seconds``: the host's wall clock, drains included; ``cpu_seconds``: CPU
+    time of this process (every thread) inside the windows. ``cuda``: the module
+    providing ``Event``, ``current_stream`` and ``synchronize`` (``torch.cuda``; a
+    test passes a stand-in)."""
+
+    def __init__(self, device: Any, *, cuda: Any = None) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        if cuda is None and self.device.type == "cuda":
+            cuda = torch.cuda
+        self._cuda = cuda
+        self.device_seconds = self.wall_seconds = self.cpu_seconds = 0.0
+        self.windows = 0
+        self._start: Any = None
+        self._stream: Any = None
+        self._t0 = self._c0 = 0.0
+
+    @property
+    def method(self) -> str:
+        return "CUDA events" if self._cuda is not None else "wall clock"
+
+    def __enter__(self) -> DeviceTimer:
+        if self._cuda is not None:
+            self._cuda.synchronize(self.device)
+            self._stream = self._cuda.current_stream(self.device)
+            self._start = self._cuda.Event(enable_timing=True, blocking=True)
+            self._start.record(self._stream)
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None:
+            return  # a failed window is not a measurement
+        device = None
+        if self._cuda is not None:
+            end = self._cuda.Event(enable_timing=True, blocking=True)
+            end.record(self._stream)
+            end.synchronize()
+            self._cuda.synchronize(self.device)  # work on other streams (the JPEG decoder's)
+            device = self._start.elapsed_time(end) / 1000  # ms
+        wall, cpu = time.perf_counter() - self._t0, time.process_time() - self._c0
+        self.device_seconds += wall if device is None else device
+        self.wall_seconds += wall
+        self.cpu_seconds += cpu
+        self.windows += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "device": str(self.device),
+            "windows": self.windows,
+            "device_seconds": self.device_seconds,
+            "wall_seconds": self.wall_seconds,
+            "cpu_seconds": self.cpu_seconds,
+        }
 
 
 def python_cmd(module: str, *args: str) -> list[str]:

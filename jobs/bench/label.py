@@ -13,6 +13,10 @@ summed PSS of the tree; wall from launch to the last process's exit):
   (``OMP_NUM_THREADS=1`` for a 1-CPU actor): on a small, busy machine the default
   threads mostly wait on each other, so (c) is the stronger baseline.
 
+Every side's model runs on the one device ``--device`` chose (the job's model actor
+gets a GPU exactly when it is CUDA; the naive loops are told the same device), and
+the results say which.
+
 Start-up is handled alike: every side runs at ``--small`` and ``--large`` clips, and
 besides the whole-run rate the table gives the rate at the margin,
 ``(large − small) / (wall_large − wall_small)``, which removes each side's own fixed
@@ -25,9 +29,23 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from jobs.bench.common import accounting, print_table, python_cmd, run_measured
+from jobs import refusing
+from jobs.bench.common import (
+    RESULTS_DIR,
+    accounting,
+    bench_device,
+    print_table,
+    python_cmd,
+    run_measured,
+    write_results,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 
 def make_folder(folder: Path, n: int, seconds: float) -> Path:
@@ -89,10 +107,10 @@ def decode_only_worker(folder: str, checkpoint: str, cpus: int) -> None:
     assert n == len(items), (n, len(items))
 
 
-def naive_worker(folder: str, checkpoint: str, out: str, threads: int = 0) -> None:
-    """Child-process body: the natural per-clip loop, model loaded once (``threads``:
-    torch intra-op threads, 0 = torch's default), through the job's own decode and
-    predict functions, one file per call."""
+def naive_worker(folder: str, checkpoint: str, out: str, threads: int = 0, device: str = "cpu") -> None:
+    """Child-process body: the natural per-clip loop, model loaded once on ``device``
+    (``threads``: torch intra-op threads, 0 = torch's default), through the job's own
+    decode and predict functions, one file per call."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
@@ -107,7 +125,7 @@ def naive_worker(folder: str, checkpoint: str, out: str, threads: int = 0) -> No
     from avfusion.labelling.worker import DecodeRows, Predictor
 
     clip = ClipSpec(**load_checkpoint(checkpoint)["clip"])
-    decoder, predictor = DecodeRows(clip), Predictor(checkpoint)
+    decoder, predictor = DecodeRows(clip), Predictor(checkpoint, device=device)
     tables = []
     for item in build_items(list_inputs(folder, (".mp4",)), folder, done=set()):
         rows = decoder.decode_file(item["path"], item["key"], item["file_size"], item["mtime_ns"])
@@ -115,9 +133,20 @@ def naive_worker(folder: str, checkpoint: str, out: str, threads: int = 0) -> No
     pq.write_table(pa.concat_tables(tables), out)
 
 
-def _sides(folder: Path, out: Path, checkpoint: Path, cpus: int, env: dict) -> dict:
-    job = run_measured(
-        python_cmd(
+def side_commands(folder: Path, out: Path, checkpoint: Path, cpus: int, device: torch.device) -> dict:
+    """Each side's command line, the model of every side on ``device``: the job's model
+    actor gets a GPU exactly when ``device`` is CUDA (its device follows its grant),
+    the naive loops are told ``device``."""
+    bench = "jobs.bench.label"
+
+    def naive(name: str, threads: str) -> list[str]:
+        parquet = str(out / f"{name}.parquet")
+        return python_cmd(
+            bench, "--naive-worker", str(folder), str(checkpoint), parquet, threads, str(device)
+        )
+
+    return {
+        "job": python_cmd(
             "jobs.label",
             str(folder),
             str(out / "job"),
@@ -125,39 +154,22 @@ def _sides(folder: Path, out: Path, checkpoint: Path, cpus: int, env: dict) -> d
             str(checkpoint),
             "--num-cpus",
             str(cpus),
+            "--gpus-per-actor",
+            "1" if device.type == "cuda" else "0",
         ),
-        env=env,
-    )
-    decode = run_measured(
-        python_cmd("jobs.bench.label", "--decode-only-worker", str(folder), str(checkpoint), str(cpus)),
-        env=env,
-    )
+        "decode": python_cmd(bench, "--decode-only-worker", str(folder), str(checkpoint), str(cpus)),
+        "naive": naive("naive", "0"),
+        "naive1": naive("naive1", "1"),
+    }
+
+
+def _sides(folder: Path, out: Path, checkpoint: Path, cpus: int, env: dict, device: torch.device) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    naive = run_measured(
-        python_cmd(
-            "jobs.bench.label",
-            "--naive-worker",
-            str(folder),
-            str(checkpoint),
-            str(out / "naive.parquet"),
-            "0",
-        ),
-        env=env,
-    )
-    naive1 = run_measured(
-        python_cmd(
-            "jobs.bench.label",
-            "--naive-worker",
-            str(folder),
-            str(checkpoint),
-            str(out / "naive1.parquet"),
-            "1",
-        ),
-        env=env,
-    )
-    return {"job": job, "decode": decode, "naive": naive, "naive1": naive1}
+    commands = side_commands(folder, out, checkpoint, cpus, device)
+    return {side: run_measured(cmd, env=env) for side, cmd in commands.items()}
 
 
+@refusing("avfusion bench label")  # a device that cannot be had: one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -166,7 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large", type=int, default=300)
     p.add_argument("--seconds", type=float, default=2.0, help="clip length (the model's window)")
     p.add_argument("--cpus", type=int, default=2)
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where every side's model runs (the job: a GPU per model actor when cuda)",
+    )
+    p.add_argument("--results", default=RESULTS_DIR, help="folder of the results files")
     args = p.parse_args(argv)
+    device = bench_device(args.device)
     env = dict(os.environ, RAY_AUTH_MODE="token")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -179,16 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = make_checkpoint(root, small, args.seconds)
         t0 = time.perf_counter()
         runs = {
-            "small": _sides(small, root / "out_small", checkpoint, args.cpus, env),
-            "large": _sides(large, root / "out_large", checkpoint, args.cpus, env),
+            "small": _sides(small, root / "out_small", checkpoint, args.cpus, env, device),
+            "large": _sides(large, root / "out_large", checkpoint, args.cpus, env, device),
         }
         print(f"(measured in {time.perf_counter() - t0:.0f} s)")
     sizes = {"small": args.small, "large": args.large}
-    import torch
-
     torch_threads = torch.get_num_threads()
     names = {
-        "job": f"the job (Ray Data, {args.cpus} CPUs)",
+        "job": f"the job (Ray Data, {args.cpus} CPUs, model actor on {device.type})",
         "decode": "(a) decode-only, same Ray Data stage",
         "naive": f"(b) naive per-clip loop, model loaded once, torch {torch_threads} threads",
         "naive1": "(c) the same naive loop, 1 torch thread",
@@ -213,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     print_table(
-        f"Labelling 96x96 {args.seconds:g} s synthetic clips ({sizes['small']} and {sizes['large']} clips)",
+        f"Labelling 96x96 {args.seconds:g} s synthetic clips ({sizes['small']} and {sizes['large']} clips), "
+        f"every side's model on {device}",
         rows,
         (
             "method",
@@ -237,9 +256,29 @@ def main(argv: list[str] | None = None) -> int:
         f"{margin['job'] / margin['naive1']:.2f}x at the margin ({rate['job'] / rate['naive1']:.2f}x whole); "
         f"job tree peak PSS "
         f"{runs['small']['job'].max_rss_mb:.0f} MB at {args.small} clips vs "
-        f"{runs['large']['job'].max_rss_mb:.0f} MB at {args.large}"
+        f"{runs['large']['job'].max_rss_mb:.0f} MB at {args.large}; every model on {device}"
     )
+    written = write_results(
+        "label",
+        argv,
+        data={
+            "device": str(device),
+            "clips": sizes,
+            "runs": {size: {side: asdict(u) for side, u in sides.items()} for size, sides in runs.items()},
+            "clips_per_s_whole": rate,
+            "clips_per_s_margin": margin,
+            "cpu_s_per_clip_margin": cpu,
+        },
+        results_dir=args.results,
+    )
+    print(f"results: {', '.join(written)}")
     return 0
+
+
+def naive_args(argv: list[str]) -> dict:
+    """``naive_worker``'s arguments from a child's ``--naive-worker ...`` command line."""
+    folder, checkpoint, out, threads, device = argv[1:6]
+    return {"folder": folder, "checkpoint": checkpoint, "out": out, "threads": int(threads), "device": device}
 
 
 if __name__ == "__main__":
@@ -247,6 +286,6 @@ if __name__ == "__main__":
         decode_only_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "--naive-worker":
-        naive_worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]) if len(sys.argv) > 5 else 0)
+        naive_worker(**naive_args(sys.argv[1:]))
         sys.exit(0)
     sys.exit(main())
