@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -290,27 +290,6 @@ def _sync(dev: Any) -> None:
         torch.cuda.synchronize(dev)
 
 
-@contextlib.contextmanager
-def timed(dev: Any) -> Iterator[dict[str, float]]:
-    """Wall seconds of the block and, on CUDA, device milliseconds between two events
-    recorded at its ends; the device is drained at both ends."""
-    import torch
-
-    _sync(dev)
-    t: dict[str, float] = {}
-    events = None
-    if dev.type == "cuda":
-        events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        events[0].record()
-    start = time.perf_counter()
-    yield t
-    if events is not None:
-        events[1].record()
-    _sync(dev)
-    t["wall_s"] = time.perf_counter() - start
-    t["device_s"] = events[0].elapsed_time(events[1]) / 1000 if events is not None else t["wall_s"]
-
-
 def _env(args: argparse.Namespace, dev: Any, say: Record) -> None:
     import torch
 
@@ -394,12 +373,14 @@ def _decode(args: argparse.Namespace, dev: Any, say: Record) -> None:
     import torch
 
     from avfusion import jpeg
+    from jobs.bench.common import DeviceTimer
 
     data = _jpegs(64, 224)
     cpu = torch.device("cpu")
-    with timed(cpu) as t:
+    timer = DeviceTimer(cpu)
+    with timer:
         ref = jpeg.decode(data, cpu)
-    say("cpu_images_per_s", len(data) / t["wall_s"])
+    say("cpu_images_per_s", len(data) / timer.device_seconds)
     if dev.type != "cuda":
         say("race", "skipped: needs CUDA")
         return
@@ -407,10 +388,12 @@ def _decode(args: argparse.Namespace, dev: Any, say: Record) -> None:
     say("device_vs_cpu_mean_abs", float((ours.cpu().int() - ref.int()).abs().float().mean()))
     for _ in range(2):
         jpeg.decode(data, dev)
-    with timed(dev) as t:
+    timer = DeviceTimer(dev)
+    with timer:
         for _ in range(5):
             jpeg.decode(data, dev)
-    say("device_images_per_s", 5 * len(data) / t["wall_s"])
+    say("device_images_per_s", 5 * len(data) / timer.device_seconds, "(CUDA events)")
+    say("device_decode_host_cpu_s_per_batch", timer.cpu_seconds / 5)
     raw: dict[str, Callable[[], Any]] = {}
     with contextlib.suppress(ImportError, OSError, RuntimeError):
         from torchvision.io import decode_jpeg as vision_decode
@@ -431,32 +414,23 @@ def _decode(args: argparse.Namespace, dev: Any, say: Record) -> None:
     say("race_avfusion", f"{race_trials(lambda: jpeg.decode(data, dev), dev, 3 * 224 * 224, n)}/{n}")
 
 
-def _train_run(args: argparse.Namespace, dev: Any) -> Any:
-    """train.build + train.stream for the vggsound recipe on the shards, as the job would."""
-    from avfusion.distributed import DistEnv
-    from avfusion.train import build, stream
-    from jobs.train import build_parser as train_parser
-    from jobs.train import load_config
+def _train_run(args: argparse.Namespace, dev: Any, steps: int) -> Any:
+    """The vggsound recipe's run on the shards, set up as ``bench train`` sets it up
+    (the training job's build/stream/wrap; random ResNet weights: speed only)."""
+    from jobs.bench.train import recipe_config, training_run
 
-    # --video-weights none: weights do not change the speed, and a lent machine is offline
-    argv = [
-        args.shards,
-        "--out",
-        str(Path(args.work) / "train"),
-        "--config",
-        "vggsound",
-        "--video-weights",
-        "none",
-    ]
-    argv += ["--batch-size", str(args.batch_size)] if args.batch_size else []
-    cfg = load_config(train_parser().parse_args(argv))
     if dev.type == "cuda":
         import torch
 
         torch.cuda.set_device(dev)
-    r = build(cfg, DistEnv(0, 1, 0, dev))
-    stream(r)
-    return r
+    cfg = recipe_config(
+        "vggsound",
+        args.shards,
+        str(Path(args.work) / "train"),
+        batch_size=args.batch_size or 128,
+        steps=steps,
+    )
+    return training_run(cfg, dev)
 
 
 def _train(args: argparse.Namespace, dev: Any, say: Record) -> None:
@@ -466,31 +440,22 @@ def _train(args: argparse.Namespace, dev: Any, say: Record) -> None:
 
     from avfusion.loader import decode_frames
     from avfusion.train import prepare, train_step
+    from jobs.bench.train import from_shards, model_only
 
-    r = _train_run(args, dev)
+    warmup, n = 3, args.steps
+    r = _train_run(args, dev, warmup + n + 8)
     say("recipe", f"vggsound: batch {r.cfg.batch_size}, bf16 {r.cfg.bf16}, loader workers {r.cfg.workers}")
-    n = args.steps
+    alone = model_only(r, warmup, n)
+    say("model_only_clips_per_s", alone.per_second, "(one prepared batch, stepped again and again)")
+    fed = from_shards(r, warmup, n)
+    say("from_shards_clips_per_s", fed.per_second, "(loader workers, decode + augment on the device, step)")
+    say("ratio", fed.per_second / alone.per_second, "from shards / model only")
+    say("timing", {"model_only": alone.timer.as_dict(), "from_shards": fed.timer.as_dict()})
     batches = iter(r.batches)
-    losses = []
-    for _ in range(3):  # warm-up: workers start, cuDNN autotunes
-        b, target = prepare(next(batches), r, 0)
-        losses.append(train_step(r, b, target)[0])
-    with timed(dev) as fed:
-        for _ in range(n):
-            b, target = prepare(next(batches), r, 0)
-            losses.append(train_step(r, b, target)[0])
-    clips = len(b.keys)
-    say("from_shards_clips_per_s", n * clips / fed["wall_s"], "(loader workers, decode + augment, step)")
-    say("from_shards_device_s_per_step", fed["device_s"] / n)
-    with timed(dev) as only:
-        for _ in range(n):
-            losses.append(train_step(r, b, target)[0])
-    say("model_only_clips_per_s", n * clips / only["wall_s"], "(the same step on one prepared batch)")
-    say("model_only_device_s_per_step", only["device_s"] / n)
-    say("ratio", (n * clips / fed["wall_s"]) / (n * clips / only["wall_s"]), "from shards / model only")
-    values = [float(v) for v in losses]
-    say("losses", [round(v, 4) for v in values])
-    say("losses_finite", all(math.isfinite(v) for v in values))
+    b, target = prepare(next(batches), r, 0)
+    losses = [float(train_step(r, b, target)[0]) for _ in range(3)]
+    say("losses", [round(v, 4) for v in losses])
+    say("losses_finite", all(math.isfinite(v) for v in losses))
     if dev.type == "cuda":
         say("peak_gpu_mem_gib", torch.cuda.max_memory_allocated(dev) / 2**30)
         compact = [next(batches) for _ in range(3)]
@@ -520,7 +485,7 @@ def _syncs(args: argparse.Namespace, dev: Any, say: Record) -> None:
     if dev.type != "cuda":
         say("skipped", "needs CUDA (on the CPU, tests/test_gpu_paths.py runs the step on the meta device)")
         return
-    r = _train_run(args, dev)
+    r = _train_run(args, dev, 8)
     batches = iter(r.batches)
     b, t = prepare(next(batches), r, 0)
     train_step(r, b, t)
@@ -585,7 +550,7 @@ def _ddp(args: argparse.Namespace, dev: Any, say: Record) -> None:
         say("backend", tdist.get_backend())
         if dev.type == "cuda":
             say("nccl", ".".join(map(str, torch.cuda.nccl.version())))
-        r = _train_run(args, dist.device)
+        r = _train_run(args, dist.device, 4)
         r.net = DDP(r.model, device_ids=[dev.index] if dev.type == "cuda" else None)
         b, t = prepare(next(iter(r.batches)), r, 0)
         say("ddp_losses", [round(float(train_step(r, b, t)[0]), 4) for _ in range(3)])
