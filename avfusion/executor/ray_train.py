@@ -29,8 +29,6 @@ from avfusion.train import TrainConfig
 if TYPE_CHECKING:
     from ray.train import RunConfig
 
-    from avfusion.loader import ShardReadError
-
 
 class ClusterTooSmall(ValueError):
     """The Ray cluster's live nodes cannot hold every Ray Train worker asked for."""
@@ -100,8 +98,8 @@ def fit(cfg: TrainConfig, num_workers: int, use_gpu: bool = False, wait_for_node
 
     Raises :class:`ClusterTooSmall` when the live nodes cannot hold them, unless
     ``wait_for_nodes`` (an autoscaling cluster): then it says so and lets Ray Train wait.
-    A worker's ``ShardReadError`` is re-raised as itself (Ray Train wraps it in its own
-    error, which would bury the one line that names the shard)."""
+    A worker's ``ShardReadError``, ``Diverged`` or ``WeightsError`` is re-raised as
+    itself (Ray Train wraps it in its own error, which would bury the job's one line)."""
     import ray
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -129,10 +127,10 @@ def fit(cfg: TrainConfig, num_workers: int, use_gpu: bool = False, wait_for_node
     try:
         trainer.fit()
     except Exception as exc:
-        shard_error = _shard_error(exc)
-        if shard_error is None:
+        ours = _our_error(exc)
+        if ours is None:
             raise
-        raise shard_error from None
+        raise ours from None
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -169,10 +167,13 @@ def _run_config(out: str) -> RunConfig:
     return RunConfig(storage_path=path, storage_filesystem=arrow_fs, name="train")
 
 
-def _shard_error(exc: BaseException) -> ShardReadError | None:
-    """The ShardReadError behind a Ray Train failure (``WorkerGroupError.worker_failures``
-    or a cause chain), or None."""
+def _our_error(exc: BaseException) -> BaseException | None:
+    """The error of ours behind a Ray Train failure (``WorkerGroupError.worker_failures``
+    or a cause chain) that the job states in one line: a shard that cannot be read, a
+    loss gone NaN, corrupt pretrained weights. None for anything else."""
     from avfusion.loader import ShardReadError
+    from avfusion.pretrained import WeightsError
+    from avfusion.train import Diverged
 
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
@@ -181,7 +182,7 @@ def _shard_error(exc: BaseException) -> ShardReadError | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, ShardReadError):
+        if isinstance(e, (ShardReadError, Diverged, WeightsError)):
             return e
         todo += [e.__cause__, e.__context__, *getattr(e, "worker_failures", {}).values()]
     return None

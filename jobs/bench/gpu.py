@@ -349,6 +349,17 @@ def _jpegs(n: int, size: int) -> list:
     return out
 
 
+def _shard_jpegs(shards: str, clips: int) -> list:
+    """The JPEG frames of ``clips`` training clips (real pictures: decoders differ in
+    chroma upsampling, which noise exaggerates)."""
+    from avfusion.loader import Dataset, TrainStream
+
+    data = Dataset.open(shards)
+    batch = next(iter(TrainStream(data.urls, clips, split=None, batches_per_epoch=1, seed=0)))
+    o = batch.jpeg_offsets.tolist()
+    return [batch.jpeg[o[i] : o[i + 1]] for i in range(len(o) - 1)]
+
+
 def race_trials(decode: Callable[[], Any], dev: Any, nbytes: int, iters: int, victims: int = 8) -> int:
     """Iterations in which ``decode()`` overwrote memory that kernels queued on the
     caller's stream were still to read (pytorch/vision#9606's harness): fill victims,
@@ -375,7 +386,8 @@ def _decode(args: argparse.Namespace, dev: Any, say: Record) -> None:
     from avfusion import jpeg
     from jobs.bench.common import DeviceTimer
 
-    data = _jpegs(64, 224)
+    data = _shard_jpegs(args.shards, 8) if args.shards else _jpegs(64, 224)
+    say("images", f"{len(data)} {'from the shards' if args.shards else 'of noise'}")
     cpu = torch.device("cpu")
     timer = DeviceTimer(cpu)
     with timer:
@@ -407,11 +419,11 @@ def _decode(args: argparse.Namespace, dev: Any, say: Record) -> None:
     results = {}
     for name, fn in raw.items():
         try:
-            results[name] = f"{race_trials(fn, dev, 3 * 224 * 224, n)}/{n}"
+            results[name] = f"{race_trials(fn, dev, ref[0].numel(), n)}/{n}"
         except Exception as exc:  # noqa: BLE001 — e.g. no nvJPEG in this build: said, the others still run
             results[name] = f"fails: {type(exc).__name__}: {str(exc)[:120]}"
     say("race_raw", results, "iterations with corrupted reads, decoder called bare")
-    say("race_avfusion", f"{race_trials(lambda: jpeg.decode(data, dev), dev, 3 * 224 * 224, n)}/{n}")
+    say("race_avfusion", f"{race_trials(lambda: jpeg.decode(data, dev), dev, ref[0].numel(), n)}/{n}")
 
 
 def _train_run(args: argparse.Namespace, dev: Any, steps: int) -> Any:
