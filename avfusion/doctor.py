@@ -221,14 +221,18 @@ def gpu_check() -> Check:
         import torch
     except ImportError as exc:
         return Check("gpus", FAIL, f"torch not importable: {exc}", "pip install torch")
-    n = torch.cuda.device_count()
-    if not n:
+    from avfusion.device import cuda_problem
+
+    problem = cuda_problem()
+    if problem is not None:
         return Check(
             "gpus",
             WARN,
-            "no CUDA device visible to torch: training and labelling run on CPU",
-            "fine for preprocess; for training use a GPU node (CUDA_VISIBLE_DEVICES, the Ray GPU request)",
+            f"CUDA unusable ({problem}): training and labelling run on CPU",
+            "fine for preprocess; for training use a GPU node (driver ≥ the wheel's CUDA, "
+            "CUDA_VISIBLE_DEVICES, the Ray GPU request)",
         )
+    n = torch.cuda.device_count()
     names = ", ".join(torch.cuda.get_device_name(i) for i in range(n))
     return Check("gpus", OK, f"{n} visible to torch: {names}")
 
