@@ -50,6 +50,11 @@ def choose_device(
     if problem is not None:
         tell(f"device auto → cpu: {problem}")
         return torch.device("cpu")
+    if index >= torch.cuda.device_count():
+        raise DeviceError(
+            f"local rank {index} would take cuda:{index}, but torch sees {torch.cuda.device_count()} "
+            "GPU(s): start one process per GPU, or pass --device cpu"
+        )
     dev = torch.device("cuda", index)
     try:
         name = torch.cuda.get_device_name(dev)

@@ -61,6 +61,8 @@ def test_torchrun_and_ray_train_match_one_process(tmp_path, synthetic_shards, cl
         "2",
         "--seed",
         "3",
+        "--device",
+        "cpu",  # gloo: two ranks, also on a one-GPU machine
         *VARIANTS[variant],
     ]
     single, ddp, ray_run = tmp_path / "single", tmp_path / "torchrun", tmp_path / "ray"

@@ -267,3 +267,14 @@ def test_evaluation_counts_per_class_without_bincount():
     t = Tally(7)
     t.add(torch.randn(50, 7), torch.rand(50, 2), target)
     assert t.sums[4:11].tolist() == torch.bincount(target, minlength=7).double().tolist()
+
+
+def test_a_local_rank_beyond_the_gpus_is_one_line(monkeypatch):
+    """torchrun with more ranks than GPUs: rank 1 on a one-GPU machine is told why,
+    instead of a CUDA error from deep inside the first allocation."""
+    from avfusion.device import DeviceError, choose_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DeviceError, match="local rank 1 would take cuda:1, but torch sees 1 GPU"):
+        choose_device("auto", index=1, say=lambda line: None)

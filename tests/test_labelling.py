@@ -256,6 +256,7 @@ def test_an_actor_given_no_gpu_runs_on_the_cpu_where_cuda_is_visible(tiny_checkp
     stand-in) an actor with no GPU resource still puts its model on the CPU, while the
     bare availability check would have taken the GPU it was not given."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     from avfusion.device import choose_device
 
     assert choose_device("auto", gpus_assigned=None).type == "cuda"  # the bare availability check
@@ -305,8 +306,9 @@ def test_predictor_rows_equal_the_model_from_one_host_transfer(tiny_checkpoint):
     assert len(calls) == 3  # fused, audio-only and video-only groups: one transfer each
     model = predictor.model
     for i in range(6):
-        wave = torch.from_numpy(batch["waveform"][i : i + 1]) if not batch["no_audio_track"][i] else None
-        frames = torch.from_numpy(batch["frames"][i : i + 1]) if not batch["no_video_track"][i] else None
+        dev = predictor.device  # the model's (a GPU where there is one)
+        wave = None if batch["no_audio_track"][i] else torch.from_numpy(batch["waveform"][i : i + 1]).to(dev)
+        frames = None if batch["no_video_track"][i] else torch.from_numpy(batch["frames"][i : i + 1]).to(dev)
         with torch.no_grad():
             res = model.forward_head(*model.forward_features(wave, frames))
         p, idx = torch.softmax(res.logits, 1)[0].topk(3)

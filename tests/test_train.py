@@ -71,6 +71,8 @@ def test_torchrun_ddp_two_ranks_stay_in_step(tmp_path, synthetic_shards, small_t
             "2",
             "--batch-size",
             "8",
+            "--device",
+            "cpu",  # gloo, and two ranks even on a one-GPU machine
         ],
         env=env,
         capture_output=True,
@@ -136,6 +138,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, synthetic_shards, s
         "1",
         "--workers",
         "0",
+        "--device",
+        "cpu",  # bit-exact resume is a CPU property (cudnn.benchmark picks kernels per run)
     ]
     clean = tmp_path / "clean"
     assert (
