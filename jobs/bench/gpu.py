@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             shards = _shards(args, work, note)
             if shards is None:
                 continue
-        if cap < 10:
-            note(f"SKIP {name}: {max(0, int(left))} s of the budget left")
+        if left < 10 or cap < 1:
+            note(f"SKIP {name}: {max(0, int(left))} s of the budget left, cap {cap} s")
             continue
         rc, seconds, timed_out = _run_step(name, args, shards, out, work, cap)
         result = _read_json(out / f"{name}.json")
