@@ -590,12 +590,13 @@ def _subprocess_step(cmd: list[str], args: argparse.Namespace, say: Record, cwd:
 
 def _loader(args: argparse.Namespace, dev: Any, say: Record) -> None:
     cmd = [sys.executable, "-m", "jobs.bench", "loader", "--sizes", "224", "--shards", f"224={args.shards}"]
-    cmd += ["--batches", "2,6", "--repeat", "1"]
+    cmd += ["--batches", "2,6", "--repeat", "1", "--device", "cuda" if dev.type == "cuda" else "cpu"]
     _subprocess_step(cmd, args, say, cwd=args.work)  # its results files land in WORK/docs/results
 
 
 def _label(args: argparse.Namespace, dev: Any, say: Record) -> None:
     cmd = [sys.executable, "-m", "jobs.bench", "label", "--small", "16", "--large", "64"]
+    cmd += ["--device", "cuda" if dev.type == "cuda" else "cpu"]
     _subprocess_step(cmd, args, say, cwd=args.work)
 
 
