@@ -31,8 +31,8 @@ def choose_device(
     None when no scheduler says (a plain process, torchrun), 0 means none: ``auto`` is
     then always the CPU, whatever CUDA shows. ``index``: the GPU to take with a bare
     ``cuda``/``auto`` (the local rank). ``cuda`` where CUDA is unusable raises with the
-    reason; ``auto`` tells ``say`` (stdout by default, beside the job's progress; stderr
-    is for errors) which device it took and why."""
+    reason; ``auto`` tells ``say`` which device it took and why (the jobs whose stdout is
+    a log pass ``print``; ``predict --json`` and label's actors pass nothing)."""
     if requested == "cpu":
         return torch.device("cpu")
     if requested.startswith("cuda"):
@@ -42,7 +42,7 @@ def choose_device(
         return torch.device(requested if ":" in requested else f"cuda:{index}")
     if requested != "auto":
         raise DeviceError(f"unknown device {requested!r} (auto, cpu, cuda, cuda:N)")
-    tell = say or (lambda line: print(line, flush=True))
+    tell = say or (lambda line: None)
     if gpus_assigned == 0:
         tell("device auto → cpu: the scheduler gave this process no GPU")
         return torch.device("cpu")

@@ -56,7 +56,7 @@ def setup(
     dev = (
         device
         if isinstance(device, torch.device)
-        else choose_device(device, gpus_assigned=gpus_assigned, index=local_rank)
+        else choose_device(device, gpus_assigned=gpus_assigned, index=local_rank, say=_say)
     )
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -74,6 +74,10 @@ def setup(
             f"the launcher rank {rank} of {world}"
         )
     return DistEnv(rank, world, local_rank, dev)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # the training log (stdout), beside the epoch lines
 
 
 def teardown() -> None:

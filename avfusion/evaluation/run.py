@@ -234,8 +234,8 @@ def run(cfg: EvalConfig) -> Results:
     from avfusion.device import choose_device
     from avfusion.loader import Dataset
 
-    device = choose_device(cfg.device)
-    models, ckpt = load_models(cfg)
+    models, ckpt = load_models(cfg)  # a checkpoint it cannot use is refused before anything is said
+    device = choose_device(cfg.device, say=lambda line: print(line, flush=True))
     conds = list(cfg.conditions) if cfg.conditions else conditions(cfg.suite)
     if NORMAL not in conds:  # clean input is the reference every comparison needs
         conds.insert(0, NORMAL)
