@@ -34,7 +34,9 @@ from urllib.parse import urlsplit
 from avfusion import storage
 
 # Per socket operation (connect, each read): a stalled server is given up on, not waited for.
-DOWNLOAD_TIMEOUT_S = 60.0
+DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation
+DOWNLOAD_DEADLINE_S = 900.0  # the whole download (45 MB at 50 KB/s); a server that trickles is given up
+MAX_DOWNLOAD_BYTES = 256 << 20  # the file is 45 MB: a body past this is not it
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's HASH_REGEX: NAME-<sha256 prefix>.EXT
 # What "the network did not deliver the file" raises through urllib: DNS, route, refusal
 # and HTTP errors (URLError), no answer in time, a reset, a connection cut mid-body.
@@ -111,7 +113,11 @@ def cached(url: str | None = None) -> CacheState:
 
 
 def fetch_imagenet(
-    url: str | None = None, *, timeout_s: float = DOWNLOAD_TIMEOUT_S, progress: bool = False
+    url: str | None = None,
+    *,
+    timeout_s: float = DOWNLOAD_TIMEOUT_S,
+    deadline_s: float = DOWNLOAD_DEADLINE_S,
+    progress: bool = False,
 ) -> tuple[dict[str, Any] | None, VideoInit]:
     """(state dict, record) of torchvision's ImageNet ResNet-18 from torch's hub cache,
     downloaded into it first when absent. ``url``: where from (default torchvision's; a
@@ -127,8 +133,9 @@ def fetch_imagenet(
         storage.makedirs(os.path.dirname(state.file))
         print(f"downloading ImageNet ResNet-18 weights {url} to {state.file}", file=sys.stderr, flush=True)
         t0 = time.monotonic()
+        _remove_stale_partials(state.file)
         try:
-            with _socket_timeout(timeout_s):
+            with _bounded(timeout_s, deadline_s):
                 # temp file beside the entry, hash-checked, then moved into place (or removed)
                 torch.hub.download_url_to_file(url, state.file, prefix, progress=progress)
         except _UNAVAILABLE as exc:
@@ -156,21 +163,76 @@ def fetch_imagenet(
 
 
 @contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """torch.hub's ``urlopen`` takes no timeout: its socket gets the process default,
-    which is None (wait forever) unless set, so it is set around the download only."""
+def _bounded(timeout_s: float, deadline_s: float) -> Iterator[None]:
+    """torch.hub's download, bounded: its ``urlopen`` takes no timeout, so its socket gets
+    the process default (None: wait forever) unless set, which is done around the download
+    only; and its response is wrapped so that the whole download has a deadline (each read
+    arriving in time does not bound a server that sends a byte a second) and a size cap
+    (a server may stream without end)."""
+    import torch.hub
+
     with _timeout_lock:
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(seconds)
+        previous, opener = socket.getdefaulttimeout(), torch.hub.urlopen
+        socket.setdefaulttimeout(timeout_s)
+        deadline = time.monotonic() + deadline_s
+        torch.hub.urlopen = lambda req, *a, **k: _Bounded(opener(req, *a, **k), deadline, deadline_s)  # type: ignore[assignment]
         try:
             yield
         finally:
+            torch.hub.urlopen = opener
             socket.setdefaulttimeout(previous)
 
 
+class _Overdue(TimeoutError):
+    """The whole download outlasted its deadline."""
+
+
+class _Bounded:
+    """A urllib response whose reads stop at a deadline and at ``MAX_DOWNLOAD_BYTES``."""
+
+    def __init__(self, response: Any, deadline: float, deadline_s: float):
+        self._response, self._deadline, self._deadline_s, self._seen = response, deadline, deadline_s, 0
+        length = response.info().get("Content-Length")
+        if length and length.strip().isdigit() and int(length) > MAX_DOWNLOAD_BYTES:
+            response.close()
+            raise WeightsError(f"the server announces {int(length)} bytes for a 45 MB file: not the weights")
+
+    def __enter__(self) -> _Bounded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._response.close()
+
+    def info(self) -> Any:
+        return self._response.info()
+
+    def read(self, n: int = -1) -> bytes:
+        if time.monotonic() > self._deadline:
+            raise _Overdue(f"the download took longer than {self._deadline_s:g} s")
+        # read1: what one receive brings (torch.hub loops until EOF), so a server that sends a
+        # byte at a time cannot hold a read past the deadline
+        block = self._response.read1(n) if n > 0 else self._response.read()
+        self._seen += len(block)
+        if self._seen > MAX_DOWNLOAD_BYTES:
+            raise WeightsError(f"the server sent more than {MAX_DOWNLOAD_BYTES >> 20} MiB for a 45 MB file")
+        return bytes(block)
+
+
+def _remove_stale_partials(file: str) -> None:
+    """torch.hub's temp files (``FILE.<hex>.partial``) left by a killed download: removed
+    once older than any live download can be."""
+    folder = os.path.dirname(file)
+    for partial in storage.list_files(folder, os.path.basename(file) + ".*.partial"):
+        with contextlib.suppress(OSError):
+            if time.time() - os.path.getmtime(partial) > 2 * DOWNLOAD_DEADLINE_S:
+                storage.remove(partial)
+
+
 def _why(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, _Overdue):
+        return str(exc)
     if isinstance(exc, HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
+        return f"HTTP {exc.code} {str(exc.reason).splitlines()[0]}"
     if isinstance(exc, URLError):
         exc = exc.reason if isinstance(exc.reason, BaseException) else exc
     if isinstance(exc, TimeoutError):

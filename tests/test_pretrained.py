@@ -246,3 +246,90 @@ def test_the_checkpoint_records_the_weights_a_run_started_from(
         ckpt["video_init"]["loaded"] == "random (imagenet unavailable)"
         and ckpt["video_init"]["sha256"] is None
     )
+
+
+class _Hostile:
+    """A loopback server that answers every request with ``headers`` and then calls
+    ``body(send)`` until it returns or the client goes away."""
+
+    def __init__(self, headers: bytes, body):
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.headers, self.body = headers, body
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\n" + self.headers + b"\r\n")
+                    self.body(conn.sendall)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.slow  # a loopback server
+def test_a_server_that_trickles_is_given_up_at_the_deadline(hub, weights):
+    """One byte every 0.2 s: every read is in time, the whole download never is."""
+    name, data, *_ = weights
+
+    def trickle(send):
+        for byte in data:
+            send(bytes([byte]))
+            time.sleep(0.2)
+
+    server = _Hostile(f"Content-Length: {len(data)}\r\n".encode(), trickle)
+    try:
+        t0 = time.monotonic()
+        state, init = pretrained.fetch_imagenet(
+            f"http://127.0.0.1:{server.port}/{name}", timeout_s=1, deadline_s=2
+        )
+    finally:
+        server.close()
+    assert state is None and init.loaded == pretrained.UNAVAILABLE
+    assert init.reason == "the download took longer than 2 s" and time.monotonic() - t0 < 5
+    assert list(hub.iterdir()) == []  # the partial file went with it
+
+
+@pytest.mark.slow  # a loopback server
+@pytest.mark.parametrize("announced", [True, False])
+def test_a_body_far_larger_than_the_file_is_refused_and_nothing_kept(hub, weights, monkeypatch, announced):
+    name, *_ = weights
+    monkeypatch.setattr(pretrained, "MAX_DOWNLOAD_BYTES", 1 << 20)
+
+    def endless(send):
+        while True:
+            send(bytes(65536))
+
+    headers = b"Content-Length: 1000000000000000\r\n" if announced else b""
+    server = _Hostile(headers, endless)
+    try:
+        with pytest.raises(pretrained.WeightsError, match="not the weights|more than 1 MiB"):
+            pretrained.fetch_imagenet(f"http://127.0.0.1:{server.port}/{name}", timeout_s=2, deadline_s=20)
+    finally:
+        server.close()
+    assert list(hub.iterdir()) == []
+
+
+def test_partial_files_of_killed_downloads_are_removed_once_stale(hub, weights, closed_port):
+    import os
+
+    name, *_ = weights
+    hub.mkdir(parents=True)
+    stale, live = hub / f"{name}.0a.partial", hub / f"{name}.0b.partial"
+    for p in (stale, live):
+        p.write_bytes(b"x" * 10)
+    old = time.time() - 3 * pretrained.DOWNLOAD_DEADLINE_S
+    os.utime(stale, (old, old))
+    state, _ = pretrained.fetch_imagenet(f"http://127.0.0.1:{closed_port}/{name}")
+    assert state is None and not stale.exists() and live.exists()  # a live download is left alone
