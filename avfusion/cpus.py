@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 
 __all__ = ["cpu_quota", "usable_cpus"]
 
@@ -108,12 +109,19 @@ def _ratio(quota: str, period: str) -> float | None:
         q, p = int(quota), int(period)
     except ValueError:
         return None
-    return q / p if q > 0 and p > 0 else None  # v1 writes -1 for "no quota"
+    if not (q > 0 and p > 0):
+        return None  # v1 writes -1 for "no quota"
+    try:
+        return q / p
+    except OverflowError:  # a quota no float holds is no limit
+        return None
 
 
 def _read(path: str) -> str | None:
     # Kernel interface files, a few bytes each: not user data, so not through storage.
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO in its place would block the open
+            return None
         with open(path, encoding="ascii") as f:
             return f.read(4096)
     except (OSError, ValueError):  # absent, unreadable, not text

@@ -8,6 +8,7 @@ use; the launcher knows (Ray's resources, torchrun's local rank) and passes it i
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 
@@ -35,11 +36,16 @@ def choose_device(
     a log pass ``print``; ``predict --json`` and label's actors pass nothing)."""
     if requested == "cpu":
         return torch.device("cpu")
-    if requested.startswith("cuda"):
+    if re.fullmatch(r"cuda(:\d+)?", requested):
         problem = cuda_problem()
         if problem is not None:
             raise DeviceError(f"--device {requested}: CUDA is unusable here: {problem}")
-        return torch.device(requested if ":" in requested else f"cuda:{index}")
+        n = int(requested.split(":")[1]) if ":" in requested else index
+        if n >= torch.cuda.device_count():
+            raise DeviceError(
+                f"--device {requested}: cuda:{n} asked for, but torch sees {torch.cuda.device_count()} GPU(s)"
+            )
+        return torch.device("cuda", n)
     if requested != "auto":
         raise DeviceError(f"unknown device {requested!r} (auto, cpu, cuda, cuda:N)")
     tell = say or (lambda line: None)

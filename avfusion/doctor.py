@@ -256,6 +256,10 @@ def weights_check(weights: str, imagenet_url: str | None = None, timeout: float 
     state = pretrained.cached(url)
     if state.status == "ok":
         return Check("weights", OK, f"ImageNet ResNet-18 cached at {state.file} (sha256 matches its name)")
+    if state.status == "corrupt" and (state.sha256 or "").startswith("not a readable file"):
+        return Check(
+            "weights", FAIL, f"{state.file} is {state.sha256}", "remove it: training downloads it again"
+        )
     if state.status == "corrupt":
         return Check(
             "weights",

@@ -75,12 +75,16 @@ def decode(data: list[torch.Tensor], device: torch.device) -> torch.Tensor:
             why = f"it decoded to {out.device}"  # torchvision ignores a device it cannot use
         except (RuntimeError, ValueError, NotImplementedError) as exc:
             why = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        # The same bytes on the CPU: bad data (a truncated frame, mixed sizes) fails there too
+        # and is raised as it is; only a device that cannot decode is switched to the CPU.
+        frames = torch.stack(fn(data, torch.device("cpu")))
         _NO_DEVICE_DECODE.add(str(device))
         warnings.warn(
             f"JPEG decode on {device} failed ({name}: {why}); frames are decoded on the CPU from now on "
             "(slower: more loader workers help)",
             stacklevel=2,
         )
+        return to_device(frames, device)
     return to_device(torch.stack(fn(data, torch.device("cpu"))), device)
 
 

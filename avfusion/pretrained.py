@@ -74,7 +74,9 @@ class CacheState:
     """What torch's hub cache holds for a weights URL."""
 
     file: str  # <hub dir>/checkpoints/<the URL's file name>
-    status: str  # "ok" | "missing" | "corrupt" (its SHA-256 does not start with the name's hash)
+    status: (
+        str  # "ok" | "missing" | "corrupt" (its SHA-256 does not start with the name's hash, or not a file)
+    )
     sha256: str | None = None
 
 
@@ -106,8 +108,11 @@ def cached(url: str | None = None) -> CacheState:
     hash in its name; reads the file (45 MB), never the network."""
     url = url or imagenet_url()
     file = cache_file(url)
-    if not storage.exists(file):
+    kind = storage.local_kind(file)
+    if kind == "missing":
         return CacheState(file, "missing")
+    if kind != "file":  # a folder, a FIFO (reading it would block), unreadable: no weights in it
+        return CacheState(file, "corrupt", f"not a readable file ({kind})")
     digest = storage.sha256(file)
     return CacheState(file, "ok" if digest.startswith(hash_prefix(url)) else "corrupt", digest)
 
@@ -153,6 +158,8 @@ def fetch_imagenet(
         state = cached(url)
         print(f"downloaded {state.file} in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
     if state.status == "corrupt":
+        if state.sha256 and state.sha256.startswith("not a readable file"):
+            raise WeightsError(f"{state.file} is {state.sha256}: remove it (it is downloaded again)")
         raise WeightsError(
             f"{state.file} is corrupt: its SHA-256 {(state.sha256 or '')[:16]}... does not start with "
             f"{prefix}, the hash in its name; delete it (it is downloaded again) or pass --video-weights PATH"

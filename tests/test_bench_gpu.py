@@ -59,4 +59,4 @@ def test_a_step_over_its_cap_is_killed_and_its_stack_kept(tmp_path, synthetic_sh
 
 def test_unknown_steps_are_one_line(tmp_path, capsys):
     assert gpu.main(["--out", str(tmp_path), "--skip", "nope"]) == 2
-    assert "no step named nope" in capsys.readouterr().out
+    assert "no step named nope" in capsys.readouterr().err

@@ -136,8 +136,21 @@ def test_v1_and_v2_together_take_the_tightest(tmp_path):
         ("4:cpu:/\n", {"cpu/cpu.cfs_quota_us": "100000\n"}),  # no period
         ("garbage\n::\n4:cpu\n0::/../../etc\n", {**V2_ROOT}),
         (b"\x00\xff\n".decode("latin-1"), {**V2_ROOT, "cpu.max": "100000 100000\n"}),
+        ("0::/\n", {**V2_ROOT, "cpu.max": "9" * 400 + " 1\n"}),  # no float holds it
     ],
-    ids=["word", "zero", "zero-period", "binary", "folder", "float", "v1-word", "v1-half", "lines", "nul"],
+    ids=[
+        "word",
+        "zero",
+        "zero-period",
+        "binary",
+        "folder",
+        "float",
+        "v1-word",
+        "v1-half",
+        "lines",
+        "nul",
+        "huge",
+    ],
 )
 def test_garbage_falls_back_to_the_affinity_mask(tmp_path, cgroup, files):
     root = layout(tmp_path, cgroup, files)
@@ -205,3 +218,11 @@ def test_a_real_cgroup_quota_bounds_a_process_in_it(cli_env):
     assert proc.returncode == 0, proc.stderr
     quota_seen, usable, mask = proc.stdout.split()
     assert (float(quota_seen), int(usable), int(mask)) == (0.5, 1, CORES)
+
+
+def test_a_fifo_in_place_of_a_cgroup_file_is_no_quota_and_no_hang(tmp_path):
+    import os
+
+    root = layout(tmp_path, "0::/\n", dict(V2_ROOT))
+    os.mkfifo(tmp_path / "sys" / "fs" / "cgroup" / "cpu.max")
+    assert cpu_quota(root) is None and usable_cpus(root) == CORES

@@ -278,3 +278,30 @@ def test_a_local_rank_beyond_the_gpus_is_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(DeviceError, match="local rank 1 would take cuda:1, but torch sees 1 GPU"):
         choose_device("auto", index=1, say=lambda line: None)
+
+
+@pytest.mark.parametrize(
+    "bad", ["cuda:abc", "cuda:-1", "cuda:", "cuda:0:0", "cudax", "cuda0", "cuda:99", "CUDA"]
+)
+def test_malformed_or_absent_cuda_devices_are_one_line_where_cuda_works(bad, monkeypatch):
+    from avfusion import device
+
+    monkeypatch.setattr(device, "cuda_problem", lambda: None)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(device.DeviceError):
+        device.choose_device(bad)
+
+
+def test_a_bad_frame_is_a_data_error_and_leaves_the_device_decoding(monkeypatch):
+    """A truncated JPEG fails on the device and on the CPU alike: it is raised as it is
+    and the device is not switched to CPU decoding (nor blamed in a warning)."""
+    name, fn = jpeg.backend()
+    data, offsets, _ = _jpegs(2)
+    good = [data[offsets[0] : offsets[1]], data[offsets[1] : offsets[2]]]
+    bad = [good[0], good[1][: len(good[1]) // 3]]
+    jpeg._NO_DEVICE_DECODE.discard("meta")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises((RuntimeError, ValueError)):
+            jpeg.decode(bad, META)
+    assert "meta" not in jpeg._NO_DEVICE_DECODE and not caught

@@ -333,3 +333,16 @@ def test_partial_files_of_killed_downloads_are_removed_once_stale(hub, weights, 
     os.utime(stale, (old, old))
     state, _ = pretrained.fetch_imagenet(f"http://127.0.0.1:{closed_port}/{name}")
     assert state is None and not stale.exists() and live.exists()  # a live download is left alone
+
+
+@pytest.mark.parametrize("kind", ["dir", "fifo"])
+def test_a_cache_entry_that_is_not_a_file_is_one_fail_line_and_one_refusal(hub, kind, weights):
+    import os
+
+    hub.mkdir(parents=True)
+    entry = hub / pretrained.cache_file(pretrained.imagenet_url()).rsplit("/", 1)[-1]
+    entry.mkdir() if kind == "dir" else os.mkfifo(entry)
+    check = weights_check("imagenet")
+    assert check.status == FAIL and "not a readable file" in check.detail, check
+    with pytest.raises(pretrained.WeightsError, match="not a readable file"):
+        pretrained.fetch_imagenet()

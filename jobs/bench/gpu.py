@@ -84,15 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.step:
         return _child(args)
-    out = Path(args.out)
-    work = Path(args.work or out / "work")
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    caps = {k: int(v) for k, v in (c.split("=", 1) for c in args.caps.split(",") if c)}
+    try:
+        caps = {k: int(v) for k, v in (c.split("=", 1) for c in args.caps.split(",") if c)}
+    except ValueError:
+        return _refuse(f"--caps {args.caps!r}: STEP=SECONDS[,STEP=SECONDS] with whole seconds")
     unknown = (set(caps) | {s for s in args.skip.split(",") if s}) - set(STEPS)
     if unknown:
-        print(f"avfusion bench gpu: no step named {', '.join(sorted(unknown))} ({', '.join(STEPS)})")
-        return 2
+        return _refuse(f"no step named {', '.join(sorted(unknown))} ({', '.join(STEPS)})")
+    out = Path(args.out)
+    work = Path(args.work or out / "work")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _refuse(f"--out {args.out}: {exc.strerror or exc}")
+    if args.shards:
+        args.shards = str(Path(args.shards).resolve())  # steps that run a bench do so from the work folder
     t0 = time.monotonic()
     lines: list[str] = []
     summary: dict[str, Any] = {}
@@ -127,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     note(f"total {time.monotonic() - t0:.0f} s of {args.budget} s")
     _write(args, argv, out, summary, lines)
     return 0
+
+
+def _refuse(line: str) -> int:
+    print(f"avfusion bench gpu: {line}", file=sys.stderr)
+    return 2
 
 
 def _shards(args: argparse.Namespace, work: Path, note: Callable[[str], None]) -> str | None:
@@ -175,6 +187,11 @@ def _run_step(
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return -9, time.monotonic() - start, True
+        except BaseException:  # Ctrl-C, a SIGTERM made an exception: the step must not outlive us
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -219,7 +236,8 @@ def _write(
 
     common.print_table("Steps", [(ln,) for ln in lines], ("line",))
     rows = [(name, k, _fmt(v)) for name, r in summary.items() for k, v in r.items() if k in HEADLINE]
-    common.print_table("Headline figures", rows, ("step", "figure", "value"))
+    if rows:
+        common.print_table("Headline figures", rows, ("step", "figure", "value"))
     train = summary.get("train", {})
     plot = None
     if "model_only_clips_per_s" in train and importlib.util.find_spec("matplotlib"):
@@ -586,6 +604,10 @@ def _subprocess_step(cmd: list[str], args: argparse.Namespace, say: Record, cwd:
     say("exit", proc.returncode)
     tail = [ln for ln in proc.stdout.splitlines() if ln.strip()][-8:]
     say("tail", tail)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd[2:5])} exited {proc.returncode}: {(proc.stderr.strip() or '')[-300:]}"
+        )
 
 
 def _loader(args: argparse.Namespace, dev: Any, say: Record) -> None:
