@@ -297,6 +297,18 @@ def trained_fused(tmp_path_factory, synthetic_shards):
 
 
 @pytest.fixture(scope="module")
+def every_clip(synthetic_shards):
+    """Every synthetic clip, train and test, decoded: routing to the live stream is a
+    property of the attention, not of generalisation, and 8 test clips per modality
+    leave one clip worth 12 points (a machine's float rounding flipped it)."""
+    from avfusion.loader import Dataset, data_loader, eval_stages
+
+    data = Dataset.open(str(synthetic_shards))
+    stages = eval_stages(data.urls, 16, split=None, compact_frames=False, collation_fn=lambda xs: xs)
+    return [s for batch in data_loader(stages, 0) for s in batch]
+
+
+@pytest.fixture(scope="module")
 def attention_shifts(trained_fused):
     """The attention on the synthetic test clips: clean, muted audio, black frames."""
     from avfusion.evaluation.conditions import Condition
@@ -316,18 +328,18 @@ def attention_shifts(trained_fused):
 @pytest.mark.parametrize(
     "carrier,dead", [("audio", "black_frames"), ("audio", "frozen_video"), ("video", "muted_audio")]
 )
-def test_with_one_stream_dead_the_fused_prediction_is_the_live_stream_s_own(trained_fused, carrier, dead):
+def test_with_one_stream_dead_the_fused_prediction_is_the_live_stream_s_own(
+    trained_fused, every_clip, carrier, dead
+):
     """Classes carried by one modality only, the other stream dead: the fused model
     predicts what the live stream's own head predicts on most clips, and gives the dead
     stream little weight."""
     from avfusion.evaluation.conditions import Condition, corrupt
     from avfusion.synth import DEFAULT_CLASSES
 
-    model, label_map, batches = trained_fused
+    model, label_map, _ = trained_fused
     classes = {label_map[c.name] for c in DEFAULT_CLASSES if c.informative == carrier}
-    samples = [
-        corrupt(s, Condition.parse(dead), 0) for b in batches for s in b if int(s["target"]) in classes
-    ]
+    samples = [corrupt(s, Condition.parse(dead), 0) for s in every_clip if int(s["target"]) in classes]
     with torch.no_grad():
         out = model(
             torch.from_numpy(np.stack([s["waveform"] for s in samples])),
@@ -340,7 +352,7 @@ def test_with_one_stream_dead_the_fused_prediction_is_the_live_stream_s_own(trai
         f"{dead} on {carrier}-carried clips: fused = {carrier} head on {same:.2f}, "
         f"dead stream's weight {w_dead:.3f}"
     )
-    assert len(samples) >= 8 and same >= 0.75 and w_dead <= 0.3, (same, w_dead)
+    assert len(samples) >= 32 and same >= 0.75 and w_dead <= 0.3, (len(samples), same, w_dead)
 
 
 @pytest.mark.slow
