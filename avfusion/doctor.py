@@ -206,13 +206,13 @@ def proxy_check(proxy: str | None) -> Check:
     if not proxy:
         return Check("proxy", OK, "none: downloads go out from each node's own address")
     scheme = proxy.split("://", 1)[0].lower() if "://" in proxy else "http"
-    if scheme in ("http", "https"):
-        return Check("proxy", OK, f"{scheme}:// carries yt-dlp's requests and ffmpeg's media transfer")
+    if scheme == "http":
+        return Check("proxy", OK, "http:// carries yt-dlp's requests and ffmpeg's media transfer")
     return Check(
         "proxy",
         FAIL,
-        f"{scheme}:// is not handed to ffmpeg by yt-dlp: the media would go out directly",
-        "use an http(s):// proxy (run privoxy or gost in front of a SOCKS proxy)",
+        f"{scheme}:// does not carry ffmpeg's media transfer: the media would go out directly",
+        "use an http:// proxy (run privoxy or gost in front of a SOCKS or https:// proxy)",
     )
 
 

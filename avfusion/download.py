@@ -6,9 +6,11 @@ PATH, or the ``imageio-ffmpeg`` wheel, and is handed to yt-dlp explicitly.
 
 Errors are classified from yt-dlp's messages into permanent kinds (the clip will
 not come back by retrying: unavailable, private, removed, 404, geo, age gate),
-blocks of the source (bot check, session block, 429, media-host 403: transient,
-reported to the governor, never held against the clip) and other transient ones
-(5xx, timeouts, resets, truncated transfers). Transient errors are retried here
+blocks of the source (bot check, session block, 429, media-host 403, "your IP is
+likely being blocked": transient, reported to the governor, never held against the
+clip), suspects (answers a blocked source gets as often as a broken clip: transient,
+a streak across clips is a block) and other transient ones (5xx, timeouts, resets,
+truncated transfers). YouTube rejecting the account's cookies stops the job. Transient errors are retried here
 with exponential backoff and jitter; yt-dlp's own retries are kept low so this loop
 is the one in control and ``attempts`` is honest. A proxy's own refusal is
 ``proxy_error`` (transient, never a block), told apart from the origin's by the tools'
@@ -265,6 +267,8 @@ _RULES: list[tuple[str, bool, re.Pattern]] = [
         # The age gate also says "Sign in to confirm …": it must match before the bot check.
         ("age_restricted", False, r"confirm your age|age.restricted|inappropriate for some users"),
         ("blocked_bot_check", True, r"confirm you.?re not a bot|sign in to confirm|captcha challenge"),
+        # _video.py: "All player responses are invalid. Your IP is likely being blocked by Youtube".
+        ("blocked_ip", True, r"player responses are invalid|your ip is likely being blocked"),
         # "This content isn't available, try again later. The current session has been
         # rate-limited by YouTube for up to an hour" — before the 429 rule ("rate-limited").
         (
@@ -273,6 +277,9 @@ _RULES: list[tuple[str, bool, re.Pattern]] = [
             r"content isn.?t available, try again later|"
             r"has been rate.limited by youtube",
         ),
+        # "Video unavailable. This content isn't available." is what every video says once
+        # a source has been blocked (yt-dlp 13583, 14095): a suspect, before "unavailable".
+        ("content_unavailable", True, r"this content isn.?t available"),
         ("private", False, r"private video|video is private"),
         ("geo_blocked", False, r"not (?:made this video )?available in your country|geo.?restrict"),
         ("removed", False, r"has been removed|account .* terminated|no longer available|copyright claim"),
@@ -308,7 +315,8 @@ _RULES: list[tuple[str, bool, re.Pattern]] = [
             r"incomplete ?read|truncat|partial|premature|invalid data found|"
             r"moov atom not found|end of file|content-length",
         ),
-        ("no_format", False, r"requested format is not available|no video formats found"),
+        # A missing JS runtime or PO token, or SABR-only answers, as often as the video: a suspect.
+        ("no_format", True, r"requested format is not available|no video formats found"),
         ("unsupported_url", False, r"unsupported url"),
     ]
 ]
@@ -385,11 +393,13 @@ def preflight(cfg: DownloadConfig) -> list[str]:
     """Options that would silently not take effect on section downloads (ffmpeg does
     the transfer): each a one-line error with what to use instead."""
     errors = []
-    if cfg.proxy and not re.match(r"https?://", cfg.proxy) and "://" in cfg.proxy:
+    # yt-dlp hands ffmpeg only http(s):// proxies, and ffmpeg (9.0) opens no TLS to a
+    # proxy: with an https:// one it connects straight to the media host.
+    if cfg.proxy and "://" in cfg.proxy and not cfg.proxy.lower().startswith("http://"):
         errors.append(
-            f"proxy {cfg.proxy.split('://')[0]}:// is not handed to ffmpeg by yt-dlp, so the media "
-            "bytes would bypass it; use an http:// or https:// proxy (e.g. privoxy or gost in "
-            "front of the SOCKS one)"
+            f"proxy {cfg.proxy.split('://')[0]}:// does not carry ffmpeg's media transfer, so the "
+            "media bytes would bypass it; use an http:// proxy (e.g. privoxy or gost in front of "
+            "a SOCKS or https:// one)"
         )
     if cfg.rate_limit:
         errors.append(
@@ -675,7 +685,8 @@ def download_section(
     """Fetch ``[task.start, task.end or start + clip_seconds]`` of ``task.source`` into
     ``workdir``. Raises ``DownloadError`` when the error is permanent or transient
     attempts run out. With a ``governor`` (``avfusion.governor``) every attempt waits
-    for its turn and reports its outcome; ``SourceBlocked`` passes through."""
+    for its turn and reports its outcome; ``SourceBlocked`` passes through, and is raised
+    when YouTube says the account's cookies are no longer valid (the job must stop)."""
     from avfusion.governor import BLOCK_KINDS, wait_for_turn
 
     end = task.end if task.end is not None else task.start + clip.clip_seconds
@@ -688,6 +699,7 @@ def download_section(
         try:
             path = _attempt(task.source, opts, workdir, logger)
         except _Failed as exc:
+            stop_if_cookies_rejected(cfg, logger.warnings, governor, node)
             message = _clean(str(exc))
             kind, transient = classify(message)
             if cfg.proxy and (kind in BLOCK_KINDS or kind in _PROXY_SUSPECT_KINDS):
@@ -700,17 +712,35 @@ def download_section(
                     )
             message = redact(message)
             if governor is not None:
-                governor.report(node, kind)
+                governor.report(node, kind, clip=task.key)
             if not transient or attempt == cfg.max_attempts:
                 raise DownloadError(kind, transient, message, attempt, logger.warnings) from None
             if governor is None or kind not in BLOCK_KINDS:  # a block's wait is the governor's
                 delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
                 sleep(delay * random.uniform(0.5, 1.0))  # full jitter keeps retries apart
             continue
+        stop_if_cookies_rejected(cfg, logger.warnings, governor, node)
         if governor is not None:
             governor.report(node, None)
         return Downloaded(path, attempt, logger.warnings)
     raise AssertionError("unreachable")
+
+
+def stop_if_cookies_rejected(
+    cfg: DownloadConfig, warnings: list[str], governor: GovernorClient | None, node: str
+) -> None:
+    """Raise ``SourceBlocked`` (and stop the governor) on yt-dlp's warning that the
+    account's cookies are no longer valid (extractor/youtube/_base.py): every further
+    request would be a guest's, so the job stops until the cookies are exported again."""
+    from avfusion.governor import COOKIES_INVALID, SourceBlocked
+
+    if cfg.cookies and any(_COOKIES_REJECTED.search(w) for w in warnings):
+        if governor is not None:
+            governor.report(node, COOKIES_INVALID)
+        raise SourceBlocked(COOKIES_INVALID, 0.0)
+
+
+_COOKIES_REJECTED = re.compile(r"account cookies are no longer valid", re.I)
 
 
 # Failures a proxy's own refusal can hide behind: a 403 or 5xx the proxy answered to a

@@ -17,6 +17,12 @@ governor first (``acquire``) and tells it how it went (``report``):
   starts the next, longer cooldown. When every known node is blocked, nodes not yet
   seen wait too (the block is then the account's, not an address's). A 403 counts as
   a block only after ``forbidden_streak`` in a row (one 403 may be one video's).
+- **Blocks in disguise.** YouTube answers a blocked source with messages that also
+  describe one broken video ("This content isn't available.", "Requested format is not
+  available"): one such answer is the clip's, ``suspect_streak`` of them in a row from
+  distinct clips is the source's, and blocks it like any other block.
+- **Rejected cookies.** When YouTube says the account's cookies are no longer valid,
+  waiting does not help (they must be exported again): the job stops at once.
 - **Stop.** When one block has lasted ``max_blocked`` seconds the governor answers
   every caller ``stop``: the job ends cleanly and a re-run resumes it.
 
@@ -39,7 +45,18 @@ from typing import Any, Protocol, TypedDict
 from avfusion.config import bounded, check_bounds
 
 # Failure kinds (from ``avfusion.download.classify``) that say the source is blocked.
-BLOCK_KINDS = ("blocked_bot_check", "blocked_session", "blocked_rate_limit", "blocked_forbidden")
+BLOCK_KINDS = (
+    "blocked_bot_check",
+    "blocked_session",
+    "blocked_rate_limit",
+    "blocked_forbidden",
+    "blocked_ip",
+)
+# Kinds a blocked source is told as often as a broken clip (yt-dlp issues 13583, 14095:
+# every video "isn't available" after about a thousand downloads; no formats without a
+# JS runtime, a PO token or with SABR-only answers): a streak across clips is a block.
+SUSPECT_KINDS = ("content_unavailable", "no_format")
+COOKIES_INVALID = "cookies_invalid"  # the account's cookies were rotated: stop the job
 
 GUEST_PER_HOUR = 300  # yt-dlp wiki: guest sessions
 ACCOUNT_PER_HOUR = 2000  # yt-dlp wiki: with an account's cookies
@@ -67,6 +84,7 @@ class GovernorConfig:
     cooldown_max: float = bounded(3600.0, ge=0, le=7 * 86400)
     max_blocked: float = bounded(3600.0, gt=0, le=30 * 86400)
     forbidden_streak: int = bounded(3, ge=1, le=1000)
+    suspect_streak: int = bounded(5, ge=1, le=1000)  # distinct clips in a row, each a suspect kind
     window: float = bounded(3600.0, gt=0, le=7 * 86400)  # the budget's sliding window (tests shrink it)
 
     def __post_init__(self) -> None:
@@ -90,6 +108,7 @@ class _Node:
     level: int = 0
     probing: bool = False
     streak: dict[str, int] = field(default_factory=dict)
+    suspects: dict[str, set[str]] = field(default_factory=dict)  # kind → clips in the current streak
 
 
 class _Stats(TypedDict):
@@ -143,17 +162,31 @@ class Governor:
                 return "wait", min(wait, self._until_stop(now))
             return self._grant(n, now)
 
-    def report(self, node: str, kind: str | None, now: float | None = None) -> None:
-        """The outcome of a granted attempt: ``None`` on success, else its failure kind."""
+    def report(
+        self, node: str, kind: str | None, now: float | None = None, *, clip: str | None = None
+    ) -> None:
+        """The outcome of a granted attempt: ``None`` on success, else its failure kind;
+        ``clip`` (its key) tells a streak across clips from one clip's retries."""
         with self._lock:
             now = self._clock() if now is None else now
             n = self._nodes.setdefault(node, _Node())
+            if kind == COOKIES_INVALID:
+                self._stopped = self._stopped or (kind, 0.0)
+                return
             if kind in BLOCK_KINDS:
                 n.streak[kind] = n.streak.get(kind, 0) + 1
                 if kind != "blocked_forbidden" or n.streak[kind] >= self.cfg.forbidden_streak or n.probing:
                     self._block(n, kind, now)
                 return
+            if kind in SUSPECT_KINDS:
+                clips = n.suspects.setdefault(kind, set())
+                clips.add(clip if clip is not None else f"#{len(clips)}")
+                if len(clips) >= self.cfg.suspect_streak or n.probing:
+                    clips.clear()
+                    self._block(n, kind, now)
+                return
             n.streak.clear()
+            n.suspects.clear()
             if n.blocked_kind and (n.probing or kind is None):  # the probe got through
                 assert n.blocked_since is not None  # set with blocked_kind
                 self._stats["blocked_seconds"] += now - n.blocked_since
@@ -247,7 +280,7 @@ class GovernorClient(Protocol):
 
     def acquire(self, node: str) -> tuple[str, float]: ...
 
-    def report(self, node: str, kind: str | None) -> None: ...
+    def report(self, node: str, kind: str | None, *, clip: str | None = None) -> None: ...
 
     def stop_kind(self) -> str | None: ...
 

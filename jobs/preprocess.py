@@ -368,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     from dataclasses import replace
 
     from avfusion.config import ConfigError
+    from avfusion.governor import COOKIES_INVALID
     from avfusion.preprocess.run import PreprocessError, job_redactor, run_preprocess
     from avfusion.redact import Redactor
 
@@ -398,11 +399,13 @@ def main(argv: list[str] | None = None) -> int:
         return refuse("avfusion preprocess", exc, args.verbose, redactor)
     if result.stopped:
         command = resume_command(sys.argv[1:] if argv is None else argv, redactor)
-        print(
-            f"STOPPED: the download source is blocked ({result.stopped}) for longer than --max-blocked; "
-            f"finished shards are kept. Resume later with: {command}",
-            file=sys.stderr,
+        why = (
+            "YouTube says the account cookies in the cookies file are no longer valid (rotated in "
+            "the browser): export them again (docs/youtube.md)"
+            if result.stopped == COOKIES_INVALID
+            else f"the download source is blocked ({result.stopped}) for longer than --max-blocked"
         )
+        print(f"STOPPED: {why}; finished shards are kept. Resume later with: {command}", file=sys.stderr)
     return result.exit_code
 
 

@@ -15,7 +15,9 @@ origin into a blocked one after N requests: 429 with Retry-After, then 403, then
 healthy again (``block_plan``). ``require_cookie`` answers 403 to any request whose
 ``Cookie`` header lacks that ``NAME=VALUE``, as a media host behind a login does;
 ``rotate_cookie`` (a name) sets ``NAME=rot-N`` on the response to the N-th request, as
-hosts that rotate a session cookie do.
+hosts that rotate a session cookie do. A plan's status ``"no_formats"`` answers 200 with
+an HLS playlist that lists no stream, so real yt-dlp says "No video formats found!", as
+a blocked YouTube source hears on every video.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class RangeServer:
         self.sent_by_request: dict[str, list[int]] = {}  # per path, body bytes per request in order
         self.log: list[dict] = []  # {"t", "path", "peer", "headers"} per request
         self.bytes_by_peer: Counter = Counter()  # body bytes per client (host, port)
-        self.block_plan: list[tuple[int, int]] = []  # [(status, n_requests)], applied in order
+        self.block_plan: list[tuple[int | str, int]] = []  # [(status, n_requests)], applied in order
         self.block_after: int | None = None
         self.require_cookie: str | None = None
         self.rotate_cookie: str | None = None
@@ -56,12 +58,12 @@ class RangeServer:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}/{name}" if port == 80 else f"http://{host}:{port}/{name}"
 
-    def block(self, after: int, plan: list[tuple[int, int]]) -> None:
+    def block(self, after: int, plan: list[tuple[int | str, int]]) -> None:
         """After ``after`` requests, answer the next requests per ``plan``: e.g.
         ``[(429, 5), (403, 5)]`` = five 429s then five 403s, then healthy again."""
         self.block_after, self.block_plan = after, list(plan)
 
-    def _blocked_status(self) -> int | None:
+    def _blocked_status(self) -> int | str | None:
         if self.block_after is None or self.served_total <= self.block_after:
             return None
         i = self.served_total - self.block_after
@@ -118,7 +120,10 @@ class RangeServer:
                     server.ranges.setdefault(name, []).append(self.headers.get("Range", ""))
                     server.sent_by_request.setdefault(name, []).append(0)
                     request_index = len(server.sent_by_request[name]) - 1
+                if blocked == "no_formats":
+                    return self._playlist_without_streams(head)
                 if blocked:
+                    assert isinstance(blocked, int)
                     return self._status(blocked, {"Retry-After": "1"} if blocked == 429 else None)
                 cookies = [c.strip() for c in self.headers.get("Cookie", "").split(";")]
                 if server.require_cookie and server.require_cookie not in cookies:
@@ -183,6 +188,15 @@ class RangeServer:
                             server.bytes_by_peer[self.client_address[:2]] += len(chunk)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # ffmpeg closes as soon as it has the bytes it wanted
+
+            def _playlist_without_streams(self, head: bool) -> None:
+                body = b"#EXTM3U\n#EXT-X-VERSION:3\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "application/vnd.apple.mpegurl")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
 
             def _status(self, code: int, headers: dict | None = None) -> None:
                 self.send_response(code)

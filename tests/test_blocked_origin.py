@@ -202,3 +202,26 @@ def test_a_download_in_its_backoff_hears_the_stop(tmp_path, served):
         timer.join()
     assert exc.value.kind == "blocked_session" and server.requests["v1.mp4"] >= 1
     assert took < 1.5 + 3, took  # the block's start + max_blocked + a poll, not the 30-60 s backoff
+
+
+@pytest.mark.slow
+def test_a_streak_of_no_formats_across_clips_is_a_block_and_loses_no_clip(tmp_path, served, ray_local):
+    """An origin that answers every video with a playlist of no streams for a while (real
+    yt-dlp: "No video formats found!", as a blocked YouTube source says): the governor
+    takes the streak across clips for a block and cools down, no clip is a permanent
+    failure, and --retry-failed ends with the whole key set."""
+    out = tmp_path / "shards"
+    governor = GOVERNOR.format(max_blocked=60.0) + "  suspect_streak: 2\n"
+    with RangeServer(served) as server:
+        server.block(after=4, plan=[("no_formats", 8)])
+        code = _run(tmp_path, server, out, governor=governor)
+        print("no-formats run:", _timeline(server))
+    downloads = json.loads((out / "manifest.json").read_text())["downloads"]
+    failures = _failures(out)
+    print("governor:", downloads, "failures:", failures)
+    assert code == 0 and downloads["blocks"].get("no_format", 0) >= 1 and downloads["cooldowns"] >= 1
+    assert all(transient for _, _, transient in failures), failures
+    if failures:
+        with RangeServer(served) as server:
+            assert _run(tmp_path, server, out, governor=governor, extra=["--retry-failed"]) == 0
+    assert _keys(out) == [f"{i}_000000" for i in IDS]

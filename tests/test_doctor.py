@@ -115,6 +115,8 @@ def test_proxy_schemes():
     assert proxy_check(None).status == OK
     socks = proxy_check("socks5://127.0.0.1:1080")
     assert socks.status == FAIL and "directly" in socks.detail
+    https = proxy_check("https://127.0.0.1:3129")
+    assert https.status == FAIL and "https://" in https.detail and "directly" in https.detail
 
 
 @pytest.mark.slow

@@ -58,7 +58,32 @@ FAST = DownloadConfig(socket_timeout=1.0, max_attempts=2, backoff_base=0.05)
             True,
         ),
         ("OSError: [Errno 30] Read-only file system: '/secrets/youtube/cookies.txt'", "local_io_error", True),
-        ("ERROR: [youtube] abc: Requested format is not available. Use --list-formats", "no_format", False),
+        # Suspects: a blocked source hears these on every video (yt-dlp 13583, 14095); the
+        # governor turns a streak across clips into a block, so none is a permanent loss.
+        (
+            "ERROR: [youtube] abc: Requested format is not available. Use --list-formats for a list of "
+            "available formats",
+            "no_format",
+            True,
+        ),
+        ("ERROR: [youtube] abc: No video formats found!", "no_format", True),
+        (
+            "ERROR: [youtube] abc: Video unavailable. This content isn't available.",
+            "content_unavailable",
+            True,
+        ),
+        (
+            "ERROR: [youtube] abc: Video unavailable. This content isn’t available.",
+            "content_unavailable",
+            True,
+        ),
+        (
+            "ERROR: [youtube] abc: All player responses are invalid. "
+            "Your IP is likely being blocked by Youtube",
+            "blocked_ip",
+            True,
+        ),
+        ("ERROR: [youtube] abc: Video unavailable. This video is unavailable", "unavailable", False),
         (
             "ERROR: [youtube] abc: Video unavailable. This video has been removed by the uploader",
             "removed",
@@ -347,12 +372,15 @@ def test_vggsound_csv_through_yt_dlp_then_retry_failed(tmp_path, served, ray_loc
 
 
 def test_options_that_would_not_take_effect_are_refused():
-    """SOCKS proxies are not handed to ffmpeg and ffmpeg ignores yt-dlp's ratelimit:
-    both would silently do nothing for section downloads, so preflight refuses them."""
+    """SOCKS proxies are not handed to ffmpeg, ffmpeg opens no TLS to an https:// proxy
+    (it goes straight to the media host) and ignores yt-dlp's ratelimit: each would
+    silently do nothing for section downloads, so preflight refuses them."""
     from avfusion.download import preflight
 
     assert preflight(DownloadConfig(proxy="http://127.0.0.1:3128")) == []
-    assert preflight(DownloadConfig(proxy="https://proxy.example:443")) == []
+    assert preflight(DownloadConfig(proxy="127.0.0.1:3128")) == []  # yt-dlp's default scheme: http
+    (https,) = preflight(DownloadConfig(proxy="https://proxy.example:443"))
+    assert "https://" in https and "bypass" in https
     (socks,) = preflight(DownloadConfig(proxy="socks5://127.0.0.1:1080"))
     assert "socks5://" in socks and "bypass" in socks
     (rate,) = preflight(DownloadConfig(rate_limit="2M"))
@@ -373,3 +401,29 @@ def test_remote_inputs_are_fetched_for_labelling(tmp_path, served):
     assert rows[0]["frames"].shape == (8, 32, 32, 3)
     missing = DecodeRows(ClipSpec(frame_size=32)).decode_file("memory://clips/none.mp4", "x", 1, 1)
     assert missing[0]["error_class"] == "fetch_error"
+
+
+def test_youtube_rejecting_the_account_cookies_stops_the_job_at_once(tmp_path):
+    """yt-dlp's warning (extractor/youtube/_base.py, after every request once the
+    account's cookies were rotated) stops every node; without cookies, or with another
+    warning, nothing stops."""
+    from avfusion.download import _RecordingLogger, stop_if_cookies_rejected
+    from avfusion.governor import Governor, SourceBlocked
+
+    logger = _RecordingLogger()
+    logger.warning("WARNING: [youtube] Falling back to generic n function search")
+    with_cookies = DownloadConfig(cookies=str(tmp_path / "cookies.txt"))
+    governor = Governor()
+    stop_if_cookies_rejected(with_cookies, logger.warnings, governor, "a")
+    assert governor.stop_kind() is None
+    logger.warning(
+        "WARNING: [youtube] The provided YouTube account cookies are no longer valid. They have likely "
+        "been rotated in the browser as a security measure. For tips on how to effectively export "
+        "YouTube cookies, refer to  "
+        "https://github.com/yt-dlp/yt-dlp/wiki/Extractors#exporting-youtube-cookies ."
+    )
+    stop_if_cookies_rejected(DownloadConfig(), logger.warnings, governor, "a")  # a guest: not ours
+    assert governor.stop_kind() is None
+    with pytest.raises(SourceBlocked, match="cookies_invalid"):
+        stop_if_cookies_rejected(with_cookies, logger.warnings, governor, "a")
+    assert governor.stop_kind() == "cookies_invalid" and governor.acquire("b")[0] == "stop"

@@ -132,7 +132,7 @@ def test_governor_spacing_is_measured_at_the_origin(tmp_path, served):
 
 
 @pytest.mark.slow
-def test_preprocess_refuses_socks_and_rate_limit_before_any_download(tmp_path, served, capsys):
+def test_preprocess_refuses_socks_https_proxies_and_rate_limit_before_any_download(tmp_path, served, capsys):
     from jobs import preprocess
 
     csv = tmp_path / "vggsound.csv"
@@ -140,7 +140,10 @@ def test_preprocess_refuses_socks_and_rate_limit_before_any_download(tmp_path, s
     with RangeServer(served) as server:
         base = [str(csv), "--out", str(tmp_path / "out"), "--url-template", server.url("{id}.mp4")]
         assert preprocess.main([*base, "--proxy", "socks5://127.0.0.1:1080"]) == 2
-        assert "socks5:// is not handed to ffmpeg" in capsys.readouterr().err
+        assert "socks5:// does not carry ffmpeg's media transfer" in capsys.readouterr().err
+        assert preprocess.main([*base, "--proxy", "https://127.0.0.1:3129"]) == 2
+        err = capsys.readouterr().err
+        assert "https:// does not carry ffmpeg's media transfer" in err and len(err.strip().splitlines()) == 1
         assert preprocess.main([*base, "--rate-limit", "2M"]) == 2
         assert "--downloads-per-hour" in capsys.readouterr().err
         assert server.log == []  # nothing was fetched

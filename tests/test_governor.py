@@ -96,6 +96,38 @@ def test_a_single_403_is_not_a_block_but_a_streak_is():
     assert g.acquire("a", now=6.0)[0] == "wait"
 
 
+@pytest.mark.parametrize("kind", ["content_unavailable", "no_format"])
+def test_a_suspect_answer_is_the_clip_s_but_a_streak_across_clips_is_a_block(kind):
+    g = Governor(GovernorConfig(min_spacing=0.0, suspect_streak=3, cooldown_start=60.0), seed=0)
+    for t in range(5):  # one clip's retries, however many, are one clip
+        g.report("a", kind, now=float(t), clip="v0")
+    g.report("a", kind, now=5.0, clip="v1")
+    assert g.acquire("a", now=6.0)[0] == "go"
+    g.report("a", None, now=6.0)  # a success breaks the streak
+    g.report("a", kind, now=7.0, clip="v2")
+    g.report("a", kind, now=8.0, clip="v3")
+    g.report("b", kind, now=8.0, clip="v4")  # another node's answers are its own
+    assert g.acquire("a", now=9.0)[0] == "go"
+    g.report("a", kind, now=9.0, clip="v4")
+    verdict, wait = g.acquire("a", now=10.0)
+    assert verdict == "wait" and wait == pytest.approx(59.0)
+    assert g.stats(now=10.0)["blocks"] == {kind: 1} and g.stats(now=10.0)["blocked_nodes"] == ["a"]
+    assert g.acquire("a", now=70.0)[0] == "go"  # the probe
+    g.report("a", kind, now=70.0, clip="v9")  # answered the same way: still blocked, longer
+    verdict, wait = g.acquire("a", now=71.0)
+    assert verdict == "wait" and wait == pytest.approx(119.0)
+
+
+def test_rejected_cookies_stop_every_node_at_once():
+    g = Governor(CFG, seed=0)
+    assert g.acquire("a", now=0.0)[0] == "go"
+    g.report("a", "cookies_invalid", now=0.0)
+    assert g.acquire("b", now=1.0) == ("stop", 0.0)
+    assert g.stop_kind() == "cookies_invalid" and g.stats(now=1.0)["stopped"] == "cookies_invalid"
+    with pytest.raises(SourceBlocked, match="cookies_invalid"):
+        wait_for_turn(g, "a", sleep=lambda s: None)
+
+
 def test_threads_share_one_governor_and_never_exceed_the_budget():
     g = Governor(GovernorConfig(per_node_per_hour=3600 * 20, min_spacing=0.05, jitter=0.0), seed=0)
     granted: list[float] = []

@@ -15,7 +15,7 @@ from jobs import demo, evaluate, label, preprocess, train
 
 GOVERNOR_KEYS = (
     "['cooldown_max', 'cooldown_start', 'forbidden_streak', 'global_per_hour', 'global_spacing', "
-    "'jitter', 'max_blocked', 'min_spacing', 'per_node_per_hour', 'window']"
+    "'jitter', 'max_blocked', 'min_spacing', 'per_node_per_hour', 'suspect_streak', 'window']"
 )
 SECTIONS = "['clip', 'download', 'limits', 'preprocess', 'governor', 'train']"
 
