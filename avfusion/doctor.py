@@ -1,9 +1,10 @@
 """`avfusion doctor`: check what the jobs need before a long run, each line with its fix.
 
-Node-local checks (``local_checks``: ffmpeg and yt-dlp's section path, the JS runtime
-and challenge solver YouTube needs, the cookies file, the proxy scheme, GPUs, the
-ImageNet weights file) run here, or on every node of a Ray cluster (``--address``,
-one task per node through ``avfusion.executor.ray_doctor``: nodes differ). The output
+Node-local checks (``local_checks``: the ffmpeg yt-dlp runs and its section path, the
+FFmpeg libraries PyAV decodes with, the JS runtime and challenge solver YouTube needs,
+the cookies file, the proxy scheme, GPUs, the ImageNet weights file) run here, or on
+every node of a Ray cluster (``--address``, one task per node through
+``avfusion.executor.ray_doctor``: nodes differ). The output
 URL's object store is checked once (credentials, endpoint, head of the bucket).
 Each check is OK, WARN (works, but worse than it could) or FAIL (a job would fail).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ class DoctorOptions:
 
 def local_checks(opts: DoctorOptions) -> list[Check]:
     """Everything that depends on the machine it runs on."""
-    checks = ffmpeg_checks(opts.ffmpeg) + [js_check(opts.js_runtimes)]
+    checks = ffmpeg_checks(opts.ffmpeg) + [pyav_check(), js_check(opts.js_runtimes)]
     if opts.cookies:
         checks += cookie_checks(opts.cookies)
     checks.append(proxy_check(opts.proxy))
@@ -57,21 +59,43 @@ def local_checks(opts: DoctorOptions) -> list[Check]:
     return checks
 
 
+# ffmpeg releases (major, minor) whose section downloads fail, and why.
+SECTIONS_BROKEN = {
+    (8, 1): "8.1 breaks yt-dlp's section downloads (yt-dlp issue 16546: 403s, hangs, corrupt input)",
+}
+_RELEASE = re.compile(r"ffmpeg version n?(\d{1,2})\.(\d{1,2})(?:\.(\d{1,3}))?(?![\d.])")
+_WHEEL = "the imageio-ffmpeg wheel's"
+
+
+def ffmpeg_release(banner: str) -> tuple[int, int, int] | None:
+    """The release named by ``ffmpeg -version``'s first line (``ffmpeg version 8.1-1ubuntu1 …``
+    → (8, 1, 0)); None for builds from git (``N-12345-gabc``) or dated snapshots, which name none."""
+    m = _RELEASE.match(banner.strip())
+    return (int(m[1]), int(m[2]), int(m[3] or 0)) if m else None
+
+
 def ffmpeg_checks(configured: str | None = None) -> list[Check]:
-    """The binary yt-dlp will be handed, what sections need of it (https/tls inputs,
-    ``-rw_timeout``, ``-request_size``), and that yt-dlp takes its section path."""
+    """The binary yt-dlp will be handed and where it comes from, what sections need of it
+    (a release that does not break them, https/tls inputs, ``-rw_timeout``,
+    ``-request_size``), and that yt-dlp takes its section path."""
     from avfusion.download import ffmpeg_executable
 
     fix = (
         "install ffmpeg >= 4.4 with TLS (apt install ffmpeg), or pip install imageio-ffmpeg, "
-        "or set download.ffmpeg"
+        "or pass --ffmpeg PATH"
     )
     try:
         exe = ffmpeg_executable(configured)
-        version = _run([exe, "-hide_banner", "-version"]).splitlines()[0]
+        banner = _ffmpeg_banner(exe)
     except (OSError, subprocess.SubprocessError, IndexError, ImportError) as exc:
         return [Check("ffmpeg", FAIL, f"not runnable: {exc}", fix)]
-    checks = [Check("ffmpeg", OK, f"{version.split(' Copyright')[0]} at {exe}")]
+    if configured:
+        origin = "given with --ffmpeg"
+    elif exe == shutil.which("ffmpeg"):
+        origin = "first on PATH"
+    else:
+        origin = _WHEEL
+    checks = [_release_check(exe, banner, origin)]
     protocols = _run([exe, "-hide_banner", "-protocols"]).split("Output:")[0].split()
     missing = [p for p in ("http", "https", "tls") if p not in protocols]
     checks.append(
@@ -96,6 +120,59 @@ def ffmpeg_checks(configured: str | None = None) -> list[Check]:
     return checks
 
 
+def _release_check(exe: str, banner: str, origin: str) -> Check:
+    """The ffmpeg line: which binary, from where; WARN on a release that breaks sections,
+    or when PATH's ffmpeg is older than the imageio-ffmpeg wheel's it shadows."""
+    release = ffmpeg_release(banner)
+    detail = f"yt-dlp runs {_short(banner)} at {exe} ({origin})"
+    wheel, wheel_banner = _wheel_ffmpeg(exe) if origin != _WHEEL else (None, None)
+    wheel_release = ffmpeg_release(wheel_banner) if wheel_banner else None
+    wheel_fine = wheel_banner is not None and (wheel_release or (0, 0))[:2] not in SECTIONS_BROKEN
+    use_wheel = f"pass --ffmpeg {wheel} to preprocess ({_WHEEL} {_short(wheel_banner or '')})"
+    shadows = origin == "first on PATH" and wheel_banner is not None
+    if shadows:
+        detail += f", which shadows {_WHEEL} {_short(wheel_banner or '')}"
+    if release and release[:2] in SECTIONS_BROKEN:
+        return Check(
+            "ffmpeg",
+            WARN,
+            f"{detail}; {SECTIONS_BROKEN[release[:2]]}",
+            use_wheel
+            if wheel_fine
+            else f"install an ffmpeg release other than {release[0]}.{release[1]} and "
+            "pass --ffmpeg PATH to preprocess",
+        )
+    if shadows and wheel_fine and release and wheel_release and release < wheel_release:
+        return Check("ffmpeg", WARN, f"{detail}, a newer release", use_wheel)
+    return Check("ffmpeg", OK, detail)
+
+
+def _short(banner: str) -> str:
+    return banner.replace("ffmpeg version ", "ffmpeg ", 1)
+
+
+def _ffmpeg_banner(exe: str) -> str:
+    """``ffmpeg version …`` without the copyright; raises when ``exe`` cannot run."""
+    return _run([exe, "-hide_banner", "-version"]).splitlines()[0].split(" Copyright")[0]
+
+
+def _wheel_ffmpeg(exe: str) -> tuple[str | None, str | None]:
+    """The imageio-ffmpeg wheel's binary and its banner, when it is another file than ``exe``
+    and runs; (path or None, None) otherwise."""
+    try:
+        import imageio_ffmpeg
+
+        wheel = imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):  # not installed, or no binary for this platform
+        return None, None
+    if os.path.realpath(wheel) == os.path.realpath(exe):
+        return wheel, None
+    try:
+        return wheel, _ffmpeg_banner(wheel)
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return wheel, None
+
+
 def _section_path_check(exe: str) -> Check:
     from avfusion.download import sections_use_ffmpeg
 
@@ -106,7 +183,25 @@ def _section_path_check(exe: str) -> Check:
         "yt-dlp hands section downloads to this ffmpeg"
         if available
         else "yt-dlp would not use ffmpeg: every section download fails ('ffmpeg is not installed')",
-        "point download.ffmpeg at a working ffmpeg binary",
+        "pass --ffmpeg PATH of a working ffmpeg binary",
+    )
+
+
+def pyav_check() -> Check:
+    """The FFmpeg libraries PyAV decodes clips with: its own, not the binary yt-dlp runs."""
+    try:
+        import av
+    except ImportError as exc:
+        return Check("pyav", FAIL, f"not importable: {exc}", "pip install av")
+    libs = av.library_versions
+    named = ", ".join(
+        f"{lib} {'.'.join(map(str, libs[lib]))}" for lib in ("libavformat", "libavcodec") if lib in libs
+    )
+    return Check(
+        "pyav",
+        OK,
+        f"PyAV {av.__version__} decodes clips with FFmpeg {getattr(av, 'ffmpeg_version_info', '?')} "
+        f"libraries ({named}), not the ffmpeg binary yt-dlp runs",
     )
 
 

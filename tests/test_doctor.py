@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from avfusion.doctor import FAIL, OK, WARN, cookie_checks, proxy_check
+from avfusion.doctor import (
+    FAIL,
+    OK,
+    WARN,
+    cookie_checks,
+    ffmpeg_checks,
+    ffmpeg_release,
+    proxy_check,
+    pyav_check,
+)
 from avfusion.download import js_runtime_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +55,10 @@ def test_doctor_on_this_machine(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert {
         k: by_name[k]
-        for k in ("ffmpeg", "ffmpeg proto", "ffmpeg opts", "section path", "js solver", "output")
-    } == dict.fromkeys(("ffmpeg", "ffmpeg proto", "ffmpeg opts", "section path", "js solver", "output"), OK)
+        for k in ("ffmpeg", "ffmpeg proto", "ffmpeg opts", "section path", "pyav", "js solver", "output")
+    } == dict.fromkeys(
+        ("ffmpeg", "ffmpeg proto", "ffmpeg opts", "section path", "pyav", "js solver", "output"), OK
+    )
     assert lines[-1] == "doctor: OK"
 
 
@@ -67,6 +78,141 @@ def test_doctor_fails_when_the_js_runtime_is_hidden(tmp_path):
     assert js_line.startswith(FAIL) and "runtime none" in js_line, result.stdout + result.stderr
     assert "pip install 'yt-dlp[default,deno]'" in result.stdout
     assert result.returncode == 1 and result.stdout.splitlines()[-1].startswith("doctor: FAIL")
+
+
+@pytest.mark.parametrize(
+    ("banner", "release"),
+    [
+        ("ffmpeg version 8.1 Copyright (c) 2000-2026 the FFmpeg developers", (8, 1, 0)),
+        ("ffmpeg version 8.1.1", (8, 1, 1)),
+        ("ffmpeg version 8.1-1ubuntu1 Copyright (c) 2000-2026", (8, 1, 0)),
+        ("ffmpeg version n8.1 Copyright (c) 2000-2026", (8, 1, 0)),
+        ("ffmpeg version 6.1.1-3ubuntu5 Copyright (c) 2000-2023", (6, 1, 1)),
+        ("ffmpeg version 5.1.6-0+deb12u1 Copyright", (5, 1, 6)),
+        ("ffmpeg version 4.4-static https://johnvansickle.com/ffmpeg/", (4, 4, 0)),
+        ("ffmpeg version 7.0-full_build-www.gyan.dev Copyright", (7, 0, 0)),
+        ("ffmpeg version n9.0.2-17-g2a571b6068-20260930 Copyright", (9, 0, 2)),  # a release branch
+        ("ffmpeg version 8.10.1", (8, 10, 1)),
+        ("ffmpeg version N-12345-gabc1234 Copyright", None),  # git master: no release
+        ("ffmpeg version N-118000-g1234abcd-static https://johnvansickle.com/ffmpeg/", None),
+        ("ffmpeg version 2024-04-01-git-7bf85d2d3a-full_build-www.gyan.dev", None),
+        ("ffmpeg version git-2020-08-31-4a11a6f", None),
+        ("ffmpeg version 8.1.git", None),
+        ("ffmpeg version 81.0", (81, 0, 0)),  # not read as 8.1
+        ("avconv version 8.1", None),
+        ("", None),
+    ],
+)
+def test_ffmpeg_release_from_the_banner(banner, release):
+    assert ffmpeg_release(banner) == release
+
+
+def test_pyav_line_names_the_libraries_pyav_loaded():
+    import av
+
+    check = pyav_check()
+    major, minor, micro = av.library_versions["libavformat"]
+    assert check.status == OK
+    assert f"PyAV {av.__version__} " in check.detail and f"FFmpeg {av.ffmpeg_version_info} " in check.detail
+    assert (
+        f"libavformat {major}.{minor}.{micro}" in check.detail
+        and "not the ffmpeg binary yt-dlp runs" in check.detail
+    )
+
+
+def _fake_ffmpeg(folder: Path, version: str) -> Path:
+    """An ``ffmpeg`` that answers what doctor and yt-dlp ask with a chosen version banner."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / "ffmpeg"
+    exe.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in\n'
+        f'  *" -version "*|*" -bsfs "*) echo "ffmpeg version {version} Copyright (c) 2000-2026 the FFmpeg '
+        'developers" ;;\n'
+        '  *" -protocols "*) printf \'Supported file protocols:\\nInput:\\n  file\\n  http\\n  https\\n'
+        "  tls\\nOutput:\\n  file\\n' ;;\n"
+        '  *" -h "*) echo "-rw_timeout <int64> -request_size <int>" ;;\n'
+        "esac\n"
+    )
+    exe.chmod(0o755)
+    return exe
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("where", "version", "wheel_version", "status", "says", "fix"),
+    [
+        (
+            "path",
+            "8.1-1ubuntu1",
+            None,
+            WARN,
+            "; 8.1 breaks yt-dlp's section downloads (yt-dlp issue 16546",
+            "pass --ffmpeg {wheel} to preprocess (the imageio-ffmpeg wheel's ffmpeg ",
+        ),
+        ("given", "n8.1.1", None, WARN, "(given with --ffmpeg); 8.1 breaks", "pass --ffmpeg {wheel} "),
+        ("path", "8.1", "8.1.2", WARN, "issue 16546", "install an ffmpeg release other than 8.1"),
+        (
+            "path",
+            "6.1.1-3ubuntu5",
+            None,
+            WARN,
+            "(first on PATH), which shadows the imageio-ffmpeg wheel's ffmpeg ",
+            "pass --ffmpeg {wheel} ",
+        ),
+        (
+            "path",
+            "N-12345-gabc1234",
+            None,
+            OK,
+            "(first on PATH), which shadows the imageio-ffmpeg wheel's",
+            "",
+        ),
+        ("path", "99.0", None, OK, "(first on PATH), which shadows the imageio-ffmpeg wheel's", ""),
+        ("given", "6.1.1", None, OK, "at {exe} (given with --ffmpeg)", ""),
+        ("none", None, None, OK, "at {wheel} (the imageio-ffmpeg wheel's)", ""),
+        (
+            "none",
+            None,
+            "8.1.2",
+            WARN,
+            "at {wheel} (the imageio-ffmpeg wheel's); 8.1 breaks",
+            "other than 8.1",
+        ),
+    ],
+)
+def test_ffmpeg_line_names_the_binary_its_origin_and_a_release_that_breaks_sections(
+    tmp_path, monkeypatch, where, version, wheel_version, status, says, fix
+):
+    """A fake ffmpeg first on PATH, given as --ffmpeg, or none on PATH; the wheel's
+    binary is the installed one, or a fake 8.1 through imageio-ffmpeg's own override."""
+    import imageio_ffmpeg
+
+    if wheel_version:
+        monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(_fake_ffmpeg(tmp_path / "wheel", wheel_version)))
+    else:
+        monkeypatch.delenv("IMAGEIO_FFMPEG_EXE", raising=False)
+    wheel = imageio_ffmpeg.get_ffmpeg_exe()
+    exe = _fake_ffmpeg(tmp_path / "bin", version) if version else None
+    # PATH keeps /bin for the fake's sh, without the folder of any real ffmpeg.
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/bin" if where == "path" else "/bin")
+    assert not Path("/bin/ffmpeg").exists()
+    checks = ffmpeg_checks(str(exe) if where == "given" else None)
+    line = checks[0]
+    assert (line.name, line.status) == ("ffmpeg", status), line
+    assert says.format(exe=exe, wheel=wheel) in line.detail, line
+    if version:
+        assert line.detail.startswith(f"yt-dlp runs ffmpeg {version} at {exe} "), line
+    assert ("16546" in line.detail) == (status == WARN and "8.1" in (version or wheel_version or "")), line
+    assert fix.format(wheel=wheel) in line.fix if fix else status == OK, line
+    assert ("shadows" in line.detail) == (where == "path"), line
+    assert line.detail.endswith(", a newer release") == (version == "6.1.1-3ubuntu5"), line
+    # The fake answers as a usable ffmpeg: only the ffmpeg line tells the cases apart.
+    assert [(c.name, c.status) for c in checks[1:]] == [
+        ("ffmpeg proto", OK),
+        ("ffmpeg opts", OK),
+        ("section path", OK),
+    ]
 
 
 def _cookie_file(path: Path, rows: list[tuple[str, str, int]]) -> Path:
