@@ -25,6 +25,7 @@ sanitised per attempt, and with cookies the media goes through a loopback relay
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import re
@@ -482,11 +483,12 @@ def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLo
                     **args,
                     "ffmpeg_i": [*args["ffmpeg_i"], "-http_proxy", ""],
                 }
-            with yt_dlp.YoutubeDL(opts) as ydl:
+            with _recording_ydl()(opts) as ydl:
                 if opts.get("cookiefile"):
                     _download_through_relay(ydl, url)
                 else:
-                    ydl.download([url])
+                    with _asking_the_media_host_why(lambda: _media_refusal(ydl, ydl.media)):
+                        ydl.download([url])
     except (yt_dlp.utils.YoutubeDLError, OSError) as exc:
         partial = any(p.name.endswith(".part") for p in workdir.iterdir())
         name = "" if isinstance(exc, yt_dlp.utils.YoutubeDLError) else f"{type(exc).__name__}: "
@@ -502,6 +504,61 @@ def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLo
         # and no packets: the transfer was cut, the clip is not at fault.
         raise _Failed("yt-dlp wrote a file without media packets (truncated download)")
     return outputs[0]
+
+
+@functools.cache
+def _recording_ydl() -> type:
+    """``YoutubeDL`` remembering the media each transfer was handed (``dl`` is where
+    yt-dlp gives a format to its downloader): yt-dlp runs ffmpeg with ``-loglevel
+    quiet``, so a refused transfer says only "ffmpeg exited with code 8"."""
+    import yt_dlp
+
+    class RecordingYoutubeDL(yt_dlp.YoutubeDL):
+        media: list[dict[str, Any]] = []
+
+        def dl(self, name: str, info: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            self.media = [f for f in info.get("requested_formats") or [info] if f.get("url")]
+            return super().dl(name, info, *args, **kwargs)
+
+    return RecordingYoutubeDL
+
+
+@contextlib.contextmanager
+def _asking_the_media_host_why(refusal: Callable[[], int | None]) -> Iterator[None]:
+    """When ffmpeg's transfer fails, learn the media host's answer (``refusal``: a 403
+    or 429, or None): a block of the source is raised as such, instead of an anonymous
+    ffmpeg exit code."""
+    import yt_dlp
+
+    try:
+        yield
+    except yt_dlp.utils.DownloadError as exc:
+        if "ffmpeg exited with code" in str(exc):
+            status = refusal()
+            if status:
+                raise _Failed(
+                    f"the media host answered HTTP Error {status} to a ranged request ({exc})"
+                ) from exc
+        raise
+
+
+def _media_refusal(ydl: Any, formats: list[dict[str, Any]]) -> int | None:
+    """The first 403/429 the media host gives a one-byte ranged request for ``formats``,
+    asked as ffmpeg asked (same URL and headers; yt-dlp's proxy and cookies)."""
+    from yt_dlp.networking import Request
+    from yt_dlp.networking.exceptions import HTTPError, RequestError
+
+    for f in formats:
+        headers = {**(f.get("http_headers") or {}), "Range": "bytes=0-0"}
+        try:
+            ydl.urlopen(Request(f["url"], headers=headers)).close()
+        except HTTPError as exc:
+            exc.close()
+            if exc.status in (403, 429):
+                return int(exc.status)
+        except (RequestError, OSError):
+            return None  # the host did not answer: the transfer's own classification stands
+    return None
 
 
 def _download_through_relay(ydl: Any, url: str) -> None:
@@ -532,7 +589,7 @@ def _download_through_relay(ydl: Any, url: str) -> None:
         jar.set_cookie(cookie)
     ydl.cookiejar.clear()
     try:
-        with _MediaRelay(ydl, jar) as relay:
+        with _MediaRelay(ydl, jar) as relay, _asking_the_media_host_why(lambda: relay.refused):
             _relayed_download(ydl, info, relay)
     finally:
         for cookie in jar:  # with what the media host set: saved to the private copy on close
@@ -576,6 +633,7 @@ class _MediaRelay:
 
         self.ydl, self.jar = ydl, jar
         self.targets: dict[str, str] = {}
+        self.refused: int | None = None  # the media host's last 403/429
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
@@ -633,6 +691,8 @@ class _MediaRelay:
                     response = relay.ydl.urlopen(request)
                 except HTTPError as exc:
                     exc.close()
+                    if exc.status in (403, 429):
+                        relay.refused = exc.status
                     return self._status(exc.status)
                 except (RequestError, OSError):
                     return self._status(502)

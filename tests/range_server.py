@@ -17,7 +17,9 @@ healthy again (``block_plan``). ``require_cookie`` answers 403 to any request wh
 ``rotate_cookie`` (a name) sets ``NAME=rot-N`` on the response to the N-th request, as
 hosts that rotate a session cookie do. A plan's status ``"no_formats"`` answers 200 with
 an HLS playlist that lists no stream, so real yt-dlp says "No video formats found!", as
-a blocked YouTube source hears on every video.
+a blocked YouTube source hears on every video. ``refuse_ranged(status, n)`` answers
+``status`` to the next ``n`` requests that carry a Range header (the media transfer,
+not the extractor's first look), as YouTube's media host blocks.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class RangeServer:
         self.block_after: int | None = None
         self.require_cookie: str | None = None
         self.rotate_cookie: str | None = None
+        self.ranged_refusals: list[int] = []  # statuses for the next ranged requests, in order
         self.served_total = 0
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -62,6 +65,9 @@ class RangeServer:
         """After ``after`` requests, answer the next requests per ``plan``: e.g.
         ``[(429, 5), (403, 5)]`` = five 429s then five 403s, then healthy again."""
         self.block_after, self.block_plan = after, list(plan)
+
+    def refuse_ranged(self, status: int, n: int) -> None:
+        self.ranged_refusals = [status] * n
 
     def _blocked_status(self) -> int | str | None:
         if self.block_after is None or self.served_total <= self.block_after:
@@ -106,6 +112,8 @@ class RangeServer:
                 with server.lock:
                     server.served_total += 1
                     blocked = server._blocked_status()
+                    if not blocked and self.headers.get("Range") and server.ranged_refusals:
+                        blocked = server.ranged_refusals.pop(0)
                     server.log.append(
                         {
                             "t": time.time(),

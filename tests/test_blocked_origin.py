@@ -225,3 +225,26 @@ def test_a_streak_of_no_formats_across_clips_is_a_block_and_loses_no_clip(tmp_pa
         with RangeServer(served) as server:
             assert _run(tmp_path, server, out, governor=governor, extra=["--retry-failed"]) == 0
     assert _keys(out) == [f"{i}_000000" for i in IDS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("status, kind", [(403, "blocked_forbidden"), (429, "blocked_rate_limit")])
+def test_a_media_host_that_refuses_only_the_transfer_is_a_block(tmp_path, served, ray_local, status, kind):
+    """The extractor's request goes through, the media host refuses ffmpeg's ranged
+    requests (ffmpeg, run quietly, says only "exited with code 8"): the refusal is asked
+    for, named as the block it is, and cools the node down; nothing is lost."""
+    out = tmp_path / "shards"
+    with RangeServer(served) as server:
+        server.refuse_ranged(status, 6)
+        code = _run(tmp_path, server, out)
+        print(f"{status} on ranged requests:", _timeline(server))
+    downloads = json.loads((out / "manifest.json").read_text())["downloads"]
+    failures = _failures(out)
+    print("governor:", downloads, "failures:", failures)
+    assert code == 0 and downloads["blocks"].get(kind, 0) >= 1 and downloads["cooldowns"] >= 1
+    assert set(downloads["blocks"]) == {kind}, downloads["blocks"]
+    assert all(transient and k == kind for _, k, transient in failures), failures
+    if failures:
+        with RangeServer(served) as server:
+            assert _run(tmp_path, server, out, extra=["--retry-failed"]) == 0
+    assert _keys(out) == [f"{i}_000000" for i in IDS]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from avfusion.config import ClipSpec
-from avfusion.download import DownloadConfig, download_section
+from avfusion.download import DownloadConfig, DownloadError, download_section
 from avfusion.governor import Governor, GovernorConfig
 from avfusion.preprocess.shard import PreprocessConfig, process_shard
 from avfusion.sources import ClipTask
@@ -162,3 +162,29 @@ def test_preprocess_stops_before_downloading_youtube_without_a_solver(tmp_path, 
     (line,) = [x for x in captured.err.splitlines() if x.strip()]
     assert "pip install 'yt-dlp[default,deno]'" in line and "--allow-no-solver" in line
     assert not (tmp_path / "out").exists()  # stopped before anything was planned or fetched
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_cookies", [False, True], ids=["ffmpeg", "cookie-relay"])
+@pytest.mark.parametrize("status, kind", [(403, "blocked_forbidden"), (429, "blocked_rate_limit")])
+def test_a_media_host_refusing_the_transfer_is_named_as_the_block(
+    tmp_path, served, with_cookies, status, kind
+):
+    """ffmpeg runs quietly and says only "exited with code 8": the media host's own
+    answer is asked for (straight, or as the cookie relay saw it) and names the block."""
+    cookies = None
+    if with_cookies:
+        cookies = tmp_path / "cookies.txt"
+        cookies.write_text(COOKIES)
+    cfg = DownloadConfig(cookies=str(cookies) if cookies else None, socket_timeout=2.0, max_attempts=1)
+    (tmp_path / "work").mkdir()
+    with RangeServer(served, host=COOKIE_HOST, port=80) as server:
+        server.refuse_ranged(status, 100)
+        task = ClipTask(key="c2", source=server.url("c2.mp4"), start=1.0)
+        with pytest.raises(DownloadError) as exc:
+            download_section(task, ClipSpec(), cfg, tmp_path / "work")
+        ranged = [r for r in server.log if r["headers"].get("Range")]
+    print(exc.value.kind, exc.value.message)
+    assert exc.value.kind == kind and exc.value.transient
+    assert f"media host answered HTTP Error {status}" in exc.value.message
+    assert 1 <= len(ranged) <= 3  # ffmpeg's request, and at most one question per format
