@@ -300,14 +300,14 @@ def cookie_checks(url: str) -> list[Check]:
 def proxy_check(proxy: str | None) -> Check:
     if not proxy:
         return Check("proxy", OK, "none: downloads go out from each node's own address")
-    scheme = proxy.split("://", 1)[0].lower() if "://" in proxy else "http"
-    if scheme == "http":
+    scheme = proxy.split("://", 1)[0] if "://" in proxy else "http"
+    if scheme == "http":  # ffmpeg reads the scheme case-sensitively: HTTP:// goes around it
         return Check("proxy", OK, "http:// carries yt-dlp's requests and ffmpeg's media transfer")
     return Check(
         "proxy",
         FAIL,
         f"{scheme}:// does not carry ffmpeg's media transfer: the media would go out directly",
-        "use an http:// proxy (run privoxy or gost in front of a SOCKS or https:// proxy)",
+        "use an http:// proxy, in lower case (run privoxy or gost in front of a SOCKS or https:// proxy)",
     )
 
 

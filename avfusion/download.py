@@ -394,13 +394,14 @@ def preflight(cfg: DownloadConfig) -> list[str]:
     """Options that would silently not take effect on section downloads (ffmpeg does
     the transfer): each a one-line error with what to use instead."""
     errors = []
-    # yt-dlp hands ffmpeg only http(s):// proxies, and ffmpeg (9.0) opens no TLS to a
-    # proxy: with an https:// one it connects straight to the media host.
-    if cfg.proxy and "://" in cfg.proxy and not cfg.proxy.lower().startswith("http://"):
+    # yt-dlp hands ffmpeg only http(s):// proxies; ffmpeg (9.0) opens no TLS to a proxy
+    # and reads its scheme case-sensitively: with https:// or HTTP:// it connects straight
+    # to the media host.
+    if cfg.proxy and "://" in cfg.proxy and not cfg.proxy.startswith("http://"):
         errors.append(
             f"proxy {cfg.proxy.split('://')[0]}:// does not carry ffmpeg's media transfer, so the "
-            "media bytes would bypass it; use an http:// proxy (e.g. privoxy or gost in front of "
-            "a SOCKS or https:// one)"
+            "media bytes would bypass it; use an http:// proxy, spelled in lower case (e.g. privoxy "
+            "or gost in front of a SOCKS or https:// one)"
         )
     if cfg.rate_limit:
         errors.append(
@@ -533,7 +534,7 @@ def _asking_the_media_host_why(refusal: Callable[[], int | None]) -> Iterator[No
     try:
         yield
     except yt_dlp.utils.DownloadError as exc:
-        if "ffmpeg exited with code" in str(exc):
+        if re.search(r"ffmpeg exited with code 8\b", str(exc)):  # 8: an HTTP error answered
             status = refusal()
             if status:
                 raise _Failed(
@@ -551,14 +552,19 @@ def _media_refusal(ydl: Any, formats: list[dict[str, Any]]) -> int | None:
     for f in formats:
         headers = {**(f.get("http_headers") or {}), "Range": "bytes=0-0"}
         try:
-            ydl.urlopen(Request(f["url"], headers=headers)).close()
+            request = Request(f["url"], headers=headers, extensions={"timeout": _PROBE_TIMEOUT})
+            ydl.urlopen(request).close()
         except HTTPError as exc:
             exc.close()
             if exc.status in (403, 429):
                 return int(exc.status)
-        except (RequestError, OSError):
-            return None  # the host did not answer: the transfer's own classification stands
+        except (RequestError, OSError, ValueError):
+            return None  # no answer, or no URL to ask: the transfer's own classification stands
     return None
+
+
+# The host has just answered ffmpeg: an answer that takes longer is no answer.
+_PROBE_TIMEOUT = 5.0
 
 
 def _download_through_relay(ydl: Any, url: str) -> None:
@@ -772,7 +778,7 @@ def download_section(
                     )
             message = redact(message)
             if governor is not None:
-                governor.report(node, kind, clip=task.key)
+                governor.report(node, kind, clip=task.source)
             if not transient or attempt == cfg.max_attempts:
                 raise DownloadError(kind, transient, message, attempt, logger.warnings) from None
             if governor is None or kind not in BLOCK_KINDS:  # a block's wait is the governor's

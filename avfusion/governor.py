@@ -16,11 +16,13 @@ governor first (``acquire``) and tells it how it went (``report``):
   video is YouTube talking to us) lifts the block; a probe that is blocked again
   starts the next, longer cooldown. When every known node is blocked, nodes not yet
   seen wait too (the block is then the account's, not an address's). A 403 counts as
-  a block only after ``forbidden_streak`` in a row (one 403 may be one video's).
+  a block only after ``forbidden_streak`` clips in a row (one 403 may be one video's).
 - **Blocks in disguise.** YouTube answers a blocked source with messages that also
   describe one broken video ("This content isn't available.", "Requested format is not
-  available"): one such answer is the clip's, ``suspect_streak`` of them in a row from
-  distinct clips is the source's, and blocks it like any other block.
+  available"): one such answer is the clip's, ``suspect_streak`` of them (either kind) in a
+  row from distinct clips is the source's, and blocks it like any other block. A clip whose
+  answers made a block (its retries) cannot fail the probe that follows: only another
+  clip's answer can.
 - **Rejected cookies.** When YouTube says the account's cookies are no longer valid,
   waiting does not help (they must be exported again): the job stops at once.
 - **Stop.** When one block has lasted ``max_blocked`` seconds the governor answers
@@ -34,6 +36,7 @@ Time is read inside (``clock``) or passed in (``now``) by tests.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -107,8 +110,8 @@ class _Node:
     blocked_until: float = 0.0
     level: int = 0
     probing: bool = False
-    streak: dict[str, int] = field(default_factory=dict)
-    suspects: dict[str, set[str]] = field(default_factory=dict)  # kind → clips in the current streak
+    streaks: dict[str, set[str]] = field(default_factory=dict)  # "forbidden"/"suspect" → clips in a row
+    culprits: set[str] = field(default_factory=set)  # the clips whose answers made the current block
 
 
 class _Stats(TypedDict):
@@ -135,6 +138,7 @@ class Governor:
         self._next_global = 0.0
         self._stopped: tuple[str, float] | None = None
         self._start = clock()
+        self._anonymous = itertools.count()  # reports that name no clip are each a clip of their own
         self._stats: _Stats = {"grants": 0, "probes": 0, "cooldowns": 0, "blocked_seconds": 0.0, "blocks": {}}
 
     def acquire(self, node: str, now: float | None = None) -> tuple[str, float]:
@@ -165,32 +169,40 @@ class Governor:
     def report(
         self, node: str, kind: str | None, now: float | None = None, *, clip: str | None = None
     ) -> None:
-        """The outcome of a granted attempt: ``None`` on success, else its failure kind;
-        ``clip`` (its key) tells a streak across clips from one clip's retries."""
+        """The outcome of a granted attempt: ``None`` on success, else its failure kind.
+        ``clip`` names what was fetched (its source): a streak counts distinct clips, so
+        one clip's retries never make one, and never make a probe fail."""
         with self._lock:
             now = self._clock() if now is None else now
             n = self._nodes.setdefault(node, _Node())
             if kind == COOKIES_INVALID:
                 self._stopped = self._stopped or (kind, 0.0)
                 return
-            if kind in BLOCK_KINDS:
-                n.streak[kind] = n.streak.get(kind, 0) + 1
-                if kind != "blocked_forbidden" or n.streak[kind] >= self.cfg.forbidden_streak or n.probing:
-                    self._block(n, kind, now)
+            group = (
+                "forbidden" if kind == "blocked_forbidden" else "suspect" if kind in SUSPECT_KINDS else None
+            )
+            if group is None and kind in BLOCK_KINDS:
+                self._block(n, kind, now, set())
                 return
-            if kind in SUSPECT_KINDS:
-                clips = n.suspects.setdefault(kind, set())
-                clips.add(clip if clip is not None else f"#{len(clips)}")
-                if len(clips) >= self.cfg.suspect_streak or n.probing:
+            if group is not None:
+                assert kind is not None
+                clip = clip if clip is not None else f"#{next(self._anonymous)}"
+                if n.probing and clip in n.culprits:
+                    n.probing = False  # a clip that made the block says it again: the probe told nothing
+                    return
+                clips = n.streaks.setdefault(group, set())
+                clips.add(clip)
+                needed = self.cfg.forbidden_streak if group == "forbidden" else self.cfg.suspect_streak
+                if len(clips) >= needed or n.probing:
+                    self._block(n, kind, now, set(clips))
                     clips.clear()
-                    self._block(n, kind, now)
                 return
-            n.streak.clear()
-            n.suspects.clear()
+            n.streaks.clear()
             if n.blocked_kind and (n.probing or kind is None):  # the probe got through
                 assert n.blocked_since is not None  # set with blocked_kind
                 self._stats["blocked_seconds"] += now - n.blocked_since
                 n.blocked_kind, n.blocked_since, n.level, n.probing = None, None, 0, False
+                n.culprits = set()
 
     def stop_kind(self) -> str | None:
         """The block kind that stopped the job, or None; asking checks ``max_blocked``
@@ -214,10 +226,12 @@ class Governor:
             out["stopped"] = self._stopped[0] if self._stopped else None  # as the callers were told
             return out
 
-    def _block(self, n: _Node, kind: str, now: float) -> None:
+    def _block(self, n: _Node, kind: str, now: float, culprits: set[str]) -> None:
         self._stats["blocks"][kind] = self._stats["blocks"].get(kind, 0) + 1
         if n.blocked_kind and not n.probing and now < n.blocked_until:
+            n.culprits |= culprits
             return  # attempts granted before the block reporting late: same cooldown
+        n.culprits = culprits
         n.level += 1
         cooldown = min(self.cfg.cooldown_max, self.cfg.cooldown_start * 2 ** (n.level - 1))
         n.blocked_kind, n.blocked_until, n.probing = kind, now + cooldown, False

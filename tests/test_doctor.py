@@ -263,6 +263,8 @@ def test_proxy_schemes():
     assert socks.status == FAIL and "directly" in socks.detail
     https = proxy_check("https://127.0.0.1:3129")
     assert https.status == FAIL and "https://" in https.detail and "directly" in https.detail
+    upper = proxy_check("HTTP://127.0.0.1:3128")  # ffmpeg reads the scheme case-sensitively
+    assert upper.status == FAIL and "HTTP://" in upper.detail
 
 
 @pytest.mark.slow

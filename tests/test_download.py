@@ -381,6 +381,8 @@ def test_options_that_would_not_take_effect_are_refused():
     assert preflight(DownloadConfig(proxy="127.0.0.1:3128")) == []  # yt-dlp's default scheme: http
     (https,) = preflight(DownloadConfig(proxy="https://proxy.example:443"))
     assert "https://" in https and "bypass" in https
+    (upper,) = preflight(DownloadConfig(proxy="HTTP://127.0.0.1:3128"))  # ffmpeg goes around it
+    assert "HTTP://" in upper and "lower case" in upper
     (socks,) = preflight(DownloadConfig(proxy="socks5://127.0.0.1:1080"))
     assert "socks5://" in socks and "bypass" in socks
     (rate,) = preflight(DownloadConfig(rate_limit="2M"))
@@ -427,3 +429,25 @@ def test_youtube_rejecting_the_account_cookies_stops_the_job_at_once(tmp_path):
     with pytest.raises(SourceBlocked, match="cookies_invalid"):
         stop_if_cookies_rejected(with_cookies, logger.warnings, governor, "a")
     assert governor.stop_kind() == "cookies_invalid" and governor.acquire("b")[0] == "stop"
+
+
+@pytest.mark.parametrize("code, asked", [(8, True), (146, False), (183, False), (187, False)])
+def test_only_an_http_error_of_ffmpeg_asks_the_media_host_why(code, asked):
+    """ffmpeg's exit 8 is an HTTP error answered; a timeout (146), bad data (183) or end
+    of file (187) would only make the question wait out another timeout."""
+    import yt_dlp
+
+    from avfusion.download import _asking_the_media_host_why, _Failed
+
+    calls = []
+
+    def refusal():
+        calls.append(code)
+        return 403
+
+    with pytest.raises((_Failed, yt_dlp.utils.DownloadError)) as exc:
+        with _asking_the_media_host_why(refusal):
+            raise yt_dlp.utils.DownloadError(f"ERROR: ffmpeg exited with code {code}")
+    assert bool(calls) == asked and isinstance(exc.value, _Failed) == asked
+    if asked:
+        assert classify(str(exc.value)) == ("blocked_forbidden", True)

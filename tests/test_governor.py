@@ -118,6 +118,29 @@ def test_a_suspect_answer_is_the_clip_s_but_a_streak_across_clips_is_a_block(kin
     assert verdict == "wait" and wait == pytest.approx(119.0)
 
 
+def test_the_clips_that_made_a_block_cannot_fail_its_probe_and_suspects_count_together():
+    """A dead video's own retries are no evidence: as probes they tell nothing, so five
+    dead videos cannot double the cooldown past max_blocked (they stopped a job); both
+    suspect kinds make one streak; a 403 streak counts videos, not one video's retries."""
+    g = Governor(GovernorConfig(min_spacing=0.0, suspect_streak=4, cooldown_start=60.0), seed=0)
+    for t, (clip, kind) in enumerate(zip("abcd", ["content_unavailable", "no_format"] * 2, strict=True)):
+        g.report("n", kind, now=float(t), clip=clip)
+    assert g.acquire("n", now=4.0)[0] == "wait"  # blocked by a mixed streak of four videos
+    for t in (70.0, 140.0, 210.0):  # d's retries probe after each cooldown: no level is added
+        assert g.acquire("n", now=t)[0] == "go"
+        g.report("n", "content_unavailable", now=t, clip="d")
+    assert g.acquire("n", now=211.0)[0] == "go"  # still the first cooldown's length: probe again
+    g.report("n", None, now=211.0, clip="e")  # another video got through: the block is lifted
+    assert g.stats(now=212.0)["blocked_nodes"] == [] and g.stats(now=212.0)["cooldowns"] == 1
+
+    g = Governor(GovernorConfig(min_spacing=0.0, forbidden_streak=2, cooldown_start=60.0), seed=0)
+    for t in range(4):
+        g.report("n", "blocked_forbidden", now=float(t), clip="one-video")
+    assert g.acquire("n", now=5.0)[0] == "go"  # one video's 403s, however many, are not a block
+    g.report("n", "blocked_forbidden", now=5.0, clip="another")
+    assert g.acquire("n", now=6.0)[0] == "wait"
+
+
 def test_rejected_cookies_stop_every_node_at_once():
     g = Governor(CFG, seed=0)
     assert g.acquire("a", now=0.0)[0] == "go"
