@@ -41,6 +41,7 @@ class DoctorOptions:
     cookies: str | None = None
     proxy: str | None = None
     js_runtimes: dict | None = None
+    player_clients: tuple[str, ...] | None = None
     weights: str | None = None  # "imagenet" (torch hub cache) or a path/URL; None: skip
     out: str | None = None
     address: str | None = None
@@ -50,6 +51,7 @@ class DoctorOptions:
 def local_checks(opts: DoctorOptions) -> list[Check]:
     """Everything that depends on the machine it runs on."""
     checks = ffmpeg_checks(opts.ffmpeg) + [pyav_check(), js_check(opts.js_runtimes)]
+    checks.append(clients_check(opts.player_clients, bool(opts.cookies)))
     if opts.cookies:
         checks += cookie_checks(opts.cookies)
     checks.append(proxy_check(opts.proxy))
@@ -295,6 +297,23 @@ def cookie_checks(url: str) -> list[Check]:
             )
         )
     return checks
+
+
+def clients_check(clients: tuple[str, ...] | None, cookies: bool) -> Check:
+    """The YouTube player clients yt-dlp will ask, and whose choice they are."""
+    from avfusion.config import ConfigError
+    from avfusion.download import DownloadConfig, player_clients
+
+    try:
+        cfg = DownloadConfig(player_clients=clients, cookies="cookies.txt" if cookies else None)
+    except ConfigError as exc:
+        return Check("clients", FAIL, str(exc), "pass --player-clients with clients from the allowed list")
+    whose = (
+        "given"
+        if clients
+        else f"yt-dlp's defaults {'with cookies' if cookies else 'for a guest'}, less SABR-only"
+    )
+    return Check("clients", OK, f"YouTube player clients {', '.join(player_clients(cfg))} ({whose})")
 
 
 def proxy_check(proxy: str | None) -> Check:

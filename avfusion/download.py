@@ -62,12 +62,74 @@ class DownloadConfig:
     ffmpeg: str | None = None  # path to an ffmpeg binary; default PATH, then imageio-ffmpeg
     request_size: int | None = bounded(None, ge=1, le=1 << 30)  # ffmpeg -request_size (None: its default)
     js_runtimes: dict[str, dict] | None = None  # yt-dlp's js_runtimes; None: its default (deno)
+    player_clients: tuple[str, ...] | None = None  # YouTube player clients; None: player_clients()
     extra: dict[str, Any] = field(default_factory=dict)  # allowed yt-dlp options (_EXTRA_ALLOWED)
 
     def __post_init__(self) -> None:
         check_bounds(self, "download")
         check_proxy(self.proxy)
         check_extra(self.extra)
+        check_player_clients(self.player_clients)
+
+
+# Clients YouTube answers with SABR streams only (yt-dlp: "YouTube is forcing SABR
+# streaming for this client"): no format URL, so no section can come from them.
+SABR_ONLY_CLIENTS = ("web", "web_safari")
+# yt-dlp 2026.11.23's defaults, for a yt-dlp whose YouTube extractor no longer has them.
+_FALLBACK_CLIENTS = {False: ("tv_samsung", "visionos"), True: ("tv_samsung", "web_embedded", "web")}
+
+
+def _innertube_clients() -> dict[str, dict]:
+    """yt-dlp's YouTube clients and their traits (``SUPPORTS_COOKIES``); empty when this
+    yt-dlp keeps them elsewhere (then names are not checked here, yt-dlp warns instead)."""
+    try:
+        from yt_dlp.extractor.youtube._base import INNERTUBE_CLIENTS
+    except ImportError:
+        return {}
+    return dict(INNERTUBE_CLIENTS)
+
+
+def check_player_clients(clients: tuple[str, ...] | None) -> None:
+    from avfusion.config import ConfigError
+
+    if clients is None:
+        return
+    known = _innertube_clients()
+    unknown = [c for c in clients if known and (c not in known or c.startswith("_"))]
+    if not clients or unknown:
+        allowed = sorted(c for c in known if not c.startswith("_"))
+        raise ConfigError(
+            f"download.player_clients: {'unknown client ' + repr(unknown[0]) if unknown else 'empty'}; "
+            f"allowed: {allowed}"
+        )
+    sabr = [c for c in clients if c in SABR_ONLY_CLIENTS]
+    if sabr:
+        raise ConfigError(
+            f"download.player_clients: {sabr[0]!r} gets SABR-only streams, from which no section can be "
+            "downloaded; leave it out"
+        )
+
+
+def player_clients(cfg: DownloadConfig) -> tuple[str, ...]:
+    """The YouTube player clients yt-dlp is told to ask: ``cfg.player_clients``, else
+    yt-dlp's own defaults for a guest or an account (they move between its releases),
+    less SABR-only clients and, with cookies, clients that take none (yt-dlp skips them)."""
+    if cfg.player_clients:
+        return cfg.player_clients
+    try:
+        from yt_dlp.extractor.youtube import YoutubeIE
+
+        defaults = getattr(YoutubeIE, "_DEFAULT_AUTHED_CLIENTS" if cfg.cookies else "_DEFAULT_CLIENTS")
+    except (ImportError, AttributeError):
+        defaults = _FALLBACK_CLIENTS[bool(cfg.cookies)]
+    known = _innertube_clients()
+    clients = tuple(
+        c
+        for c in defaults
+        if c not in SABR_ONLY_CLIENTS
+        and not (cfg.cookies and known and not known.get(c, {}).get("SUPPORTS_COOKIES"))
+    )
+    return clients or ("tv_samsung",)
 
 
 def check_proxy(proxy: str | None) -> None:
@@ -226,6 +288,8 @@ def _extra_value_problem(key: str, value: Any) -> str | None:
         )
         if pathlike:
             return f"argument {pathlike[0]!r} names a file or program, which a config may not choose"
+        if "player_client" in value.get("youtube", {}):
+            return "youtube:player_client is download.player_clients / --player-clients"
         return None
     raise AssertionError(f"no value check for allowed option {key}")
 
@@ -447,13 +511,16 @@ def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) ->
     }
     if cfg.js_runtimes is not None:
         opts["js_runtimes"] = cfg.js_runtimes
+    args = cfg.extra.get("extractor_args") or {}
+    youtube = {**args.get("youtube", {}), "player_client": list(player_clients(cfg))}
+    opts["extractor_args"] = {**args, "youtube": youtube}
     if cfg.cookies:
         opts["cookiefile"] = cfg.cookies  # replaced by a private copy per attempt
     if cfg.proxy:
         opts["proxy"] = cfg.proxy
     if cfg.sleep_seconds:
         opts["sleep_interval_requests"] = cfg.sleep_seconds
-    opts.update(cfg.extra)
+    opts.update({k: v for k, v in cfg.extra.items() if k != "extractor_args"})
     return opts
 
 

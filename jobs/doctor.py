@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxies", metavar="FILE", help="proxy file as given to preprocess")
     p.add_argument("--out", help="output URL as given to preprocess (s3://bucket/... is head-checked)")
     p.add_argument("--ffmpeg", help="ffmpeg binary (default: PATH, then imageio-ffmpeg)")
+    p.add_argument("--player-clients", metavar="A,B", help="YouTube player clients as given to preprocess")
     p.add_argument(
         "--video-weights",
         default="imagenet",
@@ -61,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         except OSError:
             pass  # the cookies check reports an unreadable file itself
+    clients = tuple(c.strip() for c in args.player_clients.split(",")) if args.player_clients else None
     opts = DoctorOptions(
         ffmpeg=args.ffmpeg,
+        player_clients=clients,
         cookies=args.cookies,
         proxy=proxy,
         out=args.out,

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--url-template", help="URL for an id, with {id}; default the YouTube watch URL")
     dl.add_argument("--cookies", help="cookies.txt for yt-dlp (YouTube's bot check)")
     dl.add_argument(
+        "--player-clients",
+        metavar="A,B",
+        help="YouTube player clients yt-dlp asks, in order (default: yt-dlp's own for a guest or "
+        "with --cookies, less SABR-only ones; avfusion doctor prints them)",
+    )
+    dl.add_argument(
         "--proxy",
         help="http(s) proxy URL; its password is better given in AVFUSION_PROXY_PASSWORD (with "
         "AVFUSION_PROXY_USER) or a --proxies file than here, where ps shows it",
@@ -218,6 +224,9 @@ def load_config(args):
         max_attempts=args.max_attempts,
         ffmpeg=args.ffmpeg,
         js_runtimes=js_runtimes(args.js_runtime),
+        player_clients=tuple(c.strip() for c in args.player_clients.split(","))
+        if args.player_clients
+        else None,
         extra=extra or None,
     )
     limits = load_section(DecodeLimits, args.config, "limits")

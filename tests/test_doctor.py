@@ -300,3 +300,14 @@ def test_doctor_runs_the_node_checks_on_every_node_of_a_real_cluster():
     for group in groups:  # each node ran its own checks
         assert "OK    js solver" in group and "OK    section path" in group, group
     assert result.returncode == 0, out
+
+
+def test_clients_line_says_which_youtube_clients_run_and_refuses_sabr_only():
+    from avfusion.doctor import clients_check
+
+    guest, account = clients_check(None, cookies=False), clients_check(None, cookies=True)
+    assert guest.status == OK and "for a guest" in guest.detail and "web," not in guest.detail + ","
+    assert account.status == OK and "with cookies" in account.detail
+    given = clients_check(("tv_samsung",), cookies=False)
+    assert given.status == OK and given.detail == "YouTube player clients tv_samsung (given)"
+    assert clients_check(("web",), cookies=False).status == FAIL

@@ -451,3 +451,51 @@ def test_only_an_http_error_of_ffmpeg_asks_the_media_host_why(code, asked):
     assert bool(calls) == asked and isinstance(exc.value, _Failed) == asked
     if asked:
         assert classify(str(exc.value)) == ("blocked_forbidden", True)
+
+
+def _clients_yt_dlp_asks(cfg: DownloadConfig, tmp_path) -> list[str]:
+    """What yt-dlp's own YouTube extractor will request with our options."""
+    import yt_dlp
+
+    from avfusion.download import ydl_options
+
+    with yt_dlp.YoutubeDL({**ydl_options(cfg, 0.0, 2.0, tmp_path), "quiet": True}) as ydl:
+        ie = ydl.get_info_extractor("Youtube")
+        ie.initialize()
+        return list(ie._get_requested_clients("https://www.youtube.com/watch?v=abcdefghijk", {}, False))
+
+
+@pytest.mark.slow  # yt-dlp runs ffmpeg -version when it starts
+def test_player_clients_are_explicit_and_never_sabr_only(tmp_path):
+    """yt-dlp is told which clients to ask: its own defaults less the SABR-only ones
+    (no section comes from them), or the user's; with cookies, only clients that take
+    cookies. yt-dlp's extractor requests exactly those."""
+    from yt_dlp.extractor.youtube._base import INNERTUBE_CLIENTS
+
+    from avfusion.download import SABR_ONLY_CLIENTS, player_clients
+
+    guest, account = player_clients(DownloadConfig()), player_clients(DownloadConfig(cookies="c.txt"))
+    assert guest and account and not set(guest + account) & set(SABR_ONLY_CLIENTS)
+    assert all(INNERTUBE_CLIENTS[c]["SUPPORTS_COOKIES"] for c in account)
+    assert _clients_yt_dlp_asks(DownloadConfig(), tmp_path) == list(guest)
+    given = DownloadConfig(player_clients=("tv_samsung", "web_embedded"))
+    assert _clients_yt_dlp_asks(given, tmp_path) == ["tv_samsung", "web_embedded"]
+    other_args = DownloadConfig(extra={"extractor_args": {"youtube": {"lang": ["en"]}}})
+    assert _clients_yt_dlp_asks(other_args, tmp_path) == list(guest)  # the user's other arguments kept
+
+
+@pytest.mark.parametrize(
+    "clients, expected",
+    [
+        (("tv_samsng",), "unknown client 'tv_samsng'"),
+        (("web",), "'web' gets SABR-only streams"),
+        ((), "empty"),
+    ],
+)
+def test_bad_player_clients_are_one_line(clients, expected):
+    from avfusion.config import ConfigError
+
+    with pytest.raises(ConfigError, match=expected):
+        DownloadConfig(player_clients=clients)
+    with pytest.raises(ConfigError, match="--player-clients"):
+        DownloadConfig(extra={"extractor_args": {"youtube": {"player_client": ["tv"]}}})

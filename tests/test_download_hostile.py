@@ -92,7 +92,7 @@ def test_yt_dlp_options_off_the_allow_list_are_refused_in_one_line(extra, messag
 def test_allowed_yt_dlp_options_pass():
     extra = {
         "format_sort": ["res:360", "ext"],
-        "extractor_args": {"youtube": {"player_client": ["web", "tv"]}},
+        "extractor_args": {"youtube": {"lang": ["en"], "skip": ["translated_subs"]}},
         "http_headers": {"Accept-Language": "en"},
         "sleep_interval": 1,
         "max_sleep_interval": 2.5,

@@ -130,6 +130,12 @@ PREPROCESS_BAD = [
         "preprocess: unknown key(s) ['clip']; allowed: ['shard_size', 'threads_per_task']",
     ),
     ([], "preprocess: [1, 2]", "preprocess: expected a mapping of keys, got [1, 2]"),
+    (
+        ["--player-clients", "tv_samsung,web"],
+        "",
+        "download.player_clients: 'web' gets SABR-only streams, from which no section can be downloaded; "
+        "leave it out",
+    ),
     ([], "governor: {bogus: 1}", f"governor: unknown key(s) ['bogus']; allowed: {GOVERNOR_KEYS}"),
     (
         [],
