@@ -2,6 +2,7 @@
 reliability term, presets, k-fold subsets and attention agreement."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,18 +275,22 @@ def test_subset_selects_folds_by_key_or_id():
 @pytest.fixture(scope="module")
 def trained_fused(tmp_path_factory, synthetic_shards):
     """The fused model trained with the small recipe on the synthetic set (fixed seed),
-    its label map and the decoded test clips."""
-    from dataclasses import replace
+    its label map and the decoded test clips. Trained by the job in its own interpreter:
+    in this one, state other tests leave behind trained a different model now and then."""
+    import subprocess
+    import sys
 
     from avfusion.checkpoint import model_from_checkpoint
-    from avfusion.distributed import DistEnv
     from avfusion.loader import Dataset, data_loader, eval_stages
-    from avfusion.train import train
-    from jobs.bench.robustness import recipe
 
     run = tmp_path_factory.mktemp("attention") / "run"
-    cfg = replace(recipe("small", str(synthetic_shards), epochs=25, seed=0), out=str(run))
-    train(cfg, DistEnv(0, 1, 0, torch.device("cpu")))
+    subprocess.run(
+        [sys.executable, "-m", "jobs.train", str(synthetic_shards), "--out", str(run), "--config", "small"]
+        + ["--epochs", "25", "--seed", "0", "--device", "cpu", "--video-weights", "none"],
+        check=True,
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     model, ckpt = model_from_checkpoint(run / "last.pt")
     data = Dataset.open(str(synthetic_shards))
     batches = list(
