@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from avfusion.doctor import DoctorOptions, run
     from avfusion.download import COOKIES_MAX_BYTES
     from avfusion.redact import Redactor, cookie_values
-    from jobs.preprocess import PROXY_PASSWORD_ENV, proxy_of, proxy_password
+    from jobs.preprocess import PROXY_PASSWORD_ENV, client_list, proxy_of, proxy_password
 
     args = build_parser().parse_args(argv)
     weights = None if args.video_weights == "none" else args.video_weights
@@ -62,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         except OSError:
             pass  # the cookies check reports an unreadable file itself
-    clients = tuple(c.strip() for c in args.player_clients.split(",")) if args.player_clients else None
     opts = DoctorOptions(
         ffmpeg=args.ffmpeg,
-        player_clients=clients,
+        player_clients=client_list(args.player_clients),
         cookies=args.cookies,
         proxy=proxy,
         out=args.out,

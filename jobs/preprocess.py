@@ -224,9 +224,7 @@ def load_config(args):
         max_attempts=args.max_attempts,
         ffmpeg=args.ffmpeg,
         js_runtimes=js_runtimes(args.js_runtime),
-        player_clients=tuple(c.strip() for c in args.player_clients.split(","))
-        if args.player_clients
-        else None,
+        player_clients=client_list(args.player_clients),
         extra=extra or None,
     )
     limits = load_section(DecodeLimits, args.config, "limits")
@@ -257,6 +255,11 @@ def refuse_programs(download: dict) -> None:
                 f"download.js_runtimes.{name}.path: a config may not name a program to run; "
                 f"use --js-runtime {name}:PATH"
             )
+
+
+def client_list(given: str | None) -> tuple[str, ...] | None:
+    """``--player-clients A,B`` → ``("A", "B")``; None when not given."""
+    return tuple(c.strip() for c in given.split(",")) if given else None
 
 
 def js_runtimes(given: list[str]) -> dict[str, dict] | None:
