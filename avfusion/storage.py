@@ -309,14 +309,20 @@ def read_small(url: str, max_bytes: int, what: str = "file") -> bytes:
 
 
 def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
-    """A Parquet file as a pyarrow Table, read whole into memory first. pyarrow reading
-    through an fsspec file (or filesystem) calls back into s3fs from its own threads, and
-    such a process aborted at exit ("terminate called without an active exception") in
-    1 of 30 runs against S3 after its work was done; from bytes, 0 of 30."""
+    """A Parquet file as a pyarrow Table, read whole into an Arrow-owned buffer first.
+    pyarrow's threads must not hold Python memory past the call: reading through an
+    fsspec file calls back into s3fs from them, and a buffer over Python ``bytes`` is
+    released by whichever thread drops it last, which takes the GIL; when that happens
+    while the interpreter exits, the process aborts ("terminate called without an
+    active exception", apache/arrow 33975): 3 of 60 short scripts here with
+    ``pq.read_table`` over ``bytes``, and ``avfusion label`` killed by SIGABRT once in a
+    CI run after writing its parts; with the copy, 0 of 300."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(pa.BufferReader(read_bytes(url)), columns=columns)
+    owned = pa.BufferOutputStream()
+    owned.write(read_bytes(url))
+    return pq.ParquetFile(pa.BufferReader(owned.getvalue())).read(columns=columns)
 
 
 def read_text(url: str, encoding: str = "utf-8") -> str:

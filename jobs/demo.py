@@ -174,7 +174,7 @@ def held_out_rows(rows: list[dict], labels_csv: Path) -> list[dict]:
 
 
 def _report(out: Path) -> None:
-    import pyarrow.parquet as pq
+    from avfusion.labelling.run import read_parts
 
     _step("summary")
     report = json.loads((out / "robustness" / "robustness.json").read_text())
@@ -189,10 +189,11 @@ def _report(out: Path) -> None:
         "\nThe full table (every corruption) is robustness/robustness.md. One split is noisy: for the "
         "k-fold table run\n  avfusion bench robustness --skip-synthetic"
     )
-    table = pq.read_table(
-        sorted((out / "labels").glob("part-*.parquet")),
-        columns=["key", "predicted_label", "confidence", "w_audio", "w_video", "error_class"],
+    table = read_parts(
+        str(out / "labels"), ["key", "predicted_label", "confidence", "w_audio", "w_video", "error_class"]
     )
+    if table is None:
+        raise SystemExit(f"demo: label wrote no part file under {out / 'labels'}")
     rows = held_out_rows(table.to_pylist(), sample_data.labels_csv())
     right = sum(r["predicted_label"] == r["true_label"] for r in rows)
     print(
