@@ -221,6 +221,7 @@ else:
 """
 
 
+@pytest.mark.slow
 def test_reading_parts_leaves_no_arrow_thread_holding_python_memory_at_exit(tmp_path):
     """``avfusion label`` reads its parts just before it exits. ``pq.read_table`` over
     Python ``bytes`` left a buffer for an Arrow thread to release after the call, which
