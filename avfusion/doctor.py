@@ -39,7 +39,7 @@ class Check:
 class DoctorOptions:
     ffmpeg: str | None = None
     cookies: str | None = None
-    proxy: str | None = None
+    proxies: tuple[str, ...] = ()  # the egress pool, as preprocess gets it
     js_runtimes: dict | None = None
     player_clients: tuple[str, ...] | None = None
     weights: str | None = None  # "imagenet" (torch hub cache) or a path/URL; None: skip
@@ -54,7 +54,7 @@ def local_checks(opts: DoctorOptions) -> list[Check]:
     checks.append(clients_check(opts.player_clients, bool(opts.cookies)))
     if opts.cookies:
         checks += cookie_checks(opts.cookies)
-    checks.append(proxy_check(opts.proxy))
+    checks += proxy_checks(opts.proxies)
     checks.append(gpu_check())
     if opts.weights:
         checks.append(weights_check(opts.weights))
@@ -316,18 +316,30 @@ def clients_check(clients: tuple[str, ...] | None, cookies: bool) -> Check:
     return Check("clients", OK, f"YouTube player clients {', '.join(player_clients(cfg))} ({whose})")
 
 
-def proxy_check(proxy: str | None) -> Check:
-    if not proxy:
-        return Check("proxy", OK, "none: downloads go out from each node's own address")
-    scheme = proxy.split("://", 1)[0] if "://" in proxy else "http"
-    if scheme == "http":  # ffmpeg reads the scheme case-sensitively: HTTP:// goes around it
-        return Check("proxy", OK, "http:// carries yt-dlp's requests and ffmpeg's media transfer")
-    return Check(
-        "proxy",
-        FAIL,
-        f"{scheme}:// does not carry ffmpeg's media transfer: the media would go out directly",
-        "use an http:// proxy, in lower case (run privoxy or gost in front of a SOCKS or https:// proxy)",
-    )
+def proxy_checks(proxies: tuple[str, ...]) -> list[Check]:
+    """One line per proxy of the pool, named without its password."""
+    from avfusion.download import proxy_name
+
+    if not proxies:
+        return [Check("proxy", OK, "none: downloads go out from each node's own address")]
+    checks = []
+    for proxy in proxies:
+        name = proxy_name(proxy)
+        scheme = proxy.split("://", 1)[0] if "://" in proxy else "http"
+        if scheme == "http":  # ffmpeg reads the scheme case-sensitively: HTTP:// goes around it
+            checks.append(Check("proxy", OK, f"{name}: http:// carries yt-dlp's requests and ffmpeg's media"))
+            continue
+        checks.append(
+            Check(
+                "proxy",
+                FAIL,
+                f"{name}: {scheme}:// does not carry ffmpeg's media transfer: the media would go out "
+                "directly",
+                "use an http:// proxy, in lower case (run privoxy or gost in front of a SOCKS or https:// "
+                "proxy)",
+            )
+        )
+    return checks
 
 
 def gpu_check() -> Check:

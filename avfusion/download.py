@@ -32,7 +32,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -52,7 +52,13 @@ class DownloadConfig:
     # Lowest format that still gives the frames we keep: ≤360p video + audio.
     format: str = "bv*[height<=360][height>=224]+ba/b[height<=360][height>=224]/wv*+ba/w/b"
     cookies: str | None = None  # cookies.txt path (YouTube's bot check needs one for bulk runs)
-    proxy: str | None = None
+    proxy: str | None = None  # one proxy; ``proxies`` for a pool (give one of the two)
+    # A pool of egress addresses: each proxy has its own budget and block state in the
+    # governor, and every attempt goes through the one the governor grants.
+    proxies: tuple[str, ...] = ()
+    # The governor's name for this node's own address when no proxy is given (default:
+    # the node's IP); nodes behind one NAT share it, so they share one budget.
+    egress_id: str | None = None
     rate_limit: str | None = None  # bytes/s, e.g. "2M"
     sleep_seconds: float = bounded(0.0, ge=0, le=3600)  # pause before each request (rate limits)
     socket_timeout: float = bounded(30.0, ge=0.1, le=3600)
@@ -67,7 +73,8 @@ class DownloadConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self, "download")
-        check_proxy(self.proxy)
+        check_pool(self.proxy, self.proxies)
+        check_egress_id(self.egress_id)
         check_extra(self.extra)
         check_player_clients(self.player_clients)
 
@@ -130,6 +137,67 @@ def player_clients(cfg: DownloadConfig) -> tuple[str, ...]:
         and not (cfg.cookies and known and not known.get(c, {}).get("SUPPORTS_COOKIES"))
     )
     return clients or ("tv_samsung",)
+
+
+def check_pool(proxy: str | None, proxies: tuple[str, ...]) -> None:
+    from avfusion.config import ConfigError
+
+    if proxy is not None and proxies:
+        raise ConfigError(
+            "download.proxy and download.proxies both given: give one (a pool of one is a proxy)"
+        )
+    if not isinstance(proxies, tuple):
+        raise ConfigError("download.proxies: expected a list of proxy URLs")
+    for p in proxies:
+        check_proxy(p)
+    names = [proxy_name(p) for p in proxies]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"download.proxies: {twice[0]} is given more than once")
+
+
+def check_egress_id(egress_id: str | None) -> None:
+    from avfusion.config import ConfigError
+
+    if egress_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,99}", egress_id):
+        raise ConfigError(
+            "download.egress_id: 1-100 characters of letters, digits and . _ : @ / -, starting with a "
+            "letter or digit"
+        )
+
+
+def proxy_name(proxy: str) -> str:
+    """How the governor, the stats and the logs name a proxy: ``proxy [user@]host:port``,
+    never its password. The user name stays: providers pick the exit address (a sticky
+    session) by it, so two user names on one gateway are two egress addresses."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    user = f"{parts.username}@" if parts.username else ""
+    default = (
+        443 if parts.scheme.lower() == "https" else 1080 if parts.scheme.lower().startswith("socks") else 80
+    )
+    return f"proxy {user}{parts.hostname}:{parts.port or default}"
+
+
+def node_address() -> str:
+    """This node's IP address (the interface its default route leaves by), else its
+    host name: the default egress name, so tasks of one node share a budget."""
+    import socket
+
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("192.0.2.1", 9))  # TEST-NET-1; a UDP connect sends nothing, it picks a route
+        return str(sock.getsockname()[0])
+    return socket.gethostname()
+
+
+def egress_pool(cfg: DownloadConfig) -> dict[str, str | None]:
+    """The egress addresses downloads go out by, as governor names → the proxy to use
+    (None: the node's own address, named ``cfg.egress_id`` or the node's IP)."""
+    proxies = cfg.proxies or ((cfg.proxy,) if cfg.proxy else ())
+    if proxies:
+        return {proxy_name(p): p for p in proxies}
+    return {cfg.egress_id or node_address(): None}
 
 
 def check_proxy(proxy: str | None) -> None:
@@ -461,12 +529,14 @@ def preflight(cfg: DownloadConfig) -> list[str]:
     # yt-dlp hands ffmpeg only http(s):// proxies; ffmpeg (9.0) opens no TLS to a proxy
     # and reads its scheme case-sensitively: with https:// or HTTP:// it connects straight
     # to the media host.
-    if cfg.proxy and "://" in cfg.proxy and not cfg.proxy.startswith("http://"):
-        errors.append(
-            f"proxy {cfg.proxy.split('://')[0]}:// does not carry ffmpeg's media transfer, so the "
-            "media bytes would bypass it; use an http:// proxy, spelled in lower case (e.g. privoxy "
-            "or gost in front of a SOCKS or https:// one)"
-        )
+    for proxy in cfg.proxies or ((cfg.proxy,) if cfg.proxy else ()):
+        if "://" in proxy and not proxy.startswith("http://"):
+            errors.append(
+                f"proxy {proxy.split('://')[0]}:// does not carry ffmpeg's media transfer, so the "
+                "media bytes would bypass it; use an http:// proxy, spelled in lower case (e.g. privoxy "
+                "or gost in front of a SOCKS or https:// one)"
+            )
+            break
     if cfg.rate_limit:
         errors.append(
             "--rate-limit has no effect: yt-dlp's ratelimit is ignored by ffmpeg, which does every "
@@ -813,30 +883,38 @@ def download_section(
     workdir: Path,
     sleep: Callable[[float], None] = time.sleep,
     governor: GovernorClient | None = None,
-    node: str = "local",
 ) -> Downloaded:
     """Fetch ``[task.start, task.end or start + clip_seconds]`` of ``task.source`` into
     ``workdir``. Raises ``DownloadError`` when the error is permanent or transient
     attempts run out. With a ``governor`` (``avfusion.governor``) every attempt waits
-    for its turn and reports its outcome; ``SourceBlocked`` passes through, and is raised
-    when YouTube says the account's cookies are no longer valid (the job must stop)."""
+    for its turn on one of the job's egress addresses (``egress_pool``: the proxies,
+    or this node's address), goes out by the one granted and reports its outcome
+    against it; ``SourceBlocked`` passes through, and is raised when YouTube says the
+    account's cookies are no longer valid (the job must stop). Without a governor the
+    attempts take the pool's proxies in turn."""
     from avfusion.governor import BLOCK_KINDS, wait_for_turn
 
     end = task.end if task.end is not None else task.start + clip.clip_seconds
-    opts = ydl_options(cfg, task.start, end, workdir)
+    pool = egress_pool(cfg)
+    names = list(pool)
     redact = download_redactor(cfg)
     logger = _RecordingLogger(redact)
+    first = random.randrange(len(names))
     for attempt in range(1, cfg.max_attempts + 1):
         if governor is not None:
-            wait_for_turn(governor, node, sleep)
+            egress = wait_for_turn(governor, names, sleep)
+        else:
+            egress = names[(first + attempt - 1) % len(names)]
+        proxy = pool[egress]
+        opts = ydl_options(replace(cfg, proxy=proxy, proxies=()), task.start, end, workdir)
         try:
             path = _attempt(task.source, opts, workdir, logger)
         except _Failed as exc:
-            stop_if_cookies_rejected(cfg, logger.warnings, governor, node)
+            stop_if_cookies_rejected(cfg, logger.warnings, governor, egress)
             message = _clean(str(exc))
             kind, transient = classify(message)
-            if cfg.proxy and (kind in BLOCK_KINDS or kind in _PROXY_SUSPECT_KINDS):
-                refusal = proxy_refusal(cfg.proxy, task.source, min(cfg.socket_timeout, 10.0))
+            if proxy and (kind in BLOCK_KINDS or kind in _PROXY_SUSPECT_KINDS):
+                refusal = proxy_refusal(proxy, task.source, min(cfg.socket_timeout, 10.0))
                 if refusal:
                     kind, transient, message = (
                         "proxy_error",
@@ -845,16 +923,16 @@ def download_section(
                     )
             message = redact(message)
             if governor is not None:
-                governor.report(node, kind, clip=task.source)
+                governor.report(egress, kind, clip=task.source)
             if not transient or attempt == cfg.max_attempts:
                 raise DownloadError(kind, transient, message, attempt, logger.warnings) from None
             if governor is None or kind not in BLOCK_KINDS:  # a block's wait is the governor's
                 delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
                 sleep(delay * random.uniform(0.5, 1.0))  # full jitter keeps retries apart
             continue
-        stop_if_cookies_rejected(cfg, logger.warnings, governor, node)
+        stop_if_cookies_rejected(cfg, logger.warnings, governor, egress)
         if governor is not None:
-            governor.report(node, None)
+            governor.report(egress, None)
         return Downloaded(path, attempt, logger.warnings)
     raise AssertionError("unreachable")
 
@@ -931,11 +1009,11 @@ def download_redactor(cfg: DownloadConfig, *secrets: str) -> Redactor:
     if cfg.cookies:
         with contextlib.suppress(OSError, UnicodeDecodeError):  # unreadable: the attempt reports it
             redact.add(*cookie_values(storage.read_small(cfg.cookies, COOKIES_MAX_BYTES).decode()))
-    if cfg.proxy:
+    for proxy in cfg.proxies or ((cfg.proxy,) if cfg.proxy else ()):
         try:
-            password = urlsplit(cfg.proxy if "://" in cfg.proxy else f"http://{cfg.proxy}").password
+            password = urlsplit(proxy if "://" in proxy else f"http://{proxy}").password
         except ValueError:  # a malformed URL: preflight refuses it; its text may still hold a secret
-            redact.add(cfg.proxy)
+            redact.add(proxy)
         else:
             redact.add(password, unquote(password or ""))
     return redact

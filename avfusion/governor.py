@@ -5,11 +5,17 @@ YouTube limits a *source* (an IP address, a session, an account), not a clip: ab
 wiki, "Extractors"). When it blocks ("Sign in to confirm you're not a bot", "This
 content isn't available, try again later", HTTP 429, media-host 403s) every further
 request from that source only prolongs the block. So every download attempt asks the
-governor first (``acquire``) and tells it how it went (``report``):
+governor first (``acquire``) and tells it how it went (``report``).
+
+Budgets and blocks are kept per *egress address* (called a node below): each proxy of
+the job's pool, or a node's own address (its IP, or the ``--egress-id`` nodes behind one
+NAT share). A download on a pool asks for any of them (``acquire_any``) and goes out by
+the one granted.
 
 - **Budget.** Per node: at most ``per_node_per_hour`` grants in any sliding hour and at
   least ``min_spacing * (1 + jitter * U)`` seconds between two grants. Globally (the
-  account, when cookies are shared): ``global_per_hour`` and ``global_spacing``.
+  account, when cookies are shared): ``global_per_hour`` and ``global_spacing``. A pool
+  is granted where a probe is due first, else where the fewest grants are in the window.
 - **Blocks.** A block signal pauses the node for a cooldown that doubles from
   ``cooldown_start`` up to ``cooldown_max``; after it, exactly one probe is let
   through. A probe that succeeds (or gets an answer that is not a block: a removed
@@ -23,6 +29,10 @@ governor first (``acquire``) and tells it how it went (``report``):
   row from distinct clips is the source's, and blocks it like any other block. A clip whose
   answers made a block (its retries) cannot fail the probe that follows: only another
   clip's answer can.
+- **Proxy faults.** A proxy that fails by itself (refuses the connection, wants
+  credentials, answers 403 or 5xx to its own CONNECT) is not the source blocking us: it
+  is no block, but its egress rests ``proxy_rest`` seconds (doubling like a cooldown)
+  while the pool's others work.
 - **Rejected cookies.** When YouTube says the account's cookies are no longer valid,
   waiting does not help (they must be exported again): the job stops at once.
 - **Stop.** When one block has lasted ``max_blocked`` seconds the governor answers
@@ -41,7 +51,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
@@ -60,6 +70,9 @@ BLOCK_KINDS = (
 # JS runtime, a PO token or with SABR-only answers): a streak across clips is a block.
 SUSPECT_KINDS = ("content_unavailable", "no_format")
 COOKIES_INVALID = "cookies_invalid"  # the account's cookies were rotated: stop the job
+# The egress's own proxy failed (refused, 407, its own 403/5xx): not YouTube, so not a
+# block of the source, but that egress rests (``proxy_rest``) while the pool's others work.
+PROXY_FAULT = "proxy_error"
 
 GUEST_PER_HOUR = 300  # yt-dlp wiki: guest sessions
 ACCOUNT_PER_HOUR = 2000  # yt-dlp wiki: with an account's cookies
@@ -86,6 +99,7 @@ class GovernorConfig:
     cooldown_start: float = bounded(300.0, ge=0, le=7 * 86400)
     cooldown_max: float = bounded(3600.0, ge=0, le=7 * 86400)
     max_blocked: float = bounded(3600.0, gt=0, le=30 * 86400)
+    proxy_rest: float = bounded(30.0, ge=0, le=7 * 86400)  # first rest of a failed proxy, doubling
     forbidden_streak: int = bounded(3, ge=1, le=1000)
     suspect_streak: int = bounded(5, ge=1, le=1000)  # distinct clips in a row, each a suspect kind
     window: float = bounded(3600.0, gt=0, le=7 * 86400)  # the budget's sliding window (tests shrink it)
@@ -103,7 +117,8 @@ class GovernorConfig:
 
 @dataclass
 class _Node:
-    grants: deque[float] = field(default_factory=deque)
+    grants: deque[float] = field(default_factory=deque)  # in the budget's window
+    granted: int = 0  # since the start
     next_at: float = 0.0
     blocked_kind: str | None = None
     blocked_since: float | None = None
@@ -120,6 +135,7 @@ class _Stats(TypedDict):
     cooldowns: int
     blocked_seconds: float  # finished blocks only
     blocks: dict[str, int]  # block signals by kind
+    proxy_faults: int  # answers that were the proxy's own failure, not the source's
 
 
 class Governor:
@@ -139,32 +155,58 @@ class Governor:
         self._stopped: tuple[str, float] | None = None
         self._start = clock()
         self._anonymous = itertools.count()  # reports that name no clip are each a clip of their own
-        self._stats: _Stats = {"grants": 0, "probes": 0, "cooldowns": 0, "blocked_seconds": 0.0, "blocks": {}}
+        self._stats: _Stats = {
+            "grants": 0,
+            "probes": 0,
+            "cooldowns": 0,
+            "blocked_seconds": 0.0,
+            "blocks": {},
+            "proxy_faults": 0,
+        }
 
     def acquire(self, node: str, now: float | None = None) -> tuple[str, float]:
         """``("go", 0)``: download now; ``("wait", s)``: ask again in ``s`` seconds;
         ``("stop", blocked_seconds)`` with the kind in ``stop_kind()``: stop the job."""
+        verdict, value, _ = self.acquire_any((node,), now)
+        return verdict, value
+
+    def acquire_any(self, egresses: Sequence[str], now: float | None = None) -> tuple[str, float, str]:
+        """``acquire`` for a pool: a grant on whichever of ``egresses`` (the job's
+        proxies) may go now, as ``("go", 0, egress)``; a probe first (a cooldown that
+        ended must learn whether its block lifted), else the egress with the fewest
+        grants in the window (the pool's load spread). ``("wait", s, "")`` when none may
+        go for ``s`` seconds; ``("stop", blocked_seconds, "")`` as ``acquire``."""
+        if not egresses:
+            raise ValueError("acquire_any: no egress given")
         with self._lock:
             now = self._clock() if now is None else now
-            stopped = self._stopped
-            if stopped:
-                return "stop", stopped[1]
-            n = self._nodes.setdefault(node, _Node())
-            wait = self._block_wait(node, n, now)
-            if wait is None:
-                assert self._stopped is not None  # _block_wait has just stopped the governor
-                return "stop", self._stopped[1]
-            if wait == 0.0 and n.blocked_kind:  # the cooldown is over: one probe
-                n.probing = True
-                self._stats["probes"] += 1
-                return self._grant(n, now)
-            if wait <= 0:
-                wait = self._budget_wait(n, now)
-            if wait > 0:
+            if self._stopped:
+                return "stop", self._stopped[1], ""
+            nodes = {e: self._nodes.setdefault(e, _Node()) for e in egresses}
+            best: tuple[int, int, str] | None = None  # (not a probe, grants, egress)
+            shortest = float("inf")
+            for e, n in nodes.items():
+                wait = self._block_wait(e, n, now)
+                if wait is None:
+                    assert self._stopped is not None  # _block_wait has just stopped the governor
+                    return "stop", self._stopped[1], ""
+                probe = wait == 0.0 and n.blocked_kind is not None
+                if not probe and wait <= 0:
+                    wait = self._budget_wait(n, now)
+                if wait > 0:
+                    shortest = min(shortest, wait)
+                elif best is None or (not probe, len(n.grants)) < best[:2]:
+                    best = (not probe, len(n.grants), e)
+            if best is None:
                 # Never past the moment a block reaches max_blocked: a caller told to come
                 # back after a 300 s cooldown must hear "stop" when max_blocked is 10 s.
-                return "wait", min(wait, self._until_stop(now))
-            return self._grant(n, now)
+                return "wait", min(shortest, self._until_stop(now)), ""
+            egress = best[2]
+            n = nodes[egress]
+            if n.blocked_kind:  # the cooldown is over: one probe
+                n.probing = True
+                self._stats["probes"] += 1
+            return (*self._grant(n, now), egress)
 
     def report(
         self, node: str, kind: str | None, now: float | None = None, *, clip: str | None = None
@@ -177,6 +219,10 @@ class Governor:
             n = self._nodes.setdefault(node, _Node())
             if kind == COOKIES_INVALID:
                 self._stopped = self._stopped or (kind, 0.0)
+                return
+            if kind == PROXY_FAULT:
+                self._stats["proxy_faults"] += 1
+                self._block(n, kind, now, set(), first=self.cfg.proxy_rest)
                 return
             group = (
                 "forbidden" if kind == "blocked_forbidden" else "suspect" if kind in SUSPECT_KINDS else None
@@ -223,17 +269,22 @@ class Governor:
             out["blocked_seconds"] = round(out["blocked_seconds"], 3)
             out["downloads_per_hour"] = round(out["grants"] * 3600.0 / max(now - self._start, 1e-9), 1)
             out["blocked_nodes"] = sorted(k for k, n in self._nodes.items() if n.blocked_kind)
+            out["grants_by_egress"] = {k: n.granted for k, n in sorted(self._nodes.items()) if n.granted}
             out["stopped"] = self._stopped[0] if self._stopped else None  # as the callers were told
             return out
 
-    def _block(self, n: _Node, kind: str, now: float, culprits: set[str]) -> None:
-        self._stats["blocks"][kind] = self._stats["blocks"].get(kind, 0) + 1
+    def _block(self, n: _Node, kind: str, now: float, culprits: set[str], first: float | None = None) -> None:
+        """Rest ``n`` for a cooldown doubling from ``first`` (a block of the source:
+        ``cooldown_start``) up to ``cooldown_max``."""
+        if kind != PROXY_FAULT:
+            self._stats["blocks"][kind] = self._stats["blocks"].get(kind, 0) + 1
         if n.blocked_kind and not n.probing and now < n.blocked_until:
             n.culprits |= culprits
             return  # attempts granted before the block reporting late: same cooldown
         n.culprits = culprits
         n.level += 1
-        cooldown = min(self.cfg.cooldown_max, self.cfg.cooldown_start * 2 ** (n.level - 1))
+        start = self.cfg.cooldown_start if first is None else first
+        cooldown = min(self.cfg.cooldown_max, start * 2 ** (n.level - 1))
         n.blocked_kind, n.blocked_until, n.probing = kind, now + cooldown, False
         n.blocked_since = n.blocked_since if n.blocked_since is not None else now
         self._stats["cooldowns"] += 1
@@ -282,6 +333,7 @@ class Governor:
 
     def _grant(self, n: _Node, now: float) -> tuple[str, float]:
         n.grants.append(now)
+        n.granted += 1
         self._grants.append(now)
         n.next_at = now + self.cfg.min_spacing * (1 + self.cfg.jitter * self._rng.random())
         self._next_global = now + self.cfg.global_spacing
@@ -292,7 +344,7 @@ class Governor:
 class GovernorClient(Protocol):
     """What a download asks of the governor: a :class:`Governor` or a proxy to one."""
 
-    def acquire(self, node: str) -> tuple[str, float]: ...
+    def acquire_any(self, egresses: Sequence[str]) -> tuple[str, float, str]: ...
 
     def report(self, node: str, kind: str | None, *, clip: str | None = None) -> None: ...
 
@@ -300,16 +352,22 @@ class GovernorClient(Protocol):
 
 
 def wait_for_turn(
-    governor: GovernorClient, node: str, sleep: Callable[[float], None] = time.sleep, max_wait: float = 2.0
-) -> None:
-    """Block the calling thread until ``governor`` grants ``node`` a download; raise
+    governor: GovernorClient,
+    egresses: str | Sequence[str],
+    sleep: Callable[[float], None] = time.sleep,
+    max_wait: float = 2.0,
+) -> str:
+    """Block the calling thread until ``governor`` grants one of ``egresses`` (a node's
+    address, or the job's proxies) a download, and return the one granted; raise
     ``SourceBlocked`` when it says stop. ``governor`` may be a proxy to a remote one.
-    Asks again at least every ``max_wait`` seconds: a wait answered before another node's
-    block began (a spent hourly budget) must not outlive that block's ``max_blocked``."""
+    Asks again at least every ``max_wait`` seconds: a wait answered before another
+    egress's block began (a spent hourly budget) must not outlive that block's
+    ``max_blocked``."""
+    pool = (egresses,) if isinstance(egresses, str) else tuple(egresses)
     while True:
-        verdict, value = governor.acquire(node)
+        verdict, value, egress = governor.acquire_any(pool)
         if verdict == "go":
-            return
+            return egress
         if verdict == "stop":
             raise SourceBlocked(governor.stop_kind() or "blocked", value)
         sleep(min(value, max_wait))

@@ -17,7 +17,7 @@ from jobs import JobParser, refusing
 def build_parser() -> argparse.ArgumentParser:
     p = JobParser(prog="avfusion doctor", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     p.add_argument("--cookies", help="cookies.txt as given to preprocess (a path or URL)")
-    p.add_argument("--proxy", help="proxy URL as given to preprocess")
+    p.add_argument("--proxy", action="append", help="proxy URL as given to preprocess (repeatable)")
     p.add_argument("--proxies", metavar="FILE", help="proxy file as given to preprocess")
     p.add_argument("--out", help="output URL as given to preprocess (s3://bucket/... is head-checked)")
     p.add_argument("--ffmpeg", help="ffmpeg binary (default: PATH, then imageio-ffmpeg)")
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from avfusion.doctor import DoctorOptions, run
     from avfusion.download import COOKIES_MAX_BYTES
     from avfusion.redact import Redactor, cookie_values
-    from jobs.preprocess import PROXY_PASSWORD_ENV, client_list, proxy_of, proxy_password
+    from jobs.preprocess import PROXY_PASSWORD_ENV, client_list, proxies_of, proxy_password
 
     args = build_parser().parse_args(argv)
     weights = None if args.video_weights == "none" else args.video_weights
@@ -49,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         [os.environ.get("AWS_SECRET_ACCESS_KEY") or "", os.environ.get(PROXY_PASSWORD_ENV) or ""]
     )
     try:
-        proxy = proxy_of(args.proxy, args.proxies, None, os.environ)
+        proxies = proxies_of(args.proxy, args.proxies, (), os.environ)
     except (ConfigError, OSError) as exc:  # OSError: an unreadable --proxies
         print(f"avfusion doctor: {redactor(str(exc))}", file=sys.stderr)
         return 2
-    password = proxy_password(proxy)
-    redactor.add(password, unquote(password or ""))
+    for proxy in proxies:
+        password = proxy_password(proxy)
+        redactor.add(password, unquote(password or ""))
     if args.cookies:
         try:
             redactor.add(
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         ffmpeg=args.ffmpeg,
         player_clients=client_list(args.player_clients),
         cookies=args.cookies,
-        proxy=proxy,
+        proxies=proxies,
         out=args.out,
         weights=weights,
         address=args.address,

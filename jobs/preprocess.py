@@ -58,14 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dl.add_argument(
         "--proxy",
-        help="http(s) proxy URL; its password is better given in AVFUSION_PROXY_PASSWORD (with "
+        action="append",
+        help="http:// proxy URL; repeat it for a pool (each proxy is one egress address with its own "
+        "budget and block state); a password is better given in AVFUSION_PROXY_PASSWORD (with "
         "AVFUSION_PROXY_USER) or a --proxies file than here, where ps shows it",
     )
     dl.add_argument(
         "--proxies",
         metavar="FILE",
-        help="file (path or URL) holding the proxy URL, credentials included, one per line; "
-        "one proxy only for now (a pool is not supported yet)",
+        help="file (path or URL) of proxy URLs, credentials included, one a line: the egress pool",
+    )
+    dl.add_argument(
+        "--egress-id",
+        help="the budget's name for a node's own address when no proxy is given (default the node's "
+        "IP); give nodes behind one NAT the same one, so they share one budget",
     )
     dl.add_argument(
         "--rate-limit",
@@ -217,7 +223,7 @@ def load_config(args):
         "download",
         url_template=args.url_template,
         cookies=args.cookies,
-        proxy=args.proxy,
+        egress_id=args.egress_id,
         rate_limit=args.rate_limit,
         sleep_seconds=args.sleep,
         format=args.format,
@@ -306,37 +312,43 @@ CREDENTIALS_HINT = (
 )
 
 
-def proxy_of(
-    proxy: str | None, proxies: str | None, configured: str | None, environ: dict[str, str] | os._Environ
-) -> str | None:
-    """The download proxy with its credentials: ``--proxy``, else the one line of
-    ``--proxies FILE``, else ``AVFUSION_PROXY``, else the config's ``download.proxy``;
-    ``AVFUSION_PROXY_USER``/``AVFUSION_PROXY_PASSWORD`` spliced in when set. Credentials
-    then live in this process and in ``DownloadConfig.proxy`` (pickled to the workers),
-    not in any command line. ``ConfigError`` names what is wrong."""
+def proxies_of(
+    proxy: list[str] | None,
+    proxies: str | None,
+    configured: tuple[str, ...],
+    environ: dict[str, str] | os._Environ,
+) -> tuple[str, ...]:
+    """The download proxies (the egress pool) with their credentials: every ``--proxy``,
+    else every line of ``--proxies FILE``, else ``AVFUSION_PROXY`` (one URL), else the
+    config's ``download.proxy`` / ``download.proxies``; ``AVFUSION_PROXY_USER`` /
+    ``AVFUSION_PROXY_PASSWORD`` spliced into each when set (a provider's pool shares one
+    account). Credentials then live in this process and in ``DownloadConfig.proxies``
+    (pickled to the workers), not in any command line. ``ConfigError`` names what is
+    wrong."""
     from avfusion import storage
     from avfusion.config import ConfigError
 
     if proxy and proxies:
         raise ConfigError("--proxy and --proxies both given: give one")
+    pool = tuple(proxy or ())
     if proxies:
-        text = storage.read_small(proxies, 1 << 16, "--proxies").decode("utf-8", "replace")
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        if len(lines) != 1:
-            raise ConfigError(
-                f"--proxies {proxies}: holds {len(lines)} proxy URLs; one is allowed (a proxy pool is "
-                "not supported yet)"
-            )
-        proxy = lines[0]
-    url = proxy or environ.get(PROXY_ENV) or configured
+        text = storage.read_small(proxies, 1 << 20, "--proxies").decode("utf-8", "replace")
+        pool = tuple(ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))
+        if not pool:
+            raise ConfigError(f"--proxies {proxies}: holds no proxy URL (one a line; # starts a comment)")
+    pool = pool or ((environ[PROXY_ENV],) if environ.get(PROXY_ENV) else configured)
     user, password = environ.get(PROXY_USER_ENV), environ.get(PROXY_PASSWORD_ENV)
     if not (user or password):
-        return url
-    if not url:
+        return pool
+    if not pool:
         raise ConfigError(
             f"{PROXY_USER_ENV}/{PROXY_PASSWORD_ENV} are set but no proxy is given "
             f"(--proxy, --proxies, {PROXY_ENV} or download.proxy)"
         )
+    return tuple(_with_credentials(url, user, password) for url in pool)
+
+
+def _with_credentials(url: str, user: str | None, password: str | None) -> str:
     if "://" not in url:
         url = f"http://{url}"
     parts = urlsplit(url)
@@ -380,18 +392,20 @@ def main(argv: list[str] | None = None) -> int:
     from dataclasses import replace
 
     from avfusion.config import ConfigError
-    from avfusion.governor import COOKIES_INVALID
+    from avfusion.governor import COOKIES_INVALID, PROXY_FAULT
     from avfusion.preprocess.run import PreprocessError, job_redactor, run_preprocess
     from avfusion.redact import Redactor
 
     # What the job knows to be secret before its config is read, for its refusal lines.
     aws_secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
     redactor = Redactor([aws_secret or "", os.environ.get(PROXY_PASSWORD_ENV) or ""])
-    inline = proxy_password(args.proxy)
-    if args.proxy and "@" in args.proxy:  # the whole user info too: a bad URL may split it anywhere
-        redactor.add(args.proxy.split("://", 1)[-1].rsplit("@", 1)[0])
+    inline = [password for url in args.proxy or () if (password := proxy_password(url))]
+    for url in args.proxy or ():
+        if "@" in url:  # the whole user info too: a bad URL may split it anywhere
+            redactor.add(url.split("://", 1)[-1].rsplit("@", 1)[0])
+    for password in inline:
+        redactor.add(password, unquote(password))
     if inline:
-        redactor.add(inline, unquote(inline))
         print(
             "avfusion preprocess: warning: the proxy password in --proxy is visible in the process "
             f"list for the whole run; give it in {PROXY_PASSWORD_ENV} (or --proxies FILE) instead",
@@ -399,8 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         cfg = load_config(args)
-        proxy = proxy_of(args.proxy, args.proxies, cfg.download.proxy, os.environ)
-        cfg = replace(cfg, download=replace(cfg.download, proxy=proxy))
+        configured = cfg.download.proxies or ((cfg.download.proxy,) if cfg.download.proxy else ())
+        pool = proxies_of(args.proxy, args.proxies, configured, os.environ)
+        cfg = replace(cfg, download=replace(cfg.download, proxy=None, proxies=pool))
         job = replace(job_of(args, cfg), secrets=(aws_secret,) if aws_secret else ())
         redactor = job_redactor(job)
     except (ConfigError, OSError) as exc:  # OSError: an unreadable --config or --proxies
@@ -411,12 +426,15 @@ def main(argv: list[str] | None = None) -> int:
         return refuse("avfusion preprocess", exc, args.verbose, redactor)
     if result.stopped:
         command = resume_command(sys.argv[1:] if argv is None else argv, redactor)
-        why = (
-            "YouTube says the account cookies in the cookies file are no longer valid (rotated in "
-            "the browser): export them again (docs/youtube.md)"
-            if result.stopped == COOKIES_INVALID
-            else f"the download source is blocked ({result.stopped}) for longer than --max-blocked"
-        )
+        if result.stopped == COOKIES_INVALID:
+            why = (
+                "YouTube says the account cookies in the cookies file are no longer valid (rotated in "
+                "the browser): export them again (docs/youtube.md)"
+            )
+        elif result.stopped == PROXY_FAULT:
+            why = "the proxy failed by itself for longer than --max-blocked (check it: avfusion doctor)"
+        else:
+            why = f"the download source is blocked ({result.stopped}) for longer than --max-blocked"
         print(f"STOPPED: {why}; finished shards are kept. Resume later with: {command}", file=sys.stderr)
     return result.exit_code
 

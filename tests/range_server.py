@@ -19,7 +19,10 @@ hosts that rotate a session cookie do. A plan's status ``"no_formats"`` answers 
 an HLS playlist that lists no stream, so real yt-dlp says "No video formats found!", as
 a blocked YouTube source hears on every video. ``refuse_ranged(status, n)`` answers
 ``status`` to the next ``n`` requests that carry a Range header (the media transfer,
-not the extractor's first look), as YouTube's media host blocks.
+not the extractor's first look), as YouTube's media host blocks. ``limit_per_peer(n,
+window)`` answers 429 to a client address that already had ``n`` requests served in the
+last ``window`` seconds, as a host that rate-limits per IP does (refused requests are
+not counted: an address that rests recovers).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class RangeServer:
         self.require_cookie: str | None = None
         self.rotate_cookie: str | None = None
         self.ranged_refusals: list[int] = []  # statuses for the next ranged requests, in order
+        self.peer_limit: tuple[int, float] | None = None  # (requests, seconds) per client address
+        self.served_by_peer: dict[str, list[float]] = {}  # times of the requests served, per address
         self.served_total = 0
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -68,6 +73,19 @@ class RangeServer:
 
     def refuse_ranged(self, status: int, n: int) -> None:
         self.ranged_refusals = [status] * n
+
+    def limit_per_peer(self, n: int, window: float) -> None:
+        self.peer_limit = (n, window)
+
+    def _peer_limited(self, peer: str, now: float) -> bool:
+        if self.peer_limit is None:
+            return False
+        n, window = self.peer_limit
+        served = self.served_by_peer.setdefault(peer, [])
+        if sum(t > now - window for t in served) >= n:
+            return True
+        served.append(now)
+        return False
 
     def _blocked_status(self) -> int | str | None:
         if self.block_after is None or self.served_total <= self.block_after:
@@ -114,6 +132,8 @@ class RangeServer:
                     blocked = server._blocked_status()
                     if not blocked and self.headers.get("Range") and server.ranged_refusals:
                         blocked = server.ranged_refusals.pop(0)
+                    if not blocked and server._peer_limited(self.client_address[0], time.time()):
+                        blocked = 429
                     server.log.append(
                         {
                             "t": time.time(),

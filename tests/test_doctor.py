@@ -17,7 +17,7 @@ from avfusion.doctor import (
     cookie_checks,
     ffmpeg_checks,
     ffmpeg_release,
-    proxy_check,
+    proxy_checks,
     pyav_check,
 )
 from avfusion.download import js_runtime_report
@@ -256,15 +256,23 @@ def test_cookie_folder_read_only_is_reported_as_not_needed(tmp_path):
     assert check.status == OK and where.status == OK and "read-only" in where.detail
 
 
-def test_proxy_schemes():
-    assert proxy_check("http://127.0.0.1:3128").status == OK
-    assert proxy_check(None).status == OK
-    socks = proxy_check("socks5://127.0.0.1:1080")
-    assert socks.status == FAIL and "directly" in socks.detail
-    https = proxy_check("https://127.0.0.1:3129")
-    assert https.status == FAIL and "https://" in https.detail and "directly" in https.detail
-    upper = proxy_check("HTTP://127.0.0.1:3128")  # ffmpeg reads the scheme case-sensitively
-    assert upper.status == FAIL and "HTTP://" in upper.detail
+def test_proxy_schemes_one_line_per_proxy_of_the_pool_and_no_password():
+    (one,) = proxy_checks(("http://127.0.0.1:3128",))
+    assert one.status == OK and "proxy 127.0.0.1:3128" in one.detail
+    (none,) = proxy_checks(())
+    assert none.status == OK and "own address" in none.detail
+    pool = proxy_checks(
+        (
+            "http://u:pw-secret@127.0.0.1:3128",
+            "socks5://127.0.0.1:1080",
+            "https://127.0.0.1:3129",
+            "HTTP://127.0.0.1:3130",  # ffmpeg reads the scheme case-sensitively
+        )
+    )
+    assert [c.status for c in pool] == [OK, FAIL, FAIL, FAIL]
+    assert "proxy u@127.0.0.1:3128" in pool[0].detail and all("pw-secret" not in c.line() for c in pool)
+    assert all("directly" in c.detail for c in pool[1:])
+    assert "https://" in pool[2].detail and "HTTP://" in pool[3].detail
 
 
 @pytest.mark.slow

@@ -123,7 +123,7 @@ def test_governor_spacing_is_measured_at_the_origin(tmp_path, served):
     )
     with RangeServer(served) as server:
         tasks = [ClipTask(key=f"c{i}", source=server.url(f"c{i}.mp4"), start=0.0) for i in range(4)]
-        stats = process_shard("00000", tasks, cfg, {}, str(tmp_path / "out"), governor=governor, node="n1")
+        stats = process_shard("00000", tasks, cfg, {}, str(tmp_path / "out"), governor=governor)
         first = sorted(min(r["t"] for r in server.log if r["path"] == f"c{i}.mp4") for i in range(4))
     assert stats.successes == 4
     gaps = [b - a for a, b in zip(first, first[1:], strict=False)]

@@ -218,3 +218,51 @@ def test_a_waiter_on_its_budget_hears_a_later_block_stop_within_seconds():
         wait_for_turn(g, "a")
     timer.join()
     assert time.monotonic() - t0 < 3.5
+
+
+# ----------------------------------------------------------------------------- a pool
+
+
+def test_a_pool_spreads_grants_and_each_egress_keeps_its_own_spacing():
+    g = Governor(GovernorConfig(per_node_per_hour=3600, min_spacing=2.0, jitter=0.0), seed=0)
+    pool = ("p1", "p2", "p3")
+    granted = [g.acquire_any(pool, now=0.0) for _ in range(4)]
+    assert [v for v, _, _ in granted[:3]] == ["go"] * 3
+    assert sorted(e for _, _, e in granted[:3]) == ["p1", "p2", "p3"]  # one each, not three on p1
+    assert granted[3] == ("wait", 2.0, "")  # every egress spaced: the pool waits for the first free
+    assert g.acquire_any(pool, now=2.0)[0] == "go"
+
+
+def test_a_blocked_egress_rests_while_the_others_work_then_gets_its_probe_first():
+    g = Governor(CFG, seed=0)
+    pool = ("p1", "p2")
+    for t in (0.0, 0.1):
+        g.acquire_any(pool, now=t)
+    g.report("p1", "blocked_rate_limit", now=1.0)
+    grants = [g.acquire_any(pool, now=t) for t in (3.0, 6.0, 9.0, 12.0)]
+    assert {e for v, _, e in grants if v == "go"} == {"p2"}  # p1 rests for its 60 s cooldown
+    assert g.stats(now=12.0)["blocked_nodes"] == ["p1"]
+    assert g.acquire_any(pool, now=61.0) == ("go", 0.0, "p1")  # the probe goes before p2's turn
+    assert g.stats(now=61.0)["probes"] == 1
+    g.report("p1", None, now=62.0)
+    assert g.stats(now=62.0)["blocked_nodes"] == []
+
+
+def test_a_pool_all_blocked_waits_for_the_first_cooldown_and_stops_at_max_blocked():
+    g = Governor(GovernorConfig(cooldown_start=60.0, max_blocked=100.0, min_spacing=0.0), seed=0)
+    pool = ("p1", "p2")
+    g.acquire_any(pool, now=0.0)
+    g.acquire_any(pool, now=0.0)
+    g.report("p1", "blocked_bot_check", now=1.0)
+    g.report("p2", "blocked_bot_check", now=11.0)
+    assert g.acquire_any(pool, now=20.0) == ("wait", 41.0, "")  # p1's cooldown ends first
+    assert g.acquire_any(pool, now=101.5)[0] == "stop"
+
+
+def test_acquire_any_is_picklable_through_a_proxy_and_refuses_an_empty_pool():
+    g = Governor(CFG, seed=0)
+    assert pickle.loads(pickle.dumps(g.acquire_any(("a", "b"), now=0.0))) == ("go", 0.0, "a")
+    with pytest.raises(ValueError, match="no egress"):
+        g.acquire_any((), now=0.0)
+    real = Governor(CFG, seed=0)  # on its own clock: a is spaced after its grant, b goes
+    assert [wait_for_turn(real, ("a", "b"), sleep=lambda s: None) for _ in range(2)] == ["a", "b"]

@@ -1,6 +1,6 @@
 """Two Ray nodes share one download governor: the spacing holds across both nodes'
 tasks, measured at the origin (per-task governors would download at once). The two
-nodes share this machine's host name, so the governor sees one source address, as it
+nodes share this machine's IP address, so the governor sees one egress address, as it
 should: a block is of the address."""
 
 import json
@@ -71,3 +71,5 @@ def test_two_nodes_share_one_governor(tmp_path):
     assert min(gaps) >= 1.2 and sum(gaps) / len(gaps) >= 1.8, gaps
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_samples"] == 6 and manifest["downloads"]["grants"] == 6
+    # One egress address for both nodes (this machine's IP): one budget, one spacing.
+    assert len(manifest["downloads"]["grants_by_egress"]) == 1, manifest["downloads"]

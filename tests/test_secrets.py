@@ -48,46 +48,62 @@ SECRETS = {
 
 def test_proxy_credentials_are_spliced_from_the_environment():
     env = {"AVFUSION_PROXY_USER": "avf", "AVFUSION_PROXY_PASSWORD": "p@ss:word"}
-    url = preprocess.proxy_of("http://127.0.0.1:3128", None, None, env)
+    (url,) = preprocess.proxies_of(["http://127.0.0.1:3128"], None, (), env)
     assert url == "http://avf:p%40ss%3Aword@127.0.0.1:3128"
     from urllib.parse import unquote, urlsplit
 
     assert unquote(urlsplit(url).password or "") == "p@ss:word"
     # the whole URL from the environment; the config's proxy is the last resort
     whole = {"AVFUSION_PROXY": "http://u:pw@10.0.0.1:8080"}
-    assert preprocess.proxy_of(None, None, "http://cfg:3128", whole) == "http://u:pw@10.0.0.1:8080"
-    assert preprocess.proxy_of(None, None, "http://cfg:3128", {}) == "http://cfg:3128"
+    assert preprocess.proxies_of(None, None, ("http://cfg:3128",), whole) == ("http://u:pw@10.0.0.1:8080",)
+    assert preprocess.proxies_of(None, None, ("http://cfg:3128",), {}) == ("http://cfg:3128",)
     # the password alone: the user in the URL stays
-    assert (
-        preprocess.proxy_of("http://bob@h:1", None, None, {"AVFUSION_PROXY_PASSWORD": "s3cr3t"})
-        == "http://bob:s3cr3t@h:1"
+    assert preprocess.proxies_of(["http://bob@h:1"], None, (), {"AVFUSION_PROXY_PASSWORD": "s3cr3t"}) == (
+        "http://bob:s3cr3t@h:1",
     )
+    # a pool: the account's credentials go into every proxy of it
+    pool = preprocess.proxies_of(["http://127.0.0.1:1", "127.0.0.1:2"], None, (), env)
+    assert pool == ("http://avf:p%40ss%3Aword@127.0.0.1:1", "http://avf:p%40ss%3Aword@127.0.0.1:2")
 
 
 def test_proxy_credentials_without_a_proxy_and_two_proxy_sources_are_refused():
     with pytest.raises(ConfigError, match="AVFUSION_PROXY_USER/AVFUSION_PROXY_PASSWORD are set but no proxy"):
-        preprocess.proxy_of(None, None, None, {"AVFUSION_PROXY_PASSWORD": "x"})
+        preprocess.proxies_of(None, None, (), {"AVFUSION_PROXY_PASSWORD": "x"})
     with pytest.raises(ConfigError, match="--proxy and --proxies both given"):
-        preprocess.proxy_of("http://a:1", "proxies.txt", None, {})
+        preprocess.proxies_of(["http://a:1"], "proxies.txt", (), {})
 
 
-def test_a_proxies_file_gives_the_one_proxy_and_a_pool_is_refused(tmp_path):
+def test_a_proxies_file_is_the_pool_one_url_a_line(tmp_path):
     one = tmp_path / "one.txt"
     one.write_text("# our proxy\n\nhttp://avf:pw1234@127.0.0.1:3128\n")
-    assert preprocess.proxy_of(None, str(one), None, {}) == "http://avf:pw1234@127.0.0.1:3128"
+    assert preprocess.proxies_of(None, str(one), (), {}) == ("http://avf:pw1234@127.0.0.1:3128",)
     two = tmp_path / "two.txt"
-    two.write_text("http://a:pw@127.0.0.1:1\nhttp://b:pw@127.0.0.1:2\n")
-    with pytest.raises(ConfigError, match=r"holds 2 proxy URLs; one is allowed \(a proxy pool is not"):
-        preprocess.proxy_of(None, str(two), None, {})
+    two.write_text("http://a:pw@127.0.0.1:1\n  # the second\nhttp://b:pw@127.0.0.1:2\n")
+    assert preprocess.proxies_of(None, str(two), (), {}) == (
+        "http://a:pw@127.0.0.1:1",
+        "http://b:pw@127.0.0.1:2",
+    )
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# none yet\n")
+    with pytest.raises(ConfigError, match="holds no proxy URL"):
+        preprocess.proxies_of(None, str(empty), (), {})
 
 
-def test_a_proxy_pool_file_is_one_line_and_exit_2(tmp_path, capsys):
-    two = tmp_path / "two.txt"
-    two.write_text(f"http://a:{PROXY_PASSWORD}@127.0.0.1:1\nhttp://b:pw@127.0.0.1:2\n")
+@pytest.mark.parametrize(
+    ("second", "expect"),
+    [
+        (f"https://b:{PROXY_PASSWORD}@127.0.0.1:2", "does not carry ffmpeg's media transfer"),
+        (f"http://b:{PROXY_PASSWORD}#x@127.0.0.1:2", "not a proxy URL"),
+        (f"http://a:{PROXY_PASSWORD}@127.0.0.1:1", "is given more than once"),
+    ],
+)
+def test_a_bad_proxy_in_a_pool_file_is_one_line_and_exit_2(tmp_path, capsys, second, expect):
+    pool = tmp_path / "pool.txt"
+    pool.write_text(f"http://a:{PROXY_PASSWORD}@127.0.0.1:1\n{second}\n")
     (tmp_path / "in.csv").write_text("url\nhttp://127.0.0.1:1/a.mp4\n")
-    code = preprocess.main([str(tmp_path / "in.csv"), "--out", str(tmp_path / "out"), "--proxies", str(two)])
+    code = preprocess.main([str(tmp_path / "in.csv"), "--out", str(tmp_path / "out"), "--proxies", str(pool)])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "a proxy pool is not supported yet" in err, err
+    assert code == 2 and err.count("\n") == 1 and expect in err, err
     assert PROXY_PASSWORD not in err and not (tmp_path / "out").exists()
 
 

@@ -15,7 +15,7 @@ from jobs import demo, evaluate, label, preprocess, train
 
 GOVERNOR_KEYS = (
     "['cooldown_max', 'cooldown_start', 'forbidden_streak', 'global_per_hour', 'global_spacing', "
-    "'jitter', 'max_blocked', 'min_spacing', 'per_node_per_hour', 'suspect_streak', 'window']"
+    "'jitter', 'max_blocked', 'min_spacing', 'per_node_per_hour', 'proxy_rest', 'suspect_streak', 'window']"
 )
 SECTIONS = "['clip', 'download', 'limits', 'preprocess', 'governor', 'train']"
 
@@ -195,6 +195,17 @@ PREPROCESS_BAD = [
         None,
         "download.proxy: not a proxy URL; allowed: scheme://host:port with nothing after the port, "
         "credentials as USER:PASSWORD@ before the host (percent-encode '#', '?', '/', '@', ':' in them)",
+    ),
+    (
+        ["--egress-id", "office nat; rm -rf /"],
+        None,
+        "download.egress_id: 1-100 characters of letters, digits and . _ : @ / -, starting with a "
+        "letter or digit",
+    ),
+    (
+        [],
+        "download: {proxy: 'http://127.0.0.1:1', proxies: ['http://127.0.0.1:2']}",
+        "download.proxy and download.proxies both given: give one (a pool of one is a proxy)",
     ),
     (
         ["--yt-dlp-option", 'http_headers={"Cookie ": "SID=x"}'],

@@ -113,7 +113,11 @@ def print_summary(root: str, result: PreprocessResult, done: dict[str, ShardStat
             f"{'downloads/hour':<24}{downloads['downloads_per_hour']:>10.1f}   "
             f"blocked {downloads['blocked_seconds']:.0f} s, {downloads['cooldowns']} cooldowns, "
             f"{downloads['probes']} probes {downloads['blocks'] or ''}"
+            + (f", {downloads['proxy_faults']} proxy faults" if downloads.get("proxy_faults") else "")
         )
+        by_egress = downloads.get("grants_by_egress") or {}
+        if len(by_egress) > 1:  # a pool, or nodes with addresses of their own
+            print(f"  {'by egress':<22}" + ", ".join(f"{k}: {v}" for k, v in by_egress.items()))
     print(f"manifest: {root}/{MANIFEST}; failures: {root}/{FAILURES}")
     if result.complete or (result.stopped and not result.orphans and not result.lost):
         return  # a stopped run says so itself (the job prints the STOPPED line)

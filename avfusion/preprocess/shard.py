@@ -9,7 +9,6 @@ dropped, and the tar appears under its final name only when complete.
 
 from __future__ import annotations
 
-import socket
 import time
 import traceback
 from collections import Counter
@@ -21,7 +20,7 @@ from pathlib import Path
 from avfusion import __version__, storage
 from avfusion.config import ClipSpec, bounded, check_bounds
 from avfusion.decode import DecodeLimits, decode_clip
-from avfusion.download import DownloadConfig, DownloadError, download_section
+from avfusion.download import DownloadConfig, DownloadError, download_section, egress_pool
 from avfusion.governor import GovernorClient, SourceBlocked, wait_for_turn
 from avfusion.probe import MediaError
 from avfusion.redact import Redactor, strip_url_secrets
@@ -50,7 +49,6 @@ def process_clip(
     label_map: dict[str, int],
     workdir: Path,
     governor: GovernorClient | None = None,
-    node: str = "local",
     redactor: Redactor | None = None,
 ) -> Sample | Failure:
     """One clip through fetch → decode → encode; any failure comes back classified.
@@ -62,9 +60,9 @@ def process_clip(
     attempts = 1
     try:
         if task.is_remote:
-            sleep = _governed_sleep(governor, node) if governor is not None else time.sleep
+            sleep = _governed_sleep(governor, cfg.download) if governor is not None else time.sleep
             path, attempts, _ = download_section(
-                task, cfg.clip, cfg.download, workdir, sleep=sleep, governor=governor, node=node
+                task, cfg.clip, cfg.download, workdir, sleep=sleep, governor=governor
             )
             start = 0.0
         elif task.in_storage:  # s3://…: fetched whole into this clip's workdir, decoded locally
@@ -119,7 +117,9 @@ def _failure(
     )
 
 
-def _governed_sleep(governor: GovernorClient, node: str, step: float = 1.0) -> Callable[[float], None]:
+def _governed_sleep(
+    governor: GovernorClient, download: DownloadConfig, step: float = 1.0
+) -> Callable[[float], None]:
     """``time.sleep`` for a download's waits (its backoff between transient attempts,
     its turns), cut short by the governor's stop: a backoff of up to a minute must not
     outlive ``max_blocked``. On a stop, ``wait_for_turn`` raises ``SourceBlocked`` (a
@@ -130,7 +130,7 @@ def _governed_sleep(governor: GovernorClient, node: str, step: float = 1.0) -> C
         while (left := end - time.monotonic()) > 0:
             time.sleep(min(step, left))
             if governor.stop_kind():
-                wait_for_turn(governor, node)
+                wait_for_turn(governor, list(egress_pool(download)))
 
     return sleep
 
@@ -154,14 +154,13 @@ def process_shard(
     out_url: str,
     round_: int = 0,
     governor: GovernorClient | None = None,
-    node: str | None = None,
     redactor: Redactor | None = None,
 ) -> ShardStats:
     """Produce ``{shard}.tar`` and then ``{shard}_stats.json`` under ``out_url``.
-    Downloads go through ``governor`` (``avfusion.governor``) as ``node`` (default: this
-    host's name: a block is of the address, which the host's tasks share) when given;
-    ``SourceBlocked`` ends the shard without its stats, so a re-run redoes it."""
-    node = node or socket.gethostname()
+    Downloads go through ``governor`` (``avfusion.governor``) when given, each on an
+    egress address of ``cfg.download`` (``avfusion.download.egress_pool``: a block is of
+    the address, which every task on it shares); ``SourceBlocked`` ends the shard
+    without its stats, so a re-run redoes it."""
     t0 = time.time()
     root = out_url.rstrip("/")
     keys: list[str] = []
@@ -173,7 +172,7 @@ def process_shard(
         def run(item: tuple[int, ClipTask]) -> tuple[ClipTask, Sample | Failure]:
             i, task = item
             with storage.scratch_dir(prefix=f"clip{i}-", parent=tmp) as workdir:  # downloads end with it
-                return task, process_clip(task, cfg, label_map, Path(workdir), governor, node, redactor)
+                return task, process_clip(task, cfg, label_map, Path(workdir), governor, redactor)
 
         def samples() -> Iterator[Sample]:
             with ThreadPoolExecutor(max_workers=cfg.threads_per_task) as pool:
