@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from avfusion import cookiejar
 from avfusion.config import ClipSpec, bounded, check_bounds
 from avfusion.redact import Redactor, cookie_values, redact_patterns
 from avfusion.sources import ClipTask
@@ -595,9 +596,10 @@ def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) ->
 
 
 def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLogger) -> Path:
-    """One yt-dlp run. Its cookie jar is a private copy made here (yt-dlp rewrites the
-    cookie file when a ``YoutubeDL`` closes: the user's file may be a read-only Secret
-    mount, and threads must not write one file at once); the copy is removed after."""
+    """One yt-dlp run. Its cookie jar is a private copy of this node's jar for the
+    cookies file (``avfusion.cookiejar``: yt-dlp rewrites the cookie file when a
+    ``YoutubeDL`` closes; the user's file may be a read-only Secret mount, and threads
+    must not write one file at once), merged back into the node's jar after."""
     import yt_dlp
 
     from avfusion import storage
@@ -609,12 +611,12 @@ def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLo
             stack.enter_context(ffmpeg_for_sections(opts["ffmpeg_location"]))
             opts = {**opts, "logger": logger}
             if opts.get("cookiefile"):
-                copy = stack.enter_context(storage.private_copy(opts["cookiefile"], "cookies.txt"))
-                sanitised, problems = sanitise_cookies(storage.read_text(copy))
-                storage.write_text(copy, sanitised)
+                text = storage.read_small(opts["cookiefile"], COOKIES_MAX_BYTES, "cookies file").decode()
+                sanitised, problems = sanitise_cookies(text)
                 for problem in problems:
                     logger.warning(problem)
-                opts["cookiefile"] = copy
+                jar = cookiejar.attempt_copy(opts["cookiefile"], sanitised)
+                opts["cookiefile"] = stack.enter_context(jar)
                 # ffmpeg talks to the relay only: no proxy, whatever the environment says.
                 args = opts["external_downloader_args"]
                 opts["external_downloader_args"] = {
@@ -1008,7 +1010,9 @@ def download_redactor(cfg: DownloadConfig, *secrets: str) -> Redactor:
     redact = Redactor(secrets)
     if cfg.cookies:
         with contextlib.suppress(OSError, UnicodeDecodeError):  # unreadable: the attempt reports it
-            redact.add(*cookie_values(storage.read_small(cfg.cookies, COOKIES_MAX_BYTES).decode()))
+            text = storage.read_small(cfg.cookies, COOKIES_MAX_BYTES).decode()
+            redact.add(*cookie_values(text))
+            redact.add(*cookiejar.values(cfg.cookies, sanitise_cookies(text)[0]))  # what the host set since
     for proxy in cfg.proxies or ((cfg.proxy,) if cfg.proxy else ()):
         try:
             password = urlsplit(proxy if "://" in proxy else f"http://{proxy}").password

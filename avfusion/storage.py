@@ -408,6 +408,36 @@ def scratch_dir(prefix: str = "avf-", parent: str | None = None) -> Iterator[str
         yield tmp
 
 
+def private_dir(name: str) -> str:
+    """A folder of this user on this node that outlives a task (``name-UID`` in the
+    system temp folder), for state the node's tasks share (the cookie jar). Open to no
+    one else: a path someone else made first (a symlink, another owner, a mode open to
+    others) is refused, not used."""
+    path = os.path.join(tempfile.gettempdir(), f"{name}-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise OSError(
+            f"{path} is not a private folder of this user (a link, another owner, or open to others)"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on the local file ``path`` (made if missing): one holder
+    at a time among this node's threads and processes."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @contextlib.contextmanager
 def private_copy(url: str, name: str | None = None) -> Iterator[str]:
     """A local copy of ``url`` that no one else reads or writes, for a library that may

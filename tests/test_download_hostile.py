@@ -4,6 +4,7 @@ that refuses us is a ``proxy_error``, never a block of the source."""
 
 import contextlib
 import dataclasses
+import os
 import shutil
 import socket
 
@@ -446,3 +447,41 @@ def test_a_rotated_cookie_is_sent_on_the_next_media_request(tmp_path, served):
         sent = [r["headers"].get("Cookie") for r in server.log]
     assert len(sent) >= 3 and sent[0] == f"SID={SECRET}"
     assert sent[1:] == [f"SID=rot-{i}" for i in range(1, len(sent))], sent
+
+
+@pytest.mark.slow
+def test_a_rotated_cookie_reaches_the_next_clip_and_the_users_file_stays_as_exported(tmp_path, served):
+    """The node keeps the cookies the host rotated (``avfusion.cookiejar``): the next
+    clip's first request carries the last value the host set, not the exported one; the
+    user's file is never written; a re-exported file starts from its own values."""
+    cookies = tmp_path / "cookies.txt"
+    exported = f"# Netscape HTTP Cookie File\n{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tSID\t{SECRET}\n"
+    cookies.write_text(exported)
+    cfg = DownloadConfig(cookies=str(cookies), socket_timeout=2.0, max_attempts=1)
+
+    def clip(server, key):
+        work = tmp_path / key
+        work.mkdir()
+        first = len(server.log)
+        download_section(
+            ClipTask(key=key, source=server.url("c1.mp4"), start=1.0), ClipSpec(clip_seconds=2.0), cfg, work
+        )
+        return [r["headers"].get("Cookie") for r in server.log[first:]]
+
+    with RangeServer(served, host=COOKIE_HOST, port=80) as server:
+        server.rotate_cookie = "SID"
+        one = clip(server, "c1")
+        last_set = f"SID=rot-{len(server.log)}"  # the value the last response of clip one set
+        two = clip(server, "c2")
+        cookies.write_text(exported.replace(SECRET, "re-exported-value"))
+        three = clip(server, "c3")
+        now_set = f"rot-{len(server.log)}"
+    assert one[0] == f"SID={SECRET}" and two[0] == last_set, (one, two)
+    assert three[0] == "SID=re-exported-value", three
+    assert cookies.read_text() == exported.replace(SECRET, "re-exported-value")
+    from avfusion import cookiejar
+
+    jar = cookiejar.jar_path(str(cookies), sanitise_cookies(exported)[0])
+    assert oct(os.stat(os.path.dirname(jar)).st_mode & 0o777) == "0o700"
+    # What the host set is a secret too: the download's redaction knows it.
+    assert now_set not in download_redactor(cfg)(f"SID={now_set}")
