@@ -318,13 +318,12 @@ def clients_check(clients: tuple[str, ...] | None, cookies: bool) -> Check:
 
 def proxy_checks(proxies: tuple[str, ...]) -> list[Check]:
     """One line per proxy of the pool, named without its password."""
-    from avfusion.download import proxy_name
+    from avfusion.download import egress_names
 
     if not proxies:
         return [Check("proxy", OK, "none: downloads go out from each node's own address")]
     checks = []
-    for proxy in proxies:
-        name = proxy_name(proxy)
+    for proxy, name in zip(proxies, egress_names(proxies), strict=True):
         scheme = proxy.split("://", 1)[0] if "://" in proxy else "http"
         if scheme == "http":  # ffmpeg reads the scheme case-sensitively: HTTP:// goes around it
             checks.append(Check("proxy", OK, f"{name}: http:// carries yt-dlp's requests and ffmpeg's media"))

@@ -141,6 +141,8 @@ def player_clients(cfg: DownloadConfig) -> tuple[str, ...]:
 
 
 def check_pool(proxy: str | None, proxies: tuple[str, ...]) -> None:
+    from collections import Counter
+
     from avfusion.config import ConfigError
 
     if proxy is not None and proxies:
@@ -151,10 +153,41 @@ def check_pool(proxy: str | None, proxies: tuple[str, ...]) -> None:
         raise ConfigError("download.proxies: expected a list of proxy URLs")
     for p in proxies:
         check_proxy(p)
-    names = [proxy_name(p) for p in proxies]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ConfigError(f"download.proxies: {twice[0]} is given more than once")
+    seen = Counter(_identity(p) for p in proxies)
+    for i, p in enumerate(proxies, 1):
+        if seen[_identity(p)] > 1:
+            raise ConfigError(f"download.proxies: entry {i} ({_endpoint(p)}) is given more than once")
+
+
+def _identity(proxy: str) -> tuple[str, ...]:
+    """What makes two proxy URLs one exit: scheme, host, port, user and password, as the
+    proxy reads them (case, a trailing dot, percent-encoding and default ports aside)."""
+    import ipaddress
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host = (parts.hostname or "").rstrip(".")
+    with contextlib.suppress(ValueError):
+        host = str(ipaddress.ip_address(host))
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    return (parts.scheme.lower(), host, str(parts.port or _default_port(parts.scheme)), user, password)
+
+
+def _default_port(scheme: str) -> int:
+    scheme = scheme.lower()
+    return 443 if scheme == "https" else 1080 if scheme.startswith("socks") else 80
+
+
+def _endpoint(proxy: str) -> str:
+    """``host:port`` of a proxy URL (IPv6 in brackets), never its credentials."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = parts.hostname or "?", parts.port or _default_port(parts.scheme)
+    except ValueError:
+        return "a malformed URL"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def check_egress_id(egress_id: str | None) -> None:
@@ -167,18 +200,16 @@ def check_egress_id(egress_id: str | None) -> None:
         )
 
 
-def proxy_name(proxy: str) -> str:
-    """How the governor, the stats and the logs name a proxy: ``proxy [user@]host:port``,
-    never its password. The user name stays: providers pick the exit address (a sticky
-    session) by it, so two user names on one gateway are two egress addresses."""
-    from urllib.parse import urlsplit
+def egress_names(proxies: tuple[str, ...]) -> list[str]:
+    """How the governor, the stats and the logs name each proxy of a pool: ``proxy
+    host:port``, with ``#N`` (its place in the pool) where several share an endpoint (a
+    provider's gateway with one user name per exit). Never a user name: some providers
+    put the API key there."""
+    from collections import Counter
 
-    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    user = f"{parts.username}@" if parts.username else ""
-    default = (
-        443 if parts.scheme.lower() == "https" else 1080 if parts.scheme.lower().startswith("socks") else 80
-    )
-    return f"proxy {user}{parts.hostname}:{parts.port or default}"
+    endpoints = [_endpoint(p) for p in proxies]
+    shared = Counter(endpoints)
+    return [f"proxy {e}#{i}" if shared[e] > 1 else f"proxy {e}" for i, e in enumerate(endpoints, 1)]
 
 
 def node_address() -> str:
@@ -197,7 +228,7 @@ def egress_pool(cfg: DownloadConfig) -> dict[str, str | None]:
     (None: the node's own address, named ``cfg.egress_id`` or the node's IP)."""
     proxies = cfg.proxies or ((cfg.proxy,) if cfg.proxy else ())
     if proxies:
-        return {proxy_name(p): p for p in proxies}
+        return dict(zip(egress_names(proxies), proxies, strict=True))
     return {cfg.egress_id or node_address(): None}
 
 
@@ -216,7 +247,7 @@ def check_proxy(proxy: str | None) -> None:
         parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")  # yt-dlp's default scheme
         ok = bool(parts.hostname) and parts.path in ("", "/")
         ok = ok and not (parts.query or parts.fragment or "#" in proxy or "?" in proxy)
-        ok = ok and (parts.port or 0) >= 0  # .port raises ValueError on a non-numeric port
+        ok = ok and (parts.port is None or 0 < parts.port)  # .port raises ValueError past 65535
     except ValueError:
         ok = False
     if not ok:
@@ -894,7 +925,7 @@ def download_section(
     against it; ``SourceBlocked`` passes through, and is raised when YouTube says the
     account's cookies are no longer valid (the job must stop). Without a governor the
     attempts take the pool's proxies in turn."""
-    from avfusion.governor import BLOCK_KINDS, wait_for_turn
+    from avfusion.governor import BLOCK_KINDS, PROXY_FAULT, wait_for_turn
 
     end = task.end if task.end is not None else task.start + clip.clip_seconds
     pool = egress_pool(cfg)
@@ -928,7 +959,7 @@ def download_section(
                 governor.report(egress, kind, clip=task.source)
             if not transient or attempt == cfg.max_attempts:
                 raise DownloadError(kind, transient, message, attempt, logger.warnings) from None
-            if governor is None or kind not in BLOCK_KINDS:  # a block's wait is the governor's
+            if governor is None or kind not in (*BLOCK_KINDS, PROXY_FAULT):  # the governor's wait
                 delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
                 sleep(delay * random.uniform(0.5, 1.0))  # full jitter keeps retries apart
             continue

@@ -31,12 +31,16 @@ the one granted.
   clip's answer can.
 - **Proxy faults.** A proxy that fails by itself (refuses the connection, wants
   credentials, answers 403 or 5xx to its own CONNECT) is not the source blocking us: it
-  is no block, but its egress rests ``proxy_rest`` seconds (doubling like a cooldown)
-  while the pool's others work.
+  is no block (no cooldown, no blocked seconds), but its egress rests ``proxy_rest``
+  seconds (doubling like a cooldown) and is tried last while the pool's others work.
+  Egresses of a pool are distinct addresses: one never used yet does not wait for the
+  others' blocks (only a node's own address does, the account rule above).
 - **Rejected cookies.** When YouTube says the account's cookies are no longer valid,
   waiting does not help (they must be exported again): the job stops at once.
-- **Stop.** When one block has lasted ``max_blocked`` seconds the governor answers
-  every caller ``stop``: the job ends cleanly and a re-run resumes it.
+- **Stop.** When the egresses a download may use (a node's own address, or the job's
+  whole pool) have all been blocked for ``max_blocked`` seconds, the governor answers
+  every caller ``stop``: the job ends cleanly and a re-run resumes it. One dead proxy of a
+  pool does not stop a job the others carry.
 
 The class is plain and thread-safe, with picklable arguments and results and no
 callbacks, so one instance can be hosted for the whole job behind a proxy (a named
@@ -132,8 +136,8 @@ class _Node:
 class _Stats(TypedDict):
     grants: int
     probes: int
-    cooldowns: int
-    blocked_seconds: float  # finished blocks only
+    cooldowns: int  # of source blocks (a failed proxy's rest is not one)
+    blocked_seconds: float  # finished source blocks only, summed over egresses
     blocks: dict[str, int]  # block signals by kind
     proxy_faults: int  # answers that were the proxy's own failure, not the source's
 
@@ -150,6 +154,7 @@ class Governor:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
+        self._groups: set[tuple[str, ...]] = set()  # egresses asked for together: a node's, or a pool
         self._grants: deque[float] = deque()
         self._next_global = 0.0
         self._stopped: tuple[str, float] | None = None
@@ -180,23 +185,29 @@ class Governor:
             raise ValueError("acquire_any: no egress given")
         with self._lock:
             now = self._clock() if now is None else now
-            if self._stopped:
-                return "stop", self._stopped[1], ""
             nodes = {e: self._nodes.setdefault(e, _Node()) for e in egresses}
-            best: tuple[int, int, str] | None = None  # (not a probe, grants, egress)
+            self._groups.add(tuple(sorted(nodes)))
+            if self._check_stop(now):
+                assert self._stopped is not None
+                return "stop", self._stopped[1], ""
+            # A pool's egresses are distinct addresses: a fresh one never waits for the others'
+            # blocks; a node's own address does (every node blocked is the account's block).
+            lone = len(nodes) == 1
+            best: tuple[int, int, str] | None = None  # (rank, grants, egress)
             shortest = float("inf")
             for e, n in nodes.items():
-                wait = self._block_wait(e, n, now)
-                if wait is None:
-                    assert self._stopped is not None  # _block_wait has just stopped the governor
-                    return "stop", self._stopped[1], ""
+                wait = self._block_wait(e, n, now, lone)
                 probe = wait == 0.0 and n.blocked_kind is not None
                 if not probe and wait <= 0:
                     wait = self._budget_wait(n, now)
                 if wait > 0:
                     shortest = min(shortest, wait)
-                elif best is None or (not probe, len(n.grants)) < best[:2]:
-                    best = (not probe, len(n.grants), e)
+                    continue
+                # A due probe of a source block first (it says whether the block lifted);
+                # a failed proxy's probe last (a working proxy should carry the clip).
+                rank = (0 if n.blocked_kind != PROXY_FAULT else 2) if probe else 1
+                if best is None or (rank, len(n.grants)) < best[:2]:
+                    best = (rank, len(n.grants), e)
             if best is None:
                 # Never past the moment a block reaches max_blocked: a caller told to come
                 # back after a 300 s cooldown must hear "stop" when max_blocked is 10 s.
@@ -246,7 +257,8 @@ class Governor:
             n.streaks.clear()
             if n.blocked_kind and (n.probing or kind is None):  # the probe got through
                 assert n.blocked_since is not None  # set with blocked_kind
-                self._stats["blocked_seconds"] += now - n.blocked_since
+                if n.blocked_kind != PROXY_FAULT:
+                    self._stats["blocked_seconds"] += now - n.blocked_since
                 n.blocked_kind, n.blocked_since, n.level, n.probing = None, None, 0, False
                 n.culprits = set()
 
@@ -264,11 +276,18 @@ class Governor:
             now = self._clock() if now is None else now
             out: dict[str, Any] = {**self._stats, "blocks": dict(self._stats["blocks"])}
             out["blocked_seconds"] += sum(
-                now - n.blocked_since for n in self._nodes.values() if n.blocked_since
+                now - n.blocked_since
+                for n in self._nodes.values()
+                if n.blocked_since is not None and n.blocked_kind != PROXY_FAULT
             )
             out["blocked_seconds"] = round(out["blocked_seconds"], 3)
             out["downloads_per_hour"] = round(out["grants"] * 3600.0 / max(now - self._start, 1e-9), 1)
-            out["blocked_nodes"] = sorted(k for k, n in self._nodes.items() if n.blocked_kind)
+            out["blocked_nodes"] = sorted(
+                k for k, n in self._nodes.items() if n.blocked_kind not in (None, PROXY_FAULT)
+            )
+            out["resting_proxies"] = sorted(
+                k for k, n in self._nodes.items() if n.blocked_kind == PROXY_FAULT
+            )
             out["grants_by_egress"] = {k: n.granted for k, n in sorted(self._nodes.items()) if n.granted}
             out["stopped"] = self._stopped[0] if self._stopped else None  # as the callers were told
             return out
@@ -276,7 +295,8 @@ class Governor:
     def _block(self, n: _Node, kind: str, now: float, culprits: set[str], first: float | None = None) -> None:
         """Rest ``n`` for a cooldown doubling from ``first`` (a block of the source:
         ``cooldown_start``) up to ``cooldown_max``."""
-        if kind != PROXY_FAULT:
+        source = kind != PROXY_FAULT
+        if source:
             self._stats["blocks"][kind] = self._stats["blocks"].get(kind, 0) + 1
         if n.blocked_kind and not n.probing and now < n.blocked_until:
             n.culprits |= culprits
@@ -287,37 +307,46 @@ class Governor:
         cooldown = min(self.cfg.cooldown_max, start * 2 ** (n.level - 1))
         n.blocked_kind, n.blocked_until, n.probing = kind, now + cooldown, False
         n.blocked_since = n.blocked_since if n.blocked_since is not None else now
-        self._stats["cooldowns"] += 1
+        self._stats["cooldowns"] += source
 
-    def _block_wait(self, name: str, n: _Node, now: float) -> float | None:
-        """Seconds this node must wait for a block to lift; 0 when it may go (or probe);
-        None when a block has lasted too long (the governor is then stopped)."""
-        if self._check_stop(now):
-            return None
+    def _block_wait(self, name: str, n: _Node, now: float, lone: bool) -> float:
+        """Seconds this egress must wait for a block to lift; 0 when it may go (or probe).
+        A ``lone`` egress (a node's own address) never used yet waits while every other
+        one has a source block: the block is then the account's."""
         if n.blocked_kind:
             if n.probing:
                 return max(1.0, self.cfg.min_spacing)  # one probe at a time
             return max(0.0, n.blocked_until - now)
-        others = [o for k, o in self._nodes.items() if k != name]
-        if not n.grants and others and all(o.blocked_kind for o in others):
-            return max(0.0, min(o.blocked_until for o in others) - now) or max(1.0, self.cfg.min_spacing)
+        if lone and not n.grants:
+            others = [o for k, o in self._nodes.items() if k != name]
+            if others and all(o.blocked_kind not in (None, PROXY_FAULT) for o in others):
+                return max(0.0, min(o.blocked_until for o in others) - now) or max(1.0, self.cfg.min_spacing)
         return 0.0
 
     def _check_stop(self, now: float) -> bool:
-        """Stop the governor when a block has lasted ``max_blocked``; True when stopped."""
+        """Stop the governor when a group of egresses asked for together (a node's own
+        address, or the job's pool of proxies) has been blocked whole for ``max_blocked``:
+        one dead proxy of a pool does not stop a job the others carry. True when stopped."""
         if self._stopped:
             return True
-        for n in self._nodes.values():
-            if n.blocked_since is not None and now - n.blocked_since >= self.cfg.max_blocked:
-                assert n.blocked_kind is not None  # set with blocked_since
-                self._stopped = (n.blocked_kind, now - n.blocked_since)
+        for group in self._groups:
+            members = [self._nodes[e] for e in group]
+            since = [n.blocked_since for n in members]
+            if all(t is not None and now - t >= self.cfg.max_blocked for t in since):
+                kinds = [n.blocked_kind for n in members if n.blocked_kind]
+                kind = next((k for k in kinds if k != PROXY_FAULT), kinds[0])
+                self._stopped = (kind, now - max(t for t in since if t is not None))
                 return True
         return False
 
     def _until_stop(self, now: float) -> float:
-        """Seconds until the oldest ongoing block reaches ``max_blocked`` (inf: none)."""
-        since = [n.blocked_since for n in self._nodes.values() if n.blocked_since is not None]
-        return max(0.0, min(since) + self.cfg.max_blocked - now) if since else float("inf")
+        """Seconds until a group blocked whole reaches ``max_blocked`` (inf: none is)."""
+        ends = []
+        for group in self._groups:
+            since = [self._nodes[e].blocked_since for e in group]
+            if all(t is not None for t in since):
+                ends.append(max(t for t in since if t is not None) + self.cfg.max_blocked)
+        return max(0.0, min(ends) - now) if ends else float("inf")
 
     def _budget_wait(self, n: _Node, now: float) -> float:
         window = self.cfg.window

@@ -327,16 +327,31 @@ def proxies_of(
     wrong."""
     from avfusion import storage
     from avfusion.config import ConfigError
+    from avfusion.download import check_pool, check_proxy
 
     if proxy and proxies:
         raise ConfigError("--proxy and --proxies both given: give one")
     pool = tuple(proxy or ())
     if proxies:
-        text = storage.read_small(proxies, 1 << 20, "--proxies").decode("utf-8", "replace")
-        pool = tuple(ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))
+        try:
+            text = storage.read_small(proxies, 1 << 20, "--proxies").decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"--proxies {proxies}: not UTF-8 text (byte {exc.start})") from None
+        lines = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1)]
+        lines = [(n, ln) for n, ln in lines if ln and not ln.startswith("#")]
+        for n, url in lines:
+            try:
+                check_proxy(url)
+            except ConfigError:
+                raise ConfigError(
+                    f"--proxies {proxies} line {n}: not a proxy URL (scheme://[USER:PASSWORD@]host:port, "
+                    "'#', '?', '/', '@', ':' percent-encoded in the credentials)"
+                ) from None
+        pool = tuple(url for _, url in lines)
         if not pool:
             raise ConfigError(f"--proxies {proxies}: holds no proxy URL (one a line; # starts a comment)")
     pool = pool or ((environ[PROXY_ENV],) if environ.get(PROXY_ENV) else configured)
+    check_pool(None, pool)  # one line naming what is wrong, before any use of the URLs
     user, password = environ.get(PROXY_USER_ENV), environ.get(PROXY_PASSWORD_ENV)
     if not (user or password):
         return pool
@@ -351,9 +366,9 @@ def proxies_of(
 def _with_credentials(url: str, user: str | None, password: str | None) -> str:
     if "://" not in url:
         url = f"http://{url}"
-    parts = urlsplit(url)
-    user = user if user is not None else parts.username or ""
-    password = password if password is not None else parts.password
+    parts = urlsplit(url)  # the URL's own credentials are percent-encoded: decoded, then encoded once
+    user = user if user is not None else unquote(parts.username or "")
+    password = password if password is not None else (unquote(parts.password) if parts.password else None)
     host = parts.netloc.rsplit("@", 1)[-1]
     userinfo = quote(user, safe="") + (f":{quote(password, safe='')}" if password is not None else "")
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))

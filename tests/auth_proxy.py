@@ -1,4 +1,4 @@
-"""``tests/http_proxy.py``'s proxy behind HTTP Basic proxy authentication.
+"""``jobs/bench/proxy.py``'s proxy behind HTTP Basic proxy authentication.
 
 A request without the right ``Proxy-Authorization`` is answered ``407`` with a
 ``Proxy-Authenticate: Basic`` challenge (ffmpeg sends its credentials only after one,
@@ -12,7 +12,7 @@ import base64
 import socket
 import time
 
-from tests.http_proxy import HttpProxy
+from jobs.bench.proxy import HttpProxy
 
 
 class AuthProxy(HttpProxy):

@@ -27,8 +27,8 @@ def main() -> None:
     from avfusion.download import DownloadConfig, download_section
     from avfusion.sources import ClipTask
     from avfusion.synth import SynthSpec, write_clip
+    from jobs.bench.origin import RangeServer
     from tests.corpus import faststart_copy
-    from tests.range_server import RangeServer
 
     tmp = Path(tempfile.mkdtemp(prefix="avf-reqsize-"))
     seconds = args.minutes * 60

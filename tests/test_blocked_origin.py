@@ -13,7 +13,7 @@ import webdataset as wds
 
 from avfusion.synth import SynthSpec, write_clip
 from jobs import preprocess
-from tests.range_server import RangeServer
+from jobs.bench.origin import RangeServer
 
 IDS = [f"v{i}" for i in range(8)]
 GOVERNOR = (

@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from avfusion import sample_data, storage
-from tests.range_server import RangeServer
+from jobs.bench.origin import RangeServer
 from tests.ray_cluster import LocalCluster
 from tests.s3_server import S3Server
 

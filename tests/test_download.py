@@ -14,7 +14,7 @@ from avfusion.download import DownloadConfig, DownloadError, classify, download_
 from avfusion.sources import ClipTask
 from avfusion.synth import SynthSpec, read_frame_index, write_clip
 from jobs import preprocess
-from tests.range_server import RangeServer
+from jobs.bench.origin import RangeServer
 
 FAST = DownloadConfig(socket_timeout=1.0, max_attempts=2, backoff_base=0.05)
 

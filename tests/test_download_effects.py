@@ -17,8 +17,8 @@ from avfusion.governor import Governor, GovernorConfig
 from avfusion.preprocess.shard import PreprocessConfig, process_shard
 from avfusion.sources import ClipTask
 from avfusion.synth import SynthSpec, write_clip
-from tests.http_proxy import HttpProxy
-from tests.range_server import RangeServer
+from jobs.bench.origin import RangeServer
+from jobs.bench.proxy import HttpProxy
 
 FAST = DownloadConfig(socket_timeout=2.0, max_attempts=2, backoff_base=0.05)
 # ffmpeg sends a cookie with a domain only to a URL without an explicit port (it

@@ -25,8 +25,8 @@ from avfusion.governor import BLOCK_KINDS, Governor, GovernorConfig
 from avfusion.sources import ClipTask
 from avfusion.synth import SynthSpec, write_clip
 from jobs import preprocess
-from tests.http_proxy import HttpProxy
-from tests.range_server import RangeServer
+from jobs.bench.origin import RangeServer
+from jobs.bench.proxy import HttpProxy
 
 SECRET = "zq9-cookie-value-7f3a"  # distinctive: grep-able in every output
 MALFORMED = "mq4-malformed-line-e2d1"

@@ -248,15 +248,54 @@ def test_a_blocked_egress_rests_while_the_others_work_then_gets_its_probe_first(
     assert g.stats(now=62.0)["blocked_nodes"] == []
 
 
-def test_a_pool_all_blocked_waits_for_the_first_cooldown_and_stops_at_max_blocked():
-    g = Governor(GovernorConfig(cooldown_start=60.0, max_blocked=100.0, min_spacing=0.0), seed=0)
+def test_a_pool_stops_only_when_every_egress_has_been_blocked_for_max_blocked():
+    g = Governor(GovernorConfig(cooldown_start=200.0, cooldown_max=400.0, max_blocked=100.0, min_spacing=0.0))
     pool = ("p1", "p2")
     g.acquire_any(pool, now=0.0)
     g.acquire_any(pool, now=0.0)
     g.report("p1", "blocked_bot_check", now=1.0)
-    g.report("p2", "blocked_bot_check", now=11.0)
-    assert g.acquire_any(pool, now=20.0) == ("wait", 41.0, "")  # p1's cooldown ends first
-    assert g.acquire_any(pool, now=101.5)[0] == "stop"
+    assert g.acquire_any(pool, now=2.0)[0] == "go"  # p2 works on
+    g.report("p2", "blocked_rate_limit", now=11.0)
+    # p1 reaches max_blocked at 101 but p2 only at 111: the pool is told to come back then
+    assert g.acquire_any(pool, now=20.0) == ("wait", 91.0, "")
+    assert g.acquire_any(pool, now=101.5) == ("wait", 9.5, "")
+    assert g.acquire_any(pool, now=111.0)[0] == "stop" and g.stop_kind() in (
+        "blocked_bot_check",
+        "blocked_rate_limit",
+    )
+
+
+def test_a_dead_proxy_neither_starves_a_fresh_one_nor_stops_the_job_the_other_carries():
+    """One caller, the dead proxy listed first: it fails, rests, and the proxy never used
+    yet carries on (a pool's egresses are distinct addresses: no "all others blocked"
+    wait); hours later the dead one still rests and the job has not stopped."""
+    g = Governor(GovernorConfig(min_spacing=1.0, jitter=0.0, proxy_rest=30.0, max_blocked=3600.0), seed=0)
+    pool = ("dead", "good")
+    t, grants = 0.0, {"dead": 0, "good": 0}
+    while t < 3 * 3600:
+        verdict, wait, egress = g.acquire_any(pool, now=t)
+        assert verdict != "stop", (t, g.stats(now=t))
+        if verdict == "go":
+            grants[egress] += 1
+            g.report(egress, "proxy_error" if egress == "dead" else None, now=t + 0.5)
+        t += 1.0 if verdict == "go" else wait
+    assert grants["good"] >= 3 * 300 - 1 and grants["dead"] < 20, grants  # the good one spends its budget
+    stats = g.stats(now=t)
+    assert stats["blocks"] == {} and stats["cooldowns"] == 0 and stats["blocked_seconds"] == 0.0
+    assert stats["resting_proxies"] == ["dead"] and stats["proxy_faults"] == grants["dead"]
+
+
+def test_a_lone_address_still_waits_when_every_other_node_is_blocked():
+    """A node's own address (asked for alone) keeps the account rule; a failed proxy is
+    not a source block and does not count towards it."""
+    g = Governor(CFG, seed=0)
+    g.acquire("n1", now=0.0)
+    g.report("n1", "blocked_bot_check", now=1.0)
+    assert g.acquire("n2", now=2.0)[0] == "wait"
+    h = Governor(CFG, seed=0)
+    h.acquire("p", now=0.0)
+    h.report("p", "proxy_error", now=1.0)
+    assert h.acquire("n2", now=2.0)[0] == "go"
 
 
 def test_acquire_any_is_picklable_through_a_proxy_and_refuses_an_empty_pool():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from avfusion.synth import SynthSpec, write_clip
-from tests.range_server import RangeServer
+from jobs.bench.origin import RangeServer
 from tests.ray_cluster import LocalCluster
 
 pytestmark = pytest.mark.slow

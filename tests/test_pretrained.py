@@ -18,7 +18,7 @@ import torch
 from avfusion import pretrained
 from avfusion.doctor import FAIL, OK, WARN, weights_check
 from avfusion.model import FusionModel, ModelConfig
-from tests.range_server import RangeServer
+from jobs.bench.origin import RangeServer
 
 VIDEO = ModelConfig(num_classes=2, modalities="video", video_weights="imagenet")
 

@@ -89,6 +89,58 @@ def test_a_proxies_file_is_the_pool_one_url_a_line(tmp_path):
         preprocess.proxies_of(None, str(empty), (), {})
 
 
+def test_pool_files_as_editors_write_them_and_credentials_encoded_once(tmp_path):
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbfhttp://127.0.0.1:1\r\nhttp://127.0.0.1:2\r\n")  # Notepad: BOM, CRLF
+    assert preprocess.proxies_of(None, str(bom), (), {}) == ("http://127.0.0.1:1", "http://127.0.0.1:2")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"http://us\xe9r:pw@127.0.0.1:1\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        preprocess.proxies_of(None, str(latin), (), {})
+    # An encoded user in the URL, the password from the environment: encoded once, not twice.
+    (url,) = preprocess.proxies_of(["http://cust%40acme@gw:1"], None, (), {"AVFUSION_PROXY_PASSWORD": "p@ss"})
+    assert url == "http://cust%40acme:p%40ss@gw:1"
+    for same in (
+        ["http://a%40b:x@h:1", "http://a@b:x@h:1"],
+        ["http://h.:1", "http://H:1"],
+        ["http://[::1]:1", "http://[0:0::1]:1"],
+        ["http://h", "http://h:80"],
+    ):
+        with pytest.raises(ConfigError, match="is given more than once"):
+            preprocess.proxies_of(same, None, (), {})
+    with pytest.raises(ConfigError, match="not a proxy URL"):
+        preprocess.proxies_of(["http://h:0"], None, (), {})
+
+
+def test_egress_names_carry_no_user_name_and_tell_a_shared_gateway_apart():
+    from avfusion.download import egress_names
+
+    names = egress_names(
+        ("http://APIKEY123:@gw.example:8011", "http://sess-1:pw@gw.example:8011", "http://[::1]:3128")
+    )
+    assert names == ["proxy gw.example:8011#1", "proxy gw.example:8011#2", "proxy [::1]:3128"]
+
+
+@pytest.mark.parametrize("job", ["preprocess", "doctor"])
+def test_a_malformed_proxy_line_is_named_by_its_line_and_never_echoed(tmp_path, capsys, job):
+    from jobs import doctor
+
+    pool = tmp_path / "pool.txt"
+    pool.write_text(
+        f"# ours\nhttp://127.0.0.1:1\nhttp://user:{PROXY_PASSWORD[:6]}/{PROXY_PASSWORD[6:]}@proxy.example:3128\n"
+    )
+    (tmp_path / "in.csv").write_text("url\nhttp://127.0.0.1:1/a.mp4\n")
+    if job == "preprocess":
+        code = preprocess.main(
+            [str(tmp_path / "in.csv"), "--out", str(tmp_path / "out"), "--proxies", str(pool)]
+        )
+    else:
+        code = doctor.main(["--proxies", str(pool), "--video-weights", "none"])
+    out = capsys.readouterr()
+    assert code == 2 and out.err.count("\n") == 1 and "line 3: not a proxy URL" in out.err, out
+    assert PROXY_PASSWORD[:6] not in out.out + out.err and PROXY_PASSWORD[6:] not in out.out + out.err
+
+
 @pytest.mark.parametrize(
     ("second", "expect"),
     [
@@ -252,8 +304,8 @@ def _avfusion(*args: str, env: dict[str, str], timeout: float = 300) -> subproce
 def test_no_secret_reaches_an_output_a_log_or_the_terminal(tmp_path, served):
     import fsspec
 
+    from jobs.bench.origin import RangeServer
     from tests.auth_proxy import AuthProxy
-    from tests.range_server import RangeServer
     from tests.s3_server import S3Server
 
     cookies = _cookies(tmp_path / "cookies.txt")

@@ -117,7 +117,9 @@ def print_summary(root: str, result: PreprocessResult, done: dict[str, ShardStat
         )
         by_egress = downloads.get("grants_by_egress") or {}
         if len(by_egress) > 1:  # a pool, or nodes with addresses of their own
-            print(f"  {'by egress':<22}" + ", ".join(f"{k}: {v}" for k, v in by_egress.items()))
+            shown = sorted(by_egress.items(), key=lambda kv: -kv[1])[:8]
+            more = f", … {len(by_egress) - len(shown)} more" if len(by_egress) > len(shown) else ""
+            print(f"  {'by egress':<22}" + ", ".join(f"{k}: {v}" for k, v in shown) + more)
     print(f"manifest: {root}/{MANIFEST}; failures: {root}/{FAILURES}")
     if result.complete or (result.stopped and not result.orphans and not result.lost):
         return  # a stopped run says so itself (the job prints the STOPPED line)

@@ -59,12 +59,12 @@ class RangeServer:
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
         self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda request, address: None  # clients that hang up early
+        self.httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]  # clients that hang up early
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def url(self, name: str) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}/{name}" if port == 80 else f"http://{host}:{port}/{name}"
+        return f"http://{host!s}/{name}" if port == 80 else f"http://{host!s}:{port}/{name}"
 
     def block(self, after: int, plan: list[tuple[int | str, int]]) -> None:
         """After ``after`` requests, answer the next requests per ``plan``: e.g.

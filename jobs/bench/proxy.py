@@ -37,7 +37,7 @@ class HttpProxy:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def refuse(self, status: int, after: int = 0) -> None:
         self.refusal = (status, after)
@@ -74,7 +74,7 @@ class HttpProxy:
                         )
                     )
                     refused = proxy.refusal and len(proxy.requests) > proxy.refusal[1]
-                if refused:
+                if refused and proxy.refusal:
                     return self._answer(proxy.refusal[0])
                 if method == "CONNECT":
                     host, _, port = target.rpartition(":")
