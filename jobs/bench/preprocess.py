@@ -33,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jobs.bench.common import accounting, print_table, python_cmd, run_measured
+from jobs.bench.common import RESULTS_DIR, accounting, print_table, python_cmd, run_measured, write_results
 
 
 def make_clips(folder: Path, n: int, ffmpeg: str) -> list[Path]:
@@ -102,9 +102,11 @@ def make_tiny(folder: Path, ffmpeg: str, src: Path) -> Path:
     return dst
 
 
-def ours_worker(paths: list[str], frame_size: int, skip_nonref: bool = False) -> None:
+def ours_worker(paths: list[str], frame_size: int, skip_nonref: bool = False, start: float = 0.0) -> None:
     """Child-process body: the job's per-clip stage (``process_clip``: decode, JPEG/FLAC
-    encode) on local files, sequentially, one thread (imports happen even for 0 clips)."""
+    encode; for URLs the download first, yt-dlp and its ffmpeg included) on each path or
+    URL, the window from ``start``, sequentially, one thread (imports happen even for 0
+    clips)."""
     import tempfile
 
     from avfusion.config import ClipSpec
@@ -118,20 +120,14 @@ def ours_worker(paths: list[str], frame_size: int, skip_nonref: bool = False) ->
     )
     with tempfile.TemporaryDirectory() as workdir:
         for p in paths:
-            result = process_clip(ClipTask(key=Path(p).stem, source=p), cfg, {}, Path(workdir))
+            result = process_clip(ClipTask(key=Path(p).stem, source=p, start=start), cfg, {}, Path(workdir))
             if isinstance(result, Failure):  # a benchmark of failures would measure nothing
                 raise SystemExit(f"{p}: {result.kind}: {result.message}")
 
 
-def _ours(paths: list[str], frame_size: int, env: dict, skip_nonref: bool = False):
-    return run_measured(
-        python_cmd(
-            "jobs.bench.preprocess",
-            "--worker",
-            json.dumps({"paths": paths, "frame_size": frame_size, "skip_nonref": skip_nonref}),
-        ),
-        env=env,
-    )
+def _ours(paths: list[str], frame_size: int, env: dict, skip_nonref: bool = False, start: float = 0.0):
+    spec = {"paths": paths, "frame_size": frame_size, "skip_nonref": skip_nonref, "start": start}
+    return run_measured(python_cmd("jobs.bench.preprocess", "--worker", json.dumps(spec)), env=env)
 
 
 def _job(folder: Path, out: Path, frame_size: int, cpus: int, env: dict):
@@ -152,6 +148,141 @@ def _job(folder: Path, out: Path, frame_size: int, cpus: int, env: dict):
     )
 
 
+def make_long(folder: Path, ffmpeg: str, src: Path, seconds: int = 300) -> Path:
+    """A 5-minute faststart source (``src`` looped): a 10 s window is a thirtieth of it."""
+    dst = folder / "long.mp4"
+    subprocess.run(
+        [ffmpeg, "-v", "error", "-y", "-stream_loop", "-1", "-i", str(src), "-t", str(seconds)]
+        + ["-c", "copy", "-movflags", "+faststart", str(dst)],
+        check=True,
+    )
+    return dst
+
+
+def window_bytes(path: Path, start: float, seconds: float) -> int:
+    """Bytes of the audio and video packets whose time falls in the window: the media a
+    perfect fetch of the window would move."""
+    import av
+
+    total = 0
+    with av.open(str(path)) as container:
+        for packet in container.demux():
+            if packet.pts is not None and packet.time_base is not None and packet.size:
+                t = float(packet.pts * packet.time_base)
+                total += packet.size if start <= t < start + seconds else 0
+    return total
+
+
+def http_rows(clips: list[Path], folder: Path, ffmpeg: str, frame_size: int, env: dict, py_start) -> dict:
+    """``--source http``: the same clips fetched from a loopback origin that honours
+    Range (``jobs.bench.origin``) through the job's download stage (yt-dlp + its ffmpeg),
+    one thread: CPU per clip (the origin's own CPU is this process's, not counted), and
+    the bytes the origin served against the window's media, for 10 s files and for a 10 s
+    window in the middle of a 5-minute source."""
+    from jobs.bench.origin import RangeServer
+
+    long = make_long(folder, ffmpeg, clips[0])
+    n = len(clips)
+    with RangeServer(folder) as origin:
+        ours = _ours([origin.url(c.name) for c in clips], frame_size, env)
+        short_served = sum(origin.bytes_sent[c.name] for c in clips)
+        short_requests = sum(origin.requests[c.name] for c in clips)
+        repeats = 3
+        start = 145.0
+        _ours([origin.url(long.name)] * repeats, frame_size, env, start=start)
+        long_served = origin.bytes_sent[long.name] / repeats
+        long_requests = origin.requests[long.name] / repeats
+    short_media = sum(c.stat().st_size for c in clips)
+    return {
+        "cpu_whole": ours.cpu_seconds / n,
+        "cpu_margin": (ours.cpu_seconds - py_start.cpu_seconds) / n,
+        "rss": ours.max_rss_mb,
+        "short": (short_served / n, short_media / n, short_requests / n),
+        "long": (long_served, window_bytes(long, start, 10.0), long_requests, long.stat().st_size),
+    }
+
+
+def pool_rows(clips: list[Path], folder: Path, env: dict, n_clips: int = 18) -> list[tuple]:
+    """The egress pool: the preprocess job (in-process executor, 3 threads) through 1 and
+    through 3 loopback proxies with distinct outgoing addresses, against an origin that
+    answers 429 to an address past 9 requests in 10 s; the governor spaces each address
+    1 s apart and cools a blocked one down 5 s. Clips per hour, failures, 429s, and the
+    clips an address started inside one of its cooldowns (the governor's promise: 0)."""
+    import time
+
+    from jobs.bench.origin import RangeServer
+    from jobs.bench.proxy import HttpProxy
+
+    config = folder / "pool.yaml"
+    config.write_text(
+        "clip:\n  frame_size: 64\ndownload:\n  max_attempts: 8\n  backoff_base: 0.1\n"
+        "governor:\n  min_spacing: 1.0\n  jitter: 0.0\n  per_node_per_hour: 100000\n"
+        "  cooldown_start: 5.0\n  cooldown_max: 20.0\n  max_blocked: 600\n"
+    )
+    rows = []
+    for k in (1, 3):
+        sources = ("127.0.0.2", "127.0.0.6", "127.0.0.7")[:k]
+        with RangeServer(folder) as origin:
+            origin.limit_per_peer(9, 10.0)
+            proxies = [HttpProxy(source_host=h).__enter__() for h in sources]
+            try:
+                urls = folder / f"pool{k}.csv"
+                urls.write_text(
+                    "url,id,label\n"
+                    + "".join(f"{origin.url(clips[i % len(clips)].name)},p{i},x\n" for i in range(n_clips))
+                )
+                pool = folder / f"proxies{k}.txt"
+                pool.write_text("".join(f"{p.url}\n" for p in proxies))
+                out = folder / f"pool{k}-out"
+                t0 = time.perf_counter()
+                run = run_measured(
+                    python_cmd("jobs.preprocess", str(urls), "--out", str(out), "--proxies", str(pool))
+                    + [
+                        "--config",
+                        str(config),
+                        "--executor",
+                        "local",
+                        "--threads",
+                        "3",
+                        "--shard-size",
+                        "100",
+                    ],
+                    env=env,
+                )
+                wall = time.perf_counter() - t0
+            finally:
+                for p in proxies:
+                    p.__exit__(None, None, None)
+            log = list(origin.log)
+        manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+        samples = manifest.get("num_samples", 0)
+        limited = [r for r in log if r["status"] == 429]
+        # A clip's attempt starts with the extractor's request (no Range). After a 429 its
+        # address must start none until its cooldown (5 s) is over; requests granted
+        # before the 429 was reported may land in its first second.
+        starts_in_cooldown = sum(
+            1
+            for hit in limited
+            for r in log
+            if r["peer"][0] == hit["peer"][0]
+            and not r["headers"].get("Range")
+            and 1.0 < r["t"] - hit["t"] < 4.5
+        )
+        rows.append(
+            (
+                f"{k} prox{'y' if k == 1 else 'ies'}",
+                samples,
+                n_clips - samples,
+                len(limited),
+                starts_in_cooldown,
+                wall,
+                samples * 3600.0 / wall,
+                run.cpu_seconds,
+            )
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="avfusion bench preprocess", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=10)
@@ -159,6 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs for the preprocess job's embedded Ray")
     parser.add_argument("--no-job", action="store_true", help="skip the Ray job rows")
     parser.add_argument("--workdir", type=Path, help="where to write the clips (default: a temp dir)")
+    parser.add_argument(
+        "--source",
+        choices=("local", "http"),
+        default="local",
+        help="http: also fetch the clips from a loopback origin through the download stage (CPU, bytes "
+        "served) and run the job through a pool of 1 and of 3 proxies (clips/hour)",
+    )
+    parser.add_argument(
+        "--results", default=RESULTS_DIR, help="where preprocess.{md,json} go (a folder or URL)"
+    )
     args = parser.parse_args(argv)
     import imageio_ffmpeg
 
@@ -221,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             )
             seed.append((wav, jpg))
+        http = pool = None
+        if args.source == "http":
+            http = http_rows(clips, folder, ffmpeg, args.frame_size, env, py_start)
+            pool = pool_rows(clips, folder, env)
         job = job1 = None
         if not args.no_job:
             job = _job(folder, Path(tmp) / "shards_n", args.frame_size, args.cpus, env)
@@ -258,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
             max(max(a.max_rss_mb, b.max_rss_mb) for a, b in seed),
         ),
     ]
+    if http is not None:
+        whole["http"], margin["http"] = http["cpu_whole"], http["cpu_margin"]
+        rows.append(
+            ("ours from URLs (yt-dlp + ffmpeg + decode + encode)", whole["http"], margin["http"], http["rss"])
+        )
     if job is not None and job1 is not None:  # measured together
         whole["job"] = job.cpu_seconds / n
         margin["job"] = (job.cpu_seconds - job1.cpu_seconds) / max(1, n - 1)
@@ -284,6 +434,38 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
     )
+    if http is not None:
+        served, media, requests = http["short"]
+        l_served, l_window, l_requests, l_size = http["long"]
+        print_table(
+            "bytes the origin served per clip",
+            [
+                ("10 s files (the window is the file)", served / 1e6, media / 1e6, served / media, requests),
+                (
+                    f"10 s window of a 5-minute source ({l_size / 1e6:.1f} MB)",
+                    l_served / 1e6,
+                    l_window / 1e6,
+                    l_served / l_window,
+                    l_requests,
+                ),
+            ],
+            ("source", "served_MB", "window_media_MB", "served / window", "requests"),
+        )
+    if pool is not None:
+        print_table(
+            "egress pool: the job through 1 and 3 proxies, origin limit 9 requests / 10 s per address",
+            pool,
+            (
+                "pool",
+                "samples",
+                "failed",
+                "429s",
+                "clip starts in a cooldown",
+                "wall_s",
+                "clips/hour",
+                "cpu_s",
+            ),
+        )
     print("\nratios (margin):")
     print(
         f"  ours / floor           = {margin['ours'] / margin['floor']:.2f}x   (whole: "
@@ -293,6 +475,22 @@ def main(argv: list[str] | None = None) -> int:
         f"  seed-style / ours      = {margin['seed'] / margin['ours']:.2f}x   (whole: "
         f"{whole['seed'] / whole['ours']:.2f}x; with skip_nonref {margin['seed'] / margin['fast']:.2f}x)"
     )
+    if http is not None:
+        print(
+            f"  ours from URLs / floor = {margin['http'] / margin['floor']:.2f}x   (whole: "
+            f"{whole['http'] / whole['floor']:.2f}x; the floor decodes local files)"
+        )
+    if pool is not None:
+        print(f"  3 proxies / 1 proxy    = {pool[1][6] / pool[0][6]:.2f}x clips/hour")
+    data = {
+        "clips": n,
+        "cpu_s_per_clip_whole": whole,
+        "cpu_s_per_clip_margin": margin,
+        "bytes": None if http is None else {"short": http["short"], "long": http["long"]},
+        "pool": pool,
+    }
+    written = write_results("preprocess", argv, data=data, results_dir=args.results)
+    print(f"results: {', '.join(written)}")
     if job is not None and job1 is not None:
         print(
             f"  job / ours in-process  = {margin['job'] / margin['ours']:.2f}x   (whole: "
@@ -305,6 +503,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         spec = json.loads(sys.argv[2])
-        ours_worker(spec["paths"], spec["frame_size"], spec.get("skip_nonref", False))
+        ours_worker(spec["paths"], spec["frame_size"], spec.get("skip_nonref", False), spec.get("start", 0.0))
         sys.exit(0)
     sys.exit(main())
