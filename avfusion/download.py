@@ -79,6 +79,11 @@ class DownloadConfig:
         check_extra(self.extra)
         check_player_clients(self.player_clients)
 
+    @property
+    def pool(self) -> tuple[str, ...]:
+        """The proxies downloads go through: ``proxies``, or ``proxy`` as a pool of one."""
+        return self.proxies or ((self.proxy,) if self.proxy else ())
+
 
 # Clients YouTube answers with SABR streams only (yt-dlp: "YouTube is forcing SABR
 # streaming for this client"): no format URL, so no section can come from them.
@@ -153,9 +158,10 @@ def check_pool(proxy: str | None, proxies: tuple[str, ...]) -> None:
         raise ConfigError("download.proxies: expected a list of proxy URLs")
     for p in proxies:
         check_proxy(p)
-    seen = Counter(_identity(p) for p in proxies)
-    for i, p in enumerate(proxies, 1):
-        if seen[_identity(p)] > 1:
+    identities = [_identity(p) for p in proxies]
+    seen = Counter(identities)
+    for i, (p, identity) in enumerate(zip(proxies, identities, strict=True), 1):
+        if seen[identity] > 1:
             raise ConfigError(f"download.proxies: entry {i} ({_endpoint(p)}) is given more than once")
 
 
@@ -226,9 +232,8 @@ def node_address() -> str:
 def egress_pool(cfg: DownloadConfig) -> dict[str, str | None]:
     """The egress addresses downloads go out by, as governor names → the proxy to use
     (None: the node's own address, named ``cfg.egress_id`` or the node's IP)."""
-    proxies = cfg.proxies or ((cfg.proxy,) if cfg.proxy else ())
-    if proxies:
-        return dict(zip(egress_names(proxies), proxies, strict=True))
+    if cfg.pool:
+        return dict(zip(egress_names(cfg.pool), cfg.pool, strict=True))
     return {cfg.egress_id or node_address(): None}
 
 
@@ -561,7 +566,7 @@ def preflight(cfg: DownloadConfig) -> list[str]:
     # yt-dlp hands ffmpeg only http(s):// proxies; ffmpeg (9.0) opens no TLS to a proxy
     # and reads its scheme case-sensitively: with https:// or HTTP:// it connects straight
     # to the media host.
-    for proxy in cfg.proxies or ((cfg.proxy,) if cfg.proxy else ()):
+    for proxy in cfg.pool:
         if "://" in proxy and not proxy.startswith("http://"):
             errors.append(
                 f"proxy {proxy.split('://')[0]}:// does not carry ffmpeg's media transfer, so the "
@@ -1044,7 +1049,7 @@ def download_redactor(cfg: DownloadConfig, *secrets: str) -> Redactor:
             text = storage.read_small(cfg.cookies, COOKIES_MAX_BYTES).decode()
             redact.add(*cookie_values(text))
             redact.add(*cookiejar.values(cfg.cookies, sanitise_cookies(text)[0]))  # what the host set since
-    for proxy in cfg.proxies or ((cfg.proxy,) if cfg.proxy else ()):
+    for proxy in cfg.pool:
         try:
             password = urlsplit(proxy if "://" in proxy else f"http://{proxy}").password
         except ValueError:  # a malformed URL: preflight refuses it; its text may still hold a secret

@@ -428,8 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         cfg = load_config(args)
-        configured = cfg.download.proxies or ((cfg.download.proxy,) if cfg.download.proxy else ())
-        pool = proxies_of(args.proxy, args.proxies, configured, os.environ)
+        pool = proxies_of(args.proxy, args.proxies, cfg.download.pool, os.environ)
         cfg = replace(cfg, download=replace(cfg.download, proxy=None, proxies=pool))
         job = replace(job_of(args, cfg), secrets=(aws_secret,) if aws_secret else ())
         redactor = job_redactor(job)
