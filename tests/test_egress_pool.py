@@ -105,3 +105,22 @@ def test_a_dead_proxy_in_the_pool_is_a_proxy_fault_and_the_others_carry_every_cl
     assert downloads["blocks"] == {} and downloads["cooldowns"] == 0 and downloads["proxy_faults"] >= 2
     by_egress = downloads["grants_by_egress"]
     assert by_egress[f"proxy {good.url.split('://')[1]}"] >= 9, by_egress
+
+
+def test_without_a_proxy_the_budget_is_the_egress_id_or_the_nodes_ip(tmp_path, served):
+    """No proxy: every grant is counted against one egress, named by ``--egress-id``
+    when given (nodes behind one NAT share it), else by this node's IP address."""
+    from avfusion.download import node_address
+
+    urls = tmp_path / "urls.csv"
+    config = tmp_path / "config.yaml"
+    config.write_text("clip:\n  clip_seconds: 2.0\n  frame_size: 32\ngovernor:\n  min_spacing: 0.0\n")
+    grants = {}
+    with RangeServer(served) as origin:
+        urls.write_text("url,id,label\n" + "".join(f"{origin.url(f'v{i}.mp4')},v{i},dog\n" for i in range(3)))
+        for name, extra in (("ip", []), ("nat", ["--egress-id", "office-nat"])):
+            out = tmp_path / name
+            argv = [str(urls), "--out", str(out), "--config", str(config), "--executor", "local", *extra]
+            assert preprocess.main(argv) == 0
+            grants[name] = json.loads((out / "manifest.json").read_text())["downloads"]["grants_by_egress"]
+    assert grants == {"ip": {node_address(): 3}, "nat": {"office-nat": 3}}, grants
