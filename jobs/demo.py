@@ -142,10 +142,12 @@ SHOWN = (
 
 
 def comparison(results: dict) -> str:
-    """The demo's table: top-1 of each model and the fused model's attention per condition."""
+    """The demo's table: top-1 of each model, the fused model's margin over the better
+    unimodal model and its attention, per condition."""
     lines = [
-        "| condition | top-1 fused | top-1 audio-only | top-1 video-only | w_audio | w_video | agreement |",
-        "|---|---|---|---|---|---|---|",
+        "| condition | top-1 fused | top-1 audio-only | top-1 video-only | fused − best unimodal "
+        "| w_audio | w_video | agreement |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = [(name, results[c]) for c, name in SHOWN if c in results]
     corrupted = [r for c, r in results.items() if c != "normal"]
@@ -153,10 +155,20 @@ def comparison(results: dict) -> str:
     rows.append((f"mean of {len(corrupted)} corruptions", mean))
     for name, r in rows:
         f = r["fused"]
+        margin = f["top1"] - max(r["audio-only"]["top1"], r["video-only"]["top1"])
         lines.append(
             f"| {name} | {f['top1']:.3f} | {r['audio-only']['top1']:.3f} | {r['video-only']['top1']:.3f} | "
+            f"{margin:+.3f} | "
             + " | ".join(f"{f[k]:.3f}" if k in f else "" for k in ("w_audio", "w_video", "agreement"))
             + " |"
+        )
+    normal = results["normal"]
+    if "audio_head_top1" in normal["fused"]:  # each branch alone inside the fused model
+        lines.append(
+            f"\nInside the fused model, each branch's own head on clean input: audio "
+            f"{normal['fused']['audio_head_top1']:.3f}, video {normal['fused']['video_head_top1']:.3f} "
+            f"(the models trained alone: {normal['audio-only']['top1']:.3f}, "
+            f"{normal['video-only']['top1']:.3f})."
         )
     return "\n".join(lines)
 

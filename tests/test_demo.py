@@ -57,6 +57,15 @@ def test_demo_end_to_end_reduced(tmp_path, cli_env):
         "attention_by_condition.png",
     ):
         assert text in proc.stdout
+    # the clean row shows the margin over the better unimodal model, from the report's figures
+    clean = {m: report["normal"][m]["top1"] for m in ("fused", "audio-only", "video-only")}
+    margin = clean["fused"] - max(clean["audio-only"], clean["video-only"])
+    assert (
+        f"| clean input | {clean['fused']:.3f} | {clean['audio-only']:.3f} | {clean['video-only']:.3f} | "
+        f"{margin:+.3f} |" in proc.stdout
+    )
+    heads = report["normal"]["fused"]
+    assert f"audio {heads['audio_head_top1']:.3f}, video {heads['video_head_top1']:.3f}" in proc.stdout
     # the printed accuracy is the Parquet rows' own, over every held-out clip
     truth = {clip: label for clip, _, label, split in csv.reader(labels_csv) if split == "test"}
     rows = [

@@ -160,6 +160,8 @@ def test_tally_reports_both_weights_as_measured():
     assert s["agreement"] == pytest.approx(
         0.5
     )  # clip 0: audio weighted and surer; clip 1: video weighted, audio surer
+    # each branch's own head alone: the audio head is right on both clips, the video head on none
+    assert s["audio_head_top1"] == 1.0 and s["video_head_top1"] == 0.0
 
 
 def test_device_cpu_runs_the_shared_path(tmp_path, checkpoints, synthetic_shards):

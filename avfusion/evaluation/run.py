@@ -39,6 +39,11 @@ class ConditionTally:
     w_audio: list[float] = field(default_factory=list)
     w_video: list[float] = field(default_factory=list)
     agree: list[bool] = field(default_factory=list)
+    # hits of the fused model's own heads (the classifier on one branch's embedding
+    # alone): what each encoder learned inside the fused model, set against the
+    # unimodal model trained alone (modality competition shows as a gap)
+    audio_head_top1: int = 0
+    video_head_top1: int = 0
 
     def add(self, out: FusionOutput, target: torch.Tensor, fused: bool) -> None:
         logits = out.logits.float().cpu()
@@ -52,10 +57,10 @@ class ConditionTally:
             self.w_video += weights[:, 1].tolist()
             if out.audio_logits is not None:  # a model trained without aux heads has no agreement
                 assert out.video_logits is not None  # the aux heads come in pairs
-                cpu = FusionOutput(
-                    logits, weights, out.audio_logits.float().cpu(), out.video_logits.float().cpu()
-                )
-                self.agree += attention_agrees(cpu, target).tolist()
+                audio, video = out.audio_logits.float().cpu(), out.video_logits.float().cpu()
+                self.agree += attention_agrees(FusionOutput(logits, weights, audio, video), target).tolist()
+                self.audio_head_top1 += int(topk_hits(audio, target)[0])
+                self.video_head_top1 += int(topk_hits(video, target)[0])
 
     def summary(self) -> dict[str, float]:
         n = max(self.n, 1)
@@ -69,6 +74,8 @@ class ConditionTally:
                 max_weight_sum_error=float(np.abs(wa + wv - 1).max()),
                 agreement=float(np.mean(self.agree)) if self.agree else float("nan"),
             )
+            if self.agree:
+                out.update(audio_head_top1=self.audio_head_top1 / n, video_head_top1=self.video_head_top1 / n)
         return out
 
 
