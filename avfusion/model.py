@@ -57,6 +57,15 @@ class ModelConfig:
     aux_heads: bool = True  # the unimodal auxiliary heads; built only where a loss trains them (DDP)
     shared_head: bool = True  # the aux heads are the fused classifier itself: fused logits = Σ w_m · head(m)
     evidence: bool = True  # the attention scores also read each encoder's signal-present features
+    # the attention scores also read each own head's detached confidence (its log-sum-exp
+    # and top log-probability): a fused model with aux heads only (docs/model.md)
+    confidence: bool = False
+    # the mix the fused classifier reads is of detached embeddings: the fused loss trains
+    # the classifier and the attention, and reaches an encoder only through its score;
+    # each branch learns its classes from its own head's loss, as a unimodal model does
+    # (no modality competition). The scores keep training the encoders: detached there
+    # too, a muted track kept half the weight (docs/model.md)
+    isolate_branches: bool = False
 
     def __post_init__(self) -> None:
         check_bounds(self, "train.model")
@@ -432,9 +441,11 @@ class ModalityAttention(nn.Module):
         v: torch.Tensor,
         audio_evidence: torch.Tensor | None = None,
         video_evidence: torch.Tensor | None = None,
+        mix: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projected (B, dim) embeddings → fused (B, dim), weights (B, 2) [audio, video]
-        and the scores (B, 2) [Wa·a, Wv·v] they are the softmax of. Where the scores
+        and the scores (B, 2) [Wa·a, Wv·v] they are the softmax of. ``mix``: the
+        embeddings the weights mix, when they are not ``a`` and ``v`` (detached copies). Where the scores
         read evidence features, each score layer sees ``[a; evidence]`` (the weights
         still mix ``a`` and ``v`` alone)."""
         assert self.audio_score is not None and self.video_score is not None  # only fused models call this
@@ -442,8 +453,29 @@ class ModalityAttention(nn.Module):
         sv = v if video_evidence is None else torch.cat([v, video_evidence.to(v.dtype)], dim=1)
         scores = torch.cat([self.audio_score(sa), self.video_score(sv)], dim=1)
         weights = torch.softmax(scores, dim=1)
-        fused = weights[:, :1] * a + weights[:, 1:] * v
+        ma, mv = mix if mix is not None else (a, v)
+        fused = weights[:, :1] * ma + weights[:, 1:] * mv
         return fused, weights, scores
+
+
+CONFIDENCE_DIM = 2
+
+
+def head_confidence(head: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """(B, 2) detached: how sure ``head`` is on one branch's embedding ``z`` alone, as
+    the log-sum-exp of its logits (the negated free energy, QMF's quality signal: Zhang
+    et al., ICML 2023) and its top log-probability. A stream whose evidence a corruption
+    destroyed, or a clip unlike any the branch was trained on, leaves its head less sure,
+    which the score can read whatever the corruption was. Detached, so the attention
+    cannot make a head look sure; no dropout, so it is the head the fused logits use."""
+    with torch.no_grad():
+        logits = head(z).float()
+        lse = torch.logsumexp(logits, dim=1)
+        return torch.stack([lse, logits.amax(dim=1) - lse], dim=1)
+
+
+def _join(evidence: torch.Tensor | None, more: torch.Tensor) -> torch.Tensor:
+    return more if evidence is None else torch.cat([evidence.to(more.dtype), more], dim=1)
 
 
 @dataclass
@@ -493,12 +525,19 @@ class FusionModel(nn.Module):
         # what a checkpoint records of the video encoder's starting weights (None: no video)
         self.video_init = self.video.init if self.video else None
         self.use_evidence = cfg.evidence and cfg.modalities == "both"
+        self.use_confidence = cfg.confidence and cfg.modalities == "both"
+        if self.use_confidence and not (cfg.aux_heads and cfg.shared_head):
+            raise ConfigError(
+                "train.model.confidence needs the shared head and aux_weight > 0: the scores read "
+                "the classifier's confidence on each branch alone"
+            )
+        extra = CONFIDENCE_DIM if self.use_confidence else 0
         self.attention = ModalityAttention(
             self.audio.out_dim if self.audio else None,
             self.video.out_dim if self.video else None,
             dim,
-            AudioEncoder.evidence_dim if self.use_evidence else 0,
-            VideoEncoder.evidence_dim if self.use_evidence else 0,
+            (AudioEncoder.evidence_dim if self.use_evidence else 0) + extra,
+            (VideoEncoder.evidence_dim if self.use_evidence else 0) + extra,
         )
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(dim, cfg.num_classes)
@@ -538,8 +577,13 @@ class FusionModel(nn.Module):
         video_evidence: torch.Tensor | None = None,
     ) -> FusionOutput:
         scores = None
+        head_a_in, head_v_in = a, v  # the aux heads train their branch, isolated or not
         if a is not None and v is not None:
-            fused, weights, scores = self.attention(a, v, audio_evidence, video_evidence)
+            if self.use_confidence:
+                audio_evidence = _join(audio_evidence, head_confidence(self.classifier, a))
+                video_evidence = _join(video_evidence, head_confidence(self.classifier, v))
+            mix = (a.detach(), v.detach()) if self.cfg.isolate_branches else None
+            fused, weights, scores = self.attention(a, v, audio_evidence, video_evidence, mix)
         else:
             fused = a if a is not None else v
             assert fused is not None, "forward_head needs at least one embedding"
@@ -549,8 +593,8 @@ class FusionModel(nn.Module):
         return FusionOutput(
             logits=self.classifier(self.dropout(fused)),
             weights=weights,
-            audio_logits=head_a(self.dropout(a)) if a is not None and head_a is not None else None,
-            video_logits=head_v(self.dropout(v)) if v is not None and head_v is not None else None,
+            audio_logits=head_a(self.dropout(head_a_in)) if a is not None and head_a is not None else None,
+            video_logits=head_v(self.dropout(head_v_in)) if v is not None and head_v is not None else None,
             scores=scores,
         )
 

@@ -107,6 +107,11 @@ class TrainConfig:
                 "train.loss.reliability_weight > 0 needs aux_weight > 0: its targets come from "
                 "the auxiliary heads, which only aux_weight trains"
             )
+        if self.model.confidence and (self.loss.aux_weight <= 0 or not self.model.shared_head):
+            raise ConfigError(
+                "train.model.confidence needs aux_weight > 0 and shared_head: the scores read the "
+                "classifier's confidence on each branch alone, which only the aux terms train"
+            )
 
 
 def build_model(
