@@ -498,3 +498,65 @@ def test_bench_folds_keep_every_source_in_one_fold(tmp_path):
     folds = {c: int(f) for c, f in csv.reader(open(write_folds(labels, tmp_path / "s.csv", 3)))}
     for label in "ab":
         assert sorted(f for c, f in folds.items() if "ab"[int(c[1:]) % 2] == label) == [0, 0, 1, 1, 2, 2]
+
+
+def _fold(fused, audio, video, w_clean=0.7, w_lowpass=0.3, lowpass_fused=0.5):
+    """One fold's evaluation results as ``evaluate_fold`` returns them (fused model beside
+    both unimodal models), with a low-pass condition on the audio."""
+    from avfusion.evaluation.conditions import Condition
+
+    def row(f, a, v, w_a):
+        fused_row = {"top1": f, "w_audio": w_a, "w_video": 1 - w_a, "agreement": 1.0}
+        fused_row.update(audio_head_top1=a - 0.01, video_head_top1=v)
+        return {"fused": fused_row, "audio-only": {"top1": a}, "video-only": {"top1": v}}
+
+    names = ("normal", "muted_audio", "audio_gaussian_noise@5", "black_frames", "frozen_video")
+    res = {Condition.parse(n): row(fused, audio, video, w_clean) for n in names}
+    res.update({Condition.parse(n): row(fused, audio, video, 1 - w_clean) for n in ("gaussian_blur@5",)})
+    res[Condition.parse("video_gaussian_noise@5")] = row(fused, audio, video, w_clean)
+    res[Condition.parse("audio_lowpass@3")] = row(lowpass_fused, 0.15, video, w_lowpass)
+    return res
+
+
+def test_the_bench_reports_margin_folds_won_own_heads_and_destroyed_streams():
+    """fold_figures carries the margin, the win and the own heads; the goals count folds
+    won; a destroyed stream from a family training never draws is judged apart: fused ÷
+    the other stream's model and the stream's weight ÷ its clean weight."""
+    from jobs.bench.robustness import (
+        aggregate,
+        destroyed_rows,
+        fold_figures,
+        goals,
+        per_fold_rows,
+        stream_figures,
+        trained_family,
+    )
+
+    folds = [_fold(0.80, 0.70, 0.40), _fold(0.60, 0.70, 0.40), _fold(0.85, 0.70, 0.40)]
+    figures = [fold_figures(f) for f in folds]
+    assert figures[0]["margin: fused - best unimodal"] == pytest.approx(0.10)
+    assert [f["fused >= best unimodal"] for f in figures] == [1.0, 0.0, 1.0]
+    assert figures[0]["top1 fused's audio head"] == pytest.approx(0.69)
+    rows = dict((g, (m, ok)) for g, m, ok in goals(aggregate(figures), 0.1, 3))
+    assert rows["fused ≥ best unimodal on ≥ 3 of 3 folds"] == ("2 of 3", False)
+    assert rows["fused ≥ best unimodal + 0.03 (mean)"][1] is True  # 0.750 vs 0.700
+    assert [r[0] for r in per_fold_rows(figures)] == [0, 1, 2]
+
+    streams = {}
+    for f in folds:
+        for cond, values in stream_figures(f).items():
+            for k, v in values.items():
+                streams.setdefault(cond, {}).setdefault(k, []).append(v)
+    low = streams["audio_lowpass@3"]
+    assert low["fused / other-only"] == pytest.approx([1.25] * 3)  # 0.5 against video-only 0.4
+    assert low["weight share"] == pytest.approx([0.3 / 0.7] * 3)
+    assert trained_family("muted_audio") and not trained_family("audio_lowpass@3")
+    evidence = {"audio_lowpass@3": [0.1, 0.2, 0.15], "muted_audio": [0.0] * 3, "fog@3": [0.9] * 3}
+    table = destroyed_rows(evidence, streams)
+    assert [(r[0], r[1], r[-1]) for r in table] == [
+        ("audio_lowpass@3", "held out", True),
+        ("muted_audio", "trained", False),  # kept its clean weight (share 1.0 > 0.5)
+    ]
+    rows = dict((g, (m, ok)) for g, m, ok in goals(aggregate(figures), 0.1, 3, table))
+    assert rows["destroyed stream (held out families): fused ≥ 0.9 × other, weight ≤ ½ clean"][1]
+    assert not rows["destroyed stream (trained families): fused ≥ 0.9 × other, weight ≤ ½ clean"][1]

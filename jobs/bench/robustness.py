@@ -255,6 +255,26 @@ def fold_figures(res: dict) -> dict[str, float]:
     return out
 
 
+PER_FOLD = (
+    "top1 fused",
+    "top1 audio-only",
+    "top1 video-only",
+    "margin: fused - best unimodal",
+    "top1 fused's audio head",
+    "top1 fused's video head",
+    "w_audio muted",
+    "w_video black",
+    "w_video frozen",
+)
+
+
+def per_fold_rows(per_fold: list[dict[str, float]]) -> list[tuple]:
+    """The science table fold by fold: clean top-1 of each model, the margin, each
+    branch's own head inside the fused model and the dead-stream weights."""
+    keys = [k for k in PER_FOLD if k in per_fold[0]]
+    return [(fold, *[f[k] for k in keys]) for fold, f in enumerate(per_fold)]
+
+
 def aggregate(per_fold: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
     keys = per_fold[0].keys()
     return {
@@ -456,6 +476,11 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
                         streams.setdefault(cond_name, {}).setdefault(key, []).append(value)
     agg = {v: aggregate(f) for v, f in per_fold.items()}
     main = agg["fused"]
+    print_table(
+        f"{title}: per fold (fused model and the unimodal models trained beside it)",
+        per_fold_rows(per_fold["fused"]),
+        ("fold", *[k for k in PER_FOLD if k in per_fold["fused"][0]]),
+    )
     print_table(
         f"{title}: {k}-fold mean ± spread (std over folds)",
         [(k_, f"{m:.3f} ± {s:.3f}") for k_, (m, s) in main.items()],
