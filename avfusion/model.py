@@ -64,7 +64,7 @@ class ModelConfig:
     # the classifier and the attention, and reaches an encoder only through its score;
     # each branch learns its classes from its own head's loss, as a unimodal model does
     # (no modality competition). The scores keep training the encoders: detached there
-    # too, a muted track kept half the weight (docs/model.md)
+    # too, a muted track kept 0.63 of the weight (docs/model.md)
     isolate_branches: bool = False
 
     def __post_init__(self) -> None:
@@ -577,7 +577,6 @@ class FusionModel(nn.Module):
         video_evidence: torch.Tensor | None = None,
     ) -> FusionOutput:
         scores = None
-        head_a_in, head_v_in = a, v  # the aux heads train their branch, isolated or not
         if a is not None and v is not None:
             if self.use_confidence:
                 audio_evidence = _join(audio_evidence, head_confidence(self.classifier, a))
@@ -593,8 +592,8 @@ class FusionModel(nn.Module):
         return FusionOutput(
             logits=self.classifier(self.dropout(fused)),
             weights=weights,
-            audio_logits=head_a(self.dropout(head_a_in)) if a is not None and head_a is not None else None,
-            video_logits=head_v(self.dropout(head_v_in)) if v is not None and head_v is not None else None,
+            audio_logits=head_a(self.dropout(a)) if a is not None and head_a is not None else None,
+            video_logits=head_v(self.dropout(v)) if v is not None and head_v is not None else None,
             scores=scores,
         )
 

@@ -86,9 +86,8 @@ ABLATIONS = {
     # off in `small` since the 5-fold measure (it cost 0.07 clean top-1 on the real set)
     "reliability term": lambda c: _loss(c, reliability_weight=1.0),
     "no dead-modality term": lambda c: _loss(c, dead_weight=0.0),
-    "separate heads": lambda c: _model(
-        c, shared_head=False, confidence=False
-    ),  # confidence reads the shared head
+    # confidence reads the shared head, so it goes with it
+    "separate heads": lambda c: _model(c, shared_head=False, confidence=False),
     "no evidence features": lambda c: _model(c, evidence=False),
     "no confidence features": lambda c: _model(c, confidence=False),
     # the recipe before issue 29: the fused loss trains the encoders, aux terms at half strength
@@ -268,10 +267,16 @@ PER_FOLD = (
 )
 
 
+def per_fold_columns(per_fold: list[dict[str, float]]) -> list[str]:
+    """The PER_FOLD figures these folds have (the own heads need aux heads, the margin
+    the unimodal models)."""
+    return [k for k in PER_FOLD if k in per_fold[0]]
+
+
 def per_fold_rows(per_fold: list[dict[str, float]]) -> list[tuple]:
     """The science table fold by fold: clean top-1 of each model, the margin, each
     branch's own head inside the fused model and the dead-stream weights."""
-    keys = [k for k in PER_FOLD if k in per_fold[0]]
+    keys = per_fold_columns(per_fold)
     return [(fold, *[f[k] for k in keys]) for fold, f in enumerate(per_fold)]
 
 
@@ -479,7 +484,7 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
     print_table(
         f"{title}: per fold (fused model and the unimodal models trained beside it)",
         per_fold_rows(per_fold["fused"]),
-        ("fold", *[k for k in PER_FOLD if k in per_fold["fused"][0]]),
+        ("fold", *per_fold_columns(per_fold["fused"])),
     )
     print_table(
         f"{title}: {k}-fold mean ± spread (std over folds)",
