@@ -109,12 +109,16 @@ def ffmpeg_checks(configured: str | None = None) -> list[Check]:
         )
     )
     options = _run([exe, "-hide_banner", "-h", "protocol=http"]) + _run([exe, "-hide_banner", "-h", "full"])
-    lacking = [o for o in ("rw_timeout", "request_size") if f"-{o}" not in options]
+    why = {
+        "rw_timeout": "a stalled transfer would hang",
+        "request_size": "Range requests stay open-ended, which YouTube throttles (8.0+ has it)",
+    }
+    lacking = [o for o in why if f"-{o}" not in options]
     checks.append(
         Check(
             "ffmpeg opts",
-            FAIL if "rw_timeout" in lacking else OK,
-            f"lacks -{', -'.join(lacking)}" if lacking else "-rw_timeout, -request_size",
+            FAIL if "rw_timeout" in lacking else WARN if lacking else OK,
+            "; ".join(f"lacks -{o}: {why[o]}" for o in lacking) or "-rw_timeout, -request_size",
             fix,
         )
     )

@@ -67,7 +67,10 @@ class DownloadConfig:
     backoff_base: float = bounded(2.0, ge=0, le=3600)
     backoff_max: float = bounded(60.0, ge=0, le=86400)
     ffmpeg: str | None = None  # path to an ffmpeg binary; default PATH, then imageio-ffmpeg
-    request_size: int | None = bounded(None, ge=1, le=1 << 30)  # ffmpeg -request_size (None: its default)
+    # ffmpeg -request_size: bounded Range requests, so a closed transfer leaves at most one
+    # request's bytes in flight and no open-ended range for YouTube to throttle (yt-dlp
+    # 17612). Passed only to an ffmpeg that has the option (8.0+); None: open-ended.
+    request_size: int | None = bounded(1 << 20, ge=1, le=1 << 30)
     js_runtimes: dict[str, dict] | None = None  # yt-dlp's js_runtimes; None: its default (deno)
     player_clients: tuple[str, ...] | None = None  # YouTube player clients; None: player_clients()
     extra: dict[str, Any] = field(default_factory=dict)  # allowed yt-dlp options (_EXTRA_ALLOWED)
@@ -516,6 +519,21 @@ def ffmpeg_executable(configured: str | None = None) -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+@functools.cache
+def ffmpeg_http_options(exe: str) -> frozenset[str]:
+    """The http protocol options ``exe`` lists (``ffmpeg -h protocol=http``), once per
+    binary: an ffmpeg before 8.0 refuses ``-request_size`` and would fail every clip."""
+    import subprocess
+
+    try:
+        text = subprocess.run(
+            [exe, "-hide_banner", "-h", "protocol=http"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(re.findall(r"(?:^|\s)-(\w+)", text))
+
+
 @contextlib.contextmanager
 def ffmpeg_for_sections(exe: str) -> Iterator[None]:
     """Inside the block (this thread's context only), yt-dlp's section downloader uses
@@ -585,8 +603,9 @@ def preflight(cfg: DownloadConfig) -> list[str]:
 def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) -> dict[str, Any]:
     from yt_dlp.utils import download_range_func
 
+    exe = ffmpeg_executable(cfg.ffmpeg)
     ffmpeg_i = ["-rw_timeout", str(int(cfg.socket_timeout * 1e6)), "-xerror"]
-    if cfg.request_size:
+    if cfg.request_size and "request_size" in ffmpeg_http_options(exe):
         ffmpeg_i += ["-request_size", str(cfg.request_size)]
     opts: dict[str, Any] = {
         "format": cfg.format,
@@ -596,7 +615,7 @@ def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) ->
         "outtmpl": str(workdir / "clip.mp4"),
         "download_ranges": download_range_func(None, [(start, end)]),
         "force_keyframes_at_cuts": False,  # we decode the window ourselves; no re-encode
-        "ffmpeg_location": ffmpeg_executable(cfg.ffmpeg),
+        "ffmpeg_location": exe,
         "socket_timeout": cfg.socket_timeout,
         "retries": 0,
         "fragment_retries": 0,

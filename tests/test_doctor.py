@@ -120,7 +120,9 @@ def test_pyav_line_names_the_libraries_pyav_loaded():
     )
 
 
-def _fake_ffmpeg(folder: Path, version: str) -> Path:
+def _fake_ffmpeg(
+    folder: Path, version: str, http_options: str = "-rw_timeout <int64> -request_size <int>"
+) -> Path:
     """An ``ffmpeg`` that answers what doctor and yt-dlp ask with a chosen version banner."""
     folder.mkdir(parents=True, exist_ok=True)
     exe = folder / "ffmpeg"
@@ -131,7 +133,7 @@ def _fake_ffmpeg(folder: Path, version: str) -> Path:
         'developers" ;;\n'
         '  *" -protocols "*) printf \'Supported file protocols:\\nInput:\\n  file\\n  http\\n  https\\n'
         "  tls\\nOutput:\\n  file\\n' ;;\n"
-        '  *" -h "*) echo "-rw_timeout <int64> -request_size <int>" ;;\n'
+        f'  *" -h "*) echo "{http_options}" ;;\n'
         "esac\n"
     )
     exe.chmod(0o755)
@@ -320,3 +322,29 @@ def test_clients_line_says_which_youtube_clients_run_and_refuses_sabr_only():
     given = clients_check(("tv_samsung",), cookies=False)
     assert given.status == OK and given.detail == "YouTube player clients tv_samsung (given)"
     assert clients_check(("web",), cookies=False).status == FAIL
+
+
+@pytest.mark.slow
+def test_an_ffmpeg_without_request_size_gets_open_ended_ranges_and_a_warning(tmp_path):
+    """ffmpeg before 8.0 refuses ``-request_size``: downloads must not pass it (every
+    clip would fail), and doctor says what is lost. The wheel's ffmpeg gets it."""
+    from avfusion.download import DownloadConfig, ydl_options
+
+    old = _fake_ffmpeg(tmp_path / "old", "7.1.1", http_options="-rw_timeout <int64> -seekable <boolean>")
+    checks = {c.name: c for c in ffmpeg_checks(str(old))}
+    assert checks["ffmpeg opts"].status == WARN, checks["ffmpeg opts"]
+    assert "lacks -request_size: Range requests stay open-ended" in checks["ffmpeg opts"].detail
+
+    def inputs(ffmpeg: str | None) -> list[str]:
+        opts = ydl_options(DownloadConfig(ffmpeg=ffmpeg), 0.0, 10.0, tmp_path)
+        return opts["external_downloader_args"]["ffmpeg_i"]
+
+    assert "-request_size" not in inputs(str(old))
+    import imageio_ffmpeg
+
+    wheel = inputs(imageio_ffmpeg.get_ffmpeg_exe())
+    assert wheel[wheel.index("-request_size") + 1] == str(1 << 20)
+    unbounded = DownloadConfig(ffmpeg=imageio_ffmpeg.get_ffmpeg_exe(), request_size=None)
+    assert (
+        "-request_size" not in ydl_options(unbounded, 0, 10, tmp_path)["external_downloader_args"]["ffmpeg_i"]
+    )
