@@ -112,6 +112,34 @@ def test_resume_redoes_only_unfinished_shards(tmp_path, synth_folder, ray_local,
     assert not list((tmp_path / "s").glob(".*.tmp-*"))
 
 
+def test_a_small_job_is_spread_over_the_clusters_cpus_and_resumes_with_its_plan(
+    tmp_path, synth_folder, ray_local, capsys
+):
+    """18 clips at the default 100 per shard would be one task on a 2-CPU Ray: the plan
+    gives every CPU a shard. A resume where one slot runs (the local executor) keeps the
+    recorded plan instead of refusing the folder or re-planning it."""
+    import ray
+
+    out = tmp_path / "s"
+    args = [
+        str(synth_folder),
+        "--labels",
+        str(synth_folder / "labels.csv"),
+        "--out",
+        str(out),
+        "--frame-size",
+        "32",
+    ]
+    assert ray.cluster_resources()["CPU"] == 2
+    assert preprocess.main(args) == 0
+    stats = [json.loads(p.read_text()) for p in sorted(out.glob("0*_stats.json"))]
+    assert [s["attempted"] for s in stats] == [9, 9]
+    assert json.loads((out / "_plan.json").read_text())["shard_size"] == 9
+    capsys.readouterr()
+    assert preprocess.main([*args, "--executor", "local"]) == 0
+    assert "18 clips, 2 shards (2 already done)" in capsys.readouterr().out
+
+
 def test_different_plan_in_same_folder_is_refused(tmp_path, synth_folder, ray_local, capsys):
     out = str(tmp_path / "s")
     assert (

@@ -19,6 +19,7 @@ from avfusion.preprocess.plan import (
     plan_digest,
     plan_shards,
     retry_plan,
+    shard_size_for,
 )
 from avfusion.preprocess.run import (
     PreprocessError,
@@ -73,6 +74,23 @@ def test_plan_shards_names_and_sizes():
     assert [t.key for v in shards.values() for t in v] == [t.key for t in _tasks(23)]
 
 
+@pytest.mark.parametrize(
+    ("clips", "most", "slots", "size"),
+    [
+        (44, 100, 1, 44),
+        (44, 100, 2, 22),
+        (45, 100, 2, 22),
+        (44, 100, 16, 2),
+        (45, 10, 2, 10),
+        (3, 100, 8, 1),
+        (0, 100, 4, 1),
+    ],
+)
+def test_a_shard_holds_at_most_shard_size_and_fewer_when_slots_would_idle(clips, most, slots, size):
+    assert shard_size_for(clips, most, slots) == size
+    assert len(plan_shards(_tasks(clips), size)) >= min(clips, slots)
+
+
 def test_label_map_is_sorted_and_skips_unlabelled():
     tasks = _tasks(2, "zebra") + _tasks(1, "ant") + [ClipTask(key="u", source="/u.mp4")]
     assert label_map_of(tasks) == {"ant": 0, "zebra": 1}
@@ -89,8 +107,8 @@ def test_digest_identity(tmp_path):
     mirrored = [replace(t, source="https://mirror.example/" + t.key) for t in tasks]
     assert plan_digest(mirrored, cfg) == plan_digest(tasks, cfg)  # where clips come from is not the plan
 
-    check_plan(str(tmp_path), tasks, cfg)
-    check_plan(str(tmp_path), mirrored, cfg)  # same plan: resumes
+    assert check_plan(str(tmp_path), tasks, cfg, slots=lambda: 4) == 3  # 12 clips fill 4 slots
+    assert check_plan(str(tmp_path), mirrored, cfg) == 3  # same plan: resumes, with its size
     with pytest.raises(PlanMismatch, match="different clip list"):
         check_plan(str(tmp_path), tasks[:5], cfg)
     with pytest.raises(PlanMismatch):

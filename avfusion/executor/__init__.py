@@ -74,6 +74,10 @@ class Executor:
     def __exit__(self, *exc_info: object) -> None:
         return None
 
+    def slots(self) -> int:
+        """How many ``map_unordered`` items run at once (call it inside ``with executor:``)."""
+        return 1
+
     def map_unordered(
         self, fn: Callable[[T], R], items: Iterable[T], *, retries: int = 0
     ) -> Iterator[tuple[T, R | BaseException]]:
@@ -108,6 +112,9 @@ class InProcessExecutor(Executor):
         self.concurrency = max(1, concurrency)
         self._shared: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    def slots(self) -> int:
+        return self.concurrency
 
     def map_unordered(
         self, fn: Callable[[T], R], items: Iterable[T], *, retries: int = 0

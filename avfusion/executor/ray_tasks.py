@@ -123,6 +123,14 @@ class RayExecutor(Executor):
         if session is not None:
             session.__exit__(*exc_info)
 
+    def slots(self) -> int:
+        """``concurrency``, else as many tasks as the cluster's CPUs hold."""
+        import ray
+
+        if self.concurrency:
+            return self.concurrency
+        return max(1, int(ray.cluster_resources().get("CPU", 1) // self.task_cpus))
+
     def map_unordered(
         self, fn: Callable[[T], R], items: Iterable[T], *, retries: int = 0
     ) -> Iterator[tuple[T, R | BaseException]]:
@@ -132,7 +140,7 @@ class RayExecutor(Executor):
             num_cpus=self.task_cpus, max_retries=retries, name=_name_of(fn)
         )
         fn_ref = ray.put(fn)
-        limit = self.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        limit = self.slots()
         queue = list(items)
         running: dict[Any, T] = {}  # Ray ObjectRef → its item
         try:

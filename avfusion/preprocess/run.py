@@ -11,6 +11,7 @@ row that ``--retry-failed`` redoes.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from functools import partial
@@ -153,39 +154,49 @@ def run_preprocess(
     except OSError as exc:
         raise PreprocessError(str(exc)) from exc
     labels = label_map_of(tasks)
-    try:
-        check_plan(root, tasks, cfg)
-    except PlanMismatch as exc:
-        raise PreprocessError(str(exc)) from exc
-    done = read_all_stats(root)
-    if job.retry_failed:
-        shards, round_ = retry_plan(root, tasks, done, cfg, job.retry_all_failures)
-    else:
-        shards, round_ = plan_shards(tasks, cfg.shard_size), 0
-        if missing and "missing" not in done:
-            write_stats(
-                root,
-                ShardStats(
-                    shard="missing",
-                    tar="",
-                    attempted=len(missing),
-                    successes=0,
-                    failed=len(missing),
-                    bytes=0,
-                    seconds=0.0,
-                    round=0,
-                    keys=[],
-                    failures=missing,
-                ),
-            )
-    todo = {name: ts for name, ts in shards.items() if name not in done}
-    print(
-        f"{len(tasks)} clips, {len(shards)} shards ({len(shards) - len(todo)} already done), "
-        f"{len(labels)} labels → {job.out}"
-    )
-    downloads = None
-    if todo:
-        with executor:
+    with contextlib.ExitStack() as session:
+        # The executor starts (Ray: a session) only for a new plan, to size its shards to
+        # the slots it has, or for shards left to run; a finished job's resume starts none.
+        started: list[Executor] = []
+
+        def slots() -> int:
+            if not started:
+                started.append(session.enter_context(executor))
+            return executor.slots()
+
+        try:
+            size = check_plan(root, tasks, cfg, slots)
+        except PlanMismatch as exc:
+            raise PreprocessError(str(exc)) from exc
+        done = read_all_stats(root)
+        if job.retry_failed:
+            shards, round_ = retry_plan(root, tasks, done, cfg, job.retry_all_failures, slots)
+        else:
+            shards, round_ = plan_shards(tasks, size), 0
+            if missing and "missing" not in done:
+                write_stats(
+                    root,
+                    ShardStats(
+                        shard="missing",
+                        tar="",
+                        attempted=len(missing),
+                        successes=0,
+                        failed=len(missing),
+                        bytes=0,
+                        seconds=0.0,
+                        round=0,
+                        keys=[],
+                        failures=missing,
+                    ),
+                )
+        todo = {name: ts for name, ts in shards.items() if name not in done}
+        print(
+            f"{len(tasks)} clips, {len(shards)} shards ({len(shards) - len(todo)} already done), "
+            f"{len(labels)} labels → {job.out}"
+        )
+        downloads = None
+        if todo:
+            slots()
             downloads = run_shards(
                 executor, todo, cfg, labels, root, round_, job.task_retries, job.governor, redactor
             )
