@@ -42,6 +42,7 @@ class DoctorOptions:
     proxies: tuple[str, ...] = ()  # the egress pool, as preprocess gets it
     js_runtimes: dict | None = None
     player_clients: tuple[str, ...] | None = None
+    pot_provider: str | None = None  # a bgutil PO-token provider's base URL; None: skip
     weights: str | None = None  # "imagenet" (torch hub cache) or a path/URL; None: skip
     out: str | None = None
     address: str | None = None
@@ -55,6 +56,8 @@ def local_checks(opts: DoctorOptions) -> list[Check]:
     if opts.cookies:
         checks += cookie_checks(opts.cookies)
     checks += proxy_checks(opts.proxies)
+    if opts.pot_provider:
+        checks.append(pot_check(opts.pot_provider))
     checks.append(gpu_check())
     if opts.weights:
         checks.append(weights_check(opts.weights))
@@ -318,6 +321,54 @@ def clients_check(clients: tuple[str, ...] | None, cookies: bool) -> Check:
         else f"yt-dlp's defaults {'with cookies' if cookies else 'for a guest'}, less SABR-only"
     )
     return Check("clients", OK, f"YouTube player clients {', '.join(player_clients(cfg))} ({whose})")
+
+
+def pot_check(base_url: str) -> Check:
+    """The PO-token provider: the yt-dlp plugin that asks it is installed, and the
+    provider answers ``GET /ping`` (as the plugin first asks, never through a proxy) with
+    a version whose major the plugin accepts (it refuses another major)."""
+    import http.client
+    import json
+    from importlib import metadata
+    from urllib.parse import urlsplit
+
+    base = base_url.rstrip("/")
+    try:
+        plugin = metadata.version("bgutil-ytdlp-pot-provider")
+    except metadata.PackageNotFoundError:
+        return Check(
+            "po token", FAIL, "the bgutil yt-dlp plugin is not installed", "pip install 'avfusion[pot]'"
+        )
+    fix = f"start the provider (e.g. docker run -p 4416:4416 brainicism/bgutil-ytdlp-pot-provider:{plugin})"
+    parts = urlsplit(base)
+    connection = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    try:
+        # A direct connection, as the plugin's (proxies={'all': None}), whatever the environment says.
+        conn = connection(parts.hostname or "", parts.port, timeout=5)
+        try:
+            conn.request("GET", f"{parts.path.rstrip('/')}/ping")
+            response = conn.getresponse()
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status} {response.reason}")
+            version = str(json.loads(response.read(1 << 16))["version"])
+        finally:
+            conn.close()
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        http.client.HTTPException,
+    ) as exc:  # refused, not its JSON
+        return Check("po token", FAIL, f"no provider answers {base}/ping ({type(exc).__name__}: {exc})", fix)
+    if version.split(".")[0] != plugin.split(".")[0]:
+        return Check(
+            "po token",
+            WARN,
+            f"provider {version} at {base}, plugin {plugin}: the plugin refuses another major",
+            fix,
+        )
+    return Check("po token", OK, f"bgutil provider {version} at {base} answers /ping (plugin {plugin})")
 
 
 def proxy_checks(proxies: tuple[str, ...]) -> list[Check]:

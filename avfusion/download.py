@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
 import random
 import re
@@ -73,6 +74,9 @@ class DownloadConfig:
     request_size: int | None = bounded(1 << 20, ge=1, le=1 << 30)
     js_runtimes: dict[str, dict] | None = None  # yt-dlp's js_runtimes; None: its default (deno)
     player_clients: tuple[str, ...] | None = None  # YouTube player clients; None: player_clients()
+    # A bgutil PO-token provider's HTTP server (its base URL; avfusion[pot] installs the
+    # yt-dlp plugin that asks it): YouTube's bot check passes more often with tokens.
+    pot_provider: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # allowed yt-dlp options (_EXTRA_ALLOWED)
 
     def __post_init__(self) -> None:
@@ -577,6 +581,12 @@ class _RecordingLogger:
             self.warnings.append(msg)
 
 
+# The bgutil plugin (PyPI bgutil-ytdlp-pot-provider): the module yt-dlp loads it from,
+# and the extractor-arguments key its HTTP provider reads ``base_url`` under.
+POT_PLUGIN_MODULE = "yt_dlp_plugins.extractor.getpot_bgutil_http"
+POT_PROVIDER_ARGS = "youtubepot-bgutilhttp"
+
+
 def preflight(cfg: DownloadConfig) -> list[str]:
     """Options that would silently not take effect on section downloads (ffmpeg does
     the transfer): each a one-line error with what to use instead."""
@@ -592,6 +602,16 @@ def preflight(cfg: DownloadConfig) -> list[str]:
                 "or gost in front of a SOCKS or https:// one)"
             )
             break
+    if cfg.pot_provider:
+        if not re.fullmatch(r"https?://[^/\s]+/?", cfg.pot_provider):
+            errors.append(
+                f"--pot-provider {cfg.pot_provider!r}: give the provider's base URL, e.g. http://127.0.0.1:4416"
+            )
+        elif importlib.util.find_spec(POT_PLUGIN_MODULE) is None:
+            errors.append(
+                "--pot-provider has no effect without the bgutil yt-dlp plugin that asks it: "
+                "pip install 'avfusion[pot]'"
+            )
     if cfg.rate_limit:
         errors.append(
             "--rate-limit has no effect: yt-dlp's ratelimit is ignored by ffmpeg, which does every "
@@ -640,6 +660,8 @@ def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) ->
     args = cfg.extra.get("extractor_args") or {}
     youtube = {**args.get("youtube", {}), "player_client": list(player_clients(cfg))}
     opts["extractor_args"] = {**args, "youtube": youtube}
+    if cfg.pot_provider:
+        opts["extractor_args"][POT_PROVIDER_ARGS] = {"base_url": [cfg.pot_provider.rstrip("/")]}
     if cfg.cookies:
         opts["cookiefile"] = cfg.cookies  # replaced by a private copy per attempt
     if cfg.proxy:

@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output URL as given to preprocess (s3://bucket/... is head-checked)")
     p.add_argument("--ffmpeg", help="ffmpeg binary (default: PATH, then imageio-ffmpeg)")
     p.add_argument("--player-clients", metavar="A,B", help="YouTube player clients as given to preprocess")
+    p.add_argument("--pot-provider", metavar="URL", help="PO-token provider as given to preprocess: ping it")
     p.add_argument(
         "--video-weights",
         default="imagenet",
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = DoctorOptions(
         ffmpeg=args.ffmpeg,
         player_clients=client_list(args.player_clients),
+        pot_provider=args.pot_provider,
         cookies=args.cookies,
         proxies=proxies,
         out=args.out,

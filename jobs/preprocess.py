@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         "with --cookies, less SABR-only ones; avfusion doctor prints them)",
     )
     dl.add_argument(
+        "--pot-provider",
+        metavar="URL",
+        help="base URL of a bgutil PO-token provider's HTTP server (e.g. http://127.0.0.1:4416); "
+        "needs pip install 'avfusion[pot]'; avfusion doctor --pot-provider URL pings it",
+    )
+    dl.add_argument(
         "--proxy",
         action="append",
         help="http:// proxy URL; repeat it for a pool (each proxy is one egress address with its own "
@@ -231,6 +237,7 @@ def load_config(args):
         ffmpeg=args.ffmpeg,
         js_runtimes=js_runtimes(args.js_runtime),
         player_clients=client_list(args.player_clients),
+        pot_provider=args.pot_provider,
         extra=extra or None,
     )
     limits = load_section(DecodeLimits, args.config, "limits")

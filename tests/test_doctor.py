@@ -348,3 +348,24 @@ def test_an_ffmpeg_without_request_size_gets_open_ended_ranges_and_a_warning(tmp
     assert (
         "-request_size" not in ydl_options(unbounded, 0, 10, tmp_path)["external_downloader_args"]["ffmpeg_i"]
     )
+
+
+@pytest.mark.slow  # a loopback provider
+def test_po_token_provider_check_pings_it(tmp_path):
+    """doctor --pot-provider: the provider answering /ping with the plugin's major is OK;
+    another major is a WARN (the plugin refuses it); nothing listening, or a server that
+    is not the provider, is a FAIL with the command that starts one."""
+    from avfusion.doctor import pot_check
+    from tests.pot_provider import PotProvider
+
+    with PotProvider() as provider:
+        ok = pot_check(provider.url + "/")
+        assert provider.seen == [("GET", "/ping", None)]
+    assert ok.status == OK and f"bgutil provider 2.0.2 at {provider.url} answers /ping" in ok.detail, ok
+    with PotProvider(version="1.9.0") as old:
+        assert pot_check(old.url).status == WARN
+    with PotProvider(ping_body=b"<html>a web server</html>") as other:
+        wrong = pot_check(other.url)
+    assert wrong.status == FAIL and "no provider answers" in wrong.detail and "docker run" in wrong.fix
+    dead = pot_check(provider.url)  # stopped: nothing listens there now
+    assert dead.status == FAIL and "Connection refused" in dead.detail, dead

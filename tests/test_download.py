@@ -504,3 +504,42 @@ def test_bad_player_clients_are_one_line(clients, expected):
         DownloadConfig(player_clients=clients)
     with pytest.raises(ConfigError, match="--player-clients"):
         DownloadConfig(extra={"extractor_args": {"youtube": {"player_client": ["tv"]}}})
+
+
+@pytest.mark.slow  # yt-dlp runs ffmpeg -version when it starts; a loopback provider
+def test_pot_provider_is_what_the_real_plugin_asks(tmp_path):
+    """--pot-provider reaches the installed bgutil plugin through yt-dlp's own PO-token
+    framework: when YouTube's extractor needs a token, the provider at that URL is pinged
+    and asked for one bound to the visitor, and yt-dlp gets its token."""
+    import yt_dlp
+    from yt_dlp.extractor.youtube._base import _PoTokenContext
+
+    from avfusion.download import ydl_options
+    from tests.pot_provider import PotProvider
+
+    with PotProvider() as provider:
+        opts = ydl_options(DownloadConfig(pot_provider=provider.url), 0.0, 2.0, tmp_path)
+        with yt_dlp.YoutubeDL({**opts, "quiet": True}) as ydl:
+            ie = ydl.get_info_extractor("Youtube")
+            ie.initialize()
+            token = ie.fetch_po_token(
+                client="web",
+                context=_PoTokenContext.GVS,
+                visitor_data="CgtWaXNpdG9ySWQ%3D",
+                video_id="abcdefghijk",
+                required=True,
+                ytcfg={"INNERTUBE_CONTEXT": {"client": {"clientName": "WEB", "clientVersion": "2.20251101"}}},
+            )
+    assert token == provider.token
+    assert [(m, p) for m, p, _ in provider.seen] == [("GET", "/ping"), ("POST", "/get_pot")]
+    assert provider.seen[1][2]["content_binding"] == "CgtWaXNpdG9ySWQ%3D"
+
+
+def test_pot_provider_that_cannot_take_effect_is_refused(monkeypatch):
+    from avfusion import download
+    from avfusion.download import preflight
+
+    assert preflight(DownloadConfig(pot_provider="http://127.0.0.1:4416")) == []
+    assert "base URL" in preflight(DownloadConfig(pot_provider="127.0.0.1:4416/get_pot"))[0]
+    monkeypatch.setattr(download, "POT_PLUGIN_MODULE", "yt_dlp_plugins.extractor.not_installed_here")
+    assert "pip install 'avfusion[pot]'" in preflight(DownloadConfig(pot_provider="http://127.0.0.1:4416"))[0]
