@@ -644,7 +644,7 @@ def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) ->
         "noprogress": True,
         "noplaylist": True,
         "overwrites": True,
-        "cachedir": False,
+        "cachedir": ytdlp_cache_dir(),
         "merge_output_format": "mp4",
         "external_downloader_args": {
             # -rw_timeout: a stalled transfer fails instead of hanging; -xerror: a cut
@@ -670,6 +670,21 @@ def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) ->
         opts["sleep_interval_requests"] = cfg.sleep_seconds
     opts.update({k: v for k, v in cfg.extra.items() if k != "extractor_args"})
     return opts
+
+
+def ytdlp_cache_dir() -> str | bool:
+    """yt-dlp's cache folder for this node: its YouTube extractor keeps the preprocessed
+    player JavaScript (and solved challenges, PO tokens) there, so a clip after the first
+    neither fetches the player nor preprocesses it again (issue 26: with the cache off,
+    every clip paid both). The folder is private to this user (``storage.private_dir``):
+    the cached JavaScript is run by the JS runtime, so a folder someone else could write
+    is refused, and then yt-dlp runs without a cache (False) rather than fail clips."""
+    from avfusion import storage
+
+    try:
+        return storage.private_dir("avfusion-ytdlp-cache")
+    except OSError:
+        return False
 
 
 def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLogger) -> Path:

@@ -1,6 +1,7 @@
 """yt-dlp section downloads against a loopback server that honours Range, with faults."""
 
 import json
+import os
 import re
 import shutil
 
@@ -543,3 +544,28 @@ def test_pot_provider_that_cannot_take_effect_is_refused(monkeypatch):
     assert "base URL" in preflight(DownloadConfig(pot_provider="127.0.0.1:4416/get_pot"))[0]
     monkeypatch.setattr(download, "POT_PLUGIN_MODULE", "yt_dlp_plugins.extractor.not_installed_here")
     assert "pip install 'avfusion[pot]'" in preflight(DownloadConfig(pot_provider="http://127.0.0.1:4416"))[0]
+
+
+@pytest.mark.slow  # yt-dlp runs ffmpeg -version when it starts
+def test_yt_dlp_keeps_its_cache_between_attempts_in_a_private_folder(tmp_path, monkeypatch):
+    """What one attempt's YoutubeDL caches (the preprocessed player JS, in YouTube's case)
+    the next attempt's loads; a cache folder someone else could write is not used."""
+    import yt_dlp
+
+    from avfusion import storage
+    from avfusion.download import ydl_options
+
+    monkeypatch.setattr(storage.tempfile, "gettempdir", lambda: str(tmp_path))
+    opts = ydl_options(DownloadConfig(), 0.0, 2.0, tmp_path)
+    assert opts["cachedir"] == str(tmp_path / f"avfusion-ytdlp-cache-{os.getuid()}")
+    with yt_dlp.YoutubeDL({**opts, "quiet": True}) as first:
+        first.cache.store(
+            "youtube-ejs", "player:https://www.youtube.com/s/player/x/base.js", {"code": "var a"}
+        )
+    with yt_dlp.YoutubeDL({**ydl_options(DownloadConfig(), 5.0, 7.0, tmp_path), "quiet": True}) as second:
+        assert second.cache.load("youtube-ejs", "player:https://www.youtube.com/s/player/x/base.js") == {
+            "code": "var a"
+        }
+    assert os.stat(opts["cachedir"]).st_mode & 0o777 == 0o700
+    os.chmod(opts["cachedir"], 0o777)  # now anyone could plant JavaScript there
+    assert ydl_options(DownloadConfig(), 0.0, 2.0, tmp_path)["cachedir"] is False
