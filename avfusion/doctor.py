@@ -52,7 +52,7 @@ class DoctorOptions:
 def local_checks(opts: DoctorOptions) -> list[Check]:
     """Everything that depends on the machine it runs on."""
     checks = ffmpeg_checks(opts.ffmpeg) + [pyav_check(), js_check(opts.js_runtimes)]
-    checks.append(clients_check(opts.player_clients, bool(opts.cookies)))
+    checks.append(clients_check(opts.player_clients, bool(opts.cookies), opts.pot_provider))
     if opts.cookies:
         checks += cookie_checks(opts.cookies)
     checks += proxy_checks(opts.proxies)
@@ -306,19 +306,22 @@ def cookie_checks(url: str) -> list[Check]:
     return checks
 
 
-def clients_check(clients: tuple[str, ...] | None, cookies: bool) -> Check:
+def clients_check(clients: tuple[str, ...] | None, cookies: bool, pot_provider: str | None = None) -> Check:
     """The YouTube player clients yt-dlp will ask, and whose choice they are."""
     from avfusion.config import ConfigError
     from avfusion.download import DownloadConfig, player_clients
 
     try:
-        cfg = DownloadConfig(player_clients=clients, cookies="cookies.txt" if cookies else None)
+        cfg = DownloadConfig(
+            player_clients=clients, cookies="cookies.txt" if cookies else None, pot_provider=pot_provider
+        )
     except ConfigError as exc:
         return Check("clients", FAIL, str(exc), "pass --player-clients with clients from the allowed list")
     whose = (
         "given"
         if clients
         else f"yt-dlp's defaults {'with cookies' if cookies else 'for a guest'}, less SABR-only"
+        + (", with mweb for the PO-token provider" if pot_provider and "mweb" in player_clients(cfg) else "")
     )
     return Check("clients", OK, f"YouTube player clients {', '.join(player_clients(cfg))} ({whose})")
 
@@ -332,6 +335,11 @@ def pot_check(base_url: str) -> Check:
     from importlib import metadata
     from urllib.parse import urlsplit
 
+    from avfusion.download import pot_provider_problem
+
+    problem = pot_provider_problem(base_url)
+    if problem:
+        return Check("po token", FAIL, problem.split(": ", 1)[1], "pass the URL the provider listens on")
     base = base_url.rstrip("/")
     try:
         plugin = metadata.version("bgutil-ytdlp-pot-provider")
@@ -350,16 +358,13 @@ def pot_check(base_url: str) -> Check:
             response = conn.getresponse()
             if response.status != 200:
                 raise ValueError(f"HTTP {response.status} {response.reason}")
-            version = str(json.loads(response.read(1 << 16))["version"])
+            version = json.loads(response.read(1 << 16))["version"]
+            if not isinstance(version, str) or not version:
+                raise ValueError(f"no version in its answer ({version!r})")
         finally:
             conn.close()
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        http.client.HTTPException,
-    ) as exc:  # refused, not its JSON
+    # refused, timed out, not HTTP, not its JSON (RecursionError: JSON nested past the stack)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, http.client.HTTPException) as exc:
         return Check("po token", FAIL, f"no provider answers {base}/ping ({type(exc).__name__}: {exc})", fix)
     if version.split(".")[0] != plugin.split(".")[0]:
         return Check(

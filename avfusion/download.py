@@ -149,7 +149,19 @@ def player_clients(cfg: DownloadConfig) -> tuple[str, ...]:
         if c not in SABR_ONLY_CLIENTS
         and not (cfg.cookies and known and not known.get(c, {}).get("SUPPORTS_COOKIES"))
     )
+    if cfg.pot_provider and not any(uses_po_tokens(c) for c in clients):
+        # yt-dlp asks a provider only for a client whose formats need a token; the guest
+        # defaults need none, so a provider alone would never be asked. mweb is the client
+        # yt-dlp's PO Token Guide pairs with a provider (its formats need a GVS token).
+        clients = (*clients, "mweb")
     return clients or ("tv_samsung",)
+
+
+def uses_po_tokens(client: str) -> bool:
+    """Whether yt-dlp asks a PO-token provider for ``client`` (a token its formats need)."""
+    traits = _innertube_clients().get(client.split(".")[0], {})
+    policies = (traits.get("GVS_PO_TOKEN_POLICY") or {}).values()
+    return bool(traits.get("PO_TOKEN_REQUIRED_CONTEXTS")) or any(p.required for p in policies)
 
 
 def check_pool(proxy: str | None, proxies: tuple[str, ...]) -> None:
@@ -523,18 +535,25 @@ def ffmpeg_executable(configured: str | None = None) -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-@functools.cache
 def ffmpeg_http_options(exe: str) -> frozenset[str]:
-    """The http protocol options ``exe`` lists (``ffmpeg -h protocol=http``), once per
-    binary: an ffmpeg before 8.0 refuses ``-request_size`` and would fail every clip."""
+    """The http protocol options ``exe`` lists (``ffmpeg -h protocol=http``), asked once
+    per binary: an ffmpeg before 8.0 refuses ``-request_size`` and would fail every clip.
+    A binary that cannot be asked lists none this time, and is asked again next time."""
     import subprocess
 
     try:
-        text = subprocess.run(
-            [exe, "-hide_banner", "-h", "protocol=http"], capture_output=True, text=True, timeout=30
-        ).stdout
+        return _listed_http_options(exe)
     except (OSError, subprocess.SubprocessError):
         return frozenset()
+
+
+@functools.cache  # a failure raises, so it is not cached
+def _listed_http_options(exe: str) -> frozenset[str]:
+    import subprocess
+
+    text = subprocess.run(
+        [exe, "-hide_banner", "-h", "protocol=http"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
     return frozenset(re.findall(r"(?:^|\s)-(\w+)", text))
 
 
@@ -587,6 +606,32 @@ POT_PLUGIN_MODULE = "yt_dlp_plugins.extractor.getpot_bgutil_http"
 POT_PROVIDER_ARGS = "youtubepot-bgutilhttp"
 
 
+def pot_provider_problem(url: str) -> str | None:
+    """Why ``url`` is not a provider's base URL (an http(s) host, a port, perhaps a path;
+    no query, fragment or credentials), or None. The plugin appends ``/ping`` and
+    ``/get_pot`` to it as text."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not one
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+    ):
+        return (
+            "--pot-provider: give the provider's base URL, an http(s) host and port with no "
+            "credentials or query, e.g. http://127.0.0.1:4416"
+        )
+    return None
+
+
 def preflight(cfg: DownloadConfig) -> list[str]:
     """Options that would silently not take effect on section downloads (ffmpeg does
     the transfer): each a one-line error with what to use instead."""
@@ -603,14 +648,19 @@ def preflight(cfg: DownloadConfig) -> list[str]:
             )
             break
     if cfg.pot_provider:
-        if not re.fullmatch(r"https?://[^/\s]+/?", cfg.pot_provider):
-            errors.append(
-                f"--pot-provider {cfg.pot_provider!r}: give the provider's base URL, e.g. http://127.0.0.1:4416"
-            )
+        problem = pot_provider_problem(cfg.pot_provider)
+        clients = player_clients(cfg)
+        if problem:
+            errors.append(problem)
         elif importlib.util.find_spec(POT_PLUGIN_MODULE) is None:
             errors.append(
                 "--pot-provider has no effect without the bgutil yt-dlp plugin that asks it: "
                 "pip install 'avfusion[pot]'"
+            )
+        elif not any(uses_po_tokens(c) for c in clients):
+            errors.append(
+                f"--pot-provider has no effect with the player clients {', '.join(clients)}: none of "
+                "them needs a PO token, so yt-dlp never asks; add mweb to --player-clients"
             )
     if cfg.rate_limit:
         errors.append(
@@ -661,7 +711,8 @@ def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) ->
     youtube = {**args.get("youtube", {}), "player_client": list(player_clients(cfg))}
     opts["extractor_args"] = {**args, "youtube": youtube}
     if cfg.pot_provider:
-        opts["extractor_args"][POT_PROVIDER_ARGS] = {"base_url": [cfg.pot_provider.rstrip("/")]}
+        given = args.get(POT_PROVIDER_ARGS, {})
+        opts["extractor_args"][POT_PROVIDER_ARGS] = {**given, "base_url": [cfg.pot_provider.rstrip("/")]}
     if cfg.cookies:
         opts["cookiefile"] = cfg.cookies  # replaced by a private copy per attempt
     if cfg.proxy:

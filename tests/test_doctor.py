@@ -367,5 +367,30 @@ def test_po_token_provider_check_pings_it(tmp_path):
     with PotProvider(ping_body=b"<html>a web server</html>") as other:
         wrong = pot_check(other.url)
     assert wrong.status == FAIL and "no provider answers" in wrong.detail and "docker run" in wrong.fix
+    for body in (b'{"version": null}', b"[" * 5000, b'["2.0.2"]'):
+        with PotProvider(ping_body=body) as odd:
+            assert pot_check(odd.url).status == FAIL, body[:20]
+    bad = pot_check("http://TOKEN@127.0.0.1:4416")
+    assert bad.status == FAIL and "TOKEN" not in bad.detail
     dead = pot_check(provider.url)  # stopped: nothing listens there now
     assert dead.status == FAIL and "Connection refused" in dead.detail, dead
+
+
+@pytest.mark.slow  # runs a fake ffmpeg
+def test_an_ffmpeg_that_could_not_be_asked_is_asked_again(tmp_path):
+    """A binary that cannot answer once (missing, timed out) lists no options that time,
+    and is not remembered as lacking them."""
+    from avfusion.download import ffmpeg_http_options
+
+    exe = tmp_path / "bin" / "ffmpeg"
+    assert ffmpeg_http_options(str(exe)) == frozenset()
+    _fake_ffmpeg(exe.parent, "9.0.2")
+    assert "request_size" in ffmpeg_http_options(str(exe))
+
+
+def test_clients_line_names_mweb_when_a_pot_provider_needs_it():
+    from avfusion.doctor import clients_check
+
+    line = clients_check(None, False, "http://127.0.0.1:4416")
+    assert line.status == OK and "mweb" in line.detail and "for the PO-token provider" in line.detail
+    assert "mweb" not in clients_check(None, False).detail

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import replace
 
 import duckdb
 import numpy as np
@@ -216,15 +217,18 @@ def test_section_of_a_faststart_mp4_fetches_a_fraction_of_its_bytes(tmp_path):
     assert data[4:8] == b"ftyp" and data.index(b"moov") < data.index(b"mdat"), "index must be at the front"
     work = tmp_path / "work"
     work.mkdir()
+    import imageio_ffmpeg
+
     with RangeServer(served) as server:
         path, *_ = download_section(
             ClipTask(key="long", source=server.url("long.mp4"), start=25.0),
             ClipSpec(clip_seconds=10.0),
-            FAST,
+            replace(FAST, ffmpeg=imageio_ffmpeg.get_ffmpeg_exe()),  # a PATH ffmpeg < 8.0 has no request_size
             work,
         )
         sent = server.bytes_sent["long.mp4"]
-        ranges = [r for r in server.ranges["long.mp4"] if r]  # the unranged one: yt-dlp's first look
+        ranges = [r for r in server.ranges["long.mp4"] if r]
+        assert server.ranges["long.mp4"].count("") == 1, "one unranged request: yt-dlp's first look"
     assert sent < 0.40 * len(data), f"sent {sent} of {len(data)} bytes ({sent / len(data):.0%})"
     spans = [re.fullmatch(r"bytes=(\d+)-(\d+)", r) for r in ranges]
     assert ranges and all(m and int(m[2]) - int(m[1]) < 1 << 20 for m in spans), ranges
@@ -515,16 +519,20 @@ def test_pot_provider_is_what_the_real_plugin_asks(tmp_path):
     import yt_dlp
     from yt_dlp.extractor.youtube._base import _PoTokenContext
 
-    from avfusion.download import ydl_options
+    from avfusion.download import uses_po_tokens, ydl_options
     from tests.pot_provider import PotProvider
 
     with PotProvider() as provider:
-        opts = ydl_options(DownloadConfig(pot_provider=provider.url), 0.0, 2.0, tmp_path)
+        cfg = DownloadConfig(pot_provider=provider.url)
+        asked = _clients_yt_dlp_asks(cfg, tmp_path)
+        # The guest defaults need no token, so yt-dlp would never ask: mweb is added.
+        assert "mweb" in asked and [c for c in asked if uses_po_tokens(c)] == ["mweb"]
+        opts = ydl_options(cfg, 0.0, 2.0, tmp_path)
         with yt_dlp.YoutubeDL({**opts, "quiet": True}) as ydl:
             ie = ydl.get_info_extractor("Youtube")
             ie.initialize()
-            token = ie.fetch_po_token(
-                client="web",
+            token = ie.fetch_po_token(  # as yt-dlp asks for mweb's https formats (required)
+                client="mweb",
                 context=_PoTokenContext.GVS,
                 visitor_data="CgtWaXNpdG9ySWQ%3D",
                 video_id="abcdefghijk",
@@ -536,14 +544,61 @@ def test_pot_provider_is_what_the_real_plugin_asks(tmp_path):
     assert provider.seen[1][2]["content_binding"] == "CgtWaXNpdG9ySWQ%3D"
 
 
-def test_pot_provider_that_cannot_take_effect_is_refused(monkeypatch):
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:4416", "http://[::1]:4416/", "HTTP://pot.internal:80", "https://pot.example/prefix"],
+)
+def test_a_pot_provider_base_url_is_taken(url):
+    from avfusion.download import preflight
+
+    assert preflight(DownloadConfig(pot_provider=url)) == []
+    with_cookies = DownloadConfig(pot_provider=url, cookies="c.txt")  # web_embedded there needs tokens
+    assert preflight(with_cookies) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "127.0.0.1:4416",
+        "http://h:4416?x=1",
+        "http://h:4416#f",
+        "http://h:abc",
+        "http://h:99999",
+        "http://:4416",
+        "http://TOKEN@h:4416",
+        "http://u:pw@h:4416",
+        "ftp://h:4416",
+    ],
+)
+def test_a_pot_provider_that_is_not_a_base_url_is_one_line(url):
+    from avfusion.download import preflight
+
+    errors = preflight(DownloadConfig(pot_provider=url))
+    assert len(errors) == 1 and "give the provider's base URL" in errors[0] and "TOKEN" not in errors[0]
+
+
+def test_a_pot_provider_that_would_never_be_asked_is_refused(monkeypatch):
     from avfusion import download
     from avfusion.download import preflight
 
-    assert preflight(DownloadConfig(pot_provider="http://127.0.0.1:4416")) == []
-    assert "base URL" in preflight(DownloadConfig(pot_provider="127.0.0.1:4416/get_pot"))[0]
+    never = DownloadConfig(pot_provider="http://127.0.0.1:4416", player_clients=("tv_samsung",))
+    assert "none of them needs a PO token" in preflight(never)[0] and "mweb" in preflight(never)[0]
+    asked = DownloadConfig(pot_provider="http://127.0.0.1:4416", player_clients=("tv_samsung", "mweb"))
+    assert preflight(asked) == []
     monkeypatch.setattr(download, "POT_PLUGIN_MODULE", "yt_dlp_plugins.extractor.not_installed_here")
     assert "pip install 'avfusion[pot]'" in preflight(DownloadConfig(pot_provider="http://127.0.0.1:4416"))[0]
+
+
+@pytest.mark.slow  # yt-dlp runs ffmpeg -version when it starts
+def test_pot_provider_keeps_the_plugins_other_arguments(tmp_path):
+    from avfusion.download import POT_PROVIDER_ARGS, ydl_options
+
+    extra = {"extractor_args": {POT_PROVIDER_ARGS: {"other": ["1"], "base_url": ["http://old:1"]}}}
+    args = ydl_options(DownloadConfig(pot_provider="http://127.0.0.1:4416/", extra=extra), 0, 2, tmp_path)
+    assert args["extractor_args"][POT_PROVIDER_ARGS] == {
+        "other": ["1"],
+        "base_url": ["http://127.0.0.1:4416"],
+    }
 
 
 @pytest.mark.slow  # yt-dlp runs ffmpeg -version when it starts

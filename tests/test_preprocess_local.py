@@ -106,7 +106,7 @@ def test_resume_redoes_only_unfinished_shards(tmp_path, synth_folder, ray_local,
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("0000[013].tar")}
     capsys.readouterr()
     assert preprocess.main(args) == 0
-    assert "5 shards (4 already done)" in capsys.readouterr().out
+    assert "6 shards (5 already done)" in capsys.readouterr().out  # 18 clips ≤ 4 each, 2 slots: 3 rounds
     assert sorted(_keys(tmp_path / "s")) == first
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "s").glob("0000[013].tar")} == mtimes
     assert not list((tmp_path / "s").glob(".*.tmp-*"))
@@ -134,7 +134,7 @@ def test_a_small_job_is_spread_over_the_clusters_cpus_and_resumes_with_its_plan(
     assert preprocess.main(args) == 0
     stats = [json.loads(p.read_text()) for p in sorted(out.glob("0*_stats.json"))]
     assert [s["attempted"] for s in stats] == [9, 9]
-    assert json.loads((out / "_plan.json").read_text())["shard_size"] == 9
+    assert json.loads((out / "_plan.json").read_text())["shards"] == 2
     capsys.readouterr()
     assert preprocess.main([*args, "--executor", "local"]) == 0
     assert "18 clips, 2 shards (2 already done)" in capsys.readouterr().out

@@ -13,13 +13,15 @@ import webdataset as wds
 from avfusion.config import ClipSpec
 from avfusion.executor import InProcessExecutor
 from avfusion.preprocess.plan import (
+    PLAN,
     PlanMismatch,
     check_plan,
     label_map_of,
     plan_digest,
     plan_shards,
     retry_plan,
-    shard_size_for,
+    shard_count_for,
+    split_shards,
 )
 from avfusion.preprocess.run import (
     PreprocessError,
@@ -75,20 +77,23 @@ def test_plan_shards_names_and_sizes():
 
 
 @pytest.mark.parametrize(
-    ("clips", "most", "slots", "size"),
+    ("clips", "most", "slots", "sizes"),
     [
-        (44, 100, 1, 44),
-        (44, 100, 2, 22),
-        (45, 100, 2, 22),
-        (44, 100, 16, 2),
-        (45, 10, 2, 10),
-        (3, 100, 8, 1),
-        (0, 100, 4, 1),
+        (44, 100, 1, [44]),
+        (44, 100, 2, [22, 22]),
+        (45, 100, 2, [23, 22]),
+        (44, 100, 16, [3] * 12 + [2] * 4),  # one round: every slot busy, none waits for a tail
+        (175, 10, 16, [6] * 15 + [5] * 17),  # two rounds of 16 within 10 clips each
+        (45, 10, 2, [8, 8, 8, 7, 7, 7]),
+        (3, 100, 8, [1, 1, 1]),
+        (0, 100, 4, []),
     ],
 )
-def test_a_shard_holds_at_most_shard_size_and_fewer_when_slots_would_idle(clips, most, slots, size):
-    assert shard_size_for(clips, most, slots) == size
-    assert len(plan_shards(_tasks(clips), size)) >= min(clips, slots)
+def test_shards_fill_whole_rounds_of_slots_within_shard_size(clips, most, slots, sizes):
+    shards = split_shards(_tasks(clips), shard_count_for(clips, most, slots))
+    assert [len(v) for v in shards.values()] == sizes
+    assert list(shards) == [f"{i:05d}" for i in range(len(sizes))]
+    assert [t.key for v in shards.values() for t in v] == [t.key for t in _tasks(clips)]
 
 
 def test_label_map_is_sorted_and_skips_unlabelled():
@@ -107,12 +112,32 @@ def test_digest_identity(tmp_path):
     mirrored = [replace(t, source="https://mirror.example/" + t.key) for t in tasks]
     assert plan_digest(mirrored, cfg) == plan_digest(tasks, cfg)  # where clips come from is not the plan
 
-    assert check_plan(str(tmp_path), tasks, cfg, slots=lambda: 4) == 3  # 12 clips fill 4 slots
-    assert check_plan(str(tmp_path), mirrored, cfg) == 3  # same plan: resumes, with its size
+    first = check_plan(str(tmp_path), tasks, cfg, slots=lambda: 4)  # 12 clips fill 4 slots
+    assert [len(v) for v in first.values()] == [3, 3, 3, 3]
+
+    def no_slots() -> int:
+        raise AssertionError("a resume re-planned instead of reading its plan back")
+
+    again = check_plan(str(tmp_path), mirrored, cfg, slots=no_slots)  # same plan: resumes
+    assert {n: [t.key for t in v] for n, v in again.items()} == {
+        n: [t.key for t in v] for n, v in first.items()
+    }
     with pytest.raises(PlanMismatch, match="different clip list"):
         check_plan(str(tmp_path), tasks[:5], cfg)
     with pytest.raises(PlanMismatch):
         check_plan(str(tmp_path), tasks, PreprocessConfig(clip=CLIP, shard_size=3))
+
+
+def test_a_plan_recorded_before_shard_counts_resumes_with_fixed_size_shards(tmp_path):
+    """``_plan.json`` written by an older avfusion holds the size, not the count: its
+    shards were ``shard_size`` clips each and the last one shorter; so they stay."""
+    cfg = PreprocessConfig(clip=CLIP, shard_size=5)
+    tasks = _tasks(12)
+    (tmp_path / PLAN).write_text(
+        json.dumps({"digest": plan_digest(tasks, cfg), "clips": 12, "shard_size": 5})
+    )
+    shards = check_plan(str(tmp_path), tasks, cfg, slots=lambda: 8)
+    assert [len(v) for v in shards.values()] == [5, 5, 2]
 
 
 # retry rounds ----------------------------------------------------------------------
@@ -285,6 +310,26 @@ def test_resume_runs_only_shards_without_stats(tmp_path, synth, capsys):
     assert (out / "00001_stats.json").exists() and not list(out.glob(".*.tmp-*"))
     with pytest.raises(PreprocessError, match="different clip list"):
         run_preprocess(_job(synth, out, shard_size=5), InProcessExecutor())
+
+
+class _NeverStarted(InProcessExecutor):
+    """An executor that must not start: on Ray, entering one starts or joins a cluster."""
+
+    def __enter__(self):
+        raise AssertionError("the executor was started for a run with nothing to do")
+
+
+def test_runs_with_nothing_to_do_start_no_executor(tmp_path, synth, capsys):
+    out = tmp_path / "s"
+    assert run_preprocess(_job(synth, out), InProcessExecutor()).exit_code == 0
+    assert run_preprocess(_job(synth, out), _NeverStarted()).exit_code == 0  # finished: resumed
+    assert (
+        run_preprocess(_job(synth, out, retry_failed=True), _NeverStarted()).exit_code == 0
+    )  # nothing failed
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    job = PreprocessJob(input=str(empty), out=str(tmp_path / "e"), config=PreprocessConfig(clip=CLIP))
+    assert run_preprocess(job, _NeverStarted()).exit_code == 0  # no clips: nothing to plan for
 
 
 def test_failed_task_is_recorded_then_retried(tmp_path, synth, capsys):

@@ -3,7 +3,8 @@ shards through an executor, record what failed, finish.
 
 ``run_preprocess(job, executor)`` is what ``avfusion preprocess`` calls; the executor
 decides where shards run (``InProcessExecutor`` here, ``RayExecutor`` on a cluster)
-and is entered only when a shard is left to do, so a finished run starts no Ray.
+and is entered only to size a new plan or when a shard is left to do, so a finished
+run starts no Ray.
 Every clip ends accounted for: a sample, a classified failure from ``process_shard``,
 or, when a shard's task itself failed after its retries, a transient ``task_failed``
 row that ``--retry-failed`` redoes.
@@ -25,7 +26,6 @@ from avfusion.preprocess.plan import (
     PlanMismatch,
     check_plan,
     label_map_of,
-    plan_shards,
     retry_plan,
 )
 from avfusion.preprocess.report import PreprocessResult, finish
@@ -165,14 +165,14 @@ def run_preprocess(
             return executor.slots()
 
         try:
-            size = check_plan(root, tasks, cfg, slots)
+            first = check_plan(root, tasks, cfg, slots)
         except PlanMismatch as exc:
             raise PreprocessError(str(exc)) from exc
         done = read_all_stats(root)
         if job.retry_failed:
             shards, round_ = retry_plan(root, tasks, done, cfg, job.retry_all_failures, slots)
         else:
-            shards, round_ = plan_shards(tasks, size), 0
+            shards, round_ = first, 0
             if missing and "missing" not in done:
                 write_stats(
                     root,

@@ -54,21 +54,24 @@ def make_csv(path: str, rows: int, seed: int = 0) -> None:
             f.write(f'{yid},{(i * 7) % 300},"{label}, outdoors",{"test" if i % 13 == 0 else "train"}\n')
 
 
-def stats_documents(csv_path: str, shard_size: int, seed: int = 0) -> Iterator[tuple[str, str]]:
-    """(shard name, stats JSON) for each shard of the plan the driver will make."""
+def stats_documents(csv_path: str, out: str, shard_size: int, seed: int = 0) -> Iterator[tuple[str, str]]:
+    """(shard name, stats JSON) for each shard of the plan recorded in ``out``: the plan a
+    run on one slot makes, written as its ``_plan.json`` (a resume reads the plan back)."""
+    from avfusion.preprocess.plan import check_plan
+    from avfusion.preprocess.shard import PreprocessConfig
     from avfusion.sources import read_vggsound_csv, tasks_from_vggsound
 
     tasks = tasks_from_vggsound(read_vggsound_csv(csv_path))
+    shards = check_plan(out, tasks, PreprocessConfig(shard_size=shard_size))
     rng = random.Random(seed)
     kinds = [k for k, _ in FAILURE_MIX]
     weights = [w for _, w in FAILURE_MIX]
     fail_share = sum(weights)
-    for s in range(0, len(tasks), shard_size):
-        shard = f"{s // shard_size:05d}"
+    for shard, planned in shards.items():
         keys: list[str] = []
         failures: list[dict[str, Any]] = []
         by_split: dict[str | None, int] = {}
-        for t in tasks[s : s + shard_size]:
+        for t in planned:
             if rng.random() < fail_share:
                 kind, transient = rng.choices(kinds, weights)[0]
                 failures.append(
@@ -110,11 +113,11 @@ def stats_documents(csv_path: str, shard_size: int, seed: int = 0) -> Iterator[t
 
 
 def write_run(csv_path: str, out: str, shard_size: int) -> int:
-    """The stats files a finished run leaves; returns how many."""
+    """The plan and the stats files a finished run leaves; returns how many stats."""
     from avfusion import storage
 
     storage.makedirs(out)
-    docs = stats_documents(csv_path, shard_size)
+    docs = stats_documents(csv_path, out, shard_size)
     n = 0
     if storage.is_local(out):
         for shard, text in docs:
