@@ -65,8 +65,10 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def synthetic_shards(tmp_path_factory, ray_local):
-    """Class-conditional synthetic clips (2 s, 64² frames) preprocessed into shards of
-    uneven size (10, 10, …, 6): the shared dataset of the training and eval tests."""
+    """Class-conditional synthetic clips (2 s, 64² frames) preprocessed into 10 shards of
+    10 or 9 clips: the shared dataset of the training and eval tests. ``--concurrency 2``
+    fixes the plan's slots, so the layout (and every model trained on it) does not follow
+    the CPUs of whichever Ray the session joined."""
     from avfusion.synth import SynthSpec, make_class_conditional_set
     from jobs import preprocess
 
@@ -89,6 +91,8 @@ def synthetic_shards(tmp_path_factory, ray_local):
                 str(root / "clip.yaml"),
                 "--shard-size",
                 "10",
+                "--concurrency",
+                "2",
             ]
         )
         == 0
