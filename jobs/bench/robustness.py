@@ -90,12 +90,12 @@ ABLATIONS = {
     "separate heads": lambda c: _model(c, shared_head=False, confidence=False),
     "no evidence features": lambda c: _model(c, evidence=False),
     "no confidence features": lambda c: _model(c, confidence=False),
-    # the classifier reads detached embeddings, each encoder learns from its own head alone
-    "isolated branches": lambda c: _loss(_model(c, isolate_branches=True), aux_weight=1.0),
+    # the recipe before issue 29: the fused loss trains the encoders, aux terms at half strength
+    "joint branches": lambda c: _loss(_model(c, isolate_branches=False), aux_weight=0.5),
 }
 FUSION_INGREDIENTS = (
     "no confidence features",
-    "isolated branches",
+    "joint branches",
     "no dead-modality term",
     "separate heads",
     "no evidence features",
