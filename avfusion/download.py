@@ -10,9 +10,11 @@ blocks of the source (bot check, session block, 429, media-host 403, "your IP is
 likely being blocked": transient, reported to the governor, never held against the
 clip), suspects (answers a blocked source gets as often as a broken clip: transient,
 a streak across clips is a block) and other transient ones (5xx, timeouts, resets,
-truncated transfers). YouTube rejecting the account's cookies stops the job. Transient errors are retried here
-with exponential backoff and jitter; yt-dlp's own retries are kept low so this loop
-is the one in control and ``attempts`` is honest. A proxy's own refusal is
+truncated transfers). YouTube rejecting the account's cookies stops the job. Transient
+errors are retried here with exponential backoff and jitter; yt-dlp's own retries are
+kept low so this loop is the one in control. An attempt (what ``attempts`` counts) is
+one extraction and up to 1 + ``transfer_retries`` transfers of what it extracted: a
+fault of the transfer does not cost a new extraction. A proxy's own refusal is
 ``proxy_error`` (transient, never a block), told apart from the origin's by the tools'
 wording and, where that is ambiguous, by asking the proxy (``proxy_refusal``).
 
@@ -65,6 +67,9 @@ class DownloadConfig:
     sleep_seconds: float = bounded(0.0, ge=0, le=3600)  # pause before each request (rate limits)
     socket_timeout: float = bounded(30.0, ge=0.1, le=3600)
     max_attempts: int = bounded(4, ge=1, le=100)
+    # A transfer cut by the network or a 5xx is retried this many times with the formats
+    # already extracted, before an attempt ends (and the next one extracts again).
+    transfer_retries: int = bounded(2, ge=0, le=100)
     backoff_base: float = bounded(2.0, ge=0, le=3600)
     backoff_max: float = bounded(60.0, ge=0, le=86400)
     ffmpeg: str | None = None  # path to an ffmpeg binary; default PATH, then imageio-ffmpeg
@@ -738,17 +743,24 @@ def ytdlp_cache_dir() -> str | bool:
         return False
 
 
-def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLogger) -> Path:
-    """One yt-dlp run. Its cookie jar is a private copy of this node's jar for the
-    cookies file (``avfusion.cookiejar``: yt-dlp rewrites the cookie file when a
-    ``YoutubeDL`` closes; the user's file may be a read-only Secret mount, and threads
-    must not write one file at once), merged back into the node's jar after."""
+def _attempt(
+    url: str,
+    opts: dict[str, Any],
+    workdir: Path,
+    logger: _RecordingLogger,
+    again: Callable[[str], bool] = lambda message: False,
+) -> Path:
+    """One yt-dlp run: one extraction, then the transfer, repeated with the same formats
+    while ``again`` (given the failed transfer's message) says so. Its cookie jar is a
+    private copy of this node's jar for the cookies file (``avfusion.cookiejar``: yt-dlp
+    rewrites the cookie file when a ``YoutubeDL`` closes; the user's file may be a
+    read-only Secret mount, and threads must not write one file at once), merged back
+    into the node's jar after."""
     import yt_dlp
 
     from avfusion import storage
 
-    for leftover in workdir.iterdir():
-        storage.remove(str(leftover))
+    _clear(workdir)
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(ffmpeg_for_sections(opts["ffmpeg_location"]))
@@ -766,16 +778,90 @@ def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLo
                     **args,
                     "ffmpeg_i": [*args["ffmpeg_i"], "-http_proxy", ""],
                 }
-            with _recording_ydl()(opts) as ydl:
-                if opts.get("cookiefile"):
-                    _download_through_relay(ydl, url)
-                else:
-                    with _asking_the_media_host_why(lambda: _media_refusal(ydl, ydl.media)):
-                        ydl.download([url])
+            ydl = stack.enter_context(_recording_ydl()(opts))
+            info = _extracted(ydl, url)
+            if opts.get("cookiefile"):
+                info, relay = stack.enter_context(_relayed(ydl, info))
+                return _transfer(ydl, info, workdir, relay.refusal, again, relay.forget)
+            return _transfer(ydl, info, workdir, lambda: _media_refusal(ydl, ydl.media), again)
     except (yt_dlp.utils.YoutubeDLError, OSError) as exc:
-        partial = any(p.name.endswith(".part") for p in workdir.iterdir())
-        name = "" if isinstance(exc, yt_dlp.utils.YoutubeDLError) else f"{type(exc).__name__}: "
-        raise _Failed(f"{name}{exc}{' (partial file left)' if partial else ''}") from exc
+        raise _Failed(_failure_message(exc, workdir)) from exc
+
+
+def _clear(workdir: Path) -> None:
+    from avfusion import storage
+
+    for leftover in workdir.iterdir():
+        storage.remove(str(leftover))
+
+
+def _failure_message(exc: Exception, workdir: Path) -> str:
+    import yt_dlp
+
+    if isinstance(exc, _Failed):
+        return str(exc)
+    partial = any(p.name.endswith(".part") for p in workdir.iterdir())
+    name = "" if isinstance(exc, yt_dlp.utils.YoutubeDLError) else f"{type(exc).__name__}: "
+    return f"{name}{exc}{' (partial file left)' if partial else ''}"
+
+
+def _transfer(
+    ydl: Any,
+    info: dict[str, Any],
+    workdir: Path,
+    refusal: Callable[[], int | None],
+    again: Callable[[str], bool],
+    forget: Callable[[], None] = lambda: None,
+) -> Path:
+    """The section download of the extracted ``info``, repeated while ``again`` says so:
+    a transfer cut by the network or a 5xx does not cost a new extraction (the player
+    requests YouTube counts), and YouTube's format URLs are bound to the address that
+    extracted them, so the retry goes out the same way. ``refusal``: the media host's
+    answer when ffmpeg's transfer failed; ``forget``: drop what an earlier transfer saw."""
+    import yt_dlp
+
+    while True:
+        forget()
+        try:
+            with _asking_the_media_host_why(refusal):
+                ydl.process_ie_result(_fresh(info), download=True)
+            return _finished_file(workdir)
+        except (yt_dlp.utils.DownloadError, _Failed) as exc:
+            message = _failure_message(exc, workdir)
+            if not again(message):
+                raise _Failed(message) from exc
+            _clear(workdir)
+
+
+def _merged(outer: dict[str, Any], inner: dict[str, Any]) -> dict[str, Any]:
+    """A ``url_transparent`` result over what its URL gave, as yt-dlp's
+    ``process_ie_result`` merges them: the embedding page's fields (its Referer, a
+    clip's section and format order) win, except the clip's own id when it cuts no
+    section."""
+    exempt = {"_type", "url", "ie_key"}
+    if not outer.get("section_end") and outer.get("section_start") is None:
+        exempt |= {"id", "extractor", "extractor_key"}
+    merged = {**inner, **{k: v for k, v in outer.items() if v is not None and k not in exempt}}
+    if merged.get("_type") == "url":
+        merged["_type"] = "url_transparent"
+    return merged
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of an extraction's dicts and lists, for one transfer: yt-dlp's processing
+    writes into the info and its formats. What else they hold is shared, not deep-copied:
+    YouTube's lazy fragment lists wrap generators, which ``copy.deepcopy`` refuses."""
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    return value
+
+
+_NO_PACKETS = "yt-dlp wrote a file without media packets (truncated download)"
+
+
+def _finished_file(workdir: Path) -> Path:
     unfinished = (".part", ".ytdl", ".temp")
     outputs = [p for p in workdir.iterdir() if p.is_file() and not p.name.endswith(unfinished)]
     if not outputs:
@@ -785,8 +871,31 @@ def _attempt(url: str, opts: dict[str, Any], workdir: Path, logger: _RecordingLo
     if not _has_packets(outputs[0]):
         # ffmpeg answered by a 429/403 after its first read exits 0 with stream headers
         # and no packets: the transfer was cut, the clip is not at fault.
-        raise _Failed("yt-dlp wrote a file without media packets (truncated download)")
+        raise _Failed(_NO_PACKETS)
     return outputs[0]
+
+
+def _extracted(ydl: Any, url: str) -> dict[str, Any]:
+    """yt-dlp's extraction of ``url``, unprocessed (formats not yet selected), following
+    URL results to the extractor that has the video. One video only: a playlist's
+    entries would all be written to the one output name."""
+    from yt_dlp.utils import sanitize_url
+
+    info = ydl.extract_info(url, download=False, process=False)
+    for _ in range(3):  # a URL result points at the extractor that has the video
+        if not info or info.get("_type") not in ("url", "url_transparent"):
+            break
+        outer = info
+        inner = ydl.extract_info(
+            sanitize_url(outer["url"], scheme="https"),
+            download=False,
+            process=False,
+            ie_key=outer.get("ie_key"),
+        )
+        info = _merged(outer, inner) if outer["_type"] == "url_transparent" and inner else inner
+    if not info or info.get("_type", "video") != "video":
+        raise _Failed(f"unsupported url: {url} is not a single video")
+    return info
 
 
 @functools.cache
@@ -849,25 +958,20 @@ def _media_refusal(ydl: Any, formats: list[dict[str, Any]]) -> int | None:
 _PROBE_TIMEOUT = 5.0
 
 
-def _download_through_relay(ydl: Any, url: str) -> None:
-    """yt-dlp's download with every media URL behind a loopback relay (``_MediaRelay``),
-    so the cookies reach the media host without being on ffmpeg's command line: yt-dlp
-    hands ffmpeg a URL's cookies as ``-cookies NAME=VALUE…`` (downloader/external.py,
-    FFmpegFD), readable by every user in /proc/*/cmdline, and ffmpeg 9.0.2 takes no
-    protocol option from a file (``-/cookies FILE``: "Unrecognized option '/cookies'";
-    ``-/`` covers ffmpeg's own options only). Public API only: ``extract_info`` without
-    processing, the formats' URLs swapped for the relay's, ``process_ie_result`` to select
-    and download; the relay fetches with ``ydl.urlopen``, so the jar (rotations written
-    back to the private copy on close), headers and proxy are yt-dlp's own. Formats of
-    other protocols (HLS, DASH manifests) would have ffmpeg fetch their segments
-    directly, with the cookies on its command line: they are left out."""
-    info = ydl.extract_info(url, download=False, process=False)
-    for _ in range(3):  # a URL result points at the extractor that has the video
-        if not info or info.get("_type") not in ("url", "url_transparent"):
-            break
-        info = ydl.extract_info(info["url"], download=False, process=False, ie_key=info.get("ie_key"))
-    if not info or info.get("_type", "video") != "video":
-        raise _Failed(f"unsupported url: {url} is not a single video (cookies are only relayed for one)")
+@contextlib.contextmanager
+def _relayed(ydl: Any, info: dict[str, Any]) -> Iterator[tuple[dict[str, Any], _MediaRelay]]:
+    """``info`` with every media URL behind a loopback relay (``_MediaRelay``), and the
+    relay (its record of the media host's refusals), for the transfers made inside: the
+    cookies reach the media host without being on ffmpeg's command line. yt-dlp hands
+    ffmpeg a URL's cookies as ``-cookies NAME=VALUE…`` (downloader/external.py, FFmpegFD),
+    readable by every user in /proc/*/cmdline, and ffmpeg 9.0.2 takes no protocol option
+    from a file (``-/cookies FILE``: "Unrecognized option '/cookies'"; ``-/`` covers
+    ffmpeg's own options only). Public API only: the formats' URLs swapped for the
+    relay's, ``process_ie_result`` to select and download; the relay fetches with
+    ``ydl.urlopen``, so the jar (rotations written back to the private copy on close),
+    headers and proxy are yt-dlp's own. Formats of other protocols (HLS, DASH manifests)
+    would have ffmpeg fetch their segments directly, with the cookies on its command
+    line: they are left out."""
     from yt_dlp.cookies import YoutubeDLCookieJar
 
     # The cookies move to the relay's own jar for the transfer: yt-dlp gives ffmpeg the
@@ -877,18 +981,19 @@ def _download_through_relay(ydl: Any, url: str) -> None:
         jar.set_cookie(cookie)
     ydl.cookiejar.clear()
     try:
-        with _MediaRelay(ydl, jar) as relay, _asking_the_media_host_why(lambda: relay.refused):
-            _relayed_download(ydl, info, relay)
+        with _MediaRelay(ydl, jar) as relay:
+            yield _relayed_info(info, relay), relay
     finally:
         for cookie in jar:  # with what the media host set: saved to the private copy on close
             ydl.cookiejar.set_cookie(cookie)
 
 
-def _relayed_download(ydl: Any, info: dict[str, Any], relay: _MediaRelay) -> None:
+def _relayed_info(info: dict[str, Any], relay: _MediaRelay) -> dict[str, Any]:
     def relayable(f: dict[str, Any]) -> bool:
         url, protocol = f.get("url") or "", f.get("protocol") or "https"
         return bool(re.match(r"https?://", url)) and protocol in ("http", "https")
 
+    info = dict(info)
     formats = info.get("formats")
     if formats:
         info["formats"] = [{**f, "url": relay.url_for(f["url"])} for f in formats if relayable(f)]
@@ -899,7 +1004,7 @@ def _relayed_download(ydl: Any, info: dict[str, Any], relay: _MediaRelay) -> Non
             "no format can be fetched without the cookies on ffmpeg's command line "
             "(only HLS/DASH manifests, whose segments ffmpeg would fetch itself)"
         )
-    ydl.process_ie_result(info, download=True)
+    return info
 
 
 # Hop-by-hop and transport headers are the relay's own, never forwarded (RFC 9110 7.6.1).
@@ -930,6 +1035,13 @@ class _MediaRelay:
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+
+    def refusal(self) -> int | None:
+        """The media host's last 403/429 (None: none since ``forget``)."""
+        return self.refused
+
+    def forget(self) -> None:
+        self.refused = None
 
     def url_for(self, url: str) -> str:
         import secrets
@@ -1052,34 +1164,100 @@ def download_section(
             egress = names[(first + attempt - 1) % len(names)]
         proxy = pool[egress]
         opts = ydl_options(replace(cfg, proxy=proxy, proxies=()), task.start, end, workdir)
+        again = _TransferRetries(cfg, task.source, proxy, egress, governor, sleep)
         try:
-            path = _attempt(task.source, opts, workdir, logger)
+            path = _attempt(task.source, opts, workdir, logger, again)
         except _Failed as exc:
             stop_if_cookies_rejected(cfg, logger.warnings, governor, egress)
-            message = _clean(str(exc))
-            kind, transient = classify(message)
-            if proxy and (kind in BLOCK_KINDS or kind in _PROXY_SUSPECT_KINDS):
-                refusal = proxy_refusal(proxy, task.source, min(cfg.socket_timeout, 10.0))
-                if refusal:
-                    kind, transient, message = (
-                        "proxy_error",
-                        True,
-                        f"{refusal} (the download said: {message})",
-                    )
+            kind, transient, message = again.diagnosis(str(exc))
             message = redact(message)
             if governor is not None:
                 governor.report(egress, kind, clip=task.source)
             if not transient or attempt == cfg.max_attempts:
                 raise DownloadError(kind, transient, message, attempt, logger.warnings) from None
             if governor is None or kind not in (*BLOCK_KINDS, PROXY_FAULT):  # the governor's wait
-                delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
-                sleep(delay * random.uniform(0.5, 1.0))  # full jitter keeps retries apart
+                sleep(_backoff(cfg, attempt))
             continue
         stop_if_cookies_rejected(cfg, logger.warnings, governor, egress)
         if governor is not None:
             governor.report(egress, None)
         return Downloaded(path, attempt, logger.warnings)
     raise AssertionError("unreachable")
+
+
+def _diagnosis(message: str, proxy: str | None, source: str, cfg: DownloadConfig) -> tuple[str, bool, str]:
+    """A failed attempt's (kind, transient, message): ``classify``, except that a block
+    or a failure the proxy may have caused, seen through a proxy that itself refuses
+    this job, is the proxy's fault."""
+    from avfusion.governor import BLOCK_KINDS
+
+    kind, transient = classify(message)
+    if proxy and (kind in BLOCK_KINDS or kind in _PROXY_SUSPECT_KINDS):
+        refusal = proxy_refusal(proxy, source, min(cfg.socket_timeout, 10.0))
+        if refusal:
+            return "proxy_error", True, f"{refusal} (the download said: {message})"
+    return kind, transient, message
+
+
+class _TransferRetries:
+    """An attempt's ``again``: whether a failed transfer is tried again with the formats
+    in hand. Only for a fault of the transfer (not a block, not the proxy's), at most
+    ``transfer_retries`` times, and on the same egress: the format URLs are bound to the
+    address that extracted them. Each retry is a media request like any other, so with a
+    governor it reports the failure and takes a grant on that egress; one blocked since,
+    or held longer than ``backoff_max``, ends the attempt instead. Remembers each failure's
+    diagnosis, so the attempt's last failure asks a proxy about itself only once."""
+
+    def __init__(
+        self,
+        cfg: DownloadConfig,
+        source: str,
+        proxy: str | None,
+        egress: str,
+        governor: GovernorClient | None,
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.cfg, self.source, self.proxy, self.egress = cfg, source, proxy, egress
+        self.governor, self.sleep = governor, sleep
+        self.transfers = 0
+        self._diagnosed: dict[str, tuple[str, bool, str]] = {}
+
+    def diagnosis(self, message: str) -> tuple[str, bool, str]:
+        message = _clean(message)
+        if message not in self._diagnosed:
+            self._diagnosed[message] = _diagnosis(message, self.proxy, self.source, self.cfg)
+        return self._diagnosed[message]
+
+    def __call__(self, message: str) -> bool:
+        cfg = self.cfg
+        if self.transfers >= cfg.transfer_retries or _NO_PACKETS in message:
+            return False  # no packets: the host's 403/429 after the headers, not a cut
+        kind, _, _ = self.diagnosis(message)
+        if kind not in _TRANSFER_KINDS:
+            return False
+        if self.governor is None:
+            self.transfers += 1
+            self.sleep(_backoff(cfg, self.transfers))
+            return True
+        self.governor.report(self.egress, kind, clip=self.source)
+        while True:
+            verdict, wait = self.governor.acquire_again(self.egress)
+            if verdict == "go":
+                self.transfers += 1
+                return True
+            if verdict != "wait" or wait > cfg.backoff_max:
+                return False
+            self.sleep(min(wait, 2.0))
+
+
+def _backoff(cfg: DownloadConfig, retry: int) -> float:
+    """Exponential backoff with full jitter, which keeps retries apart."""
+    return min(cfg.backoff_max, cfg.backoff_base * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
+
+
+# Faults of the transfer itself (the media host's 5xx, a reset, a stall, a cut body):
+# the formats extracted are still good.
+_TRANSFER_KINDS = ("server_error", "timeout", "connection", "truncated", "stream_error")
 
 
 def stop_if_cookies_rejected(

@@ -219,6 +219,22 @@ class Governor:
                 self._stats["probes"] += 1
             return (*self._grant(n, now), egress)
 
+    def acquire_again(self, egress: str, now: float | None = None) -> tuple[str, float]:
+        """A grant for a transfer retried on ``egress`` (its format URLs are bound to the
+        address that extracted them): ``("go", 0)``; ``("wait", s)`` when only the
+        egress's spacing or budget holds it; ``("no", 0)`` when it is blocked or resting,
+        or the job stopped: formats from a blocked address are worth no cooldown, and the
+        next attempt extracts again on whichever egress may go. Unlike ``acquire_any`` it
+        registers no group: one egress of a pool asked alone must not become a group
+        whose block stops the job."""
+        with self._lock:
+            now = self._clock() if now is None else now
+            n = self._nodes.setdefault(egress, _Node())
+            if self._stopped or n.blocked_kind:
+                return "no", 0.0
+            wait = self._budget_wait(n, now)
+            return ("wait", wait) if wait > 0 else self._grant(n, now)
+
     def report(
         self, node: str, kind: str | None, now: float | None = None, *, clip: str | None = None
     ) -> None:
@@ -374,6 +390,8 @@ class GovernorClient(Protocol):
     """What a download asks of the governor: a :class:`Governor` or a proxy to one."""
 
     def acquire_any(self, egresses: Sequence[str]) -> tuple[str, float, str]: ...
+
+    def acquire_again(self, egress: str) -> tuple[str, float]: ...
 
     def report(self, node: str, kind: str | None, *, clip: str | None = None) -> None: ...
 

@@ -291,6 +291,192 @@ def test_faults_are_classified_and_transient_ones_retried(tmp_path, served, name
     assert not list(tmp_path.iterdir()), "no partial download left behind"
 
 
+def _media_requests(server, name: str) -> tuple[int, int]:
+    """(extractions, media transfers) the origin saw for ``name``: yt-dlp's generic
+    extractor asks without Range, ffmpeg with one; our question to the media host after
+    ffmpeg's HTTP error is the one-byte range ``bytes=0-0``."""
+    ranges = server.ranges.get(name, [])
+    return sum(not r for r in ranges), sum(bool(r) and r != "bytes=0-0" for r in ranges)
+
+
+@pytest.mark.slow
+def test_a_transfer_cut_by_a_5xx_is_retried_without_a_new_extraction(tmp_path, served):
+    """The media host's 503 to ffmpeg: the transfer is retried with the formats already
+    extracted (one extraction at the origin), within the attempt."""
+    with RangeServer(served) as server:
+        server.refuse_ranged(503, 2)  # ffmpeg's first request, then our question to the host
+        _, attempts, _ = download_section(
+            ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
+            ClipSpec(clip_seconds=4.0),
+            FAST,
+            tmp_path,
+        )
+        extractions, _ = _media_requests(server, "ok1.mp4")
+        refused = [e["status"] for e in server.log if e["status"]]
+    assert (attempts, extractions, refused) == (1, 1, [503, 503])
+
+
+@pytest.mark.slow
+def test_a_transfer_retry_takes_a_turn_on_the_same_egress(tmp_path, served):
+    """With a governor each transfer is a media request within the budget: the retry
+    waits for a grant on the egress that extracted (its format URLs are bound to it),
+    so the origin sees it only after the wait the egress's spacing asked for."""
+    import time
+
+    from avfusion.governor import Governor, GovernorConfig
+
+    governor = Governor(GovernorConfig(min_spacing=3.0, jitter=0.0), seed=0)
+    sleeps: list[tuple[float, float]] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append((time.time(), seconds))
+        time.sleep(seconds)
+
+    with RangeServer(served) as server:
+        server.refuse_ranged(503, 2)
+        _, attempts, _ = download_section(
+            ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
+            ClipSpec(clip_seconds=4.0),
+            replace(FAST, egress_id="node-a"),
+            tmp_path,
+            sleep=sleep,
+            governor=governor,
+        )
+        refused = max(e["t"] for e in server.log if e["status"])
+        retried = min(e["t"] for e in server.log if e["t"] > refused)
+    assert attempts == 1 and governor.stats()["grants_by_egress"] == {"node-a": 2}
+    waited = sum(s for t, s in sleeps if refused <= t <= retried)
+    assert waited > 0.5 and retried - refused >= waited, (sleeps, refused, retried)
+
+
+@pytest.mark.slow
+def test_transfer_retries_are_bounded_then_the_next_attempt_extracts_again(tmp_path, served):
+    """A host that keeps answering 503: each attempt makes 1 + transfer_retries transfers
+    on its one extraction, then the attempts run out as a transient server error."""
+    cfg = replace(FAST, transfer_retries=1)
+    with RangeServer(served) as server:
+        server.refuse_ranged(503, 100)
+        with pytest.raises(DownloadError) as exc:
+            download_section(
+                ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
+                ClipSpec(clip_seconds=4.0),
+                cfg,
+                tmp_path,
+            )
+        seen = _media_requests(server, "ok1.mp4")
+    assert (exc.value.kind, exc.value.transient, exc.value.attempts) == ("server_error", True, 2)
+    assert seen == (2, 4), "two extractions, two transfers on each"
+    assert not list(tmp_path.iterdir()), "no partial download left behind"
+
+
+@pytest.mark.slow
+def test_a_media_host_block_is_not_a_transfer_retry(tmp_path, served):
+    """A 403 to the media request is a block of the source: no transfer retry on the
+    same formats; the next attempt extracts again (the signed URL may be what expired)."""
+    with RangeServer(served) as server:
+        server.refuse_ranged(403, 2)
+        _, attempts, _ = download_section(
+            ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
+            ClipSpec(clip_seconds=4.0),
+            FAST,
+            tmp_path,
+        )
+        extractions, transfers = _media_requests(server, "ok1.mp4")
+    assert (attempts, extractions) == (2, 2) and transfers >= 2
+
+
+@pytest.mark.slow
+def test_a_format_deepcopy_refuses_is_transferred_and_retried(tmp_path, served, monkeypatch):
+    """YouTube's dashy and post-live formats hold their fragments in a ``LazyList`` over a
+    generator (yt-dlp's youtube/_video.py), which ``copy.deepcopy`` refuses: the transfer,
+    and its retry after a 503, still go through."""
+    from yt_dlp.utils import LazyList
+
+    import avfusion.download as download
+
+    real = download._extracted
+
+    def extracted(ydl, url):
+        info = real(ydl, url)
+        plain = info["formats"][0]  # the generic extractor's one format of a media URL
+        lazy = LazyList({"url": plain["url"]} for _ in range(1))
+        dashy = {**plain, "format_id": "dashy", "protocol": "http_dash_segments", "fragments": lazy}
+        info["formats"] = [plain, {**dashy, "preference": -100}]
+        return info
+
+    monkeypatch.setattr(download, "_extracted", extracted)
+    with RangeServer(served) as server:
+        server.refuse_ranged(503, 2)
+        _, attempts, _ = download_section(
+            ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
+            ClipSpec(clip_seconds=4.0),
+            FAST,
+            tmp_path,
+        )
+        extractions, _ = _media_requests(server, "ok1.mp4")
+    assert (attempts, extractions) == (1, 1)
+
+
+def test_a_url_transparent_result_is_merged_as_yt_dlp_merges_it(served):
+    """An embedding page's ``url_transparent`` result (its Referer, a clip's section, its
+    own id) over what its URL gives: the same fields as yt-dlp's own processing keeps."""
+    import yt_dlp
+    from yt_dlp.extractor.common import InfoExtractor
+
+    from avfusion.download import _extracted
+
+    with RangeServer(served) as server:
+        media = server.url("ok1.mp4")
+
+        class EmbedIE(InfoExtractor):
+            _VALID_URL = r"https?://embed\.example/(?P<id>\w+)"
+            IE_NAME = "embedtest"
+
+            def _real_extract(self, url):
+                return {
+                    "_type": "url_transparent",
+                    "url": media,
+                    "ie_key": "Generic",
+                    "id": "clip1",
+                    "section_start": 3.0,
+                    "section_end": 7.0,
+                    "http_headers": {"Referer": "https://embed.example/"},
+                }
+
+        with yt_dlp.YoutubeDL({"quiet": True, "noplaylist": True}) as ydl:
+            ydl.add_info_extractor(EmbedIE(ydl))
+            key = EmbedIE.ie_key()  # first: the generic extractor, last, takes any URL
+            ydl._ies = {key: ydl._ies[key], **{k: v for k, v in ydl._ies.items() if k != key}}
+            theirs = ydl.extract_info("https://embed.example/abc", download=False)
+            ours = _extracted(ydl, "https://embed.example/abc")
+    for key in ("id", "section_start", "section_end"):
+        assert ours.get(key) == theirs.get(key), (key, ours.get(key), theirs.get(key))
+    assert ours["http_headers"]["Referer"] == theirs["http_headers"]["Referer"] == "https://embed.example/"
+    assert [f["url"] for f in ours["formats"]] == [media] == [theirs["url"]]
+
+
+@pytest.mark.slow
+def test_through_a_proxy_a_failure_asks_the_proxy_once(tmp_path, served):
+    """A media host answering 503 through a working proxy: the transfer is retried, and
+    the proxy is asked whether it was at fault once for that failure, not again for each
+    transfer or for the attempt's end (each question is a CONNECT at the proxy)."""
+    from jobs.bench.proxy import HttpProxy
+
+    cfg = replace(FAST, max_attempts=1, transfer_retries=1)
+    with RangeServer(served) as server, HttpProxy() as proxy:
+        server.refuse_ranged(503, 100)
+        with pytest.raises(DownloadError) as exc:
+            download_section(
+                ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
+                ClipSpec(clip_seconds=4.0),
+                replace(cfg, proxy=proxy.url),
+                tmp_path,
+            )
+        connects = sum(method == "CONNECT" for method, _ in proxy.requests)
+        _, transfers = _media_requests(server, "ok1.mp4")
+    assert exc.value.kind == "server_error" and transfers == 2 and connects == 1, (transfers, connects)
+
+
 @pytest.mark.slow
 def test_dead_host_is_a_transient_connection_failure(tmp_path):
     import socket

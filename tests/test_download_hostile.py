@@ -450,6 +450,29 @@ def test_a_rotated_cookie_is_sent_on_the_next_media_request(tmp_path, served):
 
 
 @pytest.mark.slow
+def test_with_cookies_a_transfer_retry_goes_through_the_relay_on_the_same_extraction(tmp_path, served):
+    """The relay's transfer answered 503: the retry reuses the extraction (one request
+    without Range at the origin) and the relay, and still carries the session cookie
+    the host rotated."""
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text(f"# Netscape HTTP Cookie File\n{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tSID\t{SECRET}\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = DownloadConfig(cookies=str(cookies), socket_timeout=2.0, max_attempts=1, backoff_base=0.05)
+    with RangeServer(served, host=COOKIE_HOST, port=80) as server:
+        server.rotate_cookie = "SID"
+        server.refuse_ranged(503, 1)
+        _, attempts, _ = download_section(
+            ClipTask(key="c1", source=server.url("c1.mp4"), start=1.0), ClipSpec(clip_seconds=2.0), cfg, work
+        )
+        log = list(server.log)
+    assert attempts == 1 and [r["status"] for r in log if r["status"]] == [503]
+    assert sum(not r["headers"].get("Range") for r in log) == 1, "one extraction"
+    refused = next(i for i, r in enumerate(log) if r["status"])
+    assert len(log) > refused + 1 and log[refused + 1]["headers"].get("Cookie") == f"SID=rot-{refused}"
+
+
+@pytest.mark.slow
 def test_a_rotated_cookie_reaches_the_next_clip_and_the_users_file_stays_as_exported(tmp_path, served):
     """The node keeps the cookies the host rotated (``avfusion.cookiejar``): the next
     clip's first request carries the last value the host set, not the exported one; the

@@ -305,3 +305,28 @@ def test_acquire_any_is_picklable_through_a_proxy_and_refuses_an_empty_pool():
         g.acquire_any((), now=0.0)
     real = Governor(CFG, seed=0)  # on its own clock: a is spaced after its grant, b goes
     assert [wait_for_turn(real, ("a", "b"), sleep=lambda s: None) for _ in range(2)] == ["a", "b"]
+
+
+def test_a_transfer_retry_is_granted_on_its_own_egress_and_never_stops_a_pool():
+    """``acquire_again`` (a transfer retried on the egress that extracted): a grant when
+    the egress may go, its spacing as a wait, "no" once it is blocked. Asked for one proxy
+    of a pool it makes no group of that proxy: while the pool's other proxy works, the
+    retried one's long block does not stop the job (a group asked alone would)."""
+    t = [0.0]
+    cfg = GovernorConfig(min_spacing=1.0, jitter=0.0, cooldown_start=60, cooldown_max=60, max_blocked=300)
+    g = Governor(cfg, clock=lambda: t[0], seed=0)
+    a, b = "proxy a:1", "proxy b:1"
+    first = g.acquire_any([a, b])[2]
+    other = b if first == a else a
+    assert g.acquire_again(first) == ("wait", 1.0)
+    t[0] += 1.0
+    assert g.acquire_again(first) == ("go", 0.0) and g.stats()["grants_by_egress"] == {first: 2}
+    g.report(first, "blocked_rate_limit", clip="c1")
+    assert g.acquire_again(first) == ("no", 0.0), "a blocked egress takes no retry"
+    for step in range(200):  # 1000 s: the retried proxy blocked for good, the other works
+        t[0] += 5.0
+        verdict, _, egress = g.acquire_any([a, b])
+        assert verdict != "stop", (t[0], g.stop_kind())
+        if verdict == "go":
+            g.report(egress, "blocked_rate_limit" if egress == first else None, clip=f"c{step}")
+    assert g.stats()["grants_by_egress"][other] > 100

@@ -55,6 +55,9 @@ class RangeServer:
         self.peer_limit: tuple[int, float] | None = None  # (requests, seconds) per client address
         self.served_by_peer: dict[str, list[float]] = {}  # times of the requests served, per address
         self.served_total = 0
+        # Paths answered with a playlist of no streams: yt-dlp's generic extractor fetches the
+        # playlist again, and that second request gets it too (one extraction, one answer).
+        self.playlist_refetch: set[str] = set()
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
@@ -127,9 +130,16 @@ class RangeServer:
 
             def _serve(self, head: bool) -> None:
                 name = self.path.lstrip("/").split("?")[0]
+                blocked: int | str | None
                 with server.lock:
-                    server.served_total += 1
-                    blocked = server._blocked_status()
+                    if name in server.playlist_refetch:
+                        server.playlist_refetch.discard(name)
+                        blocked = "no_formats"
+                    else:
+                        server.served_total += 1
+                        blocked = server._blocked_status()
+                        if blocked == "no_formats":
+                            server.playlist_refetch.add(name)
                     if not blocked and self.headers.get("Range") and server.ranged_refusals:
                         blocked = server.ranged_refusals.pop(0)
                     if not blocked and server._peer_limited(self.client_address[0], time.time()):
