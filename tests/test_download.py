@@ -417,6 +417,7 @@ def test_a_format_deepcopy_refuses_is_transferred_and_retried(tmp_path, served, 
     assert (attempts, extractions) == (1, 1)
 
 
+@pytest.mark.slow
 def test_a_url_transparent_result_is_merged_as_yt_dlp_merges_it(served):
     """An embedding page's ``url_transparent`` result (its Referer, a clip's section, its
     own id) over what its URL gives: the same fields as yt-dlp's own processing keeps."""
