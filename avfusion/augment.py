@@ -122,17 +122,19 @@ class BatchAugment:
                 x = resized_crop_and_flip(x, rng, cfg.crop_scale, cfg.flip)
                 if cfg.color_jitter > 0:
                     x = color_jitter(x, rng, cfg.color_jitter)
-            wave, x, dead = modality_dropout(wave, x, rng, gen, cfg.p_audio, cfg.p_video)
+            wave, x, dead, blank = modality_dropout(wave, x, rng, gen, cfg.p_audio, cfg.p_video)
             x = drop_frames(x, rng, cfg.p_drop_frames)
         else:
-            dead = torch.zeros(b, 2, dtype=torch.bool, device=device)
+            dead = blank = torch.zeros(b, 2, dtype=torch.bool, device=device)
         soft = _one_hot(batch.target, self.num_classes)
         lam, perm = _mix_draw(rng, b, self.mixup_alpha, self.mixup_prob, device)
         if perm is not None:  # blended before the one rounding to uint8
             wave, x = lam * wave + (1 - lam) * wave[perm], x.mul_(lam).add_(x[perm], alpha=1 - lam)
             soft = lam * soft + (1 - lam) * soft[perm]
             dead = dead & dead[perm]  # a muted clip mixed with a live one hears the other clip
-        return Batch(wave, _to_uint8(x), batch.target, batch.keys, worker=batch.worker, dead=dead), soft
+            blank = blank & blank[perm]
+        out = Batch(wave, _to_uint8(x), batch.target, batch.keys, worker=batch.worker, dead=dead, blank=blank)
+        return out, soft
 
 
 def _one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -267,6 +269,9 @@ def _pick(rng: np.random.Generator, b: int, p_audio: float, p_video: float) -> t
 
 
 DEAD = {"muted_audio": 0, "black_frames": 1, "frozen_video": 1}  # ops that leave a stream no evidence
+# ... and of those, the ones that leave it no signal at all: a frozen stream still shows a
+# live picture (a still photograph is all some classes need)
+BLANK = ("muted_audio", "black_frames")
 
 
 def modality_dropout(
@@ -276,16 +281,19 @@ def modality_dropout(
     gen: torch.Generator,
     p_audio: float,
     p_video: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mute or noise the audio of some clips, black / blur / noise / freeze the frames
     of others; each op touches only its clips (indices known on the host). Also returns
     (B, 2) bool [audio, video]: the streams left dead (muted; black or frozen; noise and
-    blur degrade a stream but leave it evidence), which the dead-modality loss reads."""
+    blur degrade a stream but leave it evidence), which the dead-modality loss reads, and
+    of those the blank ones (muted; black)."""
     audio, video = _pick(rng, len(wave), p_audio, p_video)
     dead = np.zeros((len(wave), 2), bool)
+    blank = np.zeros((len(wave), 2), bool)
     for (name, _), clips in (*audio.items(), *video.items()):
         if name in DEAD:
             dead[clips, DEAD[name]] = True
+            blank[clips, DEAD[name]] = name in BLANK
     wave = wave.clone()  # ``x`` is already this call's own (made by the float conversion or crop)
     for (name, severity), clips in sorted(audio.items()):
         idx = _host(clips, wave.device, torch.int64)
@@ -300,7 +308,7 @@ def modality_dropout(
     for (name, severity), clips in sorted(video.items()):
         idx = _host(clips, x.device, torch.int64)
         x[idx] = _video_op(name, severity, x[idx], gen)
-    return wave, x, _host(dead, wave.device, torch.bool)
+    return wave, x, _host(dead, wave.device, torch.bool), _host(blank, wave.device, torch.bool)
 
 
 def _video_op(name: str, severity: int, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

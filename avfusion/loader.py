@@ -56,6 +56,7 @@ class Batch:
     jpeg_offsets: torch.Tensor | None = None
     worker: int = 0
     dead: torch.Tensor | None = None  # (B, 2) bool [audio, video]: streams training augmentation killed
+    blank: torch.Tensor | None = None  # (B, 2) bool: of those, the muted and black ones (no signal)
 
     @property
     def n_frames(self) -> int:

@@ -610,6 +610,10 @@ class LossConfig:
     reliability_sharpness: float = bounded(2.0, gt=0, le=100)  # γ in the target c_a^γ / (c_a^γ + c_v^γ)
     # × the dead-modality term: all weight to the live stream where augmentation killed one
     dead_weight: float = bounded(0.0, ge=0, le=1000)
+    # a blank stream's own head (muted, black) is taught the uniform distribution, not the class
+    # it cannot know: the fused logits add w_dead × its logits, and a lean there tips the live
+    # head's near-ties (docs/model.md)
+    dead_uniform: bool = False
 
     def __post_init__(self) -> None:
         check_bounds(self, "train.loss")
@@ -685,21 +689,31 @@ def _ce(logits: torch.Tensor, soft: torch.Tensor, smoothing: float) -> torch.Ten
 
 
 def fusion_loss(
-    out: FusionOutput, target: torch.Tensor, cfg: LossConfig, dead: torch.Tensor | None = None
+    out: FusionOutput,
+    target: torch.Tensor,
+    cfg: LossConfig,
+    dead: torch.Tensor | None = None,
+    blank: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy on the fused logits (label smoothing optional), plus
     ``aux_weight`` × each unimodal head's (modality imbalance: without them the
     stronger modality starves the other's encoder), plus ``reliability_weight`` × the
     attention reliability term, plus ``dead_weight`` × the dead-modality term for the
-    clips ``dead`` marks. ``target``: class indices or soft (mixup) targets.
+    clips ``dead`` marks; with ``dead_uniform`` a blank stream's own head (``blank``: the
+    muted and black of the dead; ``dead`` where not given) is taught the uniform
+    distribution on those clips. ``target``: class indices or soft (mixup) targets.
     Returns the loss and its parts: detached tensors on the loss's device, so a
     training step never waits for the device (the loop reads them every N steps)."""
     soft = soft_targets(target, out.logits.shape[1])
     loss = _ce(out.logits, soft, cfg.label_smoothing)
     parts = {"fused": loss.detach()}
-    for name, aux in (("audio", out.audio_logits), ("video", out.video_logits)):
+    for i, (name, aux) in enumerate((("audio", out.audio_logits), ("video", out.video_logits))):
         if aux is not None and cfg.aux_weight > 0:
-            term = _ce(aux, soft, cfg.label_smoothing)
+            own = soft
+            silent = blank if blank is not None else dead
+            if cfg.dead_uniform and silent is not None:
+                own = torch.where(silent[:, i : i + 1], torch.full_like(soft, 1 / soft.shape[1]), soft)
+            term = _ce(aux, own, cfg.label_smoothing)
             parts[name] = term.detach()
             loss = loss + cfg.aux_weight * term
     if cfg.reliability_weight > 0 and out.scores is not None and out.audio_logits is not None:

@@ -459,7 +459,7 @@ def train_step(r: Run, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor
     step while the device works. Returns the detached loss and its parts."""
     with _autocast(r.cfg, r.dist):
         output = r.net(batch.waveform, batch.frames)
-        loss, parts = fusion_loss(output, target, r.cfg.loss, batch.dead)
+        loss, parts = fusion_loss(output, target, r.cfg.loss, batch.dead, batch.blank)
     r.opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(r.model.parameters(), r.cfg.grad_clip)

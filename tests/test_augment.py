@@ -122,6 +122,9 @@ def test_modality_dropout_rates_match_the_reference_and_labels_are_kept(device):
         "dead marks muted, black, frozen"
     )
     assert dead[:, 0].sum() > 0 and dead[:, 1].sum() > 0
+    blank = out.blank.cpu().numpy()
+    assert (blank[:, 0] == muted).all() and (blank[:, 1] == black).all(), "blank: muted and black, not frozen"
+    assert frozen.sum() > 0
 
 
 @pytest.mark.parametrize("device", DEVICES)

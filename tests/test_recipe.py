@@ -218,6 +218,49 @@ def test_the_dead_modality_term_pushes_the_dead_stream_s_score_down():
     assert parts["dead"] > 0
 
 
+def test_a_dead_stream_s_own_head_is_taught_that_it_knows_nothing():
+    """``loss.dead_uniform``: the dead stream's own head is pulled to uniform logits on the
+    clips whose stream is dead (its gradient there is zero only when the logits are flat),
+    the live head and clips with both streams alive keep the class; off, the dead head is
+    pulled to the class it cannot know. Given ``blank``, only blank streams (muted, black)
+    are: a frozen one still shows a live picture."""
+    n = 4
+    logits = torch.tensor([[3.0, 0.0, 0.0, 0.0]] * 3, requires_grad=True)  # every head says class 0
+    live = logits.detach().clone().requires_grad_(True)
+    dead = torch.tensor([[True, False], [False, False], [False, True]])  # muted; alive; black
+    target = torch.tensor([1, 1, 1])
+
+    def grads(uniform: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        out = FusionOutput(
+            logits=live.detach(), weights=torch.full((3, 2), 0.5), audio_logits=logits, video_logits=live
+        )
+        loss, _ = fusion_loss(out, target, LossConfig(aux_weight=1.0, dead_uniform=uniform), dead)
+        return torch.autograd.grad(loss, (logits, live))
+
+    g_audio, g_video = grads(True)
+    uniform_pull = torch.softmax(logits.detach()[0], 0) - 1 / n  # d CE(uniform) / d logits, × 3 clips
+    assert torch.allclose(g_audio[0] * 3, uniform_pull), "the muted clip's audio head: towards flat"
+    assert g_audio[1, 1] < 0 and g_audio[1, 0] > 0, "both alive: the audio head learns the class"
+    assert g_video[2, 1] == g_video[2, 2], "the black clip's video head: no class singled out"
+    assert g_video[0, 1] < 0, "the muted clip's video head still learns the class"
+    g_audio, _ = grads(False)
+    assert g_audio[0, 1] < 0 and g_audio[0, 1] < g_audio[0, 2], "off: the muted head is taught the class"
+    frozen = torch.tensor([[True, False], [False, False], [False, False]])  # clip 2's video frozen, not blank
+    out = FusionOutput(
+        logits=live.detach(), weights=torch.full((3, 2), 0.5), audio_logits=logits, video_logits=live
+    )
+    loss, _ = fusion_loss(out, target, LossConfig(aux_weight=1.0, dead_uniform=True), dead, frozen)
+    _, g_video = torch.autograd.grad(loss, (logits, live))
+    assert g_video[2, 1] < g_video[2, 2], "a frozen stream, dead but not blank: its head keeps the class"
+    zeros = torch.zeros(3, n, requires_grad=True)
+    flat = FusionOutput(
+        logits=live.detach(), weights=torch.full((3, 2), 0.5), audio_logits=zeros, video_logits=None
+    )
+    loss, _ = fusion_loss(flat, target, LossConfig(aux_weight=1.0, dead_uniform=True), dead)
+    (g,) = torch.autograd.grad(loss, zeros)
+    assert g[0].abs().max() < 1e-7, "flat logits are where a dead head's pull ends"
+
+
 def _tiny(confidence: bool) -> FusionModel:
     torch.manual_seed(0)
     cfg = ModelConfig(num_classes=4, embed_dim=16, audio_width=8, audio_filters=16, confidence=confidence)

@@ -20,6 +20,7 @@ class Batch:
         self.frames = torch.randint(0, 256, (b, 2, 32, 32, 3), dtype=torch.uint8, device=device)
         self.keys = [f"k{i}" for i in range(b)]
         self.dead = torch.tensor([[True, False], [False, True]] + [[False, False]] * (b - 2), device=device)
+        self.blank = self.dead
 
 
 def _run_on(device, model: dict | None = None, loss: dict | None = None) -> Run:

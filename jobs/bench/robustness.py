@@ -92,6 +92,11 @@ ABLATIONS = {
     "no confidence features": lambda c: _model(c, confidence=False),
     # the recipe before issue 29: the fused loss trains the encoders, aux terms at half strength
     "joint branches": lambda c: _loss(_model(c, isolate_branches=False), aux_weight=0.5),
+    # joint, and a blank stream's own head taught the uniform distribution: docs/model.md,
+    # measured and not yet adopted
+    "joint branches, dead head uniform": lambda c: _loss(
+        _model(c, isolate_branches=False), aux_weight=0.5, dead_uniform=True
+    ),
 }
 FUSION_INGREDIENTS = (
     "no confidence features",
