@@ -748,7 +748,7 @@ def _attempt(
     opts: dict[str, Any],
     workdir: Path,
     logger: _RecordingLogger,
-    again: Callable[[str], bool] = lambda message: False,
+    again: Callable[[str], bool],
 ) -> Path:
     """One yt-dlp run: one extraction, then the transfer, repeated with the same formats
     while ``again`` (given the failed transfer's message) says so. Its cookie jar is a

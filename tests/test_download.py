@@ -168,6 +168,12 @@ def served(tmp_path_factory):
     return root
 
 
+def _ok1_window(server, cfg: DownloadConfig, workdir, **kwargs):
+    """``download_section`` of 4 s from 5 s of the served ``ok1.mp4``."""
+    task = ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0)
+    return download_section(task, ClipSpec(clip_seconds=4.0), cfg, workdir, **kwargs)
+
+
 def _faults(server):
     server.set_fault("f404.mp4", "404")
     server.set_fault("f403.mp4", "403")
@@ -181,12 +187,7 @@ def _faults(server):
 @pytest.mark.slow
 def test_section_download_fetches_only_the_window(tmp_path, served):
     with RangeServer(served) as server:
-        path, attempts, _ = download_section(
-            ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
-            ClipSpec(clip_seconds=4.0),
-            FAST,
-            tmp_path,
-        )
+        path, attempts, _ = _ok1_window(server, FAST, tmp_path)
         ranges = server.ranges["ok1.mp4"]
     assert attempts == 1
     assert any(r.startswith("bytes=") and r != "bytes=0-" for r in ranges), ranges  # ffmpeg seeked
@@ -305,12 +306,7 @@ def test_a_transfer_cut_by_a_5xx_is_retried_without_a_new_extraction(tmp_path, s
     extracted (one extraction at the origin), within the attempt."""
     with RangeServer(served) as server:
         server.refuse_ranged(503, 2)  # ffmpeg's first request, then our question to the host
-        _, attempts, _ = download_section(
-            ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
-            ClipSpec(clip_seconds=4.0),
-            FAST,
-            tmp_path,
-        )
+        _, attempts, _ = _ok1_window(server, FAST, tmp_path)
         extractions, _ = _media_requests(server, "ok1.mp4")
         refused = [e["status"] for e in server.log if e["status"]]
     assert (attempts, extractions, refused) == (1, 1, [503, 503])
@@ -334,13 +330,8 @@ def test_a_transfer_retry_takes_a_turn_on_the_same_egress(tmp_path, served):
 
     with RangeServer(served) as server:
         server.refuse_ranged(503, 2)
-        _, attempts, _ = download_section(
-            ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
-            ClipSpec(clip_seconds=4.0),
-            replace(FAST, egress_id="node-a"),
-            tmp_path,
-            sleep=sleep,
-            governor=governor,
+        _, attempts, _ = _ok1_window(
+            server, replace(FAST, egress_id="node-a"), tmp_path, sleep=sleep, governor=governor
         )
         refused = max(e["t"] for e in server.log if e["status"])
         retried = min(e["t"] for e in server.log if e["t"] > refused)
@@ -357,12 +348,7 @@ def test_transfer_retries_are_bounded_then_the_next_attempt_extracts_again(tmp_p
     with RangeServer(served) as server:
         server.refuse_ranged(503, 100)
         with pytest.raises(DownloadError) as exc:
-            download_section(
-                ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
-                ClipSpec(clip_seconds=4.0),
-                cfg,
-                tmp_path,
-            )
+            _ok1_window(server, cfg, tmp_path)
         seen = _media_requests(server, "ok1.mp4")
     assert (exc.value.kind, exc.value.transient, exc.value.attempts) == ("server_error", True, 2)
     assert seen == (2, 4), "two extractions, two transfers on each"
@@ -375,12 +361,7 @@ def test_a_media_host_block_is_not_a_transfer_retry(tmp_path, served):
     same formats; the next attempt extracts again (the signed URL may be what expired)."""
     with RangeServer(served) as server:
         server.refuse_ranged(403, 2)
-        _, attempts, _ = download_section(
-            ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
-            ClipSpec(clip_seconds=4.0),
-            FAST,
-            tmp_path,
-        )
+        _, attempts, _ = _ok1_window(server, FAST, tmp_path)
         extractions, transfers = _media_requests(server, "ok1.mp4")
     assert (attempts, extractions) == (2, 2) and transfers >= 2
 
@@ -407,12 +388,7 @@ def test_a_format_deepcopy_refuses_is_transferred_and_retried(tmp_path, served, 
     monkeypatch.setattr(download, "_extracted", extracted)
     with RangeServer(served) as server:
         server.refuse_ranged(503, 2)
-        _, attempts, _ = download_section(
-            ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
-            ClipSpec(clip_seconds=4.0),
-            FAST,
-            tmp_path,
-        )
+        _, attempts, _ = _ok1_window(server, FAST, tmp_path)
         extractions, _ = _media_requests(server, "ok1.mp4")
     assert (attempts, extractions) == (1, 1)
 
@@ -467,12 +443,7 @@ def test_through_a_proxy_a_failure_asks_the_proxy_once(tmp_path, served):
     with RangeServer(served) as server, HttpProxy() as proxy:
         server.refuse_ranged(503, 100)
         with pytest.raises(DownloadError) as exc:
-            download_section(
-                ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
-                ClipSpec(clip_seconds=4.0),
-                replace(cfg, proxy=proxy.url),
-                tmp_path,
-            )
+            _ok1_window(server, replace(cfg, proxy=proxy.url), tmp_path)
         connects = sum(method == "CONNECT" for method, _ in proxy.requests)
         _, transfers = _media_requests(server, "ok1.mp4")
     assert exc.value.kind == "server_error" and transfers == 2 and connects == 1, (transfers, connects)
