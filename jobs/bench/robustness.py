@@ -90,17 +90,15 @@ ABLATIONS = {
     "separate heads": lambda c: _model(c, shared_head=False, confidence=False),
     "no evidence features": lambda c: _model(c, evidence=False),
     "no confidence features": lambda c: _model(c, confidence=False),
-    # the recipe before issue 29: the fused loss trains the encoders, aux terms at half strength
-    "joint branches": lambda c: _loss(_model(c, isolate_branches=False), aux_weight=0.5),
-    # joint, and a blank stream's own head taught the uniform distribution: docs/model.md,
-    # measured and not yet adopted
-    "joint branches, dead head uniform": lambda c: _loss(
-        _model(c, isolate_branches=False), aux_weight=0.5, dead_uniform=True
-    ),
+    # issue 29's first recipe: only each branch's own loss trains its encoder
+    "isolated branches": lambda c: _loss(_model(c, isolate_branches=True), aux_weight=1.0),
+    # a blank stream's own head taught the clip's label, as before dead_uniform
+    "dead head taught the class": lambda c: _loss(c, dead_uniform=False),
 }
 FUSION_INGREDIENTS = (
     "no confidence features",
-    "joint branches",
+    "isolated branches",
+    "dead head taught the class",
     "no dead-modality term",
     "separate heads",
     "no evidence features",
