@@ -197,7 +197,10 @@ def _section_path_check(exe: str) -> Check:
 
 
 def pyav_check() -> Check:
-    """The FFmpeg libraries PyAV decodes clips with: its own, not the binary yt-dlp runs."""
+    """The FFmpeg libraries PyAV reads windows and decodes clips with: its own, not the
+    binary yt-dlp runs (which fetches only with ``--fetch ffmpeg`` and for HLS/DASH
+    fragment formats). PyAV's demuxers read bytes from yt-dlp's requests, never through
+    libavformat's HTTP client, so an FFmpeg 8.1 in the wheel does not matter here."""
     try:
         import av
     except ImportError as exc:
@@ -209,8 +212,9 @@ def pyav_check() -> Check:
     return Check(
         "pyav",
         OK,
-        f"PyAV {av.__version__} decodes clips with FFmpeg {getattr(av, 'ffmpeg_version_info', '?')} "
-        f"libraries ({named}), not the ffmpeg binary yt-dlp runs",
+        f"PyAV {av.__version__} reads windows (--fetch pyav, the default) and decodes clips with "
+        f"FFmpeg {getattr(av, 'ffmpeg_version_info', '?')} libraries ({named}), not the ffmpeg "
+        "binary yt-dlp runs (--fetch ffmpeg, and HLS/DASH fragment formats)",
     )
 
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import io
+import math
 import os
 import random
 import re
@@ -73,9 +75,10 @@ class DownloadConfig:
     backoff_base: float = bounded(2.0, ge=0, le=3600)
     backoff_max: float = bounded(60.0, ge=0, le=86400)
     ffmpeg: str | None = None  # path to an ffmpeg binary; default PATH, then imageio-ffmpeg
-    # ffmpeg -request_size: bounded Range requests, so a closed transfer leaves at most one
-    # request's bytes in flight and no open-ended range for YouTube to throttle (yt-dlp
-    # 17612). Passed only to an ffmpeg that has the option (8.0+); None: open-ended.
+    # Bounded Range requests, so a closed transfer leaves at most one request's bytes in
+    # flight and no open-ended range for YouTube to throttle (yt-dlp 17612): the size of
+    # PyAV's reads (None: 1 MiB), and ffmpeg's -request_size when it has the option (8.0+;
+    # None: open-ended).
     request_size: int | None = bounded(1 << 20, ge=1, le=1 << 30)
     js_runtimes: dict[str, dict] | None = None  # yt-dlp's js_runtimes; None: its default (deno)
     player_clients: tuple[str, ...] | None = None  # YouTube player clients; None: player_clients()
@@ -83,8 +86,17 @@ class DownloadConfig:
     # yt-dlp plugin that asks it): YouTube's bot check passes more often with tokens.
     pot_provider: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # allowed yt-dlp options (_EXTRA_ALLOWED)
+    # How the window is fetched once yt-dlp has resolved the formats. "ffmpeg": yt-dlp's
+    # section downloader (an ffmpeg process remuxing into mp4). "pyav": this process
+    # reads the window's packets from the format URLs with PyAV and copies them into a
+    # local Matroska file, no process and no re-encoding (``_copy_window``).
+    fetch: str = "pyav"
 
     def __post_init__(self) -> None:
+        from avfusion.config import ConfigError
+
+        if self.fetch not in FETCHERS:
+            raise ConfigError(f"download.fetch: {self.fetch!r}; allowed: {list(FETCHERS)}")
         check_bounds(self, "download")
         check_pool(self.proxy, self.proxies)
         check_egress_id(self.egress_id)
@@ -96,6 +108,8 @@ class DownloadConfig:
         """The proxies downloads go through: ``proxies``, or ``proxy`` as a pool of one."""
         return self.proxies or ((self.proxy,) if self.proxy else ())
 
+
+FETCHERS = ("ffmpeg", "pyav")
 
 # Clients YouTube answers with SABR streams only (yt-dlp: "YouTube is forcing SABR
 # streaming for this client"): no format URL, so no section can come from them.
@@ -484,7 +498,11 @@ _RULES: list[tuple[str, bool, re.Pattern]] = [
         # PO-Token-Guide) or a blocked address: the source, not the clip.
         ("blocked_forbidden", True, r"HTTP Error 403|forbidden|po.?token"),
         ("blocked_rate_limit", True, r"HTTP Error 429|too many requests"),
-        ("server_error", True, r"HTTP Error 5\d\d|internal server error|bad gateway|service unavailable"),
+        (
+            "server_error",
+            True,
+            r"HTTP Error 5(?:\d\d|xx)\b|internal server error|bad gateway|service unavailable",
+        ),
         ("timeout", True, r"timed? ?out|timeout"),
         (
             "connection",
@@ -669,8 +687,8 @@ def preflight(cfg: DownloadConfig) -> list[str]:
             )
     if cfg.rate_limit:
         errors.append(
-            "--rate-limit has no effect: yt-dlp's ratelimit is ignored by ffmpeg, which does every "
-            "section download; limit downloads with --downloads-per-hour and --min-spacing instead"
+            "--rate-limit has no effect: yt-dlp's ratelimit applies to neither PyAV's window reads nor "
+            "ffmpeg's section downloads; limit downloads with --downloads-per-hour and --min-spacing instead"
         )
     return errors
 
@@ -680,7 +698,9 @@ def ydl_options(cfg: DownloadConfig, start: float, end: float, workdir: Path) ->
 
     exe = ffmpeg_executable(cfg.ffmpeg)
     ffmpeg_i = ["-rw_timeout", str(int(cfg.socket_timeout * 1e6)), "-xerror"]
-    if cfg.request_size and "request_size" in ffmpeg_http_options(exe):
+    # Asked of the binary only for the ffmpeg fetch (an ffmpeg run per process): PyAV's
+    # fallback to ffmpeg is for HLS/DASH fragments, each already a bounded request.
+    if cfg.request_size and cfg.fetch == "ffmpeg" and "request_size" in ffmpeg_http_options(exe):
         ffmpeg_i += ["-request_size", str(cfg.request_size)]
     opts: dict[str, Any] = {
         "format": cfg.format,
@@ -749,9 +769,12 @@ def _attempt(
     workdir: Path,
     logger: _RecordingLogger,
     again: Callable[[str], bool],
+    window: _Window | None = None,
 ) -> Path:
     """One yt-dlp run: one extraction, then the transfer, repeated with the same formats
-    while ``again`` (given the failed transfer's message) says so. Its cookie jar is a
+    while ``again`` (given the failed transfer's message) says so; with a ``window``,
+    PyAV copies it (``_copy_window``) from formats it can read (plain http(s) files),
+    and yt-dlp's ffmpeg fetches the others. Its cookie jar is a
     private copy of this node's jar for the cookies file (``avfusion.cookiejar``: yt-dlp
     rewrites the cookie file when a ``YoutubeDL`` closes; the user's file may be a
     read-only Secret mount, and threads must not write one file at once), merged back
@@ -763,7 +786,6 @@ def _attempt(
     _clear(workdir)
     try:
         with contextlib.ExitStack() as stack:
-            stack.enter_context(ffmpeg_for_sections(opts["ffmpeg_location"]))
             opts = {**opts, "logger": logger}
             if opts.get("cookiefile"):
                 text = storage.read_small(opts["cookiefile"], COOKIES_MAX_BYTES, "cookies file").decode()
@@ -780,10 +802,21 @@ def _attempt(
                 }
             ydl = stack.enter_context(_recording_ydl()(opts))
             info = _extracted(ydl, url)
+            formats = _window_formats(ydl, info) if window is not None else None
+            if window is not None and formats is not None:  # cookies never reach a command line
+                return _transfer(lambda: _copy_window(formats, workdir, window, ydl), workdir, again)
+            # yt-dlp's section download: the fetch asked for, or formats PyAV does not read
+            stack.enter_context(ffmpeg_for_sections(opts["ffmpeg_location"]))
             if opts.get("cookiefile"):
                 info, relay = stack.enter_context(_relayed(ydl, info))
-                return _transfer(ydl, info, workdir, relay.refusal, again, relay.forget)
-            return _transfer(ydl, info, workdir, lambda: _media_refusal(ydl, ydl.media), again)
+                return _transfer(
+                    lambda: _ffmpeg_transfer(ydl, info, workdir, relay.refusal), workdir, again, relay.forget
+                )
+            return _transfer(
+                lambda: _ffmpeg_transfer(ydl, info, workdir, lambda: _media_refusal(ydl, ydl.media)),
+                workdir,
+                again,
+            )
     except (yt_dlp.utils.YoutubeDLError, OSError) as exc:
         raise _Failed(_failure_message(exc, workdir)) from exc
 
@@ -806,31 +839,314 @@ def _failure_message(exc: Exception, workdir: Path) -> str:
 
 
 def _transfer(
-    ydl: Any,
-    info: dict[str, Any],
+    transfer: Callable[[], Path],
     workdir: Path,
-    refusal: Callable[[], int | None],
     again: Callable[[str], bool],
     forget: Callable[[], None] = lambda: None,
 ) -> Path:
-    """The section download of the extracted ``info``, repeated while ``again`` says so:
-    a transfer cut by the network or a 5xx does not cost a new extraction (the player
-    requests YouTube counts), and YouTube's format URLs are bound to the address that
-    extracted them, so the retry goes out the same way. ``refusal``: the media host's
-    answer when ffmpeg's transfer failed; ``forget``: drop what an earlier transfer saw."""
+    """``transfer`` (the window's fetch from formats already extracted), repeated while
+    ``again`` says so: a transfer cut by the network or a 5xx does not cost a new
+    extraction (the player requests YouTube counts), and YouTube's format URLs are bound
+    to the address that extracted them, so the retry goes out the same way. ``forget``:
+    drop what an earlier transfer saw."""
     import yt_dlp
 
     while True:
         forget()
         try:
-            with _asking_the_media_host_why(refusal):
-                ydl.process_ie_result(_fresh(info), download=True)
-            return _finished_file(workdir)
+            return transfer()
         except (yt_dlp.utils.DownloadError, _Failed) as exc:
             message = _failure_message(exc, workdir)
             if not again(message):
                 raise _Failed(message) from exc
             _clear(workdir)
+
+
+def _ffmpeg_transfer(
+    ydl: Any, info: dict[str, Any], workdir: Path, refusal: Callable[[], int | None]
+) -> Path:
+    """yt-dlp's section download of ``info`` (its ffmpeg cuts the window, the file starts
+    at it). ``refusal``: the media host's answer when ffmpeg's transfer failed."""
+    with _asking_the_media_host_why(refusal):
+        ydl.process_ie_result(_fresh(info), download=True)
+    return _finished_file(workdir)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """What ``_copy_window`` fetches (seconds of the source) and how: the socket timeout,
+    the bytes one Range request asks for."""
+
+    start: float
+    end: float
+    timeout: float
+    chunk: int
+
+
+def _window_formats(ydl: Any, info: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The formats yt-dlp selects for ``info`` (``format``: video and audio, or one file
+    with both), when every one is a plain http(s) file PyAV can read a window of; None
+    for the others (HLS, DASH fragments, …), which yt-dlp's ffmpeg fetches."""
+    chosen = ydl.process_ie_result(_fresh(info), download=False)
+    formats = [f for f in chosen.get("requested_formats") or [chosen] if f.get("url")]
+    plain = formats and all(f.get("protocol", "https") in ("http", "https") for f in formats)
+    return formats if plain else None
+
+
+def _copy_window(formats: list[dict[str, Any]], workdir: Path, window: _Window, ydl: Any) -> Path:
+    """The window of ``formats``, fetched by PyAV in this process (``_MediaReader``: the
+    requests go out through ``ydl``) and copied packet for packet into ``clip.mp4``
+    (written as ``.part`` and renamed when whole), as yt-dlp's ffmpeg cuts a section: the
+    window starts at 0, the packets from the keyframe before it (the decoder needs them)
+    lie before 0, hidden by the mp4 edit list; video from the first format that has it,
+    audio likewise. A refusal, a reset, a stall or a body cut short raises ``_Failed``
+    with what the media host or the network said, so ``classify`` names it (a 403 or 429
+    is a block)."""
+    import av
+    from yt_dlp.networking.exceptions import RequestError
+
+    from avfusion import storage
+
+    part, dest = workdir / "clip.mp4.part", workdir / "clip.mp4"
+    copy = _WindowCopy(window)
+    try:
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(av.open(str(part), "w", format="mp4"))
+            plans = []
+            for f in formats:
+                reader = stack.enter_context(
+                    _MediaReader(ydl, f["url"], _media_headers(f), window.chunk, window.timeout)
+                )
+                inp = stack.enter_context(av.open(reader, metadata_errors="ignore", timeout=window.timeout))
+                streams = copy.take(inp, f)
+                if streams:
+                    plans.append((inp, streams))
+            copy.out_streams = {s: out.add_stream_from_template(s) for _, streams in plans for s in streams}
+            for inp, streams in plans:
+                copy.packets(inp, streams, out)
+    except (av.FFmpegError, OSError, RequestError) as exc:
+        storage.remove(str(part))
+        raise _Failed(_fetch_message(exc)) from exc
+    except BaseException:
+        storage.remove(str(part))
+        raise
+    if not copy.copied:
+        storage.remove(str(part))
+        raise _Failed(_NO_PACKETS)
+    part.rename(dest)
+    return dest
+
+
+class _WindowCopy:
+    """The packet copy of one window (``_copy_window``): which input streams are taken,
+    their output streams, the packets copied."""
+
+    def __init__(self, window: _Window) -> None:
+        self.window = window
+        self.kinds: set[str] = set()
+        self.out_streams: dict[Any, Any] = {}
+        self.copied = 0
+
+    def take(self, inp: Any, fmt: dict[str, Any]) -> list[Any]:
+        """The first video and audio stream of ``inp`` not already taken from an earlier
+        format (yt-dlp says ``vcodec``/``acodec`` "none" for a stream a format lacks)."""
+        streams = []
+        for kind, found, codec in (
+            ("video", inp.streams.video, fmt.get("vcodec")),
+            ("audio", inp.streams.audio, fmt.get("acodec")),
+        ):
+            if kind not in self.kinds and found and codec != "none":
+                self.kinds.add(kind)
+                streams.append(found[0])
+        return streams
+
+    def packets(self, inp: Any, streams: list[Any], out: Any) -> None:
+        """Copy ``streams``' packets of the window from ``inp`` into ``out``: from the
+        seek point to the first packet decoded at or after the window's end (decode
+        order: every frame shown before the end is then in). A stream that ends before
+        the window does, in a source that lasts longer, is a cut transfer."""
+        import av
+
+        window = self.window
+        # Even at 0: over HTTP, a file whose index is at its end is otherwise read from
+        # after its first packet (the keyframe the window needs), where the index was read.
+        inp.seek(int(window.start * av.time_base), backward=True, any_frame=False)
+        open_streams, reached = set(streams), dict.fromkeys(streams, -math.inf)
+        for packet in inp.demux(*streams):
+            if packet.dts is None or packet.stream not in open_streams:
+                continue  # a demuxer's flush packet, or a stream already past the window
+            t = float(packet.dts * packet.time_base)
+            if t >= window.end:
+                open_streams.discard(packet.stream)
+                if not open_streams:
+                    break
+                continue
+            shift = round(window.start / packet.time_base)  # the window starts at 0
+            packet.pts = None if packet.pts is None else packet.pts - shift
+            packet.dts -= shift
+            reached[packet.stream] = t + float((packet.duration or 0) * packet.time_base)
+            packet.stream = self.out_streams[packet.stream]
+            out.mux(packet)
+            self.copied += 1
+        source_end = inp.duration / av.time_base if inp.duration else math.inf
+        for stream in open_streams:  # ended without a packet past the window's end
+            needed = min(window.end, source_end) - _END_SLACK
+            if reached[stream] < needed:
+                raise _Failed(
+                    f"the media transfer ended at {max(reached[stream], window.start):.1f} s of a window "
+                    f"that ends at {min(window.end, source_end):.1f} s (truncated {stream.type} stream)"
+                )
+
+
+# A stream's last packet may end up to a frame or an audio packet before the source's
+# stated duration; more than this short of it, the transfer was cut.
+_END_SLACK = 0.5
+
+
+class _MediaReader(io.RawIOBase):
+    """A format URL as a seekable file for PyAV: every read is served by one bounded
+    Range request (``chunk`` bytes at most, never open-ended: YouTube throttles those,
+    yt-dlp 17612) made with ``ydl.urlopen``, so the media goes out as the extraction did:
+    yt-dlp's proxy (``https://`` ones too), its cookie jar (cookies the host rotates are
+    kept and saved with the jar), the format's headers. libavformat's own HTTP client is
+    not used: FFmpeg 8.1 (PyAV's) loses the connection where a ``request_size`` chunk
+    ends. A refusal raises yt-dlp's ``HTTPError`` with the host's status."""
+
+    def __init__(self, ydl: Any, url: str, headers: dict[str, str], chunk: int, timeout: float) -> None:
+        super().__init__()
+        self.ydl, self.url, self.headers, self.chunk, self.timeout = ydl, url, headers, chunk, timeout
+        self.pos = 0  # where the next read starts
+        self.size: int | None = None  # from the first answer's Content-Range
+        self.response: Any = None
+        self.at = 0  # where the open answer's next byte lies
+        self.left = 0  # bytes the open answer still owes
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Only moves the position: the next read decides whether the open answer can
+        serve it (libavformat asks for the size by seeking to the end and back)."""
+        if whence == io.SEEK_END and self.size is None:
+            self._request(0)  # the size comes with the first answer
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size or 0}[whence] + offset
+        return self.pos
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0 or (self.size is not None and self.pos >= self.size):
+            return b""
+        ahead = self.pos - self.at
+        if self.response is not None and 0 < ahead <= min(self.left, _SKIP):
+            self._take(ahead)  # a short hop forward: read past it rather than ask again
+        if self.response is None or not self.left or self.at != self.pos:
+            if not self._request(self.pos):
+                return b""  # past the end (416)
+        data = self._take(self.left if size < 0 else min(size, self.left))
+        self.pos = self.at
+        return data
+
+    def _take(self, n: int) -> bytes:
+        data = self.response.read(n)
+        if not data and self.size is None:  # a whole body of no stated length: its end is the file's
+            self.size, self.left = self.at, 0
+            return b""
+        if not data:
+            raise _Failed(f"the media host's answer ended {self.left} bytes short of its range (truncated)")
+        self.at += len(data)
+        self.left -= len(data)
+        return bytes(data)
+
+    def _request(self, start: int) -> bool:
+        from yt_dlp.networking import Request
+        from yt_dlp.networking.exceptions import HTTPError
+
+        self._drop()
+        end = start + self.chunk - 1 if self.size is None else min(start + self.chunk, self.size) - 1
+        headers = {**self.headers, "Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
+        try:
+            response = self.ydl.urlopen(
+                Request(self.url, headers=headers, extensions={"timeout": self.timeout})
+            )
+        except HTTPError as exc:
+            if exc.status != 416:
+                raise
+            exc.close()
+            return False
+        span = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("Content-Range") or "")
+        if response.status == 206 and span and int(span[1]) == start:
+            self.at, self.left = start, int(span[2]) - start + 1
+            self.size = int(span[3]) if span[3] != "*" else self.size
+        elif response.status == 200:  # a host without Range: the whole body, read up to ``start``
+            self.size = int(response.headers.get("Content-Length") or 0) or None
+            self.at, self.left = start, (self.size or 1 << 62) - start
+            skip = start
+            while skip:
+                skip -= len(response.read(min(skip, 1 << 16)) or b"") or skip
+        else:
+            response.close()
+            raise _Failed(
+                f"the media host answered a Range request for bytes {start}-{end} with status "
+                f"{response.status} and range {response.headers.get('Content-Range')!r}"
+            )
+        self.response = response
+        return True
+
+    def _drop(self) -> None:
+        if self.response is not None:
+            self.response.close()
+            self.response = None
+        self.left = 0
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
+def _media_headers(fmt: dict[str, Any]) -> dict[str, str]:
+    """yt-dlp's headers for one format (``ydl.urlopen`` adds the jar's cookies). A header
+    with a line break (a hostile extractor answer) is dropped, never sent."""
+    headers = fmt.get("http_headers") or {}
+    return {str(k): str(v) for k, v in headers.items() if not re.search(r"[\r\n]", f"{k}{v}")}
+
+
+# The bytes one Range request of ``_MediaReader`` asks for when ``request_size`` is None,
+# and the longest hop forward it reads through rather than ask again (a request costs a
+# round trip; demuxers hop over a few atoms).
+_CHUNK = 1 << 20
+_SKIP = 256 << 10
+
+
+def _fetch_message(exc: BaseException) -> str:
+    """What a failed window copy says, in ``classify``'s words: the media host's status
+    as yt-dlp reports it (a 403 or 429 is a block, a 407 the proxy's, a 5xx a server
+    error; another 4xx refuses this format URL, and the next extraction gets new ones:
+    its words, "Not Found", would read as the video's), yt-dlp's transport errors as they
+    are, our read timeout as a timeout, an early end as a cut transfer. Never the URL
+    (a format URL carries signatures)."""
+    import av
+    from yt_dlp.networking.exceptions import HTTPError
+
+    if isinstance(exc, HTTPError):
+        status = exc.status
+        exc.close()
+        if status in (403, 429):
+            return f"the media host answered HTTP Error {status} to a ranged request ({exc.reason})"
+        if status == 407 or status >= 500:
+            return f"HTTP Error {status}: {exc.reason}"
+        return f"the media host refused the format URL with status {status}"
+    text = getattr(exc, "strerror", None) or str(exc)
+    if isinstance(exc, av.ExitError):  # av.open's timeout interrupted a stalled read
+        return f"the media transfer timed out ({text})"
+    if isinstance(exc, av.EOFError):
+        return f"the media transfer ended early (truncated: {text})"
+    # yt-dlp's transport errors by name: "IncompleteRead: 32768 bytes read, …" is a cut body
+    return f"{type(exc).__name__}: {text}"
 
 
 def _merged(outer: dict[str, Any], inner: dict[str, Any]) -> dict[str, Any]:
@@ -1165,8 +1481,13 @@ def download_section(
         proxy = pool[egress]
         opts = ydl_options(replace(cfg, proxy=proxy, proxies=()), task.start, end, workdir)
         again = _TransferRetries(cfg, task.source, proxy, egress, governor, sleep)
+        window = (
+            _Window(task.start, end, cfg.socket_timeout, cfg.request_size or _CHUNK)
+            if cfg.fetch == "pyav"
+            else None
+        )
         try:
-            path = _attempt(task.source, opts, workdir, logger, again)
+            path = _attempt(task.source, opts, workdir, logger, again, window)
         except _Failed as exc:
             stop_if_cookies_rejected(cfg, logger.warnings, governor, egress)
             kind, transient, message = again.diagnosis(str(exc))

@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dl.add_argument("--format", help="yt-dlp format selector")
     dl.add_argument(
+        "--fetch",
+        choices=["pyav", "ffmpeg"],
+        help="how the window is fetched once yt-dlp resolved the formats: pyav (default: read in this "
+        "process, bounded Range requests through yt-dlp) or ffmpeg (yt-dlp's section downloader)",
+    )
+    dl.add_argument(
         "--ffmpeg", help="ffmpeg binary for section downloads (default: PATH, then imageio-ffmpeg)"
     )
     dl.add_argument(
@@ -233,6 +239,7 @@ def load_config(args):
         rate_limit=args.rate_limit,
         sleep_seconds=args.sleep,
         format=args.format,
+        fetch=args.fetch,
         max_attempts=args.max_attempts,
         ffmpeg=args.ffmpeg,
         js_runtimes=js_runtimes(args.js_runtime),

@@ -336,7 +336,7 @@ def test_an_ffmpeg_without_request_size_gets_open_ended_ranges_and_a_warning(tmp
     assert "lacks -request_size: Range requests stay open-ended" in checks["ffmpeg opts"].detail
 
     def inputs(ffmpeg: str | None) -> list[str]:
-        opts = ydl_options(DownloadConfig(ffmpeg=ffmpeg), 0.0, 10.0, tmp_path)
+        opts = ydl_options(DownloadConfig(ffmpeg=ffmpeg, fetch="ffmpeg"), 0.0, 10.0, tmp_path)
         return opts["external_downloader_args"]["ffmpeg_i"]
 
     assert "-request_size" not in inputs(str(old))
@@ -344,7 +344,7 @@ def test_an_ffmpeg_without_request_size_gets_open_ended_ranges_and_a_warning(tmp
 
     wheel = inputs(imageio_ffmpeg.get_ffmpeg_exe())
     assert wheel[wheel.index("-request_size") + 1] == str(1 << 20)
-    unbounded = DownloadConfig(ffmpeg=imageio_ffmpeg.get_ffmpeg_exe(), request_size=None)
+    unbounded = DownloadConfig(ffmpeg=imageio_ffmpeg.get_ffmpeg_exe(), request_size=None, fetch="ffmpeg")
     assert (
         "-request_size" not in ydl_options(unbounded, 0, 10, tmp_path)["external_downloader_args"]["ffmpeg_i"]
     )

@@ -91,7 +91,7 @@ def test_cookies_from_a_read_only_mount_reach_the_origin_and_stay_untouched(tmp_
 def test_http_proxy_carries_all_media_traffic(tmp_path, served):
     with RangeServer(served) as server, HttpProxy() as proxy:
         cfg = DownloadConfig(proxy=proxy.url, socket_timeout=2.0, max_attempts=1)
-        path, attempts, _ = download_section(
+        path, attempts, *_ = download_section(
             ClipTask(key="c1", source=server.url("c1.mp4"), start=1.0),
             ClipSpec(clip_seconds=3.0),
             cfg,

@@ -268,8 +268,10 @@ def _dead_port() -> int:
         return s.getsockname()[1]  # nothing listens here once closed
 
 
-def _through(proxy_url, source, tmp_path, governor=None, attempts=2):
-    cfg = DownloadConfig(proxy=proxy_url, socket_timeout=2.0, max_attempts=attempts, backoff_base=0.01)
+def _through(proxy_url, source, tmp_path, governor=None, attempts=2, fetch="pyav"):
+    cfg = DownloadConfig(
+        proxy=proxy_url, socket_timeout=2.0, max_attempts=attempts, backoff_base=0.01, fetch=fetch
+    )
     with pytest.raises(DownloadError) as exc:
         download_section(
             ClipTask(key="c", source=source, start=0.0),
@@ -319,14 +321,16 @@ def test_a_proxy_that_refuses_the_connection_is_a_proxy_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_proxy_that_fails_the_media_transfer_is_a_proxy_error(tmp_path, served):
-    """The proxy lets yt-dlp's request through and answers ffmpeg's with 403: ffmpeg's
-    exit code (8, any HTTP error) does not say who refused; the probe does."""
+@pytest.mark.parametrize("fetch, said", [("pyav", "HTTP Error 403"), ("ffmpeg", "ffmpeg exited with code 8")])
+def test_a_proxy_that_fails_the_media_transfer_is_a_proxy_error(tmp_path, served, fetch, said):
+    """The proxy lets yt-dlp's request through and answers the media request with 403.
+    A 403 alone does not say who refused (ffmpeg's exit code 8 says even less); asking
+    the proxy about itself does."""
     with RangeServer(served) as server, HttpProxy() as proxy:
         proxy.refuse(403, after=1)
-        error = _through(proxy.url, server.url("c1.mp4"), tmp_path, attempts=1)
+        error = _through(proxy.url, server.url("c1.mp4"), tmp_path, attempts=1, fetch=fetch)
         served_paths = [r["path"] for r in server.log]
-    assert error.kind == "proxy_error" and "ffmpeg exited with code 8" in error.message, error.message
+    assert error.kind == "proxy_error" and said in error.message, error.message
     assert served_paths == ["c1.mp4"]  # only the first request passed the proxy
 
 
@@ -357,8 +361,9 @@ def test_doctor_warns_on_malformed_cookie_lines_without_printing_a_value(tmp_pat
 
 class _ArgvWatch:
     """Reads every process's command line (/proc/*/cmdline, what any local user can
-    read) every few milliseconds while a download runs: which ones held ``needle`` and
-    whether an ffmpeg was seen at all (the watch is not vacuous)."""
+    read) every few milliseconds while a download runs: which ones held ``needle``, and
+    how often an ffmpeg child of this process reading an input was seen (the watch is not
+    vacuous; other processes' ffmpegs on the machine are not ours)."""
 
     def __init__(self, needle: str):
         import threading
@@ -374,10 +379,12 @@ class _ArgvWatch:
             for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
                 try:
                     argv = cmdline.read_bytes()
-                except OSError:
+                    ppid = int((cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
                     continue
-                if b"ffmpeg" in argv.split(b"\0", 1)[0]:
-                    self.ffmpeg_seen += 1
+                words = argv.split(b"\0")
+                if b"ffmpeg" in words[0] and b"-i" in words and ppid == os.getpid():
+                    self.ffmpeg_seen += 1  # a transfer (yt-dlp's version probes open no input)
                 if self.needle in argv:
                     self.hits.append(argv.replace(b"\0", b" ").decode(errors="replace"))
             self.stop.wait(0.002)
@@ -392,15 +399,17 @@ class _ArgvWatch:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fetch", ["pyav", "ffmpeg"])
 @pytest.mark.parametrize(
     "host, port, through_proxy",
     [(COOKIE_HOST, 80, False), (COOKIE_HOST, 80, True), ("127.0.0.1", 0, False)],
 )
-def test_cookies_reach_the_media_host_and_no_command_line(tmp_path, served, host, port, through_proxy):
-    """An origin that answers 403 without the session cookie serves the section (so
-    ffmpeg's reads carried it), while no process's argv ever held the value; through a
-    proxy too (the relay's fetches go through it, ffmpeg talks to the relay only), and
-    for a cookie of 127.0.0.1, the relay's own address."""
+def test_cookies_reach_the_media_host_and_no_command_line(tmp_path, served, host, port, through_proxy, fetch):
+    """An origin that answers 403 without the session cookie serves the section (so the
+    media reads carried it), while no process's argv ever held the value; through a
+    proxy too, and for a cookie of 127.0.0.1. PyAV reads in this process through yt-dlp's
+    requests (no ffmpeg runs at all); yt-dlp's ffmpeg talks to the relay only (the
+    relay's fetches go through the proxy; 127.0.0.1 is the relay's own address)."""
     cookies = tmp_path / "cookies.txt"
     cookies.write_text(f"# Netscape HTTP Cookie File\n{host}\tFALSE\t/\tFALSE\t0\tSID\t{SECRET}\n")
     work = tmp_path / "work"
@@ -410,7 +419,11 @@ def test_cookies_reach_the_media_host_and_no_command_line(tmp_path, served, host
         server.require_cookie = f"SID={SECRET}"
         proxy = stack.enter_context(HttpProxy()) if through_proxy else None
         cfg = DownloadConfig(
-            cookies=str(cookies), proxy=proxy.url if proxy else None, socket_timeout=2.0, max_attempts=1
+            cookies=str(cookies),
+            proxy=proxy.url if proxy else None,
+            socket_timeout=2.0,
+            max_attempts=1,
+            fetch=fetch,
         )
         with _ArgvWatch(SECRET) as watch:
             path, *_ = download_section(
@@ -425,7 +438,9 @@ def test_cookies_reach_the_media_host_and_no_command_line(tmp_path, served, host
     )
     ranged = [r for r in log if r["headers"].get("Range", "bytes=0-") != "bytes=0-"]
     assert ranged and all(f"SID={SECRET}" in r["headers"].get("Cookie", "") for r in log)
-    assert watch.ffmpeg_seen and watch.hits == [], watch.hits
+    assert watch.hits == [], watch.hits
+    # no ffmpeg transfer with PyAV's fetch (and for the ffmpeg fetch the watch must see one)
+    assert bool(watch.ffmpeg_seen) == (fetch == "ffmpeg"), watch.ffmpeg_seen
     if proxy:
         assert {r["peer"][0] for r in log} == {"127.0.0.2"}  # every origin request came through the proxy
 
@@ -462,7 +477,7 @@ def test_with_cookies_a_transfer_retry_goes_through_the_relay_on_the_same_extrac
     with RangeServer(served, host=COOKIE_HOST, port=80) as server:
         server.rotate_cookie = "SID"
         server.refuse_ranged(503, 1)
-        _, attempts, _ = download_section(
+        _, attempts, *_ = download_section(
             ClipTask(key="c1", source=server.url("c1.mp4"), start=1.0), ClipSpec(clip_seconds=2.0), cfg, work
         )
         log = list(server.log)

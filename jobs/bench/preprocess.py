@@ -102,15 +102,19 @@ def make_tiny(folder: Path, ffmpeg: str, src: Path) -> Path:
     return dst
 
 
-def ours_worker(paths: list[str], frame_size: int, skip_nonref: bool = False, start: float = 0.0) -> None:
+def ours_worker(
+    paths: list[str], frame_size: int, skip_nonref: bool = False, start: float = 0.0, fetch: str = "pyav"
+) -> None:
     """Child-process body: the job's per-clip stage (``process_clip``: decode, JPEG/FLAC
-    encode; for URLs the download first, yt-dlp and its ffmpeg included) on each path or
-    URL, the window from ``start``, sequentially, one thread (imports happen even for 0
+    encode; for URLs the download first, yt-dlp and the ``fetch`` included) on each path
+    or URL, the window from ``start``, sequentially, one thread (imports happen even for 0
     clips)."""
     import tempfile
+    from dataclasses import replace
 
     from avfusion.config import ClipSpec
     from avfusion.decode import DecodeLimits
+    from avfusion.download import DownloadConfig
     from avfusion.preprocess.shard import PreprocessConfig, process_clip
     from avfusion.sources import ClipTask
     from shards.manifest import Failure
@@ -118,6 +122,7 @@ def ours_worker(paths: list[str], frame_size: int, skip_nonref: bool = False, st
     cfg = PreprocessConfig(
         clip=ClipSpec(frame_size=frame_size), limits=DecodeLimits(threads=1, skip_nonref=skip_nonref)
     )
+    cfg = replace(cfg, download=DownloadConfig(fetch=fetch))
     with tempfile.TemporaryDirectory() as workdir:
         for p in paths:
             result = process_clip(ClipTask(key=Path(p).stem, source=p, start=start), cfg, {}, Path(workdir))
@@ -125,8 +130,56 @@ def ours_worker(paths: list[str], frame_size: int, skip_nonref: bool = False, st
                 raise SystemExit(f"{p}: {result.kind}: {result.message}")
 
 
-def _ours(paths: list[str], frame_size: int, env: dict, skip_nonref: bool = False, start: float = 0.0):
-    spec = {"paths": paths, "frame_size": frame_size, "skip_nonref": skip_nonref, "start": start}
+def direct_worker(urls: list[str], frame_size: int, start: float = 0.0) -> None:
+    """Child-process body of the design row: what the job's PyAV fetch would cost without
+    its packet copy and file (issue 26's "no remux, no temp file"). yt-dlp resolves each
+    URL with the job's options, the job's reader (``_MediaReader``: bounded Range
+    requests through yt-dlp) serves the format to PyAV, and the job's decode and encode
+    run on the window straight from it. One-file formats only (what the origin serves)."""
+    import av
+
+    from avfusion import download
+    from avfusion.config import ClipSpec
+    from avfusion.decode import DecodeLimits, _decode
+    from shards.writer import encode_sample
+
+    spec, limits, cfg = ClipSpec(frame_size=frame_size), DecodeLimits(threads=1), download.DownloadConfig()
+    with tempfile.TemporaryDirectory() as workdir:
+        opts = download.ydl_options(cfg, start, start + spec.clip_seconds, Path(workdir))
+        with download._recording_ydl()(opts) as ydl:
+            for url in urls:
+                info = download._extracted(ydl, url)
+                formats = download._window_formats(ydl, info) or []
+                if len(formats) != 1:
+                    raise SystemExit(f"{url}: the design row reads one plain http(s) file, not {formats}")
+                fmt = formats[0]
+                headers = download._media_headers(fmt)
+                with (
+                    download._MediaReader(
+                        ydl, fmt["url"], headers, cfg.request_size or 1 << 20, 30.0
+                    ) as reader,
+                    av.open(reader, "r", metadata_errors="ignore") as container,
+                ):  # decode_clip opens local files only; the window logic is the same
+                    clip = _decode(container, Path(info["id"]), spec, start, limits)
+                encode_sample(info["id"], clip.waveform, clip.frames, 0, {}, spec.sample_rate)
+
+
+def _ours(
+    paths: list[str],
+    frame_size: int,
+    env: dict,
+    skip_nonref: bool = False,
+    start: float = 0.0,
+    fetch: str = "pyav",
+):
+    """``ours_worker`` (or ``direct_worker`` for ``fetch`` "direct") in a process of its own, measured."""
+    spec = {
+        "paths": paths,
+        "frame_size": frame_size,
+        "skip_nonref": skip_nonref,
+        "start": start,
+        "fetch": fetch,
+    }
     return run_measured(python_cmd("jobs.bench.preprocess", "--worker", json.dumps(spec)), env=env)
 
 
@@ -175,31 +228,40 @@ def window_bytes(path: Path, start: float, seconds: float) -> int:
 
 def http_rows(clips: list[Path], folder: Path, ffmpeg: str, frame_size: int, env: dict, py_start) -> dict:
     """``--source http``: the same clips fetched from a loopback origin that honours
-    Range (``jobs.bench.origin``) through the job's download stage (yt-dlp + its ffmpeg),
-    one thread: CPU per clip (the origin's own CPU is this process's, not counted), and
-    the bytes the origin served against the window's media, for 10 s files and for a 10 s
-    window in the middle of a 5-minute source."""
+    Range (``jobs.bench.origin``) through the job's download stage (yt-dlp, then PyAV's
+    copy of the window), one thread; the same with ``download.fetch: ffmpeg`` (yt-dlp's
+    ffmpeg process); and the design row (``direct_worker``): CPU per clip (the origin's
+    own CPU is this process's, not counted), and the bytes the origin served against the
+    window's media, for 10 s files and for a 10 s window in the middle of a 5-minute
+    source. Keys: "job", "ffmpeg", "direct"."""
     from jobs.bench.origin import RangeServer
 
     long = make_long(folder, ffmpeg, clips[0])
-    n = len(clips)
-    with RangeServer(folder) as origin:
-        ours = _ours([origin.url(c.name) for c in clips], frame_size, env)
-        short_served = sum(origin.bytes_sent[c.name] for c in clips)
-        short_requests = sum(origin.requests[c.name] for c in clips)
-        repeats = 3
-        start = 145.0
-        _ours([origin.url(long.name)] * repeats, frame_size, env, start=start)
-        long_served = origin.bytes_sent[long.name] / repeats
-        long_requests = origin.requests[long.name] / repeats
+    n, repeats, start = len(clips), 3, 145.0
     short_media = sum(c.stat().st_size for c in clips)
-    return {
-        "cpu_whole": ours.cpu_seconds / n,
-        "cpu_margin": (ours.cpu_seconds - py_start.cpu_seconds) / n,
-        "rss": ours.max_rss_mb,
-        "short": (short_served / n, short_media / n, short_requests / n),
-        "long": (long_served, window_bytes(long, start, 10.0), long_requests, long.stat().st_size),
-    }
+    long_window = window_bytes(long, start, 10.0)
+    rows = {}
+    with RangeServer(folder) as origin:
+        for name, fetch in (("job", "pyav"), ("ffmpeg", "ffmpeg"), ("direct", "direct")):
+            origin.bytes_sent.clear()
+            origin.requests.clear()
+            ours = _ours([origin.url(c.name) for c in clips], frame_size, env, fetch=fetch)
+            short_served = sum(origin.bytes_sent[c.name] for c in clips)
+            short_requests = sum(origin.requests[c.name] for c in clips)
+            _ours([origin.url(long.name)] * repeats, frame_size, env, start=start, fetch=fetch)
+            rows[name] = {
+                "cpu_whole": ours.cpu_seconds / n,
+                "cpu_margin": (ours.cpu_seconds - py_start.cpu_seconds) / n,
+                "rss": ours.max_rss_mb,
+                "short": (short_served / n, short_media / n, short_requests / n),
+                "long": (
+                    origin.bytes_sent[long.name] / repeats,
+                    long_window,
+                    origin.requests[long.name] / repeats,
+                    long.stat().st_size,
+                ),
+            }
+    return rows
 
 
 def pool_rows(clips: list[Path], folder: Path, env: dict, n_clips: int = 18) -> list[tuple]:
@@ -404,10 +466,13 @@ def main(argv: list[str] | None = None) -> int:
         ),
     ]
     if http is not None:
-        whole["http"], margin["http"] = http["cpu_whole"], http["cpu_margin"]
-        rows.append(
-            ("ours from URLs (yt-dlp + ffmpeg + decode + encode)", whole["http"], margin["http"], http["rss"])
-        )
+        for key, name, label in (
+            ("http", "job", "ours from URLs (yt-dlp + PyAV window copy + decode + encode)"),
+            ("http_ffmpeg", "ffmpeg", "ours from URLs, fetch ffmpeg (yt-dlp's ffmpeg process)"),
+            ("direct", "direct", "design: decode straight from the reader (no copy, no file)"),
+        ):
+            whole[key], margin[key] = http[name]["cpu_whole"], http[name]["cpu_margin"]
+            rows.append((label, whole[key], margin[key], http[name]["rss"]))
     if job is not None and job1 is not None:  # measured together
         whole["job"] = job.cpu_seconds / n
         margin["job"] = (job.cpu_seconds - job1.cpu_seconds) / max(1, n - 1)
@@ -435,20 +500,29 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     if http is not None:
-        served, media, requests = http["short"]
-        l_served, l_window, l_requests, l_size = http["long"]
-        print_table(
-            "bytes the origin served per clip",
-            [
-                ("10 s files (the window is the file)", served / 1e6, media / 1e6, served / media, requests),
+        byte_rows = []
+        for name, how in (("job", "the job"), ("ffmpeg", "fetch ffmpeg"), ("direct", "design")):
+            served, media, requests = http[name]["short"]
+            l_served, l_window, l_requests, l_size = http[name]["long"]
+            byte_rows += [
                 (
-                    f"10 s window of a 5-minute source ({l_size / 1e6:.1f} MB)",
+                    f"{how}: 10 s files (the window is the file)",
+                    served / 1e6,
+                    media / 1e6,
+                    served / media,
+                    requests,
+                ),
+                (
+                    f"{how}: 10 s window of a 5-minute source ({l_size / 1e6:.1f} MB)",
                     l_served / 1e6,
                     l_window / 1e6,
                     l_served / l_window,
                     l_requests,
                 ),
-            ],
+            ]
+        print_table(
+            "bytes the origin served per clip",
+            byte_rows,
             ("source", "served_MB", "window_media_MB", "served / window", "requests"),
         )
     if pool is not None:
@@ -480,13 +554,26 @@ def main(argv: list[str] | None = None) -> int:
             f"  ours from URLs / floor = {margin['http'] / margin['floor']:.2f}x   (whole: "
             f"{whole['http'] / whole['floor']:.2f}x; the floor decodes local files)"
         )
+        print(
+            f"  fetch ffmpeg / floor   = {margin['http_ffmpeg'] / margin['floor']:.2f}x   (whole: "
+            f"{whole['http_ffmpeg'] / whole['floor']:.2f}x; yt-dlp's ffmpeg process, remux and file)"
+        )
+        print(
+            f"  design / floor         = {margin['direct'] / margin['floor']:.2f}x   (whole: "
+            f"{whole['direct'] / whole['floor']:.2f}x; no window copy, no file)"
+        )
     if pool is not None:
         print(f"  3 proxies / 1 proxy    = {pool[1][6] / pool[0][6]:.2f}x clips/hour")
     data = {
         "clips": n,
         "cpu_s_per_clip_whole": whole,
         "cpu_s_per_clip_margin": margin,
-        "bytes": None if http is None else {"short": http["short"], "long": http["long"]},
+        "bytes": None
+        if http is None
+        else {
+            name: {"short": http[name]["short"], "long": http[name]["long"]}
+            for name in ("job", "ffmpeg", "direct")
+        },
         "pool": pool,
     }
     written = write_results("preprocess", argv, data=data, results_dir=args.results)
@@ -503,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         spec = json.loads(sys.argv[2])
-        ours_worker(spec["paths"], spec["frame_size"], spec.get("skip_nonref", False), spec.get("start", 0.0))
+        if spec["fetch"] == "direct":
+            direct_worker(spec["paths"], spec["frame_size"], spec["start"])
+        else:
+            ours_worker(spec["paths"], spec["frame_size"], spec["skip_nonref"], spec["start"], spec["fetch"])
         sys.exit(0)
     sys.exit(main())
