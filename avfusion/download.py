@@ -804,7 +804,11 @@ def _attempt(
             info = _extracted(ydl, url)
             formats = _window_formats(ydl, info) if window is not None else None
             if window is not None and formats is not None:  # cookies never reach a command line
-                return _transfer(lambda: _copy_window(formats, workdir, window, ydl), workdir, again)
+                try:
+                    return _transfer(lambda: _copy_window(formats, workdir, window, ydl), workdir, again)
+                except _NotCopyable as exc:
+                    logger.debug(f"PyAV cannot copy this window ({exc}): yt-dlp's ffmpeg fetches it")
+                    _clear(workdir)
             # yt-dlp's section download: the fetch asked for, or formats PyAV does not read
             stack.enter_context(ffmpeg_for_sections(opts["ffmpeg_location"]))
             if opts.get("cookiefile"):
@@ -963,40 +967,71 @@ class _WindowCopy:
     def packets(self, inp: Any, streams: list[Any], out: Any) -> None:
         """Copy ``streams``' packets of the window from ``inp`` into ``out``: from the
         seek point to the first packet decoded at or after the window's end (decode
-        order: every frame shown before the end is then in). A stream that ends before
-        the window does, in a source that lasts longer, is a cut transfer."""
+        order: every frame shown before the end is then in). Seconds count from the
+        source's start time, as ffmpeg's ``-ss`` does. A stream that ends before the
+        window does, in a source whose stream lasts longer, is a cut transfer. What a
+        stream copy cannot carry raises ``_NotCopyable``."""
         import av
 
         window = self.window
+        base = inp.start_time / av.time_base if inp.start_time is not None else 0.0
+        start, end = base + window.start, base + window.end
         # Even at 0: over HTTP, a file whose index is at its end is otherwise read from
         # after its first packet (the keyframe the window needs), where the index was read.
-        inp.seek(int(window.start * av.time_base), backward=True, any_frame=False)
+        # An audio-only format is read from _PREROLL before the window: its decoder's first
+        # frame needs the one before (with video, the keyframe before the window is earlier).
+        preroll = 0.0 if any(s.type == "video" for s in streams) else _PREROLL
+        inp.seek(int(max(base, start - preroll) * av.time_base), backward=True, any_frame=False)
         open_streams, reached = set(streams), dict.fromkeys(streams, -math.inf)
+        started: set[Any] = set()
         for packet in inp.demux(*streams):
-            if packet.dts is None or packet.stream not in open_streams:
+            if not packet.size or packet.stream not in open_streams:
                 continue  # a demuxer's flush packet, or a stream already past the window
+            if packet.dts is None:  # Matroska's B-frame streams after a seek: no decode order
+                raise _NotCopyable("a packet without a decoding time")
+            if packet.stream not in started and packet.stream.type == "video" and not packet.is_keyframe:
+                raise _NotCopyable("the seek landed on a video packet that is not a keyframe")
+            started.add(packet.stream)
             t = float(packet.dts * packet.time_base)
-            if t >= window.end:
+            if t >= end:
                 open_streams.discard(packet.stream)
                 if not open_streams:
                     break
                 continue
-            shift = round(window.start / packet.time_base)  # the window starts at 0
+            shift = round(start / packet.time_base)  # the window starts at 0
             packet.pts = None if packet.pts is None else packet.pts - shift
             packet.dts -= shift
             reached[packet.stream] = t + float((packet.duration or 0) * packet.time_base)
             packet.stream = self.out_streams[packet.stream]
             out.mux(packet)
             self.copied += 1
-        source_end = inp.duration / av.time_base if inp.duration else math.inf
         for stream in open_streams:  # ended without a packet past the window's end
-            needed = min(window.end, source_end) - _END_SLACK
-            if reached[stream] < needed:
+            stream_end = _stream_end(inp, stream)
+            if reached[stream] < min(end, stream_end) - _END_SLACK:
                 raise _Failed(
-                    f"the media transfer ended at {max(reached[stream], window.start):.1f} s of a window "
-                    f"that ends at {min(window.end, source_end):.1f} s (truncated {stream.type} stream)"
+                    f"the media transfer ended at {max(reached[stream], start) - base:.1f} s of a window "
+                    f"that ends at {min(end, stream_end) - base:.1f} s (truncated {stream.type} stream)"
                 )
 
+
+class _NotCopyable(Exception):
+    """A window PyAV's packet copy cannot carry (yt-dlp's ffmpeg fetches it instead)."""
+
+
+def _stream_end(inp: Any, stream: Any) -> float:
+    """Where ``stream`` ends, in seconds of the source: its own duration where the file
+    states one (a track may end before the others), else the file's."""
+    import av
+
+    if stream.duration and stream.start_time is not None:
+        return float((stream.start_time + stream.duration) * stream.time_base)
+    if inp.duration:
+        return ((inp.start_time or 0) + inp.duration) / av.time_base
+    return math.inf
+
+
+# Seconds read before the window, so every decoder starts warm.
+_PREROLL = 0.2
 
 # A stream's last packet may end up to a frame or an audio packet before the source's
 # stated duration; more than this short of it, the transfer was cut.
@@ -1015,6 +1050,8 @@ class _MediaReader(io.RawIOBase):
     def __init__(self, ydl: Any, url: str, headers: dict[str, str], chunk: int, timeout: float) -> None:
         super().__init__()
         self.ydl, self.url, self.headers, self.chunk, self.timeout = ydl, url, headers, chunk, timeout
+        self.budget = _TRANSFER_BUDGET * timeout
+        self.deadline = time.monotonic() + self.budget
         self.pos = 0  # where the next read starts
         self.size: int | None = None  # from the first answer's Content-Range
         self.response: Any = None
@@ -1035,7 +1072,12 @@ class _MediaReader(io.RawIOBase):
         serve it (libavformat asks for the size by seeking to the end and back)."""
         if whence == io.SEEK_END and self.size is None:
             self._request(0)  # the size comes with the first answer
-        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size or 0}[whence] + offset
+            if self.size is None:
+                return -1  # a host that states none: libavformat reads on without it
+        target = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size or 0}[whence] + offset
+        if target < 0:
+            return -1
+        self.pos = target
         return self.pos
 
     def read(self, size: int = -1) -> bytes:
@@ -1052,7 +1094,16 @@ class _MediaReader(io.RawIOBase):
         return data
 
     def _take(self, n: int) -> bytes:
-        data = self.response.read(n)
+        pieces: list[bytes] = []
+        while n > 0:  # in pieces, so the transfer's deadline is checked while a host drips
+            if time.monotonic() > self.deadline:
+                raise _Failed(f"the media transfer timed out: over {self.budget:.0f} s for one window")
+            piece = self.response.read(min(n, 16 << 10))
+            if not piece:
+                break
+            pieces.append(bytes(piece))
+            n -= len(piece)
+        data = b"".join(pieces)
         if not data and self.size is None:  # a whole body of no stated length: its end is the file's
             self.size, self.left = self.at, 0
             return b""
@@ -1060,19 +1111,26 @@ class _MediaReader(io.RawIOBase):
             raise _Failed(f"the media host's answer ended {self.left} bytes short of its range (truncated)")
         self.at += len(data)
         self.left -= len(data)
-        return bytes(data)
+        return data
 
     def _request(self, start: int) -> bool:
         from yt_dlp.networking import Request
-        from yt_dlp.networking.exceptions import HTTPError
+        from yt_dlp.networking.exceptions import HTTPError, TransportError
 
         self._drop()
         end = start + self.chunk - 1 if self.size is None else min(start + self.chunk, self.size) - 1
         headers = {**self.headers, "Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
+        request = Request(self.url, headers=headers, extensions={"timeout": self.timeout})
         try:
-            response = self.ydl.urlopen(
-                Request(self.url, headers=headers, extensions={"timeout": self.timeout})
-            )
+            try:
+                response = self.ydl.urlopen(request)
+            except TransportError as exc:
+                # A pooled keep-alive connection the host or the proxy closed meanwhile
+                # fails before any answer: a Range GET is idempotent, so once more, anew
+                # (not after a timeout: that would only double the wait).
+                if "timed out" in str(exc).lower():
+                    raise
+                response = self.ydl.urlopen(request)
         except HTTPError as exc:
             if exc.status != 416:
                 raise
@@ -1083,7 +1141,7 @@ class _MediaReader(io.RawIOBase):
             self.at, self.left = start, int(span[2]) - start + 1
             self.size = int(span[3]) if span[3] != "*" else self.size
         elif response.status == 200:  # a host without Range: the whole body, read up to ``start``
-            self.size = int(response.headers.get("Content-Length") or 0) or None
+            self.size = int(response.headers.get("Content-Length") or 0) or self.size
             self.at, self.left = start, (self.size or 1 << 62) - start
             skip = start
             while skip:
@@ -1115,6 +1173,10 @@ def _media_headers(fmt: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in headers.items() if not re.search(r"[\r\n]", f"{k}{v}")}
 
 
+# A transfer's whole budget in socket timeouts: each read is bounded by the timeout, and
+# this bounds a host that sends a few bytes just inside it (ffmpeg's fetch has no such bound).
+_TRANSFER_BUDGET = 10
+
 # The bytes one Range request of ``_MediaReader`` asks for when ``request_size`` is None,
 # and the longest hop forward it reads through rather than ask again (a request costs a
 # round trip; demuxers hop over a few atoms).
@@ -1140,7 +1202,7 @@ def _fetch_message(exc: BaseException) -> str:
         if status == 407 or status >= 500:
             return f"HTTP Error {status}: {exc.reason}"
         return f"the media host refused the format URL with status {status}"
-    text = getattr(exc, "strerror", None) or str(exc)
+    text = re.sub(r"\b[a-zA-Z][\w+.-]*://\S+", "<url>", getattr(exc, "strerror", None) or str(exc))
     if isinstance(exc, av.ExitError):  # av.open's timeout interrupted a stalled read
         return f"the media transfer timed out ({text})"
     if isinstance(exc, av.EOFError):

@@ -12,7 +12,7 @@ import pytest
 import webdataset as wds
 
 from avfusion.config import ClipSpec
-from avfusion.decode import decode_clip, frame_times
+from avfusion.decode import DecodeLimits, decode_clip, frame_times
 from avfusion.download import DownloadConfig, DownloadError, classify, download_section
 from avfusion.sources import ClipTask
 from avfusion.synth import SynthSpec, read_frame_index, write_clip
@@ -304,6 +304,234 @@ def test_a_host_without_range_support_still_gives_the_exact_window(tmp_path, ser
     expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
     got = [read_frame_index(f) for f in clip.frames]
     assert all(abs(g - e) <= 1 for g, e in zip(got, expected, strict=True)), (got, expected)
+
+
+@pytest.mark.slow
+def test_video_and_audio_from_two_formats_make_one_exact_window(tmp_path, monkeypatch):
+    """YouTube's default selection is two formats (``bv*+ba``): a video-only and an
+    audio-only file, each read from its own URL into the one clip. The window's frames
+    are the right ones and its audio is the audio file's own samples of the window."""
+    import avfusion.download as download
+
+    spec = SynthSpec(duration=12.0, fps=25, width=160, height=120)
+    served = tmp_path / "served"
+    write_clip(served / "v.mp4", replace(spec, audio_codec=None))
+    write_clip(served / "a.m4a", replace(spec, video_codec=None))
+    with RangeServer(served) as server:
+        formats = [
+            {"url": server.url("v.mp4"), "protocol": "http", "vcodec": "avc1", "acodec": "none"},
+            {"url": server.url("a.m4a"), "protocol": "http", "vcodec": "none", "acodec": "mp4a"},
+        ]
+        monkeypatch.setattr(download, "_window_formats", lambda ydl, info: formats)
+        path, *_ = download_section(
+            ClipTask(key="va", source=server.url("v.mp4"), start=5.0),
+            ClipSpec(clip_seconds=4.0),
+            FAST,
+            tmp_path / "work" if (tmp_path / "work").mkdir() is None else None,
+        )
+        fetched = {r["path"] for r in server.log if r["headers"].get("Range")}
+    assert fetched == {"v.mp4", "a.m4a"}
+    clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
+    expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
+    got = [read_frame_index(f) for f in clip.frames]
+    assert all(abs(g - e) <= 1 for g, e in zip(got, expected, strict=True)), (got, expected)
+    # the audio file decoded whole, then cut at 5 s (16 kHz): the samples the window holds
+    whole = decode_clip(
+        served / "a.m4a", ClipSpec(clip_seconds=12.0), 0.0, DecodeLimits(allow_missing_video=True)
+    )
+    truth = whole.waveform[5 * 16_000 : 9 * 16_000]
+    # the first samples differ by the 16 kHz resampler's warm-up, not the copy
+    assert clip.quality.has_audio and np.abs(clip.waveform - truth)[32:].max() < 1e-3
+
+
+def _remux(src, dst, fmt: str, offset: float = 0.0):
+    """``src``'s packets in container ``fmt``, every timestamp moved by ``offset`` seconds."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format=fmt) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is None:
+                continue
+            shift = round(offset / packet.time_base)
+            packet.dts += shift
+            packet.pts += shift
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return dst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, fmt, offset", [("b.mkv", "matroska", 0.0), ("late.mp4", "mp4", 100.0)])
+def test_sources_the_copy_must_not_take_literally_still_give_the_exact_window(
+    tmp_path, served, name, fmt, offset
+):
+    """Matroska gives a B-frame stream's packets no decoding time after a seek (PyAV's
+    copy hands such a window to yt-dlp's ffmpeg), and a source whose timestamps start at
+    100 s counts the window from its start, as ffmpeg's ``-ss`` does."""
+    _remux(served / "ok1.mp4", tmp_path / name, fmt, offset)
+    with RangeServer(tmp_path) as server:
+        path, *_ = download_section(
+            ClipTask(key="k", source=server.url(name), start=5.0),
+            ClipSpec(clip_seconds=4.0),
+            FAST,
+            tmp_path / "work" if (tmp_path / "work").mkdir() is None else None,
+        )
+    clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
+    expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
+    got = [read_frame_index(f) for f in clip.frames]
+    assert all(abs(g - e) <= 1 for g, e in zip(got, expected, strict=True)), (got, expected)
+
+
+@pytest.mark.slow
+def test_an_audio_track_that_ends_before_the_video_is_not_a_cut_transfer(tmp_path):
+    """12 s of video, 8 s of audio: a window from 6 s has 2 s of audio, and that is the
+    file, not a transfer cut short (the check reads each track's own end)."""
+    from avfusion.synth import tone_waveform
+
+    spec = SynthSpec(duration=12.0, fps=25, width=160, height=120)
+    write_clip(
+        tmp_path / "src" / "short.mp4",
+        spec,
+        waveform=tone_waveform(8 * spec.sample_rate, spec.sample_rate, 1),
+    )
+    with RangeServer(tmp_path / "src") as server:
+        path, attempts, _ = download_section(
+            ClipTask(key="s", source=server.url("short.mp4"), start=6.0),
+            ClipSpec(clip_seconds=4.0),
+            FAST,
+            tmp_path / "work" if (tmp_path / "work").mkdir() is None else None,
+        )
+    quality = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=32)).quality
+    assert attempts == 1 and quality.video_seconds == pytest.approx(4.0, abs=0.1)
+    assert quality.audio_seconds == pytest.approx(2.0, abs=0.1)
+
+
+class _Host:
+    """A loopback host with a handler of the test's own (``answer(handler, body)``, the
+    file's bytes): hosts that misbehave in ways the origin does not."""
+
+    def __init__(self, folder, answer, protocol="HTTP/1.0"):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = protocol
+            served = 0  # requests answered on this connection
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                answer(self, (folder / self.path.lstrip("/")).read_bytes())
+                self.served += 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, name):
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _serve_range(handler, body: bytes, pause: float = 0.0) -> None:
+    """``body`` as a host that honours Range answers it, 1 KiB at a time ``pause`` apart."""
+    import time
+
+    ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", handler.headers.get("Range") or "")
+    first = int(ranged[1]) if ranged else 0
+    last = min(int(ranged[2] or len(body) - 1), len(body) - 1) if ranged else len(body) - 1
+    handler.send_response(206 if ranged else 200)
+    if ranged:
+        handler.send_header("Content-Range", f"bytes {first}-{last}/{len(body)}")
+    handler.send_header("Content-Length", str(last - first + 1))
+    handler.end_headers()
+    for i in range(first, last + 1, 1024):
+        handler.wfile.write(body[i : min(i + 1024, last + 1)])
+        if pause:
+            handler.wfile.flush()
+            time.sleep(pause)
+
+
+@pytest.mark.slow
+def test_a_keep_alive_connection_the_host_drops_is_asked_again(tmp_path, served):
+    """A host (or a proxy) that keeps the connection open after an answer, then closes it
+    when the next request arrives, without answering: the reader's requests on a pooled
+    connection fail before any answer, and a Range GET is asked once more, anew."""
+    dropped = []
+
+    def answer(handler, body):
+        if handler.served:  # the second request on this connection: hang up on it
+            dropped.append(handler.headers.get("Range"))
+            handler.close_connection = True
+            return
+        _serve_range(handler, body)
+
+    with _Host(served, answer, protocol="HTTP/1.1") as host:
+        path, attempts, _ = download_section(
+            ClipTask(key="ok1", source=host.url("ok1.mp4"), start=5.0),
+            ClipSpec(clip_seconds=4.0),
+            replace(FAST, transfer_retries=0),
+            tmp_path,
+        )
+    assert attempts == 1 and dropped, dropped  # requests were dropped, and asked again
+    assert decode_clip(
+        path, ClipSpec(clip_seconds=4.0, frame_size=32)
+    ).quality.video_seconds == pytest.approx(4.0, abs=0.1)
+
+
+@pytest.mark.slow
+def test_a_host_that_ignores_range_and_states_no_length_gives_the_exact_window(tmp_path, served):
+    """200, the whole body, no Content-Length, the end of the body its end: the reader
+    learns no size, libavformat reads on without it, the window is exact."""
+
+    def answer(handler, body):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "video/mp4")
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with _Host(served, answer) as host:
+        path, *_ = download_section(
+            ClipTask(key="ok1", source=host.url("ok1.mp4"), start=5.0),
+            ClipSpec(clip_seconds=4.0),
+            FAST,
+            tmp_path,
+        )
+    clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
+    expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
+    got = [read_frame_index(f) for f in clip.frames]
+    assert all(abs(g - e) <= 1 for g, e in zip(got, expected, strict=True)), (got, expected)
+
+
+@pytest.mark.slow
+def test_a_host_that_drips_bytes_inside_the_timeout_times_out(tmp_path, served):
+    """1 KiB every 0.1 s to the media requests, each read inside the 0.5 s socket timeout:
+    the transfer's whole budget (10 socket timeouts) ends it as a timeout, not a wait of
+    minutes."""
+    import time
+
+    def answer(handler, body):
+        _serve_range(handler, body, pause=0.1 if handler.headers.get("Range") else 0.0)
+
+    cfg = replace(FAST, socket_timeout=0.5, max_attempts=1, transfer_retries=0)
+    began = time.monotonic()
+    with _Host(served, answer) as host, pytest.raises(DownloadError) as exc:
+        download_section(
+            ClipTask(key="ok1", source=host.url("ok1.mp4"), start=5.0),
+            ClipSpec(clip_seconds=4.0),
+            cfg,
+            tmp_path,
+        )
+    assert exc.value.kind == "timeout" and time.monotonic() - began < 15, exc.value.message
+    assert not list(tmp_path.iterdir()), "no partial download left behind"
 
 
 def test_fetch_is_pyav_or_ffmpeg():
