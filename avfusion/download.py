@@ -1050,6 +1050,7 @@ class _MediaReader(io.RawIOBase):
     def __init__(self, ydl: Any, url: str, headers: dict[str, str], chunk: int, timeout: float) -> None:
         super().__init__()
         self.ydl, self.url, self.headers, self.chunk, self.timeout = ydl, url, headers, chunk, timeout
+        self.ask = min(chunk, _FIRST_ASK)  # the next request's size: doubles while reads run on
         self.budget = _TRANSFER_BUDGET * timeout
         self.deadline = time.monotonic() + self.budget
         self.pos = 0  # where the next read starts
@@ -1117,8 +1118,12 @@ class _MediaReader(io.RawIOBase):
         from yt_dlp.networking import Request
         from yt_dlp.networking.exceptions import HTTPError, TransportError
 
+        # A run of reads asks more each time (up to ``chunk``); a jump starts small again:
+        # what a closed answer leaves in flight is at most what it was asked for.
+        running = self.response is not None and start == self.at
+        self.ask = min(2 * self.ask if running else _FIRST_ASK, self.chunk)
         self._drop()
-        end = start + self.chunk - 1 if self.size is None else min(start + self.chunk, self.size) - 1
+        end = start + self.ask - 1 if self.size is None else min(start + self.ask, self.size) - 1
         headers = {**self.headers, "Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
         request = Request(self.url, headers=headers, extensions={"timeout": self.timeout})
         try:
@@ -1182,6 +1187,8 @@ _TRANSFER_BUDGET = 10
 # round trip; demuxers hop over a few atoms).
 _CHUNK = 1 << 20
 _SKIP = 256 << 10
+# A reader's first request, and the first after a jump (an index, then the window's start).
+_FIRST_ASK = 128 << 10
 
 
 def _fetch_message(exc: BaseException) -> str:
