@@ -534,6 +534,20 @@ def test_a_host_that_drips_bytes_inside_the_timeout_times_out(tmp_path, served):
     assert not list(tmp_path.iterdir()), "no partial download left behind"
 
 
+@pytest.mark.parametrize("allowed", [None, ["generic", "youtube.*"], ["default", "-generic"]])
+def test_extractors_are_registered_as_yt_dlp_registers_them(allowed):
+    """The extractor order computed once per process is yt-dlp's own, for the default
+    set and for an ``allowed_extractors`` of names, regexes and exclusions."""
+    import yt_dlp
+
+    from avfusion.download import _recording_ydl
+
+    params = {"quiet": True, **({"allowed_extractors": allowed} if allowed else {})}
+    ours, theirs = _recording_ydl()(params), yt_dlp.YoutubeDL(params)
+    assert list(ours._ies) == list(theirs._ies) and len(ours._ies) > 1
+    assert [type(v) for v in ours._ies.values()] == [type(v) for v in theirs._ies.values()]
+
+
 def test_fetch_is_pyav_or_ffmpeg():
     from avfusion.config import ConfigError
 
