@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,3 +189,112 @@ def test_a_media_host_refusing_the_transfer_is_named_as_the_block(
     assert exc.value.kind == kind and exc.value.transient
     assert f"media host answered HTTP Error {status}" in exc.value.message
     assert 1 <= len(ranged) <= 3  # ffmpeg's request, and at most one question per format
+
+
+def _tls_pair(folder: Path, name: str, signer=None, client: bool = False) -> tuple[Path, Path, Any, Any]:
+    """A certificate for 127.0.0.1 (``client``: for client authentication) and its key,
+    signed by ``signer`` (cert, key) or by itself."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_cert, issuer_key = signer if signer else (None, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject if issuer_cert else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=signer is None, path_length=None), critical=True)
+    )
+    if client:
+        usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+        builder = builder.add_extension(usage, critical=False)
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    cert_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path, cert, key
+
+
+@pytest.mark.slow
+def test_one_tls_context_per_setting_still_verifies_and_reads_a_renewed_client_certificate(tmp_path):
+    """Every attempt's YoutubeDL shares one TLS context per setting (certifi's bundle is
+    loaded once a process, not once a clip). At a loopback HTTPS origin that asks for a
+    client certificate from its own CA: a verifying YoutubeDL refuses the origin's
+    unknown certificate every time, also after one that does not verify was served (the
+    setting is not shared), and a client certificate renewed on disk is read again."""
+    import http.server
+    import ssl
+    import threading
+
+    import yt_dlp
+
+    from avfusion.download import _recording_ydl
+
+    ca_cert, ca_key = _tls_pair(tmp_path, "ca")[2:]
+    server_cert, server_key, *_ = _tls_pair(tmp_path, "server", (ca_cert, ca_key))
+    client_cert, client_key, *_ = _tls_pair(tmp_path, "client", (ca_cert, ca_key), client=True)
+    served: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            served.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(server_cert, server_key)
+    context.load_verify_locations(tmp_path / "ca.pem")
+    context.verify_mode = ssl.CERT_REQUIRED
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_port}/"
+    mine = {"client_certificate": str(client_cert), "client_certificate_key": str(client_key)}
+
+    def get(path: str, **params) -> bool:
+        with _recording_ydl()({"quiet": True, "socket_timeout": 5, **params}) as ydl:
+            try:
+                return ydl.urlopen(url + path).read() == b"ok"
+            except yt_dlp.networking.exceptions.RequestError:
+                return False
+
+    try:
+        assert not get("verifying-1", **mine)
+        assert get("unverified-1", nocheckcertificate=True, **mine)
+        assert get("unverified-2", nocheckcertificate=True, **mine)
+        assert not get("verifying-2", **mine), "a verifying attempt got the unverified context"
+        assert not get("no-client-cert", nocheckcertificate=True)
+        # the client certificate renewed in place by one the origin's CA never signed
+        stranger = _tls_pair(tmp_path, "stranger", client=True)
+        client_cert.write_bytes(stranger[0].read_bytes())
+        client_key.write_bytes(stranger[1].read_bytes())
+        os.utime(client_cert, ns=(os.stat(client_cert).st_atime_ns, os.stat(client_cert).st_mtime_ns + 10**9))
+        assert not get("renewed", nocheckcertificate=True, **mine), "the old certificate was used"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert served == ["/unverified-1", "/unverified-2"]
