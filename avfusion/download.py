@@ -1320,34 +1320,32 @@ def _shared_ssl_context(handler: Any, legacy_ssl_support: bool | None = None) ->
     """The TLS context yt-dlp's ``handler`` would make, made once per process for its
     settings: each ``YoutubeDL`` (one per attempt) otherwise loads certifi's CA bundle
     anew, 15 ms of CPU a clip whatever the scheme (handlers are built on the first
-    request). The settings are the key: verification, legacy renegotiation, which CA
-    store, the client certificate (files by path and modification time, so a renewed
-    one is read). A context is safe to share between threads."""
+    request). Keyed by the settings (verification, legacy renegotiation, which CA store,
+    the client certificate's paths and password); a certificate file changed on disk
+    (inode, size, modification or change time) replaces its setting's context, so a
+    renewed one is read and renewals do not pile up. A context is safe to share between
+    threads (nothing downstream sets anything on it). SSLKEYLOGFILE is read when the
+    first context is made, as for any process-wide TLS setting."""
+    make = functools.partial(type(handler)._make_sslcontext, handler, legacy_ssl_support)
     legacy = handler.legacy_ssl_support if legacy_ssl_support is None else legacy_ssl_support
     cert = handler._client_cert
+    password = cert.get("client_certificate_password")
+    if not isinstance(password, str | bytes | None):  # a callable or a buffer: no key
+        return make()
+    paths = tuple(p for p in (cert.get("client_certificate"), cert.get("client_certificate_key")) if p)
     try:
-        files = tuple(
-            (p, os.stat(p).st_mtime_ns)
-            for p in (cert.get("client_certificate"), cert.get("client_certificate_key"))
-            if p
-        )
+        stamps = tuple((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for st in map(os.stat, paths))
     except OSError:  # yt-dlp's own message for a missing certificate
-        return type(handler)._make_sslcontext(handler, legacy_ssl_support)
-    key = (
-        handler.verify,
-        bool(legacy),
-        handler.prefer_system_certs,
-        files,
-        cert.get("client_certificate_password"),
-    )
+        return make()
+    settings = (handler.verify, bool(legacy), handler.prefer_system_certs, paths, password)
     with _SSL_LOCK:
-        context = _SSL_CONTEXTS.get(key)
-        if context is None:
-            context = _SSL_CONTEXTS[key] = type(handler)._make_sslcontext(handler, legacy_ssl_support)
-    return context
+        held = _SSL_CONTEXTS.get(settings)
+        if held is None or held[0] != stamps:
+            held = _SSL_CONTEXTS[settings] = (stamps, make())
+    return held[1]
 
 
-_SSL_CONTEXTS: dict[tuple[Any, ...], Any] = {}
+_SSL_CONTEXTS: dict[tuple[Any, ...], tuple[tuple[Any, ...], Any]] = {}
 _SSL_LOCK = threading.Lock()
 
 

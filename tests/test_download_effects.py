@@ -247,7 +247,7 @@ def test_one_tls_context_per_setting_still_verifies_and_reads_a_renewed_client_c
 
     import yt_dlp
 
-    from avfusion.download import _recording_ydl
+    from avfusion.download import _SSL_CONTEXTS, _recording_ydl
 
     ca_cert, ca_key = _tls_pair(tmp_path, "ca")[2:]
     server_cert, server_key, *_ = _tls_pair(tmp_path, "server", (ca_cert, ca_key))
@@ -288,12 +288,16 @@ def test_one_tls_context_per_setting_still_verifies_and_reads_a_renewed_client_c
         assert get("unverified-2", nocheckcertificate=True, **mine)
         assert not get("verifying-2", **mine), "a verifying attempt got the unverified context"
         assert not get("no-client-cert", nocheckcertificate=True)
-        # the client certificate renewed in place by one the origin's CA never signed
+        # the client certificate replaced in place by one the origin's CA never signed, its
+        # modification time kept (as cp -p or rsync -t leave it)
+        held = len(_SSL_CONTEXTS)
         stranger = _tls_pair(tmp_path, "stranger", client=True)
-        client_cert.write_bytes(stranger[0].read_bytes())
-        client_key.write_bytes(stranger[1].read_bytes())
-        os.utime(client_cert, ns=(os.stat(client_cert).st_atime_ns, os.stat(client_cert).st_mtime_ns + 10**9))
+        for path, new in ((client_cert, stranger[0]), (client_key, stranger[1])):
+            st = os.stat(path)
+            path.write_bytes(new.read_bytes())
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
         assert not get("renewed", nocheckcertificate=True, **mine), "the old certificate was used"
+        assert len(_SSL_CONTEXTS) == held, "a renewal replaces its setting's context"
     finally:
         server.shutdown()
         server.server_close()
