@@ -985,25 +985,34 @@ class _WindowCopy:
         inp.seek(int(max(base, start - preroll) * av.time_base), backward=True, any_frame=False)
         open_streams, reached = set(streams), dict.fromkeys(streams, -math.inf)
         started: set[Any] = set()
+        # Per stream: its time base as integers (int / int is the exact ratio rounded once,
+        # as float(Fraction) is, without a Fraction per packet: a sixth of the copy's CPU)
+        # and the shift that puts the window's start at 0.
+        ticks = {
+            s: (s.time_base.numerator, s.time_base.denominator, round(start / s.time_base)) for s in streams
+        }
         for packet in inp.demux(*streams):
-            if not packet.size or packet.stream not in open_streams:
+            stream = packet.stream
+            if not packet.size or stream not in open_streams:
                 continue  # a demuxer's flush packet, or a stream already past the window
-            if packet.dts is None:  # Matroska's B-frame streams after a seek: no decode order
+            dts = packet.dts
+            if dts is None:  # Matroska's B-frame streams after a seek: no decode order
                 raise _NotCopyable("a packet without a decoding time")
-            if packet.stream not in started and packet.stream.type == "video" and not packet.is_keyframe:
+            if stream not in started and stream.type == "video" and not packet.is_keyframe:
                 raise _NotCopyable("the seek landed on a video packet that is not a keyframe")
-            started.add(packet.stream)
-            t = float(packet.dts * packet.time_base)
+            started.add(stream)
+            num, den, shift = ticks[stream]
+            t = dts * num / den
             if t >= end:
-                open_streams.discard(packet.stream)
+                open_streams.discard(stream)
                 if not open_streams:
                     break
                 continue
-            shift = round(start / packet.time_base)  # the window starts at 0
-            packet.pts = None if packet.pts is None else packet.pts - shift
-            packet.dts -= shift
-            reached[packet.stream] = t + float((packet.duration or 0) * packet.time_base)
-            packet.stream = self.out_streams[packet.stream]
+            pts = packet.pts
+            packet.pts = None if pts is None else pts - shift
+            packet.dts = dts - shift
+            reached[stream] = t + (packet.duration or 0) * num / den
+            packet.stream = self.out_streams[stream]
             out.mux(packet)
             self.copied += 1
         for stream in open_streams:  # ended without a packet past the window's end
