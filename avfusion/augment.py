@@ -59,6 +59,11 @@ class AugmentConfig:
     color_jitter: float = bounded(0.3, ge=0, le=1)  # brightness, contrast, saturation factors in 1 ± this
     crop_seconds: float = bounded(0.0, ge=0, le=3600)  # train on a random window this long (0 = whole clip)
     crop_frames: int = bounded(0, ge=0, le=512)  # train on this many of the clip's frames, in order (0 = all)
+    # Audio noise at the top severity (-5 dB SNR) counts as dead for the dead-modality term
+    # (the audio-only model keeps 0.01-0.06 of its evidence there on the bundled set). Off:
+    # it moves the weight off that noise only, not off a held-out destroyed stream, and
+    # costs clean accuracy and frozen-video weight (docs/model.md).
+    dead_noise: bool = False
 
     def __post_init__(self) -> None:
         check_bounds(self, "train.augment")
@@ -122,7 +127,9 @@ class BatchAugment:
                 x = resized_crop_and_flip(x, rng, cfg.crop_scale, cfg.flip)
                 if cfg.color_jitter > 0:
                     x = color_jitter(x, rng, cfg.color_jitter)
-            wave, x, dead, blank = modality_dropout(wave, x, rng, gen, cfg.p_audio, cfg.p_video)
+            wave, x, dead, blank = modality_dropout(
+                wave, x, rng, gen, cfg.p_audio, cfg.p_video, dead_noise=cfg.dead_noise
+            )
             x = drop_frames(x, rng, cfg.p_drop_frames)
         else:
             dead = blank = torch.zeros(b, 2, dtype=torch.bool, device=device)
@@ -272,6 +279,7 @@ DEAD = {"muted_audio": 0, "black_frames": 1, "frozen_video": 1}  # ops that leav
 # ... and of those, the ones that leave it no signal at all: a frozen stream still shows a
 # live picture (a still photograph is all some classes need)
 BLANK = ("muted_audio", "black_frames")
+DEAD_NOISE = ("audio_gaussian_noise", 5)  # dead too under ``dead_noise``: no evidence left, a live signal
 
 
 def modality_dropout(
@@ -281,19 +289,24 @@ def modality_dropout(
     gen: torch.Generator,
     p_audio: float,
     p_video: float,
+    *,
+    dead_noise: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mute or noise the audio of some clips, black / blur / noise / freeze the frames
     of others; each op touches only its clips (indices known on the host). Also returns
     (B, 2) bool [audio, video]: the streams left dead (muted; black or frozen; noise and
     blur degrade a stream but leave it evidence), which the dead-modality loss reads, and
-    of those the blank ones (muted; black)."""
+    of those the blank ones (muted; black). With ``dead_noise`` the audio noise of
+    ``DEAD_NOISE``'s severity is dead too (not blank: its head still hears noise)."""
     audio, video = _pick(rng, len(wave), p_audio, p_video)
     dead = np.zeros((len(wave), 2), bool)
     blank = np.zeros((len(wave), 2), bool)
-    for (name, _), clips in (*audio.items(), *video.items()):
+    for (name, severity), clips in (*audio.items(), *video.items()):
         if name in DEAD:
             dead[clips, DEAD[name]] = True
             blank[clips, DEAD[name]] = name in BLANK
+        elif dead_noise and (name, severity) == DEAD_NOISE:
+            dead[clips, 0] = True
     wave = wave.clone()  # ``x`` is already this call's own (made by the float conversion or crop)
     for (name, severity), clips in sorted(audio.items()):
         idx = _host(clips, wave.device, torch.int64)

@@ -5,6 +5,8 @@ tests run on every device present (CPU always)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -195,3 +197,26 @@ def test_mixup_keeps_the_dominant_label():
     assert (soft[torch.arange(6), clips.target] >= 0.5).all() and torch.equal(mixed.target, clips.target)
     same, hard = A.mixup(clips, 7, alpha=0.4, prob=0.0, rng=np.random.default_rng(0))
     assert same is clips and torch.equal(hard.argmax(1), clips.target)
+
+
+def test_dead_noise_marks_the_top_severity_of_audio_noise_dead_and_nothing_else():
+    """With ``dead_noise`` the clips whose audio got -5 dB of noise (measured from the
+    noise added, not read from the draw) are dead, not blank; 5 and 0 dB stay live; and
+    the same draws without it leave them live."""
+    clips = _clips(600, t=2, s=16, n=1600)
+    cfg = AugmentConfig(p_audio=0.6, p_video=0.0, p_drop_frames=0.0)
+    on = A.BatchAugment(replace(cfg, dead_noise=True), num_classes=7)
+    off = A.BatchAugment(cfg, num_classes=7)
+    out, _ = on(clips, "cpu", epoch=0, step=0)
+    wave, clean = out.waveform.numpy().astype(np.float64), clips.waveform.numpy().astype(np.float64)
+    muted = np.abs(wave).max(1) == 0
+    noise = wave - clean
+    snr_db = 10 * np.log10(clean.var(1) / np.maximum(noise.var(1), 1e-12))
+    noisy = ~muted & (np.abs(noise).max(1) > 0)
+    worst = noisy & (snr_db < -2.5)  # -5 dB against 0 and 5 dB (clipping only lowers the noise)
+    assert worst.sum() > 10 and (noisy & ~worst).sum() > 20
+    assert (out.dead[:, 0].numpy() == (muted | worst)).all()
+    assert (out.blank[:, 0].numpy() == muted).all(), "noise is dead, never blank"
+    same, _ = off(clips, "cpu", epoch=0, step=0)
+    assert torch.equal(same.waveform, out.waveform), "the switch changes the labels, not the draws"
+    assert (same.dead[:, 0].numpy() == muted).all()

@@ -94,11 +94,14 @@ ABLATIONS = {
     "isolated branches": lambda c: _loss(_model(c, isolate_branches=True), aux_weight=1.0),
     # a blank stream's own head taught the clip's label, as before dead_uniform
     "dead head taught the class": lambda c: _loss(c, dead_uniform=False),
+    # -5 dB audio noise a dead stream for the dead-modality term (off in `small`, docs/model.md)
+    "noise counted dead": lambda c: replace(c, augment=replace(c.augment, dead_noise=True)),
 }
 FUSION_INGREDIENTS = (
     "no confidence features",
     "isolated branches",
     "dead head taught the class",
+    "noise counted dead",
     "no dead-modality term",
     "separate heads",
     "no evidence features",
