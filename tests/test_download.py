@@ -172,6 +172,21 @@ def served(tmp_path_factory):
     return root
 
 
+def _window_from_5s(path):
+    """The decoded 4 s clip at ``path``, checked to hold the frames of 5-9 s of a 25 fps
+    source (each frame shows its index)."""
+    clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
+    expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
+    got = [read_frame_index(f) for f in clip.frames]
+    assert all(abs(g - e) <= 1 for g, e in zip(got, expected, strict=True)), (got, expected)
+    return clip
+
+
+def _workdir(tmp_path):
+    (tmp_path / "work").mkdir()
+    return tmp_path / "work"
+
+
 def _ok1_window(server, cfg: DownloadConfig, workdir, **kwargs):
     """``download_section`` of 4 s from 5 s of the served ``ok1.mp4``."""
     task = ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0)
@@ -195,9 +210,7 @@ def test_section_download_fetches_only_the_window(tmp_path, served):
         ranges = server.ranges["ok1.mp4"]
     assert attempts == 1
     assert any(r.startswith("bytes=") and r != "bytes=0-" for r in ranges), ranges  # ffmpeg seeked
-    clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
-    expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
-    assert all(abs(read_frame_index(f) - e) <= 1 for f, e in zip(clip.frames, expected, strict=False))
+    clip = _window_from_5s(path)
     assert clip.quality.duration == pytest.approx(4.0, abs=0.2)  # the section, not the 12 s file
 
 
@@ -265,12 +278,9 @@ def test_webm_source_gives_the_exact_window(tmp_path, fetch):
             ClipTask(key="v", source=server.url("v.webm"), start=5.0),
             ClipSpec(clip_seconds=4.0),
             replace(FAST, fetch=fetch),
-            tmp_path / "work" if (tmp_path / "work").mkdir() is None else None,
+            _workdir(tmp_path),
         )
-    clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
-    expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
-    got = [read_frame_index(f) for f in clip.frames]
-    assert all(abs(g - e) <= 1 for g, e in zip(got, expected, strict=False)), (got, expected)
+    _window_from_5s(path)
 
 
 @pytest.mark.slow
@@ -300,10 +310,7 @@ def test_a_host_without_range_support_still_gives_the_exact_window(tmp_path, ser
     finally:
         httpd.shutdown()
         httpd.server_close()
-    clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
-    expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
-    got = [read_frame_index(f) for f in clip.frames]
-    assert all(abs(g - e) <= 1 for g, e in zip(got, expected, strict=True)), (got, expected)
+    _window_from_5s(path)
 
 
 @pytest.mark.slow
@@ -327,14 +334,11 @@ def test_video_and_audio_from_two_formats_make_one_exact_window(tmp_path, monkey
             ClipTask(key="va", source=server.url("v.mp4"), start=5.0),
             ClipSpec(clip_seconds=4.0),
             FAST,
-            tmp_path / "work" if (tmp_path / "work").mkdir() is None else None,
+            _workdir(tmp_path),
         )
         fetched = {r["path"] for r in server.log if r["headers"].get("Range")}
     assert fetched == {"v.mp4", "a.m4a"}
-    clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
-    expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
-    got = [read_frame_index(f) for f in clip.frames]
-    assert all(abs(g - e) <= 1 for g, e in zip(got, expected, strict=True)), (got, expected)
+    clip = _window_from_5s(path)
     # the audio file decoded whole, then cut at 5 s (16 kHz): the samples the window holds
     whole = decode_clip(
         served / "a.m4a", ClipSpec(clip_seconds=12.0), 0.0, DecodeLimits(allow_missing_video=True)
@@ -375,12 +379,9 @@ def test_sources_the_copy_must_not_take_literally_still_give_the_exact_window(
             ClipTask(key="k", source=server.url(name), start=5.0),
             ClipSpec(clip_seconds=4.0),
             FAST,
-            tmp_path / "work" if (tmp_path / "work").mkdir() is None else None,
+            _workdir(tmp_path),
         )
-    clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
-    expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
-    got = [read_frame_index(f) for f in clip.frames]
-    assert all(abs(g - e) <= 1 for g, e in zip(got, expected, strict=True)), (got, expected)
+    _window_from_5s(path)
 
 
 @pytest.mark.slow
@@ -400,7 +401,7 @@ def test_an_audio_track_that_ends_before_the_video_is_not_a_cut_transfer(tmp_pat
             ClipTask(key="s", source=server.url("short.mp4"), start=6.0),
             ClipSpec(clip_seconds=4.0),
             FAST,
-            tmp_path / "work" if (tmp_path / "work").mkdir() is None else None,
+            _workdir(tmp_path),
         )
     quality = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=32)).quality
     assert attempts == 1 and quality.video_seconds == pytest.approx(4.0, abs=0.1)
@@ -505,10 +506,7 @@ def test_a_host_that_ignores_range_and_states_no_length_gives_the_exact_window(t
             FAST,
             tmp_path,
         )
-    clip = decode_clip(path, ClipSpec(clip_seconds=4.0, frame_size=96))
-    expected = [round(t * 25) for t in frame_times(5.0, 4.0, 8)]
-    got = [read_frame_index(f) for f in clip.frames]
-    assert all(abs(g - e) <= 1 for g, e in zip(got, expected, strict=True)), (got, expected)
+    _window_from_5s(path)
 
 
 @pytest.mark.slow
