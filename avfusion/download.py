@@ -26,6 +26,7 @@ sanitised per attempt, and with cookies the media goes through a loopback relay
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import importlib.util
@@ -925,10 +926,12 @@ def _copy_window(formats: list[dict[str, Any]], workdir: Path, window: _Window, 
                 inp = stack.enter_context(av.open(reader, metadata_errors="ignore", timeout=window.timeout))
                 streams = copy.take(inp, f)
                 if streams:
-                    plans.append((inp, streams))
-            copy.out_streams = {s: out.add_stream_from_template(s) for _, streams in plans for s in streams}
-            for inp, streams in plans:
-                copy.packets(inp, streams, out)
+                    plans.append((inp, streams, reader))
+            copy.out_streams = {
+                s: out.add_stream_from_template(s) for _, streams, _ in plans for s in streams
+            }
+            for inp, streams, reader in plans:
+                copy.packets(inp, streams, out, reader)
     except (av.FFmpegError, OSError, RequestError) as exc:
         storage.remove(str(part))
         raise _Failed(_fetch_message(exc)) from exc
@@ -965,7 +968,7 @@ class _WindowCopy:
                 streams.append(found[0])
         return streams
 
-    def packets(self, inp: Any, streams: list[Any], out: Any) -> None:
+    def packets(self, inp: Any, streams: list[Any], out: Any, reader: _MediaReader | None = None) -> None:
         """Copy ``streams``' packets of the window from ``inp`` into ``out``: from the
         seek point to the first packet decoded at or after the window's end (decode
         order: every frame shown before the end is then in). Seconds count from the
@@ -985,6 +988,7 @@ class _WindowCopy:
         inp.seek(int(max(base, start - preroll) * av.time_base), backward=True, any_frame=False)
         open_streams, reached = set(streams), dict.fromkeys(streams, -math.inf)
         started: set[Any] = set()
+        pace = _Pace()
         # Per stream: its time base as integers (int / int is the exact ratio rounded once,
         # as float(Fraction) is, without a Fraction per packet: a sixth of the copy's CPU)
         # and the shift that puts the window's start at 0.
@@ -1003,6 +1007,9 @@ class _WindowCopy:
             started.add(stream)
             num, den, shift = ticks[stream]
             t = dts * num / den
+            if reader is not None and packet.pos is not None and packet.pos >= 0:
+                pace.seen(packet.pos + packet.size, t)
+                reader.until = pace.until(end)
             if t >= end:
                 open_streams.discard(stream)
                 if not open_streams:
@@ -1022,6 +1029,34 @@ class _WindowCopy:
                     f"the media transfer ended at {max(reached[stream], start) - base:.1f} s of a window "
                     f"that ends at {min(end, stream_end) - base:.1f} s (truncated {stream.type} stream)"
                 )
+
+
+class _Pace:
+    """Where in the file the window is expected to end, from the bytes per second of its
+    packets so far (the first is a keyframe, the largest: the estimate starts high), with
+    a margin: the reader asks no further, so a window's last request does not leave up to
+    a megabyte it asked for in flight."""
+
+    def __init__(self) -> None:
+        self.first: tuple[int, float] | None = None
+        self.last = (0, 0.0)
+
+    def seen(self, pos: int, t: float) -> None:
+        if self.first is None:
+            self.first = (pos, t)
+        self.last = (max(pos, self.last[0]), max(t, self.last[1]))
+
+    def until(self, end: float) -> int | None:
+        assert self.first is not None
+        (p0, t0), (p, t) = self.first, self.last
+        if t - t0 < 0.5:  # too little yet to tell a rate
+            return None
+        rate = (p - p0) / (t - t0)
+        return int(p + _PACE_MARGIN * rate * max(end - t, 0.0)) + _MIN_ASK
+
+
+# The expected remainder of a window is asked for with this margin.
+_PACE_MARGIN = 1.2
 
 
 class _NotCopyable(Exception):
@@ -1068,6 +1103,14 @@ class _MediaReader(io.RawIOBase):
         self.response: Any = None
         self.at = 0  # where the open answer's next byte lies
         self.left = 0  # bytes the open answer still owes
+        self.run_end = -1  # where the last read ended: a request from there continues a run
+        self.until: int | None = None  # where the window's last packet is expected to end
+        # The bytes answers brought, by offset, the latest _KEPT of them: the demuxer jumps
+        # back (to the first packet after an index at the end, to a keyframe) onto bytes
+        # the origin already sent, and what an answer still owed when it jumped away was
+        # on its way anyway.
+        self.kept: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.kept_bytes = 0
 
     def readable(self) -> bool:
         return True
@@ -1094,6 +1137,11 @@ class _MediaReader(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         if size == 0 or (self.size is not None and self.pos >= self.size):
             return b""
+        for at, piece in reversed(self.kept):
+            if at <= self.pos < at + len(piece):
+                data = piece[self.pos - at :] if size < 0 else piece[self.pos - at : self.pos - at + size]
+                self.pos = self.run_end = self.pos + len(data)
+                return data
         ahead = self.pos - self.at
         if self.response is not None and 0 < ahead <= min(self.left, _SKIP):
             self._take(ahead)  # a short hop forward: read past it rather than ask again
@@ -1101,7 +1149,7 @@ class _MediaReader(io.RawIOBase):
             if not self._request(self.pos):
                 return b""  # past the end (416)
         data = self._take(self.left if size < 0 else min(size, self.left))
-        self.pos = self.at
+        self.pos = self.run_end = self.at
         return data
 
     def _take(self, n: int) -> bytes:
@@ -1120,6 +1168,10 @@ class _MediaReader(io.RawIOBase):
             return b""
         if not data:
             raise _Failed(f"the media host's answer ended {self.left} bytes short of its range (truncated)")
+        self.kept.append((self.at, data))
+        self.kept_bytes += len(data)
+        while self.kept_bytes > _KEPT:
+            self.kept_bytes -= len(self.kept.popleft()[1])
         self.at += len(data)
         self.left -= len(data)
         return data
@@ -1130,10 +1182,17 @@ class _MediaReader(io.RawIOBase):
 
         # A run of reads asks more each time (up to ``chunk``); a jump starts small again:
         # what a closed answer leaves in flight is at most what it was asked for.
-        running = self.response is not None and start == self.at
-        self.ask = min(2 * self.ask if running else _FIRST_ASK, self.chunk)
+        self.ask = min(2 * self.ask if start == self.run_end else _FIRST_ASK, self.chunk)
+        if self.response is not None and 0 < self.left <= _SKIP:
+            try:  # the rest of a jumped-from answer: sent already, perhaps read again
+                self._take(self.left)
+            except (_Failed, TransportError, OSError):
+                pass  # only a read ahead: the read asked for comes next
         self._drop()
         end = start + self.ask - 1 if self.size is None else min(start + self.ask, self.size) - 1
+        end = min([end, *(at - 1 for at, _ in self.kept if at > start)])  # kept bytes are not asked again
+        if self.until is not None:  # no further than the window needs (what is asked is sent)
+            end = min(end, max(self.until, start + _MIN_ASK) - 1)
         headers = {**self.headers, "Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
         request = Request(self.url, headers=headers, extensions={"timeout": self.timeout})
         try:
@@ -1199,6 +1258,10 @@ _CHUNK = 1 << 20
 _SKIP = 256 << 10
 # A reader's first request, and the first after a jump (an index, then the window's start).
 _FIRST_ASK = 128 << 10
+# The least a request asks for, past where the window was expected to end.
+_MIN_ASK = 64 << 10
+# The latest bytes a reader keeps to serve reads again.
+_KEPT = 2 << 20
 
 
 def _fetch_message(exc: BaseException) -> str:

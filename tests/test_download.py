@@ -215,6 +215,68 @@ def test_section_download_fetches_only_the_window(tmp_path, served):
 
 
 @pytest.mark.slow
+def test_a_file_indexed_at_its_end_is_asked_for_once(tmp_path):
+    """A file whose index is at its end (PyAV's and ffmpeg's default layout): the demuxer
+    reads the head, jumps to the index, then comes back for the first packet. The bytes
+    the first answer brought are kept, so no byte is asked for twice and the origin
+    serves the file once (the head was asked for again before: 2.2x the media served)."""
+    frames = np.random.default_rng(1).integers(0, 256, (50, 120, 160, 3), dtype=np.uint8)
+    served = tmp_path / "served"
+    write_clip(
+        served / "end.mp4", SynthSpec(duration=5.0, fps=10, width=160, height=120, crf=20), frames=frames
+    )
+    data = (served / "end.mp4").read_bytes()
+    assert data.index(b"mdat") < data.index(b"moov") and len(data) > 4 * 128 << 10, "index at the end"
+    work = tmp_path / "work"
+    work.mkdir()
+    with RangeServer(served) as server:
+        download_section(ClipTask(key="end", source=server.url("end.mp4"), start=0.0), ClipSpec(), FAST, work)
+        spans = sorted(
+            (int(m[1]), int(m[2]))
+            for m in (re.fullmatch(r"bytes=(\d+)-(\d+)", r) for r in server.ranges["end.mp4"] if r)
+            if m
+        )
+        media = sum(
+            sent
+            for r, sent in zip(server.ranges["end.mp4"], server.sent_by_request["end.mp4"], strict=True)
+            if r
+        )
+    assert len(spans) >= 3 and all(end < nxt for (_, end), (nxt, _) in zip(spans, spans[1:], strict=False)), (
+        spans
+    )
+    assert media <= len(data), (media, len(data))
+
+
+@pytest.mark.slow
+def test_the_last_request_asks_little_past_the_window(tmp_path):
+    """Requests double while a window's reads run on (to 1 MiB), and what is asked is
+    sent: the reader asks no further than where the window's packets are expected to end
+    (their bytes per second so far), so the origin serves within 10 % of what a fetch
+    must move (the index and the file from the keyframe before the window to its end;
+    without the bound, 25 % more here: the last request asks its full size)."""
+    from jobs.bench.preprocess import necessary_bytes
+    from tests.corpus import faststart_copy
+
+    frames = np.random.default_rng(0).integers(0, 256, (400, 120, 160, 3), dtype=np.uint8)
+    src = write_clip(
+        tmp_path / "src.mp4", SynthSpec(duration=40.0, fps=10, width=160, height=120, crf=20), frames=frames
+    ).path
+    served = tmp_path / "served"
+    served.mkdir()
+    faststart_copy(src, served / "long.mp4")
+    work = tmp_path / "work"
+    work.mkdir()
+    with RangeServer(served) as server:
+        download_section(
+            ClipTask(key="long", source=server.url("long.mp4"), start=5.0), ClipSpec(), FAST, work
+        )
+        pairs = zip(server.ranges["long.mp4"], server.sent_by_request["long.mp4"], strict=True)
+        media = sum(sent for r, sent in pairs if r)
+    necessary = necessary_bytes(served / "long.mp4", 5.0, 10.0)
+    assert necessary <= media <= 1.1 * necessary, (media, necessary)
+
+
+@pytest.mark.slow
 def test_section_of_a_faststart_mp4_fetches_a_fraction_of_its_bytes(tmp_path):
     """10 s from a 60 s MP4 whose index is at the front (as web MP4s are): the bytes the
     server sends stay under 40 % of the file. A whole-file download sends 100 %; a

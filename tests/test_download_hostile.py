@@ -448,12 +448,13 @@ def test_cookies_reach_the_media_host_and_no_command_line(tmp_path, served, host
 @pytest.mark.slow
 def test_a_rotated_cookie_is_sent_on_the_next_media_request(tmp_path, served):
     """The host sets a new session value on every response: each next request, yt-dlp's
-    and the relay's alike, carries the value the previous response set."""
+    and the relay's alike, carries the value the previous response set. Ranges of 16 KiB:
+    the window takes several media requests."""
     cookies = tmp_path / "cookies.txt"
     cookies.write_text(f"# Netscape HTTP Cookie File\n{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tSID\t{SECRET}\n")
     work = tmp_path / "work"
     work.mkdir()
-    cfg = DownloadConfig(cookies=str(cookies), socket_timeout=2.0, max_attempts=1)
+    cfg = DownloadConfig(cookies=str(cookies), socket_timeout=2.0, max_attempts=1, request_size=16 << 10)
     with RangeServer(served, host=COOKIE_HOST, port=80) as server:
         server.rotate_cookie = "SID"
         download_section(
