@@ -25,7 +25,7 @@ from jobs.bench import preprocess as bench
 folder, ffmpeg = Path(sys.argv[1]), imageio_ffmpeg.get_ffmpeg_exe()
 clips = bench.make_clips(folder, 2, ffmpeg)
 env = dict(os.environ, OMP_NUM_THREADS="1", RAY_AUTH_MODE="token")
-rows = bench.http_rows(clips, folder, ffmpeg, 64, env, bench._ours([], 64, env))
+rows = bench.http_rows(clips, folder, ffmpeg, 64, env)
 print(json.dumps({**rows, "sizes": [c.stat().st_size for c in clips]}))
 """
 
@@ -38,12 +38,16 @@ def test_http_rows_measure_cpu_and_the_bytes_the_origin_served(tmp_path):
     out = json.loads(run.stdout.strip().splitlines()[-1])
     for name in ("job", "ffmpeg", "direct"):  # the job (PyAV window copy), fetch ffmpeg, the design row
         rows = out[name]
-        served, media, requests = rows["short"]
-        assert media == sum(out["sizes"]) / 2 and served >= media * 0.9 and requests >= 2, (name, rows)
-        l_served, l_window, l_requests, l_size = rows["long"]
-        # 10 s of a 300 s file: about a thirtieth of its packets, served with its index and pre-roll
-        assert l_size / 60 < l_window < l_size / 10 and l_window < l_served < l_size, (name, rows)
-        assert rows["cpu_margin"] > 0 and rows["cpu_whole"] > rows["cpu_margin"], (name, rows)
+        served, served_media, requests, media, necessary = rows["short"]
+        assert media == necessary == sum(out["sizes"]) / 2 and requests >= 2, (name, rows)
+        assert served >= served_media >= necessary, (name, rows)  # the whole file is the window
+        l_served, l_media, l_requests, l_window, l_necessary, l_size = rows["long"]
+        # 10 s of a 300 s file: about a thirtieth of its packets, served with its index and
+        # pre-roll, which no fetch that decodes the window can skip
+        assert l_size / 60 < l_window < l_necessary <= l_media <= l_served < l_size, (name, rows)
+        # start-up apart: a worker with yt-dlp costs more to start than to fetch one clip
+        assert 0 < rows["cpu_margin"] < rows["cpu_startup"], (name, rows)
+        assert rows["cpu_whole"] > rows["cpu_margin"], (name, rows)
 
 
 def test_window_bytes_counts_the_packets_of_the_window_only():

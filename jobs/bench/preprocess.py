@@ -17,10 +17,14 @@ its whole process tree, peak summed PSS):
   GCS, raylet and every Ray worker process counted.
 
 Start-up: every figure is given twice. "whole" includes each process's start-up
-(Python imports for ours, ffmpeg's own for each ffmpeg run, Ray for the job). "margin"
-subtracts a start-up measured in the same run *on each side*: ours minus the same
-Python worker given zero clips; each ffmpeg run minus ffmpeg on a one-frame clip; the
-job as (job on N clips − job on 1 clip) / (N − 1).
+(Python imports for ours, yt-dlp's too from URLs, ffmpeg's own for each ffmpeg run, Ray
+for the job). "margin" is the cost of one more clip, its process's start-up reported
+apart, *on each side*: ours as the slope between the worker on the N clips and on the
+same N clips twice (each the least of two runs; start-up is what the N-clip run costs
+beyond N margins, paid once per worker process); each ffmpeg run minus ffmpeg on a
+one-frame clip (an ffmpeg process per clip pays its start-up every clip: the floor's
+margin leaves it out, which only makes the floor lower); the job as (job on N clips −
+job on 1 clip) / (N − 1).
 """
 
 from __future__ import annotations
@@ -33,7 +37,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jobs.bench.common import RESULTS_DIR, accounting, print_table, python_cmd, run_measured, write_results
+from jobs.bench.common import (
+    RESULTS_DIR,
+    Usage,
+    accounting,
+    print_table,
+    python_cmd,
+    run_measured,
+    write_results,
+)
 
 
 def make_clips(folder: Path, n: int, ffmpeg: str) -> list[Path]:
@@ -183,6 +195,18 @@ def _ours(
     return run_measured(python_cmd("jobs.bench.preprocess", "--worker", json.dumps(spec)), env=env)
 
 
+def _slope(paths: list[str], frame_size: int, env: dict, **kwargs) -> tuple[float, float, float, Usage]:
+    """(CPU per clip of the run on ``paths``, the margin: the slope from it to the run on
+    ``paths`` twice, the start-up: what the first run costs beyond its clips' margins,
+    the first run's ``Usage``). Each run is the least of two: a core busy elsewhere only
+    ever adds."""
+    n = len(paths)
+    once = min((_ours(paths, frame_size, env, **kwargs) for _ in range(2)), key=lambda u: u.cpu_seconds)
+    twice = min(_ours(paths * 2, frame_size, env, **kwargs).cpu_seconds for _ in range(2))
+    margin = (twice - once.cpu_seconds) / n
+    return once.cpu_seconds / n, margin, once.cpu_seconds - n * margin, once
+
+
 def _job(folder: Path, out: Path, frame_size: int, cpus: int, env: dict):
     return run_measured(
         python_cmd(
@@ -226,38 +250,94 @@ def window_bytes(path: Path, start: float, seconds: float) -> int:
     return total
 
 
-def http_rows(clips: list[Path], folder: Path, ffmpeg: str, frame_size: int, env: dict, py_start) -> dict:
+def necessary_bytes(path: Path, start: float, seconds: float) -> int:
+    """The bytes any fetch that decodes the window must move from this MP4: its index
+    (every top-level box but ``mdat`` and ``free``) and the span of the file from the
+    first packet the window needs (video from the keyframe at or before its start, audio
+    from the packet that holds it) to the end of the last packet decoded before its end."""
+    import av
+
+    index, at, data = 0, 0, path.read_bytes()
+    while at + 8 <= len(data):
+        size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        size = int.from_bytes(data[at + 8 : at + 16], "big") if size == 1 else size or len(data) - at
+        index += 0 if kind in (b"mdat", b"free") else size
+        at += size
+    packets = []
+    with av.open(str(path)) as container:
+        for p in container.demux():
+            if p.size and p.dts is not None and p.pos is not None and p.pos >= 0:
+                packets.append((p.stream.type, float(p.dts * p.time_base), p.pos, p.size, p.is_keyframe))
+    key = max(t for kind, t, _, _, k in packets if kind == "video" and k and t <= start)
+    audio = max(t for kind, t, *_ in packets if kind == "audio" and t <= start)
+    needed = [
+        (pos, pos + size)
+        for kind, t, pos, size, _ in packets
+        if t < start + seconds and t >= (key if kind == "video" else audio)
+    ]
+    return index + max(e for _, e in needed) - min(s for s, _ in needed)
+
+
+def http_rows(clips: list[Path], folder: Path, ffmpeg: str, frame_size: int, env: dict) -> dict:
     """``--source http``: the same clips fetched from a loopback origin that honours
     Range (``jobs.bench.origin``) through the job's download stage (yt-dlp, then PyAV's
     copy of the window), one thread; the same with ``download.fetch: ffmpeg`` (yt-dlp's
     ffmpeg process); and the design row (``direct_worker``): CPU per clip (the origin's
-    own CPU is this process's, not counted), and the bytes the origin served against the
-    window's media, for 10 s files and for a 10 s window in the middle of a 5-minute
-    source. Keys: "job", "ffmpeg", "direct"."""
+    own CPU is this process's, not counted; the margin and start-up as ``_slope``), and
+    the bytes the origin served against the window's media and against what a fetch
+    must move (``necessary_bytes``), for 10 s files and for 10 s windows of a 5-minute
+    source: all bytes, and those of the media (ranged) requests alone (yt-dlp's generic
+    extractor first looks at a media URL without Range and drops the answer after its
+    headers: YouTube's extraction asks youtube.com, not the media host). Keys: "job",
+    "ffmpeg", "direct"."""
     from jobs.bench.origin import RangeServer
 
     long = make_long(folder, ffmpeg, clips[0])
-    n, repeats, start = len(clips), 3, 145.0
+    n, starts = len(clips), (33.3, 71.7, 102.1, 145.0, 201.4, 266.0)
     short_media = sum(c.stat().st_size for c in clips)
-    long_window = window_bytes(long, start, 10.0)
+    long_window = sum(window_bytes(long, t, 10.0) for t in starts) / len(starts)
+    long_necessary = sum(necessary_bytes(long, t, 10.0) for t in starts) / len(starts)
     rows = {}
+
+    def served(names: list[str], since: dict[str, int]) -> tuple[float, float, float]:
+        """(all bytes, media requests' bytes, requests) the origin served for ``names``
+        after the first ``since[name]`` requests (the lists are never cleared: a handler
+        may still be counting a dropped answer's bytes)."""
+        with origin.lock:  # a request's range and its count are appended together
+            sent = [
+                pair
+                for name in names
+                for pair in list(
+                    zip(origin.ranges.get(name, []), origin.sent_by_request.get(name, []), strict=True)
+                )[since.get(name, 0) :]
+            ]
+        return sum(b for _, b in sent), sum(b for r, b in sent if r), len(sent)
+
+    def mark() -> dict[str, int]:
+        with origin.lock:
+            return {name: len(r) for name, r in origin.ranges.items()}
+
     with RangeServer(folder) as origin:
         for name, fetch in (("job", "pyav"), ("ffmpeg", "ffmpeg"), ("direct", "direct")):
-            origin.bytes_sent.clear()
-            origin.requests.clear()
-            ours = _ours([origin.url(c.name) for c in clips], frame_size, env, fetch=fetch)
-            short_served = sum(origin.bytes_sent[c.name] for c in clips)
-            short_requests = sum(origin.requests[c.name] for c in clips)
-            _ours([origin.url(long.name)] * repeats, frame_size, env, start=start, fetch=fetch)
+            urls = [origin.url(c.name) for c in clips]
+            whole, margin, startup, ours = _slope(urls, frame_size, env, fetch=fetch)
+            since = mark()
+            _ours(urls, frame_size, env, fetch=fetch)
+            short = served([c.name for c in clips], since)
+            since = mark()
+            for t in starts:
+                _ours([origin.url(long.name)], frame_size, env, start=t, fetch=fetch)
+            long_served = served([long.name], since)
             rows[name] = {
-                "cpu_whole": ours.cpu_seconds / n,
-                "cpu_margin": (ours.cpu_seconds - py_start.cpu_seconds) / n,
+                "cpu_whole": whole,
+                "cpu_margin": margin,
+                "cpu_startup": startup,
                 "rss": ours.max_rss_mb,
-                "short": (short_served / n, short_media / n, short_requests / n),
+                "short": (*(v / n for v in short), short_media / n, short_media / n),
                 "long": (
-                    origin.bytes_sent[long.name] / repeats,
+                    *(v / len(starts) for v in long_served),
                     long_window,
-                    origin.requests[long.name] / repeats,
+                    long_necessary,
                     long.stat().st_size,
                 ),
             }
@@ -376,8 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         n = len(clips)
         env = dict(os.environ, OMP_NUM_THREADS="1", RAY_AUTH_MODE="token")
         paths = [str(c) for c in clips]
-        ours = _ours(paths, args.frame_size, env)
-        fast = _ours(paths, args.frame_size, env, skip_nonref=True)
+        ours_slope = _slope(paths, args.frame_size, env)
+        fast_slope = _slope(paths, args.frame_size, env, skip_nonref=True)
+        ours, fast = ours_slope[3], fast_slope[3]
         py_start = _ours([], args.frame_size, env)
         null = [ffmpeg, "-v", "error", *one, "-i"]
         floor = [run_measured([*null, str(c), *one, "-f", "null", "-"]) for c in clips]
@@ -426,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             seed.append((wav, jpg))
         http = pool = None
         if args.source == "http":
-            http = http_rows(clips, folder, ffmpeg, args.frame_size, env, py_start)
+            http = http_rows(clips, folder, ffmpeg, args.frame_size, env)
             pool = pool_rows(clips, folder, env)
         job = job1 = None
         if not args.no_job:
@@ -443,27 +524,26 @@ def main(argv: list[str] | None = None) -> int:
         "floor": sum(u.cpu_seconds for u in floor) / n,
         "seed": sum(a.cpu_seconds + b.cpu_seconds for a, b in seed) / n,
     }
+    whole["ours"], margin_ours, startup_ours, _ = ours_slope
+    whole["fast"], margin_fast, startup_fast, _ = fast_slope
     margin = {
-        "ours": (ours.cpu_seconds - py_start.cpu_seconds) / n,
-        "fast": (fast.cpu_seconds - py_start.cpu_seconds) / n,
+        "ours": margin_ours,
+        "fast": margin_fast,
         "floor": whole["floor"] - ff0,
         "seed": whole["seed"] - 2 * ff0,
     }
+    startup = {"ours": startup_ours, "fast": startup_fast, "floor": ff0, "seed": 2 * ff0}
     rows = [
-        ("ours (decode + JPEG/FLAC encode), 1 process", whole["ours"], margin["ours"], ours.max_rss_mb),
-        ("ours, skip_nonref (frames within 1)", whole["fast"], margin["fast"], fast.max_rss_mb),
-        (
-            "floor: ffmpeg -threads 1 -f null, per clip",
-            whole["floor"],
-            margin["floor"],
-            max(u.max_rss_mb for u in floor),
-        ),
-        (
-            "seed-style: 2 ffmpeg -threads 1 per clip",
-            whole["seed"],
-            margin["seed"],
-            max(max(a.max_rss_mb, b.max_rss_mb) for a, b in seed),
-        ),
+        ("ours (decode + JPEG/FLAC encode), 1 process", whole["ours"], margin["ours"], startup["ours"]),
+        ("ours, skip_nonref (frames within 1)", whole["fast"], margin["fast"], startup["fast"]),
+        ("floor: ffmpeg -threads 1 -f null, per clip", whole["floor"], margin["floor"], startup["floor"]),
+        ("seed-style: 2 ffmpeg -threads 1 per clip", whole["seed"], margin["seed"], startup["seed"]),
+    ]
+    peak = [
+        ours.max_rss_mb,
+        fast.max_rss_mb,
+        max(u.max_rss_mb for u in floor),
+        max(max(a.max_rss_mb, b.max_rss_mb) for a, b in seed),
     ]
     if http is not None:
         for key, name, label in (
@@ -472,27 +552,34 @@ def main(argv: list[str] | None = None) -> int:
             ("direct", "direct", "design: decode straight from the reader (no copy, no file)"),
         ):
             whole[key], margin[key] = http[name]["cpu_whole"], http[name]["cpu_margin"]
-            rows.append((label, whole[key], margin[key], http[name]["rss"]))
+            startup[key] = http[name]["cpu_startup"]
+            rows.append((label, whole[key], margin[key], startup[key]))
+            peak.append(http[name]["rss"])
     if job is not None and job1 is not None:  # measured together
         whole["job"] = job.cpu_seconds / n
         margin["job"] = (job.cpu_seconds - job1.cpu_seconds) / max(1, n - 1)
+        startup["job"] = job1.cpu_seconds - margin["job"]
         rows.append(
             (
                 f"the job: avfusion preprocess, Ray, {args.cpus} CPUs",
                 whole["job"],
                 margin["job"],
-                job.max_rss_mb,
+                startup["job"],
             )
         )
+        peak.append(job.max_rss_mb)
     print_table(
         f"CPU seconds per clip over {n} clips",
-        rows,
-        ("method", "cpu_s/clip whole", "cpu_s/clip margin", "peak_PSS_MB (tree)"),
+        [(*row, mb) for row, mb in zip(rows, peak, strict=True)],
+        ("method", "cpu_s/clip whole", "cpu_s/clip margin", "start-up cpu_s", "peak_PSS_MB (tree)"),
     )
     print(f"\nhow accounted: {accounting()}.")
     print(
-        f"start-up measured in this run and subtracted for 'margin': Python worker with 0 clips "
-        f"{py_start.cpu_seconds:.2f} cpu_s; ffmpeg on a 1-frame clip {ff0:.3f} cpu_s per run"
+        "margin: one more clip's CPU; ours as the slope from the worker on the N clips to the same "
+        "clips twice, start-up (per process: imports, yt-dlp's extractor order, the first TLS context) "
+        "what the N-clip run costs beyond N margins; ffmpeg per clip minus ffmpeg on a 1-frame clip "
+        f"({ff0:.3f} cpu_s, paid by every clip); a Python worker with 0 clips costs "
+        f"{py_start.cpu_seconds:.2f} cpu_s"
         + (
             f"; Ray job on 1 clip {job1.cpu_seconds:.2f} cpu_s ({job1.wall_seconds:.1f} s wall)"
             if job1
@@ -502,28 +589,46 @@ def main(argv: list[str] | None = None) -> int:
     if http is not None:
         byte_rows = []
         for name, how in (("job", "the job"), ("ffmpeg", "fetch ffmpeg"), ("direct", "design")):
-            served, media, requests = http[name]["short"]
-            l_served, l_window, l_requests, l_size = http[name]["long"]
-            byte_rows += [
+            for where, (served_all, served_media, requests, window, necessary, *_) in (
+                ("10 s files (the window is the file)", http[name]["short"]),
                 (
-                    f"{how}: 10 s files (the window is the file)",
-                    served / 1e6,
-                    media / 1e6,
-                    served / media,
-                    requests,
+                    f"10 s windows of a 5-minute source ({http[name]['long'][-1] / 1e6:.1f} MB)",
+                    http[name]["long"],
                 ),
-                (
-                    f"{how}: 10 s window of a 5-minute source ({l_size / 1e6:.1f} MB)",
-                    l_served / 1e6,
-                    l_window / 1e6,
-                    l_served / l_window,
-                    l_requests,
-                ),
-            ]
+            ):
+                byte_rows.append(
+                    (
+                        f"{how}: {where}",
+                        served_all / 1e6,
+                        served_media / 1e6,
+                        window / 1e6,
+                        necessary / 1e6,
+                        served_all / window,
+                        served_media / window,
+                        served_media / necessary,
+                        requests,
+                    )
+                )
         print_table(
             "bytes the origin served per clip",
             byte_rows,
-            ("source", "served_MB", "window_media_MB", "served / window", "requests"),
+            (
+                "source",
+                "served_MB",
+                "media_requests_MB",
+                "window_media_MB",
+                "necessary_MB",
+                "served / window",
+                "media / window",
+                "media / necessary",
+                "requests",
+            ),
+        )
+        print(
+            "window media: the packets timed inside the window; necessary: what any fetch that decodes "
+            "it moves (the MP4 index, and the file from the keyframe before the window to its end); media "
+            "requests: the ranged ones (yt-dlp's generic extractor also looks at a media URL once without "
+            "Range and drops the answer after its headers; YouTube's extraction asks youtube.com instead)"
         )
     if pool is not None:
         print_table(
@@ -568,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         "clips": n,
         "cpu_s_per_clip_whole": whole,
         "cpu_s_per_clip_margin": margin,
+        "cpu_s_startup": startup,
         "bytes": None
         if http is None
         else {
