@@ -38,6 +38,7 @@ import re
 import shutil
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -1008,7 +1009,7 @@ class _WindowCopy:
             num, den, shift = ticks[stream]
             t = dts * num / den
             if reader is not None and packet.pos is not None and packet.pos >= 0:
-                pace.seen(packet.pos + packet.size, t)
+                pace.seen(packet.pos, packet.pos + packet.size, t)
                 reader.until = pace.until(end)
             if t >= end:
                 open_streams.discard(stream)
@@ -1033,25 +1034,32 @@ class _WindowCopy:
 
 class _Pace:
     """Where in the file the window is expected to end, from the bytes per second of its
-    packets so far (the first is a keyframe, the largest: the estimate starts high), with
-    a margin: the reader asks no further, so a window's last request does not leave up to
-    a megabyte it asked for in flight."""
+    packets so far (from the first packet's start: its keyframe, the largest, makes the
+    estimate start high) or over the last second where that is higher (a bitrate that
+    rises within the window), with a margin: the reader asks no further, so a window's
+    last request does not leave up to a megabyte it asked for in flight."""
 
     def __init__(self) -> None:
         self.first: tuple[int, float] | None = None
         self.last = (0, 0.0)
+        self.recent: collections.deque[tuple[int, float]] = collections.deque()
 
-    def seen(self, pos: int, t: float) -> None:
+    def seen(self, start: int, end: int, t: float) -> None:
         if self.first is None:
-            self.first = (pos, t)
-        self.last = (max(pos, self.last[0]), max(t, self.last[1]))
+            self.first = self.last = (start, t)
+        self.last = (max(end, self.last[0]), max(t, self.last[1]))
+        self.recent.append(self.last)
+        while self.recent[0][1] < self.last[1] - 1.0:
+            self.recent.popleft()
 
     def until(self, end: float) -> int | None:
         assert self.first is not None
-        (p0, t0), (p, t) = self.first, self.last
+        (p0, t0), (p, t), (pr, tr) = self.first, self.last, self.recent[0]
         if t - t0 < 0.5:  # too little yet to tell a rate
             return None
         rate = (p - p0) / (t - t0)
+        if t - tr >= 0.25:
+            rate = max(rate, (p - pr) / (t - tr))
         return int(p + _PACE_MARGIN * rate * max(end - t, 0.0)) + _MIN_ASK
 
 
@@ -1105,12 +1113,17 @@ class _MediaReader(io.RawIOBase):
         self.left = 0  # bytes the open answer still owes
         self.run_end = -1  # where the last read ended: a request from there continues a run
         self.until: int | None = None  # where the window's last packet is expected to end
+        self.asked_size = False  # whether the size was asked for (a host may state none)
         # The bytes answers brought, by offset, the latest _KEPT of them: the demuxer jumps
         # back (to the first packet after an index at the end, to a keyframe) onto bytes
-        # the origin already sent, and what an answer still owed when it jumped away was
-        # on its way anyway.
+        # the origin already sent.
         self.kept: collections.deque[tuple[int, bytes]] = collections.deque()
         self.kept_bytes = 0
+        # The answer the demuxer last jumped away from, (answer, at, left): what it still
+        # owes is on its way, and the demuxer often comes back for it (the head of a file
+        # indexed at its end). Read only if a read needs it, so it never holds one up.
+        self.parked: tuple[Any, int, int] | None = None
+        self.revived = False  # whether the open answer was a parked one
 
     def readable(self) -> bool:
         return True
@@ -1125,7 +1138,9 @@ class _MediaReader(io.RawIOBase):
         """Only moves the position: the next read decides whether the open answer can
         serve it (libavformat asks for the size by seeking to the end and back)."""
         if whence == io.SEEK_END and self.size is None:
-            self._request(0)  # the size comes with the first answer
+            if not self.asked_size:
+                self.asked_size = True
+                self._request(0)  # the size comes with the first answer
             if self.size is None:
                 return -1  # a host that states none: libavformat reads on without it
         target = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size or 0}[whence] + offset
@@ -1142,6 +1157,28 @@ class _MediaReader(io.RawIOBase):
                 data = piece[self.pos - at :] if size < 0 else piece[self.pos - at : self.pos - at + size]
                 self.pos = self.run_end = self.pos + len(data)
                 return data
+        if not self._serves(self.response, self.at, self.left) and self.parked and self._serves(*self.parked):
+            self._drop()
+            (self.response, self.at, self.left), self.parked, self.revived = self.parked, None, True
+        try:
+            return self._read_open(size)
+        except (_Failed, OSError) as exc:
+            if not self.revived or "timed out: over" in str(exc):
+                raise
+        except Exception as exc:  # yt-dlp's TransportError: a parked answer the host let go
+            from yt_dlp.networking.exceptions import TransportError
+
+            if not (self.revived and isinstance(exc, TransportError)):
+                raise
+        self._drop()  # a parked answer that failed: what it brought is kept, the rest asked anew
+        self.revived = False
+        return self.read(size)
+
+    def _serves(self, response: Any, at: int, left: int) -> bool:
+        """Whether an answer holds the next read's bytes, at most a short hop ahead."""
+        return response is not None and at <= self.pos < at + left and self.pos - at <= _SKIP
+
+    def _read_open(self, size: int) -> bytes:
         ahead = self.pos - self.at
         if self.response is not None and 0 < ahead <= min(self.left, _SKIP):
             self._take(ahead)  # a short hop forward: read past it rather than ask again
@@ -1160,7 +1197,14 @@ class _MediaReader(io.RawIOBase):
             piece = self.response.read(min(n, 16 << 10))
             if not piece:
                 break
-            pieces.append(bytes(piece))
+            piece = bytes(piece)
+            pieces.append(piece)
+            self.kept.append((self.at, piece))  # as it comes: a failure later keeps what came
+            self.kept_bytes += len(piece)
+            while self.kept_bytes > _KEPT:
+                self.kept_bytes -= len(self.kept.popleft()[1])
+            self.at += len(piece)
+            self.left -= len(piece)
             n -= len(piece)
         data = b"".join(pieces)
         if not data and self.size is None:  # a whole body of no stated length: its end is the file's
@@ -1168,12 +1212,6 @@ class _MediaReader(io.RawIOBase):
             return b""
         if not data:
             raise _Failed(f"the media host's answer ended {self.left} bytes short of its range (truncated)")
-        self.kept.append((self.at, data))
-        self.kept_bytes += len(data)
-        while self.kept_bytes > _KEPT:
-            self.kept_bytes -= len(self.kept.popleft()[1])
-        self.at += len(data)
-        self.left -= len(data)
         return data
 
     def _request(self, start: int) -> bool:
@@ -1183,14 +1221,16 @@ class _MediaReader(io.RawIOBase):
         # A run of reads asks more each time (up to ``chunk``); a jump starts small again:
         # what a closed answer leaves in flight is at most what it was asked for.
         self.ask = min(2 * self.ask if start == self.run_end else _FIRST_ASK, self.chunk)
-        if self.response is not None and 0 < self.left <= _SKIP:
-            try:  # the rest of a jumped-from answer: sent already, perhaps read again
-                self._take(self.left)
-            except (_Failed, TransportError, OSError):
-                pass  # only a read ahead: the read asked for comes next
+        if self.response is not None and self.left:
+            self._unpark()  # one answer parked at most: the latest jumped from
+            self.parked = (self.response, self.at, self.left)
+            self.response = None
         self._drop()
+        self.revived = False
         end = start + self.ask - 1 if self.size is None else min(start + self.ask, self.size) - 1
-        end = min([end, *(at - 1 for at, _ in self.kept if at > start)])  # kept bytes are not asked again
+        # Bytes kept, or owed by the parked answer, are not asked for again.
+        ahead = [at for at, _ in self.kept] + ([self.parked[1]] if self.parked else [])
+        end = min([end, *(at - 1 for at in ahead if at > start)])
         if self.until is not None:  # no further than the window needs (what is asked is sent)
             end = min(end, max(self.until, start + _MIN_ASK) - 1)
         headers = {**self.headers, "Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
@@ -1229,6 +1269,11 @@ class _MediaReader(io.RawIOBase):
         self.response = response
         return True
 
+    def _unpark(self) -> None:
+        if self.parked is not None:
+            self.parked[0].close()
+            self.parked = None
+
     def _drop(self) -> None:
         if self.response is not None:
             self.response.close()
@@ -1236,6 +1281,7 @@ class _MediaReader(io.RawIOBase):
         self.left = 0
 
     def close(self) -> None:
+        self._unpark()
         self._drop()
         super().close()
 
@@ -1381,11 +1427,78 @@ def _recording_ydl() -> type:
 
         def add_default_info_extractors(self) -> None:
             allowed = tuple(self.params.get("allowed_extractors") or ["default"])
-            for ie in _default_extractors(allowed):
-                # the catch-all is an instance bound to its YoutubeDL: a fresh one each
-                self.add_info_extractor(UnsupportedURLIE() if ie is UnsupportedURLIE else ie)
+            for cls in _default_extractors(allowed):
+                # an instance is bound to its YoutubeDL (yt-dlp instantiates a registered
+                # class from its own registry): the catch-all and ours, a fresh one each
+                ie: Any = cls
+                if cls is UnsupportedURLIE:
+                    ie = UnsupportedURLIE()
+                elif ie.ie_key() == "Generic":
+                    ie = _head_first_generic()()
+                self.add_info_extractor(ie)
 
     return RecordingYoutubeDL
+
+
+# A URL whose path names a media file: the generic extractor's first look is a HEAD.
+_MEDIA_PATH = re.compile(
+    r"\.(?:mp4|m4a|m4v|mov|webm|mkv|mka|mp3|ogg|oga|ogv|opus|flac|wav|aac|3gp|ts)$", re.I
+)
+# The content types yt-dlp's generic extractor takes for a direct link or a manifest.
+_DIRECT_TYPE = re.compile(
+    r"(?:audio|video|application(?=/(?:ogg$|(?:vnd\.apple\.|x-)?mpegurl)))/[^;\s]+", re.I
+)
+
+
+@functools.cache
+def _head_first_generic() -> type:
+    """yt-dlp's generic extractor, whose first look at a URL named like a media file is a
+    HEAD. Its own first look is a GET without Range, dropped after the headers when they
+    say media: the origin has sent whatever the socket buffers held by then (0.2 MB a clip
+    on loopback, more than the 10 s window's media for a 5-minute source). The answer is
+    the same request's but for the body, so yt-dlp's handling of it is kept whole: a direct
+    link or a manifest is taken from its headers, its errors (a 404, a 403, a proxy's) are
+    the GET's; a page (HTML, which the extractor reads) is asked for again with GET, as is
+    a host that refuses HEAD (405, 501)."""
+    from yt_dlp.extractor.generic import GenericIE
+    from yt_dlp.networking import HEADRequest
+    from yt_dlp.networking.exceptions import HTTPError
+    from yt_dlp.utils import ExtractorError
+
+    class HeadFirstGenericIE(GenericIE):
+        _first_look: str | None = None
+
+        @classmethod
+        def ie_key(cls) -> str:
+            return "Generic"
+
+        def _real_extract(self, url: str) -> Any:
+            self._first_look = url
+            try:
+                return super()._real_extract(url)
+            finally:
+                self._first_look = None
+
+        def _request_webpage(self, url_or_request: Any, video_id: Any, *args: Any, **kwargs: Any) -> Any:
+            look, self._first_look = self._first_look, None
+            if (
+                not isinstance(url_or_request, str)
+                or look is None
+                or not _MEDIA_PATH.search(urllib.parse.urlparse(url_or_request).path)
+            ):
+                return super()._request_webpage(url_or_request, video_id, *args, **kwargs)
+            try:
+                head = super()._request_webpage(HEADRequest(url_or_request), video_id, *args, **kwargs)
+            except ExtractorError as exc:
+                if not (isinstance(exc.cause, HTTPError) and exc.cause.status in (405, 501)):
+                    raise
+            else:
+                if _DIRECT_TYPE.match(head.headers.get("Content-Type", "")):
+                    return head
+                head.close()
+            return super()._request_webpage(url_or_request, video_id, *args, **kwargs)
+
+    return HeadFirstGenericIE
 
 
 def _shared_ssl_context(handler: Any, legacy_ssl_support: bool | None = None) -> Any:

@@ -248,6 +248,30 @@ def test_a_file_indexed_at_its_end_is_asked_for_once(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("head_status", [None, 405])
+def test_the_extractor_looks_at_a_media_file_with_head(tmp_path, served, head_status):
+    """yt-dlp's generic extractor looks at a media URL before the transfer: with a HEAD,
+    so the origin sends none of the file for it (its GET without Range had the origin
+    send whatever the socket buffers held before it hung up) and serves the file at most
+    once in all; a host that refuses HEAD (405) gets yt-dlp's GET, and the clip comes."""
+    with RangeServer(served) as server:
+        server.head_status = head_status
+        path, *_ = download_section(
+            ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
+            ClipSpec(clip_seconds=4.0),
+            FAST,
+            tmp_path,
+        )
+        looks = [(e["method"], e["status"]) for e in server.log if not e["headers"].get("Range")]
+        served_all = sum(server.sent_by_request["ok1.mp4"])
+    _window_from_5s(path)
+    if head_status is None:
+        assert looks == [("HEAD", None)] and served_all <= (served / "ok1.mp4").stat().st_size
+    else:
+        assert looks == [("HEAD", 405), ("GET", None)]
+
+
+@pytest.mark.slow
 def test_the_last_request_asks_little_past_the_window(tmp_path):
     """Requests double while a window's reads run on (to 1 MiB), and what is asked is
     sent: the reader asks no further than where the window's packets are expected to end
@@ -308,7 +332,7 @@ def test_section_of_a_faststart_mp4_fetches_a_fraction_of_its_bytes(tmp_path):
         )
         sent = server.bytes_sent["long.mp4"]
         ranges = [r for r in server.ranges["long.mp4"] if r]
-        assert server.ranges["long.mp4"].count("") == 1, "one unranged request: yt-dlp's first look"
+        assert server.ranges["long.mp4"].count("") == 1, "one request without Range: yt-dlp's first look"
     assert sent < 0.40 * len(data), f"sent {sent} of {len(data)} bytes ({sent / len(data):.0%})"
     spans = [re.fullmatch(r"bytes=(\d+)-(\d+)", r) for r in ranges]
     assert ranges and all(m and int(m[2]) - int(m[1]) < 1 << 20 for m in spans), ranges
@@ -527,7 +551,8 @@ def _serve_range(handler, body: bytes, pause: float = 0.0) -> None:
 def test_a_keep_alive_connection_the_host_drops_is_asked_again(tmp_path, served):
     """A host (or a proxy) that keeps the connection open after an answer, then closes it
     when the next request arrives, without answering: the reader's requests on a pooled
-    connection fail before any answer, and a Range GET is asked once more, anew."""
+    connection fail before any answer, and a Range GET is asked once more, anew. Ranges
+    of 16 KiB: the window takes several requests."""
     dropped = []
 
     def answer(handler, body):
@@ -541,13 +566,101 @@ def test_a_keep_alive_connection_the_host_drops_is_asked_again(tmp_path, served)
         path, attempts, _ = download_section(
             ClipTask(key="ok1", source=host.url("ok1.mp4"), start=5.0),
             ClipSpec(clip_seconds=4.0),
-            replace(FAST, transfer_retries=0),
+            replace(FAST, transfer_retries=0, request_size=16 << 10),
             tmp_path,
         )
     assert attempts == 1 and dropped, dropped  # requests were dropped, and asked again
     assert decode_clip(
         path, ClipSpec(clip_seconds=4.0, frame_size=32)
     ).quality.video_seconds == pytest.approx(4.0, abs=0.1)
+
+
+def _stalling_first_answer(after: int, stop):
+    """A host whose first ranged answer sends ``after`` bytes, then nothing until ``stop``
+    is set (a connection gone quiet); every other answer is whole."""
+    first = []
+
+    def answer(handler, body):
+        if handler.headers.get("Range") and not first:
+            first.append(True)
+            ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", handler.headers["Range"])
+            start, end = int(ranged[1]), min(int(ranged[2] or len(body) - 1), len(body) - 1)
+            handler.send_response(206)
+            handler.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
+            handler.send_header("Content-Length", str(end - start + 1))
+            handler.end_headers()
+            handler.wfile.write(body[start : start + after])
+            handler.wfile.flush()
+            stop.wait(30)
+            return
+        _serve_range(handler, body)
+
+    return answer
+
+
+def _noise_clip(path, seconds: float, faststart: bool):
+    from tests.corpus import faststart_copy
+
+    frames = np.random.default_rng(0).integers(0, 256, (int(seconds * 10), 120, 160, 3), dtype=np.uint8)
+    spec = SynthSpec(duration=seconds, fps=10, width=160, height=120, crf=20)
+    if not faststart:
+        return write_clip(path, spec, frames=frames).path
+    faststart_copy(write_clip(path.with_name("src.mp4"), spec, frames=frames).path, path)
+    return path
+
+
+@pytest.mark.slow
+def test_an_answer_left_behind_that_goes_quiet_holds_nothing_up(tmp_path):
+    """The reader keeps the answer the demuxer jumped away from, and reads it only if a
+    read needs its bytes: a faststart file's first answer (its index) that goes quiet
+    after the index costs no wait when the demuxer jumps to a window 25 s on."""
+    import threading
+    import time
+
+    served = tmp_path / "served"
+    _noise_clip(served / "front.mp4", 40.0, faststart=True)
+    stop = threading.Event()
+    with _Host(served, _stalling_first_answer(96 << 10, stop), protocol="HTTP/1.1") as host:
+        began = time.monotonic()
+        path, attempts, _ = download_section(
+            ClipTask(key="front", source=host.url("front.mp4"), start=27.0),
+            ClipSpec(clip_seconds=4.0),
+            replace(FAST, socket_timeout=3.0),
+            _workdir(tmp_path),
+        )
+        took = time.monotonic() - began
+        stop.set()
+    assert attempts == 1 and took < 2.0, took  # draining it first waited the 3 s timeout
+    assert decode_clip(
+        path, ClipSpec(clip_seconds=4.0, frame_size=32)
+    ).quality.video_seconds == pytest.approx(4.0, abs=0.2)
+
+
+@pytest.mark.slow
+def test_an_answer_left_behind_that_goes_quiet_when_needed_is_asked_anew(tmp_path):
+    """A file indexed at its end: the demuxer comes back for the head's answer after the
+    index; that answer went quiet, so after one socket timeout the rest is asked anew,
+    within the attempt, and the window is whole."""
+    import threading
+    import time
+
+    served = tmp_path / "served"
+    _noise_clip(served / "end.mp4", 5.0, faststart=False)
+    stop = threading.Event()
+    with _Host(served, _stalling_first_answer(40 << 10, stop), protocol="HTTP/1.1") as host:
+        began = time.monotonic()
+        path, attempts, _ = download_section(
+            ClipTask(key="end", source=host.url("end.mp4"), start=0.0),
+            ClipSpec(clip_seconds=5.0),
+            replace(FAST, socket_timeout=1.0, transfer_retries=0),
+            _workdir(tmp_path),
+        )
+        took = time.monotonic() - began
+        stop.set()
+    assert attempts == 1 and 1.0 <= took < 4.0, took
+    assert decode_clip(
+        path, ClipSpec(clip_seconds=5.0, frame_size=32)
+    ).quality.video_seconds == pytest.approx(5.0, abs=0.2)
 
 
 @pytest.mark.slow
@@ -597,15 +710,43 @@ def test_a_host_that_drips_bytes_inside_the_timeout_times_out(tmp_path, served):
 @pytest.mark.parametrize("allowed", [None, ["generic", "youtube.*"], ["default", "-generic"]])
 def test_extractors_are_registered_as_yt_dlp_registers_them(allowed):
     """The extractor order computed once per process is yt-dlp's own, for the default
-    set and for an ``allowed_extractors`` of names, regexes and exclusions."""
+    set and for an ``allowed_extractors`` of names, regexes and exclusions; the generic
+    extractor, where allowed, is ours (its first look at a media file is a HEAD), bound to
+    its YoutubeDL."""
     import yt_dlp
+    from yt_dlp.extractor.generic import GenericIE
 
-    from avfusion.download import _recording_ydl
+    from avfusion.download import _head_first_generic, _recording_ydl
 
     params = {"quiet": True, **({"allowed_extractors": allowed} if allowed else {})}
     ours, theirs = _recording_ydl()(params), yt_dlp.YoutubeDL(params)
     assert list(ours._ies) == list(theirs._ies) and len(ours._ies) > 1
-    assert [type(v) for v in ours._ies.values()] == [type(v) for v in theirs._ies.values()]
+    generic = ours._ies.get("Generic")
+    assert (generic is not None) == ("Generic" in theirs._ies) == (allowed != ["default", "-generic"])
+    if generic is not None:
+        assert isinstance(generic, _head_first_generic()) and isinstance(generic, GenericIE)
+        assert ours.get_info_extractor("Generic") is generic
+    same = [(k, type(v)) for k, v in ours._ies.items() if k != "Generic"]
+    assert same == [(k, type(v)) for k, v in theirs._ies.items() if k != "Generic"]
+
+
+def test_the_window_end_is_expected_from_the_recent_bitrate_too():
+    """``_Pace``: a bitrate that rises within the window (still, then busy) is read from
+    the last second, so the reader's requests are not cut short again and again; a first
+    packet alone, even at a negative time, tells no rate."""
+    from avfusion.download import _Pace
+
+    pace = _Pace()
+    pace.seen(1000, 2000, -3.0)
+    assert pace.until(10.0) is None
+    pace, pos = _Pace(), 0
+    for i in range(61):  # 10 KB a second for 5 s, then 100 KB a second
+        t = i / 10
+        size = 1_000 if t < 5 else 10_000
+        pace.seen(pos, pos + size, t)
+        pos += size
+    # 4 s left at 100 KB a second: the window ends near pos + 400 KB
+    assert pace.until(10.0) >= pos + 400_000
 
 
 def test_fetch_is_pyav_or_ffmpeg():
@@ -658,7 +799,7 @@ def test_faults_are_classified_and_transient_ones_retried(
 
 def _media_requests(server, name: str) -> tuple[int, int]:
     """(extractions, media transfers) the origin saw for ``name``: yt-dlp's generic
-    extractor asks without Range, ffmpeg with one; our question to the media host after
+    extractor looks without Range (a HEAD), the transfers ask with one; our question to the media host after
     ffmpeg's HTTP error is the one-byte range ``bytes=0-0``."""
     ranges = server.ranges.get(name, [])
     return sum(not r for r in ranges), sum(bool(r) and r != "bytes=0-0" for r in ranges)

@@ -49,11 +49,12 @@ def _run(tmp_path, origin, proxies, name, threads=3):
 
 
 def test_a_pool_of_three_ends_every_clip_and_rests_each_address_the_origin_limited(tmp_path, served, capsys):
-    """The origin answers 429 to an address past 6 requests in 8 s. Every clip ends as a
+    """The origin answers 429 to an address past 4 requests in 8 s (a clip costs two: the
+    extractor's look and one ranged request for these small files). Every clip ends as a
     sample; every address carried clips and nothing went around the pool; after a 429
     an address starts no clip until its cooldown is over, while the others go on."""
     with RangeServer(served) as origin:
-        origin.limit_per_peer(6, 8.0)
+        origin.limit_per_peer(4, 8.0)
         proxies = [HttpProxy(source_host=h).__enter__() for h in EGRESS]
         try:
             # User names as a provider's API key: never in a name, the manifest or the summary.

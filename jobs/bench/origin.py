@@ -22,7 +22,8 @@ a blocked YouTube source hears on every video. ``refuse_ranged(status, n)`` answ
 not the extractor's first look), as YouTube's media host blocks. ``limit_per_peer(n,
 window)`` answers 429 to a client address that already had ``n`` requests served in the
 last ``window`` seconds, as a host that rate-limits per IP does (refused requests are
-not counted: an address that rests recovers).
+not counted: an address that rests recovers). ``head_status`` answers every HEAD with
+that status, as hosts that refuse HEAD (405) do.
 """
 
 from __future__ import annotations
@@ -45,13 +46,14 @@ class RangeServer:
         self.ranges: dict[str, list[str]] = {}
         self.bytes_sent: Counter = Counter()
         self.sent_by_request: dict[str, list[int]] = {}  # per path, body bytes per request in order
-        self.log: list[dict] = []  # {"t", "path", "peer", "headers"} per request
+        self.log: list[dict] = []  # {"t", "method", "path", "peer", "headers", "status"} per request
         self.bytes_by_peer: Counter = Counter()  # body bytes per client (host, port)
         self.block_plan: list[tuple[int | str, int]] = []  # [(status, n_requests)], applied in order
         self.block_after: int | None = None
         self.require_cookie: str | None = None
         self.rotate_cookie: str | None = None
         self.ranged_refusals: list[int] = []  # statuses for the next ranged requests, in order
+        self.head_status: int | None = None  # answer every HEAD with this status (a host that refuses HEAD)
         self.peer_limit: tuple[int, float] | None = None  # (requests, seconds) per client address
         self.served_by_peer: dict[str, list[float]] = {}  # times of the requests served, per address
         self.served_total = 0
@@ -144,9 +146,12 @@ class RangeServer:
                         blocked = server.ranged_refusals.pop(0)
                     if not blocked and server._peer_limited(self.client_address[0], time.time()):
                         blocked = 429
+                    if not blocked and head and server.head_status:
+                        blocked = server.head_status
                     server.log.append(
                         {
                             "t": time.time(),
+                            "method": "HEAD" if head else "GET",
                             "path": name,
                             "peer": self.client_address[:2],
                             "headers": dict(self.headers.items()),

@@ -287,8 +287,8 @@ def http_rows(clips: list[Path], folder: Path, ffmpeg: str, frame_size: int, env
     the bytes the origin served against the window's media and against what a fetch
     must move (``necessary_bytes``), for 10 s files and for 10 s windows of a 5-minute
     source: all bytes, and those of the media (ranged) requests alone (yt-dlp's generic
-    extractor first looks at a media URL without Range and drops the answer after its
-    headers: YouTube's extraction asks youtube.com, not the media host). Keys: "job",
+    extractor first looks at a media URL, with a HEAD: YouTube's extraction asks
+    youtube.com, not the media host). Keys: "job",
     "ffmpeg", "direct"."""
     from jobs.bench.origin import RangeServer
 
@@ -627,8 +627,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "window media: the packets timed inside the window; necessary: what any fetch that decodes "
             "it moves (the MP4 index, and the file from the keyframe before the window to its end); media "
-            "requests: the ranged ones (yt-dlp's generic extractor also looks at a media URL once without "
-            "Range and drops the answer after its headers; YouTube's extraction asks youtube.com instead)"
+            "requests: the ranged ones (yt-dlp's generic extractor also looks at a media URL once, with a "
+            "HEAD; YouTube's extraction asks youtube.com instead)"
         )
     if pool is not None:
         print_table(
