@@ -554,12 +554,15 @@ def test_bench_folds_keep_every_source_in_one_fold(tmp_path):
 
 def _fold(fused, audio, video, w_clean=0.7, w_lowpass=0.3, lowpass_fused=0.5):
     """One fold's evaluation results as ``evaluate_fold`` returns them (fused model beside
-    both unimodal models), with a low-pass condition on the audio."""
+    both unimodal models), with a low-pass condition on the audio that leaves the audio
+    head as sure as on clean clips (0.6)."""
     from avfusion.evaluation.conditions import Condition
 
     def row(f, a, v, w_a):
         fused_row = {"top1": f, "w_audio": w_a, "w_video": 1 - w_a, "agreement": 1.0}
-        fused_row.update(audio_head_top1=a - 0.01, video_head_top1=v)
+        fused_row.update(
+            audio_head_top1=a - 0.01, video_head_top1=v, audio_head_sure=0.6, video_head_sure=0.4
+        )
         return {"fused": fused_row, "audio-only": {"top1": a}, "video-only": {"top1": v}}
 
     names = ("normal", "muted_audio", "audio_gaussian_noise@5", "black_frames", "frozen_video")
@@ -602,6 +605,8 @@ def test_the_bench_reports_margin_folds_won_own_heads_and_destroyed_streams():
     low = streams["audio_lowpass@3"]
     assert low["fused / other-only"] == pytest.approx([1.25] * 3)  # 0.5 against video-only 0.4
     assert low["weight share"] == pytest.approx([0.3 / 0.7] * 3)
+    assert low["head top-1 share"] == pytest.approx([0.14 / 0.69] * 3)  # the fused model's audio head
+    assert low["head sure share"] == pytest.approx([1.0] * 3)
     assert trained_family("muted_audio") and not trained_family("audio_lowpass@3")
     evidence = {"audio_lowpass@3": [0.1, 0.2, 0.15], "muted_audio": [0.0] * 3, "fog@3": [0.9] * 3}
     table = destroyed_rows(evidence, streams)
@@ -609,6 +614,7 @@ def test_the_bench_reports_margin_folds_won_own_heads_and_destroyed_streams():
         ("audio_lowpass@3", "held out", True),
         ("muted_audio", "trained", False),  # kept its clean weight (share 1.0 > 0.5)
     ]
+    assert table[0][5:7] == (f"{0.14 / 0.69:.3f}", "1.000")
     rows = dict((g, (m, ok)) for g, m, ok in goals(aggregate(figures), 0.1, 3, table))
     assert rows["destroyed stream (held out families): fused ≥ 0.9 × other, weight ≤ ½ clean"][1]
     assert not rows["destroyed stream (trained families): fused ≥ 0.9 × other, weight ≤ ½ clean"][1]

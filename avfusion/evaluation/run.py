@@ -44,6 +44,10 @@ class ConditionTally:
     # unimodal model trained alone (modality competition shows as a gap)
     audio_head_top1: int = 0
     video_head_top1: int = 0
+    # how sure each own head is (its top probability, summed over clips): a head that a
+    # corruption left wrong but sure is one no confidence-aware attention can see through
+    audio_head_sure: float = 0.0
+    video_head_sure: float = 0.0
 
     def add(self, out: FusionOutput, target: torch.Tensor, fused: bool) -> None:
         logits = out.logits.float().cpu()
@@ -61,6 +65,8 @@ class ConditionTally:
                 self.agree += attention_agrees(FusionOutput(logits, weights, audio, video), target).tolist()
                 self.audio_head_top1 += int(topk_hits(audio, target)[0])
                 self.video_head_top1 += int(topk_hits(video, target)[0])
+                self.audio_head_sure += float(torch.softmax(audio, dim=1).amax(dim=1).sum())
+                self.video_head_sure += float(torch.softmax(video, dim=1).amax(dim=1).sum())
 
     def summary(self) -> dict[str, float]:
         n = max(self.n, 1)
@@ -75,7 +81,12 @@ class ConditionTally:
                 agreement=float(np.mean(self.agree)) if self.agree else float("nan"),
             )
             if self.agree:
-                out.update(audio_head_top1=self.audio_head_top1 / n, video_head_top1=self.video_head_top1 / n)
+                out.update(
+                    audio_head_top1=self.audio_head_top1 / n,
+                    video_head_top1=self.video_head_top1 / n,
+                    audio_head_sure=self.audio_head_sure / n,
+                    video_head_sure=self.video_head_sure / n,
+                )
         return out
 
 

@@ -296,7 +296,9 @@ def aggregate(per_fold: list[dict[str, float]]) -> dict[str, tuple[float, float]
 def stream_figures(res: dict) -> dict[str, dict[str, float]]:
     """Per single-corruption condition, for one fold and the fused model: fused top-1 as a
     fraction of the unimodal model on the *other* stream (which the corruption left
-    alone), and the corrupted stream's weight as a fraction of its clean weight."""
+    alone), the corrupted stream's weight as a fraction of its clean weight, and (with its
+    own head) that head's top-1 and top probability as fractions of their clean values:
+    what the attention's confidence features can see."""
     from avfusion.evaluation.conditions import NORMAL
 
     out = {}
@@ -305,11 +307,15 @@ def stream_figures(res: dict) -> dict[str, dict[str, float]]:
         other = "video-only" if m == "audio" else "audio-only"
         if m is None or other not in by_model:
             continue
-        clean_w = res[NORMAL]["fused"][f"w_{m}"]
+        clean = res[NORMAL]["fused"]
+        fused = by_model["fused"]
         out[cond.name] = {
-            "fused / other-only": by_model["fused"]["top1"] / max(by_model[other]["top1"], 1e-9),
-            "weight share": by_model["fused"][f"w_{m}"] / max(clean_w, 1e-9),
+            "fused / other-only": fused["top1"] / max(by_model[other]["top1"], 1e-9),
+            "weight share": fused[f"w_{m}"] / max(clean[f"w_{m}"], 1e-9),
         }
+        for key, name in ((f"{m}_head_top1", "head top-1 share"), (f"{m}_head_sure", "head sure share")):
+            if key in fused:
+                out[cond.name][name] = fused[key] / max(clean[key], 1e-9)
     return out
 
 
@@ -323,11 +329,12 @@ def trained_family(condition: str) -> bool:
 
 def destroyed_rows(
     evidence: dict[str, list[float]], streams: dict[str, dict[str, list[float]]]
-) -> list[tuple[str, str, str, str, str, bool]]:
+) -> list[tuple[str, str, str, str, str, str, str, bool]]:
     """One row per corruption whose verdict is *destroys* (evidence left < 0.25 on its own
     stream, mean over folds): trained or held-out family, evidence left, fused ÷ the
-    other stream's unimodal model (goal ≥ 0.9) and the destroyed stream's weight ÷ its
-    clean weight (goal ≤ 0.5)."""
+    other stream's unimodal model (goal ≥ 0.9), the destroyed stream's weight ÷ its
+    clean weight (goal ≤ 0.5), and its own head's top-1 and top probability ÷ clean (a
+    head as sure as on clean clips while mostly wrong gives the attention nothing to see)."""
     from avfusion.evaluation.report import DESTROYS
 
     rows = []
@@ -336,6 +343,10 @@ def destroyed_rows(
             continue
         ratio = float(np.mean(streams[cond]["fused / other-only"]))
         share = float(np.mean(streams[cond]["weight share"]))
+        top1, sure = (
+            f"{np.mean(streams[cond][k]):.3f}" if k in streams[cond] else "–"
+            for k in ("head top-1 share", "head sure share")
+        )
         rows.append(
             (
                 cond,
@@ -343,6 +354,8 @@ def destroyed_rows(
                 f"{np.mean(left):.2f}",
                 f"{ratio:.3f}",
                 f"{share:.3f}",
+                top1,
+                sure,
                 ratio >= 0.9 and share <= 0.5,
             )
         )
@@ -509,7 +522,16 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
         print_table(
             f"{title}: a destroyed stream (mean over folds; families training never draws listed first)",
             destroyed,
-            ("condition", "family", "evidence left", "fused ÷ other-only", "weight ÷ clean", "met"),
+            (
+                "condition",
+                "family",
+                "evidence left",
+                "fused ÷ other-only",
+                "weight ÷ clean",
+                "own head top-1 ÷ clean",
+                "own head sure ÷ clean",
+                "met",
+            ),
         )
     if len(agg) > 1:
         n = len(ablation_folds)
