@@ -1444,9 +1444,13 @@ def _recording_ydl() -> type:
 _MEDIA_PATH = re.compile(
     r"\.(?:mp4|m4a|m4v|mov|webm|mkv|mka|mp3|ogg|oga|ogv|opus|flac|wav|aac|3gp|ts)$", re.I
 )
-# The content types yt-dlp's generic extractor takes for a direct link or a manifest.
+# The content types yt-dlp's generic extractor takes for a direct link or a manifest, and
+# the untyped bytes object stores answer for files stored without one: with no body to
+# sniff, it takes those for a direct link too (they are not HTML).
 _DIRECT_TYPE = re.compile(
-    r"(?:audio|video|application(?=/(?:ogg$|(?:vnd\.apple\.|x-)?mpegurl)))/[^;\s]+", re.I
+    r"(?:audio|video|application(?=/(?:ogg$|(?:vnd\.apple\.|x-)?mpegurl)))/[^;\s]+"
+    r"|(?:application|binary)/octet-stream\b",
+    re.I,
 )
 
 
@@ -1459,7 +1463,9 @@ def _head_first_generic() -> type:
     the same request's but for the body, so yt-dlp's handling of it is kept whole: a direct
     link or a manifest is taken from its headers, its errors (a 404, a 403, a proxy's) are
     the GET's; a page (HTML, which the extractor reads) is asked for again with GET, as is
-    a host that refuses HEAD (405, 501)."""
+    a host that refuses HEAD (405, 501). Untyped bytes (``application/octet-stream``, as
+    object stores serve files uploaded without a type) at a media file's name are taken
+    for the file: the extractor sniffs an empty body, which is not HTML."""
     from yt_dlp.extractor.generic import GenericIE
     from yt_dlp.networking import HEADRequest
     from yt_dlp.networking.exceptions import HTTPError

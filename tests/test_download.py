@@ -248,14 +248,18 @@ def test_a_file_indexed_at_its_end_is_asked_for_once(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head_status", [None, 405])
-def test_the_extractor_looks_at_a_media_file_with_head(tmp_path, served, head_status):
+@pytest.mark.parametrize(
+    "head_status, content_type",
+    [(None, "video/mp4"), (None, "application/octet-stream"), (405, "video/mp4")],
+)
+def test_the_extractor_looks_at_a_media_file_with_head(tmp_path, served, head_status, content_type):
     """yt-dlp's generic extractor looks at a media URL before the transfer: with a HEAD,
     so the origin sends none of the file for it (its GET without Range had the origin
     send whatever the socket buffers held before it hung up) and serves the file at most
-    once in all; a host that refuses HEAD (405) gets yt-dlp's GET, and the clip comes."""
+    once in all, for a media type and for the untyped bytes an object store answers; a
+    host that refuses HEAD (405) gets yt-dlp's GET, and the clip comes."""
     with RangeServer(served) as server:
-        server.head_status = head_status
+        server.head_status, server.content_type = head_status, content_type
         path, *_ = download_section(
             ClipTask(key="ok1", source=server.url("ok1.mp4"), start=5.0),
             ClipSpec(clip_seconds=4.0),
