@@ -613,27 +613,37 @@ def _noise_clip(path, seconds: float, faststart: bool):
     return path
 
 
+def _behind_a_quiet_first_answer(tmp_path, name: str, after: int, start: float, seconds: float, cfg):
+    """``download_section`` of ``seconds`` from ``start`` of the served ``name`` at a host
+    whose first ranged answer goes quiet after ``after`` bytes: (path, attempts, seconds
+    it took)."""
+    import threading
+    import time
+
+    stop = threading.Event()
+    with _Host(tmp_path / "served", _stalling_first_answer(after, stop), protocol="HTTP/1.1") as host:
+        began = time.monotonic()
+        try:
+            path, attempts, _ = download_section(
+                ClipTask(key=name.rsplit(".", 1)[0], source=host.url(name), start=start),
+                ClipSpec(clip_seconds=seconds),
+                cfg,
+                _workdir(tmp_path),
+            )
+            return path, attempts, time.monotonic() - began
+        finally:
+            stop.set()
+
+
 @pytest.mark.slow
 def test_an_answer_left_behind_that_goes_quiet_holds_nothing_up(tmp_path):
     """The reader keeps the answer the demuxer jumped away from, and reads it only if a
     read needs its bytes: a faststart file's first answer (its index) that goes quiet
     after the index costs no wait when the demuxer jumps to a window 25 s on."""
-    import threading
-    import time
-
-    served = tmp_path / "served"
-    _noise_clip(served / "front.mp4", 40.0, faststart=True)
-    stop = threading.Event()
-    with _Host(served, _stalling_first_answer(96 << 10, stop), protocol="HTTP/1.1") as host:
-        began = time.monotonic()
-        path, attempts, _ = download_section(
-            ClipTask(key="front", source=host.url("front.mp4"), start=27.0),
-            ClipSpec(clip_seconds=4.0),
-            replace(FAST, socket_timeout=3.0),
-            _workdir(tmp_path),
-        )
-        took = time.monotonic() - began
-        stop.set()
+    _noise_clip(tmp_path / "served" / "front.mp4", 40.0, faststart=True)
+    path, attempts, took = _behind_a_quiet_first_answer(
+        tmp_path, "front.mp4", 96 << 10, 27.0, 4.0, replace(FAST, socket_timeout=3.0)
+    )
     assert attempts == 1 and took < 2.0, took  # draining it first waited the 3 s timeout
     assert decode_clip(
         path, ClipSpec(clip_seconds=4.0, frame_size=32)
@@ -645,22 +655,10 @@ def test_an_answer_left_behind_that_goes_quiet_when_needed_is_asked_anew(tmp_pat
     """A file indexed at its end: the demuxer comes back for the head's answer after the
     index; that answer went quiet, so after one socket timeout the rest is asked anew,
     within the attempt, and the window is whole."""
-    import threading
-    import time
-
-    served = tmp_path / "served"
-    _noise_clip(served / "end.mp4", 5.0, faststart=False)
-    stop = threading.Event()
-    with _Host(served, _stalling_first_answer(40 << 10, stop), protocol="HTTP/1.1") as host:
-        began = time.monotonic()
-        path, attempts, _ = download_section(
-            ClipTask(key="end", source=host.url("end.mp4"), start=0.0),
-            ClipSpec(clip_seconds=5.0),
-            replace(FAST, socket_timeout=1.0, transfer_retries=0),
-            _workdir(tmp_path),
-        )
-        took = time.monotonic() - began
-        stop.set()
+    _noise_clip(tmp_path / "served" / "end.mp4", 5.0, faststart=False)
+    path, attempts, took = _behind_a_quiet_first_answer(
+        tmp_path, "end.mp4", 40 << 10, 0.0, 5.0, replace(FAST, socket_timeout=1.0, transfer_retries=0)
+    )
     assert attempts == 1 and 1.0 <= took < 4.0, took
     assert decode_clip(
         path, ClipSpec(clip_seconds=5.0, frame_size=32)
