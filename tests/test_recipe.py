@@ -512,6 +512,32 @@ def test_where_both_streams_carry_the_class_fusion_is_right_as_often_as_either_h
 
 
 @pytest.mark.slow
+def test_the_signals_see_a_dead_stream_on_every_clip(trained_fused, synthetic_shards):
+    """On the trained model, a muted track or black frames stand apart from the same clips
+    clean by the embedding's distance to the training clips' (AUROC near 1) and by the
+    weight the dead-modality term taught; a corruption that leaves the picture nearly as
+    it was (one frame of eight dropped, its neighbour repeated) does not (near 0.5)."""
+    from avfusion.evaluation.conditions import Condition
+    from avfusion.evaluation.signals import SIGNALS, signal_aurocs
+    from avfusion.loader import Dataset, data_loader, eval_stages
+
+    model, _, batches = trained_fused
+    data = Dataset.open(str(synthetic_shards))
+    training = data_loader(
+        eval_stages(data.urls, 16, split="train", compact_frames=False, collation_fn=lambda xs: xs), 0
+    )
+    names = ("normal", "muted_audio", "black_frames", "drop_frames@1")
+    conds = [Condition.parse(n) for n in names]
+    res = {c.name: r for c, r in signal_aurocs(model, {}, training, batches, conds).items()}
+    assert set(res) == {"muted_audio", "black_frames", "drop_frames@1"}  # clean is the reference
+    assert set(res["muted_audio"]) == set(SIGNALS) - {"disagreement"}  # no unimodal model given
+    for dead in ("muted_audio", "black_frames"):
+        assert min(res[dead]["distance"], res[dead]["head energy"]) >= 0.95, res[dead]
+        assert res[dead]["weight"] >= 0.8, res[dead]  # the dead-modality term's doing
+    assert 0.3 <= res["drop_frames@1"]["distance"] <= 0.7, res["drop_frames@1"]
+
+
+@pytest.mark.slow
 def test_muting_moves_attention_to_video(attention_shifts):
     """Muted audio: the weight must move to video by a margin."""
     normal, muted = attention_shifts["normal"], attention_shifts["muted_audio"]
@@ -618,3 +644,11 @@ def test_the_bench_reports_margin_folds_won_own_heads_and_destroyed_streams():
     rows = dict((g, (m, ok)) for g, m, ok in goals(aggregate(figures), 0.1, 3, table))
     assert rows["destroyed stream (held out families): fused ≥ 0.9 × other, weight ≤ ½ clean"][1]
     assert not rows["destroyed stream (trained families): fused ≥ 0.9 × other, weight ≤ ½ clean"][1]
+
+    from jobs.bench.robustness import signal_rows
+
+    signals = {"audio_lowpass@3": {"weight": [0.6, 0.7, 0.8], "distance": [0.9, 0.8, 0.7]}}
+    assert signal_rows(table, signals) == [
+        ("audio_lowpass@3", "held out", "0.70", "–", "–", "0.80", "–"),  # SIGNALS' order
+        ("muted_audio", "trained", "–", "–", "–", "–", "–"),
+    ]

@@ -7,5 +7,7 @@
   ``shard_batches`` and ``folder_batches`` (the inputs), ``EvalConfig`` and ``run``
   (``avfusion evaluate``);
 * ``report``: ``evidence_left`` and ``verdict`` (which corruptions destroy a modality's
-  evidence), ``markdown_table``, ``write_report`` (robustness.json, robustness.md, plots).
+  evidence), ``markdown_table``, ``write_report`` (robustness.json, robustness.md, plots);
+* ``signals``: per-clip signals that a stream is lost (``SIGNALS``, ``clip_signals``) and
+  ``signal_aurocs``, how well each tells a corrupted stream from the same clips clean.
 """

@@ -22,7 +22,11 @@ bench reports, as mean ± spread over folds:
 * for each corruption that destroys its stream's evidence (< 0.25 left): fused top-1
   ÷ the other stream's unimodal model (goal ≥ 0.9) and the destroyed stream's weight ÷
   its clean weight (goal ≤ 0.5), families that training's modality dropout never draws
-  reported apart from those it does.
+  reported apart from those it does;
+* for each destroyed stream, how well each per-clip signal a deployed model has (its
+  attention weight, the stream's own head's confidence and energy, the embedding's
+  distance to the training clips', disagreement with the unimodal model) tells the
+  corrupted clips from the same clips clean (AUROC): what an attention could follow.
 
 ``--ablations`` also trains the fused model with each ingredient of the recipe off
 (free conv front end instead of the Gabor filterbank, no content augmentation, no
@@ -191,11 +195,16 @@ def train_all(runs: dict[tuple[int, str], TrainConfig], jobs: int) -> None:
             bar.update(1)
 
 
-def evaluate_fold(shards: str, folds: str, fold: int, runs: dict[str, Path], suite: bool, seed: int) -> dict:
-    """Evaluate each fused variant beside the unimodal models on the held-out fold."""
+def evaluate_fold(
+    shards: str, folds: str, fold: int, runs: dict[str, Path], suite: bool, seed: int
+) -> tuple[dict, dict]:
+    """Evaluate each fused variant beside the unimodal models on the held-out fold; and,
+    for the fused model, each per-clip signal's AUROC for a stream a condition corrupts
+    (``avfusion.evaluation.signals``: could anything the model has see the stream is lost?)."""
     from avfusion.checkpoint import model_from_checkpoint
     from avfusion.evaluation.conditions import Condition, conditions
     from avfusion.evaluation.run import evaluate_conditions, shard_batches
+    from avfusion.evaluation.signals import signal_aurocs
     from avfusion.loader import Dataset, Subset, read_folds
 
     models = {name: model_from_checkpoint(Path(out) / "last.pt")[0] for name, out in runs.items()}
@@ -207,7 +216,7 @@ def evaluate_fold(shards: str, folds: str, fold: int, runs: dict[str, Path], sui
         conds += [c for c in conditions("default") if c not in conds]
         conds += [c for c in map(Condition.parse, SWEEP) if c not in conds]
     unimodal = {n: m for n, m in models.items() if m.cfg.modalities != "both"}
-    return {
+    results = {
         name: evaluate_conditions(
             {"fused": model, **unimodal},
             batches,
@@ -217,6 +226,10 @@ def evaluate_fold(shards: str, folds: str, fold: int, runs: dict[str, Path], sui
         for name, model in models.items()
         if model.cfg.modalities == "both"
     }
+    training = shard_batches(data.urls, Subset(folds=read_folds(folds), fold=fold, holdout=False), 16, 0)
+    alone = {m.cfg.modalities: m for m in unimodal.values()}
+    signals = signal_aurocs(models["fused"], alone, training, batches, conds, seed=seed)
+    return results, {c.name: s for c, s in signals.items()}
 
 
 def fold_figures(res: dict) -> dict[str, float]:
@@ -362,6 +375,21 @@ def destroyed_rows(
     return rows
 
 
+def signal_rows(destroyed: list[tuple], signals: dict[str, dict[str, list[float]]]) -> list[tuple]:
+    """One row per destroyed stream (``destroyed_rows``' order): each per-clip signal's
+    AUROC, mean over folds ("–" where the model has no such signal)."""
+    from avfusion.evaluation.signals import SIGNALS
+
+    return [
+        (
+            cond,
+            family,
+            *(f"{np.mean(signals[cond][s]):.2f}" if s in signals.get(cond, {}) else "–" for s in SIGNALS),
+        )
+        for cond, family, *_ in destroyed
+    ]
+
+
 def goals(
     agg: dict[str, tuple[float, float]], chance: float, k: int, destroyed: list | None = None
 ) -> list[tuple[str, str, bool]]:
@@ -486,11 +514,15 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
     per_fold: dict[str, list] = {}
     evidence: dict[str, list[float]] = {}
     streams: dict[str, dict[str, list[float]]] = {}
+    signals: dict[str, dict[str, list[float]]] = {}
     for fold in range(k):
         fold_runs = {name: cfg.out for (f, name), cfg in runs.items() if f == fold}
-        for variant, res in evaluate_fold(
-            shards, str(folds), fold, fold_runs, not args.no_suite, args.seed
-        ).items():
+        suite = not args.no_suite
+        results, fold_signals = evaluate_fold(shards, str(folds), fold, fold_runs, suite, args.seed)
+        for cond_name, by_signal in fold_signals.items():
+            for key, value in by_signal.items():
+                signals.setdefault(cond_name, {}).setdefault(key, []).append(value)
+        for variant, res in results.items():
             per_fold.setdefault(variant, []).append(fold_figures(res))
             if variant == "fused":
                 for cond, (left, _) in evidence_left(res, chance).items():
@@ -533,6 +565,15 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
                 "met",
             ),
         )
+    if destroyed and signals:
+        from avfusion.evaluation.signals import SIGNALS
+
+        print_table(
+            f"{title}: can a per-clip signal see the destroyed stream? AUROC, corrupted against the "
+            "same clips clean (0.5: blind; mean over folds)",
+            signal_rows(destroyed, signals),
+            ("condition", "family", *SIGNALS),
+        )
     if len(agg) > 1:
         n = len(ablation_folds)
         cols = (
@@ -558,6 +599,7 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
         "per_fold": per_fold,
         "evidence_left": {c: list(v) for c, v in evidence.items()},
         "streams": streams,
+        "signals": signals,
         "mean_std": {v: {k_: list(ms) for k_, ms in a.items()} for v, a in agg.items()},
     }
 

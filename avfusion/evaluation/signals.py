@@ -1,0 +1,162 @@
+"""Per-clip signals that a stream is lost, and how well each tells corrupted clips from clean.
+
+The attention can move weight off a stream only if something it reads on that clip
+shows the stream is lost. For a stream degraded by a corruption, each signal below is
+computed per clip from what a deployed model has: its attention weight, the stream's own
+head, the statistics of the training clips' embeddings, and a second model of the same
+stream (the unimodal model trained beside it). Its AUROC against the same clips clean
+says how well that signal could tell the two apart: 0.5 is blind, 1.0 puts every
+corrupted clip above every clean one. Every signal is oriented so that higher means
+"more lost".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from avfusion.evaluation.conditions import NORMAL, Condition, corrupt
+from avfusion.evaluation.run import _as_numpy
+from avfusion.model import FusionModel
+
+# name → what it is; the keys are the table's columns
+SIGNALS = {
+    "weight": "the attention's weight on the stream, negated",
+    "head sure": "the stream's own head's top probability, negated (the confidence QMF reads)",
+    "head energy": "the log-sum-exp of that head's logits, negated (QMF's energy)",
+    "distance": "Mahalanobis distance of the stream's embedding to the training clips' (Lee et al., 2018)",
+    "disagreement": "Jensen-Shannon divergence of the own head from the unimodal model (an ensemble of two)",
+}
+MODALITIES = ("audio", "video")
+
+
+@dataclass
+class Gaussian:
+    """One stream's training embeddings as a Gaussian: mean and (shrunk) precision."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray, shrink: float = 0.1) -> Gaussian:
+        """``shrink``: the covariance is pulled this far towards its mean variance, since a
+        few hundred clips do not determine a 64-dimensional covariance."""
+        x = np.asarray(x, dtype=np.float64)
+        cov = np.cov(x, rowvar=False) if len(x) > 1 else np.zeros((x.shape[1], x.shape[1]))
+        scale = max(float(np.trace(cov)) / len(cov), 1e-6)
+        cov = (1 - shrink) * cov + shrink * scale * np.eye(len(cov))
+        return cls(x.mean(axis=0), np.linalg.inv(cov))
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        d = np.asarray(x, dtype=np.float64) - self.mean
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
+
+
+def auroc(clean: np.ndarray, corrupted: np.ndarray) -> float:
+    """P(a corrupted clip's signal > a clean clip's), ties counted half (Mann-Whitney U)."""
+    clean, corrupted = np.asarray(clean, dtype=np.float64), np.asarray(corrupted, dtype=np.float64)
+    if not len(clean) or not len(corrupted):
+        return float("nan")
+    above = (corrupted[:, None] > clean[None, :]).mean()
+    tied = (corrupted[:, None] == clean[None, :]).mean()
+    return float(above + tied / 2)
+
+
+def _inputs(samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    wave = torch.from_numpy(np.stack([s["waveform"] for s in samples]))
+    return wave, torch.from_numpy(np.stack([s["frames"] for s in samples]))
+
+
+@torch.no_grad()
+def fit_embeddings(model: FusionModel, batches: Iterable[list[dict]]) -> dict[str, Gaussian]:
+    """Each stream's Gaussian over ``batches`` (the model's training clips, clean)."""
+    model.eval()
+    rows: dict[str, list[np.ndarray]] = {m: [] for m in MODALITIES}
+    for samples in batches:
+        samples = [_as_numpy(s) for s in samples]
+        f = model.forward_features(*_inputs(samples))
+        assert f.a is not None and f.v is not None, "signals are a fused model's"
+        rows["audio"].append(f.a.float().numpy())
+        rows["video"].append(f.v.float().numpy())
+    return {m: Gaussian.fit(np.concatenate(x)) for m, x in rows.items()}
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> np.ndarray:
+    m = (p + q) / 2
+
+    def h(x: torch.Tensor) -> torch.Tensor:
+        return -(x * torch.log(x.clamp_min(1e-12))).sum(dim=1)
+
+    return (h(m) - (h(p) + h(q)) / 2).numpy()
+
+
+@torch.no_grad()
+def clip_signals(
+    model: FusionModel,
+    gaussians: Mapping[str, Gaussian],
+    unimodal: Mapping[str, FusionModel],
+    wave: torch.Tensor,
+    frames: torch.Tensor,
+) -> dict[str, dict[str, np.ndarray]]:
+    """{modality: {signal: (B,)}} for one batch; ``unimodal``: modality → the model
+    trained on that stream alone (a missing one leaves its disagreement out)."""
+    f = model.forward_features(wave, frames)
+    out = model.forward_head(*f)
+    assert out.audio_logits is not None and out.video_logits is not None, "signals need the own heads"
+    signals: dict[str, dict[str, np.ndarray]] = {}
+    for i, (m, emb, logits) in enumerate(
+        (("audio", f.a, out.audio_logits), ("video", f.v, out.video_logits))
+    ):
+        assert emb is not None
+        logits = logits.float()
+        prob = torch.softmax(logits, dim=1)
+        s = {
+            "weight": -out.weights[:, i].float().numpy(),
+            "head sure": -prob.amax(dim=1).numpy(),
+            "head energy": -torch.logsumexp(logits, dim=1).numpy(),
+            "distance": gaussians[m].distance(emb.float().numpy()),
+        }
+        if m in unimodal:
+            alone = unimodal[m](wave if m == "audio" else None, frames if m == "video" else None)
+            s["disagreement"] = js_divergence(prob, torch.softmax(alone.logits.float(), dim=1))
+        signals[m] = s
+    return signals
+
+
+@torch.no_grad()
+def signal_aurocs(
+    model: FusionModel,
+    unimodal: Mapping[str, FusionModel],
+    train_batches: Iterable[list[dict]],
+    batches: list[list[dict]],
+    conds: Iterable[Condition],
+    seed: int = 0,
+) -> dict[Condition, dict[str, float]]:
+    """For every condition that corrupts one stream: each signal's AUROC on that stream,
+    the held-out ``batches`` under the condition against the same clips clean (corrupted
+    as ``evaluate_conditions`` corrupts them, same seed)."""
+    gaussians = fit_embeddings(model, train_batches)
+    for alone in unimodal.values():
+        alone.eval()
+    single = [c for c in conds if c != NORMAL and c.modality is not None]
+    values: dict[Condition, dict[str, dict[str, list[np.ndarray]]]] = {}
+    for samples in batches:
+        samples = [_as_numpy(s) for s in samples if int(s["target"]) >= 0]
+        if not samples:
+            continue
+        for cond in [NORMAL, *single]:
+            inputs = _inputs([corrupt(s, cond, seed) for s in samples])
+            sig = clip_signals(model, gaussians, unimodal, *inputs)
+            for m, by_name in sig.items():
+                for name, v in by_name.items():
+                    values.setdefault(cond, {}).setdefault(m, {}).setdefault(name, []).append(v)
+    out: dict[Condition, dict[str, float]] = {}
+    for cond in single:
+        stream = cond.modality
+        assert stream is not None
+        clean, hit = values[NORMAL][stream], values[cond][stream]
+        out[cond] = {name: auroc(np.concatenate(clean[name]), np.concatenate(hit[name])) for name in clean}
+    return out

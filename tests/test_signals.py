@@ -1,0 +1,35 @@
+"""The per-clip signals' arithmetic: AUROC, the training embeddings' Gaussian, the
+divergence of two heads (the signals on a trained model: tests/test_recipe.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from avfusion.evaluation.signals import Gaussian, auroc, js_divergence
+
+
+def test_auroc_counts_corrupted_above_clean_and_ties_half():
+    assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0
+    assert auroc(np.ones(4), np.ones(3)) == 0.5
+    # pairs: 1 > 0, 1 = 1 (half), 1 < 2, and 3 above all three: (1 + 0.5 + 0 + 3) / 6
+    assert auroc(np.array([0.0, 1.0, 2.0]), np.array([1.0, 3.0])) == pytest.approx(0.75)
+    assert np.isnan(auroc(np.array([]), np.array([1.0])))
+
+
+def test_the_distance_is_short_along_what_the_training_clips_spread_over():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 2)) * np.array([10.0, 0.1]) + np.array([5.0, -1.0])
+    g = Gaussian.fit(x, shrink=0.0)
+    along, across = g.distance(np.array([[15.0, -1.0], [5.0, 0.0]]))
+    assert along == pytest.approx(1.0, rel=0.05)  # one standard deviation of the wide axis
+    assert across == pytest.approx(10.0, rel=0.05)  # one unit is ten of the narrow axis'
+    assert g.distance(g.mean[None])[0] == pytest.approx(0.0, abs=1e-9)
+    # shrinkage keeps a degenerate set (fewer clips than dimensions) invertible
+    assert np.isfinite(Gaussian.fit(rng.normal(size=(3, 8))).distance(np.zeros((1, 8)))).all()
+
+
+def test_two_heads_agreeing_diverge_by_nothing_and_disjoint_ones_by_log_2():
+    p = torch.tensor([[0.7, 0.2, 0.1], [1.0, 0.0, 0.0]])
+    q = torch.tensor([[0.7, 0.2, 0.1], [0.0, 1.0, 0.0]])
+    assert js_divergence(p, q) == pytest.approx([0.0, np.log(2)], abs=1e-6)
