@@ -528,13 +528,17 @@ def test_the_signals_see_a_dead_stream_on_every_clip(trained_fused, synthetic_sh
     )
     names = ("normal", "muted_audio", "black_frames", "drop_frames@1")
     conds = [Condition.parse(n) for n in names]
-    res = {c.name: r for c, r in signal_aurocs(model, {}, training, batches, conds).items()}
+    figures = signal_aurocs(model, {}, training, batches, conds)
+    res = {c.name: r["auroc"] for c, r in figures.items()}
     assert set(res) == {"muted_audio", "black_frames", "drop_frames@1"}  # clean is the reference
     assert set(res["muted_audio"]) == set(SIGNALS) - {"disagreement"}  # no unimodal model given
     for dead in ("muted_audio", "black_frames"):
         assert min(res[dead]["distance"], res[dead]["head energy"]) >= 0.95, res[dead]
         assert res[dead]["weight"] >= 0.8, res[dead]  # the dead-modality term's doing
     assert 0.3 <= res["drop_frames@1"]["distance"] <= 0.7, res["drop_frames@1"]
+    alarms = {c.name: r["false alarms"] for c, r in figures.items()}
+    assert alarms["muted_audio"]["distance"] == 0.0  # every muted clip is further than any clean one
+    assert alarms["drop_frames@1"]["distance"] >= 0.5  # to catch 3/4 of them, most clean clips too
 
 
 @pytest.mark.slow

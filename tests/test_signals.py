@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from avfusion.evaluation.signals import Gaussian, auroc, js_divergence
+from avfusion.evaluation.signals import Gaussian, auroc, false_alarms, js_divergence
 
 
 def test_auroc_counts_corrupted_above_clean_and_ties_half():
@@ -15,6 +15,13 @@ def test_auroc_counts_corrupted_above_clean_and_ties_half():
     # pairs: 1 > 0, 1 = 1 (half), 1 < 2, and 3 above all three: (1 + 0.5 + 0 + 3) / 6
     assert auroc(np.array([0.0, 1.0, 2.0]), np.array([1.0, 3.0])) == pytest.approx(0.75)
     assert np.isnan(auroc(np.array([]), np.array([1.0])))
+
+
+def test_false_alarms_are_the_clean_clips_flagged_by_the_threshold_that_catches_three_quarters():
+    corrupted = np.array([1.0, 2.0, 3.0, 4.0])  # catching 3 of 4 takes the threshold 2
+    assert false_alarms(np.array([0.0, 1.0, 1.5, 2.0, 5.0]), corrupted) == pytest.approx(2 / 5)
+    assert false_alarms(np.array([0.0, 0.5]), corrupted) == 0.0
+    assert false_alarms(np.array([0.0, 0.5, 3.0, 9.0]), corrupted, caught=0.5) == pytest.approx(0.5)
 
 
 def test_the_distance_is_short_along_what_the_training_clips_spread_over():

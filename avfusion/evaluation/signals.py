@@ -6,12 +6,14 @@ computed per clip from what a deployed model has: its attention weight, the stre
 head, the statistics of the training clips' embeddings, and a second model of the same
 stream (the unimodal model trained beside it). Its AUROC against the same clips clean
 says how well that signal could tell the two apart: 0.5 is blind, 1.0 puts every
-corrupted clip above every clean one. Every signal is oriented so that higher means
-"more lost".
+corrupted clip above every clean one; its false alarms, the share of clean clips it also
+flags to catch three quarters of the corrupted ones, are what halving the stream's weight
+from it would cost clean clips. Every signal is oriented so that higher means "more lost".
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -63,6 +65,17 @@ def auroc(clean: np.ndarray, corrupted: np.ndarray) -> float:
     above = (corrupted[:, None] > clean[None, :]).mean()
     tied = (corrupted[:, None] == clean[None, :]).mean()
     return float(above + tied / 2)
+
+
+def false_alarms(clean: np.ndarray, corrupted: np.ndarray, caught: float = 0.75) -> float:
+    """The share of clean clips at or above the threshold that catches ``caught`` of the
+    corrupted ones: what moving weight off that many corrupted clips costs clean clips."""
+    clean, corrupted = np.asarray(clean, dtype=np.float64), np.asarray(corrupted, dtype=np.float64)
+    if not len(clean) or not len(corrupted):
+        return float("nan")
+    # the highest threshold that at least ``caught`` of the corrupted clips reach
+    threshold = np.sort(corrupted)[::-1][max(math.ceil(caught * len(corrupted)), 1) - 1]
+    return float((clean >= threshold).mean())
 
 
 def _inputs(samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,8 +147,9 @@ def signal_aurocs(
     batches: list[list[dict]],
     conds: Iterable[Condition],
     seed: int = 0,
-) -> dict[Condition, dict[str, float]]:
-    """For every condition that corrupts one stream: each signal's AUROC on that stream,
+) -> dict[Condition, dict[str, dict[str, float]]]:
+    """For every condition that corrupts one stream: each signal's AUROC on that stream
+    (``"auroc"``) and its ``false_alarms`` at three quarters caught (``"false alarms"``),
     the held-out ``batches`` under the condition against the same clips clean (corrupted
     as ``evaluate_conditions`` corrupts them, same seed)."""
     gaussians = fit_embeddings(model, train_batches)
@@ -153,10 +167,14 @@ def signal_aurocs(
             for m, by_name in sig.items():
                 for name, v in by_name.items():
                     values.setdefault(cond, {}).setdefault(m, {}).setdefault(name, []).append(v)
-    out: dict[Condition, dict[str, float]] = {}
+    out: dict[Condition, dict[str, dict[str, float]]] = {}
     for cond in single:
         stream = cond.modality
         assert stream is not None
-        clean, hit = values[NORMAL][stream], values[cond][stream]
-        out[cond] = {name: auroc(np.concatenate(clean[name]), np.concatenate(hit[name])) for name in clean}
+        clean = {k: np.concatenate(v) for k, v in values[NORMAL][stream].items()}
+        hit = {k: np.concatenate(v) for k, v in values[cond][stream].items()}
+        out[cond] = {
+            "auroc": {k: auroc(clean[k], hit[k]) for k in clean},
+            "false alarms": {k: false_alarms(clean[k], hit[k]) for k in clean},
+        }
     return out
