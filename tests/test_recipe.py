@@ -490,13 +490,13 @@ def test_where_both_streams_carry_the_class_fusion_is_right_as_often_as_either_h
     """Classes carried by both streams, clean and with both streams noisy: the fused
     prediction is right at least as often as each branch's own head alone."""
     from avfusion.evaluation.conditions import Condition, corrupt
-    from avfusion.evaluation.run import _as_numpy
+    from avfusion.evaluation.run import as_numpy
     from avfusion.synth import DEFAULT_CLASSES
 
     model, label_map, _ = trained_fused
     classes = {label_map[c.name] for c in DEFAULT_CLASSES if c.informative == "both"}
     cond = Condition.parse(condition)
-    samples = [corrupt(_as_numpy(s), cond, 0) for s in every_clip if int(s["target"]) in classes]
+    samples = [corrupt(as_numpy(s), cond, 0) for s in every_clip if int(s["target"]) in classes]
     target = torch.tensor([int(s["target"]) for s in samples])
     with torch.no_grad():
         out = model(
@@ -512,7 +512,7 @@ def test_where_both_streams_carry_the_class_fusion_is_right_as_often_as_either_h
 
 
 @pytest.mark.slow
-def test_the_signals_see_a_dead_stream_on_every_clip(trained_fused, synthetic_shards):
+def test_the_signals_tell_a_dead_stream_from_a_live_one(trained_fused, synthetic_shards):
     """On the trained model, a muted track or black frames stand apart from the same clips
     clean by the embedding's distance to the training clips' (AUROC near 1) and by the
     weight the dead-modality term taught; a corruption that leaves the picture nearly as

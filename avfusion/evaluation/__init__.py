@@ -9,5 +9,6 @@
 * ``report``: ``evidence_left`` and ``verdict`` (which corruptions destroy a modality's
   evidence), ``markdown_table``, ``write_report`` (robustness.json, robustness.md, plots);
 * ``signals``: per-clip signals that a stream is lost (``SIGNALS``, ``clip_signals``) and
-  ``signal_aurocs``, how well each tells a corrupted stream from the same clips clean.
+  ``signal_aurocs``, how well each tells a corrupted stream from the same clips clean
+  (AUROC, and ``false_alarms``: the clean clips flagged to catch 3/4 of the corrupted).
 """

@@ -90,7 +90,7 @@ class ConditionTally:
         return out
 
 
-def _as_numpy(sample: dict) -> dict:
+def as_numpy(sample: dict) -> dict:
     """The DataLoader's default_convert turns arrays into tensors; corruptions take numpy."""
     return {
         k: (
@@ -125,7 +125,7 @@ def evaluate_conditions(
         model.to(device)
     tallies = {c: {m: ConditionTally() for m in models} for c in conds}
     for samples in batches:
-        samples = [_as_numpy(s) for s in samples if int(s["target"]) >= 0]
+        samples = [as_numpy(s) for s in samples if int(s["target"]) >= 0]
         if not samples:
             continue
         target = torch.tensor([s["target"] for s in samples])

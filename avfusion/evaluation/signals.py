@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from avfusion.evaluation.conditions import NORMAL, Condition, corrupt
-from avfusion.evaluation.run import _as_numpy
+from avfusion.evaluation.run import as_numpy
 from avfusion.model import FusionModel
 
 # name → what it is; the keys are the table's columns
@@ -47,7 +47,9 @@ class Gaussian:
         """``shrink``: the covariance is pulled this far towards its mean variance, since a
         few hundred clips do not determine a 64-dimensional covariance."""
         x = np.asarray(x, dtype=np.float64)
-        cov = np.cov(x, rowvar=False) if len(x) > 1 else np.zeros((x.shape[1], x.shape[1]))
+        if not len(x):
+            raise ValueError("a Gaussian needs at least one embedding (no training clips were read)")
+        cov = np.atleast_2d(np.cov(x, rowvar=False)) if len(x) > 1 else np.zeros((x.shape[1], x.shape[1]))
         scale = max(float(np.trace(cov)) / len(cov), 1e-6)
         cov = (1 - shrink) * cov + shrink * scale * np.eye(len(cov))
         return cls(x.mean(axis=0), np.linalg.inv(cov))
@@ -60,8 +62,8 @@ class Gaussian:
 def auroc(clean: np.ndarray, corrupted: np.ndarray) -> float:
     """P(a corrupted clip's signal > a clean clip's), ties counted half (Mann-Whitney U)."""
     clean, corrupted = np.asarray(clean, dtype=np.float64), np.asarray(corrupted, dtype=np.float64)
-    if not len(clean) or not len(corrupted):
-        return float("nan")
+    if not len(clean) or not len(corrupted) or np.isnan(clean).any() or np.isnan(corrupted).any():
+        return float("nan")  # a signal that failed on some clip is not evidence either way
     above = (corrupted[:, None] > clean[None, :]).mean()
     tied = (corrupted[:, None] == clean[None, :]).mean()
     return float(above + tied / 2)
@@ -71,16 +73,18 @@ def false_alarms(clean: np.ndarray, corrupted: np.ndarray, caught: float = 0.75)
     """The share of clean clips at or above the threshold that catches ``caught`` of the
     corrupted ones: what moving weight off that many corrupted clips costs clean clips."""
     clean, corrupted = np.asarray(clean, dtype=np.float64), np.asarray(corrupted, dtype=np.float64)
-    if not len(clean) or not len(corrupted):
+    if not len(clean) or not len(corrupted) or np.isnan(clean).any() or np.isnan(corrupted).any():
         return float("nan")
     # the highest threshold that at least ``caught`` of the corrupted clips reach
     threshold = np.sort(corrupted)[::-1][max(math.ceil(caught * len(corrupted)), 1) - 1]
     return float((clean >= threshold).mean())
 
 
-def _inputs(samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    wave = torch.from_numpy(np.stack([s["waveform"] for s in samples]))
-    return wave, torch.from_numpy(np.stack([s["frames"] for s in samples]))
+def _inputs(samples: list[dict], model: FusionModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's waveforms and frames on the model's device."""
+    device = next(model.parameters()).device
+    wave = torch.from_numpy(np.stack([s["waveform"] for s in samples])).to(device)
+    return wave, torch.from_numpy(np.stack([s["frames"] for s in samples])).to(device)
 
 
 @torch.no_grad()
@@ -89,11 +93,13 @@ def fit_embeddings(model: FusionModel, batches: Iterable[list[dict]]) -> dict[st
     model.eval()
     rows: dict[str, list[np.ndarray]] = {m: [] for m in MODALITIES}
     for samples in batches:
-        samples = [_as_numpy(s) for s in samples]
-        f = model.forward_features(*_inputs(samples))
+        samples = [as_numpy(s) for s in samples]
+        f = model.forward_features(*_inputs(samples, model))
         assert f.a is not None and f.v is not None, "signals are a fused model's"
-        rows["audio"].append(f.a.float().numpy())
-        rows["video"].append(f.v.float().numpy())
+        rows["audio"].append(f.a.float().cpu().numpy())
+        rows["video"].append(f.v.float().cpu().numpy())
+    if not rows["audio"]:
+        raise ValueError("no training clips to fit the embeddings' Gaussians on")
     return {m: Gaussian.fit(np.concatenate(x)) for m, x in rows.items()}
 
 
@@ -113,28 +119,31 @@ def clip_signals(
     unimodal: Mapping[str, FusionModel],
     wave: torch.Tensor,
     frames: torch.Tensor,
+    streams: Iterable[str] = MODALITIES,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """{modality: {signal: (B,)}} for one batch; ``unimodal``: modality → the model
-    trained on that stream alone (a missing one leaves its disagreement out)."""
+    """{stream: {signal: (B,)}} for one batch, for each of ``streams``; ``unimodal``:
+    modality → the model trained on that stream alone (a missing one leaves its
+    disagreement out), and a model trained without its own heads has no head signals."""
+    model.eval()
     f = model.forward_features(wave, frames)
     out = model.forward_head(*f)
-    assert out.audio_logits is not None and out.video_logits is not None, "signals need the own heads"
+    assert f.a is not None and f.v is not None, "signals are a fused model's"
     signals: dict[str, dict[str, np.ndarray]] = {}
-    for i, (m, emb, logits) in enumerate(
-        (("audio", f.a, out.audio_logits), ("video", f.v, out.video_logits))
-    ):
-        assert emb is not None
-        logits = logits.float()
-        prob = torch.softmax(logits, dim=1)
+    for m in streams:
+        i, emb, logits = (0, f.a, out.audio_logits) if m == "audio" else (1, f.v, out.video_logits)
         s = {
-            "weight": -out.weights[:, i].float().numpy(),
-            "head sure": -prob.amax(dim=1).numpy(),
-            "head energy": -torch.logsumexp(logits, dim=1).numpy(),
-            "distance": gaussians[m].distance(emb.float().numpy()),
+            "weight": -out.weights[:, i].float().cpu().numpy(),
+            "distance": gaussians[m].distance(emb.float().cpu().numpy()),
         }
-        if m in unimodal:
-            alone = unimodal[m](wave if m == "audio" else None, frames if m == "video" else None)
-            s["disagreement"] = js_divergence(prob, torch.softmax(alone.logits.float(), dim=1))
+        if logits is not None:
+            prob = torch.softmax(logits.float(), dim=1)
+            s["head sure"] = -prob.amax(dim=1).cpu().numpy()
+            s["head energy"] = -torch.logsumexp(logits.float(), dim=1).cpu().numpy()
+            if m in unimodal:
+                alone = unimodal[m].eval()(wave if m == "audio" else None, frames if m == "video" else None)
+                s["disagreement"] = js_divergence(
+                    prob.cpu(), torch.softmax(alone.logits.float(), dim=1).cpu()
+                )
         signals[m] = s
     return signals
 
@@ -153,17 +162,17 @@ def signal_aurocs(
     the held-out ``batches`` under the condition against the same clips clean (corrupted
     as ``evaluate_conditions`` corrupts them, same seed)."""
     gaussians = fit_embeddings(model, train_batches)
-    for alone in unimodal.values():
-        alone.eval()
     single = [c for c in conds if c != NORMAL and c.modality is not None]
     values: dict[Condition, dict[str, dict[str, list[np.ndarray]]]] = {}
     for samples in batches:
-        samples = [_as_numpy(s) for s in samples if int(s["target"]) >= 0]
+        samples = [as_numpy(s) for s in samples if int(s["target"]) >= 0]
         if not samples:
             continue
         for cond in [NORMAL, *single]:
-            inputs = _inputs([corrupt(s, cond, seed) for s in samples])
-            sig = clip_signals(model, gaussians, unimodal, *inputs)
+            inputs = _inputs([corrupt(s, cond, seed) for s in samples], model)
+            # clean clips are the reference of both streams; a corruption's, of its own
+            streams = MODALITIES if cond == NORMAL else (str(cond.modality),)
+            sig = clip_signals(model, gaussians, unimodal, *inputs, streams=streams)
             for m, by_name in sig.items():
                 for name, v in by_name.items():
                     values.setdefault(cond, {}).setdefault(m, {}).setdefault(name, []).append(v)

@@ -200,8 +200,9 @@ def evaluate_fold(
     shards: str, folds: str, fold: int, runs: dict[str, Path], suite: bool, seed: int
 ) -> tuple[dict, dict]:
     """Evaluate each fused variant beside the unimodal models on the held-out fold; and,
-    for the fused model, each per-clip signal's AUROC for a stream a condition corrupts
-    (``avfusion.evaluation.signals``: could anything the model has see the stream is lost?)."""
+    for the fused model, each per-clip signal's AUROC and false alarms for a stream a
+    condition corrupts (``avfusion.evaluation.signals``: could anything the model has see
+    that the stream is lost?)."""
     from avfusion.checkpoint import model_from_checkpoint
     from avfusion.evaluation.conditions import Condition, conditions
     from avfusion.evaluation.run import evaluate_conditions, shard_batches
