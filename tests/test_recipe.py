@@ -656,3 +656,23 @@ def test_the_bench_reports_margin_folds_won_own_heads_and_destroyed_streams():
         ("audio_lowpass@3", "held out", "0.70", "–", "–", "0.80", "–"),  # SIGNALS' order
         ("muted_audio", "trained", "–", "–", "–", "–", "–"),
     ]
+
+
+def test_a_run_kept_in_out_counts_as_finished_only_when_every_epoch_trained(tmp_path):
+    """The bench evaluates a run ``--out`` already holds only if it trained every epoch
+    (a run cut short is trained on, resuming from its checkpoint)."""
+    import json
+    from dataclasses import replace
+
+    from jobs.bench.robustness import finished, recipe
+
+    cfg = replace(recipe("small", "shards", epochs=3, seed=0), out=str(tmp_path))
+    assert not finished(cfg)  # nothing there
+    (tmp_path / "last.pt").write_bytes(b"x")
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(2)))
+    assert not finished(cfg)  # epochs 0-1 of 3
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 2}) + "\n")
+    assert finished(cfg)
+    (tmp_path / "last.pt").unlink()
+    assert not finished(cfg)  # metrics without the weights

@@ -171,14 +171,29 @@ def _train_one(cfg: TrainConfig, jobs: int) -> str:
     return cfg.out
 
 
-def train_all(runs: dict[tuple[int, str], TrainConfig], jobs: int) -> None:
+def finished(cfg: TrainConfig) -> bool:
+    """Whether ``cfg.out`` holds a run that trained every epoch (``--out`` kept from an
+    earlier bench): it is evaluated as it is, and the results say how many were."""
+    metrics = Path(cfg.out, "metrics.jsonl")
+    if not metrics.is_file() or not Path(cfg.out, "last.pt").is_file():
+        return False
+    rows = metrics.read_text().splitlines()
+    return bool(rows) and json.loads(rows[-1]).get("epoch") == cfg.epochs - 1
+
+
+def train_all(runs: dict[tuple[int, str], TrainConfig], jobs: int) -> int:
     """Train every (fold, variant) config, ``jobs`` at a time in worker processes, so a
-    many-core machine runs folds side by side; progress and timings as they finish."""
+    many-core machine runs folds side by side; progress and timings as they finish.
+    Runs already finished in ``--out`` are kept; returns how many."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from tqdm import tqdm
 
+    kept = {key for key, cfg in runs.items() if finished(cfg)}
+    if kept:
+        print(f"  {len(kept)} of {len(runs)} training runs already finished in --out: evaluated as they are")
+    runs = {key: cfg for key, cfg in runs.items() if key not in kept}
     t0 = time.time()
     with (
         ProcessPoolExecutor(max(1, jobs), mp_context=mp.get_context("spawn")) as pool,
@@ -194,6 +209,7 @@ def train_all(runs: dict[tuple[int, str], TrainConfig], jobs: int) -> None:
                 f"({time.time() - t0:.0f} s since start)"
             )
             bar.update(1)
+    return len(kept)
 
 
 def evaluate_fold(
@@ -509,7 +525,15 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
         f"{args.jobs} at a time ==",
         flush=True,
     )
-    train_all(runs, args.jobs)
+    kept = train_all(runs, args.jobs)
+    print_table(
+        f"{title}: training runs",
+        [
+            ("trained by this command", len(runs) - kept),
+            ("finished earlier in --out, evaluated as they are", kept),
+        ],
+        ("runs", "count"),
+    )
     from avfusion.evaluation.report import evidence_left
     from avfusion.loader import Dataset
 
@@ -606,6 +630,8 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
         "folds": k,
         "recipe": args.config,
         "epochs": base.epochs,
+        "training runs": len(runs),
+        "kept from --out": kept,
         "per_fold": per_fold,
         "evidence_left": {c: list(v) for c, v in evidence.items()},
         "streams": streams,
