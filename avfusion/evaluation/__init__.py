@@ -8,7 +8,9 @@
   (``avfusion evaluate``);
 * ``report``: ``evidence_left`` and ``verdict`` (which corruptions destroy a modality's
   evidence), ``markdown_table``, ``write_report`` (robustness.json, robustness.md, plots);
-* ``signals``: per-clip signals that a stream is lost (``SIGNALS``, ``clip_signals``) and
-  ``signal_aurocs``, how well each tells a corrupted stream from the same clips clean
-  (AUROC, and ``false_alarms``: the clean clips flagged to catch 3/4 of the corrupted).
+* ``signals``: per-clip signals that a stream is lost (``SIGNALS``, ``stream_signals``,
+  ``clip_signals``), collected during ``evaluate_conditions`` (``SignalTally``, its
+  ``observe``) or by ``signal_aurocs``: how well each tells a corrupted stream from the
+  same clips clean (AUROC, and ``false_alarms``: the clean clips flagged to catch 3/4 of
+  the corrupted).
 """

@@ -7,7 +7,7 @@ Inputs are shards (a split or a fold) or a folder of labelled videos; ``run`` is
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,7 @@ from avfusion.config import bounded, check_bounds
 from avfusion.evaluation.conditions import NORMAL, Condition, conditions, corrupt
 from avfusion.evaluation.report import Results, markdown_table, write_report
 from avfusion.metrics import topk_hits
-from avfusion.model import FusionModel, FusionOutput, attention_agrees
+from avfusion.model import Features, FusionModel, FusionOutput, attention_agrees
 
 if TYPE_CHECKING:
     from avfusion.config import ClipSpec
@@ -112,10 +112,13 @@ def evaluate_conditions(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: Any = None,
+    observe: Callable[[Condition, dict[str, tuple[Features, FusionOutput]]], None] | None = None,
 ) -> Results:
     """``batches`` yields lists of decoded samples (key, waveform, frames, target);
-    ``progress`` (a tqdm bar) is advanced by the clips evaluated. Returns
-    {condition: {model name: summary}}; "fused" carries the attention.
+    ``progress`` (a tqdm bar) is advanced by the clips evaluated; ``observe`` is handed,
+    per condition and batch, each model's features and outputs (``signals.SignalTally``
+    reads them there rather than running the models again). Returns {condition: {model
+    name: summary}}; "fused" carries the attention.
 
     One path for every device: corruptions run on the host (numpy, seeded per clip),
     then each condition's batch and the models are on ``device``; the tallies read
@@ -133,10 +136,16 @@ def evaluate_conditions(
             corrupted = [corrupt(s, cond, seed) for s in samples]
             wave = torch.from_numpy(np.stack([s["waveform"] for s in corrupted])).to(device)
             frames = torch.from_numpy(np.stack([s["frames"] for s in corrupted])).to(device)
+            outputs = {}
             for name, model in models.items():
                 m = model.cfg.modalities
-                out = model(wave if m != "video" else None, frames if m != "audio" else None)
-                tallies[cond][name].add(out, target, fused=m == "both")
+                features = model.forward_features(
+                    wave if m != "video" else None, frames if m != "audio" else None
+                )
+                outputs[name] = (features, model.forward_head(*features))
+                tallies[cond][name].add(outputs[name][1], target, fused=m == "both")
+            if observe is not None:
+                observe(cond, outputs)
             if progress is not None:
                 progress.update(len(samples))
     return {c: {m: t.summary() for m, t in by_model.items()} for c, by_model in tallies.items()}

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from avfusion.evaluation.conditions import NORMAL, Condition, corrupt
+from avfusion.evaluation.conditions import NORMAL, Condition
 from avfusion.evaluation.run import as_numpy
-from avfusion.model import FusionModel
+from avfusion.model import Features, FusionModel, FusionOutput
 
 # name → what it is; the keys are the table's columns
 SIGNALS = {
@@ -112,6 +112,36 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> np.ndarray:
     return (h(m) - (h(p) + h(q)) / 2).numpy()
 
 
+def stream_signals(
+    gaussians: Mapping[str, Gaussian],
+    features: Features,
+    out: FusionOutput,
+    alone: Mapping[str, torch.Tensor],
+    streams: Iterable[str] = MODALITIES,
+) -> dict[str, dict[str, np.ndarray]]:
+    """{stream: {signal: (B,)}} from a fused model's ``features`` and outputs on one batch;
+    ``alone``: modality → the logits of the model trained on that stream alone (a missing
+    one leaves its disagreement out); a model trained without its own heads has no head
+    signals."""
+    assert features.a is not None and features.v is not None, "signals are a fused model's"
+    signals: dict[str, dict[str, np.ndarray]] = {}
+    for m in streams:
+        audio = m == "audio"
+        i, emb, logits = (0, features.a, out.audio_logits) if audio else (1, features.v, out.video_logits)
+        s = {
+            "weight": -out.weights[:, i].float().cpu().numpy(),
+            "distance": gaussians[m].distance(emb.float().cpu().numpy()),
+        }
+        if logits is not None:
+            prob = torch.softmax(logits.float(), dim=1).cpu()
+            s["head sure"] = -prob.amax(dim=1).numpy()
+            s["head energy"] = -torch.logsumexp(logits.float(), dim=1).cpu().numpy()
+            if m in alone:
+                s["disagreement"] = js_divergence(prob, torch.softmax(alone[m].float(), dim=1).cpu())
+        signals[m] = s
+    return signals
+
+
 @torch.no_grad()
 def clip_signals(
     model: FusionModel,
@@ -121,34 +151,56 @@ def clip_signals(
     frames: torch.Tensor,
     streams: Iterable[str] = MODALITIES,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """{stream: {signal: (B,)}} for one batch, for each of ``streams``; ``unimodal``:
-    modality → the model trained on that stream alone (a missing one leaves its
-    disagreement out), and a model trained without its own heads has no head signals."""
-    model.eval()
-    f = model.forward_features(wave, frames)
-    out = model.forward_head(*f)
-    assert f.a is not None and f.v is not None, "signals are a fused model's"
-    signals: dict[str, dict[str, np.ndarray]] = {}
-    for m in streams:
-        i, emb, logits = (0, f.a, out.audio_logits) if m == "audio" else (1, f.v, out.video_logits)
-        s = {
-            "weight": -out.weights[:, i].float().cpu().numpy(),
-            "distance": gaussians[m].distance(emb.float().cpu().numpy()),
+    """``stream_signals`` of ``model`` on one batch, running it and the ``unimodal`` models
+    (modality → the model trained on that stream alone) in eval mode."""
+    features = model.eval().forward_features(wave, frames)
+    alone = {
+        m: u.eval()(wave if m == "audio" else None, frames if m == "video" else None).logits
+        for m, u in unimodal.items()
+    }
+    return stream_signals(gaussians, features, model.forward_head(*features), alone, streams)
+
+
+class SignalTally:
+    """Collects the signals while ``evaluate_conditions`` runs (its ``observe``): of the
+    model named ``fused``, with the unimodal models beside it for the disagreement; clean
+    clips for both streams, a corruption's for its own stream. ``figures`` compares them."""
+
+    def __init__(self, gaussians: Mapping[str, Gaussian], fused: str = "fused") -> None:
+        self.gaussians, self.fused = gaussians, fused
+        self.values: dict[Condition, dict[str, dict[str, list[np.ndarray]]]] = {}
+
+    def __call__(self, cond: Condition, outputs: dict[str, tuple[Features, FusionOutput]]) -> None:
+        if cond != NORMAL and cond.modality is None:
+            return  # no single stream to compare
+        streams = MODALITIES if cond == NORMAL else (str(cond.modality),)
+        features, out = outputs[self.fused]
+        alone = {  # the unimodal models: one embedding each
+            ("audio" if f.a is not None else "video"): o.logits
+            for name, (f, o) in outputs.items()
+            if name != self.fused and (f.a is None) != (f.v is None)
         }
-        if logits is not None:
-            prob = torch.softmax(logits.float(), dim=1)
-            s["head sure"] = -prob.amax(dim=1).cpu().numpy()
-            s["head energy"] = -torch.logsumexp(logits.float(), dim=1).cpu().numpy()
-            if m in unimodal:
-                alone = unimodal[m].eval()(wave if m == "audio" else None, frames if m == "video" else None)
-                s["disagreement"] = js_divergence(
-                    prob.cpu(), torch.softmax(alone.logits.float(), dim=1).cpu()
-                )
-        signals[m] = s
-    return signals
+        for m, by_name in stream_signals(self.gaussians, features, out, alone, streams).items():
+            for name, v in by_name.items():
+                self.values.setdefault(cond, {}).setdefault(m, {}).setdefault(name, []).append(v)
+
+    def figures(self) -> dict[Condition, dict[str, dict[str, float]]]:
+        """{condition: {"auroc" | "false alarms": {signal: value}}} for every condition
+        that corrupted one stream, against the same clips clean."""
+        out: dict[Condition, dict[str, dict[str, float]]] = {}
+        for cond, by_stream in self.values.items():
+            if cond == NORMAL:
+                continue
+            ((stream, hit_lists),) = by_stream.items()
+            clean = {k: np.concatenate(v) for k, v in self.values[NORMAL][stream].items()}
+            hit = {k: np.concatenate(v) for k, v in hit_lists.items()}
+            out[cond] = {
+                "auroc": {k: auroc(clean[k], hit[k]) for k in clean},
+                "false alarms": {k: false_alarms(clean[k], hit[k]) for k in clean},
+            }
+        return out
 
 
-@torch.no_grad()
 def signal_aurocs(
     model: FusionModel,
     unimodal: Mapping[str, FusionModel],
@@ -159,31 +211,12 @@ def signal_aurocs(
 ) -> dict[Condition, dict[str, dict[str, float]]]:
     """For every condition that corrupts one stream: each signal's AUROC on that stream
     (``"auroc"``) and its ``false_alarms`` at three quarters caught (``"false alarms"``),
-    the held-out ``batches`` under the condition against the same clips clean (corrupted
-    as ``evaluate_conditions`` corrupts them, same seed)."""
-    gaussians = fit_embeddings(model, train_batches)
-    single = [c for c in conds if c != NORMAL and c.modality is not None]
-    values: dict[Condition, dict[str, dict[str, list[np.ndarray]]]] = {}
-    for samples in batches:
-        samples = [as_numpy(s) for s in samples if int(s["target"]) >= 0]
-        if not samples:
-            continue
-        for cond in [NORMAL, *single]:
-            inputs = _inputs([corrupt(s, cond, seed) for s in samples], model)
-            # clean clips are the reference of both streams; a corruption's, of its own
-            streams = MODALITIES if cond == NORMAL else (str(cond.modality),)
-            sig = clip_signals(model, gaussians, unimodal, *inputs, streams=streams)
-            for m, by_name in sig.items():
-                for name, v in by_name.items():
-                    values.setdefault(cond, {}).setdefault(m, {}).setdefault(name, []).append(v)
-    out: dict[Condition, dict[str, dict[str, float]]] = {}
-    for cond in single:
-        stream = cond.modality
-        assert stream is not None
-        clean = {k: np.concatenate(v) for k, v in values[NORMAL][stream].items()}
-        hit = {k: np.concatenate(v) for k, v in values[cond][stream].items()}
-        out[cond] = {
-            "auroc": {k: auroc(clean[k], hit[k]) for k in clean},
-            "false alarms": {k: false_alarms(clean[k], hit[k]) for k in clean},
-        }
-    return out
+    the held-out ``batches`` under the condition against the same clips clean, through
+    ``evaluate_conditions`` (the bench passes a ``SignalTally`` to its own evaluation)."""
+    from avfusion.evaluation.run import evaluate_conditions
+
+    tally = SignalTally(fit_embeddings(model, train_batches))
+    models = {"fused": model.eval(), **{f"{m}-only": u.eval() for m, u in unimodal.items()}}
+    conds = list(conds)
+    evaluate_conditions(models, batches, [NORMAL, *(c for c in conds if c != NORMAL)], seed, observe=tally)
+    return tally.figures()

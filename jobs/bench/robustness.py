@@ -222,7 +222,7 @@ def evaluate_fold(
     from avfusion.checkpoint import model_from_checkpoint
     from avfusion.evaluation.conditions import Condition, conditions
     from avfusion.evaluation.run import evaluate_conditions, shard_batches
-    from avfusion.evaluation.signals import signal_aurocs
+    from avfusion.evaluation.signals import SignalTally, fit_embeddings
     from avfusion.loader import Dataset, Subset, read_folds
 
     models = {name: model_from_checkpoint(Path(out) / "last.pt")[0] for name, out in runs.items()}
@@ -234,20 +234,20 @@ def evaluate_fold(
         conds += [c for c in conditions("default") if c not in conds]
         conds += [c for c in map(Condition.parse, SWEEP) if c not in conds]
     unimodal = {n: m for n, m in models.items() if m.cfg.modalities != "both"}
+    training = shard_batches(data.urls, Subset(folds=read_folds(folds), fold=fold, holdout=False), 16, 0)
+    signals = SignalTally(fit_embeddings(models["fused"], training))  # read during the fused model's pass
     results = {
         name: evaluate_conditions(
             {"fused": model, **unimodal},
             batches,
             conds if name == "fused" else conds[: len(KEY_CONDITIONS)],
             seed=seed,
+            observe=signals if name == "fused" else None,
         )
         for name, model in models.items()
         if model.cfg.modalities == "both"
     }
-    training = shard_batches(data.urls, Subset(folds=read_folds(folds), fold=fold, holdout=False), 16, 0)
-    alone = {m.cfg.modalities: m for m in unimodal.values()}
-    signals = signal_aurocs(models["fused"], alone, training, batches, conds, seed=seed)
-    return results, {c.name: figures for c, figures in signals.items()}
+    return results, {c.name: figures for c, figures in signals.figures().items()}
 
 
 def fold_figures(res: dict) -> dict[str, float]:
