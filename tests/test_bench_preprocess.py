@@ -48,6 +48,11 @@ def test_http_rows_measure_cpu_and_the_bytes_the_origin_served(tmp_path):
         # start-up apart: a worker with yt-dlp costs more to start than to fetch one clip
         assert 0 < rows["cpu_margin"] < rows["cpu_startup"], (name, rows)
         assert rows["cpu_whole"] > rows["cpu_margin"], (name, rows)
+    src = out["source"]  # the 5-minute source: what its windows need, the same for every row
+    assert src["window"] < src["span"] < src["necessary"] == pytest.approx(src["index"] + src["span"]), src
+    assert (
+        src["necessary"] == out["job"]["long"][4] and 0 < src["keyframe_gap_s"][0] <= src["keyframe_gap_s"][1]
+    )
 
 
 def test_window_bytes_counts_the_packets_of_the_window_only():
@@ -58,3 +63,21 @@ def test_window_bytes_counts_the_packets_of_the_window_only():
         whole = bench.window_bytes(clip, 0.0, 10.0)
         first, second = bench.window_bytes(clip, 0.0, 5.0), bench.window_bytes(clip, 5.0, 5.0)
         assert first + second == whole and 0.8 * clip.stat().st_size < whole < clip.stat().st_size
+
+
+def test_the_pre_roll_runs_from_the_keyframe_before_the_window():
+    """A window that starts just before a keyframe needs the whole GOP before it; one that
+    starts on the keyframe needs none of it. The index is counted apart."""
+    import imageio_ffmpeg
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+        (clip,) = bench.make_clips(Path(tmp), 1, ffmpeg)
+        long = bench.make_long(Path(tmp), ffmpeg, clip, seconds=60)
+        keys = bench.keyframe_times(long)
+        at = next(i for i, t in enumerate(keys) if t >= 20.0)
+        key, prev = keys[at], keys[at - 1]
+        on, before = (bench.necessary_bytes(long, t, 10.0, index=False) for t in (key, key - 0.1))
+        gop = bench.window_bytes(long, prev, key - prev)  # the packets from the keyframe before
+        assert before - on > gop / 2, (on, before, gop)
+        assert bench.necessary_bytes(long, key, 10.0) == on + bench.mp4_index_bytes(long) > on

@@ -250,19 +250,37 @@ def window_bytes(path: Path, start: float, seconds: float) -> int:
     return total
 
 
-def necessary_bytes(path: Path, start: float, seconds: float) -> int:
-    """The bytes any fetch that decodes the window must move from this MP4: its index
-    (every top-level box but ``mdat`` and ``free``) and the span of the file from the
-    first packet the window needs (video from the keyframe at or before its start, audio
-    from the packet that holds it) to the end of the last packet decoded before its end."""
-    import av
-
+def mp4_index_bytes(path: Path) -> int:
+    """Bytes of an MP4's index: every top-level box but ``mdat`` and ``free``."""
     index, at, data = 0, 0, path.read_bytes()
     while at + 8 <= len(data):
         size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
         size = int.from_bytes(data[at + 8 : at + 16], "big") if size == 1 else size or len(data) - at
         index += 0 if kind in (b"mdat", b"free") else size
         at += size
+    return index
+
+
+def keyframe_times(path: Path) -> list[float]:
+    """The video keyframes' decode times, in seconds."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [
+            float(p.dts * p.time_base)
+            for p in container.demux(video=0)
+            if p.is_keyframe and p.dts is not None
+        ]
+
+
+def necessary_bytes(path: Path, start: float, seconds: float, index: bool = True) -> int:
+    """The bytes any fetch that decodes the window must move from this MP4: its index
+    (``mp4_index_bytes``; left out with ``index=False``: what a reader that fetched only
+    the index entries of the window would come near) and the span of the file from the
+    first packet the window needs (video from the keyframe at or before its start, audio
+    from the packet that holds it) to the end of the last packet decoded before its end."""
+    import av
+
     packets = []
     with av.open(str(path)) as container:
         for p in container.demux():
@@ -275,7 +293,8 @@ def necessary_bytes(path: Path, start: float, seconds: float) -> int:
         for kind, t, pos, size, _ in packets
         if t < start + seconds and t >= (key if kind == "video" else audio)
     ]
-    return index + max(e for _, e in needed) - min(s for s, _ in needed)
+    span = max(e for _, e in needed) - min(s for s, _ in needed)
+    return (mp4_index_bytes(path) if index else 0) + span
 
 
 def http_rows(clips: list[Path], folder: Path, ffmpeg: str, frame_size: int, env: dict) -> dict:
@@ -288,8 +307,9 @@ def http_rows(clips: list[Path], folder: Path, ffmpeg: str, frame_size: int, env
     must move (``necessary_bytes``), for 10 s files and for 10 s windows of a 5-minute
     source: all bytes, and those of the media (ranged) requests alone (yt-dlp's generic
     extractor first looks at a media URL, with a HEAD: YouTube's extraction asks
-    youtube.com, not the media host). Keys: "job",
-    "ffmpeg", "direct"."""
+    youtube.com, not the media host). Keys: "job", "ffmpeg", "direct"; and "source", what
+    the 5-minute source's windows hold: their media, the index, the pre-roll span
+    (``necessary_bytes`` without the index), the keyframe gaps."""
     from jobs.bench.origin import RangeServer
 
     long = make_long(folder, ffmpeg, clips[0])
@@ -297,7 +317,17 @@ def http_rows(clips: list[Path], folder: Path, ffmpeg: str, frame_size: int, env
     short_media = sum(c.stat().st_size for c in clips)
     long_window = sum(window_bytes(long, t, 10.0) for t in starts) / len(starts)
     long_necessary = sum(necessary_bytes(long, t, 10.0) for t in starts) / len(starts)
-    rows = {}
+    keys = keyframe_times(long)
+    gaps = [b - a for a, b in zip(keys, keys[1:], strict=False)]
+    rows: dict = {
+        "source": {
+            "window": long_window,
+            "index": mp4_index_bytes(long),
+            "span": sum(necessary_bytes(long, t, 10.0, index=False) for t in starts) / len(starts),
+            "necessary": long_necessary,
+            "keyframe_gap_s": (sum(gaps) / len(gaps), max(gaps)),
+        }
+    }
 
     def served(names: list[str], since: dict[str, int]) -> tuple[float, float, float]:
         """(all bytes, media requests' bytes, requests) the origin served for ``names``
@@ -630,6 +660,34 @@ def main(argv: list[str] | None = None) -> int:
             "requests: the ranged ones (yt-dlp's generic extractor also looks at a media URL once, with a "
             "HEAD; YouTube's extraction asks youtube.com instead)"
         )
+        src = http["source"]
+        print_table(
+            "what a 10 s window of the 5-minute source needs (mean of the windows)",
+            [
+                (
+                    src["window"] / 1e6,
+                    src["index"] / 1e6,
+                    src["span"] / 1e6,
+                    src["necessary"] / 1e6,
+                    src["span"] / src["window"],
+                    src["necessary"] / src["window"],
+                    f"{src['keyframe_gap_s'][0]:.1f} / {src['keyframe_gap_s'][1]:.1f}",
+                )
+            ],
+            (
+                "window_media_MB",
+                "index_MB",
+                "pre-roll_span_MB",
+                "necessary_MB",
+                "span / window",
+                "necessary / window",
+                "keyframe gap s (mean / max)",
+            ),
+        )
+        print(
+            "pre-roll span: the file from the keyframe before the window to the window's end, which a "
+            "reader that fetched no more of the index than the window's entries would still move"
+        )
     if pool is not None:
         print_table(
             "egress pool: the job through 1 and 3 proxies, origin limit 9 requests / 10 s per address",
@@ -677,8 +735,11 @@ def main(argv: list[str] | None = None) -> int:
         "bytes": None
         if http is None
         else {
-            name: {"short": http[name]["short"], "long": http[name]["long"]}
-            for name in ("job", "ffmpeg", "direct")
+            **{
+                name: {"short": http[name]["short"], "long": http[name]["long"]}
+                for name in ("job", "ffmpeg", "direct")
+            },
+            "source": http["source"],
         },
         "pool": pool,
     }
