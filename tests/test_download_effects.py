@@ -4,6 +4,7 @@ spacing shows in the server's request times, SOCKS and --rate-limit are refused.
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -166,18 +167,22 @@ def test_preprocess_stops_before_downloading_youtube_without_a_solver(tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("with_cookies", [False, True], ids=["ffmpeg", "cookie-relay"])
+@pytest.mark.parametrize("fetch", ["pyav", "ffmpeg"])
+@pytest.mark.parametrize("with_cookies", [False, True], ids=["plain", "cookies"])
 @pytest.mark.parametrize("status, kind", [(403, "blocked_forbidden"), (429, "blocked_rate_limit")])
 def test_a_media_host_refusing_the_transfer_is_named_as_the_block(
-    tmp_path, served, with_cookies, status, kind
+    tmp_path, served, fetch, with_cookies, status, kind
 ):
-    """ffmpeg runs quietly and says only "exited with code 8": the media host's own
-    answer is asked for (straight, or as the cookie relay saw it) and names the block."""
+    """The media host's refusal names the block whichever fetch met it: PyAV's reader
+    sees the status; ffmpeg runs quietly and says only "exited with code 8", so the media
+    host's own answer is asked for (straight, or as the cookie relay saw it)."""
     cookies = None
     if with_cookies:
         cookies = tmp_path / "cookies.txt"
         cookies.write_text(COOKIES)
-    cfg = DownloadConfig(cookies=str(cookies) if cookies else None, socket_timeout=2.0, max_attempts=1)
+    cfg = DownloadConfig(
+        cookies=str(cookies) if cookies else None, socket_timeout=2.0, max_attempts=1, fetch=fetch
+    )
     (tmp_path / "work").mkdir()
     with RangeServer(served, host=COOKIE_HOST, port=80) as server:
         server.refuse_ranged(status, 100)
@@ -302,3 +307,61 @@ def test_one_tls_context_per_setting_still_verifies_and_reads_a_renewed_client_c
         server.shutdown()
         server.server_close()
     assert served == ["/unverified-1", "/unverified-2"]
+
+
+@pytest.mark.slow
+def test_cookies_youtube_calls_invalid_stop_the_job_with_one_line_and_start_no_further_clip(
+    tmp_path, served, capsys, monkeypatch
+):
+    """yt-dlp's own warning, reported through its logger on the second clip's extraction
+    (the YouTube extractor reports it after a request once the account's cookies are
+    gone from the jar: extractor/youtube/_base.py), stops the job: exit 3, one STOPPED
+    line that says to export the cookies again, the first clip kept, no later clip asked
+    of the origin, and a re-run with fresh cookies completes."""
+    import yt_dlp
+    from yt_dlp.extractor.youtube._base import YoutubeBaseInfoExtractor
+
+    from jobs import preprocess
+
+    message = (  # as extractor/youtube/_base.py words it
+        "[youtube] The provided YouTube account cookies are no longer valid. They have likely been rotated "
+        "in the browser as a security measure. For tips on how to effectively export YouTube cookies, "
+        f"refer to  {YoutubeBaseInfoExtractor._COOKIE_HOWTO_WIKI_URL} ."
+    )
+    extract = yt_dlp.YoutubeDL.extract_info
+
+    def extract_and_warn(self, url, *args, **kwargs):
+        if "c1.mp4" in url and rotated:
+            self.report_warning(message, only_once=False)
+        return extract(self, url, *args, **kwargs)
+
+    rotated = True
+    monkeypatch.setattr(yt_dlp.YoutubeDL, "extract_info", extract_and_warn)
+    csv = tmp_path / "vggsound.csv"
+    csv.write_text("".join(f"c{i},0,dog,train\n" for i in range(3)))
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text(COOKIES)
+    out = tmp_path / "out"
+    with RangeServer(served) as server:
+        argv = [
+            str(csv),
+            "--out",
+            str(out),
+            "--url-template",
+            server.url("{id}.mp4"),
+            "--cookies",
+            str(cookies),
+        ]
+        argv += ["--executor", "local", "--threads", "1", "--frame-size", "32"]
+        assert preprocess.main(argv) == 3
+        err = capsys.readouterr().err
+        fetched = {r["path"] for r in server.log}
+        stopped = [line for line in err.splitlines() if line.startswith("STOPPED:")]
+        assert len(stopped) == 1 and "no longer valid" in stopped[0] and "export them again" in stopped[0], (
+            err
+        )
+        assert "Traceback" not in err and "secret-session-42" not in err
+        assert "c2.mp4" not in fetched and "c0.mp4" in fetched, fetched
+        rotated = False  # the cookies exported again
+        assert preprocess.main(argv) == 0
+    assert json.loads((out / "manifest.json").read_text())["num_samples"] == 3

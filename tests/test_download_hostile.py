@@ -312,6 +312,28 @@ def test_a_proxy_that_refuses_us_is_a_proxy_error_not_a_block(tmp_path, served, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("status", [502, 503])
+def test_a_proxy_failing_with_5xx_is_a_proxy_fault_for_an_https_source_never_a_block(
+    tmp_path, served, status
+):
+    """A 5xx the proxy answers to the CONNECT of an https source (every YouTube URL) is
+    the proxy's: a proxy fault, no block, no cooldown of the source. To the plain request
+    of an http source the proxy relays the origin's answers, so its own 5xx reads like
+    the origin's and stays a ``server_error``, retried like one (docs/youtube.md)."""
+    with RangeServer(served) as server, HttpProxy() as proxy:
+        proxy.refuse(status)
+        governor = _governor()
+        tunnel = _through(proxy.url, f"https://127.0.0.1:{_dead_port()}/c1.mp4", tmp_path, governor)
+        assert (tunnel.kind, tunnel.transient) == ("proxy_error", True), tunnel.message
+        assert governor.stats()["blocks"] == {} and str(status) in tunnel.message
+        governor = _governor()
+        relayed = _through(proxy.url, server.url("c1.mp4"), tmp_path, governor)
+        assert server.log == []  # nothing reached the origin either way
+    assert (relayed.kind, relayed.transient) == ("server_error", True), relayed.message
+    assert governor.stats()["blocks"] == {}
+
+
+@pytest.mark.slow
 def test_a_proxy_that_refuses_the_connection_is_a_proxy_error(tmp_path):
     error = _through(
         f"http://bob:{PROXY_PASSWORD}@127.0.0.1:{_dead_port()}", "https://127.0.0.1:9/x.mp4", tmp_path
@@ -466,15 +488,18 @@ def test_a_rotated_cookie_is_sent_on_the_next_media_request(tmp_path, served):
 
 
 @pytest.mark.slow
-def test_with_cookies_a_transfer_retry_goes_through_the_relay_on_the_same_extraction(tmp_path, served):
-    """The relay's transfer answered 503: the retry reuses the extraction (one request
-    without Range at the origin) and the relay, and still carries the session cookie
-    the host rotated."""
+@pytest.mark.parametrize("fetch", ["pyav", "ffmpeg"])
+def test_with_cookies_a_transfer_retry_goes_through_the_relay_on_the_same_extraction(tmp_path, served, fetch):
+    """The transfer answered 503 (PyAV's reader, or ffmpeg behind the cookie relay): the
+    retry reuses the extraction (one request without Range at the origin) and still
+    carries the session cookie the host rotated."""
     cookies = tmp_path / "cookies.txt"
     cookies.write_text(f"# Netscape HTTP Cookie File\n{COOKIE_HOST}\tFALSE\t/\tFALSE\t0\tSID\t{SECRET}\n")
     work = tmp_path / "work"
     work.mkdir()
-    cfg = DownloadConfig(cookies=str(cookies), socket_timeout=2.0, max_attempts=1, backoff_base=0.05)
+    cfg = DownloadConfig(
+        cookies=str(cookies), socket_timeout=2.0, max_attempts=1, backoff_base=0.05, fetch=fetch
+    )
     with RangeServer(served, host=COOKIE_HOST, port=80) as server:
         server.rotate_cookie = "SID"
         server.refuse_ranged(503, 1)
