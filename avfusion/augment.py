@@ -59,10 +59,9 @@ class AugmentConfig:
     color_jitter: float = bounded(0.3, ge=0, le=1)  # brightness, contrast, saturation factors in 1 ± this
     crop_seconds: float = bounded(0.0, ge=0, le=3600)  # train on a random window this long (0 = whole clip)
     crop_frames: int = bounded(0, ge=0, le=512)  # train on this many of the clip's frames, in order (0 = all)
-    # Audio noise at the top severity (-5 dB SNR) counts as dead for the dead-modality term
-    # (the audio-only model keeps 0.01-0.06 of its evidence there on the bundled set). Off:
-    # it moves the weight off that noise only, not off a held-out destroyed stream, and
-    # costs clean accuracy and frozen-video weight (docs/model.md).
+    # Audio noise at the top severity (-5 dB SNR) counts as dead for the dead-modality term:
+    # the audio-only model keeps 0.01-0.06 of its evidence there on the bundled set. On in
+    # `small`; it teaches that noise only, not a held-out destroyed stream (docs/model.md).
     dead_noise: bool = False
 
     def __post_init__(self) -> None:

@@ -99,14 +99,14 @@ ABLATIONS = {
     "isolated branches": lambda c: _loss(_model(c, isolate_branches=True), aux_weight=1.0),
     # a blank stream's own head taught the clip's label, as before dead_uniform
     "dead head taught the class": lambda c: _loss(c, dead_uniform=False),
-    # -5 dB audio noise a dead stream for the dead-modality term (off in `small`, docs/model.md)
-    "noise counted dead": lambda c: replace(c, augment=replace(c.augment, dead_noise=True)),
+    # -5 dB audio noise a live stream for the dead-modality term, as before `small` counted it dead
+    "noise counted live": lambda c: replace(c, augment=replace(c.augment, dead_noise=False)),
 }
 FUSION_INGREDIENTS = (
     "no confidence features",
     "isolated branches",
     "dead head taught the class",
-    "noise counted dead",
+    "noise counted live",
     "no dead-modality term",
     "separate heads",
     "no evidence features",
@@ -450,13 +450,9 @@ def goals(
             m["frozen / audio-only"] >= 0.95,
         ),
     ]
-    w_v = 1 - m["w_audio normal"]
-    for name, key, base in (
-        ("blur@5", "w_video blur@5", w_v),
-        ("video noise@5", "w_video video noise@5", w_v),
-        ("audio noise@5", "w_audio audio noise@5", m["w_audio normal"]),
-    ):
-        rows.append((f"{name} moves ≥ 0.2 of the weight", f"{m[key] - base:+.3f}", base - m[key] >= 0.2))
+    # Which corruptions must move the weight is the evidence table's verdict (issue 29's
+    # destroyed streams), not a fixed list: blur@5 and video noise@5 leave the video-only
+    # model its accuracy on both sets, so keeping their weight is following the evidence.
     for family in ("held out", "trained"):
         picked = [r for r in destroyed or [] if r[1] == family]
         if picked:
