@@ -658,6 +658,27 @@ def test_the_bench_reports_margin_folds_won_own_heads_and_destroyed_streams():
         ("muted_audio", "trained", "–", "–", "–", "–", "–"),
     ]
 
+    from jobs.bench.robustness import gate_rows
+
+    def figs(share, ratio, margin):
+        return {"weight share": [share] * 3, "fused / other-only": [ratio] * 3, "margin": [margin] * 3}
+
+    gates = {
+        "audio_lowpass@3": {
+            "distance": {
+                "0.00": figs(0.9, 0.8, 0.08),
+                "0.10": figs(0.7, 0.85, 0.06),
+                "0.25": figs(0.45, 0.95, 0.04),  # the first rate meeting all three
+                "0.50": figs(0.2, 1.0, -0.05),  # the clean margin spent
+            }
+        }
+    }
+    assert gate_rows(table, gates) == [
+        ("audio_lowpass@3", "held out", "distance", "0.70 / +0.060", "0.45 / +0.040", "0.20 / -0.050", "0.25")
+    ]
+    gates["audio_lowpass@3"]["distance"]["0.25"] = figs(0.45, 0.95, 0.02)
+    assert gate_rows(table, gates)[0][-1] == "none"
+
 
 def test_a_run_kept_in_out_counts_as_finished_only_when_every_epoch_trained(tmp_path):
     """The bench evaluates a run ``--out`` already holds only if it trained every epoch

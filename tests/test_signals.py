@@ -71,3 +71,57 @@ def test_each_stream_gets_the_signals_its_model_has():
     bare = _model(aux_heads=False, confidence=False)
     only = clip_signals(bare, fit_embeddings(bare, [samples]), alone, wave, frames, streams=("video",))
     assert set(only) == {"video"} and set(only["video"]) == {"weight", "distance"}
+
+
+def _outputs(a, v, weight_audio, fused_right, video_head_right, video_only_right):
+    """A fused model's and the unimodal models' outputs on 4 clips of 2 classes (target 0):
+    right where asked."""
+    from avfusion.model import Features, FusionOutput
+
+    def logits(right):
+        return torch.tensor([[1.0, 0.0] if r else [0.0, 1.0] for r in right])
+
+    w = torch.tensor([[weight_audio, 1 - weight_audio]] * 4)
+    fused = FusionOutput(logits(fused_right), w, logits([True] * 4), logits(video_head_right))
+    alone = FusionOutput(logits(video_only_right), torch.tensor([[0.0, 1.0]] * 4), None, None)
+    audio_alone = FusionOutput(logits([True] * 4), torch.tensor([[1.0, 0.0]] * 4), None, None)
+    return {
+        "fused": (Features(a, v), fused),
+        "audio-only": (Features(a, None), audio_alone),
+        "video-only": (Features(None, v), alone),
+    }
+
+
+def test_a_gate_drops_the_stream_where_its_signal_stands_above_the_clean_clips():
+    """Dropping audio on the clips whose distance is above the clean clips' top quarter:
+    every far (corrupted) clip loses its weight and takes the video head's answer, one
+    clean clip in four does too; rate 0 is the model as it is."""
+    from avfusion.evaluation.conditions import NORMAL, Condition
+    from avfusion.evaluation.signals import Gaussian, SignalTally
+
+    tally = SignalTally({m: Gaussian(np.zeros(2), np.eye(2)) for m in ("audio", "video")})
+    v = torch.zeros(4, 2)
+    near = torch.tensor([[0.1, 0.0], [0.2, 0.0], [0.3, 0.0], [0.4, 0.0]])
+    video_head = [True, True, False, False]  # right on half the clips, as the video-only model
+    target = torch.zeros(4, dtype=torch.long)
+    tally(NORMAL, _outputs(near, v, 0.8, [True] * 4, video_head, video_head), target)
+    lowpass = Condition.parse("audio_lowpass@3")
+    tally(lowpass, _outputs(near * 100, v, 0.8, [False] * 4, video_head, video_head), target)
+    gates = tally.gates(rates=(0.25,))[lowpass]["distance"]
+    assert gates[0.0] == {"weight share": 1.0, "fused / other-only": 0.0, "clean top1": 1.0}
+    # clean: the farthest clip (0.4, video head wrong there) is dropped; corrupted: all four
+    assert gates[0.25] == pytest.approx({"weight share": 0.0, "fused / other-only": 1.0, "clean top1": 0.75})
+    assert set(tally.gates(rates=(0.25,))[lowpass]) == {
+        "weight",
+        "distance",
+        "head sure",
+        "head energy",
+        "disagreement",
+    }
+    # without a model of the other stream alone there is nothing to hold a gate against
+    lonely = SignalTally(tally.gaussians)
+    for cond, sample in ((NORMAL, near), (lowpass, near * 100)):
+        outs = _outputs(sample, v, 0.8, [True] * 4, video_head, video_head)
+        del outs["video-only"]
+        lonely(cond, outs, target)
+    assert lonely.gates() == {} and lowpass in lonely.figures()

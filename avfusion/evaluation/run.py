@@ -112,13 +112,14 @@ def evaluate_conditions(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: Any = None,
-    observe: Callable[[Condition, dict[str, tuple[Features, FusionOutput]]], None] | None = None,
+    observe: Callable[[Condition, dict[str, tuple[Features, FusionOutput]], torch.Tensor], None]
+    | None = None,
 ) -> Results:
     """``batches`` yields lists of decoded samples (key, waveform, frames, target);
     ``progress`` (a tqdm bar) is advanced by the clips evaluated; ``observe`` is handed,
-    per condition and batch, each model's features and outputs (``signals.SignalTally``
-    reads them there rather than running the models again). Returns {condition: {model
-    name: summary}}; "fused" carries the attention.
+    per condition and batch, each model's features and outputs and the batch's targets
+    (``signals.SignalTally`` reads them there rather than running the models again).
+    Returns {condition: {model name: summary}}; "fused" carries the attention.
 
     One path for every device: corruptions run on the host (numpy, seeded per clip),
     then each condition's batch and the models are on ``device``; the tallies read
@@ -145,7 +146,7 @@ def evaluate_conditions(
                 outputs[name] = (features, model.forward_head(*features))
                 tallies[cond][name].add(outputs[name][1], target, fused=m == "both")
             if observe is not None:
-                observe(cond, outputs)
+                observe(cond, outputs, target)
             if progress is not None:
                 progress.update(len(samples))
     return {c: {m: t.summary() for m, t in by_model.items()} for c, by_model in tallies.items()}

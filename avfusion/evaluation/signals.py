@@ -9,6 +9,11 @@ says how well that signal could tell the two apart: 0.5 is blind, 1.0 puts every
 corrupted clip above every clean one; its false alarms, the share of clean clips it also
 flags to catch three quarters of the corrupted ones, are what halving the stream's weight
 from it would cost clean clips. Every signal is oriented so that higher means "more lost".
+
+``SignalTally.gates`` measures that cost instead of estimating it: a gate that drops the
+stream (its weight to 0, the prediction the other stream's own head) on every clip whose
+signal is above the clean clips' top ``rate``, and what that does to the destroyed
+stream's weight, to the fused model under the corruption and to clean accuracy.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ SIGNALS = {
     "disagreement": "Jensen-Shannon divergence of the own head from the unimodal model (an ensemble of two)",
 }
 MODALITIES = ("audio", "video")
+# The shares of clean clips a gate drops the stream on (``SignalTally.gates``).
+GATE_RATES = tuple(round(0.05 * i, 2) for i in range(1, 11))
 
 
 @dataclass
@@ -164,13 +171,20 @@ def clip_signals(
 class SignalTally:
     """Collects the signals while ``evaluate_conditions`` runs (its ``observe``): of the
     model named ``fused``, with the unimodal models beside it for the disagreement; clean
-    clips for both streams, a corruption's for its own stream. ``figures`` compares them."""
+    clips for both streams, a corruption's for its own stream. ``figures`` compares them;
+    ``gates`` measures what dropping the stream from each signal would do."""
 
     def __init__(self, gaussians: Mapping[str, Gaussian], fused: str = "fused") -> None:
         self.gaussians, self.fused = gaussians, fused
         self.values: dict[Condition, dict[str, dict[str, list[np.ndarray]]]] = {}
+        # per condition and stream, per clip: the stream's weight, whether the fused
+        # model, the other stream's own head (the fused model with this stream dropped)
+        # and the other stream's unimodal model are right
+        self.outcomes: dict[Condition, dict[str, dict[str, list[np.ndarray]]]] = {}
 
-    def __call__(self, cond: Condition, outputs: dict[str, tuple[Features, FusionOutput]]) -> None:
+    def __call__(
+        self, cond: Condition, outputs: dict[str, tuple[Features, FusionOutput]], target: torch.Tensor
+    ) -> None:
         if cond != NORMAL and cond.modality is None:
             return  # no single stream to compare
         streams = MODALITIES if cond == NORMAL else (str(cond.modality),)
@@ -183,21 +197,73 @@ class SignalTally:
         for m, by_name in stream_signals(self.gaussians, features, out, alone, streams).items():
             for name, v in by_name.items():
                 self.values.setdefault(cond, {}).setdefault(m, {}).setdefault(name, []).append(v)
+            other = "video" if m == "audio" else "audio"
+            fallback = out.video_logits if m == "audio" else out.audio_logits
+            if fallback is None or other not in alone:
+                continue  # no own heads, or no unimodal model to hold the gate against
+            target = target.cpu()
+            right = {
+                "weight": out.weights[:, MODALITIES.index(m)].float().cpu().numpy(),
+                "fused": (out.logits.argmax(dim=1).cpu() == target).numpy(),
+                "fallback": (fallback.argmax(dim=1).cpu() == target).numpy(),
+                "other only": (alone[other].argmax(dim=1).cpu() == target).numpy(),
+            }
+            for name, v in right.items():
+                self.outcomes.setdefault(cond, {}).setdefault(m, {}).setdefault(name, []).append(v)
+
+    def _corrupted(self, table: dict) -> Iterable[tuple[Condition, str, dict, dict]]:
+        """(condition, its stream, its clips' arrays, the same clips' clean arrays)."""
+        for cond, by_stream in table.items():
+            if cond == NORMAL:
+                continue
+            ((stream, hit),) = by_stream.items()
+            clean = table[NORMAL][stream]
+            yield (
+                cond,
+                stream,
+                {k: np.concatenate(v) for k, v in hit.items()},
+                {k: np.concatenate(v) for k, v in clean.items()},
+            )
 
     def figures(self) -> dict[Condition, dict[str, dict[str, float]]]:
         """{condition: {"auroc" | "false alarms": {signal: value}}} for every condition
         that corrupted one stream, against the same clips clean."""
-        out: dict[Condition, dict[str, dict[str, float]]] = {}
-        for cond, by_stream in self.values.items():
-            if cond == NORMAL:
-                continue
-            ((stream, hit_lists),) = by_stream.items()
-            clean = {k: np.concatenate(v) for k, v in self.values[NORMAL][stream].items()}
-            hit = {k: np.concatenate(v) for k, v in hit_lists.items()}
-            out[cond] = {
+        return {
+            cond: {
                 "auroc": {k: auroc(clean[k], hit[k]) for k in clean},
                 "false alarms": {k: false_alarms(clean[k], hit[k]) for k in clean},
             }
+            for cond, _, hit, clean in self._corrupted(self.values)
+        }
+
+    def gates(self, rates: Iterable[float] = GATE_RATES) -> dict[Condition, dict[str, dict[float, dict]]]:
+        """{condition: {signal: {rate: figures}}}: the corrupted stream dropped on every
+        clip whose signal is above the ``rate`` quantile's threshold of the same clips
+        clean (so about ``rate`` of clean clips lose it): "weight share", its mean weight
+        under the corruption ÷ on clean clips (the destroyed-stream goal: ≤ 0.5); "fused /
+        other-only", the gated model's top-1 under the corruption ÷ the other stream's
+        unimodal model's (goal ≥ 0.9); "clean top1", the gated model on clean clips (the
+        clean goal's side). Rate 0 is the model as it is."""
+        out: dict[Condition, dict[str, dict[float, dict]]] = {}
+        for cond, stream, hit, clean in self._corrupted(self.outcomes):
+            signals, reference = self.values[cond][stream], self.values[NORMAL][stream]
+            for name in signals:
+                s_hit, s_clean = np.concatenate(signals[name]), np.concatenate(reference[name])
+                if np.isnan(s_hit).any() or np.isnan(s_clean).any():
+                    continue
+                for rate in (0.0, *rates):
+                    threshold = np.quantile(s_clean, 1 - rate) if rate else np.inf
+                    drop_hit, drop_clean = s_hit > threshold, s_clean > threshold
+                    kept_clean = float((clean["weight"] * ~drop_clean).mean())
+                    other = float(hit["other only"].mean())
+                    gated = np.where(drop_hit, hit["fallback"], hit["fused"]).mean()
+                    out.setdefault(cond, {}).setdefault(name, {})[rate] = {
+                        "weight share": float((hit["weight"] * ~drop_hit).mean()) / kept_clean
+                        if kept_clean
+                        else float("nan"),
+                        "fused / other-only": float(gated) / other if other else float("nan"),
+                        "clean top1": float(np.where(drop_clean, clean["fallback"], clean["fused"]).mean()),
+                    }
         return out
 
 

@@ -214,11 +214,12 @@ def train_all(runs: dict[tuple[int, str], TrainConfig], jobs: int) -> int:
 
 def evaluate_fold(
     shards: str, folds: str, fold: int, runs: dict[str, Path], suite: bool, seed: int
-) -> tuple[dict, dict]:
+) -> tuple[dict, dict, dict]:
     """Evaluate each fused variant beside the unimodal models on the held-out fold; and,
     for the fused model, each per-clip signal's AUROC and false alarms for a stream a
     condition corrupts (``avfusion.evaluation.signals``: could anything the model has see
-    that the stream is lost?)."""
+    that the stream is lost?) and what a gate that drops the stream from it would do
+    (``SignalTally.gates``)."""
     from avfusion.checkpoint import model_from_checkpoint
     from avfusion.evaluation.conditions import Condition, conditions
     from avfusion.evaluation.run import evaluate_conditions, shard_batches
@@ -247,7 +248,8 @@ def evaluate_fold(
         for name, model in models.items()
         if model.cfg.modalities == "both"
     }
-    return results, {c.name: figures for c, figures in signals.figures().items()}
+    gates = {c.name: by_signal for c, by_signal in signals.gates().items()}
+    return results, {c.name: figures for c, figures in signals.figures().items()}, gates
 
 
 def fold_figures(res: dict) -> dict[str, float]:
@@ -409,6 +411,47 @@ def signal_rows(destroyed: list[tuple], signals: dict[str, dict[str, list[float]
     ]
 
 
+GATE_SHOWN = (0.1, 0.25, 0.5)  # the gate table's columns: shares of clean clips gated
+
+
+def gate_rows(
+    destroyed: list[tuple], gates: dict[str, dict[str, dict[str, dict[str, list[float]]]]]
+) -> list[tuple]:
+    """One row per destroyed stream and signal (``destroyed_rows``' order): at the gate
+    rates of ``GATE_SHOWN``, the destroyed stream's weight ÷ clean and the clean margin
+    over the better unimodal model, mean over folds; and the lowest rate at which the
+    gated model meets the destroyed-stream goal (weight ≤ ½ clean, fused ≥ 0.9 × the
+    other stream's model) with the clean goal kept (margin ≥ +0.03), "none" if none.
+    ``gates``: condition → signal → rate (as "0.25") → figure → folds."""
+    from avfusion.evaluation.signals import SIGNALS
+
+    rows = []
+    for cond, family, *_ in destroyed:
+        for signal in SIGNALS:
+            by_rate = gates.get(cond, {}).get(signal)
+            if not by_rate:
+                continue
+            mean = {r: {k: float(np.mean(v)) for k, v in figs.items()} for r, figs in by_rate.items()}
+            meets = [
+                float(r)
+                for r, m in mean.items()
+                if m["weight share"] <= 0.5 and m["fused / other-only"] >= 0.9 and m["margin"] >= 0.03
+            ]
+            rows.append(
+                (
+                    cond,
+                    family,
+                    signal,
+                    *(
+                        f"{mean[f'{r:.2f}']['weight share']:.2f} / {mean[f'{r:.2f}']['margin']:+.3f}"
+                        for r in GATE_SHOWN
+                    ),
+                    f"{min(meets):.2f}" if meets else "none",
+                )
+            )
+    return rows
+
+
 def goals(
     agg: dict[str, tuple[float, float]], chance: float, k: int, destroyed: list | None = None
 ) -> list[tuple[str, str, bool]]:
@@ -538,10 +581,22 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
     evidence: dict[str, list[float]] = {}
     streams: dict[str, dict[str, list[float]]] = {}
     signals: dict[str, dict[str, dict[str, list[float]]]] = {}  # figure → condition → signal → folds
+    gates: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = {}  # condition → signal → rate → figure
     for fold in range(k):
         fold_runs = {name: cfg.out for (f, name), cfg in runs.items() if f == fold}
         suite = not args.no_suite
-        results, fold_signals = evaluate_fold(shards, str(folds), fold, fold_runs, suite, args.seed)
+        results, fold_signals, fold_gates = evaluate_fold(
+            shards, str(folds), fold, fold_runs, suite, args.seed
+        )
+        here = fold_figures(results["fused"])
+        best = max(here["top1 audio-only"], here["top1 video-only"])
+        for cond_name, by_signal in fold_gates.items():
+            for signal, by_rate in by_signal.items():
+                for rate, figs in by_rate.items():
+                    to = gates.setdefault(cond_name, {}).setdefault(signal, {}).setdefault(f"{rate:.2f}", {})
+                    to.setdefault("weight share", []).append(figs["weight share"])
+                    to.setdefault("fused / other-only", []).append(figs["fused / other-only"])
+                    to.setdefault("margin", []).append(figs["clean top1"] - best)
         for cond_name, by_figure in fold_signals.items():
             for figure, by_signal in by_figure.items():
                 for key, value in by_signal.items():
@@ -604,6 +659,19 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
             signal_rows(destroyed, signals["false alarms"]),
             ("condition", "family", *SIGNALS),
         )
+    if destroyed and gates:
+        print_table(
+            f"{title}: a gate that drops the destroyed stream where a signal is above the clean clips' "
+            "top share (rows: weight ÷ clean / clean margin over the better unimodal model, mean over folds)",
+            gate_rows(destroyed, gates),
+            (
+                "condition",
+                "family",
+                "signal",
+                *(f"gate {r:.0%} of clean" for r in GATE_SHOWN),
+                "lowest gate meeting both goals",
+            ),
+        )
     if len(agg) > 1:
         n = len(ablation_folds)
         cols = (
@@ -632,6 +700,7 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
         "evidence_left": {c: list(v) for c, v in evidence.items()},
         "streams": streams,
         "signals": signals,
+        "gates": gates,
         "mean_std": {v: {k_: list(ms) for k_, ms in a.items()} for v, a in agg.items()},
     }
 
