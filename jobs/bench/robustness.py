@@ -214,12 +214,14 @@ def train_all(runs: dict[tuple[int, str], TrainConfig], jobs: int) -> int:
 
 def evaluate_fold(
     shards: str, folds: str, fold: int, runs: dict[str, Path], suite: bool, seed: int
-) -> tuple[dict, dict, dict]:
+) -> tuple[dict, dict, dict, float | None]:
     """Evaluate each fused variant beside the unimodal models on the held-out fold; and,
     for the fused model, each per-clip signal's AUROC and false alarms for a stream a
     condition corrupts (``avfusion.evaluation.signals``: could anything the model has see
     that the stream is lost?) and what a gate that drops the stream from it would do
-    (``SignalTally.gates``)."""
+    (``SignalTally.gates``); and the clean top-1 of the plainest late fusion, the mean of
+    the two unimodal models' probabilities (None without both), the baseline a learned
+    attention has to beat."""
     from avfusion.checkpoint import model_from_checkpoint
     from avfusion.evaluation.conditions import Condition, conditions
     from avfusion.evaluation.run import evaluate_conditions, shard_batches
@@ -237,19 +239,28 @@ def evaluate_fold(
     unimodal = {n: m for n, m in models.items() if m.cfg.modalities != "both"}
     training = shard_batches(data.urls, Subset(folds=read_folds(folds), fold=fold, holdout=False), 16, 0)
     signals = SignalTally(fit_embeddings(models["fused"], training))  # read during the fused model's pass
+    ensemble: list[np.ndarray] = []  # clean clips: right by the unimodal models' mean probability
+
+    def observe(cond, outputs, target) -> None:
+        signals(cond, outputs, target)
+        if cond.name == "normal" and len(unimodal) == 2:
+            mean = torch.stack([torch.softmax(outputs[n][1].logits.float(), dim=1) for n in unimodal]).mean(0)
+            ensemble.append((mean.argmax(dim=1).cpu() == target.cpu()).numpy())
+
     results = {
         name: evaluate_conditions(
             {"fused": model, **unimodal},
             batches,
             conds if name == "fused" else conds[: len(KEY_CONDITIONS)],
             seed=seed,
-            observe=signals if name == "fused" else None,
+            observe=observe if name == "fused" else None,
         )
         for name, model in models.items()
         if model.cfg.modalities == "both"
     }
     gates = {c.name: by_signal for c, by_signal in signals.gates().items()}
-    return results, {c.name: figures for c, figures in signals.figures().items()}, gates
+    top1 = float(np.concatenate(ensemble).mean()) if ensemble else None
+    return results, {c.name: figures for c, figures in signals.figures().items()}, gates, top1
 
 
 def fold_figures(res: dict) -> dict[str, float]:
@@ -304,6 +315,9 @@ PER_FOLD = (
     "w_video black",
     "w_video frozen",
 )
+
+
+ENSEMBLE = "top1 ensemble (the unimodal models' mean probability)"
 
 
 def per_fold_columns(per_fold: list[dict[str, float]]) -> list[str]:
@@ -585,7 +599,7 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
     for fold in range(k):
         fold_runs = {name: cfg.out for (f, name), cfg in runs.items() if f == fold}
         suite = not args.no_suite
-        results, fold_signals, fold_gates = evaluate_fold(
+        results, fold_signals, fold_gates, ensemble = evaluate_fold(
             shards, str(folds), fold, fold_runs, suite, args.seed
         )
         here = fold_figures(results["fused"])
@@ -603,6 +617,11 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
                     signals.setdefault(figure, {}).setdefault(cond_name, {}).setdefault(key, []).append(value)
         for variant, res in results.items():
             per_fold.setdefault(variant, []).append(fold_figures(res))
+            if variant == "fused" and ensemble is not None:
+                per_fold[variant][-1][ENSEMBLE] = ensemble
+                per_fold[variant][-1]["margin: fused - ensemble"] = (
+                    per_fold[variant][-1]["top1 fused"] - ensemble
+                )
             if variant == "fused":
                 for cond, (left, _) in evidence_left(res, chance).items():
                     evidence.setdefault(cond.name, []).append(left)
