@@ -70,3 +70,31 @@ def test_readme_is_a_short_reference_that_opens_with_the_two_commands():
     commands = [line.split("#")[0].strip() for line in lines[start + 1 : start + 3]]
     assert commands == ["make demo", "make test"]
     assert lines[start + 3] == "```"
+
+
+def test_the_recipe_docs_model_md_shows_is_the_small_presets():
+    """docs/model.md opens with a `train:` block; every value in it is what `small`
+    trains with (its YAML over the defaults), so the page cannot go on describing a
+    recipe the preset left behind."""
+    import functools
+
+    import yaml
+
+    from jobs.bench.robustness import recipe
+
+    block = re.search(r"^```yaml\n(train:.*?)^```", (ROOT / "docs" / "model.md").read_text(), re.M | re.S)
+    assert block, "docs/model.md lost its recipe block"
+
+    def leaves(tree: dict, prefix: str = ""):
+        for key, value in tree.items():
+            yield from (
+                leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+            )
+
+    small = recipe("small", "shards", None, 0)
+    wrong = {
+        key: (shown, trained)
+        for key, shown in leaves(yaml.safe_load(block[1])["train"])
+        if (trained := functools.reduce(getattr, key.split("."), small)) != shown
+    }
+    assert not wrong, f"docs/model.md shows (value, small's): {wrong}"
