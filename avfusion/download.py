@@ -1103,7 +1103,7 @@ class _MediaReader(io.RawIOBase):
     def __init__(self, ydl: Any, url: str, headers: dict[str, str], chunk: int, timeout: float) -> None:
         super().__init__()
         self.ydl, self.url, self.headers, self.chunk, self.timeout = ydl, url, headers, chunk, timeout
-        self.ask = min(chunk, _FIRST_ASK)  # the next request's size: doubles while reads run on
+        self.ask = 0  # what the last request asked for: the next doubles it while reads run on
         self.budget = _TRANSFER_BUDGET * timeout
         self.deadline = time.monotonic() + self.budget
         self.pos = 0  # where the next read starts
@@ -1185,6 +1185,8 @@ class _MediaReader(io.RawIOBase):
         if self.response is None or not self.left or self.at != self.pos:
             if not self._request(self.pos):
                 return b""  # past the end (416)
+            if self.at < self.pos:  # a small file's rest, asked from before the read
+                self._take(self.pos - self.at)
         data = self._take(self.left if size < 0 else min(size, self.left))
         self.pos = self.run_end = self.at
         return data
@@ -1218,21 +1220,38 @@ class _MediaReader(io.RawIOBase):
         from yt_dlp.networking import Request
         from yt_dlp.networking.exceptions import HTTPError, TransportError
 
-        # A run of reads asks more each time (up to ``chunk``); a jump starts small again:
-        # what a closed answer leaves in flight is at most what it was asked for.
-        self.ask = min(2 * self.ask if start == self.run_end else _FIRST_ASK, self.chunk)
+        # A run of reads asks twice what the last request did (up to ``chunk``); a jump
+        # starts at _FIRST_ASK again: what a closed answer leaves in flight is at most
+        # what it was asked for.
+        ask = max(2 * self.ask, _HEAD_ASK) if start == self.run_end else _FIRST_ASK
+        index_end, media_next = self._index_end() or (-1, False)
+        in_index = start < index_end
+        if not self.kept and start == 0:  # the head: an MP4's index may be a kilobyte (DASH)
+            ask = _HEAD_ASK
+        elif in_index:
+            # the rest of an MP4's index in one request, and the next box's header if
+            # unknown: no more (the window lies elsewhere), no less (a round trip each)
+            ask = index_end - start + (0 if media_next else _BOX_HEADER)
+        head = self._peek_end(0)
+        rest = None if self.size is None else self.size - head
+        if rest is not None and rest <= min(_SMALL_FILE, self.chunk) and head < start <= head + _SKIP:
+            start, ask, in_index = head, rest, False  # the rest of a small file in one
+        ask = min(ask, self.chunk)
         if self.response is not None and self.left:
             self._unpark()  # one answer parked at most: the latest jumped from
             self.parked = (self.response, self.at, self.left)
             self.response = None
         self._drop()
         self.revived = False
-        end = start + self.ask - 1 if self.size is None else min(start + self.ask, self.size) - 1
+        end = start + ask - 1 if self.size is None else min(start + ask, self.size) - 1
         # Bytes kept, or owed by the parked answer, are not asked for again.
         ahead = [at for at, _ in self.kept] + ([self.parked[1]] if self.parked else [])
         end = min([end, *(at - 1 for at in ahead if at > start)])
         if self.until is not None:  # no further than the window needs (what is asked is sent)
             end = min(end, max(self.until, start + _MIN_ASK) - 1)
+        # what this request asks, bounds and all: the next doubles it; reads past an index
+        # (the demuxer probing the first packets) start a run of their own
+        self.ask = _PROBE_ASK // 2 if in_index else end - start + 1
         headers = {**self.headers, "Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
         request = Request(self.url, headers=headers, extensions={"timeout": self.timeout})
         try:
@@ -1269,6 +1288,45 @@ class _MediaReader(io.RawIOBase):
         self.response = response
         return True
 
+    def _peek(self, at: int, n: int) -> bytes:
+        """Up to ``n`` kept bytes from ``at`` on (fewer where what is kept stops)."""
+        out = b""
+        while len(out) < n:
+            piece = next((p for o, p in self.kept if o <= at + len(out) < o + len(p)), None)
+            if piece is None:
+                break
+            o = next(o for o, p in self.kept if p is piece)
+            out += piece[at + len(out) - o : at + n - o]
+        return out
+
+    def _peek_end(self, at: int) -> int:
+        """Where the kept bytes that run on from ``at`` end (``at`` if none are kept)."""
+        while (piece := next(((o, p) for o, p in self.kept if o <= at < o + len(p)), None)) is not None:
+            at = piece[0] + len(piece[1])
+        return at
+
+    def _index_end(self) -> tuple[int, bool] | None:
+        """Where an MP4's index (its top-level boxes before the first ``mdat`` or ``moof``)
+        ends, as far as the box headers kept tell: (offset, whether a media box starts
+        there). None for a file whose head is not kept or not an MP4 (WebM, MPEG-TS)."""
+        at = 0
+        while True:
+            head = self._peek(at, 16)
+            if len(head) < 8:
+                return (at, False) if at else None
+            size, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if at == 0 and kind != b"ftyp":
+                return None
+            if kind in (b"mdat", b"moof"):
+                return at, True
+            if size == 1:
+                if len(head) < 16:
+                    return at, False
+                size = int.from_bytes(head[8:16], "big")
+            if size < 8:  # to the end of the file, or malformed: nothing to bound by
+                return None
+            at += size
+
     def _unpark(self) -> None:
         if self.parked is not None:
             self.parked[0].close()
@@ -1302,10 +1360,21 @@ _TRANSFER_BUDGET = 10
 # round trip; demuxers hop over a few atoms).
 _CHUNK = 1 << 20
 _SKIP = 256 << 10
-# A reader's first request, and the first after a jump (an index, then the window's start).
+# The first request after a jump (to an index at the end, to the window's start).
 _FIRST_ASK = 128 << 10
+# A reader's first request, at the file's head: a DASH format's index (ftyp, moov, sidx)
+# is about a kilobyte; a progressive MP4's index is then asked for in one more request,
+# to its end, as its box header says (``_MediaReader._index_end``).
+_HEAD_ASK = 16 << 10
+# A file this small (its size comes with the head's answer) is asked for whole after its
+# head: one request more, not a run of small ones.
+_SMALL_FILE = 512 << 10
+_BOX_HEADER = 16  # an MP4 box header, 64-bit size included
+# The first request of the reads right after an MP4's index: the demuxer probing the
+# first packets, a few kilobytes, before it jumps to the window.
+_PROBE_ASK = 16 << 10
 # The least a request asks for, past where the window was expected to end.
-_MIN_ASK = 64 << 10
+_MIN_ASK = 16 << 10
 # The latest bytes a reader keeps to serve reads again.
 _KEPT = 2 << 20
 

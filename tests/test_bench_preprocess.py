@@ -38,18 +38,30 @@ def test_http_rows_measure_cpu_and_the_bytes_the_origin_served(tmp_path):
     out = json.loads(run.stdout.strip().splitlines()[-1])
     for name in ("job", "ffmpeg", "direct"):  # the job (PyAV window copy), fetch ffmpeg, the design row
         rows = out[name]
-        served, served_media, requests, media, necessary = rows["short"]
-        assert media == necessary == sum(out["sizes"]) / 2 and requests >= 2, (name, rows)
+        served, served_media, requests, media, necessary, _, floor = rows["short"]
+        assert media == necessary == floor == sum(out["sizes"]) / 2 and requests >= 2, (name, rows)
         assert served >= served_media >= necessary, (name, rows)  # the whole file is the window
-        l_served, l_media, l_requests, l_window, l_necessary, l_size = rows["long"]
+        l_served, l_media, l_requests, l_window, l_necessary, l_size, l_floor = rows["long"]
         # 10 s of a 300 s file: about a thirtieth of its packets, served with its index and
-        # pre-roll, which no fetch that decodes the window can skip
-        assert l_size / 60 < l_window < l_necessary <= l_media <= l_served < l_size, (name, rows)
+        # pre-roll, which no fetch of one range that decodes the window can skip
+        assert l_size / 60 < l_window < l_floor < l_necessary <= l_media <= l_served < l_size, (name, rows)
         # start-up apart: a worker with yt-dlp costs more to start than to fetch one clip
         assert 0 < rows["cpu_margin"] < rows["cpu_startup"], (name, rows)
         assert rows["cpu_whole"] > rows["cpu_margin"], (name, rows)
+    for name in ("job", "ffmpeg"):  # the same windows from the source as a DASH pair
+        d_served, d_media, d_requests, d_window, d_necessary, d_size, d_floor = out[name]["dash"]
+        assert d_window == out[name]["long"][3] and d_floor <= d_media <= d_served < d_size / 10, out[name]
+    assert "dash" not in out["direct"]
+    # YouTube's layout needs no big index: the job moves far less than from the progressive file
+    assert out["job"]["dash"][1] < 0.75 * out["job"]["long"][1], out["job"]
     src = out["source"]  # the 5-minute source: what its windows need, the same for every row
-    assert src["window"] < src["span"] < src["necessary"] == pytest.approx(src["index"] + src["span"]), src
+    assert (
+        src["window"]
+        < src["floor"]
+        < src["span"]
+        < src["necessary"]
+        == pytest.approx(src["index"] + src["span"])
+    ), src
     assert (
         src["necessary"] == out["job"]["long"][4] and 0 < src["keyframe_gap_s"][0] <= src["keyframe_gap_s"][1]
     )
@@ -81,3 +93,47 @@ def test_the_pre_roll_runs_from_the_keyframe_before_the_window():
         gop = bench.window_bytes(long, prev, key - prev)  # the packets from the keyframe before
         assert before - on > gop / 2, (on, before, gop)
         assert bench.necessary_bytes(long, key, 10.0) == on + bench.mp4_index_bytes(long) > on
+
+
+def test_the_floor_is_the_window_and_the_video_from_the_keyframe_before_it():
+    """Starting on a keyframe, the floor is the window's packets alone; a tenth of a
+    second before it, the GOP before as well (its video packets only)."""
+    import imageio_ffmpeg
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+        (clip,) = bench.make_clips(Path(tmp), 1, ffmpeg)
+        long = bench.make_long(Path(tmp), ffmpeg, clip, seconds=60)
+        keys = bench.keyframe_times(long)
+        key = next(t for t in keys if t >= 20.0)
+        assert bench.floor_bytes(long, key, 10.0) == bench.window_bytes(long, key, 10.0)
+        before = bench.floor_bytes(long, key - 0.1, 10.0) - bench.window_bytes(long, key - 0.1, 10.0)
+        span = bench.necessary_bytes(long, key - 0.1, 10.0, index=False) - bench.window_bytes(
+            long, key - 0.1, 10.0
+        )
+        assert 0 < before < span  # the GOP's video, not the audio between
+
+
+def test_a_dash_pair_is_read_by_yt_dlp_as_two_plain_formats(tmp_path):
+    """The bench's DASH pair: yt-dlp's generic extractor reads the manifest into a video
+    and an audio format with plain URLs (as YouTube's ``bv*+ba``), and each file holds
+    its index at the front."""
+    import imageio_ffmpeg
+    import yt_dlp
+
+    from jobs.bench.origin import RangeServer
+
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    (clip,) = bench.make_clips(tmp_path, 1, ffmpeg)
+    mpd = bench.make_dash(tmp_path, ffmpeg, bench.make_long(tmp_path, ffmpeg, clip, seconds=60))
+    with RangeServer(tmp_path) as origin, yt_dlp.YoutubeDL({"quiet": True, "format": "bv*+ba"}) as ydl:
+        info = ydl.extract_info(origin.url(mpd.name), download=False)
+    formats = info["requested_formats"]
+    assert [f["url"].rsplit("/", 1)[1] for f in formats] == ["dashv.mp4", "dasha.m4a"]
+    assert all(f["protocol"] in ("http", "https") for f in formats)
+    for name in ("dashv.mp4", "dasha.m4a"):
+        assert (
+            bench.mp4_index_bytes(tmp_path / name, front=True)
+            < 4_000
+            < bench.mp4_index_bytes(tmp_path / name)
+        )

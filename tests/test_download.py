@@ -636,10 +636,12 @@ def _behind_a_quiet_first_answer(tmp_path, name: str, after: int, start: float, 
 
 
 @pytest.mark.slow
-def test_an_answer_left_behind_that_goes_quiet_holds_nothing_up(tmp_path):
+def test_an_answer_left_behind_that_goes_quiet_holds_nothing_up(tmp_path, monkeypatch):
     """The reader keeps the answer the demuxer jumped away from, and reads it only if a
-    read needs its bytes: a faststart file's first answer (its index) that goes quiet
-    after the index costs no wait when the demuxer jumps to a window 25 s on."""
+    read needs its bytes: a faststart file's first answer (asked large here, so that it
+    holds the index and what follows) that goes quiet after the index costs no wait when
+    the demuxer jumps to a window 25 s on."""
+    monkeypatch.setattr("avfusion.download._HEAD_ASK", 128 << 10)
     _noise_clip(tmp_path / "served" / "front.mp4", 40.0, faststart=True)
     path, attempts, took = _behind_a_quiet_first_answer(
         tmp_path, "front.mp4", 96 << 10, 27.0, 4.0, replace(FAST, socket_timeout=3.0)
@@ -651,10 +653,12 @@ def test_an_answer_left_behind_that_goes_quiet_holds_nothing_up(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_answer_left_behind_that_goes_quiet_when_needed_is_asked_anew(tmp_path):
-    """A file indexed at its end: the demuxer comes back for the head's answer after the
-    index; that answer went quiet, so after one socket timeout the rest is asked anew,
-    within the attempt, and the window is whole."""
+def test_an_answer_left_behind_that_goes_quiet_when_needed_is_asked_anew(tmp_path, monkeypatch):
+    """A file indexed at its end: the demuxer comes back for the head's answer (asked
+    large here, so that it runs on into the media) after the index; that answer went
+    quiet, so after one socket timeout the rest is asked anew, within the attempt, and
+    the window is whole."""
+    monkeypatch.setattr("avfusion.download._HEAD_ASK", 128 << 10)
     _noise_clip(tmp_path / "served" / "end.mp4", 5.0, faststart=False)
     path, attempts, took = _behind_a_quiet_first_answer(
         tmp_path, "end.mp4", 40 << 10, 0.0, 5.0, replace(FAST, socket_timeout=1.0, transfer_retries=0)
@@ -774,9 +778,10 @@ def test_a_format_header_with_a_line_break_is_never_sent():
         *((fetch, "f404", "not_found", False, 1) for fetch in FETCHERS),
         *((fetch, "f403", "blocked_forbidden", True, 2) for fetch in FETCHERS),
         *((fetch, "slow", "timeout", True, 2) for fetch in FETCHERS),
-        # PyAV's reads are yt-dlp's: a body cut short says so ("IncompleteRead: …");
-        # ffmpeg's exit code says only that the stream failed
-        ("pyav", "reset", "truncated", True, 2),
+        # PyAV's reads are yt-dlp's: a body cut short by a FIN says so ("IncompleteRead:
+        # …"), one cut by a RST is the connection's reset; ffmpeg's exit code says only
+        # that the stream failed
+        ("pyav", "reset", "connection", True, 2),
         ("pyav", "trunc", "truncated", True, 2),
         ("ffmpeg", "reset", "stream_error", True, 2),
         ("ffmpeg", "trunc", "stream_error", True, 2),
@@ -1022,7 +1027,7 @@ def test_vggsound_csv_through_yt_dlp_then_retry_failed(tmp_path, served, ray_loc
         "f404_000000": ("not_found", False, 1),
         "f403_000000": ("blocked_forbidden", True, 2),
         "slow_000000": ("timeout", True, 2),
-        "reset_000000": ("truncated", True, 2),
+        "reset_000000": ("connection", True, 2),
         "trunc_000000": ("truncated", True, 2),
     }
     assert len(ok) + len(failures) == len(ids), "every clip is a sample or a recorded failure"

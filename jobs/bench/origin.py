@@ -54,7 +54,7 @@ class RangeServer:
         self.rotate_cookie: str | None = None
         self.ranged_refusals: list[int] = []  # statuses for the next ranged requests, in order
         self.head_status: int | None = None  # answer every HEAD with this status (a host that refuses HEAD)
-        self.content_type = "video/mp4"  # of every file served
+        self.content_type = "video/mp4"  # of every file served but a DASH manifest
         self.peer_limit: tuple[int, float] | None = None  # (requests, seconds) per client address
         self.served_by_peer: dict[str, list[float]] = {}  # times of the requests served, per address
         self.served_total = 0
@@ -197,7 +197,8 @@ class RangeServer:
                     end, status = min(end, len(data) - 1), 206
                 body = data[start : end + 1]
                 self.send_response(status)
-                self.send_header("Content-Type", server.content_type)
+                mime = "application/dash+xml" if name.endswith(".mpd") else server.content_type
+                self.send_header("Content-Type", mime)
                 self.send_header("Accept-Ranges", "bytes")
                 if server.rotate_cookie:
                     self.send_header(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -236,6 +237,78 @@ def make_long(folder: Path, ffmpeg: str, src: Path, seconds: int = 300) -> Path:
     return dst
 
 
+def make_dash(folder: Path, ffmpeg: str, src: Path) -> Path:
+    """``src`` as YouTube serves a video: a DASH pair, a video-only MP4 fragmented at its
+    keyframes and an audio-only one in 10 s fragments (YouTube's audio formats' segment
+    length), each with its index (``moov`` and one ``sidx``) at the front, and the
+    manifest that names them (yt-dlp reads it as two plain formats, as it reads
+    YouTube's ``bv*+ba``)."""
+    import av
+
+    streams = {"v": ("video", "dashv.mp4", []), "a": ("audio", "dasha.m4a", ["-frag_duration", "10000000"])}
+    ranges = {}
+    for key, (_, name, extra) in streams.items():
+        subprocess.run(
+            [ffmpeg, "-v", "error", "-y", "-i", str(src), "-map", f"0:{key}", "-c", "copy"]
+            + ["-movflags", "+dash+global_sidx", *extra, "-f", "mp4", str(folder / name)],
+            check=True,
+        )
+        boxes: dict[str, tuple[int, int]] = {}
+        at, data = 0, (folder / name).read_bytes()
+        while at + 8 <= len(data) and not {"moov", "sidx"} <= boxes.keys():
+            size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8].decode("latin-1")
+            boxes[kind], at = (at, at + size - 1), at + size
+        ranges[key] = (boxes["moov"][1], boxes["sidx"])
+    with av.open(str(src)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        seconds = float(container.duration or 0) / av.time_base
+        width, height, rate = (
+            video.codec_context.width,
+            video.codec_context.height,
+            audio.codec_context.sample_rate,
+        )
+
+    def representation(key: str, attrs: str) -> str:
+        kind, name, _ = streams[key]
+        init_end, (index_start, index_end) = ranges[key]
+        return (
+            f'<AdaptationSet mimeType="{kind}/mp4" contentType="{kind}"><Representation id="{key}" {attrs}>'
+            f'<BaseURL>{name}</BaseURL><SegmentBase indexRange="{index_start}-{index_end}">'
+            f'<Initialization range="0-{init_end}"/></SegmentBase></Representation></AdaptationSet>'
+        )
+
+    mpd = folder / "long.mpd"
+    mpd.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
+        f'mediaPresentationDuration="PT{seconds:.3f}S" profiles="urn:mpeg:dash:profile:isoff-on-demand:2011" '
+        'minBufferTime="PT2S"><Period>'
+        + representation("v", f'codecs="avc1.64001e" bandwidth="500000" width="{width}" height="{height}"')
+        + representation("a", f'codecs="mp4a.40.2" bandwidth="128000" audioSamplingRate="{rate}"')
+        + "</Period></MPD>\n"
+    )
+    return mpd
+
+
+def floor_bytes(path: Path, start: float, seconds: float) -> int:
+    """The least any fetch that decodes the window moves, its index aside: the window's
+    packets and the video packets from the keyframe before the window (by presentation
+    time, as a decoder needs them), fetched packet by packet, audio from the window on."""
+    import av
+
+    window, key, video = 0, -math.inf, []
+    with av.open(str(path)) as container:
+        for p in container.demux():
+            if not p.size or p.pts is None:
+                continue
+            t = float(p.pts * p.time_base)
+            window += p.size if start <= t < start + seconds else 0
+            if p.stream.type == "video":
+                video.append((t, p.size))
+                if p.is_keyframe and t <= start:
+                    key = max(key, t)
+    return window + sum(size for t, size in video if key <= t < start)
+
+
 def window_bytes(path: Path, start: float, seconds: float) -> int:
     """Bytes of the audio and video packets whose time falls in the window: the media a
     perfect fetch of the window would move."""
@@ -250,26 +323,30 @@ def window_bytes(path: Path, start: float, seconds: float) -> int:
     return total
 
 
-def mp4_index_bytes(path: Path) -> int:
-    """Bytes of an MP4's index: every top-level box but ``mdat`` and ``free``."""
+def mp4_index_bytes(path: Path, front: bool = False) -> int:
+    """Bytes of an MP4's index: every top-level box but ``mdat`` and ``free``; with
+    ``front``, only those before the first ``mdat`` or ``moof`` (a fragmented file's
+    ``ftyp``, ``moov`` and ``sidx``: its fragments' own headers come with them)."""
     index, at, data = 0, 0, path.read_bytes()
     while at + 8 <= len(data):
         size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
         size = int.from_bytes(data[at + 8 : at + 16], "big") if size == 1 else size or len(data) - at
+        if front and kind in (b"mdat", b"moof"):
+            break
         index += 0 if kind in (b"mdat", b"free") else size
         at += size
     return index
 
 
 def keyframe_times(path: Path) -> list[float]:
-    """The video keyframes' decode times, in seconds."""
+    """The video keyframes' presentation times, in seconds."""
     import av
 
     with av.open(str(path)) as container:
         return [
-            float(p.dts * p.time_base)
+            float(p.pts * p.time_base)
             for p in container.demux(video=0)
-            if p.is_keyframe and p.dts is not None
+            if p.is_keyframe and p.pts is not None
         ]
 
 
@@ -284,8 +361,8 @@ def necessary_bytes(path: Path, start: float, seconds: float, index: bool = True
     packets = []
     with av.open(str(path)) as container:
         for p in container.demux():
-            if p.size and p.dts is not None and p.pos is not None and p.pos >= 0:
-                packets.append((p.stream.type, float(p.dts * p.time_base), p.pos, p.size, p.is_keyframe))
+            if p.size and p.pts is not None and p.pos is not None and p.pos >= 0:  # by presentation time
+                packets.append((p.stream.type, float(p.pts * p.time_base), p.pos, p.size, p.is_keyframe))
     key = max(t for kind, t, _, _, k in packets if kind == "video" and k and t <= start)
     audio = max(t for kind, t, *_ in packets if kind == "audio" and t <= start)
     needed = [
@@ -317,6 +394,10 @@ def http_rows(clips: list[Path], folder: Path, ffmpeg: str, frame_size: int, env
     short_media = sum(c.stat().st_size for c in clips)
     long_window = sum(window_bytes(long, t, 10.0) for t in starts) / len(starts)
     long_necessary = sum(necessary_bytes(long, t, 10.0) for t in starts) / len(starts)
+    long_floor = sum(floor_bytes(long, t, 10.0) for t in starts) / len(starts)
+    dash = make_dash(folder, ffmpeg, long)
+    dash_names = [dash.name, "dashv.mp4", "dasha.m4a"]
+    dash_index = sum(mp4_index_bytes(folder / n, front=True) for n in dash_names[1:])  # ftyp, moov, sidx
     keys = keyframe_times(long)
     gaps = [b - a for a, b in zip(keys, keys[1:], strict=False)]
     rows: dict = {
@@ -325,6 +406,7 @@ def http_rows(clips: list[Path], folder: Path, ffmpeg: str, frame_size: int, env
             "index": mp4_index_bytes(long),
             "span": sum(necessary_bytes(long, t, 10.0, index=False) for t in starts) / len(starts),
             "necessary": long_necessary,
+            "floor": long_floor,
             "keyframe_gap_s": (sum(gaps) / len(gaps), max(gaps)),
         }
     }
@@ -363,14 +445,26 @@ def http_rows(clips: list[Path], folder: Path, ffmpeg: str, frame_size: int, env
                 "cpu_margin": margin,
                 "cpu_startup": startup,
                 "rss": ours.max_rss_mb,
-                "short": (*(v / n for v in short), short_media / n, short_media / n),
+                "short": (*(v / n for v in short), short_media / n, short_media / n, None, short_media / n),
                 "long": (
                     *(v / len(starts) for v in long_served),
                     long_window,
                     long_necessary,
                     long.stat().st_size,
+                    long_floor,
                 ),
             }
+            if fetch != "direct":  # the design row reads one URL; a DASH pair is two formats
+                since = mark()
+                for t in starts:
+                    _ours([origin.url(dash.name)], frame_size, env, start=t, fetch=fetch)
+                rows[name]["dash"] = (
+                    *(v / len(starts) for v in served(dash_names, since)),
+                    long_window,
+                    long_floor + dash_index,  # what the pair's layout leaves necessary
+                    sum((folder / n).stat().st_size for n in dash_names),
+                    long_floor + dash_index,
+                )
     return rows
 
 
@@ -619,13 +713,18 @@ def main(argv: list[str] | None = None) -> int:
     if http is not None:
         byte_rows = []
         for name, how in (("job", "the job"), ("ffmpeg", "fetch ffmpeg"), ("direct", "design")):
-            for where, (served_all, served_media, requests, window, necessary, *_) in (
+            sources = [
                 ("10 s files (the window is the file)", http[name]["short"]),
                 (
-                    f"10 s windows of a 5-minute source ({http[name]['long'][-1] / 1e6:.1f} MB)",
+                    f"10 s windows of a 5-minute source ({http[name]['long'][5] / 1e6:.1f} MB)",
                     http[name]["long"],
                 ),
-            ):
+            ]
+            if "dash" in http[name]:
+                sources.append(
+                    ("the same windows, the source as a DASH pair (YouTube's layout)", http[name]["dash"])
+                )
+            for where, (served_all, served_media, requests, window, necessary, _, floor) in sources:
                 byte_rows.append(
                     (
                         f"{how}: {where}",
@@ -633,9 +732,10 @@ def main(argv: list[str] | None = None) -> int:
                         served_media / 1e6,
                         window / 1e6,
                         necessary / 1e6,
+                        floor / 1e6,
                         served_all / window,
-                        served_media / window,
                         served_media / necessary,
+                        served_media / floor,
                         requests,
                     )
                 )
@@ -648,17 +748,20 @@ def main(argv: list[str] | None = None) -> int:
                 "media_requests_MB",
                 "window_media_MB",
                 "necessary_MB",
+                "floor_MB",
                 "served / window",
-                "media / window",
                 "media / necessary",
+                "media / floor",
                 "requests",
             ),
         )
         print(
-            "window media: the packets timed inside the window; necessary: what any fetch that decodes "
-            "it moves (the MP4 index, and the file from the keyframe before the window to its end); media "
-            "requests: the ranged ones (yt-dlp's generic extractor also looks at a media URL once, with a "
-            "HEAD; YouTube's extraction asks youtube.com instead)"
+            "window media: the packets timed inside the window; necessary: what a fetch of one range per "
+            "file moves (the MP4 index, and the file from the keyframe before the window to its end; for the "
+            "DASH pair, its two small indexes and the floor); floor: the window's packets and the video "
+            "packets from the keyframe before it, fetched packet by packet with no index; media requests: "
+            "the ranged ones (yt-dlp's generic extractor also looks at a media URL once, with a HEAD, and "
+            "reads the DASH manifest; YouTube's extraction asks youtube.com instead)"
         )
         src = http["source"]
         print_table(
@@ -669,8 +772,10 @@ def main(argv: list[str] | None = None) -> int:
                     src["index"] / 1e6,
                     src["span"] / 1e6,
                     src["necessary"] / 1e6,
+                    src["floor"] / 1e6,
                     src["span"] / src["window"],
                     src["necessary"] / src["window"],
+                    src["floor"] / src["window"],
                     f"{src['keyframe_gap_s'][0]:.1f} / {src['keyframe_gap_s'][1]:.1f}",
                 )
             ],
@@ -679,14 +784,17 @@ def main(argv: list[str] | None = None) -> int:
                 "index_MB",
                 "pre-roll_span_MB",
                 "necessary_MB",
+                "floor_MB",
                 "span / window",
                 "necessary / window",
+                "floor / window",
                 "keyframe gap s (mean / max)",
             ),
         )
         print(
-            "pre-roll span: the file from the keyframe before the window to the window's end, which a "
-            "reader that fetched no more of the index than the window's entries would still move"
+            "pre-roll span: the file from the keyframe before the window to the window's end (audio "
+            "packets between included); floor: the window's packets and the video packets from the "
+            "keyframe before it, no index: less than that, no fetch that decodes the window moves"
         )
     if pool is not None:
         print_table(
@@ -736,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
         if http is None
         else {
             **{
-                name: {"short": http[name]["short"], "long": http[name]["long"]}
+                name: {k: http[name][k] for k in ("short", "long", "dash") if k in http[name]}
                 for name in ("job", "ffmpeg", "direct")
             },
             "source": http["source"],
