@@ -1234,7 +1234,7 @@ class _MediaReader(io.RawIOBase):
             ask = index_end - start + (0 if media_next else _BOX_HEADER)
         head = self._peek_end(0)
         rest = None if self.size is None else self.size - head
-        if rest is not None and rest <= min(_SMALL_FILE, self.chunk) and head < start <= head + _SKIP:
+        if rest is not None and rest <= min(_SMALL_FILE, self.chunk) and head < start:
             start, ask, in_index = head, rest, False  # the rest of a small file in one
         ask = min(ask, self.chunk)
         if self.response is not None and self.left:
