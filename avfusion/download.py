@@ -1186,7 +1186,12 @@ class _MediaReader(io.RawIOBase):
             if not self._request(self.pos):
                 return b""  # past the end (416)
             if self.at < self.pos:  # a small file's rest, asked from before the read
-                self._take(self.pos - self.at)
+                if self.pos >= self.at + self.left:  # cut short by bytes held: ask at the read
+                    self._drop()
+                    if not self._request(self.pos, whole=False):
+                        return b""
+                else:
+                    self._take(self.pos - self.at)
         data = self._take(self.left if size < 0 else min(size, self.left))
         self.pos = self.run_end = self.at
         return data
@@ -1216,7 +1221,9 @@ class _MediaReader(io.RawIOBase):
             raise _Failed(f"the media host's answer ended {self.left} bytes short of its range (truncated)")
         return data
 
-    def _request(self, start: int) -> bool:
+    def _request(self, start: int, whole: bool = True) -> bool:
+        """Ask for bytes from ``start`` (``whole``: a small file's rest from the end of its
+        kept head, which the caller reads through to ``start``)."""
         from yt_dlp.networking import Request
         from yt_dlp.networking.exceptions import HTTPError, TransportError
 
@@ -1233,8 +1240,21 @@ class _MediaReader(io.RawIOBase):
             # unknown: no more (the window lies elsewhere), no less (a round trip each)
             ask = index_end - start + (0 if media_next else _BOX_HEADER)
         head = self._peek_end(0)
+        owed = [(self.at, self.left)] if self.response is not None else []
+        for at, left in owed + ([self.parked[1:]] if self.parked else []):
+            if at <= head < at + left:  # the head's own answer still owes the bytes after it
+                head = at + left
         rest = None if self.size is None else self.size - head
-        if rest is not None and rest <= min(_SMALL_FILE, self.chunk) and head < start:
+        held = [at for at, _ in self.kept] + [
+            a[1] for a in (self.parked, (self.response, self.at)) if a and a[0]
+        ]
+        if (
+            whole
+            and rest is not None
+            and rest <= min(_SMALL_FILE, self.chunk)
+            and head <= start
+            and not any(head < at <= start for at in held)  # else the request would stop short
+        ):
             start, ask, in_index = head, rest, False  # the rest of a small file in one
         ask = min(ask, self.chunk)
         if self.response is not None and self.left:
@@ -1247,7 +1267,9 @@ class _MediaReader(io.RawIOBase):
         # Bytes kept, or owed by the parked answer, are not asked for again.
         ahead = [at for at, _ in self.kept] + ([self.parked[1]] if self.parked else [])
         end = min([end, *(at - 1 for at in ahead if at > start)])
-        if self.until is not None:  # no further than the window needs (what is asked is sent)
+        if self.until is not None and start < self.until:
+            # no further than the window needs (what is asked is sent); past that point the
+            # estimate stands still inside a big packet, and the run's doubling asks on
             end = min(end, max(self.until, start + _MIN_ASK) - 1)
         # what this request asks, bounds and all: the next doubles it; reads past an index
         # (the demuxer probing the first packets) start a run of their own
@@ -1292,10 +1314,10 @@ class _MediaReader(io.RawIOBase):
         """Up to ``n`` kept bytes from ``at`` on (fewer where what is kept stops)."""
         out = b""
         while len(out) < n:
-            piece = next((p for o, p in self.kept if o <= at + len(out) < o + len(p)), None)
-            if piece is None:
+            found = next(((o, p) for o, p in self.kept if o <= at + len(out) < o + len(p)), None)
+            if found is None:
                 break
-            o = next(o for o, p in self.kept if p is piece)
+            o, piece = found
             out += piece[at + len(out) - o : at + n - o]
         return out
 
@@ -1310,7 +1332,7 @@ class _MediaReader(io.RawIOBase):
         ends, as far as the box headers kept tell: (offset, whether a media box starts
         there). None for a file whose head is not kept or not an MP4 (WebM, MPEG-TS)."""
         at = 0
-        while True:
+        for _ in range(_INDEX_BOXES):
             head = self._peek(at, 16)
             if len(head) < 8:
                 return (at, False) if at else None
@@ -1326,6 +1348,7 @@ class _MediaReader(io.RawIOBase):
             if size < 8:  # to the end of the file, or malformed: nothing to bound by
                 return None
             at += size
+        return None  # a head of thousands of boxes is no index we know: no bound
 
     def _unpark(self) -> None:
         if self.parked is not None:
@@ -1370,6 +1393,7 @@ _HEAD_ASK = 16 << 10
 # head: one request more, not a run of small ones.
 _SMALL_FILE = 512 << 10
 _BOX_HEADER = 16  # an MP4 box header, 64-bit size included
+_INDEX_BOXES = 64  # the top-level boxes walked before the media (a real index has a few)
 # The first request of the reads right after an MP4's index: the demuxer probing the
 # first packets, a few kilobytes, before it jumps to the window.
 _PROBE_ASK = 16 << 10

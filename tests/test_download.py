@@ -1296,3 +1296,62 @@ def test_yt_dlp_keeps_its_cache_between_attempts_in_a_private_folder(tmp_path, m
     assert os.stat(opts["cachedir"]).st_mode & 0o777 == 0o700
     os.chmod(opts["cachedir"], 0o777)  # now anyone could plant JavaScript there
     assert ydl_options(DownloadConfig(), 0.0, 2.0, tmp_path)["cachedir"] is False
+
+
+def _reader(url: str, chunk: int = 1 << 20):
+    import yt_dlp
+
+    from avfusion.download import _MediaReader
+
+    ydl = yt_dlp.YoutubeDL({"quiet": True})
+    return ydl, _MediaReader(ydl, url, {}, chunk, 5.0)
+
+
+def test_the_reader_asks_for_an_mp4_index_whole_and_a_small_files_rest_in_one(tmp_path):
+    """A faststart MP4: 16 KiB at the head, then the rest of its index in one request to
+    the index's end (and the next box's header), then the reads after it; a file whose
+    rest fits in one request, read at its end first (an index there), is asked for whole
+    once: two ranged requests, every byte served once."""
+    _noise_clip(tmp_path / "front.mp4", 60.0, faststart=True)
+    data = (tmp_path / "front.mp4").read_bytes()
+    ftyp = int.from_bytes(data[:4], "big")
+    assert data[ftyp + 4 : ftyp + 8] == b"moov"
+    moov_end = ftyp + int.from_bytes(data[ftyp : ftyp + 4], "big")
+    assert moov_end > 16 << 10 and len(data) > 1 << 20  # an index past the head, a big file
+    with RangeServer(tmp_path) as server:
+        ydl, reader = _reader(server.url("front.mp4"))
+        with ydl, reader:
+            assert reader.read(32 << 10) == data[: 16 << 10]  # the head only
+            got = reader.read(1 << 20)  # the rest of the index, in one request
+            assert got == data[16 << 10 : moov_end + 16]
+        assert server.ranges["front.mp4"] == ["bytes=0-16383", f"bytes=16384-{moov_end + 15}"]
+    small = tmp_path / "small.bin"
+    small.write_bytes(bytes(range(256)) * 1200)  # 300 KiB: its rest fits in one request
+    data = small.read_bytes()
+    with RangeServer(tmp_path) as server:
+        ydl, reader = _reader(server.url("small.bin"))
+        with ydl, reader:
+            assert reader.read(100) == data[:100]
+            reader.seek(len(data) - 1000)
+            assert reader.read(1000) == data[-1000:]  # the rest asked whole, read through
+            reader.seek(20_000)
+            assert reader.read(5000) == data[20_000:25_000]  # kept: no request
+        assert server.ranges["small.bin"] == ["bytes=0-16383", f"bytes=16384-{len(data) - 1}"]
+        assert sum(server.sent_by_request["small.bin"]) == len(data)
+
+
+def test_a_small_files_rest_is_not_asked_across_bytes_already_held(tmp_path):
+    """Bytes kept between the head and a read (the demuxer read there before, as it does
+    for a file whose tracks are not interleaved) would cut the rest's request short: the
+    read is asked for at its own offset instead, and gets its own bytes."""
+    small = tmp_path / "small.bin"
+    small.write_bytes(np.random.default_rng(0).integers(0, 256, 400_000, dtype=np.uint8).tobytes())
+    data = small.read_bytes()
+    with RangeServer(tmp_path) as server:
+        ydl, reader = _reader(server.url("small.bin"), chunk=64 << 10)
+        with ydl, reader:
+            assert reader.read(100) == data[:100]
+            reader.seek(200_000)
+            assert reader.read(4000) == data[200_000:204_000]  # kept, between the head and the next read
+            reader.seek(300_000)
+            assert reader.read(4000) == data[300_000:304_000]
