@@ -1239,15 +1239,18 @@ class _MediaReader(io.RawIOBase):
             # the rest of an MP4's index in one request, and the next box's header if
             # unknown: no more (the window lies elsewhere), no less (a round trip each)
             ask = index_end - start + (0 if media_next else _BOX_HEADER)
+        if self.response is not None and self.left:
+            self._unpark()  # one answer parked at most: the latest jumped from
+            self.parked = (self.response, self.at, self.left)
+            self.response = None
+        self._drop()
+        self.revived = False
+        # Bytes kept, or owed by the parked answer, are not asked for again.
+        held = [at for at, _ in self.kept] + ([self.parked[1]] if self.parked else [])
         head = self._peek_end(0)
-        owed = [(self.at, self.left)] if self.response is not None else []
-        for at, left in owed + ([self.parked[1:]] if self.parked else []):
-            if at <= head < at + left:  # the head's own answer still owes the bytes after it
-                head = at + left
+        if self.parked and self.parked[1] <= head < self.parked[1] + self.parked[2]:
+            head = self.parked[1] + self.parked[2]  # the head's own answer still owes the bytes after it
         rest = None if self.size is None else self.size - head
-        held = [at for at, _ in self.kept] + [
-            a[1] for a in (self.parked, (self.response, self.at)) if a and a[0]
-        ]
         if (
             whole
             and rest is not None
@@ -1257,16 +1260,8 @@ class _MediaReader(io.RawIOBase):
         ):
             start, ask, in_index = head, rest, False  # the rest of a small file in one
         ask = min(ask, self.chunk)
-        if self.response is not None and self.left:
-            self._unpark()  # one answer parked at most: the latest jumped from
-            self.parked = (self.response, self.at, self.left)
-            self.response = None
-        self._drop()
-        self.revived = False
         end = start + ask - 1 if self.size is None else min(start + ask, self.size) - 1
-        # Bytes kept, or owed by the parked answer, are not asked for again.
-        ahead = [at for at, _ in self.kept] + ([self.parked[1]] if self.parked else [])
-        end = min([end, *(at - 1 for at in ahead if at > start)])
+        end = min([end, *(at - 1 for at in held if at > start)])
         if self.until is not None and start < self.until:
             # no further than the window needs (what is asked is sent); past that point the
             # estimate stands still inside a big packet, and the run's doubling asks on

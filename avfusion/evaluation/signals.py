@@ -189,6 +189,7 @@ class SignalTally:
             return  # no single stream to compare
         streams = MODALITIES if cond == NORMAL else (str(cond.modality),)
         features, out = outputs[self.fused]
+        target = target.cpu()
         alone = {  # the unimodal models: one embedding each
             ("audio" if f.a is not None else "video"): o.logits
             for name, (f, o) in outputs.items()
@@ -201,9 +202,7 @@ class SignalTally:
             fallback = out.video_logits if m == "audio" else out.audio_logits
             if fallback is None or other not in alone:
                 continue  # no own heads, or no unimodal model to hold the gate against
-            target = target.cpu()
-            right = {
-                "weight": out.weights[:, MODALITIES.index(m)].float().cpu().numpy(),
+            right = {  # the stream's weight is its "weight" signal, negated
                 "fused": (out.logits.argmax(dim=1).cpu() == target).numpy(),
                 "fallback": (fallback.argmax(dim=1).cpu() == target).numpy(),
                 "other only": (alone[other].argmax(dim=1).cpu() == target).numpy(),
@@ -247,6 +246,8 @@ class SignalTally:
         out: dict[Condition, dict[str, dict[float, dict]]] = {}
         for cond, stream, hit, clean in self._corrupted(self.outcomes):
             signals, reference = self.values[cond][stream], self.values[NORMAL][stream]
+            w_hit, w_clean = -np.concatenate(signals["weight"]), -np.concatenate(reference["weight"])
+            other = float(hit["other only"].mean())
             for name in signals:
                 s_hit, s_clean = np.concatenate(signals[name]), np.concatenate(reference[name])
                 if np.isnan(s_hit).any() or np.isnan(s_clean).any():
@@ -254,11 +255,10 @@ class SignalTally:
                 for rate in (0.0, *rates):
                     threshold = np.quantile(s_clean, 1 - rate) if rate else np.inf
                     drop_hit, drop_clean = s_hit > threshold, s_clean > threshold
-                    kept_clean = float((clean["weight"] * ~drop_clean).mean())
-                    other = float(hit["other only"].mean())
+                    kept_clean = float((w_clean * ~drop_clean).mean())
                     gated = np.where(drop_hit, hit["fallback"], hit["fused"]).mean()
                     out.setdefault(cond, {}).setdefault(name, {})[rate] = {
-                        "weight share": float((hit["weight"] * ~drop_hit).mean()) / kept_clean
+                        "weight share": float((w_hit * ~drop_hit).mean()) / kept_clean
                         if kept_clean
                         else float("nan"),
                         "fused / other-only": float(gated) / other if other else float("nan"),

@@ -605,7 +605,11 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
         results, fold_signals, fold_gates, ensemble = evaluate_fold(
             shards, str(folds), fold, fold_runs, suite, args.seed
         )
-        here = fold_figures(results["fused"])
+        for variant, res in results.items():
+            per_fold.setdefault(variant, []).append(fold_figures(res))
+        here = per_fold["fused"][-1]
+        if ensemble is not None:
+            here[ENSEMBLE], here["margin: fused - ensemble"] = ensemble, here["top1 fused"] - ensemble
         best = max(here["top1 audio-only"], here["top1 video-only"])
         for cond_name, by_signal in fold_gates.items():
             for signal, by_rate in by_signal.items():
@@ -618,19 +622,11 @@ def run_set(title: str, shards: str, folds: Path, k: int, args, out: Path) -> di
             for figure, by_signal in by_figure.items():
                 for key, value in by_signal.items():
                     signals.setdefault(figure, {}).setdefault(cond_name, {}).setdefault(key, []).append(value)
-        for variant, res in results.items():
-            per_fold.setdefault(variant, []).append(fold_figures(res))
-            if variant == "fused" and ensemble is not None:
-                per_fold[variant][-1][ENSEMBLE] = ensemble
-                per_fold[variant][-1]["margin: fused - ensemble"] = (
-                    per_fold[variant][-1]["top1 fused"] - ensemble
-                )
-            if variant == "fused":
-                for cond, (left, _) in evidence_left(res, chance).items():
-                    evidence.setdefault(cond.name, []).append(left)
-                for cond_name, figures in stream_figures(res).items():
-                    for key, value in figures.items():
-                        streams.setdefault(cond_name, {}).setdefault(key, []).append(value)
+        for cond, (left, _) in evidence_left(results["fused"], chance).items():
+            evidence.setdefault(cond.name, []).append(left)
+        for cond_name, figures in stream_figures(results["fused"]).items():
+            for key, value in figures.items():
+                streams.setdefault(cond_name, {}).setdefault(key, []).append(value)
     agg = {v: aggregate(f) for v, f in per_fold.items()}
     main = agg["fused"]
     print_table(
